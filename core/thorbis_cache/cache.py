@@ -1,0 +1,461 @@
+"""The cache: typed get / get_many / set / delete / get_or_load over Redis.
+
+Values are encoded by the schema's :class:`~thorbis_cache.codec.SchemaCodec`; entries
+that do not open are misses (deleted, counted, logged), never errors. ``get_or_load``
+is cache-aside with single-flight, fill leases and optional XFetch (see :mod:`.fill`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from thorbis_cache.codec import SchemaCodec, make_converter
+from thorbis_cache.config import CacheSettings
+from thorbis_cache.crypto import KeyRing
+from thorbis_cache.envelope import CorruptEntry
+from thorbis_cache.errors import (
+    ConfigurationError,
+    RedisUnavailableError,
+    UnknownSchemaError,
+    WrongSchemaKindError,
+)
+from thorbis_cache.fill import SingleFlight, backoff_delays, should_recompute_early
+from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind, SchemaRegistry
+from thorbis_cache.metrics import CacheMetrics, SchemaCounters
+from thorbis_cache.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.structures import GeoIndex, EntityHash, SortedSet
+
+__all__ = ["Cache"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_LEASE_GRANTED = 2
+_LEASE_VALUE = 1
+
+Loader = Callable[[], Awaitable[T]]
+
+
+@attrs.frozen(slots=True)
+class _Runtime:
+    """What the cache keeps per registered schema."""
+
+    schema: KeySchema[Any]
+    codec: SchemaCodec[Any]
+    counters: SchemaCounters
+
+
+@attrs.frozen(slots=True)
+class _Scripts:
+    lease_acquire: Script
+    lease_fill: Script
+    store: Script
+    delete_if_equal: Script
+    hash_replace: Script
+    hash_update: Script
+
+    @classmethod
+    def load(cls) -> _Scripts:
+        names = [f.name for f in attrs.fields(cls)]
+        return cls(**{n: Script(n, load_lua(n)) for n in names})
+
+
+class Cache:
+    """A multi-tenant typed cache on Redis.
+
+    :param store: the Redis adapter (see :meth:`from_url`).
+    :param registry: the key schemas this cache accepts.
+    :param keyring: master keys; required as soon as one schema is sensitive.
+    :param settings: behaviour knobs.
+    :param metrics: where counters go (a private registry by default).
+    :raises ConfigurationError: a sensitive schema without a key ring.
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        registry: SchemaRegistry,
+        *,
+        keyring: KeyRing | None = None,
+        settings: CacheSettings | None = None,
+        metrics: CacheMetrics | None = None,
+        owns_store: bool = False,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.keyring = keyring
+        self.settings = settings or CacheSettings()
+        self.metrics = metrics or CacheMetrics()
+        self._prefix = self.settings.prefix
+        self._lease_prefix = f"{self._prefix}:~lease:"
+        self._converter = make_converter()
+        self._runtimes: dict[str, _Runtime] = {}
+        self._flights: SingleFlight[Any] = SingleFlight()
+        self._scripts = _Scripts.load()
+        self._degraded = asyncio.Semaphore(self.settings.degraded_concurrency)
+        self._owns_store = owns_store
+        for schema in registry:
+            self._runtime(schema)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        registry: SchemaRegistry,
+        *,
+        keyring: KeyRing | None = None,
+        settings: CacheSettings | None = None,
+        metrics: CacheMetrics | None = None,
+    ) -> Cache:
+        """A cache on ``redis://host:port/db`` or ``redis+cluster://host:port``; the
+        connection pool is owned and closed by :meth:`aclose`."""
+        store = RedisStore.from_url(url)
+        return cls(store, registry, keyring=keyring, settings=settings, metrics=metrics,
+                   owns_store=True)
+
+    async def __aenter__(self) -> Cache:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel in-flight loads and close the store if this cache owns it."""
+        await self._flights.cancel_all()
+        if self._owns_store:
+            await self.store.aclose()
+
+    # ----------------------------------------------------------------- keys
+
+    def redis_key(self, key: CacheKey[Any]) -> str:
+        """The full Redis key of ``key`` under this cache's prefix."""
+        return f"{self._prefix}:{key.body}"
+
+    def lease_key(self, key: CacheKey[Any]) -> str:
+        """The fill-lease key of ``key`` (same slot; outside every schema's keyspace)."""
+        return self._lease_prefix + key.body
+
+    def parse_key(self, redis_key: str) -> CacheKey[Any]:
+        """Parse a Redis key of this cache back into a :class:`CacheKey`."""
+        return self.registry.parse(self._prefix, redis_key)
+
+    def _runtime(self, schema: KeySchema[Any]) -> _Runtime:
+        rt = self._runtimes.get(schema.name)
+        if rt is not None and rt.schema is schema:
+            return rt
+        if not self.registry.is_registered(schema):
+            raise UnknownSchemaError(schema.name, [s.name for s in self.registry])
+        if schema.sensitive and self.keyring is None:
+            raise ConfigurationError(
+                f"key schema {schema.name!r} is sensitive: the cache needs a KeyRing"
+            )
+        rt = _Runtime(
+            schema,
+            SchemaCodec(schema, self._converter, self.keyring, self.settings.codec),
+            self.metrics.for_schema(schema.name),
+        )
+        self._runtimes[schema.name] = rt
+        return rt
+
+    def _value_runtime(self, key: CacheKey[Any], operation: str) -> _Runtime:
+        rt = self._runtimes.get(key.schema.name)
+        if rt is None or rt.schema is not key.schema:
+            rt = self._runtime(key.schema)
+        if key.schema.kind is not SchemaKind.VALUE:
+            raise WrongSchemaKindError(key.schema.name, key.schema.kind.value, operation)
+        return rt
+
+    def ttl_ms(self, schema: KeySchema[Any], ttl: float | None = None) -> int:
+        """The TTL to write, in ms: ``ttl`` or the schema's, with the schema's jitter."""
+        seconds = schema.ttl if ttl is None else ttl
+        if schema.ttl_jitter:
+            seconds *= 1.0 + random.uniform(-schema.ttl_jitter, schema.ttl_jitter)
+        return max(1, int(seconds * 1000))
+
+    # ----------------------------------------------------------------- reads
+
+    async def get(self, key: CacheKey[T]) -> T | None:
+        """The cached value of ``key``, or None on a miss (or an entry that does not open).
+
+        :raises UnknownSchemaError: the key's schema is not registered here.
+        :raises RedisUnavailableError: Redis cannot be reached.
+        """
+        rt = self._value_runtime(key, "get")
+        rk = f"{self._prefix}:{key.body}"
+        data = await self.store.get(rk)
+        if data is None:
+            rt.counters.misses.inc()
+            return None
+        try:
+            value: T = rt.codec.decode(data, rk.encode(), key.tenant).value
+        except CorruptEntry as exc:
+            await self._drop_corrupt(rt, key, rk, data, exc)
+            rt.counters.misses.inc()
+            return None
+        rt.counters.hits.inc()
+        return value
+
+    async def get_many(self, keys: Sequence[CacheKey[T]]) -> list[T | None]:
+        """Values of ``keys`` in order (None for misses), with one MGET per hash slot --
+        one round trip in all when the keys belong to one tenant."""
+        rts = [self._value_runtime(k, "get_many") for k in keys]
+        rks = [f"{self._prefix}:{k.body}" for k in keys]
+        datas = await self.store.mget(rks)
+        out: list[T | None] = []
+        for key, rt, rk, data in zip(keys, rts, rks, datas):
+            if data is None:
+                rt.counters.misses.inc()
+                out.append(None)
+                continue
+            try:
+                out.append(rt.codec.decode(data, rk.encode(), key.tenant).value)
+                rt.counters.hits.inc()
+            except CorruptEntry as exc:
+                await self._drop_corrupt(rt, key, rk, data, exc)
+                rt.counters.misses.inc()
+                out.append(None)
+        return out
+
+    # ----------------------------------------------------------------- writes
+
+    async def set(self, key: CacheKey[T], value: T, *, ttl: float | None = None) -> None:
+        """Write ``value`` (write-through) and revoke any in-flight fill of ``key``.
+
+        :raises ValueTypeError: ``value`` is not of the schema's value type.
+        """
+        rt = self._value_runtime(key, "set")
+        rt.codec.check(value)
+        rk = f"{self._prefix}:{key.body}"
+        ttl_ms = self.ttl_ms(key.schema, ttl)
+        data = rt.codec.encode(value, rk.encode(), key.tenant, self._timing(key.schema, ttl_ms, 0))
+        await self.store.run(self._scripts.store, [rk, self.lease_key(key)], [data, ttl_ms])
+
+    async def delete(self, *keys: CacheKey[Any]) -> int:
+        """Delete ``keys`` (of any kind) and their fill leases, so that no fill started
+        before this call can write afterwards.
+
+        :returns: how many of the keys existed.
+        """
+        names: list[str] = []
+        for key in keys:
+            self._runtime(key.schema)
+            names.append(f"{self._prefix}:{key.body}")
+            names.append(self.lease_key(key))
+        return await self.store.delete(names)
+
+    # ----------------------------------------------------------------- cache-aside
+
+    async def get_or_load(
+        self, key: CacheKey[T], loader: Loader[T], *, ttl: float | None = None
+    ) -> T:
+        """The cached value of ``key``; on a miss, ``loader()``'s result, cached.
+
+        Concurrent misses in this process call ``loader`` once; across processes a fill
+        lease lets one client load while the others wait for its value; a load that
+        raced with an invalidation is returned but not written. A loader's exception
+        propagates unchanged (and nothing is cached). If Redis is unreachable and
+        ``serve_from_loader_when_unavailable`` is set, the loader answers (bounded
+        concurrency, counted, logged).
+        """
+        rt = self._value_runtime(key, "get_or_load")
+        rk = f"{self._prefix}:{key.body}"
+        try:
+            data = await self.store.get(rk)
+        except RedisUnavailableError as exc:
+            return await self._degraded_load(rt, key, loader, exc)
+        if data is not None:
+            try:
+                decoded = rt.codec.decode(data, rk.encode(), key.tenant)
+            except CorruptEntry as exc:
+                await self._drop_corrupt(rt, key, rk, data, exc)
+            else:
+                rt.counters.hits.inc()
+                beta = key.schema.early_recompute
+                if beta is None or not should_recompute_early(
+                    int(time.time() * 1000), decoded.expires_at_ms, decoded.delta_ms, beta
+                ):
+                    return decoded.value  # type: ignore[no-any-return]
+                rt.counters.early_recomputes.inc()
+                current: T = decoded.value
+                value, _ = await self._flights.do(
+                    rk, lambda: self._refresh(rt, key, rk, loader, ttl, current)
+                )
+                return value  # type: ignore[no-any-return]
+        rt.counters.misses.inc()
+        value, joined = await self._flights.do(rk, lambda: self._fill(rt, key, rk, loader, ttl))
+        if joined:
+            rt.counters.coalesced.inc()
+        return value  # type: ignore[no-any-return]
+
+    async def _fill(
+        self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
+    ) -> T:
+        lease = self.lease_key(key)
+        token = secrets.token_hex(12)
+        lease_ms = int(self.settings.lease_ttl * 1000)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        next_delay = backoff_delays()
+        while True:
+            try:
+                reply = await self.store.run(
+                    self._scripts.lease_acquire, [rk, lease], [token, lease_ms, "miss"]
+                )
+            except RedisUnavailableError as exc:
+                return await self._degraded_load(rt, key, loader, exc)
+            state = int(reply[0])
+            if state == _LEASE_VALUE:
+                data: bytes = reply[1]
+                try:
+                    return rt.codec.decode(data, rk.encode(), key.tenant).value  # type: ignore[no-any-return]
+                except CorruptEntry as exc:
+                    await self._drop_corrupt(rt, key, rk, data, exc)
+                    continue
+            if state == _LEASE_GRANTED:
+                return await self._load_and_fill(rt, key, rk, lease, token, loader, ttl)
+            # Another client is loading this key: wait for its value, bounded.
+            if deadline is None:
+                rt.counters.lease_waits.inc()
+                deadline = loop.time() + self.settings.lease_wait
+            elif loop.time() >= deadline:
+                rt.counters.lease_timeouts.inc()
+                log.warning(
+                    "gave up waiting %.2fs for the fill of %s (schema %s, tenant %s); "
+                    "loading without caching",
+                    self.settings.lease_wait, rk, key.schema.name, key.tenant,
+                )
+                return await self._call_loader(rt, loader)
+            await asyncio.sleep(next_delay())
+
+    async def _refresh(
+        self,
+        rt: _Runtime,
+        key: CacheKey[T],
+        rk: str,
+        loader: Loader[T],
+        ttl: float | None,
+        current: T,
+    ) -> T:
+        """Early recomputation: only the client that wins the lease recomputes; the
+        others keep serving the current value."""
+        lease = self.lease_key(key)
+        token = secrets.token_hex(12)
+        lease_ms = int(self.settings.lease_ttl * 1000)
+        try:
+            reply = await self.store.run(
+                self._scripts.lease_acquire, [rk, lease], [token, lease_ms, "refresh"]
+            )
+        except RedisUnavailableError:
+            return current
+        if int(reply[0]) != _LEASE_GRANTED:
+            return current
+        return await self._load_and_fill(rt, key, rk, lease, token, loader, ttl)
+
+    async def _load_and_fill(
+        self,
+        rt: _Runtime,
+        key: CacheKey[T],
+        rk: str,
+        lease: str,
+        token: str,
+        loader: Loader[T],
+        ttl: float | None,
+    ) -> T:
+        started = time.perf_counter()
+        try:
+            value = await self._call_loader(rt, loader)
+        except BaseException:
+            # Release our lease at once so waiters take over instead of timing out.
+            try:
+                await self.store.run(self._scripts.delete_if_equal, [lease], [token])
+            except RedisUnavailableError:
+                pass
+            raise
+        rt.codec.check(value)
+        delta_ms = int((time.perf_counter() - started) * 1000)
+        ttl_ms = self.ttl_ms(key.schema, ttl)
+        data = rt.codec.encode(
+            value, rk.encode(), key.tenant, self._timing(key.schema, ttl_ms, delta_ms)
+        )
+        try:
+            written = await self.store.run(
+                self._scripts.lease_fill, [rk, lease], [token, data, ttl_ms]
+            )
+        except RedisUnavailableError as exc:
+            log.warning("could not write the fill of %s: %s", rk, exc)
+            return value
+        if not written:
+            rt.counters.fills_rejected.inc()
+            log.debug("fill of %s rejected: invalidated while loading", rk)
+        return value
+
+    async def _call_loader(self, rt: _Runtime, loader: Loader[T]) -> T:
+        rt.counters.loads.inc()
+        try:
+            return await loader()
+        except BaseException:
+            rt.counters.load_errors.inc()
+            raise
+
+    async def _degraded_load(
+        self, rt: _Runtime, key: CacheKey[T], loader: Loader[T], exc: RedisUnavailableError
+    ) -> T:
+        if not self.settings.serve_from_loader_when_unavailable:
+            raise exc
+        rt.counters.degraded_loads.inc()
+        log.warning(
+            "redis unavailable (%s); serving %s for tenant %s from the loader",
+            exc, key.schema.name, key.tenant,
+        )
+        async with self._degraded:
+            return await self._call_loader(rt, loader)
+
+    def _timing(self, schema: KeySchema[Any], ttl_ms: int, delta_ms: int) -> tuple[int, int] | None:
+        if schema.early_recompute is None:
+            return None
+        return (int(time.time() * 1000) + ttl_ms, min(delta_ms, 0xFFFFFFFF))
+
+    async def _drop_corrupt(
+        self, rt: _Runtime, key: CacheKey[Any], rk: str, data: bytes, exc: CorruptEntry
+    ) -> None:
+        self.metrics.corrupt.labels(key.schema.name, exc.reason).inc()
+        log.warning(
+            "dropping unreadable cache entry %s (schema %s, tenant %s): %s",
+            rk, key.schema.name, key.tenant, exc,
+        )
+        try:
+            await self.store.run(self._scripts.delete_if_equal, [rk], [data])
+        except RedisUnavailableError:
+            pass  # it stays unreadable, and will be dropped by the next reader
+
+    # ----------------------------------------------------------------- structures
+
+    def hash(self, key: CacheKey[T]) -> EntityHash[T]:
+        """Typed access to an entity hash (partial updates, optimistic version)."""
+        rt = self._kind_runtime(key, SchemaKind.HASH, "hash")
+        return EntityHash(self, key, rt.codec, self._scripts.hash_replace, self._scripts.hash_update)
+
+    def zset(self, key: CacheKey[T]) -> SortedSet[T]:
+        """Typed access to a sorted set of members."""
+        self._kind_runtime(key, SchemaKind.ZSET, "zset")
+        return SortedSet(self, key)
+
+    def geo(self, key: CacheKey[T]) -> GeoIndex[T]:
+        """Typed access to a geo index of members."""
+        self._kind_runtime(key, SchemaKind.GEO, "geo")
+        return GeoIndex(self, key)
+
+    def _kind_runtime(self, key: CacheKey[Any], kind: SchemaKind, operation: str) -> _Runtime:
+        rt = self._runtime(key.schema)
+        if key.schema.kind is not kind:
+            raise WrongSchemaKindError(key.schema.name, key.schema.kind.value, operation)
+        return rt

@@ -1,0 +1,305 @@
+"""Typed values to envelope bytes and back: cattrs -> msgpack -> zstd -> envelope.
+
+One :class:`SchemaCodec` per key schema holds the precomputed cattrs hooks, so the
+hit path is: open envelope, maybe decompress, ``msgpack.unpackb``, structure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import math
+import types
+import typing
+import uuid
+from typing import Any, Generic, TypeVar
+
+import attrs
+import cattrs
+import msgpack
+import zstandard
+from cattrs.preconf.msgpack import make_converter as _make_msgpack_converter
+
+from thorbis_cache.crypto import KeyRing
+from thorbis_cache.envelope import FLAG_COMPRESSED, FLAG_ENCRYPTED, CorruptEntry, open_envelope, seal_envelope
+from thorbis_cache.errors import ValueTypeError
+from thorbis_cache.keys import Compression, KeySchema
+
+__all__ = ["CodecSettings", "Decoded", "SchemaCodec", "check_value", "make_converter"]
+
+T = TypeVar("T")
+
+
+@attrs.frozen(slots=True)
+class CodecSettings:
+    """Codec-wide settings.
+
+    :ivar compress_threshold: serialized size (bytes) from which AUTO schemas compress.
+        zstd gains little on records of about 1 KiB, so the default is 2 KiB.
+    :ivar compression_level: zstd level (3 is zstd's default speed/ratio point).
+    :ivar max_value_size: largest decompressed value accepted (a bound against
+        decompression bombs in a tampered entry).
+    """
+
+    compress_threshold: int = 2048
+    compression_level: int = 3
+    max_value_size: int = 64 * 1024 * 1024
+
+
+def make_converter() -> cattrs.Converter:
+    """A private cattrs converter for the msgpack codec.
+
+    Datetimes and dates travel as ISO strings (exact: keeps naive vs aware and
+    microseconds), UUIDs as 16 bytes, Decimals as strings.
+    """
+    conv = _make_msgpack_converter()
+    conv.register_unstructure_hook(dt.datetime, lambda v: v.isoformat())
+    conv.register_structure_hook(dt.datetime, lambda v, _: dt.datetime.fromisoformat(v))
+    conv.register_unstructure_hook(dt.date, lambda v: v.isoformat())
+    conv.register_structure_hook(dt.date, lambda v, _: dt.date.fromisoformat(v))
+    conv.register_unstructure_hook(uuid.UUID, lambda v: v.bytes)
+    conv.register_structure_hook(uuid.UUID, lambda v, _: uuid.UUID(bytes=v))
+    conv.register_unstructure_hook(decimal.Decimal, str)
+    conv.register_structure_hook(decimal.Decimal, lambda v, _: decimal.Decimal(v))
+    return conv
+
+
+# --------------------------------------------------------------------------- type checks
+
+
+def check_value(value: object, tp: Any) -> str | None:
+    """Describe why ``value`` is not a ``tp`` (None when it is).
+
+    Recurses into containers and attrs fields, so a wrong value is refused at ``set``
+    instead of being written and failing every later read.
+    """
+    if tp is Any or tp is object:
+        return None
+    if tp is None or tp is type(None):
+        return None if value is None else f"expected None, got {type(value).__name__}"
+    origin = typing.get_origin(tp)
+    if origin is None:
+        if not isinstance(tp, type):
+            return None  # a type form we do not check (TypeVar, NewType...)
+        if tp is float:
+            ok = isinstance(value, float | int) and not isinstance(value, bool)
+        elif tp is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif tp is dt.date:
+            ok = isinstance(value, dt.date) and not isinstance(value, dt.datetime)
+        else:
+            ok = isinstance(value, tp)
+        if not ok:
+            return f"expected {tp.__name__}, got {type(value).__name__}"
+        if isinstance(value, float) and not math.isfinite(value) and tp is not float:
+            return "non-finite float"
+        if attrs.has(tp) and not isinstance(tp, enum.EnumMeta):
+            for field in attrs.fields(attrs.resolve_types(tp)):
+                problem = check_value(getattr(value, field.name), field.type)
+                if problem:
+                    return f"{tp.__name__}.{field.name}: {problem}"
+        return None
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        problems = [check_value(value, a) for a in args]
+        if any(p is None for p in problems):
+            return None
+        return f"matches none of {tp}: " + "; ".join(p for p in problems if p)
+    if origin is typing.Literal:
+        return None if value in args else f"expected one of {args!r}, got {value!r}"
+    if origin in (list, set, frozenset, tuple, dict) or (
+        isinstance(origin, type) and origin.__module__ == "collections.abc"
+    ):
+        container = {"Sequence": list, "MutableSequence": list, "Set": set,
+                     "Mapping": dict, "MutableMapping": dict}.get(origin.__name__, origin)
+        if not isinstance(value, container):
+            return f"expected {origin.__name__}, got {type(value).__name__}"
+        if container is dict:
+            kt, vt = args or (Any, Any)
+            for k, v in value.items():  # type: ignore[attr-defined]
+                problem = check_value(k, kt) or check_value(v, vt)
+                if problem:
+                    return f"[{k!r}]: {problem}"
+            return None
+        if container is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):  # type: ignore[arg-type]
+                return f"expected a tuple of {len(args)}, got {len(value)}"  # type: ignore[arg-type]
+            for i, (item, at) in enumerate(zip(value, args)):  # type: ignore[call-overload]
+                problem = check_value(item, at)
+                if problem:
+                    return f"[{i}]: {problem}"
+            return None
+        item_type = args[0] if args else Any
+        for i, item in enumerate(value):  # type: ignore[call-overload]
+            problem = check_value(item, item_type)
+            if problem:
+                return f"[{i}]: {problem}"
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- codec
+
+
+@attrs.frozen(slots=True)
+class Decoded(Generic[T]):
+    """A decoded value with the early-recompute timing stored beside it (0 if none)."""
+
+    value: T
+    expires_at_ms: int = 0
+    delta_ms: int = 0
+
+
+class SchemaCodec(Generic[T]):
+    """Encodes and decodes the values of one key schema.
+
+    :param schema: the schema.
+    :param converter: the (private) cattrs converter.
+    :param keyring: required when the schema is sensitive.
+    :param settings: thresholds and limits.
+    """
+
+    __slots__ = (
+        "_compress",
+        "_compressor",
+        "_converter",
+        "_decompressor",
+        "_encrypt",
+        "_keyring",
+        "_settings",
+        "_structure",
+        "_threshold",
+        "_unstructure",
+        "_version",
+        "schema",
+    )
+
+    def __init__(
+        self,
+        schema: KeySchema[T],
+        converter: cattrs.Converter,
+        keyring: KeyRing | None,
+        settings: CodecSettings,
+    ) -> None:
+        self.schema = schema
+        self._keyring = keyring
+        self._converter = converter
+        self._settings = settings
+        self._version = schema.version
+        self._encrypt = schema.sensitive
+        self._compress = schema.compression
+        self._threshold = settings.compress_threshold
+        tp = schema.value_type
+        self._unstructure = converter.get_unstructure_hook(tp)
+        self._structure = converter.get_structure_hook(tp)
+        self._compressor = zstandard.ZstdCompressor(level=settings.compression_level)
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    def check(self, value: object) -> None:
+        """Refuse a value that is not of the schema's value type.
+
+        :raises ValueTypeError: naming the schema, the expected and the given type.
+        """
+        problem = check_value(value, self.schema.value_type)
+        if problem:
+            raise ValueTypeError(
+                self.schema.name, _type_name(self.schema.value_type), type(value).__name__, problem
+            )
+
+    def to_body(self, value: T) -> bytes:
+        """Serialize a value to msgpack (no framing)."""
+        return msgpack.packb(self._unstructure(value), use_bin_type=True)  # type: ignore[no-any-return]
+
+    def from_body(self, body: bytes) -> T:
+        """Deserialize msgpack produced by :meth:`to_body`.
+
+        :raises CorruptEntry: when the bytes are not msgpack of the schema's type.
+        """
+        try:
+            raw = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types on garbage
+            raise CorruptEntry("msgpack", type(exc).__name__) from None
+        try:
+            return self._structure(raw, self.schema.value_type)  # type: ignore[no-any-return]
+        except Exception as exc:  # cattrs' errors and whatever a class's __init__ raises
+            raise CorruptEntry("structure", type(exc).__name__) from None
+
+    def converter_pack(self, value: object, tp: Any) -> bytes:
+        """Serialize a value of type ``tp`` (a field of the schema's class) to msgpack."""
+        return msgpack.packb(  # type: ignore[no-any-return]
+            self._converter.unstructure(value, unstructure_as=tp), use_bin_type=True
+        )
+
+    def converter_unpack(self, body: bytes, tp: Any) -> Any:
+        """Inverse of :meth:`converter_pack`.
+
+        :raises CorruptEntry: when the bytes are not msgpack of ``tp``.
+        """
+        try:
+            raw = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            return self._converter.structure(raw, tp)
+        except Exception as exc:  # msgpack's and cattrs' errors, and constructors'
+            raise CorruptEntry("structure", type(exc).__name__) from None
+
+    def encode(
+        self, value: T, redis_key: bytes, tenant: str, timing: tuple[int, int] | None = None
+    ) -> bytes:
+        """Serialize, compress per policy, and seal ``value`` for ``redis_key``."""
+        return self.seal_body(self.to_body(value), redis_key, tenant, timing)
+
+    def seal_body(
+        self, body: bytes, redis_key: bytes, tenant: str, timing: tuple[int, int] | None = None
+    ) -> bytes:
+        """Compress per policy and seal an already serialized body."""
+        compressed = False
+        if self._compress is Compression.ALWAYS or (
+            self._compress is Compression.AUTO and len(body) >= self._threshold
+        ):
+            packed = self._compressor.compress(body)
+            if self._compress is Compression.ALWAYS or len(packed) < len(body):
+                body, compressed = packed, True
+        return seal_envelope(
+            body,
+            redis_key=redis_key,
+            schema_version=self._version,
+            compressed=compressed,
+            tenant=tenant,
+            keyring=self._keyring,
+            encrypt=self._encrypt,
+            timing=timing,
+        )
+
+    def open_body(self, data: bytes, redis_key: bytes, tenant: str) -> tuple[bytes, int, int]:
+        """Open and decompress; returns ``(body, expires_at_ms, delta_ms)``.
+
+        :raises CorruptEntry: for any entry that does not open.
+        """
+        opened = open_envelope(
+            data, redis_key=redis_key, tenant=tenant, keyring=self._keyring,
+            schema_version=self._version,
+        )
+        if self._encrypt and not opened.flags & FLAG_ENCRYPTED:
+            # A sensitive schema never stores clear text; a plain entry here was planted.
+            raise CorruptEntry("not_encrypted")
+        body = opened.body
+        if opened.flags & FLAG_COMPRESSED:
+            try:
+                body = self._decompressor.decompress(
+                    body, max_output_size=self._settings.max_value_size
+                )
+            except zstandard.ZstdError as exc:
+                raise CorruptEntry("zstd", str(exc)[:80]) from None
+        return body, opened.expires_at_ms, opened.delta_ms
+
+    def decode(self, data: bytes, redis_key: bytes, tenant: str) -> Decoded[T]:
+        """Open, decompress and deserialize an entry read from ``redis_key``.
+
+        :raises CorruptEntry: for any entry that does not open or does not decode.
+        """
+        body, expires_at_ms, delta_ms = self.open_body(data, redis_key, tenant)
+        return Decoded(self.from_body(body), expires_at_ms, delta_ms)
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp)

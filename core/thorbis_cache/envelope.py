@@ -1,0 +1,163 @@
+"""The binary envelope every cached value is stored in (layout in ``docs/envelope.md``).
+
+::
+
+    magic "TC" | format u8 | flags u8 | schema_version u16
+    [flags & TIMING]     expires_at_ms u64 | delta_ms u32
+    [flags & ENCRYPTED]  key_id_len u8 | key_id | nonce (12)   payload = AES-256-GCM(body)
+    [else]               crc32 u32                              payload = body
+
+The envelope is bound to the Redis key it is stored under: encrypted entries use
+``key || 0x00 || header`` as AES-GCM associated data (authenticated); plain entries
+carry a CRC-32 over ``key || header || payload`` (detects corruption and any single
+bit flip, not a forger). Either way an entry copied to another key does not open.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import attrs
+
+from thorbis_cache.crypto import NONCE_SIZE, KeyRing
+
+__all__ = [
+    "FLAG_COMPRESSED",
+    "FLAG_ENCRYPTED",
+    "FLAG_TIMING",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "CorruptEntry",
+    "Opened",
+    "open_envelope",
+    "seal_envelope",
+]
+
+MAGIC = b"TC"
+FORMAT_VERSION = 1
+FLAG_COMPRESSED = 0x01
+FLAG_ENCRYPTED = 0x02
+FLAG_TIMING = 0x04
+_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_ENCRYPTED | FLAG_TIMING
+
+_HEAD = struct.Struct(">2sBBH")
+_TIMING = struct.Struct(">QI")
+_CRC = struct.Struct(">I")
+_TAG_SIZE = 16
+
+
+class CorruptEntry(Exception):  # noqa: N818 -- internal signal, never raised to callers
+    """An entry could not be opened; ``reason`` is a short machine-friendly word."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@attrs.frozen(slots=True)
+class Opened:
+    """What :func:`open_envelope` found: flags, schema version, timing, and the body."""
+
+    flags: int
+    schema_version: int
+    body: bytes
+    expires_at_ms: int = 0
+    delta_ms: int = 0
+
+
+def seal_envelope(
+    body: bytes,
+    *,
+    redis_key: bytes,
+    schema_version: int,
+    compressed: bool,
+    tenant: str,
+    keyring: KeyRing | None,
+    encrypt: bool,
+    timing: tuple[int, int] | None = None,
+) -> bytes:
+    """Frame ``body`` (already serialized, maybe compressed) for ``redis_key``.
+
+    :param timing: ``(expires_at_ms, delta_ms)`` for early recomputation, or None.
+    :param encrypt: seal with the tenant's data key of the ring's active key id.
+    """
+    flags = (FLAG_COMPRESSED if compressed else 0) | (FLAG_TIMING if timing else 0)
+    if encrypt:
+        if keyring is None:  # guarded at cache construction; kept as a safety net
+            raise ValueError("encryption requested without a key ring")
+        flags |= FLAG_ENCRYPTED
+    header = _HEAD.pack(MAGIC, FORMAT_VERSION, flags, schema_version)
+    if timing:
+        header += _TIMING.pack(*timing)
+    if encrypt:
+        assert keyring is not None
+        key_id = keyring.active_key_id
+        cipher = keyring.cipher(key_id, tenant)
+        assert cipher is not None  # the active id is always in the ring
+        kid = key_id.encode("ascii")
+        nonce = os.urandom(NONCE_SIZE)
+        header += bytes((len(kid),)) + kid + nonce
+        return header + cipher.encrypt(nonce, body, redis_key + b"\x00" + header)
+    crc = zlib.crc32(body, zlib.crc32(header, zlib.crc32(redis_key)))
+    return header + _CRC.pack(crc) + body
+
+
+def open_envelope(
+    data: bytes, *, redis_key: bytes, tenant: str, keyring: KeyRing | None, schema_version: int
+) -> Opened:
+    """Check and open an envelope read from ``redis_key``.
+
+    :raises CorruptEntry: on anything unexpected: bad magic, unknown format, flags or
+        schema version, truncation, CRC mismatch, unknown key id, failed authentication.
+    """
+    if len(data) < _HEAD.size:
+        raise CorruptEntry("truncated", f"{len(data)} bytes")
+    magic, fmt, flags, version = _HEAD.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptEntry("bad_magic")
+    if fmt != FORMAT_VERSION:
+        raise CorruptEntry("unknown_format", f"format {fmt}")
+    if flags & ~_KNOWN_FLAGS:
+        raise CorruptEntry("unknown_flags", f"flags {flags:#x}")
+    if version != schema_version:
+        raise CorruptEntry("schema_version", f"entry has v{version}, schema is v{schema_version}")
+    pos = _HEAD.size
+    expires_at_ms = delta_ms = 0
+    if flags & FLAG_TIMING:
+        if len(data) < pos + _TIMING.size:
+            raise CorruptEntry("truncated", "timing")
+        expires_at_ms, delta_ms = _TIMING.unpack_from(data, pos)
+        pos += _TIMING.size
+    if flags & FLAG_ENCRYPTED:
+        if len(data) < pos + 1:
+            raise CorruptEntry("truncated", "key id")
+        kid_len = data[pos]
+        end = pos + 1 + kid_len + NONCE_SIZE
+        if len(data) < end + _TAG_SIZE:
+            raise CorruptEntry("truncated", "nonce or tag")
+        try:
+            key_id = data[pos + 1 : pos + 1 + kid_len].decode("ascii")
+        except UnicodeDecodeError:
+            raise CorruptEntry("bad_key_id") from None
+        if keyring is None:
+            raise CorruptEntry("no_keyring", f"entry encrypted with key id {key_id!r}")
+        cipher = keyring.cipher(key_id, tenant)
+        if cipher is None:
+            raise CorruptEntry("unknown_key_id", key_id)
+        header = data[:end]
+        try:
+            body = cipher.decrypt(data[end - NONCE_SIZE : end], data[end:], redis_key + b"\x00" + header)
+        except Exception:  # cryptography raises InvalidTag; any failure means "does not open"
+            raise CorruptEntry("auth_failed", f"key id {key_id!r}") from None
+        return Opened(flags, version, body, expires_at_ms, delta_ms)
+    if len(data) < pos + _CRC.size:
+        raise CorruptEntry("truncated", "crc")
+    (stored,) = _CRC.unpack_from(data, pos)
+    body = data[pos + _CRC.size :]
+    crc = zlib.crc32(body, zlib.crc32(data[:pos], zlib.crc32(redis_key)))
+    if crc != stored:
+        raise CorruptEntry("checksum")
+    return Opened(flags, version, body, expires_at_ms, delta_ms)

@@ -1,0 +1,179 @@
+"""The exception tree of thorbis-cache.
+
+Every error the library raises derives from :class:`ThorbisCacheError`. Errors that
+refine a builtin also inherit it (an invalid parameter is also a ``ValueError``), so
+callers can catch either. Messages name the schema, tenant, parameter, key or server
+involved -- never a cached value or a secret.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheBackendError",
+    "ConfigurationError",
+    "DuplicateSchemaError",
+    "InvalidKeyError",
+    "InvalidParameterError",
+    "InvalidSchemaError",
+    "InvalidTenantId",
+    "KeyRingError",
+    "RedisUnavailableError",
+    "ServerBinaryNotFound",
+    "ServerStartError",
+    "ThorbisCacheError",
+    "UnknownSchemaError",
+    "VersionConflictError",
+    "ValueTypeError",
+    "WrongSchemaKindError",
+]
+
+
+class ThorbisCacheError(Exception):
+    """Base class of every error raised by thorbis-cache."""
+
+
+class ConfigurationError(ThorbisCacheError, ValueError):
+    """A setting is missing or has an invalid value."""
+
+
+# --------------------------------------------------------------------------- keys
+
+
+class InvalidTenantId(ThorbisCacheError, ValueError):  # noqa: N818 -- name fixed by the spec
+    """A tenant id does not follow the tenant id rule.
+
+    :ivar tenant: the rejected value (as given).
+    :ivar rule: the rule it broke, in words.
+    """
+
+    def __init__(self, tenant: object, rule: str) -> None:
+        self.tenant = tenant
+        self.rule = rule
+        super().__init__(f"invalid tenant id {tenant!r}: {rule}")
+
+
+class InvalidSchemaError(ThorbisCacheError, ValueError):
+    """A key schema declaration is malformed (bad name, namespace, parameter or TTL)."""
+
+    def __init__(self, schema: str, problem: str) -> None:
+        self.schema = schema
+        self.problem = problem
+        super().__init__(f"key schema {schema!r}: {problem}")
+
+
+class DuplicateSchemaError(ThorbisCacheError, ValueError):
+    """Two different key schemas were registered under one name."""
+
+    def __init__(self, schema: str, existing_owner: str, new_owner: str) -> None:
+        self.schema = schema
+        self.existing_owner = existing_owner
+        self.new_owner = new_owner
+        super().__init__(
+            f"key schema {schema!r} is already registered by {existing_owner}; "
+            f"{new_owner} cannot register it again"
+        )
+
+
+class UnknownSchemaError(ThorbisCacheError, LookupError):
+    """A key schema is not registered with the cache in use."""
+
+    def __init__(self, schema: str, known: list[str] | None = None) -> None:
+        self.schema = schema
+        hint = ""
+        if known:
+            shown = ", ".join(sorted(known)[:10])
+            hint = f" (registered: {shown}{', ...' if len(known) > 10 else ''})"
+        super().__init__(f"key schema {schema!r} is not registered{hint}")
+
+
+class InvalidParameterError(ThorbisCacheError, TypeError, ValueError):
+    """A key parameter is missing, unexpected, of the wrong type, or out of range."""
+
+    def __init__(self, schema: str, parameter: str, problem: str) -> None:
+        self.schema = schema
+        self.parameter = parameter
+        self.problem = problem
+        super().__init__(f"key schema {schema!r}, parameter {parameter!r}: {problem}")
+
+
+class InvalidKeyError(ThorbisCacheError, ValueError):
+    """A Redis key string does not parse as a key of any registered schema."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        shown = key if len(key) <= 200 else key[:200] + "..."
+        super().__init__(f"key {shown!r}: {problem}")
+
+
+class WrongSchemaKindError(ThorbisCacheError, TypeError):
+    """An operation was used on a schema of another kind (e.g. a hash helper on a value)."""
+
+    def __init__(self, schema: str, kind: str, operation: str) -> None:
+        self.schema = schema
+        self.kind = kind
+        self.operation = operation
+        super().__init__(f"key schema {schema!r} is a {kind} schema; {operation} is not allowed")
+
+
+# --------------------------------------------------------------------------- values
+
+
+class ValueTypeError(ThorbisCacheError, TypeError):
+    """A value does not match the value type declared by its key schema."""
+
+    def __init__(self, schema: str, expected: str, got: str, detail: str = "") -> None:
+        self.schema = schema
+        self.expected = expected
+        self.got = got
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"key schema {schema!r} holds {expected} values; got {got}{extra}"
+        )
+
+
+class VersionConflictError(ThorbisCacheError):
+    """An update-if-version found another version than the caller expected."""
+
+    def __init__(self, schema: str, key: str, expected: int, actual: int | None) -> None:
+        self.schema = schema
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        now = "the entry is not cached" if actual is None else f"it is at version {actual}"
+        super().__init__(
+            f"key schema {schema!r}, key {key}: expected version {expected}, but {now}"
+        )
+
+
+class KeyRingError(ThorbisCacheError, ValueError):
+    """The encryption key ring is malformed (bad key id, wrong key length, no active key)."""
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class CacheBackendError(ThorbisCacheError):
+    """Redis answered with an error, or could not be reached.
+
+    :ivar operation: the command or script that failed.
+    :ivar address: the server address(es) the client talks to.
+    """
+
+    def __init__(self, operation: str, address: str, problem: str) -> None:
+        self.operation = operation
+        self.address = address
+        self.problem = problem
+        super().__init__(f"redis {operation} on {address}: {problem}")
+
+
+class RedisUnavailableError(CacheBackendError, ConnectionError):
+    """Redis could not be reached (refused, reset, timed out)."""
+
+
+class ServerBinaryNotFound(ThorbisCacheError, FileNotFoundError):  # noqa: N818 -- reads better
+    """A server binary (redis-server, postgres) is missing; the message gives the install command."""
+
+
+class ServerStartError(ThorbisCacheError, RuntimeError):
+    """An ephemeral test server did not start; the message carries its log tail."""

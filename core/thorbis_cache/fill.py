@@ -1,0 +1,103 @@
+"""Stampede protection and race-free fills for cache-aside reads.
+
+Three mechanisms, from cheapest to widest:
+
+* :class:`SingleFlight` -- concurrent misses of one key in one process share one load.
+* Fill leases (``lua/lease_*.lua``) -- across processes, one client per key holds a
+  lease token while loading; its write is a compare-and-set on that token. Every
+  invalidation deletes the lease, so a value loaded *before* an invalidation can never
+  be written *after* it (memcache leases, Nishtala et al., NSDI 2013). Clients that
+  find the lease taken poll briefly for the winner's value instead of loading too.
+* :func:`should_recompute_early` -- XFetch (Vattani et al., VLDB 2015): a reader
+  recomputes a hot entry shortly before it expires, with a probability that grows as
+  expiry nears and with the recompute cost, so expiry never causes a stampede.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+__all__ = ["SingleFlight", "backoff_delays", "should_recompute_early"]
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    """Coalesce concurrent calls for one key into one running task.
+
+    The task is shielded: a caller that is cancelled stops waiting, but the load goes
+    on for the others. Tasks are owned here and cancelled by :meth:`cancel_all`.
+    """
+
+    def __init__(self, name: str = "fill") -> None:
+        self._name = name
+        self._tasks: dict[str, asyncio.Task[T]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def running(self, key: str) -> bool:
+        """True while a call for ``key`` is in flight."""
+        return key in self._tasks
+
+    async def do(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Run ``factory()`` once for all concurrent callers of ``key``.
+
+        :returns: the result, and whether this caller joined an existing flight.
+        """
+        task = self._tasks.get(key)
+        joined = task is not None
+        if task is None:
+            task = asyncio.ensure_future(factory())
+            task.set_name(f"thorbis-{self._name}:{key[:80]}")
+            self._tasks[key] = task
+            task.add_done_callback(lambda t: self._finished(key, t))
+        return await asyncio.shield(task), joined
+
+    def _finished(self, key: str, task: asyncio.Task[T]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            # Mark the exception retrieved: if every waiter was cancelled, nobody else will.
+            task.exception()
+
+    async def cancel_all(self) -> None:
+        """Cancel every flight and wait for them to end."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+
+def should_recompute_early(
+    now_ms: int, expires_at_ms: int, delta_ms: int, beta: float, rand: float | None = None
+) -> bool:
+    """XFetch: recompute when ``now - delta * beta * ln(rand) >= expiry``.
+
+    :param delta_ms: how long the last recomputation took.
+    :param beta: > 1 favours earlier recomputation, < 1 later; 1 is optimal in the paper.
+    :param rand: a uniform draw in (0, 1]; drawn here when None (tests pass one).
+    """
+    if expires_at_ms <= 0:
+        return False
+    r = rand if rand is not None else 1.0 - random.random()  # (0, 1], never log(0)
+    return now_ms - delta_ms * beta * math.log(r) >= expires_at_ms
+
+
+def backoff_delays(first: float = 0.002, cap: float = 0.05) -> Callable[[], float]:
+    """A generator of doubling delays from ``first`` up to ``cap`` seconds, with jitter
+    so waiters of one key do not poll in lock step."""
+    state = [first]
+
+    def next_delay() -> float:
+        delay = state[0]
+        state[0] = min(delay * 2, cap)
+        return delay * (0.5 + random.random())
+
+    return next_delay

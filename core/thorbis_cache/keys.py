@@ -1,0 +1,486 @@
+"""Key schemas: typed, registered templates that are the only way to build a cache key.
+
+A key looks like ``<prefix>:{<tenant>}:<schema>[:<param>...]`` (see ``docs/keys.md``).
+The tenant sits inside a Redis Cluster hash tag, so all keys of one tenant hash to one
+slot; parameters are escaped so that no value can reach another tenant, another
+schema, or widen a glob.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import functools
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote, unquote
+
+import attrs
+
+from thorbis_cache.errors import (
+    DuplicateSchemaError,
+    InvalidKeyError,
+    InvalidParameterError,
+    InvalidSchemaError,
+    InvalidTenantId,
+    UnknownSchemaError,
+)
+
+__all__ = [
+    "CacheKey",
+    "Compression",
+    "KeySchema",
+    "Param",
+    "SchemaKind",
+    "SchemaRegistry",
+    "validate_prefix",
+    "validate_tenant",
+]
+
+T = TypeVar("T")
+
+TENANT_RULE = (
+    "1 to 64 characters from a-z, 0-9, '_' and '-', starting with a letter or a digit"
+)
+_TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9_]{0,15}")
+_NAME_PART = r"[a-z][a-z0-9_]{0,31}"
+_SCHEMA_NAME_RE = re.compile(rf"{_NAME_PART}(\.{_NAME_PART})+")
+_PARAM_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+#: Parameter types a key may carry, and enums whose values are str or int.
+PARAM_TYPES: tuple[type, ...] = (str, int, bool, uuid.UUID, dt.date)
+
+
+class SchemaKind(enum.Enum):
+    """The Redis data structure a schema's keys hold."""
+
+    VALUE = "value"  #: one encoded value (string), read with get/get_or_load
+    HASH = "hash"  #: an attrs entity as a hash, one encoded field each, plus a version
+    ZSET = "zset"  #: a sorted set of members (ids) with scores
+    GEO = "geo"  #: a geo index of members (ids) with coordinates
+
+
+class Compression(enum.Enum):
+    """When values of a schema are compressed with zstd."""
+
+    AUTO = "auto"  #: above the codec's size threshold
+    NEVER = "never"
+    ALWAYS = "always"
+
+
+@functools.lru_cache(maxsize=65536)
+def validate_tenant(tenant: object) -> str:
+    """Return ``tenant`` if it is a valid tenant id.
+
+    :raises InvalidTenantId: naming the value and the rule it breaks.
+    """
+    if not isinstance(tenant, str):
+        raise InvalidTenantId(tenant, f"must be a str, got {type(tenant).__name__}")
+    if not _TENANT_RE.fullmatch(tenant):
+        raise InvalidTenantId(tenant, TENANT_RULE)
+    return tenant
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a valid key prefix (1-16 of a-z, 0-9, '_', from a letter).
+
+    :raises InvalidSchemaError: when it is not.
+    """
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise InvalidSchemaError(
+            "<prefix>", f"key prefix {prefix!r} must be 1-16 of a-z, 0-9, '_', from a letter"
+        )
+    return prefix
+
+
+# --------------------------------------------------------------------------- escaping
+
+# Kept verbatim in a key segment: nothing that is a separator (':'), a hash-tag brace,
+# a glob metacharacter (* ? [ ] \), whitespace, or the escape character itself.
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def escape_segment(text: str) -> str:
+    """Percent-encode ``text`` (UTF-8) so the result only holds ``[A-Za-z0-9_.%-]``."""
+    if all(c in _SAFE for c in text):
+        return text
+    # quote() never escapes '~'; we do, so the escaped alphabet stays minimal.
+    return quote(text, safe="", encoding="utf-8", errors="strict").replace("~", "%7E")
+
+
+def unescape_segment(segment: str) -> str:
+    """Inverse of :func:`escape_segment`; rejects any non-canonical spelling.
+
+    :raises ValueError: when ``segment`` is not exactly what escape_segment produces.
+    """
+    if "%" not in segment:
+        if not all(c in _SAFE for c in segment):
+            raise ValueError("unescaped character outside [A-Za-z0-9_.-]")
+        return segment
+    text = unquote(segment, encoding="utf-8", errors="strict")
+    if escape_segment(text) != segment:
+        raise ValueError("non-canonical escaping")
+    return text
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _check_param_type(tp: object) -> type:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        kinds = {type(m.value) for m in tp}
+        if not kinds or not kinds <= {str, int}:
+            raise TypeError(f"enum {tp.__name__} must have str or int values")
+        return tp
+    if tp in PARAM_TYPES and isinstance(tp, type):
+        return tp
+    names = ", ".join(t.__name__ for t in PARAM_TYPES)
+    raise TypeError(f"parameter type must be one of {names} or an Enum, got {tp!r}")
+
+
+@attrs.frozen(slots=True)
+class Param:
+    """One typed parameter of a key schema.
+
+    :ivar name: identifier, ``[a-z][a-z0-9_]*``.
+    :ivar type: str, int, bool, uuid.UUID, datetime.date, or an Enum with str/int values.
+    :ivar max_length: optional cap on the encoded segment length (bytes).
+    """
+
+    name: str
+    type: type
+    max_length: int | None = None
+
+    def encode(self, schema: str, value: object) -> str:
+        """Encode ``value`` as one key segment.
+
+        :raises InvalidParameterError: when ``value`` has the wrong type or is too long.
+        """
+        tp = self.type
+        # bool is an int subclass, and a datetime is a date: both must be refused explicitly.
+        if type(value) is bool and tp is not bool:
+            raise InvalidParameterError(schema, self.name, f"expected {tp.__name__}, got bool")
+        if tp is dt.date and isinstance(value, dt.datetime):
+            raise InvalidParameterError(schema, self.name, "expected date, got datetime")
+        if not isinstance(value, tp):
+            raise InvalidParameterError(
+                schema, self.name, f"expected {tp.__name__}, got {type(value).__name__}"
+            )
+        if isinstance(value, enum.Enum):
+            raw: object = value.value
+        else:
+            raw = value
+        if isinstance(raw, bool):
+            segment = "1" if raw else "0"
+        elif isinstance(raw, int):
+            segment = str(raw)
+        elif isinstance(raw, str):
+            segment = escape_segment(raw)
+        elif isinstance(raw, uuid.UUID | dt.date):
+            segment = str(raw) if isinstance(raw, uuid.UUID) else raw.isoformat()
+        else:  # pragma: no cover -- excluded by _check_param_type
+            raise InvalidParameterError(schema, self.name, f"unsupported value {type(raw)}")
+        if self.max_length is not None and len(segment) > self.max_length:
+            raise InvalidParameterError(
+                schema,
+                self.name,
+                f"encoded length {len(segment)} exceeds max_length {self.max_length}",
+            )
+        return segment
+
+    def decode(self, segment: str) -> object:
+        """Decode one key segment back to a value (exact inverse of :meth:`encode`).
+
+        :raises ValueError: when the segment is not the canonical encoding of a value.
+        """
+        tp = self.type
+        if issubclass(tp, enum.Enum):
+            value_kind = type(next(iter(tp)).value)
+            raw: object = int(segment) if value_kind is int else unescape_segment(segment)
+            value: object = tp(raw)
+        elif tp is bool:
+            if segment not in ("0", "1"):
+                raise ValueError("bool must be 0 or 1")
+            value = segment == "1"
+        elif tp is int:
+            value = int(segment)
+        elif tp is str:
+            value = unescape_segment(segment)
+        elif tp is uuid.UUID:
+            value = uuid.UUID(segment)
+        elif tp is dt.date:
+            value = dt.date.fromisoformat(segment)
+        else:  # pragma: no cover -- excluded by _check_param_type
+            raise ValueError(f"unsupported parameter type {tp!r}")
+        if self.encode("<parse>", value) != segment:
+            raise ValueError("non-canonical spelling")
+        return value
+
+
+def _to_params(value: object) -> tuple[Param, ...]:
+    if isinstance(value, Mapping):
+        items: list[Param] = []
+        for name, tp in value.items():
+            items.append(tp if isinstance(tp, Param) else Param(name, tp))
+        return tuple(items)
+    if isinstance(value, tuple | list):
+        return tuple(value)
+    raise TypeError(f"params must be a mapping of name to type, got {type(value).__name__}")
+
+
+def _to_tags(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)  # type: ignore[call-overload]
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+@attrs.frozen(slots=True, eq=False)
+class KeySchema(Generic[T]):
+    """A registered, typed key template.
+
+    >>> CUSTOMER = KeySchema("hs.customer", Customer, params={"customer_id": int},
+    ...                      ttl=3600, sensitive=True)
+    >>> CUSTOMER.key("acme", customer_id=42)
+
+    :ivar name: ``<namespace>.<entity>[.<more>]``, lower case; the namespace is the first part.
+    :ivar value_type: an attrs class, or a primitive/container type (``int``, ``list[str]``...).
+        For ZSET and GEO schemas it is the member type (a parameter type).
+    :ivar params: ordered mapping of parameter name to type (or :class:`Param`).
+    :ivar ttl: seconds a value lives; every cached value expires.
+    :ivar ttl_jitter: fraction (0-0.5) of the TTL randomly added or removed per write, so
+        entries written together do not expire together.
+    :ivar sensitive: encrypt values with the tenant's data key (AES-256-GCM).
+    :ivar compression: zstd policy.
+    :ivar tags: tag names attached to every key of the schema (used by invalidation).
+    :ivar kind: the Redis structure (value, hash, sorted set, geo index).
+    :ivar version: schema version written into every envelope; entries of another version
+        are treated as misses, so bump it when the value type changes incompatibly.
+    :ivar early_recompute: XFetch ``beta`` (typically 1.0); None disables early recompute.
+    :ivar description: one line for listings.
+    """
+
+    name: str
+    value_type: Any
+    params: tuple[Param, ...] = attrs.field(factory=tuple, converter=_to_params)
+    ttl: float = 3600.0
+    ttl_jitter: float = 0.0
+    sensitive: bool = False
+    compression: Compression = Compression.AUTO
+    tags: tuple[str, ...] = attrs.field(factory=tuple, converter=_to_tags)
+    kind: SchemaKind = SchemaKind.VALUE
+    version: int = 1
+    early_recompute: float | None = None
+    description: str = ""
+    _param_names: frozenset[str] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not _SCHEMA_NAME_RE.fullmatch(name):
+            raise InvalidSchemaError(
+                str(name),
+                "name must be '<namespace>.<entity>' of lower-case parts "
+                "([a-z][a-z0-9_]*, at most 32 characters each)",
+            )
+        seen: set[str] = set()
+        for p in self.params:
+            if not isinstance(p, Param):
+                raise InvalidSchemaError(name, f"parameter {p!r} is not a Param")
+            if not _PARAM_NAME_RE.fullmatch(p.name):
+                raise InvalidSchemaError(name, f"parameter name {p.name!r} is not an identifier")
+            if p.name in seen:
+                raise InvalidSchemaError(name, f"parameter {p.name!r} is declared twice")
+            seen.add(p.name)
+            try:
+                _check_param_type(p.type)
+            except TypeError as exc:
+                raise InvalidSchemaError(name, f"parameter {p.name!r}: {exc}") from None
+        if not isinstance(self.ttl, int | float) or not 0 < self.ttl <= 365 * 86400:
+            raise InvalidSchemaError(name, f"ttl must be seconds in (0, 1 year], got {self.ttl!r}")
+        if not 0 <= self.ttl_jitter <= 0.5:
+            raise InvalidSchemaError(name, f"ttl_jitter must be in [0, 0.5], got {self.ttl_jitter}")
+        if not isinstance(self.version, int) or not 0 <= self.version <= 0xFFFF:
+            raise InvalidSchemaError(name, f"version must be an int in [0, 65535], got {self.version}")
+        if self.early_recompute is not None and not 0 < self.early_recompute <= 10:
+            raise InvalidSchemaError(name, "early_recompute (XFetch beta) must be in (0, 10]")
+        for tag in self.tags:
+            if not isinstance(tag, str) or not _SCHEMA_NAME_RE.fullmatch(tag):
+                raise InvalidSchemaError(name, f"tag {tag!r} must look like '<namespace>.<name>'")
+        if self.kind in (SchemaKind.ZSET, SchemaKind.GEO):
+            try:
+                _check_param_type(self.value_type)
+            except TypeError as exc:
+                raise InvalidSchemaError(name, f"{self.kind.value} member type: {exc}") from None
+            if self.sensitive:
+                raise InvalidSchemaError(
+                    name, f"{self.kind.value} members are stored in clear; sensitive is not allowed"
+                )
+        if self.kind is SchemaKind.HASH and not attrs.has(self.value_type):
+            raise InvalidSchemaError(name, "a hash schema's value_type must be an attrs class")
+        object.__setattr__(self, "_param_names", frozenset(seen))
+
+    @property
+    def namespace(self) -> str:
+        """The first part of the name (``hs`` for ``hs.customer``)."""
+        return self.name.split(".", 1)[0]
+
+    @property
+    def member_param(self) -> Param:
+        """For ZSET/GEO schemas, the Param that encodes members."""
+        return Param("member", self.value_type)
+
+    def key(self, tenant: str, /, **params: object) -> CacheKey[T]:
+        """Build the key of ``tenant`` with ``params``.
+
+        :raises InvalidTenantId: when ``tenant`` breaks the tenant rule.
+        :raises InvalidParameterError: for a missing, extra or mistyped parameter.
+        """
+        validate_tenant(tenant)
+        if len(params) != len(self.params) or params.keys() != self._param_names:
+            missing = [p.name for p in self.params if p.name not in params]
+            if missing:
+                raise InvalidParameterError(self.name, missing[0], "missing")
+            extra = sorted(set(params) - self._param_names)
+            raise InvalidParameterError(
+                self.name, extra[0], f"unexpected (declared: {sorted(self._param_names)})"
+            )
+        values = tuple(params[p.name] for p in self.params)
+        segments = "".join(":" + p.encode(self.name, v) for p, v in zip(self.params, values))
+        return CacheKey(self, tenant, values, f"{{{tenant}}}:{self.name}{segments}")
+
+    def glob(self, prefix: str, tenant: str, /, **params: object) -> str:
+        """A SCAN pattern matching exactly the keys of ``tenant`` with the given params.
+
+        Parameters left out match any value. Because every segment is escaped and a
+        schema has a fixed number of segments, a ``*`` can never span a ':' here.
+        For offline tools only: nothing on the hot path scans.
+        """
+        validate_tenant(tenant)
+        unknown = set(params) - self._param_names
+        if unknown:
+            raise InvalidParameterError(self.name, sorted(unknown)[0], "unexpected")
+        parts = [
+            p.encode(self.name, params[p.name]) if p.name in params else "*" for p in self.params
+        ]
+        return f"{prefix}:{{{tenant}}}:{self.name}" + "".join(":" + s for s in parts)
+
+
+@attrs.frozen(slots=True)
+class CacheKey(Generic[T]):
+    """A built key: schema, tenant, parameter values, and the encoded key body.
+
+    The Redis key is ``<prefix>:`` + :attr:`body`; the cache adds the prefix.
+    """
+
+    schema: KeySchema[T]
+    tenant: str
+    values: tuple[object, ...]
+    body: str
+
+    @property
+    def params(self) -> dict[str, object]:
+        """Parameter values by name."""
+        return {p.name: v for p, v in zip(self.schema.params, self.values)}
+
+    def redis_key(self, prefix: str) -> str:
+        """The full Redis key under ``prefix``."""
+        return f"{prefix}:{self.body}"
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@attrs.define
+class SchemaRegistry:
+    """The set of key schemas a cache accepts, with their owners (plugin names)."""
+
+    _schemas: dict[str, KeySchema[Any]] = attrs.field(factory=dict, init=False)
+    _owners: dict[str, str] = attrs.field(factory=dict, init=False)
+
+    def register(self, schema: KeySchema[Any], owner: str = "<app>") -> None:
+        """Register ``schema``; registering the same object again is a no-op.
+
+        :raises DuplicateSchemaError: when another schema already holds the name.
+        """
+        existing = self._schemas.get(schema.name)
+        if existing is not None:
+            if existing is schema:
+                return
+            raise DuplicateSchemaError(schema.name, self._owners[schema.name], owner)
+        self._schemas[schema.name] = schema
+        self._owners[schema.name] = owner
+
+    def get(self, name: str) -> KeySchema[Any]:
+        """The schema registered as ``name``.
+
+        :raises UnknownSchemaError: when there is none.
+        """
+        try:
+            return self._schemas[name]
+        except KeyError:
+            raise UnknownSchemaError(name, list(self._schemas)) from None
+
+    def owner(self, name: str) -> str:
+        """Who registered ``name``."""
+        return self._owners[name]
+
+    def is_registered(self, schema: KeySchema[Any]) -> bool:
+        """True if this very schema object is registered."""
+        return self._schemas.get(schema.name) is schema
+
+    def __iter__(self) -> Iterator[KeySchema[Any]]:
+        return iter(self._schemas.values())
+
+    def __len__(self) -> int:
+        return len(self._schemas)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._schemas
+
+    def parse(self, prefix: str, redis_key: str) -> CacheKey[Any]:
+        """Parse a full Redis key back into schema, tenant and parameter values.
+
+        :raises InvalidKeyError: when the key is not exactly a key this registry builds.
+        """
+        head = prefix + ":{"
+        if not redis_key.startswith(head):
+            raise InvalidKeyError(redis_key, f"does not start with {head!r}")
+        close = redis_key.find("}", len(head))
+        if close < 0:
+            raise InvalidKeyError(redis_key, "no closing '}' after the tenant")
+        tenant = redis_key[len(head) : close]
+        try:
+            validate_tenant(tenant)
+        except InvalidTenantId as exc:
+            raise InvalidKeyError(redis_key, str(exc)) from None
+        rest = redis_key[close + 1 :]
+        if not rest.startswith(":"):
+            raise InvalidKeyError(redis_key, "expected ':' after the tenant tag")
+        parts = rest[1:].split(":")
+        schema = self._schemas.get(parts[0])
+        if schema is None:
+            raise InvalidKeyError(redis_key, f"schema {parts[0]!r} is not registered")
+        segments = parts[1:]
+        if len(segments) != len(schema.params):
+            raise InvalidKeyError(
+                redis_key,
+                f"schema {schema.name!r} takes {len(schema.params)} parameters, "
+                f"found {len(segments)}",
+            )
+        values: dict[str, object] = {}
+        for param, segment in zip(schema.params, segments):
+            try:
+                values[param.name] = param.decode(segment)
+            except (ValueError, InvalidParameterError) as exc:
+                raise InvalidKeyError(
+                    redis_key, f"parameter {param.name!r} of {schema.name!r}: {exc}"
+                ) from None
+        key = schema.key(tenant, **values)
+        if key.redis_key(prefix) != redis_key:  # pragma: no cover -- defensive, proven by tests
+            raise InvalidKeyError(redis_key, "does not rebuild to itself")
+        return key

@@ -1,0 +1,28 @@
+-- hash_update: partial update of an entity hash, optionally only at a given version.
+--
+-- KEYS[1]  the hash key
+-- ARGV[1]  the version field name
+-- ARGV[2]  expected version, or "" to update whatever the version is
+-- ARGV[3]  time-to-live in milliseconds, or "" to keep the current expiry
+-- ARGV[4..] field, value, ... (the changed fields only)
+--
+-- Returns {1, new_version} when applied,
+--         {0, current_version} on a version mismatch (nothing written),
+--         {-1} when the entity is not cached (nothing written: a partial update of a
+--              missing hash would create a half entity).
+-- Bounds: O(changed fields). Atomic, so compare and write cannot interleave.
+local current = redis.call("HGET", KEYS[1], ARGV[1])
+if not current then
+  return {-1}
+end
+if ARGV[2] ~= "" and ARGV[2] ~= current then
+  return {0, tonumber(current)}
+end
+if #ARGV >= 5 then
+  redis.call("HSET", KEYS[1], unpack(ARGV, 4))
+end
+local version = redis.call("HINCRBY", KEYS[1], ARGV[1], 1)
+if ARGV[3] ~= "" then
+  redis.call("PEXPIRE", KEYS[1], ARGV[3])
+end
+return {1, version}

@@ -1,0 +1,19 @@
+-- lease_fill: write a loaded value only if the caller still holds the fill lease.
+--
+-- KEYS[1]  the data key
+-- KEYS[2]  its lease key (same hash slot)
+-- ARGV[1]  the caller's lease token
+-- ARGV[2]  the encoded value
+-- ARGV[3]  value time-to-live in milliseconds
+--
+-- Returns 1 when written, 0 when the lease is gone or belongs to someone else.
+--
+-- Every invalidation (delete, set) deletes the lease key, so a value loaded before
+-- an invalidation can never be written after it: the compare and the set happen
+-- in one atomic step. O(1).
+if redis.call("GET", KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])
+redis.call("DEL", KEYS[2])
+return 1
