@@ -8,6 +8,7 @@ is cache-aside with single-flight, fill leases and optional XFetch (see :mod:`.f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -31,7 +32,7 @@ from thorbis_cache.fill import SingleFlight, backoff_delays, should_recompute_ea
 from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind, SchemaRegistry
 from thorbis_cache.metrics import CacheMetrics, SchemaCounters
 from thorbis_cache.redis_store import RedisStore, Script, load_lua
-from thorbis_cache.structures import GeoIndex, EntityHash, SortedSet
+from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet
 
 __all__ = ["Cache"]
 
@@ -375,10 +376,8 @@ class Cache:
             value = await self._call_loader(rt, loader)
         except BaseException:
             # Release our lease at once so waiters take over instead of timing out.
-            try:
+            with contextlib.suppress(RedisUnavailableError):
                 await self.store.run(self._scripts.delete_if_equal, [lease], [token])
-            except RedisUnavailableError:
-                pass
             raise
         rt.codec.check(value)
         delta_ms = int((time.perf_counter() - started) * 1000)
@@ -432,17 +431,17 @@ class Cache:
             "dropping unreadable cache entry %s (schema %s, tenant %s): %s",
             rk, key.schema.name, key.tenant, exc,
         )
-        try:
+        # If Redis is gone it stays unreadable, and the next reader drops it.
+        with contextlib.suppress(RedisUnavailableError):
             await self.store.run(self._scripts.delete_if_equal, [rk], [data])
-        except RedisUnavailableError:
-            pass  # it stays unreadable, and will be dropped by the next reader
 
     # ----------------------------------------------------------------- structures
 
     def hash(self, key: CacheKey[T]) -> EntityHash[T]:
         """Typed access to an entity hash (partial updates, optimistic version)."""
         rt = self._kind_runtime(key, SchemaKind.HASH, "hash")
-        return EntityHash(self, key, rt.codec, self._scripts.hash_replace, self._scripts.hash_update)
+        scripts = self._scripts
+        return EntityHash(self, key, rt.codec, scripts.hash_replace, scripts.hash_update)
 
     def zset(self, key: CacheKey[T]) -> SortedSet[T]:
         """Typed access to a sorted set of members."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
-import math
 import types
 import typing
 import uuid
@@ -22,13 +21,22 @@ import zstandard
 from cattrs.preconf.msgpack import make_converter as _make_msgpack_converter
 
 from thorbis_cache.crypto import KeyRing
-from thorbis_cache.envelope import FLAG_COMPRESSED, FLAG_ENCRYPTED, CorruptEntry, open_envelope, seal_envelope
+from thorbis_cache.envelope import (
+    FLAG_COMPRESSED,
+    FLAG_ENCRYPTED,
+    CorruptEntry,
+    open_envelope,
+    seal_envelope,
+)
 from thorbis_cache.errors import ValueTypeError
 from thorbis_cache.keys import Compression, KeySchema
 
 __all__ = ["CodecSettings", "Decoded", "SchemaCodec", "check_value", "make_converter"]
 
 T = TypeVar("T")
+
+_MSGPACK_INT_MIN = -(2**63)
+_MSGPACK_INT_MAX = 2**64 - 1
 
 
 @attrs.frozen(slots=True)
@@ -92,8 +100,8 @@ def check_value(value: object, tp: Any) -> str | None:
             ok = isinstance(value, tp)
         if not ok:
             return f"expected {tp.__name__}, got {type(value).__name__}"
-        if isinstance(value, float) and not math.isfinite(value) and tp is not float:
-            return "non-finite float"
+        if tp is int and not _MSGPACK_INT_MIN <= value <= _MSGPACK_INT_MAX:  # type: ignore[operator]
+            return f"int {value} does not fit in 64 bits (msgpack)"
         if attrs.has(tp) and not isinstance(tp, enum.EnumMeta):
             for field in attrs.fields(attrs.resolve_types(tp)):
                 problem = check_value(getattr(value, field.name), field.type)
@@ -117,21 +125,21 @@ def check_value(value: object, tp: Any) -> str | None:
             return f"expected {origin.__name__}, got {type(value).__name__}"
         if container is dict:
             kt, vt = args or (Any, Any)
-            for k, v in value.items():  # type: ignore[attr-defined]
+            for k, v in value.items():
                 problem = check_value(k, kt) or check_value(v, vt)
                 if problem:
                     return f"[{k!r}]: {problem}"
             return None
         if container is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):  # type: ignore[arg-type]
-                return f"expected a tuple of {len(args)}, got {len(value)}"  # type: ignore[arg-type]
-            for i, (item, at) in enumerate(zip(value, args)):  # type: ignore[call-overload]
+            if len(value) != len(args):
+                return f"expected a tuple of {len(args)}, got {len(value)}"
+            for i, (item, at) in enumerate(zip(value, args)):
                 problem = check_value(item, at)
                 if problem:
                     return f"[{i}]: {problem}"
             return None
         item_type = args[0] if args else Any
-        for i, item in enumerate(value):  # type: ignore[call-overload]
+        for i, item in enumerate(value):
             problem = check_value(item, item_type)
             if problem:
                 return f"[{i}]: {problem}"
@@ -284,10 +292,14 @@ class SchemaCodec(Generic[T]):
             raise CorruptEntry("not_encrypted")
         body = opened.body
         if opened.flags & FLAG_COMPRESSED:
+            limit = self._settings.max_value_size
             try:
-                body = self._decompressor.decompress(
-                    body, max_output_size=self._settings.max_value_size
-                )
+                # max_output_size only applies to frames without a declared size, so the
+                # declared size is checked first: a forged header cannot make us allocate.
+                declared = zstandard.frame_content_size(body)
+                if declared > limit:
+                    raise CorruptEntry("zstd", f"declared size {declared} exceeds {limit}")
+                body = self._decompressor.decompress(body, max_output_size=limit)
             except zstandard.ZstdError as exc:
                 raise CorruptEntry("zstd", str(exc)[:80]) from None
         return body, opened.expires_at_ms, opened.delta_ms

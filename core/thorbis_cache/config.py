@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from thorbis_cache.codec import CodecSettings
@@ -11,7 +13,7 @@ from thorbis_cache.keys import validate_prefix
 __all__ = ["CacheSettings"]
 
 
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
         raise ConfigurationError(f"{attribute.name} must be > 0, got {value!r}")
 
@@ -37,4 +39,4 @@ class CacheSettings:
     lease_wait: float = attrs.field(default=2.0, validator=_positive)
     serve_from_loader_when_unavailable: bool = True
     degraded_concurrency: int = attrs.field(default=32, validator=_positive)
-    codec: CodecSettings = CodecSettings()
+    codec: CodecSettings = attrs.field(factory=CodecSettings)

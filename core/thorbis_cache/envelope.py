@@ -48,7 +48,7 @@ _CRC = struct.Struct(">I")
 _TAG_SIZE = 16
 
 
-class CorruptEntry(Exception):  # noqa: N818 -- internal signal, never raised to callers
+class CorruptEntry(Exception):
     """An entry could not be opened; ``reason`` is a short machine-friendly word."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -149,7 +149,8 @@ def open_envelope(
             raise CorruptEntry("unknown_key_id", key_id)
         header = data[:end]
         try:
-            body = cipher.decrypt(data[end - NONCE_SIZE : end], data[end:], redis_key + b"\x00" + header)
+            nonce = data[end - NONCE_SIZE : end]
+            body = cipher.decrypt(nonce, data[end:], redis_key + b"\x00" + header)
         except Exception:  # cryptography raises InvalidTag; any failure means "does not open"
             raise CorruptEntry("auth_failed", f"key id {key_id!r}") from None
         return Opened(flags, version, body, expires_at_ms, delta_ms)

@@ -22,8 +22,8 @@ __all__ = [
     "ServerStartError",
     "ThorbisCacheError",
     "UnknownSchemaError",
-    "VersionConflictError",
     "ValueTypeError",
+    "VersionConflictError",
     "WrongSchemaKindError",
 ]
 
@@ -39,7 +39,7 @@ class ConfigurationError(ThorbisCacheError, ValueError):
 # --------------------------------------------------------------------------- keys
 
 
-class InvalidTenantId(ThorbisCacheError, ValueError):  # noqa: N818 -- name fixed by the spec
+class InvalidTenantId(ThorbisCacheError, ValueError):
     """A tenant id does not follow the tenant id rule.
 
     :ivar tenant: the rejected value (as given).
@@ -171,8 +171,11 @@ class RedisUnavailableError(CacheBackendError, ConnectionError):
     """Redis could not be reached (refused, reset, timed out)."""
 
 
-class ServerBinaryNotFound(ThorbisCacheError, FileNotFoundError):  # noqa: N818 -- reads better
-    """A server binary (redis-server, postgres) is missing; the message gives the install command."""
+class ServerBinaryNotFound(ThorbisCacheError, FileNotFoundError):
+    """A server binary (redis-server, postgres) is missing.
+
+    The message gives the exact install command or the environment variable to set.
+    """
 
 
 class ServerStartError(ThorbisCacheError, RuntimeError):

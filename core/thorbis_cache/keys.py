@@ -13,7 +13,7 @@ import enum
 import functools
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
 
@@ -234,7 +234,9 @@ def _to_params(value: object) -> tuple[Param, ...]:
 def _to_tags(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
-    return tuple(value)  # type: ignore[call-overload]
+    if isinstance(value, Iterable):
+        return tuple(value)
+    raise TypeError(f"tags must be a str or an iterable of str, got {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------- schemas
@@ -305,7 +307,9 @@ class KeySchema(Generic[T]):
         if not 0 <= self.ttl_jitter <= 0.5:
             raise InvalidSchemaError(name, f"ttl_jitter must be in [0, 0.5], got {self.ttl_jitter}")
         if not isinstance(self.version, int) or not 0 <= self.version <= 0xFFFF:
-            raise InvalidSchemaError(name, f"version must be an int in [0, 65535], got {self.version}")
+            raise InvalidSchemaError(
+                name, f"version must be an int in [0, 65535], got {self.version!r}"
+            )
         if self.early_recompute is not None and not 0 < self.early_recompute <= 10:
             raise InvalidSchemaError(name, "early_recompute (XFetch beta) must be in (0, 10]")
         for tag in self.tags:

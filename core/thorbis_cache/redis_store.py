@@ -141,7 +141,8 @@ class RedisStore:
     async def get(self, key: str) -> bytes | None:
         """GET ``key``."""
         try:
-            return await self._client.get(key)  # type: ignore[no-any-return]
+            data: bytes | None = await self._client.get(key)  # type: ignore[assignment]
+            return data
         except (rexc.RedisError, OSError) as exc:
             raise self._fail("GET", exc) from exc
 
@@ -151,7 +152,8 @@ class RedisStore:
             return []
         try:
             if not self._cluster:
-                return await self._client.mget(keys)  # type: ignore[no-any-return]
+                got: list[bytes | None] = await self._client.mget(keys)  # type: ignore[assignment]
+                return got
             by_slot: dict[int, list[int]] = {}
             for i, k in enumerate(keys):
                 by_slot.setdefault(key_slot(k.encode()), []).append(i)
@@ -161,7 +163,7 @@ class RedisStore:
                 # (one tenant, one slot) and would open a connection per slot.
                 values = await self._client.mget([keys[i] for i in positions])
                 for i, v in zip(positions, values):
-                    out[i] = v
+                    out[i] = v  # type: ignore[assignment]
             return out
         except (rexc.RedisError, OSError) as exc:
             raise self._fail("MGET", exc) from exc
@@ -188,9 +190,9 @@ class RedisStore:
         """Run a Lua script (all ``keys`` must share one slot)."""
         try:
             try:
-                return await self._client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
-                return await self._client.eval(script.source, len(keys), *keys, *args)  # type: ignore[misc]
+                return await self._client.eval(script.source, len(keys), *keys, *args)
         except (rexc.RedisError, OSError) as exc:
             raise self._fail(f"script {script.name}", exc) from exc
 

@@ -171,9 +171,8 @@ class EntityHash(Generic[T]):
 
     def _check_name(self, name: str) -> None:
         if name not in self._fields:
-            raise InvalidParameterError(
-                self._key.schema.name, name, f"not a field of {self._key.schema.value_type.__name__}"
-            )
+            owner = self._key.schema.value_type.__name__
+            raise InvalidParameterError(self._key.schema.name, name, f"not a field of {owner}")
 
     async def _drop(self, exc: CorruptEntry) -> None:
         self._cache.metrics.corrupt.labels(self._key.schema.name, exc.reason).inc()
