@@ -374,12 +374,12 @@ class Cache:
         started = time.perf_counter()
         try:
             value = await self._call_loader(rt, loader)
+            rt.codec.check(value)
         except BaseException:
             # Release our lease at once so waiters take over instead of timing out.
             with contextlib.suppress(RedisUnavailableError):
                 await self.store.run(self._scripts.delete_if_equal, [lease], [token])
             raise
-        rt.codec.check(value)
         delta_ms = int((time.perf_counter() - started) * 1000)
         ttl_ms = self.ttl_ms(key.schema, ttl)
         data = rt.codec.encode(
