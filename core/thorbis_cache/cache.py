@@ -197,7 +197,7 @@ class Cache:
             rt.counters.misses.inc()
             return None
         try:
-            value: T = rt.codec.decode(data, rk.encode(), key.tenant).value
+            value: T = rt.codec.decode_value(data, rk.encode(), key.tenant)
         except CorruptEntry as exc:
             await self._drop_corrupt(rt, key, rk, data, exc)
             rt.counters.misses.inc()
@@ -218,7 +218,7 @@ class Cache:
                 out.append(None)
                 continue
             try:
-                out.append(rt.codec.decode(data, rk.encode(), key.tenant).value)
+                out.append(rt.codec.decode_value(data, rk.encode(), key.tenant))
                 rt.counters.hits.inc()
             except CorruptEntry as exc:
                 await self._drop_corrupt(rt, key, rk, data, exc)
@@ -274,14 +274,18 @@ class Cache:
         except RedisUnavailableError as exc:
             return await self._degraded_load(rt, key, loader, exc)
         if data is not None:
+            beta = key.schema.early_recompute
             try:
+                if beta is None:
+                    hit: T = rt.codec.decode_value(data, rk.encode(), key.tenant)
+                    rt.counters.hits.inc()
+                    return hit
                 decoded = rt.codec.decode(data, rk.encode(), key.tenant)
             except CorruptEntry as exc:
                 await self._drop_corrupt(rt, key, rk, data, exc)
             else:
                 rt.counters.hits.inc()
-                beta = key.schema.early_recompute
-                if beta is None or not should_recompute_early(
+                if not should_recompute_early(
                     int(time.time() * 1000), decoded.expires_at_ms, decoded.delta_ms, beta
                 ):
                     return decoded.value  # type: ignore[no-any-return]
@@ -317,7 +321,7 @@ class Cache:
             if state == _LEASE_VALUE:
                 data: bytes = reply[1]
                 try:
-                    return rt.codec.decode(data, rk.encode(), key.tenant).value  # type: ignore[no-any-return]
+                    return rt.codec.decode_value(data, rk.encode(), key.tenant)  # type: ignore[no-any-return]
                 except CorruptEntry as exc:
                     await self._drop_corrupt(rt, key, rk, data, exc)
                     continue

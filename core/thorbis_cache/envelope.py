@@ -19,8 +19,6 @@ import os
 import struct
 import zlib
 
-import attrs
-
 from thorbis_cache.crypto import NONCE_SIZE, KeyRing
 
 __all__ = [
@@ -57,15 +55,9 @@ class CorruptEntry(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-@attrs.frozen(slots=True)
-class Opened:
-    """What :func:`open_envelope` found: flags, schema version, timing, and the body."""
-
-    flags: int
-    schema_version: int
-    body: bytes
-    expires_at_ms: int = 0
-    delta_ms: int = 0
+#: What :func:`open_envelope` returns: ``(flags, body, expires_at_ms, delta_ms)``. A plain
+#: tuple, not a class: it is built on every cache hit.
+Opened = tuple[int, bytes, int, int]
 
 
 def seal_envelope(
@@ -113,17 +105,14 @@ def open_envelope(
     :raises CorruptEntry: on anything unexpected: bad magic, unknown format, flags or
         schema version, truncation, CRC mismatch, unknown key id, failed authentication.
     """
-    if len(data) < _HEAD.size:
-        raise CorruptEntry("truncated", f"{len(data)} bytes")
-    magic, fmt, flags, version = _HEAD.unpack_from(data)
-    if magic != MAGIC:
-        raise CorruptEntry("bad_magic")
-    if fmt != FORMAT_VERSION:
-        raise CorruptEntry("unknown_format", f"format {fmt}")
-    if flags & ~_KNOWN_FLAGS:
-        raise CorruptEntry("unknown_flags", f"flags {flags:#x}")
-    if version != schema_version:
-        raise CorruptEntry("schema_version", f"entry has v{version}, schema is v{schema_version}")
+    try:
+        magic, fmt, flags, version = _HEAD.unpack_from(data)
+    except struct.error:
+        raise CorruptEntry("truncated", f"{len(data)} bytes") from None
+    # One comparison for the common case; the specific reason is worked out on failure.
+    if (magic != MAGIC or fmt != FORMAT_VERSION or flags & ~_KNOWN_FLAGS
+            or version != schema_version):
+        _raise_header_problem(magic, fmt, flags, version, schema_version)
     pos = _HEAD.size
     expires_at_ms = delta_ms = 0
     if flags & FLAG_TIMING:
@@ -153,7 +142,7 @@ def open_envelope(
             body = cipher.decrypt(nonce, data[end:], redis_key + b"\x00" + header)
         except Exception:  # cryptography raises InvalidTag; any failure means "does not open"
             raise CorruptEntry("auth_failed", f"key id {key_id!r}") from None
-        return Opened(flags, version, body, expires_at_ms, delta_ms)
+        return flags, body, expires_at_ms, delta_ms
     if len(data) < pos + _CRC.size:
         raise CorruptEntry("truncated", "crc")
     (stored,) = _CRC.unpack_from(data, pos)
@@ -161,4 +150,16 @@ def open_envelope(
     crc = zlib.crc32(body, zlib.crc32(data[:pos], zlib.crc32(redis_key)))
     if crc != stored:
         raise CorruptEntry("checksum")
-    return Opened(flags, version, body, expires_at_ms, delta_ms)
+    return flags, body, expires_at_ms, delta_ms
+
+
+def _raise_header_problem(
+    magic: bytes, fmt: int, flags: int, version: int, schema_version: int
+) -> None:
+    if magic != MAGIC:
+        raise CorruptEntry("bad_magic")
+    if fmt != FORMAT_VERSION:
+        raise CorruptEntry("unknown_format", f"format {fmt}")
+    if flags & ~_KNOWN_FLAGS:
+        raise CorruptEntry("unknown_flags", f"flags {flags:#x}")
+    raise CorruptEntry("schema_version", f"entry has v{version}, schema is v{schema_version}")

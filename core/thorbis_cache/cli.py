@@ -1,0 +1,94 @@
+"""The ``thorbis-cache`` command line: one typer app; each command lives in its module.
+
+A command module exposes a plain typer command function; :func:`_add` registers it here
+with the CLI's error policy: an error of :mod:`thorbis_cache.errors` is printed as one
+red line on stderr (no traceback) and exits with status 1; Ctrl-C exits with 130 after
+the command's own cleanup (servers stopped, connections closed) has run.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from thorbis_cache import __version__, demo
+from thorbis_cache.errors import ThorbisCacheError
+
+__all__ = ["app", "main"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+app = typer.Typer(
+    name="thorbis-cache",
+    help="Multi-tenant cache framework on Redis and PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Our errors are reported as one line; anything else is a bug and keeps its
+    # plain traceback (rich's would hide locals' values less predictably).
+    pretty_exceptions_enable=False,
+)
+
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _report_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a command with the CLI's error policy (see the module docstring)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except ThorbisCacheError as exc:
+            # One line: the message names what failed; a multi-line one (a server's log
+            # tail) is kept, but starts on the red line.
+            _stderr.print(f"[bold red]error:[/] [red]{escape(str(exc))}[/]")
+            raise typer.Exit(EXIT_ERROR) from None
+        except KeyboardInterrupt:
+            _stderr.print("[yellow]interrupted[/]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper
+
+
+def _add(name: str, func: Callable[..., object]) -> None:
+    """Register ``func`` as command ``name`` (help text from its docstring)."""
+    app.command(name)(_report_errors(func))
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"thorbis-cache {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Multi-tenant cache framework on Redis and PostgreSQL."""
+
+
+_add("demo", demo.command)
+
+
+def main() -> None:
+    """Entry point of the ``thorbis-cache`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,431 @@
+"""Locate (and optionally install) the redis-server and PostgreSQL binaries the test kit runs.
+
+Lookup order:
+
+* redis-server (>= 7): ``$THORBIS_REDIS_SERVER``, then ``PATH``, then ``/usr/bin`` and
+  ``/usr/local/bin``.
+* PostgreSQL (>= 15): ``$THORBIS_PG_BINDIR``, then a ``PATH`` directory holding both
+  ``postgres`` and ``initdb``, then the newest ``/usr/lib/postgresql/*/bin``.
+
+``python -m thorbis_cache.testing.binaries ensure`` prints what it found and, as root on a
+machine with apt, installs what is missing (``make servers`` runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+
+from thorbis_cache.errors import ServerBinaryNotFound
+
+__all__ = [
+    "MIN_POSTGRES_VERSION",
+    "MIN_REDIS_VERSION",
+    "PostgresBinaries",
+    "RedisBinaries",
+    "ensure_binaries",
+    "ensure_postgres",
+    "ensure_redis",
+    "find_postgres",
+    "find_redis",
+    "main",
+]
+
+MIN_REDIS_VERSION: tuple[int, ...] = (7,)
+MIN_POSTGRES_VERSION: tuple[int, ...] = (15,)
+
+REDIS_ENV = "THORBIS_REDIS_SERVER"
+PG_ENV = "THORBIS_PG_BINDIR"
+
+_REDIS_FALLBACK_DIRS = (Path("/usr/bin"), Path("/usr/local/bin"))
+_PG_GLOB = "/usr/lib/postgresql/*/bin"
+_POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+# Debian's convention: a policy-rc.d exiting 101 forbids maintainer scripts to start
+# services, so installing redis-server does not leave a system redis on 6379.
+_POLICY_RC_D_DENY = (
+    "#!/bin/sh\n# written by thorbis-cache while installing test servers\nexit 101\n"
+)
+
+_REDIS_VERSION_RE = re.compile(r"\bv=(\d+(?:\.\d+)*)")
+_PG_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*)")
+
+# apt-get update is slow and needed once per process at most.
+_apt_updated = False
+
+
+def _fmt(version: Sequence[int]) -> str:
+    return ".".join(str(part) for part in version)
+
+
+@attrs.frozen
+class RedisBinaries:
+    """A usable ``redis-server`` binary.
+
+    :ivar server: path of the ``redis-server`` executable.
+    :ivar version: its version, e.g. ``(7, 0, 15)``.
+    """
+
+    server: Path
+    version: tuple[int, ...]
+
+    @property
+    def version_string(self) -> str:
+        """The version as dotted text, e.g. ``"7.0.15"``."""
+        return _fmt(self.version)
+
+
+@attrs.frozen
+class PostgresBinaries:
+    """A usable PostgreSQL installation (server and initdb in one directory).
+
+    :ivar bindir: directory holding ``postgres``, ``initdb`` and friends.
+    :ivar version: version of ``postgres``, e.g. ``(15, 18)``.
+    """
+
+    bindir: Path
+    version: tuple[int, ...]
+
+    @property
+    def version_string(self) -> str:
+        """The version as dotted text, e.g. ``"15.18"``."""
+        return _fmt(self.version)
+
+    @property
+    def postgres(self) -> Path:
+        """Path of the ``postgres`` server executable."""
+        return self.bindir / "postgres"
+
+    @property
+    def initdb(self) -> Path:
+        """Path of ``initdb``."""
+        return self.bindir / "initdb"
+
+    @property
+    def pg_ctl(self) -> Path:
+        """Path of ``pg_ctl``."""
+        return self.bindir / "pg_ctl"
+
+    @property
+    def pg_isready(self) -> Path:
+        """Path of ``pg_isready``."""
+        return self.bindir / "pg_isready"
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def _run_version(binary: Path) -> str | None:
+    """Output of ``binary --version``, or None when it cannot be run."""
+    try:
+        done = subprocess.run(
+            [str(binary), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout + done.stderr
+
+
+def _parse(pattern: re.Pattern[str], text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    match = pattern.search(text)
+    if match is None:
+        return None
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def _redis_version(binary: Path) -> tuple[int, ...] | None:
+    return _parse(_REDIS_VERSION_RE, _run_version(binary))
+
+
+def _postgres_version(bindir: Path) -> tuple[int, ...] | None:
+    return _parse(_PG_VERSION_RE, _run_version(bindir / "postgres"))
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _unique(paths: Iterator[Path]) -> list[Path]:
+    seen: set[Path] = set()
+    out: list[Path] = []
+    for path in paths:
+        key = path.resolve() if path.exists() else path
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+    return out
+
+
+def _redis_missing(detail: str) -> ServerBinaryNotFound:
+    return ServerBinaryNotFound(
+        f"redis-server >= {_fmt(MIN_REDIS_VERSION)} not found ({detail}). Install it with "
+        f"`sudo apt-get install -y redis-server`, or set {REDIS_ENV}=/path/to/redis-server"
+    )
+
+
+def _postgres_missing(detail: str) -> ServerBinaryNotFound:
+    return ServerBinaryNotFound(
+        f"PostgreSQL >= {_fmt(MIN_POSTGRES_VERSION)} (postgres + initdb) not found ({detail}). "
+        "Install it with `sudo apt-get install -y postgresql-15`, or set "
+        f"{PG_ENV}=/path/to/postgresql/bin (the directory holding postgres and initdb)"
+    )
+
+
+def find_redis() -> RedisBinaries:
+    """Locate a ``redis-server`` of version 7 or later.
+
+    ``$THORBIS_REDIS_SERVER`` wins when set (and must then be usable); otherwise
+    ``PATH``, ``/usr/bin`` and ``/usr/local/bin`` are tried in that order.
+
+    :returns: the binary and its version.
+    :raises ServerBinaryNotFound: nothing usable was found; the message says how to fix it.
+    """
+    explicit = os.environ.get(REDIS_ENV)
+    if explicit:
+        # An explicit setting is never silently replaced by another binary.
+        path = Path(explicit)
+        if not _is_executable(path):
+            raise _redis_missing(f"{REDIS_ENV}={explicit} is not an executable file")
+        version = _redis_version(path)
+        if version is None:
+            raise _redis_missing(f"{REDIS_ENV}={explicit}: `--version` printed no v=X.Y.Z")
+        if version < MIN_REDIS_VERSION:
+            raise _redis_missing(f"{REDIS_ENV}={explicit} is version {_fmt(version)}")
+        return RedisBinaries(server=path, version=version)
+
+    def candidates() -> Iterator[Path]:
+        on_path = shutil.which("redis-server")
+        if on_path:
+            yield Path(on_path)
+        for directory in _REDIS_FALLBACK_DIRS:
+            yield directory / "redis-server"
+
+    rejected: list[str] = []
+    for path in _unique(candidates()):
+        if not _is_executable(path):
+            continue
+        version = _redis_version(path)
+        if version is None:
+            rejected.append(f"{path}: version unreadable")
+        elif version < MIN_REDIS_VERSION:
+            rejected.append(f"{path}: version {_fmt(version)}")
+        else:
+            return RedisBinaries(server=path, version=version)
+    looked = ", ".join(["PATH", *(str(d) for d in _REDIS_FALLBACK_DIRS)])
+    detail = f"looked in {looked}" + (f"; rejected {'; '.join(rejected)}" if rejected else "")
+    raise _redis_missing(detail)
+
+
+def _pg_dir_candidates() -> Iterator[Path]:
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if entry:
+            directory = Path(entry)
+            if _is_executable(directory / "postgres") and _is_executable(directory / "initdb"):
+                # /usr/local/bin often holds symlinks only; the real directory also has
+                # pg_ctl, pg_isready and psql, so prefer it when it is complete.
+                real = (directory / "postgres").resolve().parent
+                if real != directory and _is_executable(real / "initdb"):
+                    yield real
+                yield directory
+
+    def major(path: str) -> int:
+        name = Path(path).parent.name
+        return int(name) if name.isdigit() else -1
+
+    # Newest first: /usr/lib/postgresql/17/bin before /usr/lib/postgresql/15/bin.
+    for path in sorted(glob.glob(_PG_GLOB), key=major, reverse=True):
+        yield Path(path)
+
+
+def find_postgres() -> PostgresBinaries:
+    """Locate a PostgreSQL 15+ binary directory holding ``postgres`` and ``initdb``.
+
+    ``$THORBIS_PG_BINDIR`` wins when set (and must then be usable); otherwise a ``PATH``
+    directory with both binaries, then the newest ``/usr/lib/postgresql/*/bin``.
+
+    :returns: the directory and the server version.
+    :raises ServerBinaryNotFound: nothing usable was found; the message says how to fix it.
+    """
+    explicit = os.environ.get(PG_ENV)
+    if explicit:
+        bindir = Path(explicit)
+        for name in ("postgres", "initdb"):
+            if not _is_executable(bindir / name):
+                raise _postgres_missing(f"{PG_ENV}={explicit} has no executable {name}")
+        version = _postgres_version(bindir)
+        if version is None:
+            raise _postgres_missing(f"{PG_ENV}={explicit}: `postgres --version` is unreadable")
+        if version < MIN_POSTGRES_VERSION:
+            raise _postgres_missing(f"{PG_ENV}={explicit} is version {_fmt(version)}")
+        return PostgresBinaries(bindir=bindir, version=version)
+
+    rejected: list[str] = []
+    for bindir in _unique(_pg_dir_candidates()):
+        if not (_is_executable(bindir / "postgres") and _is_executable(bindir / "initdb")):
+            continue
+        version = _postgres_version(bindir)
+        if version is None:
+            rejected.append(f"{bindir}: version unreadable")
+        elif version < MIN_POSTGRES_VERSION:
+            rejected.append(f"{bindir}: version {_fmt(version)}")
+        else:
+            return PostgresBinaries(bindir=bindir, version=version)
+    detail = f"looked in PATH and {_PG_GLOB}" + (
+        f"; rejected {'; '.join(rejected)}" if rejected else ""
+    )
+    raise _postgres_missing(detail)
+
+
+# --------------------------------------------------------------------------- installing
+
+
+def _can_install() -> bool:
+    return os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+@contextlib.contextmanager
+def _services_not_started() -> Iterator[None]:
+    """Forbid package scripts to start services (a system redis would take port 6379).
+
+    An existing policy-rc.d is the administrator's and is left untouched.
+    """
+    if _POLICY_RC_D.exists() or _POLICY_RC_D.is_symlink():
+        yield
+        return
+    _POLICY_RC_D.write_text(_POLICY_RC_D_DENY)
+    try:
+        _POLICY_RC_D.chmod(0o755)
+        yield
+    finally:
+        _POLICY_RC_D.unlink(missing_ok=True)
+
+
+def _apt(args: list[str]) -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", *args]
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, env=env, stdin=subprocess.DEVNULL)
+
+
+def _apt_install(packages: list[str]) -> None:
+    global _apt_updated
+    if not _apt_updated:
+        _apt(["update"])
+        _apt_updated = True
+    with _services_not_started():
+        _apt(["install", "-y", "--no-install-recommends", *packages])
+
+
+def ensure_redis(install: bool = False) -> RedisBinaries:
+    """Locate redis-server, installing it with apt when allowed and missing.
+
+    :param install: install ``redis-server`` with apt when missing (root + apt-get only);
+        package scripts are kept from starting a system service.
+    :returns: the binary found.
+    :raises ServerBinaryNotFound: missing and not installable; the message says how to fix it.
+    """
+    try:
+        return find_redis()
+    except ServerBinaryNotFound:
+        if not install or os.environ.get(REDIS_ENV) or not _can_install():
+            raise
+    try:
+        _apt_install(["redis-server"])
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise _redis_missing(f"`apt-get install redis-server` failed: {exc}") from exc
+    return find_redis()
+
+
+def ensure_postgres(install: bool = False) -> PostgresBinaries:
+    """Locate PostgreSQL 15+, installing it with apt when allowed and missing.
+
+    :param install: install ``postgresql-15`` (or ``postgresql``) with apt when missing
+        (root + apt-get only); package scripts are kept from starting a system service.
+    :returns: the binary directory found.
+    :raises ServerBinaryNotFound: missing and not installable; the message says how to fix it.
+    """
+    try:
+        return find_postgres()
+    except ServerBinaryNotFound:
+        if not install or os.environ.get(PG_ENV) or not _can_install():
+            raise
+    errors: list[str] = []
+    # postgresql-15 where the distribution has it (Debian 12); otherwise its default,
+    # which is 15 or newer on every current Debian/Ubuntu.
+    for package in ("postgresql-15", "postgresql"):
+        try:
+            _apt_install([package])
+        except (OSError, subprocess.CalledProcessError) as exc:
+            errors.append(f"`apt-get install {package}` failed: {exc}")
+            continue
+        return find_postgres()
+    raise _postgres_missing("; ".join(errors))
+
+
+def ensure_binaries(install: bool = False) -> tuple[RedisBinaries, PostgresBinaries]:
+    """Locate both servers, installing missing ones with apt when allowed.
+
+    :param install: install what is missing with apt (root + apt-get only).
+    :returns: the redis-server binary and the PostgreSQL binary directory.
+    :raises ServerBinaryNotFound: one of them is missing and could not be installed.
+    """
+    return ensure_redis(install), ensure_postgres(install)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m thorbis_cache.testing.binaries``.
+
+    :param argv: arguments without the program name (defaults to ``sys.argv[1:]``).
+    :returns: the process exit code: 0 when both servers are usable, 1 otherwise.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m thorbis_cache.testing.binaries",
+        description="Locate the redis-server and PostgreSQL binaries used by the test kit.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    ensure = sub.add_parser("ensure", help="print what is found; install what is missing")
+    ensure.add_argument(
+        "--no-install", action="store_true", help="only look; never run apt-get"
+    )
+    sub.add_parser("show", help="print what is found; never install")
+    args = parser.parse_args(argv)
+    install = args.command == "ensure" and not args.no_install
+
+    failed = False
+    try:
+        redis_bin = ensure_redis(install)
+        print(f"redis-server {redis_bin.version_string}: {redis_bin.server}")
+    except ServerBinaryNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        failed = True
+    try:
+        pg_bin = ensure_postgres(install)
+        print(f"postgres {pg_bin.version_string}: {pg_bin.bindir}")
+    except ServerBinaryNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        failed = True
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
