@@ -65,6 +65,9 @@ __all__ = [
     "WorkloadResult",
     "ZipfSampler",
     "command",
+    "generate_customers",
+    "popularity",
+    "read_plan",
     "run_demo",
 ]
 
@@ -978,6 +981,13 @@ def command(
     \f
     (click shows the help text up to the form feed above; the rest is for readers.)
 
+    :param tenants: see :class:`DemoOptions` for this and the other options.
+    :param customers: customers per tenant.
+    :param reads: ``get_or_load`` calls of the workload.
+    :param zipf: Zipf exponent of customer popularity.
+    :param seed: seed of the data set and the workload.
+    :param concurrency: concurrent readers.
+    :raises ConfigurationError: an option is out of range.
     :raises DemoFailure: a check failed (the report shows which).
     """
     options = DemoOptions(tenants, customers, reads, zipf, seed, concurrency)

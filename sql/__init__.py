@@ -1,0 +1,1 @@
+"""SQL shipped with thorbis-cache (``*.sql`` files, read through ``importlib.resources``)."""
