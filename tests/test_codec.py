@@ -252,7 +252,7 @@ def test_keyring_errors_never_show_key_material() -> None:
 
 def test_set_refuses_values_of_the_wrong_type() -> None:
     c = codec(CONFIGS["plain"])
-    with pytest.raises(ValueTypeError, match="hs.record"):
+    with pytest.raises(ValueTypeError, match=r"hs\.record"):
         c.check("not a record")
     bad = attrs.evolve(sample(), tags=[1, 2])
     with pytest.raises(ValueTypeError, match=r"Record.tags: \[0\]: expected str"):

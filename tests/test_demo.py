@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+
 from thorbis_cache.demo import (
     DemoOptions,
     DemoResult,

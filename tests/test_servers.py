@@ -208,8 +208,8 @@ def test_binaries_command_line() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "redis-server 7" in done.stdout or "redis-server " in done.stdout
-    assert str(find_redis().server) in done.stdout
+    redis_bin = find_redis()
+    assert f"redis-server {redis_bin.version_string}: {redis_bin.server}" in done.stdout
     assert str(find_postgres().bindir) in done.stdout
 
 
@@ -314,6 +314,32 @@ def test_start_failure_carries_log_tail() -> None:
     assert str(find_redis().server) in message
     assert "no-such-directive" in message  # from redis' own complaint in the log
     assert not directory.exists()
+
+
+def test_failed_start_in_with_leaves_no_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("THORBIS_TMPDIR", str(tmp_path))
+    with (
+        pytest.raises(ServerStartError, match="no-such-directive"),
+        RedisServer(extra_args=["--no-such-directive", "1"]),
+    ):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands postgres to another user")
+def test_postgres_temp_dir_unreachable_for_postgres_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv("THORBIS_TMPDIR", str(private))
+    server = PostgresServer()
+    with pytest.raises(ServerStartError, match="THORBIS_TMPDIR"):
+        server.start()
+    server.stop()
+    assert list(private.iterdir()) == []
 
 
 def test_start_from_short_lived_thread_survives_the_thread() -> None:

@@ -8,14 +8,18 @@ the server binaries; :mod:`~thorbis_cache.testing.pytest_plugin` provides the
 
 from __future__ import annotations
 
-from thorbis_cache.testing.servers import (
-    PostgresServer,
-    RedisCluster,
-    RedisServer,
-    free_cluster_port,
-    free_port,
-    stop_all_servers,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from thorbis_cache.testing.servers import (
+        PostgresServer,
+        RedisCluster,
+        RedisServer,
+        free_cluster_port,
+        free_port,
+        stop_all_servers,
+    )
 
 __all__ = [
     "PostgresServer",
@@ -25,3 +29,11 @@ __all__ = [
     "free_port",
     "stop_all_servers",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `python -m thorbis_cache.testing.binaries` and users of other
+    # submodules do not import the server launchers (and runpy does not warn).
+    if name in __all__:
+        return getattr(importlib.import_module("thorbis_cache.testing.servers"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

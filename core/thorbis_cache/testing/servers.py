@@ -14,6 +14,10 @@ Cleanup does not depend on the caller being tidy:
   collected while running is killed and its directory removed;
 * ``stop()`` removes the temp directory and is idempotent.
 
+Temp directories go to ``$THORBIS_TMPDIR`` when set, else to ``/dev/shm`` when it is a
+roomy tmpfs (PostgreSQL's initdb and CREATE DATABASE are several times faster in memory),
+else to :func:`tempfile.gettempdir`.
+
 This module only starts and stops servers; it holds no cache logic and does not need
 pytest (see :mod:`thorbis_cache.testing.pytest_plugin` for fixtures).
 """
@@ -73,6 +77,29 @@ _PORT_ATTEMPTS = 8
 _STOP_TIMEOUT = 15.0
 _POLL_INTERVAL = 0.02
 _LOG_TAIL_LINES = 40
+_SHM = Path("/dev/shm")  # noqa: S108 -- only a parent for mkdtemp, which is safe there
+_SHM_MIN_FREE = 1 << 30
+# Not the global random: tests (and pytest-randomly) seed that one identically in every
+# process, which would make parallel workers race for the same ports.
+_RANDOM = random.SystemRandom()
+
+
+def _temp_parent() -> str | None:
+    """Where temp directories go; None means :func:`tempfile.gettempdir`."""
+    explicit = os.environ.get("THORBIS_TMPDIR")
+    if explicit:
+        return explicit
+    try:
+        stats = os.statvfs(_SHM)
+    except OSError:
+        return None
+    if stats.f_bavail * stats.f_frsize >= _SHM_MIN_FREE and os.access(_SHM, os.W_OK | os.X_OK):
+        return str(_SHM)
+    return None
+
+
+def _make_temp_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_temp_parent()))
 
 
 # --------------------------------------------------------------------------- ports
@@ -98,7 +125,7 @@ def _bindable(port: int) -> bool:
 
 def _random_port(low: int, high: int, accept: Callable[[int], bool]) -> int | None:
     for _ in range(200):
-        port = random.randrange(low, high)
+        port = _RANDOM.randrange(low, high)
         if accept(port):
             return port
     return None
@@ -413,7 +440,12 @@ class _ServerBase:
     # ---- context manager
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails; do not leave the directory.
+            self.stop()
+            raise
         return self
 
     def __exit__(
@@ -452,10 +484,8 @@ class _ServerBase:
                 raise
             self._port = port
             self._port_fixed = True
-            _LIVE.add(self)
             return
-        assert last is not None
-        raise ServerStartError(str(last))
+        raise ServerStartError(f"gave up after {attempts} ports; last attempt: {last}") from last
 
     def _discard_process(self) -> None:
         proc = self._child.proc
@@ -464,8 +494,11 @@ class _ServerBase:
             self._child.proc = None
 
     def _new_dir(self, prefix: str) -> Path:
-        path = Path(tempfile.mkdtemp(prefix=prefix))
+        path = _make_temp_dir(prefix)
         self._child.owned_dir = path
+        # Registered from the moment it owns something, so that even a failed start is
+        # cleaned up at exit.
+        _LIVE.add(self)
         return path
 
     def _remove_owned_dir(self) -> None:
@@ -629,6 +662,7 @@ class RedisServer(_ServerBase):
         if self._dir is None:
             self._dir = self._new_dir("thorbis-redis-")
         self._dir.mkdir(parents=True, exist_ok=True)
+        _LIVE.add(self)
         pick = free_cluster_port if self.cluster_node else free_port
         self._start_with_port_retry(lambda port: self._launch(binaries, port), pick)
         return self
@@ -908,7 +942,7 @@ class RedisCluster:
             # Started before: bring back what is down rather than start a second set.
             self.repair()
             return self
-        self._dir = Path(tempfile.mkdtemp(prefix="thorbis-rcluster-"))
+        self._dir = _make_temp_dir("thorbis-rcluster-")
         self._dir_box.owned_dir = self._dir
         _LIVE_CLUSTERS.add(self)
         # A stopped cluster started again comes back on its old ports.
@@ -1105,6 +1139,27 @@ def _postgres_credentials() -> _Credentials | None:
     return _Credentials(uid=entry.pw_uid, gid=entry.pw_gid, groups=groups, name=entry.pw_name)
 
 
+def _check_reachable(directory: Path, creds: _Credentials) -> None:
+    """Fail clearly when the postgres user cannot reach our temp dir (e.g. TMPDIR=/root/x)."""
+    for parent in directory.parents:
+        try:
+            stats = parent.stat()
+        except OSError:
+            continue
+        if stats.st_uid == creds.uid:
+            searchable = bool(stats.st_mode & 0o100)
+        elif stats.st_gid in creds.groups or stats.st_gid == creds.gid:
+            searchable = bool(stats.st_mode & 0o010)
+        else:
+            searchable = bool(stats.st_mode & 0o001)
+        if not searchable:
+            raise ServerStartError(
+                f"postgres runs as user {creds.name!r}, which cannot reach {directory}: "
+                f"{parent} is not searchable for it; set THORBIS_TMPDIR to a directory it "
+                "can reach (e.g. /tmp)"
+            )
+
+
 _IPC_RMID = 0
 
 
@@ -1217,6 +1272,8 @@ class PostgresServer(_ServerBase):
             if creds is not None:
                 os.chown(root, creds.uid, creds.gid)
             self._dir = root
+            if creds is not None:
+                _check_reachable(root, creds)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(binaries, creds)
         self._start_with_port_retry(lambda port: self._launch(binaries, creds, port), free_port)

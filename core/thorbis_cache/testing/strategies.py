@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import math
 import enum
+import math
 import uuid
 from typing import Any
 

@@ -1,0 +1,56 @@
+# Developer and CI entry points. GNU make, bash.
+#
+#   make test      ruff + mypy + pytest (PYTEST_ARGS="-k foo -x" to narrow)
+#   make servers   locate (and, as root with apt, install) redis-server and PostgreSQL
+#   make demo      run the demo command
+#   make bench     run the hit-path benchmark
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Plugin distributions live in plugins/<name>/ with their own pyproject.toml; every one
+# found is installed editable next to the core, in the same pip run so that they resolve
+# against the local core rather than a published one. Override to install a subset.
+PLUGINS ?= $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+PYTEST_ARGS ?=
+
+.PHONY: venv servers test lint typecheck demo bench clean
+
+venv: $(STAMP)
+
+# Re-installs whenever a pyproject.toml (core or plugin) is newer than the stamp.
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]' $(foreach p,$(PLUGINS),-e './$(p)')
+	touch $@
+
+servers: venv
+	$(BIN)/python -m thorbis_cache.testing.binaries ensure
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: venv servers
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: venv servers
+	$(BIN)/thorbis-cache demo
+
+bench: venv servers
+	$(BIN)/python bench/hit_path.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info core/*.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
