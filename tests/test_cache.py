@@ -454,3 +454,36 @@ async def test_sorted_set_and_geo_helpers(cache: Cache) -> None:
     assert pos is not None
     assert abs(pos[0] + 97.7) < 1e-4
     assert await g.position("nope") is None
+
+
+# --------------------------------------------------------------------------- stuck server
+
+
+async def test_a_stuck_server_is_a_bounded_wait_not_a_hang(
+    thorbis_standalone_redis_url: str,
+) -> None:
+    """A live server that stops answering (here: DEBUG SLEEP) costs at most the store
+    timeout; the caller's task is not left cancelled and get_or_load degrades."""
+    from thorbis_cache import RedisStore
+
+    store = RedisStore.from_url(thorbis_standalone_redis_url, timeout=0.2)
+    c = Cache(store, registry(), keyring=RING, owns_store=True)
+    blocker = redis.asyncio.Redis.from_url(thorbis_standalone_redis_url)
+    try:
+        key = CUSTOMER.key("acme", customer_id=30)
+        await c.set(key, ann(30))
+        sleeper = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "1"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RedisUnavailableError, match=r"no reply within 0\.2s"):
+            await c.get(key)
+        loader, _ = counting(ann(30, "From DB"))
+        assert (await c.get_or_load(key, loader)).name == "From DB"
+        assert c.metrics.value("degraded_loads", schema="hs.customer") == 1
+        await sleeper
+        assert await c.get(key) == ann(30)  # the pool recovered, the entry is intact
+        current = asyncio.current_task()
+        assert current is not None
+        assert current.cancelling() == 0
+    finally:
+        await c.aclose()
+        await blocker.aclose()

@@ -25,7 +25,7 @@ import redis.cluster
 from redis.crc import key_slot
 
 from thorbis_cache.errors import ServerBinaryNotFound, ServerStartError
-from thorbis_cache.testing import binaries, servers
+from thorbis_cache.testing import binaries
 from thorbis_cache.testing.binaries import (
     MIN_POSTGRES_VERSION,
     MIN_REDIS_VERSION,
@@ -39,6 +39,7 @@ from thorbis_cache.testing.servers import (
     RedisServer,
     free_cluster_port,
     free_port,
+    redis_server,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -280,8 +281,8 @@ def test_port_clash_is_retried_on_another_port(monkeypatch: pytest.MonkeyPatch) 
         blocker.listen()
         taken = blocker.getsockname()[1]
         picks = iter([taken])
-        real = servers.free_port
-        monkeypatch.setattr(servers, "free_port", lambda: next(picks, None) or real())
+        real = redis_server.free_port
+        monkeypatch.setattr(redis_server, "free_port", lambda: next(picks, None) or real())
         with RedisServer() as server:
             assert server.port != taken
             assert server.ping()

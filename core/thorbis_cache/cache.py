@@ -194,15 +194,15 @@ class Cache:
         rk = f"{self._prefix}:{key.body}"
         data = await self.store.get(rk)
         if data is None:
-            rt.counters.misses.inc()
+            rt.counters.misses += 1
             return None
         try:
             value: T = rt.codec.decode_value(data, rk.encode(), key.tenant)
         except CorruptEntry as exc:
             await self._drop_corrupt(rt, key, rk, data, exc)
-            rt.counters.misses.inc()
+            rt.counters.misses += 1
             return None
-        rt.counters.hits.inc()
+        rt.counters.hits += 1
         return value
 
     async def get_many(self, keys: Sequence[CacheKey[T]]) -> list[T | None]:
@@ -214,15 +214,15 @@ class Cache:
         out: list[T | None] = []
         for key, rt, rk, data in zip(keys, rts, rks, datas):
             if data is None:
-                rt.counters.misses.inc()
+                rt.counters.misses += 1
                 out.append(None)
                 continue
             try:
                 out.append(rt.codec.decode_value(data, rk.encode(), key.tenant))
-                rt.counters.hits.inc()
+                rt.counters.hits += 1
             except CorruptEntry as exc:
                 await self._drop_corrupt(rt, key, rk, data, exc)
-                rt.counters.misses.inc()
+                rt.counters.misses += 1
                 out.append(None)
         return out
 
@@ -278,27 +278,27 @@ class Cache:
             try:
                 if beta is None:
                     hit: T = rt.codec.decode_value(data, rk.encode(), key.tenant)
-                    rt.counters.hits.inc()
+                    rt.counters.hits += 1
                     return hit
                 decoded = rt.codec.decode(data, rk.encode(), key.tenant)
             except CorruptEntry as exc:
                 await self._drop_corrupt(rt, key, rk, data, exc)
             else:
-                rt.counters.hits.inc()
+                rt.counters.hits += 1
                 if not should_recompute_early(
                     int(time.time() * 1000), decoded.expires_at_ms, decoded.delta_ms, beta
                 ):
                     return decoded.value  # type: ignore[no-any-return]
-                rt.counters.early_recomputes.inc()
+                rt.counters.early_recomputes += 1
                 current: T = decoded.value
                 value, _ = await self._flights.do(
                     rk, lambda: self._refresh(rt, key, rk, loader, ttl, current)
                 )
                 return value  # type: ignore[no-any-return]
-        rt.counters.misses.inc()
+        rt.counters.misses += 1
         value, joined = await self._flights.do(rk, lambda: self._fill(rt, key, rk, loader, ttl))
         if joined:
-            rt.counters.coalesced.inc()
+            rt.counters.coalesced += 1
         return value  # type: ignore[no-any-return]
 
     async def _fill(
@@ -329,10 +329,10 @@ class Cache:
                 return await self._load_and_fill(rt, key, rk, lease, token, loader, ttl)
             # Another client is loading this key: wait for its value, bounded.
             if deadline is None:
-                rt.counters.lease_waits.inc()
+                rt.counters.lease_waits += 1
                 deadline = loop.time() + self.settings.lease_wait
             elif loop.time() >= deadline:
-                rt.counters.lease_timeouts.inc()
+                rt.counters.lease_timeouts += 1
                 log.warning(
                     "gave up waiting %.2fs for the fill of %s (schema %s, tenant %s); "
                     "loading without caching",
@@ -397,16 +397,16 @@ class Cache:
             log.warning("could not write the fill of %s: %s", rk, exc)
             return value
         if not written:
-            rt.counters.fills_rejected.inc()
+            rt.counters.fills_rejected += 1
             log.debug("fill of %s rejected: invalidated while loading", rk)
         return value
 
     async def _call_loader(self, rt: _Runtime, loader: Loader[T]) -> T:
-        rt.counters.loads.inc()
+        rt.counters.loads += 1
         try:
             return await loader()
         except BaseException:
-            rt.counters.load_errors.inc()
+            rt.counters.load_errors += 1
             raise
 
     async def _degraded_load(
@@ -414,7 +414,7 @@ class Cache:
     ) -> T:
         if not self.settings.serve_from_loader_when_unavailable:
             raise exc
-        rt.counters.degraded_loads.inc()
+        rt.counters.degraded_loads += 1
         log.warning(
             "redis unavailable (%s); serving %s for tenant %s from the loader",
             exc, key.schema.name, key.tenant,
@@ -430,7 +430,7 @@ class Cache:
     async def _drop_corrupt(
         self, rt: _Runtime, key: CacheKey[Any], rk: str, data: bytes, exc: CorruptEntry
     ) -> None:
-        self.metrics.corrupt.labels(key.schema.name, exc.reason).inc()
+        self.metrics.corrupt(key.schema.name, exc.reason)
         log.warning(
             "dropping unreadable cache entry %s (schema %s, tenant %s): %s",
             rk, key.schema.name, key.tenant, exc,

@@ -7,9 +7,11 @@ into :mod:`thorbis_cache.errors` at one seam.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
 from typing import Any
@@ -46,18 +48,96 @@ class Script:
         self.sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
+class _Deadlines:
+    """Bounds how long any store call waits, without a timer per call.
+
+    redis-py enforces ``socket_timeout`` with an ``asyncio.wait_for`` per send and an
+    ``asyncio.timeout`` per read: a task and a timer handle on every command, measured at
+    a third of a raw GET's latency. Here each call only records its deadline in a dict;
+    one watchdog task per store wakes every ``timeout / 4`` and cancels the calls that
+    are past due, which the store turns into :class:`RedisUnavailableError`. redis-py
+    drops a connection whose command was cancelled, so no reply is ever misread.
+    """
+
+    __slots__ = ("_expired", "_inflight", "_interval", "_loop", "_task", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._interval = max(0.005, timeout / 4)
+        self._inflight: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def arm(self) -> asyncio.Task[Any]:
+        """Register the current task's call; pair with :meth:`disarm` in ``finally``."""
+        task = asyncio.current_task()
+        assert task is not None  # store calls are always awaited inside a task
+        self._inflight[task] = time.monotonic() + self.timeout
+        if self._task is None or self._loop is not task.get_loop():
+            self._start(task.get_loop())
+        return task
+
+    def disarm(self, task: asyncio.Task[Any]) -> None:
+        """The call of ``task`` is over."""
+        self._inflight.pop(task, None)
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """After a CancelledError: True (and the cancellation withdrawn) if it was ours."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        task.uncancel()
+        return True
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._task = loop.create_task(self._watch(), name="thorbis-redis-deadlines")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            if not self._inflight:
+                continue
+            now = time.monotonic()
+            for task, deadline in list(self._inflight.items()):
+                if deadline <= now and task not in self._expired and not task.done():
+                    self._expired.add(task)
+                    task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop the watchdog."""
+        task, self._task = self._task, None
+        if task is not None and not task.done() and task.get_loop() is _running_loop():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class RedisStore:
     """Byte-level access to Redis for the cache: get/mget/set/delete, scripts, commands.
 
     Build it with :meth:`from_url`; use ``async with`` or call :meth:`aclose`.
 
-    :param client: a ``redis.asyncio`` Redis or RedisCluster client (bytes responses).
+    :param client: a ``redis.asyncio`` Redis or RedisCluster client (bytes responses)
+        built without ``socket_timeout`` (this store bounds every call itself).
     :param address: shown in error messages.
+    :param timeout: seconds any call may wait for its reply.
     """
 
-    def __init__(self, client: aioredis.Redis | RedisCluster, address: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis | RedisCluster, address: str, *, timeout: float = 2.0
+    ) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
+        self._deadlines = _Deadlines(timeout)
         self.address = address
 
     @classmethod
@@ -65,37 +145,36 @@ class RedisStore:
         cls,
         url: str,
         *,
-        socket_timeout: float = 2.0,
+        timeout: float = 2.0,
         connect_timeout: float = 2.0,
         max_connections: int = 128,
     ) -> RedisStore:
         """Connect lazily to ``redis://host:port/db`` or ``redis+cluster://host:port``.
 
-        Timeouts are socket timeouts, not per-call ``wait_for`` (which costs on every call).
-
+        :param timeout: seconds a call may wait for its reply, enforced by one watchdog
+            rather than a timer per call (see :class:`_Deadlines`).
+        :param connect_timeout: seconds to establish a connection.
         :raises ConfigurationError: for a URL of another scheme.
         """
         parts = urlsplit(url)
+        common: dict[str, Any] = {
+            "socket_timeout": None,
+            "socket_connect_timeout": connect_timeout,
+            "socket_keepalive": True,
+            "max_connections": max_connections,
+            "decode_responses": False,
+        }
         if parts.scheme == CLUSTER_SCHEME:
             client: aioredis.Redis | RedisCluster = RedisCluster(
                 host=parts.hostname or "127.0.0.1",
                 port=parts.port or 6379,
                 password=parts.password,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=connect_timeout,
-                max_connections=max_connections,
-                decode_responses=False,
+                **common,
             )
-            return cls(client, f"cluster {parts.hostname}:{parts.port}")
+            return cls(client, f"cluster {parts.hostname}:{parts.port}", timeout=timeout)
         if parts.scheme in ("redis", "rediss", "unix"):
-            client = aioredis.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=connect_timeout,
-                max_connections=max_connections,
-                decode_responses=False,
-            )
-            return cls(client, f"{parts.hostname}:{parts.port or 6379}")
+            client = aioredis.Redis.from_url(url, **common)
+            return cls(client, f"{parts.hostname}:{parts.port or 6379}", timeout=timeout)
         raise ConfigurationError(
             f"redis url {url!r}: scheme must be redis://, rediss:// or {CLUSTER_SCHEME}://"
         )
@@ -112,21 +191,11 @@ class RedisStore:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close every connection."""
+        """Close every connection and stop the deadline watchdog."""
+        await self._deadlines.aclose()
         await self._client.aclose()
 
     # ----------------------------------------------------------------- error seam
-
-    @contextlib.asynccontextmanager
-    async def _translate(self, operation: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise RedisUnavailableError(operation, self.address, _describe(exc)) from exc
-        except rexc.RedisClusterException as exc:
-            raise RedisUnavailableError(operation, self.address, _describe(exc)) from exc
-        except rexc.RedisError as exc:
-            raise CacheBackendError(operation, self.address, _describe(exc)) from exc
 
     def _fail(self, operation: str, exc: BaseException) -> CacheBackendError:
         if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError
@@ -134,22 +203,50 @@ class RedisStore:
             return RedisUnavailableError(operation, self.address, _describe(exc))
         return CacheBackendError(operation, self.address, _describe(exc))
 
+    def _timed_out(self, operation: str) -> RedisUnavailableError:
+        return RedisUnavailableError(
+            operation, self.address, f"no reply within {self._deadlines.timeout}s"
+        )
+
+    @contextlib.asynccontextmanager
+    async def _call(self, operation: str) -> AsyncIterator[None]:
+        """Deadline and error translation for the calls off the hot path."""
+        task = self._deadlines.arm()
+        try:
+            yield
+        except asyncio.CancelledError:
+            if self._deadlines.expired(task):
+                raise self._timed_out(operation) from None
+            raise
+        except (rexc.RedisError, OSError) as exc:
+            raise self._fail(operation, exc) from exc
+        finally:
+            self._deadlines.disarm(task)
+
     # ----------------------------------------------------------------- hot path
-    # Written as plain try/except rather than through _translate: an async context
-    # manager costs a few microseconds per call, which the hit path cannot afford.
+    # Written out with try/except rather than through _call: an async context manager
+    # costs a few microseconds per call, which the hit path cannot afford.
 
     async def get(self, key: str) -> bytes | None:
         """GET ``key``."""
+        task = self._deadlines.arm()
         try:
             data: bytes | None = await self._client.get(key)  # type: ignore[assignment]
             return data
+        except asyncio.CancelledError:
+            if self._deadlines.expired(task):
+                raise self._timed_out("GET") from None
+            raise
         except (rexc.RedisError, OSError) as exc:
             raise self._fail("GET", exc) from exc
+        finally:
+            self._deadlines.disarm(task)
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """MGET, one call per hash slot (one call in total on a single server)."""
         if not keys:
             return []
+        task = self._deadlines.arm()
         try:
             if not self._cluster:
                 got: list[bytes | None] = await self._client.mget(keys)  # type: ignore[assignment]
@@ -165,15 +262,19 @@ class RedisStore:
                 for i, v in zip(positions, values):
                     out[i] = v  # type: ignore[assignment]
             return out
+        except asyncio.CancelledError:
+            if self._deadlines.expired(task):
+                raise self._timed_out("MGET") from None
+            raise
         except (rexc.RedisError, OSError) as exc:
             raise self._fail("MGET", exc) from exc
+        finally:
+            self._deadlines.disarm(task)
 
     async def set(self, key: str, data: bytes, ttl_ms: int) -> None:
         """SET ``key`` with a TTL in milliseconds."""
-        try:
+        async with self._call("SET"):
             await self._client.set(key, data, px=ttl_ms)
-        except (rexc.RedisError, OSError) as exc:
-            raise self._fail("SET", exc) from exc
 
     async def delete(self, keys: Iterable[str]) -> int:
         """DEL, one call per hash slot; returns how many keys existed."""
@@ -181,29 +282,36 @@ class RedisStore:
         for k in keys:
             groups.setdefault(key_slot(k.encode()), []).append(k)
         removed = 0
-        async with self._translate("DEL"):
+        async with self._call("DEL"):
             for group in groups.values():
                 removed += await self._client.delete(*group)
         return removed
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a Lua script (all ``keys`` must share one slot)."""
+        task = self._deadlines.arm()
         try:
             try:
                 return await self._client.evalsha(script.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
                 return await self._client.eval(script.source, len(keys), *keys, *args)
+        except asyncio.CancelledError:
+            if self._deadlines.expired(task):
+                raise self._timed_out(f"script {script.name}") from None
+            raise
         except (rexc.RedisError, OSError) as exc:
             raise self._fail(f"script {script.name}", exc) from exc
+        finally:
+            self._deadlines.disarm(task)
 
     async def command(self, *args: Any) -> Any:
         """Run one command (routed by its key on a Cluster)."""
-        async with self._translate(str(args[0])):
+        async with self._call(str(args[0])):
             return await self._client.execute_command(*args)
 
     async def ping(self) -> bool:
         """PING the server (every master of a Cluster)."""
-        async with self._translate("PING"):
+        async with self._call("PING"):
             return bool(await self._client.ping())
 
 

@@ -175,7 +175,7 @@ class EntityHash(Generic[T]):
             raise InvalidParameterError(self._key.schema.name, name, f"not a field of {owner}")
 
     async def _drop(self, exc: CorruptEntry) -> None:
-        self._cache.metrics.corrupt.labels(self._key.schema.name, exc.reason).inc()
+        self._cache.metrics.corrupt(self._key.schema.name, exc.reason)
         await self._cache.store.delete([self._rk])
 
 

@@ -1,0 +1,159 @@
+"""What a demo run yields: its measurements and checks, or a :class:`DemoFailure`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import attrs
+
+from thorbis_cache.demo.data import Customer, DemoOptions
+from thorbis_cache.errors import ThorbisCacheError
+
+__all__ = [
+    "Check",
+    "DemoFailure",
+    "DemoResult",
+    "EncryptionResult",
+    "LatencySummary",
+    "RaceResult",
+    "TamperResult",
+    "WorkloadResult",
+]
+
+
+class DemoFailure(ThorbisCacheError, RuntimeError):
+    """The demo could not run a scene, or one of its checks failed."""
+
+
+@attrs.frozen(slots=True)
+class Check:
+    """One claim of the demo and whether this run bore it out."""
+
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+@attrs.frozen(slots=True)
+class LatencySummary:
+    """Latency percentiles (nearest rank) of one class of calls, in nanoseconds."""
+
+    count: int
+    p50_ns: int | None
+    p99_ns: int | None
+
+    @classmethod
+    def of(cls, samples: Sequence[int]) -> LatencySummary:
+        """Summarize ``samples`` (ns); percentiles are None when there are none."""
+        if not samples:
+            return cls(0, None, None)
+        ordered = sorted(samples)
+
+        def rank(p: float) -> int:
+            return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+        return cls(len(ordered), rank(50), rank(99))
+
+
+@attrs.frozen(slots=True)
+class WorkloadResult:
+    """The Zipf read workload, measured.
+
+    :ivar hits: calls answered from Redis with no load involved.
+    :ivar misses: calls whose own loader ran (one PostgreSQL query each).
+    :ivar coalesced: calls that found no value but waited for a concurrent load of the
+        same key instead of querying (single-flight / lease).
+    :ivar warm_get_latency: measured right after the workload, on the same client and
+        concurrency, over the workload's first keys (all cached by then): ``cache.get``
+        alone, i.e. GET + decrypt + decode with no misses queueing beside it.
+    :ivar raw_get_latency: the anchor for it: a plain GET of the same stored bytes (no
+        decryption, no decoding), i.e. what Redis itself costs on this machine.
+    :ivar metrics: the cache's own counters for the schema after the workload.
+    """
+
+    reads: int
+    hits: int
+    misses: int
+    coalesced: int
+    db_queries: int
+    distinct_keys: int
+    elapsed_s: float
+    hit_latency: LatencySummary
+    miss_latency: LatencySummary
+    coalesced_latency: LatencySummary
+    warm_get_latency: LatencySummary
+    raw_get_latency: LatencySummary
+    metrics: dict[str, float]
+
+    @property
+    def hit_ratio(self) -> float:
+        """Share of reads answered from the cache without waiting for a load."""
+        return self.hits / self.reads
+
+    @property
+    def queries_saved(self) -> int:
+        """Reads that did not query PostgreSQL."""
+        return self.reads - self.db_queries
+
+
+@attrs.frozen(slots=True)
+class EncryptionResult:
+    """One encrypted entry as stored in Redis."""
+
+    redis_key: str
+    raw: bytes
+    key_id: str
+    customer: Customer
+    checks: tuple[Check, ...]
+
+
+@attrs.frozen(slots=True)
+class TamperResult:
+    """A flipped byte, and a ciphertext moved to another tenant's key."""
+
+    redis_key: str
+    flipped_offset: int
+    corrupt_reason: str
+    corrupt_delta: float
+    cross_tenant_key: str
+    cross_tenant_corrupt_delta: float
+    checks: tuple[Check, ...]
+
+
+@attrs.frozen(slots=True)
+class RaceResult:
+    """A slow fill racing with an update and its invalidation."""
+
+    redis_key: str
+    stale_email: str
+    updated_email: str
+    slow_caller_email: str
+    fills_rejected_delta: float
+    fresh_email: str
+    checks: tuple[Check, ...]
+
+
+@attrs.frozen(slots=True)
+class DemoResult:
+    """Everything the demo measured and checked."""
+
+    options: DemoOptions
+    redis_address: str
+    postgres_address: str
+    rows: int
+    setup_s: float
+    workload: WorkloadResult
+    encryption: EncryptionResult
+    tamper: TamperResult
+    race: RaceResult
+
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        """Every check of every scene."""
+        return self.encryption.checks + self.tamper.checks + self.race.checks
+
+    @property
+    def ok(self) -> bool:
+        """True when every check passed."""
+        return all(c.passed for c in self.checks)
