@@ -208,22 +208,30 @@ class Cache:
     async def get_many(self, keys: Sequence[CacheKey[T]]) -> list[T | None]:
         """Values of ``keys`` in order (None for misses), with one MGET per hash slot --
         one round trip in all when the keys belong to one tenant."""
-        rts = [self._value_runtime(k, "get_many") for k in keys]
-        rks = [f"{self._prefix}:{k.body}" for k in keys]
+        # A batch is usually of one schema: resolve each distinct schema once.
+        runtimes: dict[int, _Runtime] = {}
+        for key in keys:
+            if id(key.schema) not in runtimes:
+                runtimes[id(key.schema)] = self._value_runtime(key, "get_many")
+        prefix = self._prefix
+        rks = [f"{prefix}:{k.body}" for k in keys]
         datas = await self.store.mget(rks)
         out: list[T | None] = []
-        for key, rt, rk, data in zip(keys, rts, rks, datas):
+        append = out.append
+        for key, rk, data in zip(keys, rks, datas):
+            rt = runtimes[id(key.schema)]
             if data is None:
                 rt.counters.misses += 1
-                out.append(None)
+                append(None)
                 continue
             try:
-                out.append(rt.codec.decode_value(data, rk.encode(), key.tenant))
-                rt.counters.hits += 1
+                append(rt.codec.decode_value(data, rk.encode(), key.tenant))
             except CorruptEntry as exc:
                 await self._drop_corrupt(rt, key, rk, data, exc)
                 rt.counters.misses += 1
-                out.append(None)
+                append(None)
+            else:
+                rt.counters.hits += 1
         return out
 
     # ----------------------------------------------------------------- writes

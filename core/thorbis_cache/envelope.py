@@ -98,7 +98,7 @@ def seal_envelope(
 
 
 def open_envelope(
-    data: bytes, *, redis_key: bytes, tenant: str, keyring: KeyRing | None, schema_version: int
+    data: bytes, redis_key: bytes, tenant: str, keyring: KeyRing | None, schema_version: int, /
 ) -> Opened:
     """Check and open an envelope read from ``redis_key``.
 
