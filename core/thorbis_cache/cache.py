@@ -63,6 +63,7 @@ class _Scripts:
     delete_if_equal: Script
     hash_replace: Script
     hash_update: Script
+    write_expire: Script
 
     @classmethod
     def load(cls) -> _Scripts:
@@ -458,12 +459,12 @@ class Cache:
     def zset(self, key: CacheKey[T]) -> SortedSet[T]:
         """Typed access to a sorted set of members."""
         self._kind_runtime(key, SchemaKind.ZSET, "zset")
-        return SortedSet(self, key)
+        return SortedSet(self, key, self._scripts.write_expire)
 
     def geo(self, key: CacheKey[T]) -> GeoIndex[T]:
         """Typed access to a geo index of members."""
         self._kind_runtime(key, SchemaKind.GEO, "geo")
-        return GeoIndex(self, key)
+        return GeoIndex(self, key, self._scripts.write_expire)
 
     def _kind_runtime(self, key: CacheKey[Any], kind: SchemaKind, operation: str) -> _Runtime:
         rt = self._runtime(key.schema)

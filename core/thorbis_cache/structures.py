@@ -16,7 +16,7 @@ from thorbis_cache.codec import SchemaCodec, check_value
 from thorbis_cache.envelope import CorruptEntry
 from thorbis_cache.errors import InvalidParameterError, ValueTypeError, VersionConflictError
 from thorbis_cache.keys import CacheKey, Param
-from thorbis_cache.redis_store import Script, load_lua
+from thorbis_cache.redis_store import Script
 
 if TYPE_CHECKING:
     from thorbis_cache.cache import Cache
@@ -27,8 +27,6 @@ T = TypeVar("T")
 
 #: The hash field holding the entity version; '~' is never an attrs field name.
 VERSION_FIELD = "~v"
-
-_WRITE_EXPIRE = Script("write_expire", load_lua("write_expire"))
 
 
 @attrs.frozen(slots=True)
@@ -179,22 +177,44 @@ class EntityHash(Generic[T]):
         await self._cache.store.delete([self._rk])
 
 
-class SortedSet(Generic[T]):
-    """A sorted set of typed members (ids) with float scores."""
+class _MemberStructure(Generic[T]):
+    """What sorted sets and geo indexes share: typed members encoded like key
+    parameters, and writes that refresh the TTL atomically (``lua/write_expire.lua``)."""
 
-    __slots__ = ("_cache", "_key", "_member", "_rk")
+    __slots__ = ("_cache", "_key", "_member", "_rk", "_write")
 
-    def __init__(self, cache: Cache, key: CacheKey[Any]) -> None:
+    def __init__(self, cache: Cache, key: CacheKey[Any], write_script: Script) -> None:
         self._cache = cache
         self._key = key
         self._rk = cache.redis_key(key)
         self._member: Param = key.schema.member_param
+        self._write = write_script
 
     def _enc(self, member: T) -> str:
         return self._member.encode(self._key.schema.name, member)
 
     def _dec(self, raw: bytes) -> T:
         return self._member.decode(raw.decode())  # type: ignore[return-value]
+
+    async def _write_expire(
+        self, command: str, args: list[Any], replace: bool, ttl: float | None
+    ) -> Any:
+        ttl_ms = self._cache.ttl_ms(self._key.schema, ttl)
+        return await self._cache.store.run(
+            self._write, [self._rk], [ttl_ms, "1" if replace else "0", command, *args]
+        )
+
+    async def remove(self, *members: T) -> int:
+        """Remove members; returns how many were there."""
+        if not members:
+            return 0
+        return int(await self._cache.store.command("ZREM", self._rk, *map(self._enc, members)))
+
+
+class SortedSet(_MemberStructure[T]):
+    """A sorted set of typed members (ids) with float scores."""
+
+    __slots__ = ()
 
     async def add(self, scores: Mapping[T, float], *, replace: bool = False,
                   ttl: float | None = None) -> int:
@@ -207,13 +227,7 @@ class SortedSet(Generic[T]):
         args: list[Any] = []
         for member, score in scores.items():
             args += [float(score), self._enc(member)]
-        return int(await _write(self._cache, self._key, self._rk, "ZADD", args, replace, ttl))
-
-    async def remove(self, *members: T) -> int:
-        """Remove members; returns how many were there."""
-        if not members:
-            return 0
-        return int(await self._cache.store.command("ZREM", self._rk, *map(self._enc, members)))
+        return int(await self._write_expire("ZADD", args, replace, ttl))
 
     async def score(self, member: T) -> float | None:
         """The score of ``member``, or None."""
@@ -247,22 +261,10 @@ class SortedSet(Generic[T]):
         return await self.range_by_score(desc=True, count=n)
 
 
-class GeoIndex(Generic[T]):
+class GeoIndex(_MemberStructure[T]):
     """A geo index of typed members (ids) at longitude/latitude positions."""
 
-    __slots__ = ("_cache", "_key", "_member", "_rk")
-
-    def __init__(self, cache: Cache, key: CacheKey[Any]) -> None:
-        self._cache = cache
-        self._key = key
-        self._rk = cache.redis_key(key)
-        self._member: Param = key.schema.member_param
-
-    def _enc(self, member: T) -> str:
-        return self._member.encode(self._key.schema.name, member)
-
-    def _dec(self, raw: bytes) -> T:
-        return self._member.decode(raw.decode())  # type: ignore[return-value]
+    __slots__ = ()
 
     async def add(self, points: Mapping[T, tuple[float, float]], *, replace: bool = False,
                   ttl: float | None = None) -> int:
@@ -281,13 +283,7 @@ class GeoIndex(Generic[T]):
             if replace:
                 await self._cache.store.delete([self._rk])
             return 0
-        return int(await _write(self._cache, self._key, self._rk, "GEOADD", args, replace, ttl))
-
-    async def remove(self, *members: T) -> int:
-        """Remove members; returns how many were there."""
-        if not members:
-            return 0
-        return int(await self._cache.store.command("ZREM", self._rk, *map(self._enc, members)))
+        return int(await self._write_expire("GEOADD", args, replace, ttl))
 
     async def position(self, member: T) -> tuple[float, float] | None:
         """``(longitude, latitude)`` of ``member`` (geohash precision), or None."""
@@ -307,16 +303,6 @@ class GeoIndex(Generic[T]):
             args += ["COUNT", count]
         raw = await self._cache.store.command(*args, "WITHDIST")
         return [(self._dec(m), float(d)) for m, d in raw]
-
-
-async def _write(
-    cache: Cache, key: CacheKey[Any], rk: str, command: str, args: list[Any], replace: bool,
-    ttl: float | None,
-) -> Any:
-    ttl_ms = cache.ttl_ms(key.schema, ttl)
-    return await cache.store.run(
-        _WRITE_EXPIRE, [rk], [ttl_ms, "1" if replace else "0", command, *args]
-    )
 
 
 def _pairs(raw: Any) -> Iterable[tuple[Any, Any]]:
