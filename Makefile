@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed
 # Plugin distributions live in plugins/<name>/ with their own pyproject.toml; every one
 # found is installed editable next to the core, in the same pip run so that they resolve
 # against the local core rather than a published one. Override to install a subset.
-PLUGINS ?= $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+PLUGINS ?= $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml examples/*/pyproject.toml))
 PYTEST_ARGS ?=
 
 .PHONY: venv servers test lint typecheck demo bench clean

@@ -1,7 +1,9 @@
 """The demo (``thorbis-cache demo``): in process on small sizes, and as the console script.
 
 The demo starts its own ephemeral Redis and PostgreSQL, so these tests need the server
-binaries (``make servers``) but none of the session fixtures.
+binaries (``make servers``) but none of the session fixtures. It runs on the
+home_services plugin (installed with the core by ``make``); without it, it must refuse
+in one line before starting anything.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import io
 import random
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from thorbis_home_services import plugin as hs_plugin
+from thorbis_home_services.predict import predict_next_service
+from thorbis_home_services.views import ALL_VIEWS
 
+import thorbis_cache.demo
 from thorbis_cache.demo import (
     DemoOptions,
     DemoResult,
     ZipfSampler,
-    generate_customers,
     popularity,
     read_plan,
     run_demo,
@@ -38,6 +44,48 @@ def demo_run() -> tuple[DemoResult, str]:
     console = Console(file=out, width=100, color_system=None)
     result = asyncio.run(run_demo(SMALL, console=console))
     return result, out.getvalue()
+
+
+# --------------------------------------------------------------------------- plugin and data
+
+
+def test_plugin_data_is_loaded_and_views_refreshed(demo_run: tuple[DemoResult, str]) -> None:
+    d = demo_run[0].data
+    assert d.tenants == ("acme", "globex")
+    assert d.rows["customers"] == SMALL.tenants * SMALL.customers
+    assert d.rows["work_orders"] > d.rows["customers"]
+    assert d.views == tuple(v.name for v in ALL_VIEWS)
+
+
+def test_plugin_is_loaded_through_cache_app(demo_run: tuple[DemoResult, str]) -> None:
+    p = demo_run[0].plugin
+    assert (p.name, p.namespace, p.hook_api_version) == ("home_services", "hs", 1)
+    assert p.distribution == "thorbis-home-services"
+    assert p.version
+    assert p.declared == {
+        "schemas": len(hs_plugin.register_key_schemas()),
+        "patterns": len(hs_plugin.register_cache_patterns()),
+        "views": len(hs_plugin.register_materialized_views()),
+        "rules": len(hs_plugin.register_invalidation_rules()),
+        "warmers": len(hs_plugin.register_warmers()),
+        "permissions": len(hs_plugin.register_permissions()),
+    }
+    assert all(c.passed for c in p.checks), p.checks
+
+
+def test_plugin_patterns_answer_from_the_cache(demo_run: tuple[DemoResult, str]) -> None:
+    p = demo_run[0].plugin
+    assert p.warmed > len(p.board) > 0
+    assert len(p.board) <= p.board_limit
+    scores = [row.score for row in p.board]
+    assert scores == sorted(scores, reverse=True)
+    for row in p.board:
+        assert row.order is not None
+        assert row.order.id == row.work_order_id
+        assert row.order.status is row.status
+        assert row.status.is_open
+    assert len(p.history) >= 2
+    assert p.prediction == predict_next_service(at for _, at in p.history)
 
 
 # --------------------------------------------------------------------------- workload
@@ -77,9 +125,10 @@ def test_warm_pass_and_anchor_were_measured(demo_run: tuple[DemoResult, str]) ->
 def test_stored_entry_is_encrypted(demo_run: tuple[DemoResult, str]) -> None:
     e = demo_run[0].encryption
     assert e.raw[:2] == b"TC"
-    assert e.customer.name.encode() not in e.raw
-    assert e.customer.email.encode() not in e.raw
-    assert e.customer.phone.encode() not in e.raw
+    assert e.redis_key.startswith("tc:{acme}:hs.customer_summary:")
+    assert e.summary.last_name.encode() not in e.raw
+    assert e.summary.email.encode() not in e.raw
+    assert e.summary.phone.encode() not in e.raw
     assert e.key_id == "k1"
     assert all(c.passed for c in e.checks), e.checks
 
@@ -89,22 +138,32 @@ def test_tampered_and_moved_entries_are_counted_misses(demo_run: tuple[DemoResul
     assert t.corrupt_reason == "auth_failed"
     assert t.corrupt_delta == 1
     assert t.cross_tenant_corrupt_delta == 1
-    assert t.redis_key.startswith("tc:{acme}:demo.customer:")
-    assert t.cross_tenant_key.startswith("tc:{globex}:demo.customer:")
+    assert t.redis_key.startswith("tc:{acme}:hs.customer_summary:")
+    assert t.cross_tenant_key.startswith("tc:{globex}:hs.customer_summary:")
     assert all(c.passed for c in t.checks), t.checks
 
 
 def test_stale_fill_is_rejected_and_fresh_value_follows(demo_run: tuple[DemoResult, str]) -> None:
     r = demo_run[0].race
+    assert r.redis_key == f"tc:{{acme}}:hs.work_order:{r.work_order_id}"
     assert r.fills_rejected_delta == 1
-    assert r.slow_caller_email == r.stale_email != r.updated_email
-    assert r.fresh_email == r.updated_email
+    assert r.slow_caller_priority == r.stale_priority != r.updated_priority
+    assert r.fresh_priority == r.updated_priority
     assert all(c.passed for c in r.checks), r.checks
 
 
 def test_report_prints_measured_numbers(demo_run: tuple[DemoResult, str]) -> None:
     result, text = demo_run
     assert result.ok
+    assert f"{result.data.rows['work_orders']:,} work orders" in text
+    p = result.plugin
+    assert f"Plugin home_services {p.version} (thorbis-home-services)" in text
+    assert f"{p.declared['schemas']} schemas · {p.declared['patterns']} patterns" in text
+    assert f"hs.high_priority_work_orders(acme, limit={p.board_limit})" in text
+    for row in p.board:
+        assert f"  {row.work_order_id}  " in text
+    assert p.prediction is not None
+    assert f"due {p.prediction.due_at:%Y-%m-%d}" in text
     assert f"{result.workload.hit_ratio:.1%}" in text
     assert f"{result.workload.queries_saved} saved" in text
     assert result.encryption.redis_key in text
@@ -138,16 +197,18 @@ def test_zipf_zero_is_uniform() -> None:
     assert all(abs(c - 2000) < 250 for c in counts.values())
 
 
-def test_data_and_plan_are_deterministic_by_seed() -> None:
+def test_plan_is_deterministic_by_seed() -> None:
     options = DemoOptions(tenants=3, customers=20, reads=300)
-    assert generate_customers(options) == generate_customers(options)
     hot = popularity(options)
+    assert hot == popularity(options)
+    assert sorted(hot["acme"]) == list(range(1, 21))  # the ids datagen generates
     assert read_plan(options, hot) == read_plan(options, popularity(options))
     other = DemoOptions(tenants=3, customers=20, reads=300, seed=8)
-    assert generate_customers(other) != generate_customers(options)
-    # More reads extend the plan without changing the data set.
+    assert popularity(other) != hot
+    assert read_plan(other, popularity(other)) != read_plan(options, hot)
+    # More reads extend the plan without changing the popularity order.
     longer = DemoOptions(tenants=3, customers=20, reads=600)
-    assert generate_customers(longer) == generate_customers(options)
+    assert popularity(longer) == hot
     assert read_plan(longer, hot)[:300] == read_plan(options, hot)
 
 
@@ -183,7 +244,9 @@ def test_console_script_runs_the_demo() -> None:
     assert "PostgreSQL" in out
     assert "127.0.0.1:" in out
     assert "hit ratio" in out
-    assert "tc:{acme}:demo.customer:" in out
+    assert "Plugin home_services" in out
+    assert "hs.high_priority_work_orders(acme" in out
+    assert "tc:{acme}:hs.customer_summary:" in out
     assert "checks passed" in out
     assert "✗" not in out
     assert "Traceback" not in done.stderr
@@ -203,3 +266,62 @@ def test_console_script_reports_errors_in_one_line() -> None:
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error:")
     assert "--tenants" in lines[0]
+
+
+# --------------------------------------------------------------------------- without the plugin
+
+_INSTALL = "pip install -e plugins/home_services"
+
+
+def test_missing_plugin_is_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(thorbis_cache.demo, "entry_points", lambda **_: [])
+    with pytest.raises(ConfigurationError) as caught:
+        asyncio.run(run_demo(SMALL))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "'home_services'" in message
+    assert _INSTALL in message
+
+
+# The console script as it runs when the plugin's distribution is absent: its entry
+# point is not listed and its package cannot be imported.
+_WITHOUT_PLUGIN = textwrap.dedent(
+    """
+    import importlib.metadata as metadata
+    import sys
+
+    sys.modules["thorbis_home_services"] = None  # importing it raises ImportError
+    listed = metadata.entry_points
+
+    def entry_points(**params):
+        found = listed(**params)
+        if params.get("group") == "thorbis_cache.plugins":
+            return [ep for ep in found if ep.name != "home_services"]
+        return found
+
+    metadata.entry_points = entry_points
+    from thorbis_cache.cli import main
+
+    sys.argv = ["thorbis-cache", "demo", "--tenants", "2"]
+    main()
+    """
+)
+
+
+def test_console_script_without_the_plugin_fails_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PLUGIN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error:")
+    assert "home_services" in lines[0]
+    assert _INSTALL in lines[0]

@@ -5,10 +5,25 @@ Importing this package connects to nothing, reads no environment and loads no pl
 
 from __future__ import annotations
 
+from thorbis_cache.app import CacheApp
 from thorbis_cache.cache import Cache
 from thorbis_cache.codec import CodecSettings
 from thorbis_cache.config import CacheSettings
 from thorbis_cache.crypto import KeyRing
+from thorbis_cache.declarations import (
+    CachePattern,
+    InvalidationRule,
+    MaterializedView,
+    Operation,
+    Permission,
+    PluginInfo,
+    RefreshPolicy,
+    RuleTarget,
+    SqlScript,
+    WarmContext,
+    Warmer,
+)
+from thorbis_cache.hookspecs import HOOK_API_VERSION, hookimpl
 from thorbis_cache.keys import (
     CacheKey,
     Compression,
@@ -19,26 +34,43 @@ from thorbis_cache.keys import (
     validate_tenant,
 )
 from thorbis_cache.metrics import CacheMetrics
+from thorbis_cache.plugins import LoadedPlugin, PluginManager
 from thorbis_cache.redis_store import RedisStore
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet, Versioned
 
 __all__ = [
+    "HOOK_API_VERSION",
     "Cache",
+    "CacheApp",
     "CacheKey",
     "CacheMetrics",
+    "CachePattern",
     "CacheSettings",
     "CodecSettings",
     "Compression",
     "EntityHash",
     "GeoIndex",
+    "InvalidationRule",
     "KeyRing",
     "KeySchema",
+    "LoadedPlugin",
+    "MaterializedView",
+    "Operation",
     "Param",
+    "Permission",
+    "PluginInfo",
+    "PluginManager",
     "RedisStore",
+    "RefreshPolicy",
+    "RuleTarget",
     "SchemaKind",
     "SchemaRegistry",
     "SortedSet",
+    "SqlScript",
     "Versioned",
+    "WarmContext",
+    "Warmer",
+    "hookimpl",
     "validate_tenant",
 ]
 

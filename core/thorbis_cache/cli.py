@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from thorbis_cache import __version__, demo
+from thorbis_cache import __version__, cli_plugins, cli_scaffold, demo
 from thorbis_cache.errors import ThorbisCacheError
 
 __all__ = ["app", "main"]
@@ -83,6 +83,8 @@ def _root(
 
 
 _add("demo", demo.command)
+_add("plugins", cli_plugins.command)
+_add("new-plugin", cli_scaffold.command)
 
 
 def main() -> None:

@@ -17,10 +17,13 @@ __all__ = [
     "InvalidSchemaError",
     "InvalidTenantId",
     "KeyRingError",
+    "PluginLoadError",
+    "PluginProblem",
     "RedisUnavailableError",
     "ServerBinaryNotFound",
     "ServerStartError",
     "ThorbisCacheError",
+    "UnknownPatternError",
     "UnknownSchemaError",
     "ValueTypeError",
     "VersionConflictError",
@@ -180,3 +183,67 @@ class ServerBinaryNotFound(ThorbisCacheError, FileNotFoundError):
 
 class ServerStartError(ThorbisCacheError, RuntimeError):
     """An ephemeral test server did not start; the message carries its log tail."""
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+class PluginProblem:
+    """One thing wrong with one plugin: who (plugin, distribution, version), where (the
+    hook, or "import"/"sql"/...), and what."""
+
+    __slots__ = ("distribution", "hook", "message", "plugin", "version")
+
+    def __init__(
+        self,
+        plugin: str,
+        hook: str,
+        message: str,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        self.plugin = plugin
+        self.hook = hook
+        self.message = message
+        self.distribution = distribution
+        self.version = version
+
+    def __str__(self) -> str:
+        origin = ""
+        if self.distribution:
+            origin = f" ({self.distribution} {self.version or '?'})"
+        return f"plugin {self.plugin!r}{origin}, {self.hook}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"PluginProblem({str(self)!r})"
+
+
+class PluginLoadError(ThorbisCacheError):
+    """One or more plugins could not be loaded; every problem found is listed at once.
+
+    Plugins with a problem were not registered at all (no half-registration).
+    """
+
+    def __init__(self, problems: list[PluginProblem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} plugin problem(s):\n{lines}")
+
+
+class UnknownPatternError(ThorbisCacheError, KeyError):
+    """No loaded plugin declares a cache pattern of this name.
+
+    :ivar pattern: the name asked for.
+    """
+
+    def __init__(self, pattern: str, known: list[str] | None = None) -> None:
+        self.pattern = pattern
+        shown = ", ".join(sorted(known)) if known else "none"
+        self.message = (
+            f"cache pattern {pattern!r} is not declared by any loaded plugin (declared: {shown})"
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        # KeyError's own __str__ would print the repr of the message.
+        return self.message

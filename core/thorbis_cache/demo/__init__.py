@@ -1,10 +1,15 @@
 """``thorbis-cache demo``: the cache's main job, end to end, on real servers it starts itself.
 
-The demo starts an ephemeral Redis and PostgreSQL, loads a deterministic multi-tenant
-``customers`` table, and runs a Zipf-distributed read workload through
-:meth:`Cache.get_or_load <thorbis_cache.cache.Cache.get_or_load>` with an encrypted
-(``sensitive``) key schema. Then it demonstrates, against the same servers, the promises
-the seed's cache-aside code did not keep:
+The demo plays a host application of the home_services vertical. It starts an ephemeral
+Redis and PostgreSQL, loads the ``home_services`` plugin through
+:class:`~thorbis_cache.app.CacheApp` (which applies the plugin's tables and materialized
+views), fills them with the plugin's deterministic data for the demo tenants and
+refreshes the views. It shows what the plugin declared and runs two of its patterns,
+then runs a Zipf-distributed read workload through
+:meth:`Cache.get_or_load <thorbis_cache.cache.Cache.get_or_load>` on the plugin's
+encrypted ``hs.customer_summary`` schema with the plugin's own loader. Then it
+demonstrates, against the same servers, the promises the seed's cache-aside code did not
+keep:
 
 * values are stored encrypted and bound to their key (a hex dump shows no personal data);
 * a tampered entry, or one copied to another tenant's key, is a counted miss, never an
@@ -15,69 +20,81 @@ Every number it prints is measured in this run; every claim is a check that can 
 (:attr:`DemoResult.ok`). The demo plays the host application, so it talks to
 PostgreSQL through ``asyncpg`` itself; the cache never sees the database.
 
-The parts: :mod:`~thorbis_cache.demo.data` (model, options, data set),
+The parts: :mod:`~thorbis_cache.demo.data` (options, read plan),
 :mod:`~thorbis_cache.demo.results`, :mod:`~thorbis_cache.demo.database`,
-:mod:`~thorbis_cache.demo.workload`, :mod:`~thorbis_cache.demo.scenes` and
-:mod:`~thorbis_cache.demo.report`; this module runs them in order.
+:mod:`~thorbis_cache.demo.vertical` (the plugin scene),
+:mod:`~thorbis_cache.demo.workload`, :mod:`~thorbis_cache.demo.scenes`,
+:mod:`~thorbis_cache.demo.report` and :mod:`~thorbis_cache.demo.runner`, which runs them
+in order. Only ``data`` and ``results`` are imported with this package: the others need
+the plugin, so ``thorbis-cache`` itself starts without it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
+from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from thorbis_cache.cache import Cache
-from thorbis_cache.crypto import KeyRing
-from thorbis_cache.demo import report
-from thorbis_cache.demo.data import (
-    CUSTOMER,
-    Customer,
-    DemoOptions,
-    ZipfSampler,
-    generate_customers,
-    popularity,
-    read_plan,
-)
-from thorbis_cache.demo.database import Database, close_pool, create_pool
+from thorbis_cache.demo.data import DemoOptions, ZipfSampler, popularity, read_plan
 from thorbis_cache.demo.results import (
     Check,
+    DataResult,
     DemoFailure,
     DemoResult,
     EncryptionResult,
     LatencySummary,
+    PluginResult,
     RaceResult,
     TamperResult,
     WorkloadResult,
 )
-from thorbis_cache.demo.scenes import encryption_scene, race_scene, tamper_scene
-from thorbis_cache.demo.workload import run_workload
-from thorbis_cache.keys import SchemaRegistry
-from thorbis_cache.testing.servers import PostgresServer, RedisServer
+from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.plugins import ENTRY_POINT_GROUP
 
 __all__ = [
-    "CUSTOMER",
+    "PLUGIN",
     "Check",
-    "Customer",
+    "DataResult",
     "DemoFailure",
     "DemoOptions",
     "DemoResult",
     "EncryptionResult",
     "LatencySummary",
+    "PluginResult",
     "RaceResult",
     "TamperResult",
     "WorkloadResult",
     "ZipfSampler",
     "command",
-    "generate_customers",
     "popularity",
     "read_plan",
+    "require_plugin",
     "run_demo",
 ]
+
+#: The entry-point name of the plugin the demo runs on.
+PLUGIN = "home_services"
+_INSTALL = "pip install -e plugins/home_services"
+
+
+def require_plugin() -> None:
+    """Check that the home_services plugin is installed, before any server starts.
+
+    :raises ConfigurationError: it is not (one line, with the command that installs it).
+    """
+    missing = (
+        f"the demo needs the {PLUGIN!r} plugin (entry point {PLUGIN!r} of group "
+        f"{ENTRY_POINT_GROUP!r}, distribution thorbis-home-services), which is not installed"
+    )
+    if not entry_points(group=ENTRY_POINT_GROUP, name=PLUGIN):
+        raise ConfigurationError(f"{missing}; install it with `{_INSTALL}`")
+    try:
+        import thorbis_home_services  # noqa: F401
+    except ImportError as exc:  # an entry point left behind by a removed distribution
+        raise ConfigurationError(f"{missing} ({exc}); install it with `{_INSTALL}`") from exc
 
 
 async def run_demo(
@@ -91,67 +108,16 @@ async def run_demo(
     :param options: sizes and seed; defaults as for ``thorbis-cache demo``.
     :param console: where the report is printed as the demo goes; None prints nothing.
     :returns: the measurements and checks (see :attr:`DemoResult.ok`).
+    :raises ConfigurationError: the home_services plugin is not installed.
+    :raises PluginLoadError: it is installed but does not load, or its SQL does not apply.
     :raises ServerBinaryNotFound: redis-server or PostgreSQL is not installed.
     :raises ServerStartError: a server did not start.
     :raises DemoFailure: a scene could not run.
     """
-    options = options or DemoOptions()
-    out = console or Console(quiet=True)
-    tenants = options.tenant_names()
-    t0 = time.perf_counter()
-    async with contextlib.AsyncExitStack() as stack:
-        redis_server = RedisServer()
-        stack.callback(redis_server.stop)  # registered before start: a failed start cleans up
-        postgres = PostgresServer()
-        stack.callback(postgres.stop)
-        with out.status("starting Redis and PostgreSQL..."):
-            redis_server.start()
-            postgres.start()
-        redis_address = f"{redis_server.host}:{redis_server.port}"
-        postgres_address = f"{postgres.host}:{postgres.port}"
+    require_plugin()
+    from thorbis_cache.demo import runner  # needs the plugin: imported once it is known
 
-        pool = await create_pool(postgres)
-        stack.push_async_callback(close_pool, pool)
-        db = Database(pool)
-        rows = await db.load(generate_customers(options))
-
-        registry = SchemaRegistry()
-        registry.register(CUSTOMER, owner="demo")
-        cache = Cache.from_url(redis_server.url, registry, keyring=KeyRing.generate())
-        stack.push_async_callback(cache.aclose)
-        await cache.store.ping()
-        setup_s = time.perf_counter() - t0
-        out.print(report.servers_panel(options, redis_server, postgres, rows, setup_s))
-
-        hot = popularity(options)
-        plan = read_plan(options, hot)
-        with report.read_progress(out) as bar:
-            task = bar.add_task("reads", total=len(plan))
-            workload = await run_workload(
-                cache,
-                db,
-                plan,
-                options.concurrency,
-                lambda done: bar.update(task, completed=done),
-            )
-        out.print(report.workload_panel(workload, options))
-
-        first, second = tenants[0], tenants[1]
-        encryption = await encryption_scene(cache, db, first, hot[first][0])
-        out.print(report.encryption_panel(encryption))
-        logs: list[str] = []
-        tamper = await tamper_scene(cache, db, first, second, hot[first][0], logs)
-        out.print(report.checks_panel("Tamper-proof entries", tamper.checks, logs))
-        race = await race_scene(cache, db, first, hot[first][-1])
-        out.print(
-            report.checks_panel("Stale fill after an invalidation is rejected", race.checks, [])
-        )
-    result = DemoResult(
-        options, redis_address, postgres_address, rows, setup_s,
-        workload, encryption, tamper, race,
-    )  # fmt: skip
-    out.print(report.summary_line(result, time.perf_counter() - t0))
-    return result
+    return await runner.run(options or DemoOptions(), console or Console(quiet=True))
 
 
 def command(
@@ -164,8 +130,9 @@ def command(
 ) -> None:
     """Run the cache end to end on ephemeral Redis and PostgreSQL servers.
 
-    Loads a multi-tenant customers table, runs a Zipf read workload through an
-    encrypted cache, then shows tamper detection and stale-fill prevention.
+    Loads the home_services plugin and its multi-tenant data, runs two of its patterns
+    and a Zipf read workload through an encrypted cache, then shows tamper detection and
+    stale-fill prevention. Needs the plugin (pip install -e plugins/home_services).
     \f
     (click shows the help text up to the form feed above; the rest is for readers.)
 
@@ -175,7 +142,7 @@ def command(
     :param zipf: Zipf exponent of customer popularity.
     :param seed: seed of the data set and the workload.
     :param concurrency: concurrent readers.
-    :raises ConfigurationError: an option is out of range.
+    :raises ConfigurationError: an option is out of range, or the plugin is missing.
     :raises DemoFailure: a check failed (the report shows which).
     """
     options = DemoOptions(tenants, customers, reads, zipf, seed, concurrency)

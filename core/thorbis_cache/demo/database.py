@@ -1,25 +1,28 @@
 """The demo application's PostgreSQL side: its database, its pool, its counted queries.
 
 The demo plays the host application, so it talks to PostgreSQL through ``asyncpg``
-itself; the cache never sees the database. This is the only demo module that does.
+itself; the cache never sees the database. The tables, views and data are the
+home_services plugin's (``CacheApp.start(apply_sql=True)`` creates them,
+``thorbis_home_services.datagen`` fills them); the plugin's loaders run their queries
+through :meth:`Database.fetch`, which counts them. This is the only demo module that
+imports ``asyncpg``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import attrs
-
-from thorbis_cache.demo.data import Customer
-from thorbis_cache.demo.results import DemoFailure
+from thorbis_home_services import datagen
 
 if TYPE_CHECKING:
+    from thorbis_cache.declarations import MaterializedView
     from thorbis_cache.testing.servers import PostgresServer
 
-__all__ = ["DATABASE", "Database", "close_pool", "create_pool"]
+__all__ = ["DATABASE", "Database", "close_pool", "create_database", "create_pool"]
 
 DATABASE = "thorbis_demo"
 
@@ -29,18 +32,19 @@ def _sql(name: str) -> str:
     return (resources.files("thorbis_cache.sql") / "demo" / f"{name}.sql").read_text("utf-8")
 
 
-async def create_pool(postgres: PostgresServer) -> Any:
-    """Create the demo's database on ``postgres`` and open a pool on it.
-
-    :param postgres: the running server.
-    :returns: an ``asyncpg`` pool; close it with :func:`close_pool`.
-    """
+async def create_database(postgres: PostgresServer) -> str:
+    """Create the demo's (empty) database on ``postgres``; returns its DSN."""
     admin = await asyncpg.connect(postgres.dsn("postgres"))
     try:
         await admin.execute(f'CREATE DATABASE "{DATABASE}"')
     finally:
         await admin.close()
-    return await asyncpg.create_pool(postgres.dsn(DATABASE), min_size=2, max_size=16)
+    return postgres.dsn(DATABASE)
+
+
+async def create_pool(dsn: str) -> Any:
+    """Open the demo application's pool; close it with :func:`close_pool`."""
+    return await asyncpg.create_pool(dsn, min_size=2, max_size=16)
 
 
 async def close_pool(pool: Any) -> None:
@@ -55,40 +59,37 @@ async def close_pool(pool: Any) -> None:
 class Database:
     """The demo application's data access: one pool, queries counted."""
 
-    _COLUMNS = tuple(f.name for f in attrs.fields(Customer))
-
     def __init__(self, pool: Any) -> None:
         self.pool = pool
+        #: Queries run through :meth:`fetch` (the loaders' and warmers' reads).
         self.queries = 0
-        self._get = _sql("customer_get")
-        self._update = _sql("customer_update")
+        self._set_priority = _sql("work_order_priority")
 
-    async def load(self, data: dict[str, list[Customer]]) -> int:
-        """Create the table and COPY the data set in; returns the number of rows."""
-        async with self.pool.acquire() as conn:
-            await conn.execute(_sql("customers"))
-            rows = [
-                (tenant, *attrs.astuple(c, recurse=False))
-                for tenant, customers in data.items()
-                for c in customers
-            ]
-            await conn.copy_records_to_table(
-                "customers", records=rows, columns=("tenant_id", *self._COLUMNS)
-            )
-            await conn.execute("ANALYZE customers")
-        return len(rows)
-
-    async def customer(self, tenant: str, customer_id: int) -> Customer:
-        """One customer, read from PostgreSQL (counted).
-
-        :raises DemoFailure: no such row (the demo only reads ids it inserted).
-        """
+    async def fetch(self, sql: str, *args: object) -> list[Mapping[str, Any]]:
+        """Run one query and return its rows (counted): the ``fetch`` the plugin's
+        loaders and warmers take (``async (sql, *args) -> rows``)."""
         self.queries += 1
-        row = await self.pool.fetchrow(self._get, tenant, customer_id)
-        if row is None:
-            raise DemoFailure(f"customer {customer_id} of tenant {tenant!r} is not in the table")
-        return Customer(**dict(row.items()))
+        rows: list[Mapping[str, Any]] = await self.pool.fetch(sql, *args)
+        return rows
 
-    async def update(self, tenant: str, customer_id: int, email: str, status: str) -> None:
-        """Change a customer's email and account status (one committed statement)."""
-        await self.pool.execute(self._update, tenant, customer_id, email, status)
+    async def load(self, tenants: Iterable[str], per_tenant: int, seed: int) -> dict[str, int]:
+        """Generate the plugin's deterministic data set and COPY it in (one transaction).
+
+        :returns: rows per ``hs`` table.
+        """
+        data = await datagen.load(self.pool, list(tenants), per_tenant, seed=seed)
+        return data.counts()
+
+    async def refresh(self, views: Iterable[MaterializedView]) -> None:
+        """``REFRESH MATERIALIZED VIEW`` each view once, after the load, so that the view
+        rows exist (plain, not ``CONCURRENTLY``: nothing reads them yet, and a plain
+        refresh is the cheaper one)."""
+        async with self.pool.acquire() as conn:
+            for view in views:
+                # The name is a ``schema.relation`` of lower-case identifiers (the core
+                # refuses to load a plugin declaring any other), so it can be inlined.
+                await conn.execute(f"REFRESH MATERIALIZED VIEW {view.name}")
+
+    async def set_priority(self, tenant: str, work_order_id: int, priority: str) -> None:
+        """Change a work order's priority (one committed statement)."""
+        await self.pool.execute(self._set_priority, tenant, work_order_id, priority)

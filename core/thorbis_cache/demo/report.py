@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 from rich import box
@@ -13,13 +14,21 @@ from rich.table import Table
 
 from thorbis_cache.demo.data import DemoOptions
 from thorbis_cache.demo.database import DATABASE
-from thorbis_cache.demo.results import Check, DemoResult, EncryptionResult, WorkloadResult
+from thorbis_cache.demo.results import (
+    Check,
+    DataResult,
+    DemoResult,
+    EncryptionResult,
+    PluginResult,
+    WorkloadResult,
+)
 from thorbis_cache.envelope import FLAG_COMPRESSED, FLAG_ENCRYPTED, FLAG_TIMING
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
 
 __all__ = [
     "checks_panel",
     "encryption_panel",
+    "plugin_panel",
     "read_progress",
     "servers_panel",
     "summary_line",
@@ -41,10 +50,30 @@ def _duration(ns: int | None) -> str:
     return f"{ns / 1_000_000:.2f} ms"
 
 
+# Tables of the data set as shown, in this order, with the label used.
+_TABLE_LABELS = (
+    ("customers", "customers"),
+    ("work_orders", "work orders"),
+    ("invoices", "invoices"),
+    ("quality_control_inspections", "inspections"),
+    ("technicians", "technicians"),
+    ("service_areas", "service areas"),
+)
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s"
+
+
 def servers_panel(
-    options: DemoOptions, redis: RedisServer, postgres: PostgresServer, rows: int, setup_s: float
+    options: DemoOptions,
+    redis: RedisServer,
+    postgres: PostgresServer,
+    data: DataResult,
+    setup_s: float,
 ) -> Panel:
-    """The servers started, the data set loaded and how long that took."""
+    """The servers started, the plugin's data set loaded, its views refreshed, and how
+    long that took."""
     grid = Table.grid(padding=(0, 2))
     grid.add_row("Redis", f"{redis.binaries.version_string} at {redis.host}:{redis.port}")
     grid.add_row(
@@ -52,12 +81,56 @@ def servers_panel(
         f"{postgres.binaries.version_string} at {postgres.host}:{postgres.port}, "
         f"database {DATABASE}",
     )
+    rows = ", ".join(f"{data.rows.get(t, 0):,} {label}" for t, label in _TABLE_LABELS)
     grid.add_row(
         "Data",
-        f"{rows} customers: {options.customers} for each of {', '.join(options.tenant_names())}",
+        f"hs.* of {', '.join(data.tenants)} (datagen, seed {options.seed}): {rows}; "
+        f"loaded in {_seconds(data.load_s)}",
     )
+    grid.add_row("Views", f"{len(data.views)} refreshed in {_seconds(data.refresh_s)}")
     grid.add_row("Ready in", f"{setup_s:.1f} s (ephemeral servers, stopped on exit)")
     return Panel(grid, title="thorbis-cache demo", title_align="left", expand=False)
+
+
+def plugin_panel(p: PluginResult) -> Panel:
+    """The plugin as loaded, its work-order board and a predicted next service."""
+    d = p.declared
+    lines = [
+        f"namespace [bold]{p.namespace}[/] · hook API {p.hook_api_version} · "
+        f"CacheApp.start {_seconds(p.start_s)} (SQL, views, rule checks)",
+        " · ".join(f"{n} {what}" for what, n in d.items()),
+        f"warmer {p.warmer} for {p.tenant}: {p.warmed} entries in {_seconds(p.warm_s)}",
+        f"{p.board_pattern}({p.tenant}, limit={p.board_limit}) in {_duration_s(p.board_s)}:",
+    ]
+    board = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False)
+    for column in ("  work order", "status", "priority", "scheduled (UTC)", "customer"):
+        board.add_column(column, style="dim" if column == "customer" else None)
+    for row in p.board:
+        order = row.order
+        board.add_row(
+            f"  {row.work_order_id}",
+            row.status.value,
+            order.priority.value if order else "?",
+            f"{order.scheduled_at:%Y-%m-%d %H:%M}" if order else "?",
+            str(order.customer_id) if order else "?",
+        )
+    call = f"{p.predict_pattern}({p.tenant}, customer_id={p.customer_id})"
+    n = p.prediction
+    if n is None:
+        predicted = f"{call}: none ({len(p.history)} completed services)"
+    else:
+        # Past due is what the formula says for a customer who skipped a visit; say so
+        # rather than let a date before today look like a bug.
+        late = " (overdue)" if n.due_at < dt.datetime.now(dt.UTC) else ""
+        predicted = (
+            f"{call} in {_duration_s(p.predict_s)}, {n.services} services:\n"
+            f"  last {n.last_service_at:%Y-%m-%d} + median interval {n.interval.days} d "
+            f"→ due [bold]{n.due_at:%Y-%m-%d}[/]{late}"
+        )
+    body = Group(*lines, board, predicted, *(_mark(c) for c in p.checks))
+    where = f"({p.distribution})" if p.distribution else ""
+    title = " ".join(part for part in ("Plugin", p.name, p.version, where) if part)
+    return Panel(body, title=title, title_align="left", expand=False)
 
 
 def read_progress(console: Console) -> Progress:
@@ -99,17 +172,21 @@ def workload_panel(w: WorkloadResult, options: DemoOptions) -> Panel:
     m = w.metrics
     summary = (
         f"hit ratio [bold]{w.hit_ratio:.1%}[/] · {w.reads / w.elapsed_s:,.0f} reads/s "
-        f"in {w.elapsed_s:.1f} s\n"
+        f"by {options.concurrency} readers in {w.elapsed_s:.1f} s\n"
         f"PostgreSQL: {w.db_queries} queries for {w.reads} reads "
         f"({w.distinct_keys} distinct keys) = [bold]{w.queries_saved}[/] saved\n"
         f"cache.metrics: hits {m['hits']:.0f} · misses {m['misses']:.0f} · "
         f"loads {m['loads']:.0f} · coalesced {m['coalesced']:.0f}"
     )
     title = (
-        f"{w.reads} reads · Zipf s={options.zipf:g} · {options.tenants} tenants x "
-        f"{options.customers} customers · {options.concurrency} readers"
+        f"{w.reads} reads of hs.customer_summary · Zipf s={options.zipf:g} · "
+        f"{options.tenants} x {options.customers} customers"
     )
     return Panel(Group(table, summary), title=title, title_align="left", expand=False)
+
+
+def _duration_s(seconds: float) -> str:
+    return _duration(round(seconds * 1e9))
 
 
 def _hexdump(data: bytes, width: int = 16) -> str:

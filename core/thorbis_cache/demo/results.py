@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
-from thorbis_cache.demo.data import Customer, DemoOptions
+from thorbis_cache.demo.data import DemoOptions
 from thorbis_cache.errors import ThorbisCacheError
+
+if TYPE_CHECKING:
+    # Annotations only: this module loads without the plugin installed.
+    from thorbis_home_services import CustomerSummary, NextService, RankedWorkOrder
 
 __all__ = [
     "Check",
+    "DataResult",
     "DemoFailure",
     "DemoResult",
     "EncryptionResult",
     "LatencySummary",
+    "PluginResult",
     "RaceResult",
     "TamperResult",
     "WorkloadResult",
@@ -54,6 +62,62 @@ class LatencySummary:
             return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
         return cls(len(ordered), rank(50), rank(99))
+
+
+@attrs.frozen(slots=True)
+class DataResult:
+    """The plugin's data set as loaded, and its views as refreshed.
+
+    :ivar tenants: the tenants generated (``thorbis_home_services.datagen``).
+    :ivar rows: rows per ``hs`` table.
+    :ivar load_s: generating and COPYing them.
+    :ivar views: the materialized views refreshed (plain ``REFRESH``, once).
+    :ivar refresh_s: refreshing them.
+    """
+
+    tenants: tuple[str, ...]
+    rows: dict[str, int]
+    load_s: float
+    views: tuple[str, ...]
+    refresh_s: float
+
+
+@attrs.frozen(slots=True)
+class PluginResult:
+    """The plugin as ``CacheApp`` loaded it, and two of its patterns run for one tenant.
+
+    :ivar declared: how many schemas, patterns, views, rules, warmers and permissions
+        it registered.
+    :ivar start_s: ``CacheApp.start``: plugin loaded and validated, its SQL and views
+        applied, its rules checked against the database, the cache built.
+    :ivar warmed: entries the warmer wrote (work orders and status lists).
+    :ivar board: ``hs.high_priority_work_orders`` as returned.
+    :ivar history: the customer's completed services (work order id, completed at),
+        as read from PostgreSQL and written as the ``hs.customer_history`` time series.
+    :ivar prediction: ``hs.predicted_next_service`` as returned.
+    """
+
+    name: str
+    distribution: str | None
+    version: str | None
+    namespace: str
+    hook_api_version: int
+    declared: dict[str, int]
+    start_s: float
+    tenant: str
+    warmer: str
+    warmed: int
+    warm_s: float
+    board_pattern: str
+    board_limit: int
+    board: tuple[RankedWorkOrder, ...]
+    board_s: float
+    predict_pattern: str
+    customer_id: int
+    history: tuple[tuple[int, dt.datetime], ...]
+    prediction: NextService | None
+    predict_s: float
+    checks: tuple[Check, ...]
 
 
 @attrs.frozen(slots=True)
@@ -104,7 +168,7 @@ class EncryptionResult:
     redis_key: str
     raw: bytes
     key_id: str
-    customer: Customer
+    summary: CustomerSummary
     checks: tuple[Check, ...]
 
 
@@ -123,14 +187,16 @@ class TamperResult:
 
 @attrs.frozen(slots=True)
 class RaceResult:
-    """A slow fill racing with an update and its invalidation."""
+    """A slow fill of a work order racing with an UPDATE of its priority and the
+    invalidation of its entry (priorities as their text values)."""
 
     redis_key: str
-    stale_email: str
-    updated_email: str
-    slow_caller_email: str
+    work_order_id: int
+    stale_priority: str
+    updated_priority: str
+    slow_caller_priority: str
     fills_rejected_delta: float
-    fresh_email: str
+    fresh_priority: str
     checks: tuple[Check, ...]
 
 
@@ -141,8 +207,9 @@ class DemoResult:
     options: DemoOptions
     redis_address: str
     postgres_address: str
-    rows: int
     setup_s: float
+    data: DataResult
+    plugin: PluginResult
     workload: WorkloadResult
     encryption: EncryptionResult
     tamper: TamperResult
@@ -151,7 +218,7 @@ class DemoResult:
     @property
     def checks(self) -> tuple[Check, ...]:
         """Every check of every scene."""
-        return self.encryption.checks + self.tamper.checks + self.race.checks
+        return self.plugin.checks + self.encryption.checks + self.tamper.checks + self.race.checks
 
     @property
     def ok(self) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import itertools
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -34,6 +35,8 @@ from thorbis_cache.testing.servers import PostgresServer, RedisCluster, RedisSer
 
 __all__ = [
     "ThorbisServers",
+    "pytest_addoption",
+    "pytest_configure",
     "pytest_report_header",
     "thorbis_cluster_redis_url",
     "thorbis_pg_dsn",
@@ -283,6 +286,37 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     except ServerBinaryNotFound as exc:
         lines.append(f"thorbis postgres: not found: {exc}")
     return lines
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--thorbis-contract=NAME`` (repeatable).
+
+    :param parser: pytest's option parser.
+    """
+    group = parser.getgroup("thorbis-cache")
+    group.addoption(
+        "--thorbis-contract", action="append", default=[], metavar="NAME",
+        dest="thorbis_contract",
+        help="run the thorbis-cache plugin contract against the installed plugin NAME "
+        "(entry-point name in group thorbis_cache.plugins); repeatable. With no test "
+        "paths given, only the contract runs.",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``--thorbis-contract``, add the contract module to what is collected.
+
+    :param config: the pytest config.
+    """
+    if not config.getoption("thorbis_contract", default=None):
+        return
+    spec = importlib.util.find_spec("thorbis_cache.testing.contract_run")
+    assert spec is not None
+    assert spec.origin is not None
+    if config.args_source is pytest.Config.ArgsSource.ARGS:
+        config.args.append(spec.origin)
+    else:  # no paths on the command line: run the contract, not the whole test suite
+        config.args[:] = [spec.origin]
 
 
 # --------------------------------------------------------------------------- fixtures

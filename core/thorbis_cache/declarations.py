@@ -1,0 +1,266 @@
+"""What a plugin declares: frozen value types returned by the ``register_*`` hooks.
+
+Key schemas are :class:`thorbis_cache.keys.KeySchema`; everything else a vertical
+contributes is described here. Declarations are plain data, validated when a plugin is
+loaded (see :mod:`thorbis_cache.plugins`), never executed at import.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from thorbis_cache.cache import Cache
+    from thorbis_cache.keys import CacheKey
+
+__all__ = [
+    "CachePattern",
+    "InvalidationRule",
+    "MaterializedView",
+    "Operation",
+    "Permission",
+    "PluginInfo",
+    "RefreshPolicy",
+    "RuleTarget",
+    "SqlScript",
+    "WarmContext",
+    "Warmer",
+]
+
+_NAMESPACE_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_QUALIFIED_RE = re.compile(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*")
+
+
+def _tuple(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _index_lists(value: Any) -> tuple[tuple[str, ...], ...]:
+    return tuple(_tuple(i) for i in value)
+
+
+def _operations(value: Any) -> frozenset[Operation]:
+    return frozenset(Operation(o) if isinstance(o, str) else o for o in _tuple(value))
+
+
+@attrs.frozen(slots=True)
+class PluginInfo:
+    """Who a plugin is: returned by ``register_plugin_info``.
+
+    :ivar namespace: the prefix of every name the plugin declares (``hs`` for
+        ``hs.customer``); two plugins may not share one.
+    :ivar hook_api_version: the version of :mod:`thorbis_cache.hookspecs` the plugin was
+        written against (see ``HOOK_API_VERSION``).
+    :ivar title: a human name ("Home services").
+    :ivar description: one line for listings.
+    """
+
+    namespace: str
+    hook_api_version: int
+    title: str = ""
+    description: str = ""
+
+    def problems(self) -> list[str]:
+        """What is wrong with this declaration (empty when valid)."""
+        out = []
+        namespace: object = self.namespace
+        if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
+            out.append(f"namespace {namespace!r} must be 1-32 of a-z, 0-9, '_'")
+        version: object = self.hook_api_version
+        if not isinstance(version, int) or isinstance(version, bool):
+            out.append(f"hook_api_version must be an int, got {version!r}")
+        return out
+
+
+@attrs.frozen(slots=True)
+class CachePattern:
+    """A named, reusable read a vertical exposes ("work orders by priority").
+
+    :ivar name: ``<namespace>.<pattern>``.
+    :ivar run: ``async (cache, tenant, **kwargs) -> result``.
+    :ivar schemas: names of the key schemas it reads or writes.
+    :ivar description: one line for listings.
+    """
+
+    name: str
+    run: Callable[..., Awaitable[Any]]
+    schemas: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    description: str = ""
+
+
+@attrs.frozen(slots=True)
+class SqlScript:
+    """SQL a plugin needs (schema, tables, indexes, functions).
+
+    Scripts must be idempotent (``CREATE ... IF NOT EXISTS``, ``CREATE OR REPLACE``):
+    they are applied at every ``db init``/``migrate`` and twice by the contract kit.
+
+    :ivar name: ``<namespace>.<script>``; scripts apply in declaration order.
+    :ivar sql: one or more statements.
+    """
+
+    name: str
+    sql: str
+
+
+@attrs.frozen(slots=True)
+class RefreshPolicy:
+    """When a materialized view is refreshed (scheduled by a later issue's worker).
+
+    :ivar cron: a cron expression, or None.
+    :ivar max_staleness: seconds after which a refresh is due regardless of cron.
+    :ivar min_changes: refresh early once this many changes hit its source tables.
+    :ivar concurrently: use ``REFRESH MATERIALIZED VIEW CONCURRENTLY`` (needs a unique
+        index on the view; checked at registration).
+    """
+
+    cron: str | None = None
+    max_staleness: float | None = None
+    min_changes: int | None = None
+    concurrently: bool = True
+
+
+@attrs.frozen(slots=True)
+class MaterializedView:
+    """A materialized view a plugin owns.
+
+    :ivar name: the qualified view name (``hs.customer_summary``).
+    :ivar query: the ``SELECT`` that defines it.
+    :ivar unique_index: columns of its unique index (required for concurrent refresh).
+    :ivar indexes: other indexed column lists.
+    :ivar sources: the tables it reads (for change counting).
+    :ivar refresh: the refresh policy.
+    :ivar tags: cache tags invalidated after each refresh.
+    """
+
+    name: str
+    query: str
+    unique_index: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    indexes: tuple[tuple[str, ...], ...] = attrs.field(default=(), converter=_index_lists)
+    sources: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    refresh: RefreshPolicy = attrs.field(factory=RefreshPolicy)
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema of the view."""
+        return self.name.split(".", 1)[0]
+
+    @property
+    def relation(self) -> str:
+        """The view name without its schema."""
+        return self.name.split(".", 1)[1]
+
+    def create_sql(self) -> list[str]:
+        """The idempotent statements that create the view and its indexes."""
+        stmts = [f"CREATE MATERIALIZED VIEW IF NOT EXISTS {self.name} AS\n{self.query.strip()}"]
+        if self.unique_index:
+            cols = ", ".join(self.unique_index)
+            stmts.append(
+                f"CREATE UNIQUE INDEX IF NOT EXISTS {self.relation}_uniq ON {self.name} ({cols})"
+            )
+        for n, cols_ in enumerate(self.indexes, 1):
+            stmts.append(
+                f"CREATE INDEX IF NOT EXISTS {self.relation}_idx{n} ON {self.name} "
+                f"({', '.join(cols_)})"
+            )
+        return stmts
+
+
+class Operation(enum.Enum):
+    """A row change that can trigger invalidation."""
+
+    INSERT = "INSERT"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+
+
+@attrs.frozen(slots=True)
+class RuleTarget:
+    """What a rule invalidates: the key of ``schema`` whose parameters come from row
+    columns (``params={"customer_id": "id"}``), or every key carrying ``tag``.
+
+    Exactly one of ``schema`` and ``tag`` is set.
+    """
+
+    schema: str | None = None
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    tag: str | None = None
+
+
+@attrs.frozen(slots=True)
+class InvalidationRule:
+    """Which cache entries a change to a table makes stale.
+
+    :ivar name: ``<namespace>.<rule>``.
+    :ivar table: the qualified table (``hs.customers``).
+    :ivar operations: the operations that trigger it.
+    :ivar targets: what to invalidate.
+    :ivar significant_columns: for UPDATE, fire only when one of these changed (empty:
+        any update fires). INSERT and DELETE always fire.
+    :ivar tenant_column: the row column that holds the tenant id.
+    """
+
+    name: str
+    table: str
+    operations: frozenset[Operation] = attrs.field(converter=_operations)
+    targets: tuple[RuleTarget, ...] = attrs.field(converter=_tuple)
+    significant_columns: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    tenant_column: str = "tenant_id"
+
+    def fires(self, operation: Operation, old: Mapping[str, Any] | None,
+              new: Mapping[str, Any] | None) -> bool:
+        """Whether a change fires this rule (the seed's conditional invalidation)."""
+        if operation not in self.operations:
+            return False
+        if operation is not Operation.UPDATE or not self.significant_columns:
+            return True
+        old = old or {}
+        new = new or {}
+        return any(old.get(c) != new.get(c) for c in self.significant_columns)
+
+
+@attrs.frozen(slots=True)
+class WarmContext:
+    """What a warmer gets: the cache, the tenant, and a database connection factory."""
+
+    cache: Cache
+    tenant: str
+    fetch: Callable[..., Awaitable[list[Mapping[str, Any]]]]
+
+
+@attrs.frozen(slots=True)
+class Warmer:
+    """Fills the cache ahead of demand for one tenant.
+
+    :ivar name: ``<namespace>.<warmer>``.
+    :ivar produce: ``(WarmContext) -> async iterator of (CacheKey, value)``; keys must be
+        of the plugin's own namespace.
+    :ivar schemas: names of the schemas it fills.
+    :ivar description: one line for listings.
+    """
+
+    name: str
+    produce: Callable[[WarmContext], AsyncIterator[tuple[CacheKey[Any], Any]]]
+    schemas: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    description: str = ""
+
+
+@attrs.frozen(slots=True)
+class Permission:
+    """A permission name a plugin introduces (``hs.work_orders.assign``)."""
+
+    name: str
+    description: str = ""
+
+
+def is_qualified(name: str) -> bool:
+    """True for ``schema.relation`` names of lower-case identifiers."""
+    return bool(_QUALIFIED_RE.fullmatch(name))

@@ -1,0 +1,296 @@
+"""Apply plugins' SQL to PostgreSQL, and check their rules against the real schema.
+
+Each plugin's scripts and then its materialized views are applied in one transaction
+of their own, statement by statement (:func:`split_sql`), so a failure names the
+statement and PostgreSQL's message, and rolls back everything of that plugin. This is
+the one seam where ``asyncpg`` errors of plugin SQL become
+:class:`~thorbis_cache.errors.PluginLoadError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from thorbis_cache.errors import PluginLoadError, PluginProblem
+
+if TYPE_CHECKING:
+    from thorbis_cache.plugins import LoadedPlugin
+
+__all__ = ["apply_and_check", "apply_plugin_sql", "check_rules_against_db", "split_sql"]
+
+#: Shown of a failing statement in an error message.
+STATEMENT_SHOWN = 200
+
+# Serializes plugin DDL across processes that start at once: two concurrent
+# `CREATE TABLE IF NOT EXISTS` of one table can still fail on pg_type's unique index.
+_APPLY_LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.plugin_sql'))"
+
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def split_sql(script: str) -> list[str]:
+    """Split ``script`` into statements at the semicolons that end them.
+
+    Semicolons inside single-quoted strings (``''`` escapes; backslash escapes in
+    ``E'...'``), double-quoted identifiers, dollar-quoted bodies (``$$...$$``,
+    ``$tag$...$tag$``), ``--`` comments and nested ``/* */`` comments do not split.
+    Statements are stripped; pieces holding only comments and blanks are dropped.
+    SQL-standard function bodies (``BEGIN ATOMIC ... END``) are not understood: write
+    function bodies dollar-quoted.
+
+    :param script: one or more SQL statements.
+    :returns: the statements, without their terminating semicolons.
+    """
+    statements: list[str] = []
+    start = i = 0
+    n = len(script)
+    code = False  # whether the current piece holds anything but comments and blanks
+    while i < n:
+        c = script[i]
+        if c == "-" and script.startswith("--", i):
+            end = script.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif c == "/" and script.startswith("/*", i):
+            i = _skip_block_comment(script, i)
+        elif c == "'":
+            escapes = i > 0 and script[i - 1] in "Ee" and not _word_before(script, i - 1)
+            i = _skip_quoted(script, i, "'", escapes)
+            code = True
+        elif c == '"':
+            i = _skip_quoted(script, i, '"', False)
+            code = True
+        elif c == "$" and not _word_before(script, i) and (m := _DOLLAR_TAG.match(script, i)):
+            end = script.find(m.group(), m.end())
+            i = n if end < 0 else end + len(m.group())
+            code = True
+        elif c == ";":
+            if code:
+                statements.append(script[start:i].strip())
+            start = i = i + 1
+            code = False
+        else:
+            code = code or not c.isspace()
+            i += 1
+    if code:
+        statements.append(script[start:].strip())
+    return statements
+
+
+def _word_before(text: str, i: int) -> bool:
+    """Whether ``text[i]`` continues an identifier (so it starts no token of its own)."""
+    return i > 0 and (text[i - 1].isalnum() or text[i - 1] in "_$")
+
+
+def _skip_quoted(text: str, i: int, quote: str, backslash: bool) -> int:
+    j = i + 1
+    n = len(text)
+    while j < n:
+        c = text[j]
+        if backslash and c == "\\":
+            j += 2
+        elif c == quote:
+            if j + 1 < n and text[j + 1] == quote:
+                j += 2
+            else:
+                return j + 1
+        else:
+            j += 1
+    return n
+
+
+def _skip_block_comment(text: str, i: int) -> int:
+    depth = 0
+    n = len(text)
+    while i < n:
+        if text.startswith("/*", i):
+            depth += 1
+            i += 2
+        elif text.startswith("*/", i):
+            depth -= 1
+            i += 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    return n
+
+
+# --------------------------------------------------------------------------- applying
+
+
+async def apply_plugin_sql(dsn_or_conn: str | asyncpg.Connection,
+                           plugins: Sequence[LoadedPlugin]) -> None:
+    """Apply each plugin's SQL scripts, then its materialized views.
+
+    One transaction per plugin: a failing statement rolls back that plugin's SQL; the
+    other plugins are still applied, and every failure is reported at once.
+
+    :param dsn_or_conn: a PostgreSQL DSN (a connection is opened and closed) or an open
+        ``asyncpg`` connection, not inside a transaction.
+    :param plugins: the plugins, in load order.
+    :raises PluginLoadError: one problem per failed plugin, of hook ``register_sql`` or
+        ``register_materialized_views``, naming the script or view, the statement
+        (first :data:`STATEMENT_SHOWN` characters) and PostgreSQL's message.
+    """
+    if isinstance(dsn_or_conn, str):
+        conn = await asyncpg.connect(dsn_or_conn)
+        try:
+            await apply_plugin_sql(conn, plugins)
+        finally:
+            await conn.close()
+        return
+    problems: list[PluginProblem] = []
+    for plugin in plugins:
+        problem = await _apply_one(dsn_or_conn, plugin)
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        raise PluginLoadError(problems)
+
+
+async def _apply_one(conn: Any, plugin: LoadedPlugin) -> PluginProblem | None:
+    steps = [("register_sql", f"SQL script {s.name!r}", stmt)
+             for s in plugin.sql for stmt in split_sql(s.sql)]
+    steps += [("register_materialized_views", f"materialized view {v.name!r}", stmt)
+              for v in plugin.views for stmt in v.create_sql()]
+    if not steps:
+        return None
+    hook, what, statement = steps[0]
+    try:
+        async with conn.transaction():
+            await conn.execute(_APPLY_LOCK)
+            for hook, what, statement in steps:  # noqa: B007 -- the failing step is reported
+                await conn.execute(statement)
+    except asyncpg.PostgresError as exc:
+        shown = " ".join(statement.split())
+        if len(shown) > STATEMENT_SHOWN:
+            shown = shown[:STATEMENT_SHOWN] + "..."
+        return PluginProblem(
+            plugin.name, hook, f"{what}: statement failed: {shown!r}: {_pg_message(exc)}",
+            plugin.distribution, plugin.version,
+        )
+    return None
+
+
+def _pg_message(exc: Any) -> str:
+    """PostgreSQL's message with its SQLSTATE, detail and hint."""
+    parts = [f"PostgreSQL {exc.sqlstate or 'error'}: {exc.args[0] if exc.args else exc}"]
+    for field in ("detail", "hint"):
+        value = getattr(exc, field, None)
+        if value:
+            parts.append(f"{field}: {value}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- checking
+
+_RELATIONS = """
+SELECT n.nspname || '.' || c.relname AS name,
+       c.relkind::text AS kind,
+       coalesce(array_agg(a.attname::text ORDER BY a.attnum)
+                FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), '{}') AS columns
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND n.nspname || '.' || c.relname = ANY($1::text[])
+GROUP BY 1, 2
+"""
+
+# An index REFRESH ... CONCURRENTLY accepts: unique, valid, on plain columns, total.
+_UNIQUE_INDEXED = """
+SELECT DISTINCT n.nspname || '.' || c.relname
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+  AND n.nspname || '.' || c.relname = ANY($1::text[])
+"""
+
+_KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
+          "f": "foreign table"}
+
+
+async def check_rules_against_db(conn: asyncpg.Connection,
+                                 plugins: Iterable[LoadedPlugin]) -> list[PluginProblem]:
+    """Check plugins' declarations against the database they were applied to.
+
+    Each invalidation rule's table exists (a table, partitioned table, view,
+    materialized view or foreign table) and its ``tenant_column``, ``significant_columns``
+    and target parameter columns are columns of it; each materialized view exists, its
+    sources exist, and one that refreshes concurrently has a usable unique index.
+
+    :param conn: an open ``asyncpg`` connection.
+    :param plugins: the plugins to check.
+    :returns: every problem found (empty when all is well).
+    """
+    plugins = list(plugins)
+    names = {r.table for p in plugins for r in p.rules}
+    names |= {v.name for p in plugins for v in p.views}
+    names |= {s for p in plugins for v in p.views for s in v.sources}
+    rows = await conn.fetch(_RELATIONS, sorted(names))
+    columns: dict[str, list[str]] = {r["name"]: list(r["columns"]) for r in rows}
+    kinds = {r["name"]: r["kind"] for r in rows}
+    concurrent = [v.name for p in plugins for v in p.views if v.refresh.concurrently]
+    indexed = {r[0] for r in await conn.fetch(_UNIQUE_INDEXED, concurrent)}
+    problems: list[PluginProblem] = []
+    for plugin in plugins:
+
+        def problem(hook: str, message: str, plugin: LoadedPlugin = plugin) -> None:
+            problems.append(PluginProblem(plugin.name, hook, message, plugin.distribution,
+                                          plugin.version))
+
+        for rule in plugin.rules:
+            what = f"invalidation rule {rule.name!r}"
+            have = columns.get(rule.table)
+            if have is None:
+                problem("register_invalidation_rules", f"{what}: table {rule.table!r} does not "
+                        "exist (no table, partitioned table, view or materialized view)")
+                continue
+            wanted = [("tenant_column", rule.tenant_column)]
+            wanted += [("significant column", c) for c in rule.significant_columns]
+            wanted += [(f"target {t.schema!r} params[{k!r}]", c)
+                       for t in rule.targets for k, c in t.params.items()]
+            for role, column in wanted:
+                if column not in have:
+                    problem("register_invalidation_rules",
+                            f"{what}: {role} {column!r} is not a column of "
+                            f"{_KINDS.get(kinds[rule.table], 'relation')} {rule.table!r} "
+                            f"(columns: {', '.join(have) or 'none'})")
+        for view in plugin.views:
+            what = f"materialized view {view.name!r}"
+            if kinds.get(view.name) != "m":
+                problem("register_materialized_views",
+                        f"{what} does not exist (was the plugin's SQL applied?)")
+                continue
+            for source in view.sources:
+                if source not in columns:
+                    problem("register_materialized_views",
+                            f"{what}: source {source!r} does not exist")
+            if view.refresh.concurrently and view.name not in indexed:
+                problem("register_materialized_views",
+                        f"{what} refreshes concurrently but has no unique index on plain "
+                        "columns without a WHERE clause (REFRESH ... CONCURRENTLY would fail)")
+    return problems
+
+
+async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin]) -> None:
+    """:func:`apply_plugin_sql`, then :func:`check_rules_against_db`, on one connection.
+
+    :raises PluginLoadError: the SQL failed to apply, or the checks found problems.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        await apply_plugin_sql(conn, plugins)
+        problems = await check_rules_against_db(conn, plugins)
+    finally:
+        await conn.close()
+    if problems:
+        raise PluginLoadError(problems)

@@ -1,0 +1,400 @@
+"""The plugin contract kit: one test class that checks any plugin against the contract.
+
+A plugin author's whole contract test module is::
+
+    from thorbis_cache.testing.contract import PluginContract
+
+    class TestMyVerticalContract(PluginContract):
+        plugin = "my_vertical"          # entry-point name (installed distribution)
+
+(or ``plugin_object = my_vertical.plugin`` for a plugin that is not installed). pytest
+collects the inherited ``test_*`` methods; they use the ``thorbis_*`` fixtures of
+:mod:`thorbis_cache.testing.pytest_plugin` (real Redis, standalone and cluster, and a
+fresh PostgreSQL database per test), and the strategies of
+:mod:`thorbis_cache.testing.strategies`. ``pytest --thorbis-contract=NAME`` runs the
+same class against an installed plugin without writing any module.
+
+Every test method is synchronous and runs its asynchronous work on an event loop of
+its own thread, so the kit works whatever the project's pytest-asyncio mode (strict,
+auto, or not installed). Each check is also a plain function raising
+:class:`AssertionError` with every problem it found, for authors who want to call one
+from their own tests: :mod:`thorbis_cache.testing.contract_checks` (declarations,
+values, keys, warmers, permissions) and :mod:`thorbis_cache.testing.contract_db` (SQL,
+materialized views, rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import pytest
+from hypothesis import given, settings
+
+from thorbis_cache.cache import Cache
+from thorbis_cache.crypto import KeyRing
+from thorbis_cache.errors import ConfigurationError, PluginLoadError
+from thorbis_cache.keys import SchemaRegistry, validate_tenant
+from thorbis_cache.plugins import LoadedPlugin, PluginManager
+from thorbis_cache.testing import contract_checks as checks
+from thorbis_cache.testing import contract_db as db
+
+__all__ = [
+    "DEFAULT_TENANTS",
+    "ContractTarget",
+    "LoopThread",
+    "PluginContract",
+    "contract_test_names",
+    "load_plugin",
+    "run_async",
+]
+
+_T = TypeVar("_T")
+
+#: The tenants the contract warms and writes for; ``seed_sql`` may insert rows for them.
+DEFAULT_TENANTS = ("acme", "globex")
+
+
+# --------------------------------------------------------------------------- running async
+
+
+def run_async(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to completion on a new event loop in a thread of its own.
+
+    The thread keeps the kit away from any loop pytest-asyncio manages in the main
+    thread, so sync tests work in strict and auto mode alike.
+
+    :param factory: builds the coroutine to run (it runs on the worker thread's loop).
+    :returns: the coroutine's result.
+    :raises BaseException: whatever the coroutine raised.
+    """
+    with LoopThread() as loop:
+        return loop.run(factory())
+
+
+class LoopThread:
+    """An event loop running in a daemon thread, for sync code that awaits repeatedly
+    on long-lived async objects (a :class:`Cache` across hypothesis examples).
+
+    Use as a context manager; on exit, tasks still pending are cancelled, async
+    generators closed, the loop stopped and the thread joined.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="thorbis-contract-loop", daemon=True
+        )
+
+    def __enter__(self) -> LoopThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.run(self._finish())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def run(self, awaitable: Awaitable[_T]) -> _T:
+        """Run ``awaitable`` on the loop and wait for its result.
+
+        :raises BaseException: whatever the awaitable raised.
+        """
+        async def wrap() -> _T:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result()
+
+    async def _finish(self) -> None:
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self._loop.shutdown_asyncgens()
+        await self._loop.shutdown_default_executor()
+
+
+# --------------------------------------------------------------------------- the target
+
+
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@attrs.frozen
+class ContractTarget:
+    """Which plugin a contract run checks, and how.
+
+    :ivar name: the entry-point name of an installed plugin, or the name under which
+        ``obj`` is added (default: the object's ``__name__``).
+    :ivar obj: an in-process plugin object (a module or an object with ``@hookimpl``
+        functions), registered with :meth:`PluginManager.add`; None for an entry point.
+    :ivar seed_sql: statements run after the plugin's SQL, before warming and
+        refreshing, so that warmers and views have rows to work on.
+    :ivar tenants: two distinct tenant ids the seed data uses.
+    :raises ConfigurationError: no plugin, or not two distinct tenants.
+    :raises InvalidTenantId: a tenant id breaks the tenant rule.
+    """
+
+    name: str | None = None
+    obj: object = None
+    seed_sql: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    tenants: tuple[str, str] = DEFAULT_TENANTS
+
+    def __attrs_post_init__(self) -> None:
+        if self.name is None and self.obj is None:
+            raise ConfigurationError(
+                "the contract needs a plugin: set `plugin = '<entry-point name>'` or "
+                "`plugin_object = <module>` on the PluginContract subclass"
+            )
+        for tenant in self.tenants:
+            validate_tenant(tenant)
+        if len(self.tenants) != 2 or self.tenants[0] == self.tenants[1]:
+            raise ConfigurationError(
+                f"tenants must be two distinct tenant ids, got {self.tenants!r}"
+            )
+
+    @property
+    def label(self) -> str:
+        """How reports name the plugin."""
+        return self.name or str(getattr(self.obj, "__name__", self.obj))
+
+
+async def load_plugin(target: ContractTarget) -> LoadedPlugin:
+    """Load the target with a fresh :class:`PluginManager` (only it, nothing else
+    installed), the way a host does.
+
+    :raises PluginLoadError: with every problem the manager found.
+    """
+    manager = PluginManager()
+    name = target.name
+    if target.obj is not None:
+        if name is None:
+            # The manager's own default, computed here so that we can ask for it by name.
+            name = getattr(target.obj, "__name__", None) or (
+                manager.pluggy_manager.get_canonical_name(target.obj)
+            )
+        manager.add(target.obj, name)
+    assert name is not None
+    loaded = await manager.load([name])
+    return loaded[0]
+
+
+def _load_or_fail(target: ContractTarget) -> LoadedPlugin:
+    try:
+        return run_async(lambda: load_plugin(target))
+    except PluginLoadError as exc:
+        error = exc
+    # Outside the except block, so the report is the problem list, not a chained trace.
+    pytest.fail(f"plugin {target.label!r} does not load:\n{error}", pytrace=False)
+
+
+# --------------------------------------------------------------------------- the test class
+
+
+class PluginContract:
+    """Subclass me (with a ``Test`` name) to run the contract against a plugin.
+
+    Set :attr:`plugin` (an installed entry point) or :attr:`plugin_object` (an
+    in-process plugin; with both, ``plugin`` is the name it is added under); the other
+    class variables tune the run. Every test name says which promise of the contract it
+    checks, and every failure lists all the problems found, naming the declaration.
+    """
+
+    #: Entry-point name of an installed plugin (group ``thorbis_cache.plugins``).
+    plugin: ClassVar[str | None] = None
+    #: An in-process plugin (module or object with ``@hookimpl`` functions).
+    plugin_object: ClassVar[object] = None
+    #: SQL run after the plugin's own SQL, before warming and refreshing views.
+    seed_sql: ClassVar[Sequence[str]] = ()
+    #: Two tenant ids; ``seed_sql`` should insert rows for both.
+    tenants: ClassVar[tuple[str, str]] = DEFAULT_TENANTS
+    #: Hypothesis examples per schema for the codec and per run for key isolation.
+    max_examples: ClassVar[int] = 50
+    #: Hypothesis examples per schema written to and read back from real Redis.
+    cache_examples: ClassVar[int] = 5
+
+    # ---- fixtures
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def thorbis_contract_target(cls) -> ContractTarget:
+        """What this class checks (``--thorbis-contract`` parametrizes it instead)."""
+        return ContractTarget(cls.plugin, cls.plugin_object, tuple(cls.seed_sql), cls.tenants)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def thorbis_contract_plugin(cls, thorbis_contract_target: ContractTarget) -> LoadedPlugin:
+        """The plugin, loaded once per class by a fresh manager."""
+        return _load_or_fail(thorbis_contract_target)
+
+    # ---- 1. loading
+
+    def test_plugin_loads_and_targets_a_supported_api(
+        self, thorbis_contract_target: ContractTarget
+    ) -> None:
+        """The plugin loads with no problem and states a supported hook API version."""
+        loaded = _load_or_fail(thorbis_contract_target)
+        checks.check_plugin_info(loaded)
+
+    def test_declarations_are_named_under_the_namespace(
+        self, thorbis_contract_plugin: LoadedPlugin
+    ) -> None:
+        """Every name starts with the namespace; references point at own schemas/tags."""
+        checks.check_declarations(thorbis_contract_plugin)
+
+    # ---- 2. values
+
+    def test_schemas_round_trip_through_the_codec(
+        self, thorbis_contract_plugin: LoadedPlugin
+    ) -> None:
+        """Any value of each schema's type encodes and decodes back equal (encrypted
+        when sensitive, compressed when large), on both decoders."""
+        keyring = KeyRing.generate()
+        for schema in _need_schemas(thorbis_contract_plugin):
+            checks.check_codec_round_trip(schema, keyring=keyring,
+                                          max_examples=self.max_examples)
+
+    def test_schemas_round_trip_through_a_real_cache(
+        self, thorbis_contract_plugin: LoadedPlugin, thorbis_redis_url: str
+    ) -> None:
+        """A sample of every schema is written and read back through a real
+        :class:`Cache` (value set/get, hash replace/get, sorted set and geo add/read),
+        on a single Redis and on a cluster."""
+        plugin = thorbis_contract_plugin
+        schemas = _need_schemas(plugin)
+        registry = SchemaRegistry()
+        for schema in schemas:
+            registry.register(schema, owner=plugin.name)
+        keyring = KeyRing.generate()
+        with LoopThread() as loop:
+            cache = loop.run(_open_cache(thorbis_redis_url, registry, keyring))
+            try:
+                for schema in schemas:
+                    # One property per schema: a joint draw over all schemas would
+                    # multiply their value filters' rejection rates.
+                    @settings(max_examples=self.cache_examples, deadline=None, database=None,
+                              suppress_health_check=checks.SUPPRESSED_HEALTH_CHECKS)
+                    @given(checks.samples(schema))
+                    def round_trip(sample: checks.Sample) -> None:
+                        loop.run(checks.check_cache_round_trip(cache, [sample]))
+
+                    round_trip()
+            finally:
+                loop.run(cache.aclose())
+
+    # ---- 3. keys
+
+    def test_keys_isolate_tenants_and_stay_in_the_tenant_slot(
+        self, thorbis_contract_plugin: LoadedPlugin
+    ) -> None:
+        """For any two tenants and any parameters: a key hashes to its tenant's slot,
+        parses back to the same schema, tenant and parameters, and no key of one tenant
+        starts with the other's prefix."""
+        checks.check_key_isolation(_need_schemas(thorbis_contract_plugin),
+                                   max_examples=self.max_examples * 2)
+
+    # ---- 4-6. PostgreSQL
+
+    def test_sql_applies_cleanly_twice(
+        self, thorbis_contract_plugin: LoadedPlugin, thorbis_pg_dsn: str
+    ) -> None:
+        """The plugin's SQL applies to a fresh database, and a second application
+        succeeds and changes nothing (objects, definitions, row counts)."""
+        if not (thorbis_contract_plugin.sql or thorbis_contract_plugin.views):
+            pytest.skip(f"plugin {thorbis_contract_plugin.name!r} declares no SQL")
+        run_async(lambda: db.check_sql_idempotent(thorbis_pg_dsn, thorbis_contract_plugin))
+
+    def test_materialized_views_refresh_concurrently(
+        self,
+        thorbis_contract_plugin: LoadedPlugin,
+        thorbis_contract_target: ContractTarget,
+        thorbis_pg_dsn: str,
+    ) -> None:
+        """Every view exists and refreshes; one that asks for concurrent refresh has a
+        usable unique index and ``REFRESH ... CONCURRENTLY`` succeeds (on seeded data)."""
+        plugin, seed = thorbis_contract_plugin, thorbis_contract_target.seed_sql
+        if not plugin.views:
+            pytest.skip(f"plugin {plugin.name!r} declares no materialized views")
+
+        async def run() -> None:
+            async with db.applied(thorbis_pg_dsn, plugin, seed) as conn:
+                await db.check_materialized_views(conn, plugin)
+
+        run_async(run)
+
+    def test_rules_reference_real_tables_columns_and_own_declarations(
+        self, thorbis_contract_plugin: LoadedPlugin, thorbis_pg_dsn: str
+    ) -> None:
+        """Every rule's table and columns exist once the SQL is applied, and its
+        targets are schemas and tags of this plugin."""
+        plugin = thorbis_contract_plugin
+        if not plugin.rules:
+            pytest.skip(f"plugin {plugin.name!r} declares no invalidation rules")
+
+        async def run() -> None:
+            async with db.applied(thorbis_pg_dsn, plugin) as conn:
+                await db.check_rules(conn, plugin)
+
+        run_async(run)
+
+    # ---- 7. warmers
+
+    def test_warmers_produce_only_keys_of_their_namespace(
+        self,
+        thorbis_contract_plugin: LoadedPlugin,
+        thorbis_contract_target: ContractTarget,
+        thorbis_pg_dsn: str,
+        thorbis_standalone_redis_url: str,
+    ) -> None:
+        """Each warmer, run for each tenant on the empty database and again after
+        ``seed_sql``, yields only keys of its plugin's schemas, for the tenant it warms,
+        with values of the schema's type."""
+        plugin, target = thorbis_contract_plugin, thorbis_contract_target
+        if not plugin.warmers:
+            pytest.skip(f"plugin {plugin.name!r} declares no warmers")
+        registry = SchemaRegistry()
+        for schema in plugin.schemas:
+            registry.register(schema, owner=plugin.name)
+
+        async def run() -> None:
+            cache = await _open_cache(thorbis_standalone_redis_url, registry, KeyRing.generate())
+            try:
+                async with db.applied(thorbis_pg_dsn, plugin) as conn:
+                    await checks.check_warmers(conn, cache, plugin, target.tenants)
+                    await db.seed(conn, plugin, target.seed_sql)
+                    await checks.check_warmers(conn, cache, plugin, target.tenants)
+            finally:
+                await cache.aclose()
+
+        run_async(run)
+
+    # ---- 8. permissions
+
+    def test_permissions_are_unique_and_namespaced(
+        self, thorbis_contract_plugin: LoadedPlugin
+    ) -> None:
+        """Permission names are unique and each is ``<namespace>.<name>[.<more>]``."""
+        checks.check_permissions(thorbis_contract_plugin)
+
+
+async def _open_cache(url: str, registry: SchemaRegistry, keyring: KeyRing) -> Cache:
+    return Cache.from_url(url, registry, keyring=keyring)
+
+
+def _need_schemas(plugin: LoadedPlugin) -> tuple[Any, ...]:
+    if not plugin.schemas:
+        pytest.skip(f"plugin {plugin.name!r} declares no key schemas")
+    return plugin.schemas
+
+
+def contract_test_names() -> list[str]:
+    """Names of the contract's test methods, in definition order (for docs and tools)."""
+    return [name for name in vars(PluginContract) if name.startswith("test_")]

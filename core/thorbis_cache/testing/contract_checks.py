@@ -1,0 +1,458 @@
+"""The checks of the plugin contract, as plain functions.
+
+:class:`~thorbis_cache.testing.contract.PluginContract` calls these; a plugin author can
+call any of them from a test of their own. Each takes a
+:class:`~thorbis_cache.plugins.LoadedPlugin` (or its schemas) and raises
+:class:`AssertionError` listing *every* problem it found, each naming the plugin and
+the declaration (schema, view, rule, warmer, permission) at fault. Property checks use
+hypothesis; its falsifying example is printed with the failure. The checks that need
+PostgreSQL are in :mod:`thorbis_cache.testing.contract_db`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import ResolutionFailed
+from redis.crc import key_slot
+
+from thorbis_cache.cache import Cache
+from thorbis_cache.codec import CodecSettings, SchemaCodec, check_value, make_converter
+from thorbis_cache.crypto import KeyRing
+from thorbis_cache.declarations import WarmContext, Warmer, is_qualified
+from thorbis_cache.errors import InvalidKeyError
+from thorbis_cache.hookspecs import HOOK_API_VERSION, SUPPORTED_HOOK_API_VERSIONS
+from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind, SchemaRegistry
+from thorbis_cache.plugins import LoadedPlugin
+from thorbis_cache.testing.strategies import param_value, params_for, tenant_ids, values_of
+
+__all__ = [
+    "SUPPRESSED_HEALTH_CHECKS",
+    "Sample",
+    "check_cache_round_trip",
+    "check_codec_round_trip",
+    "check_declarations",
+    "check_key_isolation",
+    "check_permissions",
+    "check_plugin_info",
+    "check_warmers",
+    "report",
+    "samples",
+]
+
+#: Key prefix the checks build keys under (the cache's default).
+PREFIX = "tc"
+#: Redis stores geo positions as 52-bit geohashes: about 3e-6 degrees of error.
+GEO_TOLERANCE_DEGREES = 1e-5
+#: A warmer producing more items than this for one tenant is assumed not to terminate.
+MAX_WARM_ITEMS = 100_000
+_MAX_LAT = 85.05112878
+#: Health checks the contract's properties do not apply: values of rich types are slow to
+#: generate and filtered (64-bit ints, no NaN), which is the point, not a defect.
+SUPPRESSED_HEALTH_CHECKS = [
+    HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large
+]
+
+
+def report(plugin: str, what: str, problems: Sequence[str]) -> None:
+    """Raise one AssertionError listing ``problems`` (nothing when there are none).
+
+    :raises AssertionError: ``plugin {plugin!r}: {what} (N problem(s)):`` and a line each.
+    """
+    __tracebackhide__ = True
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise AssertionError(
+            f"plugin {plugin!r}: {what} ({len(problems)} problem(s)):\n{lines}"
+        )
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+def check_plugin_info(plugin: LoadedPlugin) -> None:
+    """The plugin targets a hook API version this thorbis-cache supports.
+
+    :raises AssertionError: naming the version targeted and the versions supported.
+    """
+    __tracebackhide__ = True
+    problems = list(plugin.info.problems())
+    version = plugin.info.hook_api_version
+    if version not in SUPPORTED_HOOK_API_VERSIONS:
+        supported = ", ".join(map(str, sorted(SUPPORTED_HOOK_API_VERSIONS)))
+        problems.append(f"targets hook API version {version!r}; supported: {supported} "
+                        f"(current: {HOOK_API_VERSION})")
+    report(plugin.name, "register_plugin_info", problems)
+
+
+def check_declarations(plugin: LoadedPlugin) -> None:
+    """Every declared name is under the namespace, declared once, and every reference
+    (pattern, rule and warmer schemas; rule and view tags) is to this plugin's own
+    schemas and tags.
+
+    :raises AssertionError: listing every misnamed or dangling declaration.
+    """
+    __tracebackhide__ = True
+    ns = plugin.info.namespace
+    problems: list[str] = []
+    schemas = {s.name: s for s in plugin.schemas}
+    tags = {t for s in plugin.schemas for t in s.tags}
+
+    def under(what: str, names: Iterable[str]) -> None:
+        seen: set[str] = set()
+        for name in names:
+            if not isinstance(name, str) or not name.startswith(ns + ".") or name == ns + ".":
+                problems.append(f"{what} {name!r} is not named '{ns}.<name>'")
+            if name in seen:
+                problems.append(f"{what} {name!r} is declared twice")
+            seen.add(name)
+
+    def own(what: str, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in schemas:
+                problems.append(f"{what} uses key schema {name!r}, not declared by this plugin "
+                                f"(declared: {', '.join(sorted(schemas)) or 'none'})")
+
+    under("key schema", [s.name for s in plugin.schemas])
+    for schema in plugin.schemas:
+        under(f"key schema {schema.name!r}: tag", schema.tags)
+    under("cache pattern", [p.name for p in plugin.patterns])
+    for pattern in plugin.patterns:
+        own(f"cache pattern {pattern.name!r}", pattern.schemas)
+    under("SQL script", [s.name for s in plugin.sql])
+    under("materialized view", [v.name for v in plugin.views])
+    for view in plugin.views:
+        if not is_qualified(view.name) or view.schema != ns:
+            problems.append(f"materialized view {view.name!r} must live in the PostgreSQL "
+                            f"schema {ns!r} ('{ns}.<view>')")
+        if view.refresh.concurrently and not view.unique_index:
+            problems.append(f"materialized view {view.name!r} asks for concurrent refresh "
+                            "but declares no unique_index")
+        for tag in view.tags:
+            if tag not in tags:
+                problems.append(f"materialized view {view.name!r} invalidates tag {tag!r}, "
+                                "which no key schema of this plugin carries (it would "
+                                "invalidate nothing)")
+    under("invalidation rule", [r.name for r in plugin.rules])
+    for rule in plugin.rules:
+        for target in rule.targets:
+            if target.schema is not None:
+                own(f"invalidation rule {rule.name!r}", [target.schema])
+            if target.tag is not None and target.tag not in tags:
+                problems.append(f"invalidation rule {rule.name!r} targets tag {target.tag!r}, "
+                                f"which no key schema of this plugin carries "
+                                f"(tags: {', '.join(sorted(tags)) or 'none'})")
+    under("warmer", [w.name for w in plugin.warmers])
+    for warmer in plugin.warmers:
+        own(f"warmer {warmer.name!r}", warmer.schemas)
+    report(plugin.name, "declarations", problems)
+
+
+def check_permissions(plugin: LoadedPlugin) -> None:
+    """Permission names are unique, and each is ``<namespace>.<part>[.<part>...]`` of
+    lower-case identifier parts.
+
+    :raises AssertionError: naming each duplicate and each misnamed permission.
+    """
+    __tracebackhide__ = True
+    ns = plugin.info.namespace
+    pattern = re.compile(rf"{re.escape(ns)}(\.[a-z][a-z0-9_]*)+")
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    for permission in plugin.permissions:
+        name = permission.name
+        if not isinstance(name, str) or not pattern.fullmatch(name):
+            problems.append(f"permission {name!r} is not '{ns}.<name>' of lower-case parts "
+                            "([a-z][a-z0-9_]*, dot-separated)")
+        counts[name] = counts.get(name, 0) + 1
+    problems += [f"permission {name!r} is declared {n} times" for name, n in counts.items()
+                 if n > 1]
+    report(plugin.name, "permissions", problems)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def check_codec_round_trip(
+    schema: KeySchema[Any], *, keyring: KeyRing | None = None, max_examples: int = 50
+) -> None:
+    """Any value of the schema's type, written for any tenant and parameters, decodes
+    back equal through both decoders (msgspec fast path and cattrs reference); hash
+    fields round-trip one by one. Members of sorted sets and geo indexes round-trip
+    through their member encoding.
+
+    :raises AssertionError: with hypothesis's falsifying example.
+    """
+    __tracebackhide__ = True
+    if schema.kind in (SchemaKind.ZSET, SchemaKind.GEO):
+        member = schema.member_param
+
+        @settings(max_examples=max_examples, deadline=None,
+                  suppress_health_check=SUPPRESSED_HEALTH_CHECKS)
+        @given(param_value(member))
+        def members(value: Any) -> None:
+            back = member.decode(member.encode(schema.name, value))
+            message = f"key schema {schema.name!r}: member {value!r} came back as {back!r}"
+            assert back == value, message
+            assert type(back) is type(value), message
+
+        members()
+        return
+    codec: SchemaCodec[Any] = SchemaCodec(
+        schema, make_converter(), keyring or KeyRing.generate(), CodecSettings()
+    )
+    fields = (attrs.fields(attrs.resolve_types(schema.value_type))
+              if schema.kind is SchemaKind.HASH else ())
+
+    @settings(max_examples=max_examples, deadline=None,
+              suppress_health_check=SUPPRESSED_HEALTH_CHECKS)
+    @given(values_of(schema), tenant_ids(), params_for(schema))
+    def round_trip(value: Any, tenant: str, params: dict[str, Any]) -> None:
+        key = schema.key(tenant, **params)
+        rk = key.redis_key(PREFIX).encode()
+        data = codec.encode(value, rk, tenant)
+        fast = codec.decode_value(data, rk, tenant)
+        assert fast == value, f"key schema {schema.name!r}: wrote {value!r}, read {fast!r}"
+        body, _, _ = codec.open_body(data, rk, tenant)
+        reference = codec.from_body_reference(body)
+        assert reference == value, (
+            f"key schema {schema.name!r}: wrote {value!r}, cattrs read {reference!r}"
+        )
+        for field in fields:
+            item = getattr(value, field.name)
+            back = codec.converter_unpack(codec.converter_pack(item, field.type), field.type)
+            assert back == item, (
+                f"key schema {schema.name!r}, hash field {field.name!r}: wrote {item!r}, "
+                f"read {back!r}"
+            )
+
+    try:
+        round_trip()
+    except ResolutionFailed as exc:
+        raise AssertionError(
+            f"key schema {schema.name!r}: hypothesis cannot build values of "
+            f"{schema.value_type!r} ({exc}); register a strategy with "
+            "hypothesis.strategies.register_type_strategy in your conftest"
+        ) from exc
+
+
+def check_key_isolation(
+    schemas: Sequence[KeySchema[Any]], *, prefix: str = PREFIX, max_examples: int = 100
+) -> None:
+    """For any two tenants and any parameters of any two schemas: each key hashes to the
+    slot of ``{tenant}``, parses back to the same schema, tenant and parameters, two
+    different tenants' keys never share a tenant prefix, and different keys differ.
+
+    :raises AssertionError: with hypothesis's falsifying example.
+    """
+    __tracebackhide__ = True
+    registry = SchemaRegistry()
+    for schema in schemas:
+        registry.register(schema, owner="contract")
+    pick = st.sampled_from(list(schemas))
+
+    def verify(tenant: str, schema: KeySchema[Any], params: dict[str, Any]) -> str:
+        rk = schema.key(tenant, **params).redis_key(prefix)
+        slot, want = key_slot(rk.encode()), key_slot(f"{{{tenant}}}".encode())
+        assert slot == want, (
+            f"key {rk!r} of schema {schema.name!r} hashes to slot {slot}, not to tenant "
+            f"{tenant!r}'s slot {want}"
+        )
+        try:
+            parsed = registry.parse(prefix, rk)
+        except InvalidKeyError as exc:
+            raise AssertionError(f"key of schema {schema.name!r} does not parse: {exc}") from None
+        assert (parsed.schema.name, parsed.tenant, parsed.params) == (
+            schema.name, tenant, params
+        ), f"key {rk!r} parses as {parsed.schema.name!r}, {parsed.tenant!r}, {parsed.params!r}"
+        return rk
+
+    @settings(max_examples=max_examples, deadline=None,
+              suppress_health_check=SUPPRESSED_HEALTH_CHECKS)
+    @given(st.data(), tenant_ids(), tenant_ids())
+    def isolated(data: st.DataObject, a: str, b: str) -> None:
+        s1 = data.draw(pick, label="schema of tenant A")
+        p1 = data.draw(params_for(s1), label="parameters of tenant A")
+        s2 = data.draw(pick, label="schema of tenant B")
+        p2 = data.draw(params_for(s2), label="parameters of tenant B")
+        k1, k2 = verify(a, s1, p1), verify(b, s2, p2)
+        if a != b:
+            for key, other in ((k1, b), (k2, a)):
+                assert not key.startswith(f"{prefix}:{{{other}}}:"), (
+                    f"key {key!r} starts with tenant {other!r}'s prefix"
+                )
+        if (a, s1.name, p1) != (b, s2.name, p2):
+            assert k1 != k2, f"two different keys are both written {k1!r}"
+
+    isolated()
+
+
+@attrs.frozen
+class Sample:
+    """One value of one schema to write for a tenant (for sorted sets, member->score;
+    for geo indexes, member->(longitude, latitude))."""
+
+    schema: KeySchema[Any]
+    tenant: str
+    params: dict[str, Any]
+    value: Any
+
+    def describe(self) -> str:
+        """The schema, tenant and key (not the value)."""
+        key = self.schema.key(self.tenant, **self.params)
+        return f"key schema {self.schema.name!r}, tenant {self.tenant!r}, key {key.body!r}"
+
+
+def samples(schema: KeySchema[Any]) -> st.SearchStrategy[Sample]:
+    """Samples of ``schema`` for :func:`check_cache_round_trip`."""
+    value: st.SearchStrategy[Any]
+    if schema.kind is SchemaKind.ZSET:
+        score = st.floats(allow_nan=False, allow_infinity=False)
+        value = st.dictionaries(param_value(schema.member_param), score, min_size=1, max_size=8)
+    elif schema.kind is SchemaKind.GEO:
+        point = st.tuples(st.floats(-180, 180), st.floats(-_MAX_LAT, _MAX_LAT))
+        value = st.dictionaries(param_value(schema.member_param), point, min_size=1, max_size=8)
+    else:
+        value = values_of(schema)
+    return st.builds(Sample, st.just(schema), tenant_ids(), params_for(schema), value)
+
+
+async def check_cache_round_trip(cache: Cache, batch: Iterable[Sample]) -> None:
+    """Write each sample through ``cache`` and read it back: a value with set/get and
+    get_many, a hash with replace/get, a sorted set with add/range, a geo index with
+    add/position.
+
+    :raises AssertionError: listing each sample that did not come back.
+    """
+    __tracebackhide__ = True
+    problems: list[str] = []
+    owner = "?"
+    for sample in batch:
+        owner = sample.schema.namespace
+        key: CacheKey[Any] = sample.schema.key(sample.tenant, **sample.params)
+        kind, value = sample.schema.kind, sample.value
+        if kind is SchemaKind.VALUE:
+            await cache.set(key, value)
+            got: Any = await cache.get(key)
+            many = await cache.get_many([key])
+            if got != value or many != [value]:
+                problems.append(f"{sample.describe()}: wrote {_short(value)}, get read "
+                                f"{_short(got)}, get_many read {_short(many)}")
+        elif kind is SchemaKind.HASH:
+            entity = cache.hash(key)
+            await entity.replace(value)
+            got = await entity.get()
+            if got != value:
+                problems.append(f"{sample.describe()}: replaced with {_short(value)}, "
+                                f"read {_short(got)}")
+        elif kind is SchemaKind.ZSET:
+            zset = cache.zset(key)
+            await zset.add(value, replace=True)
+            got = dict(await zset.range_by_score())
+            if got != value:
+                problems.append(f"{sample.describe()}: added {_short(value)}, "
+                                f"read {_short(got)}")
+        else:
+            geo = cache.geo(key)
+            await geo.add(value, replace=True)
+            for member, (lon, lat) in value.items():
+                pos = await geo.position(member)
+                if pos is None or not (
+                    math.isclose(pos[0], lon, abs_tol=GEO_TOLERANCE_DEGREES)
+                    and math.isclose(pos[1], lat, abs_tol=GEO_TOLERANCE_DEGREES)
+                ):
+                    problems.append(f"{sample.describe()}: member {member!r} placed at "
+                                    f"{(lon, lat)}, read {pos}")
+    report(owner, "cache round trip", problems)
+
+
+# --------------------------------------------------------------------------- warmers
+
+
+async def check_warmers(
+    conn: Any, cache: Cache, plugin: LoadedPlugin, tenants: Sequence[str]
+) -> None:
+    """Run every warmer for every tenant, with a :class:`WarmContext` whose ``fetch``
+    runs SQL on ``conn``; each must finish, and yield only ``(CacheKey, value)`` pairs
+    whose key is of a schema of this plugin (and of the warmer's declared schemas), for
+    the tenant being warmed, with a value of the schema's type.
+
+    :raises AssertionError: naming the warmer, the tenant and each offending key.
+    """
+    __tracebackhide__ = True
+    lock = asyncio.Lock()  # one asyncpg connection serves one query at a time
+
+    async def fetch(query: str, *args: object) -> list[Mapping[str, Any]]:
+        async with lock:
+            return [dict(row) for row in await conn.fetch(query, *args)]
+
+    problems: list[str] = []
+    for warmer in plugin.warmers:
+        for tenant in tenants:
+            where = f"warmer {warmer.name!r} for tenant {tenant!r}"
+            context = WarmContext(cache=cache, tenant=tenant, fetch=fetch)
+            try:
+                produced: Any = warmer.produce(context)
+                if not hasattr(produced, "__aiter__"):
+                    if inspect.iscoroutine(produced):
+                        produced.close()  # never awaited: close it without a warning
+                    problems.append(f"{where}: produce() returned {_short(produced, 80)}, "
+                                    "not an async iterator (write it as `async def` with "
+                                    "`yield`)")
+                    continue
+                count = 0
+                async for item in produced:
+                    count += 1
+                    if count > MAX_WARM_ITEMS:
+                        problems.append(f"{where}: more than {MAX_WARM_ITEMS} items")
+                        break
+                    problem = _warm_item_problem(plugin, warmer, tenant, item)
+                    if problem:
+                        problems.append(f"{where}, item {count}: {problem}")
+            except Exception as exc:
+                problems.append(f"{where} raised {type(exc).__name__}: {exc}")
+    report(plugin.name, "warmers", problems[:40])
+
+
+def _warm_item_problem(
+    plugin: LoadedPlugin, warmer: Warmer, tenant: str, item: object
+) -> str | None:
+    if not isinstance(item, tuple) or len(item) != 2:
+        return f"expected a (CacheKey, value) pair, got {_short(item, 80)}"
+    key, value = item
+    if not isinstance(key, CacheKey):
+        return f"expected a CacheKey built by a key schema, got {_short(key, 80)}"
+    ns, name = plugin.info.namespace, key.schema.name
+    if key.schema.namespace != ns:
+        return (f"key {key.body!r} is of schema {name!r}, outside the plugin's namespace "
+                f"{ns!r}")
+    if all(s is not key.schema for s in plugin.schemas):
+        return f"key {key.body!r} is of schema {name!r}, which this plugin does not declare"
+    if warmer.schemas and name not in warmer.schemas:
+        return (f"key {key.body!r} is of schema {name!r}, not one the warmer declares "
+                f"({', '.join(warmer.schemas)})")
+    if key.tenant != tenant:
+        return f"key {key.body!r} belongs to tenant {key.tenant!r}, not to {tenant!r}"
+    if key.schema.kind in (SchemaKind.VALUE, SchemaKind.HASH):
+        problem = check_value(value, key.schema.value_type)
+        if problem:
+            return f"key {key.body!r}: value does not match {_type_name(key.schema)}: {problem}"
+    return None
+
+
+def _type_name(schema: KeySchema[Any]) -> str:
+    tp = schema.value_type
+    return tp.__name__ if isinstance(tp, type) else str(tp)

@@ -1,0 +1,94 @@
+"""The vertical's materialized views: the seed's four, fixed, with their refresh policies.
+
+Each view's ``SELECT`` lives in ``sql/mv_<name>.sql`` with a header listing what was
+fixed relative to the seed. Every view has a unique index, so it can be refreshed
+``CONCURRENTLY`` (readers are never blocked). Cron strings are the seed's ``pg_cron``
+schedule; the customer summary also carries the seed's smart-refresh thresholds
+(refresh when older than 15 minutes, or after more than 100 changes).
+
+After a refresh, the entries mirroring the view are dropped through the view's tags.
+"""
+
+from __future__ import annotations
+
+from thorbis_cache.declarations import MaterializedView, RefreshPolicy
+
+from thorbis_home_services.schemas import (
+    TAG_AREA_GEO,
+    TAG_AREA_METRICS,
+    TAG_CUSTOMER_LISTS,
+    TAG_CUSTOMER_SUMMARIES,
+    TAG_FINANCIAL,
+    TAG_TECH_METRICS,
+)
+from thorbis_home_services.sqlfiles import query
+
+__all__ = [
+    "ALL_VIEWS",
+    "CUSTOMER_SUMMARY_VIEW",
+    "FINANCIAL_DAILY_VIEW",
+    "SERVICE_AREA_METRICS_VIEW",
+    "TECHNICIAN_PERFORMANCE_VIEW",
+]
+
+CUSTOMER_SUMMARY_VIEW = MaterializedView(
+    "hs.customer_summary",
+    query("mv_customer_summary"),
+    unique_index=("tenant_id", "customer_id"),
+    # A B-tree is scanned backwards as readily as forwards: no DESC needed for "top by
+    # lifetime value", and plain column names keep the declaration checkable.
+    indexes=(("tenant_id", "account_status"), ("tenant_id", "lifetime_value")),
+    sources=("hs.customers", "hs.work_orders", "hs.invoices"),
+    # Seed: every 15 minutes; check_mv_refresh_needed(threshold 15 min, > 100 changes).
+    refresh=RefreshPolicy(
+        cron="*/15 * * * *", max_staleness=15 * 60.0, min_changes=100, concurrently=True
+    ),
+    # The lists are scored by the view's lifetime value.
+    tags=(TAG_CUSTOMER_SUMMARIES, TAG_CUSTOMER_LISTS),
+)
+
+FINANCIAL_DAILY_VIEW = MaterializedView(
+    "hs.financial_daily",
+    query("mv_financial_daily"),
+    unique_index=("tenant_id", "report_date"),
+    sources=("hs.invoices",),
+    refresh=RefreshPolicy(cron="0 1 * * *", concurrently=True),  # seed: daily at 1 AM
+    tags=(TAG_FINANCIAL,),
+)
+
+TECHNICIAN_PERFORMANCE_VIEW = MaterializedView(
+    "hs.technician_performance",
+    query("mv_technician_performance"),
+    unique_index=("tenant_id", "technician_id"),
+    sources=(
+        "hs.technicians",
+        "hs.work_orders",
+        "hs.invoices",
+        "hs.quality_control_inspections",
+    ),
+    refresh=RefreshPolicy(cron="0 */4 * * *", concurrently=True),  # seed: every 4 hours
+    tags=(TAG_TECH_METRICS,),
+)
+
+SERVICE_AREA_METRICS_VIEW = MaterializedView(
+    "hs.service_area_metrics",
+    query("mv_service_area_metrics"),
+    unique_index=("tenant_id", "service_area_id"),
+    sources=(
+        "hs.service_areas",
+        "hs.work_orders",
+        "hs.invoices",
+        "hs.quality_control_inspections",
+    ),
+    refresh=RefreshPolicy(cron="0 2 * * *", concurrently=True),  # seed: daily at 2 AM
+    # The area geo index is built from the view's centres.
+    tags=(TAG_AREA_METRICS, TAG_AREA_GEO),
+)
+
+#: Every view, in creation order.
+ALL_VIEWS: tuple[MaterializedView, ...] = (
+    CUSTOMER_SUMMARY_VIEW,
+    FINANCIAL_DAILY_VIEW,
+    TECHNICIAN_PERFORMANCE_VIEW,
+    SERVICE_AREA_METRICS_VIEW,
+)

@@ -1,0 +1,565 @@
+"""The plugin contract kit, proven both ways.
+
+* It passes a good plugin: the example vertical (``examples/fitness_studio``), here
+  registered in-process (its own tests load it through its entry point).
+* It fails a broken one: :class:`BrokenPlugin` loads cleanly, yet breaks every promise
+  the loader cannot see; each check is run on it (or on a variant made with
+  ``attrs.evolve``) and must raise an AssertionError whose message names the defect.
+  Defects the loader does see must make loading fail, naming them.
+* Its pytest wiring reports failures (``pytester``), including ``--thorbis-contract``.
+* ``thorbis-cache new-plugin`` generates a distribution whose own tests pass as
+  generated, run the way a plugin author runs them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import thorbis_fitness_studio.plugin as fitness_plugin
+from thorbis_fitness_studio.sample_data import SEED_SQL
+from typer.testing import CliRunner
+
+from thorbis_cache import Cache, KeyRing, KeySchema, SchemaRegistry, hookspecs
+from thorbis_cache.declarations import (
+    InvalidationRule,
+    MaterializedView,
+    Permission,
+    PluginInfo,
+    RuleTarget,
+    SqlScript,
+    WarmContext,
+    Warmer,
+)
+from thorbis_cache.errors import ConfigurationError, PluginLoadError
+from thorbis_cache.hookspecs import hookimpl
+from thorbis_cache.keys import CacheKey
+from thorbis_cache.plugins import LoadedPlugin
+from thorbis_cache.scaffold import PluginNames, scaffold_files, write_plugin
+from thorbis_cache.testing import contract_checks as checks
+from thorbis_cache.testing import contract_db as db
+from thorbis_cache.testing.contract import (
+    ContractTarget,
+    PluginContract,
+    contract_test_names,
+    load_plugin,
+    run_async,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- a good plugin
+
+
+class TestFitnessStudioInProcess(PluginContract):
+    """The example vertical passes the whole contract (in-process registration)."""
+
+    plugin_object = fitness_plugin
+    seed_sql = SEED_SQL
+
+
+# --------------------------------------------------------------------------- a broken plugin
+
+
+@attrs.frozen
+class Shout:
+    """A value whose converter is not idempotent: every decode adds another '!'."""
+
+    text: str = attrs.field(converter=lambda text: f"{text}!")
+
+
+NOTE = KeySchema("brk.note", Shout, params={"note_id": int})
+ITEM = KeySchema("brk.item", int, params={"item_id": int}, tags=("brk.items",))
+GROUPS = KeySchema("brk.groups", dict[str, int], tags=("brk.reports",))
+#: A schema of another plugin's namespace, which the broken warmer writes to.
+STOLEN = KeySchema("fit.stolen", int)
+
+BROKEN_SQL = """
+CREATE SCHEMA IF NOT EXISTS brk;
+CREATE TABLE IF NOT EXISTS brk.items (
+    tenant_id text NOT NULL, id bigint NOT NULL, grp integer NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE IF NOT EXISTS brk.settings (name text NOT NULL, value text NOT NULL);
+-- defect: no key and no ON CONFLICT, so every application adds a row
+INSERT INTO brk.settings (name, value) VALUES ('schema_version', '1');
+"""
+
+#: defect: one tenant has several groups, so tenant_id alone does not identify a row.
+GROUPS_VIEW = MaterializedView(
+    "brk.groups",
+    "SELECT tenant_id, grp, count(*)::integer AS n FROM brk.items GROUP BY tenant_id, grp",
+    unique_index=("tenant_id",), sources=("brk.items",), tags=("brk.reports",),
+)
+
+
+async def warm_items(ctx: WarmContext) -> AsyncIterator[tuple[CacheKey[Any], Any]]:
+    yield ITEM.key(ctx.tenant, item_id=1), 1  # fine
+    yield STOLEN.key(ctx.tenant), 2  # defect: another plugin's namespace
+    other = "globex" if ctx.tenant != "globex" else "acme"
+    yield ITEM.key(other, item_id=2), 2  # defect: another tenant
+    yield ITEM.key(ctx.tenant, item_id=3), "three"  # defect: not an int
+
+
+class BrokenPlugin:
+    """Loads cleanly, yet breaks every promise of the contract the loader cannot see."""
+
+    @hookimpl
+    def register_plugin_info(self) -> PluginInfo:
+        return PluginInfo(namespace="brk", hook_api_version=1)
+
+    @hookimpl
+    def register_key_schemas(self) -> Sequence[KeySchema[Any]]:
+        return [NOTE, ITEM, GROUPS]
+
+    @hookimpl
+    def register_sql(self) -> Sequence[SqlScript]:
+        return [SqlScript("brk.tables", BROKEN_SQL)]
+
+    @hookimpl
+    def register_materialized_views(self) -> Sequence[MaterializedView]:
+        return [GROUPS_VIEW]
+
+    @hookimpl
+    def register_invalidation_rules(self) -> Sequence[InvalidationRule]:
+        return [
+            # defect: the column is grp
+            InvalidationRule("brk.item", table="brk.items", operations=["UPDATE"],
+                             significant_columns=["group"],
+                             targets=[RuleTarget(schema="brk.item", params={"item_id": "id"})]),
+            # defect: there is no such table
+            InvalidationRule("brk.ghosts", table="brk.ghosts", operations=["DELETE"],
+                             targets=[RuleTarget(tag="brk.items")]),
+        ]
+
+    @hookimpl
+    def register_warmers(self) -> Sequence[Warmer]:
+        return [Warmer("brk.items", warm_items, schemas=["brk.item"])]
+
+    @hookimpl
+    def register_permissions(self) -> Sequence[Permission]:
+        return [Permission("brk.items.read"), Permission("brk.items.write")]
+
+
+@pytest.fixture(scope="module")
+def broken() -> LoadedPlugin:
+    """The broken plugin, loaded: the loader sees nothing wrong with it."""
+    return run_async(lambda: load_plugin(ContractTarget("broken", BrokenPlugin())))
+
+
+def _fails(check: Any, *args: Any, **kwargs: Any) -> str:
+    """Run a check (sync or async) that must fail; return its message."""
+    def call() -> None:
+        result = check(*args, **kwargs)
+        if inspect.isawaitable(result):
+            run_async(lambda: result)
+
+    with pytest.raises(AssertionError) as info:
+        call()
+    return str(info.value)
+
+
+def test_the_broken_plugin_loads(broken: LoadedPlugin) -> None:
+    # So every failure below is the contract's catch, not the loader's.
+    assert broken.info.namespace == "brk"
+    assert len(broken.rules) == 2
+
+
+def test_the_loader_refuses_what_it_can_see() -> None:
+    class Unloadable(BrokenPlugin):
+        @hookimpl
+        def register_materialized_views(self) -> Sequence[MaterializedView]:
+            return [attrs.evolve(GROUPS_VIEW, unique_index=())]
+
+        @hookimpl
+        def register_permissions(self) -> Sequence[Permission]:
+            return [Permission("brk.items.read"), Permission("brk.items.read")]
+
+    class FromTheFuture(BrokenPlugin):
+        @hookimpl
+        def register_plugin_info(self) -> PluginInfo:
+            return PluginInfo(namespace="brk", hook_api_version=99)
+
+    with pytest.raises(PluginLoadError) as info:
+        run_async(lambda: load_plugin(ContractTarget("unloadable", Unloadable())))
+    message = str(info.value)
+    assert "plugin 'unloadable'" in message
+    assert "'brk.groups' asks for concurrent refresh but declares no unique_index" in message
+    assert "permission 'brk.items.read' is declared twice" in message
+    with pytest.raises(PluginLoadError, match="targets hook API version 99"):
+        run_async(lambda: load_plugin(ContractTarget("future", FromTheFuture())))
+
+
+def test_plugin_info_check_fails_an_unsupported_hook_api(broken: LoadedPlugin) -> None:
+    future = attrs.evolve(broken, info=attrs.evolve(broken.info, hook_api_version=99))
+    message = _fails(checks.check_plugin_info, future)
+    assert "plugin 'broken': register_plugin_info" in message
+    assert "targets hook API version 99; supported: 1" in message
+
+
+def test_codec_check_fails_a_value_that_changes_when_decoded() -> None:
+    message = _fails(checks.check_codec_round_trip, NOTE, max_examples=10)
+    assert "key schema 'brk.note': wrote Shout(text=" in message
+
+
+async def test_cache_check_fails_a_value_that_changes_when_decoded(thorbis_redis_url: str) -> None:
+    registry = SchemaRegistry()
+    registry.register(NOTE, owner="broken")
+    sample = checks.Sample(NOTE, "acme", {"note_id": 1}, Shout("hi"))
+    async with Cache.from_url(thorbis_redis_url, registry) as cache:
+        with pytest.raises(AssertionError) as info:
+            await checks.check_cache_round_trip(cache, [sample])
+    message = str(info.value)
+    assert "key schema 'brk.note', tenant 'acme', key '{acme}:brk.note:1'" in message
+    assert "wrote Shout(text='hi!'), get read Shout(text='hi!!')" in message
+
+
+class LeakySchema(KeySchema[Any]):
+    """Builds keys without the tenant's hash tag: what the slot check exists to catch."""
+
+    def key(self, tenant: str, /, **params: object) -> CacheKey[Any]:
+        values = tuple(params[p.name] for p in self.params)
+        segments = "".join(f":{p.encode(self.name, v)}" for p, v in zip(self.params, values))
+        return CacheKey(self, tenant, values, f"{tenant}:{self.name}{segments}")
+
+
+def test_key_check_fails_keys_outside_the_tenant_slot() -> None:
+    message = _fails(checks.check_key_isolation,
+                     [LeakySchema("brk.leaky", int, params={"id": int})], max_examples=20)
+    assert "of schema 'brk.leaky' hashes to slot" in message
+    assert "not to tenant" in message
+
+
+def test_key_check_passes_hostile_parameters_of_real_schemas() -> None:
+    # str parameters get hostile_text: separators, braces, globs, percent signs.
+    schema = KeySchema("brk.search", int, params={"query": str, "page": int})
+    checks.check_key_isolation([schema, ITEM, GROUPS], max_examples=200)
+
+
+def test_sql_check_fails_sql_that_adds_rows_on_each_application(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    message = _fails(db.check_sql_idempotent, thorbis_pg_dsn, broken)
+    assert "plugin 'broken': SQL is not idempotent" in message
+    assert "second application: rows of brk.settings: '1' became '2'" in message
+
+
+def test_sql_check_fails_sql_that_fails_the_second_time(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    once = "CREATE SCHEMA IF NOT EXISTS brk; CREATE TABLE brk.items (tenant_id text, id bigint)"
+    plugin = attrs.evolve(broken, sql=(SqlScript("brk.tables", once),), views=())
+    message = _fails(db.check_sql_idempotent, thorbis_pg_dsn, plugin)
+    assert "SQL is not idempotent" in message
+    assert "second application failed: plugin 'broken'" in message
+    assert "CREATE TABLE brk.items" in message
+    assert 'relation "items" already exists' in message
+
+
+def test_sql_check_fails_sql_that_does_not_apply(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    plugin = attrs.evolve(broken, sql=(SqlScript("brk.tables", "CREATE TABLE brk.x (id"),))
+    message = _fails(db.check_sql_idempotent, thorbis_pg_dsn, plugin)
+    assert "SQL does not apply to a fresh database" in message
+    assert "SQL script 'brk.tables': statement failed: 'CREATE TABLE brk.x (id'" in message
+
+
+def test_view_check_fails_a_concurrent_view_without_unique_index(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    plugin = attrs.evolve(broken, views=(attrs.evolve(GROUPS_VIEW, unique_index=()),))
+
+    async def run() -> None:
+        async with db.applied(thorbis_pg_dsn, plugin) as conn:
+            await db.check_materialized_views(conn, plugin)
+
+    message = _fails(run)
+    assert "materialized view 'brk.groups' asks for concurrent refresh but has no unique " \
+           "index on plain columns (unique indexes: none)" in message
+
+
+def test_view_check_fails_a_unique_index_that_does_not_identify_a_row(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    seed = ["INSERT INTO brk.items VALUES ('acme', 1, 1), ('acme', 2, 2)"]
+
+    async def run() -> None:
+        async with db.applied(thorbis_pg_dsn, broken, seed) as conn:
+            await db.check_materialized_views(conn, broken)
+
+    message = _fails(run)
+    assert "materialized view 'brk.groups' does not refresh on the seed data" in message
+    assert "could not create unique index" in message
+
+
+def test_view_check_passes_the_same_view_with_a_real_key(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    view = attrs.evolve(GROUPS_VIEW, unique_index=("tenant_id", "grp"))
+    plugin = attrs.evolve(broken, views=(view,))
+    seed = ["INSERT INTO brk.items VALUES ('acme', 1, 1), ('acme', 2, 2)"]
+
+    async def run() -> None:
+        async with db.applied(thorbis_pg_dsn, plugin, seed) as conn:
+            await db.check_materialized_views(conn, plugin)
+
+    run_async(run)
+
+
+def test_rule_check_fails_missing_tables_and_columns(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    async def run() -> None:
+        async with db.applied(thorbis_pg_dsn, broken) as conn:
+            await db.check_rules(conn, broken)
+
+    message = _fails(run)
+    assert "invalidation rule 'brk.item': significant column 'group' is not a column of " \
+           "table 'brk.items'" in message
+    assert "invalidation rule 'brk.ghosts': table 'brk.ghosts' does not exist" in message
+
+
+def test_declaration_check_fails_references_to_other_plugins(broken: LoadedPlugin) -> None:
+    rule = InvalidationRule("brk.foreign", table="brk.items", operations=["DELETE"],
+                            targets=[RuleTarget(tag="fit.members"),
+                                     RuleTarget(schema="fit.member", params={"member_id": "id"})])
+    plugin = attrs.evolve(
+        broken,
+        rules=(rule,),
+        views=(attrs.evolve(GROUPS_VIEW, tags=("brk.nothing",)),),
+        warmers=(Warmer("other.warmer", warm_items),),
+    )
+    message = _fails(checks.check_declarations, plugin)
+    assert "invalidation rule 'brk.foreign' targets tag 'fit.members'" in message
+    assert "invalidation rule 'brk.foreign' uses key schema 'fit.member'" in message
+    assert "materialized view 'brk.groups' invalidates tag 'brk.nothing'" in message
+    assert "warmer 'other.warmer' is not named 'brk.<name>'" in message
+
+
+def test_warmer_check_fails_keys_outside_the_namespace_tenant_or_type(
+    broken: LoadedPlugin, thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    async def not_async(ctx: WarmContext) -> list[Any]:
+        return []
+
+    def explodes(ctx: WarmContext) -> AsyncIterator[Any]:
+        raise RuntimeError("no database today")
+
+    plugin = attrs.evolve(broken, warmers=(
+        *broken.warmers,
+        Warmer("brk.not_async", not_async),
+        Warmer("brk.explodes", explodes),
+    ))
+    registry = SchemaRegistry()
+    for schema in plugin.schemas:
+        registry.register(schema, owner="broken")
+
+    async def run() -> None:
+        async with (
+            Cache.from_url(thorbis_standalone_redis_url, registry, keyring=KeyRing.generate())
+            as cache,
+            db.applied(thorbis_pg_dsn, plugin) as conn,
+        ):
+            await checks.check_warmers(conn, cache, plugin, ("acme", "globex"))
+
+    message = _fails(run)
+    assert "warmer 'brk.items' for tenant 'acme', item 2: key '{acme}:fit.stolen' is of " \
+           "schema 'fit.stolen', outside the plugin's namespace 'brk'" in message
+    assert "item 3: key '{globex}:brk.item:2' belongs to tenant 'globex', not to 'acme'" \
+           in message
+    assert "item 4: key '{acme}:brk.item:3': value does not match int: expected int, got str" \
+           in message
+    assert "warmer 'brk.not_async' for tenant 'acme': produce() returned <coroutine" in message
+    assert "warmer 'brk.explodes' for tenant 'globex' raised RuntimeError: no database today" \
+           in message
+
+
+def test_permission_check_fails_duplicates_and_foreign_names(broken: LoadedPlugin) -> None:
+    plugin = attrs.evolve(broken, permissions=(
+        Permission("brk.items.read"), Permission("brk.items.read"),
+        Permission("fit.members.read"), Permission("brk.Items"), Permission("brk"),
+    ))
+    message = _fails(checks.check_permissions, plugin)
+    assert "plugin 'broken': permissions (4 problem(s))" in message
+    assert "permission 'brk.items.read' is declared 2 times" in message
+    for name in ("fit.members.read", "brk.Items", "brk"):
+        assert f"permission {name!r} is not 'brk.<name>'" in message
+
+
+# --------------------------------------------------------------------------- pytest wiring
+
+
+SHOUT_PLUGIN = '''
+import attrs
+from thorbis_cache import KeySchema, PluginInfo, hookimpl
+
+
+@attrs.frozen
+class Shout:
+    text: str = attrs.field(converter=lambda text: f"{text}!")
+
+
+@hookimpl
+def register_plugin_info():
+    return PluginInfo(namespace="shout", hook_api_version=1)
+
+
+@hookimpl
+def register_key_schemas():
+    return [KeySchema("shout.note", Shout, params={"note_id": int})]
+'''
+
+
+def test_contract_class_reports_a_failure_through_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(shout_plugin=SHOUT_PLUGIN)
+    pytester.makepyfile(test_shout_contract="""
+        import shout_plugin
+        from thorbis_cache.testing.contract import PluginContract
+
+        class TestShoutContract(PluginContract):
+            plugin_object = shout_plugin
+            max_examples = 10
+    """)
+    pytester.syspathinsert()
+    # strict mode: the kit must not depend on the project's pytest-asyncio mode
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "-o", "asyncio_mode=strict",
+        "-o", "asyncio_default_fixture_loop_scope=function",
+        "-k", "loads or named_under or codec or permissions or isolate",
+    )
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines([
+        "*FAILED*TestShoutContract::test_schemas_round_trip_through_the_codec*",
+    ])
+    assert "key schema 'shout.note': wrote Shout(text=" in result.stdout.str()
+
+
+def test_contract_class_without_a_plugin_says_what_to_set(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_nothing="""
+        from thorbis_cache.testing.contract import PluginContract
+
+        class TestNothing(PluginContract):
+            pass
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-k", "loads",
+                                "-o", "asyncio_default_fixture_loop_scope=function")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*set `plugin = '<entry-point name>'` or `plugin_object*"])
+
+
+def test_thorbis_contract_option_runs_the_contract(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function",
+        "--thorbis-contract=fitness_studio",
+        "--thorbis-contract=no_such_plugin", "-k", "loads or named_under or permissions",
+    )
+    result.assert_outcomes(passed=3, failed=1, errors=2)
+    out = result.stdout.str()
+    assert "test_plugin_loads_and_targets_a_supported_api[no_such_plugin]" in out
+    assert "plugin 'no_such_plugin', load: no plugin of this name is installed" in out
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_docs_describe_every_contract_check_and_hook() -> None:
+    text = (ROOT / "docs" / "plugin-authors.md").read_text(encoding="utf-8")
+    for name in contract_test_names():
+        assert name in text, f"docs/plugin-authors.md does not mention contract test {name}"
+    hooks = [n for n in vars(hookspecs) if n.startswith(("register_", "on_"))]
+    assert hooks
+    for hook in hooks:
+        assert hook in text, f"docs/plugin-authors.md does not mention hook {hook}"
+
+
+# --------------------------------------------------------------------------- scaffold
+
+
+def test_scaffold_derives_every_name() -> None:
+    names = PluginNames.from_name("pet-grooming")
+    assert names == PluginNames(
+        name="pet_grooming", namespace="pet_grooming", distribution="thorbis-pet-grooming",
+        package="thorbis_pet_grooming", title="Pet grooming", class_prefix="PetGrooming",
+    )
+    assert PluginNames.from_name("pet_grooming", "pg2").namespace == "pg2"
+
+
+@pytest.mark.parametrize(("name", "namespace", "problem"), [
+    ("Pets", None, "must be lower-case letters and digits"),
+    ("pet grooming", None, "must be lower-case letters and digits"),
+    ("1pets", None, "must be lower-case letters and digits"),
+    ("pets", "Pets", "namespace 'Pets' must be 1-32 of a-z"),
+    ("a" * 40, None, "pass a shorter --namespace"),
+    ("order", None, "PostgreSQL reserves that name"),
+    ("pets", "pg_pets", "PostgreSQL reserves that name"),
+])
+def test_scaffold_refuses_bad_names(name: str, namespace: str | None, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        PluginNames.from_name(name, namespace)
+
+
+def test_scaffold_renders_every_placeholder_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    names = PluginNames.from_name("pet_grooming", "pet")
+    files = scaffold_files(names)
+    assert not [p for p, text in files.items() if "@@" in text]
+    assert 'pet_grooming = "thorbis_pet_grooming.plugin"' in files["pyproject.toml"]
+    root = write_plugin(names, tmp_path)
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == \
+        sorted(files)
+    with pytest.raises(ConfigurationError, match="already exists"):
+        write_plugin(names, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thorbis-pet-grooming"]
+
+
+def test_new_plugin_command(tmp_path: Path) -> None:
+    from thorbis_cache.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["new-plugin", "pet-grooming", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "created" in result.output
+    assert "tests/test_pet_grooming_contract.py" in result.output
+    assert (tmp_path / "thorbis-pet-grooming" / "src" / "thorbis_pet_grooming" / "plugin.py"
+            ).is_file()
+    again = runner.invoke(app, ["new-plugin", "pet-grooming", "--dir", str(tmp_path)])
+    assert again.exit_code == 1
+    assert "already exists" in again.output
+    bad = runner.invoke(app, ["new-plugin", "Pets", "--dir", str(tmp_path)])
+    assert bad.exit_code == 1
+    assert "must be lower-case letters" in bad.output
+
+
+@pytest.mark.slow
+def test_generated_plugin_passes_its_own_tests(tmp_path: Path) -> None:
+    """Install the generated distribution (no build isolation: offline, about 3 s) and
+    run its tests in a fresh interpreter, which finds the plugin by its entry point."""
+    root = write_plugin(PluginNames.from_name("pet-grooming"), tmp_path)
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+         "--no-build-isolation", "--target", str(site), str(root)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("PYTEST_ADDOPTS", None)
+    # -p thorbis_cache names the pytest11 entry point, so the fixtures load even where
+    # plugin autoloading is disabled (and are not registered twice where it is not).
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", str(root / "tests"), "-p", "thorbis_cache",
+         "-p", "no:cacheprovider", "-q"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, textwrap.shorten(output, 8000)
+    assert f"{len(contract_test_names()) + 1} passed" in output, output[-2000:]
