@@ -69,7 +69,8 @@ def report(plugin: str, what: str, problems: Sequence[str]) -> None:
     """
     __tracebackhide__ = True
     if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
+        # Continuation lines (PostgreSQL's DETAIL, a statement) stay under their item.
+        lines = "\n".join("  - " + p.replace("\n", "\n    ") for p in problems)
         raise AssertionError(
             f"plugin {plugin!r}: {what} ({len(problems)} problem(s)):\n{lines}"
         )
