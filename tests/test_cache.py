@@ -487,3 +487,23 @@ async def test_a_stuck_server_is_a_bounded_wait_not_a_hang(
     finally:
         await c.aclose()
         await blocker.aclose()
+
+
+async def test_more_concurrent_calls_than_connections_queue_instead_of_failing(
+    thorbis_redis_url: str,
+) -> None:
+    """redis-py's pool raises "Too many connections" past its size; the store queues."""
+    from thorbis_cache import RedisStore
+
+    store = RedisStore.from_url(thorbis_redis_url, max_connections=4)
+    c = Cache(store, registry(), keyring=RING, owns_store=True)
+    try:
+        keys = [LABEL.key("acme", name=f"k{i}") for i in range(50)]
+        await asyncio.gather(*(c.set(k, f"v{i}") for i, k in enumerate(keys)))
+        got = await asyncio.gather(*(c.get(k) for k in keys * 4))
+        assert got == [f"v{i}" for i in range(50)] * 4
+        many = await asyncio.gather(*(c.get_many(keys[:10]) for _ in range(40)))
+        assert all(batch == [f"v{i}" for i in range(10)] for batch in many)
+        assert store._gate.busy == 0
+    finally:
+        await c.aclose()

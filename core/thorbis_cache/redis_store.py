@@ -8,6 +8,7 @@ into :mod:`thorbis_cache.errors` at one seam.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -114,6 +115,46 @@ class _Deadlines:
                 await task
 
 
+class _Gate:
+    """At most ``limit`` calls in flight; the others queue here, first come first served.
+
+    redis-py's default pool raises "Too many connections" past its size, and its blocking
+    pool costs a condition variable on every call (measured: +40% latency). Here the fast
+    path is one comparison and one increment; only calls over the limit wait, on a plain
+    future each, and a finishing call hands its slot straight to the oldest waiter.
+    """
+
+    __slots__ = ("_waiters", "busy", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def wait(self) -> None:
+        """Wait for a slot (called when ``busy >= limit``); the slot is ours on return."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot while being cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give the slot to the oldest live waiter, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.busy -= 1
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -129,15 +170,24 @@ class RedisStore:
     :param client: a ``redis.asyncio`` Redis or RedisCluster client (bytes responses)
         built without ``socket_timeout`` (this store bounds every call itself).
     :param address: shown in error messages.
-    :param timeout: seconds any call may wait for its reply.
+    :param timeout: seconds any call may wait for its reply (queueing for a connection
+        included).
+    :param max_in_flight: calls sent at once; more wait their turn instead of failing.
+        Must not exceed the client's pool size (per node on a Cluster).
     """
 
     def __init__(
-        self, client: aioredis.Redis | RedisCluster, address: str, *, timeout: float = 2.0
+        self,
+        client: aioredis.Redis | RedisCluster,
+        address: str,
+        *,
+        timeout: float = 2.0,
+        max_in_flight: int = 128,
     ) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
         self._deadlines = _Deadlines(timeout)
+        self._gate = _Gate(max_in_flight)
         self.address = address
 
     @classmethod
@@ -171,10 +221,12 @@ class RedisStore:
                 password=parts.password,
                 **common,
             )
-            return cls(client, f"cluster {parts.hostname}:{parts.port}", timeout=timeout)
+            return cls(client, f"cluster {parts.hostname}:{parts.port}", timeout=timeout,
+                       max_in_flight=max_connections)
         if parts.scheme in ("redis", "rediss", "unix"):
             client = aioredis.Redis.from_url(url, **common)
-            return cls(client, f"{parts.hostname}:{parts.port or 6379}", timeout=timeout)
+            return cls(client, f"{parts.hostname}:{parts.port or 6379}", timeout=timeout,
+                       max_in_flight=max_connections)
         raise ConfigurationError(
             f"redis url {url!r}: scheme must be redis://, rediss:// or {CLUSTER_SCHEME}://"
         )
@@ -208,12 +260,23 @@ class RedisStore:
             operation, self.address, f"no reply within {self._deadlines.timeout}s"
         )
 
+    async def _enter(self) -> None:
+        gate = self._gate
+        if gate.busy < gate.limit:
+            gate.busy += 1
+        else:
+            await gate.wait()
+
     @contextlib.asynccontextmanager
     async def _call(self, operation: str) -> AsyncIterator[None]:
         """Deadline and error translation for the calls off the hot path."""
         task = self._deadlines.arm()
         try:
-            yield
+            await self._enter()
+            try:
+                yield
+            finally:
+                self._gate.release()
         except asyncio.CancelledError:
             if self._deadlines.expired(task):
                 raise self._timed_out(operation) from None
@@ -230,8 +293,16 @@ class RedisStore:
     async def get(self, key: str) -> bytes | None:
         """GET ``key``."""
         task = self._deadlines.arm()
+        gate = self._gate
         try:
-            data: bytes | None = await self._client.get(key)  # type: ignore[assignment]
+            if gate.busy < gate.limit:
+                gate.busy += 1
+            else:
+                await gate.wait()
+            try:
+                data: bytes | None = await self._client.get(key)  # type: ignore[assignment]
+            finally:
+                gate.release()
             return data
         except asyncio.CancelledError:
             if self._deadlines.expired(task):
@@ -248,20 +319,11 @@ class RedisStore:
             return []
         task = self._deadlines.arm()
         try:
-            if not self._cluster:
-                got: list[bytes | None] = await self._client.mget(keys)  # type: ignore[assignment]
-                return got
-            by_slot: dict[int, list[int]] = {}
-            for i, k in enumerate(keys):
-                by_slot.setdefault(key_slot(k.encode()), []).append(i)
-            out: list[bytes | None] = [None] * len(keys)
-            for positions in by_slot.values():
-                # Sequential per slot: concurrent gathers win nothing for the usual case
-                # (one tenant, one slot) and would open a connection per slot.
-                values = await self._client.mget([keys[i] for i in positions])
-                for i, v in zip(positions, values):
-                    out[i] = v  # type: ignore[assignment]
-            return out
+            await self._enter()
+            try:
+                return await self._mget(keys)
+            finally:
+                self._gate.release()
         except asyncio.CancelledError:
             if self._deadlines.expired(task):
                 raise self._timed_out("MGET") from None
@@ -270,6 +332,22 @@ class RedisStore:
             raise self._fail("MGET", exc) from exc
         finally:
             self._deadlines.disarm(task)
+
+    async def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not self._cluster:
+            got: list[bytes | None] = await self._client.mget(keys)  # type: ignore[assignment]
+            return got
+        by_slot: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_slot.setdefault(key_slot(k.encode()), []).append(i)
+        out: list[bytes | None] = [None] * len(keys)
+        for positions in by_slot.values():
+            # Sequential per slot: concurrent gathers win nothing for the usual case
+            # (one tenant, one slot) and would open a connection per slot.
+            values = await self._client.mget([keys[i] for i in positions])
+            for i, v in zip(positions, values):
+                out[i] = v  # type: ignore[assignment]
+        return out
 
     async def set(self, key: str, data: bytes, ttl_ms: int) -> None:
         """SET ``key`` with a TTL in milliseconds."""
@@ -291,10 +369,13 @@ class RedisStore:
         """Run a Lua script (all ``keys`` must share one slot)."""
         task = self._deadlines.arm()
         try:
+            await self._enter()
             try:
                 return await self._client.evalsha(script.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
                 return await self._client.eval(script.source, len(keys), *keys, *args)
+            finally:
+                self._gate.release()
         except asyncio.CancelledError:
             if self._deadlines.expired(task):
                 raise self._timed_out(f"script {script.name}") from None
