@@ -9,6 +9,7 @@ involved -- never a cached value or a secret.
 from __future__ import annotations
 
 __all__ = [
+    "AuditChainBroken",
     "CacheBackendError",
     "ConfigurationError",
     "DuplicateSchemaError",
@@ -17,6 +18,7 @@ __all__ = [
     "InvalidSchemaError",
     "InvalidTenantId",
     "KeyRingError",
+    "MigrationError",
     "PluginLoadError",
     "PluginProblem",
     "RedisUnavailableError",
@@ -247,3 +249,15 @@ class UnknownPatternError(ThorbisCacheError, KeyError):
     def __str__(self) -> str:
         # KeyError's own __str__ would print the repr of the message.
         return self.message
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class MigrationError(ThorbisCacheError, RuntimeError):
+    """An applied core migration file changed, or a migration failed to apply; the
+    message names the file (and the statement)."""
+
+
+class AuditChainBroken(ThorbisCacheError):
+    """``audit verify`` found a broken link: the message names the record and why."""

@@ -1,0 +1,142 @@
+"""``thorbis-cache db init|migrate``, ``thorbis-cache worker``, ``thorbis-cache audit verify``.
+
+* ``db migrate``: apply the pending core SQL (``sql/core``), versioned and checksummed.
+* ``db init``: ``migrate``, then the plugins' SQL and views (checked against the
+  database), then the outbox capture triggers generated from the plugins' rules.
+* ``worker``: the outbox worker (LISTEN + polling fallback) until Ctrl-C; ``--once``
+  drains the outbox and exits.
+* ``audit verify``: walk the audit chain; exit 1 naming the first broken link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+from typing import Annotated
+
+import typer
+
+from thorbis_cache.errors import AuditChainBroken
+
+__all__ = ["AuditAction", "DbAction", "audit_command", "db_command", "worker_command"]
+
+_DSN = typer.Option("--dsn", envvar="THORBIS_POSTGRES_DSN",
+                    help="PostgreSQL DSN (env THORBIS_POSTGRES_DSN).")
+_PLUGINS = typer.Option("--plugin", "-p",
+                        help="Plugin to load (repeatable; default: every installed plugin).")
+
+
+class DbAction(enum.Enum):
+    """What ``db`` does."""
+
+    init = "init"
+    migrate = "migrate"
+
+
+class AuditAction(enum.Enum):
+    """What ``audit`` does."""
+
+    verify = "verify"
+
+
+def db_command(
+    action: Annotated[DbAction, typer.Argument(help="init: core + plugin SQL + triggers; "
+                                               "migrate: core SQL only.")],
+    dsn: Annotated[str, _DSN],
+    plugin: Annotated[list[str] | None, _PLUGINS] = None,
+) -> None:
+    """Apply the core schema (versioned); with init, plugin SQL and capture triggers too."""
+    asyncio.run(_db(action, dsn, plugin or None))
+
+
+async def _db(action: DbAction, dsn: str, plugins: list[str] | None) -> None:
+    from thorbis_cache.plugins import PluginManager
+    from thorbis_cache.postgres import apply_and_check
+    from thorbis_cache.postgres.migrations import migrate
+    from thorbis_cache.postgres.outbox import connect
+    from thorbis_cache.postgres.triggers import install_triggers
+
+    report = await migrate(dsn)
+    for name in report.applied:
+        typer.echo(f"applied core {name}")
+    typer.echo(f"core schema up to date ({len(report.applied)} applied, "
+               f"{len(report.already)} already)")
+    if action is DbAction.migrate:
+        return
+    manager = PluginManager()
+    loaded = await manager.load(plugins)
+    await apply_and_check(dsn, loaded)
+    conn = await connect(dsn)
+    try:
+        plans = await install_triggers(conn, manager.all_rules())
+    finally:
+        await conn.close()
+    for plan in plans:
+        typer.echo(f"capture trigger on {plan.table}: {', '.join(plan.columns)}")
+    typer.echo(f"plugins {', '.join(p.name for p in loaded) or '(none)'}: SQL applied, "
+               f"{len(plans)} capture trigger(s) installed")
+
+
+def worker_command(
+    dsn: Annotated[str, _DSN],
+    redis_url: Annotated[str, typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
+                                           help="Redis URL (env THORBIS_REDIS_URL).")],
+    plugin: Annotated[list[str] | None, _PLUGINS] = None,
+    once: Annotated[bool, typer.Option("--once", help="Drain the outbox and exit.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 500,
+    poll_interval: Annotated[float, typer.Option(min=0.01)] = 1.0,
+) -> None:
+    """Run the outbox worker: committed changes become cache invalidations."""
+    asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval))
+
+
+async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: bool,
+                  batch_size: int, poll_interval: float) -> None:
+    from thorbis_cache.app import CacheApp
+    from thorbis_cache.crypto import KeyRing
+    from thorbis_cache.worker import OutboxWorker
+
+    # The worker only deletes keys, it never opens a value: when no ring is configured a
+    # throwaway one satisfies the sensitive schemas' requirement.
+    keyring = KeyRing.from_env() if os.environ.get("THORBIS_KEYRING") else KeyRing.generate()
+    app = await CacheApp(redis_url, keyring=keyring).start(plugins)
+    worker = OutboxWorker.from_app(app, dsn, batch_size=batch_size, poll_interval=poll_interval)
+    try:
+        if once:
+            results = await worker.drain()
+            m = worker.metrics
+            typer.echo(f"{len(results)} batch(es): {m.processed} change(s) applied, "
+                       f"{m.keys_deleted} key(s) deleted, {m.tags_invalidated} tag(s), "
+                       f"{m.dead_lettered} dead-lettered")
+            return
+        typer.echo(f"worker running (batch {batch_size}, poll {poll_interval}s); Ctrl-C stops")
+        await worker.run()
+    finally:
+        await worker.aclose()
+        await app.aclose()
+
+
+def audit_command(
+    action: Annotated[AuditAction, typer.Argument(help="verify: walk the hash chain.")],
+    dsn: Annotated[str, _DSN],
+) -> None:
+    """Verify the hash-chained audit log; exit 1 naming the first broken link."""
+    asyncio.run(_audit(dsn))
+
+
+async def _audit(dsn: str) -> None:
+    from thorbis_cache.postgres.audit import verify
+    from thorbis_cache.postgres.outbox import connect
+
+    conn = await connect(dsn)
+    try:
+        result = await verify(conn)
+    finally:
+        await conn.close()
+    if not result.ok:
+        raise AuditChainBroken(
+            f"audit chain broken at record {result.broken_id} "
+            f"({result.count} checked): {result.reason}"
+        )
+    typer.echo(f"audit chain OK: {result.count} record(s)")

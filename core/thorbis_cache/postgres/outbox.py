@@ -1,0 +1,151 @@
+"""Commit-safe consumption of ``thorbis.outbox``: claim-and-delete, dead letters, pruning.
+
+Why claim-and-delete rather than a stored position: sequence ids are handed out at
+insert, not at commit, so a worker that remembers "last id seen" skips the rows of a
+transaction that took id 10 but committed after id 11 was processed. Here a worker
+deletes what it claims -- ``DELETE ... WHERE id IN (SELECT id ... ORDER BY id LIMIT n
+FOR UPDATE SKIP LOCKED) RETURNING ...`` -- inside a transaction it keeps open while the
+batch is processed:
+
+* an uncommitted change is invisible, and is claimed by a later batch once committed
+  (nothing is ever skipped: there is no cursor);
+* rows claimed by one worker are locked, so other workers skip them (no double processing);
+* a worker that dies mid-batch aborts its transaction, and its rows reappear.
+
+The functions here take a connection already inside the batch transaction, except
+:func:`record_failure` and :func:`prune_dead_letters`, which run their own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+import attrs
+
+__all__ = [
+    "DB_ERRORS",
+    "OutboxRow",
+    "claim_batch",
+    "connect",
+    "dead_letter",
+    "pending_count",
+    "prune_dead_letters",
+    "record_failure",
+]
+
+#: What a lost or failing database connection raises (callers outside this package
+#: catch these without importing asyncpg).
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+)
+
+_CLAIM = """
+DELETE FROM thorbis.outbox
+WHERE id IN (SELECT id FROM thorbis.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING id, txid::text AS txid, created_at, table_name, operation, tenant_id,
+          pk::text AS pk, old::text AS old, new::text AS new, attempts, last_error,
+          extract(epoch FROM clock_timestamp() - created_at)::float8 AS age
+"""
+
+_DEAD_LETTER = """
+INSERT INTO thorbis.outbox_dead_letters
+    (outbox_id, reason, attempts, txid, created_at, table_name, operation, tenant_id,
+     pk, old, new)
+VALUES ($1, $2, $3, $4::text::xid8, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11::jsonb)
+"""
+
+
+@attrs.frozen(slots=True)
+class OutboxRow:
+    """One claimed change, as stored (JSON columns still as text: decoding is the
+    worker's job, so a malformed value dead-letters one row instead of failing the batch).
+
+    :ivar age: seconds between the row's creation and its claim (the lag).
+    """
+
+    id: int
+    txid: str
+    created_at: dt.datetime
+    table_name: str
+    operation: str
+    tenant_id: str | None
+    pk: str
+    old: str | None
+    new: str | None
+    attempts: int
+    last_error: str | None
+    age: float
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> OutboxRow:
+        """Build from a row of the claim query."""
+        return cls(**{f.name: record[f.name] for f in attrs.fields(cls)})
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """Open a connection for a worker (the one place the worker gets asyncpg from)."""
+    return await asyncpg.connect(dsn, timeout=10.0)
+
+
+async def claim_batch(conn: asyncpg.Connection, limit: int) -> list[OutboxRow]:
+    """Claim and delete up to ``limit`` committed rows, oldest first.
+
+    The deletion takes effect when the caller's transaction commits; until then the rows
+    are locked (other workers skip them), and a rollback or a dead connection returns them.
+
+    :param conn: a connection inside the batch transaction.
+    :param limit: batch size.
+    """
+    return [OutboxRow.from_record(r) for r in await conn.fetch(_CLAIM, limit)]
+
+
+async def dead_letter(conn: asyncpg.Connection, row: OutboxRow, reason: str) -> None:
+    """Record ``row`` as dead with ``reason`` (in the batch transaction, so the row's
+    deletion and its dead letter commit together).
+
+    JSON values that do not parse are stored as JSON strings holding the raw text.
+    """
+
+    def as_json(text: str | None) -> str | None:
+        if text is None:
+            return None
+        try:
+            json.loads(text)
+        except ValueError:
+            return json.dumps(text)
+        return text
+
+    await conn.execute(
+        _DEAD_LETTER, row.id, reason, row.attempts, row.txid, row.created_at, row.table_name,
+        row.operation, row.tenant_id, as_json(row.pk), as_json(row.old), as_json(row.new),
+    )
+
+
+async def record_failure(conn: asyncpg.Connection, ids: Sequence[int], error: str) -> None:
+    """Count a failed attempt on rows whose batch was rolled back (its own transaction,
+    after the rollback: the batch transaction's writes are gone)."""
+    await conn.execute(
+        "UPDATE thorbis.outbox SET attempts = attempts + 1, last_error = $2 "
+        "WHERE id = ANY($1::bigint[])", list(ids), error[:1000],
+    )
+
+
+async def prune_dead_letters(conn: asyncpg.Connection, older_than_days: float) -> int:
+    """Delete dead letters older than ``older_than_days``; returns how many.
+
+    Processed outbox rows need no pruning: the claim deletes them.
+    """
+    result = await conn.execute(
+        "DELETE FROM thorbis.outbox_dead_letters "
+        "WHERE failed_at < now() - make_interval(secs => $1)", older_than_days * 86400.0,
+    )
+    return int(str(result).rsplit(" ", 1)[-1])
+
+
+async def pending_count(conn: asyncpg.Connection) -> int:
+    """Committed rows waiting in the outbox (a health figure)."""
+    return int(await conn.fetchval("SELECT count(*) FROM thorbis.outbox"))

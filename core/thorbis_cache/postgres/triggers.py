@@ -1,0 +1,213 @@
+"""Generate and install the outbox capture triggers from plugins' invalidation rules.
+
+One trigger function and one ``AFTER ... FOR EACH ROW`` trigger per ruled table. The
+function writes ONE ``thorbis.outbox`` row per row change, in the transaction of the
+change, carrying the tenant, the primary key (read from the catalog) and the old/new
+values of the columns the rules need -- significant columns, target parameter columns
+and the tenant column, nothing else (no personal data travels that no rule reads) --
+then ``pg_notify('thorbis_outbox', '')``: a payload-free wake-up, since a NOTIFY payload
+is capped near 8 kB and is lost while nobody listens; the outbox row is the data.
+
+Cost control: the trigger fires only for the operations some rule handles, and an UPDATE
+is skipped in the database when every rule handling UPDATE has significant columns and
+none of them changed (so the seed's conditional customer-list rule costs nothing on a
+phone-number edit). A rule without significant columns fires on every UPDATE, so a table
+with such a rule records every UPDATE.
+
+Installing is idempotent (``CREATE OR REPLACE FUNCTION``, ``DROP TRIGGER IF EXISTS`` +
+``CREATE TRIGGER`` in one transaction).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+import attrs
+
+from thorbis_cache.declarations import InvalidationRule, Operation
+from thorbis_cache.errors import ConfigurationError
+
+__all__ = ["CHANNEL", "TablePlan", "install_triggers", "plan_tables", "trigger_sql"]
+
+#: The LISTEN/NOTIFY channel the triggers wake workers on.
+CHANNEL = "thorbis_outbox"
+
+_PK_COLUMNS = """
+SELECT a.attname::text
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = to_regclass($1) AND i.indisprimary
+ORDER BY array_position(i.indkey::int2[], a.attnum)
+"""
+
+_COLUMNS = """
+SELECT attname::text FROM pg_catalog.pg_attribute
+WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
+"""
+
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.triggers'))"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@attrs.frozen(slots=True)
+class TablePlan:
+    """What the capture trigger of one table records.
+
+    :ivar table: ``schema.table``.
+    :ivar tenant_column: the column holding the tenant (the same for every rule).
+    :ivar columns: the columns written to ``old``/``new``, sorted.
+    :ivar operations: the operations captured.
+    :ivar update_filter: the columns whose change makes an UPDATE worth recording; empty
+        means every UPDATE is recorded (some rule has no significant columns).
+    """
+
+    table: str
+    tenant_column: str
+    columns: tuple[str, ...]
+    operations: frozenset[Operation]
+    update_filter: tuple[str, ...]
+
+    @property
+    def function_name(self) -> str:
+        """The trigger function, ``thorbis.capture__<schema>__<table>``."""
+        schema, relation = self.table.split(".", 1)
+        return f"thorbis.{_ident(f'capture__{schema}__{relation}')}"
+
+
+def plan_tables(rules: Iterable[InvalidationRule]) -> list[TablePlan]:
+    """Group rules by table and work out what each trigger records.
+
+    :raises ConfigurationError: rules of one table disagree on the tenant column.
+    """
+    by_table: dict[str, list[InvalidationRule]] = defaultdict(list)
+    for rule in rules:
+        by_table[rule.table].append(rule)
+    plans = []
+    for table in sorted(by_table):
+        table_rules = by_table[table]
+        tenants = {r.tenant_column for r in table_rules}
+        if len(tenants) != 1:
+            names = ", ".join(f"{r.name!r} ({r.tenant_column})" for r in table_rules)
+            raise ConfigurationError(
+                f"rules of table {table!r} name different tenant columns: {names}"
+            )
+        columns = set(tenants)
+        for rule in table_rules:
+            columns.update(rule.significant_columns)
+            columns.update(c for t in rule.targets for c in t.params.values())
+        operations = frozenset(op for r in table_rules for op in r.operations)
+        update_rules = [r for r in table_rules if Operation.UPDATE in r.operations]
+        if all(r.significant_columns for r in update_rules):
+            update_filter = tuple(sorted({c for r in update_rules for c in r.significant_columns}))
+        else:
+            update_filter = ()
+        plans.append(TablePlan(table, tenants.pop(), tuple(sorted(columns)), operations,
+                               update_filter))
+    return plans
+
+
+def _json_object(record: str, columns: Sequence[str]) -> str:
+    pairs = ", ".join(f"{_literal(c)}, {record}.{_ident(c)}" for c in columns)
+    return f"jsonb_build_object({pairs})"
+
+
+def trigger_sql(plan: TablePlan, pk_columns: Sequence[str]) -> list[str]:
+    """The statements that (re)create the capture function and trigger of ``plan``.
+
+    :param plan: from :func:`plan_tables`.
+    :param pk_columns: the table's primary key columns, in key order.
+    :returns: CREATE OR REPLACE FUNCTION, DROP TRIGGER IF EXISTS, CREATE TRIGGER.
+    """
+    schema, relation = plan.table.split(".", 1)
+    table = f"{_ident(schema)}.{_ident(relation)}"
+    tenant = _ident(plan.tenant_column)
+    skip = ""
+    if Operation.UPDATE in plan.operations and plan.update_filter:
+        changed = " OR ".join(f"OLD.{_ident(c)} IS DISTINCT FROM NEW.{_ident(c)}"
+                              for c in plan.update_filter)
+        # Nested IFs: PL/pgSQL does not promise short-circuit evaluation of AND.
+        skip = (f"    IF TG_OP = 'UPDATE' THEN\n        IF NOT ({changed}) THEN\n"
+                "            RETURN NULL;\n        END IF;\n    END IF;\n")
+    function = f"""CREATE OR REPLACE FUNCTION {plan.function_name}() RETURNS trigger
+LANGUAGE plpgsql AS $capture$
+-- Generated by thorbis_cache.postgres.triggers from the invalidation rules of {plan.table};
+-- reinstalled by `thorbis-cache db init`. Records the columns the rules read, no others.
+DECLARE
+    o jsonb;
+    n jsonb;
+    k jsonb;
+BEGIN
+{skip}    IF TG_OP <> 'INSERT' THEN
+        o := {_json_object("OLD", plan.columns)};
+        k := {_json_object("OLD", pk_columns)};
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        n := {_json_object("NEW", plan.columns)};
+        k := {_json_object("NEW", pk_columns)};
+    END IF;
+    INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk, old, new)
+    VALUES ({_literal(plan.table)}, TG_OP,
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.{tenant} ELSE NEW.{tenant} END::text,
+            k, o, n);
+    -- A wake-up only: the row above is the data, and it survives a missing listener.
+    PERFORM pg_notify({_literal(CHANNEL)}, '');
+    RETURN NULL;
+END
+$capture$"""  # noqa: S608 -- identifiers quoted by _ident, literals by _literal
+    ops = " OR ".join(op.value for op in Operation if op in plan.operations)
+    trigger = _ident("thorbis_capture")
+    return [
+        function,
+        f"DROP TRIGGER IF EXISTS {trigger} ON {table}",
+        f"CREATE TRIGGER {trigger} AFTER {ops} ON {table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {plan.function_name}()",
+    ]
+
+
+async def install_triggers(conn: asyncpg.Connection,
+                           rules: Iterable[InvalidationRule]) -> list[TablePlan]:
+    """Install (or refresh) the capture trigger of every table the rules name.
+
+    All tables in one transaction: either every trigger matches the rules, or none changed.
+    The core schema (:func:`thorbis_cache.postgres.migrations.migrate`) must be applied.
+
+    :param conn: an open connection, not inside a transaction.
+    :param rules: the invalidation rules (``PluginManager.all_rules()``).
+    :returns: the installed plans.
+    :raises ConfigurationError: a table is missing or has no primary key, or the rules of
+        a table disagree on the tenant column.
+    """
+    plans = plan_tables(rules)
+    async with conn.transaction():
+        await conn.execute(_LOCK)
+        for plan in plans:
+            if await conn.fetchval("SELECT to_regclass($1)", plan.table) is None:
+                raise ConfigurationError(f"cannot install capture trigger: table "
+                                         f"{plan.table!r} does not exist")
+            have = {r[0] for r in await conn.fetch(_COLUMNS, plan.table)}
+            missing = [c for c in plan.columns if c not in have]
+            if missing:
+                # PL/pgSQL binds columns at run time: a trigger naming a missing column
+                # would break every write of the host application, so refuse here.
+                raise ConfigurationError(
+                    f"cannot install capture trigger on {plan.table!r}: the rules name "
+                    f"columns it does not have: {', '.join(missing)}"
+                )
+            pk = [r[0] for r in await conn.fetch(_PK_COLUMNS, plan.table)]
+            if not pk:
+                raise ConfigurationError(
+                    f"cannot install capture trigger on {plan.table!r}: it has no primary key "
+                    "(the outbox identifies changed rows by it)"
+                )
+            for statement in trigger_sql(plan, pk):
+                await conn.execute(statement)
+    return plans

@@ -1,0 +1,445 @@
+"""The outbox worker: turns committed database changes into cache invalidations.
+
+::
+
+    worker = OutboxWorker.from_app(app, dsn)
+    async with worker:
+        await worker.run()          # until worker.stop()
+
+Each batch (see :mod:`thorbis_cache.postgres.outbox` for why it is commit-safe):
+
+1. claim up to ``batch_size`` committed outbox rows, in a transaction kept open;
+2. per row, evaluate the plugins' rules (``rule.fires(op, old, new)``); a schema target
+   names the key of the old row and of the new row (a NULL parameter names no key;
+   column values are converted to the parameter types); a tag target names a tag. A row
+   that cannot be planned (a value of the wrong type, malformed JSON, an unknown schema)
+   is dead-lettered with the reason and does not block the others;
+3. delete the keys (``Cache.delete``, which also revokes fill leases) and hand the tags
+   to the tag invalidator;
+4. append one audit record per tenant, then commit -- the rows are gone only now.
+
+If step 3 fails the transaction rolls back and the rows come back. A failure other
+than Redis being unavailable counts an attempt on each row; a row past ``max_attempts``
+is dead-lettered at its next claim. Redis being down is not the rows' fault: they wait,
+however long, and are applied on recovery.
+
+**Tags are pending the Redis tag engine.** Until a host passes ``invalidate_tags``, the
+default :class:`UnconfiguredTagInvalidator` only counts and logs ("tag invalidation not
+configured"); the tags are still reported in each :class:`BatchResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import hashlib
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from thorbis_cache.declarations import InvalidationRule, Operation
+from thorbis_cache.errors import RedisUnavailableError, ThorbisCacheError
+from thorbis_cache.keys import CacheKey, validate_tenant
+from thorbis_cache.postgres import audit, outbox
+from thorbis_cache.postgres.triggers import CHANNEL
+
+if TYPE_CHECKING:
+    from thorbis_cache.app import CacheApp
+    from thorbis_cache.cache import Cache
+
+__all__ = [
+    "BatchResult",
+    "OutboxWorker",
+    "PoisonRow",
+    "TagInvalidator",
+    "UnconfiguredTagInvalidator",
+    "WorkerMetrics",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``async (tenant, tags) -> None``: invalidates every key carrying one of ``tags``.
+TagInvalidator = Callable[[str, Sequence[str]], Awaitable[None]]
+
+
+class UnconfiguredTagInvalidator:
+    """The default tag invalidator until the Redis tag engine exists: counts and logs.
+
+    It does not raise (the keys of a batch must still be deleted) and does not pretend:
+    every call logs a warning and increments :attr:`calls` / :attr:`tags`.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.tags = 0
+
+    async def __call__(self, tenant: str, tags: Sequence[str]) -> None:
+        """Count and log ``tags`` of ``tenant``."""
+        self.calls += 1
+        self.tags += len(tags)
+        log.warning("tag invalidation not configured: tenant %r tags %s not invalidated",
+                    tenant, ", ".join(tags))
+
+
+class PoisonRow(ThorbisCacheError, ValueError):
+    """An outbox row that can never be turned into invalidations (dead-lettered)."""
+
+
+@attrs.define
+class WorkerMetrics:
+    """In-process counters of one worker (exported by the observability layer).
+
+    :ivar lag_seconds: age of the oldest row of the last non-empty batch.
+    """
+
+    processed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+    keys_deleted: int = 0
+    tags_invalidated: int = 0
+    lag_seconds: float = 0.0
+
+
+@attrs.frozen(slots=True)
+class BatchResult:
+    """What one batch did.
+
+    :ivar processed: outbox ids applied (empty plans included), in claim order.
+    :ivar dead_letters: ``(outbox id, reason)`` of rows dead-lettered.
+    :ivar keys: the Redis key bodies deleted (``{tenant}:schema:...``), sorted.
+    :ivar tags: ``(tenant, tag)`` handed to the tag invalidator, sorted.
+    :ivar audit_ids: ids of the audit records appended.
+    """
+
+    processed: tuple[int, ...] = ()
+    dead_letters: tuple[tuple[int, str], ...] = ()
+    keys: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    audit_ids: tuple[int, ...] = ()
+
+    @property
+    def claimed(self) -> int:
+        """Rows this batch took off the outbox."""
+        return len(self.processed) + len(self.dead_letters)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _convert(tp: type, value: object) -> object:
+    """Convert a JSON column value to a key parameter type, or raise ValueError."""
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return int(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    elif tp is uuid.UUID:
+        if isinstance(value, str):
+            return uuid.UUID(value)
+    elif tp is dt.date and isinstance(value, str) and len(value) == 10:
+        # Only a plain date: a timestamp's day depends on a time zone we do not know.
+        return dt.date.fromisoformat(value)
+    raise ValueError(f"expected {tp.__name__}")
+
+
+def _image(row: outbox.OutboxRow, which: str) -> dict[str, Any] | None:
+    text = getattr(row, which)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise PoisonRow(f"{which}: malformed JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise PoisonRow(f"{which}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+@attrs.frozen(slots=True)
+class _Plan:
+    tenant: str
+    keys: tuple[CacheKey[Any], ...]
+    tags: tuple[str, ...]
+
+
+class OutboxWorker:
+    """Consumes the outbox and applies the plugins' invalidation rules.
+
+    :param dsn: the PostgreSQL holding ``thorbis.outbox``.
+    :param cache: where keys are deleted; its registry must hold the rules' schemas.
+    :param rules: the invalidation rules (``app.plugins.all_rules()``).
+    :param invalidate_tags: see :data:`TagInvalidator`; default
+        :class:`UnconfiguredTagInvalidator` (pending the Redis tag engine).
+    :param batch_size: rows claimed per batch.
+    :param poll_interval: seconds between polls when no NOTIFY arrives (the fallback
+        for a lost wake-up or a listener reconnect).
+    :param max_attempts: failed batch attempts after which a row is dead-lettered.
+    :param dead_letter_days: dead letters older than this are pruned by :meth:`run`.
+    :param audit: append audit records (one per tenant per batch).
+    """
+
+    def __init__(self, dsn: str, cache: Cache, rules: Iterable[InvalidationRule], *,
+                 invalidate_tags: TagInvalidator | None = None, batch_size: int = 500,
+                 poll_interval: float = 1.0, max_attempts: int = 5,
+                 dead_letter_days: float = 14.0, audit: bool = True) -> None:
+        self.dsn = dsn
+        self.cache = cache
+        self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
+        for rule in rules:
+            self.rules[rule.table].append(rule)
+        self.invalidate_tags = invalidate_tags or UnconfiguredTagInvalidator()
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.max_attempts = max_attempts
+        self.dead_letter_days = dead_letter_days
+        self.audit = audit
+        self.metrics = WorkerMetrics()
+        self._conn: Any = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    @classmethod
+    def from_app(cls, app: CacheApp, dsn: str, **options: Any) -> OutboxWorker:
+        """A worker on a started app's cache and its plugins' rules."""
+        return cls(dsn, app.cache, app.plugins.all_rules(), **options)
+
+    async def __aenter__(self) -> OutboxWorker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the worker's database connection (not the cache)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close()
+
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await outbox.connect(self.dsn)
+        return self._conn
+
+    # ----------------------------------------------------------------- one row
+
+    def plan(self, row: outbox.OutboxRow) -> _Plan:
+        """The keys and tags a change makes stale.
+
+        :raises PoisonRow: the row can never be applied (the reason names rule, target,
+            parameter, column and value).
+        """
+        try:
+            op = Operation(row.operation)
+        except ValueError:
+            raise PoisonRow(f"unknown operation {row.operation!r}") from None
+        old, new = _image(row, "old"), _image(row, "new")
+        try:
+            tenant = validate_tenant(row.tenant_id)
+        except ValueError as exc:
+            raise PoisonRow(f"tenant: {exc}") from None
+        keys: dict[str, CacheKey[Any]] = {}
+        tags: set[str] = set()
+        for rule in self.rules.get(row.table_name, ()):
+            if not rule.fires(op, old, new):
+                continue
+            for target in rule.targets:
+                if target.tag is not None:
+                    tags.add(target.tag)
+                    continue
+                for image in (old, new):
+                    key = self._key(rule, target.schema or "", target.params, tenant, image)
+                    if key is not None:
+                        keys[key.body] = key
+        return _Plan(tenant, tuple(keys.values()), tuple(sorted(tags)))
+
+    def _key(self, rule: InvalidationRule, schema_name: str, columns: Mapping[str, str],
+             tenant: str, image: Mapping[str, Any] | None) -> CacheKey[Any] | None:
+        if image is None:
+            return None
+        where = f"rule {rule.name!r} target {schema_name!r}"
+        try:
+            schema = self.cache.registry.get(schema_name)
+        except ThorbisCacheError as exc:
+            raise PoisonRow(f"{where}: {exc}") from None
+        values: dict[str, object] = {}
+        for param in schema.params:
+            column = columns.get(param.name)
+            if column is None:
+                raise PoisonRow(f"{where}: parameter {param.name!r} is mapped to no column")
+            if column not in image:
+                raise PoisonRow(f"{where}: column {column!r} is not in the outbox row "
+                                "(capture trigger out of date? run `thorbis-cache db init`)")
+            raw = image[column]
+            if raw is None:
+                return None  # a NULL parameter names no entry (an unassigned work order)
+            try:
+                values[param.name] = _convert(param.type, raw)
+            except ValueError as exc:
+                raise PoisonRow(f"{where}: parameter {param.name!r} from column {column!r}: "
+                                f"cannot convert {raw!r:.80} ({exc})") from None
+        try:
+            return schema.key(tenant, **values)
+        except ValueError as exc:
+            raise PoisonRow(f"{where}: {exc}") from None
+
+    # ----------------------------------------------------------------- one batch
+
+    async def run_once(self) -> BatchResult:
+        """Claim, apply and commit one batch; an empty result when the outbox is empty.
+
+        :raises Exception: invalidation failed (Redis down, a tag invalidator error); the
+            batch was rolled back and its rows are back in the outbox.
+        """
+        conn = await self._connection()
+        ids: list[int] = []
+        try:
+            async with conn.transaction():
+                rows = await outbox.claim_batch(conn, self.batch_size)
+                ids = [r.id for r in rows]
+                result = await self._apply(conn, rows) if rows else BatchResult()
+        except Exception as exc:
+            self.metrics.failed_batches += 1
+            # Redis or PostgreSQL being unavailable is not the rows' fault: no attempt is
+            # counted, they wait for recovery. Anything else counts toward max_attempts.
+            blameless: tuple[type[BaseException], ...] = (
+                RedisUnavailableError, *outbox.DB_ERRORS)
+            if ids and not isinstance(exc, blameless) and not conn.is_closed():
+                try:
+                    await outbox.record_failure(conn, ids, f"{type(exc).__name__}: {exc}")
+                except outbox.DB_ERRORS:
+                    log.exception("outbox worker: could not count the failed attempt")
+            raise
+        if rows:
+            m = self.metrics
+            m.batches += 1
+            m.processed += len(result.processed)
+            m.dead_lettered += len(result.dead_letters)
+            m.keys_deleted += len(result.keys)
+            m.tags_invalidated += len(result.tags)
+            m.lag_seconds = max(r.age for r in rows)
+        return result
+
+    async def _apply(self, conn: Any, rows: Sequence[outbox.OutboxRow]) -> BatchResult:
+        processed: list[int] = []
+        dead: list[tuple[int, str]] = []
+        keys: dict[str, CacheKey[Any]] = {}
+        tags: dict[str, set[str]] = defaultdict(set)
+        changes: dict[str, int] = defaultdict(int)
+        for row in rows:
+            if row.attempts >= self.max_attempts:
+                reason = f"gave up after {row.attempts} attempts: {row.last_error}"
+            else:
+                try:
+                    plan = self.plan(row)
+                except PoisonRow as exc:
+                    reason = str(exc)
+                else:
+                    processed.append(row.id)
+                    changes[plan.tenant] += 1
+                    keys.update((k.body, k) for k in plan.keys)
+                    tags[plan.tenant].update(plan.tags)
+                    continue
+            log.error("outbox row %d dead-lettered: %s", row.id, reason)
+            await outbox.dead_letter(conn, row, reason)
+            dead.append((row.id, reason))
+        if keys:
+            await self.cache.delete(*keys.values())
+        for tenant, tenant_tags in sorted(tags.items()):
+            if tenant_tags:
+                await self.invalidate_tags(tenant, sorted(tenant_tags))
+        audit_ids: list[int] = []
+        if self.audit:
+            by_tenant: dict[str, list[str]] = defaultdict(list)
+            for key in keys.values():
+                by_tenant[key.tenant].append(key.body)
+            for tenant in sorted(changes):
+                names = sorted(by_tenant[tenant]) + sorted(f"#{t}" for t in tags[tenant])
+                digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
+                record = await audit.append(conn, "invalidation", tenant, {
+                    "changes": changes[tenant], "keys": len(by_tenant[tenant]),
+                    "tags": len(tags[tenant]), "digest": digest,
+                })
+                audit_ids.append(record.id)
+        return BatchResult(
+            tuple(processed), tuple(dead), tuple(sorted(keys)),
+            tuple(sorted((t, n) for t, ns in tags.items() for n in ns)), tuple(audit_ids),
+        )
+
+    async def drain(self) -> list[BatchResult]:
+        """Run batches until the outbox is empty (for tests and the CLI's ``--once``)."""
+        results = []
+        while (result := await self.run_once()).claimed:
+            results.append(result)
+        return results
+
+    # ----------------------------------------------------------------- the loop
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after its current batch."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Process batches until :meth:`stop`: drain, then wait for a NOTIFY or the poll
+        interval. Database and Redis outages are logged and retried with backoff."""
+        self._stopping = False
+        listener: Any = None
+        last_prune: float | None = None
+        backoff = 0.0
+        loop = asyncio.get_running_loop()
+
+        def wake(*_: object) -> None:
+            self._wake.set()
+
+        try:
+            while not self._stopping:
+                try:
+                    if listener is None or listener.is_closed():
+                        listener = await outbox.connect(self.dsn)
+                        await listener.add_listener(CHANNEL, wake)
+                    if last_prune is None or loop.time() - last_prune > 3600:
+                        await outbox.prune_dead_letters(await self._connection(),
+                                                        self.dead_letter_days)
+                        last_prune = loop.time()
+                    self._wake.clear()
+                    while not self._stopping and (await self.run_once()).claimed:
+                        pass
+                    backoff = 0.0
+                except Exception:
+                    backoff = min(max(backoff * 2, 0.1), 5.0)
+                    log.exception("outbox worker: batch failed; retrying in %.1fs", backoff)
+                    await self._drop_broken(listener)
+                    await asyncio.sleep(backoff)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        finally:
+            if listener is not None and not listener.is_closed():
+                await listener.close()
+
+    async def _drop_broken(self, listener: Any) -> None:
+        # After a lost connection, reconnect both: asyncpg will not revive a dead one.
+        for conn in (listener, self._conn):
+            if conn is not None and not conn.is_closed():
+                try:
+                    await asyncio.wait_for(conn.execute("SELECT 1"), 2.0)
+                except Exception:
+                    conn.terminate()

@@ -1,0 +1,90 @@
+"""Core SQL migrations: applied in order, recorded with checksums, re-runs are no-ops,
+an edited applied file is refused by name; ``thorbis-cache db migrate`` runs them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from typer.testing import CliRunner
+
+from thorbis_cache.cli import app as cli_app
+from thorbis_cache.postgres.migrations import (
+    Migration,
+    MigrationError,
+    core_migrations,
+    migrate,
+)
+
+
+async def test_core_migrations_are_numbered_files_in_order() -> None:
+    found = core_migrations()
+    assert [m.name for m in found] == ["001_outbox.sql", "002_audit.sql"]
+    assert [m.version for m in found] == [1, 2]
+
+
+async def test_migrate_applies_once_and_records_checksums(thorbis_pg_dsn: str) -> None:
+    first = await migrate(thorbis_pg_dsn)
+    assert first.applied == ("001_outbox.sql", "002_audit.sql")
+    assert first.already == ()
+    again = await migrate(thorbis_pg_dsn)
+    assert again.applied == ()
+    assert again.already == ("001_outbox.sql", "002_audit.sql")
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        rows = await conn.fetch("SELECT version, name, checksum FROM thorbis.schema_migrations "
+                                "ORDER BY version")
+        assert [(r["version"], r["name"], r["checksum"]) for r in rows] == [
+            (m.version, m.name, m.checksum) for m in core_migrations()
+        ]
+        for table in ("thorbis.outbox", "thorbis.outbox_dead_letters", "thorbis.audit_log"):
+            assert await conn.fetchval("SELECT to_regclass($1)::text", table) == table
+    finally:
+        await conn.close()
+
+
+async def test_changed_applied_file_is_refused_by_name(thorbis_pg_dsn: str) -> None:
+    await migrate(thorbis_pg_dsn)
+    edited = [*core_migrations()]
+    edited[1] = Migration(2, "002_audit.sql", edited[1].sql + "\n-- edited\n")
+    extra = Migration(3, "003_new.sql", "CREATE TABLE thorbis.later (x int)")
+    with pytest.raises(MigrationError, match=r"'002_audit\.sql'.*changed after it was applied"):
+        await migrate(thorbis_pg_dsn, [*edited, extra])
+    # Refused before anything was applied.
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('thorbis.later')") is None
+    finally:
+        await conn.close()
+
+
+async def test_failing_file_names_statement_and_keeps_earlier_ones(thorbis_pg_dsn: str) -> None:
+    good = Migration(1, "001_a.sql", "CREATE SCHEMA IF NOT EXISTS thorbis; "
+                     "CREATE TABLE thorbis.a (x int)")
+    bad = Migration(2, "002_b.sql", "CREATE TABLE thorbis.b (x int); SELECT nope")
+    with pytest.raises(MigrationError, match=r"'002_b\.sql'.*SELECT nope"):
+        await migrate(thorbis_pg_dsn, [good, bad])
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('thorbis.a')::text") == "thorbis.a"
+        assert await conn.fetchval("SELECT to_regclass('thorbis.b')") is None
+        assert await conn.fetchval("SELECT count(*) FROM thorbis.schema_migrations") == 1
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_migrators_apply_each_file_once(thorbis_pg_dsn: str) -> None:
+    reports = await asyncio.gather(*(migrate(thorbis_pg_dsn) for _ in range(4)))
+    applied = [name for r in reports for name in r.applied]
+    assert sorted(applied) == ["001_outbox.sql", "002_audit.sql"]
+
+
+def test_cli_db_migrate(thorbis_pg_dsn: str) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["db", "migrate", "--dsn", thorbis_pg_dsn])
+    assert result.exit_code == 0, result.output
+    assert "applied core 001_outbox.sql" in result.output
+    result = runner.invoke(cli_app, ["db", "migrate", "--dsn", thorbis_pg_dsn])
+    assert result.exit_code == 0, result.output
+    assert "0 applied, 2 already" in result.output

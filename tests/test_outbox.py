@@ -1,0 +1,306 @@
+"""Outbox capture and commit-safe consumption, on a small table of its own.
+
+Triggers record one row per change with only the columns rules need; a transaction that
+commits late is still processed; several workers share the work exactly once; a worker
+killed mid-batch loses nothing; poison rows are dead-lettered with the reason and do not
+block their batch; retries are bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import attrs
+import pytest
+
+from thorbis_cache import Cache, KeySchema, SchemaRegistry
+from thorbis_cache.declarations import InvalidationRule, Operation, RuleTarget
+from thorbis_cache.errors import ConfigurationError, RedisUnavailableError
+from thorbis_cache.postgres.migrations import migrate
+from thorbis_cache.postgres.outbox import prune_dead_letters
+from thorbis_cache.postgres.triggers import CHANNEL, install_triggers, plan_tables
+from thorbis_cache.worker import OutboxWorker
+
+TABLE_SQL = """
+CREATE SCHEMA IF NOT EXISTS tst;
+CREATE TABLE tst.items (
+    tenant_id text NOT NULL, id bigint NOT NULL, status text NOT NULL,
+    note text NOT NULL DEFAULT '', secret text NOT NULL DEFAULT 'pii', day date,
+    PRIMARY KEY (tenant_id, id));
+CREATE TABLE tst.flags (
+    tenant_id text NOT NULL, id bigint PRIMARY KEY, status text NOT NULL, note text);
+"""
+
+ITEM: KeySchema[str] = KeySchema("tst.item", str, params={"item_id": int})
+DAY: KeySchema[str] = KeySchema("tst.day", str, params={"day": dt.date})
+
+RULES = (
+    InvalidationRule("tst.item", "tst.items", (Operation.UPDATE, Operation.DELETE),
+                     (RuleTarget(schema="tst.item", params={"item_id": "id"}),)),
+    InvalidationRule("tst.lists", "tst.items", list(Operation), (RuleTarget(tag="tst.lists"),),
+                     significant_columns=("status",)),
+    InvalidationRule("tst.day", "tst.items", list(Operation),
+                     (RuleTarget(schema="tst.day", params={"day": "day"}),),
+                     significant_columns=("day",)),
+    # Only significant-column rules on tst.flags: irrelevant updates are skipped in SQL.
+    InvalidationRule("tst.flags", "tst.flags", list(Operation), (RuleTarget(tag="tst.flags"),),
+                     significant_columns=("status",)),
+)
+
+
+@attrs.frozen
+class Env:
+    dsn: str
+    conn: asyncpg.Connection
+    cache: Cache
+
+    def worker(self, **options: object) -> OutboxWorker:
+        return OutboxWorker(self.dsn, self.cache, RULES, **options)  # type: ignore[arg-type]
+
+    async def count(self, table: str = "thorbis.outbox") -> int:
+        return int(await self.conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+
+
+@pytest.fixture
+async def env(thorbis_pg_dsn: str, thorbis_standalone_redis_url: str) -> AsyncIterator[Env]:
+    await migrate(thorbis_pg_dsn)
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    await conn.execute(TABLE_SQL)
+    await install_triggers(conn, RULES)
+    registry = SchemaRegistry()
+    registry.register(ITEM)
+    registry.register(DAY)
+    async with Cache.from_url(thorbis_standalone_redis_url, registry) as cache:
+        yield Env(thorbis_pg_dsn, conn, cache)
+    await conn.close()
+
+
+async def insert(conn: asyncpg.Connection, ids: Sequence[int], tenant: str = "acme") -> None:
+    await conn.executemany("INSERT INTO tst.items (tenant_id, id, status) VALUES ($1, $2, 'open')",
+                           [(tenant, i) for i in ids])
+
+
+# --------------------------------------------------------------------------- capture
+
+
+async def test_trigger_records_one_row_with_needed_columns_and_wakes(env: Env) -> None:
+    wakes: list[str] = []
+    listener = await asyncpg.connect(env.dsn)
+    await listener.add_listener(CHANNEL, lambda *args: wakes.append(args[-1]))
+    try:
+        await env.conn.execute(
+            "INSERT INTO tst.items (tenant_id, id, status, day) VALUES ('acme', 7, 'open', "
+            "'2024-05-01')")
+        await env.conn.execute("UPDATE tst.items SET status = 'done' WHERE id = 7")
+        await env.conn.execute("DELETE FROM tst.items WHERE id = 7")
+        for _ in range(50):
+            if len(wakes) == 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await listener.close()
+    assert wakes == ["", "", ""]  # wake-ups only, never data
+    rows = await env.conn.fetch("SELECT * FROM thorbis.outbox ORDER BY id")
+    assert [r["operation"] for r in rows] == ["INSERT", "UPDATE", "DELETE"]
+    assert {r["table_name"] for r in rows} == {"tst.items"}
+    assert {r["tenant_id"] for r in rows} == {"acme"}
+    assert {r["pk"] for r in rows} == {json.dumps({"id": 7, "tenant_id": "acme"})}
+    full = {"day": "2024-05-01", "id": 7, "status": "open", "tenant_id": "acme"}
+    assert (rows[0]["old"], json.loads(rows[0]["new"])) == (None, full)
+    assert json.loads(rows[1]["new"]) == {**full, "status": "done"}
+    assert (json.loads(rows[2]["old"])["status"], rows[2]["new"]) == ("done", None)
+    # Columns no rule reads (note, secret) never reach the outbox.
+    assert all("secret" not in (r["new"] or r["old"]) for r in rows)
+
+
+async def test_update_skipped_in_sql_only_when_every_rule_has_significant_columns(
+    env: Env
+) -> None:
+    await env.conn.execute("INSERT INTO tst.flags VALUES ('acme', 1, 'on', 'a')")
+    await env.conn.execute("INSERT INTO tst.items (tenant_id, id, status) VALUES ('acme', 1, 'a')")
+    await env.conn.execute("DELETE FROM thorbis.outbox")
+    await env.conn.execute("UPDATE tst.flags SET note = 'b'")  # insignificant: skipped
+    assert await env.count() == 0
+    await env.conn.execute("UPDATE tst.flags SET status = 'off'")
+    assert await env.count() == 1
+    # tst.items has a rule without significant columns: every UPDATE is recorded.
+    await env.conn.execute("UPDATE tst.items SET note = 'x'")
+    assert await env.count() == 2
+    plans = {p.table: p for p in plan_tables(RULES)}
+    assert plans["tst.flags"].update_filter == ("status",)
+    assert plans["tst.items"].update_filter == ()
+
+
+async def test_install_is_idempotent_and_refuses_bad_tables(env: Env) -> None:
+    await install_triggers(env.conn, RULES)
+    count = await env.conn.fetchval(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'thorbis_capture'")
+    assert count == 2
+    missing = InvalidationRule("tst.m", "tst.items", [Operation.UPDATE],
+                               (RuleTarget(tag="tst.x"),), significant_columns=("nope",))
+    with pytest.raises(ConfigurationError, match=r"tst\.items.*nope"):
+        await install_triggers(env.conn, [missing])
+    await env.conn.execute("CREATE TABLE tst.nopk (tenant_id text, id int)")
+    with pytest.raises(ConfigurationError, match="no primary key"):
+        await install_triggers(env.conn, [InvalidationRule(
+            "tst.n", "tst.nopk", [Operation.INSERT], (RuleTarget(tag="tst.x"),))])
+    # The failed installs changed nothing: writes still work and are captured.
+    await insert(env.conn, [1])
+    assert await env.count() == 1
+
+
+# --------------------------------------------------------------------------- consumption
+
+
+async def test_late_committing_transaction_is_not_skipped(env: Env) -> None:
+    late = await asyncpg.connect(env.dsn)
+    try:
+        tx = late.transaction()
+        await tx.start()
+        await insert(late, [1])  # takes the lowest outbox id, commits last
+        await insert(env.conn, [2, 3])
+        worker = env.worker()
+        first = await worker.run_once()
+        assert first.claimed == 2
+        assert await worker.run_once() == type(first)()  # the open transaction is invisible
+        await tx.commit()
+        second = await worker.run_once()
+        assert second.claimed == 1
+        assert set(second.processed).isdisjoint(first.processed)
+        await worker.aclose()
+    finally:
+        await late.close()
+    assert await env.count() == 0
+
+
+async def test_changes_committed_while_no_worker_ran_are_processed(env: Env) -> None:
+    await env.cache.set(ITEM.key("acme", item_id=5), "cached")
+    await insert(env.conn, [5])
+    await env.conn.execute("UPDATE tst.items SET note = 'n' WHERE id = 5")
+    async with env.worker() as worker:
+        results = await worker.drain()
+    assert sum(r.claimed for r in results) == 2
+    assert await env.cache.get(ITEM.key("acme", item_id=5)) is None
+
+
+async def test_several_workers_process_each_change_exactly_once(env: Env) -> None:
+    await insert(env.conn, range(300))
+    await env.conn.execute("UPDATE tst.items SET status = 'x'")
+    expected = {r[0] for r in await env.conn.fetch("SELECT id FROM thorbis.outbox")}
+    workers = [env.worker(batch_size=25) for _ in range(4)]
+
+    async def drain(w: OutboxWorker) -> list[int]:
+        return [i for r in await w.drain() for i in r.processed]
+
+    done = await asyncio.gather(*(drain(w) for w in workers))
+    for w in workers:
+        await w.aclose()
+    seen = [i for ids in done for i in ids]
+    assert len(seen) == len(set(seen)) == len(expected) == 600
+    assert set(seen) == expected
+    assert sum(1 for ids in done if ids) >= 2  # the work was actually shared
+
+
+async def test_worker_killed_mid_batch_loses_nothing(env: Env) -> None:
+    await insert(env.conn, range(10))
+    await env.conn.execute("UPDATE tst.items SET status = 'x'")
+    claimed = asyncio.Event()
+
+    async def hang(tenant: str, tags: Sequence[str]) -> None:
+        claimed.set()
+        await asyncio.sleep(3600)
+
+    doomed = env.worker(invalidate_tags=hang)
+    task = asyncio.create_task(doomed.run_once())
+    await asyncio.wait_for(claimed.wait(), 5)
+    # The process dies: its connection drops, its transaction aborts.
+    doomed._conn.terminate()
+    task.cancel()
+    with pytest.raises((asyncio.CancelledError, Exception)):
+        await task
+    assert await env.count() == 20
+    survivor = env.worker()
+    results = await survivor.drain()
+    await survivor.aclose()
+    assert sum(r.claimed for r in results) == 20
+
+
+async def test_failing_batch_rolls_back_then_dead_letters_after_max_attempts(env: Env) -> None:
+    await insert(env.conn, [1])
+    calls = 0
+
+    async def broken(tenant: str, tags: Sequence[str]) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("tag engine down")
+
+    async with env.worker(invalidate_tags=broken, max_attempts=2) as worker:
+        for attempt in (1, 2):
+            with pytest.raises(RuntimeError, match="tag engine down"):
+                await worker.run_once()
+            row = await env.conn.fetchrow("SELECT attempts, last_error FROM thorbis.outbox")
+            assert row["attempts"] == attempt
+            assert "tag engine down" in row["last_error"]
+        result = await worker.run_once()
+    assert calls == 2
+    assert result.processed == ()
+    assert result.dead_letters[0][1].startswith("gave up after 2 attempts: RuntimeError")
+    assert await env.count() == 0
+    assert await env.count("thorbis.outbox_dead_letters") == 1
+    assert worker.metrics.failed_batches == 2
+    assert worker.metrics.dead_lettered == 1
+
+
+async def test_poison_rows_are_dead_lettered_without_blocking_the_batch(env: Env) -> None:
+    await env.cache.set(ITEM.key("acme", item_id=1), "cached")
+    await insert(env.conn, [1])
+    await env.conn.execute("UPDATE tst.items SET day = NULL, status = 'z' WHERE id = 1")
+    poison = [
+        ("UPDATE", "acme", '{"id": "abc", "status": "a", "day": null}', "cannot convert 'abc'"),
+        ("UPDATE", "acme", '"just a string"', "old: expected a JSON object, got str"),
+        ("DELETE", "acme", '{"id": 1, "status": "a", "day": "2024-13-45"}', "'day'"),
+        ("DELETE", "ACME!", '{"id": 1}', "tenant:"),
+        ("DELETE", "acme", '{"status": "a"}', "column 'id' is not in the outbox row"),
+    ]
+    for op, tenant, old, _ in poison:
+        await env.conn.execute(
+            "INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk, old, new) "
+            "VALUES ('tst.items', $1, $2, '{}', $3::jsonb, $3::jsonb)", op, tenant, old)
+    async with env.worker() as worker:
+        result = await worker.run_once()
+    assert len(result.processed) == 2  # the real INSERT and UPDATE
+    assert len(result.dead_letters) == len(poison)
+    for (_, reason), (_, _, _, expected) in zip(result.dead_letters, poison):
+        assert expected in reason
+    # The NULL day named no key; the good rows were applied.
+    assert await env.cache.get(ITEM.key("acme", item_id=1)) is None
+    stored = await env.conn.fetch("SELECT reason FROM thorbis.outbox_dead_letters ORDER BY id")
+    assert [r["reason"] for r in stored] == [r for _, r in result.dead_letters]
+    assert await env.count() == 0
+
+
+async def test_prune_dead_letters(env: Env) -> None:
+    await env.conn.execute(
+        "INSERT INTO thorbis.outbox_dead_letters (outbox_id, reason, failed_at) VALUES "
+        "(1, 'old', now() - interval '30 days'), (2, 'new', now())")
+    assert await prune_dead_letters(env.conn, 14) == 1
+    assert [r[0] for r in await env.conn.fetch(
+        "SELECT reason FROM thorbis.outbox_dead_letters")] == ["new"]
+
+
+async def test_redis_down_keeps_rows_without_counting_attempts(env: Env) -> None:
+    await insert(env.conn, [1])
+    await env.conn.execute("UPDATE tst.items SET note = 'n'")
+    # Nothing listens on port 1: every Redis call fails at once.
+    async with Cache.from_url("redis://127.0.0.1:1/0", env.cache.registry) as down:
+        worker = OutboxWorker(env.dsn, down, RULES)
+        with pytest.raises(RedisUnavailableError):
+            await worker.run_once()
+        await worker.aclose()
+    assert await env.conn.fetchval("SELECT sum(attempts) FROM thorbis.outbox") == 0
+    assert await env.count() == 2
+    async with env.worker() as recovered:
+        assert sum(r.claimed for r in await recovered.drain()) == 2

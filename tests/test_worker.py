@@ -1,0 +1,185 @@
+"""The outbox worker end to end with the home_services plugin, real PostgreSQL and Redis:
+``db init`` installs the capture triggers, a committed UPDATE makes the cached customer
+disappear, the seed's conditional rule names list tags only on a significant change, a
+reassigned work order drops the old and the new schedule, the LISTEN path wakes the
+worker well before its polling interval, and every batch is on the audit chain."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import attrs
+import pytest
+from thorbis_home_services.models import AccountStatus, Customer, CustomerType, PaymentStatus
+from thorbis_home_services.schemas import CUSTOMER, SCHEDULE_GEO, TECHNICIAN_SCHEDULE
+from typer.testing import CliRunner
+
+from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.cli import app as cli_app
+from thorbis_cache.postgres import audit
+from thorbis_cache.worker import OutboxWorker, UnconfiguredTagInvalidator
+
+CUSTOMER_SQL = """
+INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
+                          account_status, payment_status, longitude, latitude)
+VALUES ($1, $2, 'Ada', 'Lovelace', 'ada@example.com', '555-0100', 'residential', 'active',
+        'current', -97.7, 30.2)
+"""
+TECH_SQL = """
+INSERT INTO hs.technicians (tenant_id, id, first_name, last_name, email, role)
+VALUES ($1, $2, 'Tom', 'Tech', 'tom@example.com', 'technician')
+"""
+WORK_ORDER_SQL = """
+INSERT INTO hs.work_orders (tenant_id, id, customer_id, assigned_technician_id, status,
+                            priority, service_type, scheduled_at, longitude, latitude)
+VALUES ($1, $2, $3, $4, 'scheduled', 'high', 'hvac', $5, -97.7, 30.2)
+"""
+NOW = dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
+
+
+def customer(cid: int) -> Customer:
+    return Customer(cid, "Ada", "Lovelace", "ada@example.com", "555-0100",
+                    CustomerType.RESIDENTIAL, AccountStatus.ACTIVE, PaymentStatus.CURRENT,
+                    None, "", "", "", -97.7, 30.2, NOW, NOW)
+
+
+@attrs.frozen
+class Hs:
+    dsn: str
+    conn: asyncpg.Connection
+    app: CacheApp
+
+    def worker(self, **options: object) -> OutboxWorker:
+        return OutboxWorker.from_app(self.app, self.dsn, **options)
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(cli_app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+async def hs(thorbis_pg_dsn: str, thorbis_redis_url: str) -> AsyncIterator[Hs]:
+    # `db init` from the CLI: core schema, plugin SQL, capture triggers (its own loop,
+    # so it runs on a thread).
+    out = await asyncio.to_thread(_cli, "db", "init", "--dsn", thorbis_pg_dsn,
+                                  "--plugin", "home_services")
+    assert "capture trigger on hs.customers" in out
+    app = await CacheApp(thorbis_redis_url, keyring=KeyRing.generate()).start(["home_services"])
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        yield Hs(thorbis_pg_dsn, conn, app)
+    finally:
+        await conn.close()
+        await app.aclose()
+
+
+async def test_committed_update_drops_customer_and_lists_only_on_significant_change(
+    hs: Hs
+) -> None:
+    await hs.conn.execute(CUSTOMER_SQL, "acme", 1)
+    await hs.conn.execute(CUSTOMER_SQL, "globex", 1)
+    entity = hs.app.cache.hash(CUSTOMER.key("acme", customer_id=1))
+    other = hs.app.cache.hash(CUSTOMER.key("globex", customer_id=1))
+    tags = UnconfiguredTagInvalidator()
+    async with hs.worker(invalidate_tags=tags) as worker:
+        inserted = await worker.run_once()
+        assert inserted.tags == (("acme", "hs.customer_lists"), ("acme", "hs.reports"),
+                                 ("globex", "hs.customer_lists"), ("globex", "hs.reports"))
+        await entity.replace(customer(1))
+        await other.replace(customer(1))
+
+        # An insignificant column: the customer goes, the lists stay.
+        await hs.conn.execute("UPDATE hs.customers SET phone = '555-0199' "
+                              "WHERE tenant_id = 'acme' AND id = 1")
+        phone = await worker.run_once()
+        assert phone.keys == ("{acme}:hs.customer:1",)
+        assert phone.tags == ()
+        assert await entity.get() is None
+        assert await other.get() == customer(1)  # another tenant's customer is untouched
+
+        # A significant column: the customer and the list/report tags.
+        await entity.replace(customer(1))
+        await hs.conn.execute("UPDATE hs.customers SET account_status = 'vip' "
+                              "WHERE tenant_id = 'acme' AND id = 1")
+        status = await worker.run_once()
+        assert status.keys == ("{acme}:hs.customer:1",)
+        assert status.tags == (("acme", "hs.customer_lists"), ("acme", "hs.reports"))
+        assert await entity.get() is None
+    # The default tag invalidator counted what it could not do (pending the tag engine).
+    assert (tags.calls, tags.tags) == (3, 6)
+    assert worker.metrics.processed == 4
+    assert worker.metrics.batches == 3
+    assert worker.metrics.lag_seconds >= 0
+    # One audit record per tenant per batch, and the chain holds.
+    assert await audit.verify(hs.conn) == audit.VerifyResult(True, 4)
+
+
+async def test_reassigned_work_order_drops_old_and_new_schedules(hs: Hs) -> None:
+    await hs.conn.execute(CUSTOMER_SQL, "acme", 1)
+    await hs.conn.execute(TECH_SQL, "acme", 10)
+    await hs.conn.execute(TECH_SQL, "acme", 11)
+    await hs.conn.execute(WORK_ORDER_SQL, "acme", 100, 1, None, NOW)  # unassigned
+    async with hs.worker() as worker:
+        created = await worker.run_once()
+        day = NOW.date()
+        # An unassigned order names no technician schedule (NULL parameter).
+        assert SCHEDULE_GEO.key("acme", day=day).body in created.keys
+        assert not [k for k in created.keys if "technician_schedule" in k]
+        await hs.conn.execute("UPDATE hs.work_orders SET assigned_technician_id = 10")
+        await worker.run_once()
+        old = TECHNICIAN_SCHEDULE.key("acme", technician_id=10, day=day)
+        new = TECHNICIAN_SCHEDULE.key("acme", technician_id=11, day=day + dt.timedelta(days=1))
+        for key in (old, new):
+            await hs.app.cache.zset(key).add({100: 1.0})
+        await hs.conn.execute("UPDATE hs.work_orders SET assigned_technician_id = 11, "
+                              "scheduled_at = scheduled_at + interval '1 day'")
+        moved = await worker.run_once()
+    assert old.body in moved.keys
+    assert new.body in moved.keys
+    assert await hs.app.cache.zset(old).card() == 0
+    assert await hs.app.cache.zset(new).card() == 0
+
+
+async def test_run_loop_is_woken_by_notify_not_polling(hs: Hs) -> None:
+    await hs.conn.execute(CUSTOMER_SQL, "acme", 1)
+    worker = hs.worker(poll_interval=60.0)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.2)  # the loop is now waiting on LISTEN
+        entity = hs.app.cache.hash(CUSTOMER.key("acme", customer_id=1))
+        await entity.replace(customer(1))
+        start = time.perf_counter()
+        await hs.conn.execute("UPDATE hs.customers SET phone = 'x' WHERE id = 1")
+        while await entity.get() is not None:
+            assert time.perf_counter() - start < 5, "not woken by NOTIFY"
+            await asyncio.sleep(0.005)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 5)
+        await worker.aclose()
+    assert worker.metrics.processed == 2
+
+
+def test_cli_worker_once_drains_changes_made_while_no_worker_ran(
+    thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    _cli("db", "init", "--dsn", thorbis_pg_dsn, "--plugin", "home_services")
+
+    async def write() -> None:
+        conn = await asyncpg.connect(thorbis_pg_dsn)
+        try:
+            await conn.execute(CUSTOMER_SQL, "acme", 1)
+            await conn.execute("UPDATE hs.customers SET account_status = 'vip'")
+        finally:
+            await conn.close()
+
+    asyncio.run(write())
+    out = _cli("worker", "--once", "--dsn", thorbis_pg_dsn, "--redis-url",
+               thorbis_standalone_redis_url, "--plugin", "home_services")
+    assert "1 batch(es): 2 change(s) applied, 1 key(s) deleted, 2 tag(s), 0 dead-lettered" in out
