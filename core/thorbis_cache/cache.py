@@ -24,12 +24,21 @@ from thorbis_cache.crypto import KeyRing
 from thorbis_cache.envelope import CorruptEntry
 from thorbis_cache.errors import (
     ConfigurationError,
+    InvalidKeyError,
     RedisUnavailableError,
     UnknownSchemaError,
     WrongSchemaKindError,
 )
 from thorbis_cache.fill import SingleFlight, backoff_delays, should_recompute_early
-from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind, SchemaRegistry
+from thorbis_cache.invalidation.tags import InvalidationLimits, TagEngine
+from thorbis_cache.keys import (
+    _SCHEMA_NAME_RE,
+    CacheKey,
+    KeySchema,
+    SchemaKind,
+    SchemaRegistry,
+    validate_tenant,
+)
 from thorbis_cache.metrics import CacheMetrics, SchemaCounters
 from thorbis_cache.redis_store import RedisStore, Script, load_lua
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet
@@ -79,6 +88,7 @@ class Cache:
     :param keyring: master keys; required as soon as one schema is sensitive.
     :param settings: behaviour knobs.
     :param metrics: where counters go (a private registry by default).
+    :param invalidation_limits: per-call bounds of tag and cascade invalidations.
     :raises ConfigurationError: a sensitive schema without a key ring.
     """
 
@@ -91,6 +101,7 @@ class Cache:
         settings: CacheSettings | None = None,
         metrics: CacheMetrics | None = None,
         owns_store: bool = False,
+        invalidation_limits: InvalidationLimits | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -99,6 +110,8 @@ class Cache:
         self.metrics = metrics or CacheMetrics()
         self._prefix = self.settings.prefix
         self._lease_prefix = f"{self._prefix}:~lease:"
+        self._tag_prefix = f"{self._prefix}:~tag:"
+        self.tags = TagEngine(store, self._prefix, invalidation_limits)
         self._converter = make_converter()
         self._runtimes: dict[str, _Runtime] = {}
         self._flights: SingleFlight[Any] = SingleFlight()
@@ -117,12 +130,13 @@ class Cache:
         keyring: KeyRing | None = None,
         settings: CacheSettings | None = None,
         metrics: CacheMetrics | None = None,
+        invalidation_limits: InvalidationLimits | None = None,
     ) -> Cache:
         """A cache on ``redis://host:port/db`` or ``redis+cluster://host:port``; the
         connection pool is owned and closed by :meth:`aclose`."""
         store = RedisStore.from_url(url)
         return cls(store, registry, keyring=keyring, settings=settings, metrics=metrics,
-                   owns_store=True)
+                   owns_store=True, invalidation_limits=invalidation_limits)
 
     async def __aenter__(self) -> Cache:
         return self
@@ -145,6 +159,20 @@ class Cache:
     def lease_key(self, key: CacheKey[Any]) -> str:
         """The fill-lease key of ``key`` (same slot; outside every schema's keyspace)."""
         return self._lease_prefix + key.body
+
+    def tag_key(self, tenant: str, tag: str) -> str:
+        """The tag set of ``tag`` for ``tenant``: the Redis keys written under it (same
+        slot as the tenant's keys; outside every schema's keyspace)."""
+        return f"{self._tag_prefix}{{{tenant}}}:{tag}"
+
+    def tag_keys(self, key: CacheKey[Any]) -> list[str]:
+        """The tag sets a write of ``key`` must join (empty for a schema without tags,
+        which therefore pays nothing)."""
+        tags = key.schema.tags
+        if not tags:
+            return []
+        head = f"{self._tag_prefix}{{{key.tenant}}}:"
+        return [head + tag for tag in tags]
 
     def parse_key(self, redis_key: str) -> CacheKey[Any]:
         """Parse a Redis key of this cache back into a :class:`CacheKey`."""
@@ -247,11 +275,15 @@ class Cache:
         rk = f"{self._prefix}:{key.body}"
         ttl_ms = self.ttl_ms(key.schema, ttl)
         data = rt.codec.encode(value, rk.encode(), key.tenant, self._timing(key.schema, ttl_ms, 0))
-        await self.store.run(self._scripts.store, [rk, self.lease_key(key)], [data, ttl_ms])
+        await self.store.run(
+            self._scripts.store, [rk, self.lease_key(key), *self.tag_keys(key)], [data, ttl_ms]
+        )
 
     async def delete(self, *keys: CacheKey[Any]) -> int:
         """Delete ``keys`` (of any kind) and their fill leases, so that no fill started
         before this call can write afterwards.
+
+        This is the plain, non-cascading invalidation; see :meth:`invalidate`.
 
         :returns: how many of the keys existed.
         """
@@ -261,6 +293,73 @@ class Cache:
             names.append(f"{self._prefix}:{key.body}")
             names.append(self.lease_key(key))
         return await self.store.delete(names)
+
+    # ----------------------------------------------------------------- invalidation
+
+    async def invalidate(self, *keys: CacheKey[Any], cascade: bool = False) -> int:
+        """Delete ``keys`` and their fill leases; with ``cascade``, also every key that
+        depends on them (see :meth:`depend`), transitively and cycle-safe, server-side
+        in bounded steps. Returns when the keys are gone.
+
+        :returns: how many keys existed (dependents included).
+        """
+        if not cascade:
+            return await self.delete(*keys)
+        by_tenant: dict[str, list[str]] = {}
+        for key in keys:
+            self._runtime(key.schema)
+            by_tenant.setdefault(key.tenant, []).append(self.redis_key(key))
+        deleted = 0
+        for tenant, names in by_tenant.items():
+            deleted += await self.tags.cascade(tenant, names)
+        return deleted
+
+    async def invalidate_tags(
+        self, tenant: str, tags: Sequence[str], *, cascade: bool = False
+    ) -> int:
+        """Delete every key of ``tenant`` written under one of ``tags`` (and their fill
+        leases, so a load in flight is not written afterwards); with ``cascade``, their
+        dependents too. Works in batches of ``InvalidationLimits.tag_batch`` keys per
+        Redis call. Returns when the keys are gone.
+
+        :returns: how many keys existed.
+        :raises InvalidTenantId: ``tenant`` is not a valid tenant id.
+        :raises InvalidKeyError: a tag is not a tag name (``<namespace>.<name>``).
+        """
+        validate_tenant(tenant)
+        if isinstance(tags, str):
+            tags = [tags]  # a lone tag would otherwise be iterated letter by letter
+        for tag in tags:
+            if not isinstance(tag, str) or not _SCHEMA_NAME_RE.fullmatch(tag):
+                raise InvalidKeyError(
+                    self.tag_key(tenant, str(tag)), "a tag name looks like '<namespace>.<name>'"
+                )
+        return await self.tags.invalidate_tags(tenant, tags, cascade=cascade)
+
+    async def depend(
+        self, dependent: CacheKey[Any], *, on: CacheKey[Any], ttl: float | None = None
+    ) -> bool:
+        """Record that ``dependent`` derives from ``on``: ``invalidate(on, cascade=True)``
+        (or a cascading tag invalidation reaching ``on``) also deletes ``dependent``.
+
+        The edge lives at least as long as ``dependent`` can (its schema's TTL with
+        jitter, or ``ttl`` seconds when it is written with a longer one).
+
+        :returns: True when the edge is new.
+        :raises InvalidKeyError: the keys belong to different tenants (their hash slots
+            differ, so no server-side cascade could follow the edge).
+        """
+        self._runtime(dependent.schema)
+        self._runtime(on.schema)
+        if dependent.tenant != on.tenant:
+            raise InvalidKeyError(
+                self.redis_key(dependent),
+                f"cannot depend on {self.redis_key(on)!r}: tenants {dependent.tenant!r} and "
+                f"{on.tenant!r} differ; dependencies stay within one tenant",
+            )
+        seconds = dependent.schema.ttl if ttl is None else max(ttl, dependent.schema.ttl)
+        ttl_ms = int(seconds * (1.0 + dependent.schema.ttl_jitter) * 1000) + 1
+        return await self.tags.depend(on.body, self.redis_key(dependent), ttl_ms)
 
     # ----------------------------------------------------------------- cache-aside
 
@@ -314,6 +413,7 @@ class Cache:
         self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
     ) -> T:
         lease = self.lease_key(key)
+        tag_keys = self.tag_keys(key)
         token = secrets.token_hex(12)
         lease_ms = int(self.settings.lease_ttl * 1000)
         loop = asyncio.get_running_loop()
@@ -322,7 +422,8 @@ class Cache:
         while True:
             try:
                 reply = await self.store.run(
-                    self._scripts.lease_acquire, [rk, lease], [token, lease_ms, "miss"]
+                    self._scripts.lease_acquire, [rk, lease, *tag_keys],
+                    [token, lease_ms, "miss"],
                 )
             except RedisUnavailableError as exc:
                 return await self._degraded_load(rt, key, loader, exc)
@@ -366,7 +467,8 @@ class Cache:
         lease_ms = int(self.settings.lease_ttl * 1000)
         try:
             reply = await self.store.run(
-                self._scripts.lease_acquire, [rk, lease], [token, lease_ms, "refresh"]
+                self._scripts.lease_acquire, [rk, lease, *self.tag_keys(key)],
+                [token, lease_ms, "refresh"],
             )
         except RedisUnavailableError:
             return current
@@ -400,7 +502,7 @@ class Cache:
         )
         try:
             written = await self.store.run(
-                self._scripts.lease_fill, [rk, lease], [token, data, ttl_ms]
+                self._scripts.lease_fill, [rk, lease, *self.tag_keys(key)], [token, data, ttl_ms]
             )
         except RedisUnavailableError as exc:
             log.warning("could not write the fill of %s: %s", rk, exc)

@@ -126,7 +126,8 @@ class EntityHash(Generic[T]):
         args: list[Any] = [VERSION_FIELD, self._cache.ttl_ms(self._key.schema, ttl)]
         for name in self._fields:
             args += [name, self._encode_field(name, getattr(value, name))]
-        return int(await self._cache.store.run(self._replace, [self._rk], args))
+        keys = [self._rk, *self._cache.tag_keys(self._key)]
+        return int(await self._cache.store.run(self._replace, keys, args))
 
     async def update(
         self,
@@ -155,7 +156,8 @@ class EntityHash(Generic[T]):
                     self._key.schema.name, f"field {name}", type(value).__name__, problem
                 )
             args += [name, self._encode_field(name, value)]
-        reply = await self._cache.store.run(self._update, [self._rk], args)
+        keys = [self._rk, *self._cache.tag_keys(self._key)]
+        reply = await self._cache.store.run(self._update, keys, args)
         status = int(reply[0])
         if status == 1:
             return int(reply[1])
@@ -201,7 +203,8 @@ class _MemberStructure(Generic[T]):
     ) -> Any:
         ttl_ms = self._cache.ttl_ms(self._key.schema, ttl)
         return await self._cache.store.run(
-            self._write, [self._rk], [ttl_ms, "1" if replace else "0", command, *args]
+            self._write, [self._rk, *self._cache.tag_keys(self._key)],
+            [ttl_ms, "1" if replace else "0", command, *args],
         )
 
     async def remove(self, *members: T) -> int:

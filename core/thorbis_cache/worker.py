@@ -23,9 +23,12 @@ than Redis being unavailable counts an attempt on each row; a row past ``max_att
 is dead-lettered at its next claim. Redis being down is not the rows' fault: they wait,
 however long, and are applied on recovery.
 
-**Tags are pending the Redis tag engine.** Until a host passes ``invalidate_tags``, the
-default :class:`UnconfiguredTagInvalidator` only counts and logs ("tag invalidation not
-configured"); the tags are still reported in each :class:`BatchResult`.
+**Tags.** :meth:`OutboxWorker.from_app` hands tags to the cache's tag engine
+(:class:`~thorbis_cache.invalidation.CacheTagInvalidator`: ``Cache.invalidate_tags``,
+which returns when the tagged keys are gone). A worker built directly without
+``invalidate_tags`` uses :class:`UnconfiguredTagInvalidator`, which only counts and logs
+("tag invalidation not configured"); the tags are still reported in each
+:class:`BatchResult`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import attrs
 
 from thorbis_cache.declarations import InvalidationRule, Operation
 from thorbis_cache.errors import RedisUnavailableError, ThorbisCacheError
+from thorbis_cache.invalidation.tags import CacheTagInvalidator
 from thorbis_cache.keys import CacheKey, validate_tenant
 from thorbis_cache.postgres import audit, outbox
 from thorbis_cache.postgres.triggers import CHANNEL
@@ -70,7 +74,7 @@ TagInvalidator = Callable[[str, Sequence[str]], Awaitable[None]]
 
 
 class UnconfiguredTagInvalidator:
-    """The default tag invalidator until the Redis tag engine exists: counts and logs.
+    """The tag invalidator of a worker given no cache tag engine: counts and logs.
 
     It does not raise (the keys of a batch must still be deleted) and does not pretend:
     every call logs a warning and increments :attr:`calls` / :attr:`tags`.
@@ -187,7 +191,8 @@ class OutboxWorker:
     :param cache: where keys are deleted; its registry must hold the rules' schemas.
     :param rules: the invalidation rules (``app.plugins.all_rules()``).
     :param invalidate_tags: see :data:`TagInvalidator`; default
-        :class:`UnconfiguredTagInvalidator` (pending the Redis tag engine).
+        :class:`UnconfiguredTagInvalidator` (:meth:`from_app` passes the cache's
+        :class:`~thorbis_cache.invalidation.CacheTagInvalidator`).
     :param batch_size: rows claimed per batch.
     :param poll_interval: seconds between polls when no NOTIFY arrives (the fallback
         for a lost wake-up or a listener reconnect).
@@ -218,7 +223,9 @@ class OutboxWorker:
 
     @classmethod
     def from_app(cls, app: CacheApp, dsn: str, **options: Any) -> OutboxWorker:
-        """A worker on a started app's cache and its plugins' rules."""
+        """A worker on a started app's cache and its plugins' rules; tags go to the
+        cache's tag engine unless ``invalidate_tags`` is passed."""
+        options.setdefault("invalidate_tags", CacheTagInvalidator(app.cache))
         return cls(dsn, app.cache, app.plugins.all_rules(), **options)
 
     async def __aenter__(self) -> OutboxWorker:

@@ -1,16 +1,19 @@
 -- hash_update: partial update of an entity hash, optionally only at a given version.
 --
--- KEYS[1]  the hash key
--- ARGV[1]  the version field name
--- ARGV[2]  expected version, or "" to update whatever the version is
--- ARGV[3]  time-to-live in milliseconds, or "" to keep the current expiry
+-- KEYS[1]   the hash key
+-- KEYS[2..] the tag sets of the key's schema (same slot; none for a schema without tags)
+-- ARGV[1]   the version field name
+-- ARGV[2]   expected version, or "" to update whatever the version is
+-- ARGV[3]   time-to-live in milliseconds, or "" to keep the current expiry
 -- ARGV[4..] field, value, ... (the changed fields only)
 --
 -- Returns {1, new_version} when applied,
 --         {0, current_version} on a version mismatch (nothing written),
 --         {-1} when the entity is not cached (nothing written: a partial update of a
 --              missing hash would create a half entity).
--- Bounds: O(changed fields). Atomic, so compare and write cannot interleave.
+-- A new TTL is also applied to the tag sets (raised, never lowered), so the hash never
+-- outlives the sets that name it; without one, the sets already outlive the hash.
+-- Bounds: O(changed fields + tags). Atomic, so compare and write cannot interleave.
 local current = redis.call("HGET", KEYS[1], ARGV[1])
 if not current then
   return {-1}
@@ -24,5 +27,12 @@ end
 local version = redis.call("HINCRBY", KEYS[1], ARGV[1], 1)
 if ARGV[3] ~= "" then
   redis.call("PEXPIRE", KEYS[1], ARGV[3])
+  local ttl = tonumber(ARGV[3])
+  for i = 2, #KEYS do
+    redis.call("SADD", KEYS[i], KEYS[1])
+    if redis.call("PTTL", KEYS[i]) < ttl then
+      redis.call("PEXPIRE", KEYS[i], ttl)
+    end
+  end
 end
 return {1, version}

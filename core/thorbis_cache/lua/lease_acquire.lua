@@ -1,18 +1,24 @@
 -- lease_acquire: take the fill lease of a cache key (cache-aside miss or early refresh).
 --
--- KEYS[1]  the data key
--- KEYS[2]  its lease key (same hash slot: same tenant tag)
--- ARGV[1]  a fresh random lease token
--- ARGV[2]  lease time-to-live in milliseconds
--- ARGV[3]  "miss": return the value if one appeared meanwhile;
---          "refresh": the caller holds a value and wants to recompute it early
+-- KEYS[1]   the data key
+-- KEYS[2]   its lease key (same hash slot: same tenant tag)
+-- KEYS[3..] the tag sets of the key's schema (same slot; none for a schema without tags)
+-- ARGV[1]   a fresh random lease token
+-- ARGV[2]   lease time-to-live in milliseconds
+-- ARGV[3]   "miss": return the value if one appeared meanwhile;
+--           "refresh": the caller holds a value and wants to recompute it early
 --
 -- Returns {1, value}  a value is there (miss mode): use it, load nothing
 --         {2}         lease granted to ARGV[1]: load, then call lease_fill
 --         {3}         another client holds the lease: wait for its value
 --
--- Bounds: O(1), two or three commands. Atomic, so two clients can never both be
--- granted the lease of one key, and "no value, no lease" is decided in one step.
+-- A granted lease also records the key in its tag sets (each kept alive at least as long
+-- as the lease): a tag invalidation issued while the value is being loaded then finds
+-- the key, deletes its lease, and the stale fill is refused.
+--
+-- Bounds: O(1 + tags), a handful of commands. Atomic, so two clients can never both be
+-- granted the lease of one key, "no value, no lease" is decided in one step, and no lease
+-- exists that its tag sets do not know about.
 if ARGV[3] == "miss" then
   local value = redis.call("GET", KEYS[1])
   if value then
@@ -20,6 +26,13 @@ if ARGV[3] == "miss" then
   end
 end
 if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then
+  local ttl = tonumber(ARGV[2])
+  for i = 3, #KEYS do
+    redis.call("SADD", KEYS[i], KEYS[1])
+    if redis.call("PTTL", KEYS[i]) < ttl then
+      redis.call("PEXPIRE", KEYS[i], ttl)
+    end
+  end
   return {2}
 end
 return {3}

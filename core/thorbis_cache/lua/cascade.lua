@@ -1,0 +1,63 @@
+-- cascade: one bounded step of a cascading invalidation (breadth first).
+--
+-- KEYS[1]  the frontier list  <prefix>:~cascade:{<tenant>}:<random>   (keys to delete)
+-- KEYS[2]  the visited set    <prefix>:~cascade:{<tenant>}:<random>:v (keys deleted)
+-- ARGV[1]  at most this many frontier items popped by this call
+-- ARGV[2]  at most this many dependency edges moved by this call
+-- ARGV[3]  the cache prefix (to derive lease and dependency keys)
+-- ARGV[4]  time-to-live of the frontier and visited keys, in milliseconds
+-- ARGV[5..] keys to push onto the frontier first (the invalidation's seeds)
+--
+-- Per popped key: skip it when already visited (SADD returns 0: cycles terminate and
+-- a key reached twice is deleted once); otherwise delete it and its fill lease, then
+-- SPOP its dependents from <prefix>:~deps:<body> onto the frontier. When the edge budget
+-- runs out with dependents left, a resume marker "!" .. key goes back to the front (a
+-- key never starts with "!": prefixes start with a letter), so one key with 100k
+-- dependents is drained over many calls; a set is never read whole (no SMEMBERS).
+-- Dependency edges are consumed: the key is gone, and a refill records them again.
+--
+-- Returns {frontier length, keys deleted by this call}: call again until 0, then
+-- delete both keys (they also expire after ARGV[4] if the caller dies).
+-- Bounds: O(ARGV[1] + ARGV[2] + seeds) commands per call. Every key touched carries the
+-- tenant tag of KEYS[1] (edges are only recorded within one tenant): legal on a Cluster.
+for i = 5, #ARGV do
+  redis.call("RPUSH", KEYS[1], ARGV[i])
+end
+local max_items = tonumber(ARGV[1])
+local edges = tonumber(ARGV[2])
+local lease = ARGV[3] .. ":~lease:"
+local deps_prefix = ARGV[3] .. ":~deps:"
+local from = #ARGV[3] + 2
+local deleted = 0
+local popped = 0
+while popped < max_items and edges > 0 do
+  local item = redis.call("LPOP", KEYS[1])
+  if not item then
+    break
+  end
+  popped = popped + 1
+  local key = item
+  local expand = false
+  if item:sub(1, 1) == "!" then
+    key = item:sub(2)
+    expand = true
+  elseif redis.call("SADD", KEYS[2], key) == 1 then
+    deleted = deleted + redis.call("DEL", key)
+    redis.call("DEL", lease .. key:sub(from))
+    expand = true
+  end
+  if expand then
+    local deps = deps_prefix .. key:sub(from)
+    local batch = redis.call("SPOP", deps, edges)
+    if #batch > 0 then
+      redis.call("RPUSH", KEYS[1], unpack(batch))
+      edges = edges - #batch
+    end
+    if edges <= 0 and redis.call("EXISTS", deps) == 1 then
+      redis.call("LPUSH", KEYS[1], "!" .. key)
+    end
+  end
+end
+redis.call("PEXPIRE", KEYS[1], ARGV[4])
+redis.call("PEXPIRE", KEYS[2], ARGV[4])
+return {redis.call("LLEN", KEYS[1]), deleted}
