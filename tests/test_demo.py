@@ -152,6 +152,24 @@ def test_stale_fill_is_rejected_and_fresh_value_follows(demo_run: tuple[DemoResu
     assert all(c.passed for c in r.checks), r.checks
 
 
+def test_committed_update_is_invalidated_by_the_worker(demo_run: tuple[DemoResult, str]) -> None:
+    o = demo_run[0].outbox
+    assert "hs.customers" in o.tables
+    assert o.redis_key == f"tc:{{acme}}:hs.customer:{o.customer_id}"
+    assert o.summary_key == f"tc:{{acme}}:hs.customer_summary:{o.customer_id}"
+    assert o.old_status != o.new_status
+    assert o.new_status in ("vip", "active")
+    assert o.gone_ms is not None
+    assert o.gone_ms >= 0
+    assert o.reloaded_status == o.new_status
+    assert o.audit_records >= 1
+    assert len(o.checks) == 7
+    assert all(c.passed for c in o.checks), o.checks
+    text = demo_run[1]
+    assert f"An UPDATE in PostgreSQL invalidates the cache (customer {o.customer_id})" in text
+    assert f"commit → gone {o.gone_ms:.1f} ms" in text
+
+
 def test_report_prints_measured_numbers(demo_run: tuple[DemoResult, str]) -> None:
     result, text = demo_run
     assert result.ok
@@ -247,6 +265,8 @@ def test_console_script_runs_the_demo() -> None:
     assert "Plugin home_services" in out
     assert "hs.high_priority_work_orders(acme" in out
     assert "tc:{acme}:hs.customer_summary:" in out
+    assert "An UPDATE in PostgreSQL invalidates the cache" in out
+    assert "commit → gone" in out
     assert "checks passed" in out
     assert "✗" not in out
     assert "Traceback" not in done.stderr

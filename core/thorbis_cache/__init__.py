@@ -34,6 +34,7 @@ from thorbis_cache.keys import (
     validate_tenant,
 )
 from thorbis_cache.metrics import CacheMetrics
+from thorbis_cache.near import NearCache
 from thorbis_cache.plugins import LoadedPlugin, PluginManager
 from thorbis_cache.redis_store import RedisStore
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet, Versioned
@@ -55,6 +56,7 @@ __all__ = [
     "KeySchema",
     "LoadedPlugin",
     "MaterializedView",
+    "NearCache",
     "Operation",
     "Param",
     "Permission",

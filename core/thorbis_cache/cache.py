@@ -30,6 +30,7 @@ from thorbis_cache.errors import (
     WrongSchemaKindError,
 )
 from thorbis_cache.fill import SingleFlight, backoff_delays, should_recompute_early
+from thorbis_cache.invalidation.events import Coherence
 from thorbis_cache.invalidation.tags import InvalidationLimits, TagEngine
 from thorbis_cache.keys import (
     _SCHEMA_NAME_RE,
@@ -40,6 +41,7 @@ from thorbis_cache.keys import (
     validate_tenant,
 )
 from thorbis_cache.metrics import CacheMetrics, SchemaCounters
+from thorbis_cache.near import MISS, NearCache
 from thorbis_cache.redis_store import RedisStore, Script, load_lua
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet
 
@@ -62,6 +64,7 @@ class _Runtime:
     schema: KeySchema[Any]
     codec: SchemaCodec[Any]
     counters: SchemaCounters
+    near: NearCache | None  #: the cache's L1 if this schema uses it
 
 
 @attrs.frozen(slots=True)
@@ -89,7 +92,10 @@ class Cache:
     :param settings: behaviour knobs.
     :param metrics: where counters go (a private registry by default).
     :param invalidation_limits: per-call bounds of tag and cascade invalidations.
-    :raises ConfigurationError: a sensitive schema without a key ring.
+    :param near: an in-process near cache (L1) for the schemas with ``near_ttl`` (see
+        :mod:`thorbis_cache.near`); owned by this cache alone.
+    :raises ConfigurationError: a sensitive schema without a key ring, or ``near``
+        already used by another cache.
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class Cache:
         metrics: CacheMetrics | None = None,
         owns_store: bool = False,
         invalidation_limits: InvalidationLimits | None = None,
+        near: NearCache | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -118,6 +125,8 @@ class Cache:
         self._scripts = _Scripts.load()
         self._degraded = asyncio.Semaphore(self.settings.degraded_concurrency)
         self._owns_store = owns_store
+        self.near = near
+        self._coherence = Coherence(store, self.settings, self.metrics.coherence, near)
         for schema in registry:
             self._runtime(schema)
 
@@ -131,12 +140,13 @@ class Cache:
         settings: CacheSettings | None = None,
         metrics: CacheMetrics | None = None,
         invalidation_limits: InvalidationLimits | None = None,
+        near: NearCache | None = None,
     ) -> Cache:
         """A cache on ``redis://host:port/db`` or ``redis+cluster://host:port``; the
         connection pool is owned and closed by :meth:`aclose`."""
         store = RedisStore.from_url(url)
         return cls(store, registry, keyring=keyring, settings=settings, metrics=metrics,
-                   owns_store=True, invalidation_limits=invalidation_limits)
+                   owns_store=True, invalidation_limits=invalidation_limits, near=near)
 
     async def __aenter__(self) -> Cache:
         return self
@@ -145,8 +155,10 @@ class Cache:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel in-flight loads and close the store if this cache owns it."""
+        """Cancel in-flight loads, stop the event subscriber, and close the store if
+        this cache owns it."""
         await self._flights.cancel_all()
+        await self._coherence.aclose()
         if self._owns_store:
             await self.store.aclose()
 
@@ -192,6 +204,7 @@ class Cache:
             schema,
             SchemaCodec(schema, self._converter, self.keyring, self.settings.codec),
             self.metrics.for_schema(schema.name),
+            self.near if schema.near_ttl is not None else None,
         )
         self._runtimes[schema.name] = rt
         return rt
@@ -221,6 +234,8 @@ class Cache:
         """
         rt = self._value_runtime(key, "get")
         rk = f"{self._prefix}:{key.body}"
+        if rt.near is not None:
+            return await self._near_get(rt, rt.near, key, rk)
         data = await self.store.get(rk)
         if data is None:
             rt.counters.misses += 1
@@ -232,6 +247,30 @@ class Cache:
             rt.counters.misses += 1
             return None
         rt.counters.hits += 1
+        return value
+
+    async def _near_get(
+        self, rt: _Runtime, near: NearCache, key: CacheKey[T], rk: str
+    ) -> T | None:
+        """``get`` of a near-cached schema: L1, else Redis, then fill L1."""
+        found = near.lookup(rk)
+        if found is not MISS:
+            rt.counters.near_hits += 1
+            return found  # type: ignore[no-any-return]
+        rt.counters.near_misses += 1
+        started = self._coherence.begin(near)
+        data = await self.store.get(rk)
+        if data is None:
+            rt.counters.misses += 1
+            return None
+        try:
+            value: T = rt.codec.decode_value(data, rk.encode(), key.tenant)
+        except CorruptEntry as exc:
+            await self._drop_corrupt(rt, key, rk, data, exc)
+            rt.counters.misses += 1
+            return None
+        rt.counters.hits += 1
+        near.put(rk, value, key.tenant, key.schema.tags, key.schema.near_ttl or 0.0, started)
         return value
 
     async def get_many(self, keys: Sequence[CacheKey[T]]) -> list[T | None]:
@@ -278,6 +317,8 @@ class Cache:
         await self.store.run(
             self._scripts.store, [rk, self.lease_key(key), *self.tag_keys(key)], [data, ttl_ms]
         )
+        if key.schema.near_ttl is not None:  # other processes may hold the old value in L1
+            await self._coherence.announce(key.tenant, [rk])
 
     async def delete(self, *keys: CacheKey[Any]) -> int:
         """Delete ``keys`` (of any kind) and their fill leases, so that no fill started
@@ -288,11 +329,17 @@ class Cache:
         :returns: how many of the keys existed.
         """
         names: list[str] = []
+        by_tenant: dict[str, list[str]] = {}
         for key in keys:
             self._runtime(key.schema)
-            names.append(f"{self._prefix}:{key.body}")
+            rk = f"{self._prefix}:{key.body}"
+            names.append(rk)
             names.append(self.lease_key(key))
-        return await self.store.delete(names)
+            by_tenant.setdefault(key.tenant, []).append(rk)
+        deleted = await self.store.delete(names)
+        for tenant, rks in by_tenant.items():
+            await self._coherence.announce(tenant, rks)
+        return deleted
 
     # ----------------------------------------------------------------- invalidation
 
@@ -312,6 +359,7 @@ class Cache:
         deleted = 0
         for tenant, names in by_tenant.items():
             deleted += await self.tags.cascade(tenant, names)
+            await self._coherence.announce(tenant, names, tenant_wide=True)
         return deleted
 
     async def invalidate_tags(
@@ -334,7 +382,17 @@ class Cache:
                 raise InvalidKeyError(
                     self.tag_key(tenant, str(tag)), "a tag name looks like '<namespace>.<name>'"
                 )
-        return await self.tags.invalidate_tags(tenant, tags, cascade=cascade)
+        deleted = await self.tags.invalidate_tags(tenant, tags, cascade=cascade)
+        await self._coherence.announce(tenant, (), tags, tenant_wide=cascade)
+        return deleted
+
+    async def near_ready(self, wait: float = 5.0) -> bool:
+        """Start the near cache's event subscription if needed and wait up to
+        ``wait`` seconds until it is confirmed (L1 fills only from then on).
+
+        :returns: True when confirmed; False without a near cache or on timeout.
+        """
+        return await self._coherence.ready(wait)
 
     async def depend(
         self, dependent: CacheKey[Any], *, on: CacheKey[Any], ttl: float | None = None
@@ -377,6 +435,22 @@ class Cache:
         """
         rt = self._value_runtime(key, "get_or_load")
         rk = f"{self._prefix}:{key.body}"
+        near = rt.near
+        if near is None:
+            return await self._get_or_load(rt, key, rk, loader, ttl)
+        found = near.lookup(rk)
+        if found is not MISS:
+            rt.counters.near_hits += 1
+            return found  # type: ignore[no-any-return]
+        rt.counters.near_misses += 1
+        started = self._coherence.begin(near)
+        value = await self._get_or_load(rt, key, rk, loader, ttl)
+        near.put(rk, value, key.tenant, key.schema.tags, key.schema.near_ttl or 0.0, started)
+        return value
+
+    async def _get_or_load(
+        self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
+    ) -> T:
         try:
             data = await self.store.get(rk)
         except RedisUnavailableError as exc:

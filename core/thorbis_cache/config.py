@@ -32,6 +32,11 @@ class CacheSettings:
     :ivar degraded_concurrency: at most this many loader calls at once in that mode, so a
         Redis outage does not turn into a database stampede.
     :ivar codec: serialization, compression and size limits.
+    :ivar publish_events: publish an event after every invalidation, so that near caches
+        (L1) of other processes drop what it named; turn off only where no process uses
+        a near cache.
+    :ivar events_health_interval: seconds of silence after which a near cache's event
+        subscription is PINGed; after three, it is declared lost and L1 is flushed.
     """
 
     prefix: str = attrs.field(default="tc", validator=lambda _i, _a, v: validate_prefix(v))
@@ -40,3 +45,5 @@ class CacheSettings:
     serve_from_loader_when_unavailable: bool = True
     degraded_concurrency: int = attrs.field(default=32, validator=_positive)
     codec: CodecSettings = attrs.field(factory=CodecSettings)
+    publish_events: bool = True
+    events_health_interval: float = attrs.field(default=1.0, validator=_positive)

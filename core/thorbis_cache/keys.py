@@ -265,6 +265,9 @@ class KeySchema(Generic[T]):
         are treated as misses, so bump it when the value type changes incompatibly.
     :ivar early_recompute: XFetch ``beta`` (typically 1.0); None disables early recompute.
     :ivar description: one line for listings.
+    :ivar near_ttl: seconds (0-60] a value of this schema may live in the in-process near
+        cache (L1) of a cache that has one; None keeps the schema out of L1. It bounds how
+        long a process may serve a value after an invalidation whose event it missed.
     """
 
     name: str
@@ -279,6 +282,7 @@ class KeySchema(Generic[T]):
     version: int = 1
     early_recompute: float | None = None
     description: str = ""
+    near_ttl: float | None = None
     _param_names: frozenset[str] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -312,6 +316,13 @@ class KeySchema(Generic[T]):
             )
         if self.early_recompute is not None and not 0 < self.early_recompute <= 10:
             raise InvalidSchemaError(name, "early_recompute (XFetch beta) must be in (0, 10]")
+        if self.near_ttl is not None:
+            if not isinstance(self.near_ttl, int | float) or not 0 < self.near_ttl <= 60:
+                raise InvalidSchemaError(
+                    name, f"near_ttl must be seconds in (0, 60], got {self.near_ttl!r}"
+                )
+            if self.kind is not SchemaKind.VALUE:
+                raise InvalidSchemaError(name, "near_ttl applies to value schemas only")
         for tag in self.tags:
             if not isinstance(tag, str) or not _SCHEMA_NAME_RE.fullmatch(tag):
                 raise InvalidSchemaError(name, f"tag {tag!r} must look like '<namespace>.<name>'")

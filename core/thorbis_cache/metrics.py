@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["COUNTERS", "CacheMetrics", "SchemaCounters"]
+__all__ = ["COHERENCE_COUNTERS", "COUNTERS", "CacheMetrics", "CoherenceCounters", "SchemaCounters"]
 
 #: Counter name -> help text. Every one exists per schema.
 COUNTERS: dict[str, str] = {
@@ -30,6 +30,17 @@ COUNTERS: dict[str, str] = {
     "(stale set prevented)",
     "early_recomputes": "Probabilistic early recomputations (XFetch)",
     "degraded_loads": "Loads served straight from the loader because Redis was unavailable",
+    "near_hits": "Reads answered from the in-process near cache (L1)",
+    "near_misses": "Reads of a near-cached schema that L1 could not answer",
+}
+
+#: Cache-wide counter name -> help text: the near cache and the invalidation events.
+COHERENCE_COUNTERS: dict[str, str] = {
+    "near_evictions": "L1 entries removed: invalidated, expired (near_ttl) or LRU-evicted",
+    "near_flushes": "Whole-L1 flushes (event subscription lost or (re)established)",
+    "events_published": "Invalidation events published for other processes",
+    "event_publish_errors": "Invalidation events that could not be published (logged)",
+    "events_received": "Invalidation events received from other processes",
 }
 
 
@@ -56,6 +67,24 @@ class SchemaCounters:
     fills_rejected: int
     early_recomputes: int
     degraded_loads: int
+    near_hits: int
+    near_misses: int
+
+
+class CoherenceCounters:
+    """Cache-wide counters of the near cache and of invalidation events (plain ints)."""
+
+    __slots__ = tuple(COHERENCE_COUNTERS)
+
+    def __init__(self) -> None:
+        for name in COHERENCE_COUNTERS:
+            setattr(self, name, 0)
+
+    near_evictions: int
+    near_flushes: int
+    events_published: int
+    event_publish_errors: int
+    events_received: int
 
 
 class CacheMetrics(Collector):
@@ -73,6 +102,8 @@ class CacheMetrics(Collector):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.namespace = namespace
         self._schemas: dict[str, SchemaCounters] = {}
+        #: near cache and invalidation-event counters (not per schema)
+        self.coherence = CoherenceCounters()
         self.registry.register(self)
 
     def for_schema(self, schema: str) -> SchemaCounters:
@@ -93,6 +124,10 @@ class CacheMetrics(Collector):
             family = CounterMetricFamily(f"{self.namespace}_{name}", doc, labels=["schema"])
             for schema, counters in self._schemas.items():
                 family.add_metric([schema], getattr(counters, name))
+            yield family
+        for name, doc in COHERENCE_COUNTERS.items():
+            family = CounterMetricFamily(f"{self.namespace}_{name}", doc)
+            family.add_metric([], getattr(self.coherence, name))
             yield family
         family = CounterMetricFamily(
             f"{self.namespace}_corrupt_entries",

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from thorbis_cache.errors import CacheBackendError, ConfigurationError, RedisUnavailableError
@@ -229,6 +231,25 @@ class RedisStore:
                        max_in_flight=max_connections)
         raise ConfigurationError(
             f"redis url {url!r}: scheme must be redis://, rediss:// or {CLUSTER_SCHEME}://"
+        )
+
+    def dedicated_client(self) -> aioredis.Redis:
+        """A new single-node client (for pub/sub) to the server this store talks to --
+        the first startup node of a Cluster, where PUBLISH reaches every node -- with
+        the driver's silent retries off, so its owner notices a lost connection."""
+        client: Any = self._client
+        if isinstance(client, RedisCluster):
+            node = next(iter(client.nodes_manager.startup_nodes.values()))
+            kwargs: dict[str, Any] = dict(client.connection_kwargs)
+            host, port = str(node.host), int(node.port)
+        else:
+            kwargs = dict(client.connection_pool.connection_kwargs)
+            host, port = str(kwargs.pop("host", "127.0.0.1")), int(kwargs.pop("port", 6379))
+        return aioredis.Redis(
+            host=host, port=port, db=kwargs.get("db", 0), username=kwargs.get("username"),
+            password=kwargs.get("password"),
+            socket_connect_timeout=kwargs.get("socket_connect_timeout") or 2.0,
+            socket_keepalive=True, retry=Retry(NoBackoff(), 0), decode_responses=False,
         )
 
     @property

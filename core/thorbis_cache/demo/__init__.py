@@ -14,7 +14,10 @@ keep:
 * values are stored encrypted and bound to their key (a hex dump shows no personal data);
 * a tampered entry, or one copied to another tenant's key, is a counted miss, never an
   error and never returned, and the true value is reloaded from PostgreSQL;
-* a slow load that raced with an update + invalidation does not write its stale value.
+* a slow load that raced with an update + invalidation does not write its stale value;
+* an UPDATE committed in PostgreSQL removes the cached entries by itself: the capture
+  triggers write the outbox, the outbox worker (run in the demo process) deletes the keys,
+  and the next read loads the new row.
 
 Every number it prints is measured in this run; every claim is a check that can fail
 (:attr:`DemoResult.ok`). The demo plays the host application, so it talks to
@@ -24,6 +27,7 @@ The parts: :mod:`~thorbis_cache.demo.data` (options, read plan),
 :mod:`~thorbis_cache.demo.results`, :mod:`~thorbis_cache.demo.database`,
 :mod:`~thorbis_cache.demo.vertical` (the plugin scene),
 :mod:`~thorbis_cache.demo.workload`, :mod:`~thorbis_cache.demo.scenes`,
+:mod:`~thorbis_cache.demo.outbox_scene`,
 :mod:`~thorbis_cache.demo.report` and :mod:`~thorbis_cache.demo.runner`, which runs them
 in order. Only ``data`` and ``results`` are imported with this package: the others need
 the plugin, so ``thorbis-cache`` itself starts without it.
@@ -46,6 +50,7 @@ from thorbis_cache.demo.results import (
     DemoResult,
     EncryptionResult,
     LatencySummary,
+    OutboxResult,
     PluginResult,
     RaceResult,
     TamperResult,
@@ -63,6 +68,7 @@ __all__ = [
     "DemoResult",
     "EncryptionResult",
     "LatencySummary",
+    "OutboxResult",
     "PluginResult",
     "RaceResult",
     "TamperResult",
@@ -131,8 +137,9 @@ def command(
     """Run the cache end to end on ephemeral Redis and PostgreSQL servers.
 
     Loads the home_services plugin and its multi-tenant data, runs two of its patterns
-    and a Zipf read workload through an encrypted cache, then shows tamper detection and
-    stale-fill prevention. Needs the plugin (pip install -e plugins/home_services).
+    and a Zipf read workload through an encrypted cache, then shows tamper detection,
+    stale-fill prevention and an UPDATE in PostgreSQL invalidating the cache. Needs the
+    plugin (pip install -e plugins/home_services).
     \f
     (click shows the help text up to the form feed above; the rest is for readers.)
 

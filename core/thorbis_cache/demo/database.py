@@ -18,13 +18,22 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from thorbis_home_services import datagen
 
+from thorbis_cache.postgres import audit
+from thorbis_cache.postgres.migrations import migrate
+from thorbis_cache.postgres.triggers import CHANNEL, install_triggers
+
 if TYPE_CHECKING:
-    from thorbis_cache.declarations import MaterializedView
+    from thorbis_cache.declarations import InvalidationRule, MaterializedView
     from thorbis_cache.testing.servers import PostgresServer
 
 __all__ = ["DATABASE", "Database", "close_pool", "create_database", "create_pool"]
 
 DATABASE = "thorbis_demo"
+
+# Short enough to read inline (the scene's other statement lives in sql/demo/).
+_SET_STATUS = ("UPDATE hs.customers SET account_status = $3, updated_at = now() "
+               "WHERE tenant_id = $1 AND id = $2")
+_LISTENERS = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1"
 
 
 def _sql(name: str) -> str:
@@ -93,3 +102,39 @@ class Database:
     async def set_priority(self, tenant: str, work_order_id: int, priority: str) -> None:
         """Change a work order's priority (one committed statement)."""
         await self.pool.execute(self._set_priority, tenant, work_order_id, priority)
+
+    async def install_capture(self, rules: Iterable[InvalidationRule]) -> list[str]:
+        """What ``thorbis-cache db init`` adds to the plugin's SQL (applied by
+        ``CacheApp.start``): the core schema (outbox, audit log), then the capture
+        triggers generated from ``rules``. Done after the bulk load, so the data set's
+        COPY leaves no outbox backlog.
+
+        :returns: the tables now captured.
+        """
+        async with self.pool.acquire() as conn:
+            await migrate(conn)
+            plans = await install_triggers(conn, rules)
+        return [plan.table for plan in plans]
+
+    async def wait_for_listener(self, within: float) -> bool:
+        """Wait until some session LISTENs on the outbox channel (the worker is up).
+
+        :returns: False if none did within ``within`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not await self.pool.fetchval(_LISTENERS, f"LISTEN%{CHANNEL}%"):
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def set_account_status(self, tenant: str, customer_id: int, status: str) -> None:
+        """Change a customer's account status (one committed statement)."""
+        await self.pool.execute(_SET_STATUS, tenant, customer_id, status)
+
+    async def verify_audit(self) -> tuple[bool, int]:
+        """Walk the invalidation audit chain: (intact, records checked)."""
+        async with self.pool.acquire() as conn:
+            result = await audit.verify(conn)
+        return result.ok, result.count

@@ -23,6 +23,7 @@ __all__ = [
     "DemoResult",
     "EncryptionResult",
     "LatencySummary",
+    "OutboxResult",
     "PluginResult",
     "RaceResult",
     "TamperResult",
@@ -201,6 +202,31 @@ class RaceResult:
 
 
 @attrs.frozen(slots=True)
+class OutboxResult:
+    """A committed UPDATE of a customer turned into invalidations by the outbox worker.
+
+    :ivar tables: the tables the capture triggers were installed on.
+    :ivar redis_key: the customer hash.
+    :ivar summary_key: the customer's summary entry (dropped through its tag).
+    :ivar old_status: / :ivar new_status: the account status before and after.
+    :ivar gone_ms: from the UPDATE's commit to the hash seen gone; None if it never went.
+    :ivar reloaded_status: the account status the next read loaded.
+    :ivar audit_records: records on the audit chain afterwards.
+    """
+
+    tables: tuple[str, ...]
+    redis_key: str
+    summary_key: str
+    customer_id: int
+    old_status: str
+    new_status: str
+    gone_ms: float | None
+    reloaded_status: str
+    audit_records: int
+    checks: tuple[Check, ...]
+
+
+@attrs.frozen(slots=True)
 class DemoResult:
     """Everything the demo measured and checked."""
 
@@ -214,11 +240,13 @@ class DemoResult:
     encryption: EncryptionResult
     tamper: TamperResult
     race: RaceResult
+    outbox: OutboxResult
 
     @property
     def checks(self) -> tuple[Check, ...]:
         """Every check of every scene."""
-        return self.plugin.checks + self.encryption.checks + self.tamper.checks + self.race.checks
+        return (self.plugin.checks + self.encryption.checks + self.tamper.checks
+                + self.race.checks + self.outbox.checks)
 
     @property
     def ok(self) -> bool:

@@ -16,6 +16,7 @@ from thorbis_cache.crypto import KeyRing
 from thorbis_cache.demo import report
 from thorbis_cache.demo.data import DemoOptions, popularity, read_plan
 from thorbis_cache.demo.database import Database, close_pool, create_database, create_pool
+from thorbis_cache.demo.outbox_scene import outbox_scene
 from thorbis_cache.demo.results import DataResult, DemoFailure, DemoResult, PluginResult
 from thorbis_cache.demo.scenes import encryption_scene, race_scene, tamper_scene
 from thorbis_cache.demo.vertical import PLUGIN, plugin_scene
@@ -105,10 +106,18 @@ async def run(options: DemoOptions, out: Console) -> DemoResult:
                 [],
             )
         )
+        outbox = await outbox_scene(app, db, dsn, first, hot[first][0])
+        out.print(
+            report.checks_panel(
+                f"An UPDATE in PostgreSQL invalidates the cache (customer {outbox.customer_id})",
+                outbox.checks,
+                [],
+            )
+        )
     result = DemoResult(
         options, f"{redis_server.host}:{redis_server.port}",
         f"{postgres.host}:{postgres.port}", setup_s, data, plugin,
-        workload, encryption, tamper, race,
+        workload, encryption, tamper, race, outbox,
     )  # fmt: skip
     out.print(report.summary_line(result, time.perf_counter() - t0))
     return result
