@@ -86,15 +86,22 @@ def worker_command(
     once: Annotated[bool, typer.Option("--once", help="Drain the outbox and exit.")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 500,
     poll_interval: Annotated[float, typer.Option(min=0.01)] = 1.0,
+    queue: Annotated[bool, typer.Option(
+        "--queue/--no-queue",
+        help="Also consume the reliable invalidation queue (Redis Stream).")] = True,
 ) -> None:
-    """Run the outbox worker: committed changes become cache invalidations."""
-    asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval))
+    """Run the outbox worker: committed changes become cache invalidations; it also
+    consumes queued invalidation jobs (``InvalidationQueue``) unless ``--no-queue``."""
+    asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval,
+                        queue))
 
 
 async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: bool,
-                  batch_size: int, poll_interval: float) -> None:
+                  batch_size: int, poll_interval: float, queue: bool = True) -> None:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.crypto import KeyRing
+    from thorbis_cache.invalidation.apply import CacheInvalidator
+    from thorbis_cache.invalidation.queue import InvalidationQueue
     from thorbis_cache.worker import OutboxWorker
 
     # The worker only deletes keys, it never opens a value: when no ring is configured a
@@ -102,16 +109,31 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
     keyring = KeyRing.from_env() if os.environ.get("THORBIS_KEYRING") else KeyRing.generate()
     app = await CacheApp(redis_url, keyring=keyring).start(plugins)
     worker = OutboxWorker.from_app(app, dsn, batch_size=batch_size, poll_interval=poll_interval)
+    jobs = InvalidationQueue(app.cache.store, app.cache.settings.prefix)
+    handler = CacheInvalidator(app.cache)
+    stop = asyncio.Event()
     try:
         if once:
+            queued = 0
+            if queue:
+                queued = await jobs.run_once(handler)
+                queued += await jobs.sweep(handler)
             results = await worker.drain()
             m = worker.metrics
             typer.echo(f"{len(results)} batch(es): {m.processed} change(s) applied, "
                        f"{m.keys_deleted} key(s) deleted, {m.tags_invalidated} tag(s), "
-                       f"{m.dead_lettered} dead-lettered")
+                       f"{m.dead_lettered} dead-lettered; {queued} queued job(s)")
             return
         typer.echo(f"worker running (batch {batch_size}, poll {poll_interval}s); Ctrl-C stops")
-        await worker.run()
+        if not queue:
+            await worker.run()
+            return
+        consumer = asyncio.create_task(jobs.run(handler, stop), name="thorbis-queue-consumer")
+        try:
+            await worker.run()
+        finally:
+            stop.set()
+            await consumer
     finally:
         await worker.aclose()
         await app.aclose()
