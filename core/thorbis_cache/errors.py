@@ -8,11 +8,15 @@ involved -- never a cached value or a secret.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "AuditChainBroken",
     "CacheBackendError",
     "ConfigurationError",
+    "DeadLetterNotFound",
     "DuplicateSchemaError",
+    "InvalidJobError",
     "InvalidKeyError",
     "InvalidParameterError",
     "InvalidSchemaError",
@@ -261,3 +265,23 @@ class MigrationError(ThorbisCacheError, RuntimeError):
 
 class AuditChainBroken(ThorbisCacheError):
     """``audit verify`` found a broken link: the message names the record and why."""
+
+
+# --------------------------------------------------------------------------- invalidation queue
+
+
+class InvalidJobError(ThorbisCacheError, ValueError):
+    """A job is invalid (enqueue) or an entry does not decode to a job (consume)."""
+
+
+class DeadLetterNotFound(ThorbisCacheError, LookupError):
+    """No dead letter has this id (never had, or it was replayed or purged).
+
+    :ivar ids: the ids that were not found.
+    :ivar stream: the dead-letter stream searched.
+    """
+
+    def __init__(self, ids: Sequence[str], stream: str) -> None:
+        self.ids = tuple(ids)
+        self.stream = stream
+        super().__init__(f"no dead letter {', '.join(self.ids)} in {stream}")

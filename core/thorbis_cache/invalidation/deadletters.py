@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
-from thorbis_cache.errors import ThorbisCacheError
+from thorbis_cache.errors import DeadLetterNotFound
 from thorbis_cache.invalidation.queue import (
     InvalidationJob,
     InvalidJobError,
@@ -34,19 +34,6 @@ __all__ = ["DeadLetter", "DeadLetterNotFound", "DeadLetters", "ReplayReport"]
 
 _PAYLOAD = b"p."
 
-
-
-class DeadLetterNotFound(ThorbisCacheError, LookupError):
-    """No dead letter has this id (never had, or it was replayed or purged).
-
-    :ivar ids: the ids that were not found.
-    :ivar stream: the dead-letter stream searched.
-    """
-
-    def __init__(self, ids: Sequence[str], stream: str) -> None:
-        self.ids = tuple(ids)
-        self.stream = stream
-        super().__init__(f"no dead letter {', '.join(self.ids)} in {stream}")
 
 
 @attrs.frozen(slots=True)

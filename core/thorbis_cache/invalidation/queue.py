@@ -51,7 +51,11 @@ import attrs
 import cattrs
 from cattrs.preconf.json import JsonConverter, make_converter
 
-from thorbis_cache.errors import CacheBackendError, ConfigurationError, ThorbisCacheError
+from thorbis_cache.errors import (
+    CacheBackendError,
+    ConfigurationError,
+    InvalidJobError,
+)
 from thorbis_cache.keys import validate_prefix, validate_tenant
 from thorbis_cache.redis_store import RedisStore, Script, load_lua
 
@@ -81,10 +85,6 @@ def _script(name: str) -> Script:
     """A queue script from ``lua/`` (read on first use, not at import)."""
     return Script(name, load_lua(name))
 
-
-
-class InvalidJobError(ThorbisCacheError, ValueError):
-    """A job is invalid (enqueue) or an entry does not decode to a job (consume)."""
 
 
 # --------------------------------------------------------------------------- jobs
