@@ -17,20 +17,23 @@ from thorbis_cache.postgres.migrations import (
     migrate,
 )
 
+#: The core migration files shipped today, in order.
+CORE = ["001_outbox.sql", "002_audit.sql", "003_mv_refresh.sql"]
+
 
 async def test_core_migrations_are_numbered_files_in_order() -> None:
     found = core_migrations()
-    assert [m.name for m in found] == ["001_outbox.sql", "002_audit.sql"]
-    assert [m.version for m in found] == [1, 2]
+    assert [m.name for m in found] == CORE
+    assert [m.version for m in found] == list(range(1, len(CORE) + 1))
 
 
 async def test_migrate_applies_once_and_records_checksums(thorbis_pg_dsn: str) -> None:
     first = await migrate(thorbis_pg_dsn)
-    assert first.applied == ("001_outbox.sql", "002_audit.sql")
+    assert first.applied == tuple(CORE)
     assert first.already == ()
     again = await migrate(thorbis_pg_dsn)
     assert again.applied == ()
-    assert again.already == ("001_outbox.sql", "002_audit.sql")
+    assert again.already == tuple(CORE)
     conn = await asyncpg.connect(thorbis_pg_dsn)
     try:
         rows = await conn.fetch("SELECT version, name, checksum FROM thorbis.schema_migrations "
@@ -48,7 +51,8 @@ async def test_changed_applied_file_is_refused_by_name(thorbis_pg_dsn: str) -> N
     await migrate(thorbis_pg_dsn)
     edited = [*core_migrations()]
     edited[1] = Migration(2, "002_audit.sql", edited[1].sql + "\n-- edited\n")
-    extra = Migration(3, "003_new.sql", "CREATE TABLE thorbis.later (x int)")
+    extra = Migration(len(CORE) + 1, f"{len(CORE) + 1:03d}_new.sql",
+                      "CREATE TABLE thorbis.later (x int)")
     with pytest.raises(MigrationError, match=r"'002_audit\.sql'.*changed after it was applied"):
         await migrate(thorbis_pg_dsn, [*edited, extra])
     # Refused before anything was applied.
@@ -77,7 +81,7 @@ async def test_failing_file_names_statement_and_keeps_earlier_ones(thorbis_pg_ds
 async def test_concurrent_migrators_apply_each_file_once(thorbis_pg_dsn: str) -> None:
     reports = await asyncio.gather(*(migrate(thorbis_pg_dsn) for _ in range(4)))
     applied = [name for r in reports for name in r.applied]
-    assert sorted(applied) == ["001_outbox.sql", "002_audit.sql"]
+    assert sorted(applied) == CORE
 
 
 def test_cli_db_migrate(thorbis_pg_dsn: str) -> None:
@@ -87,4 +91,4 @@ def test_cli_db_migrate(thorbis_pg_dsn: str) -> None:
     assert "applied core 001_outbox.sql" in result.output
     result = runner.invoke(cli_app, ["db", "migrate", "--dsn", thorbis_pg_dsn])
     assert result.exit_code == 0, result.output
-    assert "0 applied, 2 already" in result.output
+    assert f"0 applied, {len(CORE)} already" in result.output

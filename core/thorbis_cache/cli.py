@@ -16,7 +16,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from thorbis_cache import __version__, cli_db, cli_plugins, cli_queue, cli_scaffold, demo
+from thorbis_cache import (
+    __version__,
+    cli_db,
+    cli_mv,
+    cli_plugins,
+    cli_queue,
+    cli_scaffold,
+    demo,
+)
 from thorbis_cache.errors import ThorbisCacheError
 
 __all__ = ["app", "main"]
@@ -89,6 +97,8 @@ _add("db", cli_db.db_command)
 _add("worker", cli_db.worker_command)
 _add("audit", cli_db.audit_command)
 _add("deadletters", cli_queue.deadletters_command)
+_add("refresh", cli_mv.refresh_command)
+_add("mv", cli_mv.mv_command)
 
 
 def main() -> None:

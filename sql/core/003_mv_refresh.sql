@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS thorbis.mv_refresh_history (
     finished_at   timestamptz NOT NULL,
     duration_ms   double precision NOT NULL,
     rows          bigint,
-    concurrently  boolean NOT NULL,
+    "concurrently" boolean NOT NULL,  -- quoted: CONCURRENTLY is a reserved word
     outcome       text NOT NULL CHECK (outcome IN ('ok', 'failed', 'skipped_locked')),
     error         text
 );

@@ -1,0 +1,162 @@
+"""``thorbis-cache refresh [VIEW ...] [--all]`` and ``thorbis-cache mv status``.
+
+* ``refresh``: refresh the named materialized views (or every view of the loaded plugins
+  with ``--all``) one after the other, with a progress bar, then invalidate each refreshed
+  view's cache tags for its tenants. A failing view does not stop the others; the command
+  exits 1 when any failed. A view being refreshed elsewhere is reported as skipped.
+* ``mv status``: each view's newest refresh from the history table: age, duration, outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from thorbis_cache.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from thorbis_cache.declarations import MaterializedView
+
+__all__ = ["MvAction", "mv_command", "refresh_command"]
+
+_DSN = typer.Option("--dsn", envvar="THORBIS_POSTGRES_DSN",
+                    help="PostgreSQL DSN (env THORBIS_POSTGRES_DSN).")
+_REDIS = typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
+                      help="Redis URL (env THORBIS_REDIS_URL).")
+_PLUGINS = typer.Option("--plugin", "-p",
+                        help="Plugin to load (repeatable; default: every installed plugin).")
+_NOT_MIGRATED = "thorbis.mv_refresh_history does not exist: run `thorbis-cache db migrate` first"
+_STYLE = {"ok": "green", "failed": "red", "skipped_locked": "yellow"}
+
+
+class MvAction(enum.Enum):
+    """What ``mv`` does."""
+
+    status = "status"
+
+
+def refresh_command(
+    views: Annotated[list[str] | None, typer.Argument(
+        help="Views to refresh (qualified names, e.g. hs.customer_summary).")] = None,
+    dsn: Annotated[str, _DSN] = "",
+    redis_url: Annotated[str, _REDIS] = "",
+    all_views: Annotated[bool, typer.Option("--all", help="Refresh every plugin view.")] = False,
+    plugin: Annotated[list[str] | None, _PLUGINS] = None,
+    statement_timeout: Annotated[float | None, typer.Option(
+        min=0.001, help="Seconds one refresh may take.")] = None,
+) -> None:
+    """Refresh materialized views, then invalidate their cache tags; exit 1 if any failed."""
+    if not dsn or not redis_url:
+        raise ConfigurationError("refresh needs --dsn and --redis-url")
+    if bool(views) == all_views:
+        raise ConfigurationError("name the views to refresh, or pass --all (not both)")
+    failed = asyncio.run(_refresh(dsn, redis_url, views or [], plugin or None,
+                                  statement_timeout))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _select(owned: list[tuple[str, MaterializedView]],
+            names: list[str]) -> list[tuple[str, MaterializedView]]:
+    if not names:
+        return owned
+    by_name = {view.name: (plugin, view) for plugin, view in owned}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        known = ", ".join(sorted(by_name)) or "(none)"
+        raise ConfigurationError(f"unknown materialized view(s) {', '.join(unknown)}; "
+                                 f"the loaded plugins declare: {known}")
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+async def _refresh(dsn: str, redis_url: str, names: list[str], plugins: list[str] | None,
+                   statement_timeout: float | None) -> int:
+    from thorbis_cache.app import CacheApp
+    from thorbis_cache.crypto import KeyRing
+    from thorbis_cache.postgres.mv_refresh import history_exists, refresh_and_invalidate
+    from thorbis_cache.postgres.outbox import connect
+
+    # Invalidation only deletes keys; without a configured ring a throwaway one satisfies
+    # the sensitive schemas' requirement (as for the worker).
+    keyring = KeyRing.from_env() if os.environ.get("THORBIS_KEYRING") else KeyRing.generate()
+    app = await CacheApp(redis_url, keyring=keyring).start(plugins)
+    console = Console(highlight=False, soft_wrap=True)
+    failed = 0
+    try:
+        owned = [(p.name, v) for p in app.plugins.plugins.values() for v in p.views]
+        todo = _select(owned, names)
+        conn = await connect(dsn)
+        try:
+            if not await history_exists(conn):
+                raise ConfigurationError(_NOT_MIGRATED)
+            with Progress(TextColumn("{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                          console=console) as progress:
+                task = progress.add_task("refreshing", total=len(todo))
+                for plugin_name, view in todo:
+                    progress.update(task, description=f"refreshing {view.name}")
+                    r = await refresh_and_invalidate(
+                        app, conn, plugin_name, view, statement_timeout_s=statement_timeout)
+                    style = _STYLE[r.outcome]
+                    extra = (f", {r.rows} rows, {len(r.tenants)} tenant(s) invalidated"
+                             if r.ok else f": {r.error}" if r.error else "")
+                    mode = " concurrently" if r.concurrently else ""
+                    progress.console.print(
+                        f"[{style}]{r.outcome}[/] {escape(r.view)}{mode} "
+                        f"({r.duration_ms:.0f} ms){escape(extra)}")
+                    failed += r.outcome == "failed"
+                    progress.advance(task)
+        finally:
+            await conn.close()
+    finally:
+        await app.aclose()
+    console.print(f"{len(todo)} view(s): {len(todo) - failed} refreshed or skipped, "
+                  f"{failed} failed")
+    return failed
+
+
+def mv_command(
+    action: Annotated[MvAction, typer.Argument(help="status: last refresh of each view.")],
+    dsn: Annotated[str, _DSN],
+) -> None:
+    """Show each materialized view's last refresh: age, duration, outcome."""
+    asyncio.run(_status(dsn))
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+async def _status(dsn: str) -> None:
+    from thorbis_cache.postgres.mv_refresh import history_exists, view_status
+    from thorbis_cache.postgres.outbox import connect
+
+    conn = await connect(dsn)
+    try:
+        if not await history_exists(conn):
+            raise ConfigurationError(_NOT_MIGRATED)
+        statuses = await view_status(conn)
+    finally:
+        await conn.close()
+    console = Console(highlight=False, soft_wrap=True, width=200)
+    if not statuses:
+        console.print("no refresh recorded yet")
+        return
+    table = Table("view", "plugin", "age", "duration", "outcome", "trigger", "rows", "error")
+    for s in statuses:
+        table.add_row(s.view, s.plugin, _age(s.age_s), f"{s.duration_ms:.0f} ms",
+                      f"[{_STYLE.get(s.outcome, 'white')}]{s.outcome}[/]", s.trigger,
+                      "" if s.rows is None else str(s.rows), escape(s.error or ""))
+    console.print(table)
