@@ -234,8 +234,12 @@ class Cache:
         """
         rt = self._value_runtime(key, "get")
         rk = f"{self._prefix}:{key.body}"
-        if rt.near is not None:
-            return await self._near_get(rt, rt.near, key, rk)
+        near = rt.near
+        if near is not None:
+            found = self._near_lookup(rt, near, rk)
+            if found is not MISS:
+                return found  # type: ignore[no-any-return]
+            started = self._coherence.begin(near)
         data = await self.store.get(rk)
         if data is None:
             rt.counters.misses += 1
@@ -247,31 +251,26 @@ class Cache:
             rt.counters.misses += 1
             return None
         rt.counters.hits += 1
+        if near is not None:
+            self._near_put(near, key, rk, value, started)
         return value
 
-    async def _near_get(
-        self, rt: _Runtime, near: NearCache, key: CacheKey[T], rk: str
-    ) -> T | None:
-        """``get`` of a near-cached schema: L1, else Redis, then fill L1."""
+    @staticmethod
+    def _near_lookup(rt: _Runtime, near: NearCache, rk: str) -> Any:
+        """L1's value of ``rk`` or :data:`MISS`, counted."""
         found = near.lookup(rk)
-        if found is not MISS:
+        if found is MISS:
+            rt.counters.near_misses += 1
+        else:
             rt.counters.near_hits += 1
-            return found  # type: ignore[no-any-return]
-        rt.counters.near_misses += 1
-        started = self._coherence.begin(near)
-        data = await self.store.get(rk)
-        if data is None:
-            rt.counters.misses += 1
-            return None
-        try:
-            value: T = rt.codec.decode_value(data, rk.encode(), key.tenant)
-        except CorruptEntry as exc:
-            await self._drop_corrupt(rt, key, rk, data, exc)
-            rt.counters.misses += 1
-            return None
-        rt.counters.hits += 1
+        return found
+
+    @staticmethod
+    def _near_put(
+        near: NearCache, key: CacheKey[Any], rk: str, value: object, started: tuple[int, float]
+    ) -> None:
+        """Keep a value read from Redis (or loaded) in L1 for the schema's near_ttl."""
         near.put(rk, value, key.tenant, key.schema.tags, key.schema.near_ttl or 0.0, started)
-        return value
 
     async def get_many(self, keys: Sequence[CacheKey[T]]) -> list[T | None]:
         """Values of ``keys`` in order (None for misses), with one MGET per hash slot --
@@ -438,14 +437,12 @@ class Cache:
         near = rt.near
         if near is None:
             return await self._get_or_load(rt, key, rk, loader, ttl)
-        found = near.lookup(rk)
+        found = self._near_lookup(rt, near, rk)
         if found is not MISS:
-            rt.counters.near_hits += 1
             return found  # type: ignore[no-any-return]
-        rt.counters.near_misses += 1
         started = self._coherence.begin(near)
         value = await self._get_or_load(rt, key, rk, loader, ttl)
-        near.put(rk, value, key.tenant, key.schema.tags, key.schema.near_ttl or 0.0, started)
+        self._near_put(near, key, rk, value, started)
         return value
 
     async def _get_or_load(
