@@ -27,6 +27,7 @@ import asyncpg
 import attrs
 
 from thorbis_cache.postgres import audit
+from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX, quote_qualified
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
@@ -56,16 +57,15 @@ Outcome = Literal["ok", "failed", "skipped_locked"]
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('thorbis_mv:' || $1::text))"
 # relispopulated is NULL when the view does not exist (to_regclass gives NULL): the
 # REFRESH below then fails with PostgreSQL's own "does not exist" message.
-_CATALOG = """
+_CATALOG = f"""
 SELECT c.relispopulated AS populated,
        EXISTS (SELECT 1 FROM pg_index i
-               WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
-                 AND i.indpred IS NULL AND i.indexprs IS NULL) AS unique_index,
+               WHERE i.indrelid = c.oid AND {USABLE_UNIQUE_INDEX}) AS unique_index,
        EXISTS (SELECT 1 FROM pg_attribute a
                WHERE a.attrelid = c.oid AND a.attname = 'tenant_id'
                  AND a.attnum > 0 AND NOT a.attisdropped) AS has_tenant
 FROM pg_class c WHERE c.oid = to_regclass($1)
-"""
+"""  # noqa: S608 -- a constant fragment
 _INSERT_HISTORY = """
 INSERT INTO thorbis.mv_refresh_history
     (view, plugin, trigger, started_at, finished_at, duration_ms, rows, "concurrently",
@@ -74,9 +74,6 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 """
 
 
-def _quoted(view: MaterializedView) -> str:
-    """The view's name as two quoted identifiers (``"hs"."customer_summary"``)."""
-    return ".".join('"' + part.replace('"', '""') + '"' for part in (view.schema, view.relation))
 
 
 @attrs.frozen(slots=True)
@@ -192,7 +189,7 @@ async def refresh_view(
                     and view.refresh.concurrently
                 )
                 mode = "CONCURRENTLY " if concurrently else ""
-                quoted = _quoted(view)
+                quoted = quote_qualified(view.name)
                 await conn.execute(f"REFRESH MATERIALIZED VIEW {mode}{quoted}")
                 rows = int(await conn.fetchval(
                     f"SELECT count(*) FROM {quoted}"  # noqa: S608 -- quoted by _quoted
@@ -263,7 +260,7 @@ async def refresh_and_invalidate(
 
     cache = app_or_cache.cache if isinstance(app_or_cache, CacheApp) else app_or_cache
     tenants = [r["tenant_id"] for r in await conn.fetch(
-        f"SELECT DISTINCT tenant_id::text AS tenant_id FROM {_quoted(view)} "  # noqa: S608
+        f"SELECT DISTINCT tenant_id::text AS tenant_id FROM {quote_qualified(view.name)} "  # noqa: S608
         "WHERE tenant_id IS NOT NULL ORDER BY 1"  # (identifiers quoted by _quoted)
     )]
     for tenant in tenants:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from thorbis_cache.errors import PluginLoadError, PluginProblem
+from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX
 
 if TYPE_CHECKING:
     from thorbis_cache.plugins import LoadedPlugin
@@ -204,15 +205,15 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
 GROUP BY 1, 2
 """
 
-# An index REFRESH ... CONCURRENTLY accepts: unique, valid, on plain columns, total.
-_UNIQUE_INDEXED = """
+# The relations that have an index REFRESH ... CONCURRENTLY accepts.
+_UNIQUE_INDEXED = f"""
 SELECT DISTINCT n.nspname || '.' || c.relname
 FROM pg_catalog.pg_index i
 JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+WHERE {USABLE_UNIQUE_INDEX}
   AND n.nspname || '.' || c.relname = ANY($1::text[])
-"""
+"""  # noqa: S608 -- a constant fragment, nothing from outside
 
 _KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
           "f": "foreign table"}

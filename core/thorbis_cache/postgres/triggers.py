@@ -28,6 +28,7 @@ import attrs
 
 from thorbis_cache.declarations import InvalidationRule, Operation
 from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.postgres.catalog import quote_ident
 
 __all__ = ["CHANNEL", "TablePlan", "install_triggers", "plan_tables", "trigger_sql"]
 
@@ -50,8 +51,6 @@ WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.triggers'))"
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _literal(text: str) -> str:
@@ -80,7 +79,7 @@ class TablePlan:
     def function_name(self) -> str:
         """The trigger function, ``thorbis.capture__<schema>__<table>``."""
         schema, relation = self.table.split(".", 1)
-        return f"thorbis.{_ident(f'capture__{schema}__{relation}')}"
+        return f"thorbis.{quote_ident(f'capture__{schema}__{relation}')}"
 
 
 def plan_tables(rules: Iterable[InvalidationRule]) -> list[TablePlan]:
@@ -116,7 +115,7 @@ def plan_tables(rules: Iterable[InvalidationRule]) -> list[TablePlan]:
 
 
 def _json_object(record: str, columns: Sequence[str]) -> str:
-    pairs = ", ".join(f"{_literal(c)}, {record}.{_ident(c)}" for c in columns)
+    pairs = ", ".join(f"{_literal(c)}, {record}.{quote_ident(c)}" for c in columns)
     return f"jsonb_build_object({pairs})"
 
 
@@ -128,11 +127,11 @@ def trigger_sql(plan: TablePlan, pk_columns: Sequence[str]) -> list[str]:
     :returns: CREATE OR REPLACE FUNCTION, DROP TRIGGER IF EXISTS, CREATE TRIGGER.
     """
     schema, relation = plan.table.split(".", 1)
-    table = f"{_ident(schema)}.{_ident(relation)}"
-    tenant = _ident(plan.tenant_column)
+    table = f"{quote_ident(schema)}.{quote_ident(relation)}"
+    tenant = quote_ident(plan.tenant_column)
     skip = ""
     if Operation.UPDATE in plan.operations and plan.update_filter:
-        changed = " OR ".join(f"OLD.{_ident(c)} IS DISTINCT FROM NEW.{_ident(c)}"
+        changed = " OR ".join(f"OLD.{quote_ident(c)} IS DISTINCT FROM NEW.{quote_ident(c)}"
                               for c in plan.update_filter)
         # Nested IFs: PL/pgSQL does not promise short-circuit evaluation of AND.
         skip = (f"    IF TG_OP = 'UPDATE' THEN\n        IF NOT ({changed}) THEN\n"
@@ -164,7 +163,7 @@ BEGIN
 END
 $capture$"""  # noqa: S608 -- identifiers quoted by _ident, literals by _literal
     ops = " OR ".join(op.value for op in Operation if op in plan.operations)
-    trigger = _ident("thorbis_capture")
+    trigger = quote_ident("thorbis_capture")
     return [
         function,
         f"DROP TRIGGER IF EXISTS {trigger} ON {table}",

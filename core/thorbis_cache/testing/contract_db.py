@@ -17,6 +17,7 @@ import asyncpg
 from thorbis_cache.declarations import is_qualified
 from thorbis_cache.errors import PluginLoadError
 from thorbis_cache.plugins import LoadedPlugin
+from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX, quote_ident, quote_qualified
 from thorbis_cache.postgres.sql_apply import apply_plugin_sql, check_rules_against_db
 from thorbis_cache.testing.contract_checks import report
 
@@ -76,20 +77,21 @@ async def seed(conn: Any, plugin: LoadedPlugin, seed_sql: Sequence[str]) -> None
             break
     for view in plugin.views if not problems else ():
         try:
-            await conn.execute(f"REFRESH MATERIALIZED VIEW {_relation(view.name)}")
+            await conn.execute(f"REFRESH MATERIALIZED VIEW {quote_qualified(view.name)}")
         except asyncpg.PostgresError as exc:
             problems.append(f"materialized view {view.name!r} does not refresh on the seed "
                             f"data: {type(exc).__name__}: {exc}")
     report(plugin.name, "seeding", problems)
 
 
-def _relation(name: str) -> str:
-    """Quote a validated ``schema.relation`` name."""
-    if not is_qualified(name):
-        raise AssertionError(f"{name!r} is not a qualified '<schema>.<relation>' name")
-    schema, relation = name.split(".", 1)
-    return f'"{schema}"."{relation}"'
 
+
+#: The unique indexes of a relation, and whether REFRESH ... CONCURRENTLY can use each.
+_UNIQUE_INDEXES = (
+    "SELECT i.indexrelid::regclass::text AS name, "  # noqa: S608 -- constant fragment
+    f"{USABLE_UNIQUE_INDEX} AS usable "
+    "FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique"
+)
 
 _SNAPSHOT_QUERIES = {
     "relation": """
@@ -145,7 +147,7 @@ async def database_snapshot(conn: Any) -> dict[str, str]:
         for name, detail in await conn.fetch(query.format(user_schema=_USER_SCHEMA)):
             state[f"{kind} {name}"] = str(detail)
     for schema, relation in await conn.fetch(_TABLES.format(user_schema=_USER_SCHEMA)):
-        quoted = '"{}"."{}"'.format(schema.replace('"', '""'), relation.replace('"', '""'))
+        quoted = f"{quote_ident(schema)}.{quote_ident(relation)}"
         count = await conn.fetchval(f"SELECT count(*) FROM {quoted}")  # noqa: S608
         state[f"rows of {schema}.{relation}"] = str(count)
     return state
@@ -205,7 +207,7 @@ async def check_materialized_views(conn: Any, plugin: LoadedPlugin) -> None:
         if oid is None:
             problems.append(f"{what} does not exist after the plugin's SQL was applied")
             continue
-        name = _relation(view.name)
+        name = quote_qualified(view.name)
         try:
             await conn.execute(f"REFRESH MATERIALIZED VIEW {name}")
         except asyncpg.PostgresError as exc:
@@ -213,11 +215,7 @@ async def check_materialized_views(conn: Any, plugin: LoadedPlugin) -> None:
             continue
         if not view.refresh.concurrently:
             continue
-        indexes = await conn.fetch(
-            "SELECT i.indexrelid::regclass::text AS name, "
-            "i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL AS usable "
-            "FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique", oid,
-        )
+        indexes = await conn.fetch(_UNIQUE_INDEXES, oid)
         if not any(row["usable"] for row in indexes):
             found = ", ".join(row["name"] for row in indexes) or "none"
             problems.append(

@@ -30,6 +30,7 @@ import asyncpg
 import pytest
 
 from thorbis_cache.errors import ServerBinaryNotFound
+from thorbis_cache.postgres.catalog import quote_ident
 from thorbis_cache.testing.binaries import find_postgres, find_redis
 from thorbis_cache.testing.servers import PostgresServer, RedisCluster, RedisServer
 
@@ -54,8 +55,6 @@ TEMPLATE_DB = "thorbis_template"
 CLUSTER_MASTERS = 3
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _run_async(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -202,7 +201,7 @@ class ThorbisServers:
                 # FILE_COPY: for a small template, copying files beats WAL-logging each
                 # block, and its checkpoints are cheap with fsync off.
                 await admin.execute(
-                    f"CREATE DATABASE {_quote_ident(name)} TEMPLATE {_quote_ident(template)}"
+                    f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}"
                     " STRATEGY FILE_COPY"
                 )
             finally:
@@ -229,7 +228,7 @@ class ThorbisServers:
         async def run() -> None:
             admin = await asyncpg.connect(admin_dsn, timeout=30)
             try:
-                await admin.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+                await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
             finally:
                 await admin.close()
 
@@ -242,8 +241,8 @@ async def _build_template(
     # Built under a scratch name and renamed when complete, so a failing statement never
     # leaves a half-built template behind for the next test.
     scratch = f"{template}__building"
-    await admin.execute(f"DROP DATABASE IF EXISTS {_quote_ident(scratch)} WITH (FORCE)")
-    await admin.execute(f"CREATE DATABASE {_quote_ident(scratch)} TEMPLATE template0")
+    await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(scratch)} WITH (FORCE)")
+    await admin.execute(f"CREATE DATABASE {quote_ident(scratch)} TEMPLATE template0")
     conn = await asyncpg.connect(server.dsn(scratch), timeout=30)
     try:
         for index, statement in enumerate(template_sql):
@@ -257,11 +256,11 @@ async def _build_template(
     finally:
         await conn.close()
     await admin.execute(
-        f"ALTER DATABASE {_quote_ident(scratch)} RENAME TO {_quote_ident(template)}"
+        f"ALTER DATABASE {quote_ident(scratch)} RENAME TO {quote_ident(template)}"
     )
     # No connections to the template: one would make every CREATE DATABASE ... TEMPLATE fail.
     await admin.execute(
-        f"ALTER DATABASE {_quote_ident(template)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
+        f"ALTER DATABASE {quote_ident(template)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
     )
 
 

@@ -1,0 +1,28 @@
+"""Small shared pieces for talking about PostgreSQL objects: identifier quoting and
+what makes a unique index usable by ``REFRESH MATERIALIZED VIEW CONCURRENTLY``."""
+
+from __future__ import annotations
+
+__all__ = ["USABLE_UNIQUE_INDEX", "quote_ident", "quote_qualified"]
+
+#: A ``pg_index i`` row REFRESH ... CONCURRENTLY accepts: unique, valid, total (no
+#: WHERE) and on plain columns (no expressions, which could admit NULL duplicates).
+USABLE_UNIQUE_INDEX = (
+    "i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL"
+)
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (``"a""b"`` for ``a"b``)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_qualified(name: str) -> str:
+    """A ``schema.relation`` name as two quoted identifiers (``"hs"."customers"``).
+
+    :raises ValueError: when ``name`` has no schema part.
+    """
+    schema, dot, relation = name.partition(".")
+    if not dot or not schema or not relation:
+        raise ValueError(f"{name!r} is not a qualified '<schema>.<relation>' name")
+    return f"{quote_ident(schema)}.{quote_ident(relation)}"
