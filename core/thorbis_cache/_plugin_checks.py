@@ -7,6 +7,8 @@ at once.
 
 from __future__ import annotations
 
+import graphlib
+import zoneinfo
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -167,6 +169,20 @@ def _check_view(d: Draft, view: MaterializedView, label: str) -> None:
                   "(REFRESH MATERIALIZED VIEW CONCURRENTLY needs a unique index)")
     if refresh.cron is not None and not croniter.is_valid(refresh.cron):
         d.problem(hook, f"{label}: cron {refresh.cron!r} is not a valid cron expression")
+    try:
+        zoneinfo.ZoneInfo(refresh.timezone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        d.problem(hook, f"{label}: timezone {refresh.timezone!r} is not an IANA time zone")
+    for field, value in (("max_staleness", refresh.max_staleness),
+                         ("min_changes", refresh.min_changes),
+                         ("statement_timeout", refresh.statement_timeout)):
+        if value is not None and not value > 0:
+            d.problem(hook, f"{label}: {field} must be positive, got {value!r}")
+    for dependency in view.depends_on:
+        if dependency == view.name:
+            d.problem(hook, f"{label} depends on itself")
+        elif not is_qualified(dependency):
+            d.problem(hook, f"{label}: dependency {dependency!r} must be '<schema>.<view>'")
 
 
 def _check_rule(d: Draft, rule: InvalidationRule, label: str,
@@ -211,6 +227,7 @@ def check_across(drafts: list[Draft], loaded: Iterable[LoadedPlugin],
                   registry: SchemaRegistry) -> None:
     """Check the batch against the loaded plugins and itself. A collision inside the batch
     is reported on both plugins, each message naming the other."""
+    loaded = list(loaded)
     held: dict[tuple[str, str], str] = {}
     for plugin in loaded:
         who = Draft(plugin.name, plugin.distribution, plugin.version).who()
@@ -232,3 +249,40 @@ def check_across(drafts: list[Draft], loaded: Iterable[LoadedPlugin],
             elif (other := claims.setdefault((what, name), d)) is not d:
                 d.problem(hook, f"{what} {name!r} is also declared by {other.who()}")
                 other.problem(hook, f"{what} {name!r} is also declared by {d.who()}")
+    _check_view_dependencies(drafts, loaded)
+
+
+def _check_view_dependencies(drafts: list[Draft], loaded: Iterable[LoadedPlugin]) -> None:
+    """Each view's ``depends_on`` names a view of a loaded plugin or of this batch, and
+    the dependencies have no cycle (the scheduler refreshes in their order)."""
+    owner: dict[str, Draft | None] = {}
+    depends: dict[str, tuple[str, ...]] = {}
+    for plugin in loaded:
+        for view in plugin.views:
+            owner[view.name] = None
+            depends[view.name] = view.depends_on
+    batch = [(d, v) for d in drafts
+             for v in d.declarations.get("register_materialized_views", ())
+             if isinstance(v, MaterializedView)]
+    for d, view in batch:
+        owner[view.name] = d
+        depends[view.name] = view.depends_on
+    hook = "register_materialized_views"
+    for d, view in batch:
+        unknown = [n for n in view.depends_on if n not in owner]
+        if unknown:
+            d.problem(hook, f"materialized view {view.name!r} depends on {_names(unknown)}, "
+                      f"which no loaded plugin declares (views: {_names(sorted(owner))})")
+    graph = {name: [n for n in deps if n in owner and n != name]
+             for name, deps in depends.items()}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        cycle = list(exc.args[1])
+        told: set[int] = set()
+        for name in dict.fromkeys(cycle):
+            holder = owner.get(name)
+            if holder is not None and id(holder) not in told:
+                told.add(id(holder))
+                holder.problem(hook, "materialized views depend on each other in a cycle: "
+                          + " -> ".join(cycle))

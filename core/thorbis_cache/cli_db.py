@@ -3,8 +3,9 @@
 * ``db migrate``: apply the pending core SQL (``sql/core``), versioned and checksummed.
 * ``db init``: ``migrate``, then the plugins' SQL and views (checked against the
   database), then the outbox capture triggers generated from the plugins' rules.
-* ``worker``: the outbox worker (LISTEN + polling fallback) until Ctrl-C; ``--once``
-  drains the outbox and exits.
+* ``worker``: the outbox worker (LISTEN + polling fallback), the reliable invalidation
+  queue's consumer and the materialized-view scheduler, until Ctrl-C; ``--once`` drains
+  the outbox, runs one scheduler tick and exits.
 * ``audit verify``: walk the audit chain; exit 1 naming the first broken link.
 """
 
@@ -89,19 +90,27 @@ def worker_command(
     queue: Annotated[bool, typer.Option(
         "--queue/--no-queue",
         help="Also consume the reliable invalidation queue (Redis Stream).")] = True,
+    mv: Annotated[bool, typer.Option(
+        "--mv/--no-mv", help="Also run the materialized-view scheduler.")] = True,
+    mv_tick: Annotated[float, typer.Option(
+        min=0.1, help="Seconds between two looks at the view schedule.")] = 15.0,
 ) -> None:
     """Run the outbox worker: committed changes become cache invalidations; it also
-    consumes queued invalidation jobs (``InvalidationQueue``) unless ``--no-queue``."""
+    consumes queued invalidation jobs (``InvalidationQueue``) unless ``--no-queue``, and
+    refreshes the plugins' materialized views when due (cron, smart) unless ``--no-mv``.
+    Run as many workers as you like: each view is refreshed by one at a time."""
     asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval,
-                        queue))
+                        queue, mv, mv_tick))
 
 
 async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: bool,
-                  batch_size: int, poll_interval: float, queue: bool = True) -> None:
+                  batch_size: int, poll_interval: float, queue: bool = True,
+                  mv: bool = True, mv_tick: float = 15.0) -> None:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.crypto import KeyRing
     from thorbis_cache.invalidation.apply import CacheInvalidator
     from thorbis_cache.invalidation.queue import InvalidationQueue
+    from thorbis_cache.postgres.mv_scheduler import MvScheduler
     from thorbis_cache.worker import OutboxWorker
 
     # The worker only deletes keys, it never opens a value: when no ring is configured a
@@ -111,6 +120,7 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
     worker = OutboxWorker.from_app(app, dsn, batch_size=batch_size, poll_interval=poll_interval)
     jobs = InvalidationQueue(app.cache.store, app.cache.settings.prefix)
     handler = CacheInvalidator(app.cache)
+    scheduler = MvScheduler.from_app(app, dsn, tick_s=mv_tick)
     stop = asyncio.Event()
     try:
         if once:
@@ -119,22 +129,33 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
                 queued = await jobs.run_once(handler)
                 queued += await jobs.sweep(handler)
             results = await worker.drain()
+            refreshed = await scheduler.tick() if mv else []
             m = worker.metrics
             typer.echo(f"{len(results)} batch(es): {m.processed} change(s) applied, "
                        f"{m.keys_deleted} key(s) deleted, {m.tags_invalidated} tag(s), "
-                       f"{m.dead_lettered} dead-lettered; {queued} queued job(s)")
+                       f"{m.dead_lettered} dead-lettered; {queued} queued job(s); "
+                       f"{sum(r.ok for r in refreshed)} view(s) refreshed")
+            for r in refreshed:
+                if r.outcome == "failed":
+                    typer.echo(f"  {r.error}")
             return
-        typer.echo(f"worker running (batch {batch_size}, poll {poll_interval}s); Ctrl-C stops")
-        if not queue:
-            await worker.run()
-            return
-        consumer = asyncio.create_task(jobs.run(handler, stop), name="thorbis-queue-consumer")
+        typer.echo(f"worker running (batch {batch_size}, poll {poll_interval}s"
+                   f"{f', {len(scheduler.views)} view(s) every {mv_tick}s' if mv else ''}); "
+                   "Ctrl-C stops")
+        tasks = []
+        if queue:
+            tasks.append(asyncio.create_task(jobs.run(handler, stop),
+                                             name="thorbis-queue-consumer"))
+        if mv and scheduler.views:
+            tasks.append(asyncio.create_task(scheduler.run(), name="thorbis-mv-scheduler"))
         try:
             await worker.run()
         finally:
             stop.set()
-            await consumer
+            scheduler.stop()
+            await asyncio.gather(*tasks)
     finally:
+        await scheduler.aclose()
         await worker.aclose()
         await app.aclose()
 

@@ -4,7 +4,9 @@
   with ``--all``) one after the other, with a progress bar, then invalidate each refreshed
   view's cache tags for its tenants. A failing view does not stop the others; the command
   exits 1 when any failed. A view being refreshed elsewhere is reported as skipped.
-* ``mv status``: each view's newest refresh from the history table: age, duration, outcome.
+* ``mv status``: each view of the loaded plugins: health (ok, stale, failing, never), age
+  of its data, last refresh duration, next run (cron, or the end of a failure backoff),
+  changes pending since its last refresh (against the smart threshold), failures.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ _REDIS = typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
                       help="Redis URL (env THORBIS_REDIS_URL).")
 _PLUGINS = typer.Option("--plugin", "-p",
                         help="Plugin to load (repeatable; default: every installed plugin).")
-_NOT_MIGRATED = "thorbis.mv_refresh_history does not exist: run `thorbis-cache db migrate` first"
+_NOT_MIGRATED = ("thorbis.mv_refresh_history or thorbis.mv_state does not exist: run "
+                 "`thorbis-cache db migrate` first")
 _STYLE = {"ok": "green", "failed": "red", "skipped_locked": "yellow"}
 
 
@@ -124,11 +127,13 @@ async def _refresh(dsn: str, redis_url: str, names: list[str], plugins: list[str
 
 
 def mv_command(
-    action: Annotated[MvAction, typer.Argument(help="status: last refresh of each view.")],
+    action: Annotated[MvAction, typer.Argument(help="status: freshness of each view.")],
     dsn: Annotated[str, _DSN],
+    plugin: Annotated[list[str] | None, _PLUGINS] = None,
 ) -> None:
-    """Show each materialized view's last refresh: age, duration, outcome."""
-    asyncio.run(_status(dsn))
+    """Show each materialized view's freshness: health, age, last refresh duration, next
+    run, changes pending since its last refresh, failures."""
+    asyncio.run(_status(dsn, plugin or None))
 
 
 def _age(seconds: float) -> str:
@@ -139,24 +144,37 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-async def _status(dsn: str) -> None:
-    from thorbis_cache.postgres.mv_refresh import history_exists, view_status
+_HEALTH = {"ok": "green", "stale": "yellow", "failing": "red", "never": "yellow"}
+
+
+async def _status(dsn: str, plugins: list[str] | None) -> None:
+    from thorbis_cache.plugins import PluginManager
+    from thorbis_cache.postgres.mv_refresh import history_exists
+    from thorbis_cache.postgres.mv_scheduler import ScheduledView, report
     from thorbis_cache.postgres.outbox import connect
 
+    manager = PluginManager()
+    await manager.load(plugins)
+    views = [ScheduledView(p.name, v) for p in manager.plugins.values() for v in p.views]
     conn = await connect(dsn)
     try:
         if not await history_exists(conn):
             raise ConfigurationError(_NOT_MIGRATED)
-        statuses = await view_status(conn)
+        lines = await report(conn, views)
     finally:
         await conn.close()
     console = Console(highlight=False, soft_wrap=True, width=200)
-    if not statuses:
-        console.print("no refresh recorded yet")
+    if not lines:
+        console.print("the loaded plugins declare no materialized views")
         return
-    table = Table("view", "plugin", "age", "duration", "outcome", "trigger", "rows", "error")
-    for s in statuses:
-        table.add_row(s.view, s.plugin, _age(s.age_s), f"{s.duration_ms:.0f} ms",
-                      f"[{_STYLE.get(s.outcome, 'white')}]{s.outcome}[/]", s.trigger,
-                      "" if s.rows is None else str(s.rows), escape(s.error or ""))
+    table = Table("view", "plugin", "health", "age", "last duration", "next run (UTC)",
+                  "pending changes", "failures", "last error")
+    for line in lines:
+        pending = str(line.pending) + (f"/{line.min_changes}" if line.min_changes else "")
+        table.add_row(
+            line.view, line.plugin, f"[{_HEALTH[line.health]}]{line.health}[/]",
+            "-" if line.age_s is None else _age(line.age_s),
+            "-" if line.last_duration_ms is None else f"{line.last_duration_ms:.0f} ms",
+            "-" if line.next_run is None else f"{line.next_run:%Y-%m-%d %H:%M}",
+            pending, str(line.failures), escape(line.last_error or ""))
     console.print(table)

@@ -112,19 +112,41 @@ class SqlScript:
 
 @attrs.frozen(slots=True)
 class RefreshPolicy:
-    """When a materialized view is refreshed (scheduled by a later issue's worker).
+    """When a materialized view is refreshed by the scheduler in ``thorbis-cache worker``
+    (:mod:`thorbis_cache.postgres.mv_scheduler`).
 
-    :ivar cron: a cron expression, or None.
-    :ivar max_staleness: seconds after which a refresh is due regardless of cron.
-    :ivar min_changes: refresh early once this many changes hit its source tables.
+    Two triggers, either or both:
+
+    * **cron**: at each time ``cron`` names, read in ``timezone`` (DST handled: a
+      fixed-time job runs once on the day clocks fall back, and at the first valid minute
+      on the day they spring forward);
+    * **smart**: when the view's data is at least ``max_staleness`` seconds old *and* at
+      least ``min_changes`` rows of its ``sources`` (and refreshes of the views it
+      ``depends_on``) changed since it was last refreshed, counted from the outbox. With
+      only one of the two set, the other is "any age" or "at least one change".
+
+    :ivar cron: a cron expression (5 fields), or None.
+    :ivar max_staleness: seconds of age from which a smart refresh may fire.
+    :ivar min_changes: changes from which a smart refresh may fire.
     :ivar concurrently: use ``REFRESH MATERIALIZED VIEW CONCURRENTLY`` (needs a unique
-        index on the view; checked at registration).
+        index on the view; checked at registration). A never-populated view still gets a
+        first plain refresh.
+    :ivar timezone: the IANA zone ``cron`` is read in (``"Europe/Paris"``).
+    :ivar statement_timeout: seconds one refresh may run before PostgreSQL cancels it
+        (None: the scheduler's default).
     """
 
     cron: str | None = None
     max_staleness: float | None = None
     min_changes: int | None = None
     concurrently: bool = True
+    timezone: str = "UTC"
+    statement_timeout: float | None = None
+
+    @property
+    def smart(self) -> bool:
+        """Whether a smart refresh is configured."""
+        return self.max_staleness is not None or self.min_changes is not None
 
 
 @attrs.frozen(slots=True)
@@ -135,9 +157,12 @@ class MaterializedView:
     :ivar query: the ``SELECT`` that defines it.
     :ivar unique_index: columns of its unique index (required for concurrent refresh).
     :ivar indexes: other indexed column lists.
-    :ivar sources: the tables it reads (for change counting).
+    :ivar sources: the tables it reads (their changes count toward a smart refresh).
     :ivar refresh: the refresh policy.
     :ivar tags: cache tags invalidated after each refresh.
+    :ivar depends_on: materialized views (of any loaded plugin) this one reads: when
+        several are due they are refreshed in dependency order, and each refresh of one
+        counts as a change of the views that depend on it.
     """
 
     name: str
@@ -147,6 +172,7 @@ class MaterializedView:
     sources: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     refresh: RefreshPolicy = attrs.field(factory=RefreshPolicy)
     tags: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    depends_on: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
 
     @property
     def schema(self) -> str:

@@ -16,7 +16,9 @@ Each batch (see :mod:`thorbis_cache.postgres.outbox` for why it is commit-safe):
    is dead-lettered with the reason and does not block the others;
 3. delete the keys (``Cache.delete``, which also revokes fill leases) and hand the tags
    to the tag invalidator;
-4. append one audit record per tenant, then commit -- the rows are gone only now.
+4. append one audit record per tenant, add the batch's rows per table to
+   ``thorbis.table_changes`` (what the view scheduler's smart refresh counts), then
+   commit -- the rows are gone only now.
 
 If step 3 fails the transaction rolls back and the rows come back. A failure other
 than Redis being unavailable counts an attempt on each row; a row past ``max_attempts``
@@ -322,6 +324,7 @@ class OutboxWorker:
                 rows = await outbox.claim_batch(conn, self.batch_size)
                 ids = [r.id for r in rows]
                 result = await self._apply(conn, rows) if rows else BatchResult()
+                await outbox.count_changes(conn, rows)
         except Exception as exc:
             self.metrics.failed_batches += 1
             # Redis or PostgreSQL being unavailable is not the rows' fault: no attempt is

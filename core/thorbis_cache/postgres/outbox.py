@@ -31,6 +31,7 @@ __all__ = [
     "OutboxRow",
     "claim_batch",
     "connect",
+    "count_changes",
     "dead_letter",
     "pending_count",
     "prune_dead_letters",
@@ -122,6 +123,28 @@ async def dead_letter(conn: asyncpg.Connection, row: OutboxRow, reason: str) -> 
     await conn.execute(
         _DEAD_LETTER, row.id, reason, row.attempts, row.txid, row.created_at, row.table_name,
         row.operation, row.tenant_id, as_json(row.pk), as_json(row.old), as_json(row.new),
+    )
+
+
+async def count_changes(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
+    """Add the claimed rows, per table, to ``thorbis.table_changes`` (inside the batch
+    transaction: a row is counted exactly when it leaves the outbox). The materialized
+    view scheduler's smart refresh reads these counts.
+
+    Tables are upserted in name order, so concurrent workers lock them in one order.
+    """
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.table_name] = counts.get(row.table_name, 0) + 1
+    if not counts:
+        return
+    names = sorted(counts)
+    await conn.execute(
+        "INSERT INTO thorbis.table_changes AS t (table_name, changes) "
+        "SELECT * FROM unnest($1::text[], $2::bigint[]) "
+        "ON CONFLICT (table_name) DO UPDATE "
+        "SET changes = t.changes + EXCLUDED.changes, updated_at = now()",
+        names, [counts[n] for n in names],
     )
 
 

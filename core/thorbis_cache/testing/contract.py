@@ -384,6 +384,59 @@ class PluginContract:
         """Permission names are unique and each is ``<namespace>.<name>[.<more>]``."""
         checks.check_permissions(thorbis_contract_plugin)
 
+    # ---- 9. coexistence
+
+    def test_coexists_with_every_installed_plugin(
+        self, thorbis_contract_target: ContractTarget, thorbis_contract_plugin: LoadedPlugin
+    ) -> None:
+        """Loaded in one manager with every other installed plugin (as a host loading
+        all verticals does): no namespace, key schema, permission or view collides, and
+        for any tenant no key of any plugin's schema equals, or parses as, another's."""
+        others, error = run_async(lambda: _load_with_installed(thorbis_contract_target))
+        if error is not None:
+            pytest.fail(f"plugin {thorbis_contract_target.label!r} does not load together "
+                        f"with the installed plugins:\n{error}", pytrace=False)
+        if not others:
+            pytest.skip("no other plugin is installed")
+        checks.check_relations_namespaced([thorbis_contract_plugin, *others])
+        schemas = [s for p in (thorbis_contract_plugin, *others) for s in p.schemas]
+        if schemas:
+            checks.check_key_isolation(schemas, max_examples=self.max_examples * 2)
+
+
+async def _load_with_installed(
+    target: ContractTarget,
+) -> tuple[list[LoadedPlugin], PluginLoadError | None]:
+    """Load ``target`` and every other installed plugin with one fresh manager.
+
+    :returns: the other plugins, and the load error if there was one.
+    """
+    manager = PluginManager()
+    name = target.name
+    if target.obj is not None:
+        name = name or getattr(target.obj, "__name__", None) or (
+            manager.pluggy_manager.get_canonical_name(target.obj))
+        manager.add(target.obj, name)
+    names = [str(name)]
+    for ep in manager.available():
+        if ep.name in names:
+            continue
+        if target.obj is not None:
+            # The object under test may also be installed (an example run in-process):
+            # pluggy refuses one object under two names, and it is the same plugin.
+            try:
+                same = ep.load() is target.obj
+            except Exception:  # a broken entry point: the manager reports it below
+                same = False
+            if same:
+                continue
+        names.append(ep.name)
+    try:
+        loaded = await manager.load(names)
+    except PluginLoadError as exc:
+        return [], exc
+    return [p for p in loaded if p.name != name], None
+
 
 async def _open_cache(url: str, registry: SchemaRegistry, keyring: KeyRing) -> Cache:
     return Cache.from_url(url, registry, keyring=keyring)

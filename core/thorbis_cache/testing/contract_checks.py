@@ -250,6 +250,26 @@ def check_codec_round_trip(
         ) from exc
 
 
+def check_relations_namespaced(plugins: Sequence[LoadedPlugin]) -> None:
+    """Every PostgreSQL relation a plugin owns or captures changes of (its materialized
+    views, its rules' tables) is in the schema of its own namespace, so plugins loaded
+    together own disjoint schemas (a view may still *read* another schema's table).
+
+    :raises AssertionError: listing each relation outside its plugin's schema.
+    """
+    __tracebackhide__ = True
+    problems = []
+    for plugin in plugins:
+        own = plugin.info.namespace
+        names = [(f"materialized view {v.name!r}", v.name) for v in plugin.views]
+        names += [(f"rule {r.name!r} table {r.table!r}", r.table) for r in plugin.rules]
+        for what, relation in names:
+            if relation.split(".", 1)[0] != own:
+                problems.append(f"plugin {plugin.name!r}: {what} is outside its schema {own!r}")
+    if problems:
+        report(", ".join(sorted({p.name for p in plugins})), "relations", problems)
+
+
 def check_key_isolation(
     schemas: Sequence[KeySchema[Any]], *, prefix: str = PREFIX, max_examples: int = 100
 ) -> None:
