@@ -1,0 +1,180 @@
+"""The key schemas of the automotive vertical.
+
+Keys (after the cache prefix; ``{t}`` is the tenant hash tag) and what they hold:
+
+==========================================  ======  ============================================
+key                                         kind    holds
+==========================================  ======  ============================================
+``{t}:auto.vehicle_history:<vin>``          value   :class:`VehicleHistory`, encrypted
+``{t}:auto.make_model:<make>:<model>``      zset    VINs of a make and model by model year
+``{t}:auto.part:<part number>``             hash    :class:`Part`, versioned
+``{t}:auto.parts_by_stock``                 zset    part numbers by stock on hand
+``{t}:auto.parts_reorder_margin``           zset    part numbers by on hand - reorder point
+``{t}:auto.part_demand:<part number>``      value   :class:`PartDemand` (from the view)
+``{t}:auto.labor_estimate:<service type>``  value   :class:`LaborEstimate` (view + table)
+``{t}:auto.bay_board:<day>``                value   :class:`BayBoard` (from the view)
+==========================================  ======  ============================================
+
+TTLs follow the seed (history 2 h, make/model sets 24 h, parts 30 min, labor 1 h);
+entries mirroring a materialized view also go with the view's refresh tags.
+
+VINs are validated before a key is built through :func:`vehicle_history_key` (the
+plugin's loaders, writers and patterns all do): the schema's parameter is a plain
+``str``, so keys built from stored rows (the invalidation engine) and hostile input
+(the contract kit) go through the same escaping as every other key, and a bad VIN is an
+:class:`~thorbis_automotive.vin.InvalidVinError` naming ``auto.vehicle_history`` and
+``vin``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind
+
+from thorbis_automotive.models import BayBoard, LaborEstimate, Part, PartDemand, VehicleHistory
+from thorbis_automotive.vin import CheckDigitRule, validate_vin
+
+__all__ = [
+    "ALL_SCHEMAS",
+    "BAY_BOARD",
+    "LABOR_ESTIMATE",
+    "MAKE_MODEL",
+    "PART",
+    "PARTS_BY_STOCK",
+    "PARTS_REORDER_MARGIN",
+    "PART_DEMAND",
+    "TAGS",
+    "TAG_HISTORY",
+    "TAG_LABOR",
+    "TAG_MAKE_MODEL",
+    "TAG_PARTS",
+    "TAG_PARTS_DEMAND",
+    "TAG_REPORTS",
+    "TAG_STOCK",
+    "TAG_UTILISATION",
+    "VEHICLE_HISTORY",
+    "vehicle_history_key",
+]
+
+_HOUR = 3600.0
+
+TAG_HISTORY = "auto.history"
+TAG_MAKE_MODEL = "auto.make_model"
+TAG_PARTS = "auto.parts"
+TAG_STOCK = "auto.stock"
+TAG_PARTS_DEMAND = "auto.parts_demand"
+TAG_LABOR = "auto.labor"
+TAG_UTILISATION = "auto.utilisation"
+#: Every entry that mirrors a materialized view.
+TAG_REPORTS = "auto.reports"
+
+VEHICLE_HISTORY: KeySchema[VehicleHistory] = KeySchema(
+    "auto.vehicle_history",
+    VehicleHistory,
+    params={"vin": str},
+    ttl=2 * _HOUR,  # seed: SETEX 7200
+    ttl_jitter=0.1,
+    # A VIN with its service history identifies a person's car: personal data.
+    sensitive=True,
+    tags=(TAG_HISTORY,),
+    description="a vehicle's completed services and maintenance schedule, by VIN",
+)
+
+MAKE_MODEL: KeySchema[str] = KeySchema(
+    "auto.make_model",
+    str,
+    params={"make": str, "model": str},
+    ttl=24 * _HOUR,  # seed: EXPIRE 86400
+    ttl_jitter=0.1,
+    tags=(TAG_MAKE_MODEL,),
+    kind=SchemaKind.ZSET,
+    description="VINs of one make and model scored by model year",
+)
+
+PART: KeySchema[Part] = KeySchema(
+    "auto.part",
+    Part,
+    params={"part_number": str},
+    ttl=0.5 * _HOUR,  # seed: EXPIRE 1800
+    ttl_jitter=0.1,
+    tags=(TAG_PARTS,),
+    kind=SchemaKind.HASH,
+    description="a part with stock on hand, demand statistics and reorder point",
+)
+
+PARTS_BY_STOCK: KeySchema[str] = KeySchema(
+    "auto.parts_by_stock",
+    str,
+    ttl=0.5 * _HOUR,
+    tags=(TAG_STOCK,),
+    kind=SchemaKind.ZSET,
+    description="part numbers scored by stock on hand (the seed's by_stock set)",
+)
+
+PARTS_REORDER_MARGIN: KeySchema[str] = KeySchema(
+    "auto.parts_reorder_margin",
+    str,
+    ttl=0.5 * _HOUR,
+    tags=(TAG_STOCK,),
+    kind=SchemaKind.ZSET,
+    description="part numbers scored by stock on hand minus reorder point",
+)
+
+PART_DEMAND: KeySchema[PartDemand] = KeySchema(
+    "auto.part_demand",
+    PartDemand,
+    params={"part_number": str},
+    ttl=6 * _HOUR,  # the view refreshes every 6 hours
+    ttl_jitter=0.1,
+    tags=(TAG_REPORTS, TAG_PARTS_DEMAND),
+    description="a part's weekly issued units over 52 weeks, from the view",
+)
+
+LABOR_ESTIMATE: KeySchema[LaborEstimate] = KeySchema(
+    "auto.labor_estimate",
+    LaborEstimate,
+    params={"service_type": str},
+    ttl=_HOUR,  # seed: SETEX 3600
+    ttl_jitter=0.1,
+    tags=(TAG_REPORTS, TAG_LABOR),
+    description="a service type's labor time, rate and seasonal factors",
+)
+
+BAY_BOARD: KeySchema[BayBoard] = KeySchema(
+    "auto.bay_board",
+    BayBoard,
+    params={"day": dt.date},
+    ttl=_HOUR,  # the view refreshes hourly
+    ttl_jitter=0.1,
+    tags=(TAG_REPORTS, TAG_UTILISATION),
+    description="every bay's utilisation of one UTC day, from the view",
+)
+
+#: Every schema, in the order the plugin registers them.
+ALL_SCHEMAS: tuple[KeySchema[Any], ...] = (
+    VEHICLE_HISTORY,
+    MAKE_MODEL,
+    PART,
+    PARTS_BY_STOCK,
+    PARTS_REORDER_MARGIN,
+    PART_DEMAND,
+    LABOR_ESTIMATE,
+    BAY_BOARD,
+)
+
+#: Every tag a schema of this plugin carries.
+TAGS: frozenset[str] = frozenset(tag for schema in ALL_SCHEMAS for tag in schema.tags)
+
+
+def vehicle_history_key(
+    tenant: str, vin: str, *, rule: CheckDigitRule = CheckDigitRule.NORTH_AMERICA
+) -> CacheKey[VehicleHistory]:
+    """The history key of a VIN, validated and normalised first.
+
+    :raises InvalidVinError: naming ``auto.vehicle_history`` and ``vin``.
+    """
+    return VEHICLE_HISTORY.key(
+        tenant, vin=validate_vin(vin, schema=VEHICLE_HISTORY.name, parameter="vin", rule=rule)
+    )

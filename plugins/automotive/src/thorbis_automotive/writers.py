@@ -1,0 +1,95 @@
+"""Writes the vertical's cached structures: what the seed's ``cache*`` methods did.
+
+Each write goes through the core's typed structures, so every key keeps its tenant hash
+tag and its TTL (refreshed atomically with the write). A set is written with
+``replace=True``, which swaps its whole content in one atomic script. The seed's loop of
+one ``HSET`` + ``EXPIRE`` + ``ZADD`` per part becomes one hash write per part and one
+write per set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from thorbis_cache.cache import Cache
+from thorbis_cache.keys import CacheKey, SchemaKind
+
+from thorbis_automotive.models import Part, VehicleHistory
+from thorbis_automotive.schemas import (
+    MAKE_MODEL,
+    PART,
+    PARTS_BY_STOCK,
+    PARTS_REORDER_MARGIN,
+    vehicle_history_key,
+)
+
+__all__ = [
+    "stock_scores",
+    "store_make_model",
+    "store_part",
+    "store_parts",
+    "store_vehicle_history",
+    "write_pair",
+]
+
+
+async def store_vehicle_history(cache: Cache, tenant: str, history: VehicleHistory) -> None:
+    """Cache a vehicle's history (its VIN is validated first).
+
+    :raises InvalidVinError: the history's VIN is not valid.
+    """
+    await cache.set(vehicle_history_key(tenant, history.vehicle.vin), history)
+
+
+async def store_make_model(
+    cache: Cache, tenant: str, make: str, model: str, vins: Mapping[str, float]
+) -> None:
+    """Replace a make/model set: VIN -> model year."""
+    await cache.zset(MAKE_MODEL.key(tenant, make=make, model=model)).add(vins, replace=True)
+
+
+async def store_part(cache: Cache, tenant: str, part: Part) -> int:
+    """Cache a part's hash (whole entity); returns its new version."""
+    return await cache.hash(PART.key(tenant, part_number=part.part_number)).replace(part)
+
+
+def stock_scores(parts: Iterable[Part]) -> tuple[dict[str, float], dict[str, float]]:
+    """The two stock sets of ``parts``: part number -> on hand, and part number ->
+    on hand - reorder point (<= 0: at or below the reorder point)."""
+    by_stock: dict[str, float] = {}
+    margin: dict[str, float] = {}
+    for p in parts:
+        by_stock[p.part_number] = float(p.on_hand)
+        margin[p.part_number] = float(p.on_hand - p.reorder_point)
+    return by_stock, margin
+
+
+async def store_parts(cache: Cache, tenant: str, parts: Iterable[Part]) -> int:
+    """Cache every part's hash, then replace both stock sets with exactly ``parts``
+    (hashes first: a reader that finds a part number in a set finds its hash).
+
+    :returns: the number of parts.
+    """
+    parts = list(parts)
+    await asyncio.gather(*(store_part(cache, tenant, p) for p in parts))
+    by_stock, margin = stock_scores(parts)
+    await cache.zset(PARTS_BY_STOCK.key(tenant)).add(by_stock, replace=True)
+    await cache.zset(PARTS_REORDER_MARGIN.key(tenant)).add(margin, replace=True)
+    return len(parts)
+
+
+async def write_pair(cache: Cache, key: CacheKey[Any], value: Any) -> None:
+    """Write one ``(key, value)`` a warmer produced, by the kind of the key's schema:
+    value ``set``; hash ``replace``; sorted set: a mapping member -> score replacing the
+    set (the convention of this plugin's warmers)."""
+    kind = key.schema.kind
+    if kind is SchemaKind.VALUE:
+        await cache.set(key, value)
+    elif kind is SchemaKind.HASH:
+        await cache.hash(key).replace(value)
+    elif kind is SchemaKind.ZSET:
+        await cache.zset(key).add(value, replace=True)
+    else:
+        await cache.geo(key).add(value, replace=True)
