@@ -32,9 +32,10 @@ from thorbis_cache.demo import (
     read_plan,
     run_demo,
 )
+from thorbis_cache.demo.verticals_scene import CHANGES_PER_TENANT
 from thorbis_cache.errors import ConfigurationError
 
-SMALL = DemoOptions(tenants=2, customers=100, reads=2000, concurrency=16)
+SMALL = DemoOptions(tenants=2, customers=100, reads=2000, concurrency=16, vertical_reads=600)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +169,26 @@ def test_committed_update_is_invalidated_by_the_worker(demo_run: tuple[DemoResul
     text = demo_run[1]
     assert f"An UPDATE in PostgreSQL invalidates the cache (customer {o.customer_id})" in text
     assert f"commit → gone {o.gone_ms:.1f} ms" in text
+
+
+def test_every_installed_vertical_runs_end_to_end(demo_run: tuple[DemoResult, str]) -> None:
+    result, text = demo_run
+    v = result.verticals
+    assert v.tenants == ("acme-group", "globex-group")
+    assert [r.plugin for r in v.verticals] == ["home_services", "automotive", "restaurant"]
+    for r in v.verticals:
+        assert r.rows > 0
+        assert r.changes == CHANGES_PER_TENANT * len(v.tenants)
+        assert r.verified == r.changes
+        assert r.hits > 0
+        assert r.misses > 0
+        assert r.keys_invalidated + r.tags_invalidated > 0
+        assert r.failed_refreshes == 0
+        assert sum(n for _, n in r.refreshes) >= 2
+        assert r.latency.count > 0
+        assert f"{r.hit_ratio:.1%}" in text
+    assert all(c.passed for c in v.checks)
+    assert "Every vertical, end to end" in text
 
 
 def test_report_prints_measured_numbers(demo_run: tuple[DemoResult, str]) -> None:

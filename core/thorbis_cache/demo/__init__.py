@@ -19,6 +19,12 @@ keep:
   triggers write the outbox, the outbox worker (run in the demo process) deletes the keys,
   and the next read loads the new row.
 
+It closes with every installed vertical that ships a demo part
+(:mod:`~thorbis_cache.demo.protocol`; home_services, automotive and restaurant here) for
+tenants that each run all of them: data written in PostgreSQL, views refreshed by the
+scheduler, concurrent cached reads, changes applied by the worker and read back, and a
+summary table per vertical (:mod:`~thorbis_cache.demo.verticals_scene`).
+
 Every number it prints is measured in this run; every claim is a check that can fail
 (:attr:`DemoResult.ok`). The demo plays the host application, so it talks to
 PostgreSQL through ``asyncpg`` itself; the cache never sees the database.
@@ -133,13 +139,17 @@ def command(
     zipf: Annotated[float, typer.Option(help="Zipf exponent of customer popularity.")] = 1.1,
     seed: Annotated[int, typer.Option(help="Seed of the data set and the workload.")] = 7,
     concurrency: Annotated[int, typer.Option(help="Concurrent readers.")] = 32,
+    vertical_reads: Annotated[int, typer.Option(
+        help="Reads per vertical in the closing every-vertical scene.")] = 3000,
 ) -> None:
     """Run the cache end to end on ephemeral Redis and PostgreSQL servers.
 
     Loads the home_services plugin and its multi-tenant data, runs two of its patterns
     and a Zipf read workload through an encrypted cache, then shows tamper detection,
-    stale-fill prevention and an UPDATE in PostgreSQL invalidating the cache. Needs the
-    plugin (pip install -e plugins/home_services).
+    stale-fill prevention and an UPDATE in PostgreSQL invalidating the cache; closes with
+    every installed vertical (home services, automotive, restaurant) for several tenants:
+    writes, cached reads, invalidation by the worker, view refreshes, a summary table.
+    Needs the home_services plugin (pip install -e plugins/home_services).
     \f
     (click shows the help text up to the form feed above; the rest is for readers.)
 
@@ -149,10 +159,11 @@ def command(
     :param zipf: Zipf exponent of customer popularity.
     :param seed: seed of the data set and the workload.
     :param concurrency: concurrent readers.
+    :param vertical_reads: reads per vertical in the every-vertical scene.
     :raises ConfigurationError: an option is out of range, or the plugin is missing.
     :raises DemoFailure: a check failed (the report shows which).
     """
-    options = DemoOptions(tenants, customers, reads, zipf, seed, concurrency)
+    options = DemoOptions(tenants, customers, reads, zipf, seed, concurrency, vertical_reads)
     result = asyncio.run(run_demo(options, console=Console(highlight=False)))
     if not result.ok:
         failed = [c.name for c in result.checks if not c.passed]

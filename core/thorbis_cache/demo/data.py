@@ -74,6 +74,8 @@ class DemoOptions:
     :ivar seed: seed of the data set and the workload (same seed, same data and plan;
         the data's times are placed around today, UTC).
     :ivar concurrency: concurrent workers issuing reads.
+    :ivar vertical_reads: reads per vertical in the closing scene (every installed
+        vertical, :mod:`thorbis_cache.demo.verticals_scene`).
     """
 
     tenants: int = attrs.field(default=3, validator=_at_least(2))
@@ -82,11 +84,17 @@ class DemoOptions:
     zipf: float = attrs.field(default=1.1, validator=_at_least(0))
     seed: int = 7
     concurrency: int = attrs.field(default=32, validator=_at_least(1))
+    vertical_reads: int = attrs.field(default=3000, validator=_at_least(1))
 
     def tenant_names(self) -> list[str]:
         """Tenant ids: well-known fictional companies first, then ``tenant-NNN``."""
         named = list(TENANT_NAMES[: self.tenants])
         return named + [f"tenant-{i + 1:03d}" for i in range(len(named), self.tenants)]
+
+    def vertical_tenant_names(self) -> list[str]:
+        """The closing scene's tenants, each running every vertical (``acme-group``, ...):
+        distinct from :meth:`tenant_names`, whose home-services data is already loaded."""
+        return [f"{name}-group" for name in self.tenant_names()]
 
 
 # --------------------------------------------------------------------------- read plan

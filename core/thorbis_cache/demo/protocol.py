@@ -22,18 +22,23 @@ declarations, the way a host application uses them.
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
+
+from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.plugins import ENTRY_POINT_GROUP
 
 if TYPE_CHECKING:
     import asyncpg
 
     from thorbis_cache.app import CacheApp
 
-__all__ = ["DemoChange", "VerticalDemo"]
+__all__ = ["DemoChange", "VerticalDemo", "find_demo"]
 
 
 @attrs.frozen(slots=True)
@@ -73,16 +78,43 @@ class VerticalDemo(Protocol):
         """
         ...
 
-    async def read(self, app: CacheApp, conn: asyncpg.Connection, tenant: str,
+    async def read(self, app: CacheApp, pool: asyncpg.Pool, tenant: str,
                    rng: random.Random) -> str:
-        """One cached read, as a host does it; the data comes from ``conn`` on a miss.
+        """One cached read, as a host does it; the data comes from ``pool`` on a miss.
+        Called concurrently (hence a pool, not one connection).
 
         :returns: the name of what was read (a pattern or schema name), for the report.
         """
         ...
 
-    async def change(self, app: CacheApp, conn: asyncpg.Connection, tenant: str,
+    async def change(self, app: CacheApp, pool: asyncpg.Pool, tenant: str,
                      rng: random.Random) -> DemoChange:
         """Cache an entry, then commit a change of its rows that a rule of the plugin
         covers; return how to verify the cache followed."""
         ...
+
+
+def find_demo(plugin: str) -> VerticalDemo | None:
+    """The ``DEMO`` of an installed plugin: ``<package>.demo.DEMO``, where ``<package>``
+    holds the module its entry point names; None when it ships none.
+
+    :raises ConfigurationError: the plugin's ``demo`` module exists but its ``DEMO`` does
+        not satisfy :class:`VerticalDemo` (named).
+    """
+    found = entry_points(group=ENTRY_POINT_GROUP, name=plugin)
+    if not found:
+        return None
+    module = next(iter(found)).value.split(":", 1)[0]
+    package = module.rpartition(".")[0] or module
+    try:
+        demo_module = importlib.import_module(f"{package}.demo")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{package}.demo":
+            return None
+        raise
+    demo = getattr(demo_module, "DEMO", None)
+    if not isinstance(demo, VerticalDemo):
+        raise ConfigurationError(f"plugin {plugin!r}: {package}.demo.DEMO is "
+                                 f"{type(demo).__name__}, not a VerticalDemo (needs plugin, "
+                                 "title, populate, read, change)")
+    return demo

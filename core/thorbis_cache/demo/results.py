@@ -27,6 +27,8 @@ __all__ = [
     "PluginResult",
     "RaceResult",
     "TamperResult",
+    "VerticalResult",
+    "VerticalsResult",
     "WorkloadResult",
 ]
 
@@ -227,6 +229,65 @@ class OutboxResult:
 
 
 @attrs.frozen(slots=True)
+class VerticalResult:
+    """What one vertical did in the scene.
+
+    :ivar plugin: the plugin's entry-point name.
+    :ivar title: its human name.
+    :ivar rows: rows its data set wrote.
+    :ivar reads: reads of the concurrent pass; :ivar reads_per_s: its throughput;
+        :ivar hits: / :ivar misses: counted on its schemas during it.
+    :ivar latency: latency of one read when the same reads are replayed one at a time
+        (all hits).
+    :ivar read_mix: what was read, with counts.
+    :ivar changes: changes committed; :ivar verified: those seen through the cache after
+        the worker ran.
+    :ivar keys_invalidated: keys of its schemas the worker deleted.
+    :ivar tags_invalidated: (tenant, tag) pairs of its tags the worker invalidated.
+    :ivar refreshes: ok view refreshes by trigger.
+    :ivar failed_refreshes: view refreshes that failed.
+    :ivar checks: the scene's claims about this vertical.
+    """
+
+    plugin: str
+    title: str
+    rows: int
+    reads: int
+    reads_per_s: float
+    hits: int
+    misses: int
+    latency: LatencySummary
+    read_mix: tuple[tuple[str, int], ...]
+    changes: int
+    verified: int
+    keys_invalidated: int
+    tags_invalidated: int
+    refreshes: tuple[tuple[str, int], ...]
+    failed_refreshes: int
+    checks: tuple[Check, ...]
+
+    @property
+    def hit_ratio(self) -> float:
+        """Hits over hits and misses of the vertical's schemas (0 with no lookup)."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+@attrs.frozen(slots=True)
+class VerticalsResult:
+    """The scene: its tenants and one result per vertical."""
+
+    tenants: tuple[str, ...]
+    verticals: tuple[VerticalResult, ...]
+    seconds: float
+
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        """Every vertical's checks."""
+        return tuple(c for v in self.verticals for c in v.checks)
+
+
+@attrs.frozen(slots=True)
 class DemoResult:
     """Everything the demo measured and checked."""
 
@@ -241,12 +302,13 @@ class DemoResult:
     tamper: TamperResult
     race: RaceResult
     outbox: OutboxResult
+    verticals: VerticalsResult
 
     @property
     def checks(self) -> tuple[Check, ...]:
         """Every check of every scene."""
         return (self.plugin.checks + self.encryption.checks + self.tamper.checks
-                + self.race.checks + self.outbox.checks)
+                + self.race.checks + self.outbox.checks + self.verticals.checks)
 
     @property
     def ok(self) -> bool:

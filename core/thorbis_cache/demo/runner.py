@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from importlib.metadata import entry_points
 
 from rich.console import Console
 
@@ -17,10 +18,13 @@ from thorbis_cache.demo import report
 from thorbis_cache.demo.data import DemoOptions, popularity, read_plan
 from thorbis_cache.demo.database import Database, close_pool, create_database, create_pool
 from thorbis_cache.demo.outbox_scene import outbox_scene
+from thorbis_cache.demo.protocol import find_demo
 from thorbis_cache.demo.results import DataResult, DemoFailure, DemoResult, PluginResult
 from thorbis_cache.demo.scenes import encryption_scene, race_scene, tamper_scene
 from thorbis_cache.demo.vertical import PLUGIN, plugin_scene
+from thorbis_cache.demo.verticals_scene import verticals_scene
 from thorbis_cache.demo.workload import run_workload
+from thorbis_cache.plugins import ENTRY_POINT_GROUP
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
 
 __all__ = ["run"]
@@ -56,9 +60,12 @@ async def run(options: DemoOptions, out: Console) -> DemoResult:
 
         app = CacheApp(redis_server.url, keyring=KeyRing.generate(), postgres_dsn=dsn)
         stack.push_async_callback(app.aclose)
-        with out.status(f"loading plugin {PLUGIN} and applying its SQL..."):
+        # Every installed vertical that ships a demo part (home_services first).
+        verticals = [PLUGIN] + [ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)
+                                if ep.name != PLUGIN and find_demo(ep.name) is not None]
+        with out.status(f"loading plugins {', '.join(verticals)} and applying their SQL..."):
             t1 = time.perf_counter()
-            await app.start(plugins=[PLUGIN], apply_sql=True)
+            await app.start(plugins=verticals, apply_sql=True)
             start_s = time.perf_counter() - t1
         pool = await create_pool(dsn)
         stack.push_async_callback(close_pool, pool)
@@ -67,7 +74,7 @@ async def run(options: DemoOptions, out: Console) -> DemoResult:
             t1 = time.perf_counter()
             rows = await db.load(tenants, options.customers, options.seed)
             load_s = time.perf_counter() - t1
-            views = app.plugins.all_views()
+            views = app.plugins.plugins[PLUGIN].views
             t1 = time.perf_counter()
             await db.refresh(views)
             refresh_s = time.perf_counter() - t1
@@ -114,10 +121,13 @@ async def run(options: DemoOptions, out: Console) -> DemoResult:
                 [],
             )
         )
+        with out.status("every vertical...") as status:
+            everyone = await verticals_scene(app, pool, dsn, options, status.update)
+        out.print(report.verticals_panel(everyone, options))
     result = DemoResult(
         options, f"{redis_server.host}:{redis_server.port}",
         f"{postgres.host}:{postgres.port}", setup_s, data, plugin,
-        workload, encryption, tamper, race, outbox,
+        workload, encryption, tamper, race, outbox, everyone,
     )  # fmt: skip
     out.print(report.summary_line(result, time.perf_counter() - t0))
     return result

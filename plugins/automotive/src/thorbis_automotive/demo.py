@@ -110,7 +110,7 @@ class AutomotiveDemo:
             self._catalogues[tenant] = found
         return found
 
-    async def read(self, app: CacheApp, conn: asyncpg.Connection, tenant: str,
+    async def read(self, app: CacheApp, conn: asyncpg.Pool, tenant: str,
                    rng: random.Random) -> str:
         """One read-through (``get_or_load``) of a history, labor estimate or weekly
         demand; returns the schema name read."""
@@ -134,7 +134,7 @@ class AutomotiveDemo:
             return PART_DEMAND.name
         raise LookupError(f"tenant {tenant!r} has no automotive data (populate first)")
 
-    async def change(self, app: CacheApp, conn: asyncpg.Connection, tenant: str,
+    async def change(self, app: CacheApp, conn: asyncpg.Pool, tenant: str,
                      rng: random.Random) -> DemoChange:
         """Cache a history, complete a repair order of its vehicle, return the check.
 

@@ -1,0 +1,201 @@
+"""The demo's closing scene: every installed vertical, for several tenants, end to end.
+
+Each tenant of this scene runs all the verticals at once (a group with a home-services
+branch, a garage and a restaurant), so their keys, tags and tables share a tenant and
+must not collide. For every vertical that ships a
+:class:`~thorbis_cache.demo.protocol.VerticalDemo`:
+
+1. its data set is written in PostgreSQL (the capture triggers record every row in the
+   outbox);
+2. the materialized-view scheduler ticks once: views whose smart policy sees enough
+   changes refresh themselves; the views it leaves stale after this bulk load are
+   refreshed by hand, as an operator does with ``thorbis-cache refresh``;
+3. reads go through the cache the way a host reads (patterns, ``get_or_load`` with the
+   plugin's loaders), concurrently from a cold cache (hits and misses counted on the
+   vertical's own schemas, reads per second); then the same reads are replayed one at a
+   time: every lookup must hit, and their latency is what one caller sees;
+4. changes are committed in PostgreSQL, the outbox worker applies them, and each change
+   is verified through the cache; then the scheduler ticks again.
+
+The summary table has one line per vertical: hit ratio, latency, invalidations, refreshes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import asyncpg
+
+from thorbis_cache.app import CacheApp
+from thorbis_cache.demo.data import DemoOptions
+from thorbis_cache.demo.protocol import DemoChange, VerticalDemo, find_demo
+from thorbis_cache.demo.results import Check, LatencySummary, VerticalResult, VerticalsResult
+from thorbis_cache.postgres.migrations import migrate
+from thorbis_cache.postgres.mv_refresh import (
+    RefreshOutcome,
+    load_state,
+    pending_changes,
+    refresh_and_invalidate,
+)
+from thorbis_cache.postgres.mv_scheduler import MvScheduler
+from thorbis_cache.postgres.triggers import install_triggers
+from thorbis_cache.worker import OutboxWorker
+
+__all__ = ["CHANGES_PER_TENANT", "verticals_scene"]
+
+#: Changes committed per vertical and tenant.
+CHANGES_PER_TENANT = 3
+
+
+def _namespace_of_key(body: str) -> str:
+    # '{tenant}:auto.vehicle_history:...' -> 'auto'
+    return body.split("}:", 1)[1].split(".", 1)[0]
+
+
+async def _reads(app: CacheApp, pool: asyncpg.Pool, demo: VerticalDemo, tenants: Sequence[str],
+                 count: int, concurrency: int, seed: int, *,
+                 one_at_a_time: bool = False) -> tuple[list[int], Counter[str]]:
+    """``count`` reads by ``concurrency`` readers, each with its own seeded RNG (which
+    picks the tenant and what to read) and a fixed share of the reads, so the same
+    arguments make the same reads whatever the interleaving. With ``one_at_a_time`` the
+    readers run one after the other: the same reads, replayed sequentially.
+
+    :returns: the latencies (ns) and what was read.
+    """
+    latencies: list[int] = []
+    mix: Counter[str] = Counter()
+
+    async def reader(index: int) -> None:
+        rng = random.Random(f"{seed}:{demo.plugin}:reader:{index}")
+        for _ in range(count // concurrency + (index < count % concurrency)):
+            tenant = rng.choice(tenants)
+            t0 = time.perf_counter_ns()
+            mix[await demo.read(app, pool, tenant, rng)] += 1
+            latencies.append(time.perf_counter_ns() - t0)
+
+    if one_at_a_time:
+        for index in range(concurrency):
+            await reader(index)
+    else:
+        await asyncio.gather(*(reader(i) for i in range(concurrency)))
+    return latencies, mix
+
+
+async def _refresh_stale(app: CacheApp, pool: asyncpg.Pool,
+                         scheduler: MvScheduler) -> list[RefreshOutcome]:
+    """Refresh by hand every view with changes its scheduler left pending."""
+    outcomes = []
+    async with pool.acquire() as conn:
+        for sv in scheduler.views:
+            state = await load_state(conn, sv.name)
+            if await pending_changes(conn, sv.view, state):
+                outcomes.append(await refresh_and_invalidate(app, conn, sv.plugin, sv.view))
+    return outcomes
+
+
+async def verticals_scene(app: CacheApp, pool: asyncpg.Pool, dsn: str, options: DemoOptions,
+                          on_step: Callable[[str], None] = lambda _: None) -> VerticalsResult:
+    """Run every installed vertical's part for the scene's tenants (see the module).
+
+    :param app: the started app, with every vertical loaded and its SQL applied.
+    :param pool: connections to the demo database.
+    :param dsn: the same database, for the worker and the scheduler.
+    :param options: the demo's options (tenants, reads per vertical, seed, concurrency).
+    :param on_step: told what the scene is doing (for a status line).
+    """
+    t0 = time.perf_counter()
+    tenants = options.vertical_tenant_names()
+    demos = [d for d in (find_demo(name) for name in app.plugins.plugins) if d is not None]
+    rows: dict[str, int] = {}
+    on_step("writing every vertical's data set in PostgreSQL...")
+    async with pool.acquire() as conn:
+        # What `thorbis-cache db init` does: core schema, capture triggers of every rule.
+        await migrate(conn)
+        await install_triggers(conn, app.plugins.all_rules())
+        for demo in demos:
+            rows[demo.plugin] = await demo.populate(conn, tenants, seed=options.seed, scale=1)
+    # The bulk load's rows are changes like any other: the worker applies them (nothing
+    # is cached for these tenants yet) and counts them for the views' smart refresh.
+    async with OutboxWorker.from_app(app, dsn) as worker:
+        await worker.drain()
+
+    on_step("refreshing materialized views (scheduler tick, then what it left stale)...")
+    refreshed: list[RefreshOutcome] = []
+    async with MvScheduler.from_app(app, dsn) as scheduler:
+        refreshed += await scheduler.tick()
+        refreshed += await _refresh_stale(app, pool, scheduler)
+
+        metrics = app.cache.metrics
+        reads: dict[str, tuple[list[int], Counter[str], int, int, int, int, float]] = {}
+        for demo in demos:
+            on_step(f"reading {demo.title} through the cache...")
+            schemas = [s.name for s in app.plugins.plugins[demo.plugin].schemas]
+            before = [(metrics.for_schema(s).hits, metrics.for_schema(s).misses) for s in schemas]
+            t1 = time.perf_counter()
+            _, mix = await _reads(app, pool, demo, tenants, options.vertical_reads,
+                                  options.concurrency, options.seed)
+            elapsed = time.perf_counter() - t1
+            after = [(metrics.for_schema(s).hits, metrics.for_schema(s).misses) for s in schemas]
+            hits = sum(a[0] - b[0] for a, b in zip(after, before))
+            misses = sum(a[1] - b[1] for a, b in zip(after, before))
+            # The same reads again, one at a time: every entry is cached now, so each
+            # must be a hit, and the latency is one caller's (no 31 others queued on the
+            # same event loop).
+            latencies, _ = await _reads(app, pool, demo, tenants, options.vertical_reads,
+                                        options.concurrency, options.seed, one_at_a_time=True)
+            replay = [(metrics.for_schema(s).hits, metrics.for_schema(s).misses)
+                      for s in schemas]
+            replay_misses = sum(r[1] - a[1] for r, a in zip(replay, after))
+            replay_hits = sum(r[0] - a[0] for r, a in zip(replay, after))
+            reads[demo.plugin] = (latencies, mix, hits, misses, replay_hits, replay_misses,
+                                  options.vertical_reads / elapsed)
+
+        on_step("committing changes in PostgreSQL, then running the outbox worker...")
+        changes: dict[str, list[DemoChange]] = {d.plugin: [] for d in demos}
+        rng = random.Random(f"{options.seed}:changes")
+        for demo in demos:
+            for tenant in tenants:
+                for _ in range(CHANGES_PER_TENANT):
+                    changes[demo.plugin].append(await demo.change(app, pool, tenant, rng))
+        async with OutboxWorker.from_app(app, dsn) as worker:
+            batches = await worker.drain()
+        keys = Counter(_namespace_of_key(k) for b in batches for k in b.keys)
+        tags = Counter(tag.split(".", 1)[0] for b in batches for _, tag in b.tags)
+        verified = {d.plugin: [await c.verify() for c in changes[d.plugin]] for d in demos}
+        refreshed += await scheduler.tick()
+
+    results = []
+    for demo in demos:
+        namespace = app.plugins.plugins[demo.plugin].info.namespace
+        latencies, mix, hits, misses, replay_hits, replay_misses, rate = reads[demo.plugin]
+        views = {v.name for v in app.plugins.plugins[demo.plugin].views}
+        mine = [o for o in refreshed if o.view in views]
+        by_trigger = Counter(o.trigger for o in mine if o.ok)
+        failed = [o for o in mine if o.outcome == "failed"]
+        problems = [p for p in verified[demo.plugin] if p is not None]
+        n = len(changes[demo.plugin])
+        checks = (
+            Check(f"{demo.title}: {n - len(problems)}/{n} committed changes seen through the "
+                  "cache after the worker ran", not problems, "; ".join(problems[:3])),
+            Check(f"{demo.title}: every view refreshed ({len(views)} view(s), "
+                  f"{sum(by_trigger.values())} refresh(es))",
+                  not failed and {o.view for o in mine if o.ok} == views,
+                  "; ".join(str(o.error) for o in failed[:2])),
+            Check(f"{demo.title}: the same {options.vertical_reads:,} reads replayed: "
+                  f"{replay_hits:,} cache lookups, {replay_misses} missed",
+                  replay_hits > 0 and replay_misses == 0),
+            Check(f"{demo.title}: the worker invalidated {keys[namespace]} {namespace!r} key(s) "
+                  f"and {tags[namespace]} tag(s) for its changes",
+                  keys[namespace] + tags[namespace] > 0),
+        )
+        results.append(VerticalResult(
+            demo.plugin, demo.title, rows[demo.plugin], options.vertical_reads, rate, hits,
+            misses, LatencySummary.of(latencies), tuple(mix.most_common()), n, n - len(problems),
+            keys[namespace], tags[namespace], tuple(sorted(by_trigger.items())), len(failed),
+            checks,
+        ))
+    return VerticalsResult(tuple(tenants), tuple(results), time.perf_counter() - t0)
