@@ -4,4 +4,31 @@ The server fixtures (``thorbis_*``) come from the ``thorbis_cache.testing.pytest
 entry point; ``pytester`` runs inner pytest sessions for the clean-up tests.
 """
 
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from core_testing import HS, HS_TENANTS, HsEnv, run_cli
+from thorbis_home_services import datagen
+
+from thorbis_cache import CacheApp, KeyRing
+
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture
+async def hs_env(thorbis_pg_dsn: str, thorbis_standalone_redis_url: str) -> AsyncIterator[HsEnv]:
+    """``thorbis-cache db init`` with home_services, 4 generated customers per tenant of
+    :data:`HS_TENANTS` (their outbox rows not yet applied), a started app, a connection."""
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", thorbis_pg_dsn, "--plugin", HS)
+    app = await CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate()).start([HS])
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    await datagen.load(conn, HS_TENANTS, per_tenant=4, seed=1)
+    try:
+        yield HsEnv(thorbis_pg_dsn, thorbis_standalone_redis_url, conn, app)
+    finally:
+        await conn.close()
+        await app.aclose()

@@ -8,18 +8,16 @@ does not stop the others, and a refresh drops the cached entries carrying the vi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 
 import asyncpg
 import attrs
 import pytest
-from thorbis_home_services import datagen, rows
+from core_testing import HS, HS_TENANTS, HsEnv, run_cli
+from thorbis_home_services import rows
 from thorbis_home_services.schemas import CUSTOMER_SUMMARY
 from thorbis_home_services.views import ALL_VIEWS, CUSTOMER_SUMMARY_VIEW
-from typer.testing import CliRunner
 
-from thorbis_cache import CacheApp, KeyRing
-from thorbis_cache.cli import app as cli_app
 from thorbis_cache.declarations import MaterializedView, RefreshPolicy
 from thorbis_cache.postgres import audit
 from thorbis_cache.postgres.mv_refresh import (
@@ -29,35 +27,7 @@ from thorbis_cache.postgres.mv_refresh import (
     view_status,
 )
 
-HS = "home_services"
-TENANTS = ("acme", "globex")
-
-
-@attrs.frozen
-class Env:
-    dsn: str
-    redis_url: str
-    conn: asyncpg.Connection
-    app: CacheApp
-
-
-def _cli(*args: str, code: int = 0) -> str:
-    result = CliRunner().invoke(cli_app, list(args))
-    assert result.exit_code == code, result.output
-    return result.output
-
-
-@pytest.fixture
-async def env(thorbis_pg_dsn: str, thorbis_standalone_redis_url: str) -> AsyncIterator[Env]:
-    await asyncio.to_thread(_cli, "db", "init", "--dsn", thorbis_pg_dsn, "--plugin", HS)
-    app = await CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate()).start([HS])
-    conn = await asyncpg.connect(thorbis_pg_dsn)
-    await datagen.load(conn, TENANTS, per_tenant=4, seed=1)
-    try:
-        yield Env(thorbis_pg_dsn, thorbis_standalone_redis_url, conn, app)
-    finally:
-        await conn.close()
-        await app.aclose()
+TENANTS = HS_TENANTS
 
 
 async def _history(conn: asyncpg.Connection) -> list[tuple[str, str, str, bool, int | None]]:
@@ -65,7 +35,13 @@ async def _history(conn: asyncpg.Connection) -> list[tuple[str, str, str, bool, 
             for r in await conn.fetch("SELECT * FROM thorbis.mv_refresh_history ORDER BY id")]
 
 
-async def test_home_services_views_refresh_concurrently_with_history_and_audit(env: Env) -> None:
+@pytest.fixture
+def env(hs_env: HsEnv) -> HsEnv:
+    """The shared home_services environment (``hs_env`` in ``conftest.py``)."""
+    return hs_env
+
+
+async def test_home_services_views_refresh_concurrently_with_history_and_audit(env: HsEnv) -> None:
     outcomes = [await refresh_view(env.conn, HS, v) for v in ALL_VIEWS]
     assert [o.outcome for o in outcomes] == ["ok"] * 4
     assert all(o.concurrently for o in outcomes)  # populated at creation, unique indexes
@@ -81,7 +57,7 @@ async def test_home_services_views_refresh_concurrently_with_history_and_audit(e
     assert (await audit.verify(env.conn)).ok
 
 
-async def test_never_populated_view_gets_a_plain_first_refresh(env: Env) -> None:
+async def test_never_populated_view_gets_a_plain_first_refresh(env: HsEnv) -> None:
     await env.conn.execute(
         "CREATE MATERIALIZED VIEW hs.t_unpopulated AS "
         "SELECT tenant_id, id FROM hs.customers WITH NO DATA")
@@ -98,7 +74,7 @@ async def test_never_populated_view_gets_a_plain_first_refresh(env: Env) -> None
     assert not (await refresh_view(env.conn, "tests", view)).concurrently
 
 
-async def test_a_view_being_refreshed_elsewhere_is_skipped_and_recorded(env: Env) -> None:
+async def test_a_view_being_refreshed_elsewhere_is_skipped_and_recorded(env: HsEnv) -> None:
     holder = await asyncpg.connect(env.dsn)
     try:
         tx = holder.transaction()
@@ -118,7 +94,7 @@ async def test_a_view_being_refreshed_elsewhere_is_skipped_and_recorded(env: Env
     assert trig == "cron"
 
 
-async def test_two_concurrent_refreshes_one_ok_one_skipped(env: Env) -> None:
+async def test_two_concurrent_refreshes_one_ok_one_skipped(env: HsEnv) -> None:
     # The second session waits on nothing: it tries the lock while the first holds it.
     other = await asyncpg.connect(env.dsn)
     try:
@@ -137,7 +113,7 @@ async def _after(delay: float, aw: Awaitable[RefreshOutcome]) -> RefreshOutcome:
     return await aw
 
 
-async def test_a_broken_view_is_reported_and_the_others_still_refresh(env: Env) -> None:
+async def test_a_broken_view_is_reported_and_the_others_still_refresh(env: HsEnv) -> None:
     await env.conn.execute("CREATE TABLE hs.t_src (id int)")
     await env.conn.execute("CREATE MATERIALIZED VIEW hs.t_broken AS SELECT id FROM hs.t_src")
     await env.conn.execute("DROP TABLE hs.t_src CASCADE")  # drops the view: refresh fails
@@ -157,7 +133,7 @@ async def test_a_broken_view_is_reported_and_the_others_still_refresh(env: Env) 
     assert (await audit.verify(env.conn)).ok
 
 
-async def test_refresh_invalidates_the_views_tags_for_each_tenant(env: Env) -> None:
+async def test_refresh_invalidates_the_views_tags_for_each_tenant(env: HsEnv) -> None:
     cache = env.app.cache
     assert (await refresh_view(env.conn, HS, CUSTOMER_SUMMARY_VIEW)).ok  # the data is in
     keys = []
@@ -179,25 +155,25 @@ async def test_refresh_invalidates_the_views_tags_for_each_tenant(env: Env) -> N
     assert (await refresh_and_invalidate(cache, env.conn, HS, plain)).tenants == ()
 
 
-def test_cli_refresh_and_status(env: Env) -> None:
-    out = _cli("refresh", "--all", "--dsn", env.dsn, "--redis-url", env.redis_url,
+def test_cli_refresh_and_status(env: HsEnv) -> None:
+    out = run_cli("refresh", "--all", "--dsn", env.dsn, "--redis-url", env.redis_url,
                "--plugin", HS)
     for view in ALL_VIEWS:
         assert f"ok {view.name} concurrently" in out
     assert "4 view(s): 4 refreshed or skipped, 0 failed" in out
-    status = _cli("mv", "status", "--dsn", env.dsn)
+    status = run_cli("mv", "status", "--dsn", env.dsn)
     for view in ALL_VIEWS:
         assert view.name in status
     assert "ok" in status
-    bad = _cli("refresh", "hs.nope", "--dsn", env.dsn, "--redis-url", env.redis_url,
+    bad = run_cli("refresh", "hs.nope", "--dsn", env.dsn, "--redis-url", env.redis_url,
                "--plugin", HS, code=1)
     assert "unknown materialized view(s) hs.nope" in bad
 
 
-async def test_cli_refresh_exits_1_when_a_view_fails(env: Env) -> None:
+async def test_cli_refresh_exits_1_when_a_view_fails(env: HsEnv) -> None:
     await env.conn.execute("DROP MATERIALIZED VIEW hs.financial_daily")
     out = await asyncio.to_thread(
-        _cli, "refresh", "hs.customer_summary", "hs.financial_daily", "--dsn", env.dsn,
+        run_cli, "refresh", "hs.customer_summary", "hs.financial_daily", "--dsn", env.dsn,
         "--redis-url", env.redis_url, "--plugin", HS, code=1)
     assert "ok hs.customer_summary" in out
     assert "failed hs.financial_daily" in out

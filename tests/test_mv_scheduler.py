@@ -20,20 +20,18 @@ import os
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 
 import asyncpg
 import attrs
 import pytest
+from core_testing import HS, HS_TENANTS, HsEnv, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
-from thorbis_home_services import datagen, rows
+from thorbis_home_services import rows
 from thorbis_home_services.schemas import CUSTOMER_SUMMARY
 from thorbis_home_services.views import ALL_VIEWS, CUSTOMER_SUMMARY_VIEW
-from typer.testing import CliRunner
 
-from thorbis_cache import CacheApp, KeyRing, PluginInfo, hookimpl
-from thorbis_cache.cli import app as cli_app
+from thorbis_cache import PluginInfo, hookimpl
 from thorbis_cache.declarations import MaterializedView, RefreshPolicy
 from thorbis_cache.errors import ConfigurationError, PluginLoadError
 from thorbis_cache.hookspecs import HOOK_API_VERSION
@@ -57,8 +55,7 @@ from thorbis_cache.postgres.mv_scheduler import (
 from thorbis_cache.testing.servers import RedisServer
 from thorbis_cache.worker import OutboxWorker
 
-HS = "home_services"
-TENANTS = ("acme", "globex")
+TENANTS = HS_TENANTS
 UTC = dt.UTC
 NY = "America/New_York"
 
@@ -229,34 +226,13 @@ async def test_plugin_load_checks_dependencies_time_zones_and_thresholds() -> No
 # --------------------------------------------------------------------------- real servers
 
 
-@attrs.frozen
-class Env:
-    dsn: str
-    redis_url: str
-    conn: asyncpg.Connection
-    app: CacheApp
-
-
-def _cli(*args: str, code: int = 0) -> str:
-    result = CliRunner().invoke(cli_app, list(args))
-    assert result.exit_code == code, result.output
-    return result.output
-
-
 @pytest.fixture
-async def env(thorbis_pg_dsn: str, thorbis_standalone_redis_url: str) -> AsyncIterator[Env]:
-    await asyncio.to_thread(_cli, "db", "init", "--dsn", thorbis_pg_dsn, "--plugin", HS)
-    app = await CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate()).start([HS])
-    conn = await asyncpg.connect(thorbis_pg_dsn)
-    await datagen.load(conn, TENANTS, per_tenant=4, seed=1)
-    try:
-        yield Env(thorbis_pg_dsn, thorbis_standalone_redis_url, conn, app)
-    finally:
-        await conn.close()
-        await app.aclose()
+def env(hs_env: HsEnv) -> HsEnv:
+    """The shared home_services environment (``hs_env`` in ``conftest.py``)."""
+    return hs_env
 
 
-def _scheduler(env: Env, *views: tuple[str, MaterializedView], **options: object) -> MvScheduler:
+def _scheduler(env: HsEnv, *views: tuple[str, MaterializedView], **options: object) -> MvScheduler:
     return MvScheduler(env.dsn, [ScheduledView(p, v) for p, v in views], cache=env.app.cache,
                        **options)  # type: ignore[arg-type]
 
@@ -270,7 +246,7 @@ async def _touch_customers(conn: asyncpg.Connection, n: int) -> None:
                            "WHERE tenant_id = $1 AND id = $2", r["tenant_id"], r["id"])
 
 
-async def test_smart_refresh_fires_after_m_changes_and_not_before(env: Env) -> None:
+async def test_smart_refresh_fires_after_m_changes_and_not_before(env: HsEnv) -> None:
     view = attrs.evolve(CUSTOMER_SUMMARY_VIEW, refresh=RefreshPolicy(min_changes=5))
     worker = OutboxWorker.from_app(env.app, env.dsn)
     async with _scheduler(env, (HS, view)) as scheduler:
@@ -295,7 +271,7 @@ async def test_smart_refresh_fires_after_m_changes_and_not_before(env: Env) -> N
     await worker.aclose()
 
 
-async def test_cron_refresh_invalidates_tags_and_two_schedulers_refresh_once(env: Env) -> None:
+async def test_cron_refresh_invalidates_tags_and_two_schedulers_refresh_once(env: HsEnv) -> None:
     yearly = attrs.evolve(CUSTOMER_SUMMARY_VIEW, refresh=RefreshPolicy(cron="0 0 1 1 *"))
     await _slow_view(env.conn)
     slow = _slow("0 0 1 1 *")
@@ -326,7 +302,7 @@ async def test_cron_refresh_invalidates_tags_and_two_schedulers_refresh_once(env
         await b.aclose()
 
 
-async def test_recheck_under_the_lock_makes_a_late_decision_a_no_op(env: Env) -> None:
+async def test_recheck_under_the_lock_makes_a_late_decision_a_no_op(env: HsEnv) -> None:
     before = await load_state(env.conn, CUSTOMER_SUMMARY_VIEW.name)
     assert (await refresh_view(env.conn, HS, CUSTOMER_SUMMARY_VIEW)).ok
     seen = None if before is None else before.refreshed_at
@@ -354,7 +330,7 @@ def _slow(cron: str | None = None, concurrently: bool = True) -> MaterializedVie
                             refresh=RefreshPolicy(cron=cron, concurrently=concurrently))
 
 
-async def _cache_a_summary(env: Env) -> object:
+async def _cache_a_summary(env: HsEnv) -> object:
     assert (await refresh_view(env.conn, HS, CUSTOMER_SUMMARY_VIEW)).ok  # the data is in
     row = await env.conn.fetchrow("SELECT * FROM hs.customer_summary ORDER BY tenant_id, "
                                   "customer_id LIMIT 1")
@@ -378,7 +354,7 @@ async def _wait_for_refresh_running(conn: asyncpg.Connection, view: str) -> int:
 
 @pytest.mark.parametrize("concurrently", [True, False], ids=["concurrently", "plain"])
 async def test_readers_are_not_blocked_during_a_concurrent_refresh(
-        env: Env, concurrently: bool) -> None:
+        env: HsEnv, concurrently: bool) -> None:
     await _slow_view(env.conn)
     refresher = await asyncpg.connect(env.dsn, server_settings={"thorbis_test.sleep": "2"})
     reader = await asyncpg.connect(env.dsn)
@@ -423,7 +399,7 @@ _KILLABLE = textwrap.dedent("""
 
 
 async def test_a_scheduler_killed_mid_refresh_leaves_no_lock_and_another_takes_over(
-        env: Env) -> None:
+        env: HsEnv) -> None:
     await _slow_view(env.conn)
     slow = _slow("0 0 1 1 *")
     # Register, then make the yearly fire due.
@@ -459,7 +435,7 @@ async def test_a_scheduler_killed_mid_refresh_leaves_no_lock_and_another_takes_o
 
 
 async def test_a_broken_view_is_reported_backs_off_and_does_not_stop_the_others(
-        env: Env) -> None:
+        env: HsEnv) -> None:
     await env.conn.execute("CREATE MATERIALIZED VIEW hs.t_broken AS SELECT tenant_id, id, "
                            "1 / (id - id) AS boom FROM hs.customers WITH NO DATA")
     broken = MaterializedView("hs.t_broken", "SELECT 1", refresh=RefreshPolicy(
@@ -493,7 +469,7 @@ async def test_a_broken_view_is_reported_backs_off_and_does_not_stop_the_others(
 
 
 async def test_tags_pending_while_redis_is_down_are_invalidated_when_it_is_back(
-        env: Env, thorbis_redis_server: RedisServer) -> None:
+        env: HsEnv, thorbis_redis_server: RedisServer) -> None:
     key = await _cache_a_summary(env)
     async with _scheduler(env, (HS, CUSTOMER_SUMMARY_VIEW)) as scheduler:
         thorbis_redis_server.kill()
@@ -517,10 +493,10 @@ async def test_tags_pending_while_redis_is_down_are_invalidated_when_it_is_back(
         assert await env.app.cache.get(key) is None
 
 
-def test_cli_mv_status_shows_next_run_pending_changes_and_health(env: Env) -> None:
-    _cli("refresh", "hs.customer_summary", "--dsn", env.dsn, "--redis-url", env.redis_url,
+def test_cli_mv_status_shows_next_run_pending_changes_and_health(env: HsEnv) -> None:
+    run_cli("refresh", "hs.customer_summary", "--dsn", env.dsn, "--redis-url", env.redis_url,
          "--plugin", HS)
-    out = _cli("mv", "status", "--dsn", env.dsn, "--plugin", HS)
+    out = run_cli("mv", "status", "--dsn", env.dsn, "--plugin", HS)
     assert "hs.customer_summary" in out
     assert "hs.financial_daily" in out
     assert "next run" in out
@@ -529,7 +505,7 @@ def test_cli_mv_status_shows_next_run_pending_changes_and_health(env: Env) -> No
     assert "never" in out  # the three views not refreshed yet
 
 
-async def test_thorbis_cache_worker_runs_the_scheduler(env: Env) -> None:
+async def test_thorbis_cache_worker_runs_the_scheduler(env: HsEnv) -> None:
     # Views known to the scheduler with a cron fire long overdue: the worker refreshes them.
     await env.conn.execute(
         "INSERT INTO thorbis.mv_state (view, plugin, cron_fired_at) "
@@ -558,3 +534,34 @@ async def test_thorbis_cache_worker_runs_the_scheduler(env: Env) -> None:
             await worker.wait()
     assert b"4 view(s) every 0.2s" in out
     assert await env.conn.fetchval("SELECT count(*) FROM thorbis.outbox") == 0
+
+
+async def test_concurrent_refresh_needs_a_usable_unique_index_in_the_live_catalog(
+        thorbis_pg_dsn: str) -> None:
+    from thorbis_cache.postgres.sql_apply import apply_and_check
+
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        await conn.execute("CREATE SCHEMA vx; CREATE TABLE vx.t (tenant_id text, id int)")
+        for name in ("partial", "expr", "good"):
+            await conn.execute(f"CREATE MATERIALIZED VIEW vx.{name} AS SELECT * FROM vx.t")  # noqa: S608
+        # Unique, but not what REFRESH ... CONCURRENTLY accepts: a WHERE, an expression.
+        await conn.execute("CREATE UNIQUE INDEX partial_uniq ON vx.partial (tenant_id, id) "
+                           "WHERE id > 0")
+        await conn.execute("CREATE UNIQUE INDEX expr_uniq ON vx.expr (tenant_id, (id + 0))")
+    finally:
+        await conn.close()
+    views = [MaterializedView(f"vx.{n}", "SELECT * FROM vx.t", unique_index=("tenant_id", "id"),
+                              sources=("vx.t",)) for n in ("partial", "expr", "good")]
+    manager = PluginManager()
+    manager.add(_ViewsPlugin("vx", views), "views_x")
+    loaded = await manager.load()
+    with pytest.raises(PluginLoadError) as caught:
+        await apply_and_check(thorbis_pg_dsn, loaded)
+    found = [(p.plugin, p.hook, p.message) for p in caught.value.problems]
+    hook = "register_materialized_views"
+    assert found == [
+        ("views_x", hook, f"materialized view 'vx.{n}' refreshes concurrently but has no unique "
+         "index on plain columns without a WHERE clause (REFRESH ... CONCURRENTLY would fail)")
+        for n in ("partial", "expr")
+    ]

@@ -11,14 +11,13 @@ import asyncpg
 import attrs
 import pytest
 import redis
+from core_testing import run_cli
 from redis.cluster import RedisCluster as SyncCluster
 from thorbis_home_services.models import CustomerSegment
 from thorbis_home_services.schemas import CUSTOMER_LIST
 from thorbis_home_services.writers import store_customer_list
-from typer.testing import CliRunner
 
 from thorbis_cache import Cache, CacheApp, KeyRing, KeySchema, SchemaRegistry
-from thorbis_cache.cli import app as cli_app
 from thorbis_cache.errors import InvalidKeyError
 from thorbis_cache.invalidation import CacheTagInvalidator, InvalidationLimits
 from thorbis_cache.keys import SchemaKind
@@ -328,12 +327,6 @@ async def test_dependencies_across_tenants_are_refused(cache: Cache) -> None:
 # --------------------------------------------------------------------------- the worker
 
 
-def _cli(*args: str) -> str:
-    result = CliRunner().invoke(cli_app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 CUSTOMER_SQL = """
 INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
                           account_status, payment_status, longitude, latitude)
@@ -345,7 +338,7 @@ VALUES ($1, $2, 'Ada', 'Lovelace', 'ada@example.com', '555-0100', 'residential',
 async def test_worker_drops_tagged_lists_on_a_committed_significant_change(
     thorbis_pg_dsn: str, thorbis_redis_url: str
 ) -> None:
-    await asyncio.to_thread(_cli, "db", "init", "--dsn", thorbis_pg_dsn,
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", thorbis_pg_dsn,
                             "--plugin", "home_services")
     app = await CacheApp(thorbis_redis_url, keyring=KeyRing.generate()).start(["home_services"])
     conn = await asyncpg.connect(thorbis_pg_dsn)

@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import attrs
 import pytest
+from core_testing import run_cli
 from thorbis_home_services.models import AccountStatus, Customer, CustomerType, PaymentStatus
 from thorbis_home_services.schemas import CUSTOMER, SCHEDULE_GEO, TECHNICIAN_SCHEDULE
-from typer.testing import CliRunner
 
 from thorbis_cache import CacheApp, KeyRing
-from thorbis_cache.cli import app as cli_app
 from thorbis_cache.postgres import audit
 from thorbis_cache.worker import OutboxWorker, UnconfiguredTagInvalidator
 
@@ -57,17 +56,11 @@ class Hs:
         return OutboxWorker.from_app(self.app, self.dsn, **options)
 
 
-def _cli(*args: str) -> str:
-    result = CliRunner().invoke(cli_app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 @pytest.fixture
 async def hs(thorbis_pg_dsn: str, thorbis_redis_url: str) -> AsyncIterator[Hs]:
     # `db init` from the CLI: core schema, plugin SQL, capture triggers (its own loop,
     # so it runs on a thread).
-    out = await asyncio.to_thread(_cli, "db", "init", "--dsn", thorbis_pg_dsn,
+    out = await asyncio.to_thread(run_cli, "db", "init", "--dsn", thorbis_pg_dsn,
                                   "--plugin", "home_services")
     assert "capture trigger on hs.customers" in out
     app = await CacheApp(thorbis_redis_url, keyring=KeyRing.generate()).start(["home_services"])
@@ -169,7 +162,7 @@ async def test_run_loop_is_woken_by_notify_not_polling(hs: Hs) -> None:
 def test_cli_worker_once_drains_changes_made_while_no_worker_ran(
     thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
 ) -> None:
-    _cli("db", "init", "--dsn", thorbis_pg_dsn, "--plugin", "home_services")
+    run_cli("db", "init", "--dsn", thorbis_pg_dsn, "--plugin", "home_services")
 
     async def write() -> None:
         conn = await asyncpg.connect(thorbis_pg_dsn)
@@ -180,6 +173,6 @@ def test_cli_worker_once_drains_changes_made_while_no_worker_ran(
             await conn.close()
 
     asyncio.run(write())
-    out = _cli("worker", "--once", "--dsn", thorbis_pg_dsn, "--redis-url",
+    out = run_cli("worker", "--once", "--dsn", thorbis_pg_dsn, "--redis-url",
                thorbis_standalone_redis_url, "--plugin", "home_services")
     assert "1 batch(es): 2 change(s) applied, 1 key(s) deleted, 2 tag(s), 0 dead-lettered" in out

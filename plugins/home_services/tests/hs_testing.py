@@ -3,11 +3,11 @@ clash with another test directory's helpers when the whole repository is collect
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import attrs
 from thorbis_cache import SchemaRegistry
+from thorbis_cache.testing import plugin_db
+from thorbis_cache.testing.plugin_db import create_plugin_schema, schema_registry
 
 from thorbis_home_services import datagen
 from thorbis_home_services.schemas import ALL_SCHEMAS
@@ -20,27 +20,13 @@ PER_TENANT = 60
 
 def registry() -> SchemaRegistry:
     """A registry of every home-services schema."""
-    reg = SchemaRegistry()
-    for schema in ALL_SCHEMAS:
-        reg.register(schema, owner="home_services")
-    return reg
+    return schema_registry(ALL_SCHEMAS, owner="home_services")
 
 
 async def create_schema(conn: Any) -> None:
     """Apply the tables script and create every view with its indexes."""
-    await conn.execute(script("tables"))
-    for view in ALL_VIEWS:
-        for statement in view.create_sql():
-            await conn.execute(statement)
+    await create_plugin_schema(conn, [script("tables")], ALL_VIEWS)
 
 
-@attrs.frozen
-class LoadedDb:
-    """A database with the schema, the generated data of two tenants, and views."""
-
-    conn: Any
-    data: datagen.Dataset
-
-    async def fetch(self, sql: str, *args: object) -> list[Mapping[str, Any]]:
-        """:attr:`WarmContext.fetch`-shaped access."""
-        return [dict(r) for r in await self.conn.fetch(sql, *args)]
+#: A database with the schema, the generated data of two tenants, and views.
+LoadedDb = plugin_db.LoadedDb[datagen.Dataset]

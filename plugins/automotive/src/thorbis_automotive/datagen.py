@@ -26,12 +26,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
+from thorbis_cache.postgres import bulk
 
 from thorbis_automotive.vin import ALPHABET, CHECK_POSITION, check_digit
 
 __all__ = [
-    "COLUMNS", "SERVICE_CATALOGUE", "TABLES", "Dataset", "generate", "load", "sql_inserts",
-    "tenant_names",
+    "COLUMNS", "SERVICE_CATALOGUE", "TABLES", "TABLE_SET", "Dataset", "generate", "load",
+    "sql_inserts", "tenant_names",
 ]
 
 #: Tables in foreign-key order (parents first), as loaded.
@@ -65,6 +66,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "moved_at",
     ),
 }  # fmt: skip
+
+#: The tables as :mod:`thorbis_cache.postgres.bulk` writes them.
+TABLE_SET = bulk.TableSet("auto", TABLES, COLUMNS)
 
 Row = tuple[Any, ...]
 
@@ -324,60 +328,11 @@ async def load(
     :raises asyncpg.PostgresError: a row was refused (e.g. the tenant is already loaded).
     """
     data = generate(tenants, per_tenant, seed=seed, reference=reference)
-    if isinstance(conn_or_dsn, str):
-        # The adapter boundary: the only place this package touches a driver.
-        import asyncpg
-
-        conn = await asyncpg.connect(conn_or_dsn)
-        try:
-            await _copy(conn, data)
-        finally:
-            await conn.close()
-    elif hasattr(conn_or_dsn, "acquire"):
-        async with conn_or_dsn.acquire() as conn:
-            await _copy(conn, data)
-    else:
-        await _copy(conn_or_dsn, data)
+    await bulk.copy_rows(conn_or_dsn, TABLE_SET, data.rows)
     return data
-
-
-async def _copy(conn: Any, data: Dataset) -> None:
-    async with conn.transaction():
-        for table in TABLES:
-            await conn.copy_records_to_table(
-                table, records=data.rows(table), columns=COLUMNS[table], schema_name="auto"
-            )
-    await conn.execute("ANALYZE " + ", ".join(f"auto.{t}" for t in TABLES))
 
 
 def sql_inserts(data: Dataset) -> list[str]:
     """The data set as plain ``INSERT`` statements, one per non-empty table in
     foreign-key order (the contract kit's ``seed_sql``)."""
-    statements = []
-    for table in TABLES:
-        rows = data.rows(table)
-        if not rows:
-            continue
-        values = ",\n".join("(" + ", ".join(map(_literal, row)) + ")" for row in rows)
-        statements.append(
-            f"INSERT INTO auto.{table} ({', '.join(COLUMNS[table])}) VALUES\n{values}"
-        )
-    return statements
-
-
-def _literal(value: object) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int | decimal.Decimal):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, dt.datetime):
-        return f"'{value.isoformat()}'::timestamptz"
-    if isinstance(value, dt.date):
-        return f"'{value.isoformat()}'::date"
-    raise TypeError(f"no SQL literal for {type(value).__name__}")
+    return bulk.insert_statements(TABLE_SET, data.rows)

@@ -24,8 +24,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
+from thorbis_cache.postgres import bulk
 
-__all__ = ["COLUMNS", "TABLES", "Dataset", "generate", "load", "sql_inserts", "tenant_names"]
+__all__ = [
+    "COLUMNS", "TABLES", "TABLE_SET", "Dataset", "generate", "load", "sql_inserts",
+    "tenant_names",
+]
 
 #: Tables in foreign-key order (parents first), as loaded.
 TABLES = (
@@ -68,6 +72,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "inspected_at",
     ),
 }  # fmt: skip
+
+#: The tables as :mod:`thorbis_cache.postgres.bulk` writes them.
+TABLE_SET = bulk.TableSet("hs", TABLES, COLUMNS)
 
 Row = tuple[Any, ...]
 
@@ -436,30 +443,8 @@ async def load(
     :raises asyncpg.PostgresError: a row was refused (e.g. the tenant is already loaded).
     """
     data = generate(tenants, per_tenant, seed=seed, reference=reference)
-    if isinstance(conn_or_dsn, str):
-        # The adapter boundary: the only place this package touches a driver.
-        import asyncpg
-
-        conn = await asyncpg.connect(conn_or_dsn)
-        try:
-            await _copy(conn, data)
-        finally:
-            await conn.close()
-    elif hasattr(conn_or_dsn, "acquire"):
-        async with conn_or_dsn.acquire() as conn:
-            await _copy(conn, data)
-    else:
-        await _copy(conn_or_dsn, data)
+    await bulk.copy_rows(conn_or_dsn, TABLE_SET, data.rows)
     return data
-
-
-async def _copy(conn: Any, data: Dataset) -> None:
-    async with conn.transaction():
-        for table in TABLES:
-            await conn.copy_records_to_table(
-                table, records=data.rows(table), columns=COLUMNS[table], schema_name="hs"
-            )
-    await conn.execute("ANALYZE " + ", ".join(f"hs.{t}" for t in TABLES))
 
 
 def sql_inserts(data: Dataset) -> list[str]:
@@ -469,33 +454,4 @@ def sql_inserts(data: Dataset) -> list[str]:
     Values are rendered as SQL literals (strings with ``''`` escaping, times as
     ``timestamptz``); the generator only produces values with an exact literal.
     """
-    statements = []
-    for table in TABLES:
-        rows = data.rows(table)
-        if not rows:
-            continue
-        values = ",\n".join("(" + ", ".join(map(_literal, row)) + ")" for row in rows)
-        statements.append(
-            f"INSERT INTO hs.{table} ({', '.join(COLUMNS[table])}) VALUES\n{values}"
-        )
-    return statements
-
-
-def _literal(value: object) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int | decimal.Decimal):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, dt.datetime):
-        return f"'{value.isoformat()}'::timestamptz"
-    if isinstance(value, dt.date):
-        return f"'{value.isoformat()}'::date"
-    if isinstance(value, list):
-        return "ARRAY[" + ", ".join(map(_literal, value)) + "]::text[]"
-    raise TypeError(f"no SQL literal for {type(value).__name__}")
+    return bulk.insert_statements(TABLE_SET, data.rows)

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
+from thorbis_cache.postgres import bulk
 
 from thorbis_restaurant.availability import DEFAULT_SLOTS
 
@@ -34,6 +35,7 @@ __all__ = [
     "CATALOGUE_SIZE",
     "COLUMNS",
     "TABLES",
+    "TABLE_SET",
     "Dataset",
     "generate",
     "load",
@@ -67,6 +69,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "order_items": ("tenant_id", "order_id", "line", "item_id", "quantity", "unit_price",
                     "station", "done"),
 }  # fmt: skip
+
+#: The tables as :mod:`thorbis_cache.postgres.bulk` writes them.
+TABLE_SET = bulk.TableSet("rest", TABLES, COLUMNS)
 
 Row = tuple[Any, ...]
 
@@ -326,59 +331,11 @@ async def load(
     :raises asyncpg.PostgresError: a row was refused (e.g. the tenant is already loaded).
     """
     data = generate(tenants, locations, seed=seed, reference=reference)
-    if isinstance(conn_or_dsn, str):
-        # The adapter boundary: the only place this package touches a driver.
-        import asyncpg
-
-        conn = await asyncpg.connect(conn_or_dsn)
-        try:
-            await _copy(conn, data)
-        finally:
-            await conn.close()
-    elif hasattr(conn_or_dsn, "acquire"):
-        async with conn_or_dsn.acquire() as conn:
-            await _copy(conn, data)
-    else:
-        await _copy(conn_or_dsn, data)
+    await bulk.copy_rows(conn_or_dsn, TABLE_SET, data.rows)
     return data
-
-
-async def _copy(conn: Any, data: Dataset) -> None:
-    async with conn.transaction():
-        for table in TABLES:
-            await conn.copy_records_to_table(
-                table, records=data.rows(table), columns=COLUMNS[table], schema_name="rest")
-    await conn.execute("ANALYZE " + ", ".join(f"rest.{t}" for t in TABLES))
 
 
 def sql_inserts(data: Dataset) -> list[str]:
     """The data set as plain ``INSERT`` statements, one per non-empty table in
     foreign-key order (for the contract kit's ``seed_sql``)."""
-    statements = []
-    for table in TABLES:
-        rows = data.rows(table)
-        if rows:
-            values = ",\n".join("(" + ", ".join(map(_literal, row)) + ")" for row in rows)
-            statements.append(
-                f"INSERT INTO rest.{table} ({', '.join(COLUMNS[table])}) VALUES\n{values}")
-    return statements
-
-
-def _literal(value: object) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int | decimal.Decimal):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, dt.datetime):
-        return f"'{value.isoformat()}'::timestamptz"
-    if isinstance(value, dt.date):
-        return f"'{value.isoformat()}'::date"
-    if isinstance(value, dt.time):
-        return f"'{value.isoformat()}'::time"
-    raise TypeError(f"no SQL literal for {type(value).__name__}")
+    return bulk.insert_statements(TABLE_SET, data.rows)

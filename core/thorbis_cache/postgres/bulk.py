@@ -1,0 +1,107 @@
+"""Writing a generated data set into a plugin's tables: COPY in one transaction, or plain
+``INSERT`` statements for tools that take SQL text (the contract kit's ``seed_sql``).
+
+The verticals' data generators describe a data set the same way: a PostgreSQL schema,
+its tables in foreign-key order (parents first), the columns written per table, and the
+rows of each table as tuples in column order. :class:`TableSet` is that description.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+import attrs
+
+__all__ = ["TableSet", "copy_rows", "insert_statements", "sql_literal"]
+
+Rows = Callable[[str], Sequence[tuple[Any, ...]]]
+
+
+@attrs.frozen(slots=True)
+class TableSet:
+    """Tables of one schema, as a data generator writes them.
+
+    :ivar schema: the PostgreSQL schema (``"auto"``).
+    :ivar tables: table names in foreign-key order, parents first.
+    :ivar columns: the columns written per table, in row-tuple order.
+    """
+
+    schema: str
+    tables: tuple[str, ...]
+    columns: Mapping[str, Sequence[str]]
+
+
+async def copy_rows(conn_or_dsn: Any, tables: TableSet, rows: Rows) -> None:
+    """COPY every table's rows in one transaction (all rows are in, or none), then
+    ``ANALYZE`` them so the planner knows the new sizes at once.
+
+    :param conn_or_dsn: a PostgreSQL DSN, an ``asyncpg`` connection, or a pool.
+    :param tables: what to write.
+    :param rows: the rows of a table, as tuples in ``tables.columns`` order.
+    :raises asyncpg.PostgresError: a row was refused (e.g. the tenant is already loaded).
+    """
+    if isinstance(conn_or_dsn, str):
+        conn = await asyncpg.connect(conn_or_dsn)
+        try:
+            await _copy(conn, tables, rows)
+        finally:
+            await conn.close()
+    elif isinstance(conn_or_dsn, asyncpg.Pool):
+        async with conn_or_dsn.acquire() as conn:
+            await _copy(conn, tables, rows)
+    else:
+        await _copy(conn_or_dsn, tables, rows)
+
+
+async def _copy(conn: Any, tables: TableSet, rows: Rows) -> None:
+    async with conn.transaction():
+        for table in tables.tables:
+            await conn.copy_records_to_table(table, records=rows(table),
+                                             columns=tables.columns[table],
+                                             schema_name=tables.schema)
+    await conn.execute("ANALYZE " + ", ".join(f"{tables.schema}.{t}" for t in tables.tables))
+
+
+def insert_statements(tables: TableSet, rows: Rows) -> list[str]:
+    """The rows as plain ``INSERT`` statements, one per non-empty table, in foreign-key
+    order, values rendered by :func:`sql_literal`."""
+    statements = []
+    for table in tables.tables:
+        found = rows(table)
+        if not found:
+            continue
+        values = ",\n".join("(" + ", ".join(map(sql_literal, row)) + ")" for row in found)
+        statements.append(f"INSERT INTO {tables.schema}.{table} "
+                          f"({', '.join(tables.columns[table])}) VALUES\n{values}")
+    return statements
+
+
+def sql_literal(value: object) -> str:
+    """``value`` as an exact SQL literal (strings with ``''`` escaping, times as
+    ``timestamptz``, lists of strings as ``text[]``).
+
+    :raises TypeError: a type with no exact literal here.
+    """
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | decimal.Decimal):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, dt.datetime):
+        return f"'{value.isoformat()}'::timestamptz"
+    if isinstance(value, dt.date):
+        return f"'{value.isoformat()}'::date"
+    if isinstance(value, dt.time):
+        return f"'{value.isoformat()}'::time"
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(map(sql_literal, value)) + "]::text[]"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
