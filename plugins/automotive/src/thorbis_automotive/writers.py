@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from thorbis_cache.cache import Cache
-from thorbis_cache.keys import CacheKey, SchemaKind
+from thorbis_cache.declarations import write_warmed
 
 from thorbis_automotive.models import Part, VehicleHistory
 from thorbis_automotive.schemas import (
@@ -80,16 +79,5 @@ async def store_parts(cache: Cache, tenant: str, parts: Iterable[Part]) -> int:
     return len(parts)
 
 
-async def write_pair(cache: Cache, key: CacheKey[Any], value: Any) -> None:
-    """Write one ``(key, value)`` a warmer produced, by the kind of the key's schema:
-    value ``set``; hash ``replace``; sorted set: a mapping member -> score replacing the
-    set (the convention of this plugin's warmers)."""
-    kind = key.schema.kind
-    if kind is SchemaKind.VALUE:
-        await cache.set(key, value)
-    elif kind is SchemaKind.HASH:
-        await cache.hash(key).replace(value)
-    elif kind is SchemaKind.ZSET:
-        await cache.zset(key).add(value, replace=True)
-    else:
-        await cache.geo(key).add(value, replace=True)
+#: Write one warmed ``(key, value)`` by its schema's kind (the core's convention).
+write_pair = write_warmed

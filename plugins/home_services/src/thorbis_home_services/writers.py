@@ -12,10 +12,9 @@ import asyncio
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from thorbis_cache.cache import Cache
-from thorbis_cache.keys import CacheKey, SchemaKind
+from thorbis_cache.declarations import write_warmed
 
 from thorbis_home_services.models import (
     Customer,
@@ -141,22 +140,5 @@ async def store_service_areas(
     return len(areas)
 
 
-async def write_pair(cache: Cache, key: CacheKey[Any], value: Any) -> None:
-    """Write one ``(key, value)`` a warmer produced, by the kind of the key's schema.
-
-    * value: ``cache.set(key, value)``;
-    * hash: the entity, ``replace``-d whole;
-    * sorted set: a mapping member -> score, replacing the set;
-    * geo: a mapping member -> ``(longitude, latitude)``, replacing the index.
-
-    This is the convention this plugin's warmers follow (see the README).
-    """
-    kind = key.schema.kind
-    if kind is SchemaKind.VALUE:
-        await cache.set(key, value)
-    elif kind is SchemaKind.HASH:
-        await cache.hash(key).replace(value)
-    elif kind is SchemaKind.ZSET:
-        await cache.zset(key).add(value, replace=True)
-    else:
-        await cache.geo(key).add(value, replace=True)
+#: Write one warmed ``(key, value)`` by its schema's kind (the core's convention).
+write_pair = write_warmed

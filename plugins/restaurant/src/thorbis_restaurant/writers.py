@@ -22,8 +22,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from thorbis_cache.cache import Cache
+from thorbis_cache.declarations import write_warmed
 from thorbis_cache.errors import VersionConflictError
-from thorbis_cache.keys import CacheKey, SchemaKind
+from thorbis_cache.keys import CacheKey
 
 from thorbis_restaurant import availability
 from thorbis_restaurant.models import KitchenTicket, Menu, MenuItem, Station, TableAvailability
@@ -212,16 +213,5 @@ async def clear_location(cache: Cache, tenant: str, location_id: int) -> int:
     return deleted
 
 
-async def write_pair(cache: Cache, key: CacheKey[Any], value: Any) -> None:
-    """Write one ``(key, value)`` a warmer produced, by the kind of the key's schema:
-    value ``set``; hash ``replace``; sorted set: a mapping member -> score replacing the
-    set (the convention of this plugin's warmers)."""
-    kind = key.schema.kind
-    if kind is SchemaKind.VALUE:
-        await cache.set(key, value)
-    elif kind is SchemaKind.HASH:
-        await cache.hash(key).replace(value)
-    elif kind is SchemaKind.ZSET:
-        await cache.zset(key).add(value, replace=True)
-    else:
-        await cache.geo(key).add(value, replace=True)
+#: Write one warmed ``(key, value)`` by its schema's kind (the core's convention).
+write_pair = write_warmed
