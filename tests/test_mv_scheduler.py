@@ -130,6 +130,11 @@ def test_latest_fire_coalesces_missed_fires_also_after_a_long_outage() -> None:
     # Days down: stepped back from now, not walked through every missed fire.
     assert latest_cron_fire("*/15 * * * *", "UTC", base - dt.timedelta(days=40),
                             base + dt.timedelta(minutes=7)) == base
+    # ... and on the fall-back night a fixed-time job's repeated wall time is still not a
+    # fire of its own: 01:30 EST (06:30 UTC) is the second pass, so the fire is 01:30 EDT.
+    fall_back = dt.datetime(2026, 11, 1, 6, 45, tzinfo=UTC)
+    assert latest_cron_fire("30 1 * * *", NY, fall_back - dt.timedelta(days=3),
+                            fall_back) == dt.datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- decisions

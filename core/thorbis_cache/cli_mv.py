@@ -1,9 +1,10 @@
 """``thorbis-cache refresh [VIEW ...] [--all]`` and ``thorbis-cache mv status``.
 
 * ``refresh``: refresh the named materialized views (or every view of the loaded plugins
-  with ``--all``) one after the other, with a progress bar, then invalidate each refreshed
-  view's cache tags for its tenants. A failing view does not stop the others; the command
-  exits 1 when any failed. A view being refreshed elsewhere is reported as skipped.
+  with ``--all``) one after the other in dependency order, with a progress bar, then
+  invalidate each refreshed view's cache tags for its tenants. A failing view does not
+  stop the others; the command exits 1 when any failed. A view being refreshed elsewhere
+  is reported as skipped.
 * ``mv status``: each view of the loaded plugins: health (ok, stale, failing, never), age
   of its data, last refresh duration, next run (cron, or the end of a failure backoff),
   changes pending since its last refresh (against the smart threshold), failures.
@@ -85,6 +86,7 @@ async def _refresh(dsn: str, redis_url: str, names: list[str], plugins: list[str
     from thorbis_cache.app import CacheApp
     from thorbis_cache.crypto import KeyRing
     from thorbis_cache.postgres.mv_refresh import history_exists, refresh_and_invalidate
+    from thorbis_cache.postgres.mv_scheduler import ScheduledView, refresh_order
     from thorbis_cache.postgres.outbox import connect
 
     # Invalidation only deletes keys; without a configured ring a throwaway one satisfies
@@ -95,7 +97,9 @@ async def _refresh(dsn: str, redis_url: str, names: list[str], plugins: list[str
     failed = 0
     try:
         owned = [(p.name, v) for p in app.plugins.plugins.values() for v in p.views]
-        todo = _select(owned, names)
+        # Views that others depend on first (a dependent reads its dependencies' rows).
+        ordered = refresh_order([ScheduledView(p, v) for p, v in _select(owned, names)])
+        todo = [(sv.plugin, sv.view) for sv in ordered]
         conn = await connect(dsn)
         try:
             if not await history_exists(conn):

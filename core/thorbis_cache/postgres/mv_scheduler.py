@@ -117,6 +117,11 @@ def _repeated_wall_time(local: dt.datetime) -> bool:
     return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
 
+def _every_hour(cron: str) -> bool:
+    """The hour field names every hour (an interval job, not a fixed-time one)."""
+    return croniter(cron).expanded[1] in (["*"], list(range(24)))
+
+
 def cron_fires(cron: str, timezone: str, after: dt.datetime) -> Iterator[dt.datetime]:
     """The fire times of ``cron`` read in ``timezone``, strictly after ``after``, as
     UTC datetimes, in order, without end.
@@ -131,7 +136,7 @@ def cron_fires(cron: str, timezone: str, after: dt.datetime) -> Iterator[dt.date
     :param after: an aware datetime.
     """
     zone = _zone(timezone)
-    every_hour = croniter(cron).expanded[1] in (["*"], list(range(24)))
+    every_hour = _every_hour(cron)
     fires = croniter(cron, after.astimezone(zone))
     while True:
         local: dt.datetime = fires.get_next(dt.datetime)
@@ -155,8 +160,11 @@ def latest_cron_fire(cron: str, timezone: str, after: dt.datetime,
     """
     if at - after > dt.timedelta(days=1):
         zone = _zone(timezone)
+        every_hour = _every_hour(cron)
         back = croniter(cron, (at + dt.timedelta(seconds=1)).astimezone(zone))
         prev: dt.datetime = back.get_prev(dt.datetime)
+        while not every_hour and _repeated_wall_time(prev):  # as cron_fires skips it
+            prev = back.get_prev(dt.datetime)
         return prev.astimezone(dt.UTC) if prev > after else None
     latest = None
     for fire in cron_fires(cron, timezone, after):
