@@ -9,6 +9,9 @@
 -- weighted the ratings); the customers join is gone (the distinct customer ids are on
 -- the work orders); areas without recent work orders are kept with zeros; revenue is 0,
 -- not NULL; void invoices are no revenue; the window is in UTC.
+--
+-- Invoices and inspections are aggregated only for the window's work orders (the only
+-- ones joined), not for every invoice ever made (bench/mv.py).
 WITH orders AS (
     SELECT tenant_id, id, service_area_id, customer_id, priority, travel_time_minutes
       FROM hs.work_orders
@@ -19,6 +22,7 @@ revenue AS (
     SELECT tenant_id, work_order_id, sum(total_amount) AS amount
       FROM hs.invoices
      WHERE status <> 'void'
+       AND (tenant_id, work_order_id) IN (SELECT tenant_id, id FROM orders)
      GROUP BY tenant_id, work_order_id
 ),
 quality AS (
@@ -27,6 +31,7 @@ quality AS (
            sum(overall_rating) AS rating_sum,
            count(*) AS inspections
       FROM hs.quality_control_inspections
+     WHERE (tenant_id, work_order_id) IN (SELECT tenant_id, id FROM orders)
      GROUP BY tenant_id, work_order_id
 )
 SELECT sa.tenant_id,
