@@ -8,6 +8,7 @@ loaded (see :mod:`thorbis_cache.plugins`), never executed at import.
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -201,6 +202,14 @@ class MaterializedView:
                 f"({', '.join(cols_)})"
             )
         return stmts
+
+    @property
+    def definition_id(self) -> str:
+        """A fingerprint of the view's definition (its query and indexes), stored as the
+        view's comment when it is created: a different fingerprint in the database means
+        the plugin changed the view, and applying its SQL recreates it."""
+        digest = hashlib.sha256("\n;\n".join(self.create_sql()).encode()).hexdigest()
+        return f"thorbis:definition={digest[:32]}"
 
 
 class Operation(enum.Enum):

@@ -34,6 +34,11 @@ class BrokenSql:
         """)]
 
 
+_COUNTS = MaterializedView(
+    "brc.counts", "SELECT status, count(*) AS n FROM brc.orders GROUP BY status",
+    unique_index=["status"], sources=["brc.orders", "brc.nowhere"])
+
+
 class BadDbReferences:
     """Applies cleanly, but its rules and views do not match the schema it created."""
 
@@ -53,14 +58,15 @@ class BadDbReferences:
                 PARTITION BY LIST (tenant_id);
             CREATE MATERIALIZED VIEW IF NOT EXISTS brc.counts AS
                 SELECT status, count(*) AS n FROM brc.orders GROUP BY status;
-            -- Takes the name the view's unique index would get, without being unique.
+            -- Takes the name the view's unique index would get, without being unique,
+            -- and marks the view as created from its declaration (so it is kept).
             CREATE INDEX IF NOT EXISTS counts_uniq ON brc.counts (status);
-        """)]
+            COMMENT ON MATERIALIZED VIEW brc.counts IS '""" + _COUNTS.definition_id + """';
+        """)]  # noqa: S608 -- the fingerprint is a constant of this module
 
     @hookimpl
     def register_materialized_views() -> list[MaterializedView]:
-        return [MaterializedView("brc.counts", "SELECT 1", unique_index=["status"],
-                                 sources=["brc.orders", "brc.nowhere"])]
+        return [_COUNTS]
 
     @hookimpl
     def register_invalidation_rules() -> list[InvalidationRule]:

@@ -2,7 +2,8 @@
 
 Each plugin's scripts and then its materialized views are applied in one transaction
 of their own, statement by statement (:func:`split_sql`), so a failure names the
-statement and PostgreSQL's message, and rolls back everything of that plugin. This is
+statement and PostgreSQL's message, and rolls back everything of that plugin. A view
+whose declared definition changed (its fingerprint comment differs) is recreated. This is
 the one seam where ``asyncpg`` errors of plugin SQL become
 :class:`~thorbis_cache.errors.PluginLoadError`.
 """
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from thorbis_cache.errors import PluginLoadError, PluginProblem
-from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX
+from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX, quote_qualified
 
 if TYPE_CHECKING:
+    from thorbis_cache.declarations import MaterializedView
     from thorbis_cache.plugins import LoadedPlugin
 
 __all__ = ["apply_and_check", "apply_plugin_sql", "check_rules_against_db", "split_sql"]
@@ -159,16 +161,21 @@ async def apply_plugin_sql(dsn_or_conn: str | asyncpg.Connection,
 async def _apply_one(conn: Any, plugin: LoadedPlugin) -> PluginProblem | None:
     steps = [("register_sql", f"SQL script {s.name!r}", stmt)
              for s in plugin.sql for stmt in split_sql(s.sql)]
-    steps += [("register_materialized_views", f"materialized view {v.name!r}", stmt)
-              for v in plugin.views for stmt in v.create_sql()]
-    if not steps:
+    if not steps and not plugin.views:
         return None
-    hook, what, statement = steps[0]
+    hook, what, statement = steps[0] if steps else ("register_materialized_views", "", "")
     try:
         async with conn.transaction():
             await conn.execute(_APPLY_LOCK)
             for hook, what, statement in steps:  # noqa: B007 -- the failing step is reported
                 await conn.execute(statement)
+            # Views after the scripts (they read the tables); the steps depend on what the
+            # database holds, so they are planned inside the transaction, under the lock.
+            hook = "register_materialized_views"
+            for view in plugin.views:
+                what = f"materialized view {view.name!r}"
+                for statement in await _view_steps(conn, view):
+                    await conn.execute(statement)
     except asyncpg.PostgresError as exc:
         shown = " ".join(statement.split())
         if len(shown) > STATEMENT_SHOWN:
@@ -178,6 +185,41 @@ async def _apply_one(conn: Any, plugin: LoadedPlugin) -> PluginProblem | None:
             plugin.distribution, plugin.version,
         )
     return None
+
+
+_VIEW_COMMENT = """
+SELECT c.relkind::text AS kind, obj_description(c.oid, 'pg_class') AS comment
+FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)
+"""
+
+
+async def _view_steps(conn: Any, view: MaterializedView) -> list[str]:
+    """The statements that make ``view`` match its declaration.
+
+    A view is created with its definition fingerprint
+    (:attr:`MaterializedView.definition_id`) as its comment. An existing view with the
+    same fingerprint is left alone; one with another fingerprint, or none (created
+    before fingerprints, or by hand), was defined differently: it is dropped and created
+    again (populated, with its indexes) in the plugin's transaction. A view another
+    object depends on is not dropped: PostgreSQL refuses, and the failure names it.
+    After a recreation the view's cache tags are marked pending (``thorbis.mv_state``),
+    so the scheduler invalidates entries built from the old definition.
+    """
+    found = await conn.fetchrow(_VIEW_COMMENT, view.name)
+    quoted = quote_qualified(view.name)
+    if found is not None and found["kind"] == "m" and found["comment"] == view.definition_id:
+        return view.create_sql()  # all IF NOT EXISTS: nothing changes
+    steps = []
+    if found is not None and found["kind"] == "m":
+        steps.append(f"DROP MATERIALIZED VIEW {quoted}")
+    steps += view.create_sql()
+    steps.append(f"COMMENT ON MATERIALIZED VIEW {quoted} IS '{view.definition_id}'")
+    if found is not None and await conn.fetchval(
+            "SELECT to_regclass('thorbis.mv_state') IS NOT NULL"):
+        steps.append(
+            "UPDATE thorbis.mv_state SET tags_pending = true "  # noqa: S608 -- quoted below
+            f"WHERE view = '{view.name.replace(chr(39), chr(39) * 2)}'")
+    return steps
 
 
 def _pg_message(exc: Any) -> str:
