@@ -35,7 +35,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
@@ -55,15 +55,14 @@ __all__ = [
     "RefreshOutcome",
     "Trigger",
     "ViewState",
-    "ViewStatus",
     "change_sources",
     "history_exists",
     "invalidate_pending_tags",
     "load_state",
+    "load_states",
     "pending_changes",
     "refresh_and_invalidate",
     "refresh_view",
-    "view_status",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,6 +211,17 @@ async def load_state(conn: asyncpg.Connection, view: str) -> ViewState | None:
     return None if record is None else ViewState.from_record(record)
 
 
+async def load_states(conn: asyncpg.Connection,
+                      views: Sequence[str]) -> tuple[dt.datetime, dict[str, ViewState]]:
+    """The database clock and the states of ``views`` that have one, in one query."""
+    rows = await conn.fetch(
+        f"SELECT now() AS now, s.* FROM (SELECT now()) AS clock "  # noqa: S608 -- constants
+        f"LEFT JOIN (SELECT {_STATE_COLUMNS} FROM thorbis.mv_state "
+        "WHERE view = ANY($1::text[])) AS s ON true", list(views))
+    states = {r["view"]: ViewState.from_record(r) for r in rows if r["view"] is not None}
+    return rows[0]["now"], states
+
+
 def change_sources(view: MaterializedView) -> list[str]:
     """The names whose changes count toward ``view``'s smart refresh: its sources and
     the views it depends on (each of their refreshes counts one)."""
@@ -230,32 +240,6 @@ async def pending_changes(conn: asyncpg.Connection, view: MaterializedView,
     marks = state.change_marks if state is not None else {}
     now = await _marks(conn, view)
     return sum(max(0, count - marks.get(name, 0)) for name, count in now.items())
-
-
-@attrs.frozen(slots=True)
-class ViewStatus:
-    """A view's newest history row (``thorbis-cache mv status``).
-
-    :ivar view: the qualified view name.
-    :ivar plugin: the plugin that declares it.
-    :ivar trigger: what started the refresh.
-    :ivar outcome: how it ended.
-    :ivar finished_at: when it ended.
-    :ivar age_s: seconds since then (by the database clock).
-    :ivar duration_ms: how long it took.
-    :ivar rows: rows after the refresh, if ok.
-    :ivar error: the failure's message, if any.
-    """
-
-    view: str
-    plugin: str
-    trigger: str
-    outcome: str
-    finished_at: dt.datetime
-    age_s: float
-    duration_ms: float
-    rows: int | None
-    error: str | None
 
 
 async def history_exists(conn: asyncpg.Connection) -> bool:
@@ -433,17 +417,3 @@ async def invalidate_pending_tags(cache: Any, conn: asyncpg.Connection, plugin_n
         "UPDATE thorbis.mv_state SET tags_pending = false "
         "WHERE view = $1 AND refreshed_at IS NOT DISTINCT FROM $2", view.name, state.refreshed_at)
     return tenants
-
-
-async def view_status(conn: asyncpg.Connection) -> list[ViewStatus]:
-    """The newest history row of every view that was ever refreshed, by view name.
-
-    :param conn: an open connection.
-    """
-    rows = await conn.fetch(
-        "SELECT DISTINCT ON (view) view, plugin, trigger, outcome, finished_at, "
-        "extract(epoch FROM now() - finished_at)::float8 AS age_s, duration_ms, rows, error "
-        "FROM thorbis.mv_refresh_history ORDER BY view, started_at DESC, id DESC"
-    )
-    return [ViewStatus(r["view"], r["plugin"], r["trigger"], r["outcome"], r["finished_at"],
-                       r["age_s"], r["duration_ms"], r["rows"], r["error"]) for r in rows]

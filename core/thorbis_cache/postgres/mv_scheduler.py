@@ -52,7 +52,7 @@ from thorbis_cache.postgres.mv_refresh import (
     Trigger,
     ViewState,
     invalidate_pending_tags,
-    load_state,
+    load_states,
     pending_changes,
     refresh_view,
 )
@@ -302,11 +302,11 @@ async def report(conn: asyncpg.Connection, views: Sequence[ScheduledView], *,
     :param conn: an open connection to a migrated database.
     :param views: the views of the loaded plugins.
     """
-    now: dt.datetime = await conn.fetchval("SELECT now()")
+    now, states = await load_states(conn, [sv.name for sv in views])
     lines = []
     for sv in views:
         view, policy = sv.view, sv.view.refresh
-        state = await load_state(conn, sv.name)
+        state = states.get(sv.name)
         pending = await pending_changes(conn, view, state)
         age = None
         if state is not None and state.refreshed_at is not None:
@@ -409,10 +409,12 @@ class MvScheduler:
         :raises asyncpg.PostgresError: the state could not be read or written.
         """
         conn = await self._connection()
+        # One clock for the whole tick: a fire that falls due during a long refresh is
+        # handled by the next tick.
+        now, states = await load_states(conn, [sv.name for sv in self.views])
         results = []
         for sv in self.views:
-            now: dt.datetime = await conn.fetchval("SELECT now()")
-            state = await load_state(conn, sv.name)
+            state = states.get(sv.name)
             if state is None:  # pragma: no cover -- registered above
                 continue
             pending = await pending_changes(conn, sv.view, state) if sv.view.refresh.smart else 0
@@ -435,15 +437,25 @@ class MvScheduler:
                 self.refreshes[sv.name] = self.refreshes.get(sv.name, 0) + 1
             results.append(outcome)
         if self.cache is not None:
-            for sv in self.views:
-                try:
-                    await invalidate_pending_tags(self.cache, conn, sv.plugin, sv.view)
-                except asyncpg.PostgresError:
-                    raise
-                except Exception as exc:  # Redis: the flag stays set, the next tick retries
-                    log.warning("tags of %s (plugin %s) not invalidated yet: %s", sv.name,
-                                sv.plugin, exc)
+            await self._invalidate_pending_tags(conn, results, states)
         return results
+
+    async def _invalidate_pending_tags(self, conn: Any, refreshed: Sequence[RefreshOutcome],
+                                       states: dict[str, ViewState]) -> None:
+        """Invalidate the tags of views refreshed now or left pending by an earlier tick."""
+        assert self.cache is not None
+        due = {o.view for o in refreshed if o.ok}
+        due |= {name for name, state in states.items() if state.tags_pending}
+        for sv in self.views:
+            if sv.name not in due:
+                continue
+            try:
+                await invalidate_pending_tags(self.cache, conn, sv.plugin, sv.view)
+            except asyncpg.PostgresError:
+                raise
+            except Exception as exc:  # Redis: the flag stays set, the next tick retries
+                log.warning("tags of %s (plugin %s) not invalidated yet: %s", sv.name,
+                            sv.plugin, exc)
 
     def stop(self) -> None:
         """Make :meth:`run` return after its current tick."""
