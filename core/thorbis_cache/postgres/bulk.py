@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import asyncpg
 import attrs
 
-__all__ = ["TableSet", "copy_rows", "insert_statements", "sql_literal"]
+__all__ = ["GeneratedRows", "TableSet", "copy_rows", "insert_statements", "sql_literal"]
 
 Rows = Callable[[str], Sequence[tuple[Any, ...]]]
 
@@ -33,6 +33,43 @@ class TableSet:
     schema: str
     tables: tuple[str, ...]
     columns: Mapping[str, Sequence[str]]
+
+
+class GeneratedRows:
+    """What a generated data set offers, for a class with one tuple of rows per table
+    (a field named after each table of its :attr:`TABLE_SET`; override :meth:`rows` to
+    keep them otherwise)."""
+
+    __slots__ = ()
+
+    #: The tables the data set fills.
+    TABLE_SET: ClassVar[TableSet]
+
+    def rows(self, table: str) -> tuple[tuple[Any, ...], ...]:
+        """The rows of ``table``, as tuples in column order.
+
+        :raises KeyError: not a table of :attr:`TABLE_SET` (the known ones are named).
+        """
+        if table not in self.TABLE_SET.columns:
+            raise KeyError(f"unknown table {table!r}; tables: "
+                           f"{', '.join(self.TABLE_SET.tables)}")
+        found: tuple[tuple[Any, ...], ...] = getattr(self, table)
+        return found
+
+    def records(self, table: str) -> Iterator[dict[str, Any]]:
+        """The rows of ``table`` as column -> value dicts."""
+        columns = self.TABLE_SET.columns[table]
+        for row in self.rows(table):
+            yield dict(zip(columns, row))
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table."""
+        return {t: len(self.rows(t)) for t in self.TABLE_SET.tables}
+
+    @property
+    def total(self) -> int:
+        """Rows in all tables."""
+        return sum(self.counts().values())
 
 
 async def copy_rows(conn_or_dsn: Any, tables: TableSet, rows: Rows) -> None:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import random
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import attrs
 from thorbis_cache.postgres import bulk
@@ -106,12 +106,14 @@ _CENT = decimal.Decimal("0.01")
 
 
 @attrs.frozen(slots=True)
-class Dataset:
+class Dataset(bulk.GeneratedRows):
     """Generated rows, per table, as tuples in :data:`COLUMNS` order.
 
     :ivar tenants: the tenant ids, in generation order.
     :ivar reference: the reference time (midnight UTC); every row is before it.
     """
+
+    TABLE_SET: ClassVar[bulk.TableSet] = TABLE_SET
 
     tenants: tuple[str, ...]
     reference: dt.datetime
@@ -122,16 +124,6 @@ class Dataset:
         if table not in COLUMNS:
             raise KeyError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
         return self.tables[table]
-
-    def records(self, table: str) -> Iterator[dict[str, Any]]:
-        """The rows of ``table`` as column -> value dicts."""
-        columns = COLUMNS[table]
-        for row in self.rows(table):
-            yield dict(zip(columns, row))
-
-    def counts(self) -> dict[str, int]:
-        """Rows per table."""
-        return {t: len(self.rows(t)) for t in TABLES}
 
     def on_hand(self) -> dict[tuple[str, str], int]:
         """(tenant, part number) -> stock after the ledger trigger applied every movement."""

@@ -20,8 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import random
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import attrs
 from thorbis_cache.postgres import bulk
@@ -107,12 +107,14 @@ _CENT = decimal.Decimal("0.01")
 
 
 @attrs.frozen(slots=True)
-class Dataset:
+class Dataset(bulk.GeneratedRows):
     """Generated rows, per table, as tuples in :data:`COLUMNS` order.
 
     :ivar tenants: the tenant ids, in generation order.
     :ivar reference: the reference time (midnight UTC) the data is placed around.
     """
+
+    TABLE_SET: ClassVar[bulk.TableSet] = TABLE_SET
 
     tenants: tuple[str, ...]
     reference: dt.datetime
@@ -122,23 +124,6 @@ class Dataset:
     work_orders: tuple[Row, ...]
     invoices: tuple[Row, ...]
     quality_control_inspections: tuple[Row, ...]
-
-    def rows(self, table: str) -> tuple[Row, ...]:
-        """The rows of ``table`` (one of :data:`TABLES`)."""
-        if table not in COLUMNS:
-            raise KeyError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
-        rows: tuple[Row, ...] = getattr(self, table)
-        return rows
-
-    def records(self, table: str) -> Iterator[dict[str, Any]]:
-        """The rows of ``table`` as column -> value dicts."""
-        columns = COLUMNS[table]
-        for row in self.rows(table):
-            yield dict(zip(columns, row))
-
-    def counts(self) -> dict[str, int]:
-        """Rows per table."""
-        return {t: len(self.rows(t)) for t in TABLES}
 
 
 def tenant_names(n: int) -> tuple[str, ...]:

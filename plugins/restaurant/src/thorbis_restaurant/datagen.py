@@ -23,8 +23,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import random
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import attrs
 from thorbis_cache.postgres import bulk
@@ -101,12 +101,14 @@ _CENT = decimal.Decimal("0.01")
 
 
 @attrs.frozen(slots=True)
-class Dataset:
+class Dataset(bulk.GeneratedRows):
     """Generated rows, per table, as tuples in :data:`COLUMNS` order.
 
     :ivar tenants: the tenant ids, in generation order.
     :ivar reference: the reference day the data is placed around.
     """
+
+    TABLE_SET: ClassVar[bulk.TableSet] = TABLE_SET
 
     tenants: tuple[str, ...]
     reference: dt.date
@@ -118,28 +120,6 @@ class Dataset:
     reservations: tuple[Row, ...]
     orders: tuple[Row, ...]
     order_items: tuple[Row, ...]
-
-    def rows(self, table: str) -> tuple[Row, ...]:
-        """The rows of ``table`` (one of :data:`TABLES`)."""
-        if table not in COLUMNS:
-            raise KeyError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
-        rows: tuple[Row, ...] = getattr(self, table)
-        return rows
-
-    def records(self, table: str) -> Iterator[dict[str, Any]]:
-        """The rows of ``table`` as column -> value dicts."""
-        columns = COLUMNS[table]
-        for row in self.rows(table):
-            yield dict(zip(columns, row))
-
-    def counts(self) -> dict[str, int]:
-        """Rows per table."""
-        return {t: len(self.rows(t)) for t in TABLES}
-
-    @property
-    def total(self) -> int:
-        """Rows in all tables."""
-        return sum(self.counts().values())
 
 
 def tenant_names(n: int) -> tuple[str, ...]:
