@@ -21,6 +21,7 @@ from thorbis_home_services import datagen
 from thorbis_cache.postgres import audit
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.triggers import CHANNEL, install_triggers
+from thorbis_cache.testing.plugin_db import refresh_views
 
 if TYPE_CHECKING:
     from thorbis_cache.declarations import InvalidationRule, MaterializedView
@@ -94,10 +95,7 @@ class Database:
         rows exist (plain, not ``CONCURRENTLY``: nothing reads them yet, and a plain
         refresh is the cheaper one)."""
         async with self.pool.acquire() as conn:
-            for view in views:
-                # The name is a ``schema.relation`` of lower-case identifiers (the core
-                # refuses to load a plugin declaring any other), so it can be inlined.
-                await conn.execute(f"REFRESH MATERIALIZED VIEW {view.name}")
+            await refresh_views(conn, views)
 
     async def set_priority(self, tenant: str, work_order_id: int, priority: str) -> None:
         """Change a work order's priority (one committed statement)."""
