@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CachePattern",
+    "Fetch",
     "InvalidationRule",
     "MaterializedView",
     "Operation",
@@ -263,6 +264,11 @@ class InvalidationRule:
         old = old or {}
         new = new or {}
         return any(old.get(c) != new.get(c) for c in self.significant_columns)
+
+
+#: ``async (sql, *args) -> rows``: how a plugin's loaders reach the database (the shape of
+#: ``asyncpg``'s ``pool.fetch`` and of :attr:`WarmContext.fetch`).
+Fetch = Callable[..., Awaitable[Sequence[Mapping[str, Any]]]]
 
 
 @attrs.frozen(slots=True)

@@ -23,6 +23,7 @@ __all__ = [
     "InvalidTenantId",
     "KeyRingError",
     "MigrationError",
+    "MissingRow",
     "PluginLoadError",
     "PluginProblem",
     "RedisUnavailableError",
@@ -272,6 +273,24 @@ class AuditChainBroken(ThorbisCacheError):
 
 class InvalidJobError(ThorbisCacheError, ValueError):
     """A job is invalid (enqueue) or an entry does not decode to a job (consume)."""
+
+
+class MissingRow(ThorbisCacheError, LookupError):
+    """A plugin's loader was asked for one row that does not exist.
+
+    Raised rather than returning None so that ``get_or_load`` never caches a miss as a
+    value; the host decides whether absence is an error (404) or cached elsewhere.
+
+    :ivar what: the relation read.
+    :ivar tenant: the tenant.
+    :ivar ident: the key looked up.
+    """
+
+    def __init__(self, what: str, tenant: str, ident: object) -> None:
+        self.what = what
+        self.tenant = tenant
+        self.ident = ident
+        super().__init__(f"no row in {what} for tenant {tenant!r} and key {ident!r}")
 
 
 class DeadLetterNotFound(ThorbisCacheError, LookupError):

@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 import asyncpg
 import attrs
 
-__all__ = ["GeneratedRows", "TableSet", "copy_rows", "insert_statements", "sql_literal"]
+__all__ = [
+    "GeneratedRows", "TableSet", "copy_rows", "insert_statements", "midnight_utc", "sql_literal",
+]
 
 Rows = Callable[[str], Sequence[tuple[Any, ...]]]
 
@@ -33,6 +35,21 @@ class TableSet:
     schema: str
     tables: tuple[str, ...]
     columns: Mapping[str, Sequence[str]]
+
+
+def midnight_utc(when: dt.datetime | dt.date | None) -> dt.datetime:
+    """The midnight (UTC) a generated data set is placed around: of ``when``'s UTC day,
+    or of today's when None.
+
+    :raises ValueError: ``when`` is a naive datetime.
+    """
+    if when is None:
+        when = dt.datetime.now(dt.UTC)
+    if isinstance(when, dt.datetime):
+        if when.tzinfo is None:
+            raise ValueError(f"reference must be timezone-aware, got {when!r}")
+        when = when.astimezone(dt.UTC).date()
+    return dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC)
 
 
 class GeneratedRows:

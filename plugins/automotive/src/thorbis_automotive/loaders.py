@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from thorbis_cache import declarations
+from thorbis_cache.errors import MissingRow
 
 from thorbis_automotive import inventory, labor
 from thorbis_automotive.maintenance import Reading, maintenance_schedule
@@ -60,23 +63,10 @@ __all__ = [
 ]
 
 #: ``async (sql, *args) -> rows``: how loaders reach the database.
-Fetch = Callable[..., Awaitable[Sequence[Mapping[str, Any]]]]
+Fetch = declarations.Fetch
 
 #: Most parts a full load (warmer, stock sets) reads per tenant.
 MAX_PARTS = 20_000
-
-
-class MissingRow(LookupError):
-    """A loader was asked for one row that does not exist (never cached as a value).
-
-    :ivar what: the relation read. :ivar tenant: the tenant. :ivar ident: the key.
-    """
-
-    def __init__(self, what: str, tenant: str, ident: object) -> None:
-        self.what = what
-        self.tenant = tenant
-        self.ident = ident
-        super().__init__(f"no row in {what} for tenant {tenant!r} and key {ident!r}")
 
 
 def utc_today() -> dt.date:

@@ -131,16 +131,6 @@ def tenant_names(n: int) -> tuple[str, ...]:
     return tuple(f"hs-{i:03d}" for i in range(1, n + 1))
 
 
-def _midnight_utc(when: dt.datetime | dt.date | None) -> dt.datetime:
-    if when is None:
-        when = dt.datetime.now(dt.UTC)
-    if isinstance(when, dt.datetime):
-        if when.tzinfo is None:
-            raise ValueError(f"reference must be timezone-aware, got {when!r}")
-        when = when.astimezone(dt.UTC).date()
-    return dt.datetime(when.year, when.month, when.day, tzinfo=dt.UTC)
-
-
 def generate(
     tenants: Sequence[str] | int,
     per_tenant: int = 50,
@@ -163,7 +153,7 @@ def generate(
         raise ValueError(f"duplicate tenant ids in {names!r}")
     if per_tenant < 1:
         raise ValueError(f"per_tenant must be >= 1, got {per_tenant}")
-    ref = _midnight_utc(reference)
+    ref = bulk.midnight_utc(reference)
     tables: dict[str, list[Row]] = {t: [] for t in TABLES}
     for tenant in names:
         _Tenant(tenant, random.Random(f"{seed}:{tenant}"), ref, per_tenant, tables).build()

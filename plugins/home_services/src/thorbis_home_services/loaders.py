@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from thorbis_cache import declarations
+from thorbis_cache.errors import MissingRow
 
 from thorbis_home_services import rows
 from thorbis_home_services.models import (
@@ -52,25 +55,7 @@ __all__ = [
 ]
 
 #: ``async (sql, *args) -> rows``: how loaders reach the database.
-Fetch = Callable[..., Awaitable[Sequence[Mapping[str, Any]]]]
-
-
-class MissingRow(LookupError):
-    """A loader was asked for one row that does not exist.
-
-    Raised rather than returning None so that ``get_or_load`` never caches a miss as a
-    value; the host decides whether absence is an error (404) or cached elsewhere.
-
-    :ivar what: the relation read.
-    :ivar tenant: the tenant.
-    :ivar ident: the key looked up.
-    """
-
-    def __init__(self, what: str, tenant: str, ident: object) -> None:
-        self.what = what
-        self.tenant = tenant
-        self.ident = ident
-        super().__init__(f"no row in {what} for tenant {tenant!r} and key {ident!r}")
+Fetch = declarations.Fetch
 
 
 async def _one(fetch: Fetch, name: str, what: str, tenant: str, ident: object) -> Mapping[str, Any]:

@@ -16,8 +16,11 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from thorbis_cache import declarations
+from thorbis_cache.errors import MissingRow
 
 from thorbis_restaurant import availability, predict
 from thorbis_restaurant.models import (
@@ -52,23 +55,9 @@ __all__ = [
 ]
 
 #: ``async (sql, *args) -> rows``: how loaders reach the database.
-Fetch = Callable[..., Awaitable[Sequence[Mapping[str, Any]]]]
+Fetch = declarations.Fetch
 
 _ZERO = decimal.Decimal("0.00")
-
-
-class MissingRow(LookupError):
-    """A loader was asked for one row that does not exist (raised, so that
-    ``get_or_load`` never caches absence as a value).
-
-    :ivar what: the relation read. :ivar tenant: the tenant. :ivar ident: the key.
-    """
-
-    def __init__(self, what: str, tenant: str, ident: object) -> None:
-        self.what = what
-        self.tenant = tenant
-        self.ident = ident
-        super().__init__(f"no row in {what} for tenant {tenant!r} and key {ident!r}")
 
 
 def utc_today() -> dt.date:
