@@ -25,6 +25,7 @@ from thorbis_cache.envelope import CorruptEntry
 from thorbis_cache.errors import (
     ConfigurationError,
     InvalidKeyError,
+    MissingRow,
     RedisUnavailableError,
     UnknownSchemaError,
     WrongSchemaKindError,
@@ -42,6 +43,7 @@ from thorbis_cache.keys import (
 )
 from thorbis_cache.metrics import CacheMetrics, SchemaCounters
 from thorbis_cache.near import MISS, NearCache
+from thorbis_cache.read_through import ABSENT, StructureFills
 from thorbis_cache.redis_store import RedisStore, Script, load_lua
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet
 
@@ -76,6 +78,7 @@ class _Scripts:
     hash_replace: Script
     hash_update: Script
     write_expire: Script
+    struct_remove: Script
 
     @classmethod
     def load(cls) -> _Scripts:
@@ -127,6 +130,7 @@ class Cache:
         self._owns_store = owns_store
         self.near = near
         self._coherence = Coherence(store, self.settings, self.metrics.coherence, near)
+        self.fills = StructureFills(self)
         for schema in registry:
             self._runtime(schema)
 
@@ -158,6 +162,7 @@ class Cache:
         """Cancel in-flight loads, stop the event subscriber, and close the store if
         this cache owns it."""
         await self._flights.cancel_all()
+        await self.fills.aclose()
         await self._coherence.aclose()
         if self._owns_store:
             await self.store.aclose()
@@ -213,8 +218,14 @@ class Cache:
         rt = self._runtimes.get(key.schema.name)
         if rt is None or rt.schema is not key.schema:
             rt = self._runtime(key.schema)
-        if key.schema.kind is not SchemaKind.VALUE:
-            raise WrongSchemaKindError(key.schema.name, key.schema.kind.value, operation)
+        kind = key.schema.kind
+        if kind is not SchemaKind.VALUE:
+            helper = {SchemaKind.HASH: "hash", SchemaKind.ZSET: "zset", SchemaKind.GEO: "geo"}
+            raise WrongSchemaKindError(
+                key.schema.name, kind.value, operation,
+                f"use cache.{helper[kind]}(key): its get_or_load(loader) reads the "
+                f"{kind.value} through the cache with the same fill lease",
+            )
         return rt
 
     def ttl_ms(self, schema: KeySchema[Any], ttl: float | None = None) -> int:
@@ -247,6 +258,9 @@ class Cache:
         try:
             value: T = rt.codec.decode_value(data, rk.encode(), key.tenant)
         except CorruptEntry as exc:
+            if data == ABSENT:
+                rt.counters.negative_hits += 1
+                return None
             await self._drop_corrupt(rt, key, rk, data, exc)
             rt.counters.misses += 1
             return None
@@ -294,6 +308,10 @@ class Cache:
             try:
                 append(rt.codec.decode_value(data, rk.encode(), key.tenant))
             except CorruptEntry as exc:
+                if data == ABSENT:
+                    rt.counters.negative_hits += 1
+                    append(None)
+                    continue
                 await self._drop_corrupt(rt, key, rk, data, exc)
                 rt.counters.misses += 1
                 append(None)
@@ -461,6 +479,9 @@ class Cache:
                     return hit
                 decoded = rt.codec.decode(data, rk.encode(), key.tenant)
             except CorruptEntry as exc:
+                if data == ABSENT:
+                    rt.counters.negative_hits += 1
+                    raise MissingRow(key.schema.name, key.tenant, rk) from None
                 await self._drop_corrupt(rt, key, rk, data, exc)
             else:
                 rt.counters.hits += 1
@@ -501,6 +522,9 @@ class Cache:
             state = int(reply[0])
             if state == _LEASE_VALUE:
                 data: bytes = reply[1]
+                if data == ABSENT:
+                    rt.counters.negative_hits += 1
+                    raise MissingRow(key.schema.name, key.tenant, rk)
                 try:
                     return rt.codec.decode_value(data, rk.encode(), key.tenant)  # type: ignore[no-any-return]
                 except CorruptEntry as exc:
@@ -519,7 +543,7 @@ class Cache:
                     "loading without caching",
                     self.settings.lease_wait, rk, key.schema.name, key.tenant,
                 )
-                return await self._call_loader(rt, loader)
+                return await self._call_loader(rt.counters, loader)
             await asyncio.sleep(next_delay())
 
     async def _refresh(
@@ -559,8 +583,11 @@ class Cache:
     ) -> T:
         started = time.perf_counter()
         try:
-            value = await self._call_loader(rt, loader)
+            value = await self._call_loader(rt.counters, loader)
             rt.codec.check(value)
+        except MissingRow:
+            await self._fill_absent(rt, key, rk, lease, token)
+            raise
         except BaseException:
             # Release our lease at once so waiters take over instead of timing out.
             with contextlib.suppress(RedisUnavailableError):
@@ -583,12 +610,33 @@ class Cache:
             log.debug("fill of %s rejected: invalidated while loading", rk)
         return value
 
-    async def _call_loader(self, rt: _Runtime, loader: Loader[T]) -> T:
-        rt.counters.loads += 1
+    async def _fill_absent(
+        self, rt: _Runtime, key: CacheKey[Any], rk: str, lease: str, token: str
+    ) -> None:
+        """The loader found no row: cache the absence for the schema's ``negative_ttl``
+        under the same lease (so an INSERT committed meanwhile still wins), or release
+        the lease when the schema caches no absence."""
+        schema = key.schema
+        with contextlib.suppress(RedisUnavailableError):
+            if schema.negative_ttl is None:
+                await self.store.run(self._scripts.delete_if_equal, [lease], [token])
+                return
+            written = await self.store.run(
+                self._scripts.lease_fill, [rk, lease, *self.tag_keys(key)],
+                [token, ABSENT, self.ttl_ms(schema, schema.negative_ttl)],
+            )
+            if not written:
+                rt.counters.fills_rejected += 1
+
+    async def _call_loader(self, counters: SchemaCounters, loader: Loader[T]) -> T:
+        counters.loads += 1
         try:
             return await loader()
+        except MissingRow:
+            counters.absent_loads += 1
+            raise
         except BaseException:
-            rt.counters.load_errors += 1
+            counters.load_errors += 1
             raise
 
     async def _degraded_load(
@@ -602,7 +650,7 @@ class Cache:
             exc, key.schema.name, key.tenant,
         )
         async with self._degraded:
-            return await self._call_loader(rt, loader)
+            return await self._call_loader(rt.counters, loader)
 
     def _timing(self, schema: KeySchema[Any], ttl_ms: int, delta_ms: int) -> tuple[int, int] | None:
         if schema.early_recompute is None:
@@ -632,12 +680,12 @@ class Cache:
     def zset(self, key: CacheKey[T]) -> SortedSet[T]:
         """Typed access to a sorted set of members."""
         self._kind_runtime(key, SchemaKind.ZSET, "zset")
-        return SortedSet(self, key, self._scripts.write_expire)
+        return SortedSet(self, key, self._scripts.write_expire, self._scripts.struct_remove)
 
     def geo(self, key: CacheKey[T]) -> GeoIndex[T]:
         """Typed access to a geo index of members."""
         self._kind_runtime(key, SchemaKind.GEO, "geo")
-        return GeoIndex(self, key, self._scripts.write_expire)
+        return GeoIndex(self, key, self._scripts.write_expire, self._scripts.struct_remove)
 
     def _kind_runtime(self, key: CacheKey[Any], kind: SchemaKind, operation: str) -> _Runtime:
         rt = self._runtime(key.schema)

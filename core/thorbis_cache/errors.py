@@ -34,6 +34,7 @@ __all__ = [
     "UnknownSchemaError",
     "ValueTypeError",
     "VersionConflictError",
+    "WrongRedisTypeError",
     "WrongSchemaKindError",
 ]
 
@@ -119,11 +120,12 @@ class InvalidKeyError(ThorbisCacheError, ValueError):
 class WrongSchemaKindError(ThorbisCacheError, TypeError):
     """An operation was used on a schema of another kind (e.g. a hash helper on a value)."""
 
-    def __init__(self, schema: str, kind: str, operation: str) -> None:
+    def __init__(self, schema: str, kind: str, operation: str, hint: str = "") -> None:
         self.schema = schema
         self.kind = kind
         self.operation = operation
-        super().__init__(f"key schema {schema!r} is a {kind} schema; {operation} is not allowed")
+        message = f"key schema {schema!r} is a {kind} schema; {operation} is not allowed"
+        super().__init__(f"{message}: {hint}" if hint else message)
 
 
 # --------------------------------------------------------------------------- values
@@ -179,6 +181,11 @@ class CacheBackendError(ThorbisCacheError):
 
 class RedisUnavailableError(CacheBackendError, ConnectionError):
     """Redis could not be reached (refused, reset, timed out)."""
+
+
+class WrongRedisTypeError(CacheBackendError):
+    """A command met a key holding another Redis type (``WRONGTYPE``): for a structure,
+    the string marker a read-through caches for an absent row or an empty member set."""
 
 
 class ServerBinaryNotFound(ThorbisCacheError, FileNotFoundError):

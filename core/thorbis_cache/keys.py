@@ -49,6 +49,7 @@ _PREFIX_RE = re.compile(r"[a-z][a-z0-9_]{0,15}")
 _NAME_PART = r"[a-z][a-z0-9_]{0,31}"
 _SCHEMA_NAME_RE = re.compile(rf"{_NAME_PART}(\.{_NAME_PART})+")
 _PARAM_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_QUALIFIED_VIEW_RE = re.compile(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*")
 
 #: Parameter types a key may carry, and enums whose values are str or int.
 PARAM_TYPES: tuple[type, ...] = (str, int, bool, uuid.UUID, dt.date)
@@ -268,6 +269,16 @@ class KeySchema(Generic[T]):
     :ivar near_ttl: seconds (0-60] a value of this schema may live in the in-process near
         cache (L1) of a cache that has one; None keeps the schema out of L1. It bounds how
         long a process may serve a value after an invalidation whose event it missed.
+    :ivar negative_ttl: seconds a read-through caches the *absence* of the row it asked
+        for (its loader raised :class:`~thorbis_cache.errors.MissingRow`), so reads of
+        ids that do not exist stop reaching the database; None caches no absence. The
+        absence lives at the entry's own key, so every invalidation of the key or its
+        tags (an INSERT rule) drops it. At most ``ttl``.
+    :ivar mirrors: the qualified name of the materialized view this schema's loader
+        reads (``hs.customer_summary``). Such an entry is made stale by the view's
+        refresh, not by changes of the view's base tables: the view's refresh tags must
+        reach it, and a rule that targets it only makes readers reload the unrefreshed
+        view (the contract kit flags such rules).
     """
 
     name: str
@@ -283,6 +294,8 @@ class KeySchema(Generic[T]):
     early_recompute: float | None = None
     description: str = ""
     near_ttl: float | None = None
+    negative_ttl: float | None = None
+    mirrors: str | None = None
     _param_names: frozenset[str] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -323,6 +336,21 @@ class KeySchema(Generic[T]):
                 )
             if self.kind is not SchemaKind.VALUE:
                 raise InvalidSchemaError(name, "near_ttl applies to value schemas only")
+        if self.negative_ttl is not None and (
+            not isinstance(self.negative_ttl, int | float) or isinstance(self.negative_ttl, bool)
+            or not 0 < self.negative_ttl <= self.ttl
+        ):
+            raise InvalidSchemaError(
+                name, f"negative_ttl must be seconds in (0, ttl={self.ttl}], "
+                f"got {self.negative_ttl!r}",
+            )
+        if self.mirrors is not None and (
+            not isinstance(self.mirrors, str) or not _QUALIFIED_VIEW_RE.fullmatch(self.mirrors)
+        ):
+            raise InvalidSchemaError(
+                name, f"mirrors must name a materialized view as 'schema.view', "
+                f"got {self.mirrors!r}",
+            )
         for tag in self.tags:
             if not isinstance(tag, str) or not _SCHEMA_NAME_RE.fullmatch(tag):
                 raise InvalidSchemaError(name, f"tag {tag!r} must look like '<namespace>.<name>'")

@@ -22,7 +22,9 @@ COUNTERS: dict[str, str] = {
     "hits": "Reads answered from Redis",
     "misses": "Reads that found no usable entry",
     "loads": "Loader calls made by get_or_load",
-    "load_errors": "Loader calls that raised",
+    "load_errors": "Loader calls that raised (other than MissingRow)",
+    "absent_loads": "Loader calls that found no row (MissingRow)",
+    "negative_hits": "Reads answered by a cached absence (negative_ttl), no loader called",
     "coalesced": "get_or_load calls that joined an in-process load of the same key",
     "lease_waits": "Misses that waited for another client's fill",
     "lease_timeouts": "Waits that gave up and loaded without caching",
@@ -61,6 +63,8 @@ class SchemaCounters:
     misses: int
     loads: int
     load_errors: int
+    absent_loads: int
+    negative_hits: int
     coalesced: int
     lease_waits: int
     lease_timeouts: int

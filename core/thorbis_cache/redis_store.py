@@ -25,7 +25,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from thorbis_cache.errors import CacheBackendError, ConfigurationError, RedisUnavailableError
+from thorbis_cache.errors import (
+    CacheBackendError,
+    ConfigurationError,
+    RedisUnavailableError,
+    WrongRedisTypeError,
+)
 
 __all__ = ["RedisStore", "Script", "load_lua"]
 
@@ -274,6 +279,8 @@ class RedisStore:
         if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError
                       | rexc.RedisClusterException):
             return RedisUnavailableError(operation, self.address, _describe(exc))
+        if isinstance(exc, rexc.ResponseError) and str(exc).startswith("WRONGTYPE"):
+            return WrongRedisTypeError(operation, self.address, _describe(exc))
         return CacheBackendError(operation, self.address, _describe(exc))
 
     def _timed_out(self, operation: str) -> RedisUnavailableError:

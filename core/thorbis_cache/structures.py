@@ -1,21 +1,36 @@
-"""Thin typed helpers over Redis hashes, sorted sets and geo indexes.
+"""Typed helpers over Redis hashes, sorted sets and geo indexes.
 
 Keys still come from key schemas (kind HASH, ZSET or GEO), so these structures get the
 tenant hash tag, escaping and TTLs like any value. Every write refreshes the TTL in the
-same atomic step (a Lua script), so no structure is ever left without expiry.
+same atomic step (a Lua script), so no structure is ever left without expiry, and
+revokes the structure's fill lease, so a read-through that loaded older data is not
+written over it.
+
+Reads through the cache -- ``EntityHash.get_or_load``, ``SortedSet.get_or_load`` /
+``range_by_score(loader=...)`` / ``top(n, loader=...)``, ``GeoIndex.get_or_load`` /
+``within(..., loader=...)`` -- fill the whole structure from a loader under a fill
+lease, with the guarantees of ``Cache.get_or_load`` (see :mod:`.read_through`). Without
+a loader, reads answer from what is cached (empty or None when nothing is).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
 from thorbis_cache.codec import SchemaCodec, check_value
 from thorbis_cache.envelope import CorruptEntry
-from thorbis_cache.errors import InvalidParameterError, ValueTypeError, VersionConflictError
+from thorbis_cache.errors import (
+    InvalidParameterError,
+    ValueTypeError,
+    VersionConflictError,
+    WrongRedisTypeError,
+)
 from thorbis_cache.keys import CacheKey, Param
+from thorbis_cache.read_through import StructureRead, StructureWrite
 from thorbis_cache.redis_store import Script
 
 if TYPE_CHECKING:
@@ -24,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["EntityHash", "GeoIndex", "SortedSet", "Versioned"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+Loader = Callable[[], Awaitable[T]]
 
 #: The hash field holding the entity version; '~' is never an attrs field name.
 VERSION_FIELD = "~v"
@@ -82,10 +99,24 @@ class EntityHash(Generic[T]):
         return None if got is None else got.value
 
     async def get_versioned(self) -> Versioned[T] | None:
-        """The entity and its version, or None."""
-        raw = await self._cache.store.command("HGETALL", self._rk)
+        """The entity and its version, or None (not cached, or cached as absent)."""
+        try:
+            raw = await self._cache.store.command("HGETALL", self._rk)
+        except WrongRedisTypeError:  # a read-through's marker of an absent row
+            return None
         if not raw:
             return None
+        try:
+            return self._decode_entity(raw)
+        except CorruptEntry as exc:
+            await self._drop(exc)
+            return None
+
+    def _decode_entity(self, raw: Any) -> Versioned[T]:
+        """The entity of an HGETALL reply.
+
+        :raises CorruptEntry: a field is missing, extra-typed or does not open.
+        """
         items = {k.decode(): v for k, v in _pairs(raw)}
         try:
             version = int(items.pop(VERSION_FIELD))
@@ -93,17 +124,45 @@ class EntityHash(Generic[T]):
             for name, field in self._fields.items():
                 kwargs[field.alias or name] = self._decode_field(name, items[name])
             value: T = self._key.schema.value_type(**kwargs)
-        except (KeyError, ValueError, CorruptEntry, TypeError) as exc:
-            reason = exc if isinstance(exc, CorruptEntry) else CorruptEntry("hash_shape", repr(exc))
-            await self._drop(reason)
-            return None
+        except CorruptEntry:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CorruptEntry("hash_shape", repr(exc)) from None
         return Versioned(value, version)
+
+    async def get_or_load(self, loader: Loader[T], *, ttl: float | None = None) -> T:
+        """The cached entity; when it is not cached, ``loader()``'s entity, cached whole
+        under a fill lease: a load that raced with an invalidation of the key or its
+        tags (or with a write of this hash) is returned but not written.
+
+        The loader raises :class:`~thorbis_cache.errors.MissingRow` when the row does
+        not exist; with the schema's ``negative_ttl`` the absence is cached too.
+
+        :raises MissingRow: the row does not exist (now, or as cached).
+        :raises ValueTypeError: the loader returned something else than the entity type.
+        """
+        spec: StructureRead[T, T] = StructureRead(
+            "hash", ("HGETALL",), lambda raw: self._decode_entity(raw).value, _same
+        )
+        return await self._cache.fills.read(self._key, spec, self._fill_write(), loader, ttl)
+
+    def _fill_write(self) -> StructureWrite[T]:
+        def arguments(value: T) -> tuple[str, int, list[Any]]:
+            args: list[Any] = [VERSION_FIELD, 1]
+            for name in self._fields:
+                args += [name, self._encode_field(name, getattr(value, name))]
+            return "HSET", 2, args
+
+        return StructureWrite(self._codec.check, arguments)
 
     async def get_fields(self, *names: str) -> dict[str, Any]:
         """Some fields of the entity (absent when not cached)."""
         for name in names:
             self._check_name(name)
-        raw = await self._cache.store.command("HMGET", self._rk, *names)
+        try:
+            raw = await self._cache.store.command("HMGET", self._rk, *names)
+        except WrongRedisTypeError:  # cached as absent
+            return {}
         out: dict[str, Any] = {}
         for name, data in zip(names, raw):
             if data is None:
@@ -117,16 +176,20 @@ class EntityHash(Generic[T]):
 
     async def version(self) -> int | None:
         """The current version, or None when not cached."""
-        raw = await self._cache.store.command("HGET", self._rk, VERSION_FIELD)
+        try:
+            raw = await self._cache.store.command("HGET", self._rk, VERSION_FIELD)
+        except WrongRedisTypeError:  # cached as absent
+            return None
         return None if raw is None else int(raw)
 
     async def replace(self, value: T, *, ttl: float | None = None) -> int:
-        """Store the whole entity; returns its new version."""
+        """Store the whole entity (a writer holding the truth); returns its new version.
+        A read-through fill in flight is refused afterwards."""
         self._codec.check(value)
         args: list[Any] = [VERSION_FIELD, self._cache.ttl_ms(self._key.schema, ttl)]
         for name in self._fields:
             args += [name, self._encode_field(name, getattr(value, name))]
-        keys = [self._rk, *self._cache.tag_keys(self._key)]
+        keys = [self._rk, self._cache.lease_key(self._key), *self._cache.tag_keys(self._key)]
         return int(await self._cache.store.run(self._replace, keys, args))
 
     async def update(
@@ -137,7 +200,9 @@ class EntityHash(Generic[T]):
         ttl: float | None = None,
     ) -> int | None:
         """Change some fields; with ``expected_version``, only if the entity is still at
-        that version. Returns the new version, or None when the entity is not cached.
+        that version. Returns the new version, or None when the entity is not cached
+        (a cached absence is dropped). A read-through fill in flight is refused
+        afterwards, whatever the outcome.
 
         :raises VersionConflictError: the version differs (or the entity is gone while
             a version was expected).
@@ -156,7 +221,7 @@ class EntityHash(Generic[T]):
                     self._key.schema.name, f"field {name}", type(value).__name__, problem
                 )
             args += [name, self._encode_field(name, value)]
-        keys = [self._rk, *self._cache.tag_keys(self._key)]
+        keys = [self._rk, self._cache.lease_key(self._key), *self._cache.tag_keys(self._key)]
         reply = await self._cache.store.run(self._update, keys, args)
         status = int(reply[0])
         if status == 1:
@@ -181,16 +246,61 @@ class EntityHash(Generic[T]):
 
 class _MemberStructure(Generic[T]):
     """What sorted sets and geo indexes share: typed members encoded like key
-    parameters, and writes that refresh the TTL atomically (``lua/write_expire.lua``)."""
+    parameters, writes that refresh the TTL and revoke the fill lease atomically
+    (``lua/write_expire.lua``, ``lua/struct_remove.lua``), and read-through."""
 
-    __slots__ = ("_cache", "_key", "_member", "_rk", "_write")
+    __slots__ = ("_cache", "_key", "_member", "_remove", "_rk", "_write")
 
-    def __init__(self, cache: Cache, key: CacheKey[Any], write_script: Script) -> None:
+    #: the write command of a fill and its arguments per member
+    _FILL: tuple[str, int] = ("ZADD", 2)
+
+    def __init__(
+        self, cache: Cache, key: CacheKey[Any], write_script: Script, remove_script: Script
+    ) -> None:
         self._cache = cache
         self._key = key
         self._rk = cache.redis_key(key)
         self._member: Param = key.schema.member_param
         self._write = write_script
+        self._remove = remove_script
+
+    async def _read(self, *args: Any) -> Any:
+        """One read command on the structure; None when a marker (an empty set or an
+        absent row cached by a read-through) stands at the key."""
+        try:
+            return await self._cache.store.command(*args)
+        except WrongRedisTypeError:
+            return None
+
+    def _member_args(self, member: T, element: Any) -> list[Any]:
+        raise NotImplementedError  # pragma: no cover - each structure defines its own
+
+    def _check_loaded(self, loaded: Mapping[T, Any]) -> None:
+        if not isinstance(loaded, Mapping):
+            raise ValueTypeError(self._key.schema.name, "a mapping of members",
+                                 type(loaded).__name__)
+
+    def _fill_write(self) -> StructureWrite[Mapping[T, Any]]:
+        def arguments(loaded: Mapping[T, Any]) -> tuple[str, int, list[Any]] | None:
+            if not loaded:
+                return None
+            args: list[Any] = []
+            for member, element in loaded.items():
+                args += self._member_args(member, element)
+            return self._FILL[0], self._FILL[1], args
+
+        return StructureWrite(self._check_loaded, arguments, empty={})
+
+    async def _read_through(
+        self,
+        command: tuple[Any, ...],
+        from_reply: Callable[[Any], R],
+        from_loaded: Callable[[Mapping[T, Any]], R],
+        loader: Loader[Mapping[T, Any]],
+        ttl: float | None,
+    ) -> R:
+        spec = StructureRead("zset", command, from_reply, from_loaded)
+        return await self._cache.fills.read(self._key, spec, self._fill_write(), loader, ttl)
 
     def _enc(self, member: T) -> str:
         return self._member.encode(self._key.schema.name, member)
@@ -202,16 +312,18 @@ class _MemberStructure(Generic[T]):
         self, command: str, args: list[Any], replace: bool, ttl: float | None
     ) -> Any:
         ttl_ms = self._cache.ttl_ms(self._key.schema, ttl)
+        keys = [self._rk, self._cache.lease_key(self._key), *self._cache.tag_keys(self._key)]
         return await self._cache.store.run(
-            self._write, [self._rk, *self._cache.tag_keys(self._key)],
-            [ttl_ms, "1" if replace else "0", command, *args],
+            self._write, keys, [ttl_ms, "1" if replace else "0", command, self._FILL[1], *args],
         )
 
     async def remove(self, *members: T) -> int:
-        """Remove members; returns how many were there."""
+        """Remove members (a writer holding the truth: a fill in flight is refused);
+        returns how many were there."""
         if not members:
             return 0
-        return int(await self._cache.store.command("ZREM", self._rk, *map(self._enc, members)))
+        keys = [self._rk, self._cache.lease_key(self._key)]
+        return int(await self._cache.store.run(self._remove, keys, list(map(self._enc, members))))
 
 
 class SortedSet(_MemberStructure[T]):
@@ -219,13 +331,16 @@ class SortedSet(_MemberStructure[T]):
 
     __slots__ = ()
 
+    def _member_args(self, member: T, element: Any) -> list[Any]:
+        return [float(element), self._enc(member)]
+
     async def add(self, scores: Mapping[T, float], *, replace: bool = False,
                   ttl: float | None = None) -> int:
         """Add or re-score members (``replace`` drops the others first, atomically);
-        returns how many were new."""
+        returns how many were new. A read-through fill in flight is refused afterwards."""
         if not scores:
             if replace:
-                await self._cache.store.delete([self._rk])
+                await self._cache.delete(self._key)
             return 0
         args: list[Any] = []
         for member, score in scores.items():
@@ -234,12 +349,25 @@ class SortedSet(_MemberStructure[T]):
 
     async def score(self, member: T) -> float | None:
         """The score of ``member``, or None."""
-        raw = await self._cache.store.command("ZSCORE", self._rk, self._enc(member))
+        raw = await self._read("ZSCORE", self._rk, self._enc(member))
         return None if raw is None else float(raw)
 
     async def card(self) -> int:
         """Number of members."""
-        return int(await self._cache.store.command("ZCARD", self._rk))
+        return int(await self._read("ZCARD", self._rk) or 0)
+
+    async def get_or_load(
+        self, loader: Loader[Mapping[T, float]], *, ttl: float | None = None
+    ) -> list[tuple[T, float]]:
+        """Every member with its score, ascending: from the cache, or, when the set is
+        not cached, from ``loader()`` (the whole set, member -> score), cached whole
+        under a fill lease (see :meth:`EntityHash.get_or_load`). An empty set is cached
+        too.
+
+        :raises MissingRow: the loader found no row (and, with ``negative_ttl``, the
+            absence is cached).
+        """
+        return await self.range_by_score(loader=loader, ttl=ttl)
 
     async def range_by_score(
         self,
@@ -249,19 +377,38 @@ class SortedSet(_MemberStructure[T]):
         desc: bool = False,
         offset: int = 0,
         count: int | None = None,
+        loader: Loader[Mapping[T, float]] | None = None,
+        ttl: float | None = None,
     ) -> list[tuple[T, float]]:
         """Members with ``low <= score <= high`` (bounds may be ``"(x"`` for exclusive),
-        ascending (or descending), with their scores."""
-        args: list[Any] = ["ZRANGE", self._rk]
-        args += [high, low, "BYSCORE", "REV"] if desc else [low, high, "BYSCORE"]
+        ascending (or descending), with their scores.
+
+        :param loader: read through: when the set is not cached, load the whole set
+            (member -> score), cache it under a fill lease, and answer from it.
+        """
+        args: list[Any] = [high, low, "BYSCORE", "REV"] if desc else [low, high, "BYSCORE"]
         if count is not None:
             args += ["LIMIT", offset, count]
-        raw = await self._cache.store.command(*args, "WITHSCORES")
-        return [(self._dec(m), float(s)) for m, s in _pairs(raw)]
+        args.append("WITHSCORES")
 
-    async def top(self, n: int) -> list[tuple[T, float]]:
-        """The ``n`` members of highest score, highest first."""
-        return await self.range_by_score(desc=True, count=n)
+        def from_reply(raw: Any) -> list[tuple[T, float]]:
+            return [(self._dec(m), float(s)) for m, s in _pairs(raw)]
+
+        if loader is None:
+            return from_reply(await self._read("ZRANGE", self._rk, *args) or [])
+
+        def from_loaded(loaded: Mapping[T, float]) -> list[tuple[T, float]]:
+            return _score_range(loaded, self._enc, low, high, desc, offset, count)
+
+        return await self._read_through(("ZRANGE", *args), from_reply, from_loaded, loader, ttl)
+
+    async def top(
+        self, n: int, *, loader: Loader[Mapping[T, float]] | None = None,
+        ttl: float | None = None,
+    ) -> list[tuple[T, float]]:
+        """The ``n`` members of highest score, highest first (``loader``: read through,
+        see :meth:`range_by_score`)."""
+        return await self.range_by_score(desc=True, count=n, loader=loader, ttl=ttl)
 
 
 class GeoIndex(_MemberStructure[T]):
@@ -269,43 +416,170 @@ class GeoIndex(_MemberStructure[T]):
 
     __slots__ = ()
 
+    _FILL = ("GEOADD", 3)
+
+    def _member_args(self, member: T, element: Any) -> list[Any]:
+        lon, lat = element
+        if not (-180 <= lon <= 180 and -GEO_LAT_LIMIT <= lat <= GEO_LAT_LIMIT):
+            raise InvalidParameterError(
+                self._key.schema.name, "position", f"({lon}, {lat}) is out of range"
+            )
+        return [lon, lat, self._enc(member)]
+
     async def add(self, points: Mapping[T, tuple[float, float]], *, replace: bool = False,
                   ttl: float | None = None) -> int:
-        """Place members at ``(longitude, latitude)``; returns how many were new.
+        """Place members at ``(longitude, latitude)``; returns how many were new. A
+        read-through fill in flight is refused afterwards.
 
         :raises InvalidParameterError: a coordinate outside what Redis can index.
         """
         args: list[Any] = []
-        for member, (lon, lat) in points.items():
-            if not (-180 <= lon <= 180 and -85.05112878 <= lat <= 85.05112878):
-                raise InvalidParameterError(
-                    self._key.schema.name, "position", f"({lon}, {lat}) is out of range"
-                )
-            args += [lon, lat, self._enc(member)]
+        for member, point in points.items():
+            args += self._member_args(member, point)
         if not args:
             if replace:
-                await self._cache.store.delete([self._rk])
+                await self._cache.delete(self._key)
             return 0
         return int(await self._write_expire("GEOADD", args, replace, ttl))
 
     async def position(self, member: T) -> tuple[float, float] | None:
         """``(longitude, latitude)`` of ``member`` (geohash precision), or None."""
-        raw = await self._cache.store.command("GEOPOS", self._rk, self._enc(member))
+        raw = await self._read("GEOPOS", self._rk, self._enc(member))
         if not raw or raw[0] is None:
             return None
         lon, lat = raw[0]
         return float(lon), float(lat)
 
     async def within(
-        self, lon: float, lat: float, radius_m: float, *, count: int | None = None
+        self,
+        lon: float,
+        lat: float,
+        radius_m: float,
+        *,
+        count: int | None = None,
+        loader: Loader[Mapping[T, tuple[float, float]]] | None = None,
+        ttl: float | None = None,
     ) -> list[tuple[T, float]]:
-        """Members within ``radius_m`` metres of a point, nearest first, with distances."""
-        args: list[Any] = ["GEOSEARCH", self._rk, "FROMLONLAT", lon, lat,
-                           "BYRADIUS", radius_m, "m", "ASC"]
+        """Members within ``radius_m`` metres of a point, nearest first, with distances.
+
+        :param loader: read through: when the index is not cached, load every member's
+            ``(longitude, latitude)``, cache the index under a fill lease, and answer
+            from the loaded positions (Redis's own answers use its 52-bit geohash
+            positions, less than a metre away).
+        """
+        args: list[Any] = ["FROMLONLAT", lon, lat, "BYRADIUS", radius_m, "m", "ASC"]
         if count is not None:
             args += ["COUNT", count]
-        raw = await self._cache.store.command(*args, "WITHDIST")
-        return [(self._dec(m), float(d)) for m, d in raw]
+        args.append("WITHDIST")
+
+        def from_reply(raw: Any) -> list[tuple[T, float]]:
+            return [(self._dec(m), float(d)) for m, d in raw]
+
+        if loader is None:
+            return from_reply(await self._read("GEOSEARCH", self._rk, *args) or [])
+
+        def from_loaded(loaded: Mapping[T, tuple[float, float]]) -> list[tuple[T, float]]:
+            found = sorted(
+                ((m, d) for m, (mlon, mlat) in loaded.items()
+                 if (d := geo_distance(lon, lat, mlon, mlat)) <= radius_m),
+                key=lambda md: md[1],
+            )
+            return found if count is None else found[:count]
+
+        return await self._read_through(("GEOSEARCH", *args), from_reply, from_loaded,
+                                        loader, ttl)
+
+    async def get_or_load(
+        self, loader: Loader[Mapping[T, tuple[float, float]]], *, ttl: float | None = None
+    ) -> dict[T, tuple[float, float]]:
+        """Every member at its ``(longitude, latitude)``: from the cache (geohash
+        precision), or, when the index is not cached, from ``loader()`` (the whole
+        index), cached whole under a fill lease (see :meth:`EntityHash.get_or_load`).
+
+        :raises MissingRow: the loader found no row (cached with ``negative_ttl``).
+        """
+        def from_reply(raw: Any) -> dict[T, tuple[float, float]]:
+            return {self._dec(m): geohash_position(int(float(s))) for m, s in _pairs(raw)}
+
+        return await self._read_through(("ZRANGE", 0, -1, "WITHSCORES"), from_reply, dict,
+                                        loader, ttl)
+
+
+#: Redis's latitude bounds for geo indexes (Web Mercator).
+GEO_LAT_LIMIT = 85.05112878
+#: The earth radius Redis's GEO commands use, in metres.
+EARTH_RADIUS_M = 6372797.560856
+_GEO_STEP = 26
+
+
+def geo_distance(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    """Great-circle distance in metres, computed as Redis's GEO commands do (haversine
+    on a sphere of :data:`EARTH_RADIUS_M`)."""
+    lat1r, lon1r, lat2r, lon2r = map(math.radians, (lat1, lon1, lat2, lon2))
+    u = math.sin((lat2r - lat1r) / 2)
+    v = math.sin((lon2r - lon1r) / 2)
+    return 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(u * u + math.cos(lat1r)
+                                                      * math.cos(lat2r) * v * v))
+
+
+def geohash_position(bits: int) -> tuple[float, float]:
+    """The ``(longitude, latitude)`` Redis reports (``GEOPOS``) for a member whose sorted
+    set score is ``bits``: the centre of its 52-bit geohash cell (latitude bits in the
+    even positions, longitude bits in the odd ones), as ``geohashDecodeToLongLatWGS84``
+    computes it."""
+    lat_cell = lon_cell = 0
+    # 32 bits per coordinate, as Redis deinterleaves: a coordinate at the range's upper
+    # bound encodes as 2**26, one past the last cell (then clamped below).
+    for i in range(32):
+        lat_cell |= ((bits >> (2 * i)) & 1) << i
+        lon_cell |= ((bits >> (2 * i + 1)) & 1) << i
+    cells = float(1 << _GEO_STEP)
+    lat_min = -GEO_LAT_LIMIT + lat_cell / cells * (2 * GEO_LAT_LIMIT)
+    lat_max = -GEO_LAT_LIMIT + (lat_cell + 1) / cells * (2 * GEO_LAT_LIMIT)
+    lon_min = -180.0 + lon_cell / cells * 360.0
+    lon_max = -180.0 + (lon_cell + 1) / cells * 360.0
+    lon = min(max((lon_min + lon_max) / 2, -180.0), 180.0)
+    lat = min(max((lat_min + lat_max) / 2, -GEO_LAT_LIMIT), GEO_LAT_LIMIT)
+    return lon, lat
+
+
+def _same(value: T) -> T:
+    return value
+
+
+def _score_bound(bound: float | str) -> tuple[float, bool]:
+    """A ZRANGE BYSCORE bound as ``(value, exclusive)``."""
+    if isinstance(bound, str):
+        text = bound.strip()
+        if text.startswith("("):
+            return float(text[1:]), True
+        return float(text), False
+    return float(bound), False
+
+
+def _score_range(
+    members: Mapping[T, float],
+    encode: Callable[[T], str],
+    low: float | str,
+    high: float | str,
+    desc: bool,
+    offset: int,
+    count: int | None,
+) -> list[tuple[T, float]]:
+    """What ``ZRANGE BYSCORE [REV] [LIMIT]`` answers on a set holding ``members``: ties
+    ordered by the encoded member's bytes, as Redis orders them."""
+    lo, lo_open = _score_bound(low)
+    hi, hi_open = _score_bound(high)
+    kept = [
+        (m, float(s)) for m, s in members.items()
+        if (s > lo if lo_open else s >= lo) and (s < hi if hi_open else s <= hi)
+    ]
+    kept.sort(key=lambda ms: (ms[1], encode(ms[0]).encode()), reverse=desc)
+    if count is None:
+        return kept[offset:] if offset else kept
+    if count < 0:
+        return kept[offset:]
+    return kept[offset:offset + count]
 
 
 def _pairs(raw: Any) -> Iterable[tuple[Any, Any]]:

@@ -1,0 +1,54 @@
+-- struct_read: read a hash, sorted set or geo index through the cache, or take its fill
+-- lease (the structure counterpart of lease_acquire.lua).
+--
+-- KEYS[1]   the structure's key
+-- KEYS[2]   its lease key (same hash slot: same tenant tag)
+-- KEYS[3..] the tag sets of the key's schema (same slot; none for a schema without tags)
+-- ARGV[1]   a fresh random lease token
+-- ARGV[2]   lease time-to-live in milliseconds
+-- ARGV[3]   "miss": answer from the structure if it is there, else try the lease;
+--           "refresh": the caller holds an answer and wants to reload early (lease only)
+-- ARGV[4]   the Redis type a cached structure has: "hash" or "zset" (geo indexes are zsets)
+-- ARGV[5]   the read command (HGETALL, HMGET, ZRANGE, ZSCORE, ZCARD, GEOSEARCH, GEOPOS)
+-- ARGV[6..] its arguments after the key
+--
+-- Returns {1, reply, pttl}   the structure is cached: the read command's reply, and the
+--                            structure's remaining time-to-live (for early recompute)
+--         {4, marker, pttl}  a string marker stands at the key: the row is absent, or
+--                            the member set is empty (see read_through.py)
+--         {2}                lease granted to ARGV[1]: load, then call struct_fill
+--         {3}                another client holds the lease: wait for its fill
+--
+-- A granted lease records the key in its tag sets (kept alive at least as long as the
+-- lease), so a tag invalidation during the load deletes the lease and the stale fill is
+-- refused, as for values.
+-- Bounds: TYPE, one read command (whose cost the caller chose: a whole structure is one
+-- entity or one list), PTTL, and O(tags) on a grant. Atomic, so "not cached, lease
+-- granted" is one decision and an answer never mixes two fills.
+local read = ARGV[5]
+if read ~= "HGETALL" and read ~= "HMGET" and read ~= "ZRANGE" and read ~= "ZSCORE"
+    and read ~= "ZCARD" and read ~= "GEOSEARCH" and read ~= "GEOPOS" then
+  return redis.error_reply("struct_read: command not allowed: " .. read)
+end
+if ARGV[3] == "miss" then
+  local kind = redis.call("TYPE", KEYS[1]).ok
+  if kind == ARGV[4] then
+    return {1, redis.call(read, KEYS[1], unpack(ARGV, 6)), redis.call("PTTL", KEYS[1])}
+  elseif kind == "string" then
+    return {4, redis.call("GET", KEYS[1]), redis.call("PTTL", KEYS[1])}
+  elseif kind ~= "none" then
+    return redis.error_reply("WRONGTYPE struct_read: " .. KEYS[1] .. " holds a " .. kind
+      .. ", not a " .. ARGV[4])
+  end
+end
+if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then
+  local ttl = tonumber(ARGV[2])
+  for i = 3, #KEYS do
+    redis.call("SADD", KEYS[i], KEYS[1])
+    if redis.call("PTTL", KEYS[i]) < ttl then
+      redis.call("PEXPIRE", KEYS[i], ttl)
+    end
+  end
+  return {2}
+end
+return {3}
