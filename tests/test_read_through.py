@@ -24,9 +24,10 @@ from thorbis_cache.errors import (
     ValueTypeError,
     WrongSchemaKindError,
 )
+from thorbis_cache.geo import geo_distance, geohash_position
 from thorbis_cache.keys import SchemaKind
 from thorbis_cache.read_through import ABSENT, EMPTY
-from thorbis_cache.structures import _pairs, _score_range, geo_distance, geohash_position
+from thorbis_cache.structures import _pairs, _score_range
 from thorbis_cache.testing.servers import RedisServer
 
 

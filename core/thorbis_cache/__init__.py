@@ -23,6 +23,7 @@ from thorbis_cache.declarations import (
     WarmContext,
     Warmer,
 )
+from thorbis_cache.errors import MissingRow
 from thorbis_cache.hookspecs import HOOK_API_VERSION, hookimpl
 from thorbis_cache.keys import (
     CacheKey,
@@ -38,6 +39,7 @@ from thorbis_cache.near import NearCache
 from thorbis_cache.plugins import LoadedPlugin, PluginManager
 from thorbis_cache.redis_store import RedisStore
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet, Versioned
+from thorbis_cache.warming import WarmBatch, WarmOutcome, warm
 
 __all__ = [
     "HOOK_API_VERSION",
@@ -56,6 +58,7 @@ __all__ = [
     "KeySchema",
     "LoadedPlugin",
     "MaterializedView",
+    "MissingRow",
     "NearCache",
     "Operation",
     "Param",
@@ -70,10 +73,13 @@ __all__ = [
     "SortedSet",
     "SqlScript",
     "Versioned",
+    "WarmBatch",
     "WarmContext",
+    "WarmOutcome",
     "Warmer",
     "hookimpl",
     "validate_tenant",
+    "warm",
 ]
 
 __version__ = "0.1.0"

@@ -151,6 +151,27 @@ def check_declarations(d: Draft) -> None:
                 _check_view(d, item, label)
             elif isinstance(item, InvalidationRule):
                 _check_rule(d, item, label, schemas, tags)
+    _check_mirrors(d, schemas)
+
+
+def _check_mirrors(d: Draft, schemas: dict[str, KeySchema[Any]]) -> None:
+    """A schema that mirrors a view names one of the plugin's own views, and shares a
+    tag with it: that tag is how the view's refresh drops the schema's entries."""
+    views = {v.name: v for v in d.declarations.get("register_materialized_views", ())}
+    for schema in schemas.values():
+        if schema.mirrors is None:
+            continue
+        label = f"key schema {schema.name!r}"
+        view = views.get(schema.mirrors)
+        if view is None:
+            d.problem("register_key_schemas",
+                      f"{label} mirrors {schema.mirrors!r}, which is not a materialized view "
+                      f"of this plugin (declared: {_names(sorted(views))})")
+        elif not set(schema.tags) & set(view.tags):
+            d.problem("register_key_schemas",
+                      f"{label} mirrors the view {view.name!r} but shares none of its tags "
+                      f"({_names(sorted(view.tags))}): the view's refresh would never drop "
+                      "its entries; add one of them to the schema's tags")
 
 
 def _check_view(d: Draft, view: MaterializedView, label: str) -> None:

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from thorbis_cache.keys import SchemaKind
-
 if TYPE_CHECKING:
     from thorbis_cache.cache import Cache
     from thorbis_cache.keys import CacheKey
@@ -34,7 +32,6 @@ __all__ = [
     "SqlScript",
     "WarmContext",
     "Warmer",
-    "write_warmed",
 ]
 
 _NAMESPACE_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -285,8 +282,10 @@ class Warmer:
     """Fills the cache ahead of demand for one tenant.
 
     :ivar name: ``<namespace>.<warmer>``.
-    :ivar produce: ``(WarmContext) -> async iterator of (CacheKey, value)``; keys must be
-        of the plugin's own namespace.
+    :ivar produce: ``(WarmContext) -> async iterator of`` :class:`~thorbis_cache.warming.WarmBatch`:
+        each batch names keys of the plugin's own namespace and a loader that reads their
+        entries; :func:`thorbis_cache.warming.warm` takes the keys' fill leases *before*
+        calling that loader, so a warm never writes a row older than an invalidation.
     :ivar schemas: names of the schemas it fills.
     :ivar description: one line for listings.
     """
@@ -295,26 +294,6 @@ class Warmer:
     produce: Callable[[WarmContext], AsyncIterator[tuple[CacheKey[Any], Any]]]
     schemas: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     description: str = ""
-
-
-async def write_warmed(cache: Cache, key: CacheKey[Any], value: Any) -> None:
-    """Write one ``(key, value)`` pair a :class:`Warmer` produced, by the kind of the
-    key's schema -- the convention every warmer follows (the contract kit checks it):
-
-    * value: ``cache.set``;
-    * hash: the attrs entity, ``cache.hash(key).replace``;
-    * sorted set: a mapping member -> score, replacing the set;
-    * geo: a mapping member -> ``(longitude, latitude)``, replacing the index.
-    """
-    kind = key.schema.kind
-    if kind is SchemaKind.VALUE:
-        await cache.set(key, value)
-    elif kind is SchemaKind.HASH:
-        await cache.hash(key).replace(value)
-    elif kind is SchemaKind.ZSET:
-        await cache.zset(key).add(value, replace=True)
-    else:
-        await cache.geo(key).add(value, replace=True)
 
 
 @attrs.frozen(slots=True)

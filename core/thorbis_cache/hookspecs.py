@@ -201,7 +201,10 @@ def register_warmers() -> Sequence[Warmer]:  # type: ignore[empty-body]
     """Declare warmers: functions that fill a tenant's cache ahead of demand.
 
     Called once at load; a warmer runs when the host or the worker warms a tenant, and
-    may only produce keys of the plugin's own namespace.
+    may only produce keys of the plugin's own namespace. It yields
+    :class:`~thorbis_cache.warming.WarmBatch` es (keys, and a loader of their entries)
+    that :func:`thorbis_cache.warming.warm` fills under fill leases taken before the
+    loader reads the database.
 
     :returns: a sequence of :class:`~thorbis_cache.declarations.Warmer`.
 

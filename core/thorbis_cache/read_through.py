@@ -130,7 +130,7 @@ class StructureFills:
 
     def __init__(self, cache: Cache) -> None:
         self._cache = cache
-        self._scripts = _Scripts.load()
+        self.scripts = _Scripts.load()
         self._flights: SingleFlight[Any] = SingleFlight("struct-fill")
         self._delta_ms: dict[str, float] = {}
 
@@ -170,7 +170,7 @@ class StructureFills:
             token = secrets.token_hex(12)
             try:
                 reply = await cache.store.run(
-                    self._scripts.struct_read, keys,
+                    self.scripts.struct_read, keys,
                     [token, lease_ms, "miss", spec.redis_type, *spec.command],
                 )
             except RedisUnavailableError as exc:
@@ -260,7 +260,7 @@ class StructureFills:
         token = secrets.token_hex(12)
         try:
             reply = await cache.store.run(
-                self._scripts.struct_read, keys,
+                self.scripts.struct_read, keys,
                 [token, int(cache.settings.lease_ttl * 1000), "refresh", "none", "ZCARD"],
             )
         except RedisUnavailableError:
@@ -321,7 +321,7 @@ class StructureFills:
     ) -> None:
         try:
             written = await self._cache.store.run(
-                self._scripts.struct_fill, keys, [token, ttl_ms, *args]
+                self.scripts.struct_fill, keys, [token, ttl_ms, *args]
             )
         except RedisUnavailableError as exc:
             log.warning("could not write the fill of %s: %s", keys[0], exc)
@@ -332,7 +332,7 @@ class StructureFills:
 
     async def _release(self, lease: str, token: str) -> None:
         with contextlib.suppress(RedisUnavailableError):
-            await self._cache.store.run(self._scripts.delete_if_equal, [lease], [token])
+            await self._cache.store.run(self.scripts.delete_if_equal, [lease], [token])
 
     async def _degraded_load(
         self,

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thorbis_cache.cache import Cache
 from thorbis_cache.crypto import KeyRing
@@ -41,6 +42,7 @@ from thorbis_cache.keys import SchemaRegistry, validate_tenant
 from thorbis_cache.plugins import LoadedPlugin, PluginManager
 from thorbis_cache.testing import contract_checks as checks
 from thorbis_cache.testing import contract_db as db
+from thorbis_cache.testing import contract_fills as fills
 
 __all__ = [
     "DEFAULT_TENANTS",
@@ -289,6 +291,46 @@ class PluginContract:
                     round_trip()
             finally:
                 loop.run(cache.aclose())
+
+    def test_read_through_refuses_stale_fills(
+        self, thorbis_contract_plugin: LoadedPlugin, thorbis_redis_url: str
+    ) -> None:
+        """For every schema, whatever its kind (value, hash, sorted set, geo index): a
+        read-through whose loader read a row before the key was invalidated (deleted,
+        or through its first tag) does not cache it; the next read loads the new row.
+        With ``negative_ttl``, an absent row is cached until the same invalidation. On a
+        single Redis and on a cluster."""
+        plugin = thorbis_contract_plugin
+        schemas = _need_schemas(plugin)
+        registry = SchemaRegistry()
+        for schema in schemas:
+            registry.register(schema, owner=plugin.name)
+        keyring = KeyRing.generate()
+        with LoopThread() as loop:
+            cache = loop.run(_open_cache(thorbis_redis_url, registry, keyring))
+            try:
+                for schema in schemas:
+                    @settings(max_examples=self.cache_examples, deadline=None, database=None,
+                              suppress_health_check=checks.SUPPRESSED_HEALTH_CHECKS)
+                    @given(fills.stale_fill_cases(schema), st.booleans())
+                    def race(case: tuple[checks.Sample, Any], by_tag: bool) -> None:
+                        old, new_value = case
+                        loop.run(fills.check_stale_fill(cache, old, new_value, by_tag=by_tag))
+
+                    race()
+            finally:
+                loop.run(cache.aclose())
+
+    def test_rules_leave_view_mirrors_to_their_refresh(
+        self, thorbis_contract_plugin: LoadedPlugin
+    ) -> None:
+        """No invalidation rule targets a schema that mirrors a materialized view
+        (``KeySchema.mirrors``), by name or through one of its tags: those entries are
+        invalidated by the view's refresh; a base-table change cannot change them."""
+        checks_needed = [s for s in thorbis_contract_plugin.schemas if s.mirrors]
+        if not checks_needed:
+            pytest.skip(f"plugin {thorbis_contract_plugin.name!r} mirrors no view")
+        fills.check_mirror_rules(thorbis_contract_plugin)
 
     # ---- 3. keys
 

@@ -25,14 +25,15 @@ from hypothesis.errors import ResolutionFailed
 from redis.crc import key_slot
 
 from thorbis_cache.cache import Cache
-from thorbis_cache.codec import CodecSettings, SchemaCodec, check_value, make_converter
+from thorbis_cache.codec import CodecSettings, SchemaCodec, make_converter
 from thorbis_cache.crypto import KeyRing
 from thorbis_cache.declarations import WarmContext, Warmer, is_qualified
-from thorbis_cache.errors import InvalidKeyError
+from thorbis_cache.errors import InvalidKeyError, ThorbisCacheError
 from thorbis_cache.hookspecs import HOOK_API_VERSION, SUPPORTED_HOOK_API_VERSIONS
 from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind, SchemaRegistry
 from thorbis_cache.plugins import LoadedPlugin
 from thorbis_cache.testing.strategies import param_value, params_for, tenant_ids, values_of
+from thorbis_cache.warming import WarmBatch, warm
 
 __all__ = [
     "SUPPRESSED_HEALTH_CHECKS",
@@ -407,9 +408,11 @@ async def check_warmers(
     conn: Any, cache: Cache, plugin: LoadedPlugin, tenants: Sequence[str]
 ) -> None:
     """Run every warmer for every tenant, with a :class:`WarmContext` whose ``fetch``
-    runs SQL on ``conn``; each must finish, and yield only ``(CacheKey, value)`` pairs
-    whose key is of a schema of this plugin (and of the warmer's declared schemas), for
-    the tenant being warmed, with a value of the schema's type.
+    runs SQL on ``conn``; each must finish and yield only
+    :class:`~thorbis_cache.warming.WarmBatch` es whose keys are of a schema of this
+    plugin (and of the warmer's declared schemas), for the tenant being warmed. Each
+    batch is then run by :func:`~thorbis_cache.warming.warm` against ``cache``: its
+    loader must return entries of the schema's type for the keys it is given only.
 
     :raises AssertionError: naming the warmer, the tenant and each offending key.
     """
@@ -438,40 +441,50 @@ async def check_warmers(
                 async for item in produced:
                     count += 1
                     if count > MAX_WARM_ITEMS:
-                        problems.append(f"{where}: more than {MAX_WARM_ITEMS} items")
+                        problems.append(f"{where}: more than {MAX_WARM_ITEMS} batches")
                         break
-                    problem = _warm_item_problem(plugin, warmer, tenant, item)
-                    if problem:
-                        problems.append(f"{where}, item {count}: {problem}")
+                    found = _warm_batch_problems(plugin, warmer, tenant, item)
+                    problems += [f"{where}, batch {count}: {p}" for p in found]
+                    if not found:
+                        try:
+                            await warm(cache, item)
+                        except (ThorbisCacheError, TypeError, ValueError) as exc:
+                            problems.append(f"{where}, batch {count} "
+                                            f"({item.description or 'no description'}): "
+                                            f"{type(exc).__name__}: {exc}")
             except Exception as exc:
                 problems.append(f"{where} raised {type(exc).__name__}: {exc}")
     report(plugin.name, "warmers", problems[:40])
 
 
-def _warm_item_problem(
+def _warm_batch_problems(
     plugin: LoadedPlugin, warmer: Warmer, tenant: str, item: object
-) -> str | None:
-    if not isinstance(item, tuple) or len(item) != 2:
-        return f"expected a (CacheKey, value) pair, got {_short(item, 80)}"
-    key, value = item
-    if not isinstance(key, CacheKey):
-        return f"expected a CacheKey built by a key schema, got {_short(key, 80)}"
-    ns, name = plugin.info.namespace, key.schema.name
-    if key.schema.namespace != ns:
-        return (f"key {key.body!r} is of schema {name!r}, outside the plugin's namespace "
-                f"{ns!r}")
-    if all(s is not key.schema for s in plugin.schemas):
-        return f"key {key.body!r} is of schema {name!r}, which this plugin does not declare"
-    if warmer.schemas and name not in warmer.schemas:
-        return (f"key {key.body!r} is of schema {name!r}, not one the warmer declares "
-                f"({', '.join(warmer.schemas)})")
-    if key.tenant != tenant:
-        return f"key {key.body!r} belongs to tenant {key.tenant!r}, not to {tenant!r}"
-    if key.schema.kind in (SchemaKind.VALUE, SchemaKind.HASH):
-        problem = check_value(value, key.schema.value_type)
-        if problem:
-            return f"key {key.body!r}: value does not match {_type_name(key.schema)}: {problem}"
-    return None
+) -> list[str]:
+    if not isinstance(item, WarmBatch):
+        return [f"expected a WarmBatch (keys and a loader of their entries), got "
+                f"{_short(item, 80)}"]
+    load: object = item.load
+    if not callable(load):
+        return [f"WarmBatch.load must be callable, got {_short(load, 80)}"]
+    out = []
+    for entry in item.keys:
+        key: object = entry
+        if not isinstance(key, CacheKey):
+            out.append(f"expected a CacheKey built by a key schema, got {_short(key, 80)}")
+            continue
+        ns, name = plugin.info.namespace, key.schema.name
+        if key.schema.namespace != ns:
+            out.append(f"key {key.body!r} is of schema {name!r}, outside the plugin's "
+                       f"namespace {ns!r}")
+        elif all(s is not key.schema for s in plugin.schemas):
+            out.append(f"key {key.body!r} is of schema {name!r}, which this plugin does "
+                       "not declare")
+        elif warmer.schemas and name not in warmer.schemas:
+            out.append(f"key {key.body!r} is of schema {name!r}, not one the warmer "
+                       f"declares ({', '.join(warmer.schemas)})")
+        elif key.tenant != tenant:
+            out.append(f"key {key.body!r} belongs to tenant {key.tenant!r}, not to {tenant!r}")
+    return out
 
 
 def _type_name(schema: KeySchema[Any]) -> str:

@@ -1,0 +1,198 @@
+"""Warming under fill leases: a batch of keys is leased *before* its rows are read.
+
+A warmer that reads rows and then writes them races with invalidations exactly as a
+naive cache-aside read does: an UPDATE that commits between the read and the write
+finds no key to delete, and the warmer then writes the old row for a whole TTL. So a
+warmer yields :class:`WarmBatch` es -- the keys it means to fill and a loader for them --
+and :func:`warm` runs each batch as a batched read-through:
+
+1. take the fill lease of every key of the batch that is not cached (one script per
+   key, concurrently; a key already cached, or being filled by another client, is
+   left alone);
+2. call the batch's ``load`` with the leased keys only -- one query for the batch;
+3. write each loaded entry under its lease (compare-and-set): an entry invalidated
+   since step 1 is refused, like a stale read-through fill. A leased key the loader
+   did not return is an absent row: cached as absent when its schema has a
+   ``negative_ttl``, else its lease is released.
+
+Entries take the shape of :func:`thorbis_cache.declarations.write_warmed`: the record
+for a value or a hash, member -> score for a sorted set, member -> ``(longitude,
+latitude)`` for a geo index (the whole structure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from thorbis_cache.errors import InvalidParameterError, RedisUnavailableError
+from thorbis_cache.keys import CacheKey, SchemaKind
+from thorbis_cache.read_through import ABSENT, EMPTY
+
+if TYPE_CHECKING:
+    from thorbis_cache.cache import Cache
+
+__all__ = ["WarmBatch", "WarmOutcome", "warm"]
+
+#: ``async (leased keys) -> {key: entry}``: reads the rows of the keys it is given.
+BatchLoader = Callable[[Sequence[CacheKey[Any]]], Awaitable[Mapping[CacheKey[Any], Any]]]
+
+_CACHED, _GRANTED, _HELD, _MARKER = 1, 2, 3, 4
+#: The cheap read a structure's lease probe runs when the structure is cached.
+_PROBES: dict[SchemaKind, tuple[str, tuple[Any, ...]]] = {
+    SchemaKind.HASH: ("hash", ("HMGET", "~v")),
+    SchemaKind.ZSET: ("zset", ("ZCARD",)),
+    SchemaKind.GEO: ("zset", ("ZCARD",)),
+}
+
+
+@attrs.frozen(slots=True)
+class WarmBatch:
+    """Keys a warmer wants filled, and how to read their entries.
+
+    :ivar keys: the keys (of the warmer's plugin, usually of one tenant).
+    :ivar load: ``async (keys) -> {key: entry}``, called with the keys whose fill lease
+        was taken (a subset of ``keys``, never empty); reads the database *after* the
+        leases, so a change committed meanwhile revokes the lease of its key.
+    :ivar description: what the batch holds, for logs ("top customers").
+    """
+
+    keys: tuple[CacheKey[Any], ...] = attrs.field(converter=tuple)
+    load: BatchLoader
+    description: str = ""
+
+
+@attrs.frozen(slots=True)
+class WarmOutcome:
+    """What one :func:`warm` call did, key by key.
+
+    :ivar filled: entries written.
+    :ivar cached: keys already cached (left as they were).
+    :ivar busy: keys another client was filling (left to it).
+    :ivar rejected: entries refused because the key was invalidated while loading.
+    :ivar absent: leased keys the loader returned no entry for (absent rows).
+    """
+
+    filled: int = 0
+    cached: int = 0
+    busy: int = 0
+    rejected: int = 0
+    absent: int = 0
+
+    def __add__(self, other: WarmOutcome) -> WarmOutcome:
+        return WarmOutcome(*(a + b for a, b in zip(attrs.astuple(self), attrs.astuple(other))))
+
+
+async def warm(cache: Cache, batch: WarmBatch) -> WarmOutcome:
+    """Fill the uncached keys of ``batch`` from one call of its loader, each under its
+    fill lease (see the module docstring).
+
+    :raises InvalidParameterError: the loader returned a key it was not given.
+    :raises ValueTypeError: an entry is not of its schema's type (nothing of the batch
+        is written; the leases are released).
+    :raises RedisUnavailableError: Redis cannot be reached.
+    :raises BaseException: whatever the loader raised (the leases are released).
+    """
+    keys = list(dict.fromkeys(batch.keys))
+    if not keys:
+        return WarmOutcome()
+    tokens = [secrets.token_hex(12) for _ in keys]
+    states = await asyncio.gather(*(_lease(cache, k, t) for k, t in zip(keys, tokens)))
+    leased = [(k, t) for k, t, s in zip(keys, tokens, states) if s == _GRANTED]
+    cached = sum(1 for s in states if s in (_CACHED, _MARKER))
+    busy = sum(1 for s in states if s == _HELD)
+    if not leased:
+        return WarmOutcome(cached=cached, busy=busy)
+    try:
+        entries = await batch.load([k for k, _ in leased])
+        given = {k for k, _ in leased}
+        for key in entries:
+            if key not in given:
+                raise InvalidParameterError(
+                    key.schema.name, "key",
+                    f"warm batch {batch.description or '?'} loaded {cache.redis_key(key)!r}, "
+                    "which it was not asked for",
+                )
+        loaded = [(k, t, _fill_arguments(cache, k, entries[k])) for k, t in leased
+                  if k in entries]
+    except BaseException:
+        await asyncio.gather(*(_release(cache, k, t) for k, t in leased))
+        raise
+    written = await asyncio.gather(*(_write(cache, k, t, args) for k, t, args in loaded))
+    filled = sum(1 for ok in written if ok)
+    absent = [(k, t) for k, t in leased if k not in entries]
+    await asyncio.gather(*(_write_absent(cache, k, t) for k, t in absent))
+    return WarmOutcome(filled=filled, cached=cached, busy=busy,
+                       rejected=len(loaded) - filled, absent=len(absent))
+
+
+def _keys(cache: Cache, key: CacheKey[Any]) -> list[str]:
+    return [cache.redis_key(key), cache.lease_key(key), *cache.tag_keys(key)]
+
+
+async def _lease(cache: Cache, key: CacheKey[Any], token: str) -> int:
+    lease_ms = int(cache.settings.lease_ttl * 1000)
+    kind = key.schema.kind
+    cache._runtime(key.schema)  # raises for a schema the cache does not know
+    if kind is SchemaKind.VALUE:
+        reply = await cache.store.run(cache._scripts.lease_acquire, _keys(cache, key),
+                                      [token, lease_ms, "miss"])
+    else:
+        redis_type, probe = _PROBES[kind]
+        reply = await cache.store.run(cache.fills.scripts.struct_read, _keys(cache, key),
+                                      [token, lease_ms, "miss", redis_type, *probe])
+    return int(reply[0])
+
+
+def _fill_arguments(cache: Cache, key: CacheKey[Any], entry: Any) -> list[Any]:
+    """The arguments of the fill script after the token: checked and encoded now, so a
+    bad entry fails the batch before anything is written."""
+    schema = key.schema
+    ttl_ms = cache.ttl_ms(schema)
+    if schema.kind is SchemaKind.VALUE:
+        rt = cache._runtime(schema)
+        rt.codec.check(entry)
+        rk = cache.redis_key(key)
+        data = rt.codec.encode(entry, rk.encode(), key.tenant, cache._timing(schema, ttl_ms, 0))
+        return [data, ttl_ms]
+    handle: Any = {SchemaKind.HASH: cache.hash, SchemaKind.ZSET: cache.zset,
+                   SchemaKind.GEO: cache.geo}[schema.kind](key)
+    write = handle._fill_write()
+    write.check(entry)
+    arguments = write.arguments(entry)
+    if arguments is None:
+        return [ttl_ms, "MARKER", EMPTY]
+    command, arity, rest = arguments
+    return [ttl_ms, command, arity, *rest]
+
+
+async def _write(cache: Cache, key: CacheKey[Any], token: str, args: list[Any]) -> bool:
+    if key.schema.kind is SchemaKind.VALUE:
+        script = cache._scripts.lease_fill
+    else:
+        script = cache.fills.scripts.struct_fill
+    return bool(await cache.store.run(script, _keys(cache, key), [token, *args]))
+
+
+async def _write_absent(cache: Cache, key: CacheKey[Any], token: str) -> None:
+    schema = key.schema
+    if schema.negative_ttl is None:
+        await _release(cache, key, token)
+        return
+    ttl_ms = cache.ttl_ms(schema, schema.negative_ttl)
+    if schema.kind is SchemaKind.VALUE:
+        await cache.store.run(cache._scripts.lease_fill, _keys(cache, key),
+                              [token, ABSENT, ttl_ms])
+    else:
+        await cache.store.run(cache.fills.scripts.struct_fill, _keys(cache, key),
+                              [token, ttl_ms, "MARKER", ABSENT])
+
+
+async def _release(cache: Cache, key: CacheKey[Any], token: str) -> None:
+    with contextlib.suppress(RedisUnavailableError):
+        await cache.store.run(cache._scripts.delete_if_equal, [cache.lease_key(key)], [token])
