@@ -193,6 +193,12 @@ class RedisStore:
     ) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
+        # A Cluster client learns its slot map on first use. Commands sent concurrently
+        # before that are routed by a default policy and retried, and redis-py 8 was
+        # seen running a script twice that way (a lease taken, then reported as held
+        # by another client). So the first call maps the cluster alone; the rest wait.
+        self._ready = not self._cluster
+        self._ready_lock = asyncio.Lock()
         self._deadlines = _Deadlines(timeout)
         self._gate = _Gate(max_in_flight)
         self.address = address
@@ -288,7 +294,15 @@ class RedisStore:
             operation, self.address, f"no reply within {self._deadlines.timeout}s"
         )
 
+    async def _map_cluster(self) -> None:
+        async with self._ready_lock:
+            if not self._ready:
+                await self._client.initialize()
+                self._ready = True
+
     async def _enter(self) -> None:
+        if not self._ready:
+            await self._map_cluster()
         gate = self._gate
         if gate.busy < gate.limit:
             gate.busy += 1
@@ -323,6 +337,8 @@ class RedisStore:
         task = self._deadlines.arm()
         gate = self._gate
         try:
+            if not self._ready:
+                await self._map_cluster()
             if gate.busy < gate.limit:
                 gate.busy += 1
             else:

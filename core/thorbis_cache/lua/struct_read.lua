@@ -41,7 +41,13 @@ if ARGV[3] == "miss" then
       .. ", not a " .. ARGV[4])
   end
 end
-if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then
+-- Granting is idempotent for one token: a driver that retries this call after it ran
+-- (a reply lost to a reset connection) must not find its own lease "held by another".
+local holder = redis.call("GET", KEYS[2])
+if holder == ARGV[1] then
+  return {2}
+end
+if not holder and redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2]) then
   local ttl = tonumber(ARGV[2])
   for i = 3, #KEYS do
     redis.call("SADD", KEYS[i], KEYS[1])
