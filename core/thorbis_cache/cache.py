@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -30,7 +29,6 @@ from thorbis_cache.errors import (
     UnknownSchemaError,
     WrongSchemaKindError,
 )
-from thorbis_cache.fill import SingleFlight, backoff_delays, should_recompute_early
 from thorbis_cache.invalidation.events import Coherence
 from thorbis_cache.invalidation.tags import InvalidationLimits, TagEngine
 from thorbis_cache.keys import (
@@ -46,6 +44,7 @@ from thorbis_cache.near import MISS, NearCache
 from thorbis_cache.read_through import ABSENT, StructureFills
 from thorbis_cache.redis_store import RedisStore, Script, load_lua
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet
+from thorbis_cache.value_fill import ValueFills
 
 __all__ = ["Cache"]
 
@@ -124,12 +123,12 @@ class Cache:
         self.tags = TagEngine(store, self._prefix, invalidation_limits)
         self._converter = make_converter()
         self._runtimes: dict[str, _Runtime] = {}
-        self._flights: SingleFlight[Any] = SingleFlight()
         self._scripts = _Scripts.load()
         self._degraded = asyncio.Semaphore(self.settings.degraded_concurrency)
         self._owns_store = owns_store
         self.near = near
         self._coherence = Coherence(store, self.settings, self.metrics.coherence, near)
+        self._values = ValueFills(self)
         self.fills = StructureFills(self)
         for schema in registry:
             self._runtime(schema)
@@ -161,7 +160,7 @@ class Cache:
     async def aclose(self) -> None:
         """Cancel in-flight loads, stop the event subscriber, and close the store if
         this cache owns it."""
-        await self._flights.cancel_all()
+        await self._values.aclose()
         await self.fills.aclose()
         await self._coherence.aclose()
         if self._owns_store:
@@ -454,179 +453,14 @@ class Cache:
         rk = f"{self._prefix}:{key.body}"
         near = rt.near
         if near is None:
-            return await self._get_or_load(rt, key, rk, loader, ttl)
+            return await self._values.read(rt, key, rk, loader, ttl)
         found = self._near_lookup(rt, near, rk)
         if found is not MISS:
             return found  # type: ignore[no-any-return]
         started = self._coherence.begin(near)
-        value = await self._get_or_load(rt, key, rk, loader, ttl)
+        value = await self._values.read(rt, key, rk, loader, ttl)
         self._near_put(near, key, rk, value, started)
         return value
-
-    async def _get_or_load(
-        self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
-    ) -> T:
-        try:
-            data = await self.store.get(rk)
-        except RedisUnavailableError as exc:
-            return await self._degraded_load(rt, key, loader, exc)
-        if data is not None:
-            beta = key.schema.early_recompute
-            try:
-                if beta is None:
-                    hit: T = rt.codec.decode_value(data, rk.encode(), key.tenant)
-                    rt.counters.hits += 1
-                    return hit
-                decoded = rt.codec.decode(data, rk.encode(), key.tenant)
-            except CorruptEntry as exc:
-                if data == ABSENT:
-                    rt.counters.negative_hits += 1
-                    raise MissingRow(key.schema.name, key.tenant, rk) from None
-                await self._drop_corrupt(rt, key, rk, data, exc)
-            else:
-                rt.counters.hits += 1
-                if not should_recompute_early(
-                    int(time.time() * 1000), decoded.expires_at_ms, decoded.delta_ms, beta
-                ):
-                    return decoded.value  # type: ignore[no-any-return]
-                rt.counters.early_recomputes += 1
-                current: T = decoded.value
-                value, _ = await self._flights.do(
-                    rk, lambda: self._refresh(rt, key, rk, loader, ttl, current)
-                )
-                return value  # type: ignore[no-any-return]
-        rt.counters.misses += 1
-        value, joined = await self._flights.do(rk, lambda: self._fill(rt, key, rk, loader, ttl))
-        if joined:
-            rt.counters.coalesced += 1
-        return value  # type: ignore[no-any-return]
-
-    async def _fill(
-        self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
-    ) -> T:
-        lease = self.lease_key(key)
-        tag_keys = self.tag_keys(key)
-        token = secrets.token_hex(12)
-        lease_ms = int(self.settings.lease_ttl * 1000)
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        next_delay = backoff_delays()
-        while True:
-            try:
-                reply = await self.store.run(
-                    self._scripts.lease_acquire, [rk, lease, *tag_keys],
-                    [token, lease_ms, "miss"],
-                )
-            except RedisUnavailableError as exc:
-                return await self._degraded_load(rt, key, loader, exc)
-            state = int(reply[0])
-            if state == _LEASE_VALUE:
-                data: bytes = reply[1]
-                if data == ABSENT:
-                    rt.counters.negative_hits += 1
-                    raise MissingRow(key.schema.name, key.tenant, rk)
-                try:
-                    return rt.codec.decode_value(data, rk.encode(), key.tenant)  # type: ignore[no-any-return]
-                except CorruptEntry as exc:
-                    await self._drop_corrupt(rt, key, rk, data, exc)
-                    continue
-            if state == _LEASE_GRANTED:
-                return await self._load_and_fill(rt, key, rk, lease, token, loader, ttl)
-            # Another client is loading this key: wait for its value, bounded.
-            if deadline is None:
-                rt.counters.lease_waits += 1
-                deadline = loop.time() + self.settings.lease_wait
-            elif loop.time() >= deadline:
-                rt.counters.lease_timeouts += 1
-                log.warning(
-                    "gave up waiting %.2fs for the fill of %s (schema %s, tenant %s); "
-                    "loading without caching",
-                    self.settings.lease_wait, rk, key.schema.name, key.tenant,
-                )
-                return await self._call_loader(rt.counters, loader)
-            await asyncio.sleep(next_delay())
-
-    async def _refresh(
-        self,
-        rt: _Runtime,
-        key: CacheKey[T],
-        rk: str,
-        loader: Loader[T],
-        ttl: float | None,
-        current: T,
-    ) -> T:
-        """Early recomputation: only the client that wins the lease recomputes; the
-        others keep serving the current value."""
-        lease = self.lease_key(key)
-        token = secrets.token_hex(12)
-        lease_ms = int(self.settings.lease_ttl * 1000)
-        try:
-            reply = await self.store.run(
-                self._scripts.lease_acquire, [rk, lease, *self.tag_keys(key)],
-                [token, lease_ms, "refresh"],
-            )
-        except RedisUnavailableError:
-            return current
-        if int(reply[0]) != _LEASE_GRANTED:
-            return current
-        return await self._load_and_fill(rt, key, rk, lease, token, loader, ttl)
-
-    async def _load_and_fill(
-        self,
-        rt: _Runtime,
-        key: CacheKey[T],
-        rk: str,
-        lease: str,
-        token: str,
-        loader: Loader[T],
-        ttl: float | None,
-    ) -> T:
-        started = time.perf_counter()
-        try:
-            value = await self._call_loader(rt.counters, loader)
-            rt.codec.check(value)
-        except MissingRow:
-            await self._fill_absent(rt, key, rk, lease, token)
-            raise
-        except BaseException:
-            # Release our lease at once so waiters take over instead of timing out.
-            with contextlib.suppress(RedisUnavailableError):
-                await self.store.run(self._scripts.delete_if_equal, [lease], [token])
-            raise
-        delta_ms = int((time.perf_counter() - started) * 1000)
-        ttl_ms = self.ttl_ms(key.schema, ttl)
-        data = rt.codec.encode(
-            value, rk.encode(), key.tenant, self._timing(key.schema, ttl_ms, delta_ms)
-        )
-        try:
-            written = await self.store.run(
-                self._scripts.lease_fill, [rk, lease, *self.tag_keys(key)], [token, data, ttl_ms]
-            )
-        except RedisUnavailableError as exc:
-            log.warning("could not write the fill of %s: %s", rk, exc)
-            return value
-        if not written:
-            rt.counters.fills_rejected += 1
-            log.debug("fill of %s rejected: invalidated while loading", rk)
-        return value
-
-    async def _fill_absent(
-        self, rt: _Runtime, key: CacheKey[Any], rk: str, lease: str, token: str
-    ) -> None:
-        """The loader found no row: cache the absence for the schema's ``negative_ttl``
-        under the same lease (so an INSERT committed meanwhile still wins), or release
-        the lease when the schema caches no absence."""
-        schema = key.schema
-        with contextlib.suppress(RedisUnavailableError):
-            if schema.negative_ttl is None:
-                await self.store.run(self._scripts.delete_if_equal, [lease], [token])
-                return
-            written = await self.store.run(
-                self._scripts.lease_fill, [rk, lease, *self.tag_keys(key)],
-                [token, ABSENT, self.ttl_ms(schema, schema.negative_ttl)],
-            )
-            if not written:
-                rt.counters.fills_rejected += 1
 
     async def _call_loader(self, counters: SchemaCounters, loader: Loader[T]) -> T:
         counters.loads += 1

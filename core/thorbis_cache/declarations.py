@@ -17,7 +17,7 @@ import attrs
 
 if TYPE_CHECKING:
     from thorbis_cache.cache import Cache
-    from thorbis_cache.keys import CacheKey
+    from thorbis_cache.warming import WarmBatch
 
 __all__ = [
     "CachePattern",
@@ -291,7 +291,7 @@ class Warmer:
     """
 
     name: str
-    produce: Callable[[WarmContext], AsyncIterator[tuple[CacheKey[Any], Any]]]
+    produce: Callable[[WarmContext], AsyncIterator[WarmBatch]]
     schemas: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     description: str = ""
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -51,6 +51,10 @@ _PROBES: dict[SchemaKind, tuple[str, tuple[Any, ...]]] = {
 }
 
 
+def _key_tuple(keys: Iterable[CacheKey[Any]]) -> tuple[CacheKey[Any], ...]:
+    return tuple(keys)
+
+
 @attrs.frozen(slots=True)
 class WarmBatch:
     """Keys a warmer wants filled, and how to read their entries.
@@ -62,7 +66,7 @@ class WarmBatch:
     :ivar description: what the batch holds, for logs ("top customers").
     """
 
-    keys: tuple[CacheKey[Any], ...] = attrs.field(converter=tuple)
+    keys: tuple[CacheKey[Any], ...] = attrs.field(converter=_key_tuple)
     load: BatchLoader
     description: str = ""
 

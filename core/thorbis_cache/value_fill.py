@@ -1,0 +1,215 @@
+"""``get_or_load`` for value schemas: single flight, fill leases, XFetch, negative
+caching and degraded mode (the protocol is described in :mod:`.fill` and
+``docs/architecture.md``; hashes, sorted sets and geo indexes use the same protocol in
+:mod:`.read_through`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from thorbis_cache.envelope import CorruptEntry
+from thorbis_cache.errors import MissingRow, RedisUnavailableError
+from thorbis_cache.fill import SingleFlight, backoff_delays, should_recompute_early
+from thorbis_cache.keys import CacheKey
+from thorbis_cache.read_through import ABSENT
+
+if TYPE_CHECKING:
+    from thorbis_cache.cache import Cache, _Runtime
+
+__all__ = ["ValueFills"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_LEASE_GRANTED = 2
+_LEASE_VALUE = 1
+
+Loader = Callable[[], Awaitable[T]]
+
+
+class ValueFills:
+    """The cache-aside engine of one :class:`~thorbis_cache.cache.Cache` for its value
+    schemas; its in-process flights are cancelled by :meth:`aclose`."""
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+        self._flights: SingleFlight[Any] = SingleFlight()
+
+    async def aclose(self) -> None:
+        """Cancel the loads in flight."""
+        await self._flights.cancel_all()
+
+    async def read(
+        self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
+    ) -> T:
+        try:
+            data = await self._cache.store.get(rk)
+        except RedisUnavailableError as exc:
+            return await self._cache._degraded_load(rt, key, loader, exc)
+        if data is not None:
+            beta = key.schema.early_recompute
+            try:
+                if beta is None:
+                    hit: T = rt.codec.decode_value(data, rk.encode(), key.tenant)
+                    rt.counters.hits += 1
+                    return hit
+                decoded = rt.codec.decode(data, rk.encode(), key.tenant)
+            except CorruptEntry as exc:
+                if data == ABSENT:
+                    rt.counters.negative_hits += 1
+                    raise MissingRow(key.schema.name, key.tenant, rk) from None
+                await self._cache._drop_corrupt(rt, key, rk, data, exc)
+            else:
+                rt.counters.hits += 1
+                if not should_recompute_early(
+                    int(time.time() * 1000), decoded.expires_at_ms, decoded.delta_ms, beta
+                ):
+                    return decoded.value  # type: ignore[no-any-return]
+                rt.counters.early_recomputes += 1
+                current: T = decoded.value
+                value, _ = await self._flights.do(
+                    rk, lambda: self._refresh(rt, key, rk, loader, ttl, current)
+                )
+                return value  # type: ignore[no-any-return]
+        rt.counters.misses += 1
+        value, joined = await self._flights.do(rk, lambda: self._fill(rt, key, rk, loader, ttl))
+        if joined:
+            rt.counters.coalesced += 1
+        return value  # type: ignore[no-any-return]
+
+    async def _fill(
+        self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
+    ) -> T:
+        lease = self._cache.lease_key(key)
+        tag_keys = self._cache.tag_keys(key)
+        token = secrets.token_hex(12)
+        lease_ms = int(self._cache.settings.lease_ttl * 1000)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        next_delay = backoff_delays()
+        while True:
+            try:
+                reply = await self._cache.store.run(
+                    self._cache._scripts.lease_acquire, [rk, lease, *tag_keys],
+                    [token, lease_ms, "miss"],
+                )
+            except RedisUnavailableError as exc:
+                return await self._cache._degraded_load(rt, key, loader, exc)
+            state = int(reply[0])
+            if state == _LEASE_VALUE:
+                data: bytes = reply[1]
+                if data == ABSENT:
+                    rt.counters.negative_hits += 1
+                    raise MissingRow(key.schema.name, key.tenant, rk)
+                try:
+                    return rt.codec.decode_value(data, rk.encode(), key.tenant)  # type: ignore[no-any-return]
+                except CorruptEntry as exc:
+                    await self._cache._drop_corrupt(rt, key, rk, data, exc)
+                    continue
+            if state == _LEASE_GRANTED:
+                return await self._load_and_fill(rt, key, rk, lease, token, loader, ttl)
+            # Another client is loading this key: wait for its value, bounded.
+            if deadline is None:
+                rt.counters.lease_waits += 1
+                deadline = loop.time() + self._cache.settings.lease_wait
+            elif loop.time() >= deadline:
+                rt.counters.lease_timeouts += 1
+                log.warning(
+                    "gave up waiting %.2fs for the fill of %s (schema %s, tenant %s); "
+                    "loading without caching",
+                    self._cache.settings.lease_wait, rk, key.schema.name, key.tenant,
+                )
+                return await self._cache._call_loader(rt.counters, loader)
+            await asyncio.sleep(next_delay())
+
+    async def _refresh(
+        self,
+        rt: _Runtime,
+        key: CacheKey[T],
+        rk: str,
+        loader: Loader[T],
+        ttl: float | None,
+        current: T,
+    ) -> T:
+        """Early recomputation: only the client that wins the lease recomputes; the
+        others keep serving the current value."""
+        lease = self._cache.lease_key(key)
+        token = secrets.token_hex(12)
+        lease_ms = int(self._cache.settings.lease_ttl * 1000)
+        try:
+            reply = await self._cache.store.run(
+                self._cache._scripts.lease_acquire, [rk, lease, *self._cache.tag_keys(key)],
+                [token, lease_ms, "refresh"],
+            )
+        except RedisUnavailableError:
+            return current
+        if int(reply[0]) != _LEASE_GRANTED:
+            return current
+        return await self._load_and_fill(rt, key, rk, lease, token, loader, ttl)
+
+    async def _load_and_fill(
+        self,
+        rt: _Runtime,
+        key: CacheKey[T],
+        rk: str,
+        lease: str,
+        token: str,
+        loader: Loader[T],
+        ttl: float | None,
+    ) -> T:
+        started = time.perf_counter()
+        try:
+            value = await self._cache._call_loader(rt.counters, loader)
+            rt.codec.check(value)
+        except MissingRow:
+            await self._fill_absent(rt, key, rk, lease, token)
+            raise
+        except BaseException:
+            # Release our lease at once so waiters take over instead of timing out.
+            with contextlib.suppress(RedisUnavailableError):
+                await self._cache.store.run(self._cache._scripts.delete_if_equal, [lease], [token])
+            raise
+        delta_ms = int((time.perf_counter() - started) * 1000)
+        ttl_ms = self._cache.ttl_ms(key.schema, ttl)
+        data = rt.codec.encode(
+            value, rk.encode(), key.tenant, self._cache._timing(key.schema, ttl_ms, delta_ms)
+        )
+        try:
+            written = await self._cache.store.run(
+                self._cache._scripts.lease_fill, [rk, lease, *self._cache.tag_keys(key)],
+                [token, data, ttl_ms],
+            )
+        except RedisUnavailableError as exc:
+            log.warning("could not write the fill of %s: %s", rk, exc)
+            return value
+        if not written:
+            rt.counters.fills_rejected += 1
+            log.debug("fill of %s rejected: invalidated while loading", rk)
+        return value
+
+    async def _fill_absent(
+        self, rt: _Runtime, key: CacheKey[Any], rk: str, lease: str, token: str
+    ) -> None:
+        """The loader found no row: cache the absence for the schema's ``negative_ttl``
+        under the same lease (so an INSERT committed meanwhile still wins), or release
+        the lease when the schema caches no absence."""
+        schema = key.schema
+        with contextlib.suppress(RedisUnavailableError):
+            if schema.negative_ttl is None:
+                await self._cache.store.run(self._cache._scripts.delete_if_equal, [lease], [token])
+                return
+            written = await self._cache.store.run(
+                self._cache._scripts.lease_fill, [rk, lease, *self._cache.tag_keys(key)],
+                [token, ABSENT, self._cache.ttl_ms(schema, schema.negative_ttl)],
+            )
+            if not written:
+                rt.counters.fills_rejected += 1
+
