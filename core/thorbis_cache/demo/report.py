@@ -227,10 +227,15 @@ def checks_panel(title: str, checks: Sequence[Check], logs: Sequence[str]) -> Pa
     return Panel("\n".join(lines), title=title, title_align="left", expand=False)
 
 
+def _percent(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.1%}"
+
+
 def verticals_panel(v: VerticalsResult, options: DemoOptions) -> Panel:
     """The closing summary: one line per vertical, then the scene's checks."""
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
-    for name in ("vertical", "hit %", "p50", "p99", "seen", "inval.", "refreshes"):
+    for name in ("vertical", "hit %", "p50", "p99", "seen", "inval.", "views/others hit %",
+                 "refreshes"):
         table.add_column(name, justify="left" if name in ("vertical", "refreshes") else "right",
                          no_wrap=True)
     for r in v.verticals:
@@ -241,6 +246,7 @@ def verticals_panel(v: VerticalsResult, options: DemoOptions) -> Panel:
             r.title, f"{r.hit_ratio:.1%}",
             _duration(r.latency.p50_ns), _duration(r.latency.p99_ns),
             f"{r.verified}/{r.changes}", f"{r.keys_invalidated}/{r.tags_invalidated}",
+            f"{_percent(r.view_hit_ratio)}/{_percent(r.other_hit_ratio)}",
             refreshes,
         )
     rows = ", ".join(f"{r.title} {r.rows:,}" for r in v.verticals)
@@ -253,6 +259,8 @@ def verticals_panel(v: VerticalsResult, options: DemoOptions) -> Panel:
         "seen: changes committed in PostgreSQL, applied by the outbox worker, then read "
         "back through the cache",
         "inval.: keys/tags the worker invalidated for them",
+        "views/others hit %: reads while changes commit and the worker runs, on entries "
+        "that mirror a materialized view (dropped by its refresh only) and on the others",
         "refreshes: ok view refreshes by trigger (smart: the scheduler's tick; manual: "
         "views it left stale after the bulk load)",
     ))

@@ -247,6 +247,10 @@ class VerticalResult:
     :ivar refreshes: ok view refreshes by trigger.
     :ivar failed_refreshes: view refreshes that failed.
     :ivar checks: the scene's claims about this vertical.
+    :ivar write_changes: changes committed during the reads-under-writes phase;
+        :ivar view_hits: / :ivar view_misses: lookups of its view-backed schemas
+        (``KeySchema.mirrors``) then, :ivar other_hits: / :ivar other_misses: of the
+        others.
     """
 
     plugin: str
@@ -265,6 +269,23 @@ class VerticalResult:
     refreshes: tuple[tuple[str, int], ...]
     failed_refreshes: int
     checks: tuple[Check, ...]
+    write_changes: int = 0
+    view_hits: int = 0
+    view_misses: int = 0
+    other_hits: int = 0
+    other_misses: int = 0
+
+    @property
+    def view_hit_ratio(self) -> float | None:
+        """Hits of view-backed entries under writes (None without such a lookup)."""
+        total = self.view_hits + self.view_misses
+        return self.view_hits / total if total else None
+
+    @property
+    def other_hit_ratio(self) -> float | None:
+        """Hits of the other entries under writes (None without such a lookup)."""
+        total = self.other_hits + self.other_misses
+        return self.other_hits / total if total else None
 
     @property
     def hit_ratio(self) -> float:

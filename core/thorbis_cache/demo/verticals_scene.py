@@ -15,7 +15,12 @@ must not collide. For every vertical that ships a
    vertical's own schemas, reads per second); then the same reads are replayed one at a
    time: every lookup must hit, and their latency is what one caller sees;
 4. changes are committed in PostgreSQL, the outbox worker applies them, and each change
-   is verified through the cache; then the scheduler ticks again.
+   is verified through the cache; then the scheduler ticks again;
+5. reads under writes: the same kind of reads again while changes keep committing and a
+   running worker applies them. Hits are counted apart for entries that mirror a
+   materialized view (``KeySchema.mirrors``: only the view's refresh makes them stale,
+   so base-table writes must not touch them) and for the others; the worker's batches
+   must not have invalidated a single view-backed key or tag.
 
 The summary table has one line per vertical: hit ratio, latency, invalidations, refreshes.
 """
@@ -27,6 +32,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import asyncpg
 import attrs
@@ -50,6 +56,8 @@ __all__ = ["CHANGES_PER_TENANT", "verticals_scene"]
 
 #: Changes committed per vertical and tenant.
 CHANGES_PER_TENANT = 3
+#: Changes committed per vertical while the reads-under-writes phase runs.
+CHANGES_UNDER_READS = 30
 
 
 def _namespace_of_key(body: str) -> str:
@@ -124,6 +132,83 @@ async def _read_phase(app: CacheApp, pool: asyncpg.Pool, demo: VerticalDemo,
                       latencies, hits2 - hits1, misses2 - misses1)
 
 
+@attrs.frozen(slots=True)
+class _UnderWrites:
+    """One vertical's reads while its changes commit and a running worker applies them."""
+
+    reads: int
+    changes: int
+    verified: int
+    view_hits: int
+    view_misses: int
+    other_hits: int
+    other_misses: int
+    mirror_invalidations: tuple[str, ...]
+
+
+def _mirrors(app: CacheApp, demo: VerticalDemo) -> tuple[list[str], list[str], set[str]]:
+    """The vertical's view-backed schema names, its other schema names, and the tags
+    only its view-backed schemas carry."""
+    schemas = app.plugins.plugins[demo.plugin].schemas
+    mirrors = [s for s in schemas if s.mirrors is not None]
+    others = [s for s in schemas if s.mirrors is None]
+    other_tags = {t for s in others for t in s.tags}
+    return ([s.name for s in mirrors], [s.name for s in others],
+            {t for s in mirrors for t in s.tags} - other_tags)
+
+
+async def _under_writes(app: CacheApp, pool: asyncpg.Pool, dsn: str, demo: VerticalDemo,
+                        tenants: Sequence[str], options: DemoOptions) -> _UnderWrites:
+    """Concurrent reads while :data:`CHANGES_UNDER_READS` changes commit, applied by a
+    worker that runs throughout; hits and misses counted on view-backed and other
+    schemas; the worker's batches searched for a view-backed key or tag."""
+    mirror_schemas, other_schemas, mirror_tags = _mirrors(app, demo)
+    batches: list[Any] = []
+    stop = asyncio.Event()
+    rng = random.Random(f"{options.seed}:{demo.plugin}:under-writes")
+    changes: list[DemoChange] = []
+    reads = options.vertical_reads // 2
+
+    async def apply(worker: OutboxWorker) -> None:
+        while True:
+            result = await worker.run_once()
+            batches.append(result)
+            if not result.claimed:
+                if stop.is_set():
+                    return
+                await asyncio.sleep(0.02)
+
+    async def write() -> None:
+        for _ in range(CHANGES_UNDER_READS):
+            changes.append(await demo.change(app, pool, rng.choice(list(tenants)), rng))
+            await asyncio.sleep(0.01)
+
+    view0, other0 = _lookups(app, mirror_schemas), _lookups(app, other_schemas)
+    async with OutboxWorker.from_app(app, dsn) as worker:
+        applier = asyncio.create_task(apply(worker), name="demo-under-writes-worker")
+        try:
+            await asyncio.gather(
+                write(),
+                _reads(app, pool, demo, tenants, reads, options.concurrency,
+                       options.seed + 1),
+            )
+        finally:
+            stop.set()
+            await applier
+    view1, other1 = _lookups(app, mirror_schemas), _lookups(app, other_schemas)
+    verified = [await c.verify() for c in changes].count(None)
+    touched = [k for b in batches for k in b.keys
+               if k.split("}:", 1)[1].split(":", 1)[0] in mirror_schemas]
+    touched += [f"tag {tag}" for b in batches for _, tag in b.tags if tag in mirror_tags]
+    return _UnderWrites(reads, len(changes), verified, view1[0] - view0[0],
+                        view1[1] - view0[1], other1[0] - other0[0], other1[1] - other0[1],
+                        tuple(touched))
+
+
+def _ratio(hits: int, misses: int) -> str:
+    return f"{hits / (hits + misses):.0%}" if hits + misses else "n/a"
+
+
 async def _refresh_stale(app: CacheApp, pool: asyncpg.Pool,
                          scheduler: MvScheduler) -> list[RefreshOutcome]:
     """Refresh by hand every view with changes its scheduler left pending."""
@@ -187,6 +272,11 @@ async def verticals_scene(app: CacheApp, pool: asyncpg.Pool, dsn: str, options: 
         verified = {d.plugin: [await c.verify() for c in changes[d.plugin]] for d in demos}
         refreshed += await scheduler.tick()
 
+        under: dict[str, _UnderWrites] = {}
+        for demo in demos:
+            on_step(f"reading {demo.title} while changes commit and the worker runs...")
+            under[demo.plugin] = await _under_writes(app, pool, dsn, demo, tenants, options)
+
     results = []
     for demo in demos:
         namespace = app.plugins.plugins[demo.plugin].info.namespace
@@ -210,12 +300,28 @@ async def verticals_scene(app: CacheApp, pool: asyncpg.Pool, dsn: str, options: 
             Check(f"{demo.title}: the worker invalidated {keys[namespace]} {namespace!r} key(s) "
                   f"and {tags[namespace]} tag(s) for its changes",
                   keys[namespace] + tags[namespace] > 0),
+            _under_writes_check(demo, under[demo.plugin]),
         )
         results.append(VerticalResult(
             demo.plugin, demo.title, rows[demo.plugin], options.vertical_reads,
             phase.reads_per_s, phase.hits, phase.misses, LatencySummary.of(phase.latencies),
             tuple(phase.mix.most_common()), n, n - len(problems),
             keys[namespace], tags[namespace], tuple(sorted(by_trigger.items())), len(failed),
-            checks,
+            checks, *_under_writes_figures(under[demo.plugin]),
         ))
     return VerticalsResult(tuple(tenants), tuple(results), time.perf_counter() - t0)
+
+
+def _under_writes_check(demo: VerticalDemo, u: _UnderWrites) -> Check:
+    return Check(
+        f"{demo.title}: {u.reads:,} reads under {u.changes} writes: view-backed entries hit "
+        f"{_ratio(u.view_hits, u.view_misses)}, others {_ratio(u.other_hits, u.other_misses)}; "
+        f"no view-backed key or tag invalidated by a base-table change; "
+        f"{u.verified}/{u.changes} changes seen",
+        not u.mirror_invalidations and u.verified == u.changes,
+        "; ".join(u.mirror_invalidations[:3]),
+    )
+
+
+def _under_writes_figures(u: _UnderWrites) -> tuple[int, int, int, int, int]:
+    return u.changes, u.view_hits, u.view_misses, u.other_hits, u.other_misses
