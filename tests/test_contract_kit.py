@@ -1,7 +1,8 @@
 """The plugin contract kit, proven both ways.
 
-* It passes a good plugin: the example vertical (``examples/fitness_studio``), here
-  registered in-process (its own tests load it through its entry point).
+* It passes good plugins: the example vertical (``examples/fitness_studio``), here
+  registered in-process (its own tests load it through its entry point), and the
+  plugin-manager tests' ``plugins_fixtures.good``.
 * It fails a broken one: :class:`BrokenPlugin` loads cleanly, yet breaks every promise
   the loader cannot see; each check is run on it (or on a variant made with
   ``attrs.evolve``) and must raise an AssertionError whose message names the defect.
@@ -18,17 +19,18 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import thorbis_fitness_studio.plugin as fitness_plugin
+from plugins_fixtures import good
 from thorbis_fitness_studio.sample_data import SEED_SQL
 from typer.testing import CliRunner
 
-from thorbis_cache import Cache, KeyRing, KeySchema, SchemaRegistry, hookspecs
+from thorbis_cache import Cache, KeyRing, KeySchema, SchemaRegistry, WarmBatch, hookspecs
 from thorbis_cache.declarations import (
     InvalidationRule,
     MaterializedView,
@@ -41,11 +43,12 @@ from thorbis_cache.declarations import (
 )
 from thorbis_cache.errors import ConfigurationError, PluginLoadError
 from thorbis_cache.hookspecs import hookimpl
-from thorbis_cache.keys import CacheKey
+from thorbis_cache.keys import CacheKey, SchemaKind
 from thorbis_cache.plugins import LoadedPlugin
 from thorbis_cache.scaffold import PluginNames, scaffold_files, write_plugin
 from thorbis_cache.testing import contract_checks as checks
 from thorbis_cache.testing import contract_db as db
+from thorbis_cache.testing import contract_fills as fills
 from thorbis_cache.testing.contract import (
     ContractTarget,
     PluginContract,
@@ -67,6 +70,15 @@ class TestFitnessStudioInProcess(PluginContract):
     seed_sql = SEED_SQL
 
 
+class TestGoodFixturePlugin(PluginContract):
+    """The plugin-manager tests' small plugin passes too (one schema of every kind)."""
+
+    plugin_object = good
+    seed_sql = ("INSERT INTO tst.items (tenant_id, id, name, status) VALUES "
+                "('acme', 1, 'pump', 'open'), ('acme', 2, 'valve', 'closed'), "
+                "('globex', 1, 'hose', 'open')",)
+
+
 # --------------------------------------------------------------------------- a broken plugin
 
 
@@ -79,7 +91,8 @@ class Shout:
 
 NOTE = KeySchema("brk.note", Shout, params={"note_id": int})
 ITEM = KeySchema("brk.item", int, params={"item_id": int}, tags=("brk.items",))
-GROUPS = KeySchema("brk.groups", dict[str, int], tags=("brk.reports",))
+#: Mirrors the view GROUPS_VIEW (valid: the view is the plugin's and shares the tag).
+GROUPS = KeySchema("brk.groups", dict[str, int], tags=("brk.reports",), mirrors="brk.groups")
 #: A schema of another plugin's namespace, which the broken warmer writes to.
 STOLEN = KeySchema("fit.stolen", int)
 
@@ -102,12 +115,28 @@ GROUPS_VIEW = MaterializedView(
 )
 
 
-async def warm_items(ctx: WarmContext) -> AsyncIterator[tuple[CacheKey[Any], Any]]:
-    yield ITEM.key(ctx.tenant, item_id=1), 1  # fine
-    yield STOLEN.key(ctx.tenant), 2  # defect: another plugin's namespace
-    other = "globex" if ctx.tenant != "globex" else "acme"
-    yield ITEM.key(other, item_id=2), 2  # defect: another tenant
-    yield ITEM.key(ctx.tenant, item_id=3), "three"  # defect: not an int
+def loads(
+    entries: Mapping[CacheKey[Any], Any],
+) -> Callable[[Sequence[CacheKey[Any]]], Awaitable[Mapping[CacheKey[Any], Any]]]:
+    """A batch loader answering ``entries`` whatever it is asked for."""
+    async def load(leased: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
+        return entries
+
+    return load
+
+
+async def warm_items(ctx: WarmContext) -> AsyncIterator[Any]:
+    one = ITEM.key(ctx.tenant, item_id=1)
+    yield WarmBatch([one], loads({one: 1}), description="fine")
+    stolen = STOLEN.key(ctx.tenant)  # defect: another plugin's namespace
+    yield WarmBatch([stolen], loads({stolen: 2}), description="stolen")
+    other = ITEM.key("globex" if ctx.tenant != "globex" else "acme", item_id=2)
+    yield WarmBatch([other], loads({other: 2}), description="other tenant")  # defect
+    three = ITEM.key(ctx.tenant, item_id=3)
+    yield WarmBatch([three], loads({three: "three"}), description="a str")  # defect: not int
+    four, five = ITEM.key(ctx.tenant, item_id=4), ITEM.key(ctx.tenant, item_id=5)
+    yield WarmBatch([four], loads({five: 5}), description="greedy")  # defect: five not asked
+    yield ITEM.key(ctx.tenant, item_id=6), 6  # defect: the warmer API before WarmBatch
 
 
 class BrokenPlugin:
@@ -139,6 +168,14 @@ class BrokenPlugin:
             # defect: there is no such table
             InvalidationRule("brk.ghosts", table="brk.ghosts", operations=["DELETE"],
                              targets=[RuleTarget(tag="brk.items")]),
+            # defect: brk.groups mirrors the view, which an item change does not change
+            InvalidationRule("brk.group_sizes", table="brk.items",
+                             operations=["INSERT", "DELETE"],
+                             targets=[RuleTarget(schema="brk.groups")]),
+            # defect: the same, through the tag brk.groups carries
+            InvalidationRule("brk.reports", table="brk.items", operations=["UPDATE"],
+                             significant_columns=["grp"],
+                             targets=[RuleTarget(tag="brk.reports")]),
         ]
 
     @hookimpl
@@ -171,7 +208,8 @@ def _fails(check: Any, *args: Any, **kwargs: Any) -> str:
 def test_the_broken_plugin_loads(broken: LoadedPlugin) -> None:
     # So every failure below is the contract's catch, not the loader's.
     assert broken.info.namespace == "brk"
-    assert len(broken.rules) == 2
+    assert len(broken.rules) == 4
+    assert GROUPS in broken.schemas
 
 
 def test_the_loader_refuses_what_it_can_see() -> None:
@@ -370,15 +408,29 @@ def test_warmer_check_fails_keys_outside_the_namespace_tenant_or_type(
             as cache,
             db.applied(thorbis_pg_dsn, plugin) as conn,
         ):
-            await checks.check_warmers(conn, cache, plugin, ("acme", "globex"))
+            try:
+                await checks.check_warmers(conn, cache, plugin, ("acme", "globex"))
+            finally:
+                written.extend([await cache.get(ITEM.key("acme", item_id=n)) for n in (1, 5)])
 
+    written: list[Any] = []
     message = _fails(run)
-    assert "warmer 'brk.items' for tenant 'acme', item 2: key '{acme}:fit.stolen' is of " \
-           "schema 'fit.stolen', outside the plugin's namespace 'brk'" in message
-    assert "item 3: key '{globex}:brk.item:2' belongs to tenant 'globex', not to 'acme'" \
-           in message
-    assert "item 4: key '{acme}:brk.item:3': value does not match int: expected int, got str" \
-           in message
+    # The valid batch was run with warm(); the greedy one wrote nothing.
+    assert written == [1, None]
+    acme = "warmer 'brk.items' for tenant 'acme', batch"
+    assert f"{acme} 2: key '{{acme}}:fit.stolen' is of schema 'fit.stolen', outside the " \
+           "plugin's namespace 'brk'" in message
+    assert f"{acme} 3: key '{{globex}}:brk.item:2' belongs to tenant 'globex', not to " \
+           "'acme'" in message
+    assert f"{acme} 4 (a str): ValueTypeError: key schema 'brk.item' holds int values; " \
+           "got str" in message
+    assert f"{acme} 5 (greedy): InvalidParameterError: key schema 'brk.item', parameter " \
+           "'key': warm batch greedy loaded 'tc:{acme}:brk.item:5', which it was not asked " \
+           "for" in message
+    assert f"{acme} 6: expected a WarmBatch (keys and a loader of their entries), got " \
+           "(CacheKey(" in message
+    assert f"{acme} 1" not in message  # the fine batch
+    assert "warmer 'brk.items' for tenant 'globex', batch 6: expected a WarmBatch" in message
     assert "warmer 'brk.not_async' for tenant 'acme': produce() returned <coroutine" in message
     assert "warmer 'brk.explodes' for tenant 'globex' raised RuntimeError: no database today" \
            in message
@@ -394,6 +446,77 @@ def test_permission_check_fails_duplicates_and_foreign_names(broken: LoadedPlugi
     assert "permission 'brk.items.read' is declared 2 times" in message
     for name in ("fit.members.read", "brk.Items", "brk"):
         assert f"permission {name!r} is not 'brk.<name>'" in message
+
+
+@attrs.frozen
+class Entity:
+    id: int
+    name: str
+
+
+ENTITY = KeySchema("brk.entity", Entity, params={"entity_id": int}, kind=SchemaKind.HASH,
+                   tags=("brk.fills",))
+RANKS = KeySchema("brk.ranks", int, kind=SchemaKind.ZSET, tags=("brk.fills",))
+SITES = KeySchema("brk.sites", int, kind=SchemaKind.GEO, tags=("brk.fills",))
+#: Per kind, a sample of the old row and the value the row has after the change.
+STALE_CASES = {
+    "value": (checks.Sample(ITEM, "acme", {"item_id": 1}, 1), 2),
+    "hash": (checks.Sample(ENTITY, "acme", {"entity_id": 1}, Entity(1, "old")), Entity(1, "new")),
+    "zset": (checks.Sample(RANKS, "acme", {}, {1: 1.0, 2: 2.0}), {1: 1.0, 3: 3.0}),
+    "geo": (checks.Sample(SITES, "acme", {}, {1: (2.0, 48.0)}), {1: (3.0, 49.0)}),
+}
+
+
+class LeaseKeepingCache(Cache):
+    """Deletes the data keys but keeps their fill leases: a reader that loaded before
+    the delete still holds its lease, and writes what it read."""
+
+    async def delete(self, *keys: CacheKey[Any]) -> int:
+        return await self.store.delete([self.redis_key(k) for k in keys])
+
+
+def _fills_registry() -> SchemaRegistry:
+    registry = SchemaRegistry()
+    for schema in (ITEM, ENTITY, RANKS, SITES):
+        registry.register(schema, owner="broken")
+    return registry
+
+
+@pytest.mark.parametrize("kind", sorted(STALE_CASES))
+async def test_stale_fill_check_fails_a_cache_whose_delete_keeps_the_fill_lease(
+    kind: str, thorbis_redis_url: str
+) -> None:
+    old, new_value = STALE_CASES[kind]
+    async with LeaseKeepingCache.from_url(thorbis_redis_url, _fills_registry()) as cache:
+        with pytest.raises(AssertionError) as info:
+            await fills.check_stale_fill(cache, old, new_value, by_tag=False)
+    message = str(info.value)
+    assert "plugin 'brk': read-through fills (1 problem(s))" in message
+    assert f"{old.describe()}: after an invalidation (delete) during a fill, the next read " \
+           "returned" in message
+    assert "with 0 load(s): the stale fill was written" in message
+
+
+@pytest.mark.parametrize("by_tag", [False, True], ids=["delete", "tag"])
+@pytest.mark.parametrize("kind", sorted(STALE_CASES))
+async def test_stale_fill_check_passes_the_real_cache(
+    kind: str, by_tag: bool, thorbis_redis_url: str
+) -> None:
+    old, new_value = STALE_CASES[kind]
+    async with Cache.from_url(thorbis_redis_url, _fills_registry()) as cache:
+        await fills.check_stale_fill(cache, old, new_value, by_tag=by_tag)
+
+
+def test_mirror_rule_check_fails_rules_that_target_a_view_mirror(broken: LoadedPlugin) -> None:
+    message = _fails(fills.check_mirror_rules, broken)
+    assert "plugin 'broken': rules targeting view mirrors (2 problem(s))" in message
+    assert "rule 'brk.group_sizes' (table brk.items) targets key schema 'brk.groups', which " \
+           "mirrors the view 'brk.groups': a change of brk.items does not change the view " \
+           "until it is refreshed" in message
+    assert "rule 'brk.reports' (table brk.items) targets tag 'brk.reports', carried by key " \
+           "schema 'brk.groups', which mirrors the view 'brk.groups'" in message
+    # Rules that target only base-table entries are fine.
+    fills.check_mirror_rules(attrs.evolve(broken, rules=broken.rules[:2]))
 
 
 # --------------------------------------------------------------------------- pytest wiring
@@ -562,4 +685,6 @@ def test_generated_plugin_passes_its_own_tests(tmp_path: Path) -> None:
     )
     output = run.stdout + run.stderr
     assert run.returncode == 0, textwrap.shorten(output, 8000)
-    assert f"{len(contract_test_names()) + 1} passed" in output, output[-2000:]
+    # Nothing skipped (the template mirrors its view, so the mirror-rule test runs), and
+    # the round trip and the stale-fill race run twice: single Redis and cluster.
+    assert f"{len(contract_test_names()) + 2} passed" in output, output[-2000:]

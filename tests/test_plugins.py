@@ -16,7 +16,7 @@ from plugins_fixtures.broken_sql import FailingStartup
 from typer.testing import CliRunner
 
 import thorbis_cache.plugins
-from thorbis_cache import KeySchema, PluginInfo, hookimpl
+from thorbis_cache import KeySchema, MaterializedView, PluginInfo, hookimpl
 from thorbis_cache.cli import app as cli_app
 from thorbis_cache.errors import PluginLoadError, PluginProblem, UnknownPatternError
 from thorbis_cache.plugins import ENTRY_POINT_GROUP, PluginManager, await_me_maybe
@@ -318,6 +318,61 @@ async def test_on_startup_errors_name_the_plugin_and_the_others_still_run() -> N
     assert (problem.plugin, problem.hook) == ("fst", "on_startup")
     assert problem.message == "raised ConnectionError: warm-up service unreachable"
     assert good.started == [app]
+
+
+class ViewOwner:
+    """Declares a view, and a schema mirroring it with the view's tag: valid."""
+
+    @hookimpl
+    def register_plugin_info() -> PluginInfo:
+        return PluginInfo(namespace="vo", hook_api_version=1)
+
+    @hookimpl
+    def register_key_schemas() -> list[KeySchema[Any]]:
+        return [KeySchema("vo.counts", int, tags=["vo.reports"], mirrors="vo.counts")]
+
+    @hookimpl
+    def register_materialized_views() -> list[MaterializedView]:
+        return [MaterializedView("vo.counts", "SELECT 1 AS x", unique_index=["x"],
+                                 tags=["vo.reports"])]
+
+
+class ViewBorrower:
+    """Mirrors the view of another plugin, which its refresh tags cannot reach."""
+
+    @hookimpl
+    def register_plugin_info() -> PluginInfo:
+        return PluginInfo(namespace="vb", hook_api_version=1)
+
+    @hookimpl
+    def register_key_schemas() -> list[KeySchema[Any]]:
+        return [KeySchema("vb.counts", int, tags=["vb.reports"], mirrors="vo.counts")]
+
+
+async def test_a_schema_mirrors_only_a_view_of_its_own_plugin_sharing_a_tag() -> None:
+    manager = PluginManager()
+    manager.add(ViewOwner, "owner")
+    manager.add(ViewBorrower, "borrower", distribution="dist-b", version="3")
+    manager.add(broken.BadMirrors, "bad_mirrors", distribution="dist-m", version="1")
+    with pytest.raises(PluginLoadError) as info:
+        # In one batch with the owner of vo.counts: still not the borrower's view.
+        await manager.load(["owner", "borrower", "bad_mirrors"])
+    text = str(info.value)
+    assert ("plugin 'borrower' (dist-b 3), register_key_schemas: key schema 'vb.counts' "
+            "mirrors 'vo.counts', which is not a materialized view of this plugin "
+            "(declared: none)") in text
+    assert ("plugin 'bad_mirrors' (dist-m 1), register_key_schemas: key schema 'bm.orphan' "
+            "mirrors 'bm.missing', which is not a materialized view of this plugin "
+            "(declared: bm.counts)") in text
+    assert ("plugin 'bad_mirrors' (dist-m 1), register_key_schemas: key schema 'bm.untagged' "
+            "mirrors the view 'bm.counts' but shares none of its tags (bm.reports): the "
+            "view's refresh would never drop its entries; add one of them to the schema's "
+            "tags") in text
+    assert {p.plugin for p in info.value.problems} == {"borrower", "bad_mirrors"}
+    assert_nothing_stored(manager)
+    # The owner of the view, whose schema shares the view's tag, loads on its own.
+    [owner] = await manager.load(["owner"])
+    assert owner.schemas[0].mirrors == "vo.counts"
 
 
 def test_problem_message_names_plugin_distribution_version_and_hook() -> None:

@@ -238,6 +238,15 @@ finds or installs them).
 * `tests/test_@@NAME@@_contract.py`: `seed_sql` inserts a few rows for the tenants
   `acme` and `globex`, so warmers and views have data to work on.
 
+Two rules the example follows, and the contract checks:
+
+* A warmer yields `WarmBatch`es: the keys to fill (from a cheap query of ids) and a
+  `load` that reads the rows of the keys it is handed. thorbis-cache takes the keys'
+  fill leases before calling `load`, so a row changed meanwhile is never cached stale.
+* A schema whose entries are read from a materialized view says so with `mirrors=`,
+  shares a tag with the view (its refresh drops them), and no invalidation rule
+  targets it: a table change does not change the view until it is refreshed.
+
 See thorbis-cache's `docs/plugin-authors.md` for the hooks, the declarations and the
 contract.
 '''
@@ -265,7 +274,7 @@ import. Every declared name starts with the namespace ``@@NS@@``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -280,6 +289,7 @@ from thorbis_cache import (
     RefreshPolicy,
     RuleTarget,
     SqlScript,
+    WarmBatch,
     WarmContext,
     Warmer,
     hookimpl,
@@ -304,31 +314,66 @@ class Item:
     category: str
 
 
-#: One item per key; dropped when its row changes (see the rule below).
+#: One item per key; dropped when its row changes (see the rule below). To cache
+#: "no such item" too, add ``negative_ttl=<seconds>`` -- and INSERT to the rule's
+#: operations, or an item created after a miss stays "absent" that long.
 ITEM: KeySchema[Item] = KeySchema(
     "@@NS@@.item", Item, params={"item_id": int}, ttl=3600, ttl_jitter=0.1,
     tags=("@@NS@@.items",), description="an item",
 )
-#: Items per category, from the materialized view; dropped after each refresh.
+#: Items per category, read from the materialized view item_counts: the entry mirrors
+#: the view, not the items table. An item change alters the view only at its next
+#: refresh, so the refresh drops the entry (through the reports tag, which it shares
+#: with the view) and no invalidation rule may target it, by schema or by tag: a rule
+#: on the items table would only make readers reload the same unrefreshed counts.
+#: ``mirrors=`` says so; the host checks the shared tag at load, the contract the rules.
 CATEGORY_COUNTS: KeySchema[dict[str, int]] = KeySchema(
-    "@@NS@@.category_counts", dict[str, int], ttl=600, tags=("@@NS@@.reports",),
+    "@@NS@@.category_counts", dict[str, int], ttl=600,
+    tags=("@@NS@@.reports",),
+    mirrors="@@NS@@.item_counts",
     description="items per category",
 )
 
 
-async def warm_items(ctx: WarmContext) -> AsyncIterator[tuple[CacheKey[Any], Any]]:
-    """The tenant's first 1000 items, and its category counts."""
-    rows = await ctx.fetch(
-        "SELECT id, name, category FROM @@NS@@.items WHERE tenant_id = $1 "
-        "ORDER BY id LIMIT 1000",
-        ctx.tenant,
+async def warm_items(ctx: WarmContext) -> AsyncIterator[WarmBatch]:
+    """The tenant's first 1000 items, then its category counts.
+
+    A warmer yields batches -- keys, and a ``load`` that reads their entries -- never
+    rows it read itself: thorbis-cache takes each key's fill lease *before* it calls
+    ``load``, so a row changed while it is read is not cached in its old state. Hence
+    a cheap query of ids here, and the rows read by ``load``, for the keys it is handed
+    only (those not cached already). Items come before the counts.
+    """
+    tenant = ctx.tenant
+    ids = await ctx.fetch(
+        "SELECT id FROM @@NS@@.items "
+        "WHERE tenant_id = $1 ORDER BY id LIMIT 1000",
+        tenant,
     )
-    for row in rows:
-        yield ITEM.key(ctx.tenant, item_id=row["id"]), Item(**row)
-    counts = await ctx.fetch(
-        "SELECT category, items FROM @@NS@@.item_counts WHERE tenant_id = $1", ctx.tenant
-    )
-    yield CATEGORY_COUNTS.key(ctx.tenant), {r["category"]: r["items"] for r in counts}
+    keys = {ITEM.key(tenant, item_id=row["id"]): row["id"] for row in ids}
+
+    async def load_items(leased: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
+        rows = await ctx.fetch(
+            "SELECT id, name, category FROM @@NS@@.items "
+            "WHERE tenant_id = $1 AND id = ANY($2::bigint[])",
+            tenant, [keys[k] for k in leased],
+        )
+        # An item deleted since its id was read is missing here: an absent row.
+        return {ITEM.key(tenant, item_id=row["id"]): Item(**row) for row in rows}
+
+    if keys:
+        yield WarmBatch(keys, load_items, description="items")
+    counts = CATEGORY_COUNTS.key(tenant)
+
+    async def load_counts(leased: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
+        rows = await ctx.fetch(
+            "SELECT category, items FROM @@NS@@.item_counts "
+            "WHERE tenant_id = $1",
+            tenant,
+        )
+        return {counts: {row["category"]: row["items"] for row in rows}}
+
+    yield WarmBatch([counts], load_counts, description="category counts")
 
 
 @hookimpl
@@ -351,7 +396,8 @@ def register_sql() -> Sequence[SqlScript]:
 
 @hookimpl
 def register_materialized_views() -> Sequence[MaterializedView]:
-    """Items per category, refreshed concurrently (it has a unique index)."""
+    """Items per category, refreshed concurrently (it has a unique index); each refresh
+    drops the entries that mirror it (its tag, reports)."""
     return [
         MaterializedView(
             "@@NS@@.item_counts",
@@ -367,7 +413,11 @@ def register_materialized_views() -> Sequence[MaterializedView]:
 @hookimpl
 def register_invalidation_rules() -> Sequence[InvalidationRule]:
     """An item's cache entry is stale once its name or category changed, or it is gone
-    (an update of ``updated_at`` alone does not count)."""
+    (an update of ``updated_at`` alone does not count).
+
+    No rule targets the category counts or their reports tag: those entries mirror
+    the view, which only its refresh changes (see CATEGORY_COUNTS).
+    """
     return [
         InvalidationRule(
             "@@NS@@.item", table="@@NS@@.items", operations=["UPDATE", "DELETE"],

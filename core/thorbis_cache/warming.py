@@ -15,9 +15,9 @@ and :func:`warm` runs each batch as a batched read-through:
    did not return is an absent row: cached as absent when its schema has a
    ``negative_ttl``, else its lease is released.
 
-Entries take the shape of :func:`thorbis_cache.declarations.write_warmed`: the record
-for a value or a hash, member -> score for a sorted set, member -> ``(longitude,
-latitude)`` for a geo index (the whole structure).
+Entries take the shape a read-through loader of the same schema returns: the record for
+a value or a hash, member -> score for a sorted set, member -> ``(longitude, latitude)``
+for a geo index (the whole structure).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the class, so they take no ``self``). :data:`EXPECTED` lists, per plugin, the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from thorbis_cache import (
@@ -20,6 +20,8 @@ from thorbis_cache import (
     RefreshPolicy,
     RuleTarget,
     SqlScript,
+    WarmBatch,
+    WarmContext,
     Warmer,
     hookimpl,
 )
@@ -37,8 +39,13 @@ async def _run(cache: Any, tenant: str) -> None:
     return None
 
 
-async def _produce(ctx: Any) -> Any:
-    yield  # pragma: no cover
+async def _load_nothing(keys: Sequence[Any]) -> Mapping[Any, Any]:
+    return {}  # pragma: no cover
+
+
+async def _produce(ctx: WarmContext) -> AsyncIterator[WarmBatch]:
+    # Never run: every plugin using it is refused at load.
+    yield WarmBatch((), _load_nothing, description="nothing")  # pragma: no cover
 
 
 class MissingInfo:
@@ -151,6 +158,24 @@ class BadViews:
         ]
 
 
+class BadMirrors:
+    register_plugin_info = _info("bm")
+
+    @hookimpl
+    def register_key_schemas() -> list[KeySchema[Any]]:
+        return [
+            # the view is not this plugin's (nor anyone's)
+            KeySchema("bm.orphan", int, tags=["bm.reports"], mirrors="bm.missing"),
+            # the view's refresh invalidates bm.reports, which this schema does not carry
+            KeySchema("bm.untagged", int, tags=["bm.items"], mirrors="bm.counts"),
+        ]
+
+    @hookimpl
+    def register_materialized_views() -> list[MaterializedView]:
+        return [MaterializedView("bm.counts", "SELECT 1 AS x", unique_index=["x"],
+                                 tags=["bm.reports"])]
+
+
 class BadReferences:
     register_plugin_info = _info("bref")
 
@@ -232,6 +257,7 @@ PLUGINS: dict[str, object] = {
     "invalid_schema": InvalidSchema,
     "bad_rules": BadRules,
     "bad_views": BadViews,
+    "bad_mirrors": BadMirrors,
     "bad_references": BadReferences,
     "duplicate_permissions": DuplicatePermissions,
     "collide_a": CollideA,
@@ -284,6 +310,13 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("register_materialized_views", "'bv.no_unique' asks for concurrent refresh but "
                                         "declares no unique_index"),
         ("register_materialized_views", "cron 'every five minutes' is not a valid cron"),
+    ],
+    "bad_mirrors": [
+        ("register_key_schemas", "key schema 'bm.orphan' mirrors 'bm.missing', which is not "
+                                 "a materialized view of this plugin (declared: bm.counts)"),
+        ("register_key_schemas", "key schema 'bm.untagged' mirrors the view 'bm.counts' but "
+                                 "shares none of its tags (bm.reports): the view's refresh "
+                                 "would never drop its entries"),
     ],
     "bad_references": [
         ("register_cache_patterns", "uses key schema 'bref.missing', which this plugin does "

@@ -108,7 +108,14 @@ async def check_stale_fill(cache: Cache, old: Sample, new_value: Any, *, by_tag:
 
     reader = asyncio.ensure_future(read_through(cache, key, slow_old))
     try:
-        await asyncio.wait_for(loaded.wait(), 10)
+        called = asyncio.ensure_future(loaded.wait())
+        done, _ = await asyncio.wait([reader, called], timeout=10,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        called.cancel()
+        if not loaded.is_set():
+            report(schema.namespace, "read-through fills", [
+                f"{old.describe()}: the read-through of a deleted key never called its loader "
+                f"(it returned {_short(reader.result()) if reader in done else 'nothing'})"])
         await invalidate()
     finally:
         release.set()

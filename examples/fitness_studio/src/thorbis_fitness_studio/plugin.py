@@ -3,6 +3,13 @@
 The host loads this module through the ``thorbis_cache.plugins`` entry point
 ``fitness_studio`` (see ``pyproject.toml``). Each ``register_*`` hook returns plain
 declarations; nothing here connects to anything at import.
+
+Every fill of the cache reads the database *under the entry's fill lease*, so a change
+that commits during the read is never overwritten by the row read before it: the
+warmers yield :class:`~thorbis_cache.warming.WarmBatch` es (the keys first, from a
+cheap query of ids; their rows read by the batch's ``load``, which the runner calls
+once it holds the leases), and the patterns read through the cache with the loaders
+of :mod:`thorbis_fitness_studio.loaders` when given a ``fetch``.
 """
 
 from __future__ import annotations
@@ -25,11 +32,14 @@ from thorbis_cache import (
     RuleTarget,
     SchemaKind,
     SqlScript,
+    WarmBatch,
     WarmContext,
     Warmer,
     hookimpl,
 )
-from thorbis_fitness_studio.models import ClassSession, Member, Occupancy, Plan
+from thorbis_cache.declarations import Fetch
+from thorbis_fitness_studio import loaders
+from thorbis_fitness_studio.models import ClassSession, Member, Occupancy
 
 __all__ = [
     "ACTIVE_MEMBERS",
@@ -52,10 +62,13 @@ def _sql(name: str) -> str:
 # --------------------------------------------------------------------------- key schemas
 
 #: A member as an entity hash (partial updates, optimistic version); personal data, so
-#: encrypted with the tenant's key.
+#: encrypted with the tenant's key. A member id that does not exist (a stale link, a
+#: mistyped check-in code) is cached as absent for a minute rather than queried on every
+#: scan: the ``fit.member`` rule fires on INSERT too, so a member who joins under that
+#: id is never hidden by the cached absence.
 MEMBER: KeySchema[Member] = KeySchema(
     "fit.member", Member, params={"member_id": int}, kind=SchemaKind.HASH,
-    sensitive=True, ttl=3600, ttl_jitter=0.1,
+    sensitive=True, ttl=3600, ttl_jitter=0.1, negative_ttl=60,
     description="a member (hash with version)",
 )
 #: Ids of the tenant's active members; dropped when a member's plan or status changes.
@@ -79,10 +92,14 @@ STUDIO_LOCATIONS: KeySchema[int] = KeySchema(
     "fit.studio_locations", int, kind=SchemaKind.GEO, ttl=86400, tags=("fit.studios",),
     description="studio positions (geo index)",
 )
-#: A row of the ``fit.studio_occupancy`` materialized view.
+#: A row of the ``fit.studio_occupancy`` materialized view. It mirrors the view, not
+#: the tables behind it: a booking changes it only once the view is refreshed, so the
+#: view's refresh (tag ``fit.occupancy``, which only this schema carries) drops it and
+#: no rule targets it -- a rule on ``fit.bookings`` would only make readers reload the
+#: same unrefreshed row.
 OCCUPANCY: KeySchema[Occupancy] = KeySchema(
     "fit.occupancy", Occupancy, params={"studio_id": int, "day": dt.date}, ttl=3600,
-    tags=("fit.occupancy",),
+    tags=("fit.occupancy",), mirrors="fit.studio_occupancy",
     description="class occupancy of a studio on a day",
 )
 
@@ -92,19 +109,43 @@ OCCUPANCY: KeySchema[Occupancy] = KeySchema(
 
 async def studios_near(
     cache: Cache, tenant: str, *, longitude: float, latitude: float,
-    radius_m: float = 5000.0, count: int = 10,
+    radius_m: float = 5000.0, count: int = 10, fetch: Fetch | None = None,
 ) -> list[tuple[int, float]]:
-    """Studio ids within ``radius_m`` of a point, nearest first, with distances (m)."""
-    return await cache.geo(STUDIO_LOCATIONS.key(tenant)).within(
-        longitude, latitude, radius_m, count=count
-    )
+    """Studio ids within ``radius_m`` of a point, nearest first, with distances (m).
+
+    :param fetch: read through the cache: when the tenant's geo index is not cached,
+        load every studio's position with this query function and cache the whole
+        index under its fill lease. Without it, answer from the cache only (no studio
+        when the index is not cached).
+    """
+    index = cache.geo(STUDIO_LOCATIONS.key(tenant))
+    if fetch is None:
+        return await index.within(longitude, latitude, radius_m, count=count)
+
+    async def load() -> dict[int, tuple[float, float]]:
+        return await loaders.studio_positions(fetch, tenant)
+
+    return await index.within(longitude, latitude, radius_m, count=count, loader=load)
 
 
 async def waitlist_position(
-    cache: Cache, tenant: str, *, session_id: int, member_id: int
+    cache: Cache, tenant: str, *, session_id: int, member_id: int,
+    fetch: Fetch | None = None,
 ) -> int | None:
-    """1-based position of a member on a class's waitlist, or None if not on it."""
-    members = await cache.zset(WAITLIST.key(tenant, session_id=session_id)).range_by_score()
+    """1-based position of a member on a class's waitlist, or None if not on it.
+
+    :param fetch: read through the cache: when the waitlist is not cached, load the
+        whole list with this query function and cache it under its fill lease. Without
+        it, answer from the cache only (None when the list is not cached).
+    """
+    waitlist = cache.zset(WAITLIST.key(tenant, session_id=session_id))
+    if fetch is None:
+        members = await waitlist.range_by_score()
+    else:
+        async def load() -> dict[int, float]:
+            return await loaders.waitlist(fetch, tenant, session_id)
+
+        members = await waitlist.get_or_load(load)
     for position, (member, _) in enumerate(members, 1):
         if member == member_id:
             return position
@@ -114,37 +155,49 @@ async def waitlist_position(
 # --------------------------------------------------------------------------- warmers
 
 
-async def warm_members(ctx: WarmContext) -> AsyncIterator[tuple[CacheKey[Any], Any]]:
-    """Active members as entity hashes, and the list of their ids."""
-    rows = await ctx.fetch(
-        "SELECT id, name, email, plan, active, joined_on, credits FROM fit.members"
-        " WHERE tenant_id = $1 AND active ORDER BY id LIMIT 5000",
-        ctx.tenant,
-    )
-    for row in rows:
-        yield MEMBER.key(ctx.tenant, member_id=row["id"]), _member(row)
-    yield ACTIVE_MEMBERS.key(ctx.tenant), [row["id"] for row in rows]
+async def warm_members(ctx: WarmContext) -> AsyncIterator[WarmBatch]:
+    """Active members as entity hashes, then the list of their ids (entities before the
+    list that points at them, so a reader of the list finds them cached)."""
+    tenant, fetch = ctx.tenant, ctx.fetch
+    # Ids only: the rows are read by the batch's load, once the leases are held.
+    ids = await loaders.active_member_ids(fetch, tenant)
+    keys = {MEMBER.key(tenant, member_id=i): i for i in ids}
+
+    async def load_members(leased: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
+        found = await loaders.members(fetch, tenant, [keys[k] for k in leased])
+        # A member deleted since the ids were read is left out: an absent row.
+        return {k: found[keys[k]] for k in leased if keys[k] in found}
+
+    if keys:
+        yield WarmBatch(keys, load_members, description="active members")
+    active = ACTIVE_MEMBERS.key(tenant)
+
+    async def load_active(leased: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
+        # Read again under the lease: the ids above may have changed since.
+        return {active: await loaders.active_member_ids(fetch, tenant)}
+
+    yield WarmBatch([active], load_active, description="ids of active members")
 
 
-async def warm_occupancy(ctx: WarmContext) -> AsyncIterator[tuple[CacheKey[Any], Any]]:
+async def warm_occupancy(ctx: WarmContext) -> AsyncIterator[WarmBatch]:
     """The last 14 days of occupancy per studio, from the materialized view."""
-    rows = await ctx.fetch(
-        "SELECT studio_id, day, sessions, capacity, booked, waitlisted"
-        " FROM fit.studio_occupancy"
+    tenant, fetch = ctx.tenant, ctx.fetch
+    rows = await fetch(
+        "SELECT studio_id, day FROM fit.studio_occupancy"
         " WHERE tenant_id = $1 AND day >= (now() AT TIME ZONE 'UTC')::date - 14",
-        ctx.tenant,
+        tenant,
     )
-    for row in rows:
-        occupancy = Occupancy(**row)
-        key = OCCUPANCY.key(ctx.tenant, studio_id=occupancy.studio_id, day=occupancy.day)
-        yield key, occupancy
+    keys = {
+        OCCUPANCY.key(tenant, studio_id=r["studio_id"], day=r["day"]): (r["studio_id"], r["day"])
+        for r in rows
+    }
 
+    async def load(leased: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
+        found = await loaders.occupancy(fetch, tenant, [keys[k] for k in leased])
+        return {k: found[keys[k]] for k in leased if keys[k] in found}
 
-def _member(row: Mapping[str, Any]) -> Member:
-    return Member(
-        id=row["id"], name=row["name"], email=row["email"], plan=Plan(row["plan"]),
-        active=row["active"], joined_on=row["joined_on"], credits=row["credits"],
-    )
+    if keys:
+        yield WarmBatch(keys, load, description="occupancy of the last 14 days")
 
 
 # --------------------------------------------------------------------------- hooks
@@ -202,8 +255,9 @@ def register_materialized_views() -> Sequence[MaterializedView]:
 def register_invalidation_rules() -> Sequence[InvalidationRule]:
     """Which cache entries each table change makes stale."""
     return [
+        # INSERT too: it drops an absence cached for that id (fit.member's negative_ttl).
         InvalidationRule(
-            "fit.member", table="fit.members", operations=["UPDATE", "DELETE"],
+            "fit.member", table="fit.members", operations=["INSERT", "UPDATE", "DELETE"],
             targets=[RuleTarget(schema="fit.member", params={"member_id": "id"})],
         ),
         # The member list only changes when a member joins, leaves, or changes plan or
@@ -218,9 +272,10 @@ def register_invalidation_rules() -> Sequence[InvalidationRule]:
             operations=["INSERT", "UPDATE", "DELETE"],
             targets=[RuleTarget(tag="fit.schedule")],
         ),
+        # booked_at is the waitlist score (when the member joined the list).
         InvalidationRule(
             "fit.waitlist", table="fit.bookings", operations=["INSERT", "UPDATE", "DELETE"],
-            significant_columns=["status"],
+            significant_columns=["status", "booked_at"],
             targets=[RuleTarget(schema="fit.waitlist", params={"session_id": "session_id"})],
         ),
         InvalidationRule(
