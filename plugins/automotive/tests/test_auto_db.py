@@ -1,6 +1,7 @@
 """Against real PostgreSQL and Redis: the VIN check in SQL agrees with Python, the
 ledger trigger keeps stock, loaders compute the formulas from the rows, warmers fill
-the cache, and the patterns answer from it (low stock through the sorted sets)."""
+the cache (through :func:`thorbis_cache.warming.warm`), and the patterns answer from it
+(low stock through the sorted sets)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ import datetime as dt
 
 import asyncpg
 import pytest
-from auto_testing import TENANTS, LoadedDb, today
+from auto_testing import TENANTS, LoadedDb, today, warm_tenant
 from thorbis_cache import Cache
-from thorbis_cache.declarations import WarmContext
 
-from thorbis_automotive import datagen, inventory, labor, loaders, patterns, writers
+from thorbis_automotive import datagen, inventory, labor, loaders, patterns
 from thorbis_automotive.vin import CheckDigitRule, is_valid_vin
-from thorbis_automotive.warmers import default_warmers
 
 SAMPLES = ["1M8GDM9AXKP042788", "1M8GDM9A1KP042788", "WVWZZZ1JZXW000001", "1HGCM82633A004352",
            "1HGCM82633A00435", "1HGCM82633A0043O2", "1hgcm82633a004352", "5YJ3E1EA7KF000000"]
@@ -74,15 +73,17 @@ async def test_history_and_labor_loaders(auto_db: LoadedDb) -> None:
     assert history.miles_per_day is not None
     with pytest.raises(loaders.MissingRow):
         await loaders.vehicle_history(auto_db.fetch, "globex", vin)  # another tenant's VIN
-    estimates = await loaders.labor_estimates(auto_db.fetch, "acme")
-    assert len(estimates) == 8
-    for estimate in estimates:
+    codes = [code for code, *_ in datagen.SERVICE_CATALOGUE]
+    seasonalities = await loaders.labor_seasonalities(auto_db.fetch, "acme", codes)
+    assert [s.service_type for s in seasonalities] == codes
+    for seasonality in seasonalities:
         rows = await auto_db.conn.fetch(
             "SELECT month, jobs, labor_hours FROM auto.labor_monthly "
-            "WHERE tenant_id = 'acme' AND service_type = $1", estimate.service_type)
+            "WHERE tenant_id = 'acme' AND service_type = $1", seasonality.service_type)
         monthly = {r["month"]: (r["jobs"], float(r["labor_hours"])) for r in rows}
-        assert estimate.monthly_factors == labor.seasonal_factors(monthly)
-        assert estimate.jobs == sum(n for n, _ in monthly.values())
+        assert seasonality.monthly_factors == labor.seasonal_factors(monthly)
+        assert seasonality.jobs == sum(n for n, _ in monthly.values())
+    assert any(s.jobs > 0 for s in seasonalities)
 
 
 async def test_datagen_is_deterministic_and_linear() -> None:
@@ -99,10 +100,9 @@ async def test_datagen_is_deterministic_and_linear() -> None:
 
 
 async def test_warmers_fill_and_patterns_answer(auto_db: LoadedDb, auto_cache: Cache) -> None:
-    for warmer in default_warmers():
-        ctx = WarmContext(cache=auto_cache, tenant="acme", fetch=auto_db.fetch)
-        async for key, value in warmer.produce(ctx):
-            await writers.write_pair(auto_cache, key, value)
+    outcome = await warm_tenant(auto_cache, auto_db.fetch, "acme")
+    assert outcome.filled > 0
+    assert (outcome.rejected, outcome.busy, outcome.absent) == (0, 0, 0)
     parts = {p.part_number: p for p in await loaders.all_parts(auto_db.fetch, "acme")}
     # Low stock: at or below the reorder point, lowest margin first, from the margin set.
     low = await patterns.low_stock(auto_cache, "acme", limit=1000)
@@ -124,8 +124,9 @@ async def test_warmers_fill_and_patterns_answer(auto_db: LoadedDb, auto_cache: C
     # A labor quote for July from the cached estimate.
     quote = await patterns.labor_quote(auto_cache, "acme", service_type="ac_service", month=7)
     assert quote is not None
-    estimate = await loaders.labor_estimate(auto_db.fetch, "acme", "ac_service")
-    assert quote.hours == pytest.approx(estimate.standard_hours * estimate.monthly_factors[6])
+    kind = await loaders.service_type(auto_db.fetch, "acme", "ac_service")
+    seasonality = await loaders.labor_seasonality(auto_db.fetch, "acme", "ac_service")
+    assert quote.hours == pytest.approx(kind.standard_hours * seasonality.monthly_factors[6])
 
 
 async def test_view_rows_read_through_the_cache(auto_db: LoadedDb, auto_standalone_cache: Cache

@@ -26,8 +26,8 @@ from thorbis_automotive.labor import seasonal_factors
 from thorbis_automotive.maintenance import maintenance_schedule
 from thorbis_automotive.models import (
     BayBoard,
-    LaborEstimate,
     LaborQuote,
+    LaborSeasonality,
     LowStockPart,
     Part,
     PartDemand,
@@ -44,8 +44,8 @@ __all__ = [
     "CheckDigitRule",
     "DemandStats",
     "InvalidVinError",
-    "LaborEstimate",
     "LaborQuote",
+    "LaborSeasonality",
     "LowStockPart",
     "Part",
     "PartDemand",

@@ -2,27 +2,37 @@
 
 * **populate** loads :mod:`~thorbis_automotive.datagen`'s rows (40 vehicles and 40 parts
   per tenant at scale 1, linear in ``scale``);
-* **read** is one read-through of a value schema with the plugin's loaders, chosen at
-  random with a skew toward vehicle histories (the counter's most frequent question):
-  ``auto.vehicle_history`` 60%, ``auto.labor_estimate`` 25%, ``auto.part_demand`` 15%;
-* **change** caches a vehicle's history, then completes one of the tenant's open repair
-  orders of that vehicle (or books and completes an oil change when none is open) --
-  the change :data:`~thorbis_automotive.rules.REPAIR_ORDER_HISTORY` covers -- and its
-  verify re-reads the history through the cache and compares it with PostgreSQL.
+* **read** is one read-through with the plugin's loaders, of every kind the vertical
+  caches, chosen at random with a skew toward vehicle histories (the counter's most
+  frequent question): ``auto.vehicle_history`` 45% (a value, ``get_or_load``),
+  ``auto.labor_quote`` 20% (the pattern with ``fetch``: a service type and its
+  seasonality, a view mirror), ``auto.part`` 15% (a hash, ``hash(key).get_or_load``),
+  ``auto.low_stock`` 10% (the pattern with ``fetch``: the reorder-margin sorted set read
+  with ``loader=``, then the hashes it names), ``auto.part_demand`` 10% (a view mirror);
+* **change** caches an entry through the cache, then commits a change a rule covers:
+  half the time it completes one of the tenant's open repair orders of a vehicle (or
+  books and completes an oil change when none is open) --
+  :data:`~thorbis_automotive.rules.REPAIR_ORDER_HISTORY` -- and otherwise receives stock
+  of a part (the ledger trigger updates ``auto.parts``:
+  :data:`~thorbis_automotive.rules.STOCK_MOVEMENT`,
+  :data:`~thorbis_automotive.rules.PART_ENTITY`); its verify reads the entry through the
+  cache again and compares it with what the loader reads from PostgreSQL now.
 """
 
 from __future__ import annotations
 
 import decimal
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from thorbis_cache.cache import Cache
 from thorbis_cache.demo.protocol import DemoChange
 
-from thorbis_automotive import datagen, loaders
-from thorbis_automotive.schemas import LABOR_ESTIMATE, PART_DEMAND, vehicle_history_key
+from thorbis_automotive import datagen, loaders, patterns
+from thorbis_automotive.models import Part, VehicleHistory
+from thorbis_automotive.schemas import PART, PART_DEMAND, vehicle_history_key
 
 if TYPE_CHECKING:
     import asyncpg
@@ -67,6 +77,15 @@ SELECT $1, coalesce(max(ro.id), 0) + 1, v.vin, 'oil_change', 'completed',
  GROUP BY v.vin, v.odometer_miles, st.standard_hours, st.labor_rate
 RETURNING id
 """
+_RECEIVE = """
+INSERT INTO auto.stock_movements (tenant_id, id, part_number, quantity, reason)
+SELECT $1, coalesce(max(id), 0) + 1, $2, $3, 'receipt'
+  FROM auto.stock_movements
+ WHERE tenant_id = $1
+RETURNING id
+"""
+#: Parts the low-stock read asks for.
+_LOW_STOCK = 10
 
 
 @attrs.frozen(slots=True)
@@ -112,21 +131,29 @@ class AutomotiveDemo:
 
     async def read(self, app: CacheApp, conn: asyncpg.Pool, tenant: str,
                    rng: random.Random) -> str:
-        """One read-through (``get_or_load``) of a history, labor estimate or weekly
-        demand; returns the schema name read."""
+        """One read-through of a history, labor quote, part, low-stock list or weekly
+        demand; returns the schema or pattern name read."""
         cat = await self._catalogue(conn, tenant)
         cache, fetch = app.cache, conn.fetch
         roll = rng.random()
-        if roll < 0.6 and cat.vins:
+        if roll < 0.45 and cat.vins:
             vin = rng.choice(cat.vins)
             await cache.get_or_load(vehicle_history_key(tenant, vin),
                                     lambda: loaders.vehicle_history(fetch, tenant, vin))
             return "auto.vehicle_history"
-        if roll < 0.85 and cat.codes:
-            code = rng.choice(cat.codes)
-            await cache.get_or_load(LABOR_ESTIMATE.key(tenant, service_type=code),
-                                    lambda: loaders.labor_estimate(fetch, tenant, code))
-            return LABOR_ESTIMATE.name
+        if roll < 0.65 and cat.codes:
+            code, month = rng.choice(cat.codes), rng.randint(1, 12)
+            await patterns.labor_quote(cache, tenant, service_type=code, month=month,
+                                       fetch=fetch)
+            return "auto.labor_quote"
+        if roll < 0.80 and cat.parts:
+            number = rng.choice(cat.parts)
+            await cache.hash(PART.key(tenant, part_number=number)).get_or_load(
+                lambda: loaders.part(fetch, tenant, number))
+            return PART.name
+        if roll < 0.90 and cat.parts:
+            await patterns.low_stock(cache, tenant, limit=_LOW_STOCK, fetch=fetch)
+            return "auto.low_stock"
         if cat.parts:
             number = rng.choice(cat.parts)
             await cache.get_or_load(PART_DEMAND.key(tenant, part_number=number),
@@ -136,11 +163,18 @@ class AutomotiveDemo:
 
     async def change(self, app: CacheApp, conn: asyncpg.Pool, tenant: str,
                      rng: random.Random) -> DemoChange:
-        """Cache a history, complete a repair order of its vehicle, return the check.
+        """Cache a history and complete a repair order of its vehicle, or cache a part
+        and receive stock of it; return the check.
 
-        :raises LookupError: the tenant has no vehicles.
+        :raises LookupError: the tenant has no vehicles or no parts.
         """
-        cache, fetch = app.cache, conn.fetch
+        if rng.random() < 0.5:
+            return await self._complete_order(app.cache, conn, tenant, rng)
+        return await self._receive_stock(app.cache, conn, tenant, rng)
+
+    async def _complete_order(self, cache: Cache, conn: asyncpg.Pool, tenant: str,
+                              rng: random.Random) -> DemoChange:
+        fetch = conn.fetch
         open_orders = await conn.fetch(_OPEN_ORDER, tenant)
         if open_orders:
             order = rng.choice(open_orders)
@@ -152,7 +186,7 @@ class AutomotiveDemo:
             order, vin = None, rng.choice(cat.vins)
         key = vehicle_history_key(tenant, vin)
 
-        def load() -> Awaitable[Any]:
+        def load() -> Awaitable[VehicleHistory]:
             return loaders.vehicle_history(fetch, tenant, vin)
 
         before = await cache.get_or_load(key, load)
@@ -164,23 +198,43 @@ class AutomotiveDemo:
         else:
             ro = await conn.fetchval(_BOOK_COMPLETED, tenant, vin, rng.randint(100, 900))
             what = f"oil change {ro} of {vin} booked and completed"
-        description = f"{what} ({len(before.services)} services cached before)"
-        return DemoChange(description, _verify(cache.get_or_load, key, load, fetch, tenant, vin))
 
+        async def verify() -> str | None:
+            cached = await cache.get_or_load(key, load)
+            fresh = await load()
+            if cached == fresh:
+                return None
+            return (f"vehicle history of {vin} (tenant {tenant!r}): the cache has "
+                    f"{len(cached.services)} completed services, PostgreSQL "
+                    f"{len(fresh.services)}")
 
-def _verify(get_or_load: Callable[..., Awaitable[Any]], key: Any,
-            load: Callable[[], Awaitable[Any]], fetch: loaders.Fetch, tenant: str,
-            vin: str) -> Callable[[], Awaitable[str | None]]:
-    async def verify() -> str | None:
-        cached = await get_or_load(key, load)
-        fresh = await loaders.vehicle_history(fetch, tenant, vin)
-        if cached == fresh:
-            return None
-        return (f"vehicle history of {vin} (tenant {tenant!r}): the cache has "
-                f"{len(cached.services)} completed services, PostgreSQL "
-                f"{len(fresh.services)}")
+        return DemoChange(f"{what} ({len(before.services)} services cached before)", verify)
 
-    return verify
+    async def _receive_stock(self, cache: Cache, conn: asyncpg.Pool, tenant: str,
+                             rng: random.Random) -> DemoChange:
+        fetch = conn.fetch
+        cat = await self._catalogue(conn, tenant)
+        if not cat.parts:
+            raise LookupError(f"tenant {tenant!r} has no parts (populate first)")
+        number, quantity = rng.choice(cat.parts), rng.randint(1, 24)
+        entity = cache.hash(PART.key(tenant, part_number=number))
+
+        def load() -> Awaitable[Part]:
+            return loaders.part(fetch, tenant, number)
+
+        before = await entity.get_or_load(load)
+        movement = await conn.fetchval(_RECEIVE, tenant, number, quantity)
+
+        async def verify() -> str | None:
+            cached = await entity.get_or_load(load)
+            fresh = await load()
+            if cached == fresh:
+                return None
+            return (f"part {number} (tenant {tenant!r}): the cache has {cached.on_hand} "
+                    f"on hand, PostgreSQL {fresh.on_hand}")
+
+        return DemoChange(f"{quantity} of part {number} received (movement {movement}; "
+                          f"{before.on_hand} on hand cached before)", verify)
 
 
 #: The object ``thorbis-cache demo`` finds (``thorbis_automotive.demo.DEMO``).

@@ -1,15 +1,44 @@
-"""Loads the vertical's records from PostgreSQL, for warmers, host loaders and the demo.
+"""Loads the vertical's records from PostgreSQL: the read-through loaders of every key
+schema, and the batched reads of the warmers.
 
 Every function takes ``fetch``: ``async (sql, *args) -> list of row mappings`` (the shape
 of :attr:`thorbis_cache.declarations.WarmContext.fetch`; ``pool.fetch`` or
 ``conn.fetch`` of asyncpg). Derived fields are computed here by the formulas of
 :mod:`~thorbis_automotive.maintenance`, :mod:`~thorbis_automotive.inventory` and
-:mod:`~thorbis_automotive.labor`, so a record is the same whoever loads it::
+:mod:`~thorbis_automotive.labor`, so a record is the same whoever loads it.
+
+**One key, one loader**, shaped for the cache's read-through of the key's kind:
+
+==============================  ===============================  ============================
+schema (kind)                   loader                           returns
+==============================  ===============================  ============================
+``auto.vehicle_history`` (v)    :func:`vehicle_history`          the record, or MissingRow
+``auto.make_model`` (zset)      :func:`make_model_set`           {VIN: model year}, whole
+``auto.part`` (hash)            :func:`part`                     the entity, or MissingRow
+``auto.parts_by_stock`` (zset)  :func:`parts_by_stock`           {part number: on hand}
+``auto.parts_reorder_margin``   :func:`parts_reorder_margin`     {part number: margin}
+``auto.service_type`` (v)       :func:`service_type`             the record, or MissingRow
+``auto.part_demand`` (v)        :func:`part_demand`              the record (weeks may be [])
+``auto.labor_seasonality`` (v)  :func:`labor_seasonality`        the record (jobs may be 0)
+``auto.bay_board`` (v)          :func:`bay_board`                the record (bays may be [])
+==============================  ===============================  ============================
+
+::
 
     history = await cache.get_or_load(
         vehicle_history_key(tenant, vin),
         lambda: loaders.vehicle_history(pool.fetch, tenant, vin),
     )
+    part = await cache.hash(PART.key(tenant, part_number=n)).get_or_load(
+        lambda: loaders.part(pool.fetch, tenant, n))
+    low = await cache.zset(PARTS_REORDER_MARGIN.key(tenant)).range_by_score(
+        "-inf", 0, count=20, loader=lambda: loaders.parts_reorder_margin(pool.fetch, tenant))
+
+A sorted set's loader returns the whole set (an empty one is cached as empty); an
+entity's raises :class:`~thorbis_cache.errors.MissingRow` when its row does not exist
+(cached as absent for the schema's ``negative_ttl``). The view mirrors' loaders read the
+view only: a part without issues, a type without history, a day without work are facts
+worth caching, not missing rows.
 
 Queries live in ``sql/q_*.sql``; every one is scoped to one tenant, and each function
 costs a fixed number of queries whatever the number of records.
@@ -30,7 +59,7 @@ from thorbis_automotive.maintenance import Reading, maintenance_schedule
 from thorbis_automotive.models import (
     BayBoard,
     BayDay,
-    LaborEstimate,
+    LaborSeasonality,
     Part,
     PartDemand,
     ServiceRecord,
@@ -44,19 +73,28 @@ from thorbis_automotive.sqlfiles import query
 from thorbis_automotive.vin import CheckDigitRule, validate_vin
 
 __all__ = [
+    "MAX_MAKE_MODELS",
+    "MAX_PARTS",
     "Fetch",
     "MissingRow",
     "all_parts",
     "bay_board",
-    "labor_estimate",
-    "labor_estimates",
+    "labor_seasonalities",
+    "labor_seasonality",
+    "make_model_pairs",
     "make_model_set",
     "make_model_sets",
     "part",
     "part_demand",
+    "part_numbers",
     "parts",
+    "parts_by_stock",
+    "parts_reorder_margin",
     "recent_vins",
+    "service_type",
+    "service_type_codes",
     "service_types",
+    "stock_scores",
     "utc_today",
     "vehicle_histories",
     "vehicle_history",
@@ -67,6 +105,8 @@ Fetch = declarations.Fetch
 
 #: Most parts a full load (warmer, stock sets) reads per tenant.
 MAX_PARTS = 20_000
+#: Most make/model sets the vehicles warmer fills per tenant.
+MAX_MAKE_MODELS = 5_000
 
 
 def utc_today() -> dt.date:
@@ -81,13 +121,37 @@ def _midnight(day: dt.date) -> dt.datetime:
 # --------------------------------------------------------------------------- vehicles
 
 
-async def service_types(fetch: Fetch, tenant: str) -> list[ServiceType]:
-    """Every service type of ``tenant``, by code."""
-    return [
-        ServiceType(r["code"], r["name"], r["interval_miles"], r["interval_days"],
-                    float(r["standard_hours"]), r["labor_rate"])
-        for r in await fetch(query("q_service_types"), tenant)
-    ]
+def _service_type(row: Mapping[str, Any]) -> ServiceType:
+    return ServiceType(row["code"], row["name"], row["interval_miles"], row["interval_days"],
+                       float(row["standard_hours"]), row["labor_rate"])
+
+
+async def service_types(
+    fetch: Fetch, tenant: str, codes: Iterable[str] | None = None
+) -> list[ServiceType]:
+    """The service types of ``tenant`` with these codes (all when None; unknown codes
+    are skipped), by code. One query."""
+    if codes is None:
+        rows = await fetch(query("q_service_types"), tenant)
+    else:
+        rows = await fetch(query("q_service_types_by_code"), tenant, list(codes))
+    return [_service_type(r) for r in rows]
+
+
+async def service_type(fetch: Fetch, tenant: str, code: str) -> ServiceType:
+    """One service type (the loader of ``auto.service_type``).
+
+    :raises MissingRow: no such service type.
+    """
+    found = await service_types(fetch, tenant, [code])
+    if not found:
+        raise MissingRow("auto.service_types", tenant, code)
+    return found[0]
+
+
+async def service_type_codes(fetch: Fetch, tenant: str) -> list[str]:
+    """Every service type code of ``tenant`` (ids only, for warmers)."""
+    return [r["code"] for r in await fetch(query("q_service_type_codes"), tenant)]
 
 
 def _vehicle(row: Mapping[str, Any]) -> Vehicle:
@@ -153,18 +217,34 @@ async def recent_vins(fetch: Fetch, tenant: str, since: dt.datetime, limit: int)
     return [r["vin"] for r in await fetch(query("q_recent_vehicles"), tenant, since, limit)]
 
 
+async def make_model_pairs(
+    fetch: Fetch, tenant: str, limit: int = MAX_MAKE_MODELS
+) -> list[tuple[str, str]]:
+    """The distinct ``(make, model)`` pairs of ``tenant``'s vehicles, at most ``limit``
+    (ids only, for warmers)."""
+    return [(r["make"], r["model"])
+            for r in await fetch(query("q_make_model_pairs"), tenant, limit)]
+
+
 async def make_model_sets(
-    fetch: Fetch, tenant: str, limit: int = 100_000
+    fetch: Fetch, tenant: str, pairs: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, float]]:
-    """Every make/model set: ``(make, model)`` -> {VIN: model year}."""
-    sets: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    for r in await fetch(query("q_make_models"), tenant, limit):
+    """Whole make/model sets: ``(make, model)`` -> {VIN: model year}, for each of
+    ``pairs`` (a pair without vehicles maps to an empty set). One query."""
+    wanted = list(dict.fromkeys(pairs))
+    sets: dict[tuple[str, str], dict[str, float]] = {pair: {} for pair in wanted}
+    if not wanted:
+        return sets
+    rows = await fetch(query("q_make_model_sets"), tenant,
+                       [make for make, _ in wanted], [model for _, model in wanted])
+    for r in rows:
         sets[(r["make"], r["model"])][r["vin"]] = float(r["model_year"])
-    return dict(sets)
+    return sets
 
 
 async def make_model_set(fetch: Fetch, tenant: str, make: str, model: str) -> dict[str, float]:
-    """One make/model set: {VIN: model year}."""
+    """One whole make/model set, {VIN: model year} (the loader of ``auto.make_model``;
+    empty when no vehicle is of that make and model)."""
     rows = await fetch(query("q_make_model"), tenant, make, model)
     return {r["vin"]: float(r["model_year"]) for r in rows}
 
@@ -211,7 +291,7 @@ async def parts(
 async def part(
     fetch: Fetch, tenant: str, part_number: str, *, as_of: dt.date | None = None
 ) -> Part:
-    """One part.
+    """One part (the loader of ``auto.part``).
 
     :raises MissingRow: no such part.
     """
@@ -219,6 +299,11 @@ async def part(
     if not found:
         raise MissingRow("auto.parts", tenant, part_number)
     return found[0]
+
+
+async def part_numbers(fetch: Fetch, tenant: str, limit: int = MAX_PARTS) -> list[str]:
+    """The part numbers of ``tenant``, at most ``limit`` (ids only, for warmers)."""
+    return [r["part_number"] for r in await fetch(query("q_part_numbers"), tenant, limit)]
 
 
 async def all_parts(
@@ -229,9 +314,38 @@ async def all_parts(
     return await _with_demand(fetch, tenant, rows, as_of or utc_today())
 
 
+def stock_scores(parts: Iterable[Part]) -> tuple[dict[str, float], dict[str, float]]:
+    """The two stock sets of ``parts``: part number -> on hand, and part number ->
+    on hand - reorder point (<= 0: at or below the reorder point)."""
+    by_stock: dict[str, float] = {}
+    margin: dict[str, float] = {}
+    for p in parts:
+        by_stock[p.part_number] = float(p.on_hand)
+        margin[p.part_number] = float(p.on_hand - p.reorder_point)
+    return by_stock, margin
+
+
+async def parts_by_stock(fetch: Fetch, tenant: str, limit: int = MAX_PARTS) -> dict[str, float]:
+    """The whole by-stock set, part number -> on hand (the loader of
+    ``auto.parts_by_stock``). One query, on the stock column only."""
+    rows = await fetch(query("q_parts_on_hand"), tenant, limit)
+    return {r["part_number"]: float(r["on_hand"]) for r in rows}
+
+
+async def parts_reorder_margin(
+    fetch: Fetch, tenant: str, *, as_of: dt.date | None = None, limit: int = MAX_PARTS
+) -> dict[str, float]:
+    """The whole reorder-margin set, part number -> on hand - reorder point (the loader
+    of ``auto.parts_reorder_margin``): every part's reorder point needs its demand, so
+    two queries, as :func:`all_parts`."""
+    _, margin = stock_scores(await all_parts(fetch, tenant, as_of=as_of, limit=limit))
+    return margin
+
+
 async def part_demand(fetch: Fetch, tenant: str, part_number: str) -> PartDemand:
-    """A part's weekly demand from ``auto.parts_demand_weekly`` (empty weeks absent; a
-    part without issues has no weeks -- a fact worth caching, not a missing row)."""
+    """A part's weekly demand from ``auto.parts_demand_weekly`` (the loader of
+    ``auto.part_demand``; empty weeks absent: a part without issues has no weeks -- a
+    fact worth caching, not a missing row)."""
     rows = await fetch(query("q_part_demand"), tenant, part_number)
     return PartDemand(
         part_number, [WeekDemand(r["week_start"], r["issued"], r["movements"]) for r in rows]
@@ -241,46 +355,39 @@ async def part_demand(fetch: Fetch, tenant: str, part_number: str) -> PartDemand
 # --------------------------------------------------------------------------- labor and bays
 
 
-async def labor_estimates(
-    fetch: Fetch, tenant: str, codes: Iterable[str] | None = None
-) -> list[LaborEstimate]:
-    """Labor estimates with seasonal factors of these service types (all when None),
-    by code. Two queries."""
-    types = await service_types(fetch, tenant)
-    if codes is not None:
-        wanted = set(codes)
-        types = [t for t in types if t.code in wanted]
-    if not types:
+async def labor_seasonalities(
+    fetch: Fetch, tenant: str, codes: Iterable[str]
+) -> list[LaborSeasonality]:
+    """Monthly labor history and seasonal factors of these service types, from
+    ``auto.labor_monthly`` alone, in the order given (a code without history has no
+    jobs and every factor 1). One query."""
+    wanted = list(dict.fromkeys(codes))
+    if not wanted:
         return []
     monthly: dict[str, dict[int, tuple[int, float]]] = defaultdict(dict)
-    for r in await fetch(query("q_labor_monthly"), tenant, [t.code for t in types]):
+    for r in await fetch(query("q_labor_monthly"), tenant, wanted):
         monthly[r["service_type"]][r["month"]] = (int(r["jobs"]), float(r["labor_hours"]))
     out = []
-    for t in types:
-        months = monthly.get(t.code, {})
+    for code in wanted:
+        months = monthly.get(code, {})
         jobs = sum(n for n, _ in months.values())
         hours = sum(h for _, h in months.values())
-        out.append(LaborEstimate(
-            t.code, t.name, t.standard_hours, t.labor_rate, jobs,
-            hours / jobs if jobs else None, labor.seasonal_factors(months),
-        ))
+        out.append(LaborSeasonality(code, jobs, hours / jobs if jobs else None,
+                                    labor.seasonal_factors(months)))
     return out
 
 
-async def labor_estimate(fetch: Fetch, tenant: str, code: str) -> LaborEstimate:
-    """One service type's labor estimate.
-
-    :raises MissingRow: no such service type.
-    """
-    found = await labor_estimates(fetch, tenant, [code])
-    if not found:
-        raise MissingRow("auto.service_types", tenant, code)
-    return found[0]
+async def labor_seasonality(fetch: Fetch, tenant: str, code: str) -> LaborSeasonality:
+    """One service type's seasonality (the loader of ``auto.labor_seasonality``). It
+    reads the view only, so it never raises :class:`MissingRow`: whether the type
+    exists is :func:`service_type`'s question, answered from the table."""
+    return (await labor_seasonalities(fetch, tenant, [code]))[0]
 
 
 async def bay_board(fetch: Fetch, tenant: str, day: dt.date) -> BayBoard:
-    """Every bay's row of ``auto.bay_utilisation_daily`` for ``day`` (a day without
-    completed work has no rows: an empty board, cached like any other)."""
+    """Every bay's row of ``auto.bay_utilisation_daily`` for ``day`` (the loader of
+    ``auto.bay_board``; a day without completed work has no rows: an empty board,
+    cached like any other)."""
     rows = await fetch(query("q_bay_board"), tenant, day)
     return BayBoard(day, [
         BayDay(r["bay_id"], r["bay_name"], r["repair_orders"], r["labor_hours"],

@@ -19,8 +19,8 @@ import attrs
 __all__ = [
     "BayBoard",
     "BayDay",
-    "LaborEstimate",
     "LaborQuote",
+    "LaborSeasonality",
     "LowStockPart",
     "MovementReason",
     "Part",
@@ -71,7 +71,8 @@ class Vehicle:
 
 @attrs.frozen(slots=True)
 class ServiceType:
-    """A service a shop performs, with its maintenance interval and book labor time."""
+    """A service a shop performs, with its maintenance interval and book labor time
+    (``auto.service_types``; cached as ``auto.service_type``)."""
 
     code: str
     name: str
@@ -198,19 +199,20 @@ class PartDemand:
 
 
 @attrs.frozen(slots=True)
-class LaborEstimate:
-    """Labor time and rate of a service type with its seasonal factors
-    (``auto.labor_estimate``); see :mod:`thorbis_automotive.labor`.
+class LaborSeasonality:
+    """A service type's labor history by calendar month with its seasonal factors
+    (``auto.labor_seasonality``), all from the ``auto.labor_monthly`` view; see
+    :mod:`thorbis_automotive.labor`. The type's book time and rate are its
+    :class:`ServiceType` (``auto.service_type``): they change with the table, these
+    figures with the view's refresh.
 
-    :ivar jobs: completed jobs in the history the factors come from.
+    :ivar jobs: completed jobs in the history the factors come from (0: none, and
+        every factor is 1).
     :ivar mean_hours: their mean labor hours (None without history).
     :ivar monthly_factors: twelve factors, January first.
     """
 
     service_type: str
-    name: str
-    standard_hours: float
-    labor_rate: decimal.Decimal
     jobs: int
     mean_hours: float | None
     monthly_factors: list[float]
@@ -218,7 +220,8 @@ class LaborEstimate:
 
 @attrs.frozen(slots=True)
 class LaborQuote:
-    """An estimate for one month: hours = standard hours * the month's factor."""
+    """An estimate for one month: hours = the type's standard hours * the month's
+    seasonal factor; amount = hours * the type's labor rate."""
 
     service_type: str
     month: int

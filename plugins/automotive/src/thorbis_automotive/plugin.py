@@ -59,8 +59,8 @@ def register_key_schemas() -> Sequence[KeySchema[Any]]:
 
 @hookimpl
 def register_cache_patterns() -> Sequence[CachePattern]:
-    """History, schedule, make/model, low stock, demand, labor and bay reads
-    (:mod:`thorbis_automotive.patterns`)."""
+    """History, schedule, make/model, low stock, part, demand, labor and bay reads,
+    each cache-only or read-through with ``fetch`` (:mod:`thorbis_automotive.patterns`)."""
     return PATTERNS
 
 
@@ -86,8 +86,8 @@ def register_invalidation_rules() -> Sequence[InvalidationRule]:
 
 @hookimpl
 def register_warmers() -> Sequence[Warmer]:
-    """Recent vehicles and make/model sets, parts and stock sets, labor estimates
-    (:mod:`thorbis_automotive.warmers`)."""
+    """Recent vehicles and make/model sets, parts and stock sets, service types and
+    their seasonal labor factors (:mod:`thorbis_automotive.warmers`)."""
     return default_warmers()
 
 

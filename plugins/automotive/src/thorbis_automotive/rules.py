@@ -15,10 +15,16 @@ The two the issue asks for:
 * **a completed repair order** invalidates the vehicle's history:
   :data:`REPAIR_ORDER_HISTORY` (status, completion, odometer, service type, amounts).
 
-Entries mirroring a view (weekly demand, labor factors, bay boards) go with the view's
-refresh tags (:mod:`thorbis_automotive.views`) -- no table rule for them, since until
-the refresh a reload would read the same view rows; a change of a service type's interval,
-time or rate drops its labor estimate and every schedule at once.
+Entries mirroring a view (weekly demand, seasonal labor factors, bay boards) go with the
+view's refresh tags (:mod:`thorbis_automotive.views`) -- no rule targets them, by schema
+or by tag, since until the refresh a reload would read the same view rows; a change of a
+service type's interval, time or rate drops the type's entry and every schedule at once.
+
+**INSERT rules drop cached absences.** The vehicle history, the part and the service
+type cache a missing row for ``negative_ttl`` seconds
+(:data:`~thorbis_automotive.schemas.NEGATIVE_TTL`), so :data:`VEHICLE_ENTITY`,
+:data:`PART_ENTITY` and :data:`SERVICE_TYPE_CHANGE` fire on INSERT too: a row inserted
+after a read that found none is read at once, not after the absence expires.
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ from __future__ import annotations
 from thorbis_cache.declarations import InvalidationRule, Operation, RuleTarget
 
 from thorbis_automotive.schemas import (
-    LABOR_ESTIMATE,
     MAKE_MODEL,
     PART,
     PARTS_BY_STOCK,
     PARTS_REORDER_MARGIN,
+    SERVICE_TYPE,
     TAG_HISTORY,
     VEHICLE_HISTORY,
 )
@@ -67,7 +73,8 @@ REPAIR_ORDER_HISTORY = InvalidationRule(
 VEHICLE_ENTITY = InvalidationRule(
     "auto.vehicle_entity",
     table="auto.vehicles",
-    operations=(_UPDATE, _DELETE),
+    # INSERT: a history read before the vehicle existed is cached as absent.
+    operations=_ALL,
     targets=(RuleTarget(schema=VEHICLE_HISTORY.name, params={"vin": "vin"}),),
 )
 
@@ -86,7 +93,8 @@ MAKE_MODEL_MEMBERSHIP = InvalidationRule(
 PART_ENTITY = InvalidationRule(
     "auto.part_entity",
     table="auto.parts",
-    operations=(_UPDATE, _DELETE),
+    # INSERT: a part read before it existed is cached as absent.
+    operations=_ALL,
     targets=(RuleTarget(schema=PART.name, params={"part_number": "part_number"}),),
 )
 
@@ -122,10 +130,11 @@ SERVICE_TYPE_CHANGE = InvalidationRule(
     significant_columns=(
         "name", "interval_miles", "interval_days", "standard_hours", "labor_rate",
     ),
-    # Every schedule lists every service type: a new, removed or re-timed type changes
-    # them all.
+    # The type's own entry (on INSERT: its cached absence). Every schedule lists every
+    # service type: a new, removed or re-timed type changes them all. Its seasonal
+    # factors come from auto.labor_monthly alone and follow that view's refresh.
     targets=(
-        RuleTarget(schema=LABOR_ESTIMATE.name, params={"service_type": "code"}),
+        RuleTarget(schema=SERVICE_TYPE.name, params={"code": "code"}),
         RuleTarget(tag=TAG_HISTORY),
     ),
 )

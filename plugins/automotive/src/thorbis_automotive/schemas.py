@@ -2,21 +2,37 @@
 
 Keys (after the cache prefix; ``{t}`` is the tenant hash tag) and what they hold:
 
-==========================================  ======  ============================================
-key                                         kind    holds
-==========================================  ======  ============================================
-``{t}:auto.vehicle_history:<vin>``          value   :class:`VehicleHistory`, encrypted
-``{t}:auto.make_model:<make>:<model>``      zset    VINs of a make and model by model year
-``{t}:auto.part:<part number>``             hash    :class:`Part`, versioned
-``{t}:auto.parts_by_stock``                 zset    part numbers by stock on hand
-``{t}:auto.parts_reorder_margin``           zset    part numbers by on hand - reorder point
-``{t}:auto.part_demand:<part number>``      value   :class:`PartDemand` (from the view)
-``{t}:auto.labor_estimate:<service type>``  value   :class:`LaborEstimate` (view + table)
-``{t}:auto.bay_board:<day>``                value   :class:`BayBoard` (from the view)
-==========================================  ======  ============================================
+=============================================  =====  ==========================================
+key                                            kind   holds
+=============================================  =====  ==========================================
+``{t}:auto.vehicle_history:<vin>``             value  :class:`VehicleHistory`, encrypted
+``{t}:auto.make_model:<make>:<model>``         zset   VINs of a make and model by model year
+``{t}:auto.part:<part number>``                hash   :class:`Part`, versioned
+``{t}:auto.parts_by_stock``                    zset   part numbers by stock on hand
+``{t}:auto.parts_reorder_margin``              zset   part numbers by on hand - reorder point
+``{t}:auto.service_type:<code>``               value  :class:`ServiceType`
+``{t}:auto.part_demand:<part number>``         value  :class:`PartDemand` (mirrors a view)
+``{t}:auto.labor_seasonality:<service type>``  value  :class:`LaborSeasonality` (mirrors a view)
+``{t}:auto.bay_board:<day>``                   value  :class:`BayBoard` (mirrors a view)
+=============================================  =====  ==========================================
 
-TTLs follow the seed (history 2 h, make/model sets 24 h, parts 30 min, labor 1 h);
-entries mirroring a materialized view also go with the view's refresh tags.
+TTLs follow the seed (history 2 h, make/model sets 24 h, parts 30 min) or the refresh of
+the view an entry mirrors.
+
+**Absent rows.** The entities read by id -- a vehicle's history, a part, a service
+type -- cache the absence of a row for :data:`NEGATIVE_TTL` seconds (``negative_ttl``):
+a read-through of an unknown VIN, part number or code raises
+:class:`~thorbis_cache.errors.MissingRow` without reaching PostgreSQL again. Each has a
+rule firing on the INSERT of its row (:mod:`thorbis_automotive.rules`:
+``auto.vehicle_entity``, ``auto.part_entity``, ``auto.service_type_change``), which
+drops the absence the moment the row exists.
+
+**View mirrors.** The schemas whose loader reads a materialized view declare it
+(``mirrors``) and carry only that view's refresh tag (and :data:`TAG_REPORTS`): they
+change when the view is refreshed, not when its base tables do, so no rule targets them
+-- a rule would only make readers reload the same unrefreshed rows. That is why a
+service type's book time and rate (a table row, ``auto.service_type``) and its seasonal
+factors (the view, ``auto.labor_seasonality``) are cached apart.
 
 VINs are validated before a key is built through :func:`vehicle_history_key` (the
 plugin's loaders, writers and patterns all do): the schema's parameter is a plain
@@ -33,18 +49,27 @@ from typing import Any
 
 from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind
 
-from thorbis_automotive.models import BayBoard, LaborEstimate, Part, PartDemand, VehicleHistory
+from thorbis_automotive.models import (
+    BayBoard,
+    LaborSeasonality,
+    Part,
+    PartDemand,
+    ServiceType,
+    VehicleHistory,
+)
 from thorbis_automotive.vin import CheckDigitRule, validate_vin
 
 __all__ = [
     "ALL_SCHEMAS",
     "BAY_BOARD",
-    "LABOR_ESTIMATE",
+    "LABOR_SEASONALITY",
     "MAKE_MODEL",
+    "NEGATIVE_TTL",
     "PART",
     "PARTS_BY_STOCK",
     "PARTS_REORDER_MARGIN",
     "PART_DEMAND",
+    "SERVICE_TYPE",
     "TAGS",
     "TAG_HISTORY",
     "TAG_LABOR",
@@ -52,6 +77,7 @@ __all__ = [
     "TAG_PARTS",
     "TAG_PARTS_DEMAND",
     "TAG_REPORTS",
+    "TAG_SERVICE_TYPES",
     "TAG_STOCK",
     "TAG_UTILISATION",
     "VEHICLE_HISTORY",
@@ -60,14 +86,20 @@ __all__ = [
 
 _HOUR = 3600.0
 
+#: Seconds an absent vehicle, part or service type stays cached as absent. The INSERT
+#: rules drop it sooner; the bound is for a row inserted while the worker is behind.
+NEGATIVE_TTL = 60.0
+
 TAG_HISTORY = "auto.history"
 TAG_MAKE_MODEL = "auto.make_model"
 TAG_PARTS = "auto.parts"
 TAG_STOCK = "auto.stock"
+TAG_SERVICE_TYPES = "auto.service_types"
 TAG_PARTS_DEMAND = "auto.parts_demand"
 TAG_LABOR = "auto.labor"
 TAG_UTILISATION = "auto.utilisation"
-#: Every entry that mirrors a materialized view.
+#: Every entry that mirrors a materialized view (no rule targets it: the views'
+#: refreshes drop their own mirrors by the tags above).
 TAG_REPORTS = "auto.reports"
 
 VEHICLE_HISTORY: KeySchema[VehicleHistory] = KeySchema(
@@ -79,6 +111,7 @@ VEHICLE_HISTORY: KeySchema[VehicleHistory] = KeySchema(
     # A VIN with its service history identifies a person's car: personal data.
     sensitive=True,
     tags=(TAG_HISTORY,),
+    negative_ttl=NEGATIVE_TTL,
     description="a vehicle's completed services and maintenance schedule, by VIN",
 )
 
@@ -101,6 +134,7 @@ PART: KeySchema[Part] = KeySchema(
     ttl_jitter=0.1,
     tags=(TAG_PARTS,),
     kind=SchemaKind.HASH,
+    negative_ttl=NEGATIVE_TTL,
     description="a part with stock on hand, demand statistics and reorder point",
 )
 
@@ -122,6 +156,17 @@ PARTS_REORDER_MARGIN: KeySchema[str] = KeySchema(
     description="part numbers scored by stock on hand minus reorder point",
 )
 
+SERVICE_TYPE: KeySchema[ServiceType] = KeySchema(
+    "auto.service_type",
+    ServiceType,
+    params={"code": str},
+    ttl=6 * _HOUR,  # reference data, dropped by its rule when it changes
+    ttl_jitter=0.1,
+    tags=(TAG_SERVICE_TYPES,),
+    negative_ttl=NEGATIVE_TTL,
+    description="a service type's maintenance interval, book labor time and rate",
+)
+
 PART_DEMAND: KeySchema[PartDemand] = KeySchema(
     "auto.part_demand",
     PartDemand,
@@ -129,17 +174,19 @@ PART_DEMAND: KeySchema[PartDemand] = KeySchema(
     ttl=6 * _HOUR,  # the view refreshes every 6 hours
     ttl_jitter=0.1,
     tags=(TAG_REPORTS, TAG_PARTS_DEMAND),
+    mirrors="auto.parts_demand_weekly",
     description="a part's weekly issued units over 52 weeks, from the view",
 )
 
-LABOR_ESTIMATE: KeySchema[LaborEstimate] = KeySchema(
-    "auto.labor_estimate",
-    LaborEstimate,
+LABOR_SEASONALITY: KeySchema[LaborSeasonality] = KeySchema(
+    "auto.labor_seasonality",
+    LaborSeasonality,
     params={"service_type": str},
-    ttl=_HOUR,  # seed: SETEX 3600
+    ttl=24 * _HOUR,  # the view refreshes daily, and its refresh drops the entries
     ttl_jitter=0.1,
     tags=(TAG_REPORTS, TAG_LABOR),
-    description="a service type's labor time, rate and seasonal factors",
+    mirrors="auto.labor_monthly",
+    description="a service type's labor history by month and seasonal factors, from the view",
 )
 
 BAY_BOARD: KeySchema[BayBoard] = KeySchema(
@@ -149,6 +196,7 @@ BAY_BOARD: KeySchema[BayBoard] = KeySchema(
     ttl=_HOUR,  # the view refreshes hourly
     ttl_jitter=0.1,
     tags=(TAG_REPORTS, TAG_UTILISATION),
+    mirrors="auto.bay_utilisation_daily",
     description="every bay's utilisation of one UTC day, from the view",
 )
 
@@ -159,8 +207,9 @@ ALL_SCHEMAS: tuple[KeySchema[Any], ...] = (
     PART,
     PARTS_BY_STOCK,
     PARTS_REORDER_MARGIN,
+    SERVICE_TYPE,
     PART_DEMAND,
-    LABOR_ESTIMATE,
+    LABOR_SEASONALITY,
     BAY_BOARD,
 )
 

@@ -3,7 +3,9 @@
 Each view's ``SELECT`` lives in ``sql/mv_<name>.sql`` with a header saying what it
 computes. Every view has a unique index on plain columns (every ``GROUP BY`` column),
 so it refreshes ``CONCURRENTLY`` and readers are never blocked. After a refresh, the
-cache entries mirroring the view are dropped through the view's tags.
+cache entries mirroring the view are dropped through the view's tags: each mirror
+declares its view (``KeySchema.mirrors``) and carries the view's tag, and no table rule
+targets it (:mod:`thorbis_automotive.schemas`).
 
 =============================  ==============================  ==================================
 view                           unique index                    refresh
@@ -12,6 +14,9 @@ view                           unique index                    refresh
 ``auto.labor_monthly``         tenant, service type, month     daily 03:00
 ``auto.bay_utilisation_daily`` tenant, bay, day                hourly; or 50 changes, 2 h
 =============================  ==============================  ==================================
+
+Their mirrors, in that order: ``auto.part_demand``, ``auto.labor_seasonality``,
+``auto.bay_board``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,11 @@
-"""Writes the vertical's cached structures: what the seed's ``cache*`` methods did.
+"""Writes the vertical's cached structures from records a writer holds the truth of:
+what the seed's ``cache*`` methods did.
+
+Use these only with records read in the same transaction as a change, or just written:
+each write revokes any read-through fill of the key in flight, so it wins over a reader
+that read older rows. Readers fill through the loaders (``get_or_load`` / ``loader=``),
+and warmers through :class:`~thorbis_cache.warming.WarmBatch` es, both under fill leases
+-- never through these, which would write rows read before a concurrent change.
 
 Each write goes through the core's typed structures, so every key keeps its tenant hash
 tag and its TTL (refreshed atomically with the write). A set is written with
@@ -13,8 +20,8 @@ import asyncio
 from collections.abc import Iterable, Mapping
 
 from thorbis_cache.cache import Cache
-from thorbis_cache.declarations import write_warmed
 
+from thorbis_automotive.loaders import stock_scores
 from thorbis_automotive.models import Part, VehicleHistory
 from thorbis_automotive.schemas import (
     MAKE_MODEL,
@@ -25,12 +32,10 @@ from thorbis_automotive.schemas import (
 )
 
 __all__ = [
-    "stock_scores",
     "store_make_model",
     "store_part",
     "store_parts",
     "store_vehicle_history",
-    "write_pair",
 ]
 
 
@@ -54,17 +59,6 @@ async def store_part(cache: Cache, tenant: str, part: Part) -> int:
     return await cache.hash(PART.key(tenant, part_number=part.part_number)).replace(part)
 
 
-def stock_scores(parts: Iterable[Part]) -> tuple[dict[str, float], dict[str, float]]:
-    """The two stock sets of ``parts``: part number -> on hand, and part number ->
-    on hand - reorder point (<= 0: at or below the reorder point)."""
-    by_stock: dict[str, float] = {}
-    margin: dict[str, float] = {}
-    for p in parts:
-        by_stock[p.part_number] = float(p.on_hand)
-        margin[p.part_number] = float(p.on_hand - p.reorder_point)
-    return by_stock, margin
-
-
 async def store_parts(cache: Cache, tenant: str, parts: Iterable[Part]) -> int:
     """Cache every part's hash, then replace both stock sets with exactly ``parts``
     (hashes first: a reader that finds a part number in a set finds its hash).
@@ -78,6 +72,3 @@ async def store_parts(cache: Cache, tenant: str, parts: Iterable[Part]) -> int:
     await cache.zset(PARTS_REORDER_MARGIN.key(tenant)).add(margin, replace=True)
     return len(parts)
 
-
-#: Write one warmed ``(key, value)`` by its schema's kind (the core's convention).
-write_pair = write_warmed
