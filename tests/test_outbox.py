@@ -304,3 +304,32 @@ async def test_redis_down_keeps_rows_without_counting_attempts(env: Env) -> None
     assert await env.count() == 2
     async with env.worker() as recovered:
         assert sum(r.claimed for r in await recovered.drain()) == 2
+
+
+async def test_a_view_source_no_rule_names_gets_a_count_only_trigger(env: Env) -> None:
+    """Entries that mirror a view are left to its refresh, so its sources often have no
+    rule; their changes must still reach the outbox, where the smart refresh counts
+    them, and plan no invalidation."""
+    from thorbis_cache.declarations import MaterializedView
+
+    await env.conn.execute(
+        "CREATE TABLE tst.sales (tenant_id text NOT NULL, id bigint PRIMARY KEY, "
+        "amount numeric NOT NULL, buyer text NOT NULL)")
+    view = MaterializedView("tst.sales_daily", "SELECT 1", sources=("tst.sales", "tst.items"))
+    plans = {p.table: p for p in plan_tables(RULES, [view])}
+    assert plans["tst.sales"].columns == ("tenant_id",)  # no other column travels
+    assert plans["tst.items"].columns != ("tenant_id",)  # a ruled table keeps its plan
+    await install_triggers(env.conn, RULES, [view])
+    await env.conn.execute("INSERT INTO tst.sales VALUES ('acme', 1, 9.5, 'Ada')")
+    await env.conn.execute("UPDATE tst.sales SET amount = 10 WHERE id = 1")
+    rows = await env.conn.fetch(
+        "SELECT operation, old, new FROM thorbis.outbox WHERE table_name = 'tst.sales' ORDER BY id")
+    assert [r["operation"] for r in rows] == ["INSERT", "UPDATE"]
+    assert "Ada" not in json.dumps([dict(r) for r in rows], default=str)
+    async with env.worker() as worker:
+        batches = await worker.drain()
+    assert sum(len(b.processed) for b in batches) == 2
+    assert not any(b.keys or b.tags for b in batches)
+    counted = await env.conn.fetchval(
+        "SELECT changes FROM thorbis.table_changes WHERE table_name = 'tst.sales'")
+    assert counted == 2

@@ -70,7 +70,7 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None) -> None:
     await apply_and_check(dsn, loaded)
     conn = await connect(dsn)
     try:
-        plans = await install_triggers(conn, manager.all_rules())
+        plans = await install_triggers(conn, manager.all_rules(), manager.all_views())
     finally:
         await conn.close()
     for plan in plans:

@@ -101,17 +101,19 @@ class Database:
         """Change a work order's priority (one committed statement)."""
         await self.pool.execute(self._set_priority, tenant, work_order_id, priority)
 
-    async def install_capture(self, rules: Iterable[InvalidationRule]) -> list[str]:
+    async def install_capture(self, rules: Iterable[InvalidationRule],
+                              views: Iterable[MaterializedView] = ()) -> list[str]:
         """What ``thorbis-cache db init`` adds to the plugin's SQL (applied by
         ``CacheApp.start``): the core schema (outbox, audit log), then the capture
-        triggers generated from ``rules``. Done after the bulk load, so the data set's
-        COPY leaves no outbox backlog.
+        triggers generated from ``rules`` (and count-only ones on the sources of
+        ``views``). Done after the bulk load, so the data set's COPY leaves no outbox
+        backlog.
 
         :returns: the tables now captured.
         """
         async with self.pool.acquire() as conn:
             await migrate(conn)
-            plans = await install_triggers(conn, rules)
+            plans = await install_triggers(conn, rules, views)
         return [plan.table for plan in plans]
 
     async def wait_for_listener(self, within: float) -> bool:

@@ -71,7 +71,7 @@ async def outbox_scene(app: CacheApp, db: Database, dsn: str, tenant: str,
     :raises DemoFailure: the customer does not exist.
     """
     cache = app.cache
-    tables = await db.install_capture(app.plugins.all_rules())
+    tables = await db.install_capture(app.plugins.all_rules(), app.plugins.all_views())
     key = CUSTOMER.key(tenant, customer_id=customer_id)
     summary_key = CUSTOMER_SUMMARY.key(tenant, customer_id=customer_id)
     rk, summary_rk = cache.redis_key(key), cache.redis_key(summary_key)

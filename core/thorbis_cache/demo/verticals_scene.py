@@ -239,7 +239,7 @@ async def verticals_scene(app: CacheApp, pool: asyncpg.Pool, dsn: str, options: 
     async with pool.acquire() as conn:
         # What `thorbis-cache db init` does: core schema, capture triggers of every rule.
         await migrate(conn)
-        await install_triggers(conn, app.plugins.all_rules())
+        await install_triggers(conn, app.plugins.all_rules(), app.plugins.all_views())
         for demo in demos:
             rows[demo.plugin] = await demo.populate(conn, tenants, seed=options.seed, scale=1)
     # The bulk load's rows are changes like any other: the worker applies them (nothing

@@ -14,6 +14,12 @@ none of them changed (so the seed's conditional customer-list rule costs nothing
 phone-number edit). A rule without significant columns fires on every UPDATE, so a table
 with such a rule records every UPDATE.
 
+**Sources of materialized views.** A view's smart refresh counts the changes of its
+``sources`` from the outbox. A source table that no rule names (since entries mirroring
+a view are invalidated by its refresh, not by base-table rules, that is the usual case)
+gets a count-only trigger: every INSERT, UPDATE and DELETE, the tenant and primary key,
+no other column. Its outbox rows plan no invalidation; the worker only counts them.
+
 Installing is idempotent (``CREATE OR REPLACE FUNCTION``, ``DROP TRIGGER IF EXISTS`` +
 ``CREATE TRIGGER`` in one transaction).
 """
@@ -26,7 +32,7 @@ from collections.abc import Iterable, Sequence
 import asyncpg
 import attrs
 
-from thorbis_cache.declarations import InvalidationRule, Operation
+from thorbis_cache.declarations import InvalidationRule, MaterializedView, Operation
 from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.postgres.catalog import quote_ident
 
@@ -82,15 +88,26 @@ class TablePlan:
         return f"thorbis.{quote_ident(f'capture__{schema}__{relation}')}"
 
 
-def plan_tables(rules: Iterable[InvalidationRule]) -> list[TablePlan]:
-    """Group rules by table and work out what each trigger records.
+#: The tenant column a count-only trigger (a view source no rule names) records.
+SOURCE_TENANT_COLUMN = "tenant_id"
+
+
+def plan_tables(
+    rules: Iterable[InvalidationRule], views: Iterable[MaterializedView] = ()
+) -> list[TablePlan]:
+    """Group rules by table and work out what each trigger records; add a count-only
+    plan for each source of ``views`` that no rule names.
 
     :raises ConfigurationError: rules of one table disagree on the tenant column.
     """
     by_table: dict[str, list[InvalidationRule]] = defaultdict(list)
     for rule in rules:
         by_table[rule.table].append(rule)
-    plans = []
+    plans = [
+        TablePlan(table, SOURCE_TENANT_COLUMN, (SOURCE_TENANT_COLUMN,),
+                  frozenset(Operation), ())
+        for table in sorted({s for v in views for s in v.sources} - set(by_table))
+    ]
     for table in sorted(by_table):
         table_rules = by_table[table]
         tenants = {r.tenant_column for r in table_rules}
@@ -111,7 +128,7 @@ def plan_tables(rules: Iterable[InvalidationRule]) -> list[TablePlan]:
             update_filter = ()
         plans.append(TablePlan(table, tenants.pop(), tuple(sorted(columns)), operations,
                                update_filter))
-    return plans
+    return sorted(plans, key=lambda plan: plan.table)
 
 
 def _json_object(record: str, columns: Sequence[str]) -> str:
@@ -172,20 +189,23 @@ $capture$"""  # noqa: S608 -- identifiers quoted by _ident, literals by _literal
     ]
 
 
-async def install_triggers(conn: asyncpg.Connection,
-                           rules: Iterable[InvalidationRule]) -> list[TablePlan]:
-    """Install (or refresh) the capture trigger of every table the rules name.
+async def install_triggers(conn: asyncpg.Connection, rules: Iterable[InvalidationRule],
+                           views: Iterable[MaterializedView] = ()) -> list[TablePlan]:
+    """Install (or refresh) the capture trigger of every table the rules name, and a
+    count-only trigger on every source of ``views`` no rule names.
 
     All tables in one transaction: either every trigger matches the rules, or none changed.
     The core schema (:func:`thorbis_cache.postgres.migrations.migrate`) must be applied.
 
     :param conn: an open connection, not inside a transaction.
     :param rules: the invalidation rules (``PluginManager.all_rules()``).
+    :param views: the materialized views whose smart refresh counts their sources'
+        changes (``PluginManager.all_views()``).
     :returns: the installed plans.
     :raises ConfigurationError: a table is missing or has no primary key, or the rules of
         a table disagree on the tenant column.
     """
-    plans = plan_tables(rules)
+    plans = plan_tables(rules, views)
     async with conn.transaction():
         await conn.execute(_LOCK)
         for plan in plans:

@@ -1,5 +1,6 @@
-"""The invalidation rules: the seed's conditional rule, and targets that name real
-columns and build real keys from real rows."""
+"""The invalidation rules: the seed's conditional rule, targets that name real columns
+and build real keys from real rows, INSERT rules for every entity that caches absence,
+and no rule reaching an entry that mirrors a view."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from thorbis_home_services.rules import (
     CUSTOMER_SIGNIFICANT_COLUMNS,
     WORK_ORDER_SCHEDULE,
 )
-from thorbis_home_services.schemas import ALL_SCHEMAS, TAG_CUSTOMER_LISTS, TAG_REPORTS, TAGS
+from thorbis_home_services.schemas import ALL_SCHEMAS, TAG_CUSTOMER_LISTS, TAGS
+from thorbis_home_services.views import ALL_VIEWS
 
 SCHEMAS = {s.name: s for s in ALL_SCHEMAS}
 BASE = {"id": 1, "tenant_id": "acme", "account_status": "active", "payment_status": "current",
@@ -37,8 +39,9 @@ def test_conditional_customer_rule_truth_table(changed: set[str]) -> None:
     significant = bool(changed & set(CUSTOMER_SIGNIFICANT_COLUMNS))
     rule = CUSTOMER_LISTS_ON_SIGNIFICANT_CHANGE
     assert rule.fires(Operation.UPDATE, BASE, new) is significant
-    # Lists and reports are its targets (the seed's customer_list/customer_reports tags).
-    assert {t.tag for t in rule.targets} == {TAG_CUSTOMER_LISTS, TAG_REPORTS}
+    # The lists are its target (the seed's customer_list tag; its customer_reports are
+    # view mirrors now, left to the view's refresh).
+    assert {t.tag for t in rule.targets} == {TAG_CUSTOMER_LISTS}
     # The customer's own hash goes on every update, significant or not.
     assert CUSTOMER_ENTITY.fires(Operation.UPDATE, BASE, new) is True
 
@@ -48,8 +51,8 @@ def test_inserts_and_deletes_of_customers() -> None:
         assert CUSTOMER_LISTS_ON_SIGNIFICANT_CHANGE.fires(op, old, new) is False
         assert CUSTOMER_LISTS_ON_MEMBERSHIP.fires(op, old, new) is True
     assert CUSTOMER_ENTITY.fires(Operation.DELETE, BASE, None) is True
-    # Nothing of a customer that did not exist can be cached under its id.
-    assert CUSTOMER_ENTITY.fires(Operation.INSERT, None, BASE) is False
+    # A customer that did not exist may be cached as absent under its id.
+    assert CUSTOMER_ENTITY.fires(Operation.INSERT, None, BASE) is True
     assert CUSTOMER_LISTS_ON_MEMBERSHIP.fires(Operation.UPDATE, BASE, BASE) is False
 
 
@@ -67,6 +70,37 @@ def test_rules_target_own_schemas_with_exactly_their_parameters() -> None:
             else:
                 schema = SCHEMAS[target.schema or ""]
                 assert set(target.params) == {p.name for p in schema.params}, rule.name
+
+
+def test_every_cached_absence_is_dropped_by_what_makes_the_row_appear() -> None:
+    views = {v.name: v for v in ALL_VIEWS}
+    for schema in ALL_SCHEMAS:
+        if schema.negative_ttl is None:
+            continue
+        if schema.mirrors is not None:
+            # A row appears in a view at its refresh, which drops the view's tags.
+            assert set(schema.tags) & set(views[schema.mirrors].tags), schema.name
+            continue
+        inserts = [r for r in ALL_RULES if Operation.INSERT in r.operations
+                   and any(t.schema == schema.name or t.tag in schema.tags
+                           for t in r.targets)]
+        assert inserts, f"{schema.name} caches absence but no rule fires on INSERT"
+
+
+def test_no_rule_reaches_a_view_mirror() -> None:
+    mirrors = [s for s in ALL_SCHEMAS if s.mirrors is not None]
+    # Every entry loaded from a view says so.
+    assert {s.name for s in mirrors} == {
+        "hs.customer_summary", "hs.technician_performance", "hs.financial_daily",
+        "hs.service_area"}
+    for rule in ALL_RULES:
+        for target in rule.targets:
+            for schema in mirrors:
+                assert target.schema != schema.name, (rule.name, schema.name)
+                assert target.tag not in schema.tags, (rule.name, schema.name)
+    # Invoices and inspections feed the views only.
+    assert {r.table for r in ALL_RULES} == {"hs.customers", "hs.work_orders",
+                                            "hs.service_areas"}
 
 
 def target_keys(rule: InvalidationRule, row: dict[str, Any]) -> list[str]:

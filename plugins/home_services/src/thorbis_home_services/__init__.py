@@ -10,12 +10,14 @@ Modules, one concept each:
 * :mod:`~thorbis_home_services.scoring` -- the seed's work-order priority score;
 * :mod:`~thorbis_home_services.patterns` -- named reads (high priority, radius, history...);
 * :mod:`~thorbis_home_services.writers` -- writes of lists, schedules, geo indexes;
-* :mod:`~thorbis_home_services.loaders` / :mod:`~thorbis_home_services.rows` -- SQL to records;
+* :mod:`~thorbis_home_services.loaders` / :mod:`~thorbis_home_services.rows` -- SQL to records,
+  one loader per entry for read-through;
 * :mod:`~thorbis_home_services.views` -- the four materialized views;
 * :mod:`~thorbis_home_services.rules` -- invalidation rules;
 * :mod:`~thorbis_home_services.warmers`, :mod:`~thorbis_home_services.permissions`;
 * :mod:`~thorbis_home_services.predict` -- the next-service formula;
-* :mod:`~thorbis_home_services.datagen` -- the deterministic data set.
+* :mod:`~thorbis_home_services.datagen` -- the deterministic data set;
+* :mod:`~thorbis_home_services.demo` -- its part in ``thorbis-cache demo``.
 """
 
 from __future__ import annotations

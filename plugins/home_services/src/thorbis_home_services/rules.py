@@ -12,10 +12,18 @@ How the targets are meant to be read (the engine's contract, restated for this p
 * a row whose parameter column is NULL (an unassigned work order) names no entry;
 * ``significant_columns`` narrows UPDATEs only; INSERT and DELETE always fire.
 
-Entries that mirror a materialized view are also dropped by the view's refresh tags
-(:mod:`thorbis_home_services.views`); the table rules below drop them as soon as the
-change commits, as the seed did, so that readers of live-loaded lists do not wait for a
-refresh.
+No rule targets an entry that mirrors a materialized view (``KeySchema.mirrors``: the
+customer summaries, technician performance, financial days, service-area metrics), by
+schema or by tag: a change of a base table does not change the view until the view is
+refreshed, and the refresh drops those entries through the view's tags
+(:mod:`thorbis_home_services.views`). Dropping them at the change, as the seed did with
+its ``report:*`` wildcard, only made readers reload the same unrefreshed rows (every
+invoice change emptied every report entry of the tenant). So invoices and inspections,
+which feed the views only, have no rule; the rules below cover the entries read from the
+tables.
+
+The entity rules fire on INSERT too: an entity read by id caches the absence of a missing
+row (``negative_ttl``), and the INSERT of that row must drop it.
 """
 
 from __future__ import annotations
@@ -26,12 +34,8 @@ from thorbis_home_services.schemas import (
     CUSTOMER,
     CUSTOMER_HISTORY,
     SCHEDULE_GEO,
-    SERVICE_AREA,
     SERVICE_AREA_GEO,
-    TAG_AREA_METRICS,
     TAG_CUSTOMER_LISTS,
-    TAG_REPORTS,
-    TAG_TECH_METRICS,
     TAG_WORK_ORDER_LISTS,
     TECHNICIAN_SCHEDULE,
     WORK_ORDER,
@@ -43,10 +47,7 @@ __all__ = [
     "CUSTOMER_LISTS_ON_MEMBERSHIP",
     "CUSTOMER_LISTS_ON_SIGNIFICANT_CHANGE",
     "CUSTOMER_SIGNIFICANT_COLUMNS",
-    "INSPECTION_REPORTS",
-    "INVOICE_REPORTS",
     "SERVICE_AREA_CENTRES",
-    "SERVICE_AREA_ENTITY",
     "WORK_ORDER_ENTITY",
     "WORK_ORDER_HISTORY",
     "WORK_ORDER_LISTS",
@@ -56,8 +57,9 @@ __all__ = [
 _INSERT, _UPDATE, _DELETE = Operation.INSERT, Operation.UPDATE, Operation.DELETE
 _ALL = (_INSERT, _UPDATE, _DELETE)
 
-#: The seed's significant customer fields: a change to one of them moves the customer
-#: between lists and changes report breakdowns; other edits (a phone number) do not.
+#: The seed's significant customer fields: a change to one of them can move the customer
+#: between lists; other edits (a phone number) do not. (The seed also dropped its report
+#: breakdowns on them; those are view mirrors now, dropped by the view's refresh.)
 CUSTOMER_SIGNIFICANT_COLUMNS = ("account_status", "payment_status", "customer_type")
 
 # ---- customers
@@ -65,9 +67,9 @@ CUSTOMER_SIGNIFICANT_COLUMNS = ("account_status", "payment_status", "customer_ty
 CUSTOMER_ENTITY = InvalidationRule(
     "hs.customer_entity",
     table="hs.customers",
-    operations=(_UPDATE, _DELETE),
     # Any edit of a customer makes its cached hash stale (seed: "always invalidate the
-    # specific customer").
+    # specific customer"); an INSERT drops a cached absence of that id (negative_ttl).
+    operations=_ALL,
     targets=(RuleTarget(schema=CUSTOMER.name, params={"customer_id": "id"}),),
 )
 
@@ -76,16 +78,15 @@ CUSTOMER_LISTS_ON_SIGNIFICANT_CHANGE = InvalidationRule(
     table="hs.customers",
     operations=(_UPDATE,),
     significant_columns=CUSTOMER_SIGNIFICANT_COLUMNS,
-    targets=(RuleTarget(tag=TAG_CUSTOMER_LISTS), RuleTarget(tag=TAG_REPORTS)),
+    targets=(RuleTarget(tag=TAG_CUSTOMER_LISTS),),
 )
 
 CUSTOMER_LISTS_ON_MEMBERSHIP = InvalidationRule(
     "hs.customer_lists_on_membership",
     table="hs.customers",
-    # A new or deleted customer changes every list and the aggregates (seed:
-    # customer_aggregations, dashboard_metrics).
+    # A new or deleted customer changes every list (seed: customer_aggregations).
     operations=(_INSERT, _DELETE),
-    targets=(RuleTarget(tag=TAG_CUSTOMER_LISTS), RuleTarget(tag=TAG_REPORTS)),
+    targets=(RuleTarget(tag=TAG_CUSTOMER_LISTS),),
 )
 
 # ---- work orders
@@ -93,7 +94,8 @@ CUSTOMER_LISTS_ON_MEMBERSHIP = InvalidationRule(
 WORK_ORDER_ENTITY = InvalidationRule(
     "hs.work_order_entity",
     table="hs.work_orders",
-    operations=(_UPDATE, _DELETE),
+    # INSERT: drops a cached absence of the new id (negative_ttl).
+    operations=_ALL,
     targets=(RuleTarget(schema=WORK_ORDER.name, params={"work_order_id": "id"}),),
 )
 
@@ -132,33 +134,10 @@ WORK_ORDER_HISTORY = InvalidationRule(
     targets=(RuleTarget(schema=CUSTOMER_HISTORY.name, params={"customer_id": "customer_id"}),),
 )
 
-# ---- invoices and inspections
-
-INVOICE_REPORTS = InvalidationRule(
-    "hs.invoice_reports",
-    table="hs.invoices",
-    operations=_ALL,
-    significant_columns=("status", "subtotal_amount", "tax_amount", "total_amount"),
-    targets=(RuleTarget(tag=TAG_REPORTS),),
-)
-
-INSPECTION_REPORTS = InvalidationRule(
-    "hs.inspection_reports",
-    table="hs.quality_control_inspections",
-    operations=_ALL,
-    significant_columns=("overall_rating", "work_order_id"),
-    # Ratings feed the technician and area metrics only.
-    targets=(RuleTarget(tag=TAG_TECH_METRICS), RuleTarget(tag=TAG_AREA_METRICS)),
-)
-
 # ---- service areas
-
-SERVICE_AREA_ENTITY = InvalidationRule(
-    "hs.service_area_entity",
-    table="hs.service_areas",
-    operations=(_UPDATE, _DELETE),
-    targets=(RuleTarget(schema=SERVICE_AREA.name, params={"area_id": "id"}),),
-)
+#
+# The area hashes mirror the metrics view (no rule: its refresh drops them); the geo
+# index of centres is read from the table.
 
 SERVICE_AREA_CENTRES = InvalidationRule(
     "hs.service_area_centres",
@@ -177,8 +156,5 @@ ALL_RULES: tuple[InvalidationRule, ...] = (
     WORK_ORDER_LISTS,
     WORK_ORDER_SCHEDULE,
     WORK_ORDER_HISTORY,
-    INVOICE_REPORTS,
-    INSPECTION_REPORTS,
-    SERVICE_AREA_ENTITY,
     SERVICE_AREA_CENTRES,
 )

@@ -14,23 +14,35 @@ key                                         kind    holds
 ``{t}:hs.technician_schedule:<tech>:<d>``   zset    a technician's work orders of a day by start
 ``{t}:hs.schedule_geo:<day>``               geo     every appointment of a day at its job site
 ``{t}:hs.customer_history:<id>``            zset    completed work order ids by completion time
-``{t}:hs.service_area:<id>``                hash    :class:`ServiceAreaMetrics`
+``{t}:hs.service_area:<id>``                hash    :class:`ServiceAreaMetrics` (from the view)
 ``{t}:hs.service_area_geo``                 geo     service area ids at their centres
-``{t}:hs.technician_performance:<tech>``    value   :class:`TechnicianPerformance`
-``{t}:hs.financial_daily:<date>``           value   :class:`FinancialDay`
+``{t}:hs.technician_performance:<tech>``    value   :class:`TechnicianPerformance` (the view)
+``{t}:hs.financial_daily:<date>``           value   :class:`FinancialDay` (from the view)
 ==========================================  ======  ============================================
 
 TTLs follow the seed where it gave one (customers 1 h, work orders 30 min, schedules 2 h,
 time series 24 h, area metrics 30 min); entries that mirror a materialized view live about
-one refresh interval, and are also dropped by the view's refresh tags.
+one refresh interval.
 
-Tags (used by :mod:`thorbis_home_services.rules` and the views' refresh):
+**Two kinds of entries, two kinds of invalidation.** Entries read from the tables are
+dropped by the rules of :mod:`thorbis_home_services.rules` as soon as a change commits.
+Entries read from a materialized view declare it (``mirrors=``) and carry only tags of
+that view's refresh (:mod:`thorbis_home_services.views`): a change of a base table does
+not change the view until it is refreshed, so dropping them at the change would only make
+readers reload the same rows. No rule targets them, by schema or by tag (the contract kit
+checks it); the refresh is their only invalidation.
 
-* ``hs.customers``, ``hs.customer_lists``, ``hs.customer_summaries``, ``hs.work_orders``,
-  ``hs.work_order_lists``, ``hs.schedules``, ``hs.history``, ``hs.area_geo``;
-* ``hs.reports``: every report-like entry (summaries, area metrics, technician
-  performance, financial days), plus the narrower ``hs.area_metrics``,
-  ``hs.tech_metrics`` and ``hs.financial``.
+**Absence.** Entities read by id cache the absence of a missing row for
+:data:`NEGATIVE_TTL` seconds (``negative_ttl``), so reads of ids that do not exist stop
+reaching PostgreSQL. Each such absence is dropped by what makes the row appear: the
+INSERT of a customer or a work order fires its entity rule; a row appears in a view at
+its refresh, which drops the view's tags.
+
+Tags: ``hs.customers``, ``hs.customer_lists``, ``hs.work_orders``, ``hs.work_order_lists``,
+``hs.schedules``, ``hs.history``, ``hs.area_geo`` (entries of the tables); and the views'
+refresh tags ``hs.customer_summaries``, ``hs.tech_metrics``, ``hs.area_metrics``,
+``hs.financial`` (the summary view also drops ``hs.customer_lists``, scored by its
+lifetime values).
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ __all__ = [
     "CUSTOMER_LIST",
     "CUSTOMER_SUMMARY",
     "FINANCIAL_DAILY",
+    "NEGATIVE_TTL",
     "SCHEDULE_GEO",
     "SERVICE_AREA",
     "SERVICE_AREA_GEO",
@@ -69,7 +82,6 @@ __all__ = [
     "TAG_CUSTOMER_SUMMARIES",
     "TAG_FINANCIAL",
     "TAG_HISTORY",
-    "TAG_REPORTS",
     "TAG_SCHEDULES",
     "TAG_TECH_METRICS",
     "TAG_WORK_ORDERS",
@@ -82,6 +94,11 @@ __all__ = [
 
 _HOUR = 3600.0
 
+#: Seconds a read-through caches the absence of an entity read by id (a customer, work
+#: order, view row that does not exist): long enough to absorb a burst of reads of a bad
+#: id, short enough that an absence missed by an invalidation does not linger.
+NEGATIVE_TTL = 60.0
+
 # Tags: one constant each, so rules and views cannot misspell one.
 TAG_CUSTOMERS = "hs.customers"
 TAG_CUSTOMER_LISTS = "hs.customer_lists"
@@ -91,7 +108,6 @@ TAG_WORK_ORDER_LISTS = "hs.work_order_lists"
 TAG_SCHEDULES = "hs.schedules"
 TAG_HISTORY = "hs.history"
 TAG_AREA_GEO = "hs.area_geo"
-TAG_REPORTS = "hs.reports"
 TAG_AREA_METRICS = "hs.area_metrics"
 TAG_TECH_METRICS = "hs.tech_metrics"
 TAG_FINANCIAL = "hs.financial"
@@ -106,6 +122,8 @@ CUSTOMER: KeySchema[Customer] = KeySchema(
     sensitive=True,
     tags=(TAG_CUSTOMERS,),
     kind=SchemaKind.HASH,
+    # Dropped by hs.customer_entity, which fires on INSERT too.
+    negative_ttl=NEGATIVE_TTL,
     description="a customer as a hash with an optimistic version",
 )
 
@@ -124,11 +142,15 @@ CUSTOMER_SUMMARY: KeySchema[CustomerSummary] = KeySchema(
     "hs.customer_summary",
     CustomerSummary,
     params={"customer_id": int},
-    # The view refreshes every 15 minutes and its refresh drops these entries anyway.
+    # The view refreshes every 15 minutes (cron, or earlier on changes) and its refresh
+    # drops these entries: its tag is the only one they carry.
     ttl=0.25 * _HOUR,
     ttl_jitter=0.1,
     sensitive=True,
-    tags=(TAG_REPORTS, TAG_CUSTOMER_SUMMARIES),
+    tags=(TAG_CUSTOMER_SUMMARIES,),
+    mirrors="hs.customer_summary",
+    # A new customer appears in the view at its refresh, which drops the absence too.
+    negative_ttl=NEGATIVE_TTL,
     description="a customer's aggregates from the customer summary view",
 )
 
@@ -141,6 +163,8 @@ WORK_ORDER: KeySchema[WorkOrder] = KeySchema(
     # The job site is a customer's home: location data.
     sensitive=True,
     tags=(TAG_WORK_ORDERS,),
+    # Dropped by hs.work_order_entity, which fires on INSERT too.
+    negative_ttl=NEGATIVE_TTL,
     description="a work order",
 )
 
@@ -192,15 +216,21 @@ SERVICE_AREA: KeySchema[ServiceAreaMetrics] = KeySchema(
     params={"area_id": int},
     ttl=0.5 * _HOUR,
     ttl_jitter=0.1,
-    tags=(TAG_REPORTS, TAG_AREA_METRICS),
+    tags=(TAG_AREA_METRICS,),
     kind=SchemaKind.HASH,
-    description="a service area and its 90-day metrics",
+    mirrors="hs.service_area_metrics",
+    # An area added since the last refresh is not in the view yet; the refresh drops
+    # the absence with the view's tag.
+    negative_ttl=NEGATIVE_TTL,
+    description="a service area and its 90-day metrics from the view",
 )
 
 SERVICE_AREA_GEO: KeySchema[int] = KeySchema(
     "hs.service_area_geo",
     int,
-    # The seed never set a TTL on its area index; areas move rarely, so a day.
+    # The seed never set a TTL on its area index; areas move rarely, so a day. Read from
+    # the table, not the view: hs.service_area_centres drops it when an area is added,
+    # moved or removed.
     ttl=24 * _HOUR,
     tags=(TAG_AREA_GEO,),
     kind=SchemaKind.GEO,
@@ -211,10 +241,12 @@ TECHNICIAN_PERFORMANCE: KeySchema[TechnicianPerformance] = KeySchema(
     "hs.technician_performance",
     TechnicianPerformance,
     params={"technician_id": int},
-    # The view refreshes every 4 hours.
+    # The view refreshes every 4 hours (cron, or earlier on changes).
     ttl=4 * _HOUR,
     ttl_jitter=0.1,
-    tags=(TAG_REPORTS, TAG_TECH_METRICS),
+    tags=(TAG_TECH_METRICS,),
+    mirrors="hs.technician_performance",
+    negative_ttl=NEGATIVE_TTL,
     description="a technician's 90-day performance from the view",
 )
 
@@ -224,7 +256,9 @@ FINANCIAL_DAILY: KeySchema[FinancialDay] = KeySchema(
     params={"report_date": dt.date},
     ttl=_HOUR,
     ttl_jitter=0.1,
-    tags=(TAG_REPORTS, TAG_FINANCIAL),
+    tags=(TAG_FINANCIAL,),
+    # No negative_ttl: a day without invoices is a row of zeros, never a missing row.
+    mirrors="hs.financial_daily",
     description="a tenant's invoice totals of one UTC day from the view",
 )
 

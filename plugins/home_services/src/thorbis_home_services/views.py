@@ -8,6 +8,9 @@ minutes, 100 changes; the core's smart refresh needs both, where the seed's func
 fired on either), and the technician board a smart refresh of our own.
 
 After a refresh, the entries mirroring the view are dropped through the view's tags.
+Those entries (``KeySchema.mirrors``) carry only such tags and no rule targets them, so
+the refresh is their only invalidation: between refreshes they are served from the cache
+whatever changes in the view's sources (the view would answer the same rows anyway).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 from thorbis_cache.declarations import MaterializedView, RefreshPolicy
 
 from thorbis_home_services.schemas import (
-    TAG_AREA_GEO,
     TAG_AREA_METRICS,
     TAG_CUSTOMER_LISTS,
     TAG_CUSTOMER_SUMMARIES,
@@ -44,7 +46,8 @@ CUSTOMER_SUMMARY_VIEW = MaterializedView(
     refresh=RefreshPolicy(
         cron="*/15 * * * *", max_staleness=15 * 60.0, min_changes=100, concurrently=True
     ),
-    # The lists are scored by the view's lifetime value.
+    # The summaries mirror the view; the lists are scored by its lifetime value (their
+    # membership follows hs.customers, through the customer rules).
     tags=(TAG_CUSTOMER_SUMMARIES, TAG_CUSTOMER_LISTS),
 )
 
@@ -86,8 +89,9 @@ SERVICE_AREA_METRICS_VIEW = MaterializedView(
         "hs.quality_control_inspections",
     ),
     refresh=RefreshPolicy(cron="0 2 * * *", concurrently=True),  # seed: daily at 2 AM
-    # The area geo index is built from the view's centres.
-    tags=(TAG_AREA_METRICS, TAG_AREA_GEO),
+    # The area hashes. The geo index of centres is read from hs.service_areas itself and
+    # follows that table's rule, not this refresh.
+    tags=(TAG_AREA_METRICS,),
 )
 
 #: Every view, in creation order.

@@ -4,6 +4,12 @@ Each write goes through the core's typed structures, so every key keeps its tena
 tag, its TTL (refreshed atomically with the write) and, for hashes, its version. A list
 is written with ``replace=True``, which swaps its whole content in one atomic script:
 the seed's ``DEL`` + ``ZADD`` pipeline let readers see an empty list in between.
+
+These are for a writer that holds the truth (it just committed the rows it writes): each
+write also revokes any read-through fill of the same key in flight, so an older load
+cannot overwrite it. A reader that does not hold the truth reads through instead
+(:mod:`thorbis_home_services.loaders`, the patterns' ``fetch=``), and warmers fill under
+leases (:mod:`thorbis_home_services.warmers`).
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from thorbis_cache.cache import Cache
-from thorbis_cache.declarations import write_warmed
 
 from thorbis_home_services.models import (
     Customer,
@@ -43,7 +48,6 @@ __all__ = [
     "store_service_areas",
     "store_service_history",
     "store_work_orders_by_status",
-    "write_pair",
 ]
 
 
@@ -139,6 +143,3 @@ async def store_service_areas(
     await cache.geo(SERVICE_AREA_GEO.key(tenant)).add(centres, replace=True)
     return len(areas)
 
-
-#: Write one warmed ``(key, value)`` by its schema's kind (the core's convention).
-write_pair = write_warmed
