@@ -3,9 +3,12 @@ with another test directory's helpers when the whole repository is collected).""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 from thorbis_cache import SchemaRegistry
+from thorbis_cache.declarations import Fetch
 from thorbis_cache.testing import plugin_db
 from thorbis_cache.testing.plugin_db import create_plugin_schema, schema_registry
 
@@ -35,3 +38,16 @@ async def refresh_views(conn: Any) -> None:
 
 #: A database with the schema, the generated data of two tenants, and views.
 LoadedDb = plugin_db.LoadedDb[datagen.Dataset]
+
+
+@attrs.define
+class CountingFetch:
+    """A :data:`~thorbis_cache.declarations.Fetch` that counts the queries it runs: a
+    read-through that hits runs none, one that loads runs at least one."""
+
+    fetch: Fetch
+    calls: int = 0
+
+    async def __call__(self, sql: str, *args: object) -> Sequence[Mapping[str, Any]]:
+        self.calls += 1
+        return await self.fetch(sql, *args)

@@ -12,6 +12,8 @@ from typing import Any
 from rest_testing import LoadedDb
 from thorbis_cache import Cache
 from thorbis_cache.declarations import WarmContext
+from thorbis_cache.keys import CacheKey
+from thorbis_cache.warming import WarmOutcome, warm
 
 from thorbis_restaurant import availability, loaders, patterns, writers
 from thorbis_restaurant.models import (
@@ -114,23 +116,23 @@ async def test_bookings_keep_the_summary_consistent_under_concurrency(
                                       slot="12:00") is None
 
 
-async def _warm(cache: Cache, db: LoadedDb, tenant: str) -> list[tuple[Any, Any]]:
-    pairs = []
+async def _warm(cache: Cache, db: LoadedDb, tenant: str) -> list[CacheKey[Any]]:
+    keys: list[CacheKey[Any]] = []
     for warmer in default_warmers():
-        async for key, value in warmer.produce(WarmContext(cache, tenant, db.fetch)):
-            assert key.tenant == tenant
-            assert key.schema.namespace == "rest"
-            pairs.append((key, value))
-    for key, value in pairs:
-        await writers.write_pair(cache, key, value)
-    return pairs
+        async for batch in warmer.produce(WarmContext(cache, tenant, db.fetch)):
+            assert all(k.tenant == tenant and k.schema.namespace == "rest" for k in batch.keys)
+            outcome = await warm(cache, batch)
+            # A cold cache and nobody writing: every key is filled from its row.
+            assert outcome == WarmOutcome(filled=len(batch.keys)), batch.description
+            keys += batch.keys
+    return keys
 
 
 async def test_warmers_fill_what_the_patterns_read(rest_standalone_cache: Cache,
                                                    rest_db: LoadedDb) -> None:
     cache = rest_standalone_cache
-    pairs = await _warm(cache, rest_db, "acme")
-    assert {k.schema.name for k, _ in pairs} >= {
+    keys = await _warm(cache, rest_db, "acme")
+    assert {k.schema.name for k in keys} >= {
         "rest.menu", "rest.menu_item", "rest.menu_category", "rest.location_menus",
         "rest.table_availability", "rest.kitchen_order", "rest.kitchen_queue",
         "rest.kitchen_board"}

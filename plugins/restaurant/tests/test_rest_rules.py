@@ -8,10 +8,15 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import random
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import pytest
 from conftest import Live
-from rest_testing import TENANTS
-from thorbis_cache.declarations import Operation
+from rest_testing import TENANTS, CountingFetch
+from thorbis_cache.declarations import Fetch, Operation
+from thorbis_cache.errors import MissingRow
+from thorbis_cache.keys import KeySchema
 
 from thorbis_restaurant import loaders, writers
 from thorbis_restaurant.demo import DEMO
@@ -19,8 +24,10 @@ from thorbis_restaurant.models import Station
 from thorbis_restaurant.rules import ALL_RULES, ITEM_DETAILS, MENU_ON_ENTRY_CHANGE
 from thorbis_restaurant.schemas import (
     ALL_SCHEMAS,
+    KITCHEN_ORDER,
     KITCHEN_QUEUE,
     MENU,
+    MENU_CATEGORY,
     MENU_ITEM,
     TABLE_AVAILABILITY,
     TAGS,
@@ -42,6 +49,26 @@ def test_rules_target_own_schemas_with_exactly_their_parameters() -> None:
             else:
                 schema = SCHEMAS[target.schema or ""]
                 assert set(target.params) == {p.name for p in schema.params}, rule.name
+
+
+def test_every_cached_absence_is_dropped_by_an_insert_rule() -> None:
+    negative = [s for s in ALL_SCHEMAS if s.negative_ttl is not None]
+    assert {s.name for s in negative} == {MENU.name, MENU_ITEM.name, KITCHEN_ORDER.name}
+    for schema in negative:
+        covering = [r.name for r in ALL_RULES if Operation.INSERT in r.operations
+                    for t in r.targets if t.schema == schema.name or t.tag in schema.tags]
+        assert covering, f"{schema.name} caches absence but no rule fires on INSERT"
+
+
+def test_no_rule_targets_a_view_mirror() -> None:
+    mirrors = [s for s in ALL_SCHEMAS if s.mirrors is not None]
+    assert {s.name: s.mirrors for s in mirrors} == {
+        "rest.item_sales": "rest.item_sales_daily", "rest.turnover_day": "rest.table_turnover"}
+    for rule in ALL_RULES:
+        for target in rule.targets:
+            for schema in mirrors:
+                assert target.schema != schema.name, rule.name
+                assert target.tag not in schema.tags, rule.name
 
 
 def test_a_price_change_alone_does_not_drop_every_menu() -> None:
@@ -163,6 +190,25 @@ async def test_demo_change_is_followed_through_the_worker(rest_live: Live) -> No
     assert await change.verify() is None
 
 
+async def test_demo_reads_go_through_the_cache_and_replay_as_hits(rest_live: Live) -> None:
+    live = rest_live
+    names = {s.name for s in ALL_SCHEMAS}
+    counters = [live.app.cache.metrics.for_schema(n) for n in names]
+
+    def lookups() -> tuple[int, int]:
+        return sum(c.hits for c in counters), sum(c.misses for c in counters)
+
+    reads = 60
+    mix = [await DEMO.read(live.app, live.conn, "acme", random.Random(i)) for i in range(reads)]
+    assert set(mix) == {MENU.name, MENU_CATEGORY.name, TABLE_AVAILABILITY.name, "rest.item_sales"}
+    hits, misses = lookups()
+    assert misses > 0
+    # The same reads again: everything they read is cached now (sets and hashes too).
+    assert [await DEMO.read(live.app, live.conn, "acme", random.Random(i))
+            for i in range(reads)] == mix
+    assert lookups() == (hits + reads, misses)
+
+
 async def test_demo_populate_counts_rows(thorbis_pg_dsn: str) -> None:
     import asyncpg
     from rest_testing import create_schema
@@ -183,3 +229,47 @@ async def test_demo_populate_counts_rows(thorbis_pg_dsn: str) -> None:
         assert isinstance(prices[0]["item_price"], decimal.Decimal)
     finally:
         await conn.close()
+
+
+#: A schema caching absence, its loader, and the INSERT of the row its key 900 names.
+ABSENCES: list[tuple[KeySchema[Any], Callable[[Fetch, str, int], Awaitable[Any]], str]] = [
+    (MENU, loaders.menu,
+     "INSERT INTO rest.menus (tenant_id, id, location_id, name) "
+     "VALUES ('acme', 900, 1, 'Brunch')"),
+    (MENU_ITEM, loaders.menu_item,
+     "INSERT INTO rest.menu_items (tenant_id, id, name, category, base_price) "
+     "VALUES ('acme', 900, 'Shakshuka', 'mains', 14.50)"),
+    (KITCHEN_ORDER, loaders.ticket,
+     "INSERT INTO rest.orders (tenant_id, id, location_id, status, placed_at) "
+     "VALUES ('acme', 900, 1, 'open', now())"),
+]
+
+
+@pytest.mark.parametrize(("schema", "loader", "insert"), ABSENCES,
+                         ids=[s.name for s, _, _ in ABSENCES])
+async def test_a_cached_absence_lasts_until_the_insert_rule(
+    rest_live: Live, schema: KeySchema[Any],
+    loader: Callable[[Fetch, str, int], Awaitable[Any]], insert: str,
+) -> None:
+    live, cache = rest_live, rest_live.app.cache
+    key = schema.key("acme", **{schema.params[0].name: 900})
+    fetch = CountingFetch(live.conn.fetch)
+
+    async def read() -> Any:
+        return await cache.get_or_load(key, lambda: loader(fetch, "acme", 900))
+
+    with pytest.raises(MissingRow):
+        await read()
+    asked = fetch.calls
+    assert asked > 0
+    await live.conn.execute(insert)
+    # Cached absence: the row exists now, but until its rule runs the cache says no.
+    with pytest.raises(MissingRow):
+        await read()
+    assert fetch.calls == asked
+    async with live.worker() as worker:
+        dropped = {k for r in await worker.drain() for k in r.keys}
+    assert key.body in dropped
+    found = await read()
+    assert fetch.calls > asked
+    assert found == await loader(live.conn.fetch, "acme", 900)

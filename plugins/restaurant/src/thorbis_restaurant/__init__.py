@@ -10,9 +10,9 @@ Modules, one concept each:
 * :mod:`~thorbis_restaurant.scoring` -- the kitchen queue priority;
 * :mod:`~thorbis_restaurant.predict` -- popularity, demand ratio, dynamic price;
 * :mod:`~thorbis_restaurant.availability` -- table grids and their summary;
-* :mod:`~thorbis_restaurant.patterns` -- named reads;
+* :mod:`~thorbis_restaurant.patterns` -- named reads (cache only, or through with ``fetch``);
 * :mod:`~thorbis_restaurant.writers` -- menus, bookings, the kitchen display;
-* :mod:`~thorbis_restaurant.loaders` -- SQL to records;
+* :mod:`~thorbis_restaurant.loaders` -- one loader per key schema (read-through and warmers);
 * :mod:`~thorbis_restaurant.views`, :mod:`~thorbis_restaurant.rules`,
   :mod:`~thorbis_restaurant.warmers`, :mod:`~thorbis_restaurant.permissions`;
 * :mod:`~thorbis_restaurant.datagen` -- the deterministic data set;

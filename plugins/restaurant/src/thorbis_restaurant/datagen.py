@@ -33,6 +33,7 @@ from thorbis_restaurant.availability import DEFAULT_SLOTS
 
 __all__ = [
     "CATALOGUE_SIZE",
+    "CATEGORIES",
     "COLUMNS",
     "TABLES",
     "TABLE_SET",
@@ -98,6 +99,8 @@ _CATALOGUE = (
     ("drinks", "bar", (4, 15), ("Lemonade", "Espresso", "Negroni", "IPA", "House Red")),
 )
 _CENT = decimal.Decimal("0.01")
+#: The catalogue's categories, in catalogue order (a menu may list none of one).
+CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(category for category, *_ in _CATALOGUE))
 
 
 @attrs.frozen(slots=True)

@@ -2,9 +2,11 @@
 
 * :meth:`RestaurantDemo.populate` loads :mod:`thorbis_restaurant.datagen` (``scale`` is
   locations per tenant);
-* :meth:`RestaurantDemo.read` is one cached read a host makes: a menu (most often), a
-  day's table grid, or an item's sales, through ``get_or_load`` / the hash with the
-  plugin's loaders on a miss;
+* :meth:`RestaurantDemo.read` is one cached read a host makes, always through the cache
+  with the plugin's loaders on a miss: a menu (most often, ``get_or_load``), a menu
+  category's items (a sorted set, through the ``rest.category_items`` pattern given
+  ``fetch``), a day's table grid (a hash, ``get_or_load`` of the hash), or an item's
+  sales (``get_or_load``, from the view);
 * :meth:`RestaurantDemo.change` caches a menu, then commits a price change of one of its
   items -- which the ``rest.menu_on_entry_change`` rule turns into the invalidation of
   exactly the menus listing the item -- and returns a check that re-reads the menu
@@ -24,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.demo.protocol import DemoChange
 
-from thorbis_restaurant import datagen, loaders, writers
+from thorbis_restaurant import datagen, loaders, patterns
 from thorbis_restaurant.models import Menu
-from thorbis_restaurant.schemas import ITEM_SALES, MENU, TABLE_AVAILABILITY
+from thorbis_restaurant.schemas import ITEM_SALES, MENU, MENU_CATEGORY, TABLE_AVAILABILITY
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
@@ -54,18 +56,21 @@ class RestaurantDemo:
         return data.total
 
     async def read(self, app: CacheApp, conn: Any, tenant: str, rng: random.Random) -> str:
-        """One cached read (a menu 70%, a table grid 20%, an item's sales 10%)."""
+        """One read through the cache (a menu 60%, a menu category 10%, a table grid
+        20%, an item's sales 10%)."""
         roll = rng.random()
-        if roll < 0.7:
+        if roll < 0.6:
             await _menu(app, conn, tenant, rng.choice((1, 2)))
             return MENU.name
+        if roll < 0.7:
+            await patterns.category_items(app.cache, tenant, menu_id=rng.choice((1, 2)),
+                                          category=rng.choice(datagen.CATEGORIES),
+                                          fetch=conn.fetch)
+            return MENU_CATEGORY.name
         if roll < 0.9:
             day = loaders.utc_today() + dt.timedelta(days=rng.randint(0, 6))
-            grid = app.cache.hash(TABLE_AVAILABILITY.key(tenant, location_id=1, day=day))
-            if await grid.get() is None:
-                await writers.store_availability(
-                    app.cache, tenant,
-                    await loaders.table_availability(conn.fetch, tenant, 1, day))
+            await app.cache.hash(TABLE_AVAILABILITY.key(tenant, location_id=1, day=day)) \
+                .get_or_load(lambda: loaders.table_availability(conn.fetch, tenant, 1, day))
             return TABLE_AVAILABILITY.name
         item_id = rng.randint(1, datagen.CATALOGUE_SIZE)
         await app.cache.get_or_load(

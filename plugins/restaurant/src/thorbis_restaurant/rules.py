@@ -14,6 +14,15 @@ The kitchen queues follow the same pattern: ``rest.order_items`` carries copies 
 order's location, priority and status, so a change of an order names the station queues
 ``(location, station)`` of its lines.
 
+**Absence.** The schemas that cache a missing row (``negative_ttl``: menus, catalogue
+items, kitchen tickets) each have a rule here that fires on the INSERT of their row
+(:data:`MENU_ENTITY`, :data:`MENU_ITEM_ENTITY`, :data:`KITCHEN_TICKET`): a row created
+after a miss is read at once, not after the absence expires.
+
+**View mirrors are left to their refresh.** No rule targets ``rest.item_sales`` or
+``rest.turnover_day``, by schema or tag: they read only the materialized views, which a
+base-table change does not alter until they refresh, and the refresh drops them.
+
 Engine contract relied upon: for an UPDATE a schema target names the key of the old and
 of the new row (an order moved between stations leaves two queues stale); a NULL
 parameter names no key; ``significant_columns`` narrows UPDATEs only.
@@ -58,7 +67,8 @@ _ALL = (_INSERT, _UPDATE, _DELETE)
 MENU_ITEM_ENTITY = InvalidationRule(
     "rest.menu_item_entity",
     table="rest.menu_items",
-    operations=(_UPDATE, _DELETE),
+    # INSERT too: it drops a cached absence (rest.menu_item has a negative_ttl).
+    operations=_ALL,
     targets=(RuleTarget(schema=MENU_ITEM.name, params={"item_id": "id"}),),
 )
 
@@ -94,6 +104,7 @@ ITEM_DETAILS = InvalidationRule(
 MENU_ENTITY = InvalidationRule(
     "rest.menu_entity",
     table="rest.menus",
+    # INSERT drops a cached absence of the menu (rest.menu has a negative_ttl).
     operations=_ALL,
     significant_columns=("name", "active", "location_id"),
     targets=(
@@ -129,7 +140,8 @@ AVAILABILITY_ON_TABLES = InvalidationRule(
 KITCHEN_TICKET = InvalidationRule(
     "rest.kitchen_ticket",
     table="rest.orders",
-    operations=(_UPDATE, _DELETE),
+    # INSERT too: it drops a cached absence (rest.kitchen_order has a negative_ttl).
+    operations=_ALL,
     targets=(RuleTarget(schema=KITCHEN_ORDER.name, params={"order_id": "id"}),),
 )
 
@@ -153,6 +165,9 @@ KITCHEN_ON_LINE = InvalidationRule(
         RuleTarget(schema=KITCHEN_QUEUE.name,
                    params={"location_id": "location_id", "station": "station"}),
         RuleTarget(schema=KITCHEN_ORDER.name, params={"order_id": "order_id"}),
+        # The board holds the orders with a line still to cook: the last line done
+        # takes the order off it.
+        RuleTarget(schema=KITCHEN_BOARD.name, params={"location_id": "location_id"}),
     ),
 )
 

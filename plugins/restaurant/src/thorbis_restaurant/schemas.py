@@ -17,14 +17,32 @@ key                                            kind   holds
 ``{t}:rest.turnover_day:<loc>:<day>``          value  :class:`TurnoverDay` (from the turnover view)
 =============================================  =====  ============================================
 
+Every schema has a loader in :mod:`thorbis_restaurant.loaders` (the database holds all
+of it, the kitchen display included), so every entry can be read through the cache.
+
 TTLs follow the seed where it gave one (menus and items 30 min, tables 2 h, kitchen
 orders 1 h, station queues 30 min); entries mirroring a view live about one refresh
 interval and are also dropped by the view's refresh tags.
 
+**Absence.** The entities read by id -- menus, catalogue items, kitchen tickets -- cache
+"no such row" for :data:`NEGATIVE_TTL` seconds (``negative_ttl``), so a client asking
+for an id that does not exist reaches the database once a minute, not on every read.
+Each is covered by a rule that fires on the INSERT of its row (``rest.menu_entity``,
+``rest.menu_item_entity``, ``rest.kitchen_ticket`` in :mod:`thorbis_restaurant.rules`),
+which drops the cached absence when the row appears.
+
+**View mirrors.** ``rest.item_sales`` and ``rest.turnover_day`` read nothing but the
+views ``rest.item_sales_daily`` and ``rest.table_turnover`` (``mirrors=``): a change of
+a base table does not change them until the view refreshes, so no rule targets them and
+the view's refresh drops them through the tag they share with it. ``rest.menu`` reads
+the sales view too, for popularity and dynamic prices, but it is no mirror: its lines and
+list prices come from the base tables, and the exact price rule must reach it. It
+carries the sales view's tag, so both a price change and a refresh drop it.
+
 Tags: ``rest.menus`` (menus and location menu lists), ``rest.menu_items``,
 ``rest.menu_categories``, ``rest.availability``, ``rest.kitchen``, ``rest.reports``
-(every view-derived entry), ``rest.item_sales`` (sales rows *and menus*, whose prices and
-popularity derive from the sales view), ``rest.turnover``.
+(every view mirror; no rule targets it), ``rest.item_sales`` (the sales view's refresh
+tag: sales rows *and menus*), ``rest.turnover`` (the turnover view's refresh tag).
 """
 
 from __future__ import annotations
@@ -54,6 +72,7 @@ __all__ = [
     "MENU",
     "MENU_CATEGORY",
     "MENU_ITEM",
+    "NEGATIVE_TTL",
     "TABLE_AVAILABILITY",
     "TAGS",
     "TAG_AVAILABILITY",
@@ -69,6 +88,9 @@ __all__ = [
 
 _MINUTE = 60.0
 _HOUR = 3600.0
+
+#: Seconds an entity read by id stays cached as absent (its INSERT rule drops it sooner).
+NEGATIVE_TTL = _MINUTE
 
 TAG_MENUS = "rest.menus"
 TAG_MENU_ITEMS = "rest.menu_items"
@@ -87,6 +109,7 @@ MENU: KeySchema[Menu] = KeySchema(
     ttl_jitter=0.1,
     # Prices and popularity come from the sales view: its refresh drops menus too.
     tags=(TAG_MENUS, TAG_ITEM_SALES),
+    negative_ttl=NEGATIVE_TTL,  # rule rest.menu_entity fires on INSERT of rest.menus
     description="a menu with its lines, dynamic prices and popularity",
 )
 
@@ -97,6 +120,7 @@ MENU_ITEM: KeySchema[MenuItem] = KeySchema(
     ttl=30 * _MINUTE,
     ttl_jitter=0.1,
     tags=(TAG_MENU_ITEMS,),
+    negative_ttl=NEGATIVE_TTL,  # rule rest.menu_item_entity fires on INSERT of rest.menu_items
     description="a catalogue item",
 )
 
@@ -138,6 +162,7 @@ KITCHEN_ORDER: KeySchema[KitchenTicket] = KeySchema(
     params={"order_id": int},
     ttl=_HOUR,  # seed: setex 3600
     tags=(TAG_KITCHEN,),
+    negative_ttl=NEGATIVE_TTL,  # rule rest.kitchen_ticket fires on INSERT of rest.orders
     description="a kitchen ticket: the lines each station cooks",
 )
 
@@ -169,6 +194,7 @@ ITEM_SALES: KeySchema[ItemSales] = KeySchema(
     ttl=30 * _MINUTE,  # the view refreshes every 30 minutes
     ttl_jitter=0.1,
     tags=(TAG_REPORTS, TAG_ITEM_SALES),
+    mirrors="rest.item_sales_daily",
     description="an item's recent sales at a location, popularity and demand ratio",
 )
 
@@ -179,6 +205,7 @@ TURNOVER_DAY: KeySchema[TurnoverDay] = KeySchema(
     ttl=_HOUR,  # the view refreshes hourly
     ttl_jitter=0.1,
     tags=(TAG_REPORTS, TAG_TURNOVER),
+    mirrors="rest.table_turnover",
     description="a location's table turnover of one day, from the view",
 )
 

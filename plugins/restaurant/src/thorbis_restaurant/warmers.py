@@ -1,20 +1,29 @@
 """The vertical's warmers: fill a tenant's cache from PostgreSQL ahead of demand.
 
-A warmer yields ``(key, value)`` pairs of this plugin's schemas only; values follow the
-kind of the key's schema (see :func:`thorbis_restaurant.writers.write_pair`): the record
-for a value or hash, a mapping member -> score for a sorted set (the whole set). Entities
-come before the sets that point at them. Every query is tenant-scoped and bounded.
+Each warmer yields :class:`~thorbis_cache.warming.WarmBatch` es, which the core runs with
+:func:`~thorbis_cache.warming.warm`. A warmer first reads only the ids of what it means
+to warm (a cheap query); each batch's ``load`` then reads the entries of the keys it is
+handed -- those whose fill lease was taken -- through the batched loaders of
+:mod:`thorbis_restaurant.loaders`, *after* the leases. A change committed between the
+lease and the write revokes the lease, so a warmer never caches a row older than a
+concurrent change. Entries take their key's shape: the record for a value or a hash,
+the whole set member -> score for a sorted set; a key whose row has gone is left out of
+the mapping (an absent row).
+
+Entity batches come before the sets that point at them. Each warmer costs a fixed
+number of queries per tenant, whatever its size, and every query is tenant-scoped and
+bounded.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from thorbis_cache.declarations import WarmContext, Warmer
+from thorbis_cache.declarations import Fetch, WarmContext, Warmer
 from thorbis_cache.keys import CacheKey
+from thorbis_cache.warming import WarmBatch
 
 from thorbis_restaurant import loaders
 from thorbis_restaurant.models import Station
@@ -28,50 +37,167 @@ from thorbis_restaurant.schemas import (
     MENU_ITEM,
     TABLE_AVAILABILITY,
 )
-from thorbis_restaurant.scoring import ticket_score
-from thorbis_restaurant.writers import category_sets
 
 __all__ = [
     "MAX_LOCATIONS",
     "MAX_MENUS",
     "MAX_OPEN_ORDERS",
+    "availability_batch",
     "availability_warmer",
+    "category_batch",
     "default_warmers",
+    "item_batch",
+    "kitchen_batch",
     "kitchen_warmer",
+    "location_menus_batch",
+    "menu_batch",
     "menus_warmer",
+    "ticket_batch",
 ]
 
-Pairs = AsyncIterator[tuple[CacheKey[Any], Any]]
+Batches = AsyncIterator[WarmBatch]
+Entries = Mapping[CacheKey[Any], Any]
 
 MAX_MENUS = 200
 MAX_LOCATIONS = 200
 MAX_OPEN_ORDERS = 2000
 
 
-def menus_warmer(limit: int = MAX_MENUS) -> Warmer:
-    """Up to ``limit`` active menus with their catalogue items and category sets, and
-    each location's menu list. One menu query costs three round trips."""
+# --------------------------------------------------------------------------- batches
 
-    async def produce(ctx: WarmContext) -> Pairs:
+
+def item_batch(fetch: Fetch, tenant: str, item_ids: Iterable[int]) -> WarmBatch:
+    """Catalogue items (``rest.menu_item``) by id."""
+    keys = {MENU_ITEM.key(tenant, item_id=i): i for i in sorted(set(item_ids))}
+
+    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
+        found = await loaders.menu_items(fetch, tenant, [keys[k] for k in leased])
+        return {MENU_ITEM.key(tenant, item_id=item.id): item for item in found}
+
+    return WarmBatch(tuple(keys), load, description=f"{len(keys)} catalogue items")
+
+
+def menu_batch(fetch: Fetch, tenant: str, menu_ids: Iterable[int]) -> WarmBatch:
+    """Menus (``rest.menu``) by id, priced for today: three queries for the batch."""
+    keys = {MENU.key(tenant, menu_id=m): m for m in sorted(set(menu_ids))}
+
+    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
+        found = await loaders.menus(fetch, tenant, [keys[k] for k in leased])
+        return {MENU.key(tenant, menu_id=m): menu for m, menu in found.items()}
+
+    return WarmBatch(tuple(keys), load, description=f"{len(keys)} menus")
+
+
+def category_batch(fetch: Fetch, tenant: str,
+                   pairs: Iterable[tuple[int, str]]) -> WarmBatch:
+    """Category sets (``rest.menu_category``) of ``(menu id, category)`` pairs."""
+    keys = {MENU_CATEGORY.key(tenant, menu_id=m, category=c): (m, c)
+            for m, c in sorted(set(pairs))}
+
+    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
+        wanted = [keys[k] for k in leased]
+        sets = await loaders.menu_category_sets(
+            fetch, tenant, {m for m, _ in wanted}, {c for _, c in wanted})
+        # A category emptied meanwhile is an empty set, as its read-through caches it;
+        # a menu gone meanwhile has no entry (absent).
+        return {k: sets[keys[k]] for k in leased if keys[k] in sets}
+
+    return WarmBatch(tuple(keys), load, description=f"{len(keys)} menu category sets")
+
+
+def location_menus_batch(fetch: Fetch, tenant: str, location_ids: Iterable[int]) -> WarmBatch:
+    """Locations' lists of active menus (``rest.location_menus``)."""
+    keys = {LOCATION_MENUS.key(tenant, location_id=loc): loc for loc in sorted(set(location_ids))}
+
+    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
+        sets = await loaders.location_menu_sets(fetch, tenant, [keys[k] for k in leased])
+        return {k: sets[keys[k]] for k in leased if keys[k] in sets}
+
+    return WarmBatch(tuple(keys), load, description=f"menu lists of {len(keys)} locations")
+
+
+def availability_batch(fetch: Fetch, tenant: str, location_ids: Iterable[int],
+                       day: dt.date) -> WarmBatch:
+    """Table grids (``rest.table_availability``) of locations on one day: two queries."""
+    keys = {TABLE_AVAILABILITY.key(tenant, location_id=loc, day=day): (loc, day)
+            for loc in sorted(set(location_ids))}
+
+    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
+        grids = await loaders.table_availabilities(fetch, tenant, [keys[k] for k in leased])
+        return {k: grids[keys[k]] for k in leased if keys[k] in grids}
+
+    return WarmBatch(tuple(keys), load, description=f"{len(keys)} table grids of {day}")
+
+
+def ticket_batch(fetch: Fetch, tenant: str, order_ids: Iterable[int]) -> WarmBatch:
+    """Kitchen tickets (``rest.kitchen_order``) of orders."""
+    keys = {KITCHEN_ORDER.key(tenant, order_id=o): o for o in sorted(set(order_ids))}
+
+    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
+        found = await loaders.tickets(fetch, tenant, [keys[k] for k in leased])
+        return {KITCHEN_ORDER.key(tenant, order_id=t.order_id): t for t in found}
+
+    return WarmBatch(tuple(keys), load, description=f"{len(keys)} kitchen tickets")
+
+
+def kitchen_batch(fetch: Fetch, tenant: str, location_ids: Iterable[int]) -> WarmBatch:
+    """The kitchen display of locations: each location's board (``rest.kitchen_board``)
+    and the queue of every station (``rest.kitchen_queue``, empty ones too: a cook's
+    read of an idle station then needs no query). One query for the batch."""
+    locations = sorted(set(location_ids))
+    keys: dict[CacheKey[Any], tuple[int, Station | None]] = {}
+    for loc in locations:
+        keys[KITCHEN_BOARD.key(tenant, location_id=loc)] = (loc, None)
+        for station in Station:
+            keys[KITCHEN_QUEUE.key(tenant, location_id=loc, station=station)] = (loc, station)
+
+    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
+        wanted = [keys[k] for k in leased]
+        # A board is the union of its location's queues: every station is read for it.
+        stations = set(Station) if any(s is None for _, s in wanted) else {
+            s for _, s in wanted if s is not None}
+        queues = await loaders.kitchen_queues(fetch, tenant, {loc for loc, _ in wanted},
+                                              stations)
+        boards = loaders.boards_of(queues)
+        out: dict[CacheKey[Any], Any] = {}
+        for key in leased:
+            loc, station = keys[key]
+            if station is None:
+                if loc in boards:
+                    out[key] = boards[loc]
+            elif (loc, station) in queues:
+                out[key] = queues[(loc, station)]
+        return out
+
+    return WarmBatch(tuple(keys), load,
+                     description=f"kitchen boards and station queues of {len(locations)} "
+                     "locations")
+
+
+# --------------------------------------------------------------------------- warmers
+
+
+def menus_warmer(limit: int = MAX_MENUS) -> Warmer:
+    """Up to ``limit`` active menus: their catalogue items, the menus, their category
+    sets, and each location's menu list. Two id queries, then one batch per schema."""
+
+    async def produce(ctx: WarmContext) -> Batches:
         tenant = ctx.tenant
         found = await loaders.active_menus(ctx.fetch, tenant, limit)
-        by_location: dict[int, list[int]] = defaultdict(list)
-        item_ids: set[int] = set()
-        for menu_id, location_id in found:
-            menu = await loaders.menu(ctx.fetch, tenant, menu_id)
-            by_location[location_id].append(menu_id)
-            item_ids.update(line.item_id for line in menu.lines)
-            yield MENU.key(tenant, menu_id=menu_id), menu
-            for category, members in category_sets(menu).items():
-                yield MENU_CATEGORY.key(tenant, menu_id=menu_id, category=category), members
-        for item in await loaders.menu_items(ctx.fetch, tenant, sorted(item_ids)):
-            yield MENU_ITEM.key(tenant, item_id=item.id), item
-        for location_id, menus in by_location.items():
-            yield LOCATION_MENUS.key(tenant, location_id=location_id), {m: float(m) for m in menus}
+        if not found:
+            return
+        menu_ids = [m for m, _ in found]
+        entries = await loaders.menu_entry_keys(ctx.fetch, tenant, menu_ids)
+        if entries:
+            yield item_batch(ctx.fetch, tenant, {item for _, item, _ in entries})
+        yield menu_batch(ctx.fetch, tenant, menu_ids)
+        if entries:
+            yield category_batch(ctx.fetch, tenant, {(m, c) for m, _, c in entries})
+        yield location_menus_batch(ctx.fetch, tenant, {loc for _, loc in found})
 
     return Warmer(
         "rest.menus", produce,
-        schemas=(MENU.name, MENU_CATEGORY.name, MENU_ITEM.name, LOCATION_MENUS.name),
+        schemas=(MENU_ITEM.name, MENU.name, MENU_CATEGORY.name, LOCATION_MENUS.name),
         description=f"up to {limit} active menus, their items and category sets",
     )
 
@@ -81,42 +207,34 @@ def _utc_today() -> dt.date:
 
 
 def availability_warmer(day: Callable[[], dt.date] = _utc_today) -> Warmer:
-    """Every location's table grid of one day (default: today, UTC).
+    """Every location's table grid of one day (default: today, UTC), at most
+    :data:`MAX_LOCATIONS` locations. One id query, then two for the batch.
 
     :param day: which day to warm, asked at each run.
     """
 
-    async def produce(ctx: WarmContext) -> Pairs:
-        when = day()
-        for location_id in await loaders.locations(ctx.fetch, ctx.tenant, MAX_LOCATIONS):
-            grid = await loaders.table_availability(ctx.fetch, ctx.tenant, location_id, when)
-            yield TABLE_AVAILABILITY.key(ctx.tenant, location_id=location_id, day=when), grid
+    async def produce(ctx: WarmContext) -> Batches:
+        ids = await loaders.locations(ctx.fetch, ctx.tenant, MAX_LOCATIONS)
+        if ids:
+            yield availability_batch(ctx.fetch, ctx.tenant, ids, day())
 
     return Warmer("rest.availability", produce, schemas=(TABLE_AVAILABILITY.name,),
                   description="today's table grid of every location")
 
 
 def kitchen_warmer(limit: int = MAX_OPEN_ORDERS) -> Warmer:
-    """The open orders' tickets, every station queue and board that holds one."""
+    """The tickets of at most ``limit`` open orders (oldest first), then the board and
+    every station queue of each location with an open order (whole sets). Two id
+    queries, then one query per batch."""
 
-    async def produce(ctx: WarmContext) -> Pairs:
+    async def produce(ctx: WarmContext) -> Batches:
         tenant = ctx.tenant
         ids = await loaders.open_order_ids(ctx.fetch, tenant, limit)
-        queues: dict[tuple[int, Station], dict[int, float]] = defaultdict(dict)
-        boards: dict[int, dict[int, float]] = defaultdict(dict)
-        for ticket in await loaders.tickets(ctx.fetch, tenant, ids):
-            yield KITCHEN_ORDER.key(tenant, order_id=ticket.order_id), ticket
-            stations = ticket.stations()
-            if not stations:
-                continue
-            score = ticket_score(ticket)
-            boards[ticket.location_id][ticket.order_id] = score
-            for station in stations:
-                queues[(ticket.location_id, station)][ticket.order_id] = score
-        for location_id, members in boards.items():
-            yield KITCHEN_BOARD.key(tenant, location_id=location_id), members
-        for (location_id, station), members in queues.items():
-            yield KITCHEN_QUEUE.key(tenant, location_id=location_id, station=station), members
+        if ids:
+            yield ticket_batch(ctx.fetch, tenant, ids)
+        where = await loaders.open_order_locations(ctx.fetch, tenant, MAX_LOCATIONS)
+        if where:
+            yield kitchen_batch(ctx.fetch, tenant, where)
 
     return Warmer("rest.kitchen", produce,
                   schemas=(KITCHEN_ORDER.name, KITCHEN_BOARD.name, KITCHEN_QUEUE.name),

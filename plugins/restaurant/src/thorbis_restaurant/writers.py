@@ -10,6 +10,16 @@
   ``KEYS t:..:kitchen:<loc>:order:*`` (O(all keys of the server), blocking Redis); here
   the location's board (``rest.kitchen_board``) indexes its queued orders and the
   stations are a closed enum, so clearing touches only the location's own keys.
+
+Every structure written here also has a loader (:mod:`thorbis_restaurant.loaders`) and
+is read through the cache by the patterns given ``fetch``; the writers are for a host
+that holds the truth at the moment it writes (the KDS that just bumped a station, the
+booking it just committed). Each write revokes a read-through fill in flight, so a fill
+that loaded older rows is refused. A writer that *adds* to a set the cache does not
+hold creates the set with only what it adds, and a read-through takes a cached set as
+the whole: a host that also reads queues through the database should let the rules
+drop them (they fire on every order and line change) rather than enqueue into a queue
+it has not read.
 """
 
 from __future__ import annotations
@@ -22,7 +32,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from thorbis_cache.cache import Cache
-from thorbis_cache.declarations import write_warmed
 from thorbis_cache.errors import VersionConflictError
 from thorbis_cache.keys import CacheKey
 
@@ -52,7 +61,6 @@ __all__ = [
     "store_availability",
     "store_location_menus",
     "store_menu",
-    "write_pair",
 ]
 
 #: Attempts of a booking against concurrent writers of the same hash; between attempts a
@@ -211,7 +219,3 @@ async def clear_location(cache: Cache, tenant: str, location_id: int) -> int:
     # The board last: until here a concurrent clear still finds the tickets.
     deleted += await cache.delete(KITCHEN_BOARD.key(tenant, location_id=location_id))
     return deleted
-
-
-#: Write one warmed ``(key, value)`` by its schema's kind (the core's convention).
-write_pair = write_warmed
