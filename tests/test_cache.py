@@ -434,7 +434,11 @@ async def test_sorted_set_and_geo_helpers(cache: Cache) -> None:
     cache.registry.register(by_priority)
     cache.registry.register(appointments)
     z = cache.zset(by_priority.key("acme", status="open"))
-    assert await z.add({101: 3.0, 102: 9.5, 103: 1.0}) == 3
+    assert await z.add({101: 1.0}) == 0  # not cached: a partial set would read as whole
+    assert await z.card() == 0
+    assert await z.add({101: 3.0, 102: 9.5, 103: 1.0}, replace=True) == 3
+    assert await z.add({104: 4.0, 101: 3.0}) == 1  # merged into the cached set
+    assert await z.remove(104) == 1
     assert await z.top(2) == [(102, 9.5), (101, 3.0)]
     assert await z.range_by_score(2, 10) == [(101, 3.0), (102, 9.5)]
     assert await z.score(103) == 1.0
@@ -446,7 +450,7 @@ async def test_sorted_set_and_geo_helpers(cache: Cache) -> None:
 
     g = cache.geo(appointments.key("acme", day=dt.date(2024, 5, 1)))
     await g.add({"appt:1": (-97.7431, 30.2672), "appt 2": (-97.7000, 30.3000),
-                 "far": (-96.80, 32.78)})
+                 "far": (-96.80, 32.78)}, replace=True)
     near = await g.within(-97.7431, 30.2672, 10_000)
     assert [m for m, _ in near] == ["appt:1", "appt 2"]
     assert near[0][1] < 1

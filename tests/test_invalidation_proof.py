@@ -157,7 +157,7 @@ async def test_update_drops_customer_and_lists_on_significant_change_summary_on_
         await cache.get_or_load(
             summary_key, lambda: loaders.customer_summary(hs.conn.fetch, "acme", 1))
         for zset in lists:
-            await zset.add({1: 10.0, 2: 5.0})
+            await zset.add({1: 10.0, 2: 5.0}, replace=True)
 
     async def present() -> dict[str, bool]:
         return {

@@ -112,7 +112,7 @@ async def test_every_write_records_its_tags_and_tag_sets_outlive_their_members(
     assert await cache.get_or_load(filled, load) == "filled"
     await cache.set(longer, "long")
     await cache.hash(row).replace(Row(1, "Ada"))
-    await cache.zset(board).add({7: 1.0})
+    await cache.zset(board).add({7: 1.0}, replace=True)
 
     lists = {cache.redis_key(k) for k in (listed, filled, longer, board)}
     assert await members(cache, "acme", "t.lists") == lists

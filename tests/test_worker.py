@@ -131,7 +131,7 @@ async def test_reassigned_work_order_drops_old_and_new_schedules(hs: Hs) -> None
         old = TECHNICIAN_SCHEDULE.key("acme", technician_id=10, day=day)
         new = TECHNICIAN_SCHEDULE.key("acme", technician_id=11, day=day + dt.timedelta(days=1))
         for key in (old, new):
-            await hs.app.cache.zset(key).add({100: 1.0})
+            await hs.app.cache.zset(key).add({100: 1.0}, replace=True)
         await hs.conn.execute("UPDATE hs.work_orders SET assigned_technician_id = 11, "
                               "scheduled_at = scheduled_at + interval '1 day'")
         moved = await worker.run_once()

@@ -30,7 +30,7 @@ from thorbis_cache.errors import (
 )
 from thorbis_cache.geo import GEO_LAT_LIMIT, geo_distance, geohash_position
 from thorbis_cache.keys import CacheKey, Param
-from thorbis_cache.read_through import StructureRead, StructureWrite
+from thorbis_cache.read_through import EMPTY, StructureRead, StructureWrite
 from thorbis_cache.redis_store import Script
 
 if TYPE_CHECKING:
@@ -336,16 +336,25 @@ class SortedSet(_MemberStructure[T]):
 
     async def add(self, scores: Mapping[T, float], *, replace: bool = False,
                   ttl: float | None = None) -> int:
-        """Add or re-score members (``replace`` drops the others first, atomically);
-        returns how many were new. A read-through fill in flight is refused afterwards."""
+        """Add or re-score members of a cached set, or, with ``replace``, write the whole
+        set (the others dropped, atomically). A read-through fill in flight is refused
+        afterwards.
+
+        Without ``replace``, nothing is written when the set is not cached: a set
+        holding only these members would read as the whole set; the next read-through
+        loads it whole, these members included. ``replace`` with no member caches the
+        set as empty.
+
+        :returns: how many members were new (0 when the set is not cached).
+        """
         if not scores:
-            if replace:
-                await self._cache.delete(self._key)
+            if replace:  # the whole set is empty: say so, as a read-through would
+                await self._write_expire("MARKER", [EMPTY], True, ttl)
             return 0
         args: list[Any] = []
         for member, score in scores.items():
             args += [float(score), self._enc(member)]
-        return int(await self._write_expire("ZADD", args, replace, ttl))
+        return max(0, int(await self._write_expire("ZADD", args, replace, ttl)))
 
     async def score(self, member: T) -> float | None:
         """The score of ``member``, or None."""
@@ -428,8 +437,9 @@ class GeoIndex(_MemberStructure[T]):
 
     async def add(self, points: Mapping[T, tuple[float, float]], *, replace: bool = False,
                   ttl: float | None = None) -> int:
-        """Place members at ``(longitude, latitude)``; returns how many were new. A
-        read-through fill in flight is refused afterwards.
+        """Place members of a cached index at ``(longitude, latitude)``, or, with
+        ``replace``, write the whole index; as :meth:`SortedSet.add`, nothing is written
+        without ``replace`` when the index is not cached. Returns how many were new.
 
         :raises InvalidParameterError: a coordinate outside what Redis can index.
         """
@@ -437,10 +447,10 @@ class GeoIndex(_MemberStructure[T]):
         for member, point in points.items():
             args += self._member_args(member, point)
         if not args:
-            if replace:
-                await self._cache.delete(self._key)
+            if replace:  # the whole index is empty: say so, as a read-through would
+                await self._write_expire("MARKER", [EMPTY], True, ttl)
             return 0
-        return int(await self._write_expire("GEOADD", args, replace, ttl))
+        return max(0, int(await self._write_expire("GEOADD", args, replace, ttl)))
 
     async def position(self, member: T) -> tuple[float, float] | None:
         """``(longitude, latitude)`` of ``member`` (geohash precision), or None."""

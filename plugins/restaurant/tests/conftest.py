@@ -10,9 +10,8 @@ import datetime as dt
 from collections.abc import AsyncIterator
 
 import asyncpg
-import attrs
 import pytest
-from rest_testing import LOCATIONS, TENANTS, LoadedDb, create_schema, refresh_views, registry
+from rest_testing import LOCATIONS, TENANTS, Live, LoadedDb, create_schema, refresh_views, registry
 from thorbis_cache import Cache, CacheApp, KeyRing
 from thorbis_cache.plugins import PluginManager
 from thorbis_cache.postgres import apply_and_check
@@ -52,21 +51,6 @@ async def rest_db(thorbis_pg_dsn: str) -> AsyncIterator[LoadedDb]:
         yield LoadedDb(conn, data)
     finally:
         await conn.close()
-
-
-@attrs.frozen
-class Live:
-    """A database as ``thorbis-cache db init --plugin restaurant`` leaves it (core schema,
-    plugin SQL and views, capture triggers), loaded with data, and an app on Redis that
-    loaded the restaurant plugin only."""
-
-    dsn: str
-    conn: asyncpg.Connection
-    app: CacheApp
-    data: datagen.Dataset
-
-    def worker(self) -> OutboxWorker:
-        return OutboxWorker.from_app(self.app, self.dsn)
 
 
 @pytest.fixture

@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import asyncpg
 import attrs
-from thorbis_cache import SchemaRegistry
+from thorbis_cache import CacheApp, SchemaRegistry
 from thorbis_cache.declarations import Fetch
 from thorbis_cache.testing import plugin_db
 from thorbis_cache.testing.plugin_db import create_plugin_schema, schema_registry
+from thorbis_cache.worker import OutboxWorker
 
 from thorbis_restaurant import datagen
 from thorbis_restaurant.schemas import ALL_SCHEMAS
@@ -51,3 +53,18 @@ class CountingFetch:
     async def __call__(self, sql: str, *args: object) -> Sequence[Mapping[str, Any]]:
         self.calls += 1
         return await self.fetch(sql, *args)
+
+
+@attrs.frozen
+class Live:
+    """A database as ``thorbis-cache db init --plugin restaurant`` leaves it (core schema,
+    plugin SQL and views, capture triggers), loaded with data, and an app on Redis that
+    loaded the restaurant plugin only."""
+
+    dsn: str
+    conn: asyncpg.Connection
+    app: CacheApp
+    data: datagen.Dataset
+
+    def worker(self) -> OutboxWorker:
+        return OutboxWorker.from_app(self.app, self.dsn)

@@ -59,6 +59,15 @@ async def test_kitchen_queue_priority_bump_complete_and_clear(rest_cache: Cache)
         ticket(4, 1, OrderPriority.VIP, 12, F),
         ticket(5, 2, OrderPriority.NORMAL, 30, G),     # another location
     ]
+    # The kitchen opens with nothing queued: the board and every queue are cached as
+    # empty (as a read-through of a location without open orders leaves them), so the
+    # writer's adds merge into them; a queue that is not cached is left to its loader.
+    for location in (1, 2):
+        await rest_cache.zset(KITCHEN_BOARD.key("acme", location_id=location)).add(
+            {}, replace=True)
+        for station in Station:
+            await rest_cache.zset(KITCHEN_QUEUE.key(
+                "acme", location_id=location, station=station)).add({}, replace=True)
     for t in orders:
         assert await writers.enqueue_order(rest_cache, "acme", t) == t.stations()
     # Rush (score now-17min) before the 20-min-old normal; VIP 12 min (-17) ties broken by id.

@@ -12,8 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import Live
-from rest_testing import TENANTS, CountingFetch
+from rest_testing import TENANTS, CountingFetch, Live
 from thorbis_cache.declarations import Fetch, Operation
 from thorbis_cache.errors import MissingRow
 from thorbis_cache.keys import KeySchema
@@ -162,7 +161,8 @@ async def test_order_priority_change_drops_the_queues_of_its_lines(rest_live: Li
     [order_id] = await loaders.open_order_ids(live.conn.fetch, "acme", 1)
     [ticket] = await loaders.tickets(live.conn.fetch, "acme", [order_id])
     for station in Station:
-        await cache.zset(KITCHEN_QUEUE.key("acme", location_id=1, station=station)).add({0: 0.0})
+        await cache.zset(KITCHEN_QUEUE.key("acme", location_id=1, station=station)).add(
+            {0: 0.0}, replace=True)
     new = "rush" if ticket.priority.value != "rush" else "vip"
     await live.conn.execute("UPDATE rest.orders SET priority = $2 "
                             "WHERE tenant_id = 'acme' AND id = $1", order_id, new)

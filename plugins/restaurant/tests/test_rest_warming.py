@@ -9,8 +9,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from conftest import Live
-from rest_testing import LoadedDb
+from rest_testing import Live, LoadedDb
 from thorbis_cache import Cache
 from thorbis_cache.declarations import Fetch, WarmContext, Warmer
 from thorbis_cache.keys import CacheKey, SchemaKind
