@@ -234,7 +234,7 @@ def _percent(ratio: float | None) -> str:
 def verticals_panel(v: VerticalsResult, options: DemoOptions) -> Panel:
     """The closing summary: one line per vertical, then the scene's checks."""
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
-    for name in ("vertical", "hit %", "p50", "p99", "seen", "inval.", "views/others hit %",
+    for name in ("vertical", "hit %", "p50", "p99", "seen", "inval.", "view/other",
                  "refreshes"):
         table.add_column(name, justify="left" if name in ("vertical", "refreshes") else "right",
                          no_wrap=True)
@@ -259,7 +259,7 @@ def verticals_panel(v: VerticalsResult, options: DemoOptions) -> Panel:
         "seen: changes committed in PostgreSQL, applied by the outbox worker, then read "
         "back through the cache",
         "inval.: keys/tags the worker invalidated for them",
-        "views/others hit %: reads while changes commit and the worker runs, on entries "
+        "view/other: hit % of reads while changes commit and the worker runs, on entries "
         "that mirror a materialized view (dropped by its refresh only) and on the others",
         "refreshes: ok view refreshes by trigger (smart: the scheduler's tick; manual: "
         "views it left stale after the bulk load)",

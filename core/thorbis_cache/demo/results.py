@@ -209,7 +209,8 @@ class OutboxResult:
 
     :ivar tables: the tables the capture triggers were installed on.
     :ivar redis_key: the customer hash.
-    :ivar summary_key: the customer's summary entry (dropped through its tag).
+    :ivar summary_key: the customer's summary entry (kept by the UPDATE, dropped by the
+        view's refresh).
     :ivar old_status: / :ivar new_status: the account status before and after.
     :ivar gone_ms: from the UPDATE's commit to the hash seen gone; None if it never went.
     :ivar reloaded_status: the account status the next read loaded.

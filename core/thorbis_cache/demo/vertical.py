@@ -1,30 +1,28 @@
 """The demo's plugin scene: what ``CacheApp`` loaded, and two of its patterns at work.
 
 For one tenant it runs the plugin's ``hs.work_orders`` warmer (open work orders and the
-status lists), reads the ``hs.high_priority_work_orders`` board, writes one customer's
-service history from PostgreSQL and asks ``hs.predicted_next_service``. The patterns
+status lists, each batch filled under leases taken before its query), reads the
+``hs.high_priority_work_orders`` board, and asks ``hs.predicted_next_service``, which
+reads the customer's service history through the cache. The patterns
 are called the way a host calls them, ``app.pattern(name)(tenant, ...)``; the checks
 compare their answers with what PostgreSQL holds.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from thorbis_home_services import NextService, RankedWorkOrder, loaders, writers
+from thorbis_home_services import NextService, RankedWorkOrder, loaders
 from thorbis_home_services.patterns import ACTIONABLE_STATUSES
 from thorbis_home_services.predict import predict_next_service
 from thorbis_home_services.scoring import score_of
 
 from thorbis_cache.app import CacheApp
-from thorbis_cache.cache import Cache
 from thorbis_cache.declarations import WarmContext
 from thorbis_cache.demo.database import Database
 from thorbis_cache.demo.results import Check, DemoFailure, PluginResult
-from thorbis_cache.keys import CacheKey, SchemaKind
+from thorbis_cache.warming import WarmOutcome, warm
 
 __all__ = ["BOARD", "PLUGIN", "PREDICT", "WARMER", "plugin_scene"]
 
@@ -38,43 +36,27 @@ _BOARD_LIMIT = 5
 # Customers whose histories are read to pick one with a history worth predicting from.
 _CANDIDATES = 50
 _WANTED_SERVICES = 3
-# Concurrent writes of the warmed entries: well under the cache's connection pool (it
-# refuses a connection past its size rather than queueing for one).
-_WRITERS = 32
-
-
-async def _write_all(cache: Cache, pairs: Sequence[tuple[CacheKey[Any], Any]]) -> None:
-    """Write warmed pairs, at most :data:`_WRITERS` at a time."""
-    gate = asyncio.Semaphore(_WRITERS)
-
-    async def write(key: CacheKey[Any], value: Any) -> None:
-        async with gate:
-            await writers.write_pair(cache, key, value)
-
-    await asyncio.gather(*(write(k, v) for k, v in pairs))
 
 
 async def _warm(app: CacheApp, db: Database, tenant: str) -> tuple[int, list[int]]:
-    """Run the plugin's work-order warmer for ``tenant`` and write what it yields.
+    """Run the plugin's work-order warmer for ``tenant``: each batch it yields is filled
+    by :func:`~thorbis_cache.warming.warm` (leases first, then the batch's query).
 
-    :returns: entries written, and the ids of the top open orders by the seed's score
-        (computed here from the rows the warmer read, for the board's check).
+    :returns: entries written, and the ids of the top open orders by the seed's score,
+        computed from PostgreSQL, for the board's check.
     """
     loaded = app.plugins.plugins[PLUGIN]
     warmer = next((w for w in loaded.warmers if w.name == WARMER), None)
     if warmer is None:
         raise DemoFailure(f"plugin {PLUGIN} declares no warmer {WARMER!r}")
     context = WarmContext(cache=app.cache, tenant=tenant, fetch=db.fetch)
-    pairs = [pair async for pair in warmer.produce(context)]
-    # The warmer yields entities before the lists that point at them; keep that order
-    # between the two groups, and write each group concurrently.
-    entities = [(k, v) for k, v in pairs if k.schema.kind in (SchemaKind.VALUE, SchemaKind.HASH)]
-    lists = [(k, v) for k, v in pairs if k.schema.kind not in (SchemaKind.VALUE, SchemaKind.HASH)]
-    await _write_all(app.cache, entities)
-    await _write_all(app.cache, lists)
-    open_orders = [v for _, v in entities if v.status in ACTIONABLE_STATUSES]
+    outcome = WarmOutcome()
+    async for batch in warmer.produce(context):  # entities before the lists: in order
+        outcome += await warm(app.cache, batch)
+    open_orders = [o for o in await loaders.open_work_orders(db.fetch, tenant)
+                   if o.status in ACTIONABLE_STATUSES]
     ranked = sorted(open_orders, key=lambda o: (-score_of(o), o.id))
-    return len(pairs), [o.id for o in ranked[:_BOARD_LIMIT]]
+    return outcome.filled, [o.id for o in ranked[:_BOARD_LIMIT]]
 
 
 def _board_check(board: Sequence[RankedWorkOrder], expected: list[int]) -> Check:
@@ -140,9 +122,10 @@ async def plugin_scene(
         max(histories, key=lambda c: len(histories[c])),
     )
     history = histories[customer_id]
-    await writers.store_service_history(app.cache, tenant, customer_id, history)
     t0 = time.perf_counter()
-    prediction: NextService | None = await app.pattern(PREDICT)(tenant, customer_id=customer_id)
+    # Read through: the history is not cached yet, so the pattern loads it under a lease.
+    prediction: NextService | None = await app.pattern(PREDICT)(
+        tenant, customer_id=customer_id, fetch=db.fetch)
     predict_s = time.perf_counter() - t0
 
     expected = predict_next_service(at for _, at in history)
