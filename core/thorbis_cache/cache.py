@@ -42,7 +42,7 @@ from thorbis_cache.keys import (
 from thorbis_cache.metrics import CacheMetrics, SchemaCounters
 from thorbis_cache.near import MISS, NearCache
 from thorbis_cache.read_through import ABSENT, StructureFills
-from thorbis_cache.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.redis_store import RedisStore, Script, load_scripts
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet
 from thorbis_cache.value_fill import ValueFills
 
@@ -51,9 +51,6 @@ __all__ = ["Cache"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_LEASE_GRANTED = 2
-_LEASE_VALUE = 1
 
 Loader = Callable[[], Awaitable[T]]
 
@@ -81,8 +78,7 @@ class _Scripts:
 
     @classmethod
     def load(cls) -> _Scripts:
-        names = [f.name for f in attrs.fields(cls)]
-        return cls(**{n: Script(n, load_lua(n)) for n in names})
+        return load_scripts(cls)
 
 
 class Cache:
@@ -474,17 +470,21 @@ class Cache:
             raise
 
     async def _degraded_load(
-        self, rt: _Runtime, key: CacheKey[T], loader: Loader[T], exc: RedisUnavailableError
+        self, counters: SchemaCounters, key: CacheKey[Any], loader: Loader[T],
+        exc: RedisUnavailableError,
     ) -> T:
+        """Redis is unreachable: answer from the loader (bounded concurrency, counted,
+        logged), or raise ``exc`` when degraded reads are off. Every read-through kind
+        comes here."""
         if not self.settings.serve_from_loader_when_unavailable:
             raise exc
-        rt.counters.degraded_loads += 1
+        counters.degraded_loads += 1
         log.warning(
             "redis unavailable (%s); serving %s for tenant %s from the loader",
             exc, key.schema.name, key.tenant,
         )
         async with self._degraded:
-            return await self._call_loader(rt.counters, loader)
+            return await self._call_loader(counters, loader)
 
     def _timing(self, schema: KeySchema[Any], ttl_ms: int, delta_ms: int) -> tuple[int, int] | None:
         if schema.early_recompute is None:

@@ -3,8 +3,9 @@
 A structure is filled whole from what its loader returns (an entity, or the whole member
 set), under the same protocol as values (see :mod:`.fill`):
 
-* a reader that finds nothing cached takes the key's fill lease in the same atomic step
-  (``lua/struct_read.lua``) -- before the load;
+* a hit is the read command alone; a reader that finds nothing cached takes the key's
+  fill lease in one atomic step that also re-checks the key (``lua/struct_read.lua``)
+  -- before the load;
 * the loaded content replaces the structure only while that lease is still the
   reader's (``lua/struct_fill.lua``: compare, delete, write, in one script, so readers
   never see an empty or half-written structure);
@@ -40,10 +41,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import attrs
 
 from thorbis_cache.envelope import CorruptEntry
-from thorbis_cache.errors import MissingRow, RedisUnavailableError
+from thorbis_cache.errors import MissingRow, RedisUnavailableError, WrongRedisTypeError
 from thorbis_cache.fill import SingleFlight, backoff_delays, should_recompute_early
 from thorbis_cache.keys import CacheKey
-from thorbis_cache.redis_store import Script, load_lua
+from thorbis_cache.redis_store import Script, load_scripts
 
 if TYPE_CHECKING:
     from thorbis_cache.cache import Cache
@@ -112,8 +113,7 @@ class _Scripts:
 
     @classmethod
     def load(cls) -> _Scripts:
-        names = [f.name for f in attrs.fields(cls)]
-        return cls(**{n: Script(n, load_lua(n)) for n in names})
+        return load_scripts(cls)
 
 
 class _NotRefreshed:
@@ -157,6 +157,26 @@ class StructureFills:
         rk = cache.redis_key(key)
         keys = [rk, cache.lease_key(key), *cache.tag_keys(key)]
         lease_ms = int(cache.settings.lease_ttl * 1000)
+        if key.schema.early_recompute is None:
+            # The hit path is the read command alone: a non-empty reply can only come
+            # from a cached structure. An empty one (nothing cached, a marker, or a range
+            # with no member) goes through struct_read, which tells them apart and takes
+            # the lease. (XFetch needs the remaining TTL: those schemas use the script.)
+            try:
+                reply = await cache.store.command(spec.command[0], rk, *spec.command[1:])
+            except WrongRedisTypeError:
+                reply = None
+            except RedisUnavailableError as exc:
+                loaded = await self._cache._degraded_load(counters, key, loader, exc)
+                return spec.from_loaded(loaded)
+            if reply:
+                try:
+                    answer = spec.from_reply(reply)
+                except CorruptEntry as exc:
+                    await self._drop(key, rk, exc)
+                else:
+                    counters.hits += 1
+                    return answer
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         next_delay = backoff_delays()
@@ -174,7 +194,8 @@ class StructureFills:
                     [token, lease_ms, "miss", spec.redis_type, *spec.command],
                 )
             except RedisUnavailableError as exc:
-                return spec.from_loaded(await self._degraded_load(key, counters, loader, exc))
+                loaded = await self._cache._degraded_load(counters, key, loader, exc)
+                return spec.from_loaded(loaded)
             state = int(reply[0])
             if state == _HIT:
                 try:
@@ -333,24 +354,6 @@ class StructureFills:
     async def _release(self, lease: str, token: str) -> None:
         with contextlib.suppress(RedisUnavailableError):
             await self._cache.store.run(self.scripts.delete_if_equal, [lease], [token])
-
-    async def _degraded_load(
-        self,
-        key: CacheKey[Any],
-        counters: SchemaCounters,
-        loader: Callable[[], Awaitable[L]],
-        exc: RedisUnavailableError,
-    ) -> L:
-        cache = self._cache
-        if not cache.settings.serve_from_loader_when_unavailable:
-            raise exc
-        counters.degraded_loads += 1
-        log.warning(
-            "redis unavailable (%s); serving %s for tenant %s from the loader",
-            exc, key.schema.name, key.tenant,
-        )
-        async with cache._degraded:
-            return await cache._call_loader(counters, loader)
 
     async def _drop(self, key: CacheKey[Any], rk: str, exc: CorruptEntry) -> None:
         """Delete a structure that does not open (counted, logged): the next read loads."""

@@ -15,9 +15,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import attrs
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
@@ -32,7 +33,7 @@ from thorbis_cache.errors import (
     WrongRedisTypeError,
 )
 
-__all__ = ["RedisStore", "Script", "load_lua"]
+__all__ = ["RedisStore", "Script", "load_lua", "load_scripts"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,16 @@ CLUSTER_SCHEME = "redis+cluster"
 def load_lua(name: str) -> str:
     """The source of ``thorbis_cache/lua/<name>.lua``."""
     return (resources.files("thorbis_cache") / "lua" / f"{name}.lua").read_text("utf-8")
+
+
+S = TypeVar("S")
+
+
+def load_scripts(cls: type[S]) -> S:
+    """An attrs class whose fields are :class:`Script` s, each loaded from the Lua file
+    named like the field (``lease_fill`` -> ``lua/lease_fill.lua``)."""
+    return cls(**{f.name: Script(f.name, load_lua(f.name))
+                  for f in attrs.fields(cls)})  # type: ignore[arg-type]
 
 
 class Script:

@@ -53,7 +53,7 @@ class ValueFills:
         try:
             data = await self._cache.store.get(rk)
         except RedisUnavailableError as exc:
-            return await self._cache._degraded_load(rt, key, loader, exc)
+            return await self._cache._degraded_load(rt.counters, key, loader, exc)
         if data is not None:
             beta = key.schema.early_recompute
             try:
@@ -102,7 +102,7 @@ class ValueFills:
                     [token, lease_ms, "miss"],
                 )
             except RedisUnavailableError as exc:
-                return await self._cache._degraded_load(rt, key, loader, exc)
+                return await self._cache._degraded_load(rt.counters, key, loader, exc)
             state = int(reply[0])
             if state == _LEASE_VALUE:
                 data: bytes = reply[1]

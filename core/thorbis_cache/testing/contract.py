@@ -26,8 +26,9 @@ materialized views, rules).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -270,27 +271,18 @@ class PluginContract:
         """A sample of every schema is written and read back through a real
         :class:`Cache` (value set/get, hash replace/get, sorted set and geo add/read),
         on a single Redis and on a cluster."""
-        plugin = thorbis_contract_plugin
-        schemas = _need_schemas(plugin)
-        registry = SchemaRegistry()
-        for schema in schemas:
-            registry.register(schema, owner=plugin.name)
-        keyring = KeyRing.generate()
-        with LoopThread() as loop:
-            cache = loop.run(_open_cache(thorbis_redis_url, registry, keyring))
-            try:
-                for schema in schemas:
-                    # One property per schema: a joint draw over all schemas would
-                    # multiply their value filters' rejection rates.
-                    @settings(max_examples=self.cache_examples, deadline=None, database=None,
-                              suppress_health_check=checks.SUPPRESSED_HEALTH_CHECKS)
-                    @given(checks.samples(schema))
-                    def round_trip(sample: checks.Sample) -> None:
-                        loop.run(checks.check_cache_round_trip(cache, [sample]))
+        schemas = _need_schemas(thorbis_contract_plugin)
+        with _real_cache(thorbis_redis_url, thorbis_contract_plugin) as (loop, cache):
+            for schema in schemas:
+                # One property per schema: a joint draw over all schemas would
+                # multiply their value filters' rejection rates.
+                @settings(max_examples=self.cache_examples, deadline=None, database=None,
+                          suppress_health_check=checks.SUPPRESSED_HEALTH_CHECKS)
+                @given(checks.samples(schema))
+                def round_trip(sample: checks.Sample) -> None:
+                    loop.run(checks.check_cache_round_trip(cache, [sample]))
 
-                    round_trip()
-            finally:
-                loop.run(cache.aclose())
+                round_trip()
 
     def test_read_through_refuses_stale_fills(
         self, thorbis_contract_plugin: LoadedPlugin, thorbis_redis_url: str
@@ -300,26 +292,17 @@ class PluginContract:
         or through its first tag) does not cache it; the next read loads the new row.
         With ``negative_ttl``, an absent row is cached until the same invalidation. On a
         single Redis and on a cluster."""
-        plugin = thorbis_contract_plugin
-        schemas = _need_schemas(plugin)
-        registry = SchemaRegistry()
-        for schema in schemas:
-            registry.register(schema, owner=plugin.name)
-        keyring = KeyRing.generate()
-        with LoopThread() as loop:
-            cache = loop.run(_open_cache(thorbis_redis_url, registry, keyring))
-            try:
-                for schema in schemas:
-                    @settings(max_examples=self.cache_examples, deadline=None, database=None,
-                              suppress_health_check=checks.SUPPRESSED_HEALTH_CHECKS)
-                    @given(fills.stale_fill_cases(schema), st.booleans())
-                    def race(case: tuple[checks.Sample, Any], by_tag: bool) -> None:
-                        old, new_value = case
-                        loop.run(fills.check_stale_fill(cache, old, new_value, by_tag=by_tag))
+        schemas = _need_schemas(thorbis_contract_plugin)
+        with _real_cache(thorbis_redis_url, thorbis_contract_plugin) as (loop, cache):
+            for schema in schemas:
+                @settings(max_examples=self.cache_examples, deadline=None, database=None,
+                          suppress_health_check=checks.SUPPRESSED_HEALTH_CHECKS)
+                @given(fills.stale_fill_cases(schema), st.booleans())
+                def race(case: tuple[checks.Sample, Any], by_tag: bool) -> None:
+                    old, new_value = case
+                    loop.run(fills.check_stale_fill(cache, old, new_value, by_tag=by_tag))
 
-                    race()
-            finally:
-                loop.run(cache.aclose())
+                race()
 
     def test_rules_leave_view_mirrors_to_their_refresh(
         self, thorbis_contract_plugin: LoadedPlugin
@@ -482,6 +465,21 @@ async def _load_with_installed(
 
 async def _open_cache(url: str, registry: SchemaRegistry, keyring: KeyRing) -> Cache:
     return Cache.from_url(url, registry, keyring=keyring)
+
+
+@contextlib.contextmanager
+def _real_cache(url: str, plugin: LoadedPlugin) -> Iterator[tuple[LoopThread, Cache]]:
+    """A loop thread and a :class:`Cache` on ``url`` holding the plugin's schemas (a
+    fresh key ring), closed on exit."""
+    registry = SchemaRegistry()
+    for schema in plugin.schemas:
+        registry.register(schema, owner=plugin.name)
+    with LoopThread() as loop:
+        cache = loop.run(_open_cache(url, registry, KeyRing.generate()))
+        try:
+            yield loop, cache
+        finally:
+            loop.run(cache.aclose())
 
 
 def _need_schemas(plugin: LoadedPlugin) -> tuple[Any, ...]:
