@@ -110,7 +110,10 @@ def register_cache_patterns() -> Sequence[CachePattern]:  # type: ignore[empty-b
     """Declare named reads the vertical offers ("work orders by priority").
 
     Called once at load. Pattern names start with the namespace; ``schemas`` must name
-    schemas of this plugin. The host calls them through ``CacheApp.pattern(name)``.
+    schemas of this plugin. The host calls them through ``CacheApp.pattern(name)``. By
+    convention a pattern takes an optional ``fetch`` keyword (``async (sql, *args) ->
+    rows``, e.g. a pool's ``fetch``): with it, it reads through the cache (fill leases,
+    the plugin's loaders); without it, it answers from what is cached.
 
     :returns: a sequence of :class:`~thorbis_cache.declarations.CachePattern`.
 
