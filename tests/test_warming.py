@@ -12,6 +12,7 @@ import pytest
 from thorbis_cache import Cache, KeyRing, KeySchema, SchemaRegistry, WarmBatch, WarmOutcome, warm
 from thorbis_cache.errors import InvalidParameterError, MissingRow, ValueTypeError
 from thorbis_cache.keys import CacheKey, SchemaKind
+from thorbis_cache.warming import batch_of
 
 
 @attrs.frozen
@@ -154,3 +155,41 @@ async def test_an_empty_batch_does_nothing(cache: Cache) -> None:
 
     assert await warm(cache, WarmBatch([], load)) == WarmOutcome()
     assert WarmOutcome(1, 2, 3, 4, 5) + WarmOutcome(1, 1, 1, 1, 1) == WarmOutcome(2, 3, 4, 5, 6)
+
+
+async def test_batch_of_keys_a_one_parameter_schema_by_its_values(cache: Cache) -> None:
+    asked: list[list[int]] = []
+
+    async def rows(ids: list[int]) -> list[Row]:
+        asked.append(ids)
+        return [Row(i, f"row {i}") for i in ids if i != 3]  # 3 was deleted meanwhile
+
+    await cache.hash(ROW_HASH.key("acme", id=2)).replace(Row(2, "cached"))
+    outcome = await warm(cache, batch_of(ROW_HASH, "acme", [1, 2, 3, 1], rows,
+                                         key_of=lambda r: r.id, description="rows"))
+    assert outcome == WarmOutcome(filled=1, cached=1, absent=1)
+    assert asked == [[1, 3]]  # the leased values only, each once
+
+    async def lists(ids: list[int]) -> dict[int, dict[int, float]]:
+        return {i: {i: 1.0} for i in ids}
+
+    assert (await warm(cache, batch_of(LIST, "acme", [5, 6], lists))).filled == 2
+    assert await cache.zset(LIST.key("acme", id=6)).range_by_score() == [(6, 1.0)]
+
+
+async def test_batch_of_refuses_what_it_cannot_key(cache: Cache) -> None:
+    async def strays(ids: list[int]) -> dict[int, Row]:
+        return {99: Row(99, "not asked")}
+
+    async def records(ids: list[int]) -> list[Row]:
+        return [Row(i, "x") for i in ids]
+
+    with pytest.raises(InvalidParameterError, match="loaded 99, not one of the values"):
+        await warm(cache, batch_of(ROW, "acme", [1], strays, description="strays"))
+    with pytest.raises(InvalidParameterError, match="pass key_of"):
+        await warm(cache, batch_of(ROW, "acme", [2], records, description="records"))
+    two = KeySchema("wm.two", int, params={"a": int, "b": int})
+    with pytest.raises(InvalidParameterError, match="one parameter"):
+        batch_of(two, "acme", [1], records)
+    for key in (ROW.key("acme", id=1), ROW.key("acme", id=2)):  # leases released
+        assert await cache.store.command("EXISTS", cache.lease_key(key)) == 0

@@ -39,7 +39,7 @@ from thorbis_cache.near import NearCache
 from thorbis_cache.plugins import LoadedPlugin, PluginManager
 from thorbis_cache.redis_store import RedisStore
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet, Versioned
-from thorbis_cache.warming import WarmBatch, WarmOutcome, warm
+from thorbis_cache.warming import WarmBatch, WarmOutcome, batch_of, warm
 
 __all__ = [
     "HOOK_API_VERSION",
@@ -77,6 +77,7 @@ __all__ = [
     "WarmContext",
     "WarmOutcome",
     "Warmer",
+    "batch_of",
     "hookimpl",
     "validate_tenant",
     "warm",

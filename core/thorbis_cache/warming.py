@@ -26,18 +26,18 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
 from thorbis_cache.errors import InvalidParameterError, RedisUnavailableError
-from thorbis_cache.keys import CacheKey, SchemaKind
+from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind
 from thorbis_cache.read_through import ABSENT, EMPTY
 
 if TYPE_CHECKING:
     from thorbis_cache.cache import Cache
 
-__all__ = ["WarmBatch", "WarmOutcome", "warm"]
+__all__ = ["WarmBatch", "WarmOutcome", "batch_of", "warm"]
 
 #: ``async (leased keys) -> {key: entry}``: reads the rows of the keys it is given.
 BatchLoader = Callable[[Sequence[CacheKey[Any]]], Awaitable[Mapping[CacheKey[Any], Any]]]
@@ -69,6 +69,56 @@ class WarmBatch:
     keys: tuple[CacheKey[Any], ...] = attrs.field(converter=_key_tuple)
     load: BatchLoader
     description: str = ""
+
+
+P = TypeVar("P")
+E = TypeVar("E")
+
+
+def batch_of(
+    schema: KeySchema[Any],
+    tenant: str,
+    values: Iterable[P],
+    load: Callable[[list[P]], Awaitable[Mapping[P, Any] | Iterable[E]]],
+    *,
+    key_of: Callable[[E], P] | None = None,
+    description: str = "",
+) -> WarmBatch:
+    """The batch of ``schema``'s keys (a schema of one parameter) for ``values`` of that
+    parameter, most warmers' shape: its loader calls ``load`` with the leased values
+    only, which returns either a mapping value -> entry, or entries that ``key_of`` maps
+    back to their value (``lambda customer: customer.id``).
+
+    :raises InvalidParameterError: the schema has not exactly one parameter.
+    """
+    if len(schema.params) != 1:
+        raise InvalidParameterError(
+            schema.name, "params",
+            f"batch_of needs a schema of one parameter, it has {len(schema.params)}")
+    name = schema.params[0].name
+    keys = {v: schema.key(tenant, **{name: v}) for v in dict.fromkeys(values)}
+    by_key = {k: v for v, k in keys.items()}
+
+    def key(value: Any) -> CacheKey[Any]:
+        found = keys.get(value)
+        if found is None:
+            raise InvalidParameterError(
+                schema.name, name, f"batch {description!r} loaded {value!r}, not one of "
+                "the values it was asked for")
+        return found
+
+    async def entries(leased: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
+        found = await load([by_key[k] for k in leased])
+        if isinstance(found, Mapping):
+            return {key(v): e for v, e in found.items()}
+        if key_of is None:
+            raise InvalidParameterError(
+                schema.name, "key_of",
+                f"the loader of batch {description!r} returned entries, not a mapping: "
+                "pass key_of")
+        return {key(key_of(e)): e for e in found}
+
+    return WarmBatch(tuple(keys.values()), entries, description or f"{len(keys)} {schema.name}")
 
 
 @attrs.frozen(slots=True)

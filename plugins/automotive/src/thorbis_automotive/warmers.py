@@ -22,7 +22,7 @@ from typing import Any
 
 from thorbis_cache.declarations import Fetch, WarmContext, Warmer
 from thorbis_cache.keys import CacheKey
-from thorbis_cache.warming import WarmBatch
+from thorbis_cache.warming import WarmBatch, batch_of
 
 from thorbis_automotive import loaders
 from thorbis_automotive.schemas import (
@@ -56,13 +56,10 @@ RECENT_VEHICLES = 500
 def history_batch(fetch: Fetch, tenant: str, vins: Sequence[str]) -> WarmBatch:
     """The histories of these vehicles (stored VINs, which passed ``auto.vin_is_valid``:
     their keys are built without re-checking)."""
-    keys = {VEHICLE_HISTORY.key(tenant, vin=vin): vin for vin in vins}
-
-    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
-        found = await loaders.vehicle_histories(fetch, tenant, [keys[k] for k in leased])
-        return {VEHICLE_HISTORY.key(tenant, vin=h.vehicle.vin): h for h in found}
-
-    return WarmBatch(tuple(keys), load, description=f"histories of {len(keys)} vehicles")
+    return batch_of(VEHICLE_HISTORY, tenant, vins,
+                    lambda leased: loaders.vehicle_histories(fetch, tenant, leased),
+                    key_of=lambda h: h.vehicle.vin,
+                    description=f"histories of {len(vins)} vehicles")
 
 
 def make_model_batch(fetch: Fetch, tenant: str, pairs: Sequence[tuple[str, str]]) -> WarmBatch:
@@ -100,13 +97,9 @@ def vehicles_warmer(days: int = RECENT_DAYS, limit: int = RECENT_VEHICLES) -> Wa
 
 def part_batch(fetch: Fetch, tenant: str, numbers: Sequence[str]) -> WarmBatch:
     """The hashes of these parts."""
-    keys = {PART.key(tenant, part_number=n): n for n in numbers}
-
-    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
-        found = await loaders.parts(fetch, tenant, [keys[k] for k in leased])
-        return {PART.key(tenant, part_number=p.part_number): p for p in found}
-
-    return WarmBatch(tuple(keys), load, description=f"{len(keys)} parts")
+    return batch_of(PART, tenant, numbers,
+                    lambda leased: loaders.parts(fetch, tenant, leased),
+                    key_of=lambda p: p.part_number, description=f"{len(numbers)} parts")
 
 
 def stock_sets_batch(fetch: Fetch, tenant: str) -> WarmBatch:
@@ -142,24 +135,17 @@ def parts_warmer() -> Warmer:
 
 def service_type_batch(fetch: Fetch, tenant: str, codes: Sequence[str]) -> WarmBatch:
     """The entries of these service types."""
-    keys = {SERVICE_TYPE.key(tenant, code=c): c for c in codes}
-
-    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
-        found = await loaders.service_types(fetch, tenant, [keys[k] for k in leased])
-        return {SERVICE_TYPE.key(tenant, code=t.code): t for t in found}
-
-    return WarmBatch(tuple(keys), load, description=f"{len(keys)} service types")
+    return batch_of(SERVICE_TYPE, tenant, codes,
+                    lambda leased: loaders.service_types(fetch, tenant, leased),
+                    key_of=lambda t: t.code, description=f"{len(codes)} service types")
 
 
 def seasonality_batch(fetch: Fetch, tenant: str, codes: Sequence[str]) -> WarmBatch:
     """The seasonal labor factors of these service types (from the view)."""
-    keys = {LABOR_SEASONALITY.key(tenant, service_type=c): c for c in codes}
-
-    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
-        found = await loaders.labor_seasonalities(fetch, tenant, [keys[k] for k in leased])
-        return {LABOR_SEASONALITY.key(tenant, service_type=s.service_type): s for s in found}
-
-    return WarmBatch(tuple(keys), load, description=f"seasonality of {len(keys)} service types")
+    return batch_of(LABOR_SEASONALITY, tenant, codes,
+                    lambda leased: loaders.labor_seasonalities(fetch, tenant, leased),
+                    key_of=lambda s: s.service_type,
+                    description=f"seasonality of {len(codes)} service types")
 
 
 def labor_warmer() -> Warmer:

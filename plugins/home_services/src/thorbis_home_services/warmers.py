@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, cast
 
 from thorbis_cache.declarations import WarmContext, Warmer
 from thorbis_cache.keys import CacheKey
-from thorbis_cache.warming import WarmBatch
+from thorbis_cache.warming import WarmBatch, batch_of
 
 from thorbis_home_services import loaders
 from thorbis_home_services.models import CustomerSegment, WorkOrderStatus
@@ -53,8 +53,6 @@ __all__ = [
     "work_orders_warmer",
 ]
 
-P = TypeVar("P")
-
 Batches = AsyncIterator[WarmBatch]
 Entries = Mapping[CacheKey[Any], Any]
 
@@ -68,20 +66,6 @@ def _utc_today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-def _by_param(keys: Sequence[CacheKey[Any]], name: str, kind: type[P]) -> dict[P, CacheKey[Any]]:
-    """The leased ``keys`` by the value of their parameter ``name``.
-
-    :raises TypeError: a key's parameter is not a ``kind`` (a key of another schema).
-    """
-    out: dict[P, CacheKey[Any]] = {}
-    for key in keys:
-        value = key.params.get(name)
-        if not isinstance(value, kind):
-            raise TypeError(f"key {key.body!r} has no {kind.__name__} parameter {name!r}")
-        out[value] = key
-    return out
-
-
 def customers_warmer(top: int = TOP_CUSTOMERS) -> Warmer:
     """A warmer of the ``top`` most valuable customers' hashes, summaries and service
     histories, then every customer list (all, active, vip) in full."""
@@ -90,34 +74,25 @@ def customers_warmer(top: int = TOP_CUSTOMERS) -> Warmer:
         tenant, fetch = ctx.tenant, ctx.fetch
         ids = await loaders.top_customer_ids(fetch, tenant, top)
 
-        async def customers(leased: Sequence[CacheKey[Any]]) -> Entries:
-            keys = _by_param(leased, "customer_id", int)
-            return {keys[c.id]: c for c in await loaders.customers(fetch, tenant, keys)}
-
-        async def summaries(leased: Sequence[CacheKey[Any]]) -> Entries:
-            keys = _by_param(leased, "customer_id", int)
-            found = await loaders.customer_summaries(fetch, tenant, keys)
-            return {keys[s.customer_id]: s for s in found}
-
-        async def histories(leased: Sequence[CacheKey[Any]]) -> Entries:
-            keys = _by_param(leased, "customer_id", int)
-            found = await loaders.service_histories(fetch, tenant, keys)
-            return {keys[c]: {wo: at.timestamp() for wo, at in series}
+        async def histories(leased: list[int]) -> dict[int, dict[int, float]]:
+            found = await loaders.service_histories(fetch, tenant, leased)
+            return {c: {wo: at.timestamp() for wo, at in series}
                     for c, series in found.items()}
 
-        async def lists(leased: Sequence[CacheKey[Any]]) -> Entries:
+        async def lists(leased: list[CustomerSegment]) -> dict[CustomerSegment, Any]:
             every = await loaders.customer_segments(fetch, tenant)
-            return {key: every[s] for s, key in _by_param(leased, "segment",
-                                                          CustomerSegment).items()}
+            return {s: every[s] for s in leased}
 
-        yield WarmBatch([CUSTOMER.key(tenant, customer_id=c) for c in ids], customers,
-                        f"top {top} customers")
-        yield WarmBatch([CUSTOMER_SUMMARY.key(tenant, customer_id=c) for c in ids], summaries,
-                        f"top {top} customers' summaries")
-        yield WarmBatch([CUSTOMER_HISTORY.key(tenant, customer_id=c) for c in ids], histories,
-                        f"top {top} customers' service histories")
-        yield WarmBatch([CUSTOMER_LIST.key(tenant, segment=s) for s in CustomerSegment], lists,
-                        "customer lists")
+        yield batch_of(CUSTOMER, tenant, ids, lambda c: loaders.customers(fetch, tenant, c),
+                       key_of=lambda c: c.id, description=f"top {top} customers")
+        yield batch_of(CUSTOMER_SUMMARY, tenant, ids,
+                       lambda c: loaders.customer_summaries(fetch, tenant, c),
+                       key_of=lambda s: s.customer_id,
+                       description=f"top {top} customers' summaries")
+        yield batch_of(CUSTOMER_HISTORY, tenant, ids, histories,
+                       description=f"top {top} customers' service histories")
+        yield batch_of(CUSTOMER_LIST, tenant, CustomerSegment, lists,
+                       description="customer lists")
 
     return Warmer(
         "hs.customers",
@@ -134,21 +109,11 @@ def work_orders_warmer() -> Warmer:
     async def produce(ctx: WarmContext) -> Batches:
         tenant, fetch = ctx.tenant, ctx.fetch
         ids = await loaders.open_work_order_ids(fetch, tenant)
-
-        async def orders(leased: Sequence[CacheKey[Any]]) -> Entries:
-            keys = _by_param(leased, "work_order_id", int)
-            return {keys[o.id]: o for o in await loaders.work_orders(fetch, tenant, keys)}
-
-        async def lists(leased: Sequence[CacheKey[Any]]) -> Entries:
-            keys = _by_param(leased, "status", WorkOrderStatus)
-            found = await loaders.work_order_lists(fetch, tenant, keys)
-            return {keys[status]: scores for status, scores in found.items()}
-
-        yield WarmBatch([WORK_ORDER.key(tenant, work_order_id=o) for o in ids], orders,
-                        "open work orders")
-        open_statuses = [s for s in WorkOrderStatus if s.is_open]
-        yield WarmBatch([WORK_ORDERS_BY_STATUS.key(tenant, status=s) for s in open_statuses],
-                        lists, "open status lists")
+        yield batch_of(WORK_ORDER, tenant, ids, lambda o: loaders.work_orders(fetch, tenant, o),
+                       key_of=lambda o: o.id, description="open work orders")
+        yield batch_of(WORK_ORDERS_BY_STATUS, tenant, [s for s in WorkOrderStatus if s.is_open],
+                       lambda s: loaders.work_order_lists(fetch, tenant, s),
+                       description="open status lists")
 
     return Warmer(
         "hs.work_orders",
@@ -170,8 +135,8 @@ def schedule_warmer(day: Callable[[], dt.date] = _utc_today) -> Warmer:
         technicians = await loaders.day_technician_ids(fetch, tenant, when)
 
         async def schedules(leased: Sequence[CacheKey[Any]]) -> Entries:
-            keys = _by_param(leased, "technician_id", int)
-            found = await loaders.technician_schedules(fetch, tenant, when, keys)
+            keys = {cast(int, k.params["technician_id"]): k for k in leased}
+            found = await loaders.technician_schedules(fetch, tenant, when, list(keys))
             # A technician whose appointments went since the ids query has an empty day.
             return {keys[t]: starts for t, starts in found.items()}
 
@@ -199,17 +164,14 @@ def service_areas_warmer() -> Warmer:
         tenant, fetch = ctx.tenant, ctx.fetch
         ids = await loaders.service_area_ids(fetch, tenant)
 
-        async def areas(leased: Sequence[CacheKey[Any]]) -> Entries:
-            keys = _by_param(leased, "area_id", int)
-            found = await loaders.service_areas(fetch, tenant, keys)
-            return {keys[a.area_id]: a for a in found}
 
         async def centres(leased: Sequence[CacheKey[Any]]) -> Entries:
             # One key: the tenant's index.
             return dict.fromkeys(leased, await loaders.service_area_geo(fetch, tenant))
 
-        yield WarmBatch([SERVICE_AREA.key(tenant, area_id=a) for a in ids], areas,
-                        "service area metrics")
+        yield batch_of(SERVICE_AREA, tenant, ids,
+                       lambda a: loaders.service_areas(fetch, tenant, a),
+                       key_of=lambda a: a.area_id, description="service area metrics")
         yield WarmBatch([SERVICE_AREA_GEO.key(tenant)], centres, "service area centres")
 
     return Warmer(

@@ -23,7 +23,7 @@ from typing import Any
 
 from thorbis_cache.declarations import Fetch, WarmContext, Warmer
 from thorbis_cache.keys import CacheKey
-from thorbis_cache.warming import WarmBatch
+from thorbis_cache.warming import WarmBatch, batch_of
 
 from thorbis_restaurant import loaders
 from thorbis_restaurant.models import Station
@@ -68,24 +68,16 @@ MAX_OPEN_ORDERS = 2000
 
 def item_batch(fetch: Fetch, tenant: str, item_ids: Iterable[int]) -> WarmBatch:
     """Catalogue items (``rest.menu_item``) by id."""
-    keys = {MENU_ITEM.key(tenant, item_id=i): i for i in sorted(set(item_ids))}
-
-    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
-        found = await loaders.menu_items(fetch, tenant, [keys[k] for k in leased])
-        return {MENU_ITEM.key(tenant, item_id=item.id): item for item in found}
-
-    return WarmBatch(tuple(keys), load, description=f"{len(keys)} catalogue items")
+    return batch_of(MENU_ITEM, tenant, sorted(set(item_ids)),
+                    lambda leased: loaders.menu_items(fetch, tenant, leased),
+                    key_of=lambda item: item.id, description="catalogue items")
 
 
 def menu_batch(fetch: Fetch, tenant: str, menu_ids: Iterable[int]) -> WarmBatch:
     """Menus (``rest.menu``) by id, priced for today: three queries for the batch."""
-    keys = {MENU.key(tenant, menu_id=m): m for m in sorted(set(menu_ids))}
-
-    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
-        found = await loaders.menus(fetch, tenant, [keys[k] for k in leased])
-        return {MENU.key(tenant, menu_id=m): menu for m, menu in found.items()}
-
-    return WarmBatch(tuple(keys), load, description=f"{len(keys)} menus")
+    return batch_of(MENU, tenant, sorted(set(menu_ids)),
+                    lambda leased: loaders.menus(fetch, tenant, leased),
+                    description="menus")
 
 
 def category_batch(fetch: Fetch, tenant: str,
@@ -107,13 +99,9 @@ def category_batch(fetch: Fetch, tenant: str,
 
 def location_menus_batch(fetch: Fetch, tenant: str, location_ids: Iterable[int]) -> WarmBatch:
     """Locations' lists of active menus (``rest.location_menus``)."""
-    keys = {LOCATION_MENUS.key(tenant, location_id=loc): loc for loc in sorted(set(location_ids))}
-
-    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
-        sets = await loaders.location_menu_sets(fetch, tenant, [keys[k] for k in leased])
-        return {k: sets[keys[k]] for k in leased if keys[k] in sets}
-
-    return WarmBatch(tuple(keys), load, description=f"menu lists of {len(keys)} locations")
+    return batch_of(LOCATION_MENUS, tenant, sorted(set(location_ids)),
+                    lambda leased: loaders.location_menu_sets(fetch, tenant, leased),
+                    description="menu lists of locations")
 
 
 def availability_batch(fetch: Fetch, tenant: str, location_ids: Iterable[int],
@@ -131,13 +119,9 @@ def availability_batch(fetch: Fetch, tenant: str, location_ids: Iterable[int],
 
 def ticket_batch(fetch: Fetch, tenant: str, order_ids: Iterable[int]) -> WarmBatch:
     """Kitchen tickets (``rest.kitchen_order``) of orders."""
-    keys = {KITCHEN_ORDER.key(tenant, order_id=o): o for o in sorted(set(order_ids))}
-
-    async def load(leased: Sequence[CacheKey[Any]]) -> Entries:
-        found = await loaders.tickets(fetch, tenant, [keys[k] for k in leased])
-        return {KITCHEN_ORDER.key(tenant, order_id=t.order_id): t for t in found}
-
-    return WarmBatch(tuple(keys), load, description=f"{len(keys)} kitchen tickets")
+    return batch_of(KITCHEN_ORDER, tenant, sorted(set(order_ids)),
+                    lambda leased: loaders.tickets(fetch, tenant, leased),
+                    key_of=lambda t: t.order_id, description="kitchen tickets")
 
 
 def kitchen_batch(fetch: Fetch, tenant: str, location_ids: Iterable[int]) -> WarmBatch:
