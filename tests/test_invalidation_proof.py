@@ -41,7 +41,7 @@ from thorbis_cache.postgres import apply_and_check
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.mv_refresh import refresh_and_invalidate
 from thorbis_cache.postgres.triggers import install_triggers
-from thorbis_cache.testing.servers import RedisServer
+from thorbis_cache.testing.servers import RedisCluster, RedisServer
 from thorbis_cache.worker import OutboxWorker
 
 PLUGIN = "home_services"
@@ -255,7 +255,33 @@ async def test_worker_sigkilled_mid_batch_loses_nothing(hs_standalone: Hs) -> No
 async def test_redis_killed_while_changes_pending_keeps_them_until_restart(
     hs_standalone: Hs, thorbis_redis_server: RedisServer
 ) -> None:
-    hs = hs_standalone
+    await _outage_keeps_changes(hs_standalone, thorbis_redis_server.kill,
+                                thorbis_redis_server.restart)
+
+
+@pytest.mark.slow
+async def test_a_whole_cluster_down_keeps_changes_until_it_is_back(
+    thorbis_pg_dsn: str, thorbis_cluster_redis_url: str, thorbis_redis_cluster: RedisCluster
+) -> None:
+    """redis-py's RedisClusterException is no RedisError: it used to reach the worker as
+    a row's failure, dead-lettering committed changes while the cluster was down."""
+    hs = await open_hs(thorbis_pg_dsn, thorbis_cluster_redis_url, 20)
+    cluster = thorbis_redis_cluster
+
+    def kill_all() -> None:
+        for index in range(len(cluster.nodes)):
+            cluster.kill(index)
+
+    try:
+        await _outage_keeps_changes(hs, kill_all, cluster.repair)
+    finally:
+        cluster.repair()
+        await hs.conn.close()
+        await hs.app.aclose()
+
+
+async def _outage_keeps_changes(hs: Hs, kill: Callable[[], object],
+                                restart: Callable[[], object]) -> None:
     n = 20
     ids = range(1, n + 1)
     await fill_customers(hs, ids)
@@ -263,8 +289,8 @@ async def test_redis_killed_while_changes_pending_keeps_them_until_restart(
     worker = hs.worker(poll_interval=0.05, max_attempts=2)
     task = asyncio.create_task(worker.run(), name="proof-worker")
     try:
-        thorbis_redis_server.kill()
-        # Significant columns: each change names a key and two tags.
+        kill()
+        # Significant columns: each change names a key and a tag.
         await hs.conn.execute(
             "UPDATE hs.customers SET account_status = 'vip' WHERE id <= $1", n)
 
@@ -277,12 +303,12 @@ async def test_redis_killed_while_changes_pending_keeps_them_until_restart(
         assert await hs.dead_letters() == 0
         assert worker.metrics.processed == 0
 
-        thorbis_redis_server.restart()
+        restart()
 
         async def drained() -> bool:
             return await hs.pending() == 0
 
-        await wait_until("the worker applied the changes after the restart", drained, 20)
+        await wait_until("the worker applied the changes after the restart", drained, 30)
     finally:
         worker.stop()
         await asyncio.wait_for(task, 10)

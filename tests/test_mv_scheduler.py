@@ -40,6 +40,7 @@ from thorbis_cache.postgres.mv_refresh import (
     ViewState,
     load_state,
     pending_changes,
+    refresh_and_invalidate,
     refresh_view,
 )
 from thorbis_cache.postgres.mv_scheduler import (
@@ -571,3 +572,28 @@ async def test_concurrent_refresh_needs_a_usable_unique_index_in_the_live_catalo
          "index on plain columns without a WHERE clause (REFRESH ... CONCURRENTLY would fail)")
         for n in ("partial", "expr")
     ]
+
+
+async def test_refresh_and_invalidate_reports_tags_pending_when_redis_is_down(
+        env: HsEnv, thorbis_redis_server: RedisServer) -> None:
+    """The refresh committed: it is reported done, its invalidation pending -- not
+    raised as if the refresh had failed."""
+    key = await _cache_a_summary(env)
+    thorbis_redis_server.kill()
+    try:
+        outcome = await refresh_and_invalidate(env.app, env.conn, HS, CUSTOMER_SUMMARY_VIEW)
+        assert outcome.ok
+        assert outcome.tags_pending
+        assert outcome.tenants == ()
+        state = await load_state(env.conn, CUSTOMER_SUMMARY_VIEW.name)
+        assert state is not None
+        assert state.tags_pending
+    finally:
+        thorbis_redis_server.restart()
+    for _ in range(20):  # the cache's clients reconnect on their own
+        outcome = await refresh_and_invalidate(env.app, env.conn, HS, CUSTOMER_SUMMARY_VIEW)
+        if not outcome.tags_pending:
+            break
+        await asyncio.sleep(0.2)
+    assert outcome.tenants
+    assert await env.app.cache.get(key) is None

@@ -457,3 +457,27 @@ def test_loaded_score_ranges_match_zrange(
     expected = [(int(m), float(s)) for m, s in _pairs(raw)]
     got = _score_range(members, str, low, high, desc, offset if count is not None else 0, count)
     assert got == expected
+
+
+async def test_foreign_data_under_our_keys_is_a_miss_then_replaced(cache: Cache) -> None:
+    """Another client's list, hash or string under one of our keys: every read is a
+    miss (never a driver error), and a read-through replaces it with the loaded entry."""
+    label, person = LABEL.key("acme", id=30), PERSON.key("acme", id=30)
+    history, sites = HISTORY.key("acme", id=30), SITES.key("acme", day=30)
+    await cache.store.command("RPUSH", cache.redis_key(label), "a", "b")
+    await cache.store.command("RPUSH", cache.redis_key(person), "a")
+    await cache.store.command("HSET", cache.redis_key(history), "f", "v")
+    await cache.store.command("SET", cache.redis_key(sites), "not ours")
+    assert await cache.get(label) is None
+    assert await cache.get_many([label]) == [None]
+    assert await cache.hash(person).get() is None
+    assert await cache.zset(history).range_by_score() == []
+    assert await cache.geo(sites).within(0, 0, 1000) == []
+    assert await cache.get_or_load(label, Source("loaded")) == "loaded"
+    assert await cache.get(label) == "loaded"
+    assert await cache.hash(person).get_or_load(Source(ann())) == ann()
+    assert await cache.hash(person).get() == ann()
+    assert await cache.zset(history).get_or_load(Source({1: 1.0})) == [(1, 1.0)]
+    assert await cache.zset(history).card() == 1
+    assert await cache.geo(sites).get_or_load(Source({1: (1.0, 1.0)})) != {}
+    assert await cache.geo(sites).position(1) is not None

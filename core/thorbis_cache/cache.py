@@ -27,6 +27,7 @@ from thorbis_cache.errors import (
     MissingRow,
     RedisUnavailableError,
     UnknownSchemaError,
+    WrongRedisTypeError,
     WrongSchemaKindError,
 )
 from thorbis_cache.invalidation.events import Coherence
@@ -246,7 +247,10 @@ class Cache:
             if found is not MISS:
                 return found  # type: ignore[no-any-return]
             started = self._coherence.begin(near)
-        data = await self.store.get(rk)
+        try:
+            data = await self.store.get(rk)
+        except WrongRedisTypeError:  # foreign data under our key: a miss, never an error
+            data = None
         if data is None:
             rt.counters.misses += 1
             return None

@@ -334,7 +334,7 @@ class RedisStore:
             if self._deadlines.expired(task):
                 raise self._timed_out(operation) from None
             raise
-        except (rexc.RedisError, OSError) as exc:
+        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._fail(operation, exc) from exc
         finally:
             self._deadlines.disarm(task)
@@ -363,7 +363,7 @@ class RedisStore:
             if self._deadlines.expired(task):
                 raise self._timed_out("GET") from None
             raise
-        except (rexc.RedisError, OSError) as exc:
+        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._fail("GET", exc) from exc
         finally:
             self._deadlines.disarm(task)
@@ -383,7 +383,7 @@ class RedisStore:
             if self._deadlines.expired(task):
                 raise self._timed_out("MGET") from None
             raise
-        except (rexc.RedisError, OSError) as exc:
+        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._fail("MGET", exc) from exc
         finally:
             self._deadlines.disarm(task)
@@ -435,7 +435,7 @@ class RedisStore:
             if self._deadlines.expired(task):
                 raise self._timed_out(f"script {script.name}") from None
             raise
-        except (rexc.RedisError, OSError) as exc:
+        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._fail(f"script {script.name}", exc) from exc
         finally:
             self._deadlines.disarm(task)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from thorbis_cache.envelope import CorruptEntry
-from thorbis_cache.errors import MissingRow, RedisUnavailableError
+from thorbis_cache.errors import MissingRow, RedisUnavailableError, WrongRedisTypeError
 from thorbis_cache.fill import SingleFlight, backoff_delays, should_recompute_early
 from thorbis_cache.keys import CacheKey
 from thorbis_cache.read_through import ABSENT
@@ -52,6 +52,8 @@ class ValueFills:
     ) -> T:
         try:
             data = await self._cache.store.get(rk)
+        except WrongRedisTypeError:  # foreign data under our key: a miss; the fill replaces it
+            data = None
         except RedisUnavailableError as exc:
             return await self._cache._degraded_load(rt.counters, key, loader, exc)
         if data is not None:

@@ -20,9 +20,10 @@
 -- granted the lease of one key, "no value, no lease" is decided in one step, and no lease
 -- exists that its tag sets do not know about.
 if ARGV[3] == "miss" then
-  local value = redis.call("GET", KEYS[1])
-  if value then
-    return {1, value}
+  -- Foreign data under our key (a list, a hash...) is no value: the fill's SET
+  -- replaces it.
+  if redis.call("TYPE", KEYS[1]).ok == "string" then
+    return {1, redis.call("GET", KEYS[1])}
   end
 end
 -- Granting is idempotent for one token: a driver that retries this call after it ran

@@ -12,6 +12,8 @@
 -- ARGV[5]   the read command (HGETALL, HMGET, ZRANGE, ZSCORE, ZCARD, GEOSEARCH, GEOPOS)
 -- ARGV[6..] its arguments after the key
 --
+-- A key of another Redis type (foreign data) is deleted and treated as not cached.
+--
 -- Returns {1, reply, pttl}   the structure is cached: the read command's reply, and the
 --                            structure's remaining time-to-live (for early recompute)
 --         {4, marker, pttl}  a string marker stands at the key: the row is absent, or
@@ -37,8 +39,8 @@ if ARGV[3] == "miss" then
   elseif kind == "string" then
     return {4, redis.call("GET", KEYS[1]), redis.call("PTTL", KEYS[1])}
   elseif kind ~= "none" then
-    return redis.error_reply("WRONGTYPE struct_read: " .. KEYS[1] .. " holds a " .. kind
-      .. ", not a " .. ARGV[4])
+    -- Foreign data under our key (another Redis type): a miss; our fill replaces it.
+    redis.call("DEL", KEYS[1])
   end
 end
 -- Granting is idempotent for one token: a driver that retries this call after it ran

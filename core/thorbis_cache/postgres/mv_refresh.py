@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import asyncpg
 import attrs
 
+from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.postgres import audit
 from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX, quote_qualified
 
@@ -145,6 +146,9 @@ class RefreshOutcome:
     :ivar tags: the cache tags to invalidate (the view's tags after an ok refresh, else
         empty).
     :ivar tenants: the tenants whose tags :func:`refresh_and_invalidate` invalidated.
+    :ivar tags_pending: the refresh committed but Redis could not be reached to
+        invalidate its tags: they stay pending (``mv_state.tags_pending``) and the
+        scheduler invalidates them on a later tick.
     """
 
     view: str
@@ -159,6 +163,7 @@ class RefreshOutcome:
     error: str | None = None
     tags: tuple[str, ...] = ()
     tenants: tuple[str, ...] = ()
+    tags_pending: bool = False
 
     @property
     def ok(self) -> bool:
@@ -370,8 +375,10 @@ async def refresh_and_invalidate(
     :param statement_timeout_s: bound on the refresh statement.
     :param recheck: see :func:`refresh_view`.
     :param cron_fire: see :func:`refresh_view`.
-    :returns: the outcome, with ``tenants`` set to those invalidated.
-    :raises CacheBackendError: Redis failed while invalidating (the refresh is recorded).
+    :returns: the outcome, with ``tenants`` set to those invalidated -- or, when Redis
+        could not be reached after the refresh committed, ``tags_pending`` (the refresh
+        is done; its invalidation is left to a later tick, never lost).
+    :raises CacheBackendError: Redis answered with an error while invalidating.
     """
     result = await refresh_view(conn, plugin_name, view, trigger=trigger,
                                 statement_timeout_s=statement_timeout_s, recheck=recheck,
@@ -381,7 +388,12 @@ async def refresh_and_invalidate(
     from thorbis_cache.app import CacheApp  # here: the app imports the plugin layer
 
     cache = app_or_cache.cache if isinstance(app_or_cache, CacheApp) else app_or_cache
-    tenants = await invalidate_pending_tags(cache, conn, plugin_name, view)
+    try:
+        tenants = await invalidate_pending_tags(cache, conn, plugin_name, view)
+    except RedisUnavailableError as exc:
+        log.warning("view %r (plugin %r) refreshed; its tags stay pending until Redis is "
+                    "back: %s", view.name, plugin_name, exc)
+        return attrs.evolve(result, tags_pending=True)
     return attrs.evolve(result, tenants=tuple(tenants or ()))
 
 
