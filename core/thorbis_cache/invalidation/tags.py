@@ -3,7 +3,9 @@
 Membership is recorded at write time, inside the scripts that write (see
 ``lua/lease_acquire.lua``, ``lua/store.lua``...): each key of a schema with tags is added
 to ``<prefix>:~tag:{<tenant>}:<tag>`` in the same atomic step that writes it or grants its
-fill lease, and the tag set's TTL is raised to at least the member's. Dependencies are
+fill lease, and the tag set's TTL is raised to at least the member's; the same step
+samples 3 members and removes those whose key is gone and that hold no fill lease, so a
+tag written constantly stays bounded (about a third dead at most). Dependencies are
 edges recorded by :meth:`Cache.depend <thorbis_cache.cache.Cache.depend>` in
 ``<prefix>:~deps:{<tenant>}:<body>``. All of them carry the tenant's hash tag, so every
 script here touches one slot and is legal on a Redis Cluster; none is ever found by
