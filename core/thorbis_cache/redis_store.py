@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from thorbis_cache.circuit import CircuitBreaker
 from thorbis_cache.errors import (
     CacheBackendError,
     ConfigurationError,
@@ -192,6 +193,8 @@ class RedisStore:
         included).
     :param max_in_flight: calls sent at once; more wait their turn instead of failing.
         Must not exceed the client's pool size (per node on a Cluster).
+    :param breaker: fails calls fast while Redis is down (see :mod:`.circuit`); a
+        breaker opening after 3 consecutive failures for 0.2 s by default.
     """
 
     def __init__(
@@ -201,6 +204,7 @@ class RedisStore:
         *,
         timeout: float = 2.0,
         max_in_flight: int = 128,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
@@ -212,6 +216,7 @@ class RedisStore:
         self._ready_lock = asyncio.Lock()
         self._deadlines = _Deadlines(timeout)
         self._gate = _Gate(max_in_flight)
+        self.breaker = breaker or CircuitBreaker()
         self.address = address
 
     @classmethod
@@ -295,15 +300,34 @@ class RedisStore:
     def _fail(self, operation: str, exc: BaseException) -> CacheBackendError:
         if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError
                       | rexc.RedisClusterException):
+            self.breaker.failure(time.monotonic())
             return RedisUnavailableError(operation, self.address, _describe(exc))
+        if self.breaker.failures:  # an error reply: the server is there
+            self.breaker.success()
         if isinstance(exc, rexc.ResponseError) and str(exc).startswith("WRONGTYPE"):
             return WrongRedisTypeError(operation, self.address, _describe(exc))
         return CacheBackendError(operation, self.address, _describe(exc))
 
     def _timed_out(self, operation: str) -> RedisUnavailableError:
+        self.breaker.failure(time.monotonic())
         return RedisUnavailableError(
             operation, self.address, f"no reply within {self._deadlines.timeout}s"
         )
+
+    def _refuse(self, operation: str) -> None:
+        """Raise at once while the breaker is open (called before a call is armed: our
+        own error must not be taken for the driver's)."""
+        now = time.monotonic()
+        if not self.breaker.allow(now):
+            raise RedisUnavailableError(operation, self.address, self.breaker.describe(now))
+
+    def _abandoned(self, task: asyncio.Task[Any]) -> bool:
+        """After a CancelledError: True when the deadline cancelled the call; else the
+        caller did, and a probe it carried is given back."""
+        if self._deadlines.expired(task):
+            return True
+        self.breaker.abandoned()
+        return False
 
     async def _map_cluster(self) -> None:
         async with self._ready_lock:
@@ -322,7 +346,9 @@ class RedisStore:
 
     @contextlib.asynccontextmanager
     async def _call(self, operation: str) -> AsyncIterator[None]:
-        """Deadline and error translation for the calls off the hot path."""
+        """Deadline, breaker and error translation for the calls off the hot path."""
+        if self.breaker.open_until:
+            self._refuse(operation)
         task = self._deadlines.arm()
         try:
             await self._enter()
@@ -330,10 +356,12 @@ class RedisStore:
                 yield
             finally:
                 self._gate.release()
+            if self.breaker.failures:
+                self.breaker.success()
         except asyncio.CancelledError:
-            if self._deadlines.expired(task):
-                raise self._timed_out(operation) from None
-            raise
+            if not self._abandoned(task):
+                raise
+            raise self._timed_out(operation) from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._fail(operation, exc) from exc
         finally:
@@ -345,6 +373,8 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         """GET ``key``."""
+        if self.breaker.open_until:
+            self._refuse("GET")
         task = self._deadlines.arm()
         gate = self._gate
         try:
@@ -358,11 +388,13 @@ class RedisStore:
                 data: bytes | None = await self._client.get(key)  # type: ignore[assignment]
             finally:
                 gate.release()
+            if self.breaker.failures:
+                self.breaker.success()
             return data
         except asyncio.CancelledError:
-            if self._deadlines.expired(task):
-                raise self._timed_out("GET") from None
-            raise
+            if not self._abandoned(task):
+                raise
+            raise self._timed_out("GET") from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._fail("GET", exc) from exc
         finally:
@@ -372,17 +404,22 @@ class RedisStore:
         """MGET, one call per hash slot (one call in total on a single server)."""
         if not keys:
             return []
+        if self.breaker.open_until:
+            self._refuse("MGET")
         task = self._deadlines.arm()
         try:
             await self._enter()
             try:
-                return await self._mget(keys)
+                found = await self._mget(keys)
             finally:
                 self._gate.release()
+            if self.breaker.failures:
+                self.breaker.success()
+            return found
         except asyncio.CancelledError:
-            if self._deadlines.expired(task):
-                raise self._timed_out("MGET") from None
-            raise
+            if not self._abandoned(task):
+                raise
+            raise self._timed_out("MGET") from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._fail("MGET", exc) from exc
         finally:
@@ -422,19 +459,24 @@ class RedisStore:
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a Lua script (all ``keys`` must share one slot)."""
+        if self.breaker.open_until:
+            self._refuse(f"script {script.name}")
         task = self._deadlines.arm()
         try:
             await self._enter()
             try:
-                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+                reply = await self._client.evalsha(script.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
-                return await self._client.eval(script.source, len(keys), *keys, *args)
+                reply = await self._client.eval(script.source, len(keys), *keys, *args)
             finally:
                 self._gate.release()
+            if self.breaker.failures:
+                self.breaker.success()
+            return reply
         except asyncio.CancelledError:
-            if self._deadlines.expired(task):
-                raise self._timed_out(f"script {script.name}") from None
-            raise
+            if not self._abandoned(task):
+                raise
+            raise self._timed_out(f"script {script.name}") from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             raise self._fail(f"script {script.name}", exc) from exc
         finally:
