@@ -41,9 +41,20 @@ log = logging.getLogger(__name__)
 CLUSTER_SCHEME = "redis+cluster"
 
 
+_INCLUDE = "-- @include "
+
+
 def load_lua(name: str) -> str:
-    """The source of ``thorbis_cache/lua/<name>.lua``."""
-    return (resources.files("thorbis_cache") / "lua" / f"{name}.lua").read_text("utf-8")
+    """The source of ``thorbis_cache/lua/<name>.lua``, each ``-- @include <part>`` line
+    replaced by ``lua/_<part>.lua`` (EVAL scripts cannot share code at run time, so the
+    steps several scripts share are written once and inlined here)."""
+    folder = resources.files("thorbis_cache") / "lua"
+    lines = (folder / f"{name}.lua").read_text("utf-8").split("\n")
+    return "\n".join(
+        (folder / f"_{line[len(_INCLUDE):].strip()}.lua").read_text("utf-8").rstrip("\n")
+        if line.startswith(_INCLUDE) else line
+        for line in lines
+    )
 
 
 S = TypeVar("S")

@@ -14,6 +14,7 @@
 -- key is replaced. The hash is recorded in its tag sets, each kept alive at least as
 -- long as the hash.
 -- Bounds: O(fields + tags); a hash holds one entity, a few dozen fields. Atomic.
+-- @include record_tags
 local version = 1
 if redis.call("TYPE", KEYS[1]).ok == "hash" then
   version = tonumber(redis.call("HGET", KEYS[1], ARGV[1]) or "0") + 1
@@ -22,20 +23,5 @@ redis.call("DEL", KEYS[1], KEYS[2])
 redis.call("HSET", KEYS[1], ARGV[1], version, unpack(ARGV, 3))
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
 local ttl = tonumber(ARGV[2])
-for i = 3, #KEYS do
-  redis.call("SADD", KEYS[i], KEYS[1])
-  -- Prune up to 3 random members whose key is gone (expired, or a fill refused or
-  -- failed) and that have no fill lease: they name nothing left to invalidate. With
-  -- every write sampling 3, at most about a third of a busy tag set is dead.
-  local prefix = string.match(KEYS[i], "^(.-):~tag:")
-  for _, member in ipairs(redis.call("SRANDMEMBER", KEYS[i], 3)) do
-    if redis.call("EXISTS", member) == 0 and redis.call(
-        "EXISTS", prefix .. ":~lease:" .. string.sub(member, #prefix + 2)) == 0 then
-      redis.call("SREM", KEYS[i], member)
-    end
-  end
-  if redis.call("PTTL", KEYS[i]) < ttl then
-    redis.call("PEXPIRE", KEYS[i], ttl)
-  end
-end
+record_tags(3, ttl)
 return version

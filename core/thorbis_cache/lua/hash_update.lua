@@ -19,6 +19,7 @@
 -- A new TTL is also applied to the tag sets (raised, never lowered), so the hash never
 -- outlives the sets that name it; without one, the sets already outlive the hash.
 -- Bounds: O(changed fields + tags). Atomic, so compare and write cannot interleave.
+-- @include record_tags
 redis.call("DEL", KEYS[2])
 local kind = redis.call("TYPE", KEYS[1]).ok
 if kind ~= "hash" then
@@ -41,21 +42,6 @@ local version = redis.call("HINCRBY", KEYS[1], ARGV[1], 1)
 if ARGV[3] ~= "" then
   redis.call("PEXPIRE", KEYS[1], ARGV[3])
   local ttl = tonumber(ARGV[3])
-  for i = 3, #KEYS do
-    redis.call("SADD", KEYS[i], KEYS[1])
-    -- Prune up to 3 random members whose key is gone (expired, or a fill refused or
-    -- failed) and that have no fill lease: they name nothing left to invalidate. With
-    -- every write sampling 3, at most about a third of a busy tag set is dead.
-    local prefix = string.match(KEYS[i], "^(.-):~tag:")
-    for _, member in ipairs(redis.call("SRANDMEMBER", KEYS[i], 3)) do
-      if redis.call("EXISTS", member) == 0 and redis.call(
-          "EXISTS", prefix .. ":~lease:" .. string.sub(member, #prefix + 2)) == 0 then
-        redis.call("SREM", KEYS[i], member)
-      end
-    end
-    if redis.call("PTTL", KEYS[i]) < ttl then
-      redis.call("PEXPIRE", KEYS[i], ttl)
-    end
-  end
+  record_tags(3, ttl)
 end
 return {1, version}

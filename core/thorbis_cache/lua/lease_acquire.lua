@@ -19,6 +19,7 @@
 -- Bounds: O(1 + tags), a handful of commands. Atomic, so two clients can never both be
 -- granted the lease of one key, "no value, no lease" is decided in one step, and no lease
 -- exists that its tag sets do not know about.
+-- @include record_tags
 if ARGV[3] == "miss" then
   -- Foreign data under our key (a list, a hash...) is no value: the fill's SET
   -- replaces it.
@@ -34,22 +35,7 @@ if holder == ARGV[1] then
 end
 if not holder and redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2]) then
   local ttl = tonumber(ARGV[2])
-  for i = 3, #KEYS do
-    redis.call("SADD", KEYS[i], KEYS[1])
-    -- Prune up to 3 random members whose key is gone (expired, or a fill refused or
-    -- failed) and that have no fill lease: they name nothing left to invalidate. With
-    -- every write sampling 3, at most about a third of a busy tag set is dead.
-    local prefix = string.match(KEYS[i], "^(.-):~tag:")
-    for _, member in ipairs(redis.call("SRANDMEMBER", KEYS[i], 3)) do
-      if redis.call("EXISTS", member) == 0 and redis.call(
-          "EXISTS", prefix .. ":~lease:" .. string.sub(member, #prefix + 2)) == 0 then
-        redis.call("SREM", KEYS[i], member)
-      end
-    end
-    if redis.call("PTTL", KEYS[i]) < ttl then
-      redis.call("PEXPIRE", KEYS[i], ttl)
-    end
-  end
+  record_tags(3, ttl)
   return {2}
 end
 return {3}

@@ -19,6 +19,7 @@
 -- old structure or the new one, never an empty or half-written one.
 -- Bounds: O(elements + tags) for one structure's content (one entity, one list), sent
 -- to the write command in chunks so no call exceeds Lua's unpack limit.
+-- @include record_tags
 if redis.call("GET", KEYS[2]) ~= ARGV[1] then
   return 0
 end
@@ -38,20 +39,5 @@ else
 end
 redis.call("DEL", KEYS[2])
 local ttl = tonumber(ARGV[2])
-for i = 3, #KEYS do
-  redis.call("SADD", KEYS[i], KEYS[1])
-  -- Prune up to 3 random members whose key is gone (expired, or a fill refused or
-  -- failed) and that have no fill lease: they name nothing left to invalidate. With
-  -- every write sampling 3, at most about a third of a busy tag set is dead.
-  local prefix = string.match(KEYS[i], "^(.-):~tag:")
-  for _, member in ipairs(redis.call("SRANDMEMBER", KEYS[i], 3)) do
-    if redis.call("EXISTS", member) == 0 and redis.call(
-        "EXISTS", prefix .. ":~lease:" .. string.sub(member, #prefix + 2)) == 0 then
-      redis.call("SREM", KEYS[i], member)
-    end
-  end
-  if redis.call("PTTL", KEYS[i]) < ttl then
-    redis.call("PEXPIRE", KEYS[i], ttl)
-  end
-end
+record_tags(3, ttl)
 return 1

@@ -22,6 +22,7 @@
 -- list page, a day of appointments), sent in chunks under Lua's unpack limit.
 -- Atomic, so no structure is ever left without its TTL, and none exists that its tag
 -- sets (kept alive at least as long as it) do not know about.
+-- @include record_tags
 local command = ARGV[3]
 if command ~= "ZADD" and command ~= "GEOADD" and command ~= "MARKER" then
   return redis.error_reply("write_expire: command not allowed: " .. command)
@@ -45,20 +46,5 @@ else
   redis.call("PEXPIRE", KEYS[1], ARGV[1])
 end
 local ttl = tonumber(ARGV[1])
-for i = 3, #KEYS do
-  redis.call("SADD", KEYS[i], KEYS[1])
-  -- Prune up to 3 random members whose key is gone (expired, or a fill refused or
-  -- failed) and that have no fill lease: they name nothing left to invalidate. With
-  -- every write sampling 3, at most about a third of a busy tag set is dead.
-  local prefix = string.match(KEYS[i], "^(.-):~tag:")
-  for _, member in ipairs(redis.call("SRANDMEMBER", KEYS[i], 3)) do
-    if redis.call("EXISTS", member) == 0 and redis.call(
-        "EXISTS", prefix .. ":~lease:" .. string.sub(member, #prefix + 2)) == 0 then
-      redis.call("SREM", KEYS[i], member)
-    end
-  end
-  if redis.call("PTTL", KEYS[i]) < ttl then
-    redis.call("PEXPIRE", KEYS[i], ttl)
-  end
-end
+record_tags(3, ttl)
 return reply
