@@ -11,7 +11,10 @@ pair interleaved op by op (order alternated per round, ABBA), medians across rou
   ``geo.within`` vs ``geo.within(loader=)``;
 * misses, with an instant loader: the naive fill it replaces (read, load, ``replace`` /
   ``add(replace=True)``: stale-prone) vs the lease-protected read-through (``struct_read``
-  + ``struct_fill``), each starting from a deleted key.
+  + ``struct_fill``), each starting from a deleted key;
+* tagged writes: ``cache.set`` of a value under two tags (each write records the key and
+  prunes up to 3 sampled dead members per tag) vs the same value under no tag, and a raw
+  SET of the same bytes.
 
 Figures are reported, never asserted: the script exits 0 whatever they are.
 """
@@ -52,6 +55,9 @@ CUSTOMER = KeySchema("bench.customer", Customer, params={"id": int}, kind=Schema
                      sensitive=True, ttl=3600)
 HISTORY = KeySchema("bench.history", int, params={"id": int}, kind=SchemaKind.ZSET, ttl=3600)
 SITES = KeySchema("bench.sites", int, params={"day": int}, kind=SchemaKind.GEO, ttl=3600)
+LABEL = KeySchema("bench.label", str, params={"id": int}, ttl=3600)
+TAGGED = KeySchema("bench.tagged", str, params={"id": int}, ttl=3600,
+                   tags=("bench.lists", "bench.reports"))
 
 ROW = Customer(42, "Ada", "Lovelace", "ada@example.com", "555-0100", "London", "vip", 1234.5)
 MEMBERS = {i: float(1_700_000_000 + i * 3600) for i in range(200)}
@@ -92,7 +98,7 @@ async def main(quick: bool) -> None:
     server = RedisServer().start()
     try:
         registry = SchemaRegistry()
-        for schema in (CUSTOMER, HISTORY, SITES):
+        for schema in (CUSTOMER, HISTORY, SITES, LABEL, TAGGED):
             registry.register(schema, owner="bench")
         raw = aioredis.Redis.from_url(server.url)
         async with Cache.from_url(server.url, registry, keyring=KeyRing.generate()) as cache:
@@ -165,6 +171,26 @@ async def _run(cache: Cache, raw: aioredis.Redis, rounds: int, per_round: int
                          rounds, per_round // 4)
     out += [("hash miss", "naive hash fill", "read-through hash fill", fills),
             ("zset miss", "naive zset fill", "read-through zset fill", fills)]
+
+    # A tag set of 1,000 live members, as a busy tag holds: the writes sample it.
+    for i in range(1000):
+        await cache.set(TAGGED.key("acme", id=10_000 + i), "x")
+    counter = iter(range(10**9))
+
+    async def tagged() -> None:
+        await cache.set(TAGGED.key("acme", id=next(counter) % 1000), "label value")
+
+    async def untagged() -> None:
+        await cache.set(LABEL.key("acme", id=next(counter) % 1000), "label value")
+
+    raw_key = cache.redis_key(LABEL.key("acme", id=0))
+    writes = await paired({
+        "raw SET": lambda: raw.set(raw_key, b"label value bytes", px=3_600_000),
+        "set, no tag": untagged,
+        "set, 2 tags": tagged,
+    }, rounds, per_round)
+    out += [("write", "raw SET", "set, no tag", writes),
+            ("write", "raw SET", "set, 2 tags", writes)]
     return out
 
 
