@@ -76,6 +76,8 @@ class _Scripts:
     hash_update: Script
     write_expire: Script
     struct_remove: Script
+    struct_read: Script
+    struct_fill: Script
 
     @classmethod
     def load(cls) -> _Scripts:

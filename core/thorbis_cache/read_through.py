@@ -29,39 +29,33 @@ every deletion of the key -- a rule, a tag, a cascade -- drops them like any ent
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
+from thorbis_cache import leases
 from thorbis_cache.envelope import CorruptEntry
 from thorbis_cache.errors import MissingRow, RedisUnavailableError, WrongRedisTypeError
-from thorbis_cache.fill import SingleFlight, backoff_delays, should_recompute_early
+from thorbis_cache.fill import SingleFlight, should_recompute_early
 from thorbis_cache.keys import CacheKey
-from thorbis_cache.redis_store import Script, load_scripts
+from thorbis_cache.leases import ABSENT, EMPTY
 
 if TYPE_CHECKING:
     from thorbis_cache.cache import Cache
     from thorbis_cache.metrics import SchemaCounters
 
-__all__ = ["ABSENT", "EMPTY", "StructureFills", "StructureRead"]
+__all__ = ["ABSENT", "EMPTY", "StructureFills", "StructureRead", "StructureWrite"]
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")  # what a read answers
 L = TypeVar("L")  # what the loader returns (an entity, or a member mapping)
-
-#: The string a read-through stores at a key whose row does not exist (``negative_ttl``).
-#: It starts with a NUL byte, so it is never an envelope (``TC``) nor a member.
-ABSENT = b"\x00tc:absent"
-#: The string stored for a sorted set or geo index whose loader returned no member.
-EMPTY = b"\x00tc:empty"
 
 _HIT, _GRANTED, _HELD, _MARKER = 1, 2, 3, 4
 #: EWMA weight of the newest load time (XFetch's delta for structures).
@@ -93,27 +87,16 @@ class StructureWrite(Generic[L]):
 
     :ivar check: raises :class:`~thorbis_cache.errors.ValueTypeError` for a loaded value
         of the wrong shape.
-    :ivar arguments: ``(command, arguments per element, arguments)`` of the write that
-        stores the loaded content, or None for an empty member set (stored as
-        :data:`EMPTY`).
+    :ivar content: the ``struct_fill`` arguments that store the loaded content:
+        ``[command, arguments per element, *arguments]``, or ``["MARKER", EMPTY]`` for
+        an empty member set.
     :ivar empty: what an :data:`EMPTY` marker stands for, handed to ``from_loaded``
         (None for hashes, which are never empty).
     """
 
     check: Callable[[L], None]
-    arguments: Callable[[L], tuple[str, int, list[Any]] | None]
+    content: Callable[[L], list[Any]]
     empty: Any = None
-
-
-@attrs.frozen(slots=True)
-class _Scripts:
-    struct_read: Script
-    struct_fill: Script
-    delete_if_equal: Script
-
-    @classmethod
-    def load(cls) -> _Scripts:
-        return load_scripts(cls)
 
 
 class _NotRefreshed:
@@ -125,12 +108,11 @@ _NOT_REFRESHED = _NotRefreshed()
 
 class StructureFills:
     """The read-through engine of one :class:`~thorbis_cache.cache.Cache` for its hash,
-    sorted set and geo schemas (values use the cache's own ``get_or_load`` path, with the
-    same lease protocol)."""
+    sorted set and geo schemas (values use :mod:`.value_fill`; both share the lease
+    steps of :mod:`.leases`)."""
 
     def __init__(self, cache: Cache) -> None:
         self._cache = cache
-        self.scripts = _Scripts.load()
         self._flights: SingleFlight[Any] = SingleFlight("struct-fill")
         self._delta_ms: dict[str, float] = {}
 
@@ -155,8 +137,6 @@ class StructureFills:
         cache = self._cache
         counters = cache.metrics.for_schema(key.schema.name)
         rk = cache.redis_key(key)
-        keys = [rk, cache.lease_key(key), *cache.tag_keys(key)]
-        lease_ms = int(cache.settings.lease_ttl * 1000)
         if key.schema.early_recompute is None:
             # The hit path is the read command alone: a non-empty reply can only come
             # from a cached structure. An empty one (nothing cached, a marker, or a range
@@ -167,8 +147,7 @@ class StructureFills:
             except WrongRedisTypeError:
                 reply = None
             except RedisUnavailableError as exc:
-                loaded = await self._cache._degraded_load(counters, key, loader, exc)
-                return spec.from_loaded(loaded)
+                return spec.from_loaded(await cache._degraded_load(counters, key, loader, exc))
             if reply:
                 try:
                     answer = spec.from_reply(reply)
@@ -177,9 +156,24 @@ class StructureFills:
                 else:
                     counters.hits += 1
                     return answer
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        next_delay = backoff_delays()
+        return await self._read_or_fill(key, rk, counters, spec, write, loader, ttl)
+
+    async def _read_or_fill(
+        self,
+        key: CacheKey[Any],
+        rk: str,
+        counters: SchemaCounters,
+        spec: StructureRead[R, L],
+        write: StructureWrite[L],
+        loader: Callable[[], Awaitable[L]],
+        ttl: float | None,
+    ) -> R:
+        """``struct_read`` until the read is answered, a fill (ours or another
+        coroutine's) completes, or the wait for another client's fill is over."""
+        cache = self._cache
+        keys = leases.fill_keys(cache, key)
+        lease_ms = int(cache.settings.lease_ttl * 1000)
+        wait = leases.LeaseWait(cache, key, counters)
         while True:
             if self._flights.running(rk):
                 loaded, _ = await self._flights.do(rk, _unreachable)
@@ -190,12 +184,11 @@ class StructureFills:
             token = secrets.token_hex(12)
             try:
                 reply = await cache.store.run(
-                    self.scripts.struct_read, keys,
+                    cache._scripts.struct_read, keys,
                     [token, lease_ms, "miss", spec.redis_type, *spec.command],
                 )
             except RedisUnavailableError as exc:
-                loaded = await self._cache._degraded_load(counters, key, loader, exc)
-                return spec.from_loaded(loaded)
+                return spec.from_loaded(await cache._degraded_load(counters, key, loader, exc))
             state = int(reply[0])
             if state == _HIT:
                 try:
@@ -219,7 +212,7 @@ class StructureFills:
             if state == _GRANTED:
                 counters.misses += 1
                 fill = functools.partial(
-                    self._load_and_fill, key, counters, keys, token, write, loader, ttl
+                    self._load_and_fill, key, counters, token, write, loader, ttl
                 )
                 loaded, _ = await self._flights.do(rk, fill)
                 return spec.from_loaded(loaded)
@@ -227,20 +220,10 @@ class StructureFills:
             # lease: wait for its fill, bounded.
             if self._flights.running(rk):
                 continue
-            if deadline is None:
-                counters.lease_waits += 1
-                deadline = loop.time() + cache.settings.lease_wait
-            elif loop.time() >= deadline:
-                counters.lease_timeouts += 1
-                log.warning(
-                    "gave up waiting %.2fs for the fill of %s (schema %s, tenant %s); "
-                    "loading without caching",
-                    cache.settings.lease_wait, rk, key.schema.name, key.tenant,
-                )
+            if not await wait.pause():
                 loaded = await cache._call_loader(counters, loader)
                 write.check(loaded)
                 return spec.from_loaded(loaded)
-            await asyncio.sleep(next_delay())
 
     async def _maybe_refresh(
         self,
@@ -262,9 +245,8 @@ class StructureFills:
         if not should_recompute_early(now_ms, now_ms + pttl_ms, delta, beta):
             return answer
         counters.early_recomputes += 1
-        rk = self._cache.redis_key(key)
         loaded, _ = await self._flights.do(
-            rk, lambda: self._refresh(key, counters, write, loader, ttl)
+            self._cache.redis_key(key), lambda: self._refresh(key, counters, write, loader, ttl)
         )
         return answer if loaded is _NOT_REFRESHED else spec.from_loaded(loaded)
 
@@ -277,24 +259,22 @@ class StructureFills:
         ttl: float | None,
     ) -> Any:
         cache = self._cache
-        keys = [cache.redis_key(key), cache.lease_key(key), *cache.tag_keys(key)]
         token = secrets.token_hex(12)
         try:
             reply = await cache.store.run(
-                self.scripts.struct_read, keys,
+                cache._scripts.struct_read, leases.fill_keys(cache, key),
                 [token, int(cache.settings.lease_ttl * 1000), "refresh", "none", "ZCARD"],
             )
         except RedisUnavailableError:
             return _NOT_REFRESHED
         if int(reply[0]) != _GRANTED:
             return _NOT_REFRESHED
-        return await self._load_and_fill(key, counters, keys, token, write, loader, ttl)
+        return await self._load_and_fill(key, counters, token, write, loader, ttl)
 
     async def _load_and_fill(
         self,
         key: CacheKey[Any],
         counters: SchemaCounters,
-        keys: Sequence[str],
         token: str,
         write: StructureWrite[L],
         loader: Callable[[], Awaitable[L]],
@@ -307,53 +287,28 @@ class StructureFills:
             loaded = await cache._call_loader(counters, loader)
             write.check(loaded)
         except MissingRow:
-            if schema.negative_ttl is not None:
-                await self._fill(key, counters, keys, token,
-                                 cache.ttl_ms(schema, schema.negative_ttl), ["MARKER", ABSENT])
-            else:
-                await self._release(keys[1], token)
+            if await leases.write_absent(cache, key, token) is False:
+                counters.fills_rejected += 1
             raise
         except BaseException:
             # Release our lease at once so waiters take over instead of timing out.
-            await self._release(keys[1], token)
+            await leases.release(cache, key, token)
             raise
         took_ms = (time.perf_counter() - started) * 1000
         previous = self._delta_ms.get(schema.name)
         self._delta_ms[schema.name] = took_ms if previous is None else (
             previous + _DELTA_WEIGHT * (took_ms - previous))
-        arguments = write.arguments(loaded)
-        args: list[Any]
-        if arguments is None:
-            args = ["MARKER", EMPTY]
-        else:
-            command, arity, rest = arguments
-            args = [command, arity, *rest]
-        await self._fill(key, counters, keys, token, cache.ttl_ms(schema, ttl), args)
-        return loaded
-
-    async def _fill(
-        self,
-        key: CacheKey[Any],
-        counters: SchemaCounters,
-        keys: Sequence[str],
-        token: str,
-        ttl_ms: int,
-        args: list[Any],
-    ) -> None:
+        rk = cache.redis_key(key)
         try:
-            written = await self._cache.store.run(
-                self.scripts.struct_fill, keys, [token, ttl_ms, *args]
-            )
+            written = await leases.write(cache, key, token, cache.ttl_ms(schema, ttl),
+                                         write.content(loaded))
         except RedisUnavailableError as exc:
-            log.warning("could not write the fill of %s: %s", keys[0], exc)
-            return
+            log.warning("could not write the fill of %s: %s", rk, exc)
+            return loaded
         if not written:
             counters.fills_rejected += 1
-            log.debug("fill of %s rejected: invalidated while loading", keys[0])
-
-    async def _release(self, lease: str, token: str) -> None:
-        with contextlib.suppress(RedisUnavailableError):
-            await self._cache.store.run(self.scripts.delete_if_equal, [lease], [token])
+            log.debug("fill of %s rejected: invalidated while loading", rk)
+        return loaded
 
     async def _drop(self, key: CacheKey[Any], rk: str, exc: CorruptEntry) -> None:
         """Delete a structure that does not open (counted, logged): the next read loads."""

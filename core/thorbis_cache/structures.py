@@ -100,10 +100,7 @@ class EntityHash(Generic[T]):
 
     async def get_versioned(self) -> Versioned[T] | None:
         """The entity and its version, or None (not cached, or cached as absent)."""
-        try:
-            raw = await self._cache.store.command("HGETALL", self._rk)
-        except WrongRedisTypeError:  # a read-through's marker of an absent row
-            return None
+        raw = await _read(self._cache, "HGETALL", self._rk)
         if not raw:
             return None
         try:
@@ -147,21 +144,21 @@ class EntityHash(Generic[T]):
         return await self._cache.fills.read(self._key, spec, self._fill_write(), loader, ttl)
 
     def _fill_write(self) -> StructureWrite[T]:
-        def arguments(value: T) -> tuple[str, int, list[Any]]:
-            args: list[Any] = [VERSION_FIELD, 1]
-            for name in self._fields:
-                args += [name, self._encode_field(name, getattr(value, name))]
-            return "HSET", 2, args
+        return StructureWrite(self._codec.check, self._fill_content)
 
-        return StructureWrite(self._codec.check, arguments)
+    def _fill_content(self, value: T) -> list[Any]:
+        """The ``struct_fill`` arguments of a whole entity (a first version)."""
+        args: list[Any] = ["HSET", 2, VERSION_FIELD, 1]
+        for name in self._fields:
+            args += [name, self._encode_field(name, getattr(value, name))]
+        return args
 
     async def get_fields(self, *names: str) -> dict[str, Any]:
         """Some fields of the entity (absent when not cached)."""
         for name in names:
             self._check_name(name)
-        try:
-            raw = await self._cache.store.command("HMGET", self._rk, *names)
-        except WrongRedisTypeError:  # cached as absent
+        raw = await _read(self._cache, "HMGET", self._rk, *names)
+        if raw is None:  # cached as absent
             return {}
         out: dict[str, Any] = {}
         for name, data in zip(names, raw):
@@ -176,10 +173,7 @@ class EntityHash(Generic[T]):
 
     async def version(self) -> int | None:
         """The current version, or None when not cached."""
-        try:
-            raw = await self._cache.store.command("HGET", self._rk, VERSION_FIELD)
-        except WrongRedisTypeError:  # cached as absent
-            return None
+        raw = await _read(self._cache, "HGET", self._rk, VERSION_FIELD)
         return None if raw is None else int(raw)
 
     async def replace(self, value: T, *, ttl: float | None = None) -> int:
@@ -264,14 +258,6 @@ class _MemberStructure(Generic[T]):
         self._write = write_script
         self._remove = remove_script
 
-    async def _read(self, *args: Any) -> Any:
-        """One read command on the structure; None when a marker (an empty set or an
-        absent row cached by a read-through) stands at the key."""
-        try:
-            return await self._cache.store.command(*args)
-        except WrongRedisTypeError:
-            return None
-
     def _member_args(self, member: T, element: Any) -> list[Any]:
         raise NotImplementedError  # pragma: no cover - each structure defines its own
 
@@ -281,15 +267,16 @@ class _MemberStructure(Generic[T]):
                                  type(loaded).__name__)
 
     def _fill_write(self) -> StructureWrite[Mapping[T, Any]]:
-        def arguments(loaded: Mapping[T, Any]) -> tuple[str, int, list[Any]] | None:
-            if not loaded:
-                return None
-            args: list[Any] = []
-            for member, element in loaded.items():
-                args += self._member_args(member, element)
-            return self._FILL[0], self._FILL[1], args
+        return StructureWrite(self._check_loaded, self._fill_content, empty={})
 
-        return StructureWrite(self._check_loaded, arguments, empty={})
+    def _fill_content(self, loaded: Mapping[T, Any]) -> list[Any]:
+        """The ``struct_fill`` arguments of a whole member set (``EMPTY`` for none)."""
+        if not loaded:
+            return ["MARKER", EMPTY]
+        args: list[Any] = [*self._FILL]
+        for member, element in loaded.items():
+            args += self._member_args(member, element)
+        return args
 
     async def _read_through(
         self,
@@ -358,12 +345,12 @@ class SortedSet(_MemberStructure[T]):
 
     async def score(self, member: T) -> float | None:
         """The score of ``member``, or None."""
-        raw = await self._read("ZSCORE", self._rk, self._enc(member))
+        raw = await _read(self._cache, "ZSCORE", self._rk, self._enc(member))
         return None if raw is None else float(raw)
 
     async def card(self) -> int:
         """Number of members."""
-        return int(await self._read("ZCARD", self._rk) or 0)
+        return int(await _read(self._cache, "ZCARD", self._rk) or 0)
 
     async def get_or_load(
         self, loader: Loader[Mapping[T, float]], *, ttl: float | None = None
@@ -404,7 +391,7 @@ class SortedSet(_MemberStructure[T]):
             return [(self._dec(m), float(s)) for m, s in _pairs(raw)]
 
         if loader is None:
-            return from_reply(await self._read("ZRANGE", self._rk, *args) or [])
+            return from_reply(await _read(self._cache, "ZRANGE", self._rk, *args) or [])
 
         def from_loaded(loaded: Mapping[T, float]) -> list[tuple[T, float]]:
             return _score_range(loaded, self._enc, low, high, desc, offset, count)
@@ -454,7 +441,7 @@ class GeoIndex(_MemberStructure[T]):
 
     async def position(self, member: T) -> tuple[float, float] | None:
         """``(longitude, latitude)`` of ``member`` (geohash precision), or None."""
-        raw = await self._read("GEOPOS", self._rk, self._enc(member))
+        raw = await _read(self._cache, "GEOPOS", self._rk, self._enc(member))
         if not raw or raw[0] is None:
             return None
         lon, lat = raw[0]
@@ -486,7 +473,7 @@ class GeoIndex(_MemberStructure[T]):
             return [(self._dec(m), float(d)) for m, d in raw]
 
         if loader is None:
-            return from_reply(await self._read("GEOSEARCH", self._rk, *args) or [])
+            return from_reply(await _read(self._cache, "GEOSEARCH", self._rk, *args) or [])
 
         def from_loaded(loaded: Mapping[T, tuple[float, float]]) -> list[tuple[T, float]]:
             found = sorted(
@@ -513,6 +500,15 @@ class GeoIndex(_MemberStructure[T]):
 
         return await self._read_through(("ZRANGE", 0, -1, "WITHSCORES"), from_reply, dict,
                                         loader, ttl)
+
+
+async def _read(cache: Cache, *args: Any) -> Any:
+    """One read command on a structure; None when a string stands at the key (a
+    read-through's marker of an empty set or an absent row, or foreign data)."""
+    try:
+        return await cache.store.command(*args)
+    except WrongRedisTypeError:
+        return None
 
 
 def _same(value: T) -> T:

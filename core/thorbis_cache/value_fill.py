@@ -6,19 +6,18 @@ caching and degraded mode (the protocol is described in :mod:`.fill` and
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from thorbis_cache import leases
 from thorbis_cache.envelope import CorruptEntry
 from thorbis_cache.errors import MissingRow, RedisUnavailableError, WrongRedisTypeError
-from thorbis_cache.fill import SingleFlight, backoff_delays, should_recompute_early
+from thorbis_cache.fill import SingleFlight, should_recompute_early
 from thorbis_cache.keys import CacheKey
-from thorbis_cache.read_through import ABSENT
+from thorbis_cache.leases import ABSENT
 
 if TYPE_CHECKING:
     from thorbis_cache.cache import Cache, _Runtime
@@ -90,18 +89,14 @@ class ValueFills:
     async def _fill(
         self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
     ) -> T:
-        lease = self._cache.lease_key(key)
-        tag_keys = self._cache.tag_keys(key)
+        keys = leases.fill_keys(self._cache, key)
         token = secrets.token_hex(12)
         lease_ms = int(self._cache.settings.lease_ttl * 1000)
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        next_delay = backoff_delays()
+        wait = leases.LeaseWait(self._cache, key, rt.counters)
         while True:
             try:
                 reply = await self._cache.store.run(
-                    self._cache._scripts.lease_acquire, [rk, lease, *tag_keys],
-                    [token, lease_ms, "miss"],
+                    self._cache._scripts.lease_acquire, keys, [token, lease_ms, "miss"]
                 )
             except RedisUnavailableError as exc:
                 return await self._cache._degraded_load(rt.counters, key, loader, exc)
@@ -117,20 +112,10 @@ class ValueFills:
                     await self._cache._drop_corrupt(rt, key, rk, data, exc)
                     continue
             if state == _LEASE_GRANTED:
-                return await self._load_and_fill(rt, key, rk, lease, token, loader, ttl)
+                return await self._load_and_fill(rt, key, rk, token, loader, ttl)
             # Another client is loading this key: wait for its value, bounded.
-            if deadline is None:
-                rt.counters.lease_waits += 1
-                deadline = loop.time() + self._cache.settings.lease_wait
-            elif loop.time() >= deadline:
-                rt.counters.lease_timeouts += 1
-                log.warning(
-                    "gave up waiting %.2fs for the fill of %s (schema %s, tenant %s); "
-                    "loading without caching",
-                    self._cache.settings.lease_wait, rk, key.schema.name, key.tenant,
-                )
+            if not await wait.pause():
                 return await self._cache._call_loader(rt.counters, loader)
-            await asyncio.sleep(next_delay())
 
     async def _refresh(
         self,
@@ -143,26 +128,24 @@ class ValueFills:
     ) -> T:
         """Early recomputation: only the client that wins the lease recomputes; the
         others keep serving the current value."""
-        lease = self._cache.lease_key(key)
         token = secrets.token_hex(12)
         lease_ms = int(self._cache.settings.lease_ttl * 1000)
         try:
             reply = await self._cache.store.run(
-                self._cache._scripts.lease_acquire, [rk, lease, *self._cache.tag_keys(key)],
+                self._cache._scripts.lease_acquire, leases.fill_keys(self._cache, key),
                 [token, lease_ms, "refresh"],
             )
         except RedisUnavailableError:
             return current
         if int(reply[0]) != _LEASE_GRANTED:
             return current
-        return await self._load_and_fill(rt, key, rk, lease, token, loader, ttl)
+        return await self._load_and_fill(rt, key, rk, token, loader, ttl)
 
     async def _load_and_fill(
         self,
         rt: _Runtime,
         key: CacheKey[T],
         rk: str,
-        lease: str,
         token: str,
         loader: Loader[T],
         ttl: float | None,
@@ -172,12 +155,12 @@ class ValueFills:
             value = await self._cache._call_loader(rt.counters, loader)
             rt.codec.check(value)
         except MissingRow:
-            await self._fill_absent(rt, key, rk, lease, token)
+            if await leases.write_absent(self._cache, key, token) is False:
+                rt.counters.fills_rejected += 1
             raise
         except BaseException:
             # Release our lease at once so waiters take over instead of timing out.
-            with contextlib.suppress(RedisUnavailableError):
-                await self._cache.store.run(self._cache._scripts.delete_if_equal, [lease], [token])
+            await leases.release(self._cache, key, token)
             raise
         delta_ms = int((time.perf_counter() - started) * 1000)
         ttl_ms = self._cache.ttl_ms(key.schema, ttl)
@@ -185,10 +168,7 @@ class ValueFills:
             value, rk.encode(), key.tenant, self._cache._timing(key.schema, ttl_ms, delta_ms)
         )
         try:
-            written = await self._cache.store.run(
-                self._cache._scripts.lease_fill, [rk, lease, *self._cache.tag_keys(key)],
-                [token, data, ttl_ms],
-            )
+            written = await leases.write(self._cache, key, token, ttl_ms, data)
         except RedisUnavailableError as exc:
             log.warning("could not write the fill of %s: %s", rk, exc)
             return value
@@ -196,22 +176,3 @@ class ValueFills:
             rt.counters.fills_rejected += 1
             log.debug("fill of %s rejected: invalidated while loading", rk)
         return value
-
-    async def _fill_absent(
-        self, rt: _Runtime, key: CacheKey[Any], rk: str, lease: str, token: str
-    ) -> None:
-        """The loader found no row: cache the absence for the schema's ``negative_ttl``
-        under the same lease (so an INSERT committed meanwhile still wins), or release
-        the lease when the schema caches no absence."""
-        schema = key.schema
-        with contextlib.suppress(RedisUnavailableError):
-            if schema.negative_ttl is None:
-                await self._cache.store.run(self._cache._scripts.delete_if_equal, [lease], [token])
-                return
-            written = await self._cache.store.run(
-                self._cache._scripts.lease_fill, [rk, lease, *self._cache.tag_keys(key)],
-                [token, ABSENT, self._cache.ttl_ms(schema, schema.negative_ttl)],
-            )
-            if not written:
-                rt.counters.fills_rejected += 1
-

@@ -23,16 +23,15 @@ for a geo index (the whole structure).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from thorbis_cache.errors import InvalidParameterError, RedisUnavailableError
+from thorbis_cache import leases
+from thorbis_cache.errors import InvalidParameterError
 from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind
-from thorbis_cache.read_through import ABSENT, EMPTY
 
 if TYPE_CHECKING:
     from thorbis_cache.cache import Cache
@@ -172,21 +171,18 @@ async def warm(cache: Cache, batch: WarmBatch) -> WarmOutcome:
                     f"warm batch {batch.description or '?'} loaded {cache.redis_key(key)!r}, "
                     "which it was not asked for",
                 )
-        loaded = [(k, t, _fill_arguments(cache, k, entries[k])) for k, t in leased
-                  if k in entries]
+        loaded = [(k, t, _content(cache, k, entries[k])) for k, t in leased if k in entries]
     except BaseException:
-        await asyncio.gather(*(_release(cache, k, t) for k, t in leased))
+        await asyncio.gather(*(leases.release(cache, k, t) for k, t in leased))
         raise
-    written = await asyncio.gather(*(_write(cache, k, t, args) for k, t, args in loaded))
+    written = await asyncio.gather(*(
+        leases.write(cache, k, t, ttl_ms, content) for k, t, (ttl_ms, content) in loaded
+    ))
     filled = sum(1 for ok in written if ok)
     absent = [(k, t) for k, t in leased if k not in entries]
-    await asyncio.gather(*(_write_absent(cache, k, t) for k, t in absent))
+    await asyncio.gather(*(leases.write_absent(cache, k, t) for k, t in absent))
     return WarmOutcome(filled=filled, cached=cached, busy=busy,
                        rejected=len(loaded) - filled, absent=len(absent))
-
-
-def _keys(cache: Cache, key: CacheKey[Any]) -> list[str]:
-    return [cache.redis_key(key), cache.lease_key(key), *cache.tag_keys(key)]
 
 
 async def _lease(cache: Cache, key: CacheKey[Any], token: str) -> int:
@@ -194,59 +190,27 @@ async def _lease(cache: Cache, key: CacheKey[Any], token: str) -> int:
     kind = key.schema.kind
     cache._runtime(key.schema)  # raises for a schema the cache does not know
     if kind is SchemaKind.VALUE:
-        reply = await cache.store.run(cache._scripts.lease_acquire, _keys(cache, key),
-                                      [token, lease_ms, "miss"])
+        script, args = cache._scripts.lease_acquire, [token, lease_ms, "miss"]
     else:
         redis_type, probe = _PROBES[kind]
-        reply = await cache.store.run(cache.fills.scripts.struct_read, _keys(cache, key),
-                                      [token, lease_ms, "miss", redis_type, *probe])
-    return int(reply[0])
+        script = cache._scripts.struct_read
+        args = [token, lease_ms, "miss", redis_type, *probe]
+    return int((await cache.store.run(script, leases.fill_keys(cache, key), args))[0])
 
 
-def _fill_arguments(cache: Cache, key: CacheKey[Any], entry: Any) -> list[Any]:
-    """The arguments of the fill script after the token: checked and encoded now, so a
-    bad entry fails the batch before anything is written."""
+def _content(cache: Cache, key: CacheKey[Any], entry: Any) -> tuple[int, bytes | list[Any]]:
+    """The TTL and what :func:`leases.write` stores for ``entry``: checked and encoded
+    now, so a bad entry fails the batch before anything is written."""
     schema = key.schema
     ttl_ms = cache.ttl_ms(schema)
     if schema.kind is SchemaKind.VALUE:
         rt = cache._runtime(schema)
         rt.codec.check(entry)
-        rk = cache.redis_key(key)
-        data = rt.codec.encode(entry, rk.encode(), key.tenant, cache._timing(schema, ttl_ms, 0))
-        return [data, ttl_ms]
+        return ttl_ms, rt.codec.encode(entry, cache.redis_key(key).encode(), key.tenant,
+                                       cache._timing(schema, ttl_ms, 0))
     handle: Any = {SchemaKind.HASH: cache.hash, SchemaKind.ZSET: cache.zset,
                    SchemaKind.GEO: cache.geo}[schema.kind](key)
     write = handle._fill_write()
     write.check(entry)
-    arguments = write.arguments(entry)
-    if arguments is None:
-        return [ttl_ms, "MARKER", EMPTY]
-    command, arity, rest = arguments
-    return [ttl_ms, command, arity, *rest]
-
-
-async def _write(cache: Cache, key: CacheKey[Any], token: str, args: list[Any]) -> bool:
-    if key.schema.kind is SchemaKind.VALUE:
-        script = cache._scripts.lease_fill
-    else:
-        script = cache.fills.scripts.struct_fill
-    return bool(await cache.store.run(script, _keys(cache, key), [token, *args]))
-
-
-async def _write_absent(cache: Cache, key: CacheKey[Any], token: str) -> None:
-    schema = key.schema
-    if schema.negative_ttl is None:
-        await _release(cache, key, token)
-        return
-    ttl_ms = cache.ttl_ms(schema, schema.negative_ttl)
-    if schema.kind is SchemaKind.VALUE:
-        await cache.store.run(cache._scripts.lease_fill, _keys(cache, key),
-                              [token, ABSENT, ttl_ms])
-    else:
-        await cache.store.run(cache.fills.scripts.struct_fill, _keys(cache, key),
-                              [token, ttl_ms, "MARKER", ABSENT])
-
-
-async def _release(cache: Cache, key: CacheKey[Any], token: str) -> None:
-    with contextlib.suppress(RedisUnavailableError):
-        await cache.store.run(cache._scripts.delete_if_equal, [cache.lease_key(key)], [token])
+    content: list[Any] = write.content(entry)
+    return ttl_ms, content
