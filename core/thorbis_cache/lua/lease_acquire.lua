@@ -20,6 +20,7 @@
 -- granted the lease of one key, "no value, no lease" is decided in one step, and no lease
 -- exists that its tag sets do not know about.
 -- @include record_tags
+-- @include grant_lease
 if ARGV[3] == "miss" then
   -- Foreign data under our key (a list, a hash...) is no value: the fill's SET
   -- replaces it.
@@ -27,15 +28,4 @@ if ARGV[3] == "miss" then
     return {1, redis.call("GET", KEYS[1])}
   end
 end
--- Granting is idempotent for one token: a driver that retries this call after it ran
--- (a reply lost to a reset connection) must not find its own lease "held by another".
-local holder = redis.call("GET", KEYS[2])
-if holder == ARGV[1] then
-  return {2}
-end
-if not holder and redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2]) then
-  local ttl = tonumber(ARGV[2])
-  record_tags(3, ttl)
-  return {2}
-end
-return {3}
+return grant_lease(ARGV[1], ARGV[2])

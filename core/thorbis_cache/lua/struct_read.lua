@@ -28,6 +28,7 @@
 -- entity or one list), PTTL, and O(tags) on a grant. Atomic, so "not cached, lease
 -- granted" is one decision and an answer never mixes two fills.
 -- @include record_tags
+-- @include grant_lease
 local read = ARGV[5]
 if read ~= "HGETALL" and read ~= "HMGET" and read ~= "ZRANGE" and read ~= "ZSCORE"
     and read ~= "ZCARD" and read ~= "GEOSEARCH" and read ~= "GEOPOS" then
@@ -44,15 +45,4 @@ if ARGV[3] == "miss" then
     redis.call("DEL", KEYS[1])
   end
 end
--- Granting is idempotent for one token: a driver that retries this call after it ran
--- (a reply lost to a reset connection) must not find its own lease "held by another".
-local holder = redis.call("GET", KEYS[2])
-if holder == ARGV[1] then
-  return {2}
-end
-if not holder and redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2]) then
-  local ttl = tonumber(ARGV[2])
-  record_tags(3, ttl)
-  return {2}
-end
-return {3}
+return grant_lease(ARGV[1], ARGV[2])
