@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from thorbis_cache.keys import _QUALIFIED_RE
+
 if TYPE_CHECKING:
     from thorbis_cache.cache import Cache
     from thorbis_cache.warming import WarmBatch
@@ -35,7 +37,6 @@ __all__ = [
 ]
 
 _NAMESPACE_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_QUALIFIED_RE = re.compile(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*")
 
 
 def _tuple(value: Any) -> tuple[Any, ...]:

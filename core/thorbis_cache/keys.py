@@ -49,7 +49,8 @@ _PREFIX_RE = re.compile(r"[a-z][a-z0-9_]{0,15}")
 _NAME_PART = r"[a-z][a-z0-9_]{0,31}"
 _SCHEMA_NAME_RE = re.compile(rf"{_NAME_PART}(\.{_NAME_PART})+")
 _PARAM_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_QUALIFIED_VIEW_RE = re.compile(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*")
+#: ``schema.relation`` of lower-case identifiers (PostgreSQL tables and views).
+_QUALIFIED_RE = re.compile(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*")
 
 #: Parameter types a key may carry, and enums whose values are str or int.
 PARAM_TYPES: tuple[type, ...] = (str, int, bool, uuid.UUID, dt.date)
@@ -345,7 +346,7 @@ class KeySchema(Generic[T]):
                 f"got {self.negative_ttl!r}",
             )
         if self.mirrors is not None and (
-            not isinstance(self.mirrors, str) or not _QUALIFIED_VIEW_RE.fullmatch(self.mirrors)
+            not isinstance(self.mirrors, str) or not _QUALIFIED_RE.fullmatch(self.mirrors)
         ):
             raise InvalidSchemaError(
                 name, f"mirrors must name a materialized view as 'schema.view', "
