@@ -9,6 +9,9 @@ involved -- never a cached value or a secret.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
+
+R = TypeVar("R")
 
 __all__ = [
     "AuditChainBroken",
@@ -298,6 +301,17 @@ class MissingRow(ThorbisCacheError, LookupError):
         self.tenant = tenant
         self.ident = ident
         super().__init__(f"no row in {what} for tenant {tenant!r} and key {ident!r}")
+
+    @classmethod
+    def first(cls, found: Sequence[R], what: str, tenant: str, ident: object) -> R:
+        """The first of the records a by-ids query ``found`` for one ``ident`` -- what a
+        single-key loader built on a batched one returns.
+
+        :raises MissingRow: it found none.
+        """
+        if not found:
+            raise cls(what, tenant, ident)
+        return found[0]
 
 
 class DeadLetterNotFound(ThorbisCacheError, LookupError):

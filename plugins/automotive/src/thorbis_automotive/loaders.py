@@ -144,9 +144,7 @@ async def service_type(fetch: Fetch, tenant: str, code: str) -> ServiceType:
     :raises MissingRow: no such service type.
     """
     found = await service_types(fetch, tenant, [code])
-    if not found:
-        raise MissingRow("auto.service_types", tenant, code)
-    return found[0]
+    return MissingRow.first(found, "auto.service_types", tenant, code)
 
 
 async def service_type_codes(fetch: Fetch, tenant: str) -> list[str]:
@@ -207,9 +205,7 @@ async def vehicle_history(
     """
     clean = validate_vin(vin, schema=VEHICLE_HISTORY.name, parameter="vin", rule=rule)
     found = await vehicle_histories(fetch, tenant, [clean])
-    if not found:
-        raise MissingRow("auto.vehicles", tenant, clean)
-    return found[0]
+    return MissingRow.first(found, "auto.vehicles", tenant, clean)
 
 
 async def recent_vins(fetch: Fetch, tenant: str, since: dt.datetime, limit: int) -> list[str]:
@@ -296,9 +292,7 @@ async def part(
     :raises MissingRow: no such part.
     """
     found = await parts(fetch, tenant, [part_number], as_of=as_of)
-    if not found:
-        raise MissingRow("auto.parts", tenant, part_number)
-    return found[0]
+    return MissingRow.first(found, "auto.parts", tenant, part_number)
 
 
 async def part_numbers(fetch: Fetch, tenant: str, limit: int = MAX_PARTS) -> list[str]:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from thorbis_cache import declarations
 from thorbis_cache.errors import MissingRow
@@ -103,27 +103,13 @@ __all__ = [
 #: ``async (sql, *args) -> rows``: how loaders reach the database.
 Fetch = declarations.Fetch
 
-R = TypeVar("R")
 
 #: A geo index's content: member -> ``(longitude, latitude)``.
 Sites = dict[int, tuple[float, float]]
 
 
 async def _one(fetch: Fetch, name: str, what: str, tenant: str, ident: object) -> Mapping[str, Any]:
-    found = await fetch(query(name), tenant, ident)
-    if not found:
-        raise MissingRow(what, tenant, ident)
-    return found[0]
-
-
-def _only(found: list[R], what: str, tenant: str, ident: object) -> R:
-    """The one record a by-ids query found for ``ident``.
-
-    :raises MissingRow: it found none.
-    """
-    if not found:
-        raise MissingRow(what, tenant, ident)
-    return found[0]
+    return MissingRow.first(await fetch(query(name), tenant, ident), what, tenant, ident)
 
 
 # --------------------------------------------------------------------------- customers
@@ -140,7 +126,7 @@ async def customer(fetch: Fetch, tenant: str, customer_id: int) -> Customer:
     :raises MissingRow: no such customer.
     """
     found = await customers(fetch, tenant, [customer_id])
-    return _only(found, "hs.customer", tenant, customer_id)
+    return MissingRow.first(found, "hs.customer", tenant, customer_id)
 
 
 async def top_customers(fetch: Fetch, tenant: str, limit: int) -> list[Customer]:
@@ -193,7 +179,7 @@ async def customer_summary(fetch: Fetch, tenant: str, customer_id: int) -> Custo
     :raises MissingRow: no such customer (or the view was refreshed before it existed).
     """
     found = await customer_summaries(fetch, tenant, [customer_id])
-    return _only(found, "hs.customer_summary", tenant, customer_id)
+    return MissingRow.first(found, "hs.customer_summary", tenant, customer_id)
 
 
 # --------------------------------------------------------------------------- work orders
@@ -210,7 +196,7 @@ async def work_order(fetch: Fetch, tenant: str, work_order_id: int) -> WorkOrder
     :raises MissingRow: no such work order.
     """
     found = await work_orders(fetch, tenant, [work_order_id])
-    return _only(found, "hs.work_order", tenant, work_order_id)
+    return MissingRow.first(found, "hs.work_order", tenant, work_order_id)
 
 
 async def open_work_orders(fetch: Fetch, tenant: str) -> list[WorkOrder]:
@@ -332,7 +318,7 @@ async def service_area(fetch: Fetch, tenant: str, area_id: int) -> ServiceAreaMe
     :raises MissingRow: no such area in the view (or one added since its refresh).
     """
     found = await service_areas(fetch, tenant, [area_id])
-    return _only(found, "hs.service_area", tenant, area_id)
+    return MissingRow.first(found, "hs.service_area", tenant, area_id)
 
 
 async def service_area_geo(fetch: Fetch, tenant: str) -> Sites:

@@ -234,9 +234,7 @@ async def menu_item(fetch: Fetch, tenant: str, item_id: int) -> MenuItem:
     :raises MissingRow: no such item.
     """
     found = await menu_items(fetch, tenant, [item_id])
-    if not found:
-        raise MissingRow("rest.menu_items", tenant, item_id)
-    return found[0]
+    return MissingRow.first(found, "rest.menu_items", tenant, item_id)
 
 
 async def location_menu_sets(fetch: Fetch, tenant: str,
@@ -376,9 +374,7 @@ async def ticket(fetch: Fetch, tenant: str, order_id: int) -> KitchenTicket:
     :raises MissingRow: no such order.
     """
     found = await tickets(fetch, tenant, [order_id])
-    if not found:
-        raise MissingRow("rest.orders", tenant, order_id)
-    return found[0]
+    return MissingRow.first(found, "rest.orders", tenant, order_id)
 
 
 async def kitchen_queues(
