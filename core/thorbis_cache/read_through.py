@@ -152,7 +152,7 @@ class StructureFills:
                 try:
                     answer = spec.from_reply(reply)
                 except CorruptEntry as exc:
-                    await self._drop(key, rk, exc)
+                    await self.drop(key, rk, exc)
                 else:
                     counters.hits += 1
                     return answer
@@ -185,7 +185,7 @@ class StructureFills:
             try:
                 reply = await cache.store.run(
                     cache._scripts.struct_read, keys,
-                    [token, lease_ms, "miss", spec.redis_type, *spec.command],
+                    [token, lease_ms, spec.redis_type, *spec.command],
                 )
             except RedisUnavailableError as exc:
                 return spec.from_loaded(await cache._degraded_load(counters, key, loader, exc))
@@ -194,7 +194,7 @@ class StructureFills:
                 try:
                     answer = spec.from_reply(reply[1])
                 except CorruptEntry as exc:
-                    await self._drop(key, rk, exc)
+                    await self.drop(key, rk, exc)
                     continue
                 counters.hits += 1
                 return await self._maybe_refresh(key, counters, spec, write, loader, ttl,
@@ -207,7 +207,7 @@ class StructureFills:
                 if marker == EMPTY and write.empty is not None:
                     counters.hits += 1
                     return spec.from_loaded(write.empty)
-                await self._drop(key, rk, CorruptEntry("marker", f"unknown marker {marker!r}"))
+                await self.drop(key, rk, CorruptEntry("marker", f"unknown marker {marker!r}"))
                 continue
             if state == _GRANTED:
                 counters.misses += 1
@@ -260,10 +260,10 @@ class StructureFills:
     ) -> Any:
         cache = self._cache
         token = secrets.token_hex(12)
-        try:
+        try:  # the lease alone: lease_acquire's refresh mode reads nothing
             reply = await cache.store.run(
-                cache._scripts.struct_read, leases.fill_keys(cache, key),
-                [token, int(cache.settings.lease_ttl * 1000), "refresh", "none", "ZCARD"],
+                cache._scripts.lease_acquire, leases.fill_keys(cache, key),
+                [token, int(cache.settings.lease_ttl * 1000), "refresh"],
             )
         except RedisUnavailableError:
             return _NOT_REFRESHED
@@ -310,8 +310,9 @@ class StructureFills:
             log.debug("fill of %s rejected: invalidated while loading", rk)
         return loaded
 
-    async def _drop(self, key: CacheKey[Any], rk: str, exc: CorruptEntry) -> None:
-        """Delete a structure that does not open (counted, logged): the next read loads."""
+    async def drop(self, key: CacheKey[Any], rk: str, exc: CorruptEntry) -> None:
+        """Delete a structure that does not open (counted, logged): the next read loads.
+        (Redis down: it stays unreadable, and the next reader drops it.)"""
         cache = self._cache
         cache.metrics.corrupt(key.schema.name, exc.reason)
         log.warning(

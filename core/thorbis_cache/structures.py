@@ -15,6 +15,7 @@ a loader, reads answer from what is cached (empty or None when nothing is).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -234,11 +235,10 @@ class EntityHash(Generic[T]):
             raise InvalidParameterError(self._key.schema.name, name, f"not a field of {owner}")
 
     async def _drop(self, exc: CorruptEntry) -> None:
-        self._cache.metrics.corrupt(self._key.schema.name, exc.reason)
-        await self._cache.store.delete([self._rk])
+        await self._cache.fills.drop(self._key, self._rk, exc)
 
 
-class _MemberStructure(Generic[T]):
+class _MemberStructure(abc.ABC, Generic[T]):
     """What sorted sets and geo indexes share: typed members encoded like key
     parameters, writes that refresh the TTL and revoke the fill lease atomically
     (``lua/write_expire.lua``, ``lua/struct_remove.lua``), and read-through."""
@@ -258,8 +258,9 @@ class _MemberStructure(Generic[T]):
         self._write = write_script
         self._remove = remove_script
 
+    @abc.abstractmethod
     def _member_args(self, member: T, element: Any) -> list[Any]:
-        raise NotImplementedError  # pragma: no cover - each structure defines its own
+        """The write command's arguments for one member (and its score or position)."""
 
     def _check_loaded(self, loaded: Mapping[T, Any]) -> None:
         if not isinstance(loaded, Mapping):

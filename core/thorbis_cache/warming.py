@@ -194,7 +194,7 @@ async def _lease(cache: Cache, key: CacheKey[Any], token: str) -> int:
     else:
         redis_type, probe = _PROBES[kind]
         script = cache._scripts.struct_read
-        args = [token, lease_ms, "miss", redis_type, *probe]
+        args = [token, lease_ms, redis_type, *probe]
     return int((await cache.store.run(script, leases.fill_keys(cache, key), args))[0])
 
 

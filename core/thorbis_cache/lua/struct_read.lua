@@ -6,11 +6,12 @@
 -- KEYS[3..] the tag sets of the key's schema (same slot; none for a schema without tags)
 -- ARGV[1]   a fresh random lease token
 -- ARGV[2]   lease time-to-live in milliseconds
--- ARGV[3]   "miss": answer from the structure if it is there, else try the lease;
---           "refresh": the caller holds an answer and wants to reload early (lease only)
--- ARGV[4]   the Redis type a cached structure has: "hash" or "zset" (geo indexes are zsets)
--- ARGV[5]   the read command (HGETALL, HMGET, ZRANGE, ZSCORE, ZCARD, GEOSEARCH, GEOPOS)
--- ARGV[6..] its arguments after the key
+-- ARGV[3]   the Redis type a cached structure has: "hash" or "zset" (geo indexes are zsets)
+-- ARGV[4]   the read command (HGETALL, HMGET, ZRANGE, ZSCORE, ZCARD, GEOSEARCH, GEOPOS)
+-- ARGV[5..] its arguments after the key
+--
+-- (An early refresh, which holds an answer and wants the lease only, uses
+-- lease_acquire.lua's refresh mode.)
 --
 -- A key of another Redis type (foreign data) is deleted and treated as not cached.
 --
@@ -29,20 +30,18 @@
 -- granted" is one decision and an answer never mixes two fills.
 -- @include record_tags
 -- @include grant_lease
-local read = ARGV[5]
+local read = ARGV[4]
 if read ~= "HGETALL" and read ~= "HMGET" and read ~= "ZRANGE" and read ~= "ZSCORE"
     and read ~= "ZCARD" and read ~= "GEOSEARCH" and read ~= "GEOPOS" then
   return redis.error_reply("struct_read: command not allowed: " .. read)
 end
-if ARGV[3] == "miss" then
-  local kind = redis.call("TYPE", KEYS[1]).ok
-  if kind == ARGV[4] then
-    return {1, redis.call(read, KEYS[1], unpack(ARGV, 6)), redis.call("PTTL", KEYS[1])}
-  elseif kind == "string" then
-    return {4, redis.call("GET", KEYS[1]), redis.call("PTTL", KEYS[1])}
-  elseif kind ~= "none" then
-    -- Foreign data under our key (another Redis type): a miss; our fill replaces it.
-    redis.call("DEL", KEYS[1])
-  end
+local kind = redis.call("TYPE", KEYS[1]).ok
+if kind == ARGV[3] then
+  return {1, redis.call(read, KEYS[1], unpack(ARGV, 5)), redis.call("PTTL", KEYS[1])}
+elseif kind == "string" then
+  return {4, redis.call("GET", KEYS[1]), redis.call("PTTL", KEYS[1])}
+elseif kind ~= "none" then
+  -- Foreign data under our key (another Redis type): a miss; our fill replaces it.
+  redis.call("DEL", KEYS[1])
 end
 return grant_lease(ARGV[1], ARGV[2])
