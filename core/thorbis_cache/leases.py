@@ -25,9 +25,17 @@ if TYPE_CHECKING:
     from thorbis_cache.cache import Cache
     from thorbis_cache.metrics import SchemaCounters
 
-__all__ = ["ABSENT", "EMPTY", "LeaseWait", "fill_keys", "release", "write", "write_absent"]
+__all__ = [
+    "ABSENT", "CACHED", "EMPTY", "GRANTED", "HELD", "MARKER", "LeaseWait", "fill_keys",
+    "release", "write", "write_absent",
+]
 
 log = logging.getLogger(__name__)
+
+#: The first element of a lease script's reply (lease_acquire.lua, struct_read.lua): the
+#: entry is cached (with its value or read reply), the lease is the caller's, another
+#: client holds it, or a marker (:data:`ABSENT`, :data:`EMPTY`) stands at the key.
+CACHED, GRANTED, HELD, MARKER = 1, 2, 3, 4
 
 #: The string a fill stores at a key whose row does not exist (``negative_ttl``). It
 #: starts with a NUL byte, so it is never an envelope (``TC``) nor a member.

@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")  # what a read answers
 L = TypeVar("L")  # what the loader returns (an entity, or a member mapping)
 
-_HIT, _GRANTED, _HELD, _MARKER = 1, 2, 3, 4
 #: EWMA weight of the newest load time (XFetch's delta for structures).
 _DELTA_WEIGHT = 0.3
 
@@ -190,7 +189,7 @@ class StructureFills:
             except RedisUnavailableError as exc:
                 return spec.from_loaded(await cache._degraded_load(counters, key, loader, exc))
             state = int(reply[0])
-            if state == _HIT:
+            if state == leases.CACHED:
                 try:
                     answer = spec.from_reply(reply[1])
                 except CorruptEntry as exc:
@@ -199,7 +198,7 @@ class StructureFills:
                 counters.hits += 1
                 return await self._maybe_refresh(key, counters, spec, write, loader, ttl,
                                                  answer, int(reply[2]))
-            if state == _MARKER:
+            if state == leases.MARKER:
                 marker = reply[1]
                 if marker == ABSENT:
                     counters.negative_hits += 1
@@ -209,7 +208,7 @@ class StructureFills:
                     return spec.from_loaded(write.empty)
                 await self.drop(key, rk, CorruptEntry("marker", f"unknown marker {marker!r}"))
                 continue
-            if state == _GRANTED:
+            if state == leases.GRANTED:
                 counters.misses += 1
                 fill = functools.partial(
                     self._load_and_fill, key, counters, token, write, loader, ttl
@@ -267,7 +266,7 @@ class StructureFills:
             )
         except RedisUnavailableError:
             return _NOT_REFRESHED
-        if int(reply[0]) != _GRANTED:
+        if int(reply[0]) != leases.GRANTED:
             return _NOT_REFRESHED
         return await self._load_and_fill(key, counters, token, write, loader, ttl)
 

@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_LEASE_GRANTED = 2
-_LEASE_VALUE = 1
 
 Loader = Callable[[], Awaitable[T]]
 
@@ -101,7 +99,7 @@ class ValueFills:
             except RedisUnavailableError as exc:
                 return await self._cache._degraded_load(rt.counters, key, loader, exc)
             state = int(reply[0])
-            if state == _LEASE_VALUE:
+            if state == leases.CACHED:
                 data: bytes = reply[1]
                 if data == ABSENT:
                     rt.counters.negative_hits += 1
@@ -111,7 +109,7 @@ class ValueFills:
                 except CorruptEntry as exc:
                     await self._cache._drop_corrupt(rt, key, rk, data, exc)
                     continue
-            if state == _LEASE_GRANTED:
+            if state == leases.GRANTED:
                 return await self._load_and_fill(rt, key, rk, token, loader, ttl)
             # Another client is loading this key: wait for its value, bounded.
             if not await wait.pause():
@@ -137,7 +135,7 @@ class ValueFills:
             )
         except RedisUnavailableError:
             return current
-        if int(reply[0]) != _LEASE_GRANTED:
+        if int(reply[0]) != leases.GRANTED:
             return current
         return await self._load_and_fill(rt, key, rk, token, loader, ttl)
 

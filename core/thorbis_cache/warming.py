@@ -41,7 +41,6 @@ __all__ = ["WarmBatch", "WarmOutcome", "batch_of", "warm"]
 #: ``async (leased keys) -> {key: entry}``: reads the rows of the keys it is given.
 BatchLoader = Callable[[Sequence[CacheKey[Any]]], Awaitable[Mapping[CacheKey[Any], Any]]]
 
-_CACHED, _GRANTED, _HELD, _MARKER = 1, 2, 3, 4
 #: The cheap read a structure's lease probe runs when the structure is cached.
 _PROBES: dict[SchemaKind, tuple[str, tuple[Any, ...]]] = {
     SchemaKind.HASH: ("hash", ("HMGET", "~v")),
@@ -156,9 +155,9 @@ async def warm(cache: Cache, batch: WarmBatch) -> WarmOutcome:
         return WarmOutcome()
     tokens = [secrets.token_hex(12) for _ in keys]
     states = await asyncio.gather(*(_lease(cache, k, t) for k, t in zip(keys, tokens)))
-    leased = [(k, t) for k, t, s in zip(keys, tokens, states) if s == _GRANTED]
-    cached = sum(1 for s in states if s in (_CACHED, _MARKER))
-    busy = sum(1 for s in states if s == _HELD)
+    leased = [(k, t) for k, t, s in zip(keys, tokens, states) if s == leases.GRANTED]
+    cached = sum(1 for s in states if s in (leases.CACHED, leases.MARKER))
+    busy = sum(1 for s in states if s == leases.HELD)
     if not leased:
         return WarmOutcome(cached=cached, busy=busy)
     try:
