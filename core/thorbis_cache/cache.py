@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -189,6 +189,15 @@ class Cache:
         head = f"{self._tag_prefix}{{{key.tenant}}}:"
         return [head + tag for tag in tags]
 
+    def sync_key(self, tenant: str) -> str:
+        """The key an invalidation of ``tenant`` writes to wait for its replicas (see
+        :meth:`RedisStore.sync_replicas`); in the tenant's slot."""
+        return f"{self._prefix}:~sync:{{{tenant}}}"
+
+    async def _sync_replicas(self, tenants: Iterable[str]) -> None:
+        for tenant in sorted(set(tenants)):
+            await self.store.sync_replicas(self.sync_key(tenant))
+
     def parse_key(self, redis_key: str) -> CacheKey[Any]:
         """Parse a Redis key of this cache back into a :class:`CacheKey`."""
         return self.registry.parse(self._prefix, redis_key)
@@ -338,11 +347,15 @@ class Cache:
         if key.schema.near_ttl is not None:  # other processes may hold the old value in L1
             await self._coherence.announce(key.tenant, [rk])
 
-    async def delete(self, *keys: CacheKey[Any]) -> int:
+    async def delete(self, *keys: CacheKey[Any], replicate: bool = True) -> int:
         """Delete ``keys`` (of any kind) and their fill leases, so that no fill started
         before this call can write afterwards.
 
-        This is the plain, non-cascading invalidation; see :meth:`invalidate`.
+        This is the plain, non-cascading invalidation; see :meth:`invalidate`. Where the
+        master has replicas, it returns once they have the deletes too (``WAIT``, bounded
+        by ``store.wait_timeout``), so a failover right after it does not bring the
+        values back; ``replicate=False`` leaves that to the caller (the worker, which
+        waits once per batch).
 
         :returns: how many of the keys existed.
         """
@@ -355,21 +368,26 @@ class Cache:
             names.append(self.lease_key(key))
             by_tenant.setdefault(key.tenant, []).append(rk)
         deleted = await self.store.delete(names)
+        if replicate:
+            await self._sync_replicas(by_tenant)
         for tenant, rks in by_tenant.items():
             await self._coherence.announce(tenant, rks)
         return deleted
 
     # ----------------------------------------------------------------- invalidation
 
-    async def invalidate(self, *keys: CacheKey[Any], cascade: bool = False) -> int:
+    async def invalidate(
+        self, *keys: CacheKey[Any], cascade: bool = False, replicate: bool = True
+    ) -> int:
         """Delete ``keys`` and their fill leases; with ``cascade``, also every key that
         depends on them (see :meth:`depend`), transitively and cycle-safe, server-side
-        in bounded steps. Returns when the keys are gone.
+        in bounded steps. Returns when the keys are gone (from the replicas too, as for
+        :meth:`delete`).
 
         :returns: how many keys existed (dependents included).
         """
         if not cascade:
-            return await self.delete(*keys)
+            return await self.delete(*keys, replicate=replicate)
         by_tenant: dict[str, list[str]] = {}
         for key in keys:
             self._runtime(key.schema)
@@ -377,16 +395,20 @@ class Cache:
         deleted = 0
         for tenant, names in by_tenant.items():
             deleted += await self.tags.cascade(tenant, names)
+            if replicate:
+                await self._sync_replicas([tenant])
             await self._coherence.announce(tenant, names, tenant_wide=True)
         return deleted
 
     async def invalidate_tags(
-        self, tenant: str, tags: Sequence[str], *, cascade: bool = False
+        self, tenant: str, tags: Sequence[str], *, cascade: bool = False,
+        replicate: bool = True,
     ) -> int:
         """Delete every key of ``tenant`` written under one of ``tags`` (and their fill
         leases, so a load in flight is not written afterwards); with ``cascade``, their
         dependents too. Works in batches of ``InvalidationLimits.tag_batch`` keys per
-        Redis call. Returns when the keys are gone.
+        Redis call. Returns when the keys are gone (from the replicas too, as for
+        :meth:`delete`).
 
         :returns: how many keys existed.
         :raises InvalidTenantId: ``tenant`` is not a valid tenant id.
@@ -401,6 +423,8 @@ class Cache:
                     self.tag_key(tenant, str(tag)), "a tag name looks like '<namespace>.<name>'"
                 )
         deleted = await self.tags.invalidate_tags(tenant, tags, cascade=cascade)
+        if replicate:
+            await self._sync_replicas([tenant])
         await self._coherence.announce(tenant, (), tags, tenant_wide=cascade)
         return deleted
 

@@ -16,30 +16,27 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import attrs
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from thorbis_cache.circuit import CircuitBreaker
 from thorbis_cache.errors import (
     CacheBackendError,
-    ConfigurationError,
     RedisUnavailableError,
     WrongRedisTypeError,
 )
+from thorbis_cache.redis_url import RedisAddress, Topology, parse_redis_url
 
 __all__ = ["RedisStore", "Script", "load_lua", "load_scripts"]
 
 log = logging.getLogger(__name__)
-
-CLUSTER_SCHEME = "redis+cluster"
-
 
 _INCLUDE = "-- @include "
 
@@ -229,6 +226,16 @@ class RedisStore:
         self._gate = _Gate(max_in_flight)
         self.breaker = breaker or CircuitBreaker()
         self.address = address
+        #: the parsed URL when built by :meth:`from_url`
+        self.redis_address: RedisAddress | None = None
+        #: seconds :meth:`replicated` waits for replicas before going on without them
+        self.wait_timeout = 0.1
+        #: at most this many replicas waited for (None: every connected replica)
+        self.wait_replicas: int | None = None
+        #: WAITs that ended before every replica waited for acknowledged
+        self.replication_timeouts = 0
+        self._replicas: dict[str, tuple[int, float]] = {}
+        self._node_clients: dict[str, aioredis.Redis] = {}
 
     @classmethod
     def from_url(
@@ -239,14 +246,16 @@ class RedisStore:
         connect_timeout: float = 2.0,
         max_connections: int = 128,
     ) -> RedisStore:
-        """Connect lazily to ``redis://host:port/db`` or ``redis+cluster://host:port``.
+        """Connect lazily to the Redis a URL names, on any topology (see
+        :mod:`thorbis_cache.redis_url` for the forms: ``redis://``, ``rediss://``,
+        ``redis+cluster://``, ``redis+sentinel://``, with ACL credentials and TLS).
 
         :param timeout: seconds a call may wait for its reply, enforced by one watchdog
             rather than a timer per call (see :class:`_Deadlines`).
         :param connect_timeout: seconds to establish a connection.
-        :raises ConfigurationError: for a URL of another scheme.
+        :raises ConfigurationError: for a URL this project does not understand.
         """
-        parts = urlsplit(url)
+        address = parse_redis_url(url)
         common: dict[str, Any] = {
             "socket_timeout": None,
             "socket_connect_timeout": connect_timeout,
@@ -254,40 +263,66 @@ class RedisStore:
             "max_connections": max_connections,
             "decode_responses": False,
         }
-        if parts.scheme == CLUSTER_SCHEME:
-            client: aioredis.Redis | RedisCluster = RedisCluster(
-                host=parts.hostname or "127.0.0.1",
-                port=parts.port or 6379,
-                password=parts.password,
-                **common,
+        client: aioredis.Redis | RedisCluster
+        if address.topology is Topology.CLUSTER:
+            client = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in address.nodes],
+                **address.connection_options(), **common,
             )
-            return cls(client, f"cluster {parts.hostname}:{parts.port}", timeout=timeout,
-                       max_in_flight=max_connections)
-        if parts.scheme in ("redis", "rediss", "unix"):
+        elif address.topology is Topology.SENTINEL:
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(address.nodes),
+                sentinel_kwargs={
+                    "socket_timeout": connect_timeout,
+                    "socket_connect_timeout": connect_timeout,
+                    "username": address.sentinel_options.get("sentinel_username"),
+                    "password": address.sentinel_options.get("sentinel_password"),
+                },
+            )
+            client = sentinel.master_for(
+                address.service, db=address.db, **address.connection_options(), **common)
+        elif url.startswith("unix://"):
             client = aioredis.Redis.from_url(url, **common)
-            return cls(client, f"{parts.hostname}:{parts.port or 6379}", timeout=timeout,
-                       max_in_flight=max_connections)
-        raise ConfigurationError(
-            f"redis url {url!r}: scheme must be redis://, rediss:// or {CLUSTER_SCHEME}://"
-        )
+        else:
+            (host, port), = address.nodes
+            client = aioredis.Redis(host=host, port=port, db=address.db,
+                                    **address.connection_options(), **common)
+        store = cls(client, address.describe(), timeout=timeout,
+                    max_in_flight=max_connections)
+        store.redis_address = address
+        return store
 
     def dedicated_client(self) -> aioredis.Redis:
         """A new single-node client (for pub/sub) to the server this store talks to --
-        the first startup node of a Cluster, where PUBLISH reaches every node -- with
-        the driver's silent retries off, so its owner notices a lost connection."""
+        the first startup node of a Cluster, where PUBLISH reaches every node; the
+        current master of a Sentinel group -- with the driver's silent retries off, so
+        its owner notices a lost connection."""
         client: Any = self._client
+        options: dict[str, Any] = {
+            "socket_keepalive": True, "retry": Retry(NoBackoff(), 0),
+            "decode_responses": False,
+        }
+        address = self.redis_address
+        if address is not None:
+            options.update(address.connection_options())
         if isinstance(client, RedisCluster):
             node = next(iter(client.nodes_manager.startup_nodes.values()))
             kwargs: dict[str, Any] = dict(client.connection_kwargs)
             host, port = str(node.host), int(node.port)
         else:
-            kwargs = dict(client.connection_pool.connection_kwargs)
+            pool = client.connection_pool
+            kwargs = dict(pool.connection_kwargs)
+            if isinstance(pool, SentinelConnectionPool):
+                return pool.sentinel_manager.master_for(  # type: ignore[no-any-return]
+                    pool.service_name, db=kwargs.get("db", 0),
+                    socket_connect_timeout=kwargs.get("socket_connect_timeout") or 2.0,
+                    **options)
             host, port = str(kwargs.pop("host", "127.0.0.1")), int(kwargs.pop("port", 6379))
+        options.setdefault("username", kwargs.get("username"))
+        options.setdefault("password", kwargs.get("password"))
         return aioredis.Redis(
-            host=host, port=port, db=kwargs.get("db", 0), username=kwargs.get("username"),
-            password=kwargs.get("password"),
-            socket_connect_timeout=kwargs.get("socket_connect_timeout") or 2.0,
-            socket_keepalive=True, retry=Retry(NoBackoff(), 0), decode_responses=False,
+            host=host, port=port, db=kwargs.get("db", 0),
+            socket_connect_timeout=kwargs.get("socket_connect_timeout") or 2.0, **options,
         )
 
     @property
@@ -304,6 +339,8 @@ class RedisStore:
     async def aclose(self) -> None:
         """Close every connection and stop the deadline watchdog."""
         await self._deadlines.aclose()
+        for node_client in self._node_clients.values():
+            await node_client.aclose()
         await self._client.aclose()
 
     # ----------------------------------------------------------------- error seam
@@ -497,6 +534,117 @@ class RedisStore:
         """Run one command (routed by its key on a Cluster)."""
         async with self._call(str(args[0])):
             return await self._client.execute_command(*args)
+
+    # ----------------------------------------------------------------- replication
+
+    async def replicated(
+        self, routing_key: str, commands: Sequence[tuple[Any, ...]]
+    ) -> tuple[list[Any], int, int]:
+        """Run ``commands`` (writes of ``routing_key``'s slot; at least one, so that the
+        connection has a write to wait for) on one connection to the master serving that
+        slot, followed by ``WAIT``, so that they -- and every write that master executed
+        before them, from any connection -- reach its replicas before this returns.
+
+        Replication is asynchronous: a write acknowledged by a master that dies before
+        its replicas got it is lost by the failover. Invalidations wait here so that a
+        deleted value is not resurrected by a promotion (within :attr:`wait_timeout`;
+        see :mod:`thorbis_cache.invalidation.replay` for what closes the rest).
+
+        :returns: the commands' replies, the replicas that acknowledged, and the
+            replicas waited for (0 when the master has none: no WAIT is sent).
+        """
+        async with self._call("WAIT"):
+            for attempt in (1, 2):
+                client, where = self._master_client(routing_key)
+                wanted = await self._replica_count(client, where)
+                async with client.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    if wanted:
+                        pipe.execute_command("WAIT", wanted, int(self.wait_timeout * 1000))
+                    replies = await pipe.execute(raise_on_error=False)
+                moved = next((r for r in replies if isinstance(r, rexc.ResponseError)
+                              and str(r).startswith(("MOVED", "READONLY"))), None)
+                if moved is not None and attempt == 1:
+                    # The slot has a new master (a failover): learn the map again.
+                    await self._remap()
+                    continue
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+                acked = int(replies.pop()) if wanted else 0
+                if acked < wanted:
+                    self.replication_timeouts += 1
+                return replies, acked, wanted
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def sync_replicas(self, routing_key: str) -> tuple[int, int]:
+        """Wait until the writes its master executed so far reach the replicas of
+        ``routing_key``'s master (a marker ``SET`` under the key, expiring after a second,
+        is what the connection waits for). No round trip when the master has no replica.
+
+        :returns: the replicas that acknowledged and the replicas waited for.
+        """
+        async with self._call("WAIT"):
+            client, where = self._master_client(routing_key)
+            if not await self._replica_count(client, where):
+                return 0, 0
+        _, acked, wanted = await self.replicated(
+            routing_key, [("SET", routing_key, b"", "PX", 1000)])
+        return acked, wanted
+
+    def _master_client(self, routing_key: str) -> tuple[aioredis.Redis, str]:
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            return client, "master"
+        node = client.get_node_from_key(routing_key)
+        if node is None:  # a failover in progress: the slot has no master for now
+            raise rexc.ConnectionError(f"no master serves the slot of {routing_key!r}")
+        where = f"{node.host}:{node.port}"
+        node_client = self._node_clients.get(where)
+        if node_client is None:
+            kwargs: dict[str, Any] = {
+                k: v for k, v in client.connection_kwargs.items()
+                if k in ("username", "password", "socket_connect_timeout", "ssl",
+                         "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")}
+            node_client = aioredis.Redis(host=str(node.host), port=int(node.port),
+                                         socket_keepalive=True, decode_responses=False,
+                                         max_connections=16, **kwargs)
+            self._node_clients[where] = node_client
+        return node_client, where
+
+    async def _remap(self) -> None:
+        client = self._client
+        if isinstance(client, RedisCluster):
+            await client.nodes_manager.initialize()
+        self._replicas.clear()
+
+    async def _replica_count(self, client: aioredis.Redis, where: str) -> int:
+        """The replicas connected to ``client``'s server, from INFO (kept 1 s: a new or
+        lost replica changes how many a WAIT asks for within a second)."""
+        now = time.monotonic()
+        known = self._replicas.get(where)
+        if known is not None and known[1] > now:
+            return known[0]
+        info = await client.info("replication")
+        count = int(info.get("connected_slaves", 0))
+        if self.wait_replicas is not None:
+            count = min(count, self.wait_replicas)
+        self._replicas[where] = (count, now + 1.0)
+        return count
+
+    async def master_run_ids(self) -> frozenset[str]:
+        """The ``run_id`` of every master: a new one means a failover or a restart, after
+        which writes acknowledged by the old master may be missing."""
+        async with self._call("INFO server"):
+            client = self._client
+            if isinstance(client, RedisCluster):
+                replies = await client.info("server", target_nodes=RedisCluster.PRIMARIES)
+                infos = list(replies.values()) if isinstance(replies, dict) and all(
+                    isinstance(v, dict) for v in replies.values()) else [replies]
+            else:
+                infos = [await client.info("server")]
+            return frozenset(str(info.get("run_id", "")) for info in infos)
 
     async def ping(self) -> bool:
         """PING the server (every master of a Cluster)."""

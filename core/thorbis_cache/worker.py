@@ -51,6 +51,7 @@ import attrs
 
 from thorbis_cache.declarations import InvalidationRule, Operation
 from thorbis_cache.errors import RedisUnavailableError, ThorbisCacheError
+from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.invalidation.tags import CacheTagInvalidator
 from thorbis_cache.keys import CacheKey, validate_tenant
 from thorbis_cache.postgres import audit, outbox
@@ -201,12 +202,16 @@ class OutboxWorker:
     :param max_attempts: failed batch attempts after which a row is dead-lettered.
     :param dead_letter_days: dead letters older than this are pruned by :meth:`run`.
     :param audit: append audit records (one per tenant per batch).
+    :param replay_window: seconds of invalidations logged for replay after a Redis
+        failover or restart lost acknowledged writes (see
+        :mod:`thorbis_cache.invalidation.replay`); ``None`` turns that off.
     """
 
     def __init__(self, dsn: str, cache: Cache, rules: Iterable[InvalidationRule], *,
                  invalidate_tags: TagInvalidator | None = None, batch_size: int = 500,
                  poll_interval: float = 1.0, max_attempts: int = 5,
-                 dead_letter_days: float = 14.0, audit: bool = True) -> None:
+                 dead_letter_days: float = 14.0, audit: bool = True,
+                 replay_window: float | None = 300.0) -> None:
         self.dsn = dsn
         self.cache = cache
         self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
@@ -219,6 +224,8 @@ class OutboxWorker:
         self.dead_letter_days = dead_letter_days
         self.audit = audit
         self.metrics = WorkerMetrics()
+        self.replay = None if replay_window is None else FailoverReplay(
+            cache, invalidate_tags=self.invalidate_tags, window=replay_window)
         self._conn: Any = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -320,6 +327,8 @@ class OutboxWorker:
         conn = await self._connection()
         ids: list[int] = []
         try:
+            if self.replay is not None:
+                await self.replay.check(conn)
             async with conn.transaction():
                 rows = await outbox.claim_batch(conn, self.batch_size)
                 ids = [r.id for r in rows]
@@ -371,15 +380,19 @@ class OutboxWorker:
             await outbox.dead_letter(conn, row, reason)
             dead.append((row.id, reason))
         if keys:
-            await self.cache.delete(*keys.values())
+            await self.cache.delete(*keys.values(), replicate=self.replay is None)
         for tenant, tenant_tags in sorted(tags.items()):
             if tenant_tags:
                 await self.invalidate_tags(tenant, sorted(tenant_tags))
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for key in keys.values():
+            by_tenant[key.tenant].append(key.body)
+        if self.replay is not None:
+            for tenant in sorted(set(by_tenant) | {t for t, ns in tags.items() if ns}):
+                await self.replay.applied(conn, tenant, sorted(by_tenant[tenant]),
+                                          sorted(tags[tenant]))
         audit_ids: list[int] = []
         if self.audit:
-            by_tenant: dict[str, list[str]] = defaultdict(list)
-            for key in keys.values():
-                by_tenant[key.tenant].append(key.body)
             for tenant in sorted(changes):
                 names = sorted(by_tenant[tenant]) + sorted(f"#{t}" for t in tags[tenant])
                 digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
