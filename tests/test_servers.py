@@ -383,7 +383,7 @@ def _keys_per_node(cluster: RedisCluster) -> dict[int, list[str]]:
 def test_cluster_kill_and_restart_node(thorbis_redis_cluster: RedisCluster) -> None:
     cluster = thorbis_redis_cluster
     assert cluster.url == f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}"
-    assert len(cluster.nodes) == 3
+    assert (cluster.masters, cluster.replicas, len(cluster.nodes)) == (3, 1, 6)
     assert cluster.is_ok()
     cluster.flushall()
     keys = _keys_per_node(cluster)
@@ -392,14 +392,17 @@ def test_cluster_kill_and_restart_node(thorbis_redis_cluster: RedisCluster) -> N
         for key in node_keys:
             client.set(key, key)
     client.close()
-    for index, node in enumerate(cluster.nodes):
-        # Each node really holds its share: the slots are spread over all masters.
-        assert node.command("DBSIZE") == len(keys[index])
+    for index in range(cluster.masters):
+        # Each master really holds its share: the slots are spread over all masters.
+        assert cluster.nodes[index].command("DBSIZE") == len(keys[index])
 
+    # Restarted before the node timeout: no failover, the master comes back empty and
+    # its replica resyncs from it.
     cluster.kill(1)
     assert not cluster.nodes[1].is_running
     cluster.restart(1)
     assert cluster.is_ok()
+    assert cluster.master_of_slot(cluster._slot_ranges()[1][0]) == 1
 
     client = _cluster_client(cluster.url)
     for index in (0, 2):
@@ -412,6 +415,7 @@ def test_cluster_kill_and_restart_node(thorbis_redis_cluster: RedisCluster) -> N
 
 def test_cluster_left_broken_by_a_test(thorbis_redis_cluster: RedisCluster) -> None:
     thorbis_redis_cluster.kill(2)
+    thorbis_redis_cluster.kill(4)  # a master, and the replica of another one
     assert not thorbis_redis_cluster.is_running
 
 
@@ -549,13 +553,16 @@ def test_servers_are_cleaned_up_after_failing_tests(
             import json, pathlib
 
             def test_fails(thorbis_redis_server, thorbis_postgres_server, thorbis_pg_dsn,
-                           thorbis_redis_cluster):
+                           thorbis_redis_cluster, thorbis_redis_sentinel):
                 nodes = thorbis_redis_cluster.nodes
+                group = thorbis_redis_sentinel
+                group.freeze(group.replicas()[0])  # a stopped process is cleaned up too
                 info = {{
                     "pids": [thorbis_redis_server.pid, thorbis_postgres_server.pid]
-                            + [node.pid for node in nodes],
+                            + [node.pid for node in nodes]
+                            + [member.pid for member in group.servers + group.sentinels],
                     "dirs": [str(thorbis_redis_server.dir), str(thorbis_postgres_server.dir),
-                             str(thorbis_redis_cluster.dir)],
+                             str(thorbis_redis_cluster.dir), str(group.dir)],
                 }}
                 pathlib.Path({str(probe_file)!r}).write_text(json.dumps(info))
                 assert False, "this test fails on purpose"
@@ -567,7 +574,7 @@ def test_servers_are_cleaned_up_after_failing_tests(
     info = json.loads(probe_file.read_text())
     pids: list[int] = info["pids"]
     dirs: list[str] = info["dirs"]
-    assert len(pids) == 5
+    assert len(pids) == 2 + 6 + 6
     assert all(pids)
     assert all(Path(d).name.startswith("thorbis-") for d in dirs)
     assert _wait_for(lambda: not any(_alive(pid) for pid in pids))

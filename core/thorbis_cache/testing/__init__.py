@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from thorbis_cache.testing.servers import (
         PostgresServer,
         RedisCluster,
+        RedisSentinelGroup,
         RedisServer,
         free_cluster_port,
         free_port,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PostgresServer",
     "RedisCluster",
+    "RedisSentinelGroup",
     "RedisServer",
     "free_cluster_port",
     "free_port",

@@ -3,17 +3,20 @@
 Registered through the ``pytest11`` entry point, so any project that installs
 thorbis-cache (with the ``testing`` extra) gets these fixtures:
 
-* ``thorbis_redis_server`` / ``thorbis_redis_cluster`` / ``thorbis_postgres_server``
-  (session): the server objects, started on first use, stopped at session end.
+* ``thorbis_redis_server`` / ``thorbis_redis_cluster`` / ``thorbis_redis_sentinel`` /
+  ``thorbis_postgres_server`` (session): the server objects, started on first use,
+  stopped at session end. The cluster has 3 masters with one replica each; the
+  Sentinel group is one master, two replicas and three sentinels.
 * ``thorbis_redis_url`` (function): runs the test once per topology, ``standalone``
   (``redis://``) and ``cluster`` (``redis+cluster://``), with every master flushed.
-* ``thorbis_standalone_redis_url`` / ``thorbis_cluster_redis_url`` (function): one
-  topology only, flushed.
+* ``thorbis_standalone_redis_url`` / ``thorbis_cluster_redis_url`` /
+  ``thorbis_sentinel_redis_url`` (function): one topology only, flushed.
 * ``thorbis_pg_dsn`` (function): a fresh database cloned from a session template,
   dropped afterwards; override ``thorbis_pg_template_sql`` to fill the template.
 
-A test may kill, stop or break these servers: before each test, servers that were
-started are checked and restarted or repaired, so one test cannot poison the next.
+A test may kill, stop, freeze, fail over or break these servers: before each test,
+servers that were started are checked and restarted or repaired (the cluster also gets
+its masters back as built), so one test cannot poison the next.
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ import pytest
 from thorbis_cache.errors import ServerBinaryNotFound
 from thorbis_cache.postgres.catalog import quote_ident
 from thorbis_cache.testing.binaries import find_postgres, find_redis
-from thorbis_cache.testing.servers import PostgresServer, RedisCluster, RedisServer
+from thorbis_cache.testing.servers import (
+    PostgresServer,
+    RedisCluster,
+    RedisSentinelGroup,
+    RedisServer,
+)
 
 __all__ = [
     "ThorbisServers",
@@ -44,8 +52,10 @@ __all__ = [
     "thorbis_pg_template_sql",
     "thorbis_postgres_server",
     "thorbis_redis_cluster",
+    "thorbis_redis_sentinel",
     "thorbis_redis_server",
     "thorbis_redis_url",
+    "thorbis_sentinel_redis_url",
     "thorbis_standalone_redis_url",
 ]
 
@@ -53,7 +63,9 @@ _T = TypeVar("_T")
 
 TEMPLATE_DB = "thorbis_template"
 CLUSTER_MASTERS = 3
-
+CLUSTER_REPLICAS = 1
+# Shorter than the 2 s default, so that a killed master is failed over in about 2-3 s.
+CLUSTER_NODE_TIMEOUT_MS = 1000
 
 
 
@@ -90,6 +102,7 @@ class ThorbisServers:
     def __init__(self) -> None:
         self._redis: RedisServer | None = None
         self._cluster: RedisCluster | None = None
+        self._sentinel: RedisSentinelGroup | None = None
         self._postgres: PostgresServer | None = None
         self._templates: set[tuple[str, str]] = set()
         self._db_numbers = itertools.count(1)
@@ -112,16 +125,33 @@ class ThorbisServers:
         return self._redis
 
     def cluster(self) -> RedisCluster:
-        """The 3-master cluster, started or repaired if needed.
+        """The cluster of 3 masters with one replica each, started or repaired if needed.
 
-        :returns: a cluster whose every node reports ``cluster_state:ok``.
+        :returns: a cluster whose every node reports ``cluster_state:ok``, each master
+            with its replica in sync, nodes in their roles as built (nodes 0-2 masters).
         :raises ServerStartError: it could not be started or repaired.
         """
         if self._cluster is None:
-            self._cluster = RedisCluster(CLUSTER_MASTERS).start()
+            self._cluster = RedisCluster(
+                CLUSTER_MASTERS,
+                replicas=CLUSTER_REPLICAS,
+                node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS,
+            ).start()
         else:
             self._cluster.repair()
         return self._cluster
+
+    def sentinel(self) -> RedisSentinelGroup:
+        """The Sentinel group (1 master, 2 replicas, 3 sentinels), started or repaired.
+
+        :returns: a group whose sentinels agree on one master with two replicas in sync.
+        :raises ServerStartError: it could not be started or repaired.
+        """
+        if self._sentinel is None:
+            self._sentinel = RedisSentinelGroup().start()
+        else:
+            self._sentinel.repair()
+        return self._sentinel
 
     def postgres(self) -> PostgresServer:
         """The PostgreSQL server, started or restarted if needed.
@@ -144,17 +174,20 @@ class ThorbisServers:
             self.redis()
         if self._cluster is not None:
             self.cluster()
+        if self._sentinel is not None:
+            self.sentinel()
         if self._postgres is not None:
             self.postgres()
 
     def stop(self) -> None:
         """Stop every server of the session (errors of one do not keep the others up)."""
-        servers: list[RedisServer | RedisCluster | PostgresServer | None] = [
+        servers: list[RedisServer | RedisCluster | RedisSentinelGroup | PostgresServer | None] = [
             self._redis,
             self._cluster,
+            self._sentinel,
             self._postgres,
         ]
-        self._redis = self._cluster = self._postgres = None
+        self._redis = self._cluster = self._sentinel = self._postgres = None
         errors: list[BaseException] = []
         for server in servers:
             if server is None:
@@ -349,11 +382,26 @@ def thorbis_redis_server(_thorbis_servers: ThorbisServers) -> RedisServer:
 
 @pytest.fixture(scope="session")
 def thorbis_redis_cluster(_thorbis_servers: ThorbisServers) -> RedisCluster:
-    """The session's 3-master :class:`RedisCluster` (started on first use).
+    """The session's :class:`RedisCluster` (started on first use): 3 masters (nodes 0-2,
+    in slot order), each with one replica (nodes 3-5), ``cluster-node-timeout`` 1 s.
 
-    Tests may ``kill(i)``/``restart(i)`` nodes; the next test gets it repaired.
+    Tests may ``kill(i)``/``restart(i)``/``freeze(i)`` nodes or fail masters over
+    (``kill_master_for_key``, ``wait_failover``); the next test gets it repaired, with
+    nodes 0-2 masters again.
     """
     return _thorbis_servers.cluster()
+
+
+@pytest.fixture(scope="session")
+def thorbis_redis_sentinel(_thorbis_servers: ThorbisServers) -> RedisSentinelGroup:
+    """The session's :class:`RedisSentinelGroup` (started on first use): one master, two
+    replicas, three sentinels (quorum 2) monitoring service ``thorbis``; a killed master
+    is replaced in about 2-3 s.
+
+    Tests may kill, freeze, restart or fail over its processes; the next test gets it
+    repaired. Which data server is master changes on failover: ask ``master()``.
+    """
+    return _thorbis_servers.sentinel()
 
 
 @pytest.fixture(scope="session")
@@ -391,10 +439,21 @@ def thorbis_standalone_redis_url(_thorbis_servers: ThorbisServers) -> str:
 
 @pytest.fixture
 def thorbis_cluster_redis_url(_thorbis_servers: ThorbisServers) -> str:
-    """``redis+cluster://127.0.0.1:PORT`` of the cluster, every master flushed."""
+    """``redis+cluster://127.0.0.1:PORT`` of the cluster, every master flushed (and the
+    flush applied on the replicas)."""
     cluster = _thorbis_servers.cluster()
     cluster.flushall()
     return cluster.url
+
+
+@pytest.fixture
+def thorbis_sentinel_redis_url(_thorbis_servers: ThorbisServers) -> str:
+    """``redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/thorbis/0`` of the
+    Sentinel group (the sentinels' addresses and the service name), the master flushed
+    and the flush applied on the replicas."""
+    group = _thorbis_servers.sentinel()
+    group.flushall()
+    return group.url
 
 
 @pytest.fixture(scope="session")
