@@ -84,6 +84,16 @@ def server_stat(url: str, what: str) -> int:
     return total
 
 
+def leftover_keys(url: str) -> list[bytes]:
+    """Every key on every master but the replication markers of invalidations (``WAIT``
+    after an invalidation where replicas exist: ``~sync:``, expiring after a second)."""
+    found: list[bytes] = []
+    for node in sync_nodes(url):
+        found += [k for k in node.scan_iter(count=1000) if b":~sync:" not in k]
+        node.close()
+    return found
+
+
 async def members(cache: Cache, tenant: str, tag: str) -> set[str]:
     raw = await cache.store.command("SMEMBERS", cache.tag_key(tenant, tag))
     return {m.decode() for m in raw}
@@ -91,6 +101,14 @@ async def members(cache: Cache, tenant: str, tag: str) -> set[str]:
 
 async def pttl(cache: Cache, key: str) -> int:
     return int(await cache.store.command("PTTL", key))
+
+
+async def due_in(cache: Cache, tenant: str, name: str) -> int:
+    """Milliseconds until the tenant index entry of ``name`` is due (server clock)."""
+    score = await cache.store.command("ZSCORE", cache.tags.meta.index(tenant), name)
+    assert score is not None, f"{name} has no index entry"
+    seconds, micros = await cache.store.command("TIME")
+    return int(float(score)) - (int(seconds) * 1000 + int(micros) // 1000)
 
 
 # --------------------------------------------------------------------------- recording
@@ -119,14 +137,17 @@ async def test_every_write_records_its_tags_and_tag_sets_outlive_their_members(
     assert await members(cache, "acme", "t.reports") == {cache.redis_key(listed),
                                                          cache.redis_key(filled)}
     assert await members(cache, "acme", "t.rows") == {cache.redis_key(row)}
+    # A tag set has no TTL (so no supported eviction policy can drop it); its entry in
+    # the tenant index is due no sooner than its longest-lived member expires.
     for tag, keys in (("t.lists", (listed, filled, longer, board)), ("t.rows", (row,))):
-        tag_ttl = await pttl(cache, cache.tag_key("acme", tag))
+        assert await pttl(cache, cache.tag_key("acme", tag)) == -1
+        due = await due_in(cache, "acme", cache.tag_key("acme", tag))
         for key in keys:
             member_ttl = await pttl(cache, cache.redis_key(key))
-            assert 0 < member_ttl <= tag_ttl, (tag, key.body)
-    # A longer TTL on a partial update is carried to the tag set too.
+            assert 0 < member_ttl <= due, (tag, key.body)
+    # A longer TTL on a partial update is carried to the index entry too.
     await cache.hash(row).update({"name": "Ada L."}, ttl=5000)
-    assert await pttl(cache, cache.tag_key("acme", "t.rows")) >= await pttl(
+    assert await due_in(cache, "acme", cache.tag_key("acme", "t.rows")) >= await pttl(
         cache, cache.redis_key(row)) > 600_000
 
 
@@ -258,16 +279,19 @@ async def test_cascade_follows_a_chain_and_plain_invalidate_does_not(
     assert await cache.depend(b, on=a)
     assert not await cache.depend(b, on=a)  # the same edge twice is one edge
     await cache.depend(c, on=b)
-    deps_ttl = await pttl(cache, cache.tags.deps_key(a.body))
-    assert deps_ttl >= await pttl(cache, cache.redis_key(b))
+    # No TTL on the edge set; its index entry is due no sooner than the dependent expires.
+    assert await pttl(cache, cache.tags.deps_key(a.body)) == -1
+    assert await due_in(cache, "acme", cache.tags.deps_key(a.body)) >= await pttl(
+        cache, cache.redis_key(b))
     assert await cache.invalidate(a) == 1
     assert await cache.get_many([a, b, c]) == [None, b.body, c.body]
 
     await cache.set(a, a.body)
     assert await cache.invalidate(a, cascade=True) == 3
     assert await cache.get_many([a, b, c]) == [None, None, None]
-    # Edges, frontier and visited set are gone too: nothing is left behind.
-    assert server_stat(thorbis_redis_url, "keys") == 0
+    # Edges, frontier, visited set, their index entries and the tenant's registration
+    # are gone too: nothing is left behind.
+    assert leftover_keys(thorbis_redis_url) == []
 
 
 async def test_cascade_terminates_on_a_cycle(cache: Cache) -> None:

@@ -104,6 +104,7 @@ class CacheApp:
                 self.redis_url, self.plugins.registry, keyring=self.keyring,
                 settings=self.settings,
             )
+            await self._cache.verify_server()
             await self.plugins.notify_startup(self)
         except BaseException:
             if self._cache is not None:

@@ -30,6 +30,7 @@ from thorbis_cache.errors import (
     WrongRedisTypeError,
     WrongSchemaKindError,
 )
+from thorbis_cache.eviction import check_eviction_policy
 from thorbis_cache.invalidation.events import Coherence
 from thorbis_cache.invalidation.tags import InvalidationLimits, TagEngine
 from thorbis_cache.keys import (
@@ -427,6 +428,23 @@ class Cache:
             await self._sync_replicas([tenant])
         await self._coherence.announce(tenant, (), tags, tenant_wide=cascade)
         return deleted
+
+    async def verify_server(self) -> str | None:
+        """Check that Redis cannot break invalidation by evicting keys: every master must
+        run a supported ``maxmemory-policy`` (noeviction or volatile-*; see
+        :mod:`thorbis_cache.eviction`). Called by ``CacheApp.start`` and the outbox
+        worker before they serve.
+
+        :returns: the policy, or None when Redis cannot be reached (logged: a cache
+            starts while Redis is down, and reads are then served by their loaders).
+        :raises EvictionPolicyError: a policy that may evict keys without a TTL
+            (allkeys-*), or one that cannot be read, naming the server and the fix.
+        """
+        try:
+            return await check_eviction_policy(self.store, self._prefix)
+        except RedisUnavailableError as exc:
+            log.warning("could not check the eviction policy of redis: %s", exc)
+            return None
 
     async def near_ready(self, wait: float = 5.0) -> bool:
         """Start the near cache's event subscription if needed and wait up to

@@ -19,6 +19,7 @@ __all__ = [
     "ConfigurationError",
     "DeadLetterNotFound",
     "DuplicateSchemaError",
+    "EvictionPolicyError",
     "InvalidJobError",
     "InvalidKeyError",
     "InvalidParameterError",
@@ -48,6 +49,23 @@ class ThorbisCacheError(Exception):
 
 class ConfigurationError(ThorbisCacheError, ValueError):
     """A setting is missing or has an invalid value."""
+
+
+class EvictionPolicyError(ConfigurationError):
+    """A Redis server runs a ``maxmemory-policy`` under which invalidation cannot be
+    correct (it may evict keys without a TTL: tag sets, dependency edges), or its policy
+    cannot be read. See :mod:`thorbis_cache.eviction`.
+
+    :ivar policy: the server's policy (``"?"`` when it could not be read).
+    :ivar address: the server.
+    :ivar problem: why it is refused, and the fix.
+    """
+
+    def __init__(self, policy: str, address: str, problem: str) -> None:
+        self.policy = policy
+        self.address = address
+        self.problem = problem
+        super().__init__(f"redis {address}: maxmemory-policy {policy}: {problem}")
 
 
 # --------------------------------------------------------------------------- keys

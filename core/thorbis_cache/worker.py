@@ -408,6 +408,7 @@ class OutboxWorker:
 
     async def drain(self) -> list[BatchResult]:
         """Run batches until the outbox is empty (for tests and the CLI's ``--once``)."""
+        await self.cache.verify_server()
         results = []
         while (result := await self.run_once()).claimed:
             results.append(result)
@@ -423,6 +424,7 @@ class OutboxWorker:
     async def run(self) -> None:
         """Process batches until :meth:`stop`: drain, then wait for a NOTIFY or the poll
         interval. Database and Redis outages are logged and retried with backoff."""
+        await self.cache.verify_server()
         self._stopping = False
         listener: Any = None
         last_prune: float | None = None
