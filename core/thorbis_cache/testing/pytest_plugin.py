@@ -68,7 +68,6 @@ CLUSTER_REPLICAS = 1
 CLUSTER_NODE_TIMEOUT_MS = 1000
 
 
-
 def _run_async(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Run a coroutine to completion from sync code, on a thread of its own.
 

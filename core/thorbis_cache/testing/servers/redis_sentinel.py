@@ -35,6 +35,7 @@ _REPLICAS = 2
 _SENTINELS = 3
 _QUORUM = 2
 
+
 class RedisSentinelGroup:
     """One master, two replicas and three sentinels (quorum 2) on 127.0.0.1.
 
@@ -42,7 +43,7 @@ class RedisSentinelGroup:
     ``--replicaof``); each sentinel runs ``redis-server <conf> --sentinel`` with its own
     config file. Failover settings are for tests: the master is judged down after
     ``down_after_ms`` and sentinel's internal periods are shortened, so a killed master
-    is replaced within about 2-4 s. Roles change on failover: ask :meth:`master` and
+    is replaced in about 2 s. Roles change on failover: ask :meth:`master` and
     :meth:`replicas`, not the order of :attr:`servers`.
 
     :param service: the name the sentinels monitor the master under.
