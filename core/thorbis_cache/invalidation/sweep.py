@@ -177,7 +177,8 @@ class MetaSweep:
         return cls(cache.store, cache.settings.prefix, **options)
 
     async def aclose(self) -> None:
-        """Abandon a pass in progress (the next :meth:`sweep_once` starts a new one)."""
+        """Abandon a pass in progress (the next :meth:`sweep_once` starts a new one, from
+        the page of slots this one had reached)."""
         work, self._work = self._work, None
         if work is not None:
             await work.aclose()
