@@ -31,7 +31,8 @@ __all__ = ["CacheApp"]
 class CacheApp:
     """A host application's cache: its plugins, its schema registry, its Redis.
 
-    :param redis_url: ``redis://host:port/db`` or ``redis+cluster://host:port``.
+    :param redis_url: where Redis is, on any topology (``redis://``, ``rediss://``,
+        ``redis+cluster://``, ``redis+sentinel://``: see :mod:`thorbis_cache.redis_url`).
     :param keyring: master keys; required when a plugin declares a sensitive schema.
     :param settings: cache behaviour (prefix, leases, codec).
     :param postgres_dsn: where plugin SQL is applied (``start(apply_sql=True)``).

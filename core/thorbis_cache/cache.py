@@ -45,6 +45,7 @@ from thorbis_cache.metrics import CacheMetrics, SchemaCounters
 from thorbis_cache.near import MISS, NearCache
 from thorbis_cache.read_through import ABSENT, StructureFills
 from thorbis_cache.redis_store import RedisStore, Script, load_scripts
+from thorbis_cache.replica_reads import ReplicaReads
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet
 from thorbis_cache.value_fill import ValueFills
 
@@ -65,6 +66,8 @@ class _Runtime:
     codec: SchemaCodec[Any]
     counters: SchemaCounters
     near: NearCache | None  #: the cache's L1 if this schema uses it
+    #: GET of one key: the store's (the master) or a replica's (``read_from_replicas``)
+    read: Callable[[str], Awaitable[bytes | None]]
 
 
 @attrs.frozen(slots=True)
@@ -73,6 +76,7 @@ class _Scripts:
     lease_fill: Script
     store: Script
     delete_if_equal: Script
+    lease_release: Script
     hash_replace: Script
     hash_update: Script
     write_expire: Script
@@ -130,6 +134,8 @@ class Cache:
         self._coherence = Coherence(store, self.settings, self.metrics.coherence, near)
         self._values = ValueFills(self)
         self.fills = StructureFills(self)
+        #: replica routing, made on first use by a ``read_from_replicas`` schema
+        self.replicas: ReplicaReads | None = None
         for schema in registry:
             self._runtime(schema)
 
@@ -145,8 +151,9 @@ class Cache:
         invalidation_limits: InvalidationLimits | None = None,
         near: NearCache | None = None,
     ) -> Cache:
-        """A cache on ``redis://host:port/db`` or ``redis+cluster://host:port``; the
-        connection pool is owned and closed by :meth:`aclose`."""
+        """A cache on the Redis ``url`` names (one server, a Cluster or a Sentinel group:
+        see :mod:`thorbis_cache.redis_url`); the connections are owned and closed by
+        :meth:`aclose`."""
         store = RedisStore.from_url(url)
         return cls(store, registry, keyring=keyring, settings=settings, metrics=metrics,
                    owns_store=True, invalidation_limits=invalidation_limits, near=near)
@@ -163,6 +170,8 @@ class Cache:
         await self._values.aclose()
         await self.fills.aclose()
         await self._coherence.aclose()
+        if self.replicas is not None:
+            await self.replicas.aclose()
         if self._owns_store:
             await self.store.aclose()
 
@@ -218,9 +227,16 @@ class Cache:
             SchemaCodec(schema, self._converter, self.keyring, self.settings.codec),
             self.metrics.for_schema(schema.name),
             self.near if schema.near_ttl is not None else None,
+            self._replica_reads().get if schema.read_from_replicas else self.store.get,
         )
         self._runtimes[schema.name] = rt
         return rt
+
+    def _replica_reads(self) -> ReplicaReads:
+        if self.replicas is None:
+            self.replicas = ReplicaReads(self.store, self._prefix,
+                                         max_lag=self.settings.replica_max_lag)
+        return self.replicas
 
     def _value_runtime(self, key: CacheKey[Any], operation: str) -> _Runtime:
         rt = self._runtimes.get(key.schema.name)
@@ -260,7 +276,7 @@ class Cache:
                 return found  # type: ignore[no-any-return]
             started = self._coherence.begin(near)
         try:
-            data = await self.store.get(rk)
+            data = await rt.read(rk)
         except WrongRedisTypeError:  # foreign data under our key: a miss, never an error
             data = None
         if data is None:

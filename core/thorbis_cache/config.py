@@ -37,6 +37,8 @@ class CacheSettings:
         a near cache.
     :ivar events_health_interval: seconds of silence after which a near cache's event
         subscription is PINGed; after three, it is declared lost and L1 is flushed.
+    :ivar replica_max_lag: seconds a replica may be behind its master and still serve
+        the schemas declared ``read_from_replicas`` (see :mod:`.replica_reads`).
     """
 
     prefix: str = attrs.field(default="tc", validator=lambda _i, _a, v: validate_prefix(v))
@@ -47,3 +49,4 @@ class CacheSettings:
     codec: CodecSettings = attrs.field(factory=CodecSettings)
     publish_events: bool = True
     events_health_interval: float = attrs.field(default=1.0, validator=_positive)
+    replica_max_lag: float = attrs.field(default=0.5, validator=_positive)

@@ -30,6 +30,7 @@ __all__ = [
     "MissingRow",
     "PluginLoadError",
     "PluginProblem",
+    "RedisOutOfMemoryError",
     "RedisUnavailableError",
     "ServerBinaryNotFound",
     "ServerStartError",
@@ -202,6 +203,12 @@ class CacheBackendError(ThorbisCacheError):
 
 class RedisUnavailableError(CacheBackendError, ConnectionError):
     """Redis could not be reached (refused, reset, timed out)."""
+
+
+class RedisOutOfMemoryError(RedisUnavailableError):
+    """Redis refused a write for lack of memory (``maxmemory`` reached under
+    ``noeviction``): unavailable for writes, so handled like an outage -- a read-through
+    serves the loaded value without caching it, the worker keeps its rows."""
 
 
 class WrongRedisTypeError(CacheBackendError):

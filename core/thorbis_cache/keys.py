@@ -280,6 +280,10 @@ class KeySchema(Generic[T]):
         refresh, not by changes of the view's base tables: the view's refresh tags must
         reach it, and a rule that targets it only makes readers reload the unrefreshed
         view (the contract kit flags such rules).
+    :ivar read_from_replicas: read values from a replica of the key's master when one
+        keeps up (Sentinel and Cluster; see :mod:`thorbis_cache.replica_reads`): such a
+        read may return a value up to ``CacheSettings.replica_max_lag`` plus 0.1 s after
+        its invalidation returned. Value schemas only; the default reads the master.
     """
 
     name: str
@@ -297,6 +301,7 @@ class KeySchema(Generic[T]):
     near_ttl: float | None = None
     negative_ttl: float | None = None
     mirrors: str | None = None
+    read_from_replicas: bool = False
     _param_names: frozenset[str] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -352,6 +357,11 @@ class KeySchema(Generic[T]):
                 name, f"mirrors must name a materialized view as 'schema.view', "
                 f"got {self.mirrors!r}",
             )
+        if self.read_from_replicas is not False and (
+                self.read_from_replicas is not True or self.kind is not SchemaKind.VALUE):
+            raise InvalidSchemaError(
+                name, "read_from_replicas must be True or False and applies to value "
+                f"schemas only (kind {self.kind.value}), got {self.read_from_replicas!r}")
         for tag in self.tags:
             if not isinstance(tag, str) or not _SCHEMA_NAME_RE.fullmatch(tag):
                 raise InvalidSchemaError(name, f"tag {tag!r} must look like '<namespace>.<name>'")

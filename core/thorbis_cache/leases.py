@@ -1,6 +1,8 @@
 """The fill-lease steps every fill shares: value read-through (:mod:`.value_fill`),
 structure read-through (:mod:`.read_through`) and warm batches (:mod:`.warming`).
 
+* :func:`new_token` -- a fresh lease token (the scripts store it with the granting
+  master's replication ID: ``lua/_lease_owner.lua``);
 * :func:`fill_keys` -- the keys a lease script takes: the entry, its lease, its tag sets;
 * :func:`write` -- the compare-and-set write of an entry under a lease (``lease_fill``
   for a value, ``struct_fill`` for a hash, sorted set or geo index);
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.errors import RedisUnavailableError
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ABSENT", "CACHED", "EMPTY", "GRANTED", "HELD", "MARKER", "LeaseWait", "fill_keys",
-    "release", "write", "write_absent",
+    "new_token", "release", "write", "write_absent",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,18 @@ ABSENT = b"\x00tc:absent"
 EMPTY = b"\x00tc:empty"
 
 
+def new_token(cache: Cache) -> str:
+    """A fresh random fill-lease token.
+
+    The scripts store it as ``token@replication-id`` of the master granting the lease
+    and compare the same on fill (``lua/_lease_owner.lua``): a lease granted by a
+    master that died, revoked there by an invalidation its replicas never received, is
+    back on the promoted replica -- whose replication ID is new, so the fill of content
+    loaded before the invalidation is refused there.
+    """
+    return secrets.token_hex(12)
+
+
 def fill_keys(cache: Cache, key: CacheKey[Any]) -> list[str]:
     """``[entry, lease, *tag sets]``: the KEYS of every lease script."""
     return [cache.redis_key(key), cache.lease_key(key), *cache.tag_keys(key)]
@@ -55,7 +70,8 @@ async def write(cache: Cache, key: CacheKey[Any], token: str, ttl_ms: int,
     value of a value schema, or the ``struct_fill`` arguments of a structure
     (``[command, arity, *arguments]`` or ``["MARKER", marker]``).
 
-    :returns: whether it was written (False: invalidated while loading).
+    :returns: whether it was written (False: invalidated while loading, or granted by
+        a master that has failed over since: see :func:`new_token`).
     :raises RedisUnavailableError: Redis cannot be reached.
     """
     scripts = cache._scripts
@@ -91,7 +107,7 @@ async def write_absent(cache: Cache, key: CacheKey[Any], token: str) -> bool | N
 async def release(cache: Cache, key: CacheKey[Any], token: str) -> None:
     """Delete the lease of ``key`` if ``token`` still holds it (Redis down: it expires)."""
     with contextlib.suppress(RedisUnavailableError):
-        await cache.store.run(cache._scripts.delete_if_equal, [cache.lease_key(key)], [token])
+        await cache.store.run(cache._scripts.lease_release, [cache.lease_key(key)], [token])
 
 
 class LeaseWait:

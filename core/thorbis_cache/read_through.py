@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -180,7 +179,7 @@ class StructureFills:
                     continue  # an early refresh that lost the lease: read again
                 counters.coalesced += 1
                 return spec.from_loaded(loaded)
-            token = secrets.token_hex(12)
+            token = leases.new_token(self._cache)
             try:
                 reply = await cache.store.run(
                     cache._scripts.struct_read, keys,
@@ -258,7 +257,7 @@ class StructureFills:
         ttl: float | None,
     ) -> Any:
         cache = self._cache
-        token = secrets.token_hex(12)
+        token = leases.new_token(self._cache)
         try:  # the lease alone: lease_acquire's refresh mode reads nothing
             reply = await cache.store.run(
                 cache._scripts.lease_acquire, leases.fill_keys(cache, key),

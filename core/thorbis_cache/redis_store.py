@@ -29,6 +29,7 @@ from redis.crc import key_slot
 from thorbis_cache.circuit import CircuitBreaker
 from thorbis_cache.errors import (
     CacheBackendError,
+    RedisOutOfMemoryError,
     RedisUnavailableError,
     WrongRedisTypeError,
 )
@@ -236,6 +237,7 @@ class RedisStore:
         self.replication_timeouts = 0
         self._replicas: dict[str, tuple[int, float]] = {}
         self._node_clients: dict[str, aioredis.Redis] = {}
+        self._remap_needed = False
 
     @classmethod
     def from_url(
@@ -287,6 +289,8 @@ class RedisStore:
             (host, port), = address.nodes
             client = aioredis.Redis(host=host, port=port, db=address.db,
                                     **address.connection_options(), **common)
+        if not isinstance(client, RedisCluster):
+            _fail_fast(client)
         store = cls(client, address.describe(), timeout=timeout,
                     max_in_flight=max_connections)
         store.redis_address = address
@@ -352,6 +356,8 @@ class RedisStore:
             return RedisUnavailableError(operation, self.address, _describe(exc))
         if self.breaker.failures:  # an error reply: the server is there
             self.breaker.success()
+        if isinstance(exc, rexc.OutOfMemoryError):
+            return RedisOutOfMemoryError(operation, self.address, _describe(exc))
         if isinstance(exc, rexc.ResponseError) and str(exc).startswith("WRONGTYPE"):
             return WrongRedisTypeError(operation, self.address, _describe(exc))
         return CacheBackendError(operation, self.address, _describe(exc))
@@ -555,14 +561,22 @@ class RedisStore:
         """
         async with self._call("WAIT"):
             for attempt in (1, 2):
+                if self._remap_needed:
+                    await self._remap()
                 client, where = self._master_client(routing_key)
                 wanted = await self._replica_count(client, where)
-                async with client.pipeline(transaction=False) as pipe:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    if wanted:
-                        pipe.execute_command("WAIT", wanted, int(self.wait_timeout * 1000))
-                    replies = await pipe.execute(raise_on_error=False)
+                try:
+                    async with client.pipeline(transaction=False) as pipe:
+                        for command in commands:
+                            pipe.execute_command(*command)
+                        if wanted:
+                            pipe.execute_command("WAIT", wanted,
+                                                 int(self.wait_timeout * 1000))
+                        replies = await pipe.execute(raise_on_error=False)
+                except (rexc.ConnectionError, rexc.TimeoutError, OSError):
+                    # The node is gone (a failover?): learn the map again next time.
+                    self._remap_needed = True
+                    raise
                 moved = next((r for r in replies if isinstance(r, rexc.ResponseError)
                               and str(r).startswith(("MOVED", "READONLY"))), None)
                 if moved is not None and attempt == 1:
@@ -614,6 +628,7 @@ class RedisStore:
         return node_client, where
 
     async def _remap(self) -> None:
+        self._remap_needed = False
         client = self._client
         if isinstance(client, RedisCluster):
             await client.nodes_manager.initialize()
@@ -633,6 +648,17 @@ class RedisStore:
         self._replicas[where] = (count, now + 1.0)
         return count
 
+    async def cluster_slots(self) -> dict[tuple[int, int], dict[str, Any]]:
+        """``CLUSTER SLOTS`` of a random node (Cluster only), as redis-py parses it:
+        ``{(first, last): {"primary": (host, port), "replicas": [(host, port)...]}}``.
+        Redis lists a replica only once it has replicated a write."""
+        async with self._call("CLUSTER SLOTS"):
+            client = self._client
+            assert isinstance(client, RedisCluster)
+            reply: dict[tuple[int, int], dict[str, Any]] = await client.execute_command(
+                "CLUSTER SLOTS", target_nodes=client.get_random_node())
+            return reply
+
     async def master_run_ids(self) -> frozenset[str]:
         """The ``run_id`` of every master: a new one means a failover or a restart, after
         which writes acknowledged by the old master may be missing."""
@@ -650,6 +676,51 @@ class RedisStore:
         """PING the server (every master of a Cluster)."""
         async with self._call("PING"):
             return bool(await self._client.ping())
+
+    async def probe(self) -> bool:
+        """Whether the server answers a PING right now, asked past the breaker on a
+        connection of its own (:meth:`dedicated_client`, the driver's retries off); an
+        answer closes the breaker, like the reply to any call.
+
+        For an owner waiting for a server that went away (the outbox worker): through
+        the pool, a PING would be refused until the breaker's cooldown is over (and on
+        a Cluster wait out the client's retries), and learn late that the server is
+        back. A server still loading its data set answers ``LOADING``, which counts as
+        not answering.
+
+        :returns: True on PONG; False when the server is unavailable or no answer came
+            within the store's call timeout.
+        :raises CacheBackendError: the server answered PING with an error.
+        """
+        client = self.dedicated_client()
+        try:
+            async with asyncio.timeout(self._deadlines.timeout):
+                answered = bool(await client.ping())
+        except (rexc.ConnectionError, rexc.TimeoutError, rexc.RedisClusterException,
+                OSError, TimeoutError):
+            return False
+        except rexc.RedisError as exc:
+            raise CacheBackendError("PING (probe)", self.address, _describe(exc)) from exc
+        finally:
+            await client.aclose()
+        if answered:
+            self.breaker.success()
+        return answered
+
+
+def _fail_fast(client: aioredis.Redis) -> None:
+    """One immediate retry for the calls of a single-node client, instead of redis-py's
+    default (10 attempts, a jittered back-off growing to 1 s between them).
+
+    With the default, a call to a stopped server is retried until the store's deadline
+    cancels it (2 s): every reader waits that long before degrading to its loader, the
+    breaker needs 3 such calls to open, and a call in flight when the server comes back
+    answers only after its current back-off sleep (up to 1 s later). One retry still
+    replaces a pooled connection that died with a restarted server; a refused
+    connection fails the call at once. (A Cluster client keeps its own policy: its
+    retries also refresh the slot map after a failover.)
+    """
+    client.set_retry(Retry(NoBackoff(), 1))
 
 
 def _describe(exc: BaseException) -> str:

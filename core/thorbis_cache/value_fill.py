@@ -7,7 +7,6 @@ caching and degraded mode (the protocol is described in :mod:`.fill` and
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,7 +47,7 @@ class ValueFills:
         self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
     ) -> T:
         try:
-            data = await self._cache.store.get(rk)
+            data = await rt.read(rk)
         except WrongRedisTypeError:  # foreign data under our key: a miss; the fill replaces it
             data = None
         except RedisUnavailableError as exc:
@@ -88,7 +87,7 @@ class ValueFills:
         self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
     ) -> T:
         keys = leases.fill_keys(self._cache, key)
-        token = secrets.token_hex(12)
+        token = leases.new_token(self._cache)
         lease_ms = int(self._cache.settings.lease_ttl * 1000)
         wait = leases.LeaseWait(self._cache, key, rt.counters)
         while True:
@@ -126,7 +125,7 @@ class ValueFills:
     ) -> T:
         """Early recomputation: only the client that wins the lease recomputes; the
         others keep serving the current value."""
-        token = secrets.token_hex(12)
+        token = leases.new_token(self._cache)
         lease_ms = int(self._cache.settings.lease_ttl * 1000)
         try:
             reply = await self._cache.store.run(

@@ -23,7 +23,6 @@ for a geo index (the whole structure).
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -153,7 +152,7 @@ async def warm(cache: Cache, batch: WarmBatch) -> WarmOutcome:
     keys = list(dict.fromkeys(batch.keys))
     if not keys:
         return WarmOutcome()
-    tokens = [secrets.token_hex(12) for _ in keys]
+    tokens = [leases.new_token(cache) for _ in keys]
     states = await asyncio.gather(*(_lease(cache, k, t) for k, t in zip(keys, tokens)))
     leased = [(k, t) for k, t, s in zip(keys, tokens, states) if s == leases.GRANTED]
     cached = sum(1 for s in states if s in (leases.CACHED, leases.MARKER))

@@ -20,6 +20,7 @@
 -- granted the lease of one key, "no value, no lease" is decided in one step, and no lease
 -- exists that its tag sets do not know about.
 -- @include record_tags
+-- @include lease_owner
 -- @include grant_lease
 if ARGV[3] == "miss" then
   -- Foreign data under our key (a list, a hash...) is no value: the fill's SET

@@ -14,8 +14,9 @@
 -- in one atomic step. The written key is (re)recorded in its tag sets, whose TTL is
 -- raised to at least the value's, so a tag set never expires before its members.
 -- Bounds: O(1 + tags).
+-- @include lease_owner
 -- @include record_tags
-if redis.call("GET", KEYS[2]) ~= ARGV[1] then
+if redis.call("GET", KEYS[2]) ~= lease_owner(ARGV[1]) then
   return 0
 end
 redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])

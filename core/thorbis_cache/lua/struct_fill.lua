@@ -19,8 +19,9 @@
 -- old structure or the new one, never an empty or half-written one.
 -- Bounds: O(elements + tags) for one structure's content (one entity, one list), sent
 -- to the write command in chunks so no call exceeds Lua's unpack limit.
+-- @include lease_owner
 -- @include record_tags
-if redis.call("GET", KEYS[2]) ~= ARGV[1] then
+if redis.call("GET", KEYS[2]) ~= lease_owner(ARGV[1]) then
   return 0
 end
 local write = ARGV[3]

@@ -29,6 +29,7 @@
 -- entity or one list), PTTL, and O(tags) on a grant. Atomic, so "not cached, lease
 -- granted" is one decision and an answer never mixes two fills.
 -- @include record_tags
+-- @include lease_owner
 -- @include grant_lease
 local read = ARGV[4]
 if read ~= "HGETALL" and read ~= "HMGET" and read ~= "ZRANGE" and read ~= "ZSCORE"
