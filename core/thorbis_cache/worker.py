@@ -25,6 +25,16 @@ than Redis being unavailable counts an attempt on each row; a row past ``max_att
 is dead-lettered at its next claim. Redis being down is not the rows' fault: they wait,
 however long, and are applied on recovery.
 
+**Outages** (:meth:`OutboxWorker.run`). While Redis is unavailable the worker does not
+back off: it probes the server every ``redis_probe_interval`` (20 ms) on a connection of
+its own (:meth:`RedisStore.probe <thorbis_cache.redis_store.RedisStore.probe>`),
+applies the backlog the moment it answers, and tries a batch at least every
+:data:`REDIS_RETRY` seconds whatever the probe says. A Redis restarted from its AOF or RDB comes
+back with the entries it held, including those whose rows changed while it was down,
+and serves them until the backlog is applied: that window is kept short, not closed
+(docs/architecture.md, "Restarts"). A PostgreSQL outage, or any other failure, is retried
+after a backoff from 0.1 s doubling to ``max_backoff``.
+
 **Tags.** :meth:`OutboxWorker.from_app` hands tags to the cache's tag engine
 (:class:`~thorbis_cache.invalidation.CacheTagInvalidator`: ``Cache.invalidate_tags``,
 which returns when the tagged keys are gone). A worker built directly without
@@ -72,6 +82,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Seconds :meth:`OutboxWorker.run` waits on its Redis probe at most before it tries a
+#: batch anyway (the probe may not reach the servers the cache's pool does).
+REDIS_RETRY = 1.0
+
 #: ``async (tenant, tags) -> None``: invalidates every key carrying one of ``tags``.
 TagInvalidator = Callable[[str, Sequence[str]], Awaitable[None]]
 
@@ -104,6 +118,10 @@ class WorkerMetrics:
     """In-process counters of one worker (exported by the observability layer).
 
     :ivar lag_seconds: age of the oldest row of the last non-empty batch.
+    :ivar redis_waits: Redis outages :meth:`OutboxWorker.run` waited out (from a batch
+        finding Redis unavailable to the next batch that went through).
+    :ivar redis_wait_seconds: time spent probing for Redis, in total.
+    :ivar redis_probes: probes sent while waiting.
     """
 
     processed: int = 0
@@ -113,6 +131,9 @@ class WorkerMetrics:
     keys_deleted: int = 0
     tags_invalidated: int = 0
     lag_seconds: float = 0.0
+    redis_waits: int = 0
+    redis_wait_seconds: float = 0.0
+    redis_probes: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -196,7 +217,10 @@ class OutboxWorker:
     :param invalidate_tags: see :data:`TagInvalidator`; default
         :class:`UnconfiguredTagInvalidator` (:meth:`from_app` passes the cache's
         :class:`~thorbis_cache.invalidation.CacheTagInvalidator`).
-    :param batch_size: rows claimed per batch.
+    :param batch_size: rows claimed per batch. Most of a batch's cost is per tenant
+        and per transaction (the audit record, the tag invalidations, the commit), so a
+        backlog -- what piles up while Redis is down -- goes faster in big batches:
+        1,000 changes in one batch rather than two (``bench/ha.py``).
     :param poll_interval: seconds between polls when no NOTIFY arrives (the fallback
         for a lost wake-up or a listener reconnect).
     :param max_attempts: failed batch attempts after which a row is dead-lettered.
@@ -205,13 +229,19 @@ class OutboxWorker:
     :param replay_window: seconds of invalidations logged for replay after a Redis
         failover or restart lost acknowledged writes (see
         :mod:`thorbis_cache.invalidation.replay`); ``None`` turns that off.
+    :param redis_probe_interval: seconds between two probes of an unavailable Redis in
+        :meth:`run`; the backlog is applied at most this long after Redis answers again.
+    :param max_backoff: the longest pause of :meth:`run` after a failure other than Redis
+        being unavailable (PostgreSQL down, a tag invalidator error); the pause starts
+        at 0.1 s and doubles.
     """
 
     def __init__(self, dsn: str, cache: Cache, rules: Iterable[InvalidationRule], *,
-                 invalidate_tags: TagInvalidator | None = None, batch_size: int = 500,
+                 invalidate_tags: TagInvalidator | None = None, batch_size: int = 1000,
                  poll_interval: float = 1.0, max_attempts: int = 5,
                  dead_letter_days: float = 14.0, audit: bool = True,
-                 replay_window: float | None = 300.0) -> None:
+                 replay_window: float | None = 300.0, redis_probe_interval: float = 0.02,
+                 max_backoff: float = 2.0) -> None:
         self.dsn = dsn
         self.cache = cache
         self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
@@ -226,8 +256,11 @@ class OutboxWorker:
         self.metrics = WorkerMetrics()
         self.replay = None if replay_window is None else FailoverReplay(
             cache, invalidate_tags=self.invalidate_tags, window=replay_window)
+        self.redis_probe_interval = redis_probe_interval
+        self.max_backoff = max_backoff
         self._conn: Any = None
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._stopping = False
 
     @classmethod
@@ -417,19 +450,37 @@ class OutboxWorker:
     # ----------------------------------------------------------------- the loop
 
     def stop(self) -> None:
-        """Make :meth:`run` return after its current batch."""
+        """Make :meth:`run` return after its current batch (at once when it waits)."""
         self._stopping = True
         self._wake.set()
+        self._stopped.set()
 
     async def run(self) -> None:
         """Process batches until :meth:`stop`: drain, then wait for a NOTIFY or the poll
-        interval. Database and Redis outages are logged and retried with backoff."""
+        interval.
+
+        Failures are logged and do not end the loop. A batch that finds Redis
+        unavailable rolls back, and the loop waits for Redis with a probe every
+        ``redis_probe_interval`` rather than a backoff (:meth:`_wait_for_redis`), then
+        drains before anything else: a restarted Redis serves entries whose rows changed
+        while it was down until the backlog is applied. Any other failure (PostgreSQL
+        down, a tag invalidator error) is retried after a backoff from 0.1 s doubling to
+        ``max_backoff``.
+        """
         await self.cache.verify_server()
         self._stopping = False
+        self._stopped.clear()
         listener: Any = None
         last_prune: float | None = None
         backoff = 0.0
         loop = asyncio.get_running_loop()
+        redis_down_since: float | None = None
+        # The pause before the first probe of a wait. It doubles (up to 1 s) each time a
+        # probe's answer is followed by a batch that finds Redis unavailable again (the
+        # probe reached one Cluster node, the batch another, still down), so that such a
+        # server is not sent a claim that rolls back at every probe.
+        settle = self.redis_probe_interval
+        answered = False  # the last wait ended with an answer, and no batch went since
 
         def wake(*_: object) -> None:
             self._wake.set()
@@ -437,28 +488,94 @@ class OutboxWorker:
         try:
             while not self._stopping:
                 try:
+                    if redis_down_since is not None:
+                        answered = await self._wait_for_redis(settle)
+                        if self._stopped.is_set():
+                            break
                     if listener is None or listener.is_closed():
                         listener = await outbox.connect(self.dsn)
                         await listener.add_listener(CHANNEL, wake)
+                    self._wake.clear()
+                    while not self._stopping:
+                        result = await self.run_once()
+                        backoff, settle, answered = 0.0, self.redis_probe_interval, False
+                        if redis_down_since is not None:
+                            log.info("outbox worker: Redis is back; %d change(s) applied "
+                                     "%.2fs after it became unavailable",
+                                     result.claimed, loop.time() - redis_down_since)
+                            redis_down_since = None
+                        if not result.claimed:
+                            break
+                    # After the backlog: pruning dead letters can wait, stale entries not.
                     if last_prune is None or loop.time() - last_prune > 3600:
                         await outbox.prune_dead_letters(await self._connection(),
                                                         self.dead_letter_days)
                         last_prune = loop.time()
-                    self._wake.clear()
-                    while not self._stopping and (await self.run_once()).claimed:
-                        pass
-                    backoff = 0.0
+                except RedisUnavailableError as exc:
+                    # Not the rows' fault and no reason to back off: run_once rolled
+                    # back, the rows wait in the outbox while we watch for Redis.
+                    if answered:
+                        settle = min(settle * 2, 1.0)
+                    if redis_down_since is None:
+                        redis_down_since = loop.time()
+                        self.metrics.redis_waits += 1
+                        log.warning("outbox worker: %s; the changes wait in the outbox, "
+                                    "probing Redis every %.0f ms", exc,
+                                    self.redis_probe_interval * 1000)
+                    continue
                 except Exception:
-                    backoff = min(max(backoff * 2, 0.1), 5.0)
+                    backoff = min(max(backoff * 2, 0.1), self.max_backoff)
                     log.exception("outbox worker: batch failed; retrying in %.1fs", backoff)
                     await self._drop_broken(listener)
-                    await asyncio.sleep(backoff)
+                    await self._pause(backoff)
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
         finally:
             if listener is not None and not listener.is_closed():
                 await listener.close()
+
+    async def _wait_for_redis(self, first: float) -> bool:
+        """Probe Redis until it answers, for at most :data:`REDIS_RETRY` seconds.
+
+        One probe every ``redis_probe_interval`` (the first after ``first`` seconds),
+        each a PING on a connection of its own (:meth:`RedisStore.probe
+        <thorbis_cache.redis_store.RedisStore.probe>`): through the cache's pool a call
+        is refused while the breaker cools down, so the backlog would wait for the end
+        of the cooldown after the server is back; the probe's answer closes the breaker.
+        A refused connection costs well under a millisecond: probing this often is cheap.
+
+        Returning after :data:`REDIS_RETRY` without an answer lets :meth:`run` try a
+        batch anyway: the probe reaches one server (the first node of a Cluster), and
+        must not hold the worker back when that one stays down but the pool's servers
+        are back.
+
+        :param first: seconds before the first probe.
+        :returns: True when Redis answered; False on :meth:`stop` or after
+            :data:`REDIS_RETRY` seconds.
+        :raises CacheBackendError: the server answered the probe with an error.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pause = first
+        try:
+            while not await self._pause(pause):
+                self.metrics.redis_probes += 1
+                if await self.cache.store.probe():
+                    log.info("outbox worker: Redis answers again; applying the backlog")
+                    return True
+                if loop.time() - started >= REDIS_RETRY:
+                    return False
+                pause = self.redis_probe_interval
+            return False
+        finally:
+            self.metrics.redis_wait_seconds += loop.time() - started
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds``, less if :meth:`stop` is called; True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+        return self._stopping
 
     async def _drop_broken(self, listener: Any) -> None:
         # After a lost connection, reconnect both: asyncpg will not revive a dead one.
