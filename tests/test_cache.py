@@ -12,7 +12,6 @@ from typing import Any
 import attrs
 import pytest
 import redis
-from redis.cluster import RedisCluster as SyncCluster
 
 import thorbis_cache.fill
 from thorbis_cache import Cache, CacheSettings, Compression, KeyRing, KeySchema, SchemaRegistry
@@ -24,6 +23,7 @@ from thorbis_cache.errors import (
     WrongSchemaKindError,
 )
 from thorbis_cache.keys import SchemaKind
+from thorbis_cache.testing.clients import master_clients
 from thorbis_cache.testing.servers import RedisServer
 
 
@@ -75,21 +75,9 @@ async def cache(thorbis_redis_url: str) -> AsyncIterator[Cache]:
         yield c
 
 
-def sync_nodes(url: str) -> list[redis.Redis]:
-    """Plain sync clients, one per master, to inspect what the cache did."""
-    host_port = url.split("://", 1)[1].split("/", 1)[0]
-    host, port = host_port.rsplit(":", 1)
-    if url.startswith("redis+cluster://"):
-        cluster = SyncCluster(host=host, port=int(port))
-        nodes = [redis.Redis(host=n.host, port=n.port) for n in cluster.get_primaries()]
-        cluster.close()
-        return nodes
-    return [redis.Redis(host=host, port=int(port))]
-
-
 def command_calls(url: str, command: str) -> int:
     total = 0
-    for node in sync_nodes(url):
+    for node in master_clients(url):
         stats = node.info("commandstats")
         total += int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
         node.close()

@@ -686,5 +686,6 @@ def test_generated_plugin_passes_its_own_tests(tmp_path: Path) -> None:
     output = run.stdout + run.stderr
     assert run.returncode == 0, textwrap.shorten(output, 8000)
     # Nothing skipped (the template mirrors its view, so the mirror-rule test runs), and
-    # the round trip and the stale-fill race run twice: single Redis and cluster.
-    assert f"{len(contract_test_names()) + 2} passed" in output, output[-2000:]
+    # the round trip and the stale-fill race run three times: single Redis, Cluster and
+    # Sentinel.
+    assert f"{len(contract_test_names()) + 4} passed" in output, output[-2000:]

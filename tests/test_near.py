@@ -13,8 +13,6 @@ from typing import Any
 
 import attrs
 import pytest
-import redis
-from redis.cluster import RedisCluster as SyncCluster
 
 from thorbis_cache import Cache, CacheSettings, KeySchema, SchemaRegistry
 from thorbis_cache.errors import InvalidSchemaError, RedisUnavailableError
@@ -22,6 +20,7 @@ from thorbis_cache.invalidation.events import EventPublisher, InvalidationEvent
 from thorbis_cache.keys import CacheKey, SchemaKind
 from thorbis_cache.metrics import CoherenceCounters
 from thorbis_cache.near import MISS, NearCache
+from thorbis_cache.testing.clients import master_clients
 from thorbis_cache.testing.servers import RedisServer
 
 
@@ -63,15 +62,8 @@ def l1(cache: Cache) -> NearCache:
 
 def get_calls(url: str) -> int:
     """GET calls served, summed over every master (INFO commandstats)."""
-    host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
-    if url.startswith("redis+cluster://"):
-        cluster = SyncCluster(host=host, port=int(port))
-        nodes = [redis.Redis(host=n.host, port=n.port) for n in cluster.get_primaries()]  # type: ignore[no-untyped-call]
-        cluster.close()
-    else:
-        nodes = [redis.Redis(host=host, port=int(port))]
     total = 0
-    for node in nodes:
+    for node in master_clients(url):
         total += int(node.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
         node.close()
     return total

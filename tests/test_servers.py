@@ -33,6 +33,7 @@ from thorbis_cache.testing.binaries import (
     find_postgres,
     find_redis,
 )
+from thorbis_cache.testing.clients import master_clients
 from thorbis_cache.testing.servers import (
     PostgresServer,
     RedisCluster,
@@ -429,23 +430,31 @@ def test_cluster_is_repaired_for_the_next_test(thorbis_cluster_redis_url: str) -
 # --------------------------------------------------------------------------- redis url fixture
 
 
+def _keys_on_masters(url: str) -> int:
+    total = 0
+    for client in master_clients(url):
+        total += int(client.dbsize())
+        client.close()
+    return total
+
+
 def test_redis_url_dirtied(thorbis_redis_url: str) -> None:
-    client = _redis_client(thorbis_redis_url)
+    client = (_redis_client(thorbis_redis_url) if "+sentinel" not in thorbis_redis_url
+              else master_clients(thorbis_redis_url)[0])
     for index in range(50):
         client.set(f"dirty:{index}", "x")
-    assert _total_keys(client) == 50
     client.close()
+    assert _keys_on_masters(thorbis_redis_url) == 50
 
 
 def test_redis_url_starts_empty(thorbis_redis_url: str) -> None:
-    client = _redis_client(thorbis_redis_url)
-    assert _total_keys(client) == 0
-    client.close()
+    assert _keys_on_masters(thorbis_redis_url) == 0
 
 
 def test_redis_url_topologies(request: pytest.FixtureRequest, thorbis_redis_url: str) -> None:
     topology = request.node.callspec.params["thorbis_redis_url"]
-    scheme = "redis+cluster://" if topology == "cluster" else "redis://"
+    scheme = {"cluster": "redis+cluster://", "sentinel": "redis+sentinel://"}.get(
+        topology, "redis://")
     assert thorbis_redis_url.startswith(scheme)
 
 

@@ -10,9 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import attrs
 import pytest
-import redis
 from core_testing import run_cli
-from redis.cluster import RedisCluster as SyncCluster
 from thorbis_home_services.models import CustomerSegment
 from thorbis_home_services.schemas import CUSTOMER_LIST
 from thorbis_home_services.writers import store_customer_list
@@ -21,6 +19,7 @@ from thorbis_cache import Cache, CacheApp, KeyRing, KeySchema, SchemaRegistry
 from thorbis_cache.errors import InvalidKeyError
 from thorbis_cache.invalidation import CacheTagInvalidator, InvalidationLimits
 from thorbis_cache.keys import SchemaKind
+from thorbis_cache.testing.clients import master_clients
 from thorbis_cache.worker import OutboxWorker
 
 
@@ -59,21 +58,10 @@ def small_batches(url: str) -> Cache:
     return Cache.from_url(url, registry(), invalidation_limits=limits)
 
 
-def sync_nodes(url: str) -> list[redis.Redis]:
-    """Plain sync clients, one per master, to inspect what the cache did."""
-    host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
-    if url.startswith("redis+cluster://"):
-        cluster = SyncCluster(host=host, port=int(port))
-        nodes = [redis.Redis(host=n.host, port=n.port) for n in cluster.get_primaries()]
-        cluster.close()
-        return nodes
-    return [redis.Redis(host=host, port=int(port))]
-
-
 def server_stat(url: str, what: str) -> int:
     """Total keys (``"keys"``) or script calls (``"scripts"``) over every master."""
     total = 0
-    for node in sync_nodes(url):
+    for node in master_clients(url):
         if what == "keys":
             total += int(node.dbsize())
         else:
@@ -88,7 +76,7 @@ def leftover_keys(url: str) -> list[bytes]:
     """Every key on every master but the replication markers of invalidations (``WAIT``
     after an invalidation where replicas exist: ``~sync:``, expiring after a second)."""
     found: list[bytes] = []
-    for node in sync_nodes(url):
+    for node in master_clients(url):
         found += [k for k in node.scan_iter(count=1000) if b":~sync:" not in k]
         node.close()
     return found

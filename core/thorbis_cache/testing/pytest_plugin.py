@@ -8,7 +8,8 @@ thorbis-cache (with the ``testing`` extra) gets these fixtures:
   stopped at session end. The cluster has 3 masters with one replica each; the
   Sentinel group is one master, two replicas and three sentinels.
 * ``thorbis_redis_url`` (function): runs the test once per topology, ``standalone``
-  (``redis://``) and ``cluster`` (``redis+cluster://``), with every master flushed.
+  (``redis://``), ``cluster`` (``redis+cluster://``) and ``sentinel``
+  (``redis+sentinel://``), with every master flushed.
 * ``thorbis_standalone_redis_url`` / ``thorbis_cluster_redis_url`` /
   ``thorbis_sentinel_redis_url`` (function): one topology only, flushed.
 * ``thorbis_pg_dsn`` (function): a fresh database cloned from a session template,
@@ -412,17 +413,24 @@ def thorbis_postgres_server(_thorbis_servers: ThorbisServers) -> PostgresServer:
     return _thorbis_servers.postgres()
 
 
-@pytest.fixture(params=["standalone", "cluster"], ids=["standalone", "cluster"])
+@pytest.fixture(params=["standalone", "cluster", "sentinel"],
+                ids=["standalone", "cluster", "sentinel"])
 def thorbis_redis_url(request: pytest.FixtureRequest, _thorbis_servers: ThorbisServers) -> str:
     """A Redis URL with no keys, once per topology.
 
-    ``redis://127.0.0.1:PORT/0`` for the standalone server and
-    ``redis+cluster://127.0.0.1:PORT`` for the cluster (every master flushed).
+    ``redis://127.0.0.1:PORT/0`` for the standalone server,
+    ``redis+cluster://127.0.0.1:PORT`` for the cluster (3 masters with a replica each,
+    every master flushed) and ``redis+sentinel://127.0.0.1:P1,.../thorbis/0`` for the
+    Sentinel group (one master, two replicas, three sentinels; flushed).
     """
     if request.param == "cluster":
         cluster = _thorbis_servers.cluster()
         cluster.flushall()
         return cluster.url
+    if request.param == "sentinel":
+        group = _thorbis_servers.sentinel()
+        group.flushall()
+        return group.url
     server = _thorbis_servers.redis()
     server.flushall()
     return server.url
