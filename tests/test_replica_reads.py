@@ -87,4 +87,5 @@ async def test_a_replica_past_the_lag_bound_is_not_read(
                 stale_after_bound += 1
             await asyncio.sleep(0.01)
         assert stale_after_bound == 0
-        assert cache.replicas is not None and cache.replicas.master_reads > 0
+        assert cache.replicas is not None
+        assert cache.replicas.master_reads > 0

@@ -85,7 +85,7 @@ def worker_command(
                                            help="Redis URL (env THORBIS_REDIS_URL).")],
     plugin: Annotated[list[str] | None, _PLUGINS] = None,
     once: Annotated[bool, typer.Option("--once", help="Drain the outbox and exit.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1)] = 500,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1000,
     poll_interval: Annotated[float, typer.Option(min=0.01)] = 1.0,
     queue: Annotated[bool, typer.Option(
         "--queue/--no-queue",

@@ -62,6 +62,7 @@ import attrs
 from thorbis_cache.declarations import InvalidationRule, Operation
 from thorbis_cache.errors import RedisUnavailableError, ThorbisCacheError
 from thorbis_cache.invalidation.replay import FailoverReplay
+from thorbis_cache.invalidation.sweep import MetaSweep
 from thorbis_cache.invalidation.tags import CacheTagInvalidator
 from thorbis_cache.keys import CacheKey, validate_tenant
 from thorbis_cache.postgres import audit, outbox
@@ -234,6 +235,10 @@ class OutboxWorker:
     :param max_backoff: the longest pause of :meth:`run` after a failure other than Redis
         being unavailable (PostgreSQL down, a tag invalidator error); the pause starts
         at 0.1 s and doubles.
+    :param sweep_interval: seconds between two passes of the sweep that :meth:`run`
+        keeps going beside the batches (``MetaSweep`` of
+        :mod:`thorbis_cache.invalidation.sweep`: idle tag and dependency sets, leftovers
+        of dead cascades).
     """
 
     def __init__(self, dsn: str, cache: Cache, rules: Iterable[InvalidationRule], *,
@@ -241,7 +246,7 @@ class OutboxWorker:
                  poll_interval: float = 1.0, max_attempts: int = 5,
                  dead_letter_days: float = 14.0, audit: bool = True,
                  replay_window: float | None = 300.0, redis_probe_interval: float = 0.02,
-                 max_backoff: float = 2.0) -> None:
+                 max_backoff: float = 2.0, sweep_interval: float = 60.0) -> None:
         self.dsn = dsn
         self.cache = cache
         self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
@@ -258,6 +263,7 @@ class OutboxWorker:
             cache, invalidate_tags=self.invalidate_tags, window=replay_window)
         self.redis_probe_interval = redis_probe_interval
         self.max_backoff = max_backoff
+        self.sweep_interval = sweep_interval
         self._conn: Any = None
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -485,6 +491,10 @@ class OutboxWorker:
         def wake(*_: object) -> None:
             self._wake.set()
 
+        # Invalidation sets carry no TTL (so no accepted eviction policy takes them):
+        # the sweep bounds the idle ones, in small steps beside the batches.
+        sweeper = asyncio.create_task(MetaSweep.for_cache(self.cache).sweep_forever(
+            self.sweep_interval), name="thorbis-meta-sweep")
         try:
             while not self._stopping:
                 try:
@@ -532,6 +542,9 @@ class OutboxWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             if listener is not None and not listener.is_closed():
                 await listener.close()
 
