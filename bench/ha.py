@@ -32,6 +32,11 @@ Scenarios (``SCENARIOS``: name -> async function; each starts its own servers):
     event loop, so the readers slow the worker down; ``--readers 0`` shows the worker
     alone, as ``thorbis-cache worker`` runs (a process of its own).
 
+``failover``, ``wait``, ``resurrection``
+    Sentinel and replicated Cluster: the unavailability window after the master is
+    killed, the cost of ``WAIT`` after invalidations, and acknowledged invalidations
+    lost by a failover then replayed (``bench/ha_failover.py`` describes each).
+
 It is a report, not a test: no assertion, exit status 0 whatever the numbers (see
 ``bench/README.md``). Add a scenario by writing ``async def name(options) -> Outcome``
 and listing it in ``SCENARIOS``.
@@ -72,6 +77,9 @@ from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.triggers import install_triggers
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
 from thorbis_cache.worker import OutboxWorker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ha_failover  # a sibling script module, found through the line above
 
 RESTART_TARGET_MS = 250.0  # issue 13: accept -> last stale entry gone, 1,000 changes pending
 
@@ -498,11 +506,27 @@ def _restart_outcome(options: Options, runs: Sequence[RestartRun], floor_ms: flo
                     "median_gone_ms": median, "max_gone_ms": worst}, targets)
 
 
+# --------------------------------------------------------------------------- failover
+
+def _replicated(run: Callable[[int], Awaitable[tuple[dict[str, Any], list[tuple[str, bool]]]]]
+                ) -> Scenario:
+    """A scenario of ``ha_failover`` (which takes the repetitions only) as a Scenario."""
+    async def scenario(options: Options) -> Outcome:
+        figures, targets = await run(options.repeat)
+        return Outcome(figures, [Target(text, ok) for text, ok in targets])
+
+    scenario.__name__ = run.__name__
+    return scenario
+
+
 # --------------------------------------------------------------------------- main
 
 #: Every scenario, in the order ``--scenario all`` runs them.
 SCENARIOS: dict[str, Scenario] = {
     "restart": restart,
+    "failover": _replicated(ha_failover.failover),
+    "wait": _replicated(ha_failover.wait),
+    "resurrection": _replicated(ha_failover.resurrection),
 }
 
 

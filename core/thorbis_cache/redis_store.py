@@ -599,6 +599,10 @@ class RedisStore:
 
         :returns: the replicas that acknowledged and the replicas waited for.
         """
+        if not self._cluster:  # the common case without replicas: no call at all
+            known = self._replicas.get("master")
+            if known is not None and not known[0] and known[1] > time.monotonic():
+                return 0, 0
         async with self._call("WAIT"):
             client, where = self._master_client(routing_key)
             if not await self._replica_count(client, where):
@@ -615,17 +619,24 @@ class RedisStore:
         if node is None:  # a failover in progress: the slot has no master for now
             raise rexc.ConnectionError(f"no master serves the slot of {routing_key!r}")
         where = f"{node.host}:{node.port}"
+        return self._node_client(str(node.host), int(node.port)), where
+
+    def _node_client(self, host: str, port: int) -> aioredis.Redis:
+        """A single-node client to one Cluster node (kept per address), for what must
+        run on one connection of one known node (WAIT after writes, INFO)."""
+        where = f"{host}:{port}"
         node_client = self._node_clients.get(where)
         if node_client is None:
+            assert isinstance(self._client, RedisCluster)
             kwargs: dict[str, Any] = {
-                k: v for k, v in client.connection_kwargs.items()
+                k: v for k, v in self._client.connection_kwargs.items()
                 if k in ("username", "password", "socket_connect_timeout", "ssl",
                          "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")}
-            node_client = aioredis.Redis(host=str(node.host), port=int(node.port),
-                                         socket_keepalive=True, decode_responses=False,
-                                         max_connections=16, **kwargs)
+            node_client = aioredis.Redis(host=host, port=port, socket_keepalive=True,
+                                         decode_responses=False, max_connections=16,
+                                         retry=Retry(NoBackoff(), 0), **kwargs)
             self._node_clients[where] = node_client
-        return node_client, where
+        return node_client
 
     async def _remap(self) -> None:
         self._remap_needed = False
@@ -661,16 +672,20 @@ class RedisStore:
 
     async def master_run_ids(self) -> frozenset[str]:
         """The ``run_id`` of every master: a new one means a failover or a restart, after
-        which writes acknowledged by the old master may be missing."""
+        which writes acknowledged by the old master may be missing. On a Cluster the
+        masters are read from ``CLUSTER SLOTS`` (the client's own map may still name a
+        master that died) and asked one by one."""
+        if not isinstance(self._client, RedisCluster):
+            async with self._call("INFO server"):
+                return frozenset([str((await self._client.info("server")).get("run_id"))])
+        slots = await self.cluster_slots()
+        masters = sorted({tuple(nodes["primary"]) for nodes in slots.values()})
+        ids = []
         async with self._call("INFO server"):
-            client = self._client
-            if isinstance(client, RedisCluster):
-                replies = await client.info("server", target_nodes=RedisCluster.PRIMARIES)
-                infos = list(replies.values()) if isinstance(replies, dict) and all(
-                    isinstance(v, dict) for v in replies.values()) else [replies]
-            else:
-                infos = [await client.info("server")]
-            return frozenset(str(info.get("run_id", "")) for info in infos)
+            for host, port in masters:
+                client = self._node_client(str(host), int(port))
+                ids.append(str((await client.info("server")).get("run_id")))
+        return frozenset(ids)
 
     async def ping(self) -> bool:
         """PING the server (every master of a Cluster)."""
