@@ -19,16 +19,29 @@ from thorbis_cache import CacheApp, KeyRing
 pytest_plugins = ["pytester"]
 
 
+async def _hs_env(dsn: str, redis_url: str) -> AsyncIterator[HsEnv]:
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", HS)
+    app = await CacheApp(redis_url, keyring=KeyRing.generate()).start([HS])
+    conn = await asyncpg.connect(dsn)
+    await datagen.load(conn, HS_TENANTS, per_tenant=4, seed=1)
+    try:
+        yield HsEnv(dsn, redis_url, conn, app)
+    finally:
+        await conn.close()
+        await app.aclose()
+
+
 @pytest.fixture
 async def hs_env(thorbis_pg_dsn: str, thorbis_standalone_redis_url: str) -> AsyncIterator[HsEnv]:
     """``thorbis-cache db init`` with home_services, 4 generated customers per tenant of
     :data:`HS_TENANTS` (their outbox rows not yet applied), a started app, a connection."""
-    await asyncio.to_thread(run_cli, "db", "init", "--dsn", thorbis_pg_dsn, "--plugin", HS)
-    app = await CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate()).start([HS])
-    conn = await asyncpg.connect(thorbis_pg_dsn)
-    await datagen.load(conn, HS_TENANTS, per_tenant=4, seed=1)
-    try:
-        yield HsEnv(thorbis_pg_dsn, thorbis_standalone_redis_url, conn, app)
-    finally:
-        await conn.close()
-        await app.aclose()
+    async for env in _hs_env(thorbis_pg_dsn, thorbis_standalone_redis_url):
+        yield env
+
+
+@pytest.fixture
+async def hs_env_every_topology(thorbis_pg_dsn: str, thorbis_redis_url: str
+                                ) -> AsyncIterator[HsEnv]:
+    """:func:`hs_env` once per Redis topology (single server, Cluster, Sentinel)."""
+    async for env in _hs_env(thorbis_pg_dsn, thorbis_redis_url):
+        yield env

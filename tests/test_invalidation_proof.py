@@ -41,7 +41,7 @@ from thorbis_cache.postgres import apply_and_check
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.mv_refresh import refresh_and_invalidate
 from thorbis_cache.postgres.triggers import install_triggers
-from thorbis_cache.testing.servers import RedisCluster, RedisServer
+from thorbis_cache.testing.servers import RedisCluster, RedisSentinelGroup, RedisServer
 from thorbis_cache.worker import OutboxWorker
 
 PLUGIN = "home_services"
@@ -276,6 +276,28 @@ async def test_a_whole_cluster_down_keeps_changes_until_it_is_back(
         await _outage_keeps_changes(hs, kill_all, cluster.repair)
     finally:
         cluster.repair()
+        await hs.conn.close()
+        await hs.app.aclose()
+
+
+@pytest.mark.slow
+async def test_a_whole_sentinel_group_down_keeps_changes_until_it_is_back(
+    thorbis_pg_dsn: str, thorbis_sentinel_redis_url: str,
+    thorbis_redis_sentinel: RedisSentinelGroup,
+) -> None:
+    """Every data server of the group killed (the sentinels stay up and name a dead
+    master): the same outage as a single server's, recovered by repairing the group."""
+    hs = await open_hs(thorbis_pg_dsn, thorbis_sentinel_redis_url, 20)
+    group = thorbis_redis_sentinel
+
+    def kill_all() -> None:
+        for server in group.servers:
+            server.kill()
+
+    try:
+        await _outage_keeps_changes(hs, kill_all, group.repair)
+    finally:
+        group.repair()
         await hs.conn.close()
         await hs.app.aclose()
 

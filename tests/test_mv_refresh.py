@@ -132,7 +132,10 @@ async def test_a_broken_view_is_reported_and_the_others_still_refresh(env: HsEnv
     assert (await audit.verify(env.conn)).ok
 
 
-async def test_refresh_invalidates_the_views_tags_for_each_tenant(env: HsEnv) -> None:
+async def test_refresh_invalidates_the_views_tags_for_each_tenant(
+    hs_env_every_topology: HsEnv,
+) -> None:
+    env = hs_env_every_topology
     cache = env.app.cache
     assert (await refresh_view(env.conn, HS, CUSTOMER_SUMMARY_VIEW)).ok  # the data is in
     keys = []

@@ -277,7 +277,10 @@ async def test_smart_refresh_fires_after_m_changes_and_not_before(env: HsEnv) ->
     await worker.aclose()
 
 
-async def test_cron_refresh_invalidates_tags_and_two_schedulers_refresh_once(env: HsEnv) -> None:
+async def test_cron_refresh_invalidates_tags_and_two_schedulers_refresh_once(
+    hs_env_every_topology: HsEnv,
+) -> None:
+    env = hs_env_every_topology
     yearly = attrs.evolve(CUSTOMER_SUMMARY_VIEW, refresh=RefreshPolicy(cron="0 0 1 1 *"))
     await _slow_view(env.conn)
     slow = _slow("0 0 1 1 *")
