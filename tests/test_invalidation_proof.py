@@ -24,14 +24,14 @@ import random
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
 import attrs
 import pytest
 import redis.asyncio as aioredis
+from core_testing import wait_until
 from thorbis_home_services import loaders
 from thorbis_home_services.models import CustomerSegment, WorkOrder
 from thorbis_home_services.schemas import CUSTOMER, CUSTOMER_LIST, CUSTOMER_SUMMARY, WORK_ORDER
@@ -75,16 +75,6 @@ class Hs:
 
     async def dead_letters(self) -> int:
         return int(await self.conn.fetchval("SELECT count(*) FROM thorbis.outbox_dead_letters"))
-
-
-async def wait_until(what: str, check: Callable[[], Awaitable[bool]], within: float = 10.0
-                     ) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting until {what}")
-        await asyncio.sleep(0.01)
 
 
 async def db_init(dsn: str, app: CacheApp) -> None:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import attrs
 import pytest
+from core_testing import wait_until
 from thorbis_home_services import loaders
 from thorbis_home_services.models import Customer
 from thorbis_home_services.schemas import CUSTOMER
@@ -48,16 +48,6 @@ CHANGE_SQL = """
 UPDATE hs.customers SET phone = $2, account_status = 'vip'
  WHERE tenant_id = $1 AND id <= $3
 """
-
-
-async def wait_until(what: str, check: Callable[[], Awaitable[bool]], within: float = 30.0
-                     ) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting until {what}")
-        await asyncio.sleep(0.01)
 
 
 @attrs.frozen
