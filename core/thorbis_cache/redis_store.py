@@ -12,6 +12,7 @@ import collections
 import contextlib
 import hashlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
@@ -660,14 +661,17 @@ class RedisStore:
         return count
 
     async def cluster_slots(self) -> dict[tuple[int, int], dict[str, Any]]:
-        """``CLUSTER SLOTS`` of a random node (Cluster only), as redis-py parses it:
+        """``CLUSTER SLOTS`` of a random master (Cluster only), as redis-py parses it:
         ``{(first, last): {"primary": (host, port), "replicas": [(host, port)...]}}``.
-        Redis lists a replica only once it has replicated a write."""
+        Redis lists a replica only once it has replicated a write. (A master, not any
+        node: a replica that hangs -- paused, resyncing -- must not stall the caller;
+        a dead master in the client's map fails fast and the caller retries.)"""
         async with self._call("CLUSTER SLOTS"):
             client = self._client
             assert isinstance(client, RedisCluster)
+            node = random.choice(client.get_primaries())
             reply: dict[tuple[int, int], dict[str, Any]] = await client.execute_command(
-                "CLUSTER SLOTS", target_nodes=client.get_random_node())
+                "CLUSTER SLOTS", target_nodes=node)
             return reply
 
     async def master_run_ids(self) -> frozenset[str]:
