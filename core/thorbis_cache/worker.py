@@ -71,6 +71,7 @@ from thorbis_cache.postgres.triggers import CHANNEL
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.cache import Cache
+    from thorbis_cache.postgres.logical import LogicalCapture
 
 __all__ = [
     "BatchResult",
@@ -239,6 +240,15 @@ class OutboxWorker:
         keeps going beside the batches (``MetaSweep`` of
         :mod:`thorbis_cache.invalidation.sweep`: idle tag and dependency sets, leftovers
         of dead cascades).
+    :param capture: where changes come from. None (the default): ``thorbis.outbox``,
+        written by the capture triggers. A
+        :class:`~thorbis_cache.postgres.logical.LogicalCapture`: the WAL, through its
+        replication slot (:meth:`run_once` then reads whole transactions in commit
+        order and advances the slot only after Redis acknowledged and the batch's
+        transaction committed; see :meth:`_run_logical_once`). Call its ``ensure`` once
+        beforehand: the worker never creates the slot, since a slot created after one
+        was lost would hide the changes lost with it
+        (:class:`~thorbis_cache.postgres.logical.SlotLostError`, logged at each batch).
     """
 
     def __init__(self, dsn: str, cache: Cache, rules: Iterable[InvalidationRule], *,
@@ -246,7 +256,8 @@ class OutboxWorker:
                  poll_interval: float = 1.0, max_attempts: int = 5,
                  dead_letter_days: float = 14.0, audit: bool = True,
                  replay_window: float | None = 300.0, redis_probe_interval: float = 0.02,
-                 max_backoff: float = 2.0, sweep_interval: float = 60.0) -> None:
+                 max_backoff: float = 2.0, sweep_interval: float = 60.0,
+                 capture: LogicalCapture | None = None) -> None:
         self.dsn = dsn
         self.cache = cache
         self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
@@ -264,6 +275,10 @@ class OutboxWorker:
         self.redis_probe_interval = redis_probe_interval
         self.max_backoff = max_backoff
         self.sweep_interval = sweep_interval
+        self.capture = capture
+        # Failed attempts per change (its LSN) under logical capture: the WAL has no
+        # attempts column, so they are counted here, and start again after a restart.
+        self._attempts: dict[int, tuple[int, str]] = {}
         self._conn: Any = None
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -363,6 +378,8 @@ class OutboxWorker:
         :raises Exception: invalidation failed (Redis down, a tag invalidator error); the
             batch was rolled back and its rows are back in the outbox.
         """
+        if self.capture is not None:
+            return await self._run_logical_once(self.capture)
         conn = await self._connection()
         ids: list[int] = []
         try:
@@ -393,6 +410,62 @@ class OutboxWorker:
             m.keys_deleted += len(result.keys)
             m.tags_invalidated += len(result.tags)
             m.lag_seconds = max(r.age for r in rows)
+        return result
+
+    async def _run_logical_once(self, capture: LogicalCapture) -> BatchResult:
+        """One batch from the replication slot: peek whole transactions, apply them as
+        an outbox batch would (same plans, replay log, audit, change counts, in one
+        transaction), commit, then advance the slot.
+
+        At least once: a worker killed, or a Redis or PostgreSQL failure, before the
+        advance leaves the slot where it was, and the next batch reads the same
+        transactions again (deletes and tag invalidations are idempotent; the audit may
+        then hold a batch twice). Transactions holding no watched change (an UPDATE no
+        significant column of which changed) are confirmed and skipped, so an empty
+        result means the slot is caught up.
+        """
+        conn = await self._connection()
+        rows: Sequence[outbox.OutboxRow] = ()
+        try:
+            if self.replay is not None:
+                await self.replay.check(conn)
+            while True:
+                batch = await capture.peek(conn, self.batch_size, self._attempts)
+                if batch.truncated:
+                    # No row images in a TRUNCATE: nothing to plan from. Loud, not silent.
+                    log.error("logical capture: TRUNCATE of %s; entries made from these "
+                              "tables are not invalidated by it",
+                              ", ".join(sorted(set(batch.truncated))))
+                if batch.end_lsn is None or batch.rows:
+                    break
+                await capture.advance(conn, batch.end_lsn)
+            rows = batch.rows
+            if not rows:
+                return BatchResult()
+            async with conn.transaction():
+                result = await self._apply(conn, rows)
+                await outbox.count_changes(conn, rows)
+            assert batch.end_lsn is not None  # rows come from whole transactions
+            await capture.advance(conn, batch.end_lsn)
+        except Exception as exc:
+            self.metrics.failed_batches += 1
+            blameless: tuple[type[BaseException], ...] = (
+                RedisUnavailableError, *outbox.DB_ERRORS)
+            if not isinstance(exc, blameless):
+                error = f"{type(exc).__name__}: {exc}"[:1000]
+                for row in rows:
+                    self._attempts[row.id] = (self._attempts.get(row.id, (0, ""))[0] + 1,
+                                              error)
+            raise
+        for row in rows:
+            self._attempts.pop(row.id, None)
+        m = self.metrics
+        m.batches += 1
+        m.processed += len(result.processed)
+        m.dead_lettered += len(result.dead_letters)
+        m.keys_deleted += len(result.keys)
+        m.tags_invalidated += len(result.tags)
+        m.lag_seconds = max(r.age for r in rows)
         return result
 
     async def _apply(self, conn: Any, rows: Sequence[outbox.OutboxRow]) -> BatchResult:

@@ -230,6 +230,16 @@ class PostgresServer(_ServerBase):
             # Dynamic shared memory in PGDATA rather than /dev/shm: a killed server
             # leaves nothing behind outside its temp directory.
             "dynamic_shared_memory_type": "mmap",
+            # Logical decoding capture (thorbis_cache.postgres.logical) needs
+            # wal_level=logical and a slot per worker group; every test database may
+            # hold one, and the bench's psycopg2 client takes a WAL sender.
+            "wal_level": "logical",
+            "max_replication_slots": "64",
+            "max_wal_senders": "16",
+            # A slot nobody reads (a test that failed before dropping it) must not keep
+            # WAL without bound: past this much the slot is invalidated and its WAL freed,
+            # the failure the logical capture treats as a slot fault.
+            "max_slot_wal_keep_size": "1GB",
             **self.settings,
         }
         argv = [str(binaries.postgres), "-D", str(self.data_dir), "-p", str(port)]

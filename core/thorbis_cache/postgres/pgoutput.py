@@ -1,0 +1,233 @@
+"""A parser of the ``pgoutput`` logical replication messages (protocol version 1).
+
+The messages are those PostgreSQL's built-in output plugin writes for a publication
+(https://www.postgresql.org/docs/15/protocol-logicalrep-message-formats.html). Only
+what the logical capture needs is kept: transaction boundaries, the relation
+descriptions, and the row changes with their column values as text (``pgoutput`` sends
+text unless asked for binary). Type, origin and logical-message messages are skipped.
+
+Pure bytes in, values out: no database access, so the parser is tested on its own and
+costs nothing to import.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+
+import attrs
+
+__all__ = [
+    "UNCHANGED",
+    "Begin",
+    "Change",
+    "Column",
+    "Commit",
+    "Message",
+    "Relation",
+    "Truncate",
+    "parse",
+]
+
+#: The PostgreSQL epoch: timestamps count microseconds from here.
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+class _Unchanged:
+    """The value of a TOASTed column an UPDATE did not change (not sent)."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+#: Stands for a column value ``pgoutput`` did not send (an unchanged TOASTed value).
+UNCHANGED = _Unchanged()
+
+#: A decoded tuple: column name to its text value, None (NULL) or :data:`UNCHANGED`.
+Tuple = dict[str, "str | _Unchanged | None"]
+
+
+@attrs.frozen(slots=True)
+class Begin:
+    """A transaction starts. :ivar final_lsn: the LSN of its commit record."""
+
+    final_lsn: int
+    committed_at: dt.datetime
+    xid: int
+
+
+@attrs.frozen(slots=True)
+class Commit:
+    """A transaction ends. :ivar end_lsn: the LSN just past it (where to confirm to)."""
+
+    commit_lsn: int
+    end_lsn: int
+    committed_at: dt.datetime
+
+
+@attrs.frozen(slots=True)
+class Column:
+    """One column of a :class:`Relation`. :ivar key: part of the replica identity."""
+
+    name: str
+    type_oid: int
+    key: bool
+
+
+@attrs.frozen(slots=True)
+class Relation:
+    """The description of a table, sent before its first change in a session.
+
+    :ivar identity: ``d`` default, ``n`` nothing, ``f`` full, ``i`` index.
+    """
+
+    oid: int
+    schema: str
+    name: str
+    identity: str
+    columns: tuple[Column, ...]
+
+    @property
+    def table(self) -> str:
+        """``schema.name``."""
+        return f"{self.schema}.{self.name}"
+
+
+@attrs.frozen(slots=True)
+class Change:
+    """An INSERT, UPDATE or DELETE of one row.
+
+    :ivar operation: ``INSERT``, ``UPDATE`` or ``DELETE``.
+    :ivar old: the old row (UPDATE, DELETE): every column under REPLICA IDENTITY FULL,
+        the key columns otherwise, None when not sent (an UPDATE that kept the key).
+    :ivar old_is_key: ``old`` holds only the replica identity's key columns.
+    :ivar new: the new row (INSERT, UPDATE).
+    """
+
+    relation_oid: int
+    operation: str
+    old: Tuple | None
+    old_is_key: bool
+    new: Tuple | None
+
+
+@attrs.frozen(slots=True)
+class Truncate:
+    """TRUNCATE of one or more tables."""
+
+    relation_oids: tuple[int, ...]
+
+
+Message = Begin | Commit | Relation | Change | Truncate | None
+
+
+def _timestamp(micros: int) -> dt.datetime:
+    return _PG_EPOCH + dt.timedelta(microseconds=micros)
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def unpack(self, fmt: str) -> tuple[int, ...]:
+        values = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return values
+
+    def byte(self) -> str:
+        value = chr(self.data[self.pos])
+        self.pos += 1
+        return value
+
+    def string(self) -> str:
+        end = self.data.index(b"\0", self.pos)
+        value = self.data[self.pos:end].decode()
+        self.pos = end + 1
+        return value
+
+    def tuple(self, names: tuple[str, ...]) -> Tuple:
+        (count,) = self.unpack("!h")
+        if count != len(names):
+            raise ValueError(f"tuple of {count} columns for a relation of {len(names)}")
+        values: Tuple = {}
+        for name in names:
+            kind = self.byte()
+            if kind == "n":
+                values[name] = None
+            elif kind == "u":
+                values[name] = UNCHANGED
+            elif kind in "tb":
+                (length,) = self.unpack("!i")
+                raw = self.data[self.pos:self.pos + length]
+                self.pos += length
+                if kind == "b":
+                    raise ValueError(f"column {name!r} sent in binary format (not requested)")
+                values[name] = raw.decode()
+            else:
+                raise ValueError(f"unknown tuple value kind {kind!r} for column {name!r}")
+        return values
+
+
+def parse(data: bytes, relations: dict[int, Relation]) -> Message:
+    """Decode one ``pgoutput`` message.
+
+    :param data: the message (a row of ``pg_logical_slot_peek_binary_changes``).
+    :param relations: the relations seen so far in this decoding session, by oid; a
+        :class:`Relation` message is added to it (changes name their table by oid).
+    :returns: the message, or None for one the capture does not use (type, origin,
+        logical message).
+    :raises ValueError: a malformed message, or a change of a relation not described.
+    """
+    reader = _Reader(data)
+    kind = reader.byte()
+    if kind == "B":
+        final_lsn, micros, xid = reader.unpack("!qqI")
+        return Begin(final_lsn, _timestamp(micros), xid)
+    if kind == "C":
+        reader.unpack("!b")
+        commit_lsn, end_lsn, micros = reader.unpack("!qqq")
+        return Commit(commit_lsn, end_lsn, _timestamp(micros))
+    if kind == "R":
+        (oid,) = reader.unpack("!I")
+        schema, name = reader.string(), reader.string()
+        identity = reader.byte()
+        (count,) = reader.unpack("!h")
+        columns = []
+        for _ in range(count):
+            (flags,) = reader.unpack("!b")
+            column = reader.string()
+            type_oid, _typmod = reader.unpack("!Ii")
+            columns.append(Column(column, type_oid, bool(flags & 1)))
+        relation = Relation(oid, schema, name, identity, tuple(columns))
+        relations[oid] = relation
+        return relation
+    if kind in "IUD":
+        (oid,) = reader.unpack("!I")
+        described = relations.get(oid)
+        if described is None:
+            raise ValueError(f"change of relation {oid} before its Relation message")
+        names = tuple(c.name for c in described.columns)
+        old: Tuple | None = None
+        new: Tuple | None = None
+        old_is_key = False
+        tag = reader.byte()
+        if kind != "I" and tag in "KO":
+            old_is_key = tag == "K"
+            old = reader.tuple(names)
+            if kind == "U":
+                tag = reader.byte()
+        if kind != "D":
+            if tag != "N":
+                raise ValueError(f"expected a new tuple, got {tag!r}")
+            new = reader.tuple(names)
+        operation = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}[kind]
+        return Change(oid, operation, old, old_is_key, new)
+    if kind == "T":
+        (count,) = reader.unpack("!i")
+        reader.unpack("!b")
+        oids = reader.unpack(f"!{count}I")
+        return Truncate(tuple(oids))
+    return None

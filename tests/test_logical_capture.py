@@ -1,0 +1,366 @@
+"""Capture from the WAL (``thorbis_cache.postgres.logical``) end to end, with real
+PostgreSQL (``wal_level=logical``) and Redis, and the home_services plugin.
+
+The capture triggers ``db init`` installs are dropped first: every invalidation here
+comes from the replication slot. Covered: a committed UPDATE invalidates; transactions
+are applied in commit order (one that began earlier but commits later is still applied,
+nothing skipped); a worker killed with SIGKILL after applying but before advancing the
+slot loses nothing; while Redis is down the changes wait in the slot; a work order moved
+to another technician drops both schedules (REPLICA IDENTITY FULL on that table only
+where a rule reads an old non-key value); a lost slot is an error naming what may be
+stale, never silently recreated; and the pgoutput parser on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import attrs
+import pytest
+from core_testing import run_cli, wait_until
+from thorbis_home_services.models import AccountStatus, Customer, CustomerType, PaymentStatus
+from thorbis_home_services.schemas import CUSTOMER, TECHNICIAN_SCHEDULE
+
+from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.postgres import pgoutput
+from thorbis_cache.postgres.logical import LogicalCapture, SlotLostError, lsn_text, parse_lsn
+from thorbis_cache.testing.servers import RedisServer
+from thorbis_cache.worker import OutboxWorker
+
+CUSTOMER_SQL = """
+INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
+                          account_status, payment_status, longitude, latitude)
+SELECT $1, i, 'Ada', 'Lovelace', 'ada@example.com', '555-0100', 'residential', 'active',
+       'current', -97.7, 30.2
+  FROM generate_series(1, $2::int) AS i
+"""
+TECH_SQL = """
+INSERT INTO hs.technicians (tenant_id, id, first_name, last_name, email, role)
+VALUES ($1, $2, 'Tom', 'Tech', 'tom@example.com', 'technician')
+"""
+WORK_ORDER_SQL = """
+INSERT INTO hs.work_orders (tenant_id, id, customer_id, assigned_technician_id, status,
+                            priority, service_type, scheduled_at, longitude, latitude)
+VALUES ($1, $2, $3, $4, 'scheduled', 'high', 'hvac', $5, -97.7, 30.2)
+"""
+NOW = dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
+
+
+@attrs.frozen
+class Env:
+    dsn: str
+    redis_url: str
+    conn: asyncpg.Connection
+    app: CacheApp
+    capture: LogicalCapture
+    name: str
+
+    def worker(self, **options: object) -> OutboxWorker:
+        return OutboxWorker.from_app(self.app, self.dsn, capture=self.capture, **options)
+
+    async def cache_customer(self, tenant: str, cid: int) -> None:
+        stale = Customer(cid, "Ada", "Lovelace", "ada@example.com", "stale",
+                         CustomerType.RESIDENTIAL, AccountStatus.ACTIVE,
+                         PaymentStatus.CURRENT, None, "", "", "", -97.7, 30.2, NOW, NOW)
+        await self.app.cache.hash(CUSTOMER.key(tenant, customer_id=cid)).replace(stale)
+
+    async def cached(self, tenant: str, cid: int) -> bool:
+        key = CUSTOMER.key(tenant, customer_id=cid)
+        return await self.app.cache.hash(key).get() is not None
+
+    async def confirmed(self) -> int:
+        text = await self.conn.fetchval(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            self.capture.slot)
+        return parse_lsn(text)
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """A writer whose commits are flushed at once: logical decoding reads flushed WAL
+    only, and the test server runs ``synchronous_commit=off`` (a commit there reaches
+    the slot within the WAL writer's delay, 200 ms)."""
+    return await asyncpg.connect(dsn, server_settings={"synchronous_commit": "on"})
+
+
+async def open_env(dsn: str, redis_url: str) -> Env:
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services")
+    app = await CacheApp(redis_url, keyring=KeyRing.generate()).start(["home_services"])
+    conn = await connect(dsn)
+    # No trigger on the write path: whatever is invalidated comes from the WAL.
+    # (Every trigger running a function of the thorbis schema, whatever its name.)
+    triggers = await conn.fetch(
+        "SELECT quote_ident(t.tgname), t.tgrelid::regclass::text FROM pg_trigger t "
+        "JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'thorbis' AND NOT t.tgisinternal")
+    assert triggers, "db init installed no capture trigger to drop"
+    for name, table in triggers:
+        await conn.execute(f"DROP TRIGGER {name} ON {table}")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    capture = LogicalCapture(name, app.plugins.all_rules(), app.plugins.all_views())
+    await capture.ensure(conn)
+    return Env(dsn, redis_url, conn, app, capture, name)
+
+
+async def close_env(env: Env) -> None:
+    # A slot left behind would keep WAL and block dropping the test database.
+    await env.capture.drop(env.conn)
+    await env.conn.close()
+    await env.app.aclose()
+
+
+@pytest.fixture
+async def env(thorbis_pg_dsn: str, thorbis_redis_url: str) -> AsyncIterator[Env]:
+    env = await open_env(thorbis_pg_dsn, thorbis_redis_url)
+    try:
+        yield env
+    finally:
+        await close_env(env)
+
+
+async def test_committed_update_invalidates_from_the_wal(env: Env) -> None:
+    await env.conn.execute(CUSTOMER_SQL, "acme", 2)
+    async with env.worker() as worker:
+        created = await worker.run_once()
+        assert len(created.processed) == 2
+        await env.cache_customer("acme", 1)
+        await env.cache_customer("acme", 2)
+        await env.conn.execute("UPDATE hs.customers SET phone = 'x' WHERE id = 1")
+        before = await env.confirmed()
+        updated = await worker.run_once()
+        assert updated.keys == ("{acme}:hs.customer:1",)
+        assert not await env.cached("acme", 1)
+        assert await env.cached("acme", 2)
+        assert await env.confirmed() > before  # advanced once applied
+        assert (await worker.run_once()).claimed == 0  # caught up
+        # A DELETE on a FULL-identity table carries the old row.
+        await env.conn.execute("DELETE FROM hs.customers WHERE id = 2")
+        deleted = await worker.run_once()
+        assert deleted.keys == ("{acme}:hs.customer:2",)
+        assert not await env.cached("acme", 2)
+    assert await env.conn.fetchval("SELECT count(*) FROM thorbis.outbox") == 0
+    assert worker.metrics.processed == 4
+
+
+async def test_a_lost_slot_is_reported_not_silently_recreated(env: Env) -> None:
+    await env.capture.drop(env.conn)
+    async with env.worker() as worker:
+        with pytest.raises(SlotLostError, match=r"slot 'thorbis_t\w+' cannot be read.*"
+                                                r"hs\.customers.*ensure"):
+            await worker.run_once()
+        assert not await env.capture.slot_exists(env.conn)
+        await env.capture.ensure(env.conn)
+        await env.conn.execute(CUSTOMER_SQL, "acme", 1)
+        assert len((await worker.run_once()).processed) == 1
+
+
+async def test_changes_apply_in_commit_order_and_a_late_commit_is_not_skipped(
+    env: Env
+) -> None:
+    await env.conn.execute(CUSTOMER_SQL, "acme", 3)
+    async with env.worker() as worker:
+        await worker.run_once()
+        late = await connect(env.dsn)
+        try:
+            # Began first, commits last: its change has the smaller LSN.
+            tx = late.transaction()
+            await tx.start()
+            await late.execute("UPDATE hs.customers SET phone = 'late' WHERE id = 1")
+            await env.conn.execute("UPDATE hs.customers SET phone = 'early' WHERE id = 2")
+            first = await worker.run_once()
+            assert first.keys == ("{acme}:hs.customer:2",)  # only what is committed
+            await env.cache_customer("acme", 1)
+            await tx.commit()
+        finally:
+            await late.close()
+        await env.conn.execute("UPDATE hs.customers SET phone = 'last' WHERE id = 3")
+        second = await worker.run_once()
+    # The late transaction comes before the one committed after it, and is not skipped
+    # although a change with a greater LSN was applied and confirmed before it.
+    assert second.keys == ("{acme}:hs.customer:1", "{acme}:hs.customer:3")
+    assert second.processed[0] < first.processed[0]  # its LSN is older
+    assert not await env.cached("acme", 1)
+
+
+async def test_moved_work_order_drops_both_technicians_schedules(env: Env) -> None:
+    identities = dict(await env.conn.fetch(
+        "SELECT c.oid::regclass::text, c.relreplident::text FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'hs' "
+        "AND c.relkind = 'r'"))
+    # FULL where a rule reads a non-key column of the old row, and only there.
+    for table, plan in env.capture.plans.items():
+        key_only = set(plan.columns) <= {"tenant_id", "id"}
+        assert identities[table] == ("d" if key_only else "f"), table
+    assert identities["hs.work_orders"] == "f"
+    await env.conn.execute(CUSTOMER_SQL, "acme", 1)
+    await env.conn.execute(TECH_SQL, "acme", 10)
+    await env.conn.execute(TECH_SQL, "acme", 11)
+    await env.conn.execute(WORK_ORDER_SQL, "acme", 100, 1, 10, NOW)
+    async with env.worker() as worker:
+        await worker.run_once()
+        day = NOW.date()
+        old = TECHNICIAN_SCHEDULE.key("acme", technician_id=10, day=day)
+        new = TECHNICIAN_SCHEDULE.key("acme", technician_id=11, day=day + dt.timedelta(days=1))
+        for key in (old, new):
+            await env.app.cache.zset(key).add({100: 1.0}, replace=True)
+        await env.conn.execute("UPDATE hs.work_orders SET assigned_technician_id = 11, "
+                               "scheduled_at = scheduled_at + interval '1 day'")
+        moved = await worker.run_once()
+    assert old.body in moved.keys
+    assert new.body in moved.keys
+    assert await env.app.cache.zset(old).card() == 0
+    assert await env.app.cache.zset(new).card() == 0
+
+
+_KILLED_WORKER = textwrap.dedent("""
+    import asyncio, sys, time
+    from thorbis_cache import CacheApp, KeyRing
+    from thorbis_cache.postgres.logical import LogicalCapture
+    from thorbis_cache.worker import OutboxWorker
+
+    async def main(dsn, redis_url, name):
+        app = await CacheApp(redis_url, keyring=KeyRing.generate()).start(["home_services"])
+        capture = LogicalCapture(name, app.plugins.all_rules(), app.plugins.all_views())
+
+        async def advance(conn, lsn):
+            # Applied and committed, not yet confirmed: the parent kills us here.
+            print("applied", flush=True)
+            time.sleep(3600)
+
+        capture.advance = advance
+        worker = OutboxWorker.from_app(app, dsn, capture=capture)
+        await worker.run_once()
+
+    asyncio.run(main(*sys.argv[1:]))
+""")
+
+
+async def test_a_worker_killed_before_advancing_loses_nothing(
+    thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    env = await open_env(thorbis_pg_dsn, thorbis_standalone_redis_url)
+    try:
+        await env.conn.execute(CUSTOMER_SQL, "acme", 5)
+        before = await env.confirmed()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _KILLED_WORKER, env.dsn, env.redis_url, env.name,
+            stdout=asyncio.subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert line.strip() == b"applied"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            await asyncio.wait_for(proc.wait(), 10)
+        assert await env.confirmed() == before  # the slot did not move
+        # Entries filled again from the old rows (a reader raced the killed worker)
+        # are dropped by the next worker, which reads the same transaction again.
+        for cid in range(1, 6):
+            await env.cache_customer("acme", cid)
+        async with env.worker() as worker:
+            again = await worker.run_once()
+        assert len(again.processed) == 5
+        assert not any([await env.cached("acme", cid) for cid in range(1, 6)])
+        assert await env.confirmed() > before
+    finally:
+        await close_env(env)
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this module's own, to kill, that comes back with the entries it held
+    (every write fsynced to its AOF before it is acknowledged)."""
+    with RedisServer(appendonly=True, extra_args=["--appendfsync", "always"]) as server:
+        yield server
+
+
+async def test_changes_wait_in_the_slot_while_redis_is_down(
+    thorbis_pg_dsn: str, own_redis: RedisServer
+) -> None:
+    if not own_redis.ping():
+        own_redis.restart()
+    own_redis.flushall()
+    env = await open_env(thorbis_pg_dsn, own_redis.url)
+    try:
+        await env.conn.execute(CUSTOMER_SQL, "acme", 3)
+        worker = env.worker(poll_interval=0.05)
+        task = asyncio.create_task(worker.run(), name="logical-worker")
+        try:
+            async def drained() -> bool:
+                return worker.metrics.processed == 3
+
+            await wait_until("the inserts are applied", drained)
+            for cid in (1, 2):
+                await env.cache_customer("acme", cid)  # back from the AOF after restart
+            own_redis.kill()
+            before = await env.confirmed()
+            await env.conn.execute("UPDATE hs.customers SET phone = 'x' WHERE id <= 2")
+
+            async def waiting() -> bool:
+                return worker.metrics.redis_probes >= 3
+
+            await wait_until("the worker probes the dead Redis", waiting)
+            assert await env.confirmed() == before  # the changes wait in the slot
+            assert worker.metrics.processed == 3
+            await asyncio.to_thread(own_redis.restart)
+
+            async def applied() -> bool:
+                return worker.metrics.processed == 5
+
+            await wait_until("the backlog is applied", applied)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+            await worker.aclose()
+        assert not await env.cached("acme", 1)
+        assert not await env.cached("acme", 2)
+        assert await env.confirmed() > before
+    finally:
+        await close_env(env)
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def test_pgoutput_messages_parse() -> None:
+    import struct
+
+    relations: dict[int, pgoutput.Relation] = {}
+    begin = pgoutput.parse(b"B" + struct.pack("!qqI", 100, 1_000_000, 7), relations)
+    assert begin == pgoutput.Begin(100, dt.datetime(2000, 1, 1, 0, 0, 1, tzinfo=dt.UTC), 7)
+    relation = (b"R" + struct.pack("!I", 42) + b"hs\0t\0f" + struct.pack("!h", 2)
+                + b"\x01id\0" + struct.pack("!Ii", 23, -1)
+                + b"\x00v\0" + struct.pack("!Ii", 25, -1))
+    parsed = pgoutput.parse(relation, relations)
+    assert isinstance(parsed, pgoutput.Relation)
+    assert parsed.table == "hs.t"
+    assert relations[42].columns[0].key
+
+    def tup(*values: bytes | None) -> bytes:
+        out = struct.pack("!h", len(values))
+        for v in values:
+            out += b"n" if v is None else b"t" + struct.pack("!i", len(v)) + v
+        return out
+
+    update = b"U" + struct.pack("!I", 42) + b"O" + tup(b"1", b"a") + b"N" + tup(b"1", None)
+    change = pgoutput.parse(update, relations)
+    assert change == pgoutput.Change(42, "UPDATE", {"id": "1", "v": "a"}, False,
+                                     {"id": "1", "v": None})
+    unchanged = b"U" + struct.pack("!I", 42) + b"N" + struct.pack("!h", 2) + b"t" + \
+        struct.pack("!i", 1) + b"2u"
+    change = pgoutput.parse(unchanged, relations)
+    assert isinstance(change, pgoutput.Change)
+    assert change.old is None
+    assert change.new == {"id": "2", "v": pgoutput.UNCHANGED}
+    with pytest.raises(ValueError, match="before its Relation"):
+        pgoutput.parse(b"D" + struct.pack("!I", 9) + b"K" + tup(b"1"), relations)
+    commit = pgoutput.parse(b"C\0" + struct.pack("!qqq", 100, 108, 0), relations)
+    assert commit == pgoutput.Commit(100, 108, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+    assert parse_lsn(lsn_text(0x16_B374D848)) == 0x16_B374D848
