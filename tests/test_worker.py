@@ -20,6 +20,7 @@ from thorbis_home_services.schemas import CUSTOMER, SCHEDULE_GEO, TECHNICIAN_SCH
 
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.postgres import audit
+from thorbis_cache.postgres.triggers import CHANNEL
 from thorbis_cache.worker import OutboxWorker, UnconfiguredTagInvalidator
 
 CUSTOMER_SQL = """
@@ -141,24 +142,50 @@ async def test_reassigned_work_order_drops_old_and_new_schedules(hs: Hs) -> None
     assert await hs.app.cache.zset(new).card() == 0
 
 
-async def test_run_loop_is_woken_by_notify_not_polling(hs: Hs) -> None:
+async def test_run_loop_finds_a_commit_by_its_short_poll(hs: Hs) -> None:
+    """The triggers send no NOTIFY; an idle worker polls with a pause growing to
+    ``poll_interval``, so a change is applied within about that long."""
     await hs.conn.execute(CUSTOMER_SQL, "acme", 1)
-    worker = hs.worker(poll_interval=60.0)
+    worker = hs.worker(poll_interval=0.05)
     task = asyncio.create_task(worker.run())
     try:
-        await asyncio.sleep(0.2)  # the loop is now waiting on LISTEN
+        await asyncio.sleep(0.5)  # idle long enough for the pause to reach its cap
         entity = hs.app.cache.hash(CUSTOMER.key("acme", customer_id=1))
         await entity.replace(customer(1))
         start = time.perf_counter()
         await hs.conn.execute("UPDATE hs.customers SET phone = 'x' WHERE id = 1")
         while await entity.get() is not None:
-            assert time.perf_counter() - start < 5, "not woken by NOTIFY"
+            assert time.perf_counter() - start < 5, "the change was not found by polling"
             await asyncio.sleep(0.005)
     finally:
         worker.stop()
         await asyncio.wait_for(task, 5)
         await worker.aclose()
     assert worker.metrics.processed == 2
+
+
+async def test_run_loop_is_still_woken_by_a_notify(hs: Hs) -> None:
+    """A NOTIFY on the outbox channel (sent by a host or a tool) ends the pause at once,
+    even with a long ``poll_interval``."""
+    await hs.conn.execute(CUSTOMER_SQL, "acme", 1)
+    worker = hs.worker(poll_interval=60.0)
+    task = asyncio.create_task(worker.run())
+    try:
+        # Pauses of 1, 2, 4, ... 2048 ms end near 4.1 s; the next lasts 4.1 s more, so
+        # only the NOTIFY can find the change within half a second.
+        await asyncio.sleep(4.5)
+        entity = hs.app.cache.hash(CUSTOMER.key("acme", customer_id=1))
+        await entity.replace(customer(1))
+        await hs.conn.execute("UPDATE hs.customers SET phone = 'x' WHERE id = 1")
+        start = time.perf_counter()
+        await hs.conn.execute(f"NOTIFY {CHANNEL}")
+        while await entity.get() is not None:
+            assert time.perf_counter() - start < 0.5, "not woken by the NOTIFY"
+            await asyncio.sleep(0.005)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 5)
+        await worker.aclose()
 
 
 def test_cli_worker_once_drains_changes_made_while_no_worker_ran(

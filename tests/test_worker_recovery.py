@@ -126,7 +126,7 @@ async def test_a_restarted_redis_loses_its_stale_entries_once_it_answers(
     worker = env.worker(poll_interval=60.0)
     task = asyncio.create_task(worker.run(), name="recovery-worker")
     try:
-        await asyncio.sleep(0.2)  # the loop now waits on LISTEN
+        await asyncio.sleep(0.2)  # the loop now idles (its pause grows from 1 ms)
         aof_redis.kill()
         for tenant in TENANTS:
             await env.conn.execute(CHANGE_SQL, tenant, "p1", changed.stop - 1)

@@ -3,9 +3,9 @@
 * ``db migrate``: apply the pending core SQL (``sql/core``), versioned and checksummed.
 * ``db init``: ``migrate``, then the plugins' SQL and views (checked against the
   database), then the outbox capture triggers generated from the plugins' rules.
-* ``worker``: the outbox worker (LISTEN + polling fallback), the reliable invalidation
-  queue's consumer and the materialized-view scheduler, until Ctrl-C; ``--once`` drains
-  the outbox, runs one scheduler tick and exits.
+* ``worker``: the outbox worker (adaptive polling of the outbox), the reliable
+  invalidation queue's consumer and the materialized-view scheduler, until Ctrl-C;
+  ``--once`` drains the outbox, runs one scheduler tick and exits.
 * ``audit verify``: walk the audit chain; exit 1 naming the first broken link.
 """
 
@@ -86,7 +86,9 @@ def worker_command(
     plugin: Annotated[list[str] | None, _PLUGINS] = None,
     once: Annotated[bool, typer.Option("--once", help="Drain the outbox and exit.")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 1000,
-    poll_interval: Annotated[float, typer.Option(min=0.01)] = 1.0,
+    poll_interval: Annotated[float, typer.Option(
+        min=0.001, help="Longest pause between two polls of an empty outbox, in seconds "
+                        "(the pause starts at 1 ms and doubles while it stays empty).")] = 0.02,
     queue: Annotated[bool, typer.Option(
         "--queue/--no-queue",
         help="Also consume the reliable invalidation queue (Redis Stream).")] = True,

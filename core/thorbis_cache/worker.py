@@ -88,6 +88,10 @@ log = logging.getLogger(__name__)
 #: batch anyway (the probe may not reach the servers the cache's pool does).
 REDIS_RETRY = 1.0
 
+#: Seconds :meth:`OutboxWorker.run` pauses after the first empty poll; the pause doubles
+#: up to ``poll_interval`` while the outbox stays empty.
+MIN_POLL = 0.001
+
 #: ``async (tenant, tags) -> None``: invalidates every key carrying one of ``tags``.
 TagInvalidator = Callable[[str, Sequence[str]], Awaitable[None]]
 
@@ -223,8 +227,12 @@ class OutboxWorker:
         and per transaction (the audit record, the tag invalidations, the commit), so a
         backlog -- what piles up while Redis is down -- goes faster in big batches:
         1,000 changes in one batch rather than two (``bench/ha.py``).
-    :param poll_interval: seconds between polls when no NOTIFY arrives (the fallback
-        for a lost wake-up or a listener reconnect).
+    :param poll_interval: the longest pause between two polls of an empty outbox. The
+        capture triggers send no NOTIFY (it would serialise the host's commits), so
+        :meth:`run` polls: at once again while batches bring rows, then after
+        :data:`MIN_POLL` seconds, the pause doubling up to ``poll_interval`` while the
+        outbox stays empty. A change committed on an idle worker is seen within about
+        ``poll_interval``; under a steady write load within a few milliseconds.
     :param max_attempts: failed batch attempts after which a row is dead-lettered.
     :param dead_letter_days: dead letters older than this are pruned by :meth:`run`.
     :param audit: append audit records (one per tenant per batch).
@@ -253,7 +261,7 @@ class OutboxWorker:
 
     def __init__(self, dsn: str, cache: Cache, rules: Iterable[InvalidationRule], *,
                  invalidate_tags: TagInvalidator | None = None, batch_size: int = 1000,
-                 poll_interval: float = 1.0, max_attempts: int = 5,
+                 poll_interval: float = 0.02, max_attempts: int = 5,
                  dead_letter_days: float = 14.0, audit: bool = True,
                  replay_window: float | None = 300.0, redis_probe_interval: float = 0.02,
                  max_backoff: float = 2.0, sweep_interval: float = 60.0,
@@ -535,8 +543,10 @@ class OutboxWorker:
         self._stopped.set()
 
     async def run(self) -> None:
-        """Process batches until :meth:`stop`: drain, then wait for a NOTIFY or the poll
-        interval.
+        """Process batches until :meth:`stop`: drain, then poll again after a pause
+        that starts at :data:`MIN_POLL` and doubles up to ``poll_interval`` while the
+        outbox stays empty (a NOTIFY on :data:`~thorbis_cache.postgres.triggers.CHANNEL`
+        still ends the pause at once; the capture triggers send none).
 
         Failures are logged and do not end the loop. A batch that finds Redis
         unavailable rolls back, and the loop waits for Redis with a probe every
@@ -560,6 +570,11 @@ class OutboxWorker:
         # server is not sent a claim that rolls back at every probe.
         settle = self.redis_probe_interval
         answered = False  # the last wait ended with an answer, and no batch went since
+        # Capture sends no NOTIFY (a notifying transaction takes a database-wide lock at
+        # commit), so changes are found by polling: a short pause after the outbox was
+        # last seen non-empty, growing while it stays empty, so an idle worker costs a
+        # few polls a second and a busy one sees a commit within milliseconds.
+        idle = 0.0
 
         def wake(*_: object) -> None:
             self._wake.set()
@@ -581,6 +596,8 @@ class OutboxWorker:
                     self._wake.clear()
                     while not self._stopping:
                         result = await self.run_once()
+                        if result.claimed:
+                            idle = 0.0
                         backoff, settle, answered = 0.0, self.redis_probe_interval, False
                         if redis_down_since is not None:
                             log.info("outbox worker: Redis is back; %d change(s) applied "
@@ -612,8 +629,9 @@ class OutboxWorker:
                     await self._drop_broken(listener)
                     await self._pause(backoff)
                     continue
+                idle = min(max(idle * 2, MIN_POLL), self.poll_interval)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    await asyncio.wait_for(self._wake.wait(), idle)
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -86,7 +86,7 @@ async def outbox_scene(app: CacheApp, db: Database, dsn: str, tenant: str,
     cached = await _exists(cache, rk) and await _exists(cache, summary_rk)
     new = AccountStatus.ACTIVE if before.account_status is AccountStatus.VIP else AccountStatus.VIP
 
-    worker = OutboxWorker.from_app(app, dsn, poll_interval=1.0)
+    worker = OutboxWorker.from_app(app, dsn)
     task = asyncio.create_task(worker.run(), name="demo-outbox-worker")
     try:
         listening = await db.wait_for_listener(_WAIT)

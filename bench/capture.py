@@ -1,0 +1,508 @@
+"""Change capture, measured on a private PostgreSQL: what it costs the host's own writes,
+and how fast the worker turns the captured changes into invalidations.
+
+    .venv/bin/python bench/capture.py                 # about 2 minutes on 2 cores
+    .venv/bin/python bench/capture.py --quick         # about 40 s
+    .venv/bin/python bench/capture.py --repeat 5 --seconds 5 --json capture.json
+    .venv/bin/python bench/capture.py --modes none,trigger
+
+Setup: a private PostgreSQL and ``redis-server``; ``db init`` for home_services (core
+schema, plugin SQL) and 20,000 customers in two tenants (``globex`` takes the
+single-row writes, ``acme`` the bulk UPDATE and the latency probes).
+
+**Host writes, per capture mode** (``MODES``: name -> setup function; ``none`` drops
+the capture triggers, ``trigger`` installs them as ``db init`` does). Per repetition,
+every mode in turn (the order flips every repetition), after an untimed ``VACUUM`` of
+``hs.customers`` and an empty outbox:
+
+* single-row ``UPDATE hs.customers SET phone = ... WHERE tenant_id = ... AND id = ...``
+  (random customer, prepared) by ``pgbench`` at 1 and at 8 connections for
+  ``--seconds`` each: transactions/s, and p50/p99 latency from pgbench's
+  per-transaction log. pgbench (C) drives the load, so the figures are the server's,
+  not a Python client's;
+* one ``UPDATE`` of 10,000 rows (every ``acme`` customer's phone), timed by the client.
+
+Each figure is the median across repetitions; each ratio is the median of the
+per-repetition ratios mode / ``none`` (tx/s: higher is better; time: lower is better).
+
+**The worker, per capture mode that has one** (``WORKERS``), in this process with Redis:
+
+* commit -> invalidated while ``pgbench`` writes at full speed on 8 connections: a probe
+  caches an ``acme`` customer (``hash.replace``), commits an UPDATE of its phone, and
+  polls ``EXISTS`` until the key is gone; latency = gone - commit acknowledged;
+* the same with the 8 writers held to 2,000 tx/s in all (``pgbench -R``): when the
+  writers outrun the worker, the backlog (and so the latency) grows without bound;
+* idle cost: polls/s (PostgreSQL transactions committed) and CPU (this process plus the
+  PostgreSQL processes) over ``--idle`` seconds with the worker running and nothing to
+  do, against the same window without a worker;
+* apply rate from a backlog: every customer's phone changed in bulk (``--backlog``
+  changes pending), then ``OutboxWorker.drain()`` timed: changes/s.
+
+Targets (issue 14, trigger capture), printed as PASS/MISS: single-row tx/s >= 0.85x no
+capture at 1 and 8 connections; the 10,000-row UPDATE <= 1.5x; commit -> invalidated
+p50 < 5 ms and p99 < 10 ms under 8 writers; the worker >= 20,000 changes/s.
+
+A report, not a test: no assertion, exit status 0 whatever the numbers (see
+``bench/README.md``). To add a capture mode (logical decoding, say): a setup function in
+``MODES`` (it must leave the database capturing that way and nothing else), and, if it
+has a worker of its own, a factory in ``WORKERS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import attrs
+import redis.asyncio as aioredis
+from thorbis_home_services import loaders
+from thorbis_home_services.schemas import CUSTOMER
+
+from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.plugins import PluginManager
+from thorbis_cache.postgres import apply_plugin_sql
+from thorbis_cache.postgres.migrations import migrate
+from thorbis_cache.postgres.triggers import drop_sql, install_triggers, plan_tables
+from thorbis_cache.testing.servers import PostgresServer, RedisServer
+from thorbis_cache.worker import OutboxWorker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ha import Target, machine  # a sibling script module, found through the line above
+
+CUSTOMERS = 10_000  # per tenant; also the size of the bulk UPDATE
+WRITE_TENANT, BULK_TENANT = "globex", "acme"
+SINGLE_MIN, BULK_MAX = 0.85, 1.5  # issue 14 targets for the trigger path
+LATENCY_P50_MS, LATENCY_P99_MS, APPLY_RATE = 5.0, 10.0, 20_000.0
+RATED = 2_000  # tx/s of the second latency run: a load the worker keeps up with
+
+CUSTOMERS_SQL = """
+INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
+                          account_status, payment_status, longitude, latitude)
+SELECT $1, i, 'Ada', 'Lovelace', 'ada@example.com', 'p0', 'residential', 'active',
+       'current', -97.7, 30.2
+  FROM generate_series(1, $2::int) AS i
+"""
+PGBENCH_SCRIPT = f"""\\set id random(1, {CUSTOMERS})
+\\set v random(1, 1000000000)
+UPDATE hs.customers SET phone = 'p' || :v WHERE tenant_id = '{WRITE_TENANT}' AND id = :id;
+"""  # noqa: S608 -- constants of this script
+BULK_SQL = "UPDATE hs.customers SET phone = $2 WHERE tenant_id = $1"
+
+
+@attrs.frozen
+class Options:
+    """The command line."""
+
+    repeat: int = 3
+    seconds: float = 3.0
+    probes: int = 300
+    idle: float = 5.0
+    backlog: int = 60_000
+    modes: tuple[str, ...] = ("none", "trigger")
+
+
+# --------------------------------------------------------------------------- modes
+
+Setup = Callable[[asyncpg.Connection, PluginManager], Awaitable[None]]
+
+
+async def no_capture(conn: asyncpg.Connection, manager: PluginManager) -> None:
+    """No capture at all: the anchor every ratio is taken against."""
+    for plan in plan_tables(manager.all_rules(), manager.all_views()):
+        for statement in drop_sql(plan.table):
+            await conn.execute(statement)
+
+
+async def trigger_capture(conn: asyncpg.Connection, manager: PluginManager) -> None:
+    """The capture triggers, as ``thorbis-cache db init`` installs them."""
+    await install_triggers(conn, manager.all_rules(), manager.all_views())
+
+
+#: Capture modes compared on the host's writes: name -> setup. ``none`` is the anchor.
+MODES: dict[str, Setup] = {"none": no_capture, "trigger": trigger_capture}
+
+WorkerFactory = Callable[[CacheApp, str], OutboxWorker]
+
+#: The worker that applies each capture mode's changes (modes without one: host only).
+WORKERS: dict[str, WorkerFactory] = {
+    "trigger": lambda app, dsn: OutboxWorker.from_app(app, dsn),
+}
+
+
+# --------------------------------------------------------------------------- host writes
+
+
+@attrs.frozen
+class Pgbench:
+    """One pgbench run."""
+
+    tps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of ``samples``."""
+    ordered = sorted(samples)
+    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))]
+
+
+def pgbench(server: PostgresServer, clients: int, seconds: float, rate: int | None = None
+            ) -> Pgbench:
+    """Run the single-row UPDATE script (at full speed, or ``rate`` tx/s in all); tx/s
+    from pgbench, latency from its log."""
+    with tempfile.TemporaryDirectory(prefix="thorbis-pgbench-") as tmp:
+        script = Path(tmp) / "update.sql"
+        script.write_text(PGBENCH_SCRIPT)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        done = subprocess.run(
+            [str(server.binaries.initdb.parent / "pgbench"), "-n", "-h", "127.0.0.1",
+             "-p", str(server.port), "-U", server.user, "-c", str(clients),
+             "-j", str(min(clients, os.cpu_count() or 1)), "-T", str(max(1, round(seconds))),
+             "-M", "prepared", "-f", str(script), "-l", f"--log-prefix={tmp}/log",
+             *(["-R", str(rate)] if rate else []), "postgres"],
+            capture_output=True, text=True, check=True, env=env, cwd=tmp)
+        match = re.search(r"tps = ([\d.]+) \(without initial", done.stdout)
+        if match is None:
+            raise RuntimeError(f"pgbench printed no tps:\n{done.stdout}\n{done.stderr}")
+        latencies = [int(line.split()[2]) / 1000
+                     for log in Path(tmp).glob("log*") for line in log.read_text().splitlines()]
+    return Pgbench(float(match.group(1)), percentile(latencies, 50), percentile(latencies, 99))
+
+
+async def fresh(conn: asyncpg.Connection) -> None:
+    """Untimed: an empty outbox and a vacuumed table, so runs start alike."""
+    await conn.execute("TRUNCATE thorbis.outbox")
+    await conn.execute("VACUUM hs.customers")
+    await conn.execute("CHECKPOINT")
+
+
+async def host_writes(server: PostgresServer, conn: asyncpg.Connection,
+                      manager: PluginManager, options: Options) -> dict[str, Any]:
+    """Single-row tx/s and latency at 1 and 8 connections, and the bulk UPDATE, per mode
+    and repetition."""
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in options.modes}
+    for rep in range(options.repeat):
+        order = options.modes if rep % 2 == 0 else tuple(reversed(options.modes))
+        for mode in order:
+            await MODES[mode](conn, manager)
+            figures: dict[str, float] = {}
+            for clients in (1, 8):
+                await fresh(conn)
+                run = await asyncio.to_thread(pgbench, server, clients, options.seconds)
+                figures |= {f"tps_{clients}": run.tps, f"p50_ms_{clients}": run.p50_ms,
+                            f"p99_ms_{clients}": run.p99_ms}
+            await fresh(conn)
+            started = time.perf_counter()
+            await conn.execute(BULK_SQL, BULK_TENANT, f"b{rep}")
+            figures["bulk_ms"] = (time.perf_counter() - started) * 1000
+            runs[mode].append(figures)
+            print(f"    #{rep + 1} {mode:<8} 1 conn {figures['tps_1']:7.0f} tx/s   8 conns "
+                  f"{figures['tps_8']:7.0f} tx/s   10,000-row UPDATE "
+                  f"{figures['bulk_ms']:6.1f} ms")
+    await fresh(conn)
+    return {"runs": runs}
+
+
+def host_table(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Medians per mode and median per-repetition ratios against ``none``."""
+    table: dict[str, dict[str, float]] = {}
+    anchor = runs.get("none")
+    for mode, reps in runs.items():
+        row = {name: statistics.median(r[name] for r in reps) for name in reps[0]}
+        if anchor is not None:
+            for name in ("tps_1", "tps_8", "bulk_ms"):
+                row[f"{name}_ratio"] = statistics.median(
+                    r[name] / a[name] for r, a in zip(reps, anchor, strict=True))
+        table[mode] = row
+    print(f"\n    {'mode':<9}{'1 conn tx/s':>12}{'ratio':>7}{'p50 ms':>8}{'p99 ms':>8}"
+          f"{'8 conns tx/s':>14}{'ratio':>7}{'p50 ms':>8}{'p99 ms':>8}"
+          f"{'10k UPDATE ms':>15}{'ratio':>7}")
+    for mode, row in table.items():
+        print(f"    {mode:<9}{row['tps_1']:12.0f}{row.get('tps_1_ratio', 1):7.2f}"
+              f"{row['p50_ms_1']:8.3f}{row['p99_ms_1']:8.3f}"
+              f"{row['tps_8']:14.0f}{row.get('tps_8_ratio', 1):7.2f}"
+              f"{row['p50_ms_8']:8.3f}{row['p99_ms_8']:8.3f}"
+              f"{row['bulk_ms']:15.1f}{row.get('bulk_ms_ratio', 1):7.2f}")
+    return table
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU of ``pids`` so far (processes gone in between count as 0)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _postgres_pids(postmaster: int) -> list[int]:
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+async def idle_cost(server: PostgresServer, conn: asyncpg.Connection, seconds: float,
+                    running: bool) -> dict[str, float]:
+    """Transactions/s and CPU (% of one core) over ``seconds`` of nothing to do."""
+    postmaster = server.pid or 0
+    commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"
+    await asyncio.sleep(0.5 if running else 0.1)  # let the pause reach its cap
+    pids = _postgres_pids(postmaster)
+    before_tx, before_cpu = await conn.fetchval(commits), _cpu_seconds(pids)
+    before_own, started = time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - started
+    cpu = _cpu_seconds(pids) - before_cpu + time.process_time() - before_own
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    # The statistics are sent at most every 0.5 s: wait for them, then count.
+    await asyncio.sleep(1.1)
+    tx = await conn.fetchval(commits) - before_tx
+    return {"tx_per_s": tx / elapsed, "cpu_pct": cpu / elapsed * 100}
+
+
+async def latency_under_load(server: PostgresServer, app: CacheApp, pool: asyncpg.Pool,
+                             raw: aioredis.Redis, options: Options, rate: int | None
+                             ) -> list[float]:
+    """Commit -> key gone (ms) of ``options.probes`` probe UPDATEs while pgbench writes
+    on 8 connections (at full speed, or ``rate`` tx/s in all)."""
+    seconds = 3600.0
+    load = asyncio.create_task(asyncio.to_thread(pgbench, server, 8, seconds, rate))
+    samples: list[float] = []
+    try:
+        await asyncio.sleep(1.0)  # the writers are up to speed
+        for probe in range(options.probes):
+            customer_id = probe % 1000 + 1
+            key = CUSTOMER.key(BULK_TENANT, customer_id=customer_id)
+            customer = await loaders.customer(pool.fetch, BULK_TENANT, customer_id)
+            await app.cache.hash(key).replace(customer)
+            name = app.cache.redis_key(key)
+            await pool.execute("UPDATE hs.customers SET phone = $3 WHERE tenant_id = $1 "
+                               "AND id = $2", BULK_TENANT, customer_id, f"q{probe}")
+            committed = time.perf_counter()
+            while await raw.exists(name):
+                if time.perf_counter() - committed > 10:
+                    # The worker does not keep up with the writers: say so, do not wait.
+                    print(f"    probe {probe}: key still there after 10 s; stopping")
+                    return [*samples, float("inf")]
+                await asyncio.sleep(0.0002)
+            samples.append((time.perf_counter() - committed) * 1000)
+            await asyncio.sleep(0.01)
+    finally:
+        # pgbench's -T is long: stop it by terminating its connections.
+        await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE application_name = 'pgbench'")
+        # Terminated connections make pgbench exit with an error: expected.
+        with contextlib.suppress(subprocess.CalledProcessError, RuntimeError):
+            await load
+    return samples
+
+
+async def apply_rate(conn: asyncpg.Connection, worker: OutboxWorker, backlog: int
+                     ) -> tuple[int, float]:
+    """Changes pending after bulk UPDATEs of every customer, then drained: (changes,
+    seconds)."""
+    await conn.execute("TRUNCATE thorbis.outbox")
+    rounds = max(1, backlog // (2 * CUSTOMERS))
+    for r in range(rounds):
+        await conn.execute("UPDATE hs.customers SET phone = $1", f"r{r}")
+    pending = int(await conn.fetchval("SELECT count(*) FROM thorbis.outbox"))
+    started = time.perf_counter()
+    results = await worker.drain()
+    seconds = time.perf_counter() - started
+    assert sum(r.claimed for r in results) == pending
+    return pending, seconds
+
+
+async def worker_figures(server: PostgresServer, dsn: str, url: str, conn: asyncpg.Connection,
+                         manager: PluginManager, mode: str, options: Options
+                         ) -> dict[str, Any]:
+    """Latency under load, idle cost and apply rate of ``mode``'s worker."""
+    await MODES[mode](conn, manager)
+    await fresh(conn)
+    app = await CacheApp(url, keyring=KeyRing.generate()).start(["home_services"])
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
+    raw = aioredis.Redis.from_url(url)
+    try:
+        baseline = await idle_cost(server, conn, options.idle, running=False)
+        worker = WORKERS[mode](app, dsn)
+        task = asyncio.create_task(worker.run(), name="capture-worker")
+        try:
+            idle = await idle_cost(server, conn, options.idle, running=True)
+            samples = await latency_under_load(server, app, pool, raw, options, None)
+            await fresh(conn)
+            rated = await latency_under_load(server, app, pool, raw, options, RATED)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+        await fresh(conn)
+        pending, seconds = await apply_rate(conn, worker, options.backlog)
+        await worker.aclose()
+    finally:
+        await raw.aclose()
+        await pool.close()
+        await app.aclose()
+    figures = {
+        "p50_ms": percentile(samples, 50), "p90_ms": percentile(samples, 90),
+        "p99_ms": percentile(samples, 99), "max_ms": max(samples), "probes": len(samples),
+        "idle_polls_per_s": idle["tx_per_s"] - baseline["tx_per_s"],
+        "idle_cpu_pct": idle["cpu_pct"] - baseline["cpu_pct"],
+        "rated_p50_ms": percentile(rated, 50), "rated_p99_ms": percentile(rated, 99),
+        "rated_max_ms": max(rated), "backlog": pending, "apply_seconds": seconds,
+        "changes_per_s": pending / seconds,
+    }
+    print(f"    {mode}: commit -> invalidated under 8 writers p50 {figures['p50_ms']:.2f} ms,"
+          f" p90 {figures['p90_ms']:.2f}, p99 {figures['p99_ms']:.2f}, max "
+          f"{figures['max_ms']:.2f} ({len(samples)} probes)")
+    print(f"    {mode}: the same with the 8 writers held to {RATED:,} tx/s in all: p50 "
+          f"{figures['rated_p50_ms']:.2f} ms, p99 {figures['rated_p99_ms']:.2f}, max "
+          f"{figures['rated_max_ms']:.2f}")
+    print(f"    {mode}: idle worker {figures['idle_polls_per_s']:.0f} polls/s, "
+          f"{figures['idle_cpu_pct']:.1f}% of a core (this process + PostgreSQL, over the "
+          "same window without a worker)")
+    print(f"    {mode}: {pending:,} pending changes applied in {seconds:.2f} s: "
+          f"{figures['changes_per_s']:,.0f} changes/s")
+    return figures
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def setup_db(dsn: str) -> tuple[asyncpg.Connection, PluginManager]:
+    """``db init`` for home_services (triggers left to the modes) and the customers."""
+    manager = PluginManager()
+    await manager.load(["home_services"])
+    await migrate(dsn)
+    await apply_plugin_sql(dsn, list(manager.plugins.values()))
+    conn = await asyncpg.connect(dsn)
+    for tenant in (WRITE_TENANT, BULK_TENANT):
+        await conn.execute(CUSTOMERS_SQL, tenant, CUSTOMERS)
+    await conn.execute("ANALYZE hs.customers")
+    return conn, manager
+
+
+def targets(table: dict[str, dict[str, float]], workers: dict[str, dict[str, Any]]
+            ) -> list[Target]:
+    """The issue 14 targets of the trigger path."""
+    found: list[Target] = []
+    row = table.get("trigger")
+    if row is not None and "tps_1_ratio" in row:
+        for clients in (1, 8):
+            ratio = row[f"tps_{clients}_ratio"]
+            found.append(Target(f"trigger: single-row UPDATE at {clients} connection(s) "
+                                f"{ratio:.2f}x no capture >= {SINGLE_MIN}x", ratio >= SINGLE_MIN))
+        ratio = row["bulk_ms_ratio"]
+        found.append(Target(f"trigger: 10,000-row UPDATE {ratio:.2f}x no capture "
+                            f"<= {BULK_MAX}x", ratio <= BULK_MAX))
+    figures = workers.get("trigger")
+    if figures is not None:
+        found += [
+            Target(f"trigger: commit -> invalidated p50 {figures['p50_ms']:.2f} ms "
+                   f"< {LATENCY_P50_MS:g} ms (8 writers)", figures["p50_ms"] < LATENCY_P50_MS),
+            Target(f"trigger: commit -> invalidated p99 {figures['p99_ms']:.2f} ms "
+                   f"< {LATENCY_P99_MS:g} ms (8 writers)", figures["p99_ms"] < LATENCY_P99_MS),
+            Target(f"trigger: worker applies {figures['changes_per_s']:,.0f} changes/s "
+                   f">= {APPLY_RATE:,.0f}", figures["changes_per_s"] >= APPLY_RATE),
+        ]
+    return found
+
+
+async def run(options: Options) -> dict[str, Any]:
+    """Every measurement; returns the figures and prints the tables."""
+    with PostgresServer() as server, RedisServer() as redis_server:
+        dsn, url = server.dsn(), redis_server.url
+        conn, manager = await setup_db(dsn)
+        try:
+            print(f"PostgreSQL {await conn.fetchval('SHOW server_version')} (wal_level "
+                  f"{await conn.fetchval('SHOW wal_level')}, synchronous_commit "
+                  f"{await conn.fetchval('SHOW synchronous_commit')}); {2 * CUSTOMERS:,} "
+                  f"customers; modes {', '.join(options.modes)}; {options.repeat} "
+                  f"repetitions of {options.seconds:g} s per pgbench run")
+            print("\nHost writes (pgbench, single-row UPDATE by primary key; one bulk "
+                  "UPDATE of 10,000 rows):")
+            host = await host_writes(server, conn, manager, options)
+            table = host_table(host["runs"])
+            print("\nThe worker (in this process, Redis private):")
+            workers = {mode: await worker_figures(server, dsn, url, conn, manager, mode,
+                                                  options)
+                       for mode in options.modes if mode in WORKERS}
+        finally:
+            await conn.close()
+    return {"host": host, "table": table, "workers": workers,
+            "targets": targets(table, workers)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="1 s pgbench runs, 100 probes, 20,000 changes of backlog")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (3)")
+    parser.add_argument("--seconds", type=float, help="seconds per pgbench run (3)")
+    parser.add_argument("--probes", type=int, help="commit -> invalidated probes (300)")
+    parser.add_argument("--idle", type=float, default=5.0,
+                        help="seconds of the idle-cost window (5)")
+    parser.add_argument("--backlog", type=int, help="changes pending for the apply rate "
+                                                     "(60000)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"capture modes, comma-separated ({','.join(MODES)})")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(MODES)}")
+    options = Options(
+        repeat=args.repeat, seconds=args.seconds or (1.0 if args.quick else 3.0),
+        probes=args.probes or (100 if args.quick else 300), idle=args.idle,
+        backlog=args.backlog or (20_000 if args.quick else 60_000), modes=modes)
+    facts = machine()
+    la = facts["load_avg_at_start"]
+    print(f"$ {facts['command']}")
+    print(f"{facts['cpu_count']} cores | load {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} | python "
+          f"{facts['python']} | commit {facts['commit']}")
+    started = time.monotonic()
+    report = asyncio.run(run(options))
+    print("\nTargets:")
+    for target in report["targets"]:
+        print(f"    {'PASS' if target.ok else 'MISS'}  {target.text}")
+    seconds = time.monotonic() - started
+    print(f"\n(finished in {seconds:.1f} s)")
+    if args.json:
+        out = {"machine": facts, "seconds": seconds, "options": attrs.asdict(options),
+               **{k: v for k, v in report.items() if k != "targets"},
+               "targets": [attrs.asdict(t) for t in report["targets"]]}
+        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
+        print(f"numbers written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
