@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import signal
 import sys
@@ -31,7 +32,7 @@ from thorbis_home_services.schemas import CUSTOMER, TECHNICIAN_SCHEDULE
 
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.postgres import pgoutput
-from thorbis_cache.postgres.logical import LogicalCapture, SlotLostError, lsn_text, parse_lsn
+from thorbis_cache.postgres.logical import LogicalCapture, lsn_text, parse_lsn
 from thorbis_cache.testing.servers import RedisServer
 from thorbis_cache.worker import OutboxWorker
 
@@ -149,16 +150,33 @@ async def test_committed_update_invalidates_from_the_wal(env: Env) -> None:
     assert worker.metrics.processed == 4
 
 
-async def test_a_lost_slot_is_reported_not_silently_recreated(env: Env) -> None:
-    await env.capture.drop(env.conn)
+async def test_a_lost_slot_is_flushed_loudly_then_recreated(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slot dropped (or invalidated past max_slot_wal_keep_size) lost the changes since
+    its last confirmed position: the worker never goes on silently. It invalidates every
+    tag the lost tables' rules reach, for every tenant, recreates the slot, and says so."""
+    await env.conn.execute(CUSTOMER_SQL, "acme", 2)
     async with env.worker() as worker:
-        with pytest.raises(SlotLostError, match=r"slot 'thorbis_t\w+' cannot be read.*"
-                                                r"hs\.customers.*ensure"):
-            await worker.run_once()
-        assert not await env.capture.slot_exists(env.conn)
-        await env.capture.ensure(env.conn)
-        await env.conn.execute(CUSTOMER_SQL, "acme", 1)
-        assert len((await worker.run_once()).processed) == 1
+        await worker.run_once()
+        await env.cache_customer("acme", 1)
+        await env.cache_customer("acme", 2)
+        await env.capture.drop(env.conn)
+        # Committed while no slot exists: no capture will ever see it.
+        await env.conn.execute("UPDATE hs.customers SET phone = 'lost' WHERE id = 1")
+        with caplog.at_level(logging.ERROR):
+            assert (await worker.run_once()).claimed == 0
+        assert "cannot be read" in caplog.text
+        assert "lost track of hs." in caplog.text
+        assert not await env.cached("acme", 1)  # its change was lost: flushed
+        assert not await env.cached("acme", 2)  # nothing proves it fresh either
+        assert worker.metrics.capture_losses == 1
+        assert await env.capture.slot_exists(env.conn)
+        # Capture goes on from the new slot.
+        await env.cache_customer("acme", 2)
+        await env.conn.execute("UPDATE hs.customers SET phone = 'y' WHERE id = 2")
+        assert (await worker.run_once()).keys == ("{acme}:hs.customer:2",)
+        assert not await env.cached("acme", 2)
 
 
 async def test_changes_apply_in_commit_order_and_a_late_commit_is_not_skipped(

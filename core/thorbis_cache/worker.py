@@ -61,11 +61,13 @@ import attrs
 
 from thorbis_cache.declarations import InvalidationRule, Operation
 from thorbis_cache.errors import RedisUnavailableError, ThorbisCacheError
+from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.invalidation.sweep import MetaSweep
 from thorbis_cache.invalidation.tags import CacheTagInvalidator
 from thorbis_cache.keys import CacheKey, validate_tenant
 from thorbis_cache.postgres import audit, outbox
+from thorbis_cache.postgres.logical import SlotLostError
 from thorbis_cache.postgres.triggers import CHANNEL
 
 if TYPE_CHECKING:
@@ -128,6 +130,7 @@ class WorkerMetrics:
         finding Redis unavailable to the next batch that went through).
     :ivar redis_wait_seconds: time spent probing for Redis, in total.
     :ivar redis_probes: probes sent while waiting.
+    :ivar capture_losses: replication slots found lost, flushed and recreated.
     """
 
     processed: int = 0
@@ -138,6 +141,7 @@ class WorkerMetrics:
     tags_invalidated: int = 0
     lag_seconds: float = 0.0
     redis_waits: int = 0
+    capture_losses: int = 0
     redis_wait_seconds: float = 0.0
     redis_probes: int = 0
 
@@ -420,6 +424,27 @@ class OutboxWorker:
             m.lag_seconds = max(r.age for r in rows)
         return result
 
+    async def _recover_lost_slot(self, capture: LogicalCapture, conn: Any,
+                                 lost: SlotLostError) -> None:
+        """The slot is gone: changes to its tables since its last confirmed position
+        are lost, and no cached entry built from them can be proven fresh. Flush every
+        tag their rules reach for every tenant, recreate the slot, and flush again (a
+        change committed between the first flush and the new slot is covered by the
+        second); logged as errors, counted in ``metrics.capture_losses``
+        (:mod:`thorbis_cache.invalidation.capture_loss`)."""
+        log.error("logical capture: %s", lost)
+        tables = lost.tables or tuple(sorted({r.table for r in self._all_rules()}))
+        rules = self._all_rules()
+        await flush_after_capture_loss(self.cache, rules, tables, self.invalidate_tags)
+        await capture.ensure(conn)
+        await flush_after_capture_loss(self.cache, rules, tables, self.invalidate_tags)
+        self.metrics.capture_losses += 1
+        log.error("logical capture: slot %s recreated after the flush; capture goes on",
+                  capture.slot)
+
+    def _all_rules(self) -> list[InvalidationRule]:
+        return [rule for rules in self.rules.values() for rule in rules]
+
     async def _run_logical_once(self, capture: LogicalCapture) -> BatchResult:
         """One batch from the replication slot: peek whole transactions, apply them as
         an outbox batch would (same plans, replay log, audit, change counts, in one
@@ -438,7 +463,11 @@ class OutboxWorker:
             if self.replay is not None:
                 await self.replay.check(conn)
             while True:
-                batch = await capture.peek(conn, self.batch_size, self._attempts)
+                try:
+                    batch = await capture.peek(conn, self.batch_size, self._attempts)
+                except SlotLostError as lost:
+                    await self._recover_lost_slot(capture, conn, lost)
+                    return BatchResult()
                 if batch.truncated:
                     # No row images in a TRUNCATE: nothing to plan from. Loud, not silent.
                     log.error("logical capture: TRUNCATE of %s; entries made from these "

@@ -255,10 +255,8 @@ class MetaSweep:
 
     async def _pass(self) -> AsyncGenerator[int, None]:
         """Yield the number of Redis calls of each step of one pass over every slot."""
-        ranges = [(0, SLOTS - 1)]
+        ranges = await self._slot_ranges()
         if self._store.is_cluster:
-            # Pages of slots served by one master: one probe call reads a whole page.
-            ranges = sorted(await self._store.command("CLUSTER SLOTS"))
             yield 1
         for first, last in ranges:
             for start in range(max(first, self._next_slot), last + 1, self.probe):
@@ -279,6 +277,39 @@ class MetaSweep:
                     async for calls in self._registry(registry):
                         yield calls
         self._next_slot = 0
+
+    async def _slot_ranges(self) -> list[tuple[int, int]]:
+        if not self._store.is_cluster:
+            return [(0, SLOTS - 1)]
+        # Pages of slots served by one master: one probe call reads a whole page.
+        return sorted(await self._store.cluster_slots())
+
+    async def registered_tenants(self) -> AsyncIterator[str]:
+        """Every tenant listed in a slot registry (every tenant with a tag or dependency
+        set), page by page: bounded calls, no SCAN. For what must reach every tenant,
+        such as flushing a schema's tags after change capture lost track."""
+        for first, last in await self._slot_ranges():
+            for start in range(first, last + 1, self.probe):
+                keys = [self.keys.registry_of_slot(s)
+                        for s in range(start, min(start + self.probe, last + 1))]
+                try:
+                    occupied = await self._probe_page(keys)
+                except RedisUnavailableError:
+                    raise
+                except CacheBackendError:  # a slot of the page moved meanwhile
+                    found = await asyncio.gather(*(self._probe_page([k]) for k in keys))
+                    occupied = [k for k, hit in zip(keys, found) if hit]
+                for registry in occupied:
+                    after = "-"
+                    while True:
+                        page = await self._store.command(
+                            "ZRANGE", registry, after, "+", "BYLEX", "LIMIT", 0,
+                            self.tenant_page)
+                        for raw in page:
+                            yield _text(raw)
+                        if len(page) < self.tenant_page:
+                            break
+                        after = "(" + _text(page[-1])
 
     async def _probe_page(self, keys: list[str]) -> list[str]:
         """The registries of ``keys`` (one master's slots) that exist."""

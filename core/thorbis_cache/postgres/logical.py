@@ -85,7 +85,14 @@ FROM pg_logical_slot_peek_binary_changes($1, NULL, $2,
 
 
 class SlotLostError(ConfigurationError):
-    """The replication slot is missing or was invalidated: changes may have been lost."""
+    """The replication slot is missing or was invalidated: changes may have been lost.
+
+    :ivar tables: the tables the slot watched (whose changes may be lost).
+    """
+
+    def __init__(self, message: str, tables: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.tables = tables
 
 
 def parse_lsn(text: str) -> int:
@@ -288,7 +295,8 @@ class LogicalCapture:
                 f"logical capture slot {self.slot!r} cannot be read ({exc}): changes to "
                 f"{', '.join(sorted(self._tables))} since its last confirmed position are "
                 "lost; entries built from these tables may be stale until they expire or "
-                "are flushed. Recreate the slot with LogicalCapture.ensure"
+                "are flushed. Recreate the slot with LogicalCapture.ensure",
+                tuple(sorted(self._tables)),
             ) from exc
         relations: dict[int, pgoutput.Relation] = {}
         pending: list[_Pending] = []
