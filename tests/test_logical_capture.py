@@ -382,3 +382,40 @@ def test_pgoutput_messages_parse() -> None:
     commit = pgoutput.parse(b"C\0" + struct.pack("!qqq", 100, 108, 0), relations)
     assert commit == pgoutput.Commit(100, 108, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
     assert parse_lsn(lsn_text(0x16_B374D848)) == 0x16_B374D848
+
+
+async def test_db_init_and_the_cli_worker_switch_to_logical_capture(
+    thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    """One switch: ``db init --capture logical`` sets up the slot and drops the capture
+    triggers; ``worker --capture auto`` follows the slot it finds; ``--capture logical``
+    without a slot is refused with the command that makes one."""
+    dsn, url = thorbis_pg_dsn, thorbis_standalone_redis_url
+    name = f"c{uuid.uuid4().hex[:10]}"
+    worker_args = ("worker", "--dsn", dsn, "--redis-url", url, "--plugin", "home_services",
+                   "--once", "--no-queue", "--no-mv", "--slot", name)
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services")
+    refused = await asyncio.to_thread(run_cli, *worker_args, "--capture", "logical", code=2)
+    assert f"db init --capture logical --slot {name}" in refused
+    out = await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin",
+                                  "home_services", "--capture", "logical", "--slot", name)
+    assert f"logical capture thorbis_{name} ready" in out
+    assert "capture trigger dropped" in out
+    conn = await connect(dsn)
+    app = await CacheApp(url, keyring=KeyRing.generate()).start(["home_services"])
+    capture = LogicalCapture(name, app.plugins.all_rules(), app.plugins.all_views())
+    try:
+        await conn.execute(CUSTOMER_SQL, "acme", 1)
+        stale = Customer(1, "Ada", "Lovelace", "ada@example.com", "stale",
+                         CustomerType.RESIDENTIAL, AccountStatus.ACTIVE,
+                         PaymentStatus.CURRENT, None, "", "", "", -97.7, 30.2, NOW, NOW)
+        key = CUSTOMER.key("acme", customer_id=1)
+        await app.cache.hash(key).replace(stale)
+        await conn.execute("UPDATE hs.customers SET phone = 'new' WHERE id = 1")
+        await asyncio.to_thread(run_cli, *worker_args)  # --capture auto: the slot exists
+        assert await app.cache.hash(key).get() is None
+        assert await conn.fetchval("SELECT count(*) FROM thorbis.outbox") == 0
+    finally:
+        await capture.drop(conn)
+        await conn.close()
+        await app.aclose()

@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from thorbis_cache.errors import AuditChainBroken
+
+if TYPE_CHECKING:
+    from thorbis_cache.postgres.logical import LogicalCapture
 
 __all__ = ["AuditAction", "DbAction", "audit_command", "db_command", "worker_command"]
 
@@ -35,6 +38,26 @@ class DbAction(enum.Enum):
     migrate = "migrate"
 
 
+class Capture(enum.Enum):
+    """How committed changes reach the worker."""
+
+    triggers = "triggers"
+    logical = "logical"
+    auto = "auto"
+
+
+_CAPTURE = typer.Option(
+    "--capture", help="triggers: capture triggers write thorbis.outbox; logical: a "
+    "replication slot reads the WAL (wal_level=logical); auto: db init picks logical when "
+    "wal_level allows it, the worker follows whatever db init set up.")
+_SLOT = typer.Option("--slot", help="Name of the logical capture (slot and publication "
+                     "thorbis_<name>); one per worker group.")
+
+
+async def _wal_is_logical(conn: object) -> bool:
+    return str(await conn.fetchval("SHOW wal_level")) == "logical"  # type: ignore[attr-defined]
+
+
 class AuditAction(enum.Enum):
     """What ``audit`` does."""
 
@@ -46,12 +69,16 @@ def db_command(
                                                "migrate: core SQL only.")],
     dsn: Annotated[str, _DSN],
     plugin: Annotated[list[str] | None, _PLUGINS] = None,
+    capture: Annotated[Capture, _CAPTURE] = Capture.triggers,
+    slot: Annotated[str, _SLOT] = "main",
 ) -> None:
-    """Apply the core schema (versioned); with init, plugin SQL and capture triggers too."""
-    asyncio.run(_db(action, dsn, plugin or None))
+    """Apply the core schema (versioned); with init, plugin SQL and change capture too
+    (capture triggers, or a publication and a replication slot with --capture logical)."""
+    asyncio.run(_db(action, dsn, plugin or None, capture, slot))
 
 
-async def _db(action: DbAction, dsn: str, plugins: list[str] | None) -> None:
+async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
+              capture: Capture = Capture.triggers, slot: str = "main") -> None:
     from thorbis_cache.plugins import PluginManager
     from thorbis_cache.postgres import apply_and_check
     from thorbis_cache.postgres.migrations import migrate
@@ -70,9 +97,26 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None) -> None:
     await apply_and_check(dsn, loaded)
     conn = await connect(dsn)
     try:
-        plans = await install_triggers(conn, manager.all_rules(), manager.all_views())
+        if capture is Capture.auto:
+            capture = Capture.logical if await _wal_is_logical(conn) else Capture.triggers
+        if capture is Capture.logical:
+            from thorbis_cache.postgres.logical import LogicalCapture
+            from thorbis_cache.postgres.triggers import remove_triggers
+
+            logical = LogicalCapture(slot, manager.all_rules(), manager.all_views())
+            full = await logical.ensure(conn)
+            dropped = await remove_triggers(conn)
+        else:
+            plans = await install_triggers(conn, manager.all_rules(), manager.all_views())
     finally:
         await conn.close()
+    if capture is Capture.logical:
+        for line in dropped:
+            typer.echo(f"capture trigger dropped: {line}")
+        typer.echo(f"plugins {', '.join(p.name for p in loaded) or '(none)'}: SQL applied, "
+                   f"logical capture {logical.slot} ready (REPLICA IDENTITY FULL set on: "
+                   f"{', '.join(full) or 'none needed'})")
+        return
     for plan in plans:
         typer.echo(f"capture trigger on {plan.table}: {', '.join(plan.columns)}")
     typer.echo(f"plugins {', '.join(p.name for p in loaded) or '(none)'}: SQL applied, "
@@ -96,18 +140,21 @@ def worker_command(
         "--mv/--no-mv", help="Also run the materialized-view scheduler.")] = True,
     mv_tick: Annotated[float, typer.Option(
         min=0.1, help="Seconds between two looks at the view schedule.")] = 15.0,
+    capture: Annotated[Capture, _CAPTURE] = Capture.auto,
+    slot: Annotated[str, _SLOT] = "main",
 ) -> None:
     """Run the outbox worker: committed changes become cache invalidations; it also
     consumes queued invalidation jobs (``InvalidationQueue``) unless ``--no-queue``, and
     refreshes the plugins' materialized views when due (cron, smart) unless ``--no-mv``.
     Run as many workers as you like: each view is refreshed by one at a time."""
     asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval,
-                        queue, mv, mv_tick))
+                        queue, mv, mv_tick, capture, slot))
 
 
 async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: bool,
                   batch_size: int, poll_interval: float, queue: bool = True,
-                  mv: bool = True, mv_tick: float = 15.0) -> None:
+                  mv: bool = True, mv_tick: float = 15.0,
+                  capture: Capture = Capture.auto, slot: str = "main") -> None:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.crypto import KeyRing
     from thorbis_cache.invalidation.apply import CacheInvalidator
@@ -119,7 +166,9 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
     # throwaway one satisfies the sensitive schemas' requirement.
     keyring = KeyRing.from_env() if os.environ.get("THORBIS_KEYRING") else KeyRing.generate()
     app = await CacheApp(redis_url, keyring=keyring).start(plugins)
-    worker = OutboxWorker.from_app(app, dsn, batch_size=batch_size, poll_interval=poll_interval)
+    logical = await _logical_capture(dsn, app, capture, slot)
+    worker = OutboxWorker.from_app(app, dsn, batch_size=batch_size,
+                                   poll_interval=poll_interval, capture=logical)
     jobs = InvalidationQueue(app.cache.store, app.cache.settings.prefix)
     handler = CacheInvalidator(app.cache)
     scheduler = MvScheduler.from_app(app, dsn, tick_s=mv_tick)
@@ -141,7 +190,8 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
                 if r.outcome == "failed":
                     typer.echo(f"  {r.error}")
             return
-        typer.echo(f"worker running (batch {batch_size}, poll {poll_interval}s"
+        typer.echo(f"worker running ({'slot ' + logical.slot if logical else 'outbox'}, "
+                   f"batch {batch_size}, poll {poll_interval}s"
                    f"{f', {len(scheduler.views)} view(s) every {mv_tick}s' if mv else ''}); "
                    "Ctrl-C stops")
         tasks = []
@@ -185,3 +235,29 @@ async def _audit(dsn: str) -> None:
             f"({result.count} checked): {result.reason}"
         )
     typer.echo(f"audit chain OK: {result.count} record(s)")
+
+
+async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str
+                           ) -> LogicalCapture | None:
+    """The worker's change source: the slot ``db init --capture logical`` created, or
+    None for the outbox. ``auto`` follows what exists (the worker never creates a slot:
+    a slot created after one was lost would hide the changes lost with it)."""
+    from thorbis_cache.postgres.logical import LogicalCapture
+    from thorbis_cache.postgres.outbox import connect
+
+    if capture is Capture.triggers:
+        return None
+    plugins: Any = app.plugins  # type: ignore[attr-defined]
+    logical = LogicalCapture(slot, plugins.all_rules(), plugins.all_views())
+    conn = await connect(dsn)
+    try:
+        exists = await logical.slot_exists(conn)
+    finally:
+        await conn.close()
+    if capture is Capture.auto:
+        return logical if exists else None
+    if not exists:
+        raise typer.BadParameter(
+            f"no replication slot {logical.slot}: run `thorbis-cache db init --capture "
+            f"logical --slot {slot}` first", param_hint="--capture")
+    return logical

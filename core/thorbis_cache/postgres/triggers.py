@@ -45,7 +45,7 @@ from thorbis_cache.postgres.catalog import quote_ident
 
 __all__ = [
     "CHANNEL", "KEY_TRIGGER", "TRIGGERS", "TablePlan", "drop_sql", "install_triggers",
-    "plan_tables", "trigger_sql",
+    "plan_tables", "remove_triggers", "trigger_sql",
 ]
 
 #: The LISTEN/NOTIFY channel workers listen on (the triggers send nothing on it).
@@ -301,3 +301,29 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
             for statement in trigger_sql(plan, pk):
                 await conn.execute(statement)
     return plans
+
+
+_CAPTURE_TRIGGERS = """
+SELECT quote_ident(t.tgname), t.tgrelid::regclass::text
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = 'thorbis' AND NOT t.tgisinternal
+ORDER BY 2, 1
+"""
+
+
+async def remove_triggers(conn: asyncpg.Connection) -> list[str]:
+    """Drop every capture trigger (every trigger running a function of the ``thorbis``
+    schema), in one transaction: for a database switched to logical capture, where a
+    trigger would write outbox rows that no worker reads.
+
+    :returns: ``"<trigger> ON <table>"`` of each one dropped.
+    """
+    dropped = []
+    async with conn.transaction():
+        await conn.execute(_LOCK)
+        for name, table in await conn.fetch(_CAPTURE_TRIGGERS):
+            await conn.execute(f"DROP TRIGGER {name} ON {table}")
+            dropped.append(f"{name} ON {table}")
+    return dropped
