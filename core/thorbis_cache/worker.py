@@ -47,25 +47,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import enum
 import hashlib
-import json
 import logging
-import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from thorbis_cache.declarations import InvalidationRule, Operation
-from thorbis_cache.errors import RedisUnavailableError, ThorbisCacheError
+from thorbis_cache.declarations import InvalidationRule
+from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
+from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.invalidation.sweep import MetaSweep
 from thorbis_cache.invalidation.tags import CacheTagInvalidator
-from thorbis_cache.keys import CacheKey, validate_tenant
+from thorbis_cache.keys import CacheKey
 from thorbis_cache.postgres import audit, outbox
 from thorbis_cache.postgres.logical import SlotLostError
 from thorbis_cache.postgres.triggers import CHANNEL
@@ -117,10 +114,6 @@ class UnconfiguredTagInvalidator:
                     tenant, ", ".join(tags))
 
 
-class PoisonRow(ThorbisCacheError, ValueError):
-    """An outbox row that can never be turned into invalidations (dead-lettered)."""
-
-
 @attrs.define
 class WorkerMetrics:
     """In-process counters of one worker (exported by the observability layer).
@@ -167,55 +160,6 @@ class BatchResult:
     def claimed(self) -> int:
         """Rows this batch took off the outbox."""
         return len(self.processed) + len(self.dead_letters)
-
-
-# --------------------------------------------------------------------------- planning
-
-
-def _convert(tp: type, value: object) -> object:
-    """Convert a JSON column value to a key parameter type, or raise ValueError."""
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return tp(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lstrip("-").isdigit():
-            return int(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-    elif tp is uuid.UUID:
-        if isinstance(value, str):
-            return uuid.UUID(value)
-    elif tp is dt.date and isinstance(value, str) and len(value) == 10:
-        # Only a plain date: a timestamp's day depends on a time zone we do not know.
-        return dt.date.fromisoformat(value)
-    raise ValueError(f"expected {tp.__name__}")
-
-
-def _image(row: outbox.OutboxRow, which: str) -> dict[str, Any] | None:
-    text = getattr(row, which)
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise PoisonRow(f"{which}: malformed JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise PoisonRow(f"{which}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-@attrs.frozen(slots=True)
-class _Plan:
-    tenant: str
-    keys: tuple[CacheKey[Any], ...]
-    tags: tuple[str, ...]
 
 
 class OutboxWorker:
@@ -272,9 +216,8 @@ class OutboxWorker:
                  capture: LogicalCapture | None = None) -> None:
         self.dsn = dsn
         self.cache = cache
-        self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
-        for rule in rules:
-            self.rules[rule.table].append(rule)
+        self._planner = RulePlanner(cache, rules)
+        self.rules = self._planner.rules
         self.invalidate_tags = invalidate_tags or UnconfiguredTagInvalidator()
         self.batch_size = batch_size
         self.poll_interval = poll_interval
@@ -322,65 +265,13 @@ class OutboxWorker:
 
     # ----------------------------------------------------------------- one row
 
-    def plan(self, row: outbox.OutboxRow) -> _Plan:
-        """The keys and tags a change makes stale.
+    def plan(self, row: outbox.OutboxRow) -> Plan:
+        """The keys and tags a change makes stale (see :class:`RulePlanner`).
 
         :raises PoisonRow: the row can never be applied (the reason names rule, target,
             parameter, column and value).
         """
-        try:
-            op = Operation(row.operation)
-        except ValueError:
-            raise PoisonRow(f"unknown operation {row.operation!r}") from None
-        old, new = _image(row, "old"), _image(row, "new")
-        try:
-            tenant = validate_tenant(row.tenant_id)
-        except ValueError as exc:
-            raise PoisonRow(f"tenant: {exc}") from None
-        keys: dict[str, CacheKey[Any]] = {}
-        tags: set[str] = set()
-        for rule in self.rules.get(row.table_name, ()):
-            if not rule.fires(op, old, new):
-                continue
-            for target in rule.targets:
-                if target.tag is not None:
-                    tags.add(target.tag)
-                    continue
-                for image in (old, new):
-                    key = self._key(rule, target.schema or "", target.params, tenant, image)
-                    if key is not None:
-                        keys[key.body] = key
-        return _Plan(tenant, tuple(keys.values()), tuple(sorted(tags)))
-
-    def _key(self, rule: InvalidationRule, schema_name: str, columns: Mapping[str, str],
-             tenant: str, image: Mapping[str, Any] | None) -> CacheKey[Any] | None:
-        if image is None:
-            return None
-        where = f"rule {rule.name!r} target {schema_name!r}"
-        try:
-            schema = self.cache.registry.get(schema_name)
-        except ThorbisCacheError as exc:
-            raise PoisonRow(f"{where}: {exc}") from None
-        values: dict[str, object] = {}
-        for param in schema.params:
-            column = columns.get(param.name)
-            if column is None:
-                raise PoisonRow(f"{where}: parameter {param.name!r} is mapped to no column")
-            if column not in image:
-                raise PoisonRow(f"{where}: column {column!r} is not in the outbox row "
-                                "(capture trigger out of date? run `thorbis-cache db init`)")
-            raw = image[column]
-            if raw is None:
-                return None  # a NULL parameter names no entry (an unassigned work order)
-            try:
-                values[param.name] = _convert(param.type, raw)
-            except ValueError as exc:
-                raise PoisonRow(f"{where}: parameter {param.name!r} from column {column!r}: "
-                                f"cannot convert {raw!r:.80} ({exc})") from None
-        try:
-            return schema.key(tenant, **values)
-        except ValueError as exc:
-            raise PoisonRow(f"{where}: {exc}") from None
+        return self._planner.plan(row)
 
     # ----------------------------------------------------------------- one batch
 
@@ -415,13 +306,7 @@ class OutboxWorker:
                     log.exception("outbox worker: could not count the failed attempt")
             raise
         if rows:
-            m = self.metrics
-            m.batches += 1
-            m.processed += len(result.processed)
-            m.dead_lettered += len(result.dead_letters)
-            m.keys_deleted += len(result.keys)
-            m.tags_invalidated += len(result.tags)
-            m.lag_seconds = max(r.age for r in rows)
+            self._count(result, rows)
         return result
 
     async def _recover_lost_slot(self, capture: LogicalCapture, conn: Any,
@@ -496,6 +381,10 @@ class OutboxWorker:
             raise
         for row in rows:
             self._attempts.pop(row.id, None)
+        self._count(result, rows)
+        return result
+
+    def _count(self, result: BatchResult, rows: Sequence[outbox.OutboxRow]) -> None:
         m = self.metrics
         m.batches += 1
         m.processed += len(result.processed)
@@ -503,7 +392,6 @@ class OutboxWorker:
         m.keys_deleted += len(result.keys)
         m.tags_invalidated += len(result.tags)
         m.lag_seconds = max(r.age for r in rows)
-        return result
 
     async def _apply(self, conn: Any, rows: Sequence[outbox.OutboxRow]) -> BatchResult:
         processed: list[int] = []

@@ -53,21 +53,13 @@ import attrs
 from thorbis_cache.declarations import InvalidationRule, MaterializedView
 from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.postgres import pgoutput
-from thorbis_cache.postgres.catalog import quote_ident
+from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox import OutboxRow
 from thorbis_cache.postgres.triggers import TablePlan, plan_tables
 
 __all__ = ["LogicalBatch", "LogicalCapture", "SlotLostError", "lsn_text", "parse_lsn"]
 
 log = logging.getLogger(__name__)
-
-_PK_COLUMNS = """
-SELECT a.attname::text
-FROM pg_catalog.pg_index i
-JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-WHERE i.indrelid = to_regclass($1) AND i.indisprimary
-ORDER BY array_position(i.indkey::int2[], a.attnum)
-"""
 
 _COLUMNS = """
 SELECT a.attname::text, a.attgenerated = 's' AS generated,
@@ -259,7 +251,7 @@ class LogicalCapture:
             if missing:
                 raise ConfigurationError(f"logical capture on {plan.table!r}: the rules name "
                                          f"columns it does not have: {', '.join(missing)}")
-            pk = tuple(r[0] for r in await conn.fetch(_PK_COLUMNS, plan.table))
+            pk = tuple(r[0] for r in await conn.fetch(PK_COLUMNS, plan.table))
             if not pk:
                 raise ConfigurationError(f"logical capture on {plan.table!r}: it has no "
                                          "primary key")

@@ -41,7 +41,7 @@ import attrs
 
 from thorbis_cache.declarations import InvalidationRule, MaterializedView, Operation
 from thorbis_cache.errors import ConfigurationError
-from thorbis_cache.postgres.catalog import quote_ident
+from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 
 __all__ = [
     "CHANNEL", "KEY_TRIGGER", "TRIGGERS", "TablePlan", "drop_sql", "install_triggers",
@@ -50,14 +50,6 @@ __all__ = [
 
 #: The LISTEN/NOTIFY channel workers listen on (the triggers send nothing on it).
 CHANNEL = "thorbis_outbox"
-
-_PK_COLUMNS = """
-SELECT a.attname::text
-FROM pg_catalog.pg_index i
-JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-WHERE i.indrelid = to_regclass($1) AND i.indisprimary
-ORDER BY array_position(i.indkey::int2[], a.attnum)
-"""
 
 _COLUMNS = """
 SELECT attname::text FROM pg_catalog.pg_attribute
@@ -292,7 +284,7 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
                     f"cannot install capture trigger on {plan.table!r}: the rules name "
                     f"columns it does not have: {', '.join(missing)}"
                 )
-            pk = [r[0] for r in await conn.fetch(_PK_COLUMNS, plan.table)]
+            pk = [r[0] for r in await conn.fetch(PK_COLUMNS, plan.table)]
             if not pk:
                 raise ConfigurationError(
                     f"cannot install capture trigger on {plan.table!r}: it has no primary key "

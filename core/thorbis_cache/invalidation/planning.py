@@ -1,0 +1,157 @@
+"""Rules to invalidations: which keys and tags one captured change makes stale.
+
+The same planning serves every capture path (an outbox row written by a trigger, or the
+row a logical-decoding change is turned into): a row that can never be planned -- an
+unknown operation, malformed images, a parameter that does not convert -- is a
+:class:`PoisonRow`, dead-lettered by the worker with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from thorbis_cache.declarations import InvalidationRule, Operation
+from thorbis_cache.errors import ThorbisCacheError
+from thorbis_cache.keys import CacheKey, validate_tenant
+from thorbis_cache.postgres.outbox import OutboxRow
+
+if TYPE_CHECKING:
+    from thorbis_cache.cache import Cache
+
+__all__ = ["Plan", "PoisonRow", "RulePlanner"]
+
+
+class PoisonRow(ThorbisCacheError, ValueError):
+    """An outbox row that can never be turned into invalidations (dead-lettered)."""
+
+
+def _convert(tp: type, value: object) -> object:
+    """Convert a JSON column value to a key parameter type, or raise ValueError."""
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return int(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    elif tp is uuid.UUID:
+        if isinstance(value, str):
+            return uuid.UUID(value)
+    elif tp is dt.date and isinstance(value, str) and len(value) == 10:
+        # Only a plain date: a timestamp's day depends on a time zone we do not know.
+        return dt.date.fromisoformat(value)
+    raise ValueError(f"expected {tp.__name__}")
+
+
+def _image(row: OutboxRow, which: str) -> dict[str, Any] | None:
+    text = getattr(row, which)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise PoisonRow(f"{which}: malformed JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise PoisonRow(f"{which}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+@attrs.frozen(slots=True)
+class Plan:
+    """What one change makes stale: keys of one tenant and tags of that tenant."""
+
+    tenant: str
+    keys: tuple[CacheKey[Any], ...]
+    tags: tuple[str, ...]
+
+
+
+class RulePlanner:
+    """Plans captured changes with the invalidation rules of a cache's plugins.
+
+    :param cache: the cache whose registry holds the rules' target schemas.
+    :param rules: the rules (``app.plugins.all_rules()``).
+    """
+
+    def __init__(self, cache: Cache, rules: Iterable[InvalidationRule]) -> None:
+        self.cache = cache
+        #: rules by table
+        self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
+        for rule in rules:
+            self.rules[rule.table].append(rule)
+
+    def plan(self, row: OutboxRow) -> Plan:
+        """The keys and tags a change makes stale.
+
+        :raises PoisonRow: the row can never be applied (the reason names rule, target,
+            parameter, column and value).
+        """
+        try:
+            op = Operation(row.operation)
+        except ValueError:
+            raise PoisonRow(f"unknown operation {row.operation!r}") from None
+        old, new = _image(row, "old"), _image(row, "new")
+        try:
+            tenant = validate_tenant(row.tenant_id)
+        except ValueError as exc:
+            raise PoisonRow(f"tenant: {exc}") from None
+        keys: dict[str, CacheKey[Any]] = {}
+        tags: set[str] = set()
+        for rule in self.rules.get(row.table_name, ()):
+            if not rule.fires(op, old, new):
+                continue
+            for target in rule.targets:
+                if target.tag is not None:
+                    tags.add(target.tag)
+                    continue
+                for image in (old, new):
+                    key = self._key(rule, target.schema or "", target.params, tenant, image)
+                    if key is not None:
+                        keys[key.body] = key
+        return Plan(tenant, tuple(keys.values()), tuple(sorted(tags)))
+
+    def _key(self, rule: InvalidationRule, schema_name: str, columns: Mapping[str, str],
+             tenant: str, image: Mapping[str, Any] | None) -> CacheKey[Any] | None:
+        if image is None:
+            return None
+        where = f"rule {rule.name!r} target {schema_name!r}"
+        try:
+            schema = self.cache.registry.get(schema_name)
+        except ThorbisCacheError as exc:
+            raise PoisonRow(f"{where}: {exc}") from None
+        values: dict[str, object] = {}
+        for param in schema.params:
+            column = columns.get(param.name)
+            if column is None:
+                raise PoisonRow(f"{where}: parameter {param.name!r} is mapped to no column")
+            if column not in image:
+                raise PoisonRow(f"{where}: column {column!r} is not in the outbox row "
+                                "(capture trigger out of date? run `thorbis-cache db init`)")
+            raw = image[column]
+            if raw is None:
+                return None  # a NULL parameter names no entry (an unassigned work order)
+            try:
+                values[param.name] = _convert(param.type, raw)
+            except ValueError as exc:
+                raise PoisonRow(f"{where}: parameter {param.name!r} from column {column!r}: "
+                                f"cannot convert {raw!r:.80} ({exc})") from None
+        try:
+            return schema.key(tenant, **values)
+        except ValueError as exc:
+            raise PoisonRow(f"{where}: {exc}") from None
