@@ -545,7 +545,8 @@ class RedisStore:
     # ----------------------------------------------------------------- replication
 
     async def replicated(
-        self, routing_key: str, commands: Sequence[tuple[Any, ...]]
+        self, routing_key: str, commands: Sequence[tuple[Any, ...]], *,
+        only_with_replicas: bool = False,
     ) -> tuple[list[Any], int, int]:
         """Run ``commands`` (writes of ``routing_key``'s slot; at least one, so that the
         connection has a write to wait for) on one connection to the master serving that
@@ -557,6 +558,8 @@ class RedisStore:
         deleted value is not resurrected by a promotion (within :attr:`wait_timeout`;
         see :mod:`thorbis_cache.invalidation.replay` for what closes the rest).
 
+        :param only_with_replicas: send nothing at all when the master has no replica
+            (the commands are only there to be waited for).
         :returns: the commands' replies, the replicas that acknowledged, and the
             replicas waited for (0 when the master has none: no WAIT is sent).
         """
@@ -566,6 +569,8 @@ class RedisStore:
                     await self._remap()
                 client, where = self._master_client(routing_key)
                 wanted = await self._replica_count(client, where)
+                if not wanted and only_with_replicas:
+                    return [], 0, 0
                 try:
                     async with client.pipeline(transaction=False) as pipe:
                         for command in commands:
@@ -604,12 +609,8 @@ class RedisStore:
             known = self._replicas.get("master")
             if known is not None and not known[0] and known[1] > time.monotonic():
                 return 0, 0
-        async with self._call("WAIT"):
-            client, where = self._master_client(routing_key)
-            if not await self._replica_count(client, where):
-                return 0, 0
         _, acked, wanted = await self.replicated(
-            routing_key, [("SET", routing_key, b"", "PX", 1000)])
+            routing_key, [("SET", routing_key, b"", "PX", 1000)], only_with_replicas=True)
         return acked, wanted
 
     def _master_client(self, routing_key: str) -> tuple[aioredis.Redis, str]:

@@ -261,17 +261,7 @@ class MetaSweep:
         for first, last in ranges:
             for start in range(max(first, self._next_slot), last + 1, self.probe):
                 self._next_slot = start
-                keys = [self.keys.registry_of_slot(s)
-                        for s in range(start, min(start + self.probe, last + 1))]
-                try:
-                    occupied, calls = await self._probe_page(keys), 1
-                except RedisUnavailableError:
-                    raise
-                except CacheBackendError:
-                    # A slot of the page moved to another master during the pass.
-                    found = await asyncio.gather(*(self._probe_page([k]) for k in keys))
-                    occupied = [k for k, hit in zip(keys, found) if hit]
-                    calls = 1 + len(keys)
+                occupied, calls = await self._occupied(start, last)
                 yield calls
                 for registry in occupied:
                     async for calls in self._registry(registry):
@@ -290,26 +280,36 @@ class MetaSweep:
         such as flushing a schema's tags after change capture lost track."""
         for first, last in await self._slot_ranges():
             for start in range(first, last + 1, self.probe):
-                keys = [self.keys.registry_of_slot(s)
-                        for s in range(start, min(start + self.probe, last + 1))]
-                try:
-                    occupied = await self._probe_page(keys)
-                except RedisUnavailableError:
-                    raise
-                except CacheBackendError:  # a slot of the page moved meanwhile
-                    found = await asyncio.gather(*(self._probe_page([k]) for k in keys))
-                    occupied = [k for k, hit in zip(keys, found) if hit]
-                for registry in occupied:
-                    after = "-"
-                    while True:
-                        page = await self._store.command(
-                            "ZRANGE", registry, after, "+", "BYLEX", "LIMIT", 0,
-                            self.tenant_page)
-                        for raw in page:
-                            yield _text(raw)
-                        if len(page) < self.tenant_page:
-                            break
-                        after = "(" + _text(page[-1])
+                for registry in (await self._occupied(start, last))[0]:
+                    async for page in self._pages(registry):
+                        for tenant in page:
+                            yield tenant
+
+    async def _occupied(self, start: int, last: int) -> tuple[list[str], int]:
+        """The existing registries of the page of slots from ``start`` (one master's,
+        at most ``probe`` of them, not past ``last``), and the calls it took."""
+        keys = [self.keys.registry_of_slot(s)
+                for s in range(start, min(start + self.probe, last + 1))]
+        try:
+            return await self._probe_page(keys), 1
+        except RedisUnavailableError:
+            raise
+        except CacheBackendError:
+            # A slot of the page moved to another master during the pass.
+            found = await asyncio.gather(*(self._probe_page([k]) for k in keys))
+            return [k for k, hit in zip(keys, found) if hit], 1 + len(keys)
+
+    async def _pages(self, registry: str) -> AsyncIterator[list[str]]:
+        """The tenants of ``registry``, one ``ZRANGE`` page (one call) at a time: BYLEX
+        pages from the last tenant seen, stable while tenants come and go."""
+        after = "-"
+        while True:
+            page = [_text(raw) for raw in await self._store.command(
+                "ZRANGE", registry, after, "+", "BYLEX", "LIMIT", 0, self.tenant_page)]
+            yield page
+            if len(page) < self.tenant_page:
+                return
+            after = "(" + page[-1]
 
     async def _probe_page(self, keys: list[str]) -> list[str]:
         """The registries of ``keys`` (one master's slots) that exist."""
@@ -317,18 +317,11 @@ class MetaSweep:
         return [keys[int(p) - 1] for p in positions]
 
     async def _registry(self, registry: str) -> AsyncIterator[int]:
-        # BYLEX pages from the last tenant seen: stable while tenants come and go.
-        after = "-"
-        while True:
-            page = await self._store.command("ZRANGE", registry, after, "+", "BYLEX",
-                                             "LIMIT", 0, self.tenant_page)
+        async for page in self._pages(registry):
             yield 1
-            for raw in page:
-                async for calls in self._tenant(registry, _text(raw)):
+            for tenant in page:
+                async for calls in self._tenant(registry, tenant):
                     yield calls
-            if len(page) < self.tenant_page:
-                return
-            after = "(" + _text(page[-1])
 
     async def _tenant(self, registry: str, tenant: str) -> AsyncIterator[int]:
         keys = [self.keys.index(tenant), registry]

@@ -45,7 +45,36 @@ class _PortInUse(ServerStartError):
     """The server could not bind its port; a new port is tried when the port was ours."""
 
 
-class _ServerBase:
+class _StartedInContext:
+    """``with``-support for everything that starts processes (a server, a cluster, a
+    Sentinel group): ``start()`` on entry -- stopping what it started if that fails,
+    since ``__exit__`` does not run then -- and ``stop()`` on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails; do not leave the directory.
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _ServerBase(_StartedInContext):
     """Process handling shared by the Redis and PostgreSQL launchers."""
 
     _kind = "server"
@@ -88,33 +117,6 @@ class _ServerBase:
         """Whether the server process is alive (it may still be starting up)."""
         proc = self._child.proc
         return proc is not None and proc.poll() is None
-
-    # ---- context manager
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            # __exit__ does not run when __enter__ fails; do not leave the directory.
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # ---- to be provided by subclasses
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
 
     # ---- shared helpers
 

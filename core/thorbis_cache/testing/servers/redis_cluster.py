@@ -10,11 +10,11 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from thorbis_cache.errors import ServerStartError
 from thorbis_cache.testing.binaries import RedisBinaries, find_redis
+from thorbis_cache.testing.servers._base import _StartedInContext
 from thorbis_cache.testing.servers._cluster_topology import (
     _agreed_layout,
     _agreed_owner,
@@ -47,7 +47,7 @@ CLUSTER_SLOTS = 16384
 _REPLICA_ARGS = ("--cluster-replica-validity-factor", "0", *_REPLICATION_ARGS)
 
 
-class RedisCluster:
+class RedisCluster(_StartedInContext):
     """A Redis Cluster of ``masters`` nodes, each with ``replicas`` replicas, on 127.0.0.1.
 
     Built without redis-cli: the 16384 slots are split evenly with
@@ -152,17 +152,6 @@ class RedisCluster:
         ports = ",".join(str(node._port) for node in self._nodes)
         return f"<RedisCluster {HOST}:[{ports}] dir={self._dir}>"
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ---- lifecycle
 

@@ -9,11 +9,11 @@ import shutil
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from thorbis_cache.errors import ServerStartError
 from thorbis_cache.testing.binaries import RedisBinaries, find_redis
+from thorbis_cache.testing.servers._base import _StartedInContext
 from thorbis_cache.testing.servers._ha import (
     _REPLICATION_ARGS,
     _cut_replication,
@@ -36,7 +36,7 @@ _SENTINELS = 3
 _QUORUM = 2
 
 
-class RedisSentinelGroup:
+class RedisSentinelGroup(_StartedInContext):
     """One master, two replicas and three sentinels (quorum 2) on 127.0.0.1.
 
     The data servers are :class:`RedisServer` processes (replicas started with
@@ -136,21 +136,6 @@ class RedisSentinelGroup:
         sentinels = ",".join(str(sentinel._port) for sentinel in self._sentinels)
         return f"<RedisSentinelGroup data=[{data}] sentinels=[{sentinels}] dir={self._dir}>"
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ---- roles
 
