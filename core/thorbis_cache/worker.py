@@ -64,13 +64,14 @@ from thorbis_cache.invalidation.sweep import MetaSweep
 from thorbis_cache.invalidation.tags import CacheTagInvalidator
 from thorbis_cache.keys import CacheKey
 from thorbis_cache.postgres import audit, outbox
-from thorbis_cache.postgres.logical import SlotLostError
+from thorbis_cache.postgres.logical import SlotLostError, parse_lsn
+from thorbis_cache.postgres.replication import ReplicationError
 from thorbis_cache.postgres.triggers import CHANNEL
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.cache import Cache
-    from thorbis_cache.postgres.logical import LogicalCapture
+    from thorbis_cache.postgres.logical import LogicalCapture, LogicalStream
 
 __all__ = [
     "BatchResult",
@@ -235,6 +236,7 @@ class OutboxWorker:
         # attempts column, so they are counted here, and start again after a restart.
         self._attempts: dict[int, tuple[int, str]] = {}
         self._conn: Any = None
+        self._stream: LogicalStream | None = None
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -253,7 +255,9 @@ class OutboxWorker:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the worker's database connection (not the cache)."""
+        """Close the worker's database connection and replication stream (not the
+        cache)."""
+        await self._close_stream()
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             await conn.close()
@@ -331,48 +335,67 @@ class OutboxWorker:
         return [rule for rules in self.rules.values() for rule in rules]
 
     async def _run_logical_once(self, capture: LogicalCapture) -> BatchResult:
-        """One batch from the replication slot: peek whole transactions, apply them as
-        an outbox batch would (same plans, replay log, audit, change counts, in one
-        transaction), commit, then advance the slot.
+        """One batch from the replication stream: read whole transactions up to the
+        server's flush position as of now (or ``batch_size`` changes), apply them as an
+        outbox batch would (same plans, replay log, audit, change counts, in one
+        transaction), commit, then confirm the slot that far.
 
         At least once: a worker killed, or a Redis or PostgreSQL failure, before the
-        advance leaves the slot where it was, and the next batch reads the same
-        transactions again (deletes and tag invalidations are idempotent; the audit may
-        then hold a batch twice). Transactions holding no watched change (an UPDATE no
-        significant column of which changed) are confirmed and skipped, so an empty
-        result means the slot is caught up.
+        confirmation leaves the slot where it was; the stream is closed on any failure,
+        and the next one is sent the same transactions again (deletes and tag
+        invalidations are idempotent; the audit may then hold a batch twice).
+        Transactions holding no watched change (an UPDATE no significant column of
+        which changed) are confirmed and skipped, so an empty result means the slot
+        is caught up.
         """
         conn = await self._connection()
         rows: Sequence[outbox.OutboxRow] = ()
         try:
             if self.replay is not None:
                 await self.replay.check(conn)
-            while True:
+            if self._stream is None:
                 try:
-                    batch = await capture.peek(conn, self.batch_size, self._attempts)
+                    self._stream = await capture.stream(self.dsn)
                 except SlotLostError as lost:
                     await self._recover_lost_slot(capture, conn, lost)
                     return BatchResult()
+            stream = self._stream
+            until = parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
+            while True:
+                try:
+                    batch = await stream.read(conn, self.batch_size, self._attempts,
+                                              until=until)
+                except ReplicationError:
+                    # A slot dropped or invalidated ends its reader's session: say so
+                    # now rather than at the next stream.
+                    if await capture.slot_lost(conn):
+                        await self._close_stream()
+                        await self._recover_lost_slot(capture, conn, capture.lost(
+                            "the slot was dropped or invalidated while streaming"))
+                        return BatchResult()
+                    raise
                 if batch.truncated:
                     # No row images in a TRUNCATE: nothing to plan from. Loud, not silent.
                     log.error("logical capture: TRUNCATE of %s; entries made from these "
                               "tables are not invalidated by it",
                               ", ".join(sorted(set(batch.truncated))))
-                if batch.end_lsn is None or batch.rows:
+                if batch.rows or batch.caught_up or batch.end_lsn is None:
                     break
-                await capture.advance(conn, batch.end_lsn)
+                stream.confirm(batch.end_lsn)  # whole transactions, none watched
             rows = batch.rows
             if not rows:
+                stream.confirm(batch.end_lsn)
                 return BatchResult()
             async with conn.transaction():
                 result = await self._apply(conn, rows)
                 await outbox.count_changes(conn, rows)
-            assert batch.end_lsn is not None  # rows come from whole transactions
-            await capture.advance(conn, batch.end_lsn)
+            stream.confirm(batch.end_lsn)
         except Exception as exc:
             self.metrics.failed_batches += 1
+            # What was read and not confirmed comes again on the next stream.
+            await self._close_stream()
             blameless: tuple[type[BaseException], ...] = (
-                RedisUnavailableError, *outbox.DB_ERRORS)
+                RedisUnavailableError, ReplicationError, *outbox.DB_ERRORS)
             if not isinstance(exc, blameless):
                 error = f"{type(exc).__name__}: {exc}"[:1000]
                 for row in rows:
@@ -383,6 +406,11 @@ class OutboxWorker:
             self._attempts.pop(row.id, None)
         self._count(result, rows)
         return result
+
+    async def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.close()
 
     def _count(self, result: BatchResult, rows: Sequence[outbox.OutboxRow]) -> None:
         m = self.metrics
@@ -547,8 +575,15 @@ class OutboxWorker:
                     await self._pause(backoff)
                     continue
                 idle = min(max(idle * 2, MIN_POLL), self.poll_interval)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), idle)
+                # A replication stream says when the server sends something: wait on
+                # its socket too, so a commit is read as soon as it is decoded.
+                unwatch = None if self._stream is None else self._stream.watch(wake)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), idle)
+                finally:
+                    if unwatch is not None:
+                        unwatch()
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

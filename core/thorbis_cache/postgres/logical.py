@@ -4,9 +4,10 @@
 
     capture = LogicalCapture("main", rules, views)
     await capture.ensure(conn)               # publication, identity, slot (idempotent)
-    batch = await capture.peek(conn, 1000)   # whole transactions, in commit order
+    stream = await capture.stream(dsn)       # START_REPLICATION from the confirmed LSN
+    batch = await stream.read(conn, 1000, until=flush_lsn)  # whole transactions, in order
     ...                                      # apply batch.rows, Redis acknowledges
-    await capture.advance(conn, batch.end_lsn)
+    stream.confirm(batch.end_lsn)
 
 **What is created.** A publication ``thorbis_<name>`` of the ruled tables and of the
 views' sources (the tables :func:`~thorbis_cache.postgres.triggers.plan_tables` names,
@@ -29,10 +30,11 @@ does not send) are computed there from their generation expression. The row's ``
 the change's LSN; ``attempts`` is what the caller counted. An UPDATE that changes none
 of a table's significant columns is dropped, as the trigger drops it.
 
-**At least once.** :meth:`LogicalCapture.peek` does not consume: the slot moves only on
-:meth:`LogicalCapture.advance`, which the worker calls after Redis acknowledged the
-batch and its database transaction committed. A worker killed before that re-reads the
-same transactions; the effects (deletes, tag invalidations) are idempotent.
+**At least once.** :meth:`LogicalStream.read` does not consume: the slot moves only on
+:meth:`LogicalStream.confirm`, which the worker calls after Redis acknowledged the
+batch and its database transaction committed. A worker killed (or a stream closed)
+before that is sent the same transactions again by the next stream; the effects
+(deletes, tag invalidations) are idempotent.
 
 **One reader per slot.** PostgreSQL refuses a second session on an active slot
 ("replication slot ... is active for PID"): a second worker on the same name fails its
@@ -41,10 +43,11 @@ batch and retries; give each worker group its own name.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -55,9 +58,11 @@ from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.postgres import pgoutput
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox import OutboxRow
+from thorbis_cache.postgres.replication import ReplicationError, ReplicationStream
 from thorbis_cache.postgres.triggers import TablePlan, plan_tables
 
-__all__ = ["LogicalBatch", "LogicalCapture", "SlotLostError", "lsn_text", "parse_lsn"]
+__all__ = ["LogicalBatch", "LogicalCapture", "LogicalStream", "SlotLostError", "lsn_text",
+           "parse_lsn"]
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +73,6 @@ FROM pg_catalog.pg_attribute a
 LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
 """
-
-_PEEK = """
-SELECT lsn::text, data
-FROM pg_logical_slot_peek_binary_changes($1, NULL, $2,
-     'proto_version', '1', 'publication_names', $3)
-"""
-
 
 class SlotLostError(ConfigurationError):
     """The replication slot is missing or was invalidated: changes may have been lost.
@@ -127,20 +125,22 @@ class _Table:
 
 @attrs.frozen(slots=True)
 class LogicalBatch:
-    """What one :meth:`LogicalCapture.peek` read.
+    """What one :meth:`LogicalStream.read` read.
 
     :ivar rows: the changes the rules watch, in commit order.
-    :ivar end_lsn: where to :meth:`~LogicalCapture.advance` the slot once ``rows`` are
+    :ivar end_lsn: where to :meth:`~LogicalStream.confirm` the slot once ``rows`` are
         applied (past the last whole transaction read); None when nothing was read.
     :ivar transactions: transactions read (some may hold no watched change).
     :ivar truncated: tables truncated in these transactions (no row images: the
         capture cannot tell which entries they made stale).
+    :ivar caught_up: everything committed before the position asked for was read.
     """
 
     rows: tuple[OutboxRow, ...] = ()
     end_lsn: int | None = None
     transactions: int = 0
     truncated: tuple[str, ...] = ()
+    caught_up: bool = True
 
 
 @attrs.define(slots=True)
@@ -152,6 +152,60 @@ class _Pending:
     committed_at: dt.datetime
     old: dict[str, Any] | None = None
     new: dict[str, Any] | None = None
+
+
+class _Decoder:
+    """``pgoutput`` messages, in order, to the watched changes of whole transactions.
+
+    One per decoding session: a stream describes each relation once per session, so the
+    relations seen are kept for the session's life; a transaction whose commit has not
+    arrived yet is held until it does.
+    """
+
+    def __init__(self, tables: dict[str, _Table]) -> None:
+        self.tables = tables
+        self.relations: dict[int, pgoutput.Relation] = {}
+        self.begin: pgoutput.Begin | None = None
+        self.current: list[_Pending] = []
+        self.done: list[_Pending] = []
+        self.end_lsn: int | None = None
+        self.transactions = 0
+        self.truncated: list[str] = []
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction began and its commit has not been fed yet."""
+        return self.begin is not None
+
+    def feed(self, lsn: int, data: bytes) -> bool:
+        """Decode one message; True when it ended a transaction."""
+        message = pgoutput.parse(data, self.relations)
+        if isinstance(message, pgoutput.Begin):
+            self.begin, self.current = message, []
+        elif isinstance(message, pgoutput.Change):
+            table = self.tables.get(self.relations[message.relation_oid].table)
+            if table is not None and self.begin is not None:
+                self.current.append(_Pending(table, message, lsn, self.begin.xid,
+                                             self.begin.committed_at))
+        elif isinstance(message, pgoutput.Truncate):
+            self.truncated.extend(self.relations[o].table for o in message.relation_oids
+                                  if o in self.relations)
+        elif isinstance(message, pgoutput.Commit):
+            for item in self.current:
+                item.committed_at = message.committed_at
+            self.done.extend(self.current)
+            self.current, self.begin = [], None
+            self.end_lsn = message.end_lsn
+            self.transactions += 1
+            return True
+        return False
+
+    def take(self) -> tuple[list[_Pending], int | None, int, tuple[str, ...]]:
+        """The changes of the whole transactions fed so far, where they end, how many
+        transactions, the tables truncated; then forget them (not the one open)."""
+        taken = (self.done, self.end_lsn, self.transactions, tuple(self.truncated))
+        self.done, self.end_lsn, self.transactions, self.truncated = [], None, 0, []
+        return taken
 
 
 class LogicalCapture:
@@ -229,10 +283,29 @@ class LogicalCapture:
         return bool(await conn.fetchval(
             "SELECT true FROM pg_replication_slots WHERE slot_name = $1", self.slot))
 
-    async def drop(self, conn: asyncpg.Connection) -> None:
-        """Drop the slot and the publication (the replica identities stay)."""
-        if await self.slot_exists(conn):
-            await conn.execute("SELECT pg_drop_replication_slot($1)", self.slot)
+    async def slot_lost(self, conn: asyncpg.Connection) -> bool:
+        """Whether the slot is gone or invalidated (its WAL removed past
+        ``max_slot_wal_keep_size``): either way changes were lost."""
+        status = await conn.fetchval(
+            "SELECT coalesce(wal_status, '') FROM pg_replication_slots "
+            "WHERE slot_name = $1", self.slot)
+        return status is None or status == "lost"
+
+    async def drop(self, conn: asyncpg.Connection, *, max_wait: float = 10.0) -> None:
+        """Drop the slot and the publication (the replica identities stay), ending the
+        session that reads the slot first (a worker's stream then finds it lost)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        while await self.slot_exists(conn):
+            await conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE slot_name = $1 AND active_pid IS NOT NULL", self.slot)
+            try:
+                await conn.execute("SELECT pg_drop_replication_slot($1)", self.slot)
+            except asyncpg.ObjectInUseError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.01)  # the terminated session is still exiting
         await conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(self.publication)}")
 
     @staticmethod
@@ -264,66 +337,45 @@ class LogicalCapture:
 
     # ----------------------------------------------------------------- reading
 
-    async def peek(self, conn: asyncpg.Connection, limit: int,
-                   attempts: dict[int, tuple[int, str]] | None = None) -> LogicalBatch:
-        """Read whole transactions from the slot, without consuming them.
+    async def stream(self, dsn: str) -> LogicalStream:
+        """Start streaming the slot from its confirmed position.
 
-        :param conn: a connection (not inside a transaction that wrote).
-        :param limit: decoding stops at the first commit after this many messages
-            (begin, relation, change and commit messages all count).
-        :param attempts: failed attempts so far by row id (LSN): ``(count, last error)``.
-        :returns: the watched changes in commit order and where to advance to.
+        :param dsn: the database, as a libpq connection string or URI; the connection
+            is a replication connection (``replication=database``: the role needs the
+            REPLICATION attribute and ``pg_hba.conf`` must allow it).
+        :raises SlotLostError: the slot does not exist or was invalidated.
+        :raises ReplicationError: any other refusal (the slot is read by another
+            session, no permission, the server is down).
         """
-        if not self._tables:
-            await self._load(conn)
         try:
-            records = await conn.fetch(_PEEK, self.slot, limit, self.publication)
-        except (asyncpg.UndefinedObjectError,
-                asyncpg.ObjectNotInPrerequisiteStateError) as exc:
-            # Dropped, or invalidated past max_slot_wal_keep_size: the changes since the
-            # last confirmed position are gone, and nothing here can prove which cached
-            # entries they made stale. Not recreated silently: that would hide the gap.
-            raise SlotLostError(
-                f"logical capture slot {self.slot!r} cannot be read ({exc}): changes to "
-                f"{', '.join(sorted(self._tables))} since its last confirmed position are "
-                "lost; entries built from these tables may be stale until they expire or "
-                "are flushed. Recreate the slot with LogicalCapture.ensure",
-                tuple(sorted(self._tables)),
-            ) from exc
-        relations: dict[int, pgoutput.Relation] = {}
-        pending: list[_Pending] = []
-        current: list[_Pending] = []
-        truncated: list[str] = []
-        begin: pgoutput.Begin | None = None
-        end_lsn: int | None = None
-        transactions = 0
-        for record in records:
-            message = pgoutput.parse(record["data"], relations)
-            if isinstance(message, pgoutput.Begin):
-                begin, current = message, []
-            elif isinstance(message, pgoutput.Change):
-                table = self._tables.get(relations[message.relation_oid].table)
-                if table is not None and begin is not None:
-                    current.append(_Pending(table, message, parse_lsn(record["lsn"]),
-                                            begin.xid, begin.committed_at))
-            elif isinstance(message, pgoutput.Truncate):
-                truncated.extend(relations[o].table for o in message.relation_oids
-                                 if o in relations)
-            elif isinstance(message, pgoutput.Commit):
-                for item in current:
-                    item.committed_at = message.committed_at
-                pending.extend(current)
-                current, begin = [], None
-                end_lsn = message.end_lsn
-                transactions += 1
-        rows = await self._rows(conn, pending, attempts or {})
-        return LogicalBatch(tuple(rows), end_lsn, transactions, tuple(truncated))
+            stream = await ReplicationStream.start(
+                dsn, self.slot, {"proto_version": "1", "publication_names": self.publication})
+        except ReplicationError as exc:
+            # No such slot (42704), or invalidated past max_slot_wal_keep_size (55000):
+            # the changes since its last confirmed position are gone, and nothing here
+            # can prove which cached entries they made stale. Not recreated silently:
+            # that would hide the gap.
+            if exc.sqlstate in {"42704", "55000"} and "slot" in str(exc):
+                raise self.lost(str(exc)) from exc
+            raise
+        if not self._tables:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await self._load(conn)
+            finally:
+                await conn.close()
+        return LogicalStream(self, stream)
 
-    async def advance(self, conn: asyncpg.Connection, lsn: int) -> None:
-        """Confirm everything before ``lsn``: the slot will not return it again and
-        PostgreSQL may recycle its WAL."""
-        await conn.execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-                           self.slot, lsn_text(lsn))
+    def lost(self, cause: str) -> SlotLostError:
+        """The error that says this slot lost changes, and which tables' (``cause``:
+        what was found)."""
+        return SlotLostError(
+            f"logical capture slot {self.slot!r} cannot be read ({cause}): changes to "
+            f"{', '.join(sorted(self.plans))} since its last confirmed position are "
+            "lost; entries built from these tables may be stale until they expire or "
+            "are flushed. Recreate the slot with LogicalCapture.ensure",
+            tuple(sorted(self.plans)),
+        )
 
     async def backlog_bytes(self, conn: asyncpg.Connection) -> int | None:
         """WAL bytes between the slot's confirmed position and now (a health figure);
@@ -395,3 +447,86 @@ class LogicalCapture:
                 for column in [c for c, v in image.items() if v is pgoutput.UNCHANGED]:
                     del image[column]  # no value to give: the column reads as NULL
         return old, new
+
+
+class LogicalStream:
+    """The worker's reader of a :class:`LogicalCapture`'s slot: a
+    :class:`~thorbis_cache.postgres.replication.ReplicationStream` decoded into whole
+    transactions of watched changes, confirmed only as far as the caller says.
+
+    A transaction read but not confirmed is sent again by the next stream on the slot:
+    after any failure, :meth:`close` this one and open another.
+    """
+
+    def __init__(self, capture: LogicalCapture, stream: ReplicationStream) -> None:
+        self.capture = capture
+        self.replication = stream
+        self._decoder = _Decoder(capture._tables)
+        # The end of the last whole transaction fed: with the server's keepalive
+        # position, how far this stream is known to have received everything.
+        self._received = 0
+
+    @property
+    def position(self) -> int:
+        """Everything committed before this LSN has been received (and is held, or was
+        returned by :meth:`read`), unless a transaction is open."""
+        return max(self._received, self.replication.server_lsn, self.replication.confirmed)
+
+    async def read(self, conn: asyncpg.Connection, limit: int,
+                   attempts: dict[int, tuple[int, str]] | None = None, *,
+                   until: int, max_wait: float = 5.0) -> LogicalBatch:
+        """Whole transactions from the stream, in commit order.
+
+        Reads until everything committed before ``until`` has arrived (the server's
+        flush position when the caller asked, say), or until a commit ends a
+        transaction with ``limit`` watched changes held, or ``max_wait`` seconds; never
+        consumes anything (see :meth:`confirm`).
+
+        :param conn: a connection to build the row images on.
+        :param attempts: failed attempts so far by row id (LSN): ``(count, last error)``.
+        :raises ReplicationError: the stream broke (close it and open another).
+        """
+        stream, decoder = self.replication, self._decoder
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        caught_up = False
+        while True:
+            message = stream.read()
+            if message is not None:
+                if decoder.feed(*message):
+                    self._received = max(self._received, decoder.end_lsn or 0)
+                    if len(decoder.done) >= limit:
+                        break
+                continue
+            if not decoder.in_transaction and self.position >= until:
+                caught_up = True
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # Nothing buffered: ask the server where it is (a keepalive answers),
+            # and wait for that or for data.
+            stream.request_position()
+            await stream.readable(remaining)
+        pending, end_lsn, transactions, truncated = decoder.take()
+        rows = await self.capture._rows(conn, pending, attempts or {})
+        return LogicalBatch(tuple(rows), end_lsn, transactions, truncated, caught_up)
+
+    def confirm(self, lsn: int | None = None) -> None:
+        """Confirm the slot up to ``lsn`` (the ``end_lsn`` of an applied batch); with
+        no argument, up to :attr:`position` when no transaction is held open and the
+        caller applied every batch read (an idle stream's keepalives move the slot
+        past transactions no rule watches)."""
+        if lsn is None:
+            if self._decoder.in_transaction or self._decoder.done:
+                return
+            lsn = self.position
+        self.replication.confirm(lsn)
+
+    def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when the server sends something; returns the undo."""
+        return self.replication.watch(callback)
+
+    async def close(self) -> None:
+        """End the stream; what was not confirmed is sent again to the next one."""
+        await self.replication.close()

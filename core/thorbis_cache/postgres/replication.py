@@ -1,0 +1,289 @@
+"""A logical replication stream read on the event loop, confirmed only where told.
+
+asyncpg speaks no replication protocol, so the stream goes through psycopg's libpq
+binding (the ``logical`` extra): :func:`psycopg.AsyncConnection.connect` opens a
+``replication=database`` connection (authentication, TLS, ``pg_hba`` as for any
+connection), then ``START_REPLICATION`` switches it to COPY BOTH, and this module reads
+the ``XLogData`` and keepalive messages from libpq's buffer without blocking and writes
+the standby status updates itself (https://www.postgresql.org/docs/15/protocol-replication.html).
+
+Why not psycopg2's ``LogicalReplicationConnection``: it is blocking, and when a keepalive
+arrives it moves the confirmed position on by itself whenever the last message read is
+at or before the last explicit confirmation -- which is the case while the first
+messages of a transaction that began before the confirmed one's commit are buffered but
+not applied. Here the confirmed position is exactly what the caller passed to
+:meth:`ReplicationStream.confirm`, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from thorbis_cache.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["ReplicationError", "ReplicationStream", "XLogData"]
+
+_XLOGDATA = struct.Struct("!QQq")  # dataStart, walEnd, sendTime
+_KEEPALIVE = struct.Struct("!Qq?")  # walEnd, sendTime, reply requested
+_STATUS = struct.Struct("!cQQQq?")  # 'r', written, flushed, applied, clock, reply requested
+#: Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+_PG_EPOCH_OFFSET_US = 946_684_800 * 1_000_000
+#: A status update at least this often (seconds), so the server never times the
+#: stream out (``wal_sender_timeout``, 60 s by default) and sees the slot's progress.
+STATUS_INTERVAL = 10.0
+
+
+class ReplicationError(Exception):
+    """The server ended or refused the stream.
+
+    :ivar sqlstate: the server's error code (``42704``: no such slot; ``55000``: the
+        slot was invalidated; ``55006``: another session reads it), or None when the
+        connection itself broke.
+    """
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+XLogData = tuple[int, bytes]
+"""One message of the stream: ``(data_start, payload)``. For ``pgoutput``,
+``data_start`` is the change's LSN (the transaction's first LSN for ``BEGIN``, its end
+for ``COMMIT``)."""
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:  # the logical extra is not installed
+        raise ConfigurationError(
+            "logical capture streams the WAL through psycopg (libpq), which is not "
+            "installed: pip install 'thorbis-cache[logical]'") from exc
+    return psycopg
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _quote_ident(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+class ReplicationStream:
+    """One ``START_REPLICATION`` session on a logical slot.
+
+    Open with :meth:`start`; read with :meth:`read` (never blocks) and
+    :meth:`readable`; confirm with :meth:`confirm`; :meth:`close` at the end. Single
+    task use: nothing here is safe to call from two tasks at once.
+
+    :ivar server_lsn: the server's position in its last keepalive (everything that
+        commits before it has been sent); 0 before the first.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], slot: str) -> None:
+        self._conn = conn
+        self._pgconn = conn.pgconn
+        self.slot = slot
+        self.server_lsn = 0
+        self._confirmed = 0
+        self._last_status = 0.0
+        self._reply_requested = False
+        self._loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def start(cls, dsn: str, slot: str, options: dict[str, str],
+                    *, connect_timeout: float = 10.0) -> ReplicationStream:
+        """Connect and start streaming the slot from its confirmed position.
+
+        :param dsn: a libpq connection string or URI.
+        :param options: the output plugin's options (``pgoutput``: ``proto_version``,
+            ``publication_names``).
+        :raises ReplicationError: the server refused (no such slot, slot invalidated or
+            in use, ``wal_level`` not logical, no replication permission).
+        """
+        psycopg = _psycopg()
+        try:
+            conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, replication="database",
+                # ISO dates and UTC timestamps in the decoded text (see logical.py).
+                options="-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=1"),
+                connect_timeout)
+        except psycopg.Error as exc:
+            raise ReplicationError(f"replication connection to slot {slot!r}: {exc}",
+                                   getattr(exc, "sqlstate", None)) from exc
+        stream = cls(conn, slot)
+        try:
+            await stream._start(options)
+        except BaseException:
+            await stream.close()
+            raise
+        return stream
+
+    async def _start(self, options: dict[str, str]) -> None:
+        psycopg = _psycopg()
+        pq = psycopg.pq
+        args = ", ".join(f"{_quote_ident(k)} {_quote_literal(v)}" for k, v in options.items())
+        query = f"START_REPLICATION SLOT {_quote_ident(self.slot)} LOGICAL 0/0 ({args})"
+        pg = self._pgconn
+        pg.nonblocking = 1
+        pg.send_query(query.encode())
+        await self._flush()
+        while True:
+            pg.consume_input()  # raises when the connection broke
+            if not pg.is_busy():
+                break
+            await self.readable(None)
+        result = pg.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_BOTH:
+            raise self._error(result)
+        self._last_status = time.monotonic()
+
+    def _error(self, result: Any) -> ReplicationError:
+        psycopg = _psycopg()
+        if result is None:
+            message = self._pgconn.get_error_message() or "no result"
+            return ReplicationError(f"slot {self.slot!r}: {message}")
+        diag = psycopg.pq.DiagnosticField
+        state = result.error_field(diag.SQLSTATE)
+        text = (result.error_field(diag.MESSAGE_PRIMARY) or result.error_message or b"")
+        detail = result.error_field(diag.MESSAGE_DETAIL)
+        message = text.decode(errors="replace").strip()
+        if detail:
+            message += f" ({detail.decode(errors='replace').strip()})"
+        return ReplicationError(f"slot {self.slot!r}: {message}",
+                                state.decode() if state else None)
+
+    # ----------------------------------------------------------------- reading
+
+    def read(self) -> XLogData | None:
+        """The next data message buffered, or None when none is (then wait with
+        :meth:`readable`). Keepalives are consumed here: they move :attr:`server_lsn`
+        and, when the server asks, get a status update carrying only what was
+        confirmed.
+
+        :raises ReplicationError: the server ended the stream or the connection broke.
+        """
+        pg = self._pgconn
+        consumed = False
+        while True:
+            if time.monotonic() - self._last_status >= STATUS_INTERVAL:
+                self._send_status()
+            try:
+                size, data = pg.get_copy_data(1)
+            except Exception as exc:  # psycopg raises on a broken connection
+                raise ReplicationError(f"slot {self.slot!r}: stream broke: {exc}") from exc
+            if size == 0:
+                if consumed:
+                    return None
+                # Read from the socket only when libpq's buffer is empty, so that a fast
+                # server cannot grow the buffer without bound.
+                try:
+                    pg.consume_input()  # raises when the connection broke
+                except Exception as exc:
+                    raise ReplicationError(f"slot {self.slot!r}: stream broke: {exc}") from exc
+                consumed = True
+                continue
+            if size < 0:
+                raise self._error(pg.get_result())
+            kind = data[0]
+            if kind == 0x77:  # 'w' XLogData
+                start, _end, _clock = _XLOGDATA.unpack_from(data, 1)
+                return start, bytes(data[1 + _XLOGDATA.size:])
+            if kind == 0x6B:  # 'k' keepalive
+                wal_end, _clock, reply = _KEEPALIVE.unpack_from(data, 1)
+                self.server_lsn = max(self.server_lsn, wal_end)
+                self._reply_requested = False
+                if reply:
+                    self._send_status()
+                continue
+            raise ReplicationError(f"slot {self.slot!r}: unknown replication message "
+                                   f"{chr(kind)!r}")
+
+    async def readable(self, max_wait: float | None) -> bool:
+        """Wait until the socket has data (True) or ``max_wait`` seconds pass (False)."""
+        fd = self._pgconn.socket
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._loop.add_reader(fd, _resolve, ready)
+        try:
+            await asyncio.wait_for(ready, max_wait)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._loop.remove_reader(fd)
+
+    def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` whenever the socket has data; returns the undo."""
+        fd = self._pgconn.socket
+        self._loop.add_reader(fd, callback)
+
+        def unwatch() -> None:
+            self._loop.remove_reader(fd)
+
+        return unwatch
+
+    # ----------------------------------------------------------------- confirming
+
+    @property
+    def confirmed(self) -> int:
+        """The highest position passed to :meth:`confirm`."""
+        return self._confirmed
+
+    def confirm(self, lsn: int) -> None:
+        """Tell the server everything before ``lsn`` is applied: the slot will not send
+        it again and may free its WAL. Sent at once when it moves the position."""
+        if lsn > self._confirmed:
+            self._confirmed = lsn
+            self._send_status()
+
+    def request_position(self) -> None:
+        """Ask the server for a keepalive (it answers with its position,
+        :attr:`server_lsn`); one request in flight at a time."""
+        if not self._reply_requested:
+            self._reply_requested = True
+            self._send_status(reply=True)
+
+    def _send_status(self, reply: bool = False) -> None:
+        clock = int(time.time() * 1_000_000) - _PG_EPOCH_OFFSET_US
+        lsn = self._confirmed
+        message = _STATUS.pack(b"r", lsn, lsn, lsn, clock, reply)
+        pg = self._pgconn
+        if pg.put_copy_data(message) != 1:
+            raise ReplicationError(f"slot {self.slot!r}: could not send a status update: "
+                                   f"{pg.get_error_message()}")
+        # Tiny messages: flushed at once on any socket not full; one still pending is
+        # flushed on the next read or status update.
+        pg.flush()
+        self._last_status = time.monotonic()
+
+    async def _flush(self) -> None:
+        pg = self._pgconn
+        while pg.flush() == 1:
+            writable: asyncio.Future[None] = self._loop.create_future()
+            self._loop.add_writer(pg.socket, _resolve, writable)
+            try:
+                await writable
+            finally:
+                self._loop.remove_writer(pg.socket)
+
+    async def close(self) -> None:
+        """Close the connection (the slot keeps the last confirmed position)."""
+        conn = self._conn
+        if not conn.closed:
+            # Closing a broken stream: nothing left to save, nothing to report.
+            with contextlib.suppress(Exception):
+                await conn.close()
