@@ -4,6 +4,7 @@
 #   make servers   locate (and, as root with apt, install) redis-server and PostgreSQL
 #   make demo      run the demo command
 #   make bench     run the hit-path benchmark
+#   make dist      build the wheels of the core and of every plugin into dist/
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -21,7 +22,7 @@ STAMP := $(VENV)/.installed
 PLUGINS ?= $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml examples/*/pyproject.toml))
 PYTEST_ARGS ?=
 
-.PHONY: venv servers test lint typecheck demo bench clean
+.PHONY: venv servers test lint typecheck demo bench dist clean
 
 venv: $(STAMP)
 
@@ -51,6 +52,11 @@ demo: venv servers
 bench: venv servers
 	$(BIN)/python bench/hit_path.py
 
+# Each wheel is built from a clean copy (tools/build_wheels.py): nothing is left in the
+# tree, and a setuptools warning fails the build.
+dist: venv
+	$(BIN)/python tools/build_wheels.py --strict --out dist
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info core/*.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info core/*.egg-info
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
