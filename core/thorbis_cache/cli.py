@@ -19,6 +19,7 @@ from rich.markup import escape
 from thorbis_cache import (
     __version__,
     cli_db,
+    cli_keyring,
     cli_mv,
     cli_plugins,
     cli_queue,
@@ -99,6 +100,7 @@ _add("audit", cli_db.audit_command)
 _add("deadletters", cli_queue.deadletters_command)
 _add("refresh", cli_mv.refresh_command)
 _add("mv", cli_mv.mv_command)
+_add("keyring", cli_keyring.keyring_command)
 
 
 def main() -> None:

@@ -103,6 +103,18 @@ class KeyRing:
             raise KeyRingError(f"environment variable {variable} is not set")
         return cls.from_string(spec)
 
+    def to_string(self) -> str:
+        """The ring as :meth:`from_string` reads it: ``"id:BASE64,..."`` in the order the
+        keys were added, the active id last or marked with ``*``.
+
+        The result *is* the secret: hand it to a secret store, never to a log.
+        """
+        entries = [f"{'*' if key_id == self._active else ''}{key_id}:"
+                   f"{base64.b64encode(key).decode('ascii')}" for key_id, key in self._keys.items()]
+        if next(reversed(self._keys)) == self._active:
+            entries[-1] = entries[-1].lstrip("*")
+        return ",".join(entries)
+
     @property
     def active_key_id(self) -> str:
         """The id new values are encrypted with."""
