@@ -162,10 +162,8 @@ WorkerFactory = Callable[[CacheApp, str], OutboxWorker]
 #: The worker that applies each capture mode's changes (modes without one: host only).
 WORKERS: dict[str, WorkerFactory] = {
     "trigger": lambda app, dsn: OutboxWorker.from_app(app, dsn),
-    # Batches of 10,000 messages: each peek decodes again from the slot's restart point
-    # (docs/architecture.md, "Capture from the WAL").
     "logical": lambda app, dsn: OutboxWorker.from_app(
-        app, dsn, batch_size=10_000, capture=_logical(app.plugins)),
+        app, dsn, capture=_logical(app.plugins)),
 }
 
 

@@ -286,7 +286,17 @@ class OutboxWorker:
             batch was rolled back and its rows are back in the outbox.
         """
         if self.capture is not None:
-            return await self._run_logical_once(self.capture)
+            return await self._run_logical_once(self.capture, caught_up=True)
+        return await self._run_outbox_once()
+
+    async def _next_batch(self) -> BatchResult:
+        """:meth:`run`'s batch: from a stream, what has arrived (the loop wakes when
+        the server sends more); from the outbox, a claim."""
+        if self.capture is not None:
+            return await self._run_logical_once(self.capture, caught_up=False)
+        return await self._run_outbox_once()
+
+    async def _run_outbox_once(self) -> BatchResult:
         conn = await self._connection()
         ids: list[int] = []
         try:
@@ -334,11 +344,18 @@ class OutboxWorker:
     def _all_rules(self) -> list[InvalidationRule]:
         return [rule for rules in self.rules.values() for rule in rules]
 
-    async def _run_logical_once(self, capture: LogicalCapture) -> BatchResult:
-        """One batch from the replication stream: read whole transactions up to the
-        server's flush position as of now (or ``batch_size`` changes), apply them as an
-        outbox batch would (same plans, replay log, audit, change counts, in one
-        transaction), commit, then confirm the slot that far.
+    async def _run_logical_once(self, capture: LogicalCapture, *, caught_up: bool
+                                ) -> BatchResult:
+        """One batch from the replication stream: read whole transactions (with
+        ``caught_up``, up to the server's flush position as of now; otherwise what has
+        arrived), at most ``batch_size`` changes, apply them as an outbox batch would
+        (same plans, replay log, audit, change counts, in one transaction), commit,
+        then confirm the slot that far.
+
+        Not waiting is what :meth:`run` wants: under ``synchronous_commit=off`` the
+        flush position can end inside a record, which the WAL sender decodes only after
+        the WAL writer's next flush (up to 200 ms); :meth:`run` instead wakes when the
+        stream's socket has data.
 
         At least once: a worker killed, or a Redis or PostgreSQL failure, before the
         confirmation leaves the slot where it was; the stream is closed on any failure,
@@ -360,7 +377,8 @@ class OutboxWorker:
                     await self._recover_lost_slot(capture, conn, lost)
                     return BatchResult()
             stream = self._stream
-            until = parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
+            until = None if not caught_up else parse_lsn(
+                await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
             while True:
                 try:
                     batch = await stream.read(conn, self.batch_size, self._attempts,
@@ -379,7 +397,7 @@ class OutboxWorker:
                     log.error("logical capture: TRUNCATE of %s; entries made from these "
                               "tables are not invalidated by it",
                               ", ".join(sorted(set(batch.truncated))))
-                if batch.rows or batch.caught_up or batch.end_lsn is None:
+                if batch.rows or batch.end_lsn is None or batch.caught_up or not caught_up:
                     break
                 stream.confirm(batch.end_lsn)  # whole transactions, none watched
             rows = batch.rows
@@ -540,7 +558,7 @@ class OutboxWorker:
                         await listener.add_listener(CHANNEL, wake)
                     self._wake.clear()
                     while not self._stopping:
-                        result = await self.run_once()
+                        result = await self._next_batch()
                         if result.claimed:
                             idle = 0.0
                         backoff, settle, answered = 0.0, self.redis_probe_interval, False

@@ -63,6 +63,8 @@ def _image(row: OutboxRow, which: str) -> dict[str, Any] | None:
     text = getattr(row, which)
     if text is None:
         return None
+    if not isinstance(text, str):
+        return dict(text)  # decoded by the capture itself
     try:
         value = json.loads(text)
     except ValueError as exc:

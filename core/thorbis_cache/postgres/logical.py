@@ -59,6 +59,7 @@ from thorbis_cache.postgres import pgoutput
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox import OutboxRow
 from thorbis_cache.postgres.replication import ReplicationError, ReplicationStream
+from thorbis_cache.postgres.row_images import Unsupported, json_value
 from thorbis_cache.postgres.triggers import TablePlan, plan_tables
 
 __all__ = ["LogicalBatch", "LogicalCapture", "LogicalStream", "SlotLostError", "lsn_text",
@@ -105,12 +106,35 @@ class _Table:
     generated: dict[str, str]  # column -> generation expression
     full_identity: bool
 
+    @property
+    def wanted(self) -> list[str]:
+        """The columns an image holds: those the rules read, and the primary key."""
+        return sorted(set(self.plan.columns) | set(self.pk))
+
+    @property
+    def python_images(self) -> bool:
+        """Images can be built in Python: no wanted column is generated (``pgoutput``
+        does not send those; PostgreSQL computes them from their expression)."""
+        return not set(self.wanted) & set(self.generated)
+
+    def images(self, entries: Sequence[tuple[_Pending, str, dict[str, Any]]]
+               ) -> list[dict[str, Any]] | None:
+        """The JSON images of decoded rows, as ``jsonb_build_object`` makes them, or
+        None when a column's type or value needs PostgreSQL to say
+        (:mod:`~thorbis_cache.postgres.row_images`)."""
+        wanted = self.wanted
+        try:
+            return [{c: json_value(item.types.get(c, 0), values.get(c)) for c in wanted}
+                    for item, _, values in entries]
+        except Unsupported:
+            return None
+
     def image_sql(self) -> str:
         # The decoded text values go through the table's row type (each value's input
         # function), then jsonb_build_object, as in the trigger: identical JSON.
         schema, relation = self.plan.table.split(".", 1)
         table = f"{quote_ident(schema)}.{quote_ident(relation)}"
-        wanted = sorted(set(self.plan.columns) | set(self.pk))
+        wanted = self.wanted
         pairs = ", ".join(
             "'" + c.replace("'", "''") + "', "
             + (f"({self.generated[c]})" if c in self.generated else quote_ident(c))
@@ -133,7 +157,8 @@ class LogicalBatch:
     :ivar transactions: transactions read (some may hold no watched change).
     :ivar truncated: tables truncated in these transactions (no row images: the
         capture cannot tell which entries they made stale).
-    :ivar caught_up: everything committed before the position asked for was read.
+    :ivar caught_up: everything committed before the position asked for was read
+        (False when no position was asked for).
     """
 
     rows: tuple[OutboxRow, ...] = ()
@@ -150,6 +175,7 @@ class _Pending:
     lsn: int
     xid: int
     committed_at: dt.datetime
+    types: dict[str, int]  # column -> type oid, from the Relation message
     old: dict[str, Any] | None = None
     new: dict[str, Any] | None = None
 
@@ -165,6 +191,8 @@ class _Decoder:
     def __init__(self, tables: dict[str, _Table]) -> None:
         self.tables = tables
         self.relations: dict[int, pgoutput.Relation] = {}
+        self.types: dict[int, dict[str, int]] = {}
+        self.keep: dict[int, frozenset[str]] = {}
         self.begin: pgoutput.Begin | None = None
         self.current: list[_Pending] = []
         self.done: list[_Pending] = []
@@ -179,14 +207,24 @@ class _Decoder:
 
     def feed(self, lsn: int, data: bytes) -> bool:
         """Decode one message; True when it ended a transaction."""
-        message = pgoutput.parse(data, self.relations)
+        message = pgoutput.parse(data, self.relations, self.keep)
         if isinstance(message, pgoutput.Begin):
             self.begin, self.current = message, []
         elif isinstance(message, pgoutput.Change):
             table = self.tables.get(self.relations[message.relation_oid].table)
             if table is not None and self.begin is not None:
                 self.current.append(_Pending(table, message, lsn, self.begin.xid,
-                                             self.begin.committed_at))
+                                             self.begin.committed_at,
+                                             self.types[message.relation_oid]))
+        elif isinstance(message, pgoutput.Relation):
+            self.types[message.oid] = {c.name: c.type_oid for c in message.columns}
+            table = self.tables.get(message.table)
+            # Only the columns an image holds are decoded; all of them where
+            # PostgreSQL computes a generated column from the others. (A change of an
+            # unwatched table is decoded in full, then dropped: rare, since the
+            # publication names the watched tables only.)
+            if table is not None and table.python_images:
+                self.keep[message.oid] = frozenset(table.wanted) | {table.plan.tenant_column}
         elif isinstance(message, pgoutput.Truncate):
             self.truncated.extend(self.relations[o].table for o in message.relation_oids
                                   if o in self.relations)
@@ -394,10 +432,14 @@ class LogicalCapture:
                 if values is not None:
                     by_table.setdefault(item.table.plan.table, []).append((item, which, values))
         for table_name, entries in by_table.items():
-            sql = self._tables[table_name].image_sql()
-            images = await conn.fetch(sql, json.dumps([v for _, _, v in entries]))
+            table = self._tables[table_name]
+            images = table.images(entries) if table.python_images else None
+            if images is None:
+                sql = table.image_sql()
+                records = await conn.fetch(sql, json.dumps([v for _, _, v in entries]))
+                images = [json.loads(r[0]) for r in records]
             for (item, which, _), image in zip(entries, images, strict=True):
-                setattr(item, which, json.loads(image[0]))
+                setattr(item, which, image)
         rows: list[OutboxRow] = []
         now = dt.datetime.now(dt.UTC)
         for item in pending:
@@ -418,11 +460,9 @@ class LogicalCapture:
                 id=item.lsn, txid=str(item.xid), created_at=item.committed_at,
                 table_name=plan.table, operation=op,
                 tenant_id=tenant_value if isinstance(tenant_value, str) else None,
-                pk=json.dumps({c: source.get(c) for c in item.table.pk}),
-                old=None if item.old is None else json.dumps(
-                    {c: item.old.get(c) for c in plan.columns}),
-                new=None if item.new is None else json.dumps(
-                    {c: item.new.get(c) for c in plan.columns}),
+                pk={c: source.get(c) for c in item.table.pk},
+                old=None if item.old is None else {c: item.old.get(c) for c in plan.columns},
+                new=None if item.new is None else {c: item.new.get(c) for c in plan.columns},
                 attempts=count, last_error=error,
                 age=(now - item.committed_at).total_seconds(),
             ))
@@ -474,13 +514,13 @@ class LogicalStream:
 
     async def read(self, conn: asyncpg.Connection, limit: int,
                    attempts: dict[int, tuple[int, str]] | None = None, *,
-                   until: int, max_wait: float = 5.0) -> LogicalBatch:
+                   until: int | None = None, max_wait: float = 5.0) -> LogicalBatch:
         """Whole transactions from the stream, in commit order.
 
-        Reads until everything committed before ``until`` has arrived (the server's
-        flush position when the caller asked, say), or until a commit ends a
-        transaction with ``limit`` watched changes held, or ``max_wait`` seconds; never
-        consumes anything (see :meth:`confirm`).
+        Reads what has arrived; with ``until``, until everything committed before that
+        LSN has arrived (the server's flush position when the caller asked, say) or
+        ``max_wait`` seconds passed. Stops early at the commit that brings the watched
+        changes held to ``limit``. Never consumes anything (see :meth:`confirm`).
 
         :param conn: a connection to build the row images on.
         :param attempts: failed attempts so far by row id (LSN): ``(count, last error)``.
@@ -498,6 +538,8 @@ class LogicalStream:
                     if len(decoder.done) >= limit:
                         break
                 continue
+            if until is None:
+                break
             if not decoder.in_transaction and self.position >= until:
                 caught_up = True
                 break

@@ -64,6 +64,7 @@ VALUES ($1, $2, $3, $4::text::xid8, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11::
 class OutboxRow:
     """One claimed change, as stored (JSON columns still as text: decoding is the
     worker's job, so a malformed value dead-letters one row instead of failing the batch).
+    Logical capture decodes the WAL itself and passes ``pk``/``old``/``new`` as objects.
 
     :ivar age: seconds between the row's creation and its claim (the lag).
     """
@@ -74,9 +75,9 @@ class OutboxRow:
     table_name: str
     operation: str
     tenant_id: str | None
-    pk: str
-    old: str | None
-    new: str | None
+    pk: str | Mapping[str, Any]
+    old: str | Mapping[str, Any] | None
+    new: str | Mapping[str, Any] | None
     attempts: int
     last_error: str | None
     age: float
@@ -111,9 +112,11 @@ async def dead_letter(conn: asyncpg.Connection, row: OutboxRow, reason: str) -> 
     JSON values that do not parse are stored as JSON strings holding the raw text.
     """
 
-    def as_json(text: str | None) -> str | None:
+    def as_json(text: str | Mapping[str, Any] | None) -> str | None:
         if text is None:
             return None
+        if not isinstance(text, str):
+            return json.dumps(text)
         try:
             json.loads(text)
         except ValueError:

@@ -125,7 +125,17 @@ def _timestamp(micros: int) -> dt.datetime:
     return _PG_EPOCH + dt.timedelta(microseconds=micros)
 
 
+_STRUCTS: dict[str, struct.Struct] = {}
+_INT32 = struct.Struct("!i")
+_INT16 = struct.Struct("!h")
+_NULL, _UNCHANGED_TOAST, _TEXT, _BINARY = ord("n"), ord("u"), ord("t"), ord("b")
+
+
 class _Reader:
+    """A cursor over one message. Tuples are the hot part (every change of every row
+    goes through :meth:`tuple`), so it is written with local names and precompiled
+    structs."""
+
     __slots__ = ("data", "pos")
 
     def __init__(self, data: bytes) -> None:
@@ -133,8 +143,11 @@ class _Reader:
         self.pos = 0
 
     def unpack(self, fmt: str) -> tuple[int, ...]:
-        values = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
+        compiled = _STRUCTS.get(fmt)
+        if compiled is None:
+            compiled = _STRUCTS[fmt] = struct.Struct(fmt)
+        values = compiled.unpack_from(self.data, self.pos)
+        self.pos += compiled.size
         return values
 
     def byte(self) -> str:
@@ -148,35 +161,45 @@ class _Reader:
         self.pos = end + 1
         return value
 
-    def tuple(self, names: tuple[str, ...]) -> Tuple:
-        (count,) = self.unpack("!h")
+    def tuple(self, names: tuple[str, ...], keep: frozenset[str] | None = None) -> Tuple:
+        data, pos = self.data, self.pos
+        (count,) = _INT16.unpack_from(data, pos)
+        pos += 2
         if count != len(names):
             raise ValueError(f"tuple of {count} columns for a relation of {len(names)}")
         values: Tuple = {}
+        unpack_int32 = _INT32.unpack_from
         for name in names:
-            kind = self.byte()
-            if kind == "n":
+            kind = data[pos]
+            pos += 1
+            if kind == _TEXT:
+                (length,) = unpack_int32(data, pos)
+                pos += 4
+                if keep is None or name in keep:
+                    values[name] = data[pos:pos + length].decode()
+                pos += length
+            elif kind == _NULL:
                 values[name] = None
-            elif kind == "u":
+            elif kind == _UNCHANGED_TOAST:
                 values[name] = UNCHANGED
-            elif kind in "tb":
-                (length,) = self.unpack("!i")
-                raw = self.data[self.pos:self.pos + length]
-                self.pos += length
-                if kind == "b":
-                    raise ValueError(f"column {name!r} sent in binary format (not requested)")
-                values[name] = raw.decode()
+            elif kind == _BINARY:
+                raise ValueError(f"column {name!r} sent in binary format (not requested)")
             else:
-                raise ValueError(f"unknown tuple value kind {kind!r} for column {name!r}")
+                raise ValueError(f"unknown tuple value kind {chr(kind)!r} for column {name!r}")
+        self.pos = pos
         return values
 
 
-def parse(data: bytes, relations: dict[int, Relation]) -> Message:
+def parse(data: bytes, relations: dict[int, Relation],
+          keep: dict[int, frozenset[str]] | None = None) -> Message:
     """Decode one ``pgoutput`` message.
 
-    :param data: the message (a row of ``pg_logical_slot_peek_binary_changes``).
+    :param data: the message (the payload of an ``XLogData`` message).
     :param relations: the relations seen so far in this decoding session, by oid; a
         :class:`Relation` message is added to it (changes name their table by oid).
+    :param keep: for a relation oid, the columns whose values to decode; the others
+        (present with text values) are left out of the change's tuples. A relation not
+        named here keeps every column.
     :returns: the message, or None for one the capture does not use (type, origin,
         logical message).
     :raises ValueError: a malformed message, or a change of a relation not described.
@@ -210,19 +233,20 @@ def parse(data: bytes, relations: dict[int, Relation]) -> Message:
         if described is None:
             raise ValueError(f"change of relation {oid} before its Relation message")
         names = tuple(c.name for c in described.columns)
+        kept = None if keep is None else keep.get(oid)
         old: Tuple | None = None
         new: Tuple | None = None
         old_is_key = False
         tag = reader.byte()
         if kind != "I" and tag in "KO":
             old_is_key = tag == "K"
-            old = reader.tuple(names)
+            old = reader.tuple(names, kept)
             if kind == "U":
                 tag = reader.byte()
         if kind != "D":
             if tag != "N":
                 raise ValueError(f"expected a new tuple, got {tag!r}")
-            new = reader.tuple(names)
+            new = reader.tuple(names, kept)
         operation = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}[kind]
         return Change(oid, operation, old, old_is_key, new)
     if kind == "T":
