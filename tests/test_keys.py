@@ -251,3 +251,177 @@ def test_glob_matches_exactly_the_intended_keys(
     expected = other[0] is schema and other[1] == tenant and other[2][first] == wanted[first]
     # Redis glob and fnmatch agree here: our segments contain no glob metacharacters.
     assert fnmatch.fnmatchcase(candidate, pattern) == expected
+
+
+# --------------------------------------------------------------------------- strict inputs
+
+
+class EvilStr(str):
+    """A str whose methods lie: a key built from it must show what was checked."""
+
+    __slots__ = ()
+
+    def __format__(self, spec: str) -> str:
+        return "acme}:hs.x:{globex"
+
+    def __str__(self) -> str:
+        return "1:2"
+
+    def __iter__(self) -> Any:
+        return iter("safe")
+
+    def __hash__(self) -> int:
+        return hash("acme")
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+class EvilInt(int):
+    def __str__(self) -> str:
+        return "1:{globex}"
+
+    __repr__ = __str__
+
+
+class EvilDate(dt.date):
+    def isoformat(self) -> str:
+        return "2024-01-01:x"
+
+
+class CodeCheck:
+    """A selective validator: it names its own values for generated keys."""
+
+    def __call__(self, value: str) -> str | None:
+        return None if value.isascii() and value.isalnum() else "letters and digits"
+
+    def hypothesis_strategy(self) -> st.SearchStrategy[str]:
+        return st.text(alphabet="ab12", min_size=1, max_size=8)
+
+
+ALL_TYPES: KeySchema[Any] = KeySchema(
+    "hs.every", Note,
+    params={"s": str, "n": int, "b": bool, "u": uuid.UUID, "d": dt.date, "e": Status,
+            "code": str},
+    validators={"code": CodeCheck()},
+)
+GOOD = {"s": "x", "n": 1, "b": True, "u": uuid.UUID(int=1), "d": dt.date(2024, 1, 1),
+        "e": Status.OPEN, "code": "ab12"}
+
+
+@pytest.mark.parametrize("tenant", [["acme"], {"t": "acme"}, {"acme"}, bytearray(b"acme")],
+                         ids=["list", "dict", "set", "bytearray"])
+def test_unhashable_and_odd_tenants_are_invalid_tenant_ids_naming_the_schema(
+        tenant: object) -> None:
+    with pytest.raises(InvalidTenantId) as info:
+        ALL_TYPES.key(tenant, **GOOD)  # type: ignore[arg-type]
+    assert info.value.schema == "hs.every"
+    assert str(info.value).startswith("key schema 'hs.every': invalid tenant id")
+
+
+def test_a_str_subclass_tenant_is_keyed_by_its_content() -> None:
+    # Hashes and compares equal to "acme", formats as another tenant: the key must
+    # carry its real content, or be refused.
+    with pytest.raises(InvalidTenantId):
+        ALL_TYPES.key(EvilStr("zzz!"), **GOOD)
+    key = ALL_TYPES.key("acme", **GOOD)
+    other = ALL_TYPES.key(EvilStr("zzz"), **GOOD)
+    assert other.tenant == "zzz"
+    assert type(other.tenant) is str
+    assert other.body.startswith("{zzz}:")
+    assert key.body.startswith("{acme}:")
+
+
+@pytest.mark.parametrize(("name", "value", "fragment"), [
+    ("s", "\ud800", "not encodable as UTF-8"),
+    ("s", "ok\udfffok", "position 2"),
+    ("n", 10**5000, "cannot be a key segment"),
+    ("n", -(10**4301), "cannot be a key segment"),
+], ids=["surrogate", "inner-surrogate", "5001-digits", "negative-4302-digits"])
+def test_unencodable_parameters_are_our_error_naming_schema_and_parameter(
+        name: str, value: object, fragment: str) -> None:
+    with pytest.raises(InvalidParameterError) as info:
+        ALL_TYPES.key("acme", **{**GOOD, name: value})
+    assert (info.value.schema, info.value.parameter) == ("hs.every", name)
+    assert fragment in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+def test_subclass_values_are_encoded_by_their_base_type() -> None:
+    key = ALL_TYPES.key("acme", **{**GOOD, "s": EvilStr("a:b"), "n": EvilInt(7),
+                                   "d": EvilDate(2024, 2, 3)})
+    assert key.body == "{acme}:hs.every:a%3Ab:7:1:00000000-0000-0000-0000-000000000001:" \
+                       "2024-02-03:open:ab12"
+    registry = SchemaRegistry()
+    registry.register(ALL_TYPES)
+    assert registry.parse(PREFIX, key.redis_key(PREFIX)).values == (
+        "a:b", 7, True, uuid.UUID(int=1), dt.date(2024, 2, 3), Status.OPEN, "ab12")
+
+
+def test_validators_refuse_with_schema_parameter_and_value_named() -> None:
+    assert ALL_TYPES.key("acme", **GOOD).params["code"] == "ab12"
+    with pytest.raises(InvalidParameterError) as info:
+        ALL_TYPES.key("acme", **{**GOOD, "code": "a b"})
+    assert (info.value.schema, info.value.parameter) == ("hs.every", "code")
+    assert str(info.value) == ("key schema 'hs.every', parameter 'code': 'a b' refused: "
+                               "letters and digits")
+
+    def raising(v: int) -> None:
+        if v < 0:
+            raise ValueError("must not be negative")
+
+    ranged = KeySchema("hs.ranged", Note, params={"n": int}, validators={"n": raising})
+    assert ranged.key("acme", n=3).body == "{acme}:hs.ranged:3"
+    with pytest.raises(InvalidParameterError, match="'n': -1 refused: must not be negative"):
+        ranged.key("acme", n=-1)
+    # The validator sees values of the declared type only.
+    with pytest.raises(InvalidParameterError, match="expected int, got str"):
+        ranged.key("acme", n="x")
+    # A stored key the validator now refuses does not parse.
+    registry = SchemaRegistry()
+    registry.register(ranged)
+    with pytest.raises(InvalidKeyError, match="refused"):
+        registry.parse(PREFIX, "tc:{acme}:hs.ranged:-1")
+    with pytest.raises(InvalidSchemaError, match="validator for 'm', which is not a parameter"):
+        KeySchema("hs.bad", Note, params={"n": int}, validators={"m": raising})
+    with pytest.raises(InvalidSchemaError, match="must be callable"):
+        KeySchema("hs.bad", Note, params={"n": int}, validators={"n": "nope"})  # type: ignore[dict-item]
+
+
+@given(params_for(ALL_TYPES))
+def test_generated_parameters_respect_validators(params: dict[str, Any]) -> None:
+    assert ALL_TYPES.key("acme", **params).params == params
+
+
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(4301, 5000).map(lambda n: 10**n),
+    st.floats(),
+    st.text(alphabet=st.characters(exclude_categories=()), max_size=20),  # surrogates too
+    hostile_text(), tenant_ids(), st.binary(max_size=8), st.uuids(), st.dates(),
+    st.datetimes(), st.sampled_from(Status), st.builds(EvilStr, st.text(max_size=8)),
+    st.builds(EvilInt, st.integers()), st.just(object()), st.just(float("nan")),
+)
+_ANYTHING = st.recursive(
+    _SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                      st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                                      st.frozensets(st.integers(), max_size=3)),
+    max_leaves=5)
+
+
+@given(_ANYTHING | tenant_ids(),
+       st.fixed_dictionaries({}, optional={n: _ANYTHING for n in GOOD}),
+       st.dictionaries(st.text(max_size=5), _ANYTHING, max_size=2))
+def test_any_input_builds_a_key_or_raises_our_error(
+        tenant: Any, params: dict[str, Any], extra: dict[str, Any]) -> None:
+    from thorbis_cache.errors import ThorbisCacheError
+
+    kwargs = {**{n: GOOD[n] for n in GOOD if n not in params and len(params) % 2}, **params,
+              **extra}
+    try:
+        key = ALL_TYPES.key(tenant, **kwargs)
+    except ThorbisCacheError:
+        return
+    # Whatever was accepted reads back as itself.
+    registry = SchemaRegistry()
+    registry.register(ALL_TYPES)
+    assert registry.parse(PREFIX, key.redis_key(PREFIX)).body == key.body

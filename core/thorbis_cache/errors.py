@@ -41,6 +41,7 @@ __all__ = [
     "VersionConflictError",
     "WrongRedisTypeError",
     "WrongSchemaKindError",
+    "short_repr",
 ]
 
 
@@ -72,17 +73,31 @@ class EvictionPolicyError(ConfigurationError):
 # --------------------------------------------------------------------------- keys
 
 
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for naming a rejected input in
+    a message (a 10 kB string or a list of a million items stays one short line; a
+    ``__repr__`` that raises does not replace the error being reported)."""
+    try:
+        text = repr(value)
+    except Exception:  # any failure of a foreign __repr__
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
 class InvalidTenantId(ThorbisCacheError, ValueError):
     """A tenant id does not follow the tenant id rule.
 
     :ivar tenant: the rejected value (as given).
     :ivar rule: the rule it broke, in words.
+    :ivar schema: the key schema whose key was being built, if any.
     """
 
-    def __init__(self, tenant: object, rule: str) -> None:
+    def __init__(self, tenant: object, rule: str, schema: str | None = None) -> None:
         self.tenant = tenant
         self.rule = rule
-        super().__init__(f"invalid tenant id {tenant!r}: {rule}")
+        self.schema = schema
+        where = f"key schema {schema!r}: " if schema else ""
+        super().__init__(f"{where}invalid tenant id {short_repr(tenant)}: {rule}")
 
 
 class InvalidSchemaError(ThorbisCacheError, ValueError):

@@ -13,8 +13,8 @@ import enum
 import functools
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeAlias, TypeVar
 from urllib.parse import quote, unquote
 
 import attrs
@@ -26,6 +26,7 @@ from thorbis_cache.errors import (
     InvalidSchemaError,
     InvalidTenantId,
     UnknownSchemaError,
+    short_repr,
 )
 
 __all__ = [
@@ -35,11 +36,17 @@ __all__ = [
     "Param",
     "SchemaKind",
     "SchemaRegistry",
+    "Validator",
     "validate_prefix",
     "validate_tenant",
 ]
 
 T = TypeVar("T")
+
+#: A parameter's value check: None when the value is acceptable, else what is wrong
+#: with it (or it raises ``ValueError``/``TypeError`` saying so). It sees values of the
+#: parameter's declared type only, and runs for every key built or parsed.
+Validator: TypeAlias = Callable[[Any], "str | None"]
 
 TENANT_RULE = (
     "1 to 64 characters from a-z, 0-9, '_' and '-', starting with a letter or a digit"
@@ -73,14 +80,24 @@ class Compression(enum.Enum):
     ALWAYS = "always"
 
 
-@functools.lru_cache(maxsize=65536)
 def validate_tenant(tenant: object) -> str:
-    """Return ``tenant`` if it is a valid tenant id.
+    """Return ``tenant`` (as a plain ``str``) if it is a valid tenant id.
+
+    Any value is checked, hashable or not; a ``str`` subclass is copied to a plain
+    ``str`` first, so that no overridden method (``__format__``, ``__iter__``,
+    ``__eq__``) can make a key show another tenant than the one checked.
 
     :raises InvalidTenantId: naming the value and the rule it breaks.
     """
-    if not isinstance(tenant, str):
-        raise InvalidTenantId(tenant, f"must be a str, got {type(tenant).__name__}")
+    if type(tenant) is not str:
+        if not isinstance(tenant, str):
+            raise InvalidTenantId(tenant, f"must be a str, got {type(tenant).__name__}")
+        tenant = str.__str__(tenant)
+    return _validate_str_tenant(tenant)
+
+
+@functools.lru_cache(maxsize=65536)
+def _validate_str_tenant(tenant: str) -> str:
     if not _TENANT_RE.fullmatch(tenant):
         raise InvalidTenantId(tenant, TENANT_RULE)
     return tenant
@@ -150,16 +167,22 @@ class Param:
     :ivar name: identifier, ``[a-z][a-z0-9_]*``.
     :ivar type: str, int, bool, uuid.UUID, datetime.date, or an Enum with str/int values.
     :ivar max_length: optional cap on the encoded segment length (bytes).
+    :ivar validator: optional check of the value (:data:`Validator`); a refused value is
+        an :class:`~thorbis_cache.errors.InvalidParameterError` naming schema, parameter
+        and value. Usually given as ``KeySchema(validators={name: check})``.
     """
 
     name: str
     type: type
     max_length: int | None = None
+    validator: Validator | None = None
 
     def encode(self, schema: str, value: object) -> str:
         """Encode ``value`` as one key segment.
 
-        :raises InvalidParameterError: when ``value`` has the wrong type or is too long.
+        :raises InvalidParameterError: when ``value`` has the wrong type, is too long,
+            cannot be encoded (a lone surrogate, an int beyond Python's digit limit) or
+            is refused by the validator.
         """
         tp = self.type
         # bool is an int subclass, and a datetime is a date: both must be refused explicitly.
@@ -171,20 +194,32 @@ class Param:
             raise InvalidParameterError(
                 schema, self.name, f"expected {tp.__name__}, got {type(value).__name__}"
             )
-        if isinstance(value, enum.Enum):
-            raw: object = value.value
-        else:
-            raw = value
-        if isinstance(raw, bool):
-            segment = "1" if raw else "0"
-        elif isinstance(raw, int):
-            segment = str(raw)
-        elif isinstance(raw, str):
-            segment = escape_segment(raw)
-        elif isinstance(raw, uuid.UUID | dt.date):
-            segment = str(raw) if isinstance(raw, uuid.UUID) else raw.isoformat()
-        else:  # pragma: no cover -- excluded by _check_param_type
-            raise InvalidParameterError(schema, self.name, f"unsupported value {type(raw)}")
+        if self.validator is not None:
+            self._validate(schema, value)
+        raw: object = value.value if isinstance(value, enum.Enum) else value
+        # Subclasses are encoded through the base type's own methods: an overridden
+        # __str__, __iter__ or isoformat must not put a ':' or a '}' into a key.
+        try:
+            if isinstance(raw, bool):
+                segment = "1" if raw else "0"
+            elif isinstance(raw, int):
+                segment = int.__repr__(raw)
+            elif isinstance(raw, str):
+                segment = escape_segment(str.__str__(raw))
+            elif isinstance(raw, uuid.UUID):
+                segment = uuid.UUID.__str__(raw)
+            elif isinstance(raw, dt.date):
+                segment = dt.date.isoformat(raw)
+            else:  # pragma: no cover -- excluded by _check_param_type
+                raise InvalidParameterError(schema, self.name, f"unsupported value {type(raw)}")
+        except UnicodeEncodeError as exc:
+            raise InvalidParameterError(
+                schema, self.name, f"{short_repr(value)} is not encodable as UTF-8 "
+                f"({exc.reason} at position {exc.start})") from None
+        except ValueError as exc:  # int -> str beyond sys.get_int_max_str_digits()
+            what = f"an int of {raw.bit_length()} bits" if isinstance(raw, int) else "value"
+            raise InvalidParameterError(
+                schema, self.name, f"{what} cannot be a key segment: {exc}") from None
         if self.max_length is not None and len(segment) > self.max_length:
             raise InvalidParameterError(
                 schema,
@@ -192,6 +227,21 @@ class Param:
                 f"encoded length {len(segment)} exceeds max_length {self.max_length}",
             )
         return segment
+
+    def _validate(self, schema: str, value: object) -> None:
+        """Run the validator; its refusal (a message, or an exception it raised) becomes
+        an :class:`InvalidParameterError` naming schema, parameter and value."""
+        assert self.validator is not None
+        try:
+            problem = self.validator(value)
+        except InvalidParameterError:
+            raise
+        except Exception as exc:  # a refusal raised, or a bug of the validator: ours now
+            raise InvalidParameterError(
+                schema, self.name, f"{short_repr(value)} refused: {exc}") from exc
+        if problem is not None:
+            raise InvalidParameterError(
+                schema, self.name, f"{short_repr(value)} refused: {problem}")
 
     def decode(self, segment: str) -> object:
         """Decode one key segment back to a value (exact inverse of :meth:`encode`).
@@ -231,6 +281,13 @@ def _to_params(value: object) -> tuple[Param, ...]:
     if isinstance(value, tuple | list):
         return tuple(value)
     raise TypeError(f"params must be a mapping of name to type, got {type(value).__name__}")
+
+
+def _to_validators(value: Mapping[str, Validator]) -> dict[str, Validator]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"validators must be a mapping of parameter name to callable, "
+                        f"got {type(value).__name__}")
+    return dict(value)
 
 
 def _to_tags(value: object) -> tuple[str, ...]:
@@ -284,6 +341,10 @@ class KeySchema(Generic[T]):
         keeps up (Sentinel and Cluster; see :mod:`thorbis_cache.replica_reads`): such a
         read may return a value up to ``CacheSettings.replica_max_lag`` plus 0.1 s after
         its invalidation returned. Value schemas only; the default reads the master.
+    :ivar validators: parameter name -> :data:`Validator`, checked on every key built or
+        parsed after the type (``validators={"vin": vin_problem}``); a refused value is
+        an :class:`~thorbis_cache.errors.InvalidParameterError` naming schema, parameter
+        and value.
     """
 
     name: str
@@ -302,6 +363,7 @@ class KeySchema(Generic[T]):
     negative_ttl: float | None = None
     mirrors: str | None = None
     read_from_replicas: bool = False
+    validators: Mapping[str, Validator] = attrs.field(factory=dict, converter=_to_validators)
     _param_names: frozenset[str] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -376,6 +438,18 @@ class KeySchema(Generic[T]):
                 )
         if self.kind is SchemaKind.HASH and not attrs.has(self.value_type):
             raise InvalidSchemaError(name, "a hash schema's value_type must be an attrs class")
+        for param_name, check in self.validators.items():
+            if param_name not in seen:
+                raise InvalidSchemaError(
+                    name, f"validator for {param_name!r}, which is not a parameter "
+                    f"(declared: {sorted(seen)})")
+            if not callable(check):
+                raise InvalidSchemaError(
+                    name, f"validator for {param_name!r} must be callable, got {check!r}")
+        if self.validators:
+            object.__setattr__(self, "params", tuple(
+                attrs.evolve(p, validator=self.validators[p.name])
+                if p.name in self.validators else p for p in self.params))
         object.__setattr__(self, "_param_names", frozenset(seen))
 
     @property
@@ -391,10 +465,14 @@ class KeySchema(Generic[T]):
     def key(self, tenant: str, /, **params: object) -> CacheKey[T]:
         """Build the key of ``tenant`` with ``params``.
 
-        :raises InvalidTenantId: when ``tenant`` breaks the tenant rule.
-        :raises InvalidParameterError: for a missing, extra or mistyped parameter.
+        :raises InvalidTenantId: when ``tenant`` breaks the tenant rule (naming the schema).
+        :raises InvalidParameterError: for a missing, extra, mistyped, unencodable or
+            refused parameter (naming the schema and the parameter).
         """
-        validate_tenant(tenant)
+        try:
+            tenant = validate_tenant(tenant)
+        except InvalidTenantId as exc:
+            raise InvalidTenantId(exc.tenant, exc.rule, schema=self.name) from None
         if len(params) != len(self.params) or params.keys() != self._param_names:
             missing = [p.name for p in self.params if p.name not in params]
             if missing:
@@ -414,7 +492,7 @@ class KeySchema(Generic[T]):
         schema has a fixed number of segments, a ``*`` can never span a ':' here.
         For offline tools only: nothing on the hot path scans.
         """
-        validate_tenant(tenant)
+        tenant = validate_tenant(tenant)
         unknown = set(params) - self._param_names
         if unknown:
             raise InvalidParameterError(self.name, sorted(unknown)[0], "unexpected")

@@ -56,7 +56,24 @@ def hostile_text(max_size: int = 64) -> st.SearchStrategy[str]:
 
 
 def param_value(param: Param) -> st.SearchStrategy[Any]:
-    """Values for one key parameter, including the awkward ones."""
+    """Values for one key parameter, including the awkward ones; only those its
+    validator accepts. A selective validator (few random values pass) gives itself a
+    ``hypothesis_strategy()`` method returning acceptable values, which is used instead."""
+    if param.validator is None:
+        return _typed_value(param)
+    custom = getattr(param.validator, "hypothesis_strategy", None)
+    strategy = custom() if callable(custom) else _typed_value(param)
+    return strategy.filter(lambda v: _accepted(param, v))
+
+
+def _accepted(param: Param, value: Any) -> bool:
+    try:
+        return param.validator is None or param.validator(value) is None
+    except Exception:  # a refusal raised
+        return False
+
+
+def _typed_value(param: Param) -> st.SearchStrategy[Any]:
     tp = param.type
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return st.sampled_from(list(tp))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from thorbis_cache.errors import InvalidParameterError
+from thorbis_cache.errors import InvalidKeyError, InvalidParameterError
+from thorbis_cache.keys import SchemaRegistry
 
 from thorbis_automotive.schemas import VEHICLE_HISTORY, vehicle_history_key
 from thorbis_automotive.vin import (
@@ -129,3 +130,20 @@ def test_forbidden_characters_and_lengths_are_caught(vin: str, pos: int, char: s
         assert not is_valid_vin(vin[:pos] + char + vin[pos + 1:], rule)
         assert not is_valid_vin(vin[:pos] + vin[pos + 1:], rule)  # 16 characters
         assert not is_valid_vin(vin + vin[pos], rule)  # 18 characters
+
+
+def test_the_schema_itself_checks_every_vin_key() -> None:
+    """Keys built without vehicle_history_key (a warmer, the invalidation engine) are
+    checked by the schema's validator too."""
+    assert VEHICLE_HISTORY.key("acme", vin=KNOWN).params["vin"] == KNOWN
+    with pytest.raises(InvalidVinError, match="check digit") as info:
+        VEHICLE_HISTORY.key("acme", vin="1M8GDM9A1KP042788")
+    assert (info.value.schema, info.value.parameter) == (VEHICLE_HISTORY.name, "vin")
+    with pytest.raises(InvalidVinError, match="not normalised"):
+        VEHICLE_HISTORY.key("acme", vin=KNOWN.lower())
+    with pytest.raises(InvalidParameterError, match="expected str, got int"):
+        VEHICLE_HISTORY.key("acme", vin=12345678901234567)
+    registry = SchemaRegistry()
+    registry.register(VEHICLE_HISTORY)
+    with pytest.raises(InvalidKeyError, match="check digit"):
+        registry.parse("tc", "tc:{acme}:auto.vehicle_history:1M8GDM9A1KP042788")

@@ -68,9 +68,9 @@ from thorbis_automotive.models import (
     VehicleHistory,
     WeekDemand,
 )
-from thorbis_automotive.schemas import VEHICLE_HISTORY
+from thorbis_automotive.schemas import vehicle_history_key
 from thorbis_automotive.sqlfiles import query
-from thorbis_automotive.vin import CheckDigitRule, validate_vin
+from thorbis_automotive.vin import CheckDigitRule
 
 __all__ = [
     "MAX_MAKE_MODELS",
@@ -203,7 +203,8 @@ async def vehicle_history(
     :raises InvalidVinError: ``vin`` is not a valid VIN (naming ``auto.vehicle_history``).
     :raises MissingRow: no such vehicle.
     """
-    clean = validate_vin(vin, schema=VEHICLE_HISTORY.name, parameter="vin", rule=rule)
+    # The schema checks the VIN (the key this loader fills is the one it names).
+    clean = str(vehicle_history_key(tenant, vin, rule=rule).params["vin"])
     found = await vehicle_histories(fetch, tenant, [clean])
     return MissingRow.first(found, "auto.vehicles", tenant, clean)
 

@@ -34,12 +34,12 @@ change when the view is refreshed, not when its base tables do, so no rule targe
 service type's book time and rate (a table row, ``auto.service_type``) and its seasonal
 factors (the view, ``auto.labor_seasonality``) are cached apart.
 
-VINs are validated before a key is built through :func:`vehicle_history_key` (the
-plugin's loaders, writers and patterns all do): the schema's parameter is a plain
-``str``, so keys built from stored rows (the invalidation engine) and hostile input
-(the contract kit) go through the same escaping as every other key, and a bad VIN is an
-:class:`~thorbis_automotive.vin.InvalidVinError` naming ``auto.vehicle_history`` and
-``vin``.
+VINs are validated by the schema itself (``validators={"vin": VinCheck(...)}``): every
+key of ``auto.vehicle_history`` holds a VIN as the database stores it, whoever builds
+it -- :func:`vehicle_history_key` (which normalises first; the plugin's loaders, writers
+and patterns all use it), a warmer, or the invalidation engine from a changed row. A bad
+VIN is an :class:`~thorbis_automotive.vin.InvalidVinError` naming
+``auto.vehicle_history`` and ``vin``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from thorbis_automotive.models import (
     ServiceType,
     VehicleHistory,
 )
-from thorbis_automotive.vin import CheckDigitRule, validate_vin
+from thorbis_automotive.vin import CheckDigitRule, VinCheck, normalize_vin, validate_vin
 
 __all__ = [
     "ALL_SCHEMAS",
@@ -106,6 +106,7 @@ VEHICLE_HISTORY: KeySchema[VehicleHistory] = KeySchema(
     "auto.vehicle_history",
     VehicleHistory,
     params={"vin": str},
+    validators={"vin": VinCheck("auto.vehicle_history")},
     ttl=2 * _HOUR,  # seed: SETEX 7200
     ttl_jitter=0.1,
     # A VIN with its service history identifies a person's car: personal data.
@@ -220,10 +221,13 @@ TAGS: frozenset[str] = frozenset(tag for schema in ALL_SCHEMAS for tag in schema
 def vehicle_history_key(
     tenant: str, vin: str, *, rule: CheckDigitRule = CheckDigitRule.NORTH_AMERICA
 ) -> CacheKey[VehicleHistory]:
-    """The history key of a VIN, validated and normalised first.
+    """The history key of a VIN, normalised (stripped, upper case) first; the schema
+    checks it (the default rule, the database's), and ``rule`` too when it is another.
 
     :raises InvalidVinError: naming ``auto.vehicle_history`` and ``vin``.
+    :raises InvalidParameterError: ``vin`` is not a string.
     """
-    return VEHICLE_HISTORY.key(
-        tenant, vin=validate_vin(vin, schema=VEHICLE_HISTORY.name, parameter="vin", rule=rule)
-    )
+    clean = normalize_vin(vin)
+    if rule is not CheckDigitRule.NORTH_AMERICA:
+        validate_vin(clean, schema=VEHICLE_HISTORY.name, parameter="vin", rule=rule)
+    return VEHICLE_HISTORY.key(tenant, vin=clean)

@@ -32,7 +32,9 @@ parameter it was given for.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
+import attrs
 from thorbis_cache.errors import InvalidParameterError
 
 __all__ = [
@@ -40,8 +42,10 @@ __all__ = [
     "WEIGHTS",
     "CheckDigitRule",
     "InvalidVinError",
+    "VinCheck",
     "check_digit",
     "is_valid_vin",
+    "normalize_vin",
     "transliterate",
     "validate_vin",
 ]
@@ -154,3 +158,45 @@ def is_valid_vin(vin: str, rule: CheckDigitRule = CheckDigitRule.NORTH_AMERICA) 
     """Whether ``vin`` is valid under ``rule`` as written (no normalisation: this is the
     test the database applies to stored VINs)."""
     return _problem(vin, rule) is None
+
+
+def normalize_vin(vin: object) -> object:
+    """``vin`` stripped and upper-cased if it is a string (anything else as is: the
+    check that follows names its type)."""
+    return vin.strip().upper() if isinstance(vin, str) else vin
+
+
+@attrs.frozen
+class VinCheck:
+    """The key schema's validator of a VIN parameter: a VIN as the database stores it
+    (normalised, valid under ``rule``; ``auto.vin_is_valid`` applies the default).
+
+    Every key of the schema is checked, however it is built: by
+    :func:`~thorbis_automotive.schemas.vehicle_history_key` (which normalises first), by
+    a warmer, or by the invalidation engine from a changed row.
+
+    :ivar schema: the key schema named in the error.
+    :ivar parameter: the parameter named in the error.
+    :ivar rule: when the check digit is enforced.
+    """
+
+    schema: str
+    parameter: str = "vin"
+    rule: CheckDigitRule = CheckDigitRule.NORTH_AMERICA
+
+    def __call__(self, vin: str) -> None:
+        """Accept ``vin``, or raise :class:`InvalidVinError`."""
+        problem = _problem(vin, self.rule)
+        if problem is None:
+            return
+        if _problem(vin.strip().upper(), self.rule) is None:
+            problem = ("not normalised (upper case, no surrounding whitespace): build the "
+                       "key with vehicle_history_key, or normalize_vin first")
+        raise InvalidVinError(self.schema, self.parameter, vin, problem)
+
+    def hypothesis_strategy(self) -> Any:
+        """Valid VINs (every rule), for the contract kit's generated keys."""
+        from hypothesis import strategies as st
+
+        return st.text(alphabet=ALPHABET, min_size=17, max_size=17).map(
+            lambda v: v[:CHECK_POSITION] + check_digit(v) + v[CHECK_POSITION + 1:])
