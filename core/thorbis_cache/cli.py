@@ -9,6 +9,8 @@ the command's own cleanup (servers stopped, connections closed) has run.
 from __future__ import annotations
 
 import functools
+import inspect
+import re
 from collections.abc import Callable
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -28,7 +30,7 @@ from thorbis_cache import (
 )
 from thorbis_cache.errors import ThorbisCacheError
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "plain_help"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -68,9 +70,27 @@ def _report_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+_FIELD = re.compile(r"\s*:[a-z]+( [^:]+)?:( |$)")  # a reST field: ":param x:", ":raises E:"
+_ROLE = re.compile(r":[a-z]+:`~?([^`<]+?)(?: <[^>]+>)?`")  # :func:`name`, :class:`~a.B`
+
+
+def plain_help(func: Callable[..., object]) -> str:
+    """The help text of a command: its docstring up to ``\f`` or the first reST field
+    (``:param:``, ``:raises:``...), with roles (``:func:`x```) and ``````x`````` literals
+    written as plain text, since the terminal shows no reST."""
+    doc = (inspect.getdoc(func) or "").split("\f", 1)[0]
+    kept: list[str] = []
+    for line in doc.splitlines():
+        if _FIELD.match(line):
+            break
+        kept.append(line)
+    return _ROLE.sub(r"\1", "\n".join(kept).strip()).replace("``", "")
+
+
 def _add(name: str, func: Callable[..., object]) -> None:
-    """Register ``func`` as command ``name`` (help text from its docstring)."""
-    app.command(name)(_report_errors(func))
+    """Register ``func`` as command ``name`` (help text from its docstring, see
+    :func:`plain_help`)."""
+    app.command(name, help=plain_help(func))(_report_errors(func))
 
 
 def _show_version(value: bool) -> None:

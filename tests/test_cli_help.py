@@ -1,0 +1,54 @@
+"""Every command's ``--help`` is plain text: no reST field lists, roles or literals."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from thorbis_cache.cli import app, plain_help
+
+_MARKUP = re.compile(r":(param|raises|returns|rtype|ivar|type|class|func|meth|mod|attr|data)\b"
+                     r"|``")
+
+
+def _command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The root and every command and sub-command below it (groups recursively)."""
+    paths = [path]
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        paths += _command_paths(sub, (*path, name))
+    return paths
+
+
+PATHS = _command_paths(typer.main.get_command(app))
+
+
+def test_every_command_is_listed() -> None:
+    assert {p[0] for p in PATHS if p} >= {"plugins", "db", "worker", "keyring", "mv",
+                                          "deadletters", "new-plugin", "refresh", "audit"}
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: " ".join(p) or "(root)")
+def test_help_has_no_rest_markup(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    found = _MARKUP.findall(result.output)
+    assert not found, result.output
+
+
+def test_plain_help_strips_fields_roles_and_literals() -> None:
+    def command() -> None:
+        """Do the thing with ``--flag`` (see :func:`describe`, :class:`~a.B`).
+
+        More about it.
+
+        :param x: not shown.
+        :raises typer.Exit: not shown.
+        """
+
+    assert plain_help(command) == ("Do the thing with --flag (see describe, a.B).\n\n"
+                                   "More about it.")
