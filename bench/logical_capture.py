@@ -13,11 +13,16 @@ from its own copy of the slot (``pg_copy_logical_replication_slot``):
     backlog, every message parsed by ``thorbis_cache.postgres.pgoutput``.
 (b) **SQL, worker batches**: the same in calls of 1,000 messages, each followed by
     ``pg_replication_slot_advance`` -- what the worker does, without the row images.
-(c) **SQL, worker batches with row images**: ``LogicalCapture.peek`` (parse, then one
-    query per table building the JSON images) + advance: the worker's whole read side.
+(c) **libpq stream**: ``START_REPLICATION`` through psycopg 3's libpq binding, read on
+    the event loop (``thorbis_cache.postgres.replication.ReplicationStream``, what the
+    worker uses), every message parsed, confirmed per commit.
 (d) **psycopg2 replication connection**: ``START_REPLICATION`` on a
     ``LogicalReplicationConnection``, messages read with ``read_message`` and parsed by
-    the same parser, feedback sent per commit.
+    the same parser, feedback sent per commit (skipped unless psycopg2 is installed:
+    ``pip install psycopg2-binary``, a bench-only anchor).
+(e) **the worker's read side**: ``LogicalStream.read`` in batches of ``--batch``
+    changes (decoding only the columns the images hold, images built in Python) and
+    ``confirm``.
 
 Then the WAL written by 10,000 single-row UPDATEs of hs.customers under the default
 replica identity and under FULL.
@@ -37,8 +42,9 @@ import asyncpg
 
 from thorbis_cache.plugins import PluginManager
 from thorbis_cache.postgres import apply_plugin_sql, pgoutput
-from thorbis_cache.postgres.logical import LogicalCapture
+from thorbis_cache.postgres.logical import LogicalCapture, parse_lsn
 from thorbis_cache.postgres.migrations import migrate
+from thorbis_cache.postgres.replication import ReplicationStream
 from thorbis_cache.testing.servers import PostgresServer
 
 CUSTOMERS_SQL = """
@@ -102,22 +108,53 @@ async def sql_batches(conn: asyncpg.Connection, capture: LogicalCapture) -> tupl
 
 
 class _CopyReader(LogicalCapture):
-    """The capture's publication, read through the copy ``bench_c`` of its slot."""
+    """The capture's publication, read through the copy ``bench_e`` of its slot."""
 
     @property
     def slot(self) -> str:
-        return "bench_c"
+        return "bench_e"
 
 
-async def sql_images(conn: asyncpg.Connection, capture: LogicalCapture) -> tuple[int, float]:
-    await copy(conn, capture, "bench_c")
+async def libpq_stream(dsn: str, capture: LogicalCapture, total: int) -> tuple[int, float]:
+    start = time.perf_counter()
+    stream = await ReplicationStream.start(dsn, "bench_c", {
+        "proto_version": "1", "publication_names": capture.publication})
+    relations: dict[int, pgoutput.Relation] = {}
+    n = 0
+    try:
+        while n < total:
+            message = stream.read()
+            if message is None:
+                await stream.readable(1.0)
+                continue
+            parsed = pgoutput.parse(message[1], relations)
+            if isinstance(parsed, pgoutput.Change):
+                n += 1
+            elif isinstance(parsed, pgoutput.Commit):
+                stream.confirm(parsed.end_lsn)
+    finally:
+        await stream.close()
+    return n, time.perf_counter() - start
+
+
+async def stream_images(dsn: str, conn: asyncpg.Connection, capture: LogicalCapture
+                        ) -> tuple[int, float]:
     reader = _CopyReader("bench", [], [])
     reader.plans = capture.plans
+    until = parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
     start = time.perf_counter()
+    stream = await reader.stream(dsn)
     n = 0
-    while (batch := await reader.peek(conn, BATCH)).end_lsn is not None:
-        n += len(batch.rows)
-        await reader.advance(conn, batch.end_lsn)
+    try:
+        while True:
+            batch = await stream.read(conn, BATCH, until=until)
+            n += len(batch.rows)
+            if batch.end_lsn is not None:
+                stream.confirm(batch.end_lsn)
+            if batch.caught_up:
+                break
+    finally:
+        await stream.close()
     return n, time.perf_counter() - start
 
 
@@ -162,21 +199,27 @@ async def wal_cost(conn: asyncpg.Connection, full: bool) -> int:
 async def run(dsn: str, changes: int) -> None:
     capture, conn = await setup(dsn, changes)
     try:
-        await conn.execute("SELECT pg_copy_logical_replication_slot($1, 'bench_d')",
-                           capture.slot)
+        for copy_name in ("bench_c", "bench_d", "bench_e"):
+            await copy(conn, capture, copy_name)
         rows = []
         for name, bench in (("(a) SQL peek, one call", sql_one_call),
-                            (f"(b) SQL peek {BATCH} + advance", sql_batches),
-                            ("(c) (b) + row images (worker)", sql_images)):
+                            (f"(b) SQL peek {BATCH} + advance", sql_batches)):
             n, seconds = await bench(conn, capture)
             rows.append((name, n, seconds))
-        n, seconds = await asyncio.to_thread(psycopg2_replication, dsn, capture, changes)
-        rows.append(("(d) psycopg2 replication conn", n, seconds))
+        n, seconds = await libpq_stream(dsn, capture, changes)
+        rows.append(("(c) libpq stream (psycopg 3)", n, seconds))
+        try:
+            n, seconds = await asyncio.to_thread(psycopg2_replication, dsn, capture, changes)
+            rows.append(("(d) psycopg2 replication conn", n, seconds))
+        except ImportError:
+            print("(d) skipped: psycopg2 is not installed (pip install psycopg2-binary)")
+        n, seconds = await stream_images(dsn, conn, capture)
+        rows.append(("(e) (c) + row images (worker)", n, seconds))
         print(f"decoding a backlog of {changes} UPDATEs (1,000 per transaction)")
         print(f"    {'client':<34}{'changes':>9}{'seconds':>9}{'changes/s':>12}")
         for name, n, seconds in rows:
             print(f"    {name:<34}{n:>9}{seconds:>9.2f}{n / seconds:>12.0f}")
-        for slot in ("bench_a", "bench_b", "bench_c", "bench_d"):
+        for slot in ("bench_a", "bench_b", "bench_c", "bench_d", "bench_e"):
             # The WAL sender of (d) may outlive its closed connection by a moment.
             for _ in range(1000):
                 if not await conn.fetchval("SELECT active FROM pg_replication_slots "

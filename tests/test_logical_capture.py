@@ -33,7 +33,7 @@ from thorbis_home_services.schemas import CUSTOMER, TECHNICIAN_SCHEDULE
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.postgres import pgoutput
 from thorbis_cache.postgres.logical import LogicalCapture, lsn_text, parse_lsn
-from thorbis_cache.testing.servers import RedisServer
+from thorbis_cache.testing.servers import RedisCluster, RedisServer
 from thorbis_cache.worker import OutboxWorker
 
 CUSTOMER_SQL = """
@@ -350,6 +350,55 @@ async def test_changes_wait_in_the_slot_while_redis_is_down(
         assert not await env.cached("acme", 2)
         await env.confirmed_past(before)
     finally:
+        await close_env(env)
+
+
+@pytest.mark.slow
+async def test_a_whole_cluster_down_keeps_changes_in_the_slot_until_it_is_back(
+    thorbis_pg_dsn: str, thorbis_cluster_redis_url: str, thorbis_redis_cluster: RedisCluster
+) -> None:
+    """Every node of the replicated Cluster killed while changes commit: nothing is
+    dead-lettered or confirmed; once the Cluster is repaired the worker applies them."""
+    env = await open_env(thorbis_pg_dsn, thorbis_cluster_redis_url)
+    cluster = thorbis_redis_cluster
+    n = 10
+    try:
+        await env.conn.execute(CUSTOMER_SQL, "acme", n)
+        worker = env.worker(poll_interval=0.05, max_attempts=2)
+        task = asyncio.create_task(worker.run(), name="logical-worker")
+        try:
+            async def inserted() -> bool:
+                return worker.metrics.processed == n
+
+            await wait_until("the inserts are applied", inserted)
+            for cid in range(1, n + 1):
+                await env.cache_customer("acme", cid)
+            before = await env.confirmed()
+            for index in range(len(cluster.nodes)):
+                cluster.kill(index)
+            await env.conn.execute("UPDATE hs.customers SET phone = 'x'")
+
+            async def failed() -> bool:
+                return worker.metrics.failed_batches + worker.metrics.redis_probes >= 3
+
+            await wait_until("the worker meets the dead Cluster", failed)
+            assert await env.confirmed() == before  # the changes wait in the slot
+            assert worker.metrics.dead_lettered == 0
+            await asyncio.to_thread(cluster.repair)
+
+            async def applied() -> bool:
+                return worker.metrics.processed == 2 * n
+
+            await wait_until("the backlog is applied after the repair", applied, 60)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+            await worker.aclose()
+        assert worker.metrics.dead_lettered == 0
+        assert not any([await env.cached("acme", cid) for cid in range(1, n + 1)])
+        await env.confirmed_past(before)
+    finally:
+        cluster.repair()
         await close_env(env)
 
 
