@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from thorbis_cache.cli_dsn import check_postgres
 from thorbis_cache.errors import AuditChainBroken
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
     from thorbis_cache.postgres.outbox import connect
     from thorbis_cache.postgres.triggers import install_triggers
 
+    await check_postgres(dsn)
     report = await migrate(dsn)
     for name in report.applied:
         typer.echo(f"applied core {name}")
@@ -162,6 +164,7 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
     from thorbis_cache.postgres.mv_scheduler import MvScheduler
     from thorbis_cache.worker import OutboxWorker
 
+    await check_postgres(dsn)
     # The worker only deletes keys, it never opens a value: when no ring is configured a
     # throwaway one satisfies the sensitive schemas' requirement.
     keyring = KeyRing.from_env() if os.environ.get("THORBIS_KEYRING") else KeyRing.generate()
@@ -224,6 +227,7 @@ async def _audit(dsn: str) -> None:
     from thorbis_cache.postgres.audit import verify
     from thorbis_cache.postgres.outbox import connect
 
+    await check_postgres(dsn)
     conn = await connect(dsn)
     try:
         result = await verify(conn)

@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from thorbis_cache.cli_dsn import check_postgres
 from thorbis_cache.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ async def _refresh(dsn: str, redis_url: str, names: list[str], plugins: list[str
     from thorbis_cache.postgres.mv_scheduler import ScheduledView, refresh_order
     from thorbis_cache.postgres.outbox import connect
 
+    await check_postgres(dsn)
     # Invalidation only deletes keys; without a configured ring a throwaway one satisfies
     # the sensitive schemas' requirement (as for the worker).
     keyring = KeyRing.from_env() if os.environ.get("THORBIS_KEYRING") else KeyRing.generate()
@@ -157,6 +159,7 @@ async def _status(dsn: str, plugins: list[str] | None) -> None:
     from thorbis_cache.postgres.mv_scheduler import ScheduledView, report
     from thorbis_cache.postgres.outbox import connect
 
+    await check_postgres(dsn)
     manager = PluginManager()
     await manager.load(plugins)
     views = [ScheduledView(p.name, v) for p in manager.plugins.values() for v in p.views]

@@ -30,6 +30,7 @@ __all__ = [
     "MissingRow",
     "PluginLoadError",
     "PluginProblem",
+    "PostgresUnavailableError",
     "RedisOutOfMemoryError",
     "RedisUnavailableError",
     "ServerBinaryNotFound",
@@ -218,6 +219,20 @@ class CacheBackendError(ThorbisCacheError):
 
 class RedisUnavailableError(CacheBackendError, ConnectionError):
     """Redis could not be reached (refused, reset, timed out)."""
+
+
+class PostgresUnavailableError(ThorbisCacheError, ConnectionError):
+    """PostgreSQL could not be reached or refused the connection (refused, unknown host,
+    authentication, no such database, timed out).
+
+    :ivar dsn: the DSN, its password masked.
+    :ivar problem: the cause, one line.
+    """
+
+    def __init__(self, dsn: str, problem: str) -> None:
+        self.dsn = dsn
+        self.problem = problem
+        super().__init__(f"postgresql connect to {dsn}: {problem}")
 
 
 class RedisOutOfMemoryError(RedisUnavailableError):
