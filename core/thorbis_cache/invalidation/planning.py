@@ -122,7 +122,11 @@ class RulePlanner:
                 if target.tag is not None:
                     tags.add(target.tag)
                     continue
-                for image in (old, new):
+                images: tuple[dict[str, Any] | None, ...] = (old, new)
+                if old is not None and new is not None and all(
+                        old.get(c) == new.get(c) for c in target.params.values()):
+                    images = (new,)  # the same key either way: built once
+                for image in images:
                     key = self._key(rule, target.schema or "", target.params, tenant, image)
                     if key is not None:
                         keys[key.body] = key

@@ -86,6 +86,12 @@ class Relation:
     name: str
     identity: str
     columns: tuple[Column, ...]
+    #: The columns' names, in order (a change's tuple is read against them).
+    names: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    @names.default
+    def _names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
 
     @property
     def table(self) -> str:
@@ -232,7 +238,7 @@ def parse(data: bytes, relations: dict[int, Relation],
         described = relations.get(oid)
         if described is None:
             raise ValueError(f"change of relation {oid} before its Relation message")
-        names = tuple(c.name for c in described.columns)
+        names = described.names
         kept = None if keep is None else keep.get(oid)
         old: Tuple | None = None
         new: Tuple | None = None
