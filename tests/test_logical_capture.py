@@ -33,7 +33,7 @@ from thorbis_home_services.schemas import CUSTOMER, TECHNICIAN_SCHEDULE
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.postgres import pgoutput
 from thorbis_cache.postgres.logical import LogicalCapture, lsn_text, parse_lsn
-from thorbis_cache.testing.servers import RedisCluster, RedisServer
+from thorbis_cache.testing.servers import PostgresServer, RedisCluster, RedisServer
 from thorbis_cache.worker import OutboxWorker
 
 CUSTOMER_SQL = """
@@ -185,6 +185,50 @@ async def test_a_lost_slot_is_flushed_loudly_then_recreated(
         await env.conn.execute("UPDATE hs.customers SET phone = 'y' WHERE id = 2")
         assert (await worker.run_once()).keys == ("{acme}:hs.customer:2",)
         assert not await env.cached("acme", 2)
+
+
+@pytest.mark.slow
+async def test_a_slot_invalidated_past_its_wal_limit_is_flushed_and_recreated(
+    thorbis_standalone_redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker down while the host writes more WAL than ``max_slot_wal_keep_size``:
+    PostgreSQL invalidates the slot rather than fill the disk, and the worker that
+    comes back finds it lost, flushes what it cannot prove fresh, and recreates it."""
+    settings = {"max_slot_wal_keep_size": "1MB", "min_wal_size": "32MB",
+                "max_wal_size": "32MB"}
+    with PostgresServer(settings=settings) as server:
+        env = await open_env(server.dsn(), thorbis_standalone_redis_url)
+        try:
+            await env.conn.execute(CUSTOMER_SQL, "acme", 2)
+            async with env.worker() as worker:
+                await worker.run_once()
+            await env.cache_customer("acme", 1)
+            await env.cache_customer("acme", 2)
+            # The worker is down: this change waits in the slot, then is lost with it.
+            await env.conn.execute("UPDATE hs.customers SET phone = 'lost' WHERE id = 1")
+            await env.conn.execute("CREATE TABLE filler (v text)")
+            for _ in range(20):
+                await env.conn.execute("INSERT INTO filler SELECT repeat('x', 1000) "
+                                       "FROM generate_series(1, 4000)")
+                await env.conn.execute("SELECT pg_switch_wal()")
+                await env.conn.execute("CHECKPOINT")
+                if await env.capture.slot_lost(env.conn):
+                    break
+            assert await env.capture.slot_lost(env.conn), "the slot was not invalidated"
+            async with env.worker() as worker:
+                with caplog.at_level(logging.ERROR):
+                    assert (await worker.run_once()).claimed == 0
+                assert worker.metrics.capture_losses == 1
+            assert "cannot be read" in caplog.text
+            assert not await env.cached("acme", 1)  # its change was lost: flushed
+            assert not await env.cached("acme", 2)  # nothing proves it fresh either
+            assert not await env.capture.slot_lost(env.conn)  # recreated
+            async with env.worker() as worker:
+                await env.cache_customer("acme", 2)
+                await env.conn.execute("UPDATE hs.customers SET phone = 'y' WHERE id = 2")
+                assert (await worker.run_once()).keys == ("{acme}:hs.customer:2",)
+        finally:
+            await close_env(env)
 
 
 async def test_changes_apply_in_commit_order_and_a_late_commit_is_not_skipped(

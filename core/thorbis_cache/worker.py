@@ -335,7 +335,7 @@ class OutboxWorker:
         tables = lost.tables or tuple(sorted({r.table for r in self._all_rules()}))
         rules = self._all_rules()
         await flush_after_capture_loss(self.cache, rules, tables, self.invalidate_tags)
-        await capture.ensure(conn)
+        await capture.replace_lost_slot(conn)
         await flush_after_capture_loss(self.cache, rules, tables, self.invalidate_tags)
         self.metrics.capture_losses += 1
         log.error("logical capture: slot %s recreated after the flush; capture goes on",

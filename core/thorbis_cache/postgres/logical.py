@@ -332,6 +332,18 @@ class LogicalCapture:
     async def drop(self, conn: asyncpg.Connection, *, max_wait: float = 10.0) -> None:
         """Drop the slot and the publication (the replica identities stay), ending the
         session that reads the slot first (a worker's stream then finds it lost)."""
+        await self._drop_slot(conn, max_wait)
+        await conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(self.publication)}")
+
+    async def replace_lost_slot(self, conn: asyncpg.Connection) -> None:
+        """After a :class:`SlotLostError` was handled: drop what is left of the slot
+        (an invalidated slot still exists, and can never be read again) and
+        :meth:`ensure` a new one."""
+        if await self.slot_lost(conn):
+            await self._drop_slot(conn, 10.0)
+        await self.ensure(conn)
+
+    async def _drop_slot(self, conn: asyncpg.Connection, max_wait: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait
         while await self.slot_exists(conn):
@@ -344,7 +356,6 @@ class LogicalCapture:
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.01)  # the terminated session is still exiting
-        await conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(self.publication)}")
 
     @staticmethod
     def _ident(table: str) -> str:
