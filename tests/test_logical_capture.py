@@ -32,7 +32,12 @@ from thorbis_home_services.schemas import CUSTOMER, TECHNICIAN_SCHEDULE
 
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.postgres import pgoutput
-from thorbis_cache.postgres.logical import LogicalCapture, lsn_text, parse_lsn
+from thorbis_cache.postgres.logical import (
+    LogicalCapture,
+    logical_unavailable,
+    lsn_text,
+    parse_lsn,
+)
 from thorbis_cache.testing.servers import PostgresServer, RedisCluster, RedisServer
 from thorbis_cache.worker import OutboxWorker
 
@@ -484,6 +489,36 @@ def test_pgoutput_messages_parse() -> None:
     commit = pgoutput.parse(b"C\0" + struct.pack("!qqq", 100, 108, 0), relations)
     assert commit == pgoutput.Commit(100, 108, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
     assert parse_lsn(lsn_text(0x16_B374D848)) == 0x16_B374D848
+
+
+async def test_auto_capture_needs_a_bound_on_slot_wal_and_a_slot_of_its_own(
+    thorbis_pg_dsn: str
+) -> None:
+    """``--capture auto`` picks logical only where a stopped worker's slot cannot fill
+    the disk, and a slot name taken by another database is refused, not shared."""
+    with PostgresServer(settings={"max_slot_wal_keep_size": "-1"}) as unbounded:
+        out = await asyncio.to_thread(run_cli, "db", "init", "--dsn", unbounded.dsn(),
+                                      "--plugin", "home_services", "--capture", "auto")
+    assert "capture: triggers (max_slot_wal_keep_size is -1" in out
+    assert "capture trigger on hs.customers" in out
+    name = f"s{uuid.uuid4().hex[:10]}"
+    conn = await connect(thorbis_pg_dsn)
+    try:
+        assert await logical_unavailable(conn) is None  # the test server sets a bound
+        await conn.execute(f"CREATE DATABASE {name}_b")
+        try:
+            other = thorbis_pg_dsn.rsplit("/", 1)[0] + f"/{name}_b"
+            await asyncio.to_thread(run_cli, "db", "init", "--dsn", other, "--plugin",
+                                    "home_services", "--capture", "logical", "--slot", name)
+            refused = await asyncio.to_thread(
+                run_cli, "db", "init", "--dsn", thorbis_pg_dsn, "--plugin", "home_services",
+                "--capture", "logical", "--slot", name, code=1)
+            assert f"replication slot 'thorbis_{name}' exists for database '{name}_b'" in refused
+        finally:
+            await conn.execute("SELECT pg_drop_replication_slot($1)", f"thorbis_{name}")
+            await conn.execute(f"DROP DATABASE {name}_b")
+    finally:
+        await conn.close()
 
 
 async def test_db_init_and_the_cli_worker_switch_to_logical_capture(

@@ -50,13 +50,10 @@ class Capture(enum.Enum):
 _CAPTURE = typer.Option(
     "--capture", help="triggers: capture triggers write thorbis.outbox; logical: a "
     "replication slot reads the WAL (wal_level=logical); auto: db init picks logical when "
-    "wal_level allows it, the worker follows whatever db init set up.")
+    "the server allows it (wal_level=logical, max_slot_wal_keep_size set, psycopg "
+    "installed) and says why not otherwise; the worker follows whatever db init set up.")
 _SLOT = typer.Option("--slot", help="Name of the logical capture (slot and publication "
                      "thorbis_<name>); one per worker group.")
-
-
-async def _wal_is_logical(conn: object) -> bool:
-    return str(await conn.fetchval("SHOW wal_level")) == "logical"  # type: ignore[attr-defined]
 
 
 class AuditAction(enum.Enum):
@@ -100,7 +97,12 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
     conn = await connect(dsn)
     try:
         if capture is Capture.auto:
-            capture = Capture.logical if await _wal_is_logical(conn) else Capture.triggers
+            from thorbis_cache.postgres.logical import logical_unavailable
+
+            reason = await logical_unavailable(conn)
+            capture = Capture.triggers if reason else Capture.logical
+            if reason:
+                typer.echo(f"capture: triggers ({reason})")
         if capture is Capture.logical:
             from thorbis_cache.postgres.logical import LogicalCapture
             from thorbis_cache.postgres.triggers import remove_triggers

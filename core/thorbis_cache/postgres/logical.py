@@ -62,8 +62,8 @@ from thorbis_cache.postgres.replication import ReplicationError, ReplicationStre
 from thorbis_cache.postgres.row_images import Unsupported, json_value
 from thorbis_cache.postgres.triggers import TablePlan, plan_tables
 
-__all__ = ["LogicalBatch", "LogicalCapture", "LogicalStream", "SlotLostError", "lsn_text",
-           "parse_lsn"]
+__all__ = ["LogicalBatch", "LogicalCapture", "LogicalStream", "SlotLostError",
+           "logical_unavailable", "lsn_text", "parse_lsn"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,28 @@ FROM pg_catalog.pg_attribute a
 LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
 """
+
+async def logical_unavailable(conn: asyncpg.Connection) -> str | None:
+    """Why logical capture should not run on this server, or None when it can.
+
+    ``auto`` capture asks this: logical decoding needs ``wal_level=logical`` and the
+    ``logical`` extra (psycopg); and a server with ``max_slot_wal_keep_size=-1`` (the
+    default) would let the slot of a stopped worker keep WAL until the disk is full,
+    so it gets triggers until an operator sets a bound.
+    """
+    level = await conn.fetchval("SHOW wal_level")
+    if level != "logical":
+        return f"wal_level is {level}, not logical"
+    keep = await conn.fetchval("SHOW max_slot_wal_keep_size")
+    if str(keep).strip() == "-1":
+        return ("max_slot_wal_keep_size is -1: the slot of a stopped worker would keep WAL "
+                "without bound; set it (docs/architecture.md, 'Faults of a slot')")
+    try:
+        import psycopg  # noqa: F401 -- only whether the logical extra is installed
+    except ImportError:
+        return "psycopg is not installed: pip install 'thorbis-cache[logical]'"
+    return None
+
 
 class SlotLostError(ConfigurationError):
     """The replication slot is missing or was invalidated: changes may have been lost.
@@ -310,10 +332,19 @@ class LogicalCapture:
             await conn.execute(f"ALTER PUBLICATION {pub} SET TABLE {tables}")
         else:
             await conn.execute(f"CREATE PUBLICATION {pub} FOR TABLE {tables}")
-        if not await self.slot_exists(conn):
+        found = await conn.fetchrow(
+            "SELECT database, plugin, current_database() AS here FROM pg_replication_slots "
+            "WHERE slot_name = $1", self.slot)
+        if found is None:
             await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
                                self.slot)
             log.info("logical capture: created slot %s", self.slot)
+        elif (found["database"], found["plugin"]) != (found["here"], "pgoutput"):
+            # Slots are per server: another database's capture (or another tool) owns it.
+            raise ConfigurationError(
+                f"replication slot {self.slot!r} exists for database {found['database']!r} "
+                f"(plugin {found['plugin']!r}), not for {found['here']!r} with pgoutput: give "
+                "this database's capture another name (db init --slot NAME)")
         return changed
 
     async def slot_exists(self, conn: asyncpg.Connection) -> bool:
