@@ -312,14 +312,22 @@ async def idle_cost(server: PostgresServer, conn: asyncpg.Connection, seconds: f
     return {"tx_per_s": tx / elapsed, "cpu_pct": cpu / elapsed * 100}
 
 
+async def _updates(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT n_tup_upd FROM pg_stat_user_tables "
+                                   "WHERE relid = 'hs.customers'::regclass"))
+
+
 async def latency_under_load(server: PostgresServer, app: CacheApp, pool: asyncpg.Pool,
-                             raw: aioredis.Redis, options: Options, rate: int | None
-                             ) -> list[float]:
+                             raw: aioredis.Redis, options: Options, rate: int | None,
+                             worker: OutboxWorker) -> list[float]:
     """Commit -> key gone (ms) of ``options.probes`` probe UPDATEs while pgbench writes
-    on 8 connections (at full speed, or ``rate`` tx/s in all)."""
+    on 8 connections (at full speed, or ``rate`` tx/s in all); prints the rows the
+    writers updated per second and the changes the worker applied per second."""
     seconds = 3600.0
     load = asyncio.create_task(asyncio.to_thread(pgbench, server, 8, seconds, rate))
     samples: list[float] = []
+    started = time.perf_counter()
+    updates, applied = await _updates(pool), worker.metrics.processed
     try:
         await asyncio.sleep(1.0)  # the writers are up to speed
         for probe in range(options.probes):
@@ -346,6 +354,11 @@ async def latency_under_load(server: PostgresServer, app: CacheApp, pool: asyncp
         # Terminated connections make pgbench exit with an error: expected.
         with contextlib.suppress(subprocess.CalledProcessError, RuntimeError):
             await load
+        await asyncio.sleep(1.0)  # backends publish their table counts within a second
+        elapsed = time.perf_counter() - started
+        print(f"    writers updated {(await _updates(pool) - updates) / elapsed:,.0f} rows/s; "
+              f"the worker applied {(worker.metrics.processed - applied) / elapsed:,.0f} "
+              "changes/s")
     return samples
 
 
@@ -411,12 +424,12 @@ async def worker_figures(server: PostgresServer, dsn: str, url: str, conn: async
         task = asyncio.create_task(worker.run(), name="capture-worker")
         try:
             idle = await idle_cost(server, conn, options.idle, running=True)
-            samples = await latency_under_load(server, app, pool, raw, options, None)
+            samples = await latency_under_load(server, app, pool, raw, options, None, worker)
             # What the full-speed writers left behind (in the outbox, or in the slot)
             # must not count against the rated run: wait until the worker is through.
             settled = await settle(app, pool, raw)
             await fresh(conn)
-            rated = await latency_under_load(server, app, pool, raw, options, RATED)
+            rated = await latency_under_load(server, app, pool, raw, options, RATED, worker)
         finally:
             worker.stop()
             await asyncio.wait_for(task, 10)
