@@ -59,7 +59,7 @@ from thorbis_cache.postgres import pgoutput
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox import OutboxRow
 from thorbis_cache.postgres.replication import ReplicationError, ReplicationStream
-from thorbis_cache.postgres.row_images import Unsupported, json_value
+from thorbis_cache.postgres.row_images import Unsupported, converter
 from thorbis_cache.postgres.triggers import TablePlan, plan_tables
 
 __all__ = ["LogicalBatch", "LogicalCapture", "LogicalStream", "SlotLostError",
@@ -145,11 +145,21 @@ class _Table:
         None when a column's type or value needs PostgreSQL to say
         (:mod:`~thorbis_cache.postgres.row_images`)."""
         wanted = self.wanted
+        # One converter list per relation description (the same dict for every change
+        # of a table until its Relation message is sent again).
+        converters: dict[int, list[tuple[str, Callable[[str], Any]]]] = {}
+        images: list[dict[str, Any]] = []
         try:
-            return [{c: json_value(item.types.get(c, 0), values.get(c)) for c in wanted}
-                    for item, _, values in entries]
+            for item, _, values in entries:
+                columns = converters.get(id(item.types))
+                if columns is None:
+                    columns = converters[id(item.types)] = [
+                        (c, converter(item.types.get(c, 0))) for c in wanted]
+                images.append({c: None if (text := values.get(c)) is None else convert(text)
+                               for c, convert in columns})
         except Unsupported:
             return None
+        return images
 
     def image_sql(self) -> str:
         # The decoded text values go through the table's row type (each value's input
@@ -516,6 +526,10 @@ class LogicalCapture:
         is taken from the old row; an UPDATE that kept its key and sent no old row (no
         FULL identity, so no rule reads an old non-key value) uses the new row."""
         change = item.change
+        if ((change.old is not None or change.operation != "UPDATE")
+                and (change.old is None or pgoutput.UNCHANGED not in change.old.values())
+                and (change.new is None or pgoutput.UNCHANGED not in change.new.values())):
+            return change.old, change.new  # the common case: nothing to fill in
         old = None if change.old is None else dict(change.old)
         new = None if change.new is None else dict(change.new)
         if change.operation == "UPDATE" and old is None:

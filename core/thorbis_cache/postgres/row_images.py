@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SUPPORTED", "Unsupported", "json_value"]
+__all__ = ["SUPPORTED", "Unsupported", "converter", "json_value"]
 
 
 class Unsupported(ValueError):
@@ -98,6 +98,17 @@ SUPPORTED: dict[int, Callable[[str], Any]] = {
     114: _json, 3802: _json,
     1082: _date, 1114: _timestamp, 1184: _timestamptz,
 }
+
+
+def converter(type_oid: int) -> Callable[[str], Any]:
+    """The converter of a type's text (NULL is not given to it).
+
+    :raises Unsupported: no Python conversion for this type.
+    """
+    convert = SUPPORTED.get(type_oid)
+    if convert is None:
+        raise Unsupported(f"type oid {type_oid}")
+    return convert
 
 
 def json_value(type_oid: int, text: str | None) -> Any:
