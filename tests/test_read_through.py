@@ -197,6 +197,53 @@ async def test_content_loaded_before_an_invalidation_is_never_written_after_it(
         assert cache.metrics.for_schema(key.schema.name).fills_rejected == 1
 
 
+@pytest.mark.parametrize("invalidate", ["delete", "cascade", "tag", "write"])
+async def test_a_load_revoked_by_an_invalidation_serves_no_caller_after_it(
+    cache: Cache, invalidate: str
+) -> None:
+    """Found when the project was tried as a user would: after ``delete`` returned, a
+    new read in the same process joined the load that began before it and got the
+    pre-delete value. Callers that arrive after an invalidation start a load of their
+    own; the one that was waiting keeps its own load's answer."""
+    cases: list[tuple[Any, Any, Any, str]] = [
+        (LABEL.key("acme", id=9), "old", "new", "value"),
+        (PERSON.key("acme", id=9), ann("Old"), ann("New"), "hash"),
+        (HISTORY.key("acme", id=9), {1: 1.0, 2: 2.0}, {2: 2.0}, "zset"),
+        (SITES.key("acme", day=9), {1: (1.0, 1.0)}, {2: (2.0, 2.0)}, "geo"),
+    ]
+    for key, old, new, kind in cases:
+        source = Source(old)
+        source.hold()
+        if kind == "value":
+            def read(loader: Any, key: Any = key) -> Any:
+                return cache.get_or_load(key, loader)
+        else:
+            handle: Any = getattr(cache, kind)(key)
+            read = handle.get_or_load
+        first = asyncio.create_task(read(source))
+        await source.loaded.wait()
+        source.value = new  # the UPDATE commits, then this process invalidates
+        if invalidate == "delete":
+            await cache.delete(key)
+        elif invalidate == "cascade":
+            await cache.invalidate(key, cascade=True)
+        elif invalidate == "tag":
+            await cache.invalidate_tags("acme", list(key.schema.tags))
+        elif kind == "value":
+            await cache.set(key, new)
+        elif kind == "hash":
+            await handle.replace(new)
+        else:
+            await handle.add(new, replace=True)
+        fresh = Source(new)
+        later = asyncio.create_task(read(fresh))
+        if invalidate != "write":
+            await asyncio.wait_for(fresh.loaded.wait(), 5)  # its own load, not the old one
+        source.release.set()
+        assert _normal(await first, kind) == _normal(old, kind)
+        assert _normal(await later, kind) == _normal(new, kind), (kind, invalidate)
+
+
 def _normal(value: Any, kind: str) -> Any:
     if kind == "zset":
         return sorted(dict(value).items())

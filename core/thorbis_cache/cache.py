@@ -24,6 +24,7 @@ from thorbis_cache.envelope import CorruptEntry
 from thorbis_cache.errors import (
     ConfigurationError,
     InvalidKeyError,
+    InvalidSchemaError,
     MissingRow,
     RedisUnavailableError,
     UnknownSchemaError,
@@ -68,6 +69,8 @@ class _Runtime:
     near: NearCache | None  #: the cache's L1 if this schema uses it
     #: GET of one key: the store's (the master) or a replica's (``read_from_replicas``)
     read: Callable[[str], Awaitable[bytes | None]]
+    ttl: float  #: the schema's, or the host's ``CacheSettings.schema_overrides``
+    near_ttl: float | None  #: likewise
 
 
 @attrs.frozen(slots=True)
@@ -136,6 +139,7 @@ class Cache:
         self.fills = StructureFills(self)
         #: replica routing, made on first use by a ``read_from_replicas`` schema
         self.replicas: ReplicaReads | None = None
+        self._check_overrides()
         for schema in registry:
             self._runtime(schema)
 
@@ -212,6 +216,30 @@ class Cache:
         """Parse a Redis key of this cache back into a :class:`CacheKey`."""
         return self.registry.parse(self._prefix, redis_key)
 
+    def _check_overrides(self) -> None:
+        """Refuse overrides of unknown schemas, or values their schema cannot take
+        (checked as a declaration is: ``attrs.evolve`` runs the schema's checks)."""
+        for name in self.settings.schema_overrides:
+            if name not in self.registry:
+                raise ConfigurationError(
+                    f"schema_overrides[{name!r}]: no registered key schema has this name "
+                    f"(registered: {', '.join(sorted(s.name for s in self.registry))})")
+            schema = self.registry.get(name)
+            ttl, near_ttl = self._tuning(schema)
+            try:
+                attrs.evolve(schema, ttl=ttl, near_ttl=near_ttl)
+            except InvalidSchemaError as exc:
+                raise ConfigurationError(f"schema_overrides[{name!r}]: {exc.problem}"
+                                         ) from None
+
+    def _tuning(self, schema: KeySchema[Any]) -> tuple[float, float | None]:
+        """``ttl`` and ``near_ttl`` of ``schema`` with the host's overrides applied."""
+        override = self.settings.schema_overrides.get(schema.name)
+        if override is None:
+            return schema.ttl, schema.near_ttl
+        return (schema.ttl if override.ttl is None else override.ttl,
+                schema.near_ttl if override.near_ttl is None else override.near_ttl)
+
     def _runtime(self, schema: KeySchema[Any]) -> _Runtime:
         rt = self._runtimes.get(schema.name)
         if rt is not None and rt.schema is schema:
@@ -222,12 +250,15 @@ class Cache:
             raise ConfigurationError(
                 f"key schema {schema.name!r} is sensitive: the cache needs a KeyRing"
             )
+        ttl, near_ttl = self._tuning(schema)
         rt = _Runtime(
             schema,
             SchemaCodec(schema, self._converter, self.keyring, self.settings.codec),
             self.metrics.for_schema(schema.name),
-            self.near if schema.near_ttl is not None else None,
+            self.near if near_ttl is not None else None,
             self._replica_reads().get if schema.read_from_replicas else self.store.get,
+            ttl,
+            near_ttl,
         )
         self._runtimes[schema.name] = rt
         return rt
@@ -253,8 +284,9 @@ class Cache:
         return rt
 
     def ttl_ms(self, schema: KeySchema[Any], ttl: float | None = None) -> int:
-        """The TTL to write, in ms: ``ttl`` or the schema's, with the schema's jitter."""
-        seconds = schema.ttl if ttl is None else ttl
+        """The TTL to write, in ms: ``ttl`` or the schema's (as overridden by
+        ``CacheSettings.schema_overrides``), with the schema's jitter."""
+        seconds = self._runtime(schema).ttl if ttl is None else ttl
         if schema.ttl_jitter:
             seconds *= 1.0 + random.uniform(-schema.ttl_jitter, schema.ttl_jitter)
         return max(1, int(seconds * 1000))
@@ -306,12 +338,11 @@ class Cache:
             rt.counters.near_hits += 1
         return found
 
-    @staticmethod
-    def _near_put(
-        near: NearCache, key: CacheKey[Any], rk: str, value: object, started: tuple[int, float]
-    ) -> None:
+    def _near_put(self, near: NearCache, key: CacheKey[Any], rk: str, value: object,
+                  started: tuple[int, float]) -> None:
         """Keep a value read from Redis (or loaded) in L1 for the schema's near_ttl."""
-        near.put(rk, value, key.tenant, key.schema.tags, key.schema.near_ttl or 0.0, started)
+        near_ttl = self._runtimes[key.schema.name].near_ttl
+        near.put(rk, value, key.tenant, key.schema.tags, near_ttl or 0.0, started)
 
     async def get_many(self, keys: Sequence[CacheKey[T]]) -> list[T | None]:
         """Values of ``keys`` in order (None for misses), with one MGET per hash slot --
@@ -356,12 +387,13 @@ class Cache:
         rt = self._value_runtime(key, "set")
         rt.codec.check(value)
         rk = f"{self._prefix}:{key.body}"
+        self.revoke_flights([rk])
         ttl_ms = self.ttl_ms(key.schema, ttl)
         data = rt.codec.encode(value, rk.encode(), key.tenant, self._timing(key.schema, ttl_ms, 0))
         await self.store.run(
             self._scripts.store, [rk, self.lease_key(key), *self.tag_keys(key)], [data, ttl_ms]
         )
-        if key.schema.near_ttl is not None:  # other processes may hold the old value in L1
+        if rt.near_ttl is not None:  # other processes may hold the old value in L1
             await self._coherence.announce(key.tenant, [rk])
 
     async def delete(self, *keys: CacheKey[Any], replicate: bool = True) -> int:
@@ -384,6 +416,7 @@ class Cache:
             names.append(rk)
             names.append(self.lease_key(key))
             by_tenant.setdefault(key.tenant, []).append(rk)
+        self.revoke_flights(names[::2])
         deleted = await self.store.delete(names)
         if replicate:
             await self._sync_replicas(by_tenant)
@@ -411,6 +444,8 @@ class Cache:
             by_tenant.setdefault(key.tenant, []).append(self.redis_key(key))
         deleted = 0
         for tenant, names in by_tenant.items():
+            # Dependents are found server-side: revoke every flight of the tenant.
+            self.revoke_flights(tenant=tenant)
             deleted += await self.tags.cascade(tenant, names)
             if replicate:
                 await self._sync_replicas([tenant])
@@ -439,11 +474,24 @@ class Cache:
                 raise InvalidKeyError(
                     self.tag_key(tenant, str(tag)), "a tag name looks like '<namespace>.<name>'"
                 )
+        # The tags' members are known to Redis only: revoke every flight of the tenant.
+        self.revoke_flights(tenant=tenant)
         deleted = await self.tags.invalidate_tags(tenant, tags, cascade=cascade)
         if replicate:
             await self._sync_replicas([tenant])
         await self._coherence.announce(tenant, (), tags, tenant_wide=cascade)
         return deleted
+
+    def revoke_flights(self, names: Iterable[str] = (), *, tenant: str | None = None) -> None:
+        """Make the loads in flight in this process for these Redis keys (or for every
+        key of ``tenant``) serve nobody who calls after this: the callers already
+        waiting get their load's answer, later callers load again. Every invalidation
+        and write calls it before touching Redis (the server-side half -- the fill
+        refused -- is the lease's)."""
+        names = list(names)
+        prefix = None if tenant is None else f"{self._prefix}:{{{tenant}}}:"
+        self._values.revoke(names, prefix)
+        self.fills.revoke(names, prefix)
 
     async def verify_server(self) -> str | None:
         """Check that Redis cannot break invalidation by evicting keys: every master must
@@ -483,7 +531,7 @@ class Cache:
         :raises InvalidKeyError: the keys belong to different tenants (their hash slots
             differ, so no server-side cascade could follow the edge).
         """
-        self._runtime(dependent.schema)
+        dependent_ttl = self._runtime(dependent.schema).ttl
         self._runtime(on.schema)
         if dependent.tenant != on.tenant:
             raise InvalidKeyError(
@@ -491,7 +539,7 @@ class Cache:
                 f"cannot depend on {self.redis_key(on)!r}: tenants {dependent.tenant!r} and "
                 f"{on.tenant!r} differ; dependencies stay within one tenant",
             )
-        seconds = dependent.schema.ttl if ttl is None else max(ttl, dependent.schema.ttl)
+        seconds = dependent_ttl if ttl is None else max(ttl, dependent_ttl)
         ttl_ms = int(seconds * (1.0 + dependent.schema.ttl_jitter) * 1000) + 1
         return await self.tags.depend(on.body, self.redis_key(dependent), ttl_ms)
 

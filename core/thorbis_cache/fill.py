@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
 __all__ = ["SingleFlight", "backoff_delays", "should_recompute_early"]
@@ -36,6 +36,9 @@ class SingleFlight(Generic[T]):
     def __init__(self, name: str = "fill") -> None:
         self._name = name
         self._tasks: dict[str, asyncio.Task[T]] = {}
+        # Revoked flights still running: owned here until they end, so that cancel_all
+        # reaches them too.
+        self._detached: set[asyncio.Task[T]] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -58,6 +61,24 @@ class SingleFlight(Generic[T]):
             task.add_done_callback(lambda t: self._finished(key, t))
         return await asyncio.shield(task), joined
 
+    def revoke(self, keys: Iterable[str] = (), prefix: str | None = None) -> int:
+        """Detach the flights of ``keys`` (and of every key starting with ``prefix``)
+        from their keys: callers already waiting keep waiting for them, callers that
+        arrive afterwards start a flight of their own. Called by an invalidation, so
+        that no caller arriving after it is served a load that began before it.
+
+        :returns: how many flights were detached.
+        """
+        doomed = [k for k in keys if k in self._tasks]
+        if prefix is not None:
+            doomed += [k for k in self._tasks if k.startswith(prefix)]
+        for key in doomed:
+            task = self._tasks.pop(key, None)
+            if task is not None and not task.done():
+                self._detached.add(task)
+                task.add_done_callback(self._detached.discard)
+        return len(doomed)
+
     def _finished(self, key: str, task: asyncio.Task[T]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
@@ -67,12 +88,13 @@ class SingleFlight(Generic[T]):
 
     async def cancel_all(self) -> None:
         """Cancel every flight and wait for them to end."""
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._detached]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._detached.clear()
 
 
 def should_recompute_early(

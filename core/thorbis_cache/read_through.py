@@ -33,7 +33,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
@@ -117,6 +117,10 @@ class StructureFills:
     async def aclose(self) -> None:
         """Cancel the loads in flight."""
         await self._flights.cancel_all()
+
+    def revoke(self, names: Iterable[str], prefix: str | None) -> None:
+        """See :meth:`Cache.revoke_flights <thorbis_cache.cache.Cache.revoke_flights>`."""
+        self._flights.revoke(names, prefix)
 
     async def read(
         self,

@@ -185,6 +185,7 @@ class EntityHash(Generic[T]):
         for name in self._fields:
             args += [name, self._encode_field(name, getattr(value, name))]
         keys = [self._rk, self._cache.lease_key(self._key), *self._cache.tag_keys(self._key)]
+        self._cache.revoke_flights([self._rk])
         return int(await self._cache.store.run(self._replace, keys, args))
 
     async def update(
@@ -217,6 +218,7 @@ class EntityHash(Generic[T]):
                 )
             args += [name, self._encode_field(name, value)]
         keys = [self._rk, self._cache.lease_key(self._key), *self._cache.tag_keys(self._key)]
+        self._cache.revoke_flights([self._rk])
         reply = await self._cache.store.run(self._update, keys, args)
         status = int(reply[0])
         if status == 1:
@@ -301,6 +303,7 @@ class _MemberStructure(abc.ABC, Generic[T]):
     ) -> Any:
         ttl_ms = self._cache.ttl_ms(self._key.schema, ttl)
         keys = [self._rk, self._cache.lease_key(self._key), *self._cache.tag_keys(self._key)]
+        self._cache.revoke_flights([self._rk])
         return await self._cache.store.run(
             self._write, keys, [ttl_ms, "1" if replace else "0", command, self._FILL[1], *args],
         )
@@ -311,6 +314,7 @@ class _MemberStructure(abc.ABC, Generic[T]):
         if not members:
             return 0
         keys = [self._rk, self._cache.lease_key(self._key)]
+        self._cache.revoke_flights([self._rk])
         return int(await self._cache.store.run(self._remove, keys, list(map(self._enc, members))))
 
 

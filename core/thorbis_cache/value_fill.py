@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from thorbis_cache import leases
@@ -42,6 +42,10 @@ class ValueFills:
     async def aclose(self) -> None:
         """Cancel the loads in flight."""
         await self._flights.cancel_all()
+
+    def revoke(self, names: Iterable[str], prefix: str | None) -> None:
+        """See :meth:`Cache.revoke_flights <thorbis_cache.cache.Cache.revoke_flights>`."""
+        self._flights.revoke(names, prefix)
 
     async def read(
         self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
