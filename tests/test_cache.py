@@ -52,11 +52,12 @@ HOT = KeySchema("hs.hot", int, params={"id": int}, ttl=1, early_recompute=1.0)
 ENTITY = KeySchema("hs.customer_hash", Customer, params={"customer_id": int},
                    kind=SchemaKind.HASH, sensitive=True)
 UNREGISTERED = KeySchema("hs.unregistered", str)
+DOC = KeySchema("hs.doc", dict[str, Any], params={"id": int}, ttl=300, sensitive=True)
 
 
 def registry() -> SchemaRegistry:
     reg = SchemaRegistry()
-    for schema in (CUSTOMER, LABEL, BIG, HOT, ENTITY):
+    for schema in (CUSTOMER, LABEL, BIG, HOT, ENTITY, DOC):
         reg.register(schema, owner="tests")
     return reg
 
@@ -201,6 +202,28 @@ async def test_tampered_entry_is_a_miss_deleted_and_counted(cache: Cache) -> Non
     loader, calls = counting(ann(1, "Reloaded"))
     assert (await cache.get_or_load(key, loader)).name == "Reloaded"
     assert calls[0] == 1
+
+
+@pytest.mark.parametrize("depth", [100_000, 2_000])
+async def test_a_sealed_body_nested_too_deep_is_a_counted_miss(cache: Cache, depth: int) -> None:
+    """Found when the project was tried as a user would: a forged but checksum-valid
+    body nested 100,000 levels deep under a ``dict[str, Any]`` schema raised
+    RecursionError from ``cache.get``. It is an undecodable entry like any other."""
+    key = DOC.key("acme", id=1)
+    rk = cache.redis_key(key)
+    body = b"\x81\xa1a" * depth + b"\xc0"  # {"a": {"a": ... None}}
+    sealed = cache._value_runtime(key, "get").codec.seal_body(body, rk.encode(), "acme")
+    await cache.store.set(rk, sealed, 60_000)
+    assert await cache.get(key) is None
+    assert await cache.store.get(rk) is None  # dropped, as any corrupt entry
+    assert cache.metrics.value("corrupt_entries", schema="hs.doc", reason="msgpack") == 1
+    await cache.store.set(rk, sealed, 60_000)
+    assert await cache.get_many([key]) == [None]
+    assert await cache.get_or_load(key, lambda: _doc()) == {"a": 1}
+
+
+async def _doc() -> dict[str, Any]:
+    return {"a": 1}
 
 
 async def test_ciphertext_copied_to_another_tenant_is_a_miss(cache: Cache) -> None:

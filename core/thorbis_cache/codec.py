@@ -244,8 +244,8 @@ class SchemaCodec(Generic[T]):
         if self._fast is not None:
             try:
                 return self._fast.decode(body)  # type: ignore[no-any-return]
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                pass
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                pass  # as in decode_value
         return self.from_body_reference(body)
 
     def from_body_reference(self, body: bytes) -> T:
@@ -349,7 +349,9 @@ class SchemaCodec(Generic[T]):
         if fast is not None:
             try:
                 return fast.decode(body)  # type: ignore[no-any-return]
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                # RecursionError: a body nested deeper than the interpreter's limit
+                # (only a forged one); the reference path refuses it as corrupt.
                 pass
         return self.from_body_reference(body)
 
