@@ -3,6 +3,7 @@ nothing; and the ``thorbis-cache plugins`` command."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -10,15 +11,21 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from plugins_fixtures import broken, good
-from plugins_fixtures.broken_sql import FailingStartup
+from plugins_fixtures.broken_sql import BadDbReferences, FailingStartup, Hanging
 from typer.testing import CliRunner
 
 import thorbis_cache.plugins
-from thorbis_cache import KeySchema, MaterializedView, PluginInfo, hookimpl
+from thorbis_cache import CacheApp, KeySchema, MaterializedView, PluginInfo, hookimpl
 from thorbis_cache.cli import app as cli_app
-from thorbis_cache.errors import PluginLoadError, PluginProblem, UnknownPatternError
+from thorbis_cache.errors import (
+    ConfigurationError,
+    PluginLoadError,
+    PluginProblem,
+    UnknownPatternError,
+)
 from thorbis_cache.plugins import ENTRY_POINT_GROUP, PluginManager, await_me_maybe
 
 
@@ -449,3 +456,102 @@ def test_installed_console_script_lists_installed_plugins_as_json() -> None:
         assert set(plugin) == keys
         assert all(s.startswith(plugin["namespace"] + ".") for s in plugin["schemas"])
 
+
+
+# --------------------------------------------------------------------------- deadlines, causes
+
+
+async def test_a_hook_that_never_returns_is_a_timeout_naming_plugin_and_hook() -> None:
+    Hanging.entered = Hanging.release = None
+    manager = PluginManager(hook_timeout=0.2)
+    manager.add(good, "tst")
+    manager.add(Hanging, "hang")
+    with pytest.raises(PluginLoadError) as info:
+        await asyncio.wait_for(manager.load(["tst", "hang"]), timeout=10)
+    [problem] = info.value.problems
+    assert (problem.plugin, problem.hook) == ("hang", "register_key_schemas")
+    assert problem.message.startswith("did not return within 0.2 s (the hook deadline, "
+                                      "PluginManager(hook_timeout=...))")
+    assert isinstance(info.value.__cause__, TimeoutError)
+    assert_nothing_stored(manager)
+    with pytest.raises(ConfigurationError, match="hook_timeout must be positive"):
+        PluginManager(hook_timeout=0)
+
+
+async def test_a_load_cancelled_during_a_hook_leaves_nothing_and_can_be_retried() -> None:
+    Hanging.entered, Hanging.release = asyncio.Event(), asyncio.Event()
+    try:
+        manager = PluginManager()
+        manager.add(good, "tst")
+        manager.add(Hanging, "hang")
+        load = asyncio.create_task(manager.load(["tst", "hang"]))
+        await asyncio.wait_for(Hanging.entered.wait(), timeout=10)
+        load.cancel()  # the host's own deadline
+        with pytest.raises(asyncio.CancelledError):
+            await load
+        assert_nothing_stored(manager)  # pluggy holds neither plugin
+        Hanging.release.set()
+        loaded = await manager.load(["tst", "hang"])
+        assert [p.name for p in loaded] == ["tst", "hang"]
+    finally:
+        Hanging.entered = Hanging.release = None
+
+
+async def test_a_hook_exception_is_the_cause_of_the_error_that_reports_it() -> None:
+    manager = PluginManager()
+    manager.add(FailingStartup, "fst")
+    await manager.load(["fst"])
+    with pytest.raises(PluginLoadError) as info:
+        await manager.notify_startup(object())  # type: ignore[arg-type]
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert str(info.value.__cause__) == "warm-up service unreachable"
+
+
+class SchemasRaise:
+    """The good plugin, whose register_key_schemas raises."""
+
+    register_plugin_info = staticmethod(good.register_plugin_info)
+    register_cache_patterns = staticmethod(good.register_cache_patterns)
+    register_invalidation_rules = staticmethod(good.register_invalidation_rules)
+    register_warmers = staticmethod(good.register_warmers)
+    register_materialized_views = staticmethod(good.register_materialized_views)
+
+    @hookimpl
+    def register_key_schemas() -> list[KeySchema[Any]]:
+        raise LookupError("schema catalogue unavailable")
+
+
+async def test_a_raising_hook_is_one_problem_without_knock_on_problems() -> None:
+    # Patterns, rules and warmers name the schemas the failed hook would have returned:
+    # none of that is reported, only the hook's own failure.
+    manager = PluginManager()
+    manager.add(SchemasRaise, "tst")
+    with pytest.raises(PluginLoadError) as info:
+        await manager.load(["tst"])
+    assert [str(p) for p in info.value.problems] == [
+        "plugin 'tst', register_key_schemas: raised LookupError: schema catalogue unavailable"]
+    assert isinstance(info.value.__cause__, LookupError)
+    assert_nothing_stored(manager)
+
+
+async def test_a_refused_start_leaves_no_trace_in_the_database(
+    thorbis_standalone_redis_url: str, thorbis_pg_dsn: str
+) -> None:
+    # The rules name columns the tables lack: refused after the SQL ran, in its
+    # transaction, so neither plugin's schema, table, view or index is left.
+    app = CacheApp(thorbis_standalone_redis_url, postgres_dsn=thorbis_pg_dsn)
+    app.register(good, "tst")
+    app.register(BadDbReferences, "brc")
+    with pytest.raises(PluginLoadError, match="'order_no' is not a column"):
+        await app.start(["tst", "brc"], apply_sql=True)
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_namespace WHERE nspname IN ('brc', 'tst')") == 0
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname IN ('brc', 'tst')") == 0
+    finally:
+        await conn.close()
+    assert app.plugins.plugins == {}
+    await app.aclose()

@@ -42,6 +42,8 @@ class Draft:
     distribution: str | None
     version: str | None
     problems: list[PluginProblem] = attrs.field(factory=list)
+    #: The exceptions hooks raised, kept as the ``__cause__`` of the load error.
+    causes: list[BaseException] = attrs.field(factory=list)
     registered: bool = False
     info: PluginInfo | None = None
     declarations: dict[str, tuple[Any, ...]] = attrs.field(factory=dict)
@@ -117,9 +119,14 @@ _KINDS: dict[str, tuple[str, str | None]] = {
 
 def check_declarations(d: Draft) -> None:
     """Check what one plugin declared against itself: every name under the namespace and
-    unique, callables callable, schemas and tags it refers to its own."""
+    unique, callables callable, schemas and tags it refers to its own.
+
+    When ``register_key_schemas`` raised (its problem is already recorded), references
+    to schemas and tags are not checked: every one would be a knock-on problem of that
+    one failure."""
     assert d.info is not None
     ns = d.info.namespace
+    schemas_known = "register_key_schemas" in d.declarations
     schemas = {s.name: s for s in d.declarations.get("register_key_schemas", ())}
     tags = {t for s in schemas.values() for t in s.tags}
     for hook, (what, function) in _KINDS.items():
@@ -137,7 +144,7 @@ def check_declarations(d: Draft) -> None:
                 d.problem(hook, f"{label}: {function} must be callable, "
                           f"got {describe(getattr(item, function))}")
             for schema in getattr(item, "schemas", ()):  # patterns and warmers
-                if schema not in schemas:
+                if schemas_known and schema not in schemas:
                     d.problem(hook, f"{label} uses key schema {schema!r}, which this plugin "
                               f"does not declare (declared: {_names(sorted(schemas))})")
             for tag in getattr(item, "tags", ()):  # key schemas and views
@@ -150,8 +157,9 @@ def check_declarations(d: Draft) -> None:
             elif isinstance(item, MaterializedView):
                 _check_view(d, item, label)
             elif isinstance(item, InvalidationRule):
-                _check_rule(d, item, label, schemas, tags)
-    _check_mirrors(d, schemas)
+                _check_rule(d, item, label, schemas if schemas_known else None, tags)
+    if "register_materialized_views" in d.declarations:
+        _check_mirrors(d, schemas)
 
 
 def _check_mirrors(d: Draft, schemas: dict[str, KeySchema[Any]]) -> None:
@@ -207,7 +215,9 @@ def _check_view(d: Draft, view: MaterializedView, label: str) -> None:
 
 
 def _check_rule(d: Draft, rule: InvalidationRule, label: str,
-                schemas: dict[str, KeySchema[Any]], tags: set[str]) -> None:
+                schemas: dict[str, KeySchema[Any]] | None, tags: set[str]) -> None:
+    """``schemas`` is None when they are unknown (``register_key_schemas`` raised): the
+    targets' schemas and tags are then not checked."""
     hook = "register_invalidation_rules"
     if not is_qualified(rule.table):
         d.problem(hook, f"{label}: table {rule.table!r} must be '<schema>.<table>'")
@@ -221,6 +231,8 @@ def _check_rule(d: Draft, rule: InvalidationRule, label: str,
         elif (target.schema is None) == (target.tag is None):
             got = "neither" if target.schema is None else "both"
             d.problem(hook, f"{where}: set exactly one of schema= and tag= (got {got})")
+        elif schemas is None:
+            continue
         elif target.tag is not None:
             if target.tag not in tags:
                 d.problem(hook, f"{where} names tag {target.tag!r}, which no key schema of "

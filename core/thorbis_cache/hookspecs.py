@@ -14,6 +14,10 @@ Rules shared by every hook:
   and stored only when every check of every hook of that plugin passed.
 * An ``on_*`` hook is a notification: its return value (None, or an awaitable) is awaited
   and discarded.
+* Every hook call, awaiting included, is bounded by ``PluginManager(hook_timeout=...)``
+  (default 5 s): a hook that overruns fails the load or start, naming plugin and hook,
+  and nothing of that load is kept. An exception a hook raises is the ``__cause__`` of
+  the :class:`~thorbis_cache.errors.PluginLoadError` that reports it.
 * Every name a plugin declares starts with its namespace (``hs.customer``), which
   :func:`register_plugin_info` declares.
 
@@ -235,8 +239,10 @@ def on_startup(app: CacheApp) -> None:
     """Notification: the app has loaded every plugin and connected its cache.
 
     Called once per :meth:`CacheApp.start`, in plugin registration order, after all
-    declarations were validated and stored. May return an awaitable, which is awaited.
-    An exception here fails the start, naming the plugin.
+    declarations were validated and stored. May return an awaitable, which is awaited
+    (within the hook deadline). An exception here fails the start, naming the plugin;
+    the other plugins' ``on_startup`` still run. The contract kit calls it on a started
+    app (``test_on_startup_runs_on_a_started_app``).
 
     :param app: the started application (its cache, registry and declarations).
 

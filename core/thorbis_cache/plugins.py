@@ -49,16 +49,29 @@ from thorbis_cache.declarations import (
     SqlScript,
     Warmer,
 )
-from thorbis_cache.errors import PluginLoadError, PluginProblem, UnknownPatternError
+from thorbis_cache.errors import (
+    ConfigurationError,
+    PluginLoadError,
+    PluginProblem,
+    UnknownPatternError,
+)
 from thorbis_cache.keys import KeySchema, SchemaRegistry
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
 
-__all__ = ["ENTRY_POINT_GROUP", "LoadedPlugin", "PluginManager", "await_me_maybe"]
+__all__ = [
+    "DEFAULT_HOOK_TIMEOUT",
+    "ENTRY_POINT_GROUP",
+    "LoadedPlugin",
+    "PluginManager",
+    "await_me_maybe",
+]
 
 #: The entry-point group plugins are published under.
 ENTRY_POINT_GROUP = "thorbis_cache.plugins"
+#: Seconds a hook call may take by default (:class:`PluginManager`'s ``hook_timeout``).
+DEFAULT_HOOK_TIMEOUT = 5.0
 
 #: What each ``register_*`` hook returns a sequence of.
 DECLARATION_HOOKS: dict[str, type] = {
@@ -129,11 +142,19 @@ class _Candidate:
 class PluginManager:
     """Discovers, validates and holds plugins (one per host application, never global).
 
+    :param hook_timeout: seconds each hook call may take, awaiting included: a hook
+        that overruns is a problem naming plugin and hook, and fails the load (or
+        the start, for ``on_startup``). It bounds awaiting; a synchronous hook that
+        blocks the event loop cannot be interrupted.
     :ivar registry: the key schemas of every loaded plugin (owner = plugin name).
     :ivar plugins: the loaded plugins by name, in load order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, hook_timeout: float = DEFAULT_HOOK_TIMEOUT) -> None:
+        if not hook_timeout > 0:
+            raise ConfigurationError(f"hook_timeout must be positive seconds, "
+                                     f"got {hook_timeout!r}")
+        self.hook_timeout = hook_timeout
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._specs: dict[str, tuple[str, ...]] = {}
@@ -235,27 +256,39 @@ class PluginManager:
         or only the ones named. Plugins already loaded are skipped.
 
         All or nothing: when any plugin of the call has a problem, nothing of the call
-        is stored and every problem is raised at once.
+        is stored and every problem is raised at once. Each hook call is bounded by
+        :attr:`hook_timeout`. A load cancelled while a hook runs (the host's own
+        deadline) leaves nothing registered either, so it can simply be retried.
 
         :param names: plugin names (entry-point names or names given to :meth:`add`).
         :returns: the plugins loaded by this call, in load order.
         :raises PluginLoadError: listing every problem (plugin, distribution, version,
-            hook, what is wrong); an unknown name is one.
+            hook, what is wrong); an unknown name is one, as is a hook that overran
+            :attr:`hook_timeout`. Its ``__cause__`` is the exception a hook raised (an
+            :class:`ExceptionGroup` when several did).
         """
         async with self._lock:
             problems: list[PluginProblem] = []
-            drafts = [await self._examine(c) for c in self._select(names, problems)]
-            check_across(drafts, self.plugins.values(), self.registry)
-            problems += [p for d in drafts for p in d.problems]
-            if problems:
+            drafts: list[Draft] = []
+            try:
+                for candidate in self._select(names, problems):
+                    drafts.append(Draft(candidate.name, candidate.distribution,
+                                        candidate.version))
+                    await self._examine(candidate, drafts[-1])
+                check_across(drafts, self.plugins.values(), self.registry)
+                problems += [p for d in drafts for p in d.problems]
+                if problems:
+                    raise PluginLoadError(problems) from _cause(drafts)
+                return [self._store(d) for d in drafts]
+            except BaseException:
+                # Failed, or cancelled while a hook ran (a host's own deadline): nothing
+                # of this call stays registered, so a retry starts from scratch.
                 for draft in drafts:
-                    if draft.registered:
+                    if self._pm.has_plugin(draft.name) and draft.name not in self.plugins:
                         self._pm.unregister(name=draft.name)
-                raise PluginLoadError(problems)
-            return [self._store(d) for d in drafts]
+                raise
 
-    async def _examine(self, candidate: _Candidate) -> Draft:
-        draft = Draft(candidate.name, candidate.distribution, candidate.version)
+    async def _examine(self, candidate: _Candidate, draft: Draft) -> None:
         obj = candidate.obj
         if candidate.entry_point is not None:
             try:
@@ -263,9 +296,10 @@ class PluginManager:
             except Exception as exc:
                 draft.problem("import", f"cannot import {candidate.entry_point.value!r}: "
                               f"{type(exc).__name__}: {exc}")
-                return draft
+                draft.causes.append(exc)
+                return
         if not self._check_hookimpls(draft, obj):
-            return draft
+            return
         try:
             registered = self._pm.register(obj, draft.name)
         except (pluggy.PluginValidationError, ValueError) as exc:
@@ -273,10 +307,10 @@ class PluginManager:
             if self._pm.has_plugin(draft.name):
                 self._pm.unregister(name=draft.name)
             draft.problem("register", f"pluggy refused it: {exc}")
-            return draft
+            return
         if registered is None:
             draft.problem("register", "the name is blocked in the pluggy manager")
-            return draft
+            return
         draft.registered = True
         await self._call_declaration_hooks(draft)
         if draft.info is not None:
@@ -285,7 +319,7 @@ class PluginManager:
             except Exception as exc:  # a declaration too malformed to inspect
                 draft.problem("register", f"a declaration could not be checked: "
                               f"{type(exc).__name__}: {exc}")
-        return draft
+                draft.causes.append(exc)
 
     def _check_hookimpls(self, draft: Draft, plugin: object) -> bool:
         """Check every ``@hookimpl`` of ``plugin`` before pluggy sees it (pluggy stops at
@@ -324,18 +358,28 @@ class PluginManager:
         return len(draft.problems) == before
 
     async def _call(self, draft: Draft, hook: str, **kwargs: object) -> list[object] | None:
-        """Call ``draft``'s implementations of ``hook``; None when one raised (recorded)."""
+        """Call ``draft``'s implementations of ``hook``, each bounded by
+        :attr:`hook_timeout`; None when one raised or overran (recorded, its exception
+        kept in ``draft.causes``)."""
         caller: pluggy.HookCaller = getattr(self._pm.hook, hook)
         results: list[object] = []
         for impl in caller.get_hookimpls():
             if impl.plugin_name != draft.name:
                 continue
+            deadline = asyncio.timeout(self.hook_timeout)
             try:
-                results.append(await await_me_maybe(impl.function(**_kwargs_for(
-                    impl.function, kwargs
-                ))))
+                async with deadline:
+                    results.append(await await_me_maybe(impl.function(**_kwargs_for(
+                        impl.function, kwargs
+                    ))))
             except Exception as exc:
-                draft.problem(hook, f"raised {type(exc).__name__}: {exc}")
+                if isinstance(exc, TimeoutError) and deadline.expired():
+                    draft.problem(hook, f"did not return within {self.hook_timeout:g} s "
+                                  "(the hook deadline, PluginManager(hook_timeout=...)); "
+                                  "nothing of this load was kept")
+                else:
+                    draft.problem(hook, f"raised {type(exc).__name__}: {exc}")
+                draft.causes.append(exc)
                 return None
         return results
 
@@ -404,16 +448,17 @@ class PluginManager:
     async def notify_startup(self, app: CacheApp) -> None:
         """Call every loaded plugin's ``on_startup`` in load order.
 
-        :raises PluginLoadError: one problem (hook ``on_startup``) per plugin that raised;
-            the others still ran.
+        :raises PluginLoadError: one problem (hook ``on_startup``) per plugin that raised
+            or overran :attr:`hook_timeout`; the others still ran. Its ``__cause__`` is
+            the hook's exception (an :class:`ExceptionGroup` when several raised).
         """
-        problems: list[PluginProblem] = []
+        drafts = []
         for loaded in self.plugins.values():
-            draft = Draft(loaded.name, loaded.distribution, loaded.version)
-            await self._call(draft, "on_startup", app=app)
-            problems += draft.problems
+            drafts.append(Draft(loaded.name, loaded.distribution, loaded.version))
+            await self._call(drafts[-1], "on_startup", app=app)
+        problems = [p for d in drafts for p in d.problems]
         if problems:
-            raise PluginLoadError(problems)
+            raise PluginLoadError(problems) from _cause(drafts)
 
     # ------------------------------------------------------------------ lookups
 
@@ -458,6 +503,15 @@ class PluginManager:
     def all_patterns(self) -> list[CachePattern]:
         """Every loaded plugin's cache patterns, in load order."""
         return list(self._flat("patterns"))
+
+
+def _cause(drafts: Iterable[Draft]) -> BaseException | None:
+    """What the load error is raised ``from``: the one exception hooks raised, or an
+    :class:`ExceptionGroup` of them; None when no hook raised."""
+    causes = [c for d in drafts for c in d.causes]
+    if len(causes) <= 1:
+        return causes[0] if causes else None
+    return BaseExceptionGroup(f"{len(causes)} plugin hooks raised", causes)
 
 
 def _signature(function: Callable[..., object]) -> inspect.Signature | str:

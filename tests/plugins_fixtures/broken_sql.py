@@ -1,10 +1,11 @@
 """Plugins whose declarations are valid but do not survive the database: SQL that fails
 to apply, rules naming missing tables and columns, a view without a usable unique index,
-and an ``on_startup`` that raises.
+an ``on_startup`` that raises, and a hook that never returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from thorbis_cache import (
@@ -88,3 +89,24 @@ class FailingStartup:
     @hookimpl
     async def on_startup(app: Any) -> None:
         raise ConnectionError("warm-up service unreachable")
+
+
+class Hanging:
+    """An ``async`` hook that does not return until :attr:`release` is set (never, by
+    default): what a plugin awaiting an unreachable service looks like at load."""
+
+    #: Set when the hook has started waiting.
+    entered: asyncio.Event | None = None
+    #: Set to let the hook return (a later load succeeds).
+    release: asyncio.Event | None = None
+
+    @hookimpl
+    def register_plugin_info() -> PluginInfo:
+        return PluginInfo(namespace="hang", hook_api_version=1)
+
+    @hookimpl
+    async def register_key_schemas() -> list[KeySchema[Any]]:
+        if Hanging.entered is not None:
+            Hanging.entered.set()
+        await (Hanging.release or asyncio.Event()).wait()
+        return [KeySchema("hang.thing", int, params={"thing_id": int})]

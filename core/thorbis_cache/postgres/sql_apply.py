@@ -136,7 +136,8 @@ async def apply_plugin_sql(dsn_or_conn: str | asyncpg.Connection,
     other plugins are still applied, and every failure is reported at once.
 
     :param dsn_or_conn: a PostgreSQL DSN (a connection is opened and closed) or an open
-        ``asyncpg`` connection, not inside a transaction.
+        ``asyncpg`` connection; inside a transaction, each plugin's SQL is a savepoint
+        of it, and nothing commits before that transaction does.
     :param plugins: the plugins, in load order.
     :raises PluginLoadError: one problem per failed plugin, of hook ``register_sql`` or
         ``register_materialized_views``, naming the script or view, the statement
@@ -325,15 +326,21 @@ async def check_rules_against_db(conn: asyncpg.Connection,
 
 
 async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin]) -> None:
-    """:func:`apply_plugin_sql`, then :func:`check_rules_against_db`, on one connection.
+    """:func:`apply_plugin_sql`, then :func:`check_rules_against_db`, in one transaction.
 
-    :raises PluginLoadError: the SQL failed to apply, or the checks found problems.
+    The checks need the tables the SQL creates, so they run after it, in the same
+    transaction: a refused set of plugins (SQL that fails, a rule naming a column the
+    tables lack) leaves no trace in the database, for any plugin of the call.
+
+    :raises PluginLoadError: the SQL failed to apply, or the checks found problems;
+        nothing was committed.
     """
     conn = await asyncpg.connect(dsn)
     try:
-        await apply_plugin_sql(conn, plugins)
-        problems = await check_rules_against_db(conn, plugins)
+        async with conn.transaction():
+            await apply_plugin_sql(conn, plugins)  # a savepoint per plugin
+            problems = await check_rules_against_db(conn, plugins)
+            if problems:
+                raise PluginLoadError(problems)  # rolls the whole transaction back
     finally:
         await conn.close()
-    if problems:
-        raise PluginLoadError(problems)
