@@ -14,14 +14,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import inspect
 import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import pytest
@@ -31,6 +34,7 @@ from thorbis_fitness_studio.sample_data import SEED_SQL
 from typer.testing import CliRunner
 
 from thorbis_cache import Cache, KeyRing, KeySchema, SchemaRegistry, WarmBatch, hookspecs
+from thorbis_cache.codec import CodecSettings, SchemaCodec, make_converter
 from thorbis_cache.declarations import (
     InvalidationRule,
     MaterializedView,
@@ -41,7 +45,7 @@ from thorbis_cache.declarations import (
     WarmContext,
     Warmer,
 )
-from thorbis_cache.errors import ConfigurationError, PluginLoadError
+from thorbis_cache.errors import ConfigurationError, InvalidSchemaError, PluginLoadError
 from thorbis_cache.hookspecs import hookimpl
 from thorbis_cache.keys import CacheKey, SchemaKind
 from thorbis_cache.plugins import LoadedPlugin
@@ -689,3 +693,66 @@ def test_generated_plugin_passes_its_own_tests(tmp_path: Path) -> None:
     # the round trip and the stale-fill race run three times: single Redis, Cluster and
     # Sentinel.
     assert f"{len(contract_test_names()) + 4} passed" in output, output[-2000:]
+
+
+# --------------------------------------------------------------------------- value types
+
+
+class Opaque:
+    """A plain class: the codec cannot store it."""
+
+
+@attrs.frozen
+class Slot:
+    start: dt.time
+
+
+@attrs.frozen
+class Appointment:
+    id: int
+    slots: list[Slot]
+
+
+@pytest.mark.parametrize(("value_type", "message"), [
+    (Appointment, "value_type Appointment: field 'slots[].start' is datetime.time, a type "
+                  "the codec cannot store and restore (supported: None, bool, int"),
+    (dt.time, "value_type time: the value is datetime.time, a type the codec cannot"),
+    (dict[str, Opaque], "field '[]' is test_contract_kit.Opaque, a type the codec cannot"),
+    (Slot | None, "field 'start' is datetime.time"),
+])
+def test_unsupported_field_types_are_refused_when_the_schema_is_declared(
+    value_type: Any, message: str
+) -> None:
+    with pytest.raises(InvalidSchemaError) as info:
+        KeySchema("vet.appointment", value_type, params={"appointment_id": int})
+    assert str(info.value).startswith("key schema 'vet.appointment': ")
+    assert message in str(info.value)
+    kind = SchemaKind.HASH if attrs.has(value_type) else SchemaKind.VALUE
+    if kind is SchemaKind.HASH:
+        with pytest.raises(InvalidSchemaError, match=r"'slots\[\]\.start' is datetime\.time"):
+            KeySchema("vet.appointment", value_type, kind=kind)
+
+
+@attrs.frozen
+class EveryType:
+    a: int
+    b: float | None
+    c: decimal.Decimal
+    d: uuid.UUID
+    e: dt.date
+    f: dt.datetime
+    g: SchemaKind
+    h: tuple[int, str]
+    i: frozenset[str]
+    j: dict[str, list[bytes]]
+    k: Literal["x", "y"]
+    m: Any
+
+
+def test_every_supported_type_is_accepted_and_round_trips() -> None:
+    schema = KeySchema("vet.every", EveryType, params={"n": int})
+    value = EveryType(1, None, decimal.Decimal("1.50"), uuid.UUID(int=7), dt.date(2026, 1, 2),
+                      dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC), SchemaKind.HASH,
+                      (1, "a"), frozenset({"s"}), {"k": [b"\x00"]}, "y", {"free": [1]})
+    codec: Any = SchemaCodec(schema, make_converter(), None, CodecSettings())
+    assert codec.decode_value(codec.encode(value, b"k", "acme"), b"k", "acme") == value

@@ -438,6 +438,17 @@ class KeySchema(Generic[T]):
                 )
         if self.kind is SchemaKind.HASH and not attrs.has(self.value_type):
             raise InvalidSchemaError(name, "a hash schema's value_type must be an attrs class")
+        if self.kind in (SchemaKind.VALUE, SchemaKind.HASH):
+            # Here, not at the first write: that fails naming neither schema nor field.
+            from thorbis_cache.codec import SUPPORTED_TYPES, unsupported_type
+
+            found = unsupported_type(self.value_type)
+            if found is not None:
+                tp = self.value_type
+                raise InvalidSchemaError(
+                    name, f"value_type {tp.__qualname__ if isinstance(tp, type) else tp}: "
+                    f"{found}, a type the codec cannot store and restore (supported: "
+                    f"{SUPPORTED_TYPES})")
         for param_name, check in self.validators.items():
             if param_name not in seen:
                 raise InvalidSchemaError(
