@@ -11,19 +11,30 @@
 does not apply, a rule naming a missing column, an ``on_startup`` hook that raises),
 the plugins it loaded are unloaded, the cache is closed, and the error names every
 problem. SQL already committed for other plugins stays (plugin SQL is idempotent).
+
+With ``apply_sql=True`` it prepares the database exactly as ``thorbis-cache db init``
+does (:func:`thorbis_cache.postgres.setup.setup_database`: core migrations, plugin SQL,
+change capture). Given a ``postgres_dsn`` without ``apply_sql``, it checks that every
+rule's table is captured and refuses to start otherwise
+(:class:`~thorbis_cache.errors.CaptureNotInstalledError`): a cache whose changes nothing
+captures serves stale entries until their TTL. See ``docs/host-application.md``.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.cache import Cache
 from thorbis_cache.config import CacheSettings
 from thorbis_cache.crypto import KeyRing
 from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.near import NearCache
 from thorbis_cache.plugins import PluginManager
+
+if TYPE_CHECKING:
+    from thorbis_cache.postgres.setup import CaptureMode, DatabaseSetup
 
 __all__ = ["CacheApp"]
 
@@ -34,8 +45,19 @@ class CacheApp:
     :param redis_url: where Redis is, on any topology (``redis://``, ``rediss://``,
         ``redis+cluster://``, ``redis+sentinel://``: see :mod:`thorbis_cache.redis_url`).
     :param keyring: master keys; required when a plugin declares a sensitive schema.
-    :param settings: cache behaviour (prefix, leases, codec).
-    :param postgres_dsn: where plugin SQL is applied (``start(apply_sql=True)``).
+    :param settings: cache behaviour (prefix, leases, codec, and
+        ``schema_overrides``: TTLs per schema, set by the host for schemas plugins declare).
+    :param postgres_dsn: the database of the plugins' tables: where ``start(apply_sql=True)``
+        prepares everything, and where :meth:`start` otherwise checks the change capture.
+    :param near: an in-process near cache (L1) for the schemas with a ``near_ttl``, the
+        plugin's or one set in ``settings.schema_overrides``; owned by this app's cache.
+
+    :ivar plugins: the :class:`~thorbis_cache.plugins.PluginManager`: after :meth:`start`,
+        ``plugins.plugins`` (name -> :class:`~thorbis_cache.plugins.LoadedPlugin`),
+        ``plugins.registry`` (the key schemas), ``all_rules()``, ``all_views()``,
+        ``all_warmers()``: what :meth:`OutboxWorker.from_app
+        <thorbis_cache.worker.OutboxWorker.from_app>` reads.
+    :ivar database: what ``start(apply_sql=True)`` did, else None.
     """
 
     def __init__(
@@ -45,11 +67,14 @@ class CacheApp:
         keyring: KeyRing | None = None,
         settings: CacheSettings | None = None,
         postgres_dsn: str | None = None,
+        near: NearCache | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.keyring = keyring
         self.settings = settings
         self.postgres_dsn = postgres_dsn
+        self.near = near
+        self.database: DatabaseSetup | None = None
         self.plugins = PluginManager()
         self._cache: Cache | None = None
         self._closed = False
@@ -77,21 +102,33 @@ class CacheApp:
         self.plugins.add(plugin, name)
 
     async def start(
-        self, plugins: Iterable[str] | None = None, *, apply_sql: bool = False
+        self, plugins: Iterable[str] | None = None, *, apply_sql: bool = False,
+        capture: CaptureMode = "triggers", slot: str = "main",
     ) -> CacheApp:
-        """Load plugins, connect the cache, optionally apply SQL, and notify plugins.
+        """Load plugins, optionally prepare the database, connect the cache, and notify
+        plugins.
 
         In order: load (``None``: every installed and registered plugin; else the named
-        ones), apply every loaded plugin's SQL and views then check its rules against
-        the database (``apply_sql``), build the cache on the plugins' schemas, call each
-        plugin's ``on_startup``.
+        ones); with ``apply_sql``, what ``thorbis-cache db init --capture CAPTURE --slot
+        SLOT`` does (core migrations, every loaded plugin's SQL and views checked against
+        the database, change capture: :func:`~thorbis_cache.postgres.setup.setup_database`),
+        or, given a ``postgres_dsn`` without ``apply_sql``, check that every rule's table
+        is captured (by triggers or by a ``thorbis_*`` slot and publication); build the
+        cache on the plugins' schemas; call each plugin's ``on_startup``.
 
         :param plugins: plugin names, or None for all.
-        :param apply_sql: apply plugin SQL to ``postgres_dsn`` first.
+        :param apply_sql: prepare ``postgres_dsn`` first, as ``db init`` does.
+        :param capture: with ``apply_sql``: ``"triggers"`` (the default), ``"logical"``
+            or ``"auto"``, as ``db init --capture``.
+        :param slot: with ``apply_sql`` and logical capture: the slot's name, as
+            ``db init --slot``.
         :returns: this app (so ``async with await app.start():`` reads well).
         :raises PluginLoadError: naming every problem; nothing of this start is kept.
-        :raises ConfigurationError: started twice, ``apply_sql`` without a DSN, or a
-            sensitive schema without a key ring.
+        :raises CaptureNotInstalledError: a rule's table has no capture installed
+            (``postgres_dsn`` without ``apply_sql``): the message names the tables, the
+            rules and the ``thorbis-cache db init`` command that fixes it.
+        :raises ConfigurationError: started twice, ``apply_sql`` without a DSN, a
+            sensitive schema without a key ring, or a bad ``schema_overrides`` entry.
         """
         if self._cache is not None or self._closed:
             raise ConfigurationError("a CacheApp is started once; create another one")
@@ -100,10 +137,12 @@ class CacheApp:
         loaded = await self.plugins.load(plugins)
         try:
             if apply_sql:
-                await self._apply_sql()
+                await self._setup_database(capture, slot)
+            elif self.postgres_dsn:
+                await self._check_capture()
             self._cache = Cache.from_url(
                 self.redis_url, self.plugins.registry, keyring=self.keyring,
-                settings=self.settings,
+                settings=self.settings, near=self.near,
             )
             await self._cache.verify_server()
             await self.plugins.notify_startup(self)
@@ -116,12 +155,25 @@ class CacheApp:
             raise
         return self
 
-    async def _apply_sql(self) -> None:
-        # Imported here: only a host that applies SQL loads asyncpg.
-        from thorbis_cache.postgres import apply_and_check
+    async def _setup_database(self, capture: CaptureMode, slot: str) -> None:
+        # Imported here: only a host that gives a DSN loads asyncpg.
+        from thorbis_cache.postgres.setup import setup_database
 
         assert self.postgres_dsn is not None
-        await apply_and_check(self.postgres_dsn, list(self.plugins.plugins.values()))
+        self.database = await setup_database(self.postgres_dsn, self.plugins,
+                                             capture=capture, slot=slot)
+
+    async def _check_capture(self) -> None:
+        from thorbis_cache.postgres.capture_check import check_capture
+        from thorbis_cache.postgres.outbox import connect
+
+        assert self.postgres_dsn is not None
+        conn = await connect(self.postgres_dsn)
+        try:
+            await check_capture(conn, self.plugins.all_rules(), "any",
+                                plugins=list(self.plugins.plugins))
+        finally:
+            await conn.close()
 
     def pattern(self, name: str) -> Callable[..., Awaitable[Any]]:
         """The cache pattern ``name``, bound to this app's cache:

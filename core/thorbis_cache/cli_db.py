@@ -2,18 +2,24 @@
 
 * ``db migrate``: apply the pending core SQL (``sql/core``), versioned and checksummed.
 * ``db init``: ``migrate``, then the plugins' SQL and views (checked against the
-  database), then the outbox capture triggers generated from the plugins' rules.
+  database), then change capture (:func:`thorbis_cache.postgres.setup.setup_database`,
+  which ``CacheApp.start(apply_sql=True)`` runs too).
 * ``worker``: the outbox worker (adaptive polling of the outbox), the reliable
-  invalidation queue's consumer and the materialized-view scheduler, until Ctrl-C;
-  ``--once`` drains the outbox, runs one scheduler tick and exits.
+  invalidation queue's consumer and the materialized-view scheduler, until SIGTERM or
+  SIGINT (Ctrl-C): the batch in hand finishes, one line says so, exit 0; ``--once``
+  drains the outbox, runs one scheduler tick and exits. Either refuses to start when a
+  rule's table has no capture installed (``db migrate`` without ``db init``).
 * ``audit verify``: walk the audit chain; exit 1 naming the first broken link.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import os
+import signal
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -23,6 +29,8 @@ from thorbis_cache.errors import AuditChainBroken
 
 if TYPE_CHECKING:
     from thorbis_cache.postgres.logical import LogicalCapture
+    from thorbis_cache.postgres.migrations import MigrationReport
+    from thorbis_cache.worker import OutboxWorker
 
 __all__ = ["AuditAction", "DbAction", "audit_command", "db_command", "worker_command"]
 
@@ -78,53 +86,36 @@ def db_command(
 async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
               capture: Capture = Capture.triggers, slot: str = "main") -> None:
     from thorbis_cache.plugins import PluginManager
-    from thorbis_cache.postgres import apply_and_check
     from thorbis_cache.postgres.migrations import migrate
-    from thorbis_cache.postgres.outbox import connect
-    from thorbis_cache.postgres.triggers import install_triggers
+    from thorbis_cache.postgres.setup import setup_database
 
     await check_postgres(dsn)
-    report = await migrate(dsn)
+    if action is DbAction.migrate:
+        _echo_migrations(await migrate(dsn))
+        return
+    manager = PluginManager()
+    await manager.load(plugins)
+    done = await setup_database(dsn, manager, capture=capture.value, slot=slot)
+    _echo_migrations(done.migrations)
+    if done.fallback:
+        typer.echo(f"capture: triggers ({done.fallback})")
+    applied = f"plugins {', '.join(done.plugins) or '(none)'}: SQL applied"
+    if done.capture == "logical":
+        for line in done.dropped:
+            typer.echo(f"capture trigger dropped: {line}")
+        typer.echo(f"{applied}, logical capture {done.slot} ready (REPLICA IDENTITY FULL "
+                   f"set on: {', '.join(done.replica_full) or 'none needed'})")
+        return
+    for plan in done.triggers:
+        typer.echo(f"capture trigger on {plan.table}: {', '.join(plan.columns)}")
+    typer.echo(f"{applied}, {len(done.triggers)} capture trigger(s) installed")
+
+
+def _echo_migrations(report: MigrationReport) -> None:
     for name in report.applied:
         typer.echo(f"applied core {name}")
     typer.echo(f"core schema up to date ({len(report.applied)} applied, "
                f"{len(report.already)} already)")
-    if action is DbAction.migrate:
-        return
-    manager = PluginManager()
-    loaded = await manager.load(plugins)
-    await apply_and_check(dsn, loaded)
-    conn = await connect(dsn)
-    try:
-        if capture is Capture.auto:
-            from thorbis_cache.postgres.logical import logical_unavailable
-
-            reason = await logical_unavailable(conn)
-            capture = Capture.triggers if reason else Capture.logical
-            if reason:
-                typer.echo(f"capture: triggers ({reason})")
-        if capture is Capture.logical:
-            from thorbis_cache.postgres.logical import LogicalCapture
-            from thorbis_cache.postgres.triggers import remove_triggers
-
-            logical = LogicalCapture(slot, manager.all_rules(), manager.all_views())
-            full = await logical.ensure(conn)
-            dropped = await remove_triggers(conn)
-        else:
-            plans = await install_triggers(conn, manager.all_rules(), manager.all_views())
-    finally:
-        await conn.close()
-    if capture is Capture.logical:
-        for line in dropped:
-            typer.echo(f"capture trigger dropped: {line}")
-        typer.echo(f"plugins {', '.join(p.name for p in loaded) or '(none)'}: SQL applied, "
-                   f"logical capture {logical.slot} ready (REPLICA IDENTITY FULL set on: "
-                   f"{', '.join(full) or 'none needed'})")
-        return
-    for plan in plans:
-        typer.echo(f"capture trigger on {plan.table}: {', '.join(plan.columns)}")
-    typer.echo(f"plugins {', '.join(p.name for p in loaded) or '(none)'}: SQL applied, "
-               f"{len(plans)} capture trigger(s) installed")
 
 
 def worker_command(
@@ -179,6 +170,9 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
     scheduler = MvScheduler.from_app(app, dsn, tick_s=mv_tick)
     stop = asyncio.Event()
     try:
+        # Before anything: a rule whose table nothing captures would leave the cache
+        # stale while the worker reports "0 change(s) applied".
+        await worker.check_capture()
         if once:
             queued = 0
             if queue:
@@ -195,26 +189,55 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
                 if r.outcome == "failed":
                     typer.echo(f"  {r.error}")
             return
-        typer.echo(f"worker running ({'slot ' + logical.slot if logical else 'outbox'}, "
-                   f"batch {batch_size}, poll {poll_interval}s"
-                   f"{f', {len(scheduler.views)} view(s) every {mv_tick}s' if mv else ''}); "
-                   "Ctrl-C stops")
-        tasks = []
-        if queue:
-            tasks.append(asyncio.create_task(jobs.run(handler, stop),
-                                             name="thorbis-queue-consumer"))
-        if mv and scheduler.views:
-            tasks.append(asyncio.create_task(scheduler.run(), name="thorbis-mv-scheduler"))
-        try:
-            await worker.run()
-        finally:
-            stop.set()
-            scheduler.stop()
-            await asyncio.gather(*tasks)
+        received: list[str] = []
+        # Handlers first: a signal sent as soon as the line below is read must stop it.
+        with _stop_on_signals(worker, received):
+            typer.echo(f"worker running ({'slot ' + logical.slot if logical else 'outbox'}, "
+                       f"batch {batch_size}, poll {poll_interval}s"
+                       f"{f', {len(scheduler.views)} view(s) every {mv_tick}s' if mv else ''}"
+                       "); Ctrl-C or SIGTERM stops")
+            tasks = []
+            if queue:
+                tasks.append(asyncio.create_task(jobs.run(handler, stop),
+                                                 name="thorbis-queue-consumer"))
+            if mv and scheduler.views:
+                tasks.append(asyncio.create_task(scheduler.run(), name="thorbis-mv-scheduler"))
+            try:
+                await worker.run()
+            finally:
+                stop.set()
+                scheduler.stop()
+                await asyncio.gather(*tasks)
+        typer.echo(f"worker stopped ({received[0] if received else 'stop()'}): "
+                   f"{worker.metrics.processed} change(s) applied")
     finally:
         await scheduler.aclose()
         await worker.aclose()
         await app.aclose()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(worker: OutboxWorker, received: list[str]) -> Iterator[None]:
+    """SIGTERM and SIGINT stop ``worker`` as a service stops: :meth:`OutboxWorker.stop`
+    lets the batch in hand commit (or roll back, its rows kept), then ``run`` returns
+    and the command exits 0. The signals' names are appended to ``received``."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        worker.stop()
+
+    installed = []
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 def audit_command(

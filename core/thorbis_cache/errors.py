@@ -16,6 +16,7 @@ R = TypeVar("R")
 __all__ = [
     "AuditChainBroken",
     "CacheBackendError",
+    "CaptureNotInstalledError",
     "ConfigurationError",
     "DeadLetterNotFound",
     "DuplicateSchemaError",
@@ -69,6 +70,23 @@ class EvictionPolicyError(ConfigurationError):
         self.address = address
         self.problem = problem
         super().__init__(f"redis {address}: maxmemory-policy {policy}: {problem}")
+
+
+class CaptureNotInstalledError(ConfigurationError):
+    """Invalidation rules name tables whose changes nothing captures (no capture trigger,
+    or no slot and publication): the worker would apply nothing and the cache would stay
+    stale until the TTLs.
+
+    :ivar problems: one line per table: the table, the rules on it, what is missing.
+    :ivar fix: the command that installs the capture.
+    """
+
+    def __init__(self, problems: list[str], fix: str) -> None:
+        self.problems = problems
+        self.fix = fix
+        lines = "".join(f"\n  - {p}" for p in problems)
+        super().__init__(f"change capture is not installed for {len(problems)} table(s) "
+                         f"that invalidation rules read; run `{fix}`:{lines}")
 
 
 # --------------------------------------------------------------------------- keys

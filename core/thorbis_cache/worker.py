@@ -206,6 +206,12 @@ class OutboxWorker:
         beforehand: the worker never creates the slot, since a slot created after one
         was lost would hide the changes lost with it
         (:class:`~thorbis_cache.postgres.logical.SlotLostError`, logged at each batch).
+    :param plugins: the names of the plugins whose rules these are, named in the
+        command of a :class:`~thorbis_cache.errors.CaptureNotInstalledError`
+        (:meth:`from_app` passes them).
+    :param require_capture: :meth:`run`, :meth:`drain` and :meth:`drained` first check
+        that every rule's table is captured (:meth:`check_capture`) and refuse
+        otherwise; False skips that (a test feeding the outbox by hand).
     """
 
     def __init__(self, dsn: str, cache: Cache, rules: Iterable[InvalidationRule], *,
@@ -214,7 +220,8 @@ class OutboxWorker:
                  dead_letter_days: float = 14.0, audit: bool = True,
                  replay_window: float | None = 300.0, redis_probe_interval: float = 0.02,
                  max_backoff: float = 2.0, sweep_interval: float = 60.0,
-                 capture: LogicalCapture | None = None) -> None:
+                 capture: LogicalCapture | None = None, plugins: Sequence[str] = (),
+                 require_capture: bool = True) -> None:
         self.dsn = dsn
         self.cache = cache
         self._planner = RulePlanner(cache, rules)
@@ -232,6 +239,9 @@ class OutboxWorker:
         self.max_backoff = max_backoff
         self.sweep_interval = sweep_interval
         self.capture = capture
+        self.plugins = tuple(plugins)
+        self.require_capture = require_capture
+        self._capture_checked = False
         # Failed attempts per change (its LSN) under logical capture: the WAL has no
         # attempts column, so they are counted here, and start again after a restart.
         self._attempts: dict[int, tuple[int, str]] = {}
@@ -240,12 +250,22 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._running = False
+        # drained() calls waiting on run(): resolved by the first batch that started
+        # after them and found nothing left (see _settle_waiters).
+        self._waiters: list[asyncio.Future[bool]] = []
 
     @classmethod
     def from_app(cls, app: CacheApp, dsn: str, **options: Any) -> OutboxWorker:
         """A worker on a started app's cache and its plugins' rules; tags go to the
-        cache's tag engine unless ``invalidate_tags`` is passed."""
+        cache's tag engine unless ``invalidate_tags`` is passed.
+
+        :param app: a started :class:`~thorbis_cache.app.CacheApp`.
+        :param dsn: the PostgreSQL database the plugins' tables live in.
+        :param options: any keyword argument of :class:`OutboxWorker`.
+        """
         options.setdefault("invalidate_tags", CacheTagInvalidator(app.cache))
+        options.setdefault("plugins", tuple(app.plugins.plugins))
         return cls(dsn, app.cache, app.plugins.all_rules(), **options)
 
     async def __aenter__(self) -> OutboxWorker:
@@ -289,11 +309,12 @@ class OutboxWorker:
             return await self._run_logical_once(self.capture, caught_up=True)
         return await self._run_outbox_once()
 
-    async def _next_batch(self) -> BatchResult:
+    async def _next_batch(self, caught_up: bool = False) -> BatchResult:
         """:meth:`run`'s batch: from a stream, what has arrived (the loop wakes when
-        the server sends more); from the outbox, a claim."""
+        the server sends more), or with ``caught_up`` (a :meth:`drained` call waits)
+        up to the server's flush position; from the outbox, a claim."""
         if self.capture is not None:
-            return await self._run_logical_once(self.capture, caught_up=False)
+            return await self._run_logical_once(self.capture, caught_up=caught_up)
         return await self._run_outbox_once()
 
     async def _run_outbox_once(self) -> BatchResult:
@@ -489,18 +510,86 @@ class OutboxWorker:
             tuple(sorted((t, n) for t, ns in tags.items() for n in ns)), tuple(audit_ids),
         )
 
+    async def check_capture(self) -> None:
+        """Refuse to run when some rule's table has no change capture installed (no
+        capture trigger, or for logical capture no slot or publication): the worker
+        would apply nothing while the cache stays stale
+        (:mod:`thorbis_cache.postgres.capture_check`).
+
+        :raises CaptureNotInstalledError: naming each table, its rules, and the
+            ``thorbis-cache db init`` command that installs the capture.
+        """
+        from thorbis_cache.postgres.capture_check import check_capture
+
+        await check_capture(await self._connection(), self._all_rules(),
+                            self.capture or "triggers", plugins=self.plugins)
+        self._capture_checked = True
+
+    async def _check_once(self) -> None:
+        if self.require_capture and not self._capture_checked:
+            await self.check_capture()
+
     async def drain(self) -> list[BatchResult]:
-        """Run batches until the outbox is empty (for tests and the CLI's ``--once``)."""
+        """Run batches until the outbox is empty (for tests and the CLI's ``--once``):
+        the last batch claimed nothing, so every change committed before it started
+        has been applied (or dead-lettered). Under logical capture, until the slot
+        has caught up with the server's flush position. Not while :meth:`run` runs in
+        another task (use :meth:`drained`).
+
+        :raises CaptureNotInstalledError: see :meth:`check_capture`.
+        """
         await self.cache.verify_server()
+        await self._check_once()
         results = []
         while (result := await self.run_once()).claimed:
             results.append(result)
         return results
 
+    async def drained(self) -> None:
+        """Return once every change committed before the call has been applied.
+
+        When :meth:`run` is running (in another task), wait for its loop to get there:
+        the first batch that starts after this call and finds the outbox empty (under
+        logical capture: reads up to the server's flush position as of its start)
+        resolves it; no batch runs beside the loop's (when the loop stops first, this
+        drains once it has returned). Otherwise, :meth:`drain`. For
+        tests and deploys, instead of polling ``thorbis.outbox``.
+
+        It waits as long as that takes: while Redis is down the changes wait, and so
+        does this (wrap it in :func:`asyncio.timeout` to bound it).
+
+        :raises CaptureNotInstalledError: see :meth:`check_capture`.
+        """
+        if self._running:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            self._wake.set()
+            if await waiter:
+                return
+        # run() is not running, or stopped before it got there (and has returned: its
+        # connection is free).
+        await self.drain()
+
+    def _settle_waiters(self, started: int, caught_up: bool | None) -> None:
+        """Resolve the ``started`` oldest :meth:`drained` calls (those made before the
+        batch that just ended began): True when it caught up, False (they drain by
+        themselves) when :meth:`run` ends (``caught_up`` None)."""
+        if caught_up is None:
+            started = len(self._waiters)
+        elif not caught_up:
+            return
+        done, self._waiters = self._waiters[:started], self._waiters[started:]
+        for waiter in done:
+            if not waiter.done():
+                waiter.set_result(bool(caught_up))
+
     # ----------------------------------------------------------------- the loop
 
     def stop(self) -> None:
-        """Make :meth:`run` return after its current batch (at once when it waits)."""
+        """Make :meth:`run` return after its current batch (at once when it waits):
+        the batch in hand commits (or rolls back, its changes back in the outbox), so
+        nothing is lost. Safe to call from a signal handler
+        (``loop.add_signal_handler(signal.SIGTERM, worker.stop)``)."""
         self._stopping = True
         self._wake.set()
         self._stopped.set()
@@ -519,9 +608,17 @@ class OutboxWorker:
         down, a tag invalidator error) is retried after a backoff from 0.1 s doubling to
         ``max_backoff``.
         """
-        await self.cache.verify_server()
+        # Reset before the first await, so that a stop() during the checks is kept.
         self._stopping = False
         self._stopped.clear()
+        self._running = True
+        try:
+            await self.cache.verify_server()
+            await self._check_once()
+        except BaseException:
+            self._running = False
+            self._settle_waiters(0, None)
+            raise
         listener: Any = None
         last_prune: float | None = None
         backoff = 0.0
@@ -558,7 +655,9 @@ class OutboxWorker:
                         await listener.add_listener(CHANNEL, wake)
                     self._wake.clear()
                     while not self._stopping:
-                        result = await self._next_batch()
+                        asked = len(self._waiters)
+                        result = await self._next_batch(caught_up=asked > 0)
+                        self._settle_waiters(asked, not result.claimed)
                         if result.claimed:
                             idle = 0.0
                         backoff, settle, answered = 0.0, self.redis_probe_interval, False
@@ -603,6 +702,8 @@ class OutboxWorker:
                     if unwatch is not None:
                         unwatch()
         finally:
+            self._running = False
+            self._settle_waiters(0, None)
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper

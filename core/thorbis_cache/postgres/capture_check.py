@@ -1,0 +1,141 @@
+"""Is every invalidation rule's table captured? The check that catches silent staleness.
+
+After ``thorbis-cache db migrate`` without ``db init`` the rules exist but nothing
+captures changes: an UPDATE writes no outbox row, the worker applies nothing, and cached
+entries stay stale until their TTL. :func:`check_capture` finds that before it happens;
+the worker (:meth:`~thorbis_cache.worker.OutboxWorker.check_capture`, run by ``run``,
+``drain`` and the CLI) and :meth:`CacheApp.start <thorbis_cache.app.CacheApp.start>`
+(when given a DSN) refuse to start on it.
+
+What counts as installed, per table some rule names:
+
+* trigger capture: enabled triggers on the table that run a function of the ``thorbis``
+  schema (whatever their names: ``triggers.py`` owns those) and together fire on every
+  operation the table's rules handle;
+* logical capture: the slot exists in this database and its publication includes the
+  table;
+* either (``capture="any"``, the app's check, which does not know how its workers read):
+  one of the two, the publication being any ``thorbis_*`` one with a live slot.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from thorbis_cache.declarations import InvalidationRule, Operation
+from thorbis_cache.errors import CaptureNotInstalledError
+
+if TYPE_CHECKING:
+    from thorbis_cache.postgres.logical import LogicalCapture
+
+__all__ = ["capture_problems", "check_capture", "fix_command"]
+
+# pg_trigger.tgtype bits (catalog/pg_trigger.h): which events a trigger fires on.
+_EVENT_BITS = {Operation.INSERT: 4, Operation.DELETE: 8, Operation.UPDATE: 16}
+
+_TRIGGER_EVENTS = """
+SELECT c.tbl, to_regclass(c.tbl) IS NOT NULL AS present,
+       coalesce(bit_or(t.tgtype::int), 0) AS events
+FROM unnest($1::text[]) AS c(tbl)
+LEFT JOIN pg_catalog.pg_trigger t
+       ON t.tgrelid = to_regclass(c.tbl) AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+      AND t.tgfoid IN (SELECT p.oid FROM pg_catalog.pg_proc p
+                       JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                       WHERE n.nspname = 'thorbis')
+GROUP BY c.tbl
+"""
+
+# Tables of the publications (named pubname, or any thorbis_* one when $1 is NULL) whose
+# slot of the same name exists in this database and is not lost.
+_PUBLISHED = """
+SELECT DISTINCT pt.schemaname || '.' || pt.tablename
+FROM pg_catalog.pg_publication_tables pt
+JOIN pg_catalog.pg_replication_slots s
+  ON s.slot_name = pt.pubname AND s.database = current_database()
+ AND coalesce(s.wal_status, '') <> 'lost'
+WHERE CASE WHEN $1::text IS NULL THEN pt.pubname LIKE 'thorbis\\_%' ELSE pt.pubname = $1 END
+"""
+
+_SLOT = """
+SELECT true FROM pg_catalog.pg_replication_slots
+WHERE slot_name = $1 AND database = current_database() AND coalesce(wal_status, '') <> 'lost'
+"""
+
+
+async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
+                           capture: LogicalCapture | Literal["triggers", "any"] = "triggers"
+                           ) -> list[str]:
+    """One line per ruled table whose changes are not captured, naming the table, its
+    rules and what is missing; empty when every table is captured.
+
+    :param conn: an asyncpg connection.
+    :param rules: the invalidation rules (``app.plugins.all_rules()``).
+    :param capture: ``"triggers"``, a :class:`~thorbis_cache.postgres.logical.LogicalCapture`
+        (its slot and publication), or ``"any"`` (see the module).
+    """
+    by_table: dict[str, list[InvalidationRule]] = defaultdict(list)
+    for rule in rules:
+        by_table[rule.table].append(rule)
+    if not by_table:
+        return []
+    tables = sorted(by_table)
+    logical = None if isinstance(capture, str) else capture
+    if logical is not None and not await conn.fetchval(_SLOT, logical.slot):
+        return [f"{table} (rules {_names(by_table[table])}): replication slot "
+                f"{logical.slot} does not exist in this database" for table in tables]
+    published: set[str] = set()
+    if capture != "triggers":
+        published = {r[0] for r in await conn.fetch(
+            _PUBLISHED, None if logical is None else logical.publication)}
+    events: dict[str, tuple[bool, int]] = {}
+    if logical is None:
+        events = {r[0]: (r[1], r[2]) for r in await conn.fetch(_TRIGGER_EVENTS, tables)}
+    problems = []
+    for table in tables:
+        if table in published:
+            continue
+        if logical is not None:
+            problems.append(f"{table} (rules {_names(by_table[table])}): not in "
+                            f"publication {logical.publication}")
+            continue
+        present, bits = events[table]
+        if not present:
+            problems.append(f"{table} (rules {_names(by_table[table])}): the table "
+                            "does not exist")
+            continue
+        needed = {op for r in by_table[table] for op in r.operations}
+        missing = sorted(op.value for op in needed if not bits & _EVENT_BITS[op])
+        if missing:
+            what = "no capture trigger" if not bits else "no capture trigger for"
+            detail = "" if not bits else f" {', '.join(missing)}"
+            problems.append(f"{table} (rules {_names(by_table[table])}): {what}{detail}")
+    return problems
+
+
+def fix_command(plugins: Sequence[str] = (), logical: LogicalCapture | None = None) -> str:
+    """The ``thorbis-cache db init`` command line that installs the capture."""
+    words = ["thorbis-cache db init"]
+    words += [f"--plugin {name}" for name in plugins]
+    if logical is not None:
+        words.append(f"--capture logical --slot {logical.name.removeprefix('thorbis_')}")
+    return " ".join(words)
+
+
+async def check_capture(conn: Any, rules: Iterable[InvalidationRule],
+                        capture: LogicalCapture | Literal["triggers", "any"] = "triggers",
+                        *, plugins: Sequence[str] = ()) -> None:
+    """Refuse when :func:`capture_problems` finds any.
+
+    :param plugins: the plugins whose rules these are, for the fix command.
+    :raises CaptureNotInstalledError: naming each table, its rules, and the command.
+    """
+    problems = await capture_problems(conn, rules, capture)
+    if problems:
+        logical = None if isinstance(capture, str) else capture
+        raise CaptureNotInstalledError(problems, fix_command(plugins, logical))
+
+
+def _names(rules: Sequence[InvalidationRule]) -> str:
+    return ", ".join(sorted(r.name for r in rules))

@@ -1,0 +1,109 @@
+"""Prepare a database for thorbis-cache in one call: what ``thorbis-cache db init`` runs.
+
+::
+
+    report = await setup_database(dsn, app.plugins, capture="triggers")
+
+In order: the core migrations (``sql/core``, versioned and checksummed), every loaded
+plugin's SQL and materialized views (checked against the database), then change capture:
+the capture triggers generated from the rules (``"triggers"``, the default), or a
+publication and a logical replication slot (``"logical"``; the capture triggers are
+dropped), or ``"auto"`` (logical when the server allows it, else triggers). Every step is
+idempotent, so a second host process, or a deploy, may run it again.
+
+``thorbis-cache db init`` and :meth:`CacheApp.start(apply_sql=True)
+<thorbis_cache.app.CacheApp.start>` both call :func:`setup_database`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+
+from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.postgres.migrations import MigrationReport, migrate
+from thorbis_cache.postgres.outbox import connect
+from thorbis_cache.postgres.sql_apply import apply_and_check
+
+if TYPE_CHECKING:
+    from thorbis_cache.plugins import PluginManager
+    from thorbis_cache.postgres.triggers import TablePlan
+
+__all__ = ["CAPTURES", "CaptureMode", "DatabaseSetup", "setup_database"]
+
+#: How committed changes reach the worker (``db init --capture``).
+CaptureMode = Literal["triggers", "logical", "auto"]
+CAPTURES: tuple[CaptureMode, ...] = ("triggers", "logical", "auto")
+
+
+@attrs.frozen(slots=True)
+class DatabaseSetup:
+    """What :func:`setup_database` did.
+
+    :ivar migrations: the core migrations applied and already there.
+    :ivar plugins: the plugins whose SQL was applied, in load order.
+    :ivar capture: the capture installed, ``"triggers"`` or ``"logical"``.
+    :ivar triggers: the capture trigger plans installed (triggers).
+    :ivar slot: the replication slot (and publication) made ready (logical).
+    :ivar replica_full: tables set to REPLICA IDENTITY FULL (logical).
+    :ivar dropped: capture triggers dropped (``"<trigger> ON <table>"``; logical).
+    :ivar fallback: why ``"auto"`` chose triggers, or None.
+    """
+
+    migrations: MigrationReport
+    plugins: tuple[str, ...]
+    capture: Literal["triggers", "logical"]
+    triggers: tuple[TablePlan, ...] = ()
+    slot: str | None = None
+    replica_full: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    fallback: str | None = None
+
+
+async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMode = "triggers",
+                         slot: str = "main") -> DatabaseSetup:
+    """Apply the core schema, the plugins' SQL and views, and install change capture.
+
+    :param dsn: the PostgreSQL database.
+    :param plugins: a manager whose plugins are loaded (``app.plugins``): their SQL,
+        views and rules are what is applied.
+    :param capture: ``"triggers"``, ``"logical"`` or ``"auto"`` (see the module).
+    :param slot: the logical capture's name: slot and publication ``thorbis_<slot>``.
+    :returns: what was done.
+    :raises ConfigurationError: an unknown ``capture``; a rule naming a table or column
+        the database lacks; logical capture on a server without ``wal_level=logical``.
+    :raises PluginLoadError: a plugin's SQL failed, or its rules do not match the tables.
+    :raises MigrationError: a core migration failed or was changed after it was applied.
+    """
+    if capture not in CAPTURES:
+        raise ConfigurationError(f"capture must be one of {', '.join(CAPTURES)}, "
+                                 f"got {capture!r}")
+    report = await migrate(dsn)
+    loaded = list(plugins.plugins.values())
+    await apply_and_check(dsn, loaded)
+    names = tuple(p.name for p in loaded)
+    rules, views = plugins.all_rules(), plugins.all_views()
+    conn = await connect(dsn)
+    try:
+        fallback = None
+        if capture == "auto":
+            from thorbis_cache.postgres.logical import logical_unavailable
+
+            fallback = await logical_unavailable(conn)
+            capture = "triggers" if fallback else "logical"
+        if capture == "logical":
+            from thorbis_cache.postgres.logical import LogicalCapture
+            from thorbis_cache.postgres.triggers import remove_triggers
+
+            logical = LogicalCapture(slot, rules, views)
+            full = await logical.ensure(conn)
+            dropped = await remove_triggers(conn)
+            return DatabaseSetup(report, names, "logical", slot=logical.slot,
+                                 replica_full=tuple(full), dropped=tuple(dropped))
+        from thorbis_cache.postgres.triggers import install_triggers
+
+        plans = await install_triggers(conn, rules, views)
+    finally:
+        await conn.close()
+    return DatabaseSetup(report, names, "triggers", triggers=tuple(plans), fallback=fallback)
