@@ -405,3 +405,36 @@ def test_bad_override_values_are_refused_by_the_settings(overrides: dict[str, An
     assert str(info.value).startswith(message)
     assert CacheSettings(schema_overrides={"a.b": SchemaOverride(ttl=5)}
                          ).schema_overrides["a.b"].ttl == 5
+
+
+async def test_drained_under_logical_capture_waits_for_the_running_stream(
+    make_app: AppFactory, thorbis_standalone_redis_url: str, thorbis_pg_dsn: str
+) -> None:
+    app = await make_app(thorbis_standalone_redis_url, thorbis_pg_dsn).start(
+        ["tst"], apply_sql=True, capture="logical", slot="hostdrain")
+    capture = LogicalCapture("hostdrain", app.plugins.all_rules(), app.plugins.all_views())
+    worker = OutboxWorker.from_app(app, thorbis_pg_dsn, capture=capture, poll_interval=30.0)
+
+    async def no_batches_beside_the_loop() -> Any:
+        raise AssertionError("drained() ran a batch while run() was running")
+
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until("the worker runs", lambda: asyncio.sleep(0, worker._running))
+        worker.run_once = no_batches_beside_the_loop  # type: ignore[method-assign]
+        keys = [good.ITEM.key("acme", item_id=i) for i in range(40)]
+        for key in keys:
+            await app.cache.set(key, good.Item(0, "x", "open"))
+        await _insert_items(thorbis_pg_dsn, range(40))
+        await asyncio.wait_for(worker.drained(), 20)
+        assert await app.cache.get_many(keys) == [None] * 40
+        assert worker.metrics.processed == 40
+    finally:
+        worker.stop()
+        await task
+        await worker.aclose()
+        conn = await asyncpg.connect(thorbis_pg_dsn)
+        try:
+            await capture.drop(conn)
+        finally:
+            await conn.close()

@@ -141,7 +141,9 @@ def worker_command(
     """Run the outbox worker: committed changes become cache invalidations; it also
     consumes queued invalidation jobs (``InvalidationQueue``) unless ``--no-queue``, and
     refreshes the plugins' materialized views when due (cron, smart) unless ``--no-mv``.
-    Run as many workers as you like: each view is refreshed by one at a time."""
+    Run as many workers as you like: each view is refreshed by one at a time. SIGTERM or
+    Ctrl-C stops it after the batch in hand (exit 0); it refuses to start when a rule's
+    table has no change capture (run ``db init``)."""
     asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval,
                         queue, mv, mv_tick, capture, slot))
 

@@ -552,7 +552,9 @@ class OutboxWorker:
         the first batch that starts after this call and finds the outbox empty (under
         logical capture: reads up to the server's flush position as of its start)
         resolves it; no batch runs beside the loop's (when the loop stops first, this
-        drains once it has returned). Otherwise, :meth:`drain`. For
+        drains once it has returned). Otherwise, :meth:`drain`. Under logical capture it
+        first waits for the WAL to be flushed past the call (see :meth:`_wal_flushed`).
+        For
         tests and deploys, instead of polling ``thorbis.outbox``.
 
         It waits as long as that takes: while Redis is down the changes wait, and so
@@ -560,6 +562,8 @@ class OutboxWorker:
 
         :raises CaptureNotInstalledError: see :meth:`check_capture`.
         """
+        if self.capture is not None:
+            await self._wal_flushed()
         if self._running:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -569,6 +573,24 @@ class OutboxWorker:
         # run() is not running, or stopped before it got there (and has returned: its
         # connection is free).
         await self.drain()
+
+    async def _wal_flushed(self) -> None:
+        """Wait until the WAL is flushed past what was written before this call.
+
+        A logical batch reads up to the server's *flush* position; under
+        ``synchronous_commit=off`` a transaction that has committed may not be flushed
+        yet (the WAL writer flushes within ``wal_writer_delay``, 200 ms by default), so
+        reading up to the flush position as of now could miss it. On a connection of
+        its own: the worker's may be in a batch."""
+        conn = await outbox.connect(self.dsn)
+        try:
+            target = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
+            pause = MIN_POLL
+            while not await conn.fetchval("SELECT pg_current_wal_flush_lsn() >= $1", target):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.02)
+        finally:
+            await conn.close()
 
     def _settle_waiters(self, started: int, caught_up: bool | None) -> None:
         """Resolve the ``started`` oldest :meth:`drained` calls (those made before the
