@@ -236,6 +236,24 @@ async def test_a_slot_invalidated_past_its_wal_limit_is_flushed_and_recreated(
             await close_env(env)
 
 
+async def test_run_once_reads_a_commit_not_yet_flushed(env: Env) -> None:
+    """Under ``synchronous_commit=off`` (the test server's default) a commit returns
+    before its WAL is flushed; the batch after it must still read it."""
+    await env.conn.execute(CUSTOMER_SQL, "acme", 1)
+    lazy = await asyncpg.connect(env.dsn, server_settings={"synchronous_commit": "off"})
+    try:
+        async with env.worker() as worker:
+            await worker.run_once()
+            for round_ in range(5):
+                await env.cache_customer("acme", 1)
+                await lazy.execute("UPDATE hs.customers SET phone = $1 WHERE id = 1",
+                                   f"lazy{round_}")
+                assert (await worker.run_once()).keys == ("{acme}:hs.customer:1",)
+                assert not await env.cached("acme", 1)
+    finally:
+        await lazy.close()
+
+
 async def test_changes_apply_in_commit_order_and_a_late_commit_is_not_skipped(
     env: Env
 ) -> None:

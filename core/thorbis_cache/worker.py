@@ -368,14 +368,15 @@ class OutboxWorker:
     async def _run_logical_once(self, capture: LogicalCapture, *, caught_up: bool
                                 ) -> BatchResult:
         """One batch from the replication stream: read whole transactions (with
-        ``caught_up``, up to the server's flush position as of now; otherwise what has
-        arrived), at most ``batch_size`` changes, apply them as an outbox batch would
-        (same plans, replay log, audit, change counts, in one transaction), commit,
-        then confirm the slot that far.
+        ``caught_up``, up to the server's WAL insert position as of now, so that a
+        transaction committed before the call is read even when its commit is not
+        flushed yet; otherwise what has arrived), at most ``batch_size`` changes, apply
+        them as an outbox batch would (same plans, replay log, audit, change counts, in
+        one transaction), commit, then confirm the slot that far.
 
-        Not waiting is what :meth:`run` wants: under ``synchronous_commit=off`` the
-        flush position can end inside a record, which the WAL sender decodes only after
-        the WAL writer's next flush (up to 200 ms); :meth:`run` instead wakes when the
+        Not waiting is what :meth:`run` wants: under ``synchronous_commit=off`` a
+        commit reaches the WAL sender only after the WAL writer's next flush (up to
+        ``wal_writer_delay``, 200 ms by default); :meth:`run` instead wakes when the
         stream's socket has data.
 
         At least once: a worker killed, or a Redis or PostgreSQL failure, before the
@@ -399,7 +400,7 @@ class OutboxWorker:
                     return BatchResult()
             stream = self._stream
             until = None if not caught_up else parse_lsn(
-                await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
+                await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
             while True:
                 try:
                     batch = await stream.read(conn, self.batch_size, self._attempts,
