@@ -20,7 +20,7 @@ from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.declarations import InvalidationRule, Operation, RuleTarget
 from thorbis_cache.errors import ConfigurationError, RedisUnavailableError
 from thorbis_cache.postgres.migrations import migrate
-from thorbis_cache.postgres.outbox import prune_dead_letters
+from thorbis_cache.postgres.outbox import claim_batch, prune_dead_letters
 from thorbis_cache.postgres.triggers import CHANNEL, install_triggers, plan_tables
 from thorbis_cache.worker import OutboxWorker
 
@@ -104,7 +104,7 @@ async def test_trigger_records_one_row_with_needed_columns_and_sends_no_notify(
     # No NOTIFY: a notifying transaction takes a database-wide lock at commit, which
     # would serialise the host's writers; the worker polls instead.
     assert wakes == []
-    rows = await env.conn.fetch("SELECT * FROM thorbis.outbox ORDER BY id")
+    rows = await env.conn.fetch("SELECT * FROM thorbis.outbox_images ORDER BY id")
     assert [r["operation"] for r in rows] == ["INSERT", "UPDATE", "DELETE"]
     assert {r["table_name"] for r in rows} == {"tst.items"}
     assert {r["tenant_id"] for r in rows} == {"acme"}
@@ -143,7 +143,7 @@ async def test_multi_row_statements_record_each_row_paired_by_key(env: Env) -> N
                            "FROM generate_series(1, 5) i")
     await env.conn.execute("DELETE FROM thorbis.outbox")
     await env.conn.execute("UPDATE tst.items SET status = 's' || id")
-    rows = await env.conn.fetch("SELECT pk, old, new FROM thorbis.outbox ORDER BY id")
+    rows = await env.conn.fetch("SELECT pk, old, new FROM thorbis.outbox_images ORDER BY id")
     assert sorted(json.loads(r["pk"])["id"] for r in rows) == [1, 2, 3, 4, 5]
     for r in rows:
         old, new = json.loads(r["old"]), json.loads(r["new"])
@@ -152,12 +152,49 @@ async def test_multi_row_statements_record_each_row_paired_by_key(env: Env) -> N
     await env.conn.execute("DELETE FROM thorbis.outbox")
     await env.conn.execute("UPDATE tst.flags SET status = CASE WHEN id % 2 = 0 THEN 'off' "
                            "ELSE status END, note = 'n'")
-    rows = await env.conn.fetch("SELECT pk, new FROM thorbis.outbox ORDER BY id")
+    rows = await env.conn.fetch("SELECT pk, new FROM thorbis.outbox_images ORDER BY id")
     assert sorted(json.loads(r["pk"])["id"] for r in rows) == [2, 4]
     assert {json.loads(r["new"])["status"] for r in rows} == {"off"}
     await env.conn.execute("DELETE FROM tst.flags WHERE id <= 3")
     assert await env.conn.fetchval(
         "SELECT count(*) FROM thorbis.outbox WHERE operation = 'DELETE'") == 3
+
+
+async def test_a_bulk_update_after_a_single_row_one_in_the_same_session_stays_linear(
+    env: Env
+) -> None:
+    """PL/pgSQL keeps the plan it made for the first UPDATE of a session: planned for one
+    row, the old/new join was a nested loop, and a later 8,000-row UPDATE compared 64
+    million pairs (seconds). The UPDATE function plans without nested loops."""
+    await env.conn.execute("INSERT INTO tst.items (tenant_id, id, status) "
+                           "SELECT 'acme', i, 'open' FROM generate_series(1, 8000) i")
+    await env.conn.execute("UPDATE tst.items SET note = 'one' WHERE id = 1")
+    await env.conn.execute("DELETE FROM thorbis.outbox")
+    started = asyncio.get_running_loop().time()
+    await env.conn.execute("UPDATE tst.items SET note = 'all'")
+    elapsed = asyncio.get_running_loop().time() - started
+    assert await env.count() == 8000
+    assert await env.conn.fetchval(
+        "SELECT count(DISTINCT pk) FROM thorbis.outbox_images "
+        "WHERE old->>'id' = new->>'id'") == 8000
+    assert elapsed < 2.0, f"8,000-row UPDATE took {elapsed:.2f} s (nested loop?)"
+
+
+async def test_the_outbox_takes_rows_without_a_check_constraint(env: Env) -> None:
+    """Migration 006 dropped the CHECK on ``operation`` (re-planned for every captured
+    statement); the worker still refuses an unknown operation, as a dead letter."""
+    assert await env.conn.fetchval(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'thorbis.outbox'::regclass "
+        "AND contype = 'c'") == 0
+    await env.conn.execute(
+        "INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk) "
+        "VALUES ('tst.items', 'TRUNCATE', 'acme', '{\"tenant_id\": \"acme\", \"id\": 1}')")
+    async with env.worker() as worker:
+        results = await worker.drain()
+    assert [reason for r in results for _, reason in r.dead_letters] == [
+        "unknown operation 'TRUNCATE'"]
+    assert await env.count() == 0
+    assert await env.count("thorbis.outbox_dead_letters") == 1
 
 
 async def test_an_update_that_changes_the_key_records_both_images(env: Env) -> None:
@@ -166,13 +203,87 @@ async def test_an_update_that_changes_the_key_records_both_images(env: Env) -> N
     await insert(env.conn, [1])
     await env.conn.execute("DELETE FROM thorbis.outbox")
     await env.conn.execute("UPDATE tst.items SET id = 2 WHERE id = 1")
-    rows = await env.conn.fetch("SELECT operation, old, new FROM thorbis.outbox")
+    rows = await env.conn.fetch("SELECT operation, old, new FROM thorbis.outbox_images")
     assert [(r["operation"], json.loads(r["old"])["id"], json.loads(r["new"])["id"])
             for r in rows] == [("UPDATE", 1, 2)]
     async with env.worker() as worker:
         await worker.drain()
     assert await env.cache.get(ITEM.key("acme", item_id=1)) is None
     assert await env.cache.get(ITEM.key("acme", item_id=2)) is None
+
+
+TYPES_SQL = """
+CREATE TABLE tst.typed (
+    tenant_id text NOT NULL, id bigint NOT NULL, name varchar(20), n int, small smallint,
+    flag boolean, amount numeric, ratio float8, day date, at timestamptz, ref uuid,
+    doc jsonb, tags text[], PRIMARY KEY (tenant_id, id));
+"""
+TYPED = ("name", "n", "small", "flag", "amount", "ratio", "day", "at", "ref", "doc", "tags")
+
+
+async def test_claimed_images_equal_the_json_the_old_triggers_wrote(env: Env) -> None:
+    """Triggers write text arrays; the claim rebuilds the objects ``jsonb_build_object``
+    gave in the writing session, for every kind of type (whatever its DateStyle); a row
+    already in the outbox in the JSON form is claimed as before."""
+    await env.conn.execute(TYPES_SQL)
+    rule = InvalidationRule("tst.typed", "tst.typed", list(Operation), (RuleTarget(tag="t"),),
+                            significant_columns=TYPED)
+    await install_triggers(env.conn, [*RULES, rule])
+    await env.conn.execute("DELETE FROM thorbis.outbox")
+    await env.conn.execute("SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Asia/Kolkata'")
+    await env.conn.execute(
+        "INSERT INTO tst.typed VALUES ('acme', 1, 'a \"q\" \\ é\n\x01', 42, -3, true, "
+        "12345678901234567890.5, 1e20, '2024-05-01', '2024-05-01 10:00:00+00', "
+        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"k\": [1, null]}', '{x,\"y z\"}'), "
+        "('acme', 2, NULL, NULL, NULL, NULL, 'NaN', '-Infinity', NULL, NULL, NULL, NULL, "
+        "NULL)")
+    await env.conn.execute("UPDATE tst.typed SET n = n + 1, flag = NOT flag")
+    await env.conn.execute("DELETE FROM tst.typed WHERE id = 2")
+    pairs = ", ".join(f"'{c}', t.{c}" for c in sorted(("tenant_id", *TYPED)))
+    # A row of the earlier form (jsonb columns, no shape), as a trigger of 0.x wrote it.
+    await env.conn.execute(
+        "INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk, new) "  # noqa: S608
+        f"SELECT 'tst.typed', 'INSERT', 'acme', jsonb_build_object('tenant_id', t.tenant_id, "
+        f"'id', t.id), jsonb_build_object({pairs}) FROM tst.typed t")
+    one = json.loads(await env.conn.fetchval(
+        f"SELECT jsonb_build_object({pairs})::text FROM tst.typed t"))  # noqa: S608
+    await env.conn.execute("RESET DateStyle; RESET TimeZone")
+    async with env.conn.transaction():
+        claimed = await claim_batch(env.conn, 100)
+    # The UPDATE of row 2 changed no significant column (NULL + 1 is NULL): not recorded.
+    assert [(r.operation, r.pk) for r in claimed[:4]] == [
+        ("INSERT", {"id": 1, "tenant_id": "acme"}), ("INSERT", {"id": 2, "tenant_id": "acme"}),
+        ("UPDATE", {"id": 1, "tenant_id": "acme"}), ("DELETE", {"id": 2, "tenant_id": "acme"})]
+    assert claimed[2].new == one
+    assert claimed[0].new == claimed[2].old == {**one, "n": 42, "flag": True}
+    assert one["name"] == 'a "q" \\ é\n\x01'
+    assert (one["amount"], one["ratio"]) == (12345678901234567890.5, 100000000000000000000)
+    # As jsonb_build_object wrote it in the writer's session: ISO, the session's offset.
+    assert (one["at"], one["day"]) == ("2024-05-01T15:30:00+05:30", "2024-05-01")
+    assert one["tags"] == ["x", "y z"]
+    assert one["doc"] == {"k": [1, None]}
+    two = {**dict.fromkeys(one), "tenant_id": "acme", "amount": "NaN",
+           "ratio": "-Infinity"}
+    assert claimed[1].new == claimed[3].old == two
+    assert claimed[3].new is None
+    # The earlier form is claimed as stored: JSON text.
+    assert json.loads(str(claimed[4].new)) == one
+    assert json.loads(str(claimed[4].pk)) == {"id": 1, "tenant_id": "acme"}
+    assert len(claimed) == 5
+
+
+async def test_an_undecodable_compact_row_is_dead_lettered_with_its_values(env: Env) -> None:
+    await env.conn.execute(
+        "INSERT INTO thorbis.outbox (table_name, operation, tenant_id, shape, old_values) "
+        "VALUES ('tst.items', 'DELETE', 'acme', 999999, '{acme,1}')")
+    async with env.worker() as worker:
+        results = await worker.drain()
+    [(_, reason)] = [d for r in results for d in r.dead_letters]
+    assert reason.startswith("old: malformed JSON")
+    kept = await env.conn.fetchval("SELECT old #>> '{}' FROM thorbis.outbox_dead_letters")
+    assert "capture shape 999999 does not exist" in kept
+    assert "'old': ['acme', '1']" in kept
+    assert await env.count() == 0
 
 
 async def test_install_is_idempotent_and_refuses_bad_tables(env: Env) -> None:
@@ -369,7 +480,8 @@ async def test_a_view_source_no_rule_names_gets_a_count_only_trigger(env: Env) -
     await env.conn.execute("INSERT INTO tst.sales VALUES ('acme', 1, 9.5, 'Ada')")
     await env.conn.execute("UPDATE tst.sales SET amount = 10 WHERE id = 1")
     rows = await env.conn.fetch(
-        "SELECT operation, old, new FROM thorbis.outbox WHERE table_name = 'tst.sales' ORDER BY id")
+        "SELECT operation, old, new FROM thorbis.outbox_images "
+        "WHERE table_name = 'tst.sales' ORDER BY id")
     assert [r["operation"] for r in rows] == ["INSERT", "UPDATE"]
     assert "Ada" not in json.dumps([dict(r) for r in rows], default=str)
     async with env.worker() as worker:

@@ -26,6 +26,8 @@ from typing import Any
 import asyncpg
 import attrs
 
+from thorbis_cache.postgres.outbox_images import Shape
+
 __all__ = [
     "DB_ERRORS",
     "OutboxRow",
@@ -44,12 +46,25 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
 )
 
+# One statement (the claim is the transaction's last query until the batch is applied):
+# the claimed rows, then the capture shapes they name (rows with is_shape).
 _CLAIM = """
-DELETE FROM thorbis.outbox
-WHERE id IN (SELECT id FROM thorbis.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING id, txid::text AS txid, created_at, table_name, operation, tenant_id,
-          pk::text AS pk, old::text AS old, new::text AS new, attempts, last_error,
-          extract(epoch FROM clock_timestamp() - created_at)::float8 AS age
+WITH claimed AS (
+    DELETE FROM thorbis.outbox
+    WHERE id IN (SELECT id FROM thorbis.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING *
+)
+SELECT false AS is_shape, id, txid::text AS txid, created_at, table_name, operation,
+       tenant_id, pk::text AS pk, old::text AS old, new::text AS new, attempts, last_error,
+       extract(epoch FROM clock_timestamp() - created_at)::float8 AS age,
+       shape, old_values, new_values, NULL::text[] AS columns, NULL::boolean[] AS quoted,
+       NULL::text[] AS key_columns, NULL::text[] AS image_columns
+  FROM claimed
+UNION ALL
+SELECT true, s.id, NULL, NULL, s.table_name, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, s.columns, s.quoted, s.key_columns, s.image_columns
+  FROM thorbis.capture_shapes s
+ WHERE s.id IN (SELECT shape FROM claimed)
 """
 
 _DEAD_LETTER = """
@@ -64,7 +79,9 @@ VALUES ($1, $2, $3, $4::text::xid8, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11::
 class OutboxRow:
     """One claimed change, as stored (JSON columns still as text: decoding is the
     worker's job, so a malformed value dead-letters one row instead of failing the batch).
-    Logical capture decodes the WAL itself and passes ``pk``/``old``/``new`` as objects.
+    Logical capture decodes the WAL itself and passes ``pk``/``old``/``new`` as objects,
+    and so does :func:`claim_batch` for the compact rows of the capture triggers
+    (:mod:`~thorbis_cache.postgres.outbox_images`).
 
     :ivar age: seconds between the row's creation and its claim (the lag).
     """
@@ -102,7 +119,30 @@ async def claim_batch(conn: asyncpg.Connection, limit: int) -> list[OutboxRow]:
     :param conn: a connection inside the batch transaction.
     :param limit: batch size.
     """
-    return [OutboxRow.from_record(r) for r in await conn.fetch(_CLAIM, limit)]
+    records = await conn.fetch(_CLAIM, limit)
+    shapes = {r["id"]: Shape.from_record(r) for r in records if r["is_shape"]}
+    return [_row(r, shapes) for r in records if not r["is_shape"]]
+
+
+def _row(record: Mapping[str, Any], shapes: Mapping[int, Shape]) -> OutboxRow:
+    """A claimed row; a compact one (written by the current triggers) gets its key and
+    images rebuilt from its shape (:mod:`~thorbis_cache.postgres.outbox_images`)."""
+    row = OutboxRow.from_record(record)
+    shape_id = record["shape"]
+    if shape_id is None:
+        return row
+    shape = shapes.get(shape_id)
+    values = {"old": record["old_values"], "new": record["new_values"]}
+    try:
+        if shape is None:
+            raise ValueError(f"capture shape {shape_id} does not exist")
+        pk, old, new = shape.images(values["old"], values["new"])
+    except ValueError as exc:
+        # Not JSON: planning refuses it and the worker dead-letters the row with this
+        # text, values included.
+        text = f"undecodable outbox row: {exc}; values {values!r}"
+        return attrs.evolve(row, pk=text, old=text, new=text)
+    return attrs.evolve(row, pk=pk, old=old, new=new)
 
 
 async def dead_letter(conn: asyncpg.Connection, row: OutboxRow, reason: str) -> None:
