@@ -53,6 +53,7 @@ from thorbis_cache.scaffold import PluginNames, scaffold_files, write_plugin
 from thorbis_cache.testing import contract_checks as checks
 from thorbis_cache.testing import contract_db as db
 from thorbis_cache.testing import contract_fills as fills
+from thorbis_cache.testing import contract_rules as rules
 from thorbis_cache.testing.contract import (
     ContractTarget,
     PluginContract,
@@ -60,6 +61,7 @@ from thorbis_cache.testing.contract import (
     load_plugin,
     run_async,
 )
+from thorbis_cache.worker import OutboxWorker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -756,3 +758,81 @@ def test_every_supported_type_is_accepted_and_round_trips() -> None:
                       (1, "a"), frozenset({"s"}), {"k": [b"\x00"]}, "y", {"free": [1]})
     codec: Any = SchemaCodec(schema, make_converter(), None, CodecSettings())
     assert codec.decode_value(codec.encode(value, b"k", "acme"), b"k", "acme") == value
+
+
+# --------------------------------------------------------------------------- rules at run time
+
+
+GOOD_SEED = TestGoodFixturePlugin.seed_sql
+
+
+@pytest.fixture(scope="module")
+def good_plugin() -> LoadedPlugin:
+    return run_async(lambda: load_plugin(ContractTarget("good", good)))
+
+
+def _rule_reading_name(plugin: LoadedPlugin) -> LoadedPlugin:
+    """The good plugin, its item rule reading the key's int parameter from a text column
+    (the defect: `pet_id` <- `name`)."""
+    wrong = attrs.evolve(plugin.rules[0], targets=[
+        RuleTarget(schema="tst.item", params={"item_id": "name"})])
+    return attrs.evolve(plugin, rules=(wrong, *plugin.rules[1:]))
+
+
+def test_rule_type_check_fails_a_parameter_read_from_a_column_of_another_type(
+    good_plugin: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    plugin = _rule_reading_name(good_plugin)
+
+    async def run() -> None:
+        async with db.applied(thorbis_pg_dsn, plugin) as conn:
+            await db.check_rules(conn, plugin)  # the column exists: this passes
+            await rules.check_rule_column_types(conn, plugin)
+
+    message = _fails(run)
+    assert "plugin 'good': invalidation rule column types (1 problem(s))" in message
+    assert "invalidation rule 'tst.item', target 0 ('tst.item'): parameter 'item_id' is " \
+           "int, but column tst.items.name is text: every change would be dead-lettered" \
+           in message
+
+
+def test_rules_end_to_end_fail_a_parameter_read_from_a_column_of_another_type(
+    good_plugin: LoadedPlugin, thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    plugin = _rule_reading_name(good_plugin)
+    message = _fails(rules.check_rules_end_to_end, thorbis_pg_dsn,
+                     thorbis_standalone_redis_url, plugin, GOOD_SEED, ("acme", "globex"))
+    assert "plugin 'good': invalidation rules end to end" in message
+    assert "seed_sql: a change was dead-lettered by the worker: rule 'tst.item' target " \
+           "'tst.item': parameter 'item_id' from column 'name': cannot convert 'pump'" in message
+    assert "invalidation rule 'tst.item' (tst.items): an UPDATE of a seed row was " \
+           "dead-lettered by the worker" in message
+
+
+def test_rules_end_to_end_fail_when_the_worker_leaves_the_targets_cached(
+    good_plugin: LoadedPlugin, thorbis_pg_dsn: str, thorbis_standalone_redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class IdleWorker(OutboxWorker):
+        async def drain(self) -> list[Any]:
+            return []
+
+    monkeypatch.setattr(rules, "OutboxWorker", IdleWorker)
+    message = _fails(rules.check_rules_end_to_end, thorbis_pg_dsn,
+                     thorbis_standalone_redis_url, good_plugin, GOOD_SEED, ("acme", "globex"))
+    assert "invalidation rules end to end (2 problem(s))" in message
+    assert "invalidation rule 'tst.item' (tst.items): after an UPDATE of a seed row of " \
+           "tenant 'acme' and the worker's drain, key '{acme}:tst.item:1' (value of a " \
+           "target) is still cached" in message
+    assert "invalidation rule 'tst.lists' (tst.items): after an UPDATE" in message
+    assert "'{acme}:tst.items_by_status:" in message
+
+
+def test_rules_end_to_end_need_a_seed_row_of_each_rule_table(
+    good_plugin: LoadedPlugin, thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    message = _fails(rules.check_rules_end_to_end, thorbis_pg_dsn,
+                     thorbis_standalone_redis_url, good_plugin,
+                     ["SELECT 1"], ("acme", "globex"))
+    assert "invalidation rule 'tst.item' (tst.items): the seed has no row of tst.items for " \
+           "tenants acme, globex with id set; add one to seed_sql" in message

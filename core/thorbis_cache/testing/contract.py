@@ -44,6 +44,7 @@ from thorbis_cache.plugins import LoadedPlugin, PluginManager
 from thorbis_cache.testing import contract_checks as checks
 from thorbis_cache.testing import contract_db as db
 from thorbis_cache.testing import contract_fills as fills
+from thorbis_cache.testing import contract_rules as rules
 
 __all__ = [
     "DEFAULT_TENANTS",
@@ -367,8 +368,30 @@ class PluginContract:
         async def run() -> None:
             async with db.applied(thorbis_pg_dsn, plugin) as conn:
                 await db.check_rules(conn, plugin)
+                await rules.check_rule_column_types(conn, plugin)
 
         run_async(run)
+
+    def test_rules_invalidate_their_targets_end_to_end(
+        self,
+        thorbis_contract_plugin: LoadedPlugin,
+        thorbis_contract_target: ContractTarget,
+        thorbis_pg_dsn: str,
+        thorbis_standalone_redis_url: str,
+    ) -> None:
+        """What ``db init`` does (core migrations, the plugin's SQL, capture triggers),
+        then ``seed_sql``; for every rule, an entry cached for each target, a change of a
+        seed row that fires the rule, the outbox worker drained: every entry is gone and
+        nothing was dead-lettered."""
+        plugin, target = thorbis_contract_plugin, thorbis_contract_target
+        if not plugin.rules:
+            pytest.skip(f"plugin {plugin.name!r} declares no invalidation rules")
+        if not target.seed_sql:
+            pytest.skip("no seed_sql: rules are checked end to end on seed rows of their "
+                        "tables")
+        run_async(lambda: rules.check_rules_end_to_end(
+            thorbis_pg_dsn, thorbis_standalone_redis_url, plugin, target.seed_sql,
+            target.tenants))
 
     # ---- 7. warmers
 
