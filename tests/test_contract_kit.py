@@ -592,10 +592,91 @@ def test_thorbis_contract_option_runs_the_contract(pytester: pytest.Pytester) ->
         "--thorbis-contract=fitness_studio",
         "--thorbis-contract=no_such_plugin", "-k", "loads or named_under or permissions",
     )
-    result.assert_outcomes(passed=3, failed=1, errors=2)
+    # The plugin that does not load: one failure, its other tests skipped.
+    result.assert_outcomes(passed=3, failed=1, skipped=2)
     out = result.stdout.str()
     assert "test_plugin_loads_and_targets_a_supported_api[no_such_plugin]" in out
     assert "plugin 'no_such_plugin', load: no plugin of this name is installed" in out
+
+
+RAISING_PLUGINS = '''
+from thorbis_cache import KeySchema, PluginInfo, hookimpl
+
+
+class StartupFails:
+    @hookimpl
+    def register_plugin_info(self):
+        return PluginInfo(namespace="sfail", hook_api_version=1)
+
+    @hookimpl
+    def register_key_schemas(self):
+        return [KeySchema("sfail.note", str, params={"note_id": int})]
+
+    @hookimpl
+    async def on_startup(self, app):
+        raise ConnectionError("licence server unreachable")
+
+
+class SchemasFail:
+    @hookimpl
+    def register_plugin_info(self):
+        return PluginInfo(namespace="kfail", hook_api_version=1)
+
+    @hookimpl
+    def register_key_schemas(self):
+        raise LookupError("schema catalogue unavailable")
+
+    @hookimpl
+    def register_permissions(self):
+        return []
+'''
+
+
+def test_contract_runs_on_startup_and_shows_its_exception(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(raising_plugins=RAISING_PLUGINS)
+    pytester.makepyfile(test_startup_contract="""
+        import raising_plugins
+        from thorbis_cache.testing.contract import PluginContract
+
+        class TestStartupContract(PluginContract):
+            plugin_object = raising_plugins.StartupFails()
+            plugin = "sfail"
+    """)
+    pytester.syspathinsert()
+    result = pytester.runpytest("-p", "no:cacheprovider", "-k", "test_on_startup or plugin_loads",
+                                "-o", "asyncio_default_fixture_loop_scope=function")
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "plugin 'sfail': a CacheApp holding it does not start:" in out
+    assert "plugin 'sfail', on_startup: raised ConnectionError: licence server unreachable" \
+        in out
+    assert "caused by:" in out
+    assert 'raise ConnectionError("licence server unreachable")' in out
+
+
+def test_a_plugin_that_does_not_load_is_one_failure(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(raising_plugins=RAISING_PLUGINS)
+    pytester.makepyfile(test_schemas_contract="""
+        import raising_plugins
+        from thorbis_cache.testing.contract import PluginContract
+
+        class TestSchemasContract(PluginContract):
+            plugin_object = raising_plugins.SchemasFail()
+            plugin = "kfail"
+    """)
+    pytester.syspathinsert()
+    result = pytester.runpytest("-p", "no:cacheprovider",
+                                "-o", "asyncio_default_fixture_loop_scope=function")
+    outcomes = result.parseoutcomes()
+    assert (outcomes.get("failed"), outcomes.get("errors"), outcomes.get("passed")) == \
+        (1, None, None), outcomes
+    assert outcomes["skipped"] >= len(contract_test_names()) - 1
+    out = result.stdout.str()
+    assert out.count("does not load:") == 1
+    assert "1 plugin problem(s):" in out  # no knock-on problem
+    assert "plugin 'kfail', register_key_schemas: raised LookupError: schema catalogue " \
+           "unavailable" in out
+    assert 'raise LookupError("schema catalogue unavailable")' in out
 
 
 # --------------------------------------------------------------------------- docs

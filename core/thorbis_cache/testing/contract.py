@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -191,13 +192,42 @@ async def load_plugin(target: ContractTarget) -> LoadedPlugin:
     return loaded[0]
 
 
-def _load_or_fail(target: ContractTarget) -> LoadedPlugin:
+@attrs.define
+class _LoadOutcome:
+    """The class's one load of the plugin: the plugin, or the error; whether a test has
+    reported that error yet (the others skip instead of repeating it)."""
+
+    plugin: LoadedPlugin | None = None
+    error: PluginLoadError | None = None
+    reported: bool = False
+
+    def fail_once(self, label: str) -> None:
+        """Fail with the load error the first time, skip after that."""
+        __tracebackhide__ = True
+        if self.error is None:
+            return
+        if self.reported:
+            pytest.skip(f"plugin {label!r} does not load (reported once, by the first "
+                        "contract test that ran)")
+        self.reported = True
+        pytest.fail(f"plugin {label!r} does not load:\n{self.error}{_cause_of(self.error)}",
+                    pytrace=False)
+
+
+def _cause_of(error: BaseException) -> str:
+    """The exception a hook raised, with where it was raised (the end of its trace)."""
+    cause = error.__cause__
+    if cause is None:
+        return ""
+    trace = traceback.format_exception(cause)
+    return "\n\ncaused by:\n" + "".join([*trace[1:][-4:-1], trace[-1]]).rstrip()
+
+
+def _load(target: ContractTarget) -> _LoadOutcome:
     try:
-        return run_async(lambda: load_plugin(target))
+        return _LoadOutcome(run_async(lambda: load_plugin(target)))
     except PluginLoadError as exc:
-        error = exc
-    # Outside the except block, so the report is the problem list, not a chained trace.
-    pytest.fail(f"plugin {target.label!r} does not load:\n{error}", pytrace=False)
+        return _LoadOutcome(error=exc)
 
 
 # --------------------------------------------------------------------------- the test class
@@ -235,18 +265,47 @@ class PluginContract:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def thorbis_contract_plugin(cls, thorbis_contract_target: ContractTarget) -> LoadedPlugin:
-        """The plugin, loaded once per class by a fresh manager."""
-        return _load_or_fail(thorbis_contract_target)
+    def thorbis_contract_load(cls, thorbis_contract_target: ContractTarget) -> _LoadOutcome:
+        """The plugin, loaded once per class by a fresh manager, or why not."""
+        return _load(thorbis_contract_target)
+
+    @pytest.fixture
+    @classmethod
+    def thorbis_contract_plugin(
+        cls, thorbis_contract_load: _LoadOutcome, thorbis_contract_target: ContractTarget
+    ) -> LoadedPlugin:
+        """The loaded plugin. When it does not load, the first test to ask fails with
+        the report and the others are skipped: one failure, not one per test."""
+        thorbis_contract_load.fail_once(thorbis_contract_target.label)
+        assert thorbis_contract_load.plugin is not None
+        return thorbis_contract_load.plugin
 
     # ---- 1. loading
 
     def test_plugin_loads_and_targets_a_supported_api(
-        self, thorbis_contract_target: ContractTarget
+        self, thorbis_contract_load: _LoadOutcome, thorbis_contract_target: ContractTarget
     ) -> None:
         """The plugin loads with no problem and states a supported hook API version."""
-        loaded = _load_or_fail(thorbis_contract_target)
-        checks.check_plugin_info(loaded)
+        # The outcome, not thorbis_contract_plugin: a load error fails this test itself
+        # (rather than erroring in its setup).
+        thorbis_contract_load.fail_once(thorbis_contract_target.label)
+        assert thorbis_contract_load.plugin is not None
+        checks.check_plugin_info(thorbis_contract_load.plugin)
+
+    def test_on_startup_runs_on_a_started_app(
+        self,
+        thorbis_contract_plugin: LoadedPlugin,
+        thorbis_contract_target: ContractTarget,
+        thorbis_standalone_redis_url: str,
+    ) -> None:
+        """A :class:`~thorbis_cache.app.CacheApp` holding only the plugin starts: its
+        ``on_startup`` (if any) runs on the started app without raising, within the
+        hook deadline (the app has a cache on a real Redis, no ``postgres_dsn``)."""
+        error = run_async(lambda: _start_app(thorbis_contract_target,
+                                             thorbis_standalone_redis_url))
+        if error is not None:
+            pytest.fail(f"plugin {thorbis_contract_target.label!r}: a CacheApp holding it "
+                        f"does not start:\n{error}{_cause_of(error)}", pytrace=False)
 
     def test_declarations_are_named_under_the_namespace(
         self, thorbis_contract_plugin: LoadedPlugin
@@ -450,6 +509,26 @@ class PluginContract:
         schemas = [s for p in (thorbis_contract_plugin, *others) for s in p.schemas]
         if schemas:
             checks.check_key_isolation(schemas, max_examples=self.max_examples * 2)
+
+
+async def _start_app(target: ContractTarget, redis_url: str) -> PluginLoadError | None:
+    """Start a :class:`CacheApp` holding only the target (as a host does), then close
+    it; the start's error, if any."""
+    from thorbis_cache.app import CacheApp  # the app pulls in the whole runtime
+
+    app = CacheApp(redis_url, keyring=KeyRing.generate())
+    name = target.name
+    if target.obj is not None:
+        name = name or getattr(target.obj, "__name__", None) or (
+            app.plugins.pluggy_manager.get_canonical_name(target.obj))
+        app.register(target.obj, name)
+    try:
+        await app.start([str(name)])
+    except PluginLoadError as exc:
+        return exc
+    finally:
+        await app.aclose()
+    return None
 
 
 async def _load_with_installed(
