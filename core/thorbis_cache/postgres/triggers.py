@@ -1,12 +1,13 @@
 """Generate and install the outbox capture triggers from plugins' invalidation rules.
 
-Per ruled table, one generated function and statement-level ``AFTER INSERT``/``UPDATE``/
+Per ruled table, generated functions and statement-level ``AFTER INSERT``/``UPDATE``/
 ``DELETE`` triggers with transition tables (see :func:`trigger_sql`): one ``INSERT ...
 SELECT`` per statement writes ONE ``thorbis.outbox`` row per row change, in the
-transaction of the change, carrying the tenant, the primary key (read from the catalog)
-and the old/new values of the columns the rules need -- significant columns, target
-parameter columns and the tenant column, nothing else (no personal data travels that no
-rule reads).
+transaction of the change, carrying the tenant and the old/new values of the columns the
+rules need -- significant columns, target parameter columns and the tenant column --
+and of the primary key (read from the catalog), nothing else (no personal data travels
+that no rule reads). The values are written as text arrays laid out by a registered
+shape (:mod:`~thorbis_cache.postgres.outbox_images`); the worker rebuilds the JSON.
 
 No NOTIFY: a transaction that queued one takes a database-wide lock at commit, so every
 notifying writer would commit one at a time (0.47x the tx/s of 8 writers without
