@@ -53,6 +53,7 @@ from thorbis_cache.scaffold import PluginNames, scaffold_files, write_plugin
 from thorbis_cache.testing import contract_checks as checks
 from thorbis_cache.testing import contract_db as db
 from thorbis_cache.testing import contract_fills as fills
+from thorbis_cache.testing import contract_isolation as isolation
 from thorbis_cache.testing import contract_rules as rules
 from thorbis_cache.testing.contract import (
     ContractTarget,
@@ -917,3 +918,89 @@ def test_rules_end_to_end_need_a_seed_row_of_each_rule_table(
                      ["SELECT 1"], ("acme", "globex"))
     assert "invalidation rule 'tst.item' (tst.items): the seed has no row of tst.items for " \
            "tenants acme, globex with id set; add one to seed_sql" in message
+
+
+# --------------------------------------------------------------------------- warmers and tenants
+
+
+async def warm_items_of_every_tenant(ctx: WarmContext) -> AsyncIterator[WarmBatch]:
+    """The good plugin's warmer with the defect: its load reads the ids of any tenant."""
+    ids = await ctx.fetch("SELECT id FROM tst.items WHERE tenant_id = $1", ctx.tenant)
+    keys = {good.ITEM.key(ctx.tenant, item_id=row["id"]): row["id"] for row in ids}
+
+    async def load(leased: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
+        rows = await ctx.fetch("SELECT id, name, status FROM tst.items WHERE id = ANY($1)",
+                               [keys[k] for k in leased])  # defect: no tenant_id = $1
+        return {good.ITEM.key(ctx.tenant, item_id=row["id"]): good.Item(**row)
+                for row in rows}
+
+    yield WarmBatch(keys, load, description="items")
+
+
+def test_tenant_check_fails_a_warmer_that_forgets_the_tenant_filter(
+    good_plugin: LoadedPlugin, thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    plugin = attrs.evolve(good_plugin, warmers=(
+        Warmer("tst.items", warm_items_of_every_tenant, schemas=["tst.item"]),))
+
+    async def run() -> None:
+        async with db.applied(thorbis_pg_dsn, plugin, GOOD_SEED) as conn:
+            await isolation.check_warmers_isolate_tenants(
+                conn, thorbis_standalone_redis_url, plugin, "acme")
+
+    message = _fails(run)
+    assert "plugin 'good': warmers and tenants" in message
+    assert "warmer 'tst.items' for tenant 'acme', once tenant 'decoy' has rows with the " \
+           "same ids and other data" in message
+    assert "key '{acme}:tst.item:1' holds Item(" in message
+    assert "it reads rows of other tenants: filter every query by the tenant" in message
+
+
+def test_tenant_check_passes_the_same_warmer_with_the_filter(
+    good_plugin: LoadedPlugin, thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    async def run() -> None:
+        async with db.applied(thorbis_pg_dsn, good_plugin, GOOD_SEED) as conn:
+            await isolation.check_warmers_isolate_tenants(
+                conn, thorbis_standalone_redis_url, good_plugin, "acme")
+            # The decoy's copies were rolled back.
+            assert await conn.fetchval(
+                "SELECT count(*) FROM tst.items WHERE tenant_id = 'decoy'") == 0
+
+    run_async(run)
+
+
+async def warm_bad_members(ctx: WarmContext) -> AsyncIterator[WarmBatch]:
+    listed = good.BY_STATUS.key(ctx.tenant, status="open")
+    near = good.NEAR.key(ctx.tenant)
+    scored = good.BY_STATUS.key(ctx.tenant, status="closed")
+    yield WarmBatch([listed], loads({listed: [1, 2]}), description="a list")
+    yield WarmBatch([near], loads({near: {1: (200.0, 10.0)}}), description="off the map")
+    yield WarmBatch([scored], loads({scored: {"x": 1.0, 2: float("nan")}}),
+                    description="a str member")
+
+
+def test_warmer_check_fails_sorted_set_and_geo_entries_that_are_not_members(
+    good_plugin: LoadedPlugin, thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    plugin = attrs.evolve(good_plugin, warmers=(Warmer("tst.lists", warm_bad_members),))
+    registry = SchemaRegistry()
+    for schema in plugin.schemas:
+        registry.register(schema, owner="good")
+
+    async def run() -> None:
+        async with (
+            Cache.from_url(thorbis_standalone_redis_url, registry, keyring=KeyRing.generate())
+            as cache,
+            db.applied(thorbis_pg_dsn, plugin) as conn,
+        ):
+            await checks.check_warmers(conn, cache, plugin, ("acme",))
+
+    message = _fails(run)
+    where = "warmer 'tst.lists' for tenant 'acme', batch"
+    assert f"{where} 1 (a list): key '{{acme}}:tst.items_by_status:open': a zset entry is " \
+           "a mapping member -> score, got [1, 2]" in message
+    assert f"{where} 2 (off the map): key '{{acme}}:tst.items_near': member 1: (200.0, " \
+           "10.0) is off the map" in message
+    assert f"{where} 3 (a str member): key '{{acme}}:tst.items_by_status:closed': member " \
+           "'x': expected int, got str" in message

@@ -45,6 +45,7 @@ from thorbis_cache.plugins import LoadedPlugin, PluginManager
 from thorbis_cache.testing import contract_checks as checks
 from thorbis_cache.testing import contract_db as db
 from thorbis_cache.testing import contract_fills as fills
+from thorbis_cache.testing import contract_isolation as isolation
 from thorbis_cache.testing import contract_rules as rules
 
 __all__ = [
@@ -480,6 +481,30 @@ class PluginContract:
                     await checks.check_warmers(conn, cache, plugin, target.tenants)
             finally:
                 await cache.aclose()
+
+        run_async(run)
+
+    def test_warmers_cache_only_their_tenants_rows(
+        self,
+        thorbis_contract_plugin: LoadedPlugin,
+        thorbis_contract_target: ContractTarget,
+        thorbis_pg_dsn: str,
+        thorbis_standalone_redis_url: str,
+    ) -> None:
+        """Each warmer, run for the first tenant after ``seed_sql``, caches the same
+        entries once another tenant holds copies of that tenant's rows with the same ids
+        and other data, in either scan order: a warmer whose queries forget the tenant
+        filter caches the other tenant's rows under this tenant's keys."""
+        plugin, target = thorbis_contract_plugin, thorbis_contract_target
+        if not plugin.warmers:
+            pytest.skip(f"plugin {plugin.name!r} declares no warmers")
+        if not target.seed_sql:
+            pytest.skip("no seed_sql: warmers are compared on seed rows")
+
+        async def run() -> None:
+            async with db.applied(thorbis_pg_dsn, plugin, target.seed_sql) as conn:
+                await isolation.check_warmers_isolate_tenants(
+                    conn, thorbis_standalone_redis_url, plugin, target.tenants[0])
 
         run_async(run)
 

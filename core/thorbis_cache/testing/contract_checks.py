@@ -447,7 +447,8 @@ async def check_warmers(
                     problems += [f"{where}, batch {count}: {p}" for p in found]
                     if not found:
                         try:
-                            await warm(cache, item)
+                            await warm(cache, _checking_members(
+                                item, f"{where}, batch {count}", problems))
                         except (ThorbisCacheError, TypeError, ValueError) as exc:
                             problems.append(f"{where}, batch {count} "
                                             f"({item.description or 'no description'}): "
@@ -455,6 +456,26 @@ async def check_warmers(
             except Exception as exc:
                 problems.append(f"{where} raised {type(exc).__name__}: {exc}")
     report(plugin.name, "warmers", problems[:40])
+
+
+def _checking_members(batch: WarmBatch, where: str, problems: list[str]) -> WarmBatch:
+    """``batch`` whose loader's sorted-set and geo entries are checked (a mapping of
+    members of the schema's member type to finite scores, or to positions on the map);
+    a bad entry is reported and not written."""
+    from thorbis_cache.testing.contract_isolation import member_entry_problem
+
+    async def load(keys: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
+        entries = dict(await batch.load(keys))
+        for key, entry in list(entries.items()):
+            problem = (member_entry_problem(key.schema, entry)
+                       if isinstance(key, CacheKey) else None)
+            if problem is not None:
+                problems.append(f"{where} ({batch.description or 'no description'}): key "
+                                f"{key.body!r}: {problem}")
+                del entries[key]
+        return entries
+
+    return attrs.evolve(batch, load=load)
 
 
 def _warm_batch_problems(
