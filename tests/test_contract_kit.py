@@ -55,6 +55,7 @@ from thorbis_cache.testing import contract_db as db
 from thorbis_cache.testing import contract_fills as fills
 from thorbis_cache.testing import contract_isolation as isolation
 from thorbis_cache.testing import contract_rules as rules
+from thorbis_cache.testing import contract_views as views
 from thorbis_cache.testing.contract import (
     ContractTarget,
     PluginContract,
@@ -1004,3 +1005,53 @@ def test_warmer_check_fails_sorted_set_and_geo_entries_that_are_not_members(
            "10.0) is off the map" in message
     assert f"{where} 3 (a str member): key '{{acme}}:tst.items_by_status:closed': member " \
            "'x': expected int, got str" in message
+
+
+# --------------------------------------------------------------------------- unique indexes
+
+
+ONE_ROW_PER_TENANT = ["INSERT INTO brk.items VALUES ('acme', 1, 1), ('globex', 1, 7)"]
+
+
+def _view_check(dsn: str, plugin: LoadedPlugin) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        async with db.applied(dsn, plugin, ONE_ROW_PER_TENANT) as conn:
+            await db.check_materialized_views(conn, plugin)  # the seed cannot tell
+            await views.check_unique_indexes_identify_rows(conn, plugin)
+            assert await conn.fetchval("SELECT count(*) FROM brk.items") == 2  # rolled back
+
+    return run
+
+
+def test_unique_index_check_fails_an_index_missing_a_group_by_column(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    # GROUPS_VIEW groups by (tenant_id, grp) and is indexed on tenant_id alone; a seed of
+    # one group per tenant refreshes fine.
+    message = _fails(_view_check(thorbis_pg_dsn, broken))
+    assert "plugin 'broken': materialized view unique indexes (1 problem(s))" in message
+    assert "materialized view 'brk.groups': its unique index (tenant_id) does not identify " \
+           "a row: a copy of a row of brk.items with a new primary key and only grp " \
+           "changed gives two rows of the view with the same (tenant_id)" in message
+    assert "could not create unique index" in message
+    assert "declare every column that tells two rows apart" in message
+
+
+def test_unique_index_check_fails_a_row_view_indexed_without_the_source_key(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    rows = MaterializedView("brk.rows", "SELECT tenant_id, id, grp FROM brk.items",
+                            unique_index=("tenant_id", "grp"), sources=("brk.items",))
+    plugin = attrs.evolve(broken, views=(rows,))
+    message = _fails(_view_check(thorbis_pg_dsn, plugin))
+    assert "materialized view 'brk.rows': its unique index (tenant_id, grp) does not " \
+           "identify a row: a copy of a row of brk.items with a new primary key only" in message
+
+
+def test_unique_index_check_passes_indexes_that_identify_rows(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    rows = MaterializedView("brk.rows", "SELECT tenant_id, id, grp FROM brk.items",
+                            unique_index=("tenant_id", "id"), sources=("brk.items",))
+    groups = attrs.evolve(GROUPS_VIEW, unique_index=("tenant_id", "grp"))
+    run_async(_view_check(thorbis_pg_dsn, attrs.evolve(broken, views=(groups, rows))))

@@ -47,6 +47,7 @@ from thorbis_cache.testing import contract_db as db
 from thorbis_cache.testing import contract_fills as fills
 from thorbis_cache.testing import contract_isolation as isolation
 from thorbis_cache.testing import contract_rules as rules
+from thorbis_cache.testing import contract_views as views
 
 __all__ = [
     "DEFAULT_TENANTS",
@@ -405,7 +406,9 @@ class PluginContract:
         thorbis_pg_dsn: str,
     ) -> None:
         """Every view exists and refreshes; one that asks for concurrent refresh has a
-        usable unique index and ``REFRESH ... CONCURRENTLY`` succeeds (on seeded data)."""
+        usable unique index and ``REFRESH ... CONCURRENTLY`` succeeds (on seeded data);
+        a declared unique index identifies a row for any data, not only the seed's
+        (copies of seed rows differing in one column; see :mod:`.contract_views`)."""
         plugin, seed = thorbis_contract_plugin, thorbis_contract_target.seed_sql
         if not plugin.views:
             pytest.skip(f"plugin {plugin.name!r} declares no materialized views")
@@ -413,6 +416,7 @@ class PluginContract:
         async def run() -> None:
             async with db.applied(thorbis_pg_dsn, plugin, seed) as conn:
                 await db.check_materialized_views(conn, plugin)
+                await views.check_unique_indexes_identify_rows(conn, plugin)
 
         run_async(run)
 
