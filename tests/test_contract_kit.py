@@ -688,6 +688,12 @@ def test_docs_describe_every_contract_check_and_hook() -> None:
     text = (ROOT / "docs" / "plugin-authors.md").read_text(encoding="utf-8")
     for name in contract_test_names():
         assert name in text, f"docs/plugin-authors.md does not mention contract test {name}"
+    # What a plugin author alone sees: every test, the topology-parametrized ones thrice,
+    # the coexistence test skipped (test_generated_plugin_passes_its_own_tests runs it).
+    count = len(contract_test_names())
+    assert count == 16, "update the counts in docs/plugin-authors.md"
+    assert f"the contract: {count + 3} passed, 1 skipped" in text
+    assert f"the contract's {count} tests" in text
     hooks = [n for n in vars(hookspecs) if n.startswith(("register_", "on_"))]
     assert hooks
     for hook in hooks:
