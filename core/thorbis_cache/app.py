@@ -10,7 +10,9 @@
 :meth:`CacheApp.start` is all or nothing: when any step fails (a plugin problem, SQL that
 does not apply, a rule naming a missing column, an ``on_startup`` hook that raises),
 the plugins it loaded are unloaded, the cache is closed, and the error names every
-problem. SQL already committed for other plugins stays (plugin SQL is idempotent).
+problem. Every plugin's SQL and the rule checks apply in one transaction, so a start
+refused by them leaves the database as it was; one that fails later (an ``on_startup``
+hook) leaves the applied SQL in place, which is idempotent.
 
 With ``apply_sql=True`` it prepares the database exactly as ``thorbis-cache db init``
 does (:func:`thorbis_cache.postgres.setup.setup_database`: core migrations, plugin SQL,
