@@ -149,7 +149,9 @@ async def logical_capture(conn: asyncpg.Connection, manager: PluginManager) -> N
 
 
 async def trigger_capture(conn: asyncpg.Connection, manager: PluginManager) -> None:
-    """The capture triggers, as ``thorbis-cache db init`` installs them."""
+    """The capture triggers, as ``thorbis-cache db init`` installs them, and nothing
+    left of the logical mode (an unread slot, FULL replica identities)."""
+    await no_capture(conn, manager)
     await install_triggers(conn, manager.all_rules(), manager.all_views())
 
 
