@@ -273,7 +273,7 @@ class RedisStore:
                 **address.connection_options(), **common,
             )
         elif address.topology is Topology.SENTINEL:
-            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
                 list(address.nodes),
                 sentinel_kwargs={
                     "socket_timeout": connect_timeout,

@@ -202,7 +202,7 @@ class EventSubscriber:
                 self._pubsub = None
                 self._on_ready(False)
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 with contextlib.suppress(Exception):
                     await client.aclose()
             await asyncio.sleep(delay)

@@ -28,9 +28,9 @@ def master_clients(url: str) -> list[redis.Redis]:
         finally:
             cluster.close()
     if address.topology is Topology.SENTINEL:
-        sentinel = Sentinel(list(address.nodes))  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(list(address.nodes))  # type: ignore[no-untyped-call, unused-ignore]
         try:
-            host, port = sentinel.discover_master(address.service)  # type: ignore[no-untyped-call]
+            host, port = sentinel.discover_master(address.service)  # type: ignore[no-untyped-call, unused-ignore]
         finally:
             for client in sentinel.sentinels:
                 client.close()
