@@ -270,6 +270,12 @@ class RedisStore:
         if address.topology is Topology.CLUSTER:
             client = RedisCluster(
                 startup_nodes=[ClusterNode(h, p) for h, p in address.nodes],
+                # Two immediate retries: each one refreshes the slot map (so a call
+                # after a failover reaches the promoted replica), and a dead master
+                # fails the call at once instead of after redis-py's jittered back-off
+                # (redis-py 8.2's default held every call to a dead master until the
+                # store's deadline, 2 s, before it degraded to its loader).
+                retry=Retry(NoBackoff(), 2),
                 **address.connection_options(), **common,
             )
         elif address.topology is Topology.SENTINEL:
