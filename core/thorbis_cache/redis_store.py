@@ -357,8 +357,13 @@ class RedisStore:
     # ----------------------------------------------------------------- error seam
 
     def _fail(self, operation: str, exc: BaseException) -> CacheBackendError:
+        # CLUSTERDOWN / MASTERDOWN / TRYAGAIN are replies, but they say the server cannot
+        # serve now (a Cluster converging after a failover or a repair), not that the
+        # command is wrong: unavailability, which the worker waits out without blaming
+        # the changes in hand.
         if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError
-                      | rexc.RedisClusterException):
+                      | rexc.RedisClusterException | rexc.ClusterDownError
+                      | rexc.TryAgainError):
             self.breaker.failure(time.monotonic())
             return RedisUnavailableError(operation, self.address, _describe(exc))
         if self.breaker.failures:  # an error reply: the server is there
