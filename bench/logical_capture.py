@@ -143,7 +143,7 @@ async def stream_images(dsn: str, conn: asyncpg.Connection, capture: LogicalCapt
     reader.plans = capture.plans
     until = parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
     start = time.perf_counter()
-    stream = await reader.stream(dsn)
+    stream = await reader.stream(dsn, conn)
     n = 0
     try:
         while True:

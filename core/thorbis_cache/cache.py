@@ -325,7 +325,7 @@ class Cache:
             return None
         rt.counters.hits += 1
         if near is not None:
-            self._near_put(near, key, rk, value, started)
+            self._near_put(rt, near, key, rk, value, started)
         return value
 
     @staticmethod
@@ -338,11 +338,11 @@ class Cache:
             rt.counters.near_hits += 1
         return found
 
-    def _near_put(self, near: NearCache, key: CacheKey[Any], rk: str, value: object,
+    @staticmethod
+    def _near_put(rt: _Runtime, near: NearCache, key: CacheKey[Any], rk: str, value: object,
                   started: tuple[int, float]) -> None:
         """Keep a value read from Redis (or loaded) in L1 for the schema's near_ttl."""
-        near_ttl = self._runtimes[key.schema.name].near_ttl
-        near.put(rk, value, key.tenant, key.schema.tags, near_ttl or 0.0, started)
+        near.put(rk, value, key.tenant, key.schema.tags, rt.near_ttl or 0.0, started)
 
     async def get_many(self, keys: Sequence[CacheKey[T]]) -> list[T | None]:
         """Values of ``keys`` in order (None for misses), with one MGET per hash slot --
@@ -567,7 +567,7 @@ class Cache:
             return found  # type: ignore[no-any-return]
         started = self._coherence.begin(near)
         value = await self._values.read(rt, key, rk, loader, ttl)
-        self._near_put(near, key, rk, value, started)
+        self._near_put(rt, near, key, rk, value, started)
         return value
 
     async def _call_loader(self, counters: SchemaCounters, loader: Loader[T]) -> T:

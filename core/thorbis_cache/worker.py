@@ -163,6 +163,12 @@ class BatchResult:
         return len(self.processed) + len(self.dead_letters)
 
 
+#: Failures that are not the changes' fault (Redis, PostgreSQL or the replication
+#: stream unavailable): no attempt is counted, the changes wait for recovery. Anything
+#: else counts toward ``max_attempts``.
+BLAMELESS: tuple[type[BaseException], ...] = (
+    RedisUnavailableError, ReplicationError, *outbox.DB_ERRORS)
+
 class OutboxWorker:
     """Consumes the outbox and applies the plugins' invalidation rules.
 
@@ -330,11 +336,7 @@ class OutboxWorker:
                 await outbox.count_changes(conn, rows)
         except Exception as exc:
             self.metrics.failed_batches += 1
-            # Redis or PostgreSQL being unavailable is not the rows' fault: no attempt is
-            # counted, they wait for recovery. Anything else counts toward max_attempts.
-            blameless: tuple[type[BaseException], ...] = (
-                RedisUnavailableError, *outbox.DB_ERRORS)
-            if ids and not isinstance(exc, blameless) and not conn.is_closed():
+            if ids and not isinstance(exc, BLAMELESS) and not conn.is_closed():
                 try:
                     await outbox.record_failure(conn, ids, f"{type(exc).__name__}: {exc}")
                 except outbox.DB_ERRORS:
@@ -394,7 +396,7 @@ class OutboxWorker:
                 await self.replay.check(conn)
             if self._stream is None:
                 try:
-                    self._stream = await capture.stream(self.dsn)
+                    self._stream = await capture.stream(self.dsn, conn)
                 except SlotLostError as lost:
                     await self._recover_lost_slot(capture, conn, lost)
                     return BatchResult()
@@ -434,9 +436,7 @@ class OutboxWorker:
             self.metrics.failed_batches += 1
             # What was read and not confirmed comes again on the next stream.
             await self._close_stream()
-            blameless: tuple[type[BaseException], ...] = (
-                RedisUnavailableError, ReplicationError, *outbox.DB_ERRORS)
-            if not isinstance(exc, blameless):
+            if not isinstance(exc, BLAMELESS):
                 error = f"{type(exc).__name__}: {exc}"[:1000]
                 for row in rows:
                     self._attempts[row.id] = (self._attempts.get(row.id, (0, ""))[0] + 1,
@@ -553,19 +553,21 @@ class OutboxWorker:
         the first batch that starts after this call and finds the outbox empty (under
         logical capture: reads up to the server's flush position as of its start)
         resolves it; no batch runs beside the loop's (when the loop stops first, this
-        drains once it has returned). Otherwise, :meth:`drain`. Under logical capture it
-        first waits for the WAL to be flushed past the call (see :meth:`_wal_flushed`).
-        For
-        tests and deploys, instead of polling ``thorbis.outbox``.
+        drains once it has returned); under logical capture it first waits for the WAL
+        to be flushed past the call, since the loop's batches read what has arrived
+        (see :meth:`_wal_flushed`). Otherwise, :meth:`drain` (whose batches read up to
+        the WAL insert position themselves). For tests and deploys, instead of polling
+        ``thorbis.outbox``.
 
         It waits as long as that takes: while Redis is down the changes wait, and so
         does this (wrap it in :func:`asyncio.timeout` to bound it).
 
         :raises CaptureNotInstalledError: see :meth:`check_capture`.
         """
-        if self.capture is not None:
-            await self._wal_flushed()
         if self._running:
+            if self.capture is not None:
+                # The loop's batches read what has arrived; make sure it has.
+                await self._wal_flushed()
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             self._wake.set()

@@ -4,7 +4,7 @@
 
     capture = LogicalCapture("main", rules, views)
     await capture.ensure(conn)               # publication, identity, slot (idempotent)
-    stream = await capture.stream(dsn)       # START_REPLICATION from the confirmed LSN
+    stream = await capture.stream(dsn, conn) # START_REPLICATION from the confirmed LSN
     batch = await stream.read(conn, 1000, until=flush_lsn)  # whole transactions, in order
     ...                                      # apply batch.rows, Redis acknowledges
     stream.confirm(batch.end_lsn)
@@ -427,12 +427,13 @@ class LogicalCapture:
 
     # ----------------------------------------------------------------- reading
 
-    async def stream(self, dsn: str) -> LogicalStream:
+    async def stream(self, dsn: str, conn: asyncpg.Connection) -> LogicalStream:
         """Start streaming the slot from its confirmed position.
 
-        :param dsn: the database, as a libpq connection string or URI; the connection
-            is a replication connection (``replication=database``: the role needs the
-            REPLICATION attribute and ``pg_hba.conf`` must allow it).
+        :param dsn: the database, as a libpq connection string or URI; the stream's
+            connection is a replication connection (``replication=database``: the role
+            needs the REPLICATION attribute and ``pg_hba.conf`` must allow it).
+        :param conn: a connection to the same database, to read the tables' catalog.
         :raises SlotLostError: the slot does not exist or was invalidated.
         :raises ReplicationError: any other refusal (the slot is read by another
             session, no permission, the server is down).
@@ -449,11 +450,11 @@ class LogicalCapture:
                 raise self.lost(str(exc)) from exc
             raise
         if not self._tables:
-            conn = await asyncpg.connect(dsn)
             try:
                 await self._load(conn)
-            finally:
-                await conn.close()
+            except BaseException:
+                await stream.close()
+                raise
         return LogicalStream(self, stream)
 
     def lost(self, cause: str) -> SlotLostError:
