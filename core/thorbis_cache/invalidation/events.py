@@ -211,7 +211,7 @@ class EventSubscriber:
     async def _listen(self, pubsub: Any) -> None:
         interval = self.health_interval
         heard = time.monotonic()
-        pinged = False
+        pinged = subscribed = False
         while True:
             msg = await pubsub.get_message(timeout=interval)
             now = time.monotonic()
@@ -225,6 +225,14 @@ class EventSubscriber:
             heard, pinged = now, False
             kind = msg.get("type")
             if kind == "subscribe":
+                if subscribed:
+                    # redis-py reconnects and resubscribes by itself when it finds the
+                    # connection closed between two reads: events were missed meanwhile,
+                    # so this is a loss like any other.
+                    log.warning("invalidation events on %s lost (the driver reconnected); "
+                                "near cache flushed", self.channel)
+                    self._on_ready(False)
+                subscribed = True
                 self._on_ready(True)
             elif kind == "message":
                 try:
