@@ -42,7 +42,7 @@ from thorbis_cache.keys import (
     SchemaRegistry,
     validate_tenant,
 )
-from thorbis_cache.metrics import CacheMetrics, SchemaCounters
+from thorbis_cache.metrics import CacheMetrics, CacheObserver, SchemaCounters
 from thorbis_cache.near import MISS, NearCache
 from thorbis_cache.read_through import ABSENT, StructureFills
 from thorbis_cache.redis_store import RedisStore, Script, load_scripts
@@ -124,6 +124,8 @@ class Cache:
         self.keyring = keyring
         self.settings = settings or CacheSettings()
         self.metrics = metrics or CacheMetrics()
+        #: per-operation latency and tenant traffic (None: the read path calls nothing)
+        self.observer: CacheObserver | None = None
         self._prefix = self.settings.prefix
         self._lease_prefix = f"{self._prefix}:~lease:"
         self._tag_prefix = f"{self._prefix}:~tag:"
@@ -308,7 +310,8 @@ class Cache:
                 return found  # type: ignore[no-any-return]
             started = self._coherence.begin(near)
         try:
-            data = await rt.read(rk)
+            data = await (rt.read(rk) if self.observer is None
+                          else self.observer.timed(key, "get", rt.read(rk)))
         except WrongRedisTypeError:  # foreign data under our key: a miss, never an error
             data = None
         if data is None:
@@ -561,6 +564,9 @@ class Cache:
         rk = f"{self._prefix}:{key.body}"
         near = rt.near
         if near is None:
+            if self.observer is not None:
+                return await self.observer.timed(key, "get_or_load",
+                                                 self._values.read(rt, key, rk, loader, ttl))
             return await self._values.read(rt, key, rk, loader, ttl)
         found = self._near_lookup(rt, near, rk)
         if found is not MISS:

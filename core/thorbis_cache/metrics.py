@@ -9,13 +9,36 @@ Tenants are deliberately not a label (unbounded cardinality).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+from collections.abc import Awaitable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["COHERENCE_COUNTERS", "COUNTERS", "CacheMetrics", "CoherenceCounters", "SchemaCounters"]
+if TYPE_CHECKING:
+    from thorbis_cache.keys import CacheKey
+
+__all__ = [
+    "COHERENCE_COUNTERS",
+    "COUNTERS",
+    "LATENCY_BUCKETS",
+    "CacheMetrics",
+    "CacheObserver",
+    "CoherenceCounters",
+    "Histogram",
+    "SchemaCounters",
+]
+
+T = TypeVar("T")
+
+#: Upper bounds (seconds) of the latency histograms: 50 us (a near-cache hit) to 10 s.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
 
 #: Counter name -> help text. Every one exists per schema.
 COUNTERS: dict[str, str] = {
@@ -147,3 +170,52 @@ class CacheMetrics(Collector):
         """Current value of counter ``name`` (without namespace) for ``labels``; 0 if unset."""
         got = self.registry.get_sample_value(f"{self.namespace}_{name}_total", labels)
         return got or 0.0
+
+
+class Histogram:
+    """A latency histogram kept as plain ints: one ``bisect`` and two additions per
+    observation, no lock (asyncio runs it on one thread). Exported at scrape time
+    by the observability collectors as a Prometheus histogram.
+
+    :param buckets: sorted upper bounds in seconds (``+Inf`` is implicit).
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(buckets)
+        if list(self.bounds) != sorted(set(self.bounds)):
+            raise ValueError(f"histogram buckets must be increasing, got {buckets!r}")
+        #: observations per bucket (not cumulative); the last one is ``+Inf``
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation of ``seconds``."""
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    @property
+    def count(self) -> int:
+        """Observations so far."""
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, count)`` pairs as Prometheus exposes them, ``+Inf`` last."""
+        out: list[tuple[str, int]] = []
+        running = 0
+        for bound, n in zip((*map(floatToGoString, self.bounds), "+Inf"), self.counts):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+class CacheObserver(Protocol):
+    """What the cache calls on its read path when a host turns per-operation metrics
+    on (``Cache.observer``; :class:`thorbis_cache.observability.OperationObserver`
+    implements it). With no observer the read path does not call anything."""
+
+    def timed(self, key: CacheKey[Any], operation: str, call: Awaitable[T]) -> Awaitable[T]:
+        """Await ``call`` (the Redis part of ``operation`` on ``key``), recording its
+        duration under the key's schema and its tenant's traffic."""
+        ...

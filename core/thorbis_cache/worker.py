@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,7 @@ from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.invalidation.sweep import MetaSweep
 from thorbis_cache.invalidation.tags import CacheTagInvalidator
 from thorbis_cache.keys import CacheKey
+from thorbis_cache.metrics import Histogram
 from thorbis_cache.postgres import audit, outbox
 from thorbis_cache.postgres.logical import SlotLostError, parse_lsn
 from thorbis_cache.postgres.replication import ReplicationError
@@ -125,6 +127,9 @@ class WorkerMetrics:
     :ivar redis_wait_seconds: time spent probing for Redis, in total.
     :ivar redis_probes: probes sent while waiting.
     :ivar capture_losses: replication slots found lost, flushed and recreated.
+    :ivar commit_latency: per applied change, seconds from its capture (the outbox
+        row's insert; under logical capture, its commit) to its batch's commit, after
+        which its keys are gone.
     """
 
     processed: int = 0
@@ -138,6 +143,7 @@ class WorkerMetrics:
     capture_losses: int = 0
     redis_wait_seconds: float = 0.0
     redis_probes: int = 0
+    commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)
 
 
 @attrs.frozen(slots=True)
@@ -331,6 +337,7 @@ class OutboxWorker:
                 await self.replay.check(conn)
             async with conn.transaction():
                 rows = await outbox.claim_batch(conn, self.batch_size)
+                claimed = time.perf_counter()
                 ids = [r.id for r in rows]
                 result = await self._apply(conn, rows) if rows else BatchResult()
                 await outbox.count_changes(conn, rows)
@@ -343,7 +350,7 @@ class OutboxWorker:
                     log.exception("outbox worker: could not count the failed attempt")
             raise
         if rows:
-            self._count(result, rows)
+            self._count(result, rows, claimed)
         return result
 
     async def _recover_lost_slot(self, capture: LogicalCapture, conn: Any,
@@ -407,6 +414,7 @@ class OutboxWorker:
                 try:
                     batch = await stream.read(conn, self.batch_size, self._attempts,
                                               until=until)
+                    claimed = time.perf_counter()
                 except ReplicationError:
                     # A slot dropped or invalidated ends its reader's session: say so
                     # now rather than at the next stream.
@@ -444,7 +452,7 @@ class OutboxWorker:
             raise
         for row in rows:
             self._attempts.pop(row.id, None)
-        self._count(result, rows)
+        self._count(result, rows, claimed)
         return result
 
     async def _close_stream(self) -> None:
@@ -452,8 +460,13 @@ class OutboxWorker:
         if stream is not None:
             await stream.close()
 
-    def _count(self, result: BatchResult, rows: Sequence[outbox.OutboxRow]) -> None:
+    def _count(self, result: BatchResult, rows: Sequence[outbox.OutboxRow],
+               claimed: float) -> None:
+        """Count a committed batch; ``claimed`` is when its rows' ``age`` was taken."""
         m = self.metrics
+        since_claim = time.perf_counter() - claimed
+        for row in rows:
+            m.commit_latency.observe(row.age + since_claim)
         m.batches += 1
         m.processed += len(result.processed)
         m.dead_lettered += len(result.dead_letters)
