@@ -70,12 +70,17 @@ class Tally:
             self.wrong.append(f"asked {key.body}, got the value of {got.key}")
 
 
+#: Chaos events per hypothesis example before the callers may stop.
+EVENTS = 6
+
+
 async def _chaos(url: str, server: RedisServer | None, kinds: frozenset[str],
-                 stop: asyncio.Event, rng: random.Random) -> int:
-    """Pause, kill the cache's connections, restart the single server, at random."""
+                 stop: asyncio.Event, enough: asyncio.Event, rng: random.Random) -> int:
+    """Pause, kill the cache's connections, restart the single server, at random;
+    ``enough`` is set after :data:`EVENTS` of them."""
     events = 0
     while not stop.is_set():
-        await asyncio.sleep(rng.uniform(0.1, 0.5))
+        await asyncio.sleep(rng.uniform(0.02, 0.2))
         kind = rng.choice(sorted(kinds))
         if kind == "restart" and server is not None:
             await asyncio.to_thread(server.restart)
@@ -95,17 +100,21 @@ async def _chaos(url: str, server: RedisServer | None, kinds: frozenset[str],
 
             await asyncio.to_thread(act)
         events += 1
+        if events >= EVENTS:
+            enough.set()
     return events
 
 
 async def _worker(cache: Cache, rng: random.Random, tally: Tally, budget: list[int],
-                  cancel_p: float) -> None:
+                  cancel_p: float, enough: asyncio.Event) -> None:
     schemas = (PLAIN, SEALED)
 
     def key() -> CacheKey[Tagged]:
         return rng.choice(schemas).key(rng.choice(TENANTS), id=rng.randrange(IDS))
 
-    while budget[0] > 0:
+    # At least the budget, and on until the chaos has struck a few times: a fast
+    # transport must not finish its calls between two events.
+    while budget[0] > 0 or not enough.is_set():
         budget[0] -= 1
         op = rng.random()
         k = key()
@@ -132,13 +141,16 @@ async def _worker(cache: Cache, rng: random.Random, tally: Tally, budget: list[i
         try:
             if rng.random() < cancel_p:
                 # Cancelled mid-flight, as a timed-out HTTP handler would be.
-                await asyncio.wait_for(call(), rng.uniform(0, 0.003))
+                # A call takes tens of microseconds: most of these windows end
+                # mid-flight (request written, reply not yet read).
+                await asyncio.wait_for(call(), rng.uniform(0, 0.0005))
             else:
                 await call()
         except TimeoutError:
             tally.cancelled += 1
         except CacheBackendError:
             tally.errors += 1
+            await asyncio.sleep(0.001)  # as a caller would, not a spin on an open breaker
 
 
 @pytest.mark.slow
@@ -164,13 +176,14 @@ def test_no_call_returns_another_keys_value(
             # A short deadline, so the store's own expiry cancels calls too.
             store = RedisStore.from_url(url, timeout=0.1)
             async with Cache(store, registry(), keyring=ring, owns_store=True) as cache:
-                stop = asyncio.Event()
-                chaos = asyncio.create_task(_chaos(url, server, kinds, stop,
+                stop, enough = asyncio.Event(), asyncio.Event()
+                chaos = asyncio.create_task(_chaos(url, server, kinds, stop, enough,
                                                    random.Random(seed + 1)))
                 budget = [OPERATIONS]
                 try:
                     await asyncio.gather(*(
-                        _worker(cache, random.Random(rng.random()), tally, budget, cancel_p)
+                        _worker(cache, random.Random(rng.random()), tally, budget, cancel_p,
+                                enough)
                         for _ in range(concurrency)))
                 finally:
                     stop.set()

@@ -35,6 +35,7 @@ from thorbis_cache.errors import (
     WrongRedisTypeError,
 )
 from thorbis_cache.redis_url import RedisAddress, Topology, parse_redis_url
+from thorbis_cache.transport import NodeConnections, Router, pack_command
 
 __all__ = ["RedisStore", "Script", "load_lua", "load_scripts"]
 
@@ -205,6 +206,11 @@ class RedisStore:
         Must not exceed the client's pool size (per node on a Cluster).
     :param breaker: fails calls fast while Redis is down (see :mod:`.circuit`); a
         breaker opening after 3 consecutive failures for 0.2 s by default.
+    :param multiplexed: send GET, MGET, SET and scripts over a few shared, pipelined
+        connections per server (:mod:`thorbis_cache.transport`) rather than one
+        redis-py connection per call in flight. Topology, pub/sub and every other
+        command stay with ``client``, which is also the fallback for a call that meets a
+        redirect or a lost connection.
     """
 
     def __init__(
@@ -215,8 +221,10 @@ class RedisStore:
         timeout: float = 2.0,
         max_in_flight: int = 128,
         breaker: CircuitBreaker | None = None,
+        multiplexed: bool = True,
     ) -> None:
         self._client = client
+        self._router = Router(client) if multiplexed else None
         self._cluster = isinstance(client, RedisCluster)
         # A Cluster client learns its slot map on first use. Commands sent concurrently
         # before that are routed by a default policy and retried, and redis-py 8 was
@@ -248,6 +256,7 @@ class RedisStore:
         timeout: float = 2.0,
         connect_timeout: float = 2.0,
         max_connections: int = 128,
+        multiplexed: bool = True,
     ) -> RedisStore:
         """Connect lazily to the Redis a URL names, on any topology (see
         :mod:`thorbis_cache.redis_url` for the forms: ``redis://``, ``rediss://``,
@@ -256,6 +265,7 @@ class RedisStore:
         :param timeout: seconds a call may wait for its reply, enforced by one watchdog
             rather than a timer per call (see :class:`_Deadlines`).
         :param connect_timeout: seconds to establish a connection.
+        :param multiplexed: see the class.
         :raises ConfigurationError: for a URL this project does not understand.
         """
         address = parse_redis_url(url)
@@ -299,7 +309,7 @@ class RedisStore:
         if not isinstance(client, RedisCluster):
             _fail_fast(client)
         store = cls(client, address.describe(), timeout=timeout,
-                    max_in_flight=max_connections)
+                    max_in_flight=max_connections, multiplexed=multiplexed)
         store.redis_address = address
         return store
 
@@ -350,6 +360,8 @@ class RedisStore:
     async def aclose(self) -> None:
         """Close every connection and stop the deadline watchdog."""
         await self._deadlines.aclose()
+        if self._router is not None:
+            self._router.close()
         for node_client in self._node_clients.values():
             await node_client.aclose()
         await self._client.aclose()
@@ -451,7 +463,7 @@ class RedisStore:
             else:
                 await gate.wait()
             try:
-                data: bytes | None = await self._client.get(key)  # type: ignore[assignment]
+                data: bytes | None = await self._send(key, ("GET", key))
             finally:
                 gate.release()
             if self.breaker.failures:
@@ -493,7 +505,7 @@ class RedisStore:
 
     async def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
         if not self._cluster:
-            got: list[bytes | None] = await self._client.mget(keys)  # type: ignore[assignment]
+            got: list[bytes | None] = await self._send(keys[0], ("MGET", *keys))
             return got
         by_slot: dict[int, list[int]] = {}
         for i, k in enumerate(keys):
@@ -502,15 +514,16 @@ class RedisStore:
         for positions in by_slot.values():
             # Sequential per slot: concurrent gathers win nothing for the usual case
             # (one tenant, one slot) and would open a connection per slot.
-            values = await self._client.mget([keys[i] for i in positions])
-            for i, v in zip(positions, values):
-                out[i] = v  # type: ignore[assignment]
+            group = [keys[i] for i in positions]
+            values = await self._send(group[0], ("MGET", *group))
+            for i, v in zip(positions, values, strict=True):
+                out[i] = v
         return out
 
     async def set(self, key: str, data: bytes, ttl_ms: int) -> None:
         """SET ``key`` with a TTL in milliseconds."""
         async with self._call("SET"):
-            await self._client.set(key, data, px=ttl_ms)
+            await self._send(key, ("SET", key, data, "PX", ttl_ms))
 
     async def delete(self, keys: Iterable[str]) -> int:
         """DEL, one call per hash slot; returns how many keys existed."""
@@ -530,10 +543,13 @@ class RedisStore:
         task = self._deadlines.arm()
         try:
             await self._enter()
+            route = keys[0] if keys else ""
             try:
-                reply = await self._client.evalsha(script.sha, len(keys), *keys, *args)
+                reply = await self._send(route, ("EVALSHA", script.sha, len(keys), *keys,
+                                                 *args))
             except rexc.NoScriptError:
-                reply = await self._client.eval(script.source, len(keys), *keys, *args)
+                reply = await self._send(route, ("EVAL", script.source, len(keys), *keys,
+                                                 *args))
             finally:
                 self._gate.release()
             if self.breaker.failures:
@@ -547,6 +563,33 @@ class RedisStore:
             raise self._fail(f"script {script.name}", exc) from exc
         finally:
             self._deadlines.disarm(task)
+
+    async def _send(self, key: str, args: tuple[Any, ...]) -> Any:
+        """One hot command, over the multiplexed transport when it can carry it.
+
+        A redirect (MOVED, ASK), a demoted master (READONLY) or a lost connection sends
+        that call through redis-py instead, which follows the redirect, refreshes the
+        slot map or rediscovers the master, and retries as it always has; the next call
+        routes by the refreshed map. Scripts without keys and a Sentinel master not yet
+        known go to redis-py too (the latter only until the first answer).
+        """
+        router = self._router
+        if router is None or not key:
+            return await self._client.execute_command(*args)
+        node: NodeConnections | None = router.for_key(key)
+        try:
+            if node is None:
+                node = await router.resolve(key)
+            connection = node.ready()
+            if connection is None:
+                connection = await node.connection()
+            return await connection.request(pack_command(*args))
+        except (rexc.MovedError, rexc.AskError):
+            pass  # redis-py's map is behind: its own call follows and learns the redirect
+        except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError):
+            if node is not None:
+                router.stale(node)
+        return await self._client.execute_command(*args)
 
     async def command(self, *args: Any) -> Any:
         """Run one command (routed by its key on a Cluster)."""

@@ -1,0 +1,205 @@
+"""One multiplexed Redis connection: an asyncio protocol with a ``hiredis.Reader``.
+
+Many callers share it: each request is appended to the socket's write buffer and its
+reply future to a FIFO, and replies are matched to futures strictly in order, which is
+how Redis answers. Requests written in one turn of the event loop leave in one write
+(automatic pipelining), so 64 concurrent readers cost the server and the kernel a few
+large reads instead of 64 small ones.
+
+The property that matters more than speed is that no reply is ever handed to the wrong
+caller. The FIFO never loses a slot: a caller that gives up (cancelled by its owner or
+by the store's deadline watchdog) leaves its future cancelled in place, and the reply
+that arrives for it is dropped when its turn comes. Anything that could break the
+order (the connection lost, a protocol error, a reply with nobody waiting) closes the
+connection and fails every pending future; nothing is ever re-matched. This is the
+failure of CVE-2023-28858/28859, where a cancelled request left its reply for the next
+caller, designed out rather than patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from typing import Any
+
+import hiredis
+import redis.exceptions as rexc
+from redis._parsers.base import BaseParser
+
+__all__ = ["MultiplexedConnection", "pack_command"]
+
+
+def _encode(arg: Any) -> bytes:
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, bool):  # a bool is an int: refuse it, as redis-py does
+        raise rexc.DataError(f"invalid input of type bool: {arg!r}")
+    if isinstance(arg, int | float):
+        return repr(arg).encode()
+    if isinstance(arg, memoryview):
+        return bytes(arg)
+    raise rexc.DataError(f"invalid input of type {type(arg).__name__}: {arg!r}")
+
+
+def pack_command(*args: Any) -> bytes:
+    """One command in RESP (an array of bulk strings)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = _encode(arg)
+        parts.append(b"$%d\r\n" % len(data))
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _reply_error(message: str) -> Exception:
+    # redis-py's own table (NOSCRIPT, MOVED, OOM, WRONGTYPE...), so the store's error
+    # seam sees the same exception classes whichever path a command took.
+    error: Exception = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    return error
+
+
+class MultiplexedConnection(asyncio.Protocol):
+    """A connection many concurrent callers share; see the module docstring.
+
+    Build it with :meth:`open`. :meth:`request` returns a future for the reply: a value,
+    or a redis-py exception for an error reply; the future fails with
+    :class:`redis.exceptions.ConnectionError` if the connection is lost first.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self._reader = hiredis.Reader(replyError=_reply_error)
+        self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outgoing: list[bytes] = []
+        self._flush_scheduled = False
+        self._lost: BaseException | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int, *, unix_path: str | None = None,
+                   ssl_context: ssl.SSLContext | None = None,
+                   username: str | None = None, password: str | None = None, db: int = 0,
+                   connect_timeout: float = 2.0) -> MultiplexedConnection:
+        """Connect, then authenticate and select ``db`` before any caller's request.
+
+        :raises redis.exceptions.ConnectionError: unreachable, refused or timed out.
+        :raises redis.exceptions.AuthenticationError: credentials refused.
+        """
+        loop = asyncio.get_running_loop()
+        where = unix_path or f"{host}:{port}"
+        protocol = cls(where)
+        try:
+            async with asyncio.timeout(connect_timeout):
+                if unix_path is not None:
+                    await loop.create_unix_connection(lambda: protocol, unix_path)
+                else:
+                    # With TLS, asyncio checks the certificate against ``host``
+                    # when the context asks for hostname checks.
+                    await loop.create_connection(lambda: protocol, host, port,
+                                                 ssl=ssl_context)
+                if password is not None:
+                    auth = ("AUTH", password) if username is None else \
+                        ("AUTH", username, password)
+                    await protocol.request(pack_command(*auth))
+                if db:
+                    await protocol.request(pack_command("SELECT", db))
+        except TimeoutError as exc:
+            protocol.close()
+            raise rexc.TimeoutError(f"connecting to {where}: timed out") from exc
+        except OSError as exc:
+            protocol.close()
+            raise rexc.ConnectionError(f"connecting to {where}: {exc}") from exc
+        except BaseException:
+            protocol.close()
+            raise
+        return protocol
+
+    # ----------------------------------------------------------------- callers
+
+    @property
+    def usable(self) -> bool:
+        """Connected and not lost: new requests may be sent."""
+        return self._transport is not None and self._lost is None
+
+    @property
+    def pending(self) -> int:
+        """Replies owed (including those of callers who gave up)."""
+        return len(self._waiters)
+
+    def request(self, payload: bytes) -> asyncio.Future[Any]:
+        """Send one packed command (see :func:`pack_command`); its reply's future.
+
+        The bytes leave with the others written in this loop turn, in one write.
+        :raises redis.exceptions.ConnectionError: the connection is lost or closed.
+        """
+        if self._lost is not None or self._transport is None or self._loop is None:
+            raise rexc.ConnectionError(f"connection to {self.where} lost: {self._lost}")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._waiters.append(future)
+        self._outgoing.append(payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    def close(self) -> None:
+        """Close the connection; pending callers fail with a ConnectionError."""
+        self._fail(rexc.ConnectionError(f"connection to {self.where} closed"))
+
+    # ----------------------------------------------------------------- protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        waiters = self._waiters
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(rexc.ConnectionError(f"protocol error from {self.where}: {exc}"))
+                return
+            if reply is False:
+                return
+            if not waiters:
+                # A reply nobody asked for: the order can no longer be trusted.
+                self._fail(rexc.ConnectionError(f"unexpected reply from {self.where}"))
+                return
+            future = waiters.popleft()
+            if future.done():
+                continue  # its caller gave up: the reply is dropped, in its turn
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(rexc.ConnectionError(
+            f"connection to {self.where} lost" + (f": {exc}" if exc else "")))
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outgoing, self._outgoing = self._outgoing, []
+        if outgoing and self._lost is None and self._transport is not None:
+            self._transport.write(b"".join(outgoing) if len(outgoing) > 1 else outgoing[0])
+
+    def _fail(self, error: BaseException) -> None:
+        if self._lost is None:
+            self._lost = error
+        self._outgoing = []
+        waiters, self._waiters = self._waiters, collections.deque()
+        for future in waiters:
+            if not future.done():
+                future.set_exception(error)
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
