@@ -10,11 +10,19 @@ the same run:
   calls interleaved op by op, and 64-way concurrent throughput in alternating blocks;
 * ``Cache.get_many`` of 100 keys against a raw MGET of the same 100 keys (keys/s);
 * a near-cache (L1) hit of a schema with ``near_ttl`` against a raw GET of its bytes;
-* cashews and aiocache reading the same record from their own stored form.
+* a miss filled through ``Cache.get_or_load`` (fill lease, instant loader) against a raw
+  GET + SET of the same bytes;
+* cashews and aiocache reading the same record from their own stored form;
+* two driver anchors (``bench/anchors.py``), each paired with redis-py exactly like a
+  subject: valkey-glide's raw GET/MGET (skipped, with the reason printed, when the
+  ``bench`` extra is not installed) and the bare hiredis-protocol floor (one pipelined
+  connection, an ``asyncio.Protocol`` with a ``hiredis.Reader``).
 
 Rounds alternate the order of each pair (ABBA) and every figure is the median across
-rounds; ratios are medians of the per-round paired ratios. The numbers are a report,
-never an assertion: the script exits 0 whatever they are (see ``bench/README.md``).
+rounds; ratios are medians of the per-round paired ratios, with redis-py as the base.
+The SPEC's and issue 16's targets print as PASS/MISS (SKIP when an anchor they need is
+missing) and ``--json`` keeps them under ``targets``. The numbers are a report, never an
+assertion: the script exits 0 whatever they are (see ``bench/README.md``).
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import gc
+import itertools
 import json
 import os
 import platform
@@ -32,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +52,17 @@ import redis
 import redis.asyncio as aioredis
 from redis.utils import HIREDIS_AVAILABLE
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from thorbis_cache import Cache, CacheSettings, Compression, KeyRing, KeySchema, SchemaRegistry
 from thorbis_cache.codec import make_converter
 from thorbis_cache.near import NearCache
 from thorbis_cache.testing.servers import RedisServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anchors import FloorClient, open_glide  # sibling script modules, found through the
+from ha import Target  # line above
 
 Op = Callable[[], Awaitable[Any]]
 
@@ -329,7 +345,13 @@ G_1K = "1 KiB record (WorkOrder)"
 G_16K = "16 KiB record (CustomerHistory of 16 work orders)"
 G_BATCH = f"get_many of {BATCH} x 1 KiB vs MGET, one tenant (ops/s = keys/s)"
 G_L1 = "near cache (L1) hit, 1 KiB record, vs raw GET"
+G_FILL = "miss then fill: get_or_load (fill lease, instant loader), 1 KiB plain, vs raw GET + SET"
+G_ANCHOR = "driver anchors: another client's raw GET of the plain 1 KiB bytes, vs redis-py's"
 L1_LIMIT = 0.05  # SPEC: an L1 hit at least 20x faster than a raw GET
+SCALE_FILL = 0.5  # a fill is three round trips (GET, lease, compare-and-set)
+
+GLIDE = "valkey-glide"
+FLOOR = "hiredis-protocol floor"
 
 ENC = "encrypted+compressed"
 ENC_AUTO = "encrypted"
@@ -347,6 +369,19 @@ def _expect(condition: bool, what: str) -> None:
         raise RuntimeError(f"benchmark set-up check failed: {what}")
 
 
+async def _stored(raw: aioredis.Redis, rk: str) -> bytes:
+    """The bytes stored at ``rk`` (a set-up check: they must be there)."""
+    value = await raw.get(rk)
+    _expect(isinstance(value, bytes), f"bytes stored at {rk}")
+    return value  # type: ignore[return-value]  # checked just above
+
+
+async def _stored_many(raw: aioredis.Redis, rks: list[str]) -> list[bytes]:
+    values = await raw.mget(rks)
+    _expect(all(isinstance(v, bytes) for v in values), f"bytes stored at {len(rks)} keys")
+    return values  # type: ignore[return-value]  # checked just above
+
+
 def _schema(name: str, tp: Any, compression: Compression, sensitive: bool) -> KeySchema[Any]:
     return KeySchema(
         f"bench.{name}", tp, params={"id": int}, ttl=3600, sensitive=sensitive,
@@ -355,9 +390,14 @@ def _schema(name: str, tp: Any, compression: Compression, sensitive: bool) -> Ke
 
 
 async def build_pairs(
-    url: str, port: int, raw: aioredis.Redis, closers: list[Callable[[], Awaitable[Any]]]
+    url: str, host: str, port: int, raw: aioredis.Redis,
+    closers: list[Callable[[], Awaitable[Any]]], anchors: dict[str, str],
 ) -> list[Pair]:
-    """Store the records through every subject and pair each with its raw anchor."""
+    """Store the records through every subject and pair each with its raw anchor.
+
+    :param anchors: filled with each driver anchor's state, ``"measured (version)"`` or
+        ``"skipped: why"``.
+    """
     order = make_order(1, 1024)
     history = make_history(16 * 1024)
     # (group, variant, schema, value, scale)
@@ -370,8 +410,9 @@ async def build_pairs(
         slug = label.replace("+", "_")
         schema = _schema(f"history_{slug}", CustomerHistory, compression, sensitive)
         plan.append((G_16K, label, schema, history, SCALE_16K))
+    fill_schema = _schema("order_fill", WorkOrder, Compression.NEVER, False)
     registry = SchemaRegistry()
-    for _, _, schema, _, _ in plan:
+    for schema in (*(entry[2] for entry in plan), fill_schema):
         registry.register(schema, owner="bench")
     cache = Cache.from_url(url, registry, keyring=KeyRing.generate(),
                            settings=CacheSettings(prefix="bench"))
@@ -385,10 +426,10 @@ async def build_pairs(
         key = schema.key(TENANT, id=1)
         await cache.set(key, value)
         rk = cache.redis_key(key)
-        stored = await raw.get(rk)
-        _expect(stored is not None and await cache.get(key) == value, f"{variant} round trip")
+        stored = await _stored(raw, rk)
+        _expect(await cache.get(key) == value, f"{variant} round trip")
         pairs.append(Pair(f"Cache.get {variant}", group, len(stored),
-                          lambda key=key: cache.get(key), raw_get(rk), scale=scale))
+                          functools.partial(cache.get, key), raw_get(rk), scale=scale))
 
     # Peers: the same record object, in their own stored form, on the same Redis.
     from aiocache import RedisCache
@@ -407,37 +448,99 @@ async def build_pairs(
         ck = f"bench:cashews:{tag}"
         await cashews.set(ck, value, expire=3600)
         _expect(await cashews.get(ck) == value, "cashews round trip")
-        stored = await raw.get(ck)
+        stored = await _stored(raw, ck)
         pairs.append(Pair("cashews get (pickle)", group, len(stored),
-                          lambda ck=ck: cashews.get(ck), raw_get(ck), scale=scale))
+                          functools.partial(cashews.get, ck), raw_get(ck), scale=scale))
         ak = f"order:{tag}"
         await aio.set(ak, value, ttl=3600)
         _expect(await aio.get(ak) == value, "aiocache round trip")
         ark = f"bench_aiocache:{ak}"
-        stored = await raw.get(ark)
+        stored = await _stored(raw, ark)
         pairs.append(Pair("aiocache get (pickle)", group, len(stored),
-                          lambda ak=ak: aio.get(ak), raw_get(ark), scale=scale))
+                          functools.partial(aio.get, ak), raw_get(ark), scale=scale))
+
+    # Driver anchors: another client's GET of the plain 1 KiB bytes, paired with redis-py's.
+    plain_rk = cache.redis_key(plan[0][2].key(TENANT, id=1))
+    _expect(plan[0][1] == "plain", "plan starts with the plain 1 KiB row")
+    plain_stored = await _stored(raw, plain_rk)
+    floor = await FloorClient.connect(host, port)
+    closers.append(floor.aclose)
+    _expect(await floor.get(plain_rk) == plain_stored, "floor GET")
+    anchors[FLOOR] = f"measured (hiredis {hiredis_version()})"
+    glide, glide_state = await open_glide(host, port)
+    if glide is None:
+        anchors[GLIDE] = f"skipped: {glide_state}"
+    else:
+        closers.append(glide.close)
+        _expect(await glide.get(plain_rk) == plain_stored, "glide GET")
+        anchors[GLIDE] = f"measured (valkey-glide {glide_state})"
+        pairs.append(Pair(f"{GLIDE} GET", G_ANCHOR, len(plain_stored),
+                          lambda: glide.get(plain_rk), raw_get(plain_rk)))
+    pairs.append(Pair(f"{FLOOR} GET", G_ANCHOR, len(plain_stored),
+                      lambda: floor.get(plain_rk), raw_get(plain_rk)))
 
     # Batches: 100 keys of one tenant (one slot), one MGET.
+    plain_rks: list[str] = []
+    plain_many: list[bytes] = []
     for group, variant, schema, _, _ in plan:
-        if group != G_1K or variant not in ("plain", ENC):
+        if group != G_1K or variant not in ("plain", ENC_AUTO, ENC):
             continue
         keys = [schema.key(TENANT, id=i) for i in range(BATCH)]
         for i, key in enumerate(keys):
             await cache.set(key, make_order(10_000 + i, 1024))
         rks = [cache.redis_key(k) for k in keys]
-        stored_many = await raw.mget(rks)
+        stored_many = await _stored_many(raw, rks)
         _expect(all(v is not None for v in await cache.get_many(keys)), f"{variant} batch")
         pairs.append(Pair(
             f"get_many {variant}", G_BATCH,
             sum(len(b) for b in stored_many) // BATCH,
-            lambda keys=keys: cache.get_many(keys), lambda rks=rks: raw.mget(rks),
+            functools.partial(cache.get_many, keys), functools.partial(raw.mget, rks),
             keys_per_call=BATCH, scale=SCALE_BATCH,
         ))
+        if variant == "plain":
+            plain_rks, plain_many = rks, stored_many
+    # The drivers' own MGET of the plain batch's 100 keys.
+    many_bytes = sum(len(b) for b in plain_many) // BATCH
+    _expect(await floor.mget(plain_rks) == plain_many, "floor MGET")
+    if glide is not None:
+        _expect(await glide.mget(plain_rks) == plain_many, "glide MGET")
+        pairs.append(Pair(f"{GLIDE} MGET (driver anchor)", G_BATCH, many_bytes,
+                          lambda: glide.mget(plain_rks), lambda: raw.mget(plain_rks),
+                          keys_per_call=BATCH, scale=SCALE_BATCH))
+    pairs.append(Pair(f"{FLOOR} MGET (driver anchor)", G_BATCH, many_bytes,
+                      lambda: floor.mget(plain_rks), lambda: raw.mget(plain_rks),
+                      keys_per_call=BATCH, scale=SCALE_BATCH))
+
+    # Miss then fill: every call reads a key never written, so get_or_load misses, takes
+    # the fill lease, calls the loader (instant) and writes under the lease; the anchor
+    # is a raw GET (nil) and a SET with the same TTL of the same bytes, at a fresh key too.
+    fill_ids = itertools.count(1)
+    raw_fill_ids = itertools.count(1)
+    fill_key = fill_schema.key(TENANT, id=0)
+    await cache.set(fill_key, order)
+    fill_bytes = await _stored(raw, cache.redis_key(fill_key))
+
+    async def instant_load() -> WorkOrder:
+        return order
+
+    def cache_fill() -> Awaitable[WorkOrder]:
+        return cache.get_or_load(fill_schema.key(TENANT, id=next(fill_ids)), instant_load)
+
+    async def raw_fill() -> None:
+        rk = f"bench:rawfill:{next(raw_fill_ids)}"
+        if await raw.get(rk) is None:
+            await raw.set(rk, fill_bytes, ex=3600)
+
+    _expect(await cache_fill() == order, "get_or_load fill")
+    _expect(await cache.get(fill_schema.key(TENANT, id=1)) == order, "filled entry reads")
+    pairs.append(Pair("Cache.get_or_load miss + fill (plain)", G_FILL, len(fill_bytes),
+                      cache_fill, raw_fill, scale=SCALE_FILL))
     # Near cache: its own cache object (an L1 belongs to one cache), subscribed first so
     # that the first read fills L1; near_ttl at its maximum (a refill per minute).
-    near_schema = KeySchema("bench.order_near", WorkOrder, params={"id": int}, ttl=3600,
-                            compression=Compression.NEVER, near_ttl=60)
+    near_schema: KeySchema[WorkOrder] = KeySchema(
+        "bench.order_near", WorkOrder, params={"id": int}, ttl=3600,
+        compression=Compression.NEVER, near_ttl=60,
+    )
     near_registry = SchemaRegistry()
     near_registry.register(near_schema, owner="bench")
     near_cache = Cache.from_url(url, near_registry, near=NearCache(),
@@ -447,36 +550,51 @@ async def build_pairs(
     near_key = near_schema.key(TENANT, id=1)
     await near_cache.set(near_key, order)
     near_rk = near_cache.redis_key(near_key)
-    stored = await raw.get(near_rk)
+    stored = await _stored(raw, near_rk)
     _expect(await near_cache.get(near_key) == order, "near round trip")
     _expect(near_cache.near is not None and near_rk in near_cache.near, "L1 filled")
     pairs.append(Pair("Cache.get L1 hit (plain)", G_L1, len(stored),
                       lambda: near_cache.get(near_key), raw_get(near_rk)))
-    order_of = {G_1K: 0, G_16K: 1, G_BATCH: 2, G_L1: 3}
+    order_of = {G_1K: 0, G_16K: 1, G_BATCH: 2, G_L1: 3, G_FILL: 4, G_ANCHOR: 5}
     return sorted(pairs, key=lambda p: order_of[p.group])
 
 
 # --------------------------------------------------------------------------- report
 
 
-def _git_commit() -> str:
+def _git(*args: str) -> str:
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            ["git", *args], capture_output=True, text=True,
             timeout=10, check=False, cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip()
+
+
+def _git_commit() -> str:
+    """The short commit, ``+dirty`` when the measured code (core/) has uncommitted changes."""
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"{commit}+dirty" if _git("status", "--porcelain", "--", "../core") else commit
+
+
+def hiredis_version() -> str:
+    try:
+        return version("hiredis")
+    except PackageNotFoundError:
         return "unknown"
-    return done.stdout.strip() or "unknown"
 
 
-def machine_info(redis_version: str) -> dict[str, Any]:
+def machine_info(redis_version: str, anchors: dict[str, str]) -> dict[str, Any]:
     return {
         "commit": _git_commit(),
         "python": platform.python_version(),
         "redis_server": redis_version,
         "redis_py": redis.__version__,
         "hiredis": HIREDIS_AVAILABLE,
+        "hiredis_version": hiredis_version(),
+        "anchors": anchors,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "loop": "asyncio (stock)",
@@ -544,63 +662,154 @@ def render_table(console: Console, pairs: Sequence[Pair], plan: Plan) -> None:
     console.print(table)
 
 
-def check_targets(pairs: Sequence[Pair]) -> list[dict[str, Any]]:
-    """The SPEC's hit-path targets, each with the measured figure and PASS/MISS."""
+@attrs.define
+class Verdicts:
+    """The targets of one run: PASS/MISS lines (``Target``), SKIPs and plain figures.
+
+    ``entries`` is what ``--json`` keeps under ``targets``: each target's ``text`` and
+    ``ok`` (``None`` when skipped, with ``skipped`` saying why), its ``source`` (SPEC or
+    issue 16), the ``measured`` figure, the ``limit`` and their ``unit``.
+    """
+
+    entries: list[dict[str, Any]] = attrs.field(factory=list)
+    #: figures reported without a limit (``no regression`` items): printed, kept by --json
+    figures: list[dict[str, Any]] = attrs.field(factory=list)
+
+    def check(self, source: str, text: str, measured: float, limit: float, unit: str,
+              *, at_least: bool = False) -> None:
+        ok = measured >= limit if at_least else measured <= limit
+        target = Target(text, ok)
+        self.entries.append({"source": source, **attrs.asdict(target),
+                             "measured": measured, "limit": limit, "unit": unit})
+
+    def skip(self, source: str, text: str, why: str) -> None:
+        self.entries.append({"source": source, "text": text, "ok": None, "skipped": why})
+
+    def figure(self, source: str, text: str, measured: float, unit: str) -> None:
+        self.figures.append({"source": source, "text": text, "measured": measured,
+                             "unit": unit})
+
+
+ISSUE = "issue 16"
+
+
+def check_targets(pairs: Sequence[Pair], anchors: dict[str, str]) -> Verdicts:
+    """The SPEC's and issue 16's hit-path targets, each with its measured figure."""
     by = {(p.group, p.name): p for p in pairs}
     enc = by[(G_1K, f"Cache.get {ENC_AUTO}")]
     enc_zstd = by[(G_1K, f"Cache.get {ENC}")]
     plain = by[(G_1K, "Cache.get plain")]
     many = by[(G_BATCH, "get_many plain")]
-    out: list[dict[str, Any]] = []
-
-    def add(name: str, measured: float, limit: float, ok: bool, unit: str) -> None:
-        out.append({"target": name, "measured": measured, "limit": limit, "unit": unit,
-                    "pass": ok})
+    out = Verdicts()
+    spec = "SPEC"
 
     for subject, limit in ((enc, 1.3), (enc_zstd, 1.3), (plain, 1.15)):
         variant = subject.name.removeprefix("Cache.get ")
         for q in ("p50", "p99"):
-            r = subject.median(f"{q}_ratio")
-            add(f"{variant} 1 KiB hit {q} <= {limit}x raw GET", r, limit, r <= limit, "x")
+            out.check(spec, f"{variant} 1 KiB hit {q} <= {limit}x raw GET",
+                      subject.median(f"{q}_ratio"), limit, "x")
     for subject in (enc, enc_zstd, plain):
         variant = subject.name.removeprefix("Cache.get ")
-        r = subject.median("ops_ratio")
-        add(f"{variant} 1 KiB {CONCURRENCY}-way ops/s >= 0.75x raw", r, 0.75, r >= 0.75, "x")
+        out.check(spec, f"{variant} 1 KiB {CONCURRENCY}-way ops/s >= 0.75x raw",
+                  subject.median("ops_ratio"), 0.75, "x", at_least=True)
     for peer_name in ("cashews get (pickle)", "aiocache get (pickle)"):
         peer = by[(G_1K, peer_name)]
         short = peer_name.split()[0]
-        a, b = enc.median("p50_us"), peer.median("p50_us")
-        add(f"{ENC_AUTO} 1 KiB p50 below {short}'s ({b:.0f} µs)", a, b, a < b, "µs")
-        a, b = enc.median("p99_us"), peer.median("p99_us")
-        add(f"{ENC_AUTO} 1 KiB p99 below {short}'s ({b:.0f} µs)", a, b, a < b, "µs")
-        a, b = enc.median("ops_s"), peer.median("ops_s")
-        add(f"{ENC_AUTO} 1 KiB ops/s@{CONCURRENCY} above {short}'s ({b:,.0f}/s)", a, b, a > b, "/s")
-    r = many.median("ops_ratio")
-    add(f"get_many x{BATCH} (plain 1 KiB) >= 0.7x raw MGET keys/s", r, 0.7, r >= 0.7, "x")
+        b = peer.median("p50_us")
+        out.check(spec, f"{ENC_AUTO} 1 KiB p50 below {short}'s ({b:.0f} µs)",
+                  enc.median("p50_us"), b, "µs")
+        b = peer.median("p99_us")
+        out.check(spec, f"{ENC_AUTO} 1 KiB p99 below {short}'s ({b:.0f} µs)",
+                  enc.median("p99_us"), b, "µs")
+        b = peer.median("ops_s")
+        out.check(spec, f"{ENC_AUTO} 1 KiB ops/s@{CONCURRENCY} above {short}'s ({b:,.0f}/s)",
+                  enc.median("ops_s"), b, "/s", at_least=True)
+    out.check(spec, f"get_many x{BATCH} (plain 1 KiB) >= 0.7x raw MGET keys/s",
+              many.median("ops_ratio"), 0.7, "x", at_least=True)
     l1 = by[(G_L1, "Cache.get L1 hit (plain)")]
     for q in ("p50", "p99"):
-        r = l1.median(f"{q}_ratio")
-        add(f"L1 hit {q} <= {L1_LIMIT}x raw GET (>= 20x faster)", r, L1_LIMIT, r <= L1_LIMIT, "x")
+        out.check(spec, f"L1 hit {q} <= {L1_LIMIT}x raw GET (>= 20x faster)",
+                  l1.median(f"{q}_ratio"), L1_LIMIT, "x")
+
+    # Issue 16: ratios against raw redis-py in this run.
+    out.check(ISSUE, f"{ENC_AUTO} 1 KiB typed hit p50 <= 0.8x raw GET",
+              enc.median("p50_ratio"), 0.8, "x")
+    out.check(ISSUE, f"{ENC_AUTO} 1 KiB typed hit p99 <= 1.0x raw GET",
+              enc.median("p99_ratio"), 1.0, "x")
+    out.check(ISSUE, "plain 1 KiB hit p50 <= 0.7x raw GET", plain.median("p50_ratio"), 0.7, "x")
+    glide = by.get((G_ANCHOR, f"{GLIDE} GET"))
+    for subject in (enc, plain):
+        variant = subject.name.removeprefix("Cache.get ")
+        ratio = subject.median("ops_ratio")
+        out.check(ISSUE, f"{variant} 1 KiB {CONCURRENCY}-way ops/s >= 3x raw redis-py",
+                  ratio, 3.0, "x", at_least=True)
+        text = f"{variant} 1 KiB {CONCURRENCY}-way ops/s >= {GLIDE}'s raw GET"
+        if glide is None:
+            why = anchors.get(GLIDE, "").removeprefix("skipped: ")
+            out.skip(ISSUE, text, f"{GLIDE} not measured: {why}")
+        else:
+            # Both as paired ratios to redis-py (the same base, the same drift).
+            limit = glide.median("ops_ratio")
+            out.check(ISSUE, f"{text} ({limit:.2f}x redis-py)", ratio, limit, "x",
+                      at_least=True)
+    for variant in ("plain", ENC_AUTO):
+        subject = by[(G_BATCH, f"get_many {variant}")]
+        out.check(ISSUE, f"get_many x{BATCH} ({variant} 1 KiB) >= 0.7x raw MGET keys/s",
+                  subject.median("ops_ratio"), 0.7, "x", at_least=True)
+    for variant in ("plain", ENC_AUTO):
+        subject = by[(G_16K, f"Cache.get {variant}")]
+        out.check(ISSUE, f"{variant} 16 KiB hit p50 <= 1.3x raw GET",
+                  subject.median("p50_ratio"), 1.3, "x")
+    # "No regression": figures to compare between runs, no limit given.
+    fill = by[(G_FILL, "Cache.get_or_load miss + fill (plain)")]
+    for name, pair in (("near-cache (L1) hit", l1), ("miss + fill via get_or_load", fill)):
+        for field in ("p50_ratio", "p99_ratio", "ops_ratio"):
+            label = field.replace("_ratio", "").replace("ops", f"ops/s@{CONCURRENCY}")
+            out.figure(ISSUE, f"{name} {label} vs {pair.group.split(', vs ')[-1]}",
+                       pair.median(field), "x")
+    for name in (GLIDE, FLOOR):
+        anchor = by.get((G_ANCHOR, f"{name} GET"))
+        if anchor is None:
+            continue
+        for field in ("p50_ratio", "p99_ratio", "ops_ratio"):
+            label = field.replace("_ratio", "").replace("ops", f"ops/s@{CONCURRENCY}")
+            out.figure(ISSUE, f"anchor {name} GET {label} vs redis-py GET",
+                       anchor.median(field), "x")
     return out
 
 
-def render_targets(console: Console, targets: Sequence[dict[str, Any]]) -> None:
-    console.print("\n[bold]SPEC targets[/] (a report, not an assertion)")
-    for t in targets:
-        mark = "[green]PASS[/]" if t["pass"] else "[red]MISS[/]"
-        if t["unit"] == "x":
-            figure = f"{t['measured']:.2f}x"
-        elif t["unit"] == "/s":
-            figure = f"{t['measured']:,.0f}/s"
-        else:
-            figure = f"{t['measured']:.0f} µs"
-        console.print(f"  {mark}  {t['target']}: {figure}")
+def _figure(entry: dict[str, Any]) -> str:
+    if entry["unit"] == "x":
+        return f"{entry['measured']:.2f}x"
+    if entry["unit"] == "/s":
+        return f"{entry['measured']:,.0f}/s"
+    return f"{entry['measured']:.0f} µs"
+
+
+def render_targets(console: Console, verdicts: Verdicts, anchors: dict[str, str]) -> None:
+    for source in ("SPEC", ISSUE):
+        console.print(f"\n[bold]{source} targets[/] (a report, not an assertion)")
+        for e in verdicts.entries:
+            if e["source"] != source:
+                continue
+            if e["ok"] is None:
+                console.print(f"  [yellow]SKIP[/]  {escape(e['text'])}: {escape(e['skipped'])}")
+                continue
+            mark = "[green]PASS[/]" if e["ok"] else "[red]MISS[/]"
+            console.print(f"  {mark}  {escape(e['text'])}: {_figure(e)}")
+    console.print(f"\n[bold]{ISSUE} figures[/] (no regression of these; ratios, lower is "
+                  "better except ops/s)")
+    for e in verdicts.figures:
+        console.print(f"  [dim]----[/]  {escape(e['text'])}: {_figure(e)}")
+    console.print("\n[bold]driver anchors[/]")
+    for name, state in anchors.items():
+        console.print(f"  {name}: {escape(state)}")
 
 
 # --------------------------------------------------------------------------- main
 
 
-async def run(plan: Plan, url: str, port: int, console: Console) -> dict[str, Any]:
+async def run(plan: Plan, url: str, host: str, port: int, console: Console) -> dict[str, Any]:
     # The anchor gets the client configuration RedisStore uses (no per-call socket
     # timeout, the same pool size), so the ratios measure our code, not settings.
     raw = aioredis.Redis.from_url(url, decode_responses=False, max_connections=128,
@@ -608,14 +817,17 @@ async def run(plan: Plan, url: str, port: int, console: Console) -> dict[str, An
     closers: list[Callable[[], Awaitable[Any]]] = [raw.aclose]
     try:
         info = await raw.info("server")
-        machine = machine_info(str(info["redis_version"]))
+        anchors: dict[str, str] = {}
+        pairs = await build_pairs(url, host, port, raw, closers, anchors)
+        machine = machine_info(str(info["redis_version"]), anchors)
         console.print(
             f"python {machine['python']} | redis-server {machine['redis_server']} | "
             f"redis-py {machine['redis_py']} (hiredis {'on' if machine['hiredis'] else 'OFF'}) "
             f"| {machine['cpu_count']} CPUs | load {machine['load_avg_1m_at_start']:.2f} | "
             f"{machine['platform']} | stock asyncio loop | commit {machine['commit']}"
         )
-        pairs = await build_pairs(url, port, raw, closers)
+        for name, state in anchors.items():
+            console.print(f"anchor {name}: {escape(state)}")
         started = time.perf_counter()
         for rnd in range(plan.rounds):
             # ABBA: pairs forward then backward, and the order within each pair flips.
@@ -626,14 +838,15 @@ async def run(plan: Plan, url: str, port: int, console: Console) -> dict[str, An
                 f"({time.perf_counter() - started:.0f} s)[/]"
             )
         render_table(console, pairs, plan)
-        targets = check_targets(pairs)
-        render_targets(console, targets)
+        verdicts = check_targets(pairs, anchors)
+        render_targets(console, verdicts, anchors)
         return {
             "machine": machine,
             "plan": attrs.asdict(plan),
             "concurrency": CONCURRENCY,
             "results": [p.summary() for p in pairs],
-            "targets": targets,
+            "targets": verdicts.entries,
+            "figures": verdicts.figures,
         }
     finally:
         for close in reversed(closers):
@@ -651,7 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = attrs.evolve(plan, rounds=args.rounds)
     console = Console(width=max(Console().width, 150))
     with RedisServer() as server:
-        report = asyncio.run(run(plan, server.url, server.port, console))
+        report = asyncio.run(run(plan, server.url, server.host, server.port, console))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"numbers written to {args.json}")
