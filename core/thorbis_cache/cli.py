@@ -29,6 +29,7 @@ from thorbis_cache import (
     demo,
 )
 from thorbis_cache.errors import ThorbisCacheError
+from thorbis_cache.observability.serve import serve_command
 
 __all__ = ["app", "main", "plain_help"]
 
@@ -121,6 +122,7 @@ _add("deadletters", cli_queue.deadletters_command)
 _add("refresh", cli_mv.refresh_command)
 _add("mv", cli_mv.mv_command)
 _add("keyring", cli_keyring.keyring_command)
+_add("serve", serve_command)
 
 
 def main() -> None:

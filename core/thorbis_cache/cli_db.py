@@ -26,6 +26,7 @@ import typer
 
 from thorbis_cache.cli_dsn import check_postgres
 from thorbis_cache.errors import AuditChainBroken
+from thorbis_cache.observability.serve import METRICS_HOST, METRICS_PORT
 
 if TYPE_CHECKING:
     from thorbis_cache.postgres.logical import LogicalCapture
@@ -137,26 +138,31 @@ def worker_command(
         min=0.1, help="Seconds between two looks at the view schedule.")] = 15.0,
     capture: Annotated[Capture, _CAPTURE] = Capture.auto,
     slot: Annotated[str, _SLOT] = "main",
+    metrics_port: Annotated[int | None, METRICS_PORT] = None,
+    metrics_host: Annotated[str, METRICS_HOST] = "127.0.0.1",
 ) -> None:
     """Run the outbox worker: committed changes become cache invalidations; it also
     consumes queued invalidation jobs (``InvalidationQueue``) unless ``--no-queue``, and
     refreshes the plugins' materialized views when due (cron, smart) unless ``--no-mv``.
     Run as many workers as you like: each view is refreshed by one at a time. SIGTERM or
     Ctrl-C stops it after the batch in hand (exit 0); it refuses to start when a rule's
-    table has no change capture (run ``db init``)."""
+    table has no change capture (run ``db init``). With ``--metrics-port`` it serves
+    /metrics and /health (``docs/operations.md``)."""
     asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval,
-                        queue, mv, mv_tick, capture, slot))
+                        queue, mv, mv_tick, capture, slot, metrics_port, metrics_host))
 
 
 async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: bool,
                   batch_size: int, poll_interval: float, queue: bool = True,
                   mv: bool = True, mv_tick: float = 15.0,
-                  capture: Capture = Capture.auto, slot: str = "main") -> None:
+                  capture: Capture = Capture.auto, slot: str = "main",
+                  metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.crypto import KeyRing
     from thorbis_cache.invalidation.apply import CacheInvalidator
     from thorbis_cache.invalidation.queue import InvalidationQueue
-    from thorbis_cache.postgres.mv_scheduler import MvScheduler
+    from thorbis_cache.observability.serve import worker_endpoint
+    from thorbis_cache.observability.views import MeteredMvScheduler
     from thorbis_cache.worker import OutboxWorker
 
     await check_postgres(dsn)
@@ -168,10 +174,15 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
     worker = OutboxWorker.from_app(app, dsn, batch_size=batch_size,
                                    poll_interval=poll_interval, capture=logical)
     jobs = InvalidationQueue(app.cache.store, app.cache.settings.prefix)
-    handler = CacheInvalidator(app.cache)
-    scheduler = MvScheduler.from_app(app, dsn, tick_s=mv_tick)
+    handler: Any = CacheInvalidator(app.cache)
+    scheduler = MeteredMvScheduler.from_app(app, dsn, tick_s=mv_tick)
     stop = asyncio.Event()
+    endpoint = None
     try:
+        if metrics_port is not None:
+            endpoint, handler = await worker_endpoint(
+                app.cache, dsn, worker, jobs, handler, scheduler.refresh_metrics,
+                port=metrics_port, host=metrics_host)
         # Before anything: a rule whose table nothing captures would leave the cache
         # stale while the worker reports "0 change(s) applied".
         await worker.check_capture()
@@ -213,6 +224,8 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
         typer.echo(f"worker stopped ({received[0] if received else 'stop()'}): "
                    f"{worker.metrics.processed} change(s) applied")
     finally:
+        if endpoint is not None:
+            await endpoint.aclose()
         await scheduler.aclose()
         await worker.aclose()
         await app.aclose()
