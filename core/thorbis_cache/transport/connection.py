@@ -30,29 +30,17 @@ from redis._parsers.base import BaseParser
 __all__ = ["MultiplexedConnection", "pack_command"]
 
 
-def _encode(arg: Any) -> bytes:
-    if isinstance(arg, bytes):
-        return arg
-    if isinstance(arg, str):
-        return arg.encode()
-    if isinstance(arg, bool):  # a bool is an int: refuse it, as redis-py does
-        raise rexc.DataError(f"invalid input of type bool: {arg!r}")
-    if isinstance(arg, int | float):
-        return repr(arg).encode()
-    if isinstance(arg, memoryview):
-        return bytes(arg)
-    raise rexc.DataError(f"invalid input of type {type(arg).__name__}: {arg!r}")
-
-
 def pack_command(*args: Any) -> bytes:
-    """One command in RESP (an array of bulk strings)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = _encode(arg)
-        parts.append(b"$%d\r\n" % len(data))
-        parts.append(data)
-        parts.append(b"\r\n")
-    return b"".join(parts)
+    """One command in RESP (an array of bulk strings), packed by hiredis (in C).
+
+    :raises redis.exceptions.DataError: an argument that is not str, bytes, int or
+        float (a bool included, as redis-py refuses it).
+    """
+    try:
+        packed: bytes = hiredis.pack_command(args)
+    except TypeError as exc:
+        raise rexc.DataError(f"invalid command argument: {exc}") from exc
+    return packed
 
 
 def _reply_error(message: str) -> Exception:
@@ -134,13 +122,20 @@ class MultiplexedConnection(asyncio.Protocol):
     def request(self, payload: bytes) -> asyncio.Future[Any]:
         """Send one packed command (see :func:`pack_command`); its reply's future.
 
-        The bytes leave with the others written in this loop turn, in one write.
+        On a busy connection the bytes leave with the others written in this loop
+        turn, in one write; on an idle one, at once.
         :raises redis.exceptions.ConnectionError: the connection is lost or closed.
         """
         if self._lost is not None or self._transport is None or self._loop is None:
             raise rexc.ConnectionError(f"connection to {self.where} lost: {self._lost}")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._waiters.append(future)
+        waiters = self._waiters
+        waiters.append(future)
+        if len(waiters) == 1 and not self._outgoing:
+            # An idle connection: nothing to coalesce with, so the request leaves now
+            # (a sequential caller saves a turn of the loop).
+            self._transport.write(payload)
+            return future
         self._outgoing.append(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
