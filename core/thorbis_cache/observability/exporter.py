@@ -10,7 +10,7 @@ background work runs in the process (outbox worker, queue consumer, view schedul
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from thorbis_cache.cache import Cache
 from thorbis_cache.invalidation.queue import InvalidationQueue, Invalidator
@@ -29,8 +29,10 @@ from thorbis_cache.worker import OutboxWorker
 
 __all__ = ["CONTENT_TYPE", "Exporter"]
 
-#: Content type of :meth:`Exporter.render` (Prometheus text format 0.0.4).
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: Content type of :meth:`Exporter.render`: the Prometheus text format 0.0.4 that
+#: ``generate_latest`` writes for our metric names, which every Prometheus 2.x reads
+#: (prometheus-client >= 0.22 names its own constant ``version=1.0.0``).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Exporter:

@@ -6,6 +6,9 @@ Lookup order:
   ``/usr/local/bin``.
 * PostgreSQL (>= 15): ``$THORBIS_PG_BINDIR``, then a ``PATH`` directory holding both
   ``postgres`` and ``initdb``, then the newest ``/usr/lib/postgresql/*/bin``.
+* prometheus and promtool (>= 2.33, for the metrics tests): ``$THORBIS_PROMETHEUS``
+  (the ``prometheus`` binary; ``promtool`` beside it), then ``PATH``, then ``/usr/bin``
+  (Debian's ``prometheus`` package).
 
 ``python -m thorbis_cache.testing.binaries ensure`` prints what it found and, as root on a
 machine with apt, installs what is missing (``make servers`` runs it).
@@ -30,13 +33,17 @@ from thorbis_cache.errors import ServerBinaryNotFound
 
 __all__ = [
     "MIN_POSTGRES_VERSION",
+    "MIN_PROMETHEUS_VERSION",
     "MIN_REDIS_VERSION",
     "PostgresBinaries",
+    "PrometheusBinaries",
     "RedisBinaries",
     "ensure_binaries",
     "ensure_postgres",
+    "ensure_prometheus",
     "ensure_redis",
     "find_postgres",
+    "find_prometheus",
     "find_redis",
     "main",
 ]
@@ -44,8 +51,11 @@ __all__ = [
 MIN_REDIS_VERSION: tuple[int, ...] = (7,)
 MIN_POSTGRES_VERSION: tuple[int, ...] = (15,)
 
+MIN_PROMETHEUS_VERSION: tuple[int, ...] = (2, 33)
+
 REDIS_ENV = "THORBIS_REDIS_SERVER"
 PG_ENV = "THORBIS_PG_BINDIR"
+PROMETHEUS_ENV = "THORBIS_PROMETHEUS"
 
 _REDIS_FALLBACK_DIRS = (Path("/usr/bin"), Path("/usr/local/bin"))
 _PG_GLOB = "/usr/lib/postgresql/*/bin"
@@ -58,6 +68,7 @@ _POLICY_RC_D_DENY = (
 
 _REDIS_VERSION_RE = re.compile(r"\bv=(\d+(?:\.\d+)*)")
 _PG_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*)")
+_PROMETHEUS_VERSION_RE = re.compile(r"\bversion (\d+(?:\.\d+)*)")
 
 # apt-get update is slow and needed once per process at most.
 _apt_updated = False
@@ -119,6 +130,25 @@ class PostgresBinaries:
     def pg_isready(self) -> Path:
         """Path of ``pg_isready``."""
         return self.bindir / "pg_isready"
+
+
+@attrs.frozen
+class PrometheusBinaries:
+    """A usable ``prometheus`` and the ``promtool`` beside it.
+
+    :ivar prometheus: path of the ``prometheus`` server.
+    :ivar promtool: path of ``promtool`` (rule checks and unit tests).
+    :ivar version: the server's version, e.g. ``(2, 42, 0)``.
+    """
+
+    prometheus: Path
+    promtool: Path
+    version: tuple[int, ...]
+
+    @property
+    def version_string(self) -> str:
+        """The version as dotted text, e.g. ``"2.42.0"``."""
+        return _fmt(self.version)
 
 
 # --------------------------------------------------------------------------- probing
@@ -293,6 +323,61 @@ def find_postgres() -> PostgresBinaries:
     raise _postgres_missing(detail)
 
 
+def _prometheus_missing(detail: str) -> ServerBinaryNotFound:
+    return ServerBinaryNotFound(
+        f"prometheus >= {_fmt(MIN_PROMETHEUS_VERSION)} with promtool not found ({detail}). "
+        "Install it with `sudo apt-get install -y prometheus` (no service is needed: "
+        f"the tests start their own), or set {PROMETHEUS_ENV}=/path/to/prometheus "
+        "(promtool in the same directory)"
+    )
+
+
+def _prometheus_at(path: Path) -> PrometheusBinaries | str:
+    """The binaries at ``path`` (promtool beside it), or why they are not usable."""
+    promtool = path.parent / "promtool"
+    if not _is_executable(path):
+        return f"{path} is not an executable file"
+    if not _is_executable(promtool):
+        return f"no executable promtool beside {path}"
+    version = _parse(_PROMETHEUS_VERSION_RE, _run_version(path))
+    if version is None:
+        return f"{path}: `--version` printed no version"
+    if version < MIN_PROMETHEUS_VERSION:
+        return f"{path} is version {_fmt(version)}"
+    return PrometheusBinaries(prometheus=path, promtool=promtool, version=version)
+
+
+def find_prometheus() -> PrometheusBinaries:
+    """Locate ``prometheus`` (>= 2.33) and the ``promtool`` beside it.
+
+    ``$THORBIS_PROMETHEUS`` wins when set (and must then be usable); otherwise ``PATH``
+    and ``/usr/bin``.
+
+    :returns: the binaries and the server's version.
+    :raises ServerBinaryNotFound: nothing usable was found; the message says how to fix it.
+    """
+    explicit = os.environ.get(PROMETHEUS_ENV)
+    if explicit:
+        found = _prometheus_at(Path(explicit))
+        if isinstance(found, str):
+            raise _prometheus_missing(f"{PROMETHEUS_ENV}={explicit}: {found}")
+        return found
+    on_path = shutil.which("prometheus")
+    candidates = [Path(on_path)] if on_path else []
+    rejected: list[str] = []
+    for path in _unique(iter([*candidates, Path("/usr/bin/prometheus")])):
+        if not path.exists():
+            continue
+        found = _prometheus_at(path)
+        if isinstance(found, str):
+            rejected.append(found)
+        else:
+            return found
+    detail = "looked in PATH and /usr/bin" + (f"; rejected {'; '.join(rejected)}"
+                                              if rejected else "")
+    raise _prometheus_missing(detail)
+
+
 # --------------------------------------------------------------------------- installing
 
 
@@ -377,6 +462,26 @@ def ensure_postgres(install: bool = False) -> PostgresBinaries:
             continue
         return find_postgres()
     raise _postgres_missing("; ".join(errors))
+
+
+def ensure_prometheus(install: bool = False) -> PrometheusBinaries:
+    """Locate prometheus and promtool, installing Debian's ``prometheus`` package with
+    apt when allowed and missing (its service is not started).
+
+    :param install: install with apt when missing (root + apt-get only).
+    :returns: the binaries found.
+    :raises ServerBinaryNotFound: missing and not installable; the message says how to fix it.
+    """
+    try:
+        return find_prometheus()
+    except ServerBinaryNotFound:
+        if not install or os.environ.get(PROMETHEUS_ENV) or not _can_install():
+            raise
+    try:
+        _apt_install(["prometheus"])
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise _prometheus_missing(f"`apt-get install prometheus` failed: {exc}") from exc
+    return find_prometheus()
 
 
 def ensure_binaries(install: bool = False) -> tuple[RedisBinaries, PostgresBinaries]:
