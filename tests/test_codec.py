@@ -298,3 +298,44 @@ def test_a_value_the_fast_decoder_refuses_still_decodes_through_cattrs() -> None
     c = codec(s)
     value = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=odd)
     assert c.decode(c.encode(value, KEY, "acme"), KEY, "acme").value == value
+
+
+@settings(max_examples=80)
+@given(config_st, st.lists(st.tuples(records, st.integers(-1, 400), st.booleans()),
+                           min_size=1, max_size=6))
+def test_a_batch_decodes_and_refuses_exactly_as_single_reads(
+        config: str, items: list[tuple[Record, int, bool]]) -> None:
+    """``decode_values`` (get_many's inline path) against ``decode_value`` entry by entry:
+    the same values, and the same entries refused, for clean, damaged, truncated,
+    timed and absent entries."""
+    c = codec(CONFIGS[config])
+    datas: list[bytes | None] = []
+    keys: list[str] = []
+    for n, (value, damage, timed) in enumerate(items):
+        key = f"tc:{{acme}}:hs.record:{n}"
+        data = c.encode(value, key.encode(), "acme", (1, 2) if timed else None)
+        if damage >= len(data) * 8:
+            datas.append(None)  # absent
+        elif damage >= 0 and damage % 3 == 0:
+            datas.append(data[: damage // 8])  # truncated
+        elif damage >= 0:
+            bad = bytearray(data)
+            bad[damage // 8 % len(bad)] ^= 1 << (damage % 8)
+            datas.append(bytes(bad))
+        else:
+            datas.append(data)
+        keys.append(key)
+    values, corrupt = c.decode_values(datas, keys, ["acme"] * len(keys))
+    refused = dict(corrupt)
+    for i, (data, key) in enumerate(zip(datas, keys, strict=True)):
+        if data is None:
+            assert values[i] is None and i not in refused
+            continue
+        try:
+            expected = c.decode_value(data, key.encode(), "acme")
+        except CorruptEntry as exc:
+            assert values[i] is None
+            assert refused[i].reason == exc.reason
+        else:
+            assert i not in refused
+            assert values[i] == expected

@@ -358,6 +358,22 @@ class Cache:
         prefix = self._prefix
         rks = [f"{prefix}:{k.body}" for k in keys]
         datas = await self.store.mget(rks)
+        if len(runtimes) == 1:
+            # One schema (the usual batch): decoded in one pass, counted in bulk.
+            rt = runtimes[id(keys[0].schema)]
+            values, corrupt = rt.codec.decode_values(datas, rks, [k.tenant for k in keys])
+            misses = datas.count(None)
+            for i, exc in corrupt:
+                data = datas[i]
+                assert data is not None
+                if data == ABSENT:
+                    rt.counters.negative_hits += 1
+                    continue
+                await self._drop_corrupt(rt, keys[i], rks[i], data, exc)
+                misses += 1
+            rt.counters.hits += len(keys) - datas.count(None) - len(corrupt)
+            rt.counters.misses += misses
+            return values
         out: list[T | None] = []
         append = out.append
         for key, rk, data in zip(keys, rks, datas):

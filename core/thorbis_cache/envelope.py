@@ -30,6 +30,7 @@ __all__ = [
     "CorruptEntry",
     "Opened",
     "open_envelope",
+    "plain_heads",
     "seal_envelope",
 ]
 
@@ -151,6 +152,15 @@ def open_envelope(
     if crc != stored:
         raise CorruptEntry("checksum")
     return flags, body, expires_at_ms, delta_ms
+
+
+def plain_heads(schema_version: int) -> tuple[tuple[bytes, int], ...]:
+    """The header prefixes of a clear, uncompressed entry of ``schema_version`` (without
+    and with timing), each with where its CRC starts: what a batch read checks inline
+    before falling back to :func:`open_envelope` for anything else."""
+    return tuple((_HEAD.pack(MAGIC, FORMAT_VERSION, flags, schema_version),
+                  _HEAD.size + (_TIMING.size if flags & FLAG_TIMING else 0))
+                 for flags in (0, FLAG_TIMING))
 
 
 def _raise_header_problem(
