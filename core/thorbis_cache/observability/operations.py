@@ -11,8 +11,8 @@ against the hit with the observer off). Everything is exported at scrape time.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Iterator
+from time import perf_counter
 from typing import Any, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -53,7 +53,7 @@ class OperationObserver(Collector):
         """Await ``call``, recording its duration under ``key``'s schema and
         ``operation``, and one operation of ``key``'s tenant; an exception is counted
         under its class (a thorbis-cache error) or ``other``, and propagates."""
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             return await call
         except BaseException as exc:
@@ -62,13 +62,14 @@ class OperationObserver(Collector):
             self.errors[slot] = self.errors.get(slot, 0) + 1
             raise
         finally:
-            elapsed = time.perf_counter() - started
+            elapsed = perf_counter() - started
             self.tenants.add(key.tenant)
             pair = (key.schema.name, operation)
-            histogram = self.histograms.get(pair)
-            if histogram is None:
+            try:
+                self.histograms[pair].observe(elapsed)
+            except KeyError:
                 histogram = self.histograms[pair] = Histogram(self.buckets)
-            histogram.observe(elapsed)
+                histogram.observe(elapsed)
 
     def describe(self) -> Iterator[Metric]:
         """Nothing: registering must not run :meth:`collect` (it rebalances labels)."""
