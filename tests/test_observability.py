@@ -36,7 +36,9 @@ from thorbis_cache.observability import (
 from thorbis_cache.testing.servers import free_port
 from thorbis_cache.worker import OutboxWorker
 
-ALERTS = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
+ROOT = Path(__file__).resolve().parents[1]
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
 
 
 def _get(url: str) -> tuple[int, str, str]:
@@ -62,6 +64,17 @@ def exposed(text: str) -> dict[str, float]:
             samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
             samples.setdefault(s.name, s.value)
     return samples
+
+
+def families(text: str) -> set[tuple[str, str]]:
+    """``(name, type)`` of every metric family of a text exposition."""
+    return {(f.name, f.type) for f in text_string_to_metric_families(text)}
+
+
+def documented() -> set[tuple[str, str]]:
+    """``(name, type)`` of every metric in docs/operations.md's table."""
+    return set(re.findall(r"^\| `(thorbis_cache_[a-z_]+)` \| (counter|gauge|histogram) \|",
+                          OPERATIONS_DOC.read_text(), re.MULTILINE))
 
 
 def alert_metrics() -> set[str]:
@@ -117,6 +130,8 @@ async def test_the_exporter_serves_the_workload_and_every_metric_the_alerts_use(
     assert content_type.startswith("text/plain; version=0.0.4")
     got = exposed(text)
     assert alert_metrics() <= set(got), alert_metrics() - set(got)
+    # docs/operations.md lists every metric served, and only those.
+    assert families(text) == documented(), families(text) ^ documented()
     wo = 'schema="hs.work_order"'
     assert got[f"thorbis_cache_misses_total{{{wo}}}"] == 6  # 3 acme + 3 globex
     assert got[f"thorbis_cache_hits_total{{{wo}}}"] == 6  # acme's 2nd and 3rd rounds
