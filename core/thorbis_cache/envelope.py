@@ -29,8 +29,8 @@ __all__ = [
     "MAGIC",
     "CorruptEntry",
     "Opened",
+    "entry_heads",
     "open_envelope",
-    "plain_heads",
     "seal_envelope",
 ]
 
@@ -154,11 +154,13 @@ def open_envelope(
     return flags, body, expires_at_ms, delta_ms
 
 
-def plain_heads(schema_version: int) -> tuple[tuple[bytes, int], ...]:
-    """The header prefixes of a clear, uncompressed entry of ``schema_version`` (without
-    and with timing), each with where its CRC starts: what a batch read checks inline
-    before falling back to :func:`open_envelope` for anything else."""
-    return tuple((_HEAD.pack(MAGIC, FORMAT_VERSION, flags, schema_version),
+def entry_heads(schema_version: int, encrypted: bool) -> tuple[tuple[bytes, int], ...]:
+    """The header prefixes of an uncompressed entry of ``schema_version``, clear or
+    encrypted (without and with timing), each with where the rest starts (the CRC, or
+    the key id's length): what a batch read checks inline before falling back to
+    :func:`open_envelope` for anything else."""
+    sealed = FLAG_ENCRYPTED if encrypted else 0
+    return tuple((_HEAD.pack(MAGIC, FORMAT_VERSION, sealed | flags, schema_version),
                   _HEAD.size + (_TIMING.size if flags & FLAG_TIMING else 0))
                  for flags in (0, FLAG_TIMING))
 
