@@ -268,6 +268,13 @@ async def test_serve_runs_until_sigterm_and_refuses_a_taken_port(hs_env: HsEnv) 
         assert second.returncode == 1
         assert second.stderr.startswith(f"error: cannot serve metrics on 127.0.0.1:{port}: ")
         assert second.stderr.count("\n") == 1, second.stderr
+        bad = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "thorbis_cache.cli", "serve", "--metrics-port", "0",
+            "--redis-url", hs_env.redis_url, "--prefix", "No Prefix"],
+            capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1
+        assert "key prefix 'No Prefix' must be 1-16 of a-z" in bad.stderr
+        assert bad.stderr.count("\n") == 1, bad.stderr
 
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
