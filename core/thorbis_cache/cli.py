@@ -21,6 +21,7 @@ from rich.markup import escape
 from thorbis_cache import (
     __version__,
     cli_db,
+    cli_explain,
     cli_keyring,
     cli_mv,
     cli_plugins,
@@ -123,6 +124,7 @@ _add("refresh", cli_mv.refresh_command)
 _add("mv", cli_mv.mv_command)
 _add("keyring", cli_keyring.keyring_command)
 _add("serve", serve_command)
+_add("explain", cli_explain.explain_command)
 
 
 def main() -> None:
