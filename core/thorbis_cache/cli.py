@@ -22,6 +22,7 @@ from thorbis_cache import (
     __version__,
     cli_db,
     cli_explain,
+    cli_invalidate,
     cli_keyring,
     cli_mv,
     cli_plugins,
@@ -125,6 +126,7 @@ _add("mv", cli_mv.mv_command)
 _add("keyring", cli_keyring.keyring_command)
 _add("serve", serve_command)
 _add("explain", cli_explain.explain_command)
+_add("invalidate", cli_invalidate.invalidate_command)
 
 
 def main() -> None:
