@@ -25,6 +25,7 @@ from thorbis_cache import (
     cli_invalidate,
     cli_keyring,
     cli_mv,
+    cli_outbox,
     cli_plugins,
     cli_queue,
     cli_scaffold,
@@ -127,6 +128,7 @@ _add("keyring", cli_keyring.keyring_command)
 _add("serve", serve_command)
 _add("explain", cli_explain.explain_command)
 _add("invalidate", cli_invalidate.invalidate_command)
+_add("outbox-deadletters", cli_outbox.outbox_deadletters_command)
 
 
 def main() -> None:
