@@ -20,7 +20,9 @@ pytest_plugins = ["pytester"]
 
 
 async def _hs_env(dsn: str, redis_url: str) -> AsyncIterator[HsEnv]:
-    await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", HS)
+    # Triggers: these tests read and feed thorbis.outbox (logical capture has its own).
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", HS,
+                            "--capture", "triggers")
     app = await CacheApp(redis_url, keyring=KeyRing.generate()).start([HS])
     conn = await asyncpg.connect(dsn)
     await datagen.load(conn, HS_TENANTS, per_tenant=4, seed=1)

@@ -79,7 +79,7 @@ async def test_start_with_apply_sql_prepares_the_database_as_db_init_does(
     make_app: AppFactory, thorbis_standalone_redis_url: str, thorbis_pg_dsn: str
 ) -> None:
     app = await make_app(thorbis_standalone_redis_url, thorbis_pg_dsn).start(
-        ["tst"], apply_sql=True)
+        ["tst"], apply_sql=True, capture="triggers")
     assert app.database is not None
     assert app.database.capture == "triggers"
     assert app.database.migrations.applied == tuple(m.name for m in core_migrations())
@@ -123,6 +123,28 @@ async def test_start_with_apply_sql_and_logical_capture(
         await conn.close()
 
 
+async def test_capture_is_chosen_from_the_server_when_not_set(
+    make_app: AppFactory, thorbis_standalone_redis_url: str, thorbis_pg_dsn: str
+) -> None:
+    """No ``capture=``: logical decoding where the server allows it (the test server
+    runs wal_level=logical with a bounded max_slot_wal_keep_size), and the worker built
+    by ``from_app`` follows the slot without being told."""
+    app = await make_app(thorbis_standalone_redis_url, thorbis_pg_dsn).start(
+        ["tst"], apply_sql=True)
+    assert app.database is not None
+    assert (app.database.capture, app.database.slot, app.database.fallback) == \
+        ("logical", "thorbis_main", None)
+    key = good.ITEM.key("acme", item_id=7)
+    await app.cache.set(key, good.Item(7, "pump", "open"))
+    async with OutboxWorker.from_app(app, thorbis_pg_dsn) as worker:
+        await _insert_items(thorbis_pg_dsn, range(7, 8))
+        await worker.drained()
+        assert worker.capture is not None
+        assert worker.capture.slot == "thorbis_main"
+        assert worker.metrics.processed == 1
+    assert await app.cache.get(key) is None
+
+
 async def test_start_refuses_a_bad_capture(
     make_app: AppFactory, thorbis_standalone_redis_url: str, thorbis_pg_dsn: str
 ) -> None:
@@ -148,7 +170,7 @@ async def test_drained_waits_for_the_running_loop_and_runs_no_batch_itself(
     make_app: AppFactory, thorbis_standalone_redis_url: str, thorbis_pg_dsn: str
 ) -> None:
     app = await make_app(thorbis_standalone_redis_url, thorbis_pg_dsn).start(
-        ["tst"], apply_sql=True)
+        ["tst"], apply_sql=True, capture="triggers")
     # A long idle pause: drained() must wake the loop rather than wait for its poll.
     worker = OutboxWorker.from_app(app, thorbis_pg_dsn, batch_size=7, poll_interval=30.0)
 
@@ -185,7 +207,7 @@ async def test_drained_after_stop_drains_by_itself(
     make_app: AppFactory, thorbis_standalone_redis_url: str, thorbis_pg_dsn: str
 ) -> None:
     app = await make_app(thorbis_standalone_redis_url, thorbis_pg_dsn).start(
-        ["tst"], apply_sql=True)
+        ["tst"], apply_sql=True, capture="triggers")
     async with OutboxWorker.from_app(app, thorbis_pg_dsn) as worker:
         task = asyncio.create_task(worker.run())
         await wait_until("the worker runs", lambda: asyncio.sleep(0, worker._running))
@@ -273,7 +295,7 @@ async def test_a_disabled_or_partial_capture_is_found(
     from thorbis_cache.postgres.capture_check import capture_problems
 
     app = await make_app(thorbis_standalone_redis_url, thorbis_pg_dsn).start(
-        ["tst"], apply_sql=True)
+        ["tst"], apply_sql=True, capture="triggers")
     rules = app.plugins.all_rules()
     conn = await asyncpg.connect(thorbis_pg_dsn)
     try:

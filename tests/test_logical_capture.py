@@ -105,7 +105,10 @@ async def connect(dsn: str) -> asyncpg.Connection:
 
 
 async def open_env(dsn: str, redis_url: str) -> Env:
-    await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services")
+    # Triggers first, so that dropping them proves nothing on the write path is needed;
+    # the test's own slot follows.
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services",
+                            "--capture", "triggers")
     app = await CacheApp(redis_url, keyring=KeyRing.generate()).start(["home_services"])
     conn = await connect(dsn)
     # No trigger on the write path: whatever is invalidated comes from the WAL.
@@ -549,7 +552,8 @@ async def test_db_init_and_the_cli_worker_switch_to_logical_capture(
     name = f"c{uuid.uuid4().hex[:10]}"
     worker_args = ("worker", "--dsn", dsn, "--redis-url", url, "--plugin", "home_services",
                    "--once", "--no-queue", "--no-mv", "--slot", name)
-    await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services")
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services",
+                            "--capture", "triggers")
     refused = await asyncio.to_thread(run_cli, *worker_args, "--capture", "logical", code=2)
     assert f"db init --capture logical --slot {name}" in refused
     out = await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin",

@@ -62,7 +62,7 @@ async def hs(thorbis_pg_dsn: str, thorbis_redis_url: str) -> AsyncIterator[Hs]:
     # `db init` from the CLI: core schema, plugin SQL, capture triggers (its own loop,
     # so it runs on a thread).
     out = await asyncio.to_thread(run_cli, "db", "init", "--dsn", thorbis_pg_dsn,
-                                  "--plugin", "home_services")
+                                  "--plugin", "home_services", "--capture", "triggers")
     assert "capture trigger on hs.customers" in out
     app = await CacheApp(thorbis_redis_url, keyring=KeyRing.generate()).start(["home_services"])
     conn = await asyncpg.connect(thorbis_pg_dsn)

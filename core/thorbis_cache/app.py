@@ -105,7 +105,7 @@ class CacheApp:
 
     async def start(
         self, plugins: Iterable[str] | None = None, *, apply_sql: bool = False,
-        capture: CaptureMode = "triggers", slot: str = "main",
+        capture: CaptureMode = "auto", slot: str = "main",
     ) -> CacheApp:
         """Load plugins, optionally prepare the database, connect the cache, and notify
         plugins.
@@ -120,8 +120,10 @@ class CacheApp:
 
         :param plugins: plugin names, or None for all.
         :param apply_sql: prepare ``postgres_dsn`` first, as ``db init`` does.
-        :param capture: with ``apply_sql``: ``"triggers"`` (the default), ``"logical"``
-            or ``"auto"``, as ``db init --capture``.
+        :param capture: with ``apply_sql``: ``"auto"`` (the default: logical decoding
+            when the server allows it, else triggers), ``"triggers"`` or ``"logical"``,
+            as ``db init --capture``; :meth:`OutboxWorker.from_app
+            <thorbis_cache.worker.OutboxWorker.from_app>` follows what was set up.
         :param slot: with ``apply_sql`` and logical capture: the slot's name, as
             ``db init --slot``.
         :returns: this app (so ``async with await app.start():`` reads well).

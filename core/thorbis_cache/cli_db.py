@@ -58,8 +58,8 @@ class Capture(enum.Enum):
 
 _CAPTURE = typer.Option(
     "--capture", help="triggers: capture triggers write thorbis.outbox; logical: a "
-    "replication slot reads the WAL (wal_level=logical); auto: db init picks logical when "
-    "the server allows it (wal_level=logical, max_slot_wal_keep_size set, psycopg "
+    "replication slot reads the WAL (wal_level=logical); auto (the default): db init picks "
+    "logical when the server allows it (wal_level=logical, max_slot_wal_keep_size set, psycopg "
     "installed) and says why not otherwise; the worker follows whatever db init set up.")
 _SLOT = typer.Option("--slot", help="Name of the logical capture (slot and publication "
                      "thorbis_<name>); one per worker group.")
@@ -76,7 +76,7 @@ def db_command(
                                                "migrate: core SQL only.")],
     dsn: Annotated[str, _DSN],
     plugin: Annotated[list[str] | None, _PLUGINS] = None,
-    capture: Annotated[Capture, _CAPTURE] = Capture.triggers,
+    capture: Annotated[Capture, _CAPTURE] = Capture.auto,
     slot: Annotated[str, _SLOT] = "main",
 ) -> None:
     """Apply the core schema (versioned); with init, plugin SQL and change capture too
@@ -85,7 +85,7 @@ def db_command(
 
 
 async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
-              capture: Capture = Capture.triggers, slot: str = "main") -> None:
+              capture: Capture = Capture.auto, slot: str = "main") -> None:
     from thorbis_cache.plugins import PluginManager
     from thorbis_cache.postgres.migrations import migrate
     from thorbis_cache.postgres.setup import setup_database

@@ -52,11 +52,11 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from thorbis_cache.declarations import InvalidationRule
+from thorbis_cache.declarations import InvalidationRule, MaterializedView
 from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
 from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
@@ -66,14 +66,14 @@ from thorbis_cache.invalidation.tags import CacheTagInvalidator
 from thorbis_cache.keys import CacheKey
 from thorbis_cache.metrics import Histogram
 from thorbis_cache.postgres import audit, outbox
-from thorbis_cache.postgres.logical import SlotLostError, parse_lsn
+from thorbis_cache.postgres.logical import LogicalCapture, SlotLostError, parse_lsn
 from thorbis_cache.postgres.replication import ReplicationError
 from thorbis_cache.postgres.triggers import CHANNEL
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.cache import Cache
-    from thorbis_cache.postgres.logical import LogicalCapture, LogicalStream
+    from thorbis_cache.postgres.logical import LogicalStream
 
 __all__ = [
     "BatchResult",
@@ -218,6 +218,14 @@ class OutboxWorker:
         beforehand: the worker never creates the slot, since a slot created after one
         was lost would hide the changes lost with it
         (:class:`~thorbis_cache.postgres.logical.SlotLostError`, logged at each batch).
+        ``"auto"`` (the default of :meth:`from_app`): the slot ``thorbis_<slot>`` if it
+        exists when the worker first touches the database, else the outbox -- whichever
+        ``db init`` (or ``CacheApp.start(apply_sql=True)``) set up, as ``thorbis-cache
+        worker --capture auto`` does.
+    :param slot: with ``capture="auto"``: the logical capture's name (``db init
+        --slot``).
+    :param views: with ``capture="auto"``: the materialized views whose sources'
+        changes a logical capture counts (``app.plugins.all_views()``).
     :param plugins: the names of the plugins whose rules these are, named in the
         command of a :class:`~thorbis_cache.errors.CaptureNotInstalledError`
         (:meth:`from_app` passes them).
@@ -232,8 +240,9 @@ class OutboxWorker:
                  dead_letter_days: float = 14.0, audit: bool = True,
                  replay_window: float | None = 300.0, redis_probe_interval: float = 0.02,
                  max_backoff: float = 2.0, sweep_interval: float = 60.0,
-                 capture: LogicalCapture | None = None, plugins: Sequence[str] = (),
-                 require_capture: bool = True) -> None:
+                 capture: LogicalCapture | Literal["auto"] | None = None,
+                 slot: str = "main", views: Iterable[MaterializedView] = (),
+                 plugins: Sequence[str] = (), require_capture: bool = True) -> None:
         self.dsn = dsn
         self.cache = cache
         self._planner = RulePlanner(cache, rules)
@@ -250,7 +259,12 @@ class OutboxWorker:
         self.redis_probe_interval = redis_probe_interval
         self.max_backoff = max_backoff
         self.sweep_interval = sweep_interval
-        self.capture = capture
+        #: where changes come from: a logical capture, or None for the outbox
+        self.capture: LogicalCapture | None = None if capture == "auto" else capture
+        # "auto": the capture to follow if its slot exists (resolved on first use).
+        self._follow: LogicalCapture | None = None
+        if capture == "auto":
+            self._follow = LogicalCapture(slot, self._all_rules(), views)
         self.plugins = tuple(plugins)
         self.require_capture = require_capture
         self._capture_checked = False
@@ -274,10 +288,13 @@ class OutboxWorker:
 
         :param app: a started :class:`~thorbis_cache.app.CacheApp`.
         :param dsn: the PostgreSQL database the plugins' tables live in.
-        :param options: any keyword argument of :class:`OutboxWorker`.
+        :param options: any keyword argument of :class:`OutboxWorker`; ``capture``
+            defaults to ``"auto"`` (follow the slot ``db init`` created, if any).
         """
         options.setdefault("invalidate_tags", CacheTagInvalidator(app.cache))
         options.setdefault("plugins", tuple(app.plugins.plugins))
+        options.setdefault("capture", "auto")
+        options.setdefault("views", app.plugins.all_views())
         return cls(dsn, app.cache, app.plugins.all_rules(), **options)
 
     async def __aenter__(self) -> OutboxWorker:
@@ -299,6 +316,14 @@ class OutboxWorker:
             self._conn = await outbox.connect(self.dsn)
         return self._conn
 
+    async def _follow_slot(self) -> None:
+        """``capture="auto"``: read from the slot if it exists, else from the outbox;
+        decided once, on the worker's first use of the database."""
+        follow, self._follow = self._follow, None
+        if follow is not None and await follow.slot_exists(await self._connection()):
+            self.capture = follow
+            log.info("worker follows the replication slot %s", follow.slot)
+
     # ----------------------------------------------------------------- one row
 
     def plan(self, row: outbox.OutboxRow) -> Plan:
@@ -317,6 +342,8 @@ class OutboxWorker:
         :raises Exception: invalidation failed (Redis down, a tag invalidator error); the
             batch was rolled back and its rows are back in the outbox.
         """
+        if self._follow is not None:
+            await self._follow_slot()
         if self.capture is not None:
             return await self._run_logical_once(self.capture, caught_up=True)
         return await self._run_outbox_once()
@@ -325,6 +352,8 @@ class OutboxWorker:
         """:meth:`run`'s batch: from a stream, what has arrived (the loop wakes when
         the server sends more), or with ``caught_up`` (a :meth:`drained` call waits)
         up to the server's flush position; from the outbox, a claim."""
+        if self._follow is not None:
+            await self._follow_slot()
         if self.capture is not None:
             return await self._run_logical_once(self.capture, caught_up=caught_up)
         return await self._run_outbox_once()
@@ -535,6 +564,8 @@ class OutboxWorker:
         """
         from thorbis_cache.postgres.capture_check import check_capture
 
+        if self._follow is not None:
+            await self._follow_slot()
         await check_capture(await self._connection(), self._all_rules(),
                             self.capture or "triggers", plugins=self.plugins)
         self._capture_checked = True
@@ -577,6 +608,8 @@ class OutboxWorker:
 
         :raises CaptureNotInstalledError: see :meth:`check_capture`.
         """
+        if self._follow is not None:
+            await self._follow_slot()
         if self._running:
             if self.capture is not None:
                 # The loop's batches read what has arrived; make sure it has.

@@ -2,13 +2,15 @@
 
 ::
 
-    report = await setup_database(dsn, app.plugins, capture="triggers")
+    report = await setup_database(dsn, app.plugins)   # capture="auto"
 
 In order: the core migrations (``sql/core``, versioned and checksummed), every loaded
 plugin's SQL and materialized views (checked against the database), then change capture:
-the capture triggers generated from the rules (``"triggers"``, the default), or a
-publication and a logical replication slot (``"logical"``; the capture triggers are
-dropped), or ``"auto"`` (logical when the server allows it, else triggers). Every step is
+``"auto"`` (the default: logical when the server allows it -- ``wal_level=logical``, a
+bounded ``max_slot_wal_keep_size``, psycopg installed -- else triggers, with the reason
+in :attr:`DatabaseSetup.fallback`), the capture triggers generated from the rules
+(``"triggers"``), or a publication and a logical replication slot (``"logical"``; the
+capture triggers are dropped). Every step is
 idempotent, so a second host process, or a deploy, may run it again.
 
 ``thorbis-cache db init`` and :meth:`CacheApp.start(apply_sql=True)
@@ -61,7 +63,7 @@ class DatabaseSetup:
     fallback: str | None = None
 
 
-async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMode = "triggers",
+async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMode = "auto",
                          slot: str = "main") -> DatabaseSetup:
     """Apply the core schema, the plugins' SQL and views, and install change capture.
 

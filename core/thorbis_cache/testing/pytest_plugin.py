@@ -261,6 +261,19 @@ class ThorbisServers:
         async def run() -> None:
             admin = await asyncpg.connect(admin_dsn, timeout=30)
             try:
+                # A logical slot (db init's default capture on this server) keeps its
+                # database from being dropped, even WITH (FORCE): end its reader, drop it.
+                await admin.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                    "WHERE database = $1 AND active_pid IS NOT NULL", name)
+                for _ in range(50):
+                    try:
+                        await admin.execute(
+                            "SELECT pg_drop_replication_slot(slot_name) "
+                            "FROM pg_replication_slots WHERE database = $1", name)
+                        break
+                    except asyncpg.ObjectInUseError:  # its reader is still exiting
+                        await asyncio.sleep(0.05)
                 await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
             finally:
                 await admin.close()
