@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 from core_testing import HS, HsEnv
 from thorbis_home_services.schemas import CUSTOMER
 
@@ -109,7 +110,6 @@ async def test_list_show_replay_and_the_worker_applies_it(hs_env: HsEnv) -> None
     report = json.loads(again.stdout)
     assert list(report["replayed"]) == [str(poison)]
     assert report["missing"] == []
-    assert report["logical_slots"] == []
     assert "1 dead-lettered" in await worker_once(env)
     ids = [r["id"] for r in await env.conn.fetch(f"SELECT id FROM {TABLE}")]  # noqa: S608
     assert len(ids) == 1
@@ -160,3 +160,35 @@ def test_bad_input_and_unreachable_servers_are_one_line(thorbis_pg_dsn: str) -> 
         assert expected in got.stderr, (args, got.stderr)
         assert "secret" not in got.stderr
         assert len(got.stderr.strip().splitlines()) == 1, (args, got.stderr)
+
+
+async def test_a_logical_worker_applies_a_replayed_dead_letter(
+        thorbis_pg_dsn: str, thorbis_standalone_redis_url: str) -> None:
+    """Under logical capture (db init's default on this server) a replayed dead letter
+    lands in thorbis.outbox, which the WAL reader applies once its stream is empty."""
+    from thorbis_cache import CacheApp, KeyRing, OutboxWorker
+
+    app = await CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate(),
+                         postgres_dsn=thorbis_pg_dsn).start([HS], apply_sql=True)
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        assert app.database is not None
+        assert app.database.capture == "logical"
+        await conn.execute(
+            "INSERT INTO thorbis.outbox_dead_letters (outbox_id, table_name, operation, "
+            "tenant_id, pk, old, new, reason, attempts) VALUES (1, 'hs.customers', 'DELETE', "
+            "'acme', $1::jsonb, $1::jsonb, NULL, 'gave up after 5 attempts', 5)",
+            json.dumps({"tenant_id": "acme", "id": 42}))
+        key = app.cache.redis_key(CUSTOMER.key("acme", customer_id=42))
+        await app.cache.store.command("SET", key, b"stale", "PX", 60_000)
+        replayed = await cli("outbox-deadletters", "replay", "--all", "--dsn", thorbis_pg_dsn)
+        assert replayed.returncode == 0, replayed.stderr
+        async with OutboxWorker.from_app(app, thorbis_pg_dsn) as worker:
+            await worker.drained()
+            assert worker.capture is not None  # it read the slot
+            assert worker.metrics.processed == 1
+        assert await app.cache.store.command("EXISTS", key) == 0
+        assert await conn.fetchval("SELECT count(*) FROM thorbis.outbox") == 0
+    finally:
+        await conn.close()
+        await app.aclose()

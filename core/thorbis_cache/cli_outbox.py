@@ -132,21 +132,16 @@ async def _act(conn: asyncpg.Connection, action: OutboxDeadLetterAction, ids: li
         typer.echo(json.dumps(letter.as_dict(), indent=2, default=str))
     elif action is OutboxDeadLetterAction.replay:
         report = await (dl.replay_all(conn) if replay_all else dl.replay(conn, ids))
-        slots = await dl.logical_slots(conn) if report.replayed else []
         if as_json:
             typer.echo(json.dumps({"replayed": {str(k): v for k, v in report.replayed.items()},
-                                   "missing": report.missing, "malformed": report.malformed,
-                                   "logical_slots": slots}, indent=2))
+                                   "missing": report.missing, "malformed": report.malformed},
+                                  indent=2))
         else:
             for old, new in report.replayed.items():
                 out.print(f"replayed {old} -> thorbis.outbox {new}")
             for old in report.malformed:
                 out.print(f"[yellow]kept {old}: no table or operation, nothing to replay[/]")
             out.print(f"{len(report.replayed)} dead letter(s) replayed")
-            if slots:
-                out.print(f"[yellow]logical capture slot(s) {', '.join(slots)}: their "
-                          "workers do not read thorbis.outbox; drain it with `thorbis-cache "
-                          "worker --once --capture triggers`[/]")
         if report.missing and not replay_all:
             raise DeadLetterNotFound([str(i) for i in report.missing], dl.TABLE)
     else:

@@ -345,7 +345,7 @@ class OutboxWorker:
         if self._follow is not None:
             await self._follow_slot()
         if self.capture is not None:
-            return await self._run_logical_once(self.capture, caught_up=True)
+            return await self._logical_then_outbox(self.capture, caught_up=True)
         return await self._run_outbox_once()
 
     async def _next_batch(self, caught_up: bool = False) -> BatchResult:
@@ -355,7 +355,18 @@ class OutboxWorker:
         if self._follow is not None:
             await self._follow_slot()
         if self.capture is not None:
-            return await self._run_logical_once(self.capture, caught_up=caught_up)
+            return await self._logical_then_outbox(self.capture, caught_up=caught_up)
+        return await self._run_outbox_once()
+
+    async def _logical_then_outbox(self, capture: LogicalCapture, *, caught_up: bool
+                                   ) -> BatchResult:
+        """Under logical capture, a batch from the stream; once the stream has nothing,
+        one from ``thorbis.outbox``, where nothing but replayed dead letters
+        (``thorbis-cache outbox-deadletters replay``) arrive: the WAL does not have
+        them any more. An empty outbox costs one indexed query."""
+        result = await self._run_logical_once(capture, caught_up=caught_up)
+        if result.claimed:
+            return result
         return await self._run_outbox_once()
 
     async def _run_outbox_once(self) -> BatchResult:

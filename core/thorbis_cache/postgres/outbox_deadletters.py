@@ -10,11 +10,10 @@ A replay moves a dead letter back into ``thorbis.outbox`` as a new row -- attemp
 to zero, ``created_at`` now (the lag counts from the replay), ``txid`` the original one
 (diagnostics only) -- and deletes the dead letter, in one transaction per batch: two
 operators replaying at once replay it once (the ``DELETE ... RETURNING`` locks the row).
-A ``NOTIFY`` wakes the workers. The next trigger-capture worker batch applies it again;
-one that still cannot be planned is dead-lettered again (fix the plugin or the row
-first). Under logical capture the workers read the WAL, not ``thorbis.outbox``: the
-replayed rows wait there until a worker without ``--capture logical`` drains it
-(``thorbis-cache worker --once --capture triggers``); :func:`logical_slots` tells.
+A ``NOTIFY`` wakes the workers. The next worker batch applies it again, whichever
+capture the worker reads (under logical capture it applies what waits in
+``thorbis.outbox`` once the stream has nothing); one that still cannot be planned is
+dead-lettered again (fix the plugin or the row first).
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ __all__ = [
     "count",
     "get",
     "list_dead_letters",
-    "logical_slots",
     "purge",
     "replay",
     "replay_all",
@@ -245,12 +243,3 @@ async def purge(conn: asyncpg.Connection, ids: Sequence[int] | None = None) -> i
         result = await conn.execute(f"DELETE FROM {TABLE} WHERE id = ANY($1::bigint[])",  # noqa: S608
                                     list(ids))
     return int(str(result).rsplit(" ", 1)[-1])
-
-
-async def logical_slots(conn: asyncpg.Connection) -> list[str]:
-    """The logical capture slots of thorbis-cache (``thorbis_*``) in this database:
-    workers reading them do not read ``thorbis.outbox``, where replays go."""
-    rows = await conn.fetch(
-        "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical' "
-        "AND database = current_database() AND slot_name LIKE 'thorbis\\_%' ORDER BY 1")
-    return [str(r["slot_name"]) for r in rows]
