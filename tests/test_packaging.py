@@ -86,3 +86,17 @@ def test_wheels_build_without_warnings_and_install_in_a_fresh_venv(tmp_path: Pat
 
     check = _run([bin_ / "python", "-m", "pip", "check"])
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_every_package_of_the_core_is_in_the_wheel() -> None:
+    """``packages`` in pyproject.toml is an explicit list: a new subpackage left out of
+    it builds a wheel whose ``import thorbis_cache`` fails (the slow wheel test above
+    finds that too, this says which one at once)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+                 ["tool"]["setuptools"]["packages"])
+    core = ROOT / "core" / "thorbis_cache"
+    found = {"thorbis_cache." + ".".join(p.parent.relative_to(core).parts)
+             for p in core.rglob("__init__.py") if p.parent != core}
+    assert found - listed == set(), "add these to [tool.setuptools] packages"
