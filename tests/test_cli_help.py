@@ -40,6 +40,24 @@ def test_help_has_no_rest_markup(path: tuple[str, ...]) -> None:
     assert not found, result.output
 
 
+_PYTHON_TYPES = re.compile(r"<(str|bool|int|float|list\[\w+\]|\w+ range|Path)>")
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: " ".join(p) or "(root)")
+def test_option_values_show_as_redis_and_postgres_tools_show_them(
+        path: tuple[str, ...]) -> None:
+    """``--dsn TEXT``, ``--batch-size INTEGER``, a flag with no placeholder: never the
+    Python type typer would print (``<str>``, ``<bool>``)."""
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert not _PYTHON_TYPES.findall(result.output), result.output
+    if path == ("worker",):
+        assert re.search(r"--dsn\s+TEXT", result.output)
+        assert re.search(r"--batch-size\s+INTEGER", result.output)
+        assert re.search(r"--capture\s+\[triggers\|logical\|auto\]", result.output)
+        assert re.search(r"--once\s+Drain", result.output)
+
+
 def test_plain_help_strips_fields_roles_and_literals() -> None:
     def command() -> None:
         """Do the thing with ``--flag`` (see :func:`describe`, :class:`~a.B`).

@@ -12,11 +12,12 @@ import functools
 import inspect
 import re
 from collections.abc import Callable
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperArgument, TyperGroup
 
 from thorbis_cache import (
     __version__,
@@ -34,7 +35,7 @@ from thorbis_cache import (
 from thorbis_cache.errors import ThorbisCacheError
 from thorbis_cache.observability.serve import serve_command
 
-__all__ = ["app", "main", "plain_help"]
+__all__ = ["app", "main", "plain_help", "plain_value_name"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,8 +43,61 @@ R = TypeVar("R")
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
+#: How an option's value shows in ``--help``, as Redis and PostgreSQL tools print it
+#: (typer 0.29 prints the Python type: ``<str>``, ``<int range>``, ``<bool>``).
+_VALUE_NAMES = {"str": "TEXT", "list[str]": "TEXT", "int": "INTEGER", "int range": "INTEGER",
+                "float": "FLOAT", "float range": "FLOAT", "Path": "PATH", "path": "PATH"}
+
+
+def plain_value_name(param: object) -> str | None:
+    """The value placeholder ``--help`` shows for ``param``: nothing for a flag, TEXT,
+    INTEGER, FLOAT or PATH for a value, ``[a|b]`` for a choice; None to leave typer's."""
+    if getattr(param, "is_flag", False):
+        return ""
+    display = getattr(param, "display_type", None)
+    if display is None:
+        return None
+    shown = str(display(None)).strip("<>")
+    if "|" in shown:
+        return f"[{shown}]"
+    return _VALUE_NAMES.get(shown, shown.upper())
+
+
+def _plain_values(command: Any) -> None:
+    for param in command.params:
+        if getattr(param, "metavar", None) is not None:
+            continue
+        shown = plain_value_name(param)
+        if isinstance(param, TyperArgument):
+            # An argument's metavar is its name column; only its type column changes.
+            if shown is not None:
+                param.display_type_rich = lambda ctx=None, shown=shown: shown  # type: ignore[method-assign, misc]
+        else:
+            param.metavar = shown
+    made = command.get_help_option  # --help is made on demand, a flag like the others
+
+    def get_help_option(ctx: Any) -> Any:
+        option = made(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+
+
+class _PlainHelp(TyperGroup):
+    """The command group, with every option's value shown by :func:`plain_value_name`."""
+
+    def __init__(self, **attrs: object) -> None:
+        super().__init__(**attrs)  # type: ignore[arg-type]
+        _plain_values(self)
+        for command in self.commands.values():
+            _plain_values(command)
+
+
 app = typer.Typer(
     name="thorbis-cache",
+    cls=_PlainHelp,
     help="Multi-tenant cache framework on Redis and PostgreSQL.",
     no_args_is_help=True,
     add_completion=False,
