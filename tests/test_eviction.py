@@ -205,14 +205,16 @@ async def test_every_master_of_a_cluster_is_checked(
     # The last master (replicas, if the cluster has any, are not asked: they do not
     # evict, and one promoted later is checked by the sweep after its next pass).
     node = [n for n in thorbis_redis_cluster.nodes if n.command("ROLE")[0] == b"master"][-1]
+    # The harness's nodes run deploy/redis/redis.conf: volatile-lru.
+    before = node.command("CONFIG", "GET", "maxmemory-policy")[1].decode()
     async with Cache.from_url(thorbis_cluster_redis_url, registry()) as cache:
-        assert await cache.verify_server() == "noeviction"
+        assert await cache.verify_server() == before == "volatile-lru"
         node.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lfu")
         try:
             with pytest.raises(EvictionPolicyError) as info:
                 await cache.verify_server()
         finally:
-            node.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+            node.command("CONFIG", "SET", "maxmemory-policy", before)
     assert info.value.address == f"127.0.0.1:{node.port}"
     assert info.value.policy == "allkeys-lfu"
 

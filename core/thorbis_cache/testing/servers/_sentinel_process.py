@@ -41,6 +41,7 @@ class _Sentinel(RedisServer):
     """
 
     _kind = "redis-sentinel"
+    _example = None  # its config file includes deploy/redis/sentinel.conf
 
     def __init__(
         self,

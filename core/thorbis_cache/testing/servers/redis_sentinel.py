@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
+from thorbis_cache import deploy_examples
 from thorbis_cache.errors import ServerStartError
 from thorbis_cache.testing.binaries import RedisBinaries, find_redis
 from thorbis_cache.testing.servers._base import _StartedInContext
@@ -220,7 +221,11 @@ class RedisSentinelGroup(_StartedInContext):
 
     def _sentinel_config(self, master: RedisServer, replicas: Sequence[RedisServer]) -> str:
         name = self.service
+        # deploy/redis/sentinel.conf first (its per-master lines name the example's
+        # master), so the settings below override it.
+        example = deploy_examples.path(deploy_examples.SENTINEL_CONF)
         lines = [
+            *([f"include {example}"] if name == deploy_examples.SENTINEL_SERVICE else []),
             f"sentinel monitor {name} {HOST} {master.port} {_QUORUM}",
             f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
             f"sentinel failover-timeout {name} {self.failover_timeout_ms}",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
+from thorbis_cache import deploy_examples
 from thorbis_cache.errors import ServerStartError
 from thorbis_cache.testing.binaries import RedisBinaries, find_redis
 from thorbis_cache.testing.servers._base import _LIVE, _POLL_INTERVAL, _PortInUse, _ServerBase
@@ -40,6 +41,8 @@ class RedisServer(_ServerBase):
     """
 
     _kind = "redis-server"
+    #: The example config included before the per-instance arguments (None: none).
+    _example: str | None = deploy_examples.REDIS_CONF
 
     def __init__(
         self,
@@ -118,8 +121,11 @@ class RedisServer(_ServerBase):
 
     def _argv(self, binaries: RedisBinaries, port: int) -> list[str]:
         directory = self.dir
-        argv = [
-            str(binaries.server),
+        argv = [str(binaries.server)]
+        if self._example is not None:
+            # deploy/redis/redis.conf first, so the settings below override it.
+            argv += ["--include", str(deploy_examples.path(self._example))]
+        argv += [
             "--port", str(port),
             "--bind", HOST,
             "--dir", str(directory),
