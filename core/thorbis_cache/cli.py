@@ -23,6 +23,7 @@ from thorbis_cache import (
     __version__,
     cli_db,
     cli_explain,
+    cli_health,
     cli_invalidate,
     cli_keyring,
     cli_mv,
@@ -30,6 +31,7 @@ from thorbis_cache import (
     cli_plugins,
     cli_queue,
     cli_scaffold,
+    cli_stats,
     demo,
 )
 from thorbis_cache.errors import ThorbisCacheError
@@ -183,6 +185,8 @@ _add("serve", serve_command)
 _add("explain", cli_explain.explain_command)
 _add("invalidate", cli_invalidate.invalidate_command)
 _add("outbox-deadletters", cli_outbox.outbox_deadletters_command)
+_add("health", cli_health.health_command)
+_add("stats", cli_stats.stats_command)
 
 
 def main() -> None:

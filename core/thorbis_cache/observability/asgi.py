@@ -3,7 +3,9 @@ framework needed; FastAPI and Starlette mount it as it is, see ``docs/operations
 
 * ``GET /metrics``: the Prometheus text format (the servers' figures read first).
 * ``GET /health``: JSON, ``{"status": ..., "checks": {name: {"status", "reason",
-  ...figures}}}``; HTTP 200, or 503 when unhealthy.
+  ...figures}}}``; HTTP 200, or 503 when unhealthy. The checks are
+  :func:`thorbis_cache.observability.health.check`'s, as ``thorbis-cache health``
+  reports them, with the hit ratio of this process's reads.
 
 Mounted under a prefix, the paths are taken relative to the ASGI ``root_path``.
 """
@@ -11,10 +13,12 @@ Mounted under a prefix, the paths are taken relative to the ASGI ``root_path``.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from thorbis_cache.observability.exporter import CONTENT_TYPE, Exporter
+from thorbis_cache.observability.health import HitCounts, check
+from thorbis_cache.postgres.mv_scheduler import ScheduledView
 
 __all__ = ["MetricsApp"]
 
@@ -27,10 +31,14 @@ class MetricsApp:
     """An ASGI 3 application serving an :class:`Exporter` (see the module docstring).
 
     :param exporter: the process's metrics and health.
+    :param views: the materialized views whose freshness ``/health`` reports
+        (``[ScheduledView(p.name, v) for p in app.plugins.plugins.values() for v in
+        p.views]``); none leaves the check out.
     """
 
-    def __init__(self, exporter: Exporter) -> None:
+    def __init__(self, exporter: Exporter, *, views: Sequence[ScheduledView] = ()) -> None:
         self.exporter = exporter
+        self.views = tuple(views)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one ASGI connection (``http``; ``lifespan`` is acknowledged)."""
@@ -60,7 +68,10 @@ class MetricsApp:
             body = await self.exporter.render()
             status, content_type = 200, CONTENT_TYPE
         else:
-            report = await self.exporter.health()
+            exporter = self.exporter
+            report = await check(exporter.probe, views=self.views,
+                                 hits=HitCounts.from_families(exporter.cache.metrics.collect()),
+                                 thresholds=exporter.thresholds)
             body = json.dumps(report.as_dict(), indent=1).encode() + b"\n"
             status, content_type = report.http_status, "application/json"
         await _respond(send, status, b"" if scope["method"] == "HEAD" else body, content_type,

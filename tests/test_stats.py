@@ -1,0 +1,134 @@
+"""``thorbis-cache stats`` driven as a user would: its estimates against the true counts
+on every topology, and a recommendation triggered by a real ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from core_testing import HS, HsEnv
+from thorbis_home_services.schemas import CUSTOMER_SUMMARY, WORK_ORDER
+
+from thorbis_cache.observability import Exporter, HttpServer, MetricsApp
+from thorbis_cache.redis_store import RedisStore
+from thorbis_cache.testing.servers import RedisServer
+
+CLI = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "thorbis-cache")
+#: 5,000 keys: tenant -> keys of each of the two schemas.
+SEED = {"acme": (1500, 700), "globex": (900, 600), "initech": (800, 500)}
+
+
+def stats(*args: str) -> dict[str, Any]:
+    """``thorbis-cache stats --json ARGS`` as a user would run it: the report."""
+    done = subprocess.run([CLI, "stats", "--plugin", HS, "--json", *args], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+async def seed(redis_url: str) -> tuple[Counter[str], Counter[str], int]:
+    """Write :data:`SEED` (keys built by the schemas, 30-120 bytes each); the true keys
+    by tenant and by schema and their ``MEMORY USAGE`` sum."""
+    tenants: Counter[str] = Counter()
+    schemas: Counter[str] = Counter()
+    keys = []
+    for tenant, (orders, summaries) in SEED.items():
+        for schema, n in ((WORK_ORDER, orders), (CUSTOMER_SUMMARY, summaries)):
+            param = schema.params[0].name
+            keys += [(schema.key(tenant, **{param: i}).redis_key("tc"), 30 + i % 91)
+                     for i in range(n)]
+            tenants[tenant] += n
+            schemas[schema.name] += n
+    async with RedisStore.from_url(redis_url) as store:
+        for start in range(0, len(keys), 250):
+            await asyncio.gather(*(store.command("SET", k, b"v" * size, "EX", 1200)
+                                   for k, size in keys[start:start + 250]))
+        memory = 0
+        for start in range(0, len(keys), 250):
+            sizes = await asyncio.gather(*(store.command("MEMORY", "USAGE", k)
+                                           for k, _ in keys[start:start + 250]))
+            memory += sum(int(s) for s in sizes)
+    return tenants, schemas, memory
+
+
+async def test_the_estimates_hold_the_true_counts_on_every_topology(thorbis_redis_url: str
+                                                                    ) -> None:
+    tenants, schemas, memory = await seed(thorbis_redis_url)
+    total = sum(tenants.values())
+    # 99.99% intervals: five shares checked per run must all hold, so the test cannot
+    # fail by chance (a 95% interval misses 1 time in 20); their width is checked too.
+    report = await asyncio.to_thread(stats, "--redis-url", thorbis_redis_url,
+                                     "--sample", "2000", "--confidence", "0.9999")
+    assert report["total_keys"] == total
+    assert 1990 <= report["sampled"] <= 2010  # shared among masters, rounded
+    assert report["method"].startswith("99.99% intervals: normal approximation, "
+                                       "stratified by master")
+    assert sum(n["dbsize"] for n in report["nodes"]) == total
+    assert len(report["nodes"]) == (3 if thorbis_redis_url.startswith("redis+cluster") else 1)
+    for groups, truth in ((report["by_tenant"], tenants), (report["by_schema"], schemas)):
+        assert {g["name"] for g in groups} == set(truth)
+        for g in groups:
+            share = truth[g["name"]] / total
+            assert g["share"]["low"] <= share <= g["share"]["high"], (g, share)
+            assert g["share"]["high"] - g["share"]["low"] < 0.08, g
+            assert g["keys"]["low"] <= truth[g["name"]] <= g["keys"]["high"], g
+    assert report["memory_bytes"]["low"] <= memory <= report["memory_bytes"]["high"]
+    # Sampled far more than there is: every master is read whole, the counts are exact.
+    exact = await asyncio.to_thread(stats, "--redis-url", thorbis_redis_url,
+                                    "--sample", "6000", "--batch", "1000")
+    assert all(n["complete"] for n in exact["nodes"])
+    assert {g["name"]: g["keys"] for g in exact["by_tenant"]} == {
+        t: {"value": float(n), "low": float(n), "high": float(n)} for t, n in tenants.items()}
+    assert exact["memory_bytes"]["value"] == memory
+    profiles = {p["schema"]: p for p in exact["ttl"]}
+    # Written with EX 1200 under a TTL of 1800 s (work orders): 600 s old by their TTL
+    # (more than its jitter, 180 s), idle a few seconds: read since written.
+    assert profiles[WORK_ORDER.name]["judged"] == sum(n for n, _ in SEED.values())
+    assert profiles[WORK_ORDER.name]["unread_share"] == 0.0
+
+
+async def test_a_low_hit_ratio_from_a_real_metrics_endpoint_is_recommended(hs_env: HsEnv
+                                                                          ) -> None:
+    cache = hs_env.app.cache
+    exporter = Exporter(cache, dsn=hs_env.dsn)
+    try:
+        for i in range(150):  # nothing cached: every read misses
+            assert await cache.get(WORK_ORDER.key("acme", work_order_id=50_000 + i)) is None
+        async with HttpServer(MetricsApp(exporter)) as server:
+            report = await asyncio.to_thread(
+                stats, "--redis-url", hs_env.redis_url, "--metrics-url",
+                server.url + "/metrics")
+    finally:
+        exporter.detach()
+    low = [r for r in report["recommendations"] if r["kind"] == "low_hit_ratio"]
+    assert low == [{
+        "kind": "low_hit_ratio", "subject": WORK_ORDER.name,
+        "figures": {"hit_ratio": 0.0, "hits": 0, "misses": 150},
+        "message": low[0]["message"]}]
+    assert low[0]["message"].startswith(
+        f"hit ratio of {WORK_ORDER.name} is 0.00 over 150 reads (0 hits, 150 misses; "
+        "under 0.8)")
+    assert report["traffic"]["schemas"] == {WORK_ORDER.name: 150.0}
+
+
+async def test_idle_times_under_an_lfu_policy_are_reported_unavailable() -> None:
+    server = RedisServer(extra_args=["--maxmemory-policy", "volatile-lfu"]).start()
+    try:
+        await seed(server.url)
+        report = await asyncio.to_thread(stats, "--redis-url", server.url, "--sample", "300")
+        text = (await asyncio.to_thread(
+            subprocess.run, [CLI, "stats", "--plugin", HS, "--redis-url", server.url,
+                             "--sample", "300"], capture_output=True, text=True, timeout=300,
+            check=True)).stdout
+    finally:
+        server.stop()
+    assert report["idle_unavailable"].startswith(
+        "OBJECT IDLETIME is not tracked under maxmemory-policy volatile-lfu")
+    assert all(p["judged"] == 0 for p in report["ttl"])
+    assert not [r for r in report["recommendations"] if r["kind"].startswith("ttl_")]
+    assert "TTL against reuse not judged: OBJECT IDLETIME is not tracked" in text
+    assert "300 of 5000 keys sampled with SCAN" in text
