@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from thorbis_cache.cli_dsn import redact_dsn
+from thorbis_cache.cli.dsn import redact_dsn
 
 REFUSED = "postgresql://nobody:hunter2@127.0.0.1:1/x"  # port 1 on loopback: refused at once
 

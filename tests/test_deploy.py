@@ -495,7 +495,7 @@ def cli_env_names() -> set[str]:
     for name in group.list_commands(ctx):  # type: ignore[attr-defined]
         command = group.get_command(ctx, name)  # type: ignore[attr-defined]
         names |= {p.envvar for p in command.params if isinstance(p.envvar, str)}
-    assert '"THORBIS_KEYRING"' in (ROOT / "core/thorbis_cache/cli_db.py").read_text()
+    assert '"THORBIS_KEYRING"' in (ROOT / "core/thorbis_cache/cli/db.py").read_text()
     return names
 
 

@@ -63,7 +63,6 @@ from thorbis_cache.demo.results import (
     WorkloadResult,
 )
 from thorbis_cache.errors import ConfigurationError
-from thorbis_cache.plugins import ENTRY_POINT_GROUP
 
 __all__ = [
     "PLUGIN",
@@ -97,6 +96,8 @@ def require_plugin() -> None:
 
     :raises ConfigurationError: it is not (one line, with the command that installs it).
     """
+    from thorbis_cache.plugins import ENTRY_POINT_GROUP  # pluggy: not for --help
+
     missing = (
         f"the demo needs the {PLUGIN!r} plugin (entry point {PLUGIN!r} of group "
         f"{ENTRY_POINT_GROUP!r}, distribution thorbis-home-services), which is not installed"

@@ -14,20 +14,58 @@ cache's read path calls into it only when an :class:`OperationObserver` is attac
 
 from __future__ import annotations
 
-from thorbis_cache.observability.asgi import MetricsApp
-from thorbis_cache.observability.exporter import CONTENT_TYPE, Exporter
-from thorbis_cache.observability.health import Check, HealthReport, HealthThresholds, assess
-from thorbis_cache.observability.http import HttpServer
-from thorbis_cache.observability.operations import OperationObserver
-from thorbis_cache.observability.probe import Probe, ProbeResult
-from thorbis_cache.observability.tenants import OTHER, TopTenants
-from thorbis_cache.observability.views import MeteredMvScheduler, MvRefreshMetrics
-from thorbis_cache.observability.workers import (
-    CountingInvalidator,
-    InvalidationsCollector,
-    QueueCollector,
-    WorkerCollector,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from thorbis_cache.observability.asgi import MetricsApp
+    from thorbis_cache.observability.exporter import CONTENT_TYPE, Exporter
+    from thorbis_cache.observability.health import Check, HealthReport, HealthThresholds, assess
+    from thorbis_cache.observability.http import HttpServer
+    from thorbis_cache.observability.operations import OperationObserver
+    from thorbis_cache.observability.probe import Probe, ProbeResult
+    from thorbis_cache.observability.tenants import OTHER, TopTenants
+    from thorbis_cache.observability.views import MeteredMvScheduler, MvRefreshMetrics
+    from thorbis_cache.observability.workers import (
+        CountingInvalidator,
+        InvalidationsCollector,
+        QueueCollector,
+        WorkerCollector,
+    )
+
+#: Imported on first access: a module of this package (``serve``'s constants, say)
+#: loads without the exporter and the cache behind it.
+_LAZY = {
+    "CONTENT_TYPE": "thorbis_cache.observability.exporter",
+    "Check": "thorbis_cache.observability.health",
+    "CountingInvalidator": "thorbis_cache.observability.workers",
+    "Exporter": "thorbis_cache.observability.exporter",
+    "HealthReport": "thorbis_cache.observability.health",
+    "HealthThresholds": "thorbis_cache.observability.health",
+    "HttpServer": "thorbis_cache.observability.http",
+    "InvalidationsCollector": "thorbis_cache.observability.workers",
+    "MeteredMvScheduler": "thorbis_cache.observability.views",
+    "MetricsApp": "thorbis_cache.observability.asgi",
+    "MvRefreshMetrics": "thorbis_cache.observability.views",
+    "OTHER": "thorbis_cache.observability.tenants",
+    "OperationObserver": "thorbis_cache.observability.operations",
+    "Probe": "thorbis_cache.observability.probe",
+    "ProbeResult": "thorbis_cache.observability.probe",
+    "QueueCollector": "thorbis_cache.observability.workers",
+    "TopTenants": "thorbis_cache.observability.tenants",
+    "WorkerCollector": "thorbis_cache.observability.workers",
+    "assess": "thorbis_cache.observability.health",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CONTENT_TYPE",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from thorbis_cache.cli_dsn import check_postgres
+from thorbis_cache.cli.dsn import check_postgres
 from thorbis_cache.errors import AuditChainBroken
 from thorbis_cache.observability.serve import METRICS_HOST, METRICS_PORT
 

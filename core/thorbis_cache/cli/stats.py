@@ -85,7 +85,7 @@ def stats_command(
 async def _run(redis_url: str, prefix: str, plugins: list[str] | None, sample: int,
                batch: int, confidence: float, metrics_url: str, within: float,
                err: Console) -> tuple[KeyStats, str | None]:
-    from thorbis_cache.cli_health import fetch_metrics
+    from thorbis_cache.cli.health import fetch_metrics
     from thorbis_cache.keys import validate_prefix
     from thorbis_cache.observability.stats import sample_stats
     from thorbis_cache.plugins import PluginManager

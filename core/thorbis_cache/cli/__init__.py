@@ -1,4 +1,5 @@
-"""The ``thorbis-cache`` command line: one typer app; each command lives in its module.
+"""The ``thorbis-cache`` command line: one typer app; each command group lives in its
+module of this package (``db``, ``mv``, ``queue``, ``explain``...).
 
 A command module exposes a plain typer command function; :func:`_add` registers it here
 with the CLI's error policy: an error of :mod:`thorbis_cache.errors` is printed as one
@@ -19,21 +20,18 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperArgument, TyperGroup
 
-from thorbis_cache import (
-    __version__,
-    cli_db,
-    cli_explain,
-    cli_health,
-    cli_invalidate,
-    cli_keyring,
-    cli_mv,
-    cli_outbox,
-    cli_plugins,
-    cli_queue,
-    cli_scaffold,
-    cli_stats,
-    demo,
-)
+from thorbis_cache import __version__, demo
+from thorbis_cache.cli import db as cli_db
+from thorbis_cache.cli import explain as cli_explain
+from thorbis_cache.cli import health as cli_health
+from thorbis_cache.cli import invalidate as cli_invalidate
+from thorbis_cache.cli import keyring as cli_keyring
+from thorbis_cache.cli import mv as cli_mv
+from thorbis_cache.cli import outbox as cli_outbox
+from thorbis_cache.cli import plugins as cli_plugins
+from thorbis_cache.cli import queue as cli_queue
+from thorbis_cache.cli import scaffold as cli_scaffold
+from thorbis_cache.cli import stats as cli_stats
 from thorbis_cache.errors import ThorbisCacheError
 from thorbis_cache.observability.serve import serve_command
 
@@ -193,6 +191,3 @@ def main() -> None:
     """Entry point of the ``thorbis-cache`` console script."""
     app()
 
-
-if __name__ == "__main__":
-    main()

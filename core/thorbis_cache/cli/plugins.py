@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,7 +17,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from thorbis_cache.errors import PluginLoadError
-from thorbis_cache.plugins import ENTRY_POINT_GROUP, LoadedPlugin, PluginManager
+
+if TYPE_CHECKING:
+    from thorbis_cache.plugins import LoadedPlugin
 
 __all__ = ["command", "describe"]
 
@@ -93,6 +95,8 @@ def command(
     :param as_json: print ``{"plugins": [...]}`` (see :func:`describe`) instead of a table.
     :raises typer.Exit: with status 1 when a plugin has problems (each printed in red).
     """
+    from thorbis_cache.plugins import ENTRY_POINT_GROUP, PluginManager  # not for --help
+
     manager = PluginManager()
     try:
         loaded = asyncio.run(manager.load(plugin or None))

@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from thorbis_cache.cli_dsn import check_postgres
+from thorbis_cache.cli.dsn import check_postgres
 from thorbis_cache.errors import ConfigurationError
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from thorbis_cache.cli_dsn import check_postgres, redact_dsn
+from thorbis_cache.cli.dsn import check_postgres, redact_dsn
 from thorbis_cache.errors import ConfigurationError, DeadLetterNotFound
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from thorbis_cache.cli_explain import (
+from thorbis_cache.cli.explain import (
     EXIT_BAD_INPUT,
     JSON,
     KEYRING_ENV,
