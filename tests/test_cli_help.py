@@ -86,3 +86,9 @@ def test_help_loads_neither_the_cache_nor_the_drivers() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_shell_completion_is_offered() -> None:
+    result = CliRunner().invoke(app, ["--show-completion", "bash"])
+    assert result.exit_code == 0, result.output
+    assert "_thorbis_cache_completion" in result.output

@@ -94,13 +94,22 @@ class _PlainHelp(TyperGroup):
         for command in self.commands.values():
             _plain_values(command)
 
+    def get_params(self, ctx: Any) -> list[Any]:
+        # typer adds --install-completion/--show-completion after the group is built.
+        params: list[Any] = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "metavar", None) is None and not isinstance(param,
+                                                                          TyperArgument):
+                param.metavar = plain_value_name(param)
+        return params
+
 
 app = typer.Typer(
     name="thorbis-cache",
     cls=_PlainHelp,
     help="Multi-tenant cache framework on Redis and PostgreSQL.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     # Our errors are reported as one line; anything else is a bug and keeps its
     # plain traceback (rich's would hide locals' values less predictably).
     pretty_exceptions_enable=False,
