@@ -14,8 +14,9 @@ cache's read path calls into it only when an :class:`OperationObserver` is attac
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from thorbis_cache._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from thorbis_cache.observability.asgi import MetricsApp
@@ -58,13 +59,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(globals(), _LAZY)
 
 
 __all__ = [
