@@ -24,12 +24,15 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 
 from thorbis_cache.errors import ServerBinaryNotFound
+
+B = TypeVar("B")
 
 __all__ = [
     "MIN_POSTGRES_VERSION",
@@ -418,6 +421,26 @@ def _apt_install(packages: list[str]) -> None:
         _apt(["install", "-y", "--no-install-recommends", *packages])
 
 
+def _ensure(find: Callable[[], B], env: str, packages: Sequence[str],
+            missing: Callable[[str], ServerBinaryNotFound], install: bool) -> B:
+    """``find()``, or when it fails and installing is allowed (``install``, no ``env``
+    override, root with apt-get), the first of ``packages`` apt installs, then ``find()``."""
+    try:
+        return find()
+    except ServerBinaryNotFound:
+        if not install or os.environ.get(env) or not _can_install():
+            raise
+    errors: list[str] = []
+    for package in packages:
+        try:
+            _apt_install([package])
+        except (OSError, subprocess.CalledProcessError) as exc:
+            errors.append(f"`apt-get install {package}` failed: {exc}")
+            continue
+        return find()
+    raise missing("; ".join(errors))
+
+
 def ensure_redis(install: bool = False) -> RedisBinaries:
     """Locate redis-server, installing it with apt when allowed and missing.
 
@@ -426,16 +449,7 @@ def ensure_redis(install: bool = False) -> RedisBinaries:
     :returns: the binary found.
     :raises ServerBinaryNotFound: missing and not installable; the message says how to fix it.
     """
-    try:
-        return find_redis()
-    except ServerBinaryNotFound:
-        if not install or os.environ.get(REDIS_ENV) or not _can_install():
-            raise
-    try:
-        _apt_install(["redis-server"])
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise _redis_missing(f"`apt-get install redis-server` failed: {exc}") from exc
-    return find_redis()
+    return _ensure(find_redis, REDIS_ENV, ("redis-server",), _redis_missing, install)
 
 
 def ensure_postgres(install: bool = False) -> PostgresBinaries:
@@ -446,22 +460,10 @@ def ensure_postgres(install: bool = False) -> PostgresBinaries:
     :returns: the binary directory found.
     :raises ServerBinaryNotFound: missing and not installable; the message says how to fix it.
     """
-    try:
-        return find_postgres()
-    except ServerBinaryNotFound:
-        if not install or os.environ.get(PG_ENV) or not _can_install():
-            raise
-    errors: list[str] = []
     # postgresql-15 where the distribution has it (Debian 12); otherwise its default,
     # which is 15 or newer on every current Debian/Ubuntu.
-    for package in ("postgresql-15", "postgresql"):
-        try:
-            _apt_install([package])
-        except (OSError, subprocess.CalledProcessError) as exc:
-            errors.append(f"`apt-get install {package}` failed: {exc}")
-            continue
-        return find_postgres()
-    raise _postgres_missing("; ".join(errors))
+    return _ensure(find_postgres, PG_ENV, ("postgresql-15", "postgresql"), _postgres_missing,
+                   install)
 
 
 def ensure_prometheus(install: bool = False) -> PrometheusBinaries:
@@ -472,16 +474,8 @@ def ensure_prometheus(install: bool = False) -> PrometheusBinaries:
     :returns: the binaries found.
     :raises ServerBinaryNotFound: missing and not installable; the message says how to fix it.
     """
-    try:
-        return find_prometheus()
-    except ServerBinaryNotFound:
-        if not install or os.environ.get(PROMETHEUS_ENV) or not _can_install():
-            raise
-    try:
-        _apt_install(["prometheus"])
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise _prometheus_missing(f"`apt-get install prometheus` failed: {exc}") from exc
-    return find_prometheus()
+    return _ensure(find_prometheus, PROMETHEUS_ENV, ("prometheus",), _prometheus_missing,
+                   install)
 
 
 def ensure_binaries(install: bool = False) -> tuple[RedisBinaries, PostgresBinaries]:
