@@ -249,7 +249,7 @@ class RedisStore:
         """Close every connection and stop the deadline watchdog."""
         await self._deadlines.aclose()
         if self._router is not None:
-            self._router.close()
+            await self._router.aclose()
         for node_client in self._node_clients.values():
             await node_client.aclose()
         await self._client.aclose()

@@ -67,6 +67,7 @@ class MultiplexedConnection(asyncio.Protocol):
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
         self._lost: BaseException | None = None
+        self._closed: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(cls, host: str, port: int, *, unix_path: str | None = None,
@@ -152,6 +153,7 @@ class MultiplexedConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._loop = asyncio.get_running_loop()
+        self._closed = self._loop.create_future()
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -180,6 +182,14 @@ class MultiplexedConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(rexc.ConnectionError(
             f"connection to {self.where} lost" + (f": {exc}" if exc else "")))
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        """Return once the socket is closed (after :meth:`close`, or a loss); at once
+        when called from another event loop than the connection's."""
+        if self._closed is not None and self._loop is asyncio.get_running_loop():
+            await asyncio.shield(self._closed)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -97,11 +97,12 @@ class NodeConnections:
             username=options.username, password=options.password, db=options.db,
             connect_timeout=options.connect_timeout)
 
-    def close(self) -> None:
-        """Close every connection (pending callers fail)."""
-        for connection in self._slots:
-            if connection is not None:
-                connection.close()
+    def close(self) -> list[MultiplexedConnection]:
+        """Close every connection (pending callers fail); the connections closed, whose
+        :meth:`~MultiplexedConnection.wait_closed` says when their sockets are."""
+        closed = [c for c in self._slots if c is not None]
+        for connection in closed:
+            connection.close()
         self._slots = [None] * len(self._slots)
         for pending in self._connecting:
             if pending is not None and not pending.done():
@@ -109,6 +110,7 @@ class NodeConnections:
                     f"connections to {self.host}:{self.port} closed"))
                 pending.exception()
         self._connecting = [None] * len(self._connecting)
+        return closed
 
     def describe(self) -> dict[str, Any]:
         """Connections and replies owed, for diagnostics."""

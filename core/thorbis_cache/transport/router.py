@@ -121,11 +121,12 @@ class Router:
         if node is self._master:
             self._master = None
 
-    def close(self) -> None:
-        """Close every multiplexed connection."""
-        for node in self._nodes.values():
-            node.close()
+    async def aclose(self) -> None:
+        """Close every multiplexed connection and wait for the sockets to be closed."""
+        closed = [c for node in self._nodes.values() for c in node.close()]
         self._master = None
+        for connection in closed:
+            await connection.wait_closed()
 
     def describe(self) -> list[dict[str, Any]]:
         """Each server's connections and replies owed."""

@@ -48,7 +48,8 @@ async def auto(thorbis_pg_dsn: str, thorbis_standalone_redis_url: str) -> AsyncI
     # What `db init` does: core schema, the plugin's SQL and views, capture triggers.
     await migrate(thorbis_pg_dsn)
     app = await CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate(),
-                         postgres_dsn=thorbis_pg_dsn).start(["automotive"], apply_sql=True)
+                         postgres_dsn=thorbis_pg_dsn).start(["automotive"], apply_sql=True,
+                                                            capture="triggers")
     conn = await asyncpg.connect(thorbis_pg_dsn)
     pool = await asyncpg.create_pool(thorbis_pg_dsn, min_size=1, max_size=4)
     try:

@@ -63,7 +63,8 @@ async def hs_app(thorbis_pg_dsn: str, thorbis_standalone_redis_url: str) -> Asyn
     an empty outbox)."""
     await migrate(thorbis_pg_dsn)
     app = await CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate(),
-                         postgres_dsn=thorbis_pg_dsn).start(["home_services"], apply_sql=True)
+                         postgres_dsn=thorbis_pg_dsn).start(["home_services"], apply_sql=True,
+                                                            capture="triggers")
     conn = await asyncpg.connect(thorbis_pg_dsn)
     try:
         await install_triggers(conn, app.plugins.all_rules())
