@@ -145,6 +145,26 @@ async def test_capture_is_chosen_from_the_server_when_not_set(
     assert await app.cache.get(key) is None
 
 
+async def test_triggers_left_beside_a_slot_are_reported(
+    make_app: AppFactory, thorbis_standalone_redis_url: str, thorbis_pg_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from thorbis_cache.postgres.triggers import install_triggers
+
+    app = await make_app(thorbis_standalone_redis_url, thorbis_pg_dsn).start(
+        ["tst"], apply_sql=True)
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        await install_triggers(conn, app.plugins.all_rules())
+    finally:
+        await conn.close()
+    async with OutboxWorker.from_app(app, thorbis_pg_dsn) as worker:
+        await worker.check_capture()
+    assert "capture triggers are installed on tst.items beside the replication slot " \
+           "thorbis_main" in caplog.text
+    assert "db init --capture logical" in caplog.text
+
+
 async def test_start_refuses_a_bad_capture(
     make_app: AppFactory, thorbis_standalone_redis_url: str, thorbis_pg_dsn: str
 ) -> None:

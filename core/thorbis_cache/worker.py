@@ -577,9 +577,22 @@ class OutboxWorker:
 
         if self._follow is not None:
             await self._follow_slot()
-        await check_capture(await self._connection(), self._all_rules(),
-                            self.capture or "triggers", plugins=self.plugins)
+        conn = await self._connection()
+        await check_capture(conn, self._all_rules(), self.capture or "triggers",
+                            plugins=self.plugins)
         self._capture_checked = True
+        if self.capture is not None:
+            # Capture triggers left beside a slot: every change reaches the worker twice
+            # (from the WAL, and from the outbox it also drains for replays).
+            tables = await conn.fetchval(
+                "SELECT string_agg(DISTINCT t.tgrelid::regclass::text, ', ') "
+                "FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = 'thorbis' AND NOT t.tgisinternal")
+            if tables:
+                log.warning("capture triggers are installed on %s beside the replication "
+                            "slot %s: every change there is applied twice; `thorbis-cache db "
+                            "init --capture logical` drops them", tables, self.capture.slot)
 
     async def _check_once(self) -> None:
         if self.require_capture and not self._capture_checked:
