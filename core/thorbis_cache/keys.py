@@ -28,6 +28,7 @@ from thorbis_cache.errors import (
     UnknownSchemaError,
     short_repr,
 )
+from thorbis_cache.value_types import SUPPORTED_TYPES, unsupported_type
 
 __all__ = [
     "CacheKey",
@@ -440,8 +441,6 @@ class KeySchema(Generic[T]):
             raise InvalidSchemaError(name, "a hash schema's value_type must be an attrs class")
         if self.kind in (SchemaKind.VALUE, SchemaKind.HASH):
             # Here, not at the first write: that fails naming neither schema nor field.
-            from thorbis_cache.codec import SUPPORTED_TYPES, unsupported_type
-
             found = unsupported_type(self.value_type)
             if found is not None:
                 tp = self.value_type

@@ -30,16 +30,31 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, Protocol
 
 from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.metrics import CoherenceCounters
 
-if TYPE_CHECKING:
-    from thorbis_cache.invalidation.events import InvalidationEvent
 
-__all__ = ["MISS", "NearCache"]
+class Invalidation(Protocol):
+    """What L1 reads of an invalidation (an
+    :class:`~thorbis_cache.invalidation.events.InvalidationEvent`, which the layer above
+    this one defines)."""
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def keys(self) -> Sequence[str]: ...
+
+    @property
+    def tags(self) -> Sequence[str]: ...
+
+    @property
+    def tenant_wide(self) -> bool: ...
+
+__all__ = ["MISS", "Invalidation", "NearCache"]
 
 
 class _Miss:
@@ -259,7 +274,7 @@ class NearCache:
 
     # ----------------------------------------------------------------- events
 
-    def apply(self, event: InvalidationEvent) -> int:
+    def apply(self, event: Invalidation) -> int:
         """Evict what an invalidation event names; returns how many entries went."""
         removed = self.evict_keys(event.keys)
         if event.tags:

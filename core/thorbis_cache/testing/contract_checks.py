@@ -25,7 +25,7 @@ from hypothesis.errors import ResolutionFailed
 from redis.crc import key_slot
 
 from thorbis_cache.cache import Cache
-from thorbis_cache.codec import CodecSettings, SchemaCodec, make_converter
+from thorbis_cache.codec import CodecSettings, SchemaCodec, check_value, make_converter
 from thorbis_cache.crypto import KeyRing
 from thorbis_cache.declarations import WarmContext, Warmer, is_qualified
 from thorbis_cache.errors import InvalidKeyError, ThorbisCacheError
@@ -458,12 +458,44 @@ async def check_warmers(
     report(plugin.name, "warmers", problems[:40])
 
 
+#: The latitudes Redis accepts in a geo index.
+_MAX_LATITUDE = 85.05112878
+
+
+def member_entry_problem(schema: KeySchema[Any], entry: object) -> str | None:
+    """Why ``entry`` is not a whole sorted set (``member -> finite score``) or geo index
+    (``member -> (longitude, latitude)`` on the map Redis accepts) of ``schema``'s member
+    type; None when it is one, or when the schema holds values or hashes."""
+    if schema.kind not in (SchemaKind.ZSET, SchemaKind.GEO):
+        return None
+    member_type = schema.member_param.type
+    shape = ("member -> score" if schema.kind is SchemaKind.ZSET
+             else "member -> (longitude, latitude)")
+    if not isinstance(entry, Mapping):
+        return f"a {schema.kind.value} entry is a mapping {shape}, got {_short(entry)}"
+    for member, item in entry.items():
+        wrong = check_value(member, member_type)
+        if wrong:
+            return f"member {_short(member)}: {wrong} (the schema's member type)"
+        if schema.kind is SchemaKind.ZSET:
+            if not (isinstance(item, int | float) and not isinstance(item, bool)
+                    and math.isfinite(item)):
+                return f"member {_short(member)}: score {_short(item)} is not a finite number"
+            continue
+        if not (isinstance(item, tuple | list) and len(item) == 2
+                and all(isinstance(c, int | float) and not isinstance(c, bool) for c in item)):
+            return f"member {_short(member)}: {_short(item)} is not (longitude, latitude)"
+        lon, lat = item
+        if not (-180 <= lon <= 180 and -_MAX_LATITUDE <= lat <= _MAX_LATITUDE):
+            return (f"member {_short(member)}: ({lon}, {lat}) is off the map (longitude "
+                    f"-180..180, latitude -{_MAX_LATITUDE}..{_MAX_LATITUDE})")
+    return None
+
+
 def _checking_members(batch: WarmBatch, where: str, problems: list[str]) -> WarmBatch:
     """``batch`` whose loader's sorted-set and geo entries are checked (a mapping of
     members of the schema's member type to finite scores, or to positions on the map);
     a bad entry is reported and not written."""
-    from thorbis_cache.testing.contract_isolation import member_entry_problem
-
     async def load(keys: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
         entries = dict(await batch.load(keys))
         for key, entry in list(entries.items()):

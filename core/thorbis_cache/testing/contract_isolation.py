@@ -4,8 +4,8 @@
   tenant rows with the same ids but different data, and warm again: every key must hold
   what it held. A warmer whose query forgets ``tenant_id = $1`` caches the other
   tenant's rows under this tenant's keys (or more members in its lists).
-* :func:`member_entry_problem`: what is wrong with a sorted-set or geo entry a warmer's
-  loader returned (``member -> score``, ``member -> (longitude, latitude)``).
+(What is wrong with a sorted-set or geo entry a warmer's loader returned is
+:func:`~thorbis_cache.testing.contract_checks.member_entry_problem`.)
 
 Like the other contract checks they raise :class:`AssertionError` listing every problem.
 """
@@ -13,18 +13,16 @@ Like the other contract checks they raise :class:`AssertionError` listing every 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
 from thorbis_cache.cache import Cache
-from thorbis_cache.codec import check_value
 from thorbis_cache.config import CacheSettings
 from thorbis_cache.crypto import KeyRing
 from thorbis_cache.declarations import WarmContext, Warmer
-from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind
+from thorbis_cache.keys import CacheKey
 from thorbis_cache.plugins import LoadedPlugin
 from thorbis_cache.postgres.catalog import quote_ident, quote_qualified
 from thorbis_cache.testing.contract_checks import report
@@ -38,46 +36,15 @@ from thorbis_cache.testing.contract_data import (
 from thorbis_cache.testing.plugin_db import schema_registry
 from thorbis_cache.warming import WarmBatch, warm
 
-__all__ = ["DECOY_TENANT", "check_warmers_isolate_tenants", "member_entry_problem"]
+__all__ = ["DECOY_TENANT", "check_warmers_isolate_tenants"]
 
 #: The tenant given copies of the first tenant's rows (same ids, other data).
 DECOY_TENANT = "decoy"
-_MAX_LATITUDE = 85.05112878
 
 
 def _short(value: object, limit: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def member_entry_problem(schema: KeySchema[Any], entry: object) -> str | None:
-    """Why ``entry`` is not a whole sorted set (``member -> finite score``) or geo index
-    (``member -> (longitude, latitude)`` on the map Redis accepts) of ``schema``'s member
-    type; None when it is one, or when the schema holds values or hashes."""
-    if schema.kind not in (SchemaKind.ZSET, SchemaKind.GEO):
-        return None
-    member_type = schema.member_param.type
-    shape = ("member -> score" if schema.kind is SchemaKind.ZSET
-             else "member -> (longitude, latitude)")
-    if not isinstance(entry, Mapping):
-        return f"a {schema.kind.value} entry is a mapping {shape}, got {_short(entry)}"
-    for member, item in entry.items():
-        wrong = check_value(member, member_type)
-        if wrong:
-            return f"member {_short(member)}: {wrong} (the schema's member type)"
-        if schema.kind is SchemaKind.ZSET:
-            if not (isinstance(item, int | float) and not isinstance(item, bool)
-                    and math.isfinite(item)):
-                return f"member {_short(member)}: score {_short(item)} is not a finite number"
-            continue
-        if not (isinstance(item, tuple | list) and len(item) == 2
-                and all(isinstance(c, int | float) and not isinstance(c, bool) for c in item)):
-            return f"member {_short(member)}: {_short(item)} is not (longitude, latitude)"
-        lon, lat = item
-        if not (-180 <= lon <= 180 and -_MAX_LATITUDE <= lat <= _MAX_LATITUDE):
-            return (f"member {_short(member)}: ({lon}, {lat}) is off the map (longitude "
-                    f"-180..180, latitude -{_MAX_LATITUDE}..{_MAX_LATITUDE})")
-    return None
 
 
 # --------------------------------------------------------------------------- tenants
