@@ -92,7 +92,7 @@ _LAZY = {
     "InvalidationRule": "thorbis_cache.declarations",
     "KeyRing": "thorbis_cache.crypto",
     "KeySchema": "thorbis_cache.keys",
-    "LoadedPlugin": "thorbis_cache.plugins",
+    "LoadedPlugin": "thorbis_cache.declarations",
     "LogicalCapture": "thorbis_cache.postgres.logical",
     "MaterializedView": "thorbis_cache.declarations",
     "MissingRow": "thorbis_cache.errors",

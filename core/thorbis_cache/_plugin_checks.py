@@ -29,7 +29,7 @@ from thorbis_cache.errors import PluginProblem
 from thorbis_cache.keys import KeySchema, SchemaRegistry
 
 if TYPE_CHECKING:
-    from thorbis_cache.plugins import LoadedPlugin
+    from thorbis_cache.declarations import LoadedPlugin
 
 __all__ = ["Draft", "check_across", "check_declarations", "describe"]
 

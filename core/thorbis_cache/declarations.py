@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from thorbis_cache.keys import _QUALIFIED_RE
+from thorbis_cache.keys import _QUALIFIED_RE, KeySchema
 
 if TYPE_CHECKING:
     from thorbis_cache.cache import Cache
@@ -25,6 +25,7 @@ __all__ = [
     "CachePattern",
     "Fetch",
     "InvalidationRule",
+    "LoadedPlugin",
     "MaterializedView",
     "Operation",
     "Permission",
@@ -308,3 +309,27 @@ class Permission:
 def is_qualified(name: str) -> bool:
     """True for ``schema.relation`` names of lower-case identifiers."""
     return bool(_QUALIFIED_RE.fullmatch(name))
+
+
+@attrs.frozen
+class LoadedPlugin:
+    """A plugin that passed every check, with everything it declared.
+
+    :ivar name: the entry-point name, or the name given to
+        :meth:`~thorbis_cache.plugins.PluginManager.add`.
+    :ivar distribution: the distribution that ships it (``thorbis-home-services``).
+    :ivar version: that distribution's version.
+    :ivar info: what ``register_plugin_info`` returned.
+    """
+
+    name: str
+    distribution: str | None
+    version: str | None
+    info: PluginInfo
+    schemas: tuple[KeySchema[Any], ...]
+    patterns: tuple[CachePattern, ...]
+    sql: tuple[SqlScript, ...]
+    views: tuple[MaterializedView, ...]
+    rules: tuple[InvalidationRule, ...]
+    warmers: tuple[Warmer, ...]
+    permissions: tuple[Permission, ...]

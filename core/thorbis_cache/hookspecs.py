@@ -29,12 +29,12 @@ Hook API version: :data:`HOOK_API_VERSION`. A plugin states the version it targe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
-    from thorbis_cache.app import CacheApp
+    from thorbis_cache.cache import Cache
     from thorbis_cache.declarations import (
         CachePattern,
         InvalidationRule,
@@ -234,8 +234,19 @@ def register_permissions() -> Sequence[Permission]:  # type: ignore[empty-body]
 # --------------------------------------------------------------------------- lifecycle
 
 
+class StartedApp(Protocol):
+    """What ``on_startup`` receives: a started :class:`~thorbis_cache.app.CacheApp`,
+    described here as a protocol so that the hook declarations, which the app builds on,
+    do not import it."""
+
+    @property
+    def cache(self) -> Cache:
+        """The app's cache (its ``registry`` holds every plugin's schemas)."""
+        ...
+
+
 @hookspec
-def on_startup(app: CacheApp) -> None:
+def on_startup(app: StartedApp) -> None:
     """Notification: the app has loaded every plugin and connected its cache.
 
     Called once per :meth:`CacheApp.start`, in plugin registration order, after all

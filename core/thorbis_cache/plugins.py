@@ -33,7 +33,7 @@ import difflib
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import pluggy
@@ -43,9 +43,9 @@ from thorbis_cache._plugin_checks import Draft, check_across, check_declarations
 from thorbis_cache.declarations import (
     CachePattern,
     InvalidationRule,
+    LoadedPlugin,
     MaterializedView,
     Permission,
-    PluginInfo,
     SqlScript,
     Warmer,
 )
@@ -56,9 +56,6 @@ from thorbis_cache.errors import (
     UnknownPatternError,
 )
 from thorbis_cache.keys import KeySchema, SchemaRegistry
-
-if TYPE_CHECKING:
-    from thorbis_cache.app import CacheApp
 
 __all__ = [
     "DEFAULT_HOOK_TIMEOUT",
@@ -83,29 +80,6 @@ DECLARATION_HOOKS: dict[str, type] = {
     "register_warmers": Warmer,
     "register_permissions": Permission,
 }
-
-
-@attrs.frozen
-class LoadedPlugin:
-    """A plugin that passed every check, with everything it declared.
-
-    :ivar name: the entry-point name, or the name given to :meth:`PluginManager.add`.
-    :ivar distribution: the distribution that ships it (``thorbis-home-services``).
-    :ivar version: that distribution's version.
-    :ivar info: what ``register_plugin_info`` returned.
-    """
-
-    name: str
-    distribution: str | None
-    version: str | None
-    info: PluginInfo
-    schemas: tuple[KeySchema[Any], ...]
-    patterns: tuple[CachePattern, ...]
-    sql: tuple[SqlScript, ...]
-    views: tuple[MaterializedView, ...]
-    rules: tuple[InvalidationRule, ...]
-    warmers: tuple[Warmer, ...]
-    permissions: tuple[Permission, ...]
 
 
 async def await_me_maybe(value: object) -> object:
@@ -445,7 +419,7 @@ class PluginManager:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def notify_startup(self, app: CacheApp) -> None:
+    async def notify_startup(self, app: hookspecs.StartedApp) -> None:
         """Call every loaded plugin's ``on_startup`` in load order.
 
         :raises PluginLoadError: one problem (hook ``on_startup``) per plugin that raised
