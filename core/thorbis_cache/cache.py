@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from thorbis_cache.cache_core import CacheScripts, SchemaRuntime
 from thorbis_cache.codec import SchemaCodec, make_converter
 from thorbis_cache.config import CacheSettings
 from thorbis_cache.crypto import KeyRing
@@ -45,7 +46,7 @@ from thorbis_cache.keys import (
 from thorbis_cache.metrics import CacheMetrics, CacheObserver, SchemaCounters
 from thorbis_cache.near import MISS, NearCache
 from thorbis_cache.read_through import ABSENT, StructureFills
-from thorbis_cache.redis_store import RedisStore, Script, load_scripts
+from thorbis_cache.redis_store import RedisStore
 from thorbis_cache.replica_reads import ReplicaReads
 from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet
 from thorbis_cache.value_fill import ValueFills
@@ -59,37 +60,9 @@ T = TypeVar("T")
 Loader = Callable[[], Awaitable[T]]
 
 
-@attrs.frozen(slots=True)
-class _Runtime:
-    """What the cache keeps per registered schema."""
-
-    schema: KeySchema[Any]
-    codec: SchemaCodec[Any]
-    counters: SchemaCounters
-    near: NearCache | None  #: the cache's L1 if this schema uses it
-    #: GET of one key: the store's (the master) or a replica's (``read_from_replicas``)
-    read: Callable[[str], Awaitable[bytes | None]]
-    ttl: float  #: the schema's, or the host's ``CacheSettings.schema_overrides``
-    near_ttl: float | None  #: likewise
-
-
-@attrs.frozen(slots=True)
-class _Scripts:
-    lease_acquire: Script
-    lease_fill: Script
-    store: Script
-    delete_if_equal: Script
-    lease_release: Script
-    hash_replace: Script
-    hash_update: Script
-    write_expire: Script
-    struct_remove: Script
-    struct_read: Script
-    struct_fill: Script
-
-    @classmethod
-    def load(cls) -> _Scripts:
-        return load_scripts(cls)
+# The cache's per-schema state and scripts (defined below the parts that use them).
+_Runtime = SchemaRuntime
+_Scripts = CacheScripts
 
 
 class Cache:
@@ -643,17 +616,20 @@ class Cache:
         """Typed access to an entity hash (partial updates, optimistic version)."""
         rt = self._kind_runtime(key, SchemaKind.HASH, "hash")
         scripts = self._scripts
-        return EntityHash(self, key, rt.codec, scripts.hash_replace, scripts.hash_update)
+        return EntityHash(self, self.fills, key, rt.codec, scripts.hash_replace,
+                          scripts.hash_update)
 
     def zset(self, key: CacheKey[T]) -> SortedSet[T]:
         """Typed access to a sorted set of members."""
         self._kind_runtime(key, SchemaKind.ZSET, "zset")
-        return SortedSet(self, key, self._scripts.write_expire, self._scripts.struct_remove)
+        return SortedSet(self, self.fills, key, self._scripts.write_expire,
+                         self._scripts.struct_remove)
 
     def geo(self, key: CacheKey[T]) -> GeoIndex[T]:
         """Typed access to a geo index of members."""
         self._kind_runtime(key, SchemaKind.GEO, "geo")
-        return GeoIndex(self, key, self._scripts.write_expire, self._scripts.struct_remove)
+        return GeoIndex(self, self.fills, key, self._scripts.write_expire,
+                        self._scripts.struct_remove)
 
     def _kind_runtime(self, key: CacheKey[Any], kind: SchemaKind, operation: str) -> _Runtime:
         rt = self._runtime(key.schema)

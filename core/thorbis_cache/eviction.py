@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 
 from thorbis_cache.errors import CacheBackendError, EvictionPolicyError, RedisUnavailableError
-from thorbis_cache.invalidation.sweep import MetaKeys
+from thorbis_cache.invalidation.meta_keys import MetaKeys
 from thorbis_cache.redis_store import RedisStore, Script, load_lua
 
 __all__ = ["REFUSED_POLICIES", "SUPPORTED_POLICIES", "check_eviction_policy",

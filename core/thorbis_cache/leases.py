@@ -25,7 +25,7 @@ from thorbis_cache.fill import backoff_delays
 from thorbis_cache.keys import CacheKey, SchemaKind
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache_core import CacheCore
     from thorbis_cache.metrics import SchemaCounters
 
 __all__ = [
@@ -47,7 +47,7 @@ ABSENT = b"\x00tc:absent"
 EMPTY = b"\x00tc:empty"
 
 
-def new_token(cache: Cache) -> str:
+def new_token(cache: CacheCore) -> str:
     """A fresh random fill-lease token.
 
     The scripts store it as ``token@replication-id`` of the master granting the lease
@@ -59,12 +59,12 @@ def new_token(cache: Cache) -> str:
     return secrets.token_hex(12)
 
 
-def fill_keys(cache: Cache, key: CacheKey[Any]) -> list[str]:
+def fill_keys(cache: CacheCore, key: CacheKey[Any]) -> list[str]:
     """``[entry, lease, *tag sets]``: the KEYS of every lease script."""
     return [cache.redis_key(key), cache.lease_key(key), *cache.tag_keys(key)]
 
 
-async def write(cache: Cache, key: CacheKey[Any], token: str, ttl_ms: int,
+async def write(cache: CacheCore, key: CacheKey[Any], token: str, ttl_ms: int,
                 content: bytes | list[Any]) -> bool:
     """Write ``content`` at ``key`` if ``token`` still holds its lease: the encoded
     value of a value schema, or the ``struct_fill`` arguments of a structure
@@ -83,7 +83,7 @@ async def write(cache: Cache, key: CacheKey[Any], token: str, ttl_ms: int,
                                       [token, ttl_ms, *content]))
 
 
-async def write_absent(cache: Cache, key: CacheKey[Any], token: str) -> bool | None:
+async def write_absent(cache: CacheCore, key: CacheKey[Any], token: str) -> bool | None:
     """The loader found no row: cache the absence for the schema's ``negative_ttl``
     under the same lease (so an INSERT committed meanwhile still wins), or release the
     lease when the schema caches no absence. Redis being down is not an error here.
@@ -104,7 +104,7 @@ async def write_absent(cache: Cache, key: CacheKey[Any], token: str) -> bool | N
         return None
 
 
-async def release(cache: Cache, key: CacheKey[Any], token: str) -> None:
+async def release(cache: CacheCore, key: CacheKey[Any], token: str) -> None:
     """Delete the lease of ``key`` if ``token`` still holds it (Redis down: it expires)."""
     with contextlib.suppress(RedisUnavailableError):
         await cache.store.run(cache._scripts.lease_release, [cache.lease_key(key)], [token])
@@ -117,7 +117,7 @@ class LeaseWait:
 
     __slots__ = ("_cache", "_counters", "_deadline", "_key", "_next_delay")
 
-    def __init__(self, cache: Cache, key: CacheKey[Any], counters: SchemaCounters) -> None:
+    def __init__(self, cache: CacheCore, key: CacheKey[Any], counters: SchemaCounters) -> None:
         self._cache = cache
         self._key = key
         self._counters = counters

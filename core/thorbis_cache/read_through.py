@@ -46,7 +46,7 @@ from thorbis_cache.keys import CacheKey
 from thorbis_cache.leases import ABSENT, EMPTY
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache_core import CacheCore
     from thorbis_cache.metrics import SchemaCounters
 
 __all__ = ["ABSENT", "EMPTY", "StructureFills", "StructureRead", "StructureWrite"]
@@ -109,7 +109,7 @@ class StructureFills:
     sorted set and geo schemas (values use :mod:`.value_fill`; both share the lease
     steps of :mod:`.leases`)."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: CacheCore) -> None:
         self._cache = cache
         self._flights: SingleFlight[Any] = SingleFlight("struct-fill")
         self._delta_ms: dict[str, float] = {}

@@ -31,11 +31,11 @@ from thorbis_cache.errors import (
 )
 from thorbis_cache.geo import GEO_LAT_LIMIT, geo_distance, geohash_position
 from thorbis_cache.keys import CacheKey, Param
-from thorbis_cache.read_through import EMPTY, StructureRead, StructureWrite
+from thorbis_cache.read_through import EMPTY, StructureFills, StructureRead, StructureWrite
 from thorbis_cache.redis_store import Script
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache_core import CacheCore
 
 __all__ = ["EntityHash", "GeoIndex", "SortedSet", "Versioned"]
 
@@ -63,17 +63,19 @@ class EntityHash(Generic[T]):
     the field name, so a field copied to another field or key does not open.
     """
 
-    __slots__ = ("_cache", "_codec", "_fields", "_key", "_replace", "_rk", "_update")
+    __slots__ = ("_cache", "_codec", "_fields", "_fills", "_key", "_replace", "_rk", "_update")
 
     def __init__(
         self,
-        cache: Cache,
+        cache: CacheCore,
+        fills: StructureFills,
         key: CacheKey[T],
         codec: SchemaCodec[T],
         replace_script: Script,
         update_script: Script,
     ) -> None:
         self._cache = cache
+        self._fills = fills
         self._key = key
         self._codec = codec
         self._rk = cache.redis_key(key)
@@ -142,7 +144,7 @@ class EntityHash(Generic[T]):
         spec: StructureRead[T, T] = StructureRead(
             "hash", ("HGETALL",), lambda raw: self._decode_entity(raw).value, _same
         )
-        return await self._cache.fills.read(self._key, spec, self._fill_write(), loader, ttl)
+        return await self._fills.read(self._key, spec, self._fill_write(), loader, ttl)
 
     def _fill_write(self) -> StructureWrite[T]:
         return StructureWrite(self._codec.check, self._fill_content)
@@ -237,7 +239,7 @@ class EntityHash(Generic[T]):
             raise InvalidParameterError(self._key.schema.name, name, f"not a field of {owner}")
 
     async def _drop(self, exc: CorruptEntry) -> None:
-        await self._cache.fills.drop(self._key, self._rk, exc)
+        await self._fills.drop(self._key, self._rk, exc)
 
 
 class _MemberStructure(abc.ABC, Generic[T]):
@@ -245,15 +247,17 @@ class _MemberStructure(abc.ABC, Generic[T]):
     parameters, writes that refresh the TTL and revoke the fill lease atomically
     (``lua/write_expire.lua``, ``lua/struct_remove.lua``), and read-through."""
 
-    __slots__ = ("_cache", "_key", "_member", "_remove", "_rk", "_write")
+    __slots__ = ("_cache", "_fills", "_key", "_member", "_remove", "_rk", "_write")
 
     #: the write command of a fill and its arguments per member
     _FILL: tuple[str, int] = ("ZADD", 2)
 
     def __init__(
-        self, cache: Cache, key: CacheKey[Any], write_script: Script, remove_script: Script
+        self, cache: CacheCore, fills: StructureFills, key: CacheKey[Any], write_script: Script,
+        remove_script: Script,
     ) -> None:
         self._cache = cache
+        self._fills = fills
         self._key = key
         self._rk = cache.redis_key(key)
         self._member: Param = key.schema.member_param
@@ -290,7 +294,7 @@ class _MemberStructure(abc.ABC, Generic[T]):
         ttl: float | None,
     ) -> R:
         spec = StructureRead("zset", command, from_reply, from_loaded)
-        return await self._cache.fills.read(self._key, spec, self._fill_write(), loader, ttl)
+        return await self._fills.read(self._key, spec, self._fill_write(), loader, ttl)
 
     def _enc(self, member: T) -> str:
         return self._member.encode(self._key.schema.name, member)
@@ -507,7 +511,7 @@ class GeoIndex(_MemberStructure[T]):
                                         loader, ttl)
 
 
-async def _read(cache: Cache, *args: Any) -> Any:
+async def _read(cache: CacheCore, *args: Any) -> Any:
     """One read command on a structure; None when a string stands at the key (a
     read-through's marker of an empty set or an absent row, or foreign data)."""
     try:

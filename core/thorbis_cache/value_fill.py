@@ -19,7 +19,7 @@ from thorbis_cache.keys import CacheKey
 from thorbis_cache.leases import ABSENT
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache, _Runtime
+    from thorbis_cache.cache_core import CacheCore, SchemaRuntime
 
 __all__ = ["ValueFills"]
 
@@ -35,7 +35,7 @@ class ValueFills:
     """The cache-aside engine of one :class:`~thorbis_cache.cache.Cache` for its value
     schemas; its in-process flights are cancelled by :meth:`aclose`."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: CacheCore) -> None:
         self._cache = cache
         self._flights: SingleFlight[Any] = SingleFlight()
 
@@ -48,7 +48,7 @@ class ValueFills:
         self._flights.revoke(names, prefix)
 
     async def read(
-        self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
+        self, rt: SchemaRuntime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
     ) -> T:
         try:
             data = await rt.read(rk)
@@ -88,7 +88,7 @@ class ValueFills:
         return value  # type: ignore[no-any-return]
 
     async def _fill(
-        self, rt: _Runtime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
+        self, rt: SchemaRuntime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
     ) -> T:
         keys = leases.fill_keys(self._cache, key)
         token = leases.new_token(self._cache)
@@ -120,7 +120,7 @@ class ValueFills:
 
     async def _refresh(
         self,
-        rt: _Runtime,
+        rt: SchemaRuntime,
         key: CacheKey[T],
         rk: str,
         loader: Loader[T],
@@ -144,7 +144,7 @@ class ValueFills:
 
     async def _load_and_fill(
         self,
-        rt: _Runtime,
+        rt: SchemaRuntime,
         key: CacheKey[T],
         rk: str,
         token: str,

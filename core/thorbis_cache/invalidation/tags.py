@@ -31,18 +31,15 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 
 from thorbis_cache.errors import ConfigurationError, RedisUnavailableError
-from thorbis_cache.invalidation.sweep import MetaKeys
+from thorbis_cache.invalidation.meta_keys import MetaKeys
 from thorbis_cache.redis_store import RedisStore, Script, load_lua
 
-if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
-
-__all__ = ["CacheTagInvalidator", "InvalidationLimits", "TagEngine"]
+__all__ = ["CacheTagInvalidator", "InvalidatesTags", "InvalidationLimits", "TagEngine"]
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +208,14 @@ class TagEngine:
             await self._store.command("UNLINK", frontier, frontier + ":v")
 
 
+class InvalidatesTags(Protocol):
+    """What :class:`CacheTagInvalidator` calls: a :class:`~thorbis_cache.cache.Cache`
+    (which composes this module, so it is not imported here)."""
+
+    async def invalidate_tags(self, tenant: str, tags: Sequence[str], *,
+                              cascade: bool = False, replicate: bool = True) -> int: ...
+
+
 class CacheTagInvalidator:
     """The outbox worker's tag invalidator on a cache: ``await inv(tenant, tags)``.
 
@@ -220,7 +225,7 @@ class CacheTagInvalidator:
 
     __slots__ = ("cache", "cascade")
 
-    def __init__(self, cache: Cache, *, cascade: bool = False) -> None:
+    def __init__(self, cache: InvalidatesTags, *, cascade: bool = False) -> None:
         self.cache = cache
         self.cascade = cascade
 

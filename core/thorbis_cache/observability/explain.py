@@ -34,7 +34,7 @@ from thorbis_cache.envelope import (
     CorruptEntry,
 )
 from thorbis_cache.errors import CacheBackendError, RedisUnavailableError
-from thorbis_cache.invalidation.sweep import key_slot
+from thorbis_cache.invalidation.meta_keys import key_slot
 from thorbis_cache.keys import CacheKey, SchemaKind
 from thorbis_cache.leases import ABSENT, EMPTY
 from thorbis_cache.near import MISS

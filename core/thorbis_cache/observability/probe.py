@@ -25,8 +25,8 @@ import attrs
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from thorbis_cache.invalidation.meta_keys import MetaKeys
 from thorbis_cache.invalidation.queue import QueueKeys
-from thorbis_cache.invalidation.sweep import MetaKeys
 from thorbis_cache.postgres import outbox
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.postgres.mv_refresh import history_exists
