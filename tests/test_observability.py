@@ -309,6 +309,11 @@ async def test_the_worker_serves_its_metrics_with_metrics_port(hs_env: HsEnv) ->
             return exposed(text).get("thorbis_cache_worker_changes_total") == pending
 
         await wait_until("the worker's endpoint counts the backlog applied", applied)
+        # Its /health reports the views its scheduler refreshes (home_services has some).
+        health = json.loads((await asyncio.to_thread(
+            _get, f"http://127.0.0.1:{port}/health"))[2])
+        assert "views" in health["checks"], health
+        assert health["checks"]["views"]["status"] != "unknown", health["checks"]["views"]
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
     finally:

@@ -182,7 +182,7 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
         if metrics_port is not None:
             endpoint, handler = await worker_endpoint(
                 app.cache, dsn, worker, jobs, handler, scheduler.refresh_metrics,
-                port=metrics_port, host=metrics_host)
+                port=metrics_port, host=metrics_host, scheduled=scheduler.views)
         # Before anything: a rule whose table nothing captures would leave the cache
         # stale while the worker reports "0 change(s) applied".
         await worker.check_capture()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from thorbis_cache.invalidation.queue import InvalidationQueue, Invalidator
     from thorbis_cache.observability.http import HttpServer
     from thorbis_cache.observability.views import MvRefreshMetrics
+    from thorbis_cache.postgres.mv_scheduler import ScheduledView
     from thorbis_cache.worker import OutboxWorker
 
 __all__ = ["METRICS_HOST", "METRICS_PORT", "serve_command", "worker_endpoint"]
@@ -85,12 +87,15 @@ async def _serve(port: int, redis_url: str, dsn: str | None, host: str,
 
 async def worker_endpoint(cache: Cache, dsn: str, worker: OutboxWorker,
                           queue: InvalidationQueue, handler: Invalidator,
-                          views: MvRefreshMetrics, *, port: int, host: str = "127.0.0.1"
+                          views: MvRefreshMetrics, *, port: int, host: str = "127.0.0.1",
+                          scheduled: Sequence[ScheduledView] = ()
                           ) -> tuple[HttpServer, Invalidator]:
     """Start the worker process's endpoint: the cache's counters, the worker's, the
     queue consumer's (its jobs counted through the returned handler) and the view
     scheduler's, the outbox and the queue's backlogs.
 
+    :param scheduled: the views the scheduler refreshes, whose freshness ``/health``
+        reports.
     :returns: the started server (close it with ``aclose``) and the handler the queue
         must consume with.
     :raises ConfigurationError: the port cannot be bound.
@@ -103,5 +108,5 @@ async def worker_endpoint(cache: Cache, dsn: str, worker: OutboxWorker,
     exporter.add_worker(worker)
     counting = exporter.add_queue(queue, handler)
     exporter.add_views(views)
-    server = await HttpServer(MetricsApp(exporter), host, port).start()
+    server = await HttpServer(MetricsApp(exporter, views=scheduled), host, port).start()
     return server, counting
