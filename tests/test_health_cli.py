@@ -202,3 +202,24 @@ async def test_a_healthy_deployment_exits_0_on_every_topology(thorbis_redis_url:
     assert code == 0
     assert set(report["checks"]) == {"redis", "topology", "eviction", "memory", "hit_ratio",
                                      "queue", "dead_letters"}
+
+
+async def test_a_capture_slot_is_reported_with_its_lag(hs_env: HsEnv) -> None:
+    """Logical capture's slot: named, its WAL status and how far behind it is."""
+    from thorbis_cache.postgres.logical import LogicalCapture
+
+    capture = LogicalCapture("healthcheck", hs_env.app.plugins.all_rules(),
+                             hs_env.app.plugins.all_views())
+    await capture.ensure(hs_env.conn)
+    try:
+        await hs_env.conn.execute("UPDATE hs.customers SET phone = phone || '0'")
+        _, report = await asyncio.to_thread(
+            health_json, "--redis-url", hs_env.redis_url, "--dsn", hs_env.dsn, "--plugin", HS)
+        check = report["checks"]["capture_slot"]
+        assert check["status"] == "healthy", check
+        slot = check["slots"]["thorbis_healthcheck"]
+        assert slot["wal_status"] in ("reserved", "extended")
+        assert slot["backlog_bytes"] > 0  # the UPDATE's WAL, not read by any worker
+        assert "thorbis_healthcheck" in check["reason"]
+    finally:
+        await capture.drop(hs_env.conn)
