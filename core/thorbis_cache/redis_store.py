@@ -472,7 +472,7 @@ class RedisStore:
             if connection is None:
                 connection = await node.connection()
             return await connection.request(pack_command(*args))
-        except (rexc.MovedError, rexc.AskError):
+        except (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError):
             pass  # redis-py's map is behind: its own call follows and learns the redirect
         except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError):
             if node is not None:
