@@ -12,12 +12,12 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
 
-from thorbis_cache.cache_core import CacheScripts, SchemaRuntime
+from thorbis_cache.cache_core import CacheScripts, Loader, SchemaRuntime
 from thorbis_cache.codec import SchemaCodec, make_converter
 from thorbis_cache.config import CacheSettings
 from thorbis_cache.crypto import KeyRing
@@ -57,12 +57,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Loader = Callable[[], Awaitable[T]]
-
-
-# The cache's per-schema state and scripts (defined below the parts that use them).
-_Runtime = SchemaRuntime
-_Scripts = CacheScripts
 
 
 class Cache:
@@ -104,8 +98,8 @@ class Cache:
         self._tag_prefix = f"{self._prefix}:~tag:"
         self.tags = TagEngine(store, self._prefix, invalidation_limits)
         self._converter = make_converter()
-        self._runtimes: dict[str, _Runtime] = {}
-        self._scripts = _Scripts.load()
+        self._runtimes: dict[str, SchemaRuntime] = {}
+        self._scripts = CacheScripts.load()
         self._degraded = asyncio.Semaphore(self.settings.degraded_concurrency)
         self._owns_store = owns_store
         self.near = near
@@ -215,7 +209,7 @@ class Cache:
         return (schema.ttl if override.ttl is None else override.ttl,
                 schema.near_ttl if override.near_ttl is None else override.near_ttl)
 
-    def _runtime(self, schema: KeySchema[Any]) -> _Runtime:
+    def _runtime(self, schema: KeySchema[Any]) -> SchemaRuntime:
         rt = self._runtimes.get(schema.name)
         if rt is not None and rt.schema is schema:
             return rt
@@ -226,7 +220,7 @@ class Cache:
                 f"key schema {schema.name!r} is sensitive: the cache needs a KeyRing"
             )
         ttl, near_ttl = self._tuning(schema)
-        rt = _Runtime(
+        rt = SchemaRuntime(
             schema,
             SchemaCodec(schema, self._converter, self.keyring, self.settings.codec),
             self.metrics.for_schema(schema.name),
@@ -244,7 +238,7 @@ class Cache:
                                          max_lag=self.settings.replica_max_lag)
         return self.replicas
 
-    def _value_runtime(self, key: CacheKey[Any], operation: str) -> _Runtime:
+    def _value_runtime(self, key: CacheKey[Any], operation: str) -> SchemaRuntime:
         rt = self._runtimes.get(key.schema.name)
         if rt is None or rt.schema is not key.schema:
             rt = self._runtime(key.schema)
@@ -305,7 +299,7 @@ class Cache:
         return value
 
     @staticmethod
-    def _near_lookup(rt: _Runtime, near: NearCache, rk: str) -> Any:
+    def _near_lookup(rt: SchemaRuntime, near: NearCache, rk: str) -> Any:
         """L1's value of ``rk`` or :data:`MISS`, counted."""
         found = near.lookup(rk)
         if found is MISS:
@@ -315,7 +309,7 @@ class Cache:
         return found
 
     @staticmethod
-    def _near_put(rt: _Runtime, near: NearCache, key: CacheKey[Any], rk: str, value: object,
+    def _near_put(rt: SchemaRuntime, near: NearCache, key: CacheKey[Any], rk: str, value: object,
                   started: tuple[int, float]) -> None:
         """Keep a value read from Redis (or loaded) in L1 for the schema's near_ttl."""
         near.put(rk, value, key.tenant, key.schema.tags, rt.near_ttl or 0.0, started)
@@ -324,50 +318,44 @@ class Cache:
         """Values of ``keys`` in order (None for misses), with one MGET per hash slot --
         one round trip in all when the keys belong to one tenant."""
         # A batch is usually of one schema: resolve each distinct schema once.
-        runtimes: dict[int, _Runtime] = {}
+        runtimes: dict[int, SchemaRuntime] = {}
         for key in keys:
             if id(key.schema) not in runtimes:
                 runtimes[id(key.schema)] = self._value_runtime(key, "get_many")
         prefix = self._prefix
         rks = [f"{prefix}:{k.body}" for k in keys]
         datas = await self.store.mget(rks)
-        if len(runtimes) == 1:
-            # One schema (the usual batch): decoded in one pass, counted in bulk.
-            rt = runtimes[id(keys[0].schema)]
-            values, corrupt = rt.codec.decode_values(datas, rks, [k.tenant for k in keys])
-            misses = datas.count(None)
-            for i, exc in corrupt:
-                data = datas[i]
-                assert data is not None
-                if data == ABSENT:
-                    rt.counters.negative_hits += 1
-                    continue
-                await self._drop_corrupt(rt, keys[i], rks[i], data, exc)
-                misses += 1
-            rt.counters.hits += len(keys) - datas.count(None) - len(corrupt)
-            rt.counters.misses += misses
-            return values
-        out: list[T | None] = []
-        append = out.append
-        for key, rk, data in zip(keys, rks, datas):
-            rt = runtimes[id(key.schema)]
-            if data is None:
-                rt.counters.misses += 1
-                append(None)
-                continue
-            try:
-                append(rt.codec.decode_value(data, rk.encode(), key.tenant))
-            except CorruptEntry as exc:
-                if data == ABSENT:
-                    rt.counters.negative_hits += 1
-                    append(None)
-                    continue
-                await self._drop_corrupt(rt, key, rk, data, exc)
-                rt.counters.misses += 1
-                append(None)
-            else:
-                rt.counters.hits += 1
+        if len(runtimes) == 1:  # the usual batch
+            return await self._decode_batch(runtimes[id(keys[0].schema)], keys, rks, datas)
+        # Several schemas: each one's keys decode as a batch of their own.
+        out: list[T | None] = [None] * len(keys)
+        for schema_id, rt in runtimes.items():
+            at = [i for i, k in enumerate(keys) if id(k.schema) == schema_id]
+            values = await self._decode_batch(rt, [keys[i] for i in at], [rks[i] for i in at],
+                                              [datas[i] for i in at])
+            for i, value in zip(at, values, strict=True):
+                out[i] = value
         return out
+
+    async def _decode_batch(self, rt: SchemaRuntime, keys: Sequence[CacheKey[T]],
+                            rks: Sequence[str], datas: Sequence[bytes | None]
+                            ) -> list[T | None]:
+        """``get_many``'s values of one schema, decoded in one pass and counted in bulk;
+        entries that do not open are dropped (a cached absence is a negative hit)."""
+        values, corrupt = rt.codec.decode_values(datas, rks, [k.tenant for k in keys])
+        absent = datas.count(None)
+        misses = absent
+        for i, exc in corrupt:
+            data = datas[i]
+            assert data is not None
+            if data == ABSENT:
+                rt.counters.negative_hits += 1
+                continue
+            await self._drop_corrupt(rt, keys[i], rks[i], data, exc)
+            misses += 1
+        rt.counters.hits += len(keys) - absent - len(corrupt)
+        rt.counters.misses += misses
+        return values
 
     # ----------------------------------------------------------------- writes
 
@@ -599,7 +587,7 @@ class Cache:
         return (int(time.time() * 1000) + ttl_ms, min(delta_ms, 0xFFFFFFFF))
 
     async def _drop_corrupt(
-        self, rt: _Runtime, key: CacheKey[Any], rk: str, data: bytes, exc: CorruptEntry
+        self, rt: SchemaRuntime, key: CacheKey[Any], rk: str, data: bytes, exc: CorruptEntry
     ) -> None:
         self.metrics.corrupt(key.schema.name, exc.reason)
         log.warning(
@@ -631,7 +619,7 @@ class Cache:
         return GeoIndex(self, self.fills, key, self._scripts.write_expire,
                         self._scripts.struct_remove)
 
-    def _kind_runtime(self, key: CacheKey[Any], kind: SchemaKind, operation: str) -> _Runtime:
+    def _kind_runtime(self, key: CacheKey[Any], kind: SchemaKind, operation: str) -> SchemaRuntime:
         rt = self._runtime(key.schema)
         if key.schema.kind is not kind:
             raise WrongSchemaKindError(key.schema.name, key.schema.kind.value, operation)

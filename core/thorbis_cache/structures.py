@@ -16,7 +16,7 @@ a loader, reads answer from what is cached (empty or None when nothing is).
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
@@ -35,13 +35,12 @@ from thorbis_cache.read_through import EMPTY, StructureFills, StructureRead, Str
 from thorbis_cache.redis_store import Script
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache_core import CacheCore
+    from thorbis_cache.cache_core import CacheCore, Loader
 
 __all__ = ["EntityHash", "GeoIndex", "SortedSet", "Versioned"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-Loader = Callable[[], Awaitable[T]]
 
 #: The hash field holding the entity version; '~' is never an attrs field name.
 VERSION_FIELD = "~v"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from thorbis_cache import leases
@@ -19,7 +19,7 @@ from thorbis_cache.keys import CacheKey
 from thorbis_cache.leases import ABSENT
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache_core import CacheCore, SchemaRuntime
+    from thorbis_cache.cache_core import CacheCore, Loader, SchemaRuntime
 
 __all__ = ["ValueFills"]
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-Loader = Callable[[], Awaitable[T]]
 
 
 class ValueFills:
