@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
 
 import attrs
 import redis.exceptions as rexc
@@ -111,9 +110,3 @@ class NodeConnections:
                 pending.exception()
         self._connecting = [None] * len(self._connecting)
         return closed
-
-    def describe(self) -> dict[str, Any]:
-        """Connections and replies owed, for diagnostics."""
-        return {"node": f"{self.host}:{self.port}",
-                "connections": sum(1 for c in self._slots if c is not None and c.usable),
-                "pending": sum(c.pending for c in self._slots if c is not None)}

@@ -127,7 +127,3 @@ class Router:
         self._master = None
         for connection in closed:
             await connection.wait_closed()
-
-    def describe(self) -> list[dict[str, Any]]:
-        """Each server's connections and replies owed."""
-        return [node.describe() for node in self._nodes.values()]
