@@ -38,6 +38,7 @@ from thorbis_cache.postgres.logical import (
     lsn_text,
     parse_lsn,
 )
+from thorbis_cache.postgres.triggers import remove_triggers
 from thorbis_cache.testing.servers import PostgresServer, RedisCluster, RedisServer
 from thorbis_cache.worker import OutboxWorker
 
@@ -112,14 +113,7 @@ async def open_env(dsn: str, redis_url: str) -> Env:
     app = await CacheApp(redis_url, keyring=KeyRing.generate()).start(["home_services"])
     conn = await connect(dsn)
     # No trigger on the write path: whatever is invalidated comes from the WAL.
-    # (Every trigger running a function of the thorbis schema, whatever its name.)
-    triggers = await conn.fetch(
-        "SELECT quote_ident(t.tgname), t.tgrelid::regclass::text FROM pg_trigger t "
-        "JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = 'thorbis' AND NOT t.tgisinternal")
-    assert triggers, "db init installed no capture trigger to drop"
-    for name, table in triggers:
-        await conn.execute(f"DROP TRIGGER {name} ON {table}")
+    assert await remove_triggers(conn), "db init installed no capture trigger to drop"
     name = f"t{uuid.uuid4().hex[:12]}"
     capture = LogicalCapture(name, app.plugins.all_rules(), app.plugins.all_views())
     await capture.ensure(conn)

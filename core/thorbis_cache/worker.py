@@ -68,7 +68,7 @@ from thorbis_cache.metrics import Histogram
 from thorbis_cache.postgres import audit, outbox
 from thorbis_cache.postgres.logical import LogicalCapture, SlotLostError, parse_lsn
 from thorbis_cache.postgres.replication import ReplicationError
-from thorbis_cache.postgres.triggers import CHANNEL
+from thorbis_cache.postgres.triggers import CHANNEL, capture_triggers
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
@@ -584,11 +584,7 @@ class OutboxWorker:
         if self.capture is not None:
             # Capture triggers left beside a slot: every change reaches the worker twice
             # (from the WAL, and from the outbox it also drains for replays).
-            tables = await conn.fetchval(
-                "SELECT string_agg(DISTINCT t.tgrelid::regclass::text, ', ') "
-                "FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
-                "JOIN pg_namespace n ON n.oid = p.pronamespace "
-                "WHERE n.nspname = 'thorbis' AND NOT t.tgisinternal")
+            tables = ", ".join(sorted({table for _, table in await capture_triggers(conn)}))
             if tables:
                 log.warning("capture triggers are installed on %s beside the replication "
                             "slot %s: every change there is applied twice; `thorbis-cache db "

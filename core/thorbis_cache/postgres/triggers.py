@@ -46,8 +46,8 @@ from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox_images import Shape, register_shape, value_sql
 
 __all__ = [
-    "CHANNEL", "KEY_TRIGGER", "TRIGGERS", "TablePlan", "drop_sql", "install_triggers",
-    "plan_tables", "remove_triggers", "trigger_sql",
+    "CHANNEL", "KEY_TRIGGER", "TRIGGERS", "TablePlan", "capture_triggers", "drop_sql",
+    "install_triggers", "plan_tables", "remove_triggers", "trigger_sql",
 ]
 
 #: The LISTEN/NOTIFY channel workers listen on (the triggers send nothing on it).
@@ -335,6 +335,12 @@ ORDER BY 2, 1
 """
 
 
+async def capture_triggers(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    """Every capture trigger installed (every trigger running a function of the
+    ``thorbis`` schema): ``(quoted trigger name, table)`` pairs, by table."""
+    return [(name, table) for name, table in await conn.fetch(_CAPTURE_TRIGGERS)]
+
+
 async def remove_triggers(conn: asyncpg.Connection) -> list[str]:
     """Drop every capture trigger (every trigger running a function of the ``thorbis``
     schema), in one transaction: for a database switched to logical capture, where a
@@ -345,7 +351,7 @@ async def remove_triggers(conn: asyncpg.Connection) -> list[str]:
     dropped = []
     async with conn.transaction():
         await conn.execute(_LOCK)
-        for name, table in await conn.fetch(_CAPTURE_TRIGGERS):
+        for name, table in await capture_triggers(conn):
             await conn.execute(f"DROP TRIGGER {name} ON {table}")
             dropped.append(f"{name} ON {table}")
     return dropped
