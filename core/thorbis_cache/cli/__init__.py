@@ -31,9 +31,9 @@ from thorbis_cache.cli import outbox as cli_outbox
 from thorbis_cache.cli import plugins as cli_plugins
 from thorbis_cache.cli import queue as cli_queue
 from thorbis_cache.cli import scaffold as cli_scaffold
+from thorbis_cache.cli import serve as cli_serve
 from thorbis_cache.cli import stats as cli_stats
 from thorbis_cache.errors import ThorbisCacheError
-from thorbis_cache.observability.serve import serve_command
 
 __all__ = ["app", "main", "plain_help", "plain_value_name"]
 
@@ -63,23 +63,29 @@ def plain_value_name(param: object) -> str | None:
     return _VALUE_NAMES.get(shown, shown.upper())
 
 
+def _plain_value(param: Any) -> None:
+    """Show ``param``'s value as :func:`plain_value_name` says (once: a metavar set is
+    kept)."""
+    if getattr(param, "metavar", None) is not None:
+        return
+    shown = plain_value_name(param)
+    if isinstance(param, TyperArgument):
+        # An argument's metavar is its name column; only its type column changes.
+        if shown is not None:
+            param.display_type_rich = lambda ctx=None, shown=shown: shown  # type: ignore[method-assign, misc]
+    else:
+        param.metavar = shown
+
+
 def _plain_values(command: Any) -> None:
     for param in command.params:
-        if getattr(param, "metavar", None) is not None:
-            continue
-        shown = plain_value_name(param)
-        if isinstance(param, TyperArgument):
-            # An argument's metavar is its name column; only its type column changes.
-            if shown is not None:
-                param.display_type_rich = lambda ctx=None, shown=shown: shown  # type: ignore[method-assign, misc]
-        else:
-            param.metavar = shown
+        _plain_value(param)
     made = command.get_help_option  # --help is made on demand, a flag like the others
 
     def get_help_option(ctx: Any) -> Any:
         option = made(ctx)
         if option is not None:
-            option.metavar = ""
+            _plain_value(option)
         return option
 
     command.get_help_option = get_help_option
@@ -98,9 +104,7 @@ class _PlainHelp(TyperGroup):
         # typer adds --install-completion/--show-completion after the group is built.
         params: list[Any] = super().get_params(ctx)
         for param in params:
-            if getattr(param, "metavar", None) is None and not isinstance(param,
-                                                                          TyperArgument):
-                param.metavar = plain_value_name(param)
+            _plain_value(param)
         return params
 
 
@@ -188,7 +192,7 @@ _add("deadletters", cli_queue.deadletters_command)
 _add("refresh", cli_mv.refresh_command)
 _add("mv", cli_mv.mv_command)
 _add("keyring", cli_keyring.keyring_command)
-_add("serve", serve_command)
+_add("serve", cli_serve.serve_command)
 _add("explain", cli_explain.explain_command)
 _add("invalidate", cli_invalidate.invalidate_command)
 _add("outbox-deadletters", cli_outbox.outbox_deadletters_command)

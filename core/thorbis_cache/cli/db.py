@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from thorbis_cache.cli import options
 from thorbis_cache.cli.dsn import check_postgres
 from thorbis_cache.errors import AuditChainBroken
-from thorbis_cache.observability.serve import METRICS_HOST, METRICS_PORT
 
 if TYPE_CHECKING:
     from thorbis_cache.postgres.logical import LogicalCapture
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AuditAction", "DbAction", "audit_command", "db_command", "worker_command"]
 
-_DSN = typer.Option("--dsn", envvar="THORBIS_POSTGRES_DSN",
-                    help="PostgreSQL DSN (env THORBIS_POSTGRES_DSN).")
-_PLUGINS = typer.Option("--plugin", "-p",
-                        help="Plugin to load (repeatable; default: every installed plugin).")
 
 
 class DbAction(enum.Enum):
@@ -74,8 +70,8 @@ class AuditAction(enum.Enum):
 def db_command(
     action: Annotated[DbAction, typer.Argument(help="init: core + plugin SQL + triggers; "
                                                "migrate: core SQL only.")],
-    dsn: Annotated[str, _DSN],
-    plugin: Annotated[list[str] | None, _PLUGINS] = None,
+    dsn: Annotated[str, options.DSN],
+    plugin: Annotated[list[str] | None, options.PLUGINS] = None,
     capture: Annotated[Capture, _CAPTURE] = Capture.auto,
     slot: Annotated[str, _SLOT] = "main",
 ) -> None:
@@ -120,10 +116,9 @@ def _echo_migrations(report: MigrationReport) -> None:
 
 
 def worker_command(
-    dsn: Annotated[str, _DSN],
-    redis_url: Annotated[str, typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
-                                           help="Redis URL (env THORBIS_REDIS_URL).")],
-    plugin: Annotated[list[str] | None, _PLUGINS] = None,
+    dsn: Annotated[str, options.DSN],
+    redis_url: Annotated[str, options.REDIS_URL],
+    plugin: Annotated[list[str] | None, options.PLUGINS] = None,
     once: Annotated[bool, typer.Option("--once", help="Drain the outbox and exit.")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 1000,
     poll_interval: Annotated[float, typer.Option(
@@ -138,8 +133,8 @@ def worker_command(
         min=0.1, help="Seconds between two looks at the view schedule.")] = 15.0,
     capture: Annotated[Capture, _CAPTURE] = Capture.auto,
     slot: Annotated[str, _SLOT] = "main",
-    metrics_port: Annotated[int | None, METRICS_PORT] = None,
-    metrics_host: Annotated[str, METRICS_HOST] = "127.0.0.1",
+    metrics_port: Annotated[int | None, options.METRICS_PORT] = None,
+    metrics_host: Annotated[str, options.METRICS_HOST] = "127.0.0.1",
 ) -> None:
     """Run the outbox worker: committed changes become cache invalidations; it also
     consumes queued invalidation jobs (``InvalidationQueue``) unless ``--no-queue``, and
@@ -257,7 +252,7 @@ def _stop_on_signals(worker: OutboxWorker, received: list[str]) -> Iterator[None
 
 def audit_command(
     action: Annotated[AuditAction, typer.Argument(help="verify: walk the hash chain.")],
-    dsn: Annotated[str, _DSN],
+    dsn: Annotated[str, options.DSN],
 ) -> None:
     """Verify the hash-chained audit log; exit 1 naming the first broken link."""
     asyncio.run(_audit(dsn))

@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from thorbis_cache.cli import options
 from thorbis_cache.errors import (
     ConfigurationError,
     InvalidParameterError,
@@ -52,17 +53,10 @@ __all__ = [
 EXIT_ABSENT = 1
 EXIT_BAD_INPUT = 2
 
-REDIS_URL = typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
-                         help="Redis URL (env THORBIS_REDIS_URL).")
-PREFIX = typer.Option("--prefix", envvar="THORBIS_PREFIX",
-                      help="Cache prefix (env THORBIS_PREFIX).")
-PLUGINS = typer.Option("--plugin", "-p",
-                       help="Plugin to load (repeatable; default: every installed plugin).")
 TENANT = typer.Option("--tenant", "-t", help="The tenant id.")
 KEYRING_ENV = typer.Option(
     "--keyring-env", help="Environment variable holding the key ring (never pass the "
                           "ring itself as an argument).")
-JSON = typer.Option("--json", help="Print JSON.")
 
 _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -192,14 +186,14 @@ def explain_command(
     params: Annotated[list[str] | None, typer.Argument(
         help="The key's parameters as NAME=VALUE (e.g. customer_id=42).")] = None,
     tenant: Annotated[str, TENANT] = "",
-    redis_url: Annotated[str, REDIS_URL] = "",
-    prefix: Annotated[str, PREFIX] = "tc",
-    plugin: Annotated[list[str] | None, PLUGINS] = None,
+    redis_url: Annotated[str, options.REDIS_URL] = "",
+    prefix: Annotated[str, options.PREFIX] = "tc",
+    plugin: Annotated[list[str] | None, options.PLUGINS] = None,
     keyring_env: Annotated[str, KEYRING_ENV] = "THORBIS_KEYRING",
     show_value: Annotated[bool, typer.Option(
         "--show-value", help="Also print the decoded value (it may hold personal "
                              "data).")] = False,
-    as_json: Annotated[bool, JSON] = False,
+    as_json: Annotated[bool, options.JSON] = False,
 ) -> None:
     """Explain one cache key: Redis key, hash slot and node, owning plugin, TTL left,
     size and type, envelope flags and key id, whether the entry opens (the reason if

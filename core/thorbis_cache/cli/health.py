@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from thorbis_cache.cli import options
 from thorbis_cache.errors import ConfigurationError, ThorbisCacheError
 
 if TYPE_CHECKING:  # imported when the command runs, not at CLI start
@@ -56,14 +57,12 @@ def fetch_metrics(url: str, timeout: float) -> str:
 
 
 def health_command(
-    redis_url: Annotated[str, typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
-                                           help="Redis URL (env THORBIS_REDIS_URL).")] = "",
+    redis_url: Annotated[str, options.REDIS_URL] = "",
     dsn: Annotated[str, typer.Option(
         "--dsn", envvar="THORBIS_POSTGRES_DSN",
         help="PostgreSQL DSN (env THORBIS_POSTGRES_DSN): adds PostgreSQL, the outbox, "
              "its dead letters, the views' freshness and the capture slots.")] = "",
-    prefix: Annotated[str, typer.Option("--prefix", envvar="THORBIS_PREFIX",
-                                        help="Cache prefix (env THORBIS_PREFIX).")] = "tc",
+    prefix: Annotated[str, options.PREFIX] = "tc",
     plugin: Annotated[list[str] | None, typer.Option(
         "--plugin", "-p", help="Plugin whose views are checked (repeatable; default: every "
                                "installed plugin).")] = None,
@@ -72,7 +71,7 @@ def health_command(
                               "http://worker-1:9464/metrics): the hit ratio.")] = "",
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds each server gets to "
                                                          "answer.")] = 2.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[bool, options.JSON] = False,
 ) -> None:
     """Check a deployment's health: Redis reachability and PING latency, topology
     (Cluster state and slots, Sentinel master, replicas and their lag), eviction policy
@@ -108,16 +107,12 @@ async def _check(redis_url: str, dsn: str | None, prefix: str, plugins: list[str
                  metrics_url: str, within: float) -> HealthReport:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from thorbis_cache.keys import validate_prefix
     from thorbis_cache.observability.health import HitCounts, check
     from thorbis_cache.observability.probe import Probe
     from thorbis_cache.postgres.mv_scheduler import ScheduledView
     from thorbis_cache.redis_store import RedisStore
 
-    try:
-        validate_prefix(prefix)
-    except ThorbisCacheError as exc:
-        raise ConfigurationError(f"--prefix: {exc}") from None
+    options.checked_prefix(prefix)
     hits = None
     if metrics_url:
         text = await asyncio.to_thread(fetch_metrics, metrics_url, within)

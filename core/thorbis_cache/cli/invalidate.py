@@ -19,13 +19,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from thorbis_cache.cli import options
 from thorbis_cache.cli.explain import (
     EXIT_BAD_INPUT,
-    JSON,
     KEYRING_ENV,
-    PLUGINS,
-    PREFIX,
-    REDIS_URL,
     TENANT,
     BadInput,
     build_key,
@@ -52,11 +49,11 @@ def invalidate_command(
     cascade: Annotated[bool, typer.Option(
         "--cascade", help="Also invalidate the keys that depend on the key (or on the "
                           "tagged keys), transitively.")] = False,
-    redis_url: Annotated[str, REDIS_URL] = "",
-    prefix: Annotated[str, PREFIX] = "tc",
-    plugin: Annotated[list[str] | None, PLUGINS] = None,
+    redis_url: Annotated[str, options.REDIS_URL] = "",
+    prefix: Annotated[str, options.PREFIX] = "tc",
+    plugin: Annotated[list[str] | None, options.PLUGINS] = None,
     keyring_env: Annotated[str, KEYRING_ENV] = "THORBIS_KEYRING",
-    as_json: Annotated[bool, JSON] = False,
+    as_json: Annotated[bool, options.JSON] = False,
 ) -> None:
     """Invalidate cache entries of one tenant: a key (SCHEMA NAME=VALUE...), every key
     under a tag (--tag TAG), and with --cascade their dependents; prints how many keys

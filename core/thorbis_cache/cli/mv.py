@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from thorbis_cache.cli import options
 from thorbis_cache.cli.dsn import check_postgres
 from thorbis_cache.errors import ConfigurationError
 
@@ -31,12 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MvAction", "mv_command", "refresh_command"]
 
-_DSN = typer.Option("--dsn", envvar="THORBIS_POSTGRES_DSN",
-                    help="PostgreSQL DSN (env THORBIS_POSTGRES_DSN).")
-_REDIS = typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
-                      help="Redis URL (env THORBIS_REDIS_URL).")
-_PLUGINS = typer.Option("--plugin", "-p",
-                        help="Plugin to load (repeatable; default: every installed plugin).")
 _NOT_MIGRATED = ("thorbis.mv_refresh_history or thorbis.mv_state does not exist: run "
                  "`thorbis-cache db migrate` first")
 _STYLE = {"ok": "green", "failed": "red", "skipped_locked": "yellow"}
@@ -51,10 +46,10 @@ class MvAction(enum.Enum):
 def refresh_command(
     views: Annotated[list[str] | None, typer.Argument(
         help="Views to refresh (qualified names, e.g. hs.customer_summary).")] = None,
-    dsn: Annotated[str, _DSN] = "",
-    redis_url: Annotated[str, _REDIS] = "",
+    dsn: Annotated[str, options.DSN] = "",
+    redis_url: Annotated[str, options.REDIS_URL] = "",
     all_views: Annotated[bool, typer.Option("--all", help="Refresh every plugin view.")] = False,
-    plugin: Annotated[list[str] | None, _PLUGINS] = None,
+    plugin: Annotated[list[str] | None, options.PLUGINS] = None,
     statement_timeout: Annotated[float | None, typer.Option(
         min=0.001, help="Seconds one refresh may take.")] = None,
 ) -> None:
@@ -134,8 +129,8 @@ async def _refresh(dsn: str, redis_url: str, names: list[str], plugins: list[str
 
 def mv_command(
     action: Annotated[MvAction, typer.Argument(help="status: freshness of each view.")],
-    dsn: Annotated[str, _DSN],
-    plugin: Annotated[list[str] | None, _PLUGINS] = None,
+    dsn: Annotated[str, options.DSN],
+    plugin: Annotated[list[str] | None, options.PLUGINS] = None,
 ) -> None:
     """Show each materialized view's freshness: health, age, last refresh duration, next
     run, changes pending since its last refresh, failures."""

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from thorbis_cache.cli import options
 from thorbis_cache.cli.dsn import check_postgres, redact_dsn
 from thorbis_cache.errors import ConfigurationError, DeadLetterNotFound
 
@@ -63,15 +64,14 @@ def outbox_deadletters_command(
     action: Annotated[OutboxDeadLetterAction, typer.Argument(
         help="list, show ID, replay ID.../--all, purge [ID...].")],
     ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids.")] = None,
-    dsn: Annotated[str, typer.Option("--dsn", envvar="THORBIS_POSTGRES_DSN",
-                                     help="PostgreSQL DSN (env THORBIS_POSTGRES_DSN).")] = "",
+    dsn: Annotated[str, options.DSN] = "",
     replay_all: Annotated[bool, typer.Option("--all", help="replay: every dead letter.")] = False,
     table: Annotated[str | None, typer.Option(
         "--table", help="list: only the changes of this table (schema.table).")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="list: only this tenant.")
                       ] = None,
     count: Annotated[int, typer.Option(min=1, help="list: at most this many.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[bool, options.JSON] = False,
     yes: Annotated[bool, typer.Option("--yes", help="purge: no confirmation.")] = False,
 ) -> None:
     """Inspect, replay or purge the dead letters of the outbox (changes the worker could

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from thorbis_cache.cli import options
 from thorbis_cache.errors import ConfigurationError
 
 __all__ = ["DeadLetterAction", "deadletters_command", "describe"]
@@ -68,12 +69,10 @@ def deadletters_command(
     action: Annotated[DeadLetterAction, typer.Argument(help="list, show ID, replay ID.../--all, "
                                                        "purge [ID...].")],
     ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids.")] = None,
-    redis_url: Annotated[str, typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
-                                           help="Redis URL (env THORBIS_REDIS_URL).")] = "",
-    prefix: Annotated[str, typer.Option("--prefix", envvar="THORBIS_PREFIX",
-                                        help="Cache prefix (env THORBIS_PREFIX).")] = "tc",
+    redis_url: Annotated[str, options.REDIS_URL] = "",
+    prefix: Annotated[str, options.PREFIX] = "tc",
     replay_all: Annotated[bool, typer.Option("--all", help="replay: every dead letter.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[bool, options.JSON] = False,
     count: Annotated[int, typer.Option(min=1, help="list: at most this many.")] = 100,
     yes: Annotated[bool, typer.Option("--yes", help="purge: no confirmation.")] = False,
 ) -> None:

@@ -19,7 +19,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from thorbis_cache.errors import ConfigurationError, ThorbisCacheError
+from thorbis_cache.cli import options
+from thorbis_cache.errors import ConfigurationError
 
 if TYPE_CHECKING:  # imported when the command runs, not at CLI start
     from thorbis_cache.observability.recommendations import MetricsSnapshot, Recommendation
@@ -29,10 +30,8 @@ __all__ = ["stats_command"]
 
 
 def stats_command(
-    redis_url: Annotated[str, typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
-                                           help="Redis URL (env THORBIS_REDIS_URL).")] = "",
-    prefix: Annotated[str, typer.Option("--prefix", envvar="THORBIS_PREFIX",
-                                        help="Cache prefix (env THORBIS_PREFIX).")] = "tc",
+    redis_url: Annotated[str, options.REDIS_URL] = "",
+    prefix: Annotated[str, options.PREFIX] = "tc",
     plugin: Annotated[list[str] | None, typer.Option(
         "--plugin", "-p", help="Plugin whose schemas keys are parsed with (repeatable; "
                                "default: every installed plugin).")] = None,
@@ -47,7 +46,7 @@ def stats_command(
                               "http://worker-1:9464/metrics): hit ratios, hottest schemas "
                               "and tenants, latency.")] = "",
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a call may take.")] = 5.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[bool, options.JSON] = False,
 ) -> None:
     """Estimate memory and key counts by tenant and by schema from a sampled SCAN (never
     KEYS) with MEMORY USAGE per sampled key, extrapolated by each master's DBSIZE, with
@@ -86,15 +85,11 @@ async def _run(redis_url: str, prefix: str, plugins: list[str] | None, sample: i
                batch: int, confidence: float, metrics_url: str, within: float,
                err: Console) -> tuple[KeyStats, str | None]:
     from thorbis_cache.cli.health import fetch_metrics
-    from thorbis_cache.keys import validate_prefix
     from thorbis_cache.observability.stats import sample_stats
     from thorbis_cache.plugins import PluginManager
     from thorbis_cache.redis_store import RedisStore
 
-    try:
-        validate_prefix(prefix)
-    except ThorbisCacheError as exc:
-        raise ConfigurationError(f"--prefix: {exc}") from None
+    options.checked_prefix(prefix)
     text = None
     if metrics_url:
         text = await asyncio.to_thread(fetch_metrics, metrics_url, within)

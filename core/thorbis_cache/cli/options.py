@@ -1,0 +1,43 @@
+"""The options several commands share, declared once: the servers, the plugins, the
+cache prefix, ``--json`` and the metrics endpoint."""
+
+from __future__ import annotations
+
+import typer
+
+from thorbis_cache.errors import ConfigurationError, ThorbisCacheError
+
+__all__ = ["DSN", "JSON", "METRICS_HOST", "METRICS_PORT", "PLUGINS", "PREFIX", "REDIS_URL",
+           "checked_prefix"]
+
+REDIS_URL = typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
+                         help="Redis URL (env THORBIS_REDIS_URL).")
+DSN = typer.Option("--dsn", envvar="THORBIS_POSTGRES_DSN",
+                   help="PostgreSQL DSN (env THORBIS_POSTGRES_DSN).")
+PLUGINS = typer.Option("--plugin", "-p",
+                       help="Plugin to load (repeatable; default: every installed plugin).")
+PREFIX = typer.Option("--prefix", envvar="THORBIS_PREFIX",
+                      help="Cache prefix (env THORBIS_PREFIX).")
+JSON = typer.Option("--json", help="Print JSON.")
+#: The port of ``worker --metrics-port`` and ``serve --metrics-port``.
+METRICS_PORT = typer.Option(
+    "--metrics-port", min=0, max=65535,
+    help="Serve /metrics (Prometheus) and /health (JSON) on this port.")
+#: The address the metrics endpoint listens on.
+METRICS_HOST = typer.Option(
+    "--metrics-host", help="Address the metrics endpoint listens on (0.0.0.0: every "
+    "interface, for a Prometheus on another machine).")
+
+
+def checked_prefix(prefix: str) -> str:
+    """``prefix`` if it is a valid cache prefix.
+
+    :raises ConfigurationError: naming ``--prefix`` and what is wrong with it.
+    """
+    from thorbis_cache.keys import validate_prefix
+
+    try:
+        validate_prefix(prefix)
+    except ThorbisCacheError as exc:
+        raise ConfigurationError(f"--prefix: {exc}") from None
+    return prefix
