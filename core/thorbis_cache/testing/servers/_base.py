@@ -83,6 +83,8 @@ class _ServerBase(_StartedInContext):
         self._port = port
         self._port_fixed = port is not None
         self._startup_timeout = startup_timeout
+        #: its directory, once started (see each launcher for what it holds)
+        self._dir: Path | None = None
         self._child = _Child()
         self._finalizer = weakref.finalize(self, self._child.reap)
         # At exit stop_all_servers() shuts servers down gracefully; the finalizer is only
@@ -105,6 +107,16 @@ class _ServerBase(_StartedInContext):
         if self._port is None:
             raise ServerStartError(f"{self._kind} has not been started; it has no port yet")
         return self._port
+
+    @property
+    def dir(self) -> Path:
+        """The server's working directory (each launcher says what it holds).
+
+        :raises ServerStartError: the server has never been started.
+        """
+        if self._dir is None:
+            raise ServerStartError(f"{self._kind} has not been started; it has no directory")
+        return self._dir
 
     @property
     def pid(self) -> int | None:

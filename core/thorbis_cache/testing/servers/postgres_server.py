@@ -84,6 +84,8 @@ def _remove_stale_shm(pidfile: Path) -> None:
 class PostgresServer(_ServerBase):
     """A throw-away PostgreSQL cluster on 127.0.0.1 (trust auth, durability off).
 
+    ``dir`` holds ``data/`` (PGDATA), ``postgres.log`` and the unix socket.
+
     As root, ``initdb`` and ``postgres`` run as the ``postgres`` user (PostgreSQL refuses
     root); the server is still a direct child of this process.
 
@@ -109,7 +111,6 @@ class PostgresServer(_ServerBase):
         self.max_connections = max_connections
         self.settings = dict(settings or {})
         self._binaries = binaries
-        self._dir: Path | None = None
 
     # ---- public state
 
@@ -119,16 +120,6 @@ class PostgresServer(_ServerBase):
         if self._binaries is None:
             self._binaries = find_postgres()
         return self._binaries
-
-    @property
-    def dir(self) -> Path:
-        """The temp directory: ``data/`` (PGDATA), ``postgres.log`` and the unix socket.
-
-        :raises ServerStartError: the server has never been started.
-        """
-        if self._dir is None:
-            raise ServerStartError("postgres has not been started; it has no directory")
-        return self._dir
 
     @property
     def data_dir(self) -> Path:

@@ -36,6 +36,8 @@ __all__ = ["PrometheusServer"]
 class PrometheusServer(_ServerBase):
     """A ``prometheus`` scraping ``targets`` every ``scrape_interval``.
 
+    ``dir`` holds ``prometheus.yml``, ``data/`` and ``prometheus.log``.
+
     :param targets: job name -> ``host:port`` addresses serving ``/metrics``.
     :param rule_files: alerting/recording rule files to load (copied into the config
         by absolute path).
@@ -57,7 +59,6 @@ class PrometheusServer(_ServerBase):
         self.rule_files = [Path(p).resolve() for p in rule_files]
         self.scrape_interval = scrape_interval
         self._binaries = binaries
-        self._dir: Path | None = None
 
     @property
     def binaries(self) -> PrometheusBinaries:
@@ -70,16 +71,6 @@ class PrometheusServer(_ServerBase):
     def url(self) -> str:
         """``http://127.0.0.1:PORT``."""
         return f"http://{HOST}:{self.port}"
-
-    @property
-    def dir(self) -> Path:
-        """Its directory (``prometheus.yml``, ``data/``, ``prometheus.log``).
-
-        :raises ServerStartError: it has never been started.
-        """
-        if self._dir is None:
-            raise ServerStartError("prometheus has not been started; it has no directory")
-        return self._dir
 
     def config(self) -> dict[str, Any]:
         """The configuration written to ``prometheus.yml`` (JSON is valid YAML)."""

@@ -27,6 +27,8 @@ from thorbis_cache.testing.servers._resp import _info_fields, _redis_command, _R
 class RedisServer(_ServerBase):
     """One ``redis-server`` on 127.0.0.1, data in a temp directory.
 
+    ``dir`` holds the data, the AOF, the log and ``nodes.conf``.
+
     :param port: listen on this port; by default a free one is picked (and another tried
         if it is taken meanwhile). Either way, restarts reuse the port.
     :param appendonly: turn on the AOF so data survives ``kill()`` + ``restart()``.
@@ -63,7 +65,7 @@ class RedisServer(_ServerBase):
         self.cluster_node_timeout_ms = cluster_node_timeout_ms
         self._binaries = binaries
         self._given_dir = dir
-        self._dir: Path | None = dir
+        self._dir = dir
 
     # ---- public state
 
@@ -73,16 +75,6 @@ class RedisServer(_ServerBase):
         if self._binaries is None:
             self._binaries = find_redis()
         return self._binaries
-
-    @property
-    def dir(self) -> Path:
-        """The server's working directory (data, AOF, log, ``nodes.conf``).
-
-        :raises ServerStartError: the server has never been started.
-        """
-        if self._dir is None:
-            raise ServerStartError("redis-server has not been started; it has no directory")
-        return self._dir
 
     @property
     def url(self) -> str:
