@@ -342,11 +342,7 @@ class OutboxWorker:
         :raises Exception: invalidation failed (Redis down, a tag invalidator error); the
             batch was rolled back and its rows are back in the outbox.
         """
-        if self._follow is not None:
-            await self._follow_slot()
-        if self.capture is not None:
-            return await self._logical_then_outbox(self.capture, caught_up=True)
-        return await self._run_outbox_once()
+        return await self._next_batch(caught_up=True)
 
     async def _next_batch(self, caught_up: bool = False) -> BatchResult:
         """:meth:`run`'s batch: from a stream, what has arrived (the loop wakes when
