@@ -15,6 +15,8 @@ from core_testing import HS, HS_TENANTS, HsEnv, run_cli
 from thorbis_home_services import datagen
 
 from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.errors import ServerBinaryNotFound
+from thorbis_cache.testing.binaries import PrometheusBinaries, ensure_prometheus
 
 pytest_plugins = ["pytester"]
 
@@ -47,3 +49,12 @@ async def hs_env_every_topology(thorbis_pg_dsn: str, thorbis_redis_url: str
     """:func:`hs_env` once per Redis topology (single server, Cluster, Sentinel)."""
     async for env in _hs_env(thorbis_pg_dsn, thorbis_redis_url):
         yield env
+
+
+@pytest.fixture(scope="module")
+def prometheus_binaries() -> PrometheusBinaries:
+    """prometheus and promtool; installed with apt when missing and allowed (root)."""
+    try:
+        return ensure_prometheus(install=True)
+    except ServerBinaryNotFound as exc:
+        pytest.fail(str(exc))

@@ -34,12 +34,11 @@ from test_observability import _get, read_work_orders
 
 from thorbis_cache import Cache, SchemaRegistry, deploy_examples
 from thorbis_cache.cli import app as cli_app
-from thorbis_cache.errors import ServerBinaryNotFound
 from thorbis_cache.eviction import SUPPORTED_POLICIES
 from thorbis_cache.invalidation.apply import CacheInvalidator
 from thorbis_cache.invalidation.queue import InvalidationQueue
 from thorbis_cache.observability import Exporter, HttpServer, MeteredMvScheduler, MetricsApp
-from thorbis_cache.testing.binaries import PrometheusBinaries, ensure_prometheus
+from thorbis_cache.testing.binaries import PrometheusBinaries
 from thorbis_cache.testing.servers import PrometheusServer, RedisSentinelGroup, RedisServer
 from thorbis_cache.worker import OutboxWorker
 
@@ -252,15 +251,6 @@ REQUIRED = {
     "thorbis_cache_redis_up", "thorbis_cache_redis_ping_seconds",
     "thorbis_cache_tenant_operations", "thorbis_cache_corrupt_entries",
 }
-
-
-@pytest.fixture(scope="module")
-def prometheus_binaries() -> PrometheusBinaries:
-    """prometheus and promtool; installed with apt when missing and allowed (root)."""
-    try:
-        return ensure_prometheus(install=True)
-    except ServerBinaryNotFound as exc:
-        pytest.fail(str(exc))
 
 
 async def test_the_dashboard_queries_served_metrics_and_prometheus_evaluates_it(

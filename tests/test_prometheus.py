@@ -12,7 +12,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from core_testing import HsEnv, wait_until
 from test_observability import (
     ALERTS,
@@ -23,21 +22,11 @@ from test_observability import (
     start_worker,
 )
 
-from thorbis_cache.errors import ServerBinaryNotFound
 from thorbis_cache.observability import Exporter, HttpServer, MetricsApp
-from thorbis_cache.testing.binaries import PrometheusBinaries, ensure_prometheus
+from thorbis_cache.testing.binaries import PrometheusBinaries
 from thorbis_cache.testing.servers import PrometheusServer, free_port
 
 ALERTS_TEST = ALERTS.with_name("alerts_test.yml")
-
-
-@pytest.fixture(scope="module")
-def prometheus_binaries() -> PrometheusBinaries:
-    """prometheus and promtool; installed with apt when missing and allowed (root)."""
-    try:
-        return ensure_prometheus(install=True)
-    except ServerBinaryNotFound as exc:
-        pytest.fail(str(exc))
 
 
 def _promtool(binaries: PrometheusBinaries, *args: str) -> subprocess.CompletedProcess[str]:
