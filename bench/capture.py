@@ -77,13 +77,13 @@ from thorbis_home_services import loaders
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import CacheApp, KeyRing
-from thorbis_cache.plugins import PluginManager
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.plugins.manager import PluginManager
 from thorbis_cache.postgres import apply_plugin_sql
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.triggers import drop_sql, install_triggers, plan_tables
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
-from thorbis_cache.worker import OutboxWorker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ha import Target, machine  # a sibling script module, found through the line above

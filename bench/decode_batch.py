@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hit_path  # a sibling script module, found through the line above
 
 from thorbis_cache import CodecSettings, Compression, KeyRing, KeySchema
-from thorbis_cache.codec import SchemaCodec, make_converter
-from thorbis_cache.envelope import CorruptEntry
+from thorbis_cache.cache.codec import SchemaCodec, make_converter
+from thorbis_cache.cache.envelope import CorruptEntry
 
 BATCH = 100
 CALLS = 2000

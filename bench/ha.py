@@ -11,8 +11,8 @@ Scenarios (``SCENARIOS``: name -> async function; each starts its own servers):
 ``restart``
     A ``redis-server`` with the AOF on (``appendfsync always``) and a PostgreSQL with the
     home_services plugin (``db init``: schema, capture triggers). An
-    :class:`~thorbis_cache.worker.OutboxWorker` runs in this process, as do ``--readers``
-    (16) tasks reading random customers through ``hash.get_or_load`` (degrading to the
+    :class:`~thorbis_cache.invalidation.worker.OutboxWorker` runs in this process, as do
+    ``--readers`` (16) tasks reading random customers through ``hash.get_or_load`` (degrading to the
     loader while Redis is down, as a host does). Per repetition: 1,000 customers (4
     tenants) are cached; Redis is killed (``kill -9``, or SIGTERM with ``--signal term``);
     ``--writers`` (4) connections commit one UPDATE per customer (a new phone and a new
@@ -71,12 +71,12 @@ from thorbis_home_services.models import Customer
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import CacheApp, KeyRing
-from thorbis_cache.plugins import PluginManager
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.plugins.manager import PluginManager
 from thorbis_cache.postgres import apply_plugin_sql
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.triggers import install_triggers
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
-from thorbis_cache.worker import OutboxWorker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ha_failover  # a sibling script module, found through the line above

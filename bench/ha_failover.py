@@ -43,8 +43,8 @@ from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import Cache, CacheApp, KeyRing, KeySchema, SchemaRegistry
 from thorbis_cache.errors import RedisUnavailableError
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.testing.servers import PostgresServer, RedisCluster, RedisSentinelGroup
-from thorbis_cache.worker import OutboxWorker
 
 NOTE: KeySchema[str] = KeySchema("ha.note", str, params={"id": int}, ttl=600)
 WINDOW_TARGET_S = 5.0  # a failover must not need a manual step; this bounds "automatic"

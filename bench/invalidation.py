@@ -57,11 +57,11 @@ from thorbis_home_services import loaders
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import Cache, KeyRing, KeySchema, SchemaRegistry
-from thorbis_cache.plugins import PluginManager
+from thorbis_cache.plugins.manager import PluginManager
 from thorbis_cache.postgres import apply_plugin_sql
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.triggers import install_triggers
-from thorbis_cache.redis_store import Script
+from thorbis_cache.store.redis_store import Script
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
 
 LIST: KeySchema[str] = KeySchema("b.list", str, params={"id": int}, ttl=3600,

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from thorbis_cache.plugins import PluginManager
+from thorbis_cache.plugins.manager import PluginManager
 from thorbis_cache.postgres import apply_plugin_sql, pgoutput
 from thorbis_cache.postgres.logical import LogicalCapture, parse_lsn
 from thorbis_cache.postgres.migrations import migrate

@@ -25,7 +25,7 @@ import attrs
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.observability import OperationObserver, TopTenants
-from thorbis_cache.redis_store import RedisStore
+from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.testing.servers import RedisServer
 
 BUDGET = 1.03

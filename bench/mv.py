@@ -57,11 +57,11 @@ from thorbis_home_services import CustomerSummary, datagen, loaders
 from thorbis_home_services.schemas import CUSTOMER_SUMMARY
 
 from thorbis_cache.app import CacheApp
-from thorbis_cache.crypto import KeyRing
-from thorbis_cache.declarations import MaterializedView
+from thorbis_cache.cache.crypto import KeyRing
+from thorbis_cache.mv.refresh import refresh_view
+from thorbis_cache.plugins.declarations import MaterializedView
 from thorbis_cache.postgres.catalog import quote_qualified
 from thorbis_cache.postgres.migrations import migrate
-from thorbis_cache.postgres.mv_refresh import refresh_view
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
 
 PLUGIN = "home_services"

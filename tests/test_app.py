@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from plugins_fixtures import broken, good
 from plugins_fixtures.broken_sql import BadDbReferences, BrokenSql, FailingStartup
 
-import thorbis_cache.plugins
+import thorbis_cache.plugins.manager
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.errors import ConfigurationError, PluginLoadError, UnknownPatternError
-from thorbis_cache.plugins import ENTRY_POINT_GROUP, PluginManager
+from thorbis_cache.plugins.manager import ENTRY_POINT_GROUP, PluginManager
 from thorbis_cache.postgres import apply_plugin_sql, check_rules_against_db, split_sql
 
 AppFactory = Callable[..., CacheApp]
@@ -213,7 +213,7 @@ async def test_async_with_starts_every_plugin_and_closes(
 ) -> None:
     installed = [EntryPoint(name="ep", value="plugins_fixtures.broken:FutureApi",
                             group=ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(thorbis_cache.plugins, "entry_points",
+    monkeypatch.setattr(thorbis_cache.plugins.manager, "entry_points",
                         lambda *, group: installed if group == ENTRY_POINT_GROUP else [])
     app = CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate())
     app.register(good, "tst")

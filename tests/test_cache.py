@@ -13,8 +13,9 @@ import attrs
 import pytest
 import redis
 
-import thorbis_cache.fill
+import thorbis_cache.cache.fill
 from thorbis_cache import Cache, CacheSettings, Compression, KeyRing, KeySchema, SchemaRegistry
+from thorbis_cache.cache.keys import SchemaKind
 from thorbis_cache.errors import (
     ConfigurationError,
     RedisUnavailableError,
@@ -22,7 +23,6 @@ from thorbis_cache.errors import (
     ValueTypeError,
     WrongSchemaKindError,
 )
-from thorbis_cache.keys import SchemaKind
 from thorbis_cache.testing.clients import master_clients
 from thorbis_cache.testing.servers import RedisServer
 
@@ -366,17 +366,17 @@ async def test_early_recompute_refreshes_a_hot_key_before_it_expires(
     loader, calls = counting(1, delay=0.05)  # the recompute cost XFetch weighs: 50 ms
     assert await cache.get_or_load(key, loader) == 1
     assert calls[0] == 1
-    monkeypatch.setattr(thorbis_cache.fill.random, "random", lambda: 0.0)  # ln(1) = 0
+    monkeypatch.setattr(thorbis_cache.cache.fill.random, "random", lambda: 0.0)  # ln(1) = 0
     assert await cache.get_or_load(key, counting(2)[0]) == 1  # far from expiry: a hit
     # The unluckiest draw: -ln(2**-53) * 50 ms = 1.8 s, beyond the 1 s TTL.
-    monkeypatch.setattr(thorbis_cache.fill.random, "random", lambda: 1.0 - 2**-53)
+    monkeypatch.setattr(thorbis_cache.cache.fill.random, "random", lambda: 1.0 - 2**-53)
     assert await cache.get_or_load(key, counting(2)[0]) == 2  # recomputed early
     assert await cache.get(key) == 2
     assert cache.metrics.value("early_recomputes", schema="hs.hot") == 1
 
 
 def test_xfetch_formula() -> None:
-    f = thorbis_cache.fill.should_recompute_early
+    f = thorbis_cache.cache.fill.should_recompute_early
     assert not f(now_ms=1000, expires_at_ms=2000, delta_ms=100, beta=1.0, rand=0.5)
     assert f(now_ms=1950, expires_at_ms=2000, delta_ms=100, beta=1.0, rand=0.5)
     assert f(now_ms=2000, expires_at_ms=2000, delta_ms=0, beta=1.0, rand=1.0)

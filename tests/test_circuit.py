@@ -11,9 +11,9 @@ import signal
 import pytest
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
-from thorbis_cache.circuit import CircuitBreaker
 from thorbis_cache.errors import RedisUnavailableError
-from thorbis_cache.redis_store import RedisStore
+from thorbis_cache.store.circuit import CircuitBreaker
+from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.testing.servers import RedisServer
 
 

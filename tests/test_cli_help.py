@@ -80,8 +80,8 @@ def test_help_loads_neither_the_cache_nor_the_drivers() -> None:
     import sys
 
     probe = ("import sys, thorbis_cache.cli; "
-             "print(sorted(m for m in ('redis', 'asyncpg', 'psycopg', 'thorbis_cache.cache', "
-             "'thorbis_cache.app', 'thorbis_cache.plugins', 'prometheus_client') "
+             "print(sorted(m for m in ('redis', 'asyncpg', 'psycopg', 'thorbis_cache.cache.core', "
+             "'thorbis_cache.app', 'thorbis_cache.plugins.manager', 'prometheus_client') "
              "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout.strip()

@@ -16,7 +16,7 @@ from thorbis_home_services.models import TechnicianPerformance, TechnicianRole
 from thorbis_home_services.schemas import TECHNICIAN_PERFORMANCE
 
 from thorbis_cache import Cache, KeyRing
-from thorbis_cache.plugins import PluginManager
+from thorbis_cache.plugins.manager import PluginManager
 
 CLI = str(Path(sys.executable).with_name("thorbis-cache"))
 TAG = "hs.tech_metrics"

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thorbis_cache import CodecSettings, Compression, KeyRing, KeySchema
-from thorbis_cache.codec import SchemaCodec, check_value, make_converter
-from thorbis_cache.envelope import FLAG_COMPRESSED, FLAG_ENCRYPTED, MAGIC, CorruptEntry
+from thorbis_cache.cache.codec import SchemaCodec, check_value, make_converter
+from thorbis_cache.cache.envelope import FLAG_COMPRESSED, FLAG_ENCRYPTED, MAGIC, CorruptEntry
 from thorbis_cache.errors import KeyRingError, ValueTypeError
 from thorbis_cache.testing.strategies import tenant_ids, values_of
 

@@ -34,8 +34,11 @@ from thorbis_fitness_studio.sample_data import SEED_SQL
 from typer.testing import CliRunner
 
 from thorbis_cache import Cache, KeyRing, KeySchema, SchemaRegistry, WarmBatch, hookspecs
-from thorbis_cache.codec import CodecSettings, SchemaCodec, make_converter
-from thorbis_cache.declarations import (
+from thorbis_cache.cache.codec import CodecSettings, SchemaCodec, make_converter
+from thorbis_cache.cache.keys import CacheKey, SchemaKind
+from thorbis_cache.errors import ConfigurationError, InvalidSchemaError, PluginLoadError
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.plugins.declarations import (
     InvalidationRule,
     MaterializedView,
     Permission,
@@ -45,11 +48,9 @@ from thorbis_cache.declarations import (
     WarmContext,
     Warmer,
 )
-from thorbis_cache.errors import ConfigurationError, InvalidSchemaError, PluginLoadError
-from thorbis_cache.hookspecs import hookimpl
-from thorbis_cache.keys import CacheKey, SchemaKind
-from thorbis_cache.plugins import LoadedPlugin
-from thorbis_cache.scaffold import PluginNames, scaffold_files, write_plugin
+from thorbis_cache.plugins.hookspecs import hookimpl
+from thorbis_cache.plugins.manager import LoadedPlugin
+from thorbis_cache.plugins.scaffold import PluginNames, scaffold_files, write_plugin
 from thorbis_cache.testing import contract_checks as checks
 from thorbis_cache.testing import contract_db as db
 from thorbis_cache.testing import contract_fills as fills
@@ -63,7 +64,6 @@ from thorbis_cache.testing.contract import (
     load_plugin,
     run_async,
 )
-from thorbis_cache.worker import OutboxWorker
 
 ROOT = Path(__file__).resolve().parents[1]
 

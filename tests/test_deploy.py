@@ -33,14 +33,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_observability import _get, read_work_orders
 
 from thorbis_cache import Cache, SchemaRegistry, deploy_examples
+from thorbis_cache.cache.eviction import SUPPORTED_POLICIES
 from thorbis_cache.cli import app as cli_app
-from thorbis_cache.eviction import SUPPORTED_POLICIES
 from thorbis_cache.invalidation.apply import CacheInvalidator
 from thorbis_cache.invalidation.queue import InvalidationQueue
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.observability import Exporter, HttpServer, MeteredMvScheduler, MetricsApp
 from thorbis_cache.testing.binaries import PrometheusBinaries
 from thorbis_cache.testing.servers import PrometheusServer, RedisSentinelGroup, RedisServer
-from thorbis_cache.worker import OutboxWorker
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -24,10 +24,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from thorbis_cache import Cache, CacheApp, KeySchema, SchemaRegistry
+from thorbis_cache.cache.eviction import REFUSED_POLICIES, SUPPORTED_POLICIES, refusal
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.cache.meta_sweep import MetaSweep
 from thorbis_cache.errors import CacheBackendError, ConfigurationError, EvictionPolicyError
-from thorbis_cache.eviction import REFUSED_POLICIES, SUPPORTED_POLICIES, refusal
-from thorbis_cache.invalidation.sweep import MetaSweep
-from thorbis_cache.keys import CacheKey
 from thorbis_cache.testing.servers import RedisCluster, RedisServer
 
 ITEM: KeySchema[str] = KeySchema("ev.item", str, params={"id": int}, ttl=3600,

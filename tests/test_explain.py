@@ -26,10 +26,10 @@ from thorbis_home_services.models import (
 from thorbis_home_services.schemas import CUSTOMER_SUMMARY, TECHNICIAN_PERFORMANCE
 
 from thorbis_cache import Cache, KeyRing, KeySchema, NearCache, SchemaRegistry
-from thorbis_cache.declarations import InvalidationRule, RuleTarget
+from thorbis_cache.cache.keys import SchemaKind
 from thorbis_cache.errors import UnknownSchemaError
-from thorbis_cache.keys import SchemaKind
 from thorbis_cache.observability.explain import explain, parse_envelope_header
+from thorbis_cache.plugins.declarations import InvalidationRule, RuleTarget
 
 CLI = str(Path(sys.executable).with_name("thorbis-cache"))
 
@@ -276,7 +276,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 @pytest.fixture
 async def hs_cache(thorbis_standalone_redis_url: str) -> AsyncIterator[Cache]:
-    from thorbis_cache.plugins import PluginManager
+    from thorbis_cache.plugins.manager import PluginManager
 
     manager = PluginManager()
     await manager.load(["home_services"])

@@ -8,7 +8,7 @@ hash, sorted set, geo index) on a single Redis and on a Cluster:
 1. one reader per key starts a read-through whose loader reads the rows from PostgreSQL
    and then holds them (a slow loader);
 2. an UPDATE of those rows commits; the capture trigger writes the outbox;
-3. the real :class:`~thorbis_cache.worker.OutboxWorker` applies the plugin's rule (it
+3. the real :class:`~thorbis_cache.invalidation.worker.OutboxWorker` applies the plugin's rule (it
    deletes each key and its fill lease) -- the test waits until the outbox is empty;
 4. the loaders return the rows they read before the commit: the late write.
 
@@ -39,12 +39,12 @@ from thorbis_cache import (
     SqlScript,
     hookimpl,
 )
-from thorbis_cache.cache import Cache
-from thorbis_cache.keys import CacheKey, SchemaKind
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.keys import CacheKey, SchemaKind
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.postgres import apply_and_check
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.triggers import install_triggers
-from thorbis_cache.worker import OutboxWorker
 
 ROUNDS = 500
 #: Rounds run together, each on its own key: one UPDATE and one worker pass per wave.

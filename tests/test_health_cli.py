@@ -15,9 +15,9 @@ import pytest
 from core_testing import HS, HsEnv
 from thorbis_home_services.schemas import WORK_ORDER
 
+from thorbis_cache.mv.scheduler import ScheduledView
 from thorbis_cache.observability import Exporter, HttpServer, MetricsApp
 from thorbis_cache.postgres import outbox
-from thorbis_cache.postgres.mv_scheduler import ScheduledView
 from thorbis_cache.testing.servers import RedisServer
 
 CLI = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "thorbis-cache")

@@ -8,7 +8,7 @@ import inspect
 import pytest
 
 import thorbis_cache
-from thorbis_cache import hookspecs
+from thorbis_cache.plugins import hookspecs
 
 HOOKS = [
     (name, fn)

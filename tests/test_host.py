@@ -30,7 +30,7 @@ from thorbis_cache import (
     WorkerMetrics,
 )
 from thorbis_cache.errors import CaptureNotInstalledError, ConfigurationError
-from thorbis_cache.plugins import PluginManager
+from thorbis_cache.plugins.manager import PluginManager
 from thorbis_cache.postgres import apply_and_check
 from thorbis_cache.postgres.migrations import core_migrations
 
@@ -63,7 +63,8 @@ async def _fetchval(dsn: str, query: str, *args: object) -> Any:
 
 def test_worker_api_is_exported() -> None:
     import thorbis_cache
-    from thorbis_cache import postgres, worker
+    from thorbis_cache import postgres
+    from thorbis_cache.invalidation import worker
 
     assert OutboxWorker is worker.OutboxWorker
     assert WorkerMetrics is worker.WorkerMetrics

@@ -37,12 +37,12 @@ from thorbis_home_services.models import CustomerSegment, WorkOrder
 from thorbis_home_services.schemas import CUSTOMER, CUSTOMER_LIST, CUSTOMER_SUMMARY, WORK_ORDER
 
 from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.mv.refresh import refresh_and_invalidate
 from thorbis_cache.postgres import apply_and_check
 from thorbis_cache.postgres.migrations import migrate
-from thorbis_cache.postgres.mv_refresh import refresh_and_invalidate
 from thorbis_cache.postgres.triggers import install_triggers
 from thorbis_cache.testing.servers import RedisCluster, RedisSentinelGroup, RedisServer
-from thorbis_cache.worker import OutboxWorker
 
 PLUGIN = "home_services"
 CUSTOMERS_SQL = """

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from thorbis_cache import CodecSettings, KeyRing, KeySchema
+from thorbis_cache.cache.codec import SchemaCodec, make_converter
+from thorbis_cache.cache.envelope import CorruptEntry
 from thorbis_cache.cli import app
-from thorbis_cache.codec import SchemaCodec, make_converter
-from thorbis_cache.envelope import CorruptEntry
 
 SECRET = KeySchema("hs.secret", str, params={"id": int}, sensitive=True)
 KEY = b"tc:{acme}:hs.secret:1"

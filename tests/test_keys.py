@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from thorbis_cache import KeySchema, Param, SchemaKind, SchemaRegistry, validate_tenant
+from thorbis_cache.cache.keys import escape_segment, unescape_segment
 from thorbis_cache.errors import (
     DuplicateSchemaError,
     InvalidKeyError,
@@ -23,7 +24,6 @@ from thorbis_cache.errors import (
     InvalidTenantId,
     UnknownSchemaError,
 )
-from thorbis_cache.keys import escape_segment, unescape_segment
 from thorbis_cache.testing.strategies import hostile_text, params_for, tenant_ids
 
 PREFIX = "tc"

@@ -1,8 +1,9 @@
 """The core's modules depend on each other one way: no import circle, not even through
-an import made for typing only or inside a function (issue 17). A module that needs
-something of a layer above it takes it as an argument typed by a protocol of its own
-(``cache_core.CacheCore``, ``hookspecs.StartedApp``, ``near.Invalidation``,
-``invalidation.tags.InvalidatesTags``)."""
+an import made for typing only or inside a function, and no package importing one of a
+layer above it (issue 17). A module that needs something of a layer above it takes it as
+an argument typed by a protocol of its own (``cache.protocol.CacheCore``,
+``plugins.hookspecs.StartedApp``, ``cache.near.Invalidation``,
+``cache.tags.InvalidatesTags``)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,73 @@ def test_the_check_finds_a_circle() -> None:
 def test_the_graph_sees_typing_and_function_level_imports() -> None:
     graph = _graph(_modules())
     # cli/plugins imports the plugin manager inside its command only.
-    assert "thorbis_cache.plugins" in graph["thorbis_cache.cli.plugins"]
+    assert "thorbis_cache.plugins.manager" in graph["thorbis_cache.cli.plugins"]
     # The worker imports the capture check inside check_capture.
-    assert "thorbis_cache.postgres.capture_check" in graph["thorbis_cache.worker"]
+    assert "thorbis_cache.postgres.capture_check" in graph["thorbis_cache.invalidation.worker"]
+
+
+#: The core's parts, lowest first: a part imports only parts of lower layers (and its own
+#: modules). ``__init__`` is the package's public face (``from thorbis_cache import ...``).
+LAYERS: list[set[str]] = [
+    {"errors", "_lazy", "deploy_examples"},
+    {"transport"},       # the hot commands' multiplexed connections
+    {"store"},           # Redis: the store, its URLs, replica reads, the circuit breaker
+    {"cache"},           # the read path, its codec, keys, near cache, tags and events
+    {"warming"},
+    {"plugins"},         # hook specs, declarations, their checks, the manager
+    {"postgres"},        # the only part that talks to PostgreSQL
+    {"app"},
+    {"invalidation", "mv"},  # the worker and view refresh, both driven by the app
+    {"observability"},
+    {"__init__"},
+    {"testing"},
+    {"demo"},
+    {"cli"},
+]
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _layer_of() -> dict[str, int]:
+    return {part: level for level, parts in enumerate(LAYERS) for part in parts}
+
+
+def test_every_part_has_a_layer() -> None:
+    parts = {_part(m) for m in _modules()} - {"lua"}
+    assert parts == set(_layer_of()), "add the new part to LAYERS (or remove a gone one)"
+
+
+def _upward(graph: dict[str, set[str]], layer: dict[str, int]) -> list[str]:
+    """Each import of a part of the same or a higher layer, as a sentence."""
+    return sorted(
+        f"{module} (layer {layer[_part(module)]}) imports {target} "
+        f"(layer {layer[_part(target)]})"
+        for module, targets in graph.items() for target in targets
+        if _part(target) != _part(module) and layer[_part(target)] >= layer[_part(module)])
+
+
+def test_parts_import_only_lower_layers() -> None:
+    upward = _upward(_graph(_modules()), _layer_of())
+    assert not upward, "\n".join(upward)
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    layer = {"cache": 0, "app": 1, "mv": 2, "invalidation": 2}
+    graph = {"p.cache.core": {"p.app"}, "p.app": {"p.cache.keys"}, "p.cache.keys": set(),
+             "p.mv.refresh": {"p.invalidation.worker", "p.mv.scheduler"}}
+    assert _upward(graph, layer) == [
+        "p.cache.core (layer 0) imports p.app (layer 1)",
+        "p.mv.refresh (layer 2) imports p.invalidation.worker (layer 2)"]
+
+
+def test_modules_plugins_imported_from_the_top_level_still_import() -> None:
+    import thorbis_cache
+    from thorbis_cache import declarations, hookspecs
+    from thorbis_cache.plugins import declarations as moved_declarations
+    from thorbis_cache.plugins import hookspecs as moved_hookspecs
+
+    assert declarations is moved_declarations and hookspecs is moved_hookspecs
+    assert thorbis_cache.declarations.InvalidationRule is moved_declarations.InvalidationRule

@@ -31,6 +31,7 @@ from thorbis_home_services.models import AccountStatus, Customer, CustomerType, 
 from thorbis_home_services.schemas import CUSTOMER, TECHNICIAN_SCHEDULE
 
 from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.postgres import pgoutput
 from thorbis_cache.postgres.logical import (
     LogicalCapture,
@@ -40,7 +41,6 @@ from thorbis_cache.postgres.logical import (
 )
 from thorbis_cache.postgres.triggers import remove_triggers
 from thorbis_cache.testing.servers import PostgresServer, RedisCluster, RedisServer
-from thorbis_cache.worker import OutboxWorker
 
 CUSTOMER_SQL = """
 INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
@@ -313,7 +313,7 @@ _KILLED_WORKER = textwrap.dedent("""
     import asyncio, sys, time
     from thorbis_cache import CacheApp, KeyRing
     from thorbis_cache.postgres.logical import LogicalCapture, LogicalStream
-    from thorbis_cache.worker import OutboxWorker
+    from thorbis_cache.invalidation.worker import OutboxWorker
 
     def confirm(self, lsn=None):
         if lsn is not None:

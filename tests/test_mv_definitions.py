@@ -9,10 +9,10 @@ import asyncpg
 import pytest
 
 from thorbis_cache import PluginInfo, hookimpl
-from thorbis_cache.declarations import MaterializedView, SqlScript
 from thorbis_cache.errors import PluginLoadError
-from thorbis_cache.hookspecs import HOOK_API_VERSION
-from thorbis_cache.plugins import LoadedPlugin, PluginManager
+from thorbis_cache.plugins.declarations import MaterializedView, SqlScript
+from thorbis_cache.plugins.hookspecs import HOOK_API_VERSION
+from thorbis_cache.plugins.manager import LoadedPlugin, PluginManager
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.sql_apply import apply_plugin_sql
 

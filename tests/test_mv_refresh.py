@@ -18,13 +18,13 @@ from thorbis_home_services import rows
 from thorbis_home_services.schemas import CUSTOMER_SUMMARY
 from thorbis_home_services.views import ALL_VIEWS, CUSTOMER_SUMMARY_VIEW
 
-from thorbis_cache.declarations import MaterializedView, RefreshPolicy
-from thorbis_cache.postgres import audit
-from thorbis_cache.postgres.mv_refresh import (
+from thorbis_cache.mv.refresh import (
     RefreshOutcome,
     refresh_and_invalidate,
     refresh_view,
 )
+from thorbis_cache.plugins.declarations import MaterializedView, RefreshPolicy
+from thorbis_cache.postgres import audit
 
 TENANTS = HS_TENANTS
 

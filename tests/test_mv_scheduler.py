@@ -32,18 +32,16 @@ from thorbis_home_services.schemas import CUSTOMER_SUMMARY
 from thorbis_home_services.views import ALL_VIEWS, CUSTOMER_SUMMARY_VIEW
 
 from thorbis_cache import PluginInfo, hookimpl
-from thorbis_cache.declarations import MaterializedView, RefreshPolicy
 from thorbis_cache.errors import ConfigurationError, PluginLoadError
-from thorbis_cache.hookspecs import HOOK_API_VERSION
-from thorbis_cache.plugins import PluginManager
-from thorbis_cache.postgres.mv_refresh import (
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.mv.refresh import (
     ViewState,
     load_state,
     pending_changes,
     refresh_and_invalidate,
     refresh_view,
 )
-from thorbis_cache.postgres.mv_scheduler import (
+from thorbis_cache.mv.scheduler import (
     MvScheduler,
     ScheduledView,
     backoff_s,
@@ -53,8 +51,10 @@ from thorbis_cache.postgres.mv_scheduler import (
     refresh_order,
     report,
 )
+from thorbis_cache.plugins.declarations import MaterializedView, RefreshPolicy
+from thorbis_cache.plugins.hookspecs import HOOK_API_VERSION
+from thorbis_cache.plugins.manager import PluginManager
 from thorbis_cache.testing.servers import RedisServer
-from thorbis_cache.worker import OutboxWorker
 
 TENANTS = HS_TENANTS
 UTC = dt.UTC
@@ -392,8 +392,8 @@ async def test_readers_are_not_blocked_during_a_concurrent_refresh(
 
 _KILLABLE = textwrap.dedent("""
     import asyncio, sys
-    from thorbis_cache.declarations import MaterializedView, RefreshPolicy
-    from thorbis_cache.postgres.mv_scheduler import MvScheduler, ScheduledView
+    from thorbis_cache.plugins.declarations import MaterializedView, RefreshPolicy
+    from thorbis_cache.mv.scheduler import MvScheduler, ScheduledView
 
     view = MaterializedView("hs.t_slow", "SELECT 1", unique_index=("tenant_id", "id"),
                             refresh=RefreshPolicy(cron="0 0 1 1 *"))

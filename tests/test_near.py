@@ -15,11 +15,11 @@ import attrs
 import pytest
 
 from thorbis_cache import Cache, CacheSettings, KeySchema, SchemaRegistry
+from thorbis_cache.cache.invalidation_events import EventPublisher, InvalidationEvent
+from thorbis_cache.cache.keys import CacheKey, SchemaKind
+from thorbis_cache.cache.metrics import CoherenceCounters
+from thorbis_cache.cache.near import MISS, NearCache
 from thorbis_cache.errors import InvalidSchemaError, RedisUnavailableError
-from thorbis_cache.invalidation.events import EventPublisher, InvalidationEvent
-from thorbis_cache.keys import CacheKey, SchemaKind
-from thorbis_cache.metrics import CoherenceCounters
-from thorbis_cache.near import MISS, NearCache
 from thorbis_cache.testing.clients import master_clients
 from thorbis_cache.testing.servers import RedisServer
 

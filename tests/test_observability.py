@@ -25,6 +25,7 @@ from thorbis_home_services.schemas import WORK_ORDER
 from thorbis_cache import Cache, SchemaRegistry
 from thorbis_cache.invalidation.apply import CacheInvalidator
 from thorbis_cache.invalidation.queue import InvalidationJob, InvalidationQueue
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.observability import (
     OTHER,
     Exporter,
@@ -34,7 +35,6 @@ from thorbis_cache.observability import (
     MetricsApp,
 )
 from thorbis_cache.testing.servers import free_port
-from thorbis_cache.worker import OutboxWorker
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"

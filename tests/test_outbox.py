@@ -17,12 +17,12 @@ import attrs
 import pytest
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
-from thorbis_cache.declarations import InvalidationRule, Operation, RuleTarget
 from thorbis_cache.errors import ConfigurationError, RedisUnavailableError
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.plugins.declarations import InvalidationRule, Operation, RuleTarget
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.outbox import claim_batch, prune_dead_letters
 from thorbis_cache.postgres.triggers import CHANNEL, install_triggers, plan_tables
-from thorbis_cache.worker import OutboxWorker
 
 TABLE_SQL = """
 CREATE SCHEMA IF NOT EXISTS tst;
@@ -486,7 +486,7 @@ async def test_a_view_source_no_rule_names_gets_a_count_only_trigger(env: Env) -
     """Entries that mirror a view are left to its refresh, so its sources often have no
     rule; their changes must still reach the outbox, where the smart refresh counts
     them, and plan no invalidation."""
-    from thorbis_cache.declarations import MaterializedView
+    from thorbis_cache.plugins.declarations import MaterializedView
 
     await env.conn.execute(
         "CREATE TABLE tst.sales (tenant_id text NOT NULL, id bigint PRIMARY KEY, "

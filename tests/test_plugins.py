@@ -17,7 +17,7 @@ from plugins_fixtures import broken, good
 from plugins_fixtures.broken_sql import BadDbReferences, FailingStartup, Hanging
 from typer.testing import CliRunner
 
-import thorbis_cache.plugins
+import thorbis_cache.plugins.manager
 from thorbis_cache import CacheApp, KeySchema, MaterializedView, PluginInfo, hookimpl
 from thorbis_cache.cli import app as cli_app
 from thorbis_cache.errors import (
@@ -26,7 +26,7 @@ from thorbis_cache.errors import (
     PluginProblem,
     UnknownPatternError,
 )
-from thorbis_cache.plugins import ENTRY_POINT_GROUP, PluginManager, await_me_maybe
+from thorbis_cache.plugins.manager import ENTRY_POINT_GROUP, PluginManager, await_me_maybe
 
 
 def entry_point(name: str, value: str) -> EntryPoint:
@@ -41,7 +41,7 @@ def installed(monkeypatch: pytest.MonkeyPatch) -> list[EntryPoint]:
     def fake(*, group: str) -> list[EntryPoint]:
         return list(eps) if group == ENTRY_POINT_GROUP else []
 
-    monkeypatch.setattr(thorbis_cache.plugins, "entry_points", fake)
+    monkeypatch.setattr(thorbis_cache.plugins.manager, "entry_points", fake)
     return eps
 
 

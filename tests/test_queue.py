@@ -21,7 +21,7 @@ from thorbis_cache.invalidation.queue import (
     InvalidJobError,
     QueueSettings,
 )
-from thorbis_cache.redis_store import RedisStore
+from thorbis_cache.store.redis_store import RedisStore
 
 LABEL: KeySchema[str] = KeySchema("q.label", str, params={"name": str}, ttl=300)
 PREFIX = "tc"

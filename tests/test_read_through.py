@@ -17,6 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thorbis_cache import Cache, CacheSettings, KeyRing, KeySchema, SchemaRegistry
+from thorbis_cache.cache.geo import geo_distance, geohash_position
+from thorbis_cache.cache.keys import SchemaKind
+from thorbis_cache.cache.read_through import ABSENT, EMPTY
+from thorbis_cache.cache.structures import _pairs, _score_range
 from thorbis_cache.errors import (
     InvalidSchemaError,
     MissingRow,
@@ -24,10 +28,6 @@ from thorbis_cache.errors import (
     ValueTypeError,
     WrongSchemaKindError,
 )
-from thorbis_cache.geo import geo_distance, geohash_position
-from thorbis_cache.keys import SchemaKind
-from thorbis_cache.read_through import ABSENT, EMPTY
-from thorbis_cache.structures import _pairs, _score_range
 from thorbis_cache.testing.servers import RedisServer
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.errors import RedisUnavailableError
-from thorbis_cache.redis_store import RedisStore, Script
+from thorbis_cache.store.redis_store import RedisStore, Script
 from thorbis_cache.testing.servers import RedisCluster
 
 LABEL = KeySchema("st.label", str, params={"id": int}, ttl=60)

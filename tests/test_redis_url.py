@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.errors import ConfigurationError, RedisUnavailableError
-from thorbis_cache.redis_store import RedisStore
-from thorbis_cache.redis_url import Topology, parse_redis_url
+from thorbis_cache.store.redis_store import RedisStore
+from thorbis_cache.store.redis_url import Topology, parse_redis_url
 from thorbis_cache.testing.servers import RedisServer
 from thorbis_cache.testing.servers._ports import free_port
 

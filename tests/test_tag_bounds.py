@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
+from thorbis_cache.cache.keys import SchemaKind
+from thorbis_cache.cache.meta_sweep import SLOTS, MetaSweep, SweepReport, slot_tag
 from thorbis_cache.invalidation import InvalidationLimits
-from thorbis_cache.invalidation.sweep import SLOTS, MetaSweep, SweepReport, slot_tag
-from thorbis_cache.keys import SchemaKind
 
 ENTRY: KeySchema[str] = KeySchema("tb.entry", str, params={"id": int}, ttl=3600,
                                   tags=("tb.hot",))

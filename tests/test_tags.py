@@ -16,11 +16,11 @@ from thorbis_home_services.schemas import CUSTOMER_LIST
 from thorbis_home_services.writers import store_customer_list
 
 from thorbis_cache import Cache, CacheApp, KeyRing, KeySchema, SchemaRegistry
+from thorbis_cache.cache.keys import SchemaKind
 from thorbis_cache.errors import InvalidKeyError
 from thorbis_cache.invalidation import CacheTagInvalidator, InvalidationLimits
-from thorbis_cache.keys import SchemaKind
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.testing.clients import master_clients
-from thorbis_cache.worker import OutboxWorker
 
 
 @attrs.frozen

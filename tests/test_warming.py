@@ -10,8 +10,8 @@ import attrs
 import pytest
 
 from thorbis_cache import Cache, KeyRing, KeySchema, SchemaRegistry, WarmBatch, WarmOutcome, warm
+from thorbis_cache.cache.keys import CacheKey, SchemaKind
 from thorbis_cache.errors import InvalidParameterError, MissingRow, ValueTypeError
-from thorbis_cache.keys import CacheKey, SchemaKind
 from thorbis_cache.warming import batch_of
 
 

@@ -19,9 +19,9 @@ from thorbis_home_services.models import AccountStatus, Customer, CustomerType, 
 from thorbis_home_services.schemas import CUSTOMER, SCHEDULE_GEO, TECHNICIAN_SCHEDULE
 
 from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.invalidation.worker import OutboxWorker, UnconfiguredTagInvalidator
 from thorbis_cache.postgres import audit
 from thorbis_cache.postgres.triggers import CHANNEL
-from thorbis_cache.worker import OutboxWorker, UnconfiguredTagInvalidator
 
 CUSTOMER_SQL = """
 INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,

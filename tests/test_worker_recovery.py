@@ -28,11 +28,11 @@ from thorbis_home_services.models import Customer
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.postgres import apply_and_check
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.triggers import install_triggers
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
-from thorbis_cache.worker import OutboxWorker
 
 PLUGIN = "home_services"
 TENANTS = ("acme", "globex")
@@ -197,7 +197,7 @@ async def test_a_postgres_outage_backs_off_and_recovers(
     conn = env.conn
     worker = env.worker(poll_interval=0.05, max_backoff=0.4)
     task = asyncio.create_task(worker.run(), name="recovery-worker")
-    caplog.set_level(logging.ERROR, logger="thorbis_cache.worker")
+    caplog.set_level(logging.ERROR, logger="thorbis_cache.invalidation.worker")
     try:
         await env.cache_customers("acme", range(1, 4))
         await asyncio.sleep(0.2)

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thorbis_cache import Cache, KeyRing, KeySchema, SchemaRegistry
+from thorbis_cache.cache.keys import CacheKey
 from thorbis_cache.errors import CacheBackendError
-from thorbis_cache.keys import CacheKey
-from thorbis_cache.redis_store import RedisStore
+from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.testing.clients import master_clients
 from thorbis_cache.testing.servers import RedisServer
 

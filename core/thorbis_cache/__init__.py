@@ -14,14 +14,37 @@ from thorbis_cache._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
-    from thorbis_cache.cache import Cache
-    from thorbis_cache.codec import CodecSettings
-    from thorbis_cache.config import (
+    from thorbis_cache.cache.codec import CodecSettings
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.cache.crypto import KeyRing
+    from thorbis_cache.cache.keys import (
+        CacheKey,
+        Compression,
+        KeySchema,
+        Param,
+        SchemaKind,
+        SchemaRegistry,
+        validate_tenant,
+    )
+    from thorbis_cache.cache.metrics import CacheMetrics
+    from thorbis_cache.cache.near import NearCache
+    from thorbis_cache.cache.settings import (
         CacheSettings,
         SchemaOverride,
     )
-    from thorbis_cache.crypto import KeyRing
-    from thorbis_cache.declarations import (
+    from thorbis_cache.cache.structures import (
+        EntityHash,
+        GeoIndex,
+        SortedSet,
+        Versioned,
+    )
+    from thorbis_cache.errors import MissingRow
+    from thorbis_cache.invalidation.worker import (
+        BatchResult,
+        OutboxWorker,
+        WorkerMetrics,
+    )
+    from thorbis_cache.plugins.declarations import (
         CachePattern,
         InvalidationRule,
         MaterializedView,
@@ -34,97 +57,81 @@ if TYPE_CHECKING:
         WarmContext,
         Warmer,
     )
-    from thorbis_cache.errors import MissingRow
-    from thorbis_cache.hookspecs import (
+    from thorbis_cache.plugins.hookspecs import (
         HOOK_API_VERSION,
         hookimpl,
     )
-    from thorbis_cache.keys import (
-        CacheKey,
-        Compression,
-        KeySchema,
-        Param,
-        SchemaKind,
-        SchemaRegistry,
-        validate_tenant,
-    )
-    from thorbis_cache.metrics import CacheMetrics
-    from thorbis_cache.near import NearCache
-    from thorbis_cache.plugins import (
+    from thorbis_cache.plugins.manager import (
         LoadedPlugin,
         PluginManager,
     )
     from thorbis_cache.postgres.logical import LogicalCapture
-    from thorbis_cache.redis_store import RedisStore
-    from thorbis_cache.structures import (
-        EntityHash,
-        GeoIndex,
-        SortedSet,
-        Versioned,
-    )
+    from thorbis_cache.store.redis_store import RedisStore
     from thorbis_cache.warming import (
         WarmBatch,
         WarmOutcome,
         batch_of,
         warm,
     )
-    from thorbis_cache.worker import (
-        BatchResult,
-        OutboxWorker,
-        WorkerMetrics,
-    )
 
 #: Every public name, imported on first access: ``import thorbis_cache`` (and so any
 #: ``thorbis-cache --help``) loads none of the cache, Redis or PostgreSQL code.
 _LAZY = {
-    "BatchResult": "thorbis_cache.worker",
-    "Cache": "thorbis_cache.cache",
+    "BatchResult": "thorbis_cache.invalidation.worker",
+    "Cache": "thorbis_cache.cache.core",
     "CacheApp": "thorbis_cache.app",
-    "CacheKey": "thorbis_cache.keys",
-    "CacheMetrics": "thorbis_cache.metrics",
-    "CachePattern": "thorbis_cache.declarations",
-    "CacheSettings": "thorbis_cache.config",
-    "CodecSettings": "thorbis_cache.codec",
-    "Compression": "thorbis_cache.keys",
-    "EntityHash": "thorbis_cache.structures",
-    "GeoIndex": "thorbis_cache.structures",
-    "HOOK_API_VERSION": "thorbis_cache.hookspecs",
-    "InvalidationRule": "thorbis_cache.declarations",
-    "KeyRing": "thorbis_cache.crypto",
-    "KeySchema": "thorbis_cache.keys",
-    "LoadedPlugin": "thorbis_cache.declarations",
+    "CacheKey": "thorbis_cache.cache.keys",
+    "CacheMetrics": "thorbis_cache.cache.metrics",
+    "CachePattern": "thorbis_cache.plugins.declarations",
+    "CacheSettings": "thorbis_cache.cache.settings",
+    "CodecSettings": "thorbis_cache.cache.codec",
+    "Compression": "thorbis_cache.cache.keys",
+    "EntityHash": "thorbis_cache.cache.structures",
+    "GeoIndex": "thorbis_cache.cache.structures",
+    "HOOK_API_VERSION": "thorbis_cache.plugins.hookspecs",
+    "InvalidationRule": "thorbis_cache.plugins.declarations",
+    "KeyRing": "thorbis_cache.cache.crypto",
+    "KeySchema": "thorbis_cache.cache.keys",
+    "LoadedPlugin": "thorbis_cache.plugins.declarations",
     "LogicalCapture": "thorbis_cache.postgres.logical",
-    "MaterializedView": "thorbis_cache.declarations",
+    "MaterializedView": "thorbis_cache.plugins.declarations",
     "MissingRow": "thorbis_cache.errors",
-    "NearCache": "thorbis_cache.near",
-    "Operation": "thorbis_cache.declarations",
-    "OutboxWorker": "thorbis_cache.worker",
-    "Param": "thorbis_cache.keys",
-    "Permission": "thorbis_cache.declarations",
-    "PluginInfo": "thorbis_cache.declarations",
+    "NearCache": "thorbis_cache.cache.near",
+    "Operation": "thorbis_cache.plugins.declarations",
+    "OutboxWorker": "thorbis_cache.invalidation.worker",
+    "Param": "thorbis_cache.cache.keys",
+    "Permission": "thorbis_cache.plugins.declarations",
+    "PluginInfo": "thorbis_cache.plugins.declarations",
     "PluginManager": "thorbis_cache.plugins",
-    "RedisStore": "thorbis_cache.redis_store",
-    "RefreshPolicy": "thorbis_cache.declarations",
-    "RuleTarget": "thorbis_cache.declarations",
-    "SchemaKind": "thorbis_cache.keys",
-    "SchemaOverride": "thorbis_cache.config",
-    "SchemaRegistry": "thorbis_cache.keys",
-    "SortedSet": "thorbis_cache.structures",
-    "SqlScript": "thorbis_cache.declarations",
-    "Versioned": "thorbis_cache.structures",
+    "RedisStore": "thorbis_cache.store.redis_store",
+    "RefreshPolicy": "thorbis_cache.plugins.declarations",
+    "RuleTarget": "thorbis_cache.plugins.declarations",
+    "SchemaKind": "thorbis_cache.cache.keys",
+    "SchemaOverride": "thorbis_cache.cache.settings",
+    "SchemaRegistry": "thorbis_cache.cache.keys",
+    "SortedSet": "thorbis_cache.cache.structures",
+    "SqlScript": "thorbis_cache.plugins.declarations",
+    "Versioned": "thorbis_cache.cache.structures",
     "WarmBatch": "thorbis_cache.warming",
-    "WarmContext": "thorbis_cache.declarations",
+    "WarmContext": "thorbis_cache.plugins.declarations",
     "WarmOutcome": "thorbis_cache.warming",
-    "Warmer": "thorbis_cache.declarations",
-    "WorkerMetrics": "thorbis_cache.worker",
+    "Warmer": "thorbis_cache.plugins.declarations",
+    "WorkerMetrics": "thorbis_cache.invalidation.worker",
     "batch_of": "thorbis_cache.warming",
-    "hookimpl": "thorbis_cache.hookspecs",
-    "validate_tenant": "thorbis_cache.keys",
+    "hookimpl": "thorbis_cache.plugins.hookspecs",
+    "validate_tenant": "thorbis_cache.cache.keys",
     "warm": "thorbis_cache.warming",
 }
 
 
-__getattr__ = lazy_exports(globals(), _LAZY)
+# Plugins written before the core was grouped into subpackages import these two modules
+# from the top level (``from thorbis_cache import declarations``); they keep working.
+_MOVED_MODULES = {
+    "declarations": "thorbis_cache.plugins.declarations",
+    "hookspecs": "thorbis_cache.plugins.hookspecs",
+}
+
+__getattr__ = lazy_exports(globals(), _LAZY, _MOVED_MODULES)
 
 
 __all__ = [

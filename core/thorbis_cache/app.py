@@ -28,12 +28,12 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from thorbis_cache.cache import Cache
-from thorbis_cache.config import CacheSettings
-from thorbis_cache.crypto import KeyRing
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.crypto import KeyRing
+from thorbis_cache.cache.near import NearCache
+from thorbis_cache.cache.settings import CacheSettings
 from thorbis_cache.errors import ConfigurationError
-from thorbis_cache.near import NearCache
-from thorbis_cache.plugins import PluginManager
+from thorbis_cache.plugins.manager import PluginManager
 
 if TYPE_CHECKING:
     from thorbis_cache.postgres.setup import CaptureMode, DatabaseSetup
@@ -45,7 +45,7 @@ class CacheApp:
     """A host application's cache: its plugins, its schema registry, its Redis.
 
     :param redis_url: where Redis is, on any topology (``redis://``, ``rediss://``,
-        ``redis+cluster://``, ``redis+sentinel://``: see :mod:`thorbis_cache.redis_url`).
+        ``redis+cluster://``, ``redis+sentinel://``: see :mod:`thorbis_cache.store.redis_url`).
     :param keyring: master keys; required when a plugin declares a sensitive schema.
     :param settings: cache behaviour (prefix, leases, codec, and
         ``schema_overrides``: TTLs per schema, set by the host for schemas plugins declare).
@@ -54,11 +54,11 @@ class CacheApp:
     :param near: an in-process near cache (L1) for the schemas with a ``near_ttl``, the
         plugin's or one set in ``settings.schema_overrides``; owned by this app's cache.
 
-    :ivar plugins: the :class:`~thorbis_cache.plugins.PluginManager`: after :meth:`start`,
-        ``plugins.plugins`` (name -> :class:`~thorbis_cache.plugins.LoadedPlugin`),
+    :ivar plugins: the :class:`~thorbis_cache.plugins.manager.PluginManager`: after :meth:`start`,
+        ``plugins.plugins`` (name -> :class:`~thorbis_cache.plugins.manager.LoadedPlugin`),
         ``plugins.registry`` (the key schemas), ``all_rules()``, ``all_views()``,
         ``all_warmers()``: what :meth:`OutboxWorker.from_app
-        <thorbis_cache.worker.OutboxWorker.from_app>` reads.
+        <thorbis_cache.invalidation.worker.OutboxWorker.from_app>` reads.
     :ivar database: what ``start(apply_sql=True)`` did, else None.
     """
 
@@ -123,7 +123,7 @@ class CacheApp:
         :param capture: with ``apply_sql``: ``"auto"`` (the default: logical decoding
             when the server allows it, else triggers), ``"triggers"`` or ``"logical"``,
             as ``db init --capture``; :meth:`OutboxWorker.from_app
-            <thorbis_cache.worker.OutboxWorker.from_app>` follows what was set up.
+            <thorbis_cache.invalidation.worker.OutboxWorker.from_app>` follows what was set up.
         :param slot: with ``apply_sql`` and logical capture: the slot's name, as
             ``db init --slot``.
         :returns: this app (so ``async with await app.start():`` reads well).

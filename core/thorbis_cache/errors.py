@@ -58,7 +58,7 @@ class ConfigurationError(ThorbisCacheError, ValueError):
 class EvictionPolicyError(ConfigurationError):
     """A Redis server runs a ``maxmemory-policy`` under which invalidation cannot be
     correct (it may evict keys without a TTL: tag sets, dependency edges), or its policy
-    cannot be read. See :mod:`thorbis_cache.eviction`.
+    cannot be read. See :mod:`thorbis_cache.cache.eviction`.
 
     :ivar policy: the server's policy (``"?"`` when it could not be read).
     :ivar address: the server.

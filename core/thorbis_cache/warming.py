@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from thorbis_cache import leases
+from thorbis_cache.cache import leases
+from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaKind
 from thorbis_cache.errors import InvalidParameterError
-from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache.core import Cache
 
 __all__ = ["WarmBatch", "WarmOutcome", "batch_of", "warm"]
 

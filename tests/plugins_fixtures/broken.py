@@ -334,8 +334,8 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
                   ("register_key_schemas", "key schema 'col.thing' is also declared by plugin "
                                            "'collide_a'")],
     "unknown_hook": [("register_key_schema", "@hookimpl function 'register_key_schema' "
-                                             "matches no hook of thorbis_cache.hookspecs; did "
-                                             "you mean 'register_key_schemas'?")],
+                                             "matches no hook of thorbis_cache.plugins.hookspecs; "
+                                             "did you mean 'register_key_schemas'?")],
     "bad_arguments": [("on_startup", "requires cache, which the hook does not pass (it passes "
                                      "app)")],
     "wrapper": [("register_permissions", "hook wrappers are not supported")],

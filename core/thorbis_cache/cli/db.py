@@ -29,9 +29,9 @@ from thorbis_cache.cli.dsn import check_postgres
 from thorbis_cache.errors import AuditChainBroken
 
 if TYPE_CHECKING:
+    from thorbis_cache.invalidation.worker import OutboxWorker
     from thorbis_cache.postgres.logical import LogicalCapture
     from thorbis_cache.postgres.migrations import MigrationReport
-    from thorbis_cache.worker import OutboxWorker
 
 __all__ = ["AuditAction", "DbAction", "audit_command", "db_command", "worker_command"]
 
@@ -82,7 +82,7 @@ def db_command(
 
 async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
               capture: Capture = Capture.auto, slot: str = "main") -> None:
-    from thorbis_cache.plugins import PluginManager
+    from thorbis_cache.plugins.manager import PluginManager
     from thorbis_cache.postgres.migrations import migrate
     from thorbis_cache.postgres.setup import setup_database
 
@@ -153,12 +153,12 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
                   capture: Capture = Capture.auto, slot: str = "main",
                   metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
     from thorbis_cache.app import CacheApp
-    from thorbis_cache.crypto import KeyRing
+    from thorbis_cache.cache.crypto import KeyRing
     from thorbis_cache.invalidation.apply import CacheInvalidator
     from thorbis_cache.invalidation.queue import InvalidationQueue
+    from thorbis_cache.invalidation.worker import OutboxWorker
     from thorbis_cache.observability.serve import worker_endpoint
     from thorbis_cache.observability.views import MeteredMvScheduler
-    from thorbis_cache.worker import OutboxWorker
 
     await check_postgres(dsn)
     # The worker only deletes keys, it never opens a value: when no ring is configured a

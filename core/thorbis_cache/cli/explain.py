@@ -35,11 +35,11 @@ from thorbis_cache.errors import (
 )
 
 if TYPE_CHECKING:  # imported when a command runs, not at CLI start
-    from thorbis_cache.cache import Cache
-    from thorbis_cache.crypto import KeyRing
-    from thorbis_cache.keys import CacheKey, KeySchema, SchemaRegistry
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.cache.crypto import KeyRing
+    from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaRegistry
     from thorbis_cache.observability.explain import Explanation
-    from thorbis_cache.plugins import PluginManager
+    from thorbis_cache.plugins.manager import PluginManager
 
 __all__ = [
     "EXIT_ABSENT",
@@ -153,7 +153,7 @@ def keyring_from_env(variable: str) -> KeyRing | None:
 
     :raises KeyRingError: the variable holds a malformed ring.
     """
-    from thorbis_cache.crypto import KeyRing
+    from thorbis_cache.cache.crypto import KeyRing
 
     return KeyRing.from_env(variable) if os.environ.get(variable) else None
 
@@ -163,10 +163,10 @@ async def open_cache(redis_url: str, prefix: str, plugins: list[str] | None,
     """The plugins' schemas loaded and a cache on ``redis_url`` (not started: no
     ``on_startup`` hook runs, nothing is written). Without a ring, a throwaway one lets
     the sensitive schemas register (their entries are then not opened)."""
-    from thorbis_cache.cache import Cache
-    from thorbis_cache.config import CacheSettings
-    from thorbis_cache.crypto import KeyRing
-    from thorbis_cache.plugins import PluginManager
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.cache.crypto import KeyRing
+    from thorbis_cache.cache.settings import CacheSettings
+    from thorbis_cache.plugins.manager import PluginManager
 
     if not redis_url:
         raise BadInput("no Redis URL: pass --redis-url or set THORBIS_REDIS_URL")

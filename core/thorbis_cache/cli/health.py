@@ -107,10 +107,10 @@ async def _check(redis_url: str, dsn: str | None, prefix: str, plugins: list[str
                  metrics_url: str, within: float) -> HealthReport:
     from prometheus_client.parser import text_string_to_metric_families
 
+    from thorbis_cache.mv.scheduler import ScheduledView
     from thorbis_cache.observability.health import HitCounts, check
     from thorbis_cache.observability.probe import Probe
-    from thorbis_cache.postgres.mv_scheduler import ScheduledView
-    from thorbis_cache.redis_store import RedisStore
+    from thorbis_cache.store.redis_store import RedisStore
 
     options.checked_prefix(prefix)
     hits = None
@@ -123,7 +123,7 @@ async def _check(redis_url: str, dsn: str | None, prefix: str, plugins: list[str
                                      ) from None
     views: list[ScheduledView] = []
     if dsn is not None:
-        from thorbis_cache.plugins import PluginManager
+        from thorbis_cache.plugins.manager import PluginManager
 
         manager = PluginManager()
         await manager.load(plugins)

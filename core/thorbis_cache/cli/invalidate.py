@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from thorbis_cache.cache.keys import validate_tenant
 from thorbis_cache.cli import options
 from thorbis_cache.cli.explain import (
     EXIT_BAD_INPUT,
@@ -31,10 +32,9 @@ from thorbis_cache.cli.explain import (
     open_cache,
 )
 from thorbis_cache.errors import InvalidTenantId
-from thorbis_cache.keys import validate_tenant
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache.core import Cache
 
 __all__ = ["invalidate_command"]
 

@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from thorbis_cache.crypto import MASTER_KEY_SIZE, KeyRing
+from thorbis_cache.cache.crypto import MASTER_KEY_SIZE, KeyRing
 from thorbis_cache.errors import ConfigurationError, KeyRingError
 
 __all__ = ["KeyringAction", "keyring_command", "next_key_id"]

@@ -28,7 +28,7 @@ from thorbis_cache.cli.dsn import check_postgres
 from thorbis_cache.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from thorbis_cache.declarations import MaterializedView
+    from thorbis_cache.plugins.declarations import MaterializedView
 
 __all__ = ["MvAction", "mv_command", "refresh_command"]
 
@@ -80,9 +80,9 @@ def _select(owned: list[tuple[str, MaterializedView]],
 async def _refresh(dsn: str, redis_url: str, names: list[str], plugins: list[str] | None,
                    statement_timeout: float | None) -> int:
     from thorbis_cache.app import CacheApp
-    from thorbis_cache.crypto import KeyRing
-    from thorbis_cache.postgres.mv_refresh import history_exists, refresh_and_invalidate
-    from thorbis_cache.postgres.mv_scheduler import ScheduledView, refresh_order
+    from thorbis_cache.cache.crypto import KeyRing
+    from thorbis_cache.mv.refresh import history_exists, refresh_and_invalidate
+    from thorbis_cache.mv.scheduler import ScheduledView, refresh_order
     from thorbis_cache.postgres.outbox import connect
 
     await check_postgres(dsn)
@@ -149,9 +149,9 @@ _HEALTH = {"ok": "green", "stale": "yellow", "failing": "red", "never": "yellow"
 
 
 async def _status(dsn: str, plugins: list[str] | None) -> None:
-    from thorbis_cache.plugins import PluginManager
-    from thorbis_cache.postgres.mv_refresh import history_exists
-    from thorbis_cache.postgres.mv_scheduler import ScheduledView, report
+    from thorbis_cache.mv.refresh import history_exists
+    from thorbis_cache.mv.scheduler import ScheduledView, report
+    from thorbis_cache.plugins.manager import PluginManager
     from thorbis_cache.postgres.outbox import connect
 
     await check_postgres(dsn)

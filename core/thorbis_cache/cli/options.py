@@ -34,7 +34,7 @@ def checked_prefix(prefix: str) -> str:
 
     :raises ConfigurationError: naming ``--prefix`` and what is wrong with it.
     """
-    from thorbis_cache.keys import validate_prefix
+    from thorbis_cache.cache.keys import validate_prefix
 
     try:
         validate_prefix(prefix)

@@ -1,6 +1,6 @@
 """``thorbis-cache plugins``: list installed plugins and what each declares.
 
-Plugins are loaded through :class:`~thorbis_cache.plugins.PluginManager`, so the listing
+Plugins are loaded through :class:`~thorbis_cache.plugins.manager.PluginManager`, so the listing
 shows exactly what a host would get, and a broken plugin is reported the way a host's
 start would report it: every problem, one red line each, exit status 1.
 """
@@ -19,7 +19,7 @@ from rich.table import Table
 from thorbis_cache.errors import PluginLoadError
 
 if TYPE_CHECKING:
-    from thorbis_cache.plugins import LoadedPlugin
+    from thorbis_cache.plugins.manager import LoadedPlugin
 
 __all__ = ["command", "describe"]
 
@@ -95,7 +95,7 @@ def command(
     :param as_json: print ``{"plugins": [...]}`` (see :func:`describe`) instead of a table.
     :raises typer.Exit: with status 1 when a plugin has problems (each printed in red).
     """
-    from thorbis_cache.plugins import ENTRY_POINT_GROUP, PluginManager  # not for --help
+    from thorbis_cache.plugins.manager import ENTRY_POINT_GROUP, PluginManager  # not for --help
 
     manager = PluginManager()
     try:

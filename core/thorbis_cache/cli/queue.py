@@ -91,7 +91,7 @@ def deadletters_command(
 async def _run(action: DeadLetterAction, ids: list[str], redis_url: str, prefix: str,
                replay_all: bool, as_json: bool, count: int) -> None:
     from thorbis_cache.invalidation.deadletters import DeadLetterNotFound, DeadLetters
-    from thorbis_cache.redis_store import RedisStore
+    from thorbis_cache.store.redis_store import RedisStore
 
     out = Console(highlight=False, soft_wrap=True)
     async with RedisStore.from_url(redis_url) as store:

@@ -1,6 +1,6 @@
 """``thorbis-cache new-plugin NAME``: generate a new vertical distribution.
 
-The work is done by :mod:`thorbis_cache.scaffold`; this module is the command line:
+The work is done by :mod:`thorbis_cache.plugins.scaffold`; this module is the command line:
 arguments, the list of files written, and the next steps.
 """
 
@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from thorbis_cache.scaffold import PluginNames, scaffold_files, write_plugin
+from thorbis_cache.plugins.scaffold import PluginNames, scaffold_files, write_plugin
 
 __all__ = ["command"]
 

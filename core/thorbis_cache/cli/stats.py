@@ -86,8 +86,8 @@ async def _run(redis_url: str, prefix: str, plugins: list[str] | None, sample: i
                err: Console) -> tuple[KeyStats, str | None]:
     from thorbis_cache.cli.health import fetch_metrics
     from thorbis_cache.observability.stats import sample_stats
-    from thorbis_cache.plugins import PluginManager
-    from thorbis_cache.redis_store import RedisStore
+    from thorbis_cache.plugins.manager import PluginManager
+    from thorbis_cache.store.redis_store import RedisStore
 
     options.checked_prefix(prefix)
     text = None

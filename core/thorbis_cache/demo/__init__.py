@@ -6,7 +6,7 @@ Redis and PostgreSQL, loads the ``home_services`` plugin through
 views), fills them with the plugin's deterministic data for the demo tenants and
 refreshes the views. It shows what the plugin declared and runs two of its patterns,
 then runs a Zipf-distributed read workload through
-:meth:`Cache.get_or_load <thorbis_cache.cache.Cache.get_or_load>` on the plugin's
+:meth:`Cache.get_or_load <thorbis_cache.cache.core.Cache.get_or_load>` on the plugin's
 encrypted ``hs.customer_summary`` schema with the plugin's own loader. Then it
 demonstrates, against the same servers, the promises the seed's cache-aside code did not
 keep:
@@ -96,7 +96,7 @@ def require_plugin() -> None:
 
     :raises ConfigurationError: it is not (one line, with the command that installs it).
     """
-    from thorbis_cache.plugins import ENTRY_POINT_GROUP  # pluggy: not for --help
+    from thorbis_cache.plugins.manager import ENTRY_POINT_GROUP  # pluggy: not for --help
 
     missing = (
         f"the demo needs the {PLUGIN!r} plugin (entry point {PLUGIN!r} of group "

@@ -20,8 +20,8 @@ import attrs
 from thorbis_cache.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
-    from thorbis_cache.keys import KeySchema
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.cache.keys import KeySchema
 
 __all__ = [
     "DemoOptions",
@@ -41,7 +41,7 @@ def counter(cache: Cache, name: str, schema: KeySchema[Any], **labels: str) -> f
     """The current value of the cache's counter ``name`` for ``schema``.
 
     :param cache: the demo's cache.
-    :param name: a counter of :attr:`Cache.metrics <thorbis_cache.cache.Cache.metrics>`.
+    :param name: a counter of :attr:`Cache.metrics <thorbis_cache.cache.core.Cache.metrics>`.
     :param schema: the key schema the counter is labelled with.
     :param labels: further labels of the counter (e.g. ``reason``).
     :returns: the counter's value (0 when it was never incremented).

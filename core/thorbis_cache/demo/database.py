@@ -24,7 +24,7 @@ from thorbis_cache.postgres.triggers import CHANNEL, install_triggers
 from thorbis_cache.testing.plugin_db import refresh_views
 
 if TYPE_CHECKING:
-    from thorbis_cache.declarations import InvalidationRule, MaterializedView
+    from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
     from thorbis_cache.testing.servers import PostgresServer
 
 __all__ = ["DATABASE", "Database", "close_pool", "create_database", "create_pool"]

@@ -2,7 +2,7 @@
 
 What ``thorbis-cache db init`` and ``thorbis-cache worker`` do in production, in the demo
 process: the core schema and the capture triggers generated from the plugin's rules,
-then an :class:`~thorbis_cache.worker.OutboxWorker` running its LISTEN loop. The scene
+then an :class:`~thorbis_cache.invalidation.worker.OutboxWorker` running its LISTEN loop. The scene
 caches a customer hash and the customer's summary, commits a change of the customer's
 account status (a significant column of the plugin's rules), and measures the time until
 the worker has deleted the hash -- the application never calls the cache; the next
@@ -22,12 +22,12 @@ from thorbis_home_services.models import AccountStatus
 from thorbis_home_services.schemas import CUSTOMER, CUSTOMER_SUMMARY
 
 from thorbis_cache.app import CacheApp
-from thorbis_cache.cache import Cache
+from thorbis_cache.cache.core import Cache
 from thorbis_cache.demo.database import Database
 from thorbis_cache.demo.results import Check, DemoFailure, OutboxResult
 from thorbis_cache.errors import MissingRow
-from thorbis_cache.postgres.mv_refresh import refresh_and_invalidate
-from thorbis_cache.worker import OutboxWorker
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.mv.refresh import refresh_and_invalidate
 
 __all__ = ["outbox_scene"]
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import attrs
 
 from thorbis_cache.errors import ConfigurationError
-from thorbis_cache.plugins import ENTRY_POINT_GROUP
+from thorbis_cache.plugins.manager import ENTRY_POINT_GROUP
 
 if TYPE_CHECKING:
     import asyncpg

@@ -12,6 +12,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from thorbis_cache.cache.envelope import FLAG_COMPRESSED, FLAG_ENCRYPTED, FLAG_TIMING
 from thorbis_cache.demo.data import DemoOptions
 from thorbis_cache.demo.database import DATABASE
 from thorbis_cache.demo.results import (
@@ -23,7 +24,6 @@ from thorbis_cache.demo.results import (
     VerticalsResult,
     WorkloadResult,
 )
-from thorbis_cache.envelope import FLAG_COMPRESSED, FLAG_ENCRYPTED, FLAG_TIMING
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
 
 __all__ = [

@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 from rich.console import Console
 
 from thorbis_cache.app import CacheApp
-from thorbis_cache.crypto import KeyRing
+from thorbis_cache.cache.crypto import KeyRing
 from thorbis_cache.demo import report
 from thorbis_cache.demo.data import DemoOptions, popularity, read_plan
 from thorbis_cache.demo.database import Database, close_pool, create_database, create_pool
@@ -24,7 +24,7 @@ from thorbis_cache.demo.scenes import encryption_scene, race_scene, tamper_scene
 from thorbis_cache.demo.vertical import PLUGIN, plugin_scene
 from thorbis_cache.demo.verticals_scene import verticals_scene
 from thorbis_cache.demo.workload import run_workload
-from thorbis_cache.plugins import ENTRY_POINT_GROUP
+from thorbis_cache.plugins.manager import ENTRY_POINT_GROUP
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
 
 __all__ = ["run"]

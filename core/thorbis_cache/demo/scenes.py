@@ -17,8 +17,9 @@ import msgpack
 from thorbis_home_services import CustomerSummary, Priority, WorkOrder, loaders
 from thorbis_home_services.schemas import CUSTOMER_SUMMARY, WORK_ORDER
 
-from thorbis_cache.cache import Cache
-from thorbis_cache.codec import make_converter
+from thorbis_cache.cache.codec import make_converter
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.envelope import FLAG_ENCRYPTED, FLAG_TIMING
 from thorbis_cache.demo.data import counter
 from thorbis_cache.demo.database import Database
 from thorbis_cache.demo.results import (
@@ -28,7 +29,6 @@ from thorbis_cache.demo.results import (
     RaceResult,
     TamperResult,
 )
-from thorbis_cache.envelope import FLAG_ENCRYPTED, FLAG_TIMING
 
 __all__ = ["encryption_scene", "race_scene", "tamper_scene"]
 

@@ -19,9 +19,9 @@ from thorbis_home_services.predict import predict_next_service
 from thorbis_home_services.scoring import score_of
 
 from thorbis_cache.app import CacheApp
-from thorbis_cache.declarations import WarmContext
 from thorbis_cache.demo.database import Database
 from thorbis_cache.demo.results import Check, DemoFailure, PluginResult
+from thorbis_cache.plugins.declarations import WarmContext
 from thorbis_cache.warming import WarmOutcome, warm
 
 __all__ = ["BOARD", "PLUGIN", "PREDICT", "WARMER", "plugin_scene"]

@@ -41,16 +41,16 @@ from thorbis_cache.app import CacheApp
 from thorbis_cache.demo.data import DemoOptions
 from thorbis_cache.demo.protocol import DemoChange, VerticalDemo, find_demo
 from thorbis_cache.demo.results import Check, LatencySummary, VerticalResult, VerticalsResult
-from thorbis_cache.postgres.migrations import migrate
-from thorbis_cache.postgres.mv_refresh import (
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.mv.refresh import (
     RefreshOutcome,
     load_state,
     pending_changes,
     refresh_and_invalidate,
 )
-from thorbis_cache.postgres.mv_scheduler import MvScheduler
+from thorbis_cache.mv.scheduler import MvScheduler
+from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.triggers import install_triggers
-from thorbis_cache.worker import OutboxWorker
 
 __all__ = ["CHANGES_PER_TENANT", "verticals_scene"]
 

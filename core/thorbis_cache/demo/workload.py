@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from thorbis_home_services import CustomerSummary, loaders
 from thorbis_home_services.schemas import CUSTOMER_SUMMARY
 
-from thorbis_cache.cache import Cache
+from thorbis_cache.cache.core import Cache
 from thorbis_cache.demo.data import counter
 from thorbis_cache.demo.database import Database
 from thorbis_cache.demo.results import LatencySummary, WorkloadResult

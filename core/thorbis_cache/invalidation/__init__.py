@@ -1,19 +1,20 @@
-"""Invalidation engines: by key, by tag and in cascade, server-side in Redis, and the
-events that keep other processes' near caches coherent.
+"""Invalidation driven by database changes: the worker that turns captured rows into the
+keys and tags the plugins' rules name, the reliable queue between them, replay after a
+failover, and what a lost capture slot flushes.
 
-See :mod:`thorbis_cache.invalidation.tags`, :mod:`thorbis_cache.invalidation.events` and
-``docs/architecture.md``.
+The engines it drives live with the cache (:mod:`thorbis_cache.cache.tags`,
+:mod:`thorbis_cache.cache.invalidation_events`); their names stay importable from here.
 """
 
 from __future__ import annotations
 
-from thorbis_cache.invalidation.events import (
+from thorbis_cache.cache.invalidation_events import (
     EventPublisher,
     EventSubscriber,
     InvalidationEvent,
     events_channel,
 )
-from thorbis_cache.invalidation.tags import CacheTagInvalidator, InvalidationLimits, TagEngine
+from thorbis_cache.cache.tags import CacheTagInvalidator, InvalidationLimits, TagEngine
 
 __all__ = [
     "CacheTagInvalidator",

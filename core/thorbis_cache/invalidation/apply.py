@@ -1,4 +1,4 @@
-"""Applying queued invalidation jobs through a :class:`~thorbis_cache.cache.Cache`."""
+"""Applying queued invalidation jobs through a :class:`~thorbis_cache.cache.core.Cache`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from thorbis_cache.invalidation.queue import InvalidationJob
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache.core import Cache
 
 __all__ = ["CacheInvalidator"]
 

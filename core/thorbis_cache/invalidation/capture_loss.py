@@ -4,11 +4,11 @@ A logical replication slot that was dropped, or invalidated because it held back
 WAL than ``max_slot_wal_keep_size``, lost the changes between its last confirmed
 position and now: some cached entries built from the watched tables may be stale, and
 nothing says which. The worker then never goes on silently
-(:meth:`OutboxWorker._recover_lost_slot <thorbis_cache.worker.OutboxWorker>`):
+(:meth:`OutboxWorker._recover_lost_slot <thorbis_cache.invalidation.worker.OutboxWorker>`):
 
 1. it recreates the slot first, so every change from then on is captured;
 2. then invalidates, for every tenant with a tag index (the slot registries of
-   :class:`~thorbis_cache.invalidation.sweep.MetaSweep`: bounded pages, no SCAN), every
+   :class:`~thorbis_cache.cache.meta_sweep.MetaSweep`: bounded pages, no SCAN), every
    tag a rule on an affected table could reach -- the rules' own tags and the tags of
    the schemas they target. Changes lost before step 1 are covered, and one committed
    between the two steps is captured by the new slot anyway;
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from thorbis_cache.invalidation.sweep import MetaSweep
+from thorbis_cache.cache.meta_sweep import MetaSweep
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
-    from thorbis_cache.declarations import InvalidationRule
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.plugins.declarations import InvalidationRule
 
 __all__ = ["CaptureLossReport", "flush_after_capture_loss", "tags_reached"]
 

@@ -28,7 +28,7 @@ from thorbis_cache.invalidation.queue import (
     decode_job,
     encode_job,
 )
-from thorbis_cache.redis_store import RedisStore
+from thorbis_cache.store.redis_store import RedisStore
 
 __all__ = ["DeadLetter", "DeadLetterNotFound", "DeadLetters", "ReplayReport"]
 

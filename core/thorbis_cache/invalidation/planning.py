@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from thorbis_cache.declarations import InvalidationRule, Operation
+from thorbis_cache.cache.keys import CacheKey, validate_tenant
 from thorbis_cache.errors import ThorbisCacheError
-from thorbis_cache.keys import CacheKey, validate_tenant
+from thorbis_cache.plugins.declarations import InvalidationRule, Operation
 from thorbis_cache.postgres.outbox import OutboxRow
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache.core import Cache
 
 __all__ = ["Plan", "PoisonRow", "RulePlanner"]
 

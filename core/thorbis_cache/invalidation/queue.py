@@ -51,13 +51,13 @@ import attrs
 import cattrs
 from cattrs.preconf.json import JsonConverter, make_converter
 
+from thorbis_cache.cache.keys import validate_prefix, validate_tenant
 from thorbis_cache.errors import (
     CacheBackendError,
     ConfigurationError,
     InvalidJobError,
 )
-from thorbis_cache.keys import validate_prefix, validate_tenant
-from thorbis_cache.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
 
 __all__ = [
     "FORMAT_VERSION",

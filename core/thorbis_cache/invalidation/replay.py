@@ -4,7 +4,7 @@ Redis replicates asynchronously. A ``DEL`` acknowledged by a master that dies be
 its replicas receive it is lost when one of them is promoted, and a server restarted
 from an AOF written ``everysec`` may lose its last second: either way a deleted,
 stale value comes back. ``WAIT`` after every invalidation (:meth:`RedisStore.replicated
-<thorbis_cache.redis_store.RedisStore.replicated>`) makes that rare but, bounded by a
+<thorbis_cache.store.redis_store.RedisStore.replicated>`) makes that rare but, bounded by a
 timeout, not impossible. What closes the gap for the outbox worker:
 
 * each batch appends one ``thorbis.invalidation_log`` row per tenant (in the transaction
@@ -30,12 +30,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.postgres import replay_log
-from thorbis_cache.redis_store import load_lua
+from thorbis_cache.store.redis_store import load_lua
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache.core import Cache
 
 __all__ = ["FailoverReplay"]
 

@@ -16,9 +16,9 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from thorbis_cache.mv.scheduler import ScheduledView
 from thorbis_cache.observability.exporter import CONTENT_TYPE, Exporter
 from thorbis_cache.observability.health import HitCounts, check
-from thorbis_cache.postgres.mv_scheduler import ScheduledView
 
 __all__ = ["MetricsApp"]
 

@@ -25,23 +25,23 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from thorbis_cache.codec import SchemaCodec, make_converter
-from thorbis_cache.envelope import (
+from thorbis_cache.cache.codec import SchemaCodec, make_converter
+from thorbis_cache.cache.envelope import (
     FLAG_COMPRESSED,
     FLAG_ENCRYPTED,
     FLAG_TIMING,
     MAGIC,
     CorruptEntry,
 )
+from thorbis_cache.cache.keys import CacheKey, SchemaKind
+from thorbis_cache.cache.leases import ABSENT, EMPTY
+from thorbis_cache.cache.meta_keys import key_slot
+from thorbis_cache.cache.near import MISS
 from thorbis_cache.errors import CacheBackendError, RedisUnavailableError
-from thorbis_cache.invalidation.meta_keys import key_slot
-from thorbis_cache.keys import CacheKey, SchemaKind
-from thorbis_cache.leases import ABSENT, EMPTY
-from thorbis_cache.near import MISS
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
-    from thorbis_cache.declarations import InvalidationRule
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.plugins.declarations import InvalidationRule
 
 __all__ = [
     "EnvelopeInfo",
@@ -420,7 +420,7 @@ async def _read_entry(cache: Cache, key: CacheKey[Any], rk: str, found: _Found, 
 def _check_hash(codec: SchemaCodec[Any], key: CacheKey[Any], rk: str,
                 items: dict[bytes, bytes], fields: dict[str, attrs.Attribute[Any]],
                 found: _Found) -> Any:
-    """Open every field of an entity hash as :class:`~thorbis_cache.structures.EntityHash`
+    """Open every field of an entity hash as :class:`~thorbis_cache.cache.structures.EntityHash`
     does (each field sealed for ``<key>#<field>``); returns the entity, or None when
     it does not open (the reason recorded in ``found``)."""
     if _VERSION_FIELD not in items:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from thorbis_cache.cache import Cache
+from thorbis_cache.cache.core import Cache
 from thorbis_cache.invalidation.queue import InvalidationQueue, Invalidator
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.observability.health import HealthReport, HealthThresholds, assess
 from thorbis_cache.observability.operations import OperationObserver
 from thorbis_cache.observability.probe import Probe
@@ -25,7 +26,6 @@ from thorbis_cache.observability.workers import (
     QueueCollector,
     WorkerCollector,
 )
-from thorbis_cache.worker import OutboxWorker
 
 __all__ = ["CONTENT_TYPE", "Exporter"]
 

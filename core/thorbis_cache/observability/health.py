@@ -8,7 +8,7 @@ one reading of the servers (:meth:`~thorbis_cache.observability.probe.Probe.exam
   sentinels flag down is unhealthy, no sentinel answering a warning; any replica not
   ``online`` or whose last acknowledgement is older than ``replica_lag`` a warning.
 * ``eviction``: a ``maxmemory-policy`` the invalidation engine refuses (``allkeys-*``,
-  see :mod:`thorbis_cache.eviction`) is unhealthy, naming the policy and the master.
+  see :mod:`thorbis_cache.cache.eviction`) is unhealthy, naming the policy and the master.
 * ``memory``: ``used_memory`` over ``memory_warning`` / ``memory_unhealthy`` of
   ``maxmemory`` on any master (evicted keys are a figure).
 * ``hit_ratio``: hits / (hits + misses) of the reads counted (the process's own, or a
@@ -39,7 +39,8 @@ from typing import Any, Literal
 import attrs
 from prometheus_client.core import Metric
 
-from thorbis_cache.eviction import refusal
+from thorbis_cache.cache.eviction import refusal
+from thorbis_cache.mv.scheduler import ScheduledView
 from thorbis_cache.observability.probe import (
     HealthReading,
     MasterState,
@@ -47,7 +48,6 @@ from thorbis_cache.observability.probe import (
     ProbeResult,
     TopologyReading,
 )
-from thorbis_cache.postgres.mv_scheduler import ScheduledView
 
 __all__ = ["Check", "HealthReport", "HealthThresholds", "HitCounts", "assess", "check"]
 

@@ -1,10 +1,10 @@
 """Per-operation latency by key schema, errors, and tenant traffic: the cache's
-optional observer (:attr:`Cache.observer <thorbis_cache.cache.Cache.observer>`).
+optional observer (:attr:`Cache.observer <thorbis_cache.cache.core.Cache.observer>`).
 
 Off by default: with ``cache.observer`` None the read path makes one ``is None`` check
 and calls nothing. On, each ``get`` / ``get_or_load`` of a value schema that reaches
 Redis (near-cache hits are answered before it, and counted per schema by
-:class:`~thorbis_cache.metrics.CacheMetrics`) costs two clock reads, one histogram
+:class:`~thorbis_cache.cache.metrics.CacheMetrics`) costs two clock reads, one histogram
 observation and one :meth:`TopTenants.add` (``bench/metrics_overhead.py`` measures it
 against the hit with the observer off). Everything is exported at scrape time.
 """
@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.cache.metrics import LATENCY_BUCKETS, Histogram
 from thorbis_cache.errors import ThorbisCacheError
-from thorbis_cache.keys import CacheKey
-from thorbis_cache.metrics import LATENCY_BUCKETS, Histogram
 from thorbis_cache.observability.tenants import TopTenants
 
 __all__ = ["OperationObserver"]

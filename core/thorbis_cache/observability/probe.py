@@ -25,14 +25,14 @@ import attrs
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from thorbis_cache.invalidation.meta_keys import MetaKeys
+from thorbis_cache.cache.meta_keys import MetaKeys
 from thorbis_cache.invalidation.queue import QueueKeys
+from thorbis_cache.mv.refresh import history_exists
+from thorbis_cache.mv.scheduler import ScheduledView, ViewReport, report
 from thorbis_cache.postgres import outbox
 from thorbis_cache.postgres.logical import LogicalCapture
-from thorbis_cache.postgres.mv_refresh import history_exists
-from thorbis_cache.postgres.mv_scheduler import ScheduledView, ViewReport, report
-from thorbis_cache.redis_store import RedisStore, Script, load_lua
-from thorbis_cache.redis_url import RedisAddress, Topology
+from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_url import RedisAddress, Topology
 
 __all__ = ["CaptureSlot", "HealthReading", "MasterState", "Probe", "ProbeResult",
            "ReplicaState", "SentinelState", "TopologyReading", "info_fields",

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache.core import Cache
     from thorbis_cache.invalidation.queue import InvalidationQueue, Invalidator
+    from thorbis_cache.invalidation.worker import OutboxWorker
+    from thorbis_cache.mv.scheduler import ScheduledView
     from thorbis_cache.observability.http import HttpServer
     from thorbis_cache.observability.views import MvRefreshMetrics
-    from thorbis_cache.postgres.mv_scheduler import ScheduledView
-    from thorbis_cache.worker import OutboxWorker
 
 __all__ = ["worker_endpoint"]
 

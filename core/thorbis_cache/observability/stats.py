@@ -31,10 +31,10 @@ from typing import Any
 
 import attrs
 
+from thorbis_cache.cache.keys import SchemaRegistry, validate_tenant
 from thorbis_cache.errors import InvalidKeyError, RedisUnavailableError
-from thorbis_cache.keys import SchemaRegistry, validate_tenant
 from thorbis_cache.observability.probe import MasterState, read_masters
-from thorbis_cache.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
 
 __all__ = ["FOREIGN", "OTHER_SCHEMA", "Estimate", "GroupEstimate", "KeyStats",
            "NodeSample", "SampledKey", "TtlProfile", "sample_stats"]

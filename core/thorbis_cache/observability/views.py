@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from thorbis_cache.metrics import Histogram
-from thorbis_cache.postgres.mv_refresh import RefreshOutcome
-from thorbis_cache.postgres.mv_scheduler import MvScheduler
+from thorbis_cache.cache.metrics import Histogram
+from thorbis_cache.mv.refresh import RefreshOutcome
+from thorbis_cache.mv.scheduler import MvScheduler
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
@@ -68,11 +68,11 @@ class MvRefreshMetrics(Collector):
 
 
 class MeteredMvScheduler(MvScheduler):
-    """An :class:`~thorbis_cache.postgres.mv_scheduler.MvScheduler` whose every tick's
+    """An :class:`~thorbis_cache.mv.scheduler.MvScheduler` whose every tick's
     outcomes are counted in :attr:`refresh_metrics`.
 
     :param refresh_metrics: where they are counted (a fresh one by default).
-    :param options: as for :class:`~thorbis_cache.postgres.mv_scheduler.MvScheduler`.
+    :param options: as for :class:`~thorbis_cache.mv.scheduler.MvScheduler`.
     """
 
     def __init__(self, *args: Any, refresh_metrics: MvRefreshMetrics | None = None,

@@ -1,5 +1,5 @@
 """The background processes' in-process figures as Prometheus metrics: the outbox
-worker (:class:`~thorbis_cache.worker.WorkerMetrics`), the invalidation queue's
+worker (:class:`~thorbis_cache.invalidation.worker.WorkerMetrics`), the invalidation queue's
 consumer (:class:`~thorbis_cache.invalidation.queue.QueueCounters`) and what its jobs
 invalidated (:class:`CountingInvalidator`). Read at scrape time; nothing is added to
 the work itself beyond the integer increments those objects already make.
@@ -18,7 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from thorbis_cache.invalidation.queue import InvalidationJob, Invalidator, QueueCounters
-from thorbis_cache.worker import WorkerMetrics
+from thorbis_cache.invalidation.worker import WorkerMetrics
 
 __all__ = ["CountingInvalidator", "InvalidationsCollector", "QueueCollector", "WorkerCollector"]
 
@@ -45,7 +45,7 @@ class WorkerCollector(Collector):
     """The outbox worker's counters, lag and commit->invalidated latency.
 
     :param metrics: the worker's :attr:`OutboxWorker.metrics
-        <thorbis_cache.worker.OutboxWorker.metrics>`.
+        <thorbis_cache.invalidation.worker.OutboxWorker.metrics>`.
     :param namespace: metric name prefix.
     """
 

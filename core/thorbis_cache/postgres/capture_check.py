@@ -3,7 +3,7 @@
 After ``thorbis-cache db migrate`` without ``db init`` the rules exist but nothing
 captures changes: an UPDATE writes no outbox row, the worker applies nothing, and cached
 entries stay stale until their TTL. :func:`check_capture` finds that before it happens;
-the worker (:meth:`~thorbis_cache.worker.OutboxWorker.check_capture`, run by ``run``,
+the worker (:meth:`~thorbis_cache.invalidation.worker.OutboxWorker.check_capture`, run by ``run``,
 ``drain`` and the CLI) and :meth:`CacheApp.start <thorbis_cache.app.CacheApp.start>`
 (when given a DSN) refuse to start on it.
 
@@ -24,8 +24,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from thorbis_cache.declarations import InvalidationRule, Operation
 from thorbis_cache.errors import CaptureNotInstalledError
+from thorbis_cache.plugins.declarations import InvalidationRule, Operation
 
 if TYPE_CHECKING:
     from thorbis_cache.postgres.logical import LogicalCapture

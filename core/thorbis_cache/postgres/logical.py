@@ -53,8 +53,8 @@ from typing import Any
 import asyncpg
 import attrs
 
-from thorbis_cache.declarations import InvalidationRule, MaterializedView
 from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
 from thorbis_cache.postgres import pgoutput
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox import OutboxRow

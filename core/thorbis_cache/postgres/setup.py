@@ -29,7 +29,7 @@ from thorbis_cache.postgres.outbox import connect
 from thorbis_cache.postgres.sql_apply import apply_and_check
 
 if TYPE_CHECKING:
-    from thorbis_cache.plugins import PluginManager
+    from thorbis_cache.plugins.manager import PluginManager
     from thorbis_cache.postgres.triggers import TablePlan
 
 __all__ = ["CAPTURES", "CaptureMode", "DatabaseSetup", "setup_database"]

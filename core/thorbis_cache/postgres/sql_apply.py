@@ -20,7 +20,7 @@ from thorbis_cache.errors import PluginLoadError, PluginProblem
 from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX, quote_qualified
 
 if TYPE_CHECKING:
-    from thorbis_cache.declarations import LoadedPlugin, MaterializedView
+    from thorbis_cache.plugins.declarations import LoadedPlugin, MaterializedView
 
 __all__ = ["apply_and_check", "apply_plugin_sql", "check_rules_against_db", "split_sql"]
 

@@ -12,7 +12,7 @@ shape (:mod:`~thorbis_cache.postgres.outbox_images`); the worker rebuilds the JS
 No NOTIFY: a transaction that queued one takes a database-wide lock at commit, so every
 notifying writer would commit one at a time (0.47x the tx/s of 8 writers without
 capture, measured). The worker polls the outbox with a short adaptive pause instead
-(:meth:`thorbis_cache.worker.OutboxWorker.run`); :data:`CHANNEL` is still LISTENed on,
+(:meth:`thorbis_cache.invalidation.worker.OutboxWorker.run`); :data:`CHANNEL` is still LISTENed on,
 so a NOTIFY sent by hand or by a tool wakes it at once.
 
 Cost control: the trigger fires only for the operations some rule handles, and an UPDATE
@@ -40,8 +40,8 @@ from collections.abc import Iterable, Mapping
 import asyncpg
 import attrs
 
-from thorbis_cache.declarations import InvalidationRule, MaterializedView, Operation
 from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView, Operation
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox_images import Shape, register_shape, value_sql
 

@@ -9,7 +9,7 @@ import redis
 from redis.cluster import RedisCluster as SyncCluster
 from redis.sentinel import Sentinel
 
-from thorbis_cache.redis_url import Topology, parse_redis_url
+from thorbis_cache.store.redis_url import Topology, parse_redis_url
 
 __all__ = ["master_clients"]
 

@@ -37,11 +37,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thorbis_cache.cache import Cache
-from thorbis_cache.crypto import KeyRing
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.crypto import KeyRing
+from thorbis_cache.cache.keys import SchemaRegistry, validate_tenant
 from thorbis_cache.errors import ConfigurationError, PluginLoadError
-from thorbis_cache.keys import SchemaRegistry, validate_tenant
-from thorbis_cache.plugins import LoadedPlugin, PluginManager
+from thorbis_cache.plugins.manager import LoadedPlugin, PluginManager
 from thorbis_cache.testing import contract_checks as checks
 from thorbis_cache.testing import contract_db as db
 from thorbis_cache.testing import contract_fills as fills

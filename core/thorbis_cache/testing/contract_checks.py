@@ -2,7 +2,7 @@
 
 :class:`~thorbis_cache.testing.contract.PluginContract` calls these; a plugin author can
 call any of them from a test of their own. Each takes a
-:class:`~thorbis_cache.plugins.LoadedPlugin` (or its schemas) and raises
+:class:`~thorbis_cache.plugins.manager.LoadedPlugin` (or its schemas) and raises
 :class:`AssertionError` listing *every* problem it found, each naming the plugin and
 the declaration (schema, view, rule, warmer, permission) at fault. Property checks use
 hypothesis; its falsifying example is printed with the failure. The checks that need
@@ -24,14 +24,14 @@ from hypothesis import strategies as st
 from hypothesis.errors import ResolutionFailed
 from redis.crc import key_slot
 
-from thorbis_cache.cache import Cache
-from thorbis_cache.codec import CodecSettings, SchemaCodec, check_value, make_converter
-from thorbis_cache.crypto import KeyRing
-from thorbis_cache.declarations import WarmContext, Warmer, is_qualified
+from thorbis_cache.cache.codec import CodecSettings, SchemaCodec, check_value, make_converter
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.crypto import KeyRing
+from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaKind, SchemaRegistry
 from thorbis_cache.errors import InvalidKeyError, ThorbisCacheError
-from thorbis_cache.hookspecs import HOOK_API_VERSION, SUPPORTED_HOOK_API_VERSIONS
-from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind, SchemaRegistry
-from thorbis_cache.plugins import LoadedPlugin
+from thorbis_cache.plugins.declarations import WarmContext, Warmer, is_qualified
+from thorbis_cache.plugins.hookspecs import HOOK_API_VERSION, SUPPORTED_HOOK_API_VERSIONS
+from thorbis_cache.plugins.manager import LoadedPlugin
 from thorbis_cache.testing.strategies import param_value, params_for, tenant_ids, values_of
 from thorbis_cache.warming import WarmBatch, warm
 

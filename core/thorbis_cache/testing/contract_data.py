@@ -16,8 +16,8 @@ import attrs
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.strategies import SearchStrategy
 
-from thorbis_cache.cache import Cache
-from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaKind
 from thorbis_cache.postgres.catalog import quote_ident, quote_qualified
 from thorbis_cache.testing.strategies import param_value, params_for, values_of
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 
-from thorbis_cache.declarations import is_qualified
 from thorbis_cache.errors import PluginLoadError
-from thorbis_cache.plugins import LoadedPlugin
+from thorbis_cache.plugins.declarations import is_qualified
+from thorbis_cache.plugins.manager import LoadedPlugin
 from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX, quote_ident, quote_qualified
 from thorbis_cache.postgres.sql_apply import apply_plugin_sql, check_rules_against_db
 from thorbis_cache.testing.contract_checks import report

@@ -19,10 +19,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from thorbis_cache.cache import Cache
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaKind
 from thorbis_cache.errors import MissingRow
-from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind
-from thorbis_cache.plugins import LoadedPlugin
+from thorbis_cache.plugins.manager import LoadedPlugin
 from thorbis_cache.testing.contract_checks import (
     GEO_TOLERANCE_DEGREES,
     Sample,

@@ -18,12 +18,12 @@ from typing import Any
 
 import asyncpg
 
-from thorbis_cache.cache import Cache
-from thorbis_cache.config import CacheSettings
-from thorbis_cache.crypto import KeyRing
-from thorbis_cache.declarations import WarmContext, Warmer
-from thorbis_cache.keys import CacheKey
-from thorbis_cache.plugins import LoadedPlugin
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.crypto import KeyRing
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.cache.settings import CacheSettings
+from thorbis_cache.plugins.declarations import WarmContext, Warmer
+from thorbis_cache.plugins.manager import LoadedPlugin
 from thorbis_cache.postgres.catalog import quote_ident, quote_qualified
 from thorbis_cache.testing.contract_checks import report
 from thorbis_cache.testing.contract_data import (

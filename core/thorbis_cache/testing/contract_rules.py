@@ -20,13 +20,14 @@ from typing import Any
 
 import asyncpg
 
-from thorbis_cache.cache import Cache
-from thorbis_cache.crypto import KeyRing
-from thorbis_cache.declarations import InvalidationRule, Operation
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.crypto import KeyRing
+from thorbis_cache.cache.keys import CacheKey, KeySchema
 from thorbis_cache.errors import PluginLoadError, ThorbisCacheError
 from thorbis_cache.invalidation import CacheTagInvalidator
-from thorbis_cache.keys import CacheKey, KeySchema
-from thorbis_cache.plugins import LoadedPlugin
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.plugins.declarations import InvalidationRule, Operation
+from thorbis_cache.plugins.manager import LoadedPlugin
 from thorbis_cache.postgres.catalog import quote_ident, quote_qualified
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.sql_apply import apply_and_check
@@ -45,7 +46,6 @@ from thorbis_cache.testing.contract_data import (
 )
 from thorbis_cache.testing.contract_db import seed
 from thorbis_cache.testing.plugin_db import schema_registry
-from thorbis_cache.worker import OutboxWorker
 
 __all__ = ["check_rule_column_types", "check_rules_end_to_end", "column_fits"]
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import asyncpg
 
-from thorbis_cache.declarations import MaterializedView
-from thorbis_cache.plugins import LoadedPlugin
+from thorbis_cache.plugins.declarations import MaterializedView
+from thorbis_cache.plugins.manager import LoadedPlugin
 from thorbis_cache.postgres.catalog import quote_ident, quote_qualified
 from thorbis_cache.testing.contract_checks import report
 from thorbis_cache.testing.contract_data import INT_TYPES, TEXT_TYPES, Column, columns_of

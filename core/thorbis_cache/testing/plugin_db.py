@@ -17,8 +17,8 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from thorbis_cache.declarations import MaterializedView
-from thorbis_cache.keys import KeySchema, SchemaRegistry
+from thorbis_cache.cache.keys import KeySchema, SchemaRegistry
+from thorbis_cache.plugins.declarations import MaterializedView
 from thorbis_cache.postgres.catalog import quote_qualified
 
 __all__ = ["LoadedDb", "create_plugin_schema", "refresh_views", "schema_registry"]
@@ -64,5 +64,5 @@ class LoadedDb(Generic[_D]):
 
     async def fetch(self, sql: str, *args: object) -> list[Mapping[str, Any]]:
         """Rows as dicts: the shape of :attr:`WarmContext.fetch
-        <thorbis_cache.declarations.WarmContext.fetch>`."""
+        <thorbis_cache.plugins.declarations.WarmContext.fetch>`."""
         return [dict(r) for r in await self.conn.fetch(sql, *args)]

@@ -15,8 +15,8 @@ from typing import Any
 import attrs
 from hypothesis import strategies as st
 
-from thorbis_cache.codec import check_value
-from thorbis_cache.keys import KeySchema, Param
+from thorbis_cache.cache.codec import check_value
+from thorbis_cache.cache.keys import KeySchema, Param
 
 __all__ = [
     "hostile_text",
@@ -31,7 +31,7 @@ _TENANT_REST = _TENANT_FIRST + "_-"
 
 
 def tenant_ids() -> st.SearchStrategy[str]:
-    """Valid tenant ids (the rule of :func:`thorbis_cache.keys.validate_tenant`)."""
+    """Valid tenant ids (the rule of :func:`thorbis_cache.cache.keys.validate_tenant`)."""
     return st.builds(
         lambda first, rest: first + rest,
         st.sampled_from(_TENANT_FIRST),

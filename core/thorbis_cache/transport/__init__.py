@@ -3,7 +3,7 @@
 :mod:`.connection` is one connection many callers share (replies matched in order,
 never to the wrong caller); :mod:`.node` keeps a few of them per server; :mod:`.router`
 picks the server from the redis-py client's own view of the topology. The store
-(:mod:`thorbis_cache.redis_store`) sends GET, MGET, SET and scripts through it and
+(:mod:`thorbis_cache.store.redis_store`) sends GET, MGET, SET and scripts through it and
 everything else through redis-py.
 """
 

@@ -24,7 +24,7 @@ from thorbis_fitness_studio.plugin import (
 from thorbis_fitness_studio.sample_data import SEED_SQL
 
 from thorbis_cache import Cache, KeyRing, MissingRow, WarmBatch, WarmContext, WarmOutcome, warm
-from thorbis_cache.plugins import LoadedPlugin
+from thorbis_cache.plugins.manager import LoadedPlugin
 from thorbis_cache.testing.contract import ContractTarget, load_plugin, run_async
 from thorbis_cache.testing.contract_db import applied
 from thorbis_cache.testing.plugin_db import schema_registry

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from thorbis_cache import Cache, SchemaRegistry
-from thorbis_cache.declarations import WarmContext, Warmer
+from thorbis_cache.plugins.declarations import WarmContext, Warmer
 from thorbis_cache.testing import plugin_db
 from thorbis_cache.testing.plugin_db import create_plugin_schema, schema_registry
 from thorbis_cache.warming import WarmOutcome, warm

@@ -12,7 +12,7 @@ import pluggy
 import pytest
 from hypothesis import given
 from thorbis_cache import CacheApp, KeyRing, hookspecs
-from thorbis_cache.plugins import PluginManager
+from thorbis_cache.plugins.manager import PluginManager
 from thorbis_cache.testing.strategies import params_for, tenant_ids
 
 import thorbis_automotive

@@ -15,8 +15,8 @@ import attrs
 import pytest
 from auto_testing import CountingFetch, LoadedDb, warm_tenant
 from thorbis_cache import Cache, MissingRow
-from thorbis_cache.declarations import WarmContext
-from thorbis_cache.keys import CacheKey
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.plugins.declarations import WarmContext
 from thorbis_cache.warming import WarmBatch, WarmOutcome, warm
 
 from thorbis_automotive import datagen, labor, loaders, patterns

@@ -14,10 +14,10 @@ import asyncpg
 import attrs
 import pytest
 from thorbis_cache import Cache, CacheApp, KeyRing, MissingRow
-from thorbis_cache.keys import CacheKey
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.triggers import install_triggers
-from thorbis_cache.worker import OutboxWorker
 
 from thorbis_automotive import loaders, writers
 from thorbis_automotive.demo import DEMO
@@ -155,7 +155,7 @@ ABSENT_CASES = [
 
 
 def test_every_negative_ttl_has_an_insert_rule() -> None:
-    from thorbis_cache.declarations import Operation
+    from thorbis_cache.plugins.declarations import Operation
 
     from thorbis_automotive.rules import ALL_RULES
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import attrs
 from thorbis_cache import CacheApp, SchemaRegistry
-from thorbis_cache.declarations import Fetch
-from thorbis_cache.keys import CacheKey
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.plugins.declarations import Fetch
 from thorbis_cache.testing import plugin_db
 from thorbis_cache.testing.plugin_db import create_plugin_schema, schema_registry
-from thorbis_cache.worker import OutboxWorker
 
 from thorbis_home_services import datagen, loaders
 from thorbis_home_services.schemas import (
@@ -79,7 +79,7 @@ def entry_loader(fetch: Fetch, key: CacheKey[Any]) -> Callable[[], Awaitable[Any
 
 @attrs.define
 class CountingFetch:
-    """A :data:`~thorbis_cache.declarations.Fetch` that counts the queries it runs, to
+    """A :data:`~thorbis_cache.plugins.declarations.Fetch` that counts the queries it runs, to
     tell a read-through that loaded from one answered by the cache."""
 
     fetch: Fetch

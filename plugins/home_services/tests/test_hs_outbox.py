@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from hs_testing import TENANTS, HsApp, never
+from thorbis_cache.cache.keys import CacheKey
 from thorbis_cache.errors import MissingRow
-from thorbis_cache.keys import CacheKey
-from thorbis_cache.postgres.mv_refresh import refresh_and_invalidate
+from thorbis_cache.mv.refresh import refresh_and_invalidate
 
 from thorbis_home_services import loaders, patterns
 from thorbis_home_services.demo import HomeServicesDemo

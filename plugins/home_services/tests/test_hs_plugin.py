@@ -7,8 +7,9 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
-from thorbis_cache import hookspecs
-from thorbis_cache.declarations import (
+from thorbis_cache.cache.keys import KeySchema
+from thorbis_cache.plugins import hookspecs
+from thorbis_cache.plugins.declarations import (
     CachePattern,
     InvalidationRule,
     MaterializedView,
@@ -17,7 +18,6 @@ from thorbis_cache.declarations import (
     SqlScript,
     Warmer,
 )
-from thorbis_cache.keys import KeySchema
 
 import thorbis_home_services
 from thorbis_home_services import plugin

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from hs_testing import CountingFetch, LoadedDb, never
 from thorbis_cache import Cache
+from thorbis_cache.cache.geo import geo_distance
 from thorbis_cache.errors import MissingRow
-from thorbis_cache.geo import geo_distance
 
 from thorbis_home_services import loaders, patterns
 from thorbis_home_services.models import CustomerSegment, NearbyArea, ServiceAreaMetrics

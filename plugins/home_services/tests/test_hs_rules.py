@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from hs_testing import LoadedDb
-from thorbis_cache.declarations import InvalidationRule, Operation
+from thorbis_cache.plugins.declarations import InvalidationRule, Operation
 
 from thorbis_home_services.rules import (
     ALL_RULES,

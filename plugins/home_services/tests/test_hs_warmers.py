@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from hs_testing import TENANTS, LoadedDb, entry_loader, never
 from thorbis_cache import Cache, WarmBatch, WarmOutcome, warm
-from thorbis_cache.declarations import WarmContext, Warmer
-from thorbis_cache.keys import CacheKey
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.plugins.declarations import WarmContext, Warmer
 from thorbis_cache.testing.contract_fills import read_through, same_content
 
 from thorbis_home_services import loaders, patterns, rows, warmers

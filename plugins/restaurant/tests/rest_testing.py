@@ -9,10 +9,10 @@ from typing import Any
 import asyncpg
 import attrs
 from thorbis_cache import CacheApp, SchemaRegistry
-from thorbis_cache.declarations import Fetch
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.plugins.declarations import Fetch
 from thorbis_cache.testing import plugin_db
 from thorbis_cache.testing.plugin_db import create_plugin_schema, schema_registry
-from thorbis_cache.worker import OutboxWorker
 
 from thorbis_restaurant import datagen
 from thorbis_restaurant.schemas import ALL_SCHEMAS
@@ -44,7 +44,7 @@ LoadedDb = plugin_db.LoadedDb[datagen.Dataset]
 
 @attrs.define
 class CountingFetch:
-    """A :data:`~thorbis_cache.declarations.Fetch` that counts the queries it runs: a
+    """A :data:`~thorbis_cache.plugins.declarations.Fetch` that counts the queries it runs: a
     read-through that hits runs none, one that loads runs at least one."""
 
     fetch: Fetch

@@ -11,8 +11,8 @@ from typing import Any
 
 from rest_testing import LoadedDb
 from thorbis_cache import Cache
-from thorbis_cache.declarations import WarmContext
-from thorbis_cache.keys import CacheKey
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.plugins.declarations import WarmContext
 from thorbis_cache.warming import WarmOutcome, warm
 
 from thorbis_restaurant import availability, loaders, patterns, writers

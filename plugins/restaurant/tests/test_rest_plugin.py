@@ -10,7 +10,9 @@ from typing import Any
 import pluggy
 import pytest
 from thorbis_cache import CacheApp, KeyRing, hookspecs
-from thorbis_cache.declarations import (
+from thorbis_cache.cache.keys import KeySchema
+from thorbis_cache.demo.protocol import VerticalDemo
+from thorbis_cache.plugins.declarations import (
     CachePattern,
     InvalidationRule,
     MaterializedView,
@@ -19,9 +21,7 @@ from thorbis_cache.declarations import (
     SqlScript,
     Warmer,
 )
-from thorbis_cache.demo.protocol import VerticalDemo
-from thorbis_cache.keys import KeySchema
-from thorbis_cache.plugins import PluginManager
+from thorbis_cache.plugins.manager import PluginManager
 
 import thorbis_restaurant
 from thorbis_restaurant import demo, plugin

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from rest_testing import TENANTS, CountingFetch, Live
-from thorbis_cache.declarations import Fetch, Operation
+from thorbis_cache.cache.keys import KeySchema
 from thorbis_cache.errors import MissingRow
-from thorbis_cache.keys import KeySchema
+from thorbis_cache.plugins.declarations import Fetch, Operation
 
 from thorbis_restaurant import loaders, writers
 from thorbis_restaurant.demo import DEMO

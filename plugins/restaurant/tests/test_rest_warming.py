@@ -11,8 +11,8 @@ from typing import Any
 
 from rest_testing import Live, LoadedDb
 from thorbis_cache import Cache
-from thorbis_cache.declarations import Fetch, WarmContext, Warmer
-from thorbis_cache.keys import CacheKey, SchemaKind
+from thorbis_cache.cache.keys import CacheKey, SchemaKind
+from thorbis_cache.plugins.declarations import Fetch, WarmContext, Warmer
 from thorbis_cache.testing.contract_fills import read_through
 from thorbis_cache.warming import WarmBatch, WarmOutcome, warm
 

@@ -1,6 +1,6 @@
 """The reads behind every fitness_studio cache entry, one function per cached shape.
 
-Each takes a :data:`~thorbis_cache.declarations.Fetch` (``async (sql, *args) -> rows``)
+Each takes a :data:`~thorbis_cache.plugins.declarations.Fetch` (``async (sql, *args) -> rows``)
 and the tenant, and returns the entries in the shape their key schema caches: members
 as entities, the active list as ids, a waitlist as member -> score, the studios as
 member -> ``(longitude, latitude)``, occupancy rows as values. The warmers call them
@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from thorbis_cache.declarations import Fetch
+from thorbis_cache.plugins.declarations import Fetch
 from thorbis_fitness_studio.models import Member, Occupancy, Plan
 
 __all__ = ["active_member_ids", "members", "occupancy", "studio_positions", "waitlist"]

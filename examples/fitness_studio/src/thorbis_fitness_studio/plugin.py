@@ -37,7 +37,7 @@ from thorbis_cache import (
     Warmer,
     hookimpl,
 )
-from thorbis_cache.declarations import Fetch
+from thorbis_cache.plugins.declarations import Fetch
 from thorbis_fitness_studio import loaders
 from thorbis_fitness_studio.models import ClassSession, Member, Occupancy
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from thorbis_cache.cache import Cache
+from thorbis_cache.cache.core import Cache
 from thorbis_cache.demo.protocol import DemoChange
 
 from thorbis_automotive import datagen, loaders, patterns

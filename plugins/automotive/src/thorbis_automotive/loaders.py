@@ -2,7 +2,7 @@
 schema, and the batched reads of the warmers.
 
 Every function takes ``fetch``: ``async (sql, *args) -> list of row mappings`` (the shape
-of :attr:`thorbis_cache.declarations.WarmContext.fetch`; ``pool.fetch`` or
+of :attr:`thorbis_cache.plugins.declarations.WarmContext.fetch`; ``pool.fetch`` or
 ``conn.fetch`` of asyncpg). Derived fields are computed here by the formulas of
 :mod:`~thorbis_automotive.maintenance`, :mod:`~thorbis_automotive.inventory` and
 :mod:`~thorbis_automotive.labor`, so a record is the same whoever loads it.
@@ -51,8 +51,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from thorbis_cache import declarations
 from thorbis_cache.errors import MissingRow
+from thorbis_cache.plugins import declarations
 
 from thorbis_automotive import inventory, labor
 from thorbis_automotive.maintenance import Reading, maintenance_schedule

@@ -1,7 +1,7 @@
 """The vertical's named reads (cache patterns), each ``async (cache, tenant, **kwargs)``.
 
 Every pattern takes an optional ``fetch`` (``async (sql, *args) -> rows``,
-:data:`thorbis_cache.declarations.Fetch`; ``pool.fetch`` of asyncpg):
+:data:`thorbis_cache.plugins.declarations.Fetch`; ``pool.fetch`` of asyncpg):
 
 * **with** ``fetch`` it reads *through* the cache: what is not cached is loaded by the
   plugin's loaders (:mod:`thorbis_automotive.loaders`) and cached under a fill lease
@@ -22,10 +22,10 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from thorbis_cache.cache import Cache
-from thorbis_cache.declarations import CachePattern, Fetch
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.keys import CacheKey
 from thorbis_cache.errors import MissingRow
-from thorbis_cache.keys import CacheKey
+from thorbis_cache.plugins.declarations import CachePattern, Fetch
 
 from thorbis_automotive import loaders
 from thorbis_automotive.labor import estimated_amount

@@ -4,7 +4,7 @@ a counter clerk reads stock, only a parts manager corrects it."""
 
 from __future__ import annotations
 
-from thorbis_cache.declarations import Permission
+from thorbis_cache.plugins.declarations import Permission
 
 __all__ = ["ALL_PERMISSIONS"]
 

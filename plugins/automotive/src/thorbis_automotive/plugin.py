@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from thorbis_cache import hookimpl
-from thorbis_cache.declarations import (
+from thorbis_cache.cache.keys import KeySchema
+from thorbis_cache.plugins.declarations import (
     CachePattern,
     InvalidationRule,
     MaterializedView,
@@ -17,7 +18,6 @@ from thorbis_cache.declarations import (
     SqlScript,
     Warmer,
 )
-from thorbis_cache.keys import KeySchema
 
 from thorbis_automotive.patterns import PATTERNS
 from thorbis_automotive.permissions import ALL_PERMISSIONS

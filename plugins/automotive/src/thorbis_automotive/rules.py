@@ -29,7 +29,7 @@ after a read that found none is read at once, not after the absence expires.
 
 from __future__ import annotations
 
-from thorbis_cache.declarations import InvalidationRule, Operation, RuleTarget
+from thorbis_cache.plugins.declarations import InvalidationRule, Operation, RuleTarget
 
 from thorbis_automotive.schemas import (
     MAKE_MODEL,

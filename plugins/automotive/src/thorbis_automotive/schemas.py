@@ -47,7 +47,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from thorbis_cache.keys import CacheKey, KeySchema, SchemaKind
+from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaKind
 
 from thorbis_automotive.models import (
     BayBoard,

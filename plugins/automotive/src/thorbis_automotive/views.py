@@ -21,7 +21,7 @@ Their mirrors, in that order: ``auto.part_demand``, ``auto.labor_seasonality``,
 
 from __future__ import annotations
 
-from thorbis_cache.declarations import MaterializedView, RefreshPolicy
+from thorbis_cache.plugins.declarations import MaterializedView, RefreshPolicy
 
 from thorbis_automotive.schemas import TAG_LABOR, TAG_PARTS_DEMAND, TAG_UTILISATION
 from thorbis_automotive.sqlfiles import query

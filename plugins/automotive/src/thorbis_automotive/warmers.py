@@ -20,8 +20,8 @@ import datetime as dt
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from thorbis_cache.declarations import Fetch, WarmContext, Warmer
-from thorbis_cache.keys import CacheKey
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.plugins.declarations import Fetch, WarmContext, Warmer
 from thorbis_cache.warming import WarmBatch, batch_of
 
 from thorbis_automotive import loaders

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 
-from thorbis_cache.cache import Cache
+from thorbis_cache.cache.core import Cache
 
 from thorbis_automotive.loaders import stock_scores
 from thorbis_automotive.models import Part, VehicleHistory

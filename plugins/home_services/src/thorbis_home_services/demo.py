@@ -46,7 +46,7 @@ from thorbis_home_services.schemas import (
 if TYPE_CHECKING:
     import asyncpg
     from thorbis_cache.app import CacheApp
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache.core import Cache
 
 __all__ = ["CUSTOMERS_PER_SCALE", "DEMO", "HomeServicesDemo"]
 

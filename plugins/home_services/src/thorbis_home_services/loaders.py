@@ -1,8 +1,8 @@
 """Loads the vertical's records from PostgreSQL, for read-through, warmers and hosts.
 
 Every function takes ``fetch``: ``async (sql, *args) -> list of row mappings`` -- the
-shape of :data:`thorbis_cache.declarations.Fetch` and of
-:attr:`~thorbis_cache.declarations.WarmContext.fetch`, and a one-liner over an asyncpg
+shape of :data:`thorbis_cache.plugins.declarations.Fetch` and of
+:attr:`~thorbis_cache.plugins.declarations.WarmContext.fetch`, and a one-liner over an asyncpg
 pool (``pool.fetch``). So this module runs SQL without importing a driver.
 
 **Single-key loaders** return exactly what one cache entry holds, in the shape the
@@ -48,8 +48,8 @@ import decimal
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from thorbis_cache import declarations
 from thorbis_cache.errors import MissingRow
+from thorbis_cache.plugins import declarations
 
 from thorbis_home_services import rows
 from thorbis_home_services.models import (

@@ -1,6 +1,6 @@
 """The vertical's named reads (cache patterns), each ``async (cache, tenant, **kwargs)``.
 
-Every pattern takes an optional keyword ``fetch`` (:data:`thorbis_cache.declarations.Fetch`,
+Every pattern takes an optional keyword ``fetch`` (:data:`thorbis_cache.plugins.declarations.Fetch`,
 ``async (sql, *args) -> rows``, e.g. an asyncpg pool's ``fetch``):
 
 * **with** ``fetch``, the pattern reads *through* the cache: a structure or entity that
@@ -24,9 +24,9 @@ import asyncio
 import datetime as dt
 from collections.abc import Sequence
 
-from thorbis_cache.cache import Cache
-from thorbis_cache.declarations import CachePattern, Fetch
+from thorbis_cache.cache.core import Cache
 from thorbis_cache.errors import MissingRow
+from thorbis_cache.plugins.declarations import CachePattern, Fetch
 
 from thorbis_home_services import loaders
 from thorbis_home_services.models import (

@@ -8,7 +8,7 @@ names; the core's permission service assigns them bits. ``hs.work_orders.assign`
 
 from __future__ import annotations
 
-from thorbis_cache.declarations import Permission
+from thorbis_cache.plugins.declarations import Permission
 
 __all__ = ["ALL_PERMISSIONS"]
 

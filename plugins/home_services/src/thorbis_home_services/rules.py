@@ -28,7 +28,7 @@ row (``negative_ttl``), and the INSERT of that row must drop it.
 
 from __future__ import annotations
 
-from thorbis_cache.declarations import InvalidationRule, Operation, RuleTarget
+from thorbis_cache.plugins.declarations import InvalidationRule, Operation, RuleTarget
 
 from thorbis_home_services.schemas import (
     CUSTOMER,

@@ -50,7 +50,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from thorbis_cache.keys import KeySchema, SchemaKind
+from thorbis_cache.cache.keys import KeySchema, SchemaKind
 
 from thorbis_home_services.models import (
     Customer,

@@ -15,7 +15,7 @@ whatever changes in the view's sources (the view would answer the same rows anyw
 
 from __future__ import annotations
 
-from thorbis_cache.declarations import MaterializedView, RefreshPolicy
+from thorbis_cache.plugins.declarations import MaterializedView, RefreshPolicy
 
 from thorbis_home_services.schemas import (
     TAG_AREA_METRICS,

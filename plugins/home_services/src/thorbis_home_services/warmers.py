@@ -25,8 +25,8 @@ import datetime as dt
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
-from thorbis_cache.declarations import WarmContext, Warmer
-from thorbis_cache.keys import CacheKey
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.plugins.declarations import WarmContext, Warmer
 from thorbis_cache.warming import WarmBatch, batch_of
 
 from thorbis_home_services import loaders

@@ -19,7 +19,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from thorbis_cache.cache import Cache
+from thorbis_cache.cache.core import Cache
 
 from thorbis_home_services.models import (
     Customer,

@@ -2,7 +2,7 @@
 for read-through, and the batched form each is built on, for the warmers.
 
 Every function takes ``fetch``: ``async (sql, *args) -> list of row mappings`` (the
-shape of :attr:`thorbis_cache.declarations.WarmContext.fetch`; ``pool.fetch`` or
+shape of :attr:`thorbis_cache.plugins.declarations.WarmContext.fetch`; ``pool.fetch`` or
 ``conn.fetch`` of asyncpg), so this module runs SQL without importing a driver.
 
 A single-key loader returns exactly its key's entry -- the record of a value or a hash,
@@ -50,8 +50,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from thorbis_cache import declarations
 from thorbis_cache.errors import MissingRow
+from thorbis_cache.plugins import declarations
 
 from thorbis_restaurant import availability, predict
 from thorbis_restaurant.models import (

@@ -1,7 +1,7 @@
 """The vertical's named reads (cache patterns), each ``async (cache, tenant, **kwargs)``.
 
 Every pattern takes an optional keyword ``fetch`` (a
-:data:`~thorbis_cache.declarations.Fetch`: ``async (sql, *args) -> rows``, e.g.
+:data:`~thorbis_cache.plugins.declarations.Fetch`: ``async (sql, *args) -> rows``, e.g.
 ``pool.fetch``):
 
 * with ``fetch``, it reads **through** the cache: what is not cached is loaded with the
@@ -21,9 +21,9 @@ from __future__ import annotations
 import datetime as dt
 
 import attrs
-from thorbis_cache.cache import Cache
-from thorbis_cache.declarations import CachePattern, Fetch
+from thorbis_cache.cache.core import Cache
 from thorbis_cache.errors import MissingRow
+from thorbis_cache.plugins.declarations import CachePattern, Fetch
 
 from thorbis_restaurant import availability, loaders
 from thorbis_restaurant.models import KitchenTicket, QueuedOrder, Station, TableAvailability

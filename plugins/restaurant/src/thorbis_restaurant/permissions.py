@@ -6,7 +6,7 @@ bumping kitchen orders from reading the display.
 
 from __future__ import annotations
 
-from thorbis_cache.declarations import Permission
+from thorbis_cache.plugins.declarations import Permission
 
 __all__ = ["ALL_PERMISSIONS"]
 

@@ -1,7 +1,7 @@
 """The restaurant plugin: the hook implementations thorbis-cache calls.
 
 Found through the entry point ``restaurant = "thorbis_restaurant.plugin"`` in the
-``thorbis_cache.plugins`` group. Each hook returns declarations built in the module that
+``thorbis_cache.plugins.manager`` group. Each hook returns declarations built in the module that
 owns the concept; nothing here connects, reads the environment or runs at import beyond
 building those constants.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from thorbis_cache.declarations import (
+from thorbis_cache.cache.keys import KeySchema
+from thorbis_cache.plugins.declarations import (
     CachePattern,
     InvalidationRule,
     MaterializedView,
@@ -20,8 +21,7 @@ from thorbis_cache.declarations import (
     SqlScript,
     Warmer,
 )
-from thorbis_cache.hookspecs import hookimpl
-from thorbis_cache.keys import KeySchema
+from thorbis_cache.plugins.hookspecs import hookimpl
 
 from thorbis_restaurant.patterns import PATTERNS
 from thorbis_restaurant.permissions import ALL_PERMISSIONS

@@ -30,7 +30,7 @@ parameter names no key; ``significant_columns`` narrows UPDATEs only.
 
 from __future__ import annotations
 
-from thorbis_cache.declarations import InvalidationRule, Operation, RuleTarget
+from thorbis_cache.plugins.declarations import InvalidationRule, Operation, RuleTarget
 
 from thorbis_restaurant.schemas import (
     KITCHEN_BOARD,

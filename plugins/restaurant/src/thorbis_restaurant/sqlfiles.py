@@ -1,11 +1,11 @@
 """The plugin's SQL files (``sql/*.sql``, shipped as package data), read through the
-core's :class:`~thorbis_cache.sql_files.PackageSql`: each statement or query lives in its
+core's :class:`~thorbis_cache.postgres.sql_files.PackageSql`: each statement or query lives in its
 own file with a header comment that says what it does and why.
 """
 
 from __future__ import annotations
 
-from thorbis_cache.sql_files import PackageSql
+from thorbis_cache.postgres.sql_files import PackageSql
 
 __all__ = ["SQL", "query", "script"]
 

@@ -8,7 +8,7 @@ After a refresh the cached copies of their rows are dropped through the view's t
 
 from __future__ import annotations
 
-from thorbis_cache.declarations import MaterializedView, RefreshPolicy
+from thorbis_cache.plugins.declarations import MaterializedView, RefreshPolicy
 
 from thorbis_restaurant.schemas import TAG_ITEM_SALES, TAG_TURNOVER
 from thorbis_restaurant.sqlfiles import query

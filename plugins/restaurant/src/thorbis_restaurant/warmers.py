@@ -21,8 +21,8 @@ import datetime as dt
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from thorbis_cache.declarations import Fetch, WarmContext, Warmer
-from thorbis_cache.keys import CacheKey
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.plugins.declarations import Fetch, WarmContext, Warmer
 from thorbis_cache.warming import WarmBatch, batch_of
 
 from thorbis_restaurant import loaders

@@ -31,9 +31,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from thorbis_cache.cache import Cache
+from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.keys import CacheKey
 from thorbis_cache.errors import VersionConflictError
-from thorbis_cache.keys import CacheKey
 
 from thorbis_restaurant import availability
 from thorbis_restaurant.models import KitchenTicket, Menu, MenuItem, Station, TableAvailability

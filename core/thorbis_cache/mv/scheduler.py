@@ -11,13 +11,13 @@ seconds it reads each view's ``thorbis.mv_state`` row and the database clock, an
   (an hour field that is not every hour) runs once, not twice (:func:`cron_fires`).
 * **smart**: the data is at least ``max_staleness`` old and at least ``min_changes``
   changes of its sources were counted since its last refresh
-  (:func:`~thorbis_cache.postgres.mv_refresh.pending_changes`, from the outbox).
+  (:func:`~thorbis_cache.mv.refresh.pending_changes`, from the outbox).
 * **backoff**: after ``n`` consecutive failures the view is not retried before
   ``min(backoff_base_s * 2**(n-1), backoff_cap_s)`` seconds after the last one.
 
 Due views are refreshed one after the other in dependency order
 (:func:`refresh_order`), each through
-:func:`~thorbis_cache.postgres.mv_refresh.refresh_view`: its advisory lock makes one
+:func:`~thorbis_cache.mv.refresh.refresh_view`: its advisory lock makes one
 refresher per view across every worker, and the ``recheck`` it is given compares the
 state read under the lock with the state the decision was made from, so a worker that
 decided just before another finished does nothing. A failing view is recorded (history,
@@ -46,8 +46,7 @@ import attrs
 from croniter import croniter
 
 from thorbis_cache.errors import ConfigurationError
-from thorbis_cache.postgres import outbox
-from thorbis_cache.postgres.mv_refresh import (
+from thorbis_cache.mv.refresh import (
     RefreshOutcome,
     Trigger,
     ViewState,
@@ -56,11 +55,12 @@ from thorbis_cache.postgres.mv_refresh import (
     pending_changes,
     refresh_view,
 )
+from thorbis_cache.postgres import outbox
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
-    from thorbis_cache.cache import Cache
-    from thorbis_cache.declarations import MaterializedView
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.plugins.declarations import MaterializedView
 
 __all__ = [
     "Decision",

@@ -19,7 +19,7 @@ import os
 import struct
 import zlib
 
-from thorbis_cache.crypto import NONCE_SIZE, KeyRing
+from thorbis_cache.cache.crypto import NONCE_SIZE, KeyRing
 
 __all__ = [
     "FLAG_COMPRESSED",

@@ -4,7 +4,7 @@ SQL is code: each statement or query of a plugin lives in its own file with a he
 comment that says what it does and why it is written that way. Files are read through
 :mod:`importlib.resources`, so an installed wheel works like the source tree::
 
-    from thorbis_cache.sql_files import PackageSql
+    from thorbis_cache.postgres.sql_files import PackageSql
 
     SQL = PackageSql("thorbis_automotive")
     SQL.query("q_vehicle_history")     # the statement, header comments stripped

@@ -5,7 +5,7 @@ in-process with :meth:`PluginManager.add`. :meth:`PluginManager.load` then, for 
 plugin of the batch:
 
 1. imports it (an import error is a problem of hook ``"import"``);
-2. checks each ``@hookimpl`` function against :mod:`thorbis_cache.hookspecs` -- a
+2. checks each ``@hookimpl`` function against :mod:`thorbis_cache.plugins.hookspecs` -- a
    function matching no hook (pluggy's ``check_pending`` rule), an argument the hook
    does not provide, a wrapper -- and only then registers it with pluggy;
 3. calls each of the plugin's hook implementations on its own, with keyword arguments,
@@ -38,9 +38,16 @@ from typing import Any
 import attrs
 import pluggy
 
-from thorbis_cache import hookspecs
-from thorbis_cache._plugin_checks import Draft, check_across, check_declarations
-from thorbis_cache.declarations import (
+from thorbis_cache.cache.keys import KeySchema, SchemaRegistry
+from thorbis_cache.errors import (
+    ConfigurationError,
+    PluginLoadError,
+    PluginProblem,
+    UnknownPatternError,
+)
+from thorbis_cache.plugins import hookspecs
+from thorbis_cache.plugins.checks import Draft, check_across, check_declarations
+from thorbis_cache.plugins.declarations import (
     CachePattern,
     InvalidationRule,
     LoadedPlugin,
@@ -49,13 +56,6 @@ from thorbis_cache.declarations import (
     SqlScript,
     Warmer,
 )
-from thorbis_cache.errors import (
-    ConfigurationError,
-    PluginLoadError,
-    PluginProblem,
-    UnknownPatternError,
-)
-from thorbis_cache.keys import KeySchema, SchemaRegistry
 
 __all__ = [
     "DEFAULT_HOOK_TIMEOUT",
@@ -317,7 +317,7 @@ class PluginManager:
                     near = difflib.get_close_matches(hook, self._specs, n=1)
                     hint = f"; did you mean {near[0]!r}?" if near else ""
                     draft.problem(attr, f"@hookimpl function {attr!r} matches no hook of "
-                                  f"thorbis_cache.hookspecs{hint}")
+                                  f"thorbis_cache.plugins.hookspecs{hint}")
                 continue
             if opts.get("wrapper") or opts.get("hookwrapper"):
                 draft.problem(hook, "hook wrappers are not supported: each plugin's "

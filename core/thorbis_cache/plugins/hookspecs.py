@@ -22,7 +22,7 @@ Rules shared by every hook:
   :func:`register_plugin_info` declares.
 
 Hook API version: :data:`HOOK_API_VERSION`. A plugin states the version it targets in
-:class:`~thorbis_cache.declarations.PluginInfo`; a version outside
+:class:`~thorbis_cache.plugins.declarations.PluginInfo`; a version outside
 :data:`SUPPORTED_HOOK_API_VERSIONS` is refused with a clear error.
 """
 
@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
-    from thorbis_cache.declarations import (
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.cache.keys import KeySchema
+    from thorbis_cache.plugins.declarations import (
         CachePattern,
         InvalidationRule,
         MaterializedView,
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
         SqlScript,
         Warmer,
     )
-    from thorbis_cache.keys import KeySchema
 
 __all__ = [
     "HOOK_API_VERSION",
@@ -73,7 +73,7 @@ def register_plugin_info() -> PluginInfo:  # type: ignore[empty-body]
 
     Called first when the plugin is loaded. Required: a plugin without it is refused.
 
-    :returns: a :class:`~thorbis_cache.declarations.PluginInfo`.
+    :returns: a :class:`~thorbis_cache.plugins.declarations.PluginInfo`.
 
     Example::
 
@@ -96,7 +96,7 @@ def register_key_schemas() -> Sequence[KeySchema[Any]]:  # type: ignore[empty-bo
     start with the plugin's namespace; a name another plugin already holds is refused
     naming both plugins.
 
-    :returns: a sequence of :class:`~thorbis_cache.keys.KeySchema`.
+    :returns: a sequence of :class:`~thorbis_cache.cache.keys.KeySchema`.
 
     Example::
 
@@ -119,7 +119,7 @@ def register_cache_patterns() -> Sequence[CachePattern]:  # type: ignore[empty-b
     rows``, e.g. a pool's ``fetch``): with it, it reads through the cache (fill leases,
     the plugin's loaders); without it, it answers from what is cached.
 
-    :returns: a sequence of :class:`~thorbis_cache.declarations.CachePattern`.
+    :returns: a sequence of :class:`~thorbis_cache.plugins.declarations.CachePattern`.
 
     Example::
 
@@ -144,7 +144,7 @@ def register_sql() -> Sequence[SqlScript]:  # type: ignore[empty-body]
     init``. A failing statement is reported with the script, the statement and
     PostgreSQL's message, and nothing of the plugin is kept.
 
-    :returns: a sequence of :class:`~thorbis_cache.declarations.SqlScript`.
+    :returns: a sequence of :class:`~thorbis_cache.plugins.declarations.SqlScript`.
 
     Example::
 
@@ -164,7 +164,7 @@ def register_materialized_views() -> Sequence[MaterializedView]:  # type: ignore
     Called once at load. A view that asks for concurrent refresh must declare a unique
     index (checked at load and by the contract kit against the real database).
 
-    :returns: a sequence of :class:`~thorbis_cache.declarations.MaterializedView`.
+    :returns: a sequence of :class:`~thorbis_cache.plugins.declarations.MaterializedView`.
 
     Example::
 
@@ -185,7 +185,7 @@ def register_invalidation_rules() -> Sequence[InvalidationRule]:  # type: ignore
     Called once at load. Tables and columns are checked against the database when SQL
     is applied; schemas and tags must be declared by this plugin.
 
-    :returns: a sequence of :class:`~thorbis_cache.declarations.InvalidationRule`.
+    :returns: a sequence of :class:`~thorbis_cache.plugins.declarations.InvalidationRule`.
 
     Example::
 
@@ -213,7 +213,7 @@ def register_warmers() -> Sequence[Warmer]:  # type: ignore[empty-body]
     that :func:`thorbis_cache.warming.warm` fills under fill leases taken before the
     loader reads the database.
 
-    :returns: a sequence of :class:`~thorbis_cache.declarations.Warmer`.
+    :returns: a sequence of :class:`~thorbis_cache.plugins.declarations.Warmer`.
 
     .. versionadded:: 1
     """
@@ -225,7 +225,7 @@ def register_permissions() -> Sequence[Permission]:  # type: ignore[empty-body]
 
     Called once at load. Names start with the namespace and are unique across plugins.
 
-    :returns: a sequence of :class:`~thorbis_cache.declarations.Permission`.
+    :returns: a sequence of :class:`~thorbis_cache.plugins.declarations.Permission`.
 
     .. versionadded:: 1
     """

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import functools
 
+from thorbis_cache.cache.meta_keys import MetaKeys
 from thorbis_cache.errors import CacheBackendError, EvictionPolicyError, RedisUnavailableError
-from thorbis_cache.invalidation.meta_keys import MetaKeys
-from thorbis_cache.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
 
 __all__ = ["REFUSED_POLICIES", "SUPPORTED_POLICIES", "check_eviction_policy",
            "eviction_policies", "refusal"]

@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote
 
 import attrs
 
+from thorbis_cache.cache.value_types import SUPPORTED_TYPES, unsupported_type
 from thorbis_cache.errors import (
     DuplicateSchemaError,
     InvalidKeyError,
@@ -28,7 +29,6 @@ from thorbis_cache.errors import (
     UnknownSchemaError,
     short_repr,
 )
-from thorbis_cache.value_types import SUPPORTED_TYPES, unsupported_type
 
 __all__ = [
     "CacheKey",
@@ -339,7 +339,7 @@ class KeySchema(Generic[T]):
         reach it, and a rule that targets it only makes readers reload the unrefreshed
         view (the contract kit flags such rules).
     :ivar read_from_replicas: read values from a replica of the key's master when one
-        keeps up (Sentinel and Cluster; see :mod:`thorbis_cache.replica_reads`): such a
+        keeps up (Sentinel and Cluster; see :mod:`thorbis_cache.store.replica_reads`): such a
         read may return a value up to ``CacheSettings.replica_max_lag`` plus 0.1 s after
         its invalidation returned. Value schemas only; the default reads the master.
     :ivar validators: parameter name -> :data:`Validator`, checked on every key built or

@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from thorbis_cache.cache.eviction import check_eviction_policy
+from thorbis_cache.cache.meta_keys import SLOTS, MetaKeys, key_slot, slot_tag
 from thorbis_cache.errors import CacheBackendError, ConfigurationError, RedisUnavailableError
-from thorbis_cache.eviction import check_eviction_policy
-from thorbis_cache.invalidation.meta_keys import SLOTS, MetaKeys, key_slot, slot_tag
-from thorbis_cache.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache_core import CacheCore
+    from thorbis_cache.cache.protocol import CacheCore
 
 __all__ = ["SLOTS", "MetaKeys", "MetaSweep", "SweepReport", "key_slot", "slot_tag"]
 

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import redis.exceptions as rexc
 
-from thorbis_cache.config import CacheSettings
+from thorbis_cache.cache.metrics import CoherenceCounters
+from thorbis_cache.cache.settings import CacheSettings
 from thorbis_cache.errors import CacheBackendError
-from thorbis_cache.metrics import CoherenceCounters
-from thorbis_cache.redis_store import RedisStore
+from thorbis_cache.store.redis_store import RedisStore
 
 __all__ = [
     "EVENT_VERSION",
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from thorbis_cache.near import NearCache
+    from thorbis_cache.cache.near import NearCache
 
 log = logging.getLogger(__name__)
 

@@ -38,16 +38,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
-from thorbis_cache import leases
-from thorbis_cache.envelope import CorruptEntry
+from thorbis_cache.cache import leases
+from thorbis_cache.cache.envelope import CorruptEntry
+from thorbis_cache.cache.fill import SingleFlight, should_recompute_early
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.cache.leases import ABSENT, EMPTY
 from thorbis_cache.errors import MissingRow, RedisUnavailableError, WrongRedisTypeError
-from thorbis_cache.fill import SingleFlight, should_recompute_early
-from thorbis_cache.keys import CacheKey
-from thorbis_cache.leases import ABSENT, EMPTY
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache_core import CacheCore
-    from thorbis_cache.metrics import SchemaCounters
+    from thorbis_cache.cache.metrics import SchemaCounters
+    from thorbis_cache.cache.protocol import CacheCore
 
 __all__ = ["ABSENT", "EMPTY", "StructureFills", "StructureRead", "StructureWrite"]
 
@@ -68,7 +68,7 @@ class StructureRead(Generic[R, L]):
     :ivar redis_type: the Redis type of the cached structure (``hash`` or ``zset``).
     :ivar command: the read command and its arguments after the key.
     :ivar from_reply: the answer from the command's reply; raises
-        :class:`~thorbis_cache.envelope.CorruptEntry` for content that does not open.
+        :class:`~thorbis_cache.cache.envelope.CorruptEntry` for content that does not open.
     :ivar from_loaded: the answer from what the loader returned (an empty mapping for a
         cached :data:`EMPTY`).
     """
@@ -105,7 +105,7 @@ _NOT_REFRESHED = _NotRefreshed()
 
 
 class StructureFills:
-    """The read-through engine of one :class:`~thorbis_cache.cache.Cache` for its hash,
+    """The read-through engine of one :class:`~thorbis_cache.cache.core.Cache` for its hash,
     sorted set and geo schemas (values use :mod:`.value_fill`; both share the lease
     steps of :mod:`.leases`)."""
 
@@ -119,7 +119,7 @@ class StructureFills:
         await self._flights.cancel_all()
 
     def revoke(self, names: Iterable[str], prefix: str | None) -> None:
-        """See :meth:`Cache.revoke_flights <thorbis_cache.cache.Cache.revoke_flights>`."""
+        """See :meth:`Cache.revoke_flights <thorbis_cache.cache.core.Cache.revoke_flights>`."""
         self._flights.revoke(names, prefix)
 
     async def read(

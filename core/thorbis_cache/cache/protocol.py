@@ -1,5 +1,5 @@
 """What the cache's parts (the value and structure fills, the leases, the structures)
-use of the :class:`~thorbis_cache.cache.Cache` that composes them, described as a
+use of the :class:`~thorbis_cache.cache.core.Cache` that composes them, described as a
 protocol, so that they sit below ``cache.py`` and never import it; and the per-schema
 state and scripts the cache keeps for them."""
 
@@ -10,14 +10,14 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
-from thorbis_cache.codec import SchemaCodec
-from thorbis_cache.config import CacheSettings
-from thorbis_cache.envelope import CorruptEntry
+from thorbis_cache.cache.codec import SchemaCodec
+from thorbis_cache.cache.envelope import CorruptEntry
+from thorbis_cache.cache.keys import CacheKey, KeySchema
+from thorbis_cache.cache.metrics import CacheMetrics, SchemaCounters
+from thorbis_cache.cache.near import NearCache
+from thorbis_cache.cache.settings import CacheSettings
 from thorbis_cache.errors import RedisUnavailableError
-from thorbis_cache.keys import CacheKey, KeySchema
-from thorbis_cache.metrics import CacheMetrics, SchemaCounters
-from thorbis_cache.near import NearCache
-from thorbis_cache.redis_store import RedisStore, Script, load_scripts
+from thorbis_cache.store.redis_store import RedisStore, Script, load_scripts
 
 __all__ = ["CacheCore", "CacheScripts", "Loader", "SchemaRuntime"]
 
@@ -61,7 +61,7 @@ class CacheScripts:
 
 
 class CacheCore(Protocol):
-    """The members of a :class:`~thorbis_cache.cache.Cache` its parts call."""
+    """The members of a :class:`~thorbis_cache.cache.core.Cache` its parts call."""
 
     @property
     def store(self) -> RedisStore: ...

@@ -27,7 +27,7 @@ however long, and are applied on recovery.
 
 **Outages** (:meth:`OutboxWorker.run`). While Redis is unavailable the worker does not
 back off: it probes the server every ``redis_probe_interval`` (20 ms) on a connection of
-its own (:meth:`RedisStore.probe <thorbis_cache.redis_store.RedisStore.probe>`),
+its own (:meth:`RedisStore.probe <thorbis_cache.store.redis_store.RedisStore.probe>`),
 applies the backlog the moment it answers, and tries a batch at least every
 :data:`REDIS_RETRY` seconds whatever the probe says. A Redis restarted from its AOF or RDB comes
 back with the entries it held, including those whose rows changed while it was down,
@@ -56,15 +56,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from thorbis_cache.declarations import InvalidationRule, MaterializedView
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.cache.meta_sweep import MetaSweep
+from thorbis_cache.cache.metrics import Histogram
+from thorbis_cache.cache.tags import CacheTagInvalidator
 from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
 from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
 from thorbis_cache.invalidation.replay import FailoverReplay
-from thorbis_cache.invalidation.sweep import MetaSweep
-from thorbis_cache.invalidation.tags import CacheTagInvalidator
-from thorbis_cache.keys import CacheKey
-from thorbis_cache.metrics import Histogram
+from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
 from thorbis_cache.postgres import audit, outbox
 from thorbis_cache.postgres.logical import LogicalCapture, SlotLostError, parse_lsn
 from thorbis_cache.postgres.replication import ReplicationError
@@ -72,7 +72,7 @@ from thorbis_cache.postgres.triggers import CHANNEL, capture_triggers
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache.core import Cache
     from thorbis_cache.postgres.logical import LogicalStream
 
 __all__ = [
@@ -207,7 +207,7 @@ class OutboxWorker:
         at 0.1 s and doubles.
     :param sweep_interval: seconds between two passes of the sweep that :meth:`run`
         keeps going beside the batches (``MetaSweep`` of
-        :mod:`thorbis_cache.invalidation.sweep`: idle tag and dependency sets, leftovers
+        :mod:`thorbis_cache.cache.meta_sweep`: idle tag and dependency sets, leftovers
         of dead cascades).
     :param capture: where changes come from. None (the default): ``thorbis.outbox``,
         written by the capture triggers. A
@@ -802,7 +802,7 @@ class OutboxWorker:
 
         One probe every ``redis_probe_interval`` (the first after ``first`` seconds),
         each a PING on a connection of its own (:meth:`RedisStore.probe
-        <thorbis_cache.redis_store.RedisStore.probe>`): through the cache's pool a call
+        <thorbis_cache.store.redis_store.RedisStore.probe>`): through the cache's pool a call
         is refused while the breaker cools down, so the backlog would wait for the end
         of the cooldown after the server is back; the probe's answer closes the breaker.
         A refused connection costs well under a millisecond: probing this often is cheap.

@@ -1,8 +1,8 @@
 """What a plugin declares: frozen value types returned by the ``register_*`` hooks.
 
-Key schemas are :class:`thorbis_cache.keys.KeySchema`; everything else a vertical
+Key schemas are :class:`thorbis_cache.cache.keys.KeySchema`; everything else a vertical
 contributes is described here. Declarations are plain data, validated when a plugin is
-loaded (see :mod:`thorbis_cache.plugins`), never executed at import.
+loaded (see :mod:`thorbis_cache.plugins.manager`), never executed at import.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from thorbis_cache.keys import _QUALIFIED_RE, KeySchema
+from thorbis_cache.cache.keys import _QUALIFIED_RE, KeySchema
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache import Cache
+    from thorbis_cache.cache.core import Cache
     from thorbis_cache.warming import WarmBatch
 
 __all__ = [
@@ -60,7 +60,7 @@ class PluginInfo:
 
     :ivar namespace: the prefix of every name the plugin declares (``hs`` for
         ``hs.customer``); two plugins may not share one.
-    :ivar hook_api_version: the version of :mod:`thorbis_cache.hookspecs` the plugin was
+    :ivar hook_api_version: the version of :mod:`thorbis_cache.plugins.hookspecs` the plugin was
         written against (see ``HOOK_API_VERSION``).
     :ivar title: a human name ("Home services").
     :ivar description: one line for listings.
@@ -117,7 +117,7 @@ class SqlScript:
 @attrs.frozen(slots=True)
 class RefreshPolicy:
     """When a materialized view is refreshed by the scheduler in ``thorbis-cache worker``
-    (:mod:`thorbis_cache.postgres.mv_scheduler`).
+    (:mod:`thorbis_cache.mv.scheduler`).
 
     Two triggers, either or both:
 
@@ -316,7 +316,7 @@ class LoadedPlugin:
     """A plugin that passed every check, with everything it declared.
 
     :ivar name: the entry-point name, or the name given to
-        :meth:`~thorbis_cache.plugins.PluginManager.add`.
+        :meth:`~thorbis_cache.plugins.manager.PluginManager.add`.
     :ivar distribution: the distribution that ships it (``thorbis-home-services``).
     :ivar version: that distribution's version.
     :ivar info: what ``register_plugin_info`` returned.

@@ -38,7 +38,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.crc import key_slot
 
-from thorbis_cache.redis_store import RedisStore
+from thorbis_cache.store.redis_store import RedisStore
 
 __all__ = ["ReplicaReads"]
 

@@ -23,8 +23,8 @@ import msgspec
 import zstandard
 from cattrs.preconf.msgpack import make_converter as _make_msgpack_converter
 
-from thorbis_cache.crypto import NONCE_SIZE, KeyRing
-from thorbis_cache.envelope import (
+from thorbis_cache.cache.crypto import NONCE_SIZE, KeyRing
+from thorbis_cache.cache.envelope import (
     FLAG_COMPRESSED,
     FLAG_ENCRYPTED,
     CorruptEntry,
@@ -32,9 +32,9 @@ from thorbis_cache.envelope import (
     open_envelope,
     seal_envelope,
 )
+from thorbis_cache.cache.keys import Compression, KeySchema
+from thorbis_cache.cache.value_types import SUPPORTED_TYPES, unsupported_type
 from thorbis_cache.errors import ValueTypeError
-from thorbis_cache.keys import Compression, KeySchema
-from thorbis_cache.value_types import SUPPORTED_TYPES, unsupported_type
 
 __all__ = [
     "SUPPORTED_TYPES",

@@ -11,15 +11,15 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from thorbis_cache import leases
-from thorbis_cache.envelope import CorruptEntry
+from thorbis_cache.cache import leases
+from thorbis_cache.cache.envelope import CorruptEntry
+from thorbis_cache.cache.fill import SingleFlight, should_recompute_early
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.cache.leases import ABSENT
 from thorbis_cache.errors import MissingRow, RedisUnavailableError, WrongRedisTypeError
-from thorbis_cache.fill import SingleFlight, should_recompute_early
-from thorbis_cache.keys import CacheKey
-from thorbis_cache.leases import ABSENT
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache_core import CacheCore, Loader, SchemaRuntime
+    from thorbis_cache.cache.protocol import CacheCore, Loader, SchemaRuntime
 
 __all__ = ["ValueFills"]
 
@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 
 class ValueFills:
-    """The cache-aside engine of one :class:`~thorbis_cache.cache.Cache` for its value
+    """The cache-aside engine of one :class:`~thorbis_cache.cache.core.Cache` for its value
     schemas; its in-process flights are cancelled by :meth:`aclose`."""
 
     def __init__(self, cache: CacheCore) -> None:
@@ -43,7 +43,7 @@ class ValueFills:
         await self._flights.cancel_all()
 
     def revoke(self, names: Iterable[str], prefix: str | None) -> None:
-        """See :meth:`Cache.revoke_flights <thorbis_cache.cache.Cache.revoke_flights>`."""
+        """See :meth:`Cache.revoke_flights <thorbis_cache.cache.core.Cache.revoke_flights>`."""
         self._flights.revoke(names, prefix)
 
     async def read(

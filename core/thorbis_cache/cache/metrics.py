@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
-    from thorbis_cache.keys import CacheKey
+    from thorbis_cache.cache.keys import CacheKey
 
 __all__ = [
     "COHERENCE_COUNTERS",

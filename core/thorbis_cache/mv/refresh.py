@@ -47,8 +47,8 @@ from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX, quote_qualified
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
-    from thorbis_cache.cache import Cache
-    from thorbis_cache.declarations import MaterializedView
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.plugins.declarations import MaterializedView
 
 __all__ = [
     "HISTORY_TABLE",
@@ -406,7 +406,7 @@ async def invalidate_pending_tags(cache: Any, conn: asyncpg.Connection, plugin_n
     A view without a ``tenant_id`` column has no tenants to name: its tags are left
     alone, with a log line, and the flag is cleared.
 
-    :param cache: the :class:`~thorbis_cache.cache.Cache` holding the tagged entries.
+    :param cache: the :class:`~thorbis_cache.cache.core.Cache` holding the tagged entries.
     :returns: the tenants invalidated, or None when nothing was pending.
     :raises CacheBackendError: Redis failed (the flag stays set for a later call).
     """

@@ -20,13 +20,13 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from thorbis_cache.cache.fill import backoff_delays
+from thorbis_cache.cache.keys import CacheKey, SchemaKind
 from thorbis_cache.errors import RedisUnavailableError
-from thorbis_cache.fill import backoff_delays
-from thorbis_cache.keys import CacheKey, SchemaKind
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache_core import CacheCore
-    from thorbis_cache.metrics import SchemaCounters
+    from thorbis_cache.cache.metrics import SchemaCounters
+    from thorbis_cache.cache.protocol import CacheCore
 
 __all__ = [
     "ABSENT", "CACHED", "EMPTY", "GRANTED", "HELD", "MARKER", "LeaseWait", "fill_keys",

@@ -1,6 +1,6 @@
 """The cache: typed get / get_many / set / delete / get_or_load over Redis.
 
-Values are encoded by the schema's :class:`~thorbis_cache.codec.SchemaCodec`; entries
+Values are encoded by the schema's :class:`~thorbis_cache.cache.codec.SchemaCodec`; entries
 that do not open are misses (deleted, counted, logged), never errors. ``get_or_load``
 is cache-aside with single-flight, fill leases and optional XFetch (see :mod:`.fill`).
 """
@@ -17,11 +17,27 @@ from typing import Any, TypeVar
 
 import attrs
 
-from thorbis_cache.cache_core import CacheScripts, Loader, SchemaRuntime
-from thorbis_cache.codec import SchemaCodec, make_converter
-from thorbis_cache.config import CacheSettings
-from thorbis_cache.crypto import KeyRing
-from thorbis_cache.envelope import CorruptEntry
+from thorbis_cache.cache.codec import SchemaCodec, make_converter
+from thorbis_cache.cache.crypto import KeyRing
+from thorbis_cache.cache.envelope import CorruptEntry
+from thorbis_cache.cache.eviction import check_eviction_policy
+from thorbis_cache.cache.invalidation_events import Coherence
+from thorbis_cache.cache.keys import (
+    _SCHEMA_NAME_RE,
+    CacheKey,
+    KeySchema,
+    SchemaKind,
+    SchemaRegistry,
+    validate_tenant,
+)
+from thorbis_cache.cache.metrics import CacheMetrics, CacheObserver, SchemaCounters
+from thorbis_cache.cache.near import MISS, NearCache
+from thorbis_cache.cache.protocol import CacheScripts, Loader, SchemaRuntime
+from thorbis_cache.cache.read_through import ABSENT, StructureFills
+from thorbis_cache.cache.settings import CacheSettings
+from thorbis_cache.cache.structures import EntityHash, GeoIndex, SortedSet
+from thorbis_cache.cache.tags import InvalidationLimits, TagEngine
+from thorbis_cache.cache.value_fill import ValueFills
 from thorbis_cache.errors import (
     ConfigurationError,
     InvalidKeyError,
@@ -32,24 +48,8 @@ from thorbis_cache.errors import (
     WrongRedisTypeError,
     WrongSchemaKindError,
 )
-from thorbis_cache.eviction import check_eviction_policy
-from thorbis_cache.invalidation.events import Coherence
-from thorbis_cache.invalidation.tags import InvalidationLimits, TagEngine
-from thorbis_cache.keys import (
-    _SCHEMA_NAME_RE,
-    CacheKey,
-    KeySchema,
-    SchemaKind,
-    SchemaRegistry,
-    validate_tenant,
-)
-from thorbis_cache.metrics import CacheMetrics, CacheObserver, SchemaCounters
-from thorbis_cache.near import MISS, NearCache
-from thorbis_cache.read_through import ABSENT, StructureFills
-from thorbis_cache.redis_store import RedisStore
-from thorbis_cache.replica_reads import ReplicaReads
-from thorbis_cache.structures import EntityHash, GeoIndex, SortedSet
-from thorbis_cache.value_fill import ValueFills
+from thorbis_cache.store.redis_store import RedisStore
+from thorbis_cache.store.replica_reads import ReplicaReads
 
 __all__ = ["Cache"]
 
@@ -69,7 +69,7 @@ class Cache:
     :param metrics: where counters go (a private registry by default).
     :param invalidation_limits: per-call bounds of tag and cascade invalidations.
     :param near: an in-process near cache (L1) for the schemas with ``near_ttl`` (see
-        :mod:`thorbis_cache.near`); owned by this cache alone.
+        :mod:`thorbis_cache.cache.near`); owned by this cache alone.
     :raises ConfigurationError: a sensitive schema without a key ring, or ``near``
         already used by another cache.
     """
@@ -125,7 +125,7 @@ class Cache:
         near: NearCache | None = None,
     ) -> Cache:
         """A cache on the Redis ``url`` names (one server, a Cluster or a Sentinel group:
-        see :mod:`thorbis_cache.redis_url`); the connections are owned and closed by
+        see :mod:`thorbis_cache.store.redis_url`); the connections are owned and closed by
         :meth:`aclose`."""
         store = RedisStore.from_url(url)
         return cls(store, registry, keyring=keyring, settings=settings, metrics=metrics,
@@ -476,7 +476,7 @@ class Cache:
     async def verify_server(self) -> str | None:
         """Check that Redis cannot break invalidation by evicting keys: every master must
         run a supported ``maxmemory-policy`` (noeviction or volatile-*; see
-        :mod:`thorbis_cache.eviction`). Called by ``CacheApp.start`` and the outbox
+        :mod:`thorbis_cache.cache.eviction`). Called by ``CacheApp.start`` and the outbox
         worker before they serve.
 
         :returns: the policy, or None when Redis cannot be reached (logged: a cache

@@ -21,21 +21,21 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
-from thorbis_cache.codec import SchemaCodec, check_value
-from thorbis_cache.envelope import CorruptEntry
+from thorbis_cache.cache.codec import SchemaCodec, check_value
+from thorbis_cache.cache.envelope import CorruptEntry
+from thorbis_cache.cache.geo import GEO_LAT_LIMIT, geo_distance, geohash_position
+from thorbis_cache.cache.keys import CacheKey, Param
+from thorbis_cache.cache.read_through import EMPTY, StructureFills, StructureRead, StructureWrite
 from thorbis_cache.errors import (
     InvalidParameterError,
     ValueTypeError,
     VersionConflictError,
     WrongRedisTypeError,
 )
-from thorbis_cache.geo import GEO_LAT_LIMIT, geo_distance, geohash_position
-from thorbis_cache.keys import CacheKey, Param
-from thorbis_cache.read_through import EMPTY, StructureFills, StructureRead, StructureWrite
-from thorbis_cache.redis_store import Script
+from thorbis_cache.store.redis_store import Script
 
 if TYPE_CHECKING:
-    from thorbis_cache.cache_core import CacheCore, Loader
+    from thorbis_cache.cache.protocol import CacheCore, Loader
 
 __all__ = ["EntityHash", "GeoIndex", "SortedSet", "Versioned"]
 

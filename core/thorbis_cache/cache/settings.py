@@ -7,9 +7,9 @@ from typing import Any
 
 import attrs
 
-from thorbis_cache.codec import CodecSettings
+from thorbis_cache.cache.codec import CodecSettings
+from thorbis_cache.cache.keys import validate_prefix
 from thorbis_cache.errors import ConfigurationError
-from thorbis_cache.keys import validate_prefix
 
 __all__ = ["CacheSettings", "SchemaOverride"]
 
@@ -38,7 +38,7 @@ class SchemaOverride:
     :ivar near_ttl: seconds a value may live in the in-process near cache (L1); it puts
         the schema in L1 (``CacheApp(near=NearCache(...))``). Give it to every process
         that writes the schema, with or without a near cache: a process writing a schema
-        with ``near_ttl`` tells the others' L1 (see :mod:`thorbis_cache.near`).
+        with ``near_ttl`` tells the others' L1 (see :mod:`thorbis_cache.cache.near`).
     """
 
     ttl: float | None = attrs.field(default=None, validator=_seconds_or_none)
@@ -73,7 +73,7 @@ def _to_overrides(value: Mapping[str, Any] | None) -> dict[str, SchemaOverride]:
 
 @attrs.frozen(slots=True)
 class CacheSettings:
-    """How a :class:`~thorbis_cache.cache.Cache` behaves.
+    """How a :class:`~thorbis_cache.cache.core.Cache` behaves.
 
     :ivar prefix: first segment of every key (one per application sharing a Redis).
     :ivar lease_ttl: seconds a fill lease lives; longer than a slow load, short enough

@@ -1,4 +1,4 @@
-"""Validation of what plugins declare (used by :mod:`thorbis_cache.plugins`).
+"""Validation of what plugins declare (used by :mod:`thorbis_cache.plugins.manager`).
 
 A :class:`Draft` is one plugin being examined: what its hooks returned and every problem
 found. The checks never raise; they record problems, so that all of them are reported
@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from croniter import croniter
 
-from thorbis_cache import hookspecs
-from thorbis_cache.declarations import (
+from thorbis_cache.cache.keys import KeySchema, SchemaRegistry
+from thorbis_cache.errors import PluginProblem
+from thorbis_cache.plugins import hookspecs
+from thorbis_cache.plugins.declarations import (
     InvalidationRule,
     MaterializedView,
     PluginInfo,
@@ -25,11 +27,9 @@ from thorbis_cache.declarations import (
     SqlScript,
     is_qualified,
 )
-from thorbis_cache.errors import PluginProblem
-from thorbis_cache.keys import KeySchema, SchemaRegistry
 
 if TYPE_CHECKING:
-    from thorbis_cache.declarations import LoadedPlugin
+    from thorbis_cache.plugins.declarations import LoadedPlugin
 
 __all__ = ["Draft", "check_across", "check_declarations", "describe"]
 

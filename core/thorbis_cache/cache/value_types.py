@@ -1,5 +1,5 @@
 """Which Python types a cached value may be built of: checked where a
-:class:`~thorbis_cache.keys.KeySchema` is declared (so it sits below both the key
+:class:`~thorbis_cache.cache.keys.KeySchema` is declared (so it sits below both the key
 schemas and the codec, which store and restore those types)."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _ABC_CONTAINERS = {"Sequence", "MutableSequence", "Set", "MutableSet", "Mapping"
 def unsupported_type(tp: Any, path: str = "", _seen: frozenset[int] = frozenset()) -> str | None:
     """Why ``tp`` holds a type the codec cannot store and restore, or None.
 
-    Checked when a :class:`~thorbis_cache.keys.KeySchema` is declared, so a
+    Checked when a :class:`~thorbis_cache.cache.keys.KeySchema` is declared, so a
     ``datetime.time`` or a plain class is refused there, naming the field, instead of
     failing the first write with a message naming neither schema nor field.
 

@@ -3,7 +3,7 @@
 A :class:`NearCache` given to a :class:`~thorbis_cache.Cache` answers ``get`` and
 ``get_or_load`` for the schemas declared with ``near_ttl`` without a Redis call. It is
 kept coherent by the invalidation events every cache publishes
-(:mod:`thorbis_cache.invalidation.events`):
+(:mod:`thorbis_cache.cache.invalidation_events`):
 
 * an invalidation made by this cache evicts L1 before the call returns;
 * an event from another process evicts the keys it names, the entries of the tags it
@@ -33,13 +33,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol
 
+from thorbis_cache.cache.metrics import CoherenceCounters
 from thorbis_cache.errors import ConfigurationError
-from thorbis_cache.metrics import CoherenceCounters
 
 
 class Invalidation(Protocol):
     """What L1 reads of an invalidation (an
-    :class:`~thorbis_cache.invalidation.events.InvalidationEvent`, which the layer above
+    :class:`~thorbis_cache.cache.invalidation_events.InvalidationEvent`, which the layer above
     this one defines)."""
 
     @property

@@ -26,14 +26,14 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from thorbis_cache.circuit import CircuitBreaker
 from thorbis_cache.errors import (
     CacheBackendError,
     RedisOutOfMemoryError,
     RedisUnavailableError,
     WrongRedisTypeError,
 )
-from thorbis_cache.redis_url import RedisAddress, Topology, parse_redis_url
+from thorbis_cache.store.circuit import CircuitBreaker
+from thorbis_cache.store.redis_url import RedisAddress, Topology, parse_redis_url
 from thorbis_cache.transport import NodeConnections, Router, pack_command
 from thorbis_cache.transport.bounds import CallDeadlines, InFlightGate
 
@@ -146,7 +146,7 @@ class RedisStore:
         multiplexed: bool = True,
     ) -> RedisStore:
         """Connect lazily to the Redis a URL names, on any topology (see
-        :mod:`thorbis_cache.redis_url` for the forms: ``redis://``, ``rediss://``,
+        :mod:`thorbis_cache.store.redis_url` for the forms: ``redis://``, ``rediss://``,
         ``redis+cluster://``, ``redis+sentinel://``, with ACL credentials and TLS).
 
         :param timeout: seconds a call may wait for its reply, enforced by one watchdog

@@ -6,14 +6,14 @@ to ``<prefix>:~tag:{<tenant>}:<tag>`` in the same atomic step that writes it or 
 fill lease; the same step samples 3 members and removes those whose key is gone and that
 hold no fill lease, so a tag written constantly stays bounded (about a third dead at
 most). Dependencies are edges recorded by :meth:`Cache.depend
-<thorbis_cache.cache.Cache.depend>` in ``<prefix>:~deps:{<tenant>}:<body>``. All of them
+<thorbis_cache.cache.core.Cache.depend>` in ``<prefix>:~deps:{<tenant>}:<body>``. All of them
 carry the tenant's hash tag, so every script here touches one slot and is legal on a
 Redis Cluster; none is ever found by ``KEYS`` or ``SCAN``: they are read by name only.
 
 None of these sets, nor the work keys of an invalidation, carries a TTL: under every
 supported ``maxmemory-policy`` Redis never evicts them, so eviction can drop entries
 but never the record of an entry that survives. Their entries in the tenant index
-(:mod:`thorbis_cache.invalidation.sweep`) let :class:`~.sweep.MetaSweep` prune a set
+(:mod:`thorbis_cache.cache.meta_sweep`) let :class:`~.sweep.MetaSweep` prune a set
 once everything recorded in it has expired, and delete the work keys of an invalidation
 whose caller died.
 
@@ -35,9 +35,9 @@ from typing import Protocol
 
 import attrs
 
+from thorbis_cache.cache.meta_keys import MetaKeys
 from thorbis_cache.errors import ConfigurationError, RedisUnavailableError
-from thorbis_cache.invalidation.meta_keys import MetaKeys
-from thorbis_cache.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
 
 __all__ = ["CacheTagInvalidator", "InvalidatesTags", "InvalidationLimits", "TagEngine"]
 
@@ -63,7 +63,7 @@ class InvalidationLimits:
     :ivar cascade_edges: dependency edges moved per call of ``cascade.lua``.
     :ivar work_ttl: seconds after its last call that the work keys of a cascade
         (frontier, visited set) are deleted by the sweep if their caller died mid-way
-        (they carry no TTL: see :mod:`~thorbis_cache.invalidation.sweep`).
+        (they carry no TTL: see :mod:`~thorbis_cache.cache.meta_sweep`).
     """
 
     tag_batch: int = attrs.field(default=256, validator=_positive_batch)
@@ -209,7 +209,7 @@ class TagEngine:
 
 
 class InvalidatesTags(Protocol):
-    """What :class:`CacheTagInvalidator` calls: a :class:`~thorbis_cache.cache.Cache`
+    """What :class:`CacheTagInvalidator` calls: a :class:`~thorbis_cache.cache.core.Cache`
     (which composes this module, so it is not imported here)."""
 
     async def invalidate_tags(self, tenant: str, tags: Sequence[str], *,
