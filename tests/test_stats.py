@@ -1,5 +1,6 @@
 """``thorbis-cache stats`` driven as a user would: its estimates against the true counts
-on every topology, and a recommendation triggered by a real ``/metrics``."""
+on every topology, and recommendations triggered by real figures: a real ``/metrics``
+(hit ratio, slow operations) and real idle times and ages (TTLs)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import attrs
 from core_testing import HS, HsEnv
 from thorbis_home_services.schemas import CUSTOMER_SUMMARY, WORK_ORDER
 
+from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.observability import Exporter, HttpServer, MetricsApp
-from thorbis_cache.redis_store import RedisStore
+from thorbis_cache.observability.recommendations import recommend
+from thorbis_cache.observability.stats import sample_stats
+from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.testing.servers import RedisServer
 
 CLI = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "thorbis-cache")
@@ -132,3 +137,80 @@ async def test_idle_times_under_an_lfu_policy_are_reported_unavailable() -> None
     assert not [r for r in report["recommendations"] if r["kind"].startswith("ttl_")]
     assert "TTL against reuse not judged: OBJECT IDLETIME is not tracked" in text
     assert "300 of 5000 keys sampled with SCAN" in text
+
+
+async def test_slow_operations_from_a_real_metrics_endpoint_are_recommended(
+        thorbis_redis_url: str) -> None:
+    """A loader that takes 80 ms (a slow database) makes ``get_or_load`` slow for real:
+    the exporter's latency histogram says so, and ``stats`` names the operation."""
+    registry = SchemaRegistry()
+    schema = KeySchema("t.note", Note, params={"id": int}, ttl=60)
+    registry.register(schema, owner="test")
+    async with Cache.from_url(thorbis_redis_url, registry) as cache:
+        exporter = Exporter(cache)
+
+        async def slow_load() -> Note:
+            await asyncio.sleep(0.08)
+            return Note("loaded")
+
+        try:
+            keys = [schema.key("acme", id=70_000 + i) for i in range(120)]
+            loaded = await asyncio.gather(*(cache.get_or_load(k, slow_load) for k in keys))
+            assert loaded == [Note("loaded")] * 120
+            async with HttpServer(MetricsApp(exporter)) as server:
+                report = await asyncio.to_thread(
+                    stats, "--redis-url", thorbis_redis_url, "--metrics-url",
+                    server.url + "/metrics")
+        finally:
+            exporter.detach()
+    slow = [r for r in report["recommendations"] if r["kind"] == "slow_operation"]
+    assert [r["subject"] for r in slow] == ["t.note get_or_load"]
+    assert slow[0]["figures"]["calls"] == 120
+    # Histogram buckets bound the quantile: at least the 80 ms every call slept.
+    assert slow[0]["figures"]["p99_seconds"] >= 0.08
+    assert slow[0]["message"].startswith("99th percentile of get_or_load on t.note is ")
+
+
+@attrs.frozen
+class Note:
+    text: str
+
+
+async def test_ttls_far_from_the_observed_reuse_are_recommended() -> None:
+    """Real idle times (``OBJECT IDLETIME``, one-second resolution) against real ages: a
+    schema whose entries nobody reads gets ``ttl_too_long``; one read once early and then
+    left for most of its TTL gets ``ttl_too_short``; one read just before the sample gets
+    neither. About 9 s of waiting: idle times are only known to the second."""
+    registry = SchemaRegistry()
+    schemas = {name: KeySchema(f"t.{name}", Note, params={"id": int}, ttl=10)
+               for name in ("unread", "read_early", "read_late")}
+    for schema in schemas.values():
+        registry.register(schema, owner="test")
+    server = RedisServer().start()
+    try:
+        async with Cache.from_url(server.url, registry) as cache:
+            keys = {name: [s.key("acme", id=i) for i in range(30)]
+                    for name, s in schemas.items()}
+            for name in schemas:
+                for key in keys[name]:
+                    await cache.set(key, Note(name))
+            # A read must come later than the age's one-second slack plus the clock's
+            # one-second resolution to be told apart from the write.
+            await asyncio.sleep(2.5)
+            for key in keys["read_early"]:
+                assert await cache.get(key) == Note("read_early")
+            await asyncio.sleep(6.0)
+            for key in keys["read_late"]:
+                assert await cache.get(key) == Note("read_late")
+            sampled = await sample_stats(cache.store, registry, sample=500)
+    finally:
+        server.stop()
+    found = {(r.kind, r.subject): r for r in recommend(sampled, None)}
+    assert set(found) == {("ttl_too_long", "t.unread"), ("ttl_too_short", "t.read_early")}
+    too_long = found[("ttl_too_long", "t.unread")].figures
+    assert too_long["unread_share"] == 1.0
+    assert too_long["judged"] == 30
+    assert 8 <= too_long["median_age_s"] <= 10
+    too_short = found[("ttl_too_short", "t.read_early")].figures
+    assert 5 <= too_short["median_idle_s"] <= 8
+    assert too_short["ttl_s"] == 10
