@@ -12,6 +12,10 @@ the same run:
 * a near-cache (L1) hit of a schema with ``near_ttl`` against a raw GET of its bytes;
 * a miss filled through ``Cache.get_or_load`` (fill lease, instant loader) against a raw
   GET + SET of the same bytes;
+* the plain 1 KiB hit with per-operation metrics on (an ``OperationObserver``: latency
+  histogram per schema and operation, top-20 tenants), paired with the same hit through a
+  cache without them: in that row "raw" is the hit with metrics off (issue 17's budget:
+  at most 3%);
 * cashews and aiocache reading the same record from their own stored form;
 * two driver anchors (``bench/anchors.py``), each paired with redis-py exactly like a
   subject: valkey-glide's raw GET/MGET (skipped, with the reason printed, when the
@@ -20,7 +24,7 @@ the same run:
 
 Rounds alternate the order of each pair (ABBA) and every figure is the median across
 rounds; ratios are medians of the per-round paired ratios, with redis-py as the base.
-The SPEC's and issue 16's targets print as PASS/MISS (SKIP when an anchor they need is
+The SPEC's, issue 16's and issue 17's targets print as PASS/MISS (SKIP when an anchor they need is
 missing) and ``--json`` keeps them under ``targets``. The numbers are a report, never an
 assertion: the script exits 0 whatever they are (see ``bench/README.md``).
 """
@@ -56,8 +60,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from thorbis_cache import Cache, CacheSettings, Compression, KeyRing, KeySchema, SchemaRegistry
-from thorbis_cache.codec import make_converter
-from thorbis_cache.near import NearCache
+from thorbis_cache.cache.codec import make_converter
+from thorbis_cache.cache.near import NearCache
 from thorbis_cache.testing.servers import RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -346,6 +350,9 @@ G_16K = "16 KiB record (CustomerHistory of 16 work orders)"
 G_BATCH = f"get_many of {BATCH} x 1 KiB vs MGET, one tenant (ops/s = keys/s)"
 G_L1 = "near cache (L1) hit, 1 KiB record, vs raw GET"
 G_FILL = "miss then fill: get_or_load (fill lease, instant loader), 1 KiB plain, vs raw GET + SET"
+G_METRICS = ("per-operation metrics (OperationObserver: latency histogram, top tenants) on, "
+             "vs the same hit with them off")
+METRICS_BUDGET = 1.03  # issue 17: metrics cost at most 3% of a hit
 G_ANCHOR = "driver anchors: another client's raw GET of the plain 1 KiB bytes, vs redis-py's"
 L1_LIMIT = 0.05  # SPEC: an L1 hit at least 20x faster than a raw GET
 SCALE_FILL = 0.5  # a fill is three round trips (GET, lease, compare-and-set)
@@ -430,6 +437,19 @@ async def build_pairs(
         _expect(await cache.get(key) == value, f"{variant} round trip")
         pairs.append(Pair(f"Cache.get {variant}", group, len(stored),
                           functools.partial(cache.get, key), raw_get(rk), scale=scale))
+
+    # Metrics on vs off: the same entry through a second cache on the same store, with an
+    # observer; paired call by call with the unobserved cache, so the ratio is the cost.
+    from thorbis_cache.observability import OperationObserver, TopTenants
+
+    observed = Cache(cache.store, registry, keyring=cache.keyring, settings=cache.settings)
+    observed.observer = OperationObserver(TopTenants(20))
+    metrics_key = plan[0][2].key(TENANT, id=1)
+    _expect(await observed.get(metrics_key) == order, "observed round trip")
+    pairs.append(Pair("Cache.get plain, metrics on / off", G_METRICS,
+                      len(await _stored(raw, cache.redis_key(metrics_key))),
+                      functools.partial(observed.get, metrics_key),
+                      functools.partial(cache.get, metrics_key)))
 
     # Peers: the same record object, in their own stored form, on the same Redis.
     from aiocache import RedisCache
@@ -555,7 +575,7 @@ async def build_pairs(
     _expect(near_cache.near is not None and near_rk in near_cache.near, "L1 filled")
     pairs.append(Pair("Cache.get L1 hit (plain)", G_L1, len(stored),
                       lambda: near_cache.get(near_key), raw_get(near_rk)))
-    order_of = {G_1K: 0, G_16K: 1, G_BATCH: 2, G_L1: 3, G_FILL: 4, G_ANCHOR: 5}
+    order_of = {G_1K: 0, G_METRICS: 1, G_16K: 2, G_BATCH: 3, G_L1: 4, G_FILL: 5, G_ANCHOR: 6}
     return sorted(pairs, key=lambda p: order_of[p.group])
 
 
@@ -760,6 +780,14 @@ def check_targets(pairs: Sequence[Pair], anchors: dict[str, str]) -> Verdicts:
         subject = by[(G_16K, f"Cache.get {variant}")]
         out.check(ISSUE, f"{variant} 16 KiB hit p50 <= 1.3x raw GET",
                   subject.median("p50_ratio"), 1.3, "x")
+    # Issue 17: what per-operation metrics cost a hit (the pair's base is the same hit
+    # without them).
+    metrics = by[(G_METRICS, "Cache.get plain, metrics on / off")]
+    out.check("issue 17", f"hit p50 with metrics on <= {METRICS_BUDGET}x off",
+              metrics.median("p50_ratio"), METRICS_BUDGET, "x")
+    out.check("issue 17", f"hit {CONCURRENCY}-way ops/s with metrics on >= "
+              f"{2 - METRICS_BUDGET:.2f}x off", metrics.median("ops_ratio"),
+              2 - METRICS_BUDGET, "x", at_least=True)
     # "No regression": figures to compare between runs, no limit given.
     fill = by[(G_FILL, "Cache.get_or_load miss + fill (plain)")]
     for name, pair in (("near-cache (L1) hit", l1), ("miss + fill via get_or_load", fill)):
