@@ -186,7 +186,7 @@ MODIFIERS: dict[str, Modifier] = {
     "emptystmt": emptystmt, "emptyrow": emptyrow, "unlogged": unlogged, "nopkey": nopkey,
 }
 DEFAULT_VARIANTS = ("none", "trigger", "unlogged", "nopkey", "unlogged+nopkey", "noguc",
-                    "guard", "guard+unlogged+nopkey", "row", "narrow", "empty", "emptystmt",
+                    "guard", "row", "narrow", "narrow+unlogged+nopkey", "empty", "emptystmt",
                     "emptyrow")
 QUICK_VARIANTS = ("none", "trigger", "unlogged", "nopkey", "row", "empty", "emptyrow")
 

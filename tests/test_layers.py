@@ -167,5 +167,6 @@ def test_modules_plugins_imported_from_the_top_level_still_import() -> None:
     from thorbis_cache.plugins import declarations as moved_declarations
     from thorbis_cache.plugins import hookspecs as moved_hookspecs
 
-    assert declarations is moved_declarations and hookspecs is moved_hookspecs
+    assert declarations is moved_declarations
+    assert hookspecs is moved_hookspecs
     assert thorbis_cache.declarations.InvalidationRule is moved_declarations.InvalidationRule

@@ -20,7 +20,8 @@ Each batch (see :mod:`thorbis_cache.postgres.outbox` for why it is commit-safe):
    ``thorbis.table_changes`` (what the view scheduler's smart refresh counts), then
    commit -- the rows are gone only now.
 
-If step 3 fails the transaction rolls back and the rows come back. A failure other
+Steps 2 to 4 are :func:`~thorbis_cache.invalidation.batch.apply_changes`, shared with
+the logical-capture source. If step 3 fails the transaction rolls back and the rows come back. A failure other
 than Redis being unavailable counts an attempt on each row; a row past ``max_attempts``
 is dead-lettered at its next claim. Redis being down is not the rows' fault: they wait,
 however long, and are applied on recovery.
@@ -47,25 +48,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import attrs
-
-from thorbis_cache.cache.keys import CacheKey
 from thorbis_cache.cache.meta_sweep import MetaSweep
-from thorbis_cache.cache.metrics import Histogram
 from thorbis_cache.cache.tags import CacheTagInvalidator
 from thorbis_cache.errors import RedisUnavailableError
+from thorbis_cache.invalidation.batch import (
+    BLAMELESS,
+    BatchResult,
+    TagInvalidator,
+    UnconfiguredTagInvalidator,
+    WorkerMetrics,
+    apply_changes,
+)
 from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
 from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
-from thorbis_cache.postgres import audit, outbox
+from thorbis_cache.postgres import outbox
 from thorbis_cache.postgres.logical import LogicalCapture, SlotLostError, parse_lsn
 from thorbis_cache.postgres.replication import ReplicationError
 from thorbis_cache.postgres.triggers import CHANNEL, capture_triggers
@@ -94,86 +97,6 @@ REDIS_RETRY = 1.0
 #: up to ``poll_interval`` while the outbox stays empty.
 MIN_POLL = 0.001
 
-#: ``async (tenant, tags) -> None``: invalidates every key carrying one of ``tags``.
-TagInvalidator = Callable[[str, Sequence[str]], Awaitable[None]]
-
-
-class UnconfiguredTagInvalidator:
-    """The tag invalidator of a worker given no cache tag engine: counts and logs.
-
-    It does not raise (the keys of a batch must still be deleted) and does not pretend:
-    every call logs a warning and increments :attr:`calls` / :attr:`tags`.
-    """
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.tags = 0
-
-    async def __call__(self, tenant: str, tags: Sequence[str]) -> None:
-        """Count and log ``tags`` of ``tenant``."""
-        self.calls += 1
-        self.tags += len(tags)
-        log.warning("tag invalidation not configured: tenant %r tags %s not invalidated",
-                    tenant, ", ".join(tags))
-
-
-@attrs.define
-class WorkerMetrics:
-    """In-process counters of one worker (exported by the observability layer).
-
-    :ivar lag_seconds: age of the oldest row of the last non-empty batch.
-    :ivar redis_waits: Redis outages :meth:`OutboxWorker.run` waited out (from a batch
-        finding Redis unavailable to the next batch that went through).
-    :ivar redis_wait_seconds: time spent probing for Redis, in total.
-    :ivar redis_probes: probes sent while waiting.
-    :ivar capture_losses: replication slots found lost, flushed and recreated.
-    :ivar commit_latency: per applied change, seconds from its capture (the outbox
-        row's insert; under logical capture, its commit) to its batch's commit, after
-        which its keys are gone.
-    """
-
-    processed: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-    failed_batches: int = 0
-    keys_deleted: int = 0
-    tags_invalidated: int = 0
-    lag_seconds: float = 0.0
-    redis_waits: int = 0
-    capture_losses: int = 0
-    redis_wait_seconds: float = 0.0
-    redis_probes: int = 0
-    commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)
-
-
-@attrs.frozen(slots=True)
-class BatchResult:
-    """What one batch did.
-
-    :ivar processed: outbox ids applied (empty plans included), in claim order.
-    :ivar dead_letters: ``(outbox id, reason)`` of rows dead-lettered.
-    :ivar keys: the Redis key bodies deleted (``{tenant}:schema:...``), sorted.
-    :ivar tags: ``(tenant, tag)`` handed to the tag invalidator, sorted.
-    :ivar audit_ids: ids of the audit records appended.
-    """
-
-    processed: tuple[int, ...] = ()
-    dead_letters: tuple[tuple[int, str], ...] = ()
-    keys: tuple[str, ...] = ()
-    tags: tuple[tuple[str, str], ...] = ()
-    audit_ids: tuple[int, ...] = ()
-
-    @property
-    def claimed(self) -> int:
-        """Rows this batch took off the outbox."""
-        return len(self.processed) + len(self.dead_letters)
-
-
-#: Failures that are not the changes' fault (Redis, PostgreSQL or the replication
-#: stream unavailable): no attempt is counted, the changes wait for recovery. Anything
-#: else counts toward ``max_attempts``.
-BLAMELESS: tuple[type[BaseException], ...] = (
-    RedisUnavailableError, ReplicationError, *outbox.DB_ERRORS)
 
 class OutboxWorker:
     """Consumes the outbox and applies the plugins' invalidation rules.
@@ -386,7 +309,7 @@ class OutboxWorker:
                     log.exception("outbox worker: could not count the failed attempt")
             raise
         if rows:
-            self._count(result, rows, claimed)
+            self.metrics.count(result, rows, claimed)
         return result
 
     async def _recover_lost_slot(self, capture: LogicalCapture, conn: Any,
@@ -488,7 +411,7 @@ class OutboxWorker:
             raise
         for row in rows:
             self._attempts.pop(row.id, None)
-        self._count(result, rows, claimed)
+        self.metrics.count(result, rows, claimed)
         return result
 
     async def _close_stream(self) -> None:
@@ -496,69 +419,11 @@ class OutboxWorker:
         if stream is not None:
             await stream.close()
 
-    def _count(self, result: BatchResult, rows: Sequence[outbox.OutboxRow],
-               claimed: float) -> None:
-        """Count a committed batch; ``claimed`` is when its rows' ``age`` was taken."""
-        m = self.metrics
-        since_claim = time.perf_counter() - claimed
-        for row in rows:
-            m.commit_latency.observe(row.age + since_claim)
-        m.batches += 1
-        m.processed += len(result.processed)
-        m.dead_lettered += len(result.dead_letters)
-        m.keys_deleted += len(result.keys)
-        m.tags_invalidated += len(result.tags)
-        m.lag_seconds = max(r.age for r in rows)
-
     async def _apply(self, conn: Any, rows: Sequence[outbox.OutboxRow]) -> BatchResult:
-        processed: list[int] = []
-        dead: list[tuple[int, str]] = []
-        keys: dict[str, CacheKey[Any]] = {}
-        tags: dict[str, set[str]] = defaultdict(set)
-        changes: dict[str, int] = defaultdict(int)
-        for row in rows:
-            if row.attempts >= self.max_attempts:
-                reason = f"gave up after {row.attempts} attempts: {row.last_error}"
-            else:
-                try:
-                    plan = self.plan(row)
-                except PoisonRow as exc:
-                    reason = str(exc)
-                else:
-                    processed.append(row.id)
-                    changes[plan.tenant] += 1
-                    keys.update((k.body, k) for k in plan.keys)
-                    tags[plan.tenant].update(plan.tags)
-                    continue
-            log.error("outbox row %d dead-lettered: %s", row.id, reason)
-            await outbox.dead_letter(conn, row, reason)
-            dead.append((row.id, reason))
-        if keys:
-            await self.cache.delete(*keys.values(), replicate=self.replay is None)
-        for tenant, tenant_tags in sorted(tags.items()):
-            if tenant_tags:
-                await self.invalidate_tags(tenant, sorted(tenant_tags))
-        by_tenant: dict[str, list[str]] = defaultdict(list)
-        for key in keys.values():
-            by_tenant[key.tenant].append(key.body)
-        if self.replay is not None:
-            for tenant in sorted(set(by_tenant) | {t for t, ns in tags.items() if ns}):
-                await self.replay.applied(conn, tenant, sorted(by_tenant[tenant]),
-                                          sorted(tags[tenant]))
-        audit_ids: list[int] = []
-        if self.audit:
-            for tenant in sorted(changes):
-                names = sorted(by_tenant[tenant]) + sorted(f"#{t}" for t in tags[tenant])
-                digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
-                record = await audit.append(conn, "invalidation", tenant, {
-                    "changes": changes[tenant], "keys": len(by_tenant[tenant]),
-                    "tags": len(tags[tenant]), "digest": digest,
-                })
-                audit_ids.append(record.id)
-        return BatchResult(
-            tuple(processed), tuple(dead), tuple(sorted(keys)),
-            tuple(sorted((t, n) for t, ns in tags.items() for n in ns)), tuple(audit_ids),
-        )
+        return await apply_changes(
+            conn, rows, plan=self.plan, cache=self.cache,
+            invalidate_tags=self.invalidate_tags, replay=self.replay, audited=self.audit,
+            max_attempts=self.max_attempts)
 
     async def check_capture(self) -> None:
         """Refuse to run when some rule's table has no change capture installed (no

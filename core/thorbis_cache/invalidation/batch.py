@@ -1,0 +1,200 @@
+"""One batch of captured changes, whatever its source (``thorbis.outbox`` or the WAL):
+what it is applied with, what it did, and the worker's counters.
+
+:func:`apply_changes` is the step both of the worker's sources share: plan every change
+with the plugins' rules, dead-letter what can never be applied, delete the keys, hand
+the tags to the tag invalidator, log the batch for failover replay and append the audit
+records, all inside the caller's transaction (the caller commits, then confirms).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.cache.metrics import Histogram
+from thorbis_cache.errors import RedisUnavailableError
+from thorbis_cache.invalidation.planning import Plan, PoisonRow
+from thorbis_cache.postgres import audit, outbox
+from thorbis_cache.postgres.replication import ReplicationError
+
+if TYPE_CHECKING:
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.invalidation.replay import FailoverReplay
+
+__all__ = [
+    "BLAMELESS",
+    "BatchResult",
+    "TagInvalidator",
+    "UnconfiguredTagInvalidator",
+    "WorkerMetrics",
+    "apply_changes",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``async (tenant, tags) -> None``: invalidates every key carrying one of ``tags``.
+TagInvalidator = Callable[[str, Sequence[str]], Awaitable[None]]
+
+#: Failures that are not the changes' fault (Redis, PostgreSQL or the replication
+#: stream unavailable): no attempt is counted, the changes wait for recovery. Anything
+#: else counts toward ``max_attempts``.
+BLAMELESS: tuple[type[BaseException], ...] = (
+    RedisUnavailableError, ReplicationError, *outbox.DB_ERRORS)
+
+
+class UnconfiguredTagInvalidator:
+    """The tag invalidator of a worker given no cache tag engine: counts and logs.
+
+    It does not raise (the keys of a batch must still be deleted) and does not pretend:
+    every call logs a warning and increments :attr:`calls` / :attr:`tags`.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.tags = 0
+
+    async def __call__(self, tenant: str, tags: Sequence[str]) -> None:
+        """Count and log ``tags`` of ``tenant``."""
+        self.calls += 1
+        self.tags += len(tags)
+        log.warning("tag invalidation not configured: tenant %r tags %s not invalidated",
+                    tenant, ", ".join(tags))
+
+
+@attrs.define
+class WorkerMetrics:
+    """In-process counters of one worker (exported by the observability layer).
+
+    :ivar lag_seconds: age of the oldest row of the last non-empty batch.
+    :ivar redis_waits: Redis outages :meth:`OutboxWorker.run` waited out (from a batch
+        finding Redis unavailable to the next batch that went through).
+    :ivar redis_wait_seconds: time spent probing for Redis, in total.
+    :ivar redis_probes: probes sent while waiting.
+    :ivar capture_losses: replication slots found lost, flushed and recreated.
+    :ivar commit_latency: per applied change, seconds from its capture (the outbox
+        row's insert; under logical capture, its commit) to its batch's commit, after
+        which its keys are gone.
+    """
+
+    processed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+    keys_deleted: int = 0
+    tags_invalidated: int = 0
+    lag_seconds: float = 0.0
+    redis_waits: int = 0
+    capture_losses: int = 0
+    redis_wait_seconds: float = 0.0
+    redis_probes: int = 0
+    commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)
+
+    def count(self, result: BatchResult, rows: Sequence[outbox.OutboxRow],
+              claimed: float) -> None:
+        """Count a committed batch; ``claimed`` is when its rows' ``age`` was taken."""
+        since_claim = time.perf_counter() - claimed
+        for row in rows:
+            self.commit_latency.observe(row.age + since_claim)
+        self.batches += 1
+        self.processed += len(result.processed)
+        self.dead_lettered += len(result.dead_letters)
+        self.keys_deleted += len(result.keys)
+        self.tags_invalidated += len(result.tags)
+        self.lag_seconds = max(r.age for r in rows)
+
+
+@attrs.frozen(slots=True)
+class BatchResult:
+    """What one batch did.
+
+    :ivar processed: outbox ids applied (empty plans included), in claim order.
+    :ivar dead_letters: ``(outbox id, reason)`` of rows dead-lettered.
+    :ivar keys: the Redis key bodies deleted (``{tenant}:schema:...``), sorted.
+    :ivar tags: ``(tenant, tag)`` handed to the tag invalidator, sorted.
+    :ivar audit_ids: ids of the audit records appended.
+    """
+
+    processed: tuple[int, ...] = ()
+    dead_letters: tuple[tuple[int, str], ...] = ()
+    keys: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    audit_ids: tuple[int, ...] = ()
+
+    @property
+    def claimed(self) -> int:
+        """Rows this batch took off the outbox."""
+        return len(self.processed) + len(self.dead_letters)
+
+
+async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
+                        plan: Callable[[outbox.OutboxRow], Plan], cache: Cache,
+                        invalidate_tags: TagInvalidator, replay: FailoverReplay | None,
+                        audited: bool, max_attempts: int) -> BatchResult:
+    """Apply one batch inside ``conn``'s open transaction (see the module docstring).
+
+    A row past ``max_attempts`` failed attempts, or one :exc:`PoisonRow` refuses, is
+    dead-lettered with its reason; the others' keys are deleted (``replicate`` only
+    without a replay log: the log covers a failover instead) and their tags handed to
+    ``invalidate_tags`` per tenant, the batch logged for ``replay`` and, when
+    ``audited``, one audit record appended per tenant (its changes, keys, tags and a
+    digest of their names).
+
+    :raises Exception: what deleting, invalidating or writing raised; the caller rolls
+        the transaction back.
+    """
+    processed: list[int] = []
+    dead: list[tuple[int, str]] = []
+    keys: dict[str, CacheKey[Any]] = {}
+    tags: dict[str, set[str]] = defaultdict(set)
+    changes: dict[str, int] = defaultdict(int)
+    for row in rows:
+        if row.attempts >= max_attempts:
+            reason = f"gave up after {row.attempts} attempts: {row.last_error}"
+        else:
+            try:
+                planned = plan(row)
+            except PoisonRow as exc:
+                reason = str(exc)
+            else:
+                processed.append(row.id)
+                changes[planned.tenant] += 1
+                keys.update((k.body, k) for k in planned.keys)
+                tags[planned.tenant].update(planned.tags)
+                continue
+        log.error("outbox row %d dead-lettered: %s", row.id, reason)
+        await outbox.dead_letter(conn, row, reason)
+        dead.append((row.id, reason))
+    if keys:
+        await cache.delete(*keys.values(), replicate=replay is None)
+    for tenant, tenant_tags in sorted(tags.items()):
+        if tenant_tags:
+            await invalidate_tags(tenant, sorted(tenant_tags))
+    by_tenant: dict[str, list[str]] = defaultdict(list)
+    for key in keys.values():
+        by_tenant[key.tenant].append(key.body)
+    if replay is not None:
+        for tenant in sorted(set(by_tenant) | {t for t, ns in tags.items() if ns}):
+            await replay.applied(conn, tenant, sorted(by_tenant[tenant]),
+                                      sorted(tags[tenant]))
+    audit_ids: list[int] = []
+    if audited:
+        for tenant in sorted(changes):
+            names = sorted(by_tenant[tenant]) + sorted(f"#{t}" for t in tags[tenant])
+            digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
+            record = await audit.append(conn, "invalidation", tenant, {
+                "changes": changes[tenant], "keys": len(by_tenant[tenant]),
+                "tags": len(tags[tenant]), "digest": digest,
+            })
+            audit_ids.append(record.id)
+    return BatchResult(
+        tuple(processed), tuple(dead), tuple(sorted(keys)),
+        tuple(sorted((t, n) for t, ns in tags.items() for n in ns)), tuple(audit_ids),
+    )
