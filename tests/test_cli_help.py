@@ -92,3 +92,21 @@ def test_shell_completion_is_offered() -> None:
     result = CliRunner().invoke(app, ["--show-completion", "bash"])
     assert result.exit_code == 0, result.output
     assert "_thorbis_cache_completion" in result.output
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: " ".join(p) or "(root)")
+def test_a_usage_error_exits_64_on_every_command(path: tuple[str, ...]) -> None:
+    """Bad input exits 64 (EX_USAGE) everywhere, never click's 2: ``health`` gives 2 for
+    "unhealthy", and a monitoring check must not read a typo as an outage."""
+    result = CliRunner().invoke(app, [*path, "--no-such-option"], env={"COLUMNS": "200"})
+    assert result.exit_code == 64, result.output
+    assert "No such option: --no-such-option" in result.output
+
+
+def test_an_unknown_command_and_a_bad_value_exit_64() -> None:
+    unknown = CliRunner().invoke(app, ["helth"])
+    assert unknown.exit_code == 64, unknown.output
+    assert "No such command 'helth'" in unknown.output
+    bad = CliRunner().invoke(app, ["worker", "--batch-size", "many"])
+    assert bad.exit_code == 64, bad.output
+    assert "--batch-size" in bad.output

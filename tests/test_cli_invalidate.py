@@ -138,7 +138,7 @@ def test_bad_input_is_one_line_and_exit_2(thorbis_standalone_redis_url: str) -> 
     }
     for name, (args, expected) in cases.items():
         got = run(*args)
-        assert got.returncode == 2, (name, got.stdout, got.stderr)
+        assert got.returncode == 64, (name, got.stdout, got.stderr)
         assert expected in got.stderr, (name, got.stderr)
         assert len(got.stderr.strip().splitlines()) == 1, (name, got.stderr)
 

@@ -354,23 +354,23 @@ def test_cli_exit_codes(thorbis_standalone_redis_url: str) -> None:
     assert "not cached" in absent.stdout
 
     unknown = run(*base, "hs.customomer", "customer_id=1")
-    assert unknown.returncode == 2
+    assert unknown.returncode == 64
     assert "unknown key schema 'hs.customomer'" in unknown.stderr
     assert "hs.customer" in unknown.stderr
     assert "Traceback" not in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1
 
     bad = run(*base, "hs.customer_summary", "customer_id=abc")
-    assert bad.returncode == 2
+    assert bad.returncode == 64
     assert "'hs.customer_summary', parameter 'customer_id'" in bad.stderr
 
     missing = run(*base, "hs.customer_summary")
-    assert missing.returncode == 2
+    assert missing.returncode == 64
     assert "'customer_id': missing" in missing.stderr
 
     tenant = run("explain", "--redis-url", url, "-p", "home_services", "-t", "Bad Tenant",
                  "hs.customer_summary", "customer_id=1")
-    assert tenant.returncode == 2
+    assert tenant.returncode == 64
     assert "invalid tenant id" in tenant.stderr
 
     down = run("explain", "--redis-url", "redis://127.0.0.1:1/0", "-p", "home_services",

@@ -9,10 +9,11 @@ the command's own cleanup (servers stopped, connections closed) has run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
@@ -33,6 +34,7 @@ from thorbis_cache.cli import queue as cli_queue
 from thorbis_cache.cli import scaffold as cli_scaffold
 from thorbis_cache.cli import serve as cli_serve
 from thorbis_cache.cli import stats as cli_stats
+from thorbis_cache.cli.options import EXIT_USAGE
 from thorbis_cache.errors import ThorbisCacheError
 
 __all__ = ["app", "main", "plain_help", "plain_value_name"]
@@ -91,14 +93,42 @@ def _plain_values(command: Any) -> None:
     command.get_help_option = get_help_option
 
 
+#: click's UsageError (BadParameter, NoSuchOption, MissingParameter... derive from it),
+#: wherever typer takes click from: typer 0.12-0.2x depends on click, later ones vendor it.
+_USAGE_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@contextlib.contextmanager
+def _usage_exit() -> Iterator[None]:
+    """Give a usage error (click's: an unknown option, a bad value, a missing argument)
+    the CLI's own exit status; click prints it and exits with it as usual."""
+    try:
+        yield
+    except _USAGE_ERROR as exc:
+        exc.exit_code = EXIT_USAGE  # type: ignore[attr-defined]
+        raise
+
+
 class _PlainHelp(TyperGroup):
-    """The command group, with every option's value shown by :func:`plain_value_name`."""
+    """The command group, with every option's value shown by :func:`plain_value_name`,
+    and usage errors exiting with :data:`~thorbis_cache.cli.options.EXIT_USAGE`."""
 
     def __init__(self, **attrs: object) -> None:
         super().__init__(**attrs)  # type: ignore[arg-type]
         _plain_values(self)
         for command in self.commands.values():
             _plain_values(command)
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: Any = None, **extra: Any) -> Any:
+        with _usage_exit():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        # A subcommand's arguments are parsed here (and its name resolved).
+        with _usage_exit():
+            return super().invoke(ctx)
 
     def get_params(self, ctx: Any) -> list[Any]:
         # typer adds --install-completion/--show-completion after the group is built.

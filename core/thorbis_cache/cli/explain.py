@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 EXIT_ABSENT = 1
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = options.EXIT_USAGE
 
 TENANT = typer.Option("--tenant", "-t", help="The tenant id.")
 KEYRING_ENV = typer.Option(

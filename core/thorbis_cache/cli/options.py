@@ -1,5 +1,5 @@
 """The options several commands share, declared once: the servers, the plugins, the
-cache prefix, ``--json`` and the metrics endpoint."""
+cache prefix, ``--json`` and the metrics endpoint; and the exit status of bad input."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import typer
 
 from thorbis_cache.errors import ConfigurationError, ThorbisCacheError
 
-__all__ = ["DSN", "JSON", "METRICS_HOST", "METRICS_PORT", "PLUGINS", "PREFIX", "REDIS_URL",
-           "checked_prefix"]
+__all__ = ["DSN", "EXIT_USAGE", "JSON", "METRICS_HOST", "METRICS_PORT", "PLUGINS", "PREFIX",
+           "REDIS_URL", "checked_prefix"]
+
+#: The exit status of bad input (an unknown option, a malformed key, an invalid tenant):
+#: sysexits' EX_USAGE, not click's 2, which ``health`` gives "unhealthy" (its 0/1/2/3
+#: are the monitoring plugins' OK/WARNING/CRITICAL/UNKNOWN).
+EXIT_USAGE = 64
 
 REDIS_URL = typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
                          help="Redis URL (env THORBIS_REDIS_URL).")

@@ -21,10 +21,10 @@ Each batch (see :mod:`thorbis_cache.postgres.outbox` for why it is commit-safe):
    commit -- the rows are gone only now.
 
 Steps 2 to 4 are :func:`~thorbis_cache.invalidation.batch.apply_changes`, shared with
-the logical-capture source. If step 3 fails the transaction rolls back and the rows come back. A failure other
-than Redis being unavailable counts an attempt on each row; a row past ``max_attempts``
-is dead-lettered at its next claim. Redis being down is not the rows' fault: they wait,
-however long, and are applied on recovery.
+the logical-capture source. If step 3 fails the transaction rolls back and the rows come
+back. A failure other than Redis being unavailable counts an attempt on each row; a row
+past ``max_attempts`` is dead-lettered at its next claim. Redis being down is not the
+rows' fault: they wait, however long, and are applied on recovery.
 
 **Outages** (:meth:`OutboxWorker.run`). While Redis is unavailable the worker does not
 back off: it probes the server every ``redis_probe_interval`` (20 ms) on a connection of
