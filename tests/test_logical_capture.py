@@ -548,7 +548,7 @@ async def test_db_init_and_the_cli_worker_switch_to_logical_capture(
                    "--once", "--no-queue", "--no-mv", "--slot", name)
     await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services",
                             "--capture", "triggers")
-    refused = await asyncio.to_thread(run_cli, *worker_args, "--capture", "logical", code=2)
+    refused = await asyncio.to_thread(run_cli, *worker_args, "--capture", "logical", code=64)
     assert f"db init --capture logical --slot {name}" in refused
     out = await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin",
                                   "home_services", "--capture", "logical", "--slot", name)
