@@ -323,3 +323,53 @@ async def test_the_worker_serves_its_metrics_with_metrics_port(hs_env: HsEnv) ->
     assert code == 0, proc.stderr.read()
     with pytest.raises(urllib.error.URLError, match="Connection refused"):
         _get(url)  # closed with the worker
+
+
+async def test_operations_that_raise_are_counted_by_error_class_and_timed() -> None:
+    """A loader's own error counts as ``other``; Redis gone counts as
+    ``RedisUnavailableError``; both are observed in the latency histogram too, and a hit
+    is observed without an error."""
+    import attrs
+
+    from thorbis_cache import KeySchema
+    from thorbis_cache.errors import RedisUnavailableError
+    from thorbis_cache.testing.servers import RedisServer
+
+    @attrs.frozen
+    class Note:
+        text: str
+
+    schema = KeySchema("t.note", Note, params={"id": int}, ttl=60)
+    registry = SchemaRegistry()
+    registry.register(schema, owner="test")
+    server = RedisServer().start()
+    try:
+        async with Cache.from_url(server.url, registry) as cache:
+            exporter = Exporter(cache)
+            try:
+                async def broken() -> Note:
+                    raise ValueError("the database said no")
+
+                with pytest.raises(ValueError, match="said no"):
+                    await cache.get_or_load(schema.key("acme", id=1), broken)
+                await cache.set(schema.key("acme", id=2), Note("x"))
+                assert await cache.get(schema.key("acme", id=2)) == Note("x")
+                server.stop()
+                with pytest.raises(RedisUnavailableError):
+                    await cache.get(schema.key("acme", id=2))
+                samples = exposed((await exporter.render()).decode())
+            finally:
+                exporter.detach()
+    finally:
+        server.stop()
+    errors = "thorbis_cache_operation_errors_total"
+    assert samples[f'{errors}{{error="other",operation="get_or_load",schema="t.note"}}'] == 1
+    assert samples[
+        f'{errors}{{error="RedisUnavailableError",operation="get",schema="t.note"}}'] == 1
+    count = "thorbis_cache_operation_seconds_count"
+    assert samples[f'{count}{{operation="get",schema="t.note"}}'] == 2  # a hit, a failure
+    assert samples[f'{count}{{operation="get_or_load",schema="t.note"}}'] == 1
+    # Every operation is counted once over the tenant labels (acme gets its own label
+    # at this first scrape, and counts from there).
+    assert sum(v for k, v in samples.items()
+               if k.startswith("thorbis_cache_tenant_operations_total{")) == 3

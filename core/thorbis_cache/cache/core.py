@@ -276,9 +276,18 @@ class Cache:
             if found is not MISS:
                 return found  # type: ignore[no-any-return]
             started = self._coherence.begin(near)
+        observer = self.observer
         try:
-            data = await (rt.read(rk) if self.observer is None
-                          else self.observer.timed(key, "get", rt.read(rk)))
+            if observer is None:
+                data = await rt.read(rk)
+            else:
+                began = time.perf_counter()
+                try:
+                    data = await rt.read(rk)
+                except BaseException as exc:
+                    observer.failed(key, "get", exc, time.perf_counter() - began)
+                    raise
+                observer.observe(key, "get", time.perf_counter() - began)
         except WrongRedisTypeError:  # foreign data under our key: a miss, never an error
             data = None
         if data is None:
@@ -541,10 +550,17 @@ class Cache:
         rk = f"{self._prefix}:{key.body}"
         near = rt.near
         if near is None:
-            if self.observer is not None:
-                return await self.observer.timed(key, "get_or_load",
-                                                 self._values.read(rt, key, rk, loader, ttl))
-            return await self._values.read(rt, key, rk, loader, ttl)
+            observer = self.observer
+            if observer is None:
+                return await self._values.read(rt, key, rk, loader, ttl)
+            began = time.perf_counter()
+            try:
+                loaded = await self._values.read(rt, key, rk, loader, ttl)
+            except BaseException as exc:
+                observer.failed(key, "get_or_load", exc, time.perf_counter() - began)
+                raise
+            observer.observe(key, "get_or_load", time.perf_counter() - began)
+            return loaded
         found = self._near_lookup(rt, near, rk)
         if found is not MISS:
             return found  # type: ignore[no-any-return]

@@ -10,8 +10,8 @@ Tenants are deliberately not a label (unbounded cardinality).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Awaitable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
@@ -31,8 +31,6 @@ __all__ = [
     "Histogram",
     "SchemaCounters",
 ]
-
-T = TypeVar("T")
 
 #: Upper bounds (seconds) of the latency histograms: 50 us (a near-cache hit) to 10 s.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -213,9 +211,17 @@ class Histogram:
 class CacheObserver(Protocol):
     """What the cache calls on its read path when a host turns per-operation metrics
     on (``Cache.observer``; :class:`thorbis_cache.observability.OperationObserver`
-    implements it). With no observer the read path does not call anything."""
+    implements it). With no observer the read path does not call anything; with one,
+    it reads the clock around the Redis part of the operation and reports the duration
+    (a wrapping coroutine would cost a hit more than the recording itself)."""
 
-    def timed(self, key: CacheKey[Any], operation: str, call: Awaitable[T]) -> Awaitable[T]:
-        """Await ``call`` (the Redis part of ``operation`` on ``key``), recording its
-        duration under the key's schema and its tenant's traffic."""
+    def observe(self, key: CacheKey[Any], operation: str, seconds: float) -> None:
+        """Record one ``operation`` on ``key`` that took ``seconds``: its duration under
+        the key's schema and its tenant's traffic."""
+        ...
+
+    def failed(self, key: CacheKey[Any], operation: str, error: BaseException,
+               seconds: float) -> None:
+        """Record one ``operation`` on ``key`` that raised ``error`` after ``seconds``
+        (counted by error class, and observed as :meth:`observe` does)."""
         ...

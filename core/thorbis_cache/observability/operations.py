@@ -11,9 +11,8 @@ against the hit with the observer off). Everything is exported at scrape time.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator
-from time import perf_counter
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -24,8 +23,6 @@ from thorbis_cache.errors import ThorbisCacheError
 from thorbis_cache.observability.tenants import TopTenants
 
 __all__ = ["OperationObserver"]
-
-T = TypeVar("T")
 
 
 class OperationObserver(Collector):
@@ -49,27 +46,24 @@ class OperationObserver(Collector):
         self.histograms: dict[tuple[str, str], Histogram] = {}
         self.errors: dict[tuple[str, str, str], int] = {}
 
-    async def timed(self, key: CacheKey[Any], operation: str, call: Awaitable[T]) -> T:
-        """Await ``call``, recording its duration under ``key``'s schema and
-        ``operation``, and one operation of ``key``'s tenant; an exception is counted
-        under its class (a thorbis-cache error) or ``other``, and propagates."""
-        started = perf_counter()
-        try:
-            return await call
-        except BaseException as exc:
-            kind = type(exc).__name__ if isinstance(exc, ThorbisCacheError) else "other"
-            slot = (key.schema.name, operation, kind)
-            self.errors[slot] = self.errors.get(slot, 0) + 1
-            raise
-        finally:
-            elapsed = perf_counter() - started
-            self.tenants.add(key.tenant)
-            pair = (key.schema.name, operation)
-            try:
-                self.histograms[pair].observe(elapsed)
-            except KeyError:
-                histogram = self.histograms[pair] = Histogram(self.buckets)
-                histogram.observe(elapsed)
+    def observe(self, key: CacheKey[Any], operation: str, seconds: float) -> None:
+        """Record one ``operation`` on ``key`` that took ``seconds``: one histogram
+        observation under its schema, one operation of its tenant."""
+        self.tenants.add(key.tenant)
+        pair = (key.schema.name, operation)
+        histogram = self.histograms.get(pair)
+        if histogram is None:
+            histogram = self.histograms[pair] = Histogram(self.buckets)
+        histogram.observe(seconds)
+
+    def failed(self, key: CacheKey[Any], operation: str, error: BaseException,
+               seconds: float) -> None:
+        """Record one ``operation`` on ``key`` that raised ``error``: counted under its
+        class (a thorbis-cache error) or ``other``, and observed as :meth:`observe`."""
+        kind = type(error).__name__ if isinstance(error, ThorbisCacheError) else "other"
+        slot = (key.schema.name, operation, kind)
+        self.errors[slot] = self.errors.get(slot, 0) + 1
+        self.observe(key, operation, seconds)
 
     def describe(self) -> Iterator[Metric]:
         """Nothing: registering must not run :meth:`collect` (it rebalances labels)."""
