@@ -35,6 +35,9 @@ class PoisonRow(ThorbisCacheError, ValueError):
 
 def _convert(tp: type, value: object) -> object:
     """Convert a JSON column value to a key parameter type, or raise ValueError."""
+    # The usual cases first (what the checks below return for them, sooner).
+    if (tp is int or tp is str) and type(value) is tp:
+        return value
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return tp(value)
     if tp is bool:
@@ -63,6 +66,8 @@ def _image(row: OutboxRow, which: str) -> dict[str, Any] | None:
     text = getattr(row, which)
     if text is None:
         return None
+    if type(text) is dict:
+        return text  # decoded by the capture itself (planning only reads it)
     if not isinstance(text, str):
         return dict(text)  # decoded by the capture itself
     try:
@@ -72,6 +77,15 @@ def _image(row: OutboxRow, which: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise PoisonRow(f"{which}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _where(rule: InvalidationRule, schema_name: str) -> str:
+    """How a :class:`PoisonRow` names the target it could not build a key of."""
+    return f"rule {rule.name!r} target {schema_name!r}"
+
+
+#: ``Operation`` by value: a dict lookup per change rather than an enum call.
+_OPERATIONS: dict[object, Operation] = {o.value: o for o in Operation}
 
 
 @attrs.frozen(slots=True)
@@ -97,6 +111,30 @@ class RulePlanner:
         self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
         for rule in rules:
             self.rules[rule.table].append(rule)
+        # Per table and operation: the rules that may fire, whether each needs its
+        # significant columns compared, worked out once (rebuilt when the table's
+        # rules are not the very ones they were built from).
+        self._firing: dict[tuple[str, Operation], tuple[
+            tuple[InvalidationRule, ...], list[tuple[InvalidationRule, bool]]]] = {}
+        # Target schemas found in the registry (a name, once registered, always holds
+        # the same schema); failures are not kept, they are looked up again.
+        self._schemas: dict[str, Any] = {}
+        self._registry: object = None
+
+    def _rules_for(self, table: str, op: Operation) -> list[tuple[InvalidationRule, bool]]:
+        """The rules of ``table`` whose operations hold ``op``, each with whether
+        :meth:`InvalidationRule.fires` must still be asked (an UPDATE and significant
+        columns, or a rule class of its own)."""
+        current = tuple(self.rules.get(table, ()))
+        cached = self._firing.get((table, op))
+        if cached is not None and cached[0] == current:
+            return cached[1]
+        firing = [(rule, (op is Operation.UPDATE and bool(rule.significant_columns))
+                   or type(rule).fires is not InvalidationRule.fires)
+                  for rule in current
+                  if op in rule.operations or type(rule).fires is not InvalidationRule.fires]
+        self._firing[(table, op)] = (current, firing)
+        return firing
 
     def plan(self, row: OutboxRow) -> Plan:
         """The keys and tags a change makes stale.
@@ -105,9 +143,12 @@ class RulePlanner:
             parameter, column and value).
         """
         try:
-            op = Operation(row.operation)
-        except ValueError:
-            raise PoisonRow(f"unknown operation {row.operation!r}") from None
+            op = _OPERATIONS[row.operation]
+        except (KeyError, TypeError):
+            try:
+                op = Operation(row.operation)
+            except ValueError:
+                raise PoisonRow(f"unknown operation {row.operation!r}") from None
         old, new = _image(row, "old"), _image(row, "new")
         try:
             tenant = validate_tenant(row.tenant_id)
@@ -115,8 +156,8 @@ class RulePlanner:
             raise PoisonRow(f"tenant: {exc}") from None
         keys: dict[str, CacheKey[Any]] = {}
         tags: set[str] = set()
-        for rule in self.rules.get(row.table_name, ()):
-            if not rule.fires(op, old, new):
+        for rule, check in self._rules_for(row.table_name, op):
+            if check and not rule.fires(op, old, new):
                 continue
             for target in rule.targets:
                 if target.tag is not None:
@@ -136,18 +177,25 @@ class RulePlanner:
              tenant: str, image: Mapping[str, Any] | None) -> CacheKey[Any] | None:
         if image is None:
             return None
-        where = f"rule {rule.name!r} target {schema_name!r}"
-        try:
-            schema = self.cache.registry.get(schema_name)
-        except ThorbisCacheError as exc:
-            raise PoisonRow(f"{where}: {exc}") from None
+        registry = self.cache.registry
+        if registry is not self._registry:
+            self._schemas.clear()
+            self._registry = registry
+        schema = self._schemas.get(schema_name)
+        if schema is None:
+            try:
+                schema = self._schemas[schema_name] = registry.get(schema_name)
+            except ThorbisCacheError as exc:
+                raise PoisonRow(f"{_where(rule, schema_name)}: {exc}") from None
         values: dict[str, object] = {}
         for param in schema.params:
             column = columns.get(param.name)
             if column is None:
-                raise PoisonRow(f"{where}: parameter {param.name!r} is mapped to no column")
+                raise PoisonRow(f"{_where(rule, schema_name)}: parameter {param.name!r} is "
+                                "mapped to no column")
             if column not in image:
-                raise PoisonRow(f"{where}: column {column!r} is not in the outbox row "
+                raise PoisonRow(f"{_where(rule, schema_name)}: column {column!r} is not in the "
+                                "outbox row "
                                 "(capture trigger out of date? run `thorbis-cache db init`)")
             raw = image[column]
             if raw is None:
@@ -155,9 +203,10 @@ class RulePlanner:
             try:
                 values[param.name] = _convert(param.type, raw)
             except ValueError as exc:
-                raise PoisonRow(f"{where}: parameter {param.name!r} from column {column!r}: "
+                raise PoisonRow(f"{_where(rule, schema_name)}: parameter {param.name!r} from "
+                                f"column {column!r}: "
                                 f"cannot convert {raw!r:.80} ({exc})") from None
         try:
             return schema.key(tenant, **values)
         except ValueError as exc:
-            raise PoisonRow(f"{where}: {exc}") from None
+            raise PoisonRow(f"{_where(rule, schema_name)}: {exc}") from None

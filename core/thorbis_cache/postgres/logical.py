@@ -59,7 +59,7 @@ from thorbis_cache.postgres import pgoutput
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox import OutboxRow
 from thorbis_cache.postgres.replication import ReplicationError, ReplicationStream
-from thorbis_cache.postgres.row_images import Unsupported, converter
+from thorbis_cache.postgres.row_images import Unsupported, as_text, converter
 from thorbis_cache.postgres.triggers import TablePlan, plan_tables
 
 __all__ = ["LogicalBatch", "LogicalCapture", "LogicalStream", "SlotLostError",
@@ -127,36 +127,62 @@ class _Table:
     pk: tuple[str, ...]
     generated: dict[str, str]  # column -> generation expression
     full_identity: bool
+    # Worked out once per table, not per change (see the properties and _rows).
+    _wanted: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    _python_images: bool = attrs.field(init=False, eq=False, repr=False)
+    #: the captured operations' names (``INSERT``...)
+    operation_names: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+    #: a Python-built image holds exactly the row's ``old``/``new`` (same columns,
+    #: same order): the pk is among the columns the rules read
+    image_is_row: bool = attrs.field(init=False, eq=False, repr=False)
+
+    @_wanted.default
+    def _wanted_default(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.plan.columns) | set(self.pk)))
+
+    @_python_images.default
+    def _python_images_default(self) -> bool:
+        return not set(self._wanted) & set(self.generated)
+
+    @operation_names.default
+    def _operation_names_default(self) -> frozenset[str]:
+        return frozenset(o.value for o in self.plan.operations)
+
+    @image_is_row.default
+    def _image_is_row_default(self) -> bool:
+        return self._wanted == tuple(self.plan.columns)
 
     @property
     def wanted(self) -> list[str]:
         """The columns an image holds: those the rules read, and the primary key."""
-        return sorted(set(self.plan.columns) | set(self.pk))
+        return list(self._wanted)
 
     @property
     def python_images(self) -> bool:
         """Images can be built in Python: no wanted column is generated (``pgoutput``
         does not send those; PostgreSQL computes them from their expression)."""
-        return not set(self.wanted) & set(self.generated)
+        return self._python_images
 
     def images(self, entries: Sequence[tuple[_Pending, str, dict[str, Any]]]
                ) -> list[dict[str, Any]] | None:
         """The JSON images of decoded rows, as ``jsonb_build_object`` makes them, or
         None when a column's type or value needs PostgreSQL to say
         (:mod:`~thorbis_cache.postgres.row_images`)."""
-        wanted = self.wanted
+        wanted = self._wanted
         # One converter list per relation description (the same dict for every change
         # of a table until its Relation message is sent again).
-        converters: dict[int, list[tuple[str, Callable[[str], Any]]]] = {}
+        # A text column's value is its text: no converter called (None stands for it).
+        converters: dict[int, list[tuple[str, Callable[[str], Any] | None]]] = {}
         images: list[dict[str, Any]] = []
         try:
             for item, _, values in entries:
                 columns = converters.get(id(item.types))
                 if columns is None:
                     columns = converters[id(item.types)] = [
-                        (c, converter(item.types.get(c, 0))) for c in wanted]
-                images.append({c: None if (text := values.get(c)) is None else convert(text)
-                               for c, convert in columns})
+                        (c, None if (f := converter(item.types.get(c, 0))) is as_text else f)
+                        for c in wanted]
+                images.append({c: text if (text := values.get(c)) is None or convert is None
+                               else convert(text) for c, convert in columns})
         except Unsupported:
             return None
         return images
@@ -225,6 +251,9 @@ class _Decoder:
         self.relations: dict[int, pgoutput.Relation] = {}
         self.types: dict[int, dict[str, int]] = {}
         self.keep: dict[int, frozenset[str]] = {}
+        # The watched table of each relation described (None: not watched), so that a
+        # change is matched by its oid rather than by its relation's name.
+        self.watched: dict[int, _Table | None] = {}
         self.begin: pgoutput.Begin | None = None
         self.current: list[_Pending] = []
         self.done: list[_Pending] = []
@@ -240,27 +269,30 @@ class _Decoder:
     def feed(self, lsn: int, data: bytes) -> bool:
         """Decode one message; True when it ended a transaction."""
         message = pgoutput.parse(data, self.relations, self.keep)
-        if isinstance(message, pgoutput.Begin):
+        if type(message) is pgoutput.Change:
+            oid = message.relation_oid
+            table = self.watched.get(oid)
+            if table is None and oid not in self.watched:
+                table = self.tables.get(self.relations[oid].table)
+            begin = self.begin
+            if table is not None and begin is not None:
+                self.current.append(_Pending(table, message, lsn, begin.xid,
+                                             begin.committed_at, self.types[oid]))
+        elif type(message) is pgoutput.Begin:
             self.begin, self.current = message, []
-        elif isinstance(message, pgoutput.Change):
-            table = self.tables.get(self.relations[message.relation_oid].table)
-            if table is not None and self.begin is not None:
-                self.current.append(_Pending(table, message, lsn, self.begin.xid,
-                                             self.begin.committed_at,
-                                             self.types[message.relation_oid]))
-        elif isinstance(message, pgoutput.Relation):
+        elif type(message) is pgoutput.Relation:
             self.types[message.oid] = {c.name: c.type_oid for c in message.columns}
-            table = self.tables.get(message.table)
+            table = self.watched[message.oid] = self.tables.get(message.table)
             # Only the columns an image holds are decoded; all of them where
             # PostgreSQL computes a generated column from the others. (A change of an
             # unwatched table is decoded in full, then dropped: rare, since the
             # publication names the watched tables only.)
             if table is not None and table.python_images:
                 self.keep[message.oid] = frozenset(table.wanted) | {table.plan.tenant_column}
-        elif isinstance(message, pgoutput.Truncate):
+        elif type(message) is pgoutput.Truncate:
             self.truncated.extend(self.relations[o].table for o in message.relation_oids
                                   if o in self.relations)
-        elif isinstance(message, pgoutput.Commit):
+        elif type(message) is pgoutput.Commit:
             for item in self.current:
                 item.committed_at = message.committed_at
             self.done.extend(self.current)
@@ -481,9 +513,16 @@ class LogicalCapture:
         by_table: dict[str, list[tuple[_Pending, str, dict[str, Any]]]] = {}
         for item in pending:
             old, new = self._tuples(item)
-            for which, values in (("old", old), ("new", new)):
-                if values is not None:
-                    by_table.setdefault(item.table.plan.table, []).append((item, which, values))
+            entries = by_table.get(item.table.plan.table)
+            if entries is None:
+                entries = by_table[item.table.plan.table] = []
+            if old is not None:
+                entries.append((item, "old", old))
+            if new is not None:
+                entries.append((item, "new", new))
+        # Tables whose images this batch are exactly the rows' old/new (built in Python,
+        # holding the rules' columns in order): used as they are, not copied.
+        as_rows: set[str] = set()
         for table_name, entries in by_table.items():
             table = self._tables[table_name]
             images = table.images(entries) if table.python_images else None
@@ -491,31 +530,45 @@ class LogicalCapture:
                 sql = table.image_sql()
                 records = await conn.fetch(sql, json.dumps([v for _, _, v in entries]))
                 images = [json.loads(r[0]) for r in records]
+            elif table.image_is_row:
+                as_rows.add(table_name)
             for (item, which, _), image in zip(entries, images, strict=True):
-                setattr(item, which, image)
+                if which == "old":
+                    item.old = image
+                else:
+                    item.new = image
         rows: list[OutboxRow] = []
         now = dt.datetime.now(dt.UTC)
+        no_attempt = (0, None)
         for item in pending:
-            plan = item.table.plan
-            op = item.change.operation
-            if (op == "UPDATE" and plan.update_filter and item.old is not None
-                    and item.new is not None
-                    and all(item.old.get(c) == item.new.get(c) for c in plan.update_filter)):
+            table = item.table
+            plan = table.plan
+            change = item.change
+            op = change.operation
+            old, new = item.old, item.new
+            if (op == "UPDATE" and plan.update_filter and old is not None
+                    and new is not None
+                    and all(old.get(c) == new.get(c) for c in plan.update_filter)):
                 continue  # as the trigger: no significant column changed
-            if op not in {o.value for o in plan.operations}:
+            if op not in table.operation_names:
                 continue
-            source = item.new if item.new is not None else item.old
+            source = new if new is not None else old
             assert source is not None  # every change has one image
-            tenant = item.change.new if item.change.new is not None else item.change.old
+            tenant = change.new if change.new is not None else change.old
             tenant_value = None if tenant is None else tenant.get(plan.tenant_column)
-            count, error = attempts.get(item.lsn, (0, None))
+            count, error = attempts.get(item.lsn, no_attempt) if attempts else no_attempt
+            if plan.table not in as_rows:
+                columns = plan.columns
+                if old is not None:
+                    old = {c: old.get(c) for c in columns}
+                if new is not None:
+                    new = {c: new.get(c) for c in columns}
             rows.append(OutboxRow(
                 id=item.lsn, txid=str(item.xid), created_at=item.committed_at,
                 table_name=plan.table, operation=op,
                 tenant_id=tenant_value if isinstance(tenant_value, str) else None,
-                pk={c: source.get(c) for c in item.table.pk},
-                old=None if item.old is None else {c: item.old.get(c) for c in plan.columns},
-                new=None if item.new is None else {c: item.new.get(c) for c in plan.columns},
+                pk={c: source.get(c) for c in table.pk},
+                old=old, new=new,
                 attempts=count, last_error=error,
                 age=(now - item.committed_at).total_seconds(),
             ))

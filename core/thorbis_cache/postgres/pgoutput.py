@@ -135,12 +135,17 @@ _STRUCTS: dict[str, struct.Struct] = {}
 _INT32 = struct.Struct("!i")
 _INT16 = struct.Struct("!h")
 _NULL, _UNCHANGED_TOAST, _TEXT, _BINARY = ord("n"), ord("u"), ord("t"), ord("b")
+_B, _C, _I, _U, _D = ord("B"), ord("C"), ord("I"), ord("U"), ord("D")
+_K, _O, _N = ord("K"), ord("O"), ord("N")
+_OPERATIONS = {_I: "INSERT", _U: "UPDATE", _D: "DELETE"}
+_BEGIN = struct.Struct("!qqI")  # after the message kind: final LSN, commit time, xid
+_COMMIT = struct.Struct("!bqqq")  # flags, commit LSN, end LSN, commit time
+_UINT32 = struct.Struct("!I")
 
 
 class _Reader:
-    """A cursor over one message. Tuples are the hot part (every change of every row
-    goes through :meth:`tuple`), so it is written with local names and precompiled
-    structs."""
+    """A cursor over one message (the rare kinds: :func:`parse` reads those of every
+    change straight from the bytes)."""
 
     __slots__ = ("data", "pos")
 
@@ -168,32 +173,38 @@ class _Reader:
         return value
 
     def tuple(self, names: tuple[str, ...], keep: frozenset[str] | None = None) -> Tuple:
-        data, pos = self.data, self.pos
-        (count,) = _INT16.unpack_from(data, pos)
-        pos += 2
-        if count != len(names):
-            raise ValueError(f"tuple of {count} columns for a relation of {len(names)}")
-        values: Tuple = {}
-        unpack_int32 = _INT32.unpack_from
-        for name in names:
-            kind = data[pos]
-            pos += 1
-            if kind == _TEXT:
-                (length,) = unpack_int32(data, pos)
-                pos += 4
-                if keep is None or name in keep:
-                    values[name] = data[pos:pos + length].decode()
-                pos += length
-            elif kind == _NULL:
-                values[name] = None
-            elif kind == _UNCHANGED_TOAST:
-                values[name] = UNCHANGED
-            elif kind == _BINARY:
-                raise ValueError(f"column {name!r} sent in binary format (not requested)")
-            else:
-                raise ValueError(f"unknown tuple value kind {chr(kind)!r} for column {name!r}")
-        self.pos = pos
+        values, self.pos = _tuple(self.data, self.pos, names, keep)
         return values
+
+
+def _tuple(data: bytes, pos: int, names: tuple[str, ...], keep: frozenset[str] | None
+           ) -> tuple[Tuple, int]:
+    """The tuple at ``pos`` of ``data`` and the position past it (every change of every
+    row goes through here: local names, a precompiled struct)."""
+    (count,) = _INT16.unpack_from(data, pos)
+    pos += 2
+    if count != len(names):
+        raise ValueError(f"tuple of {count} columns for a relation of {len(names)}")
+    values: Tuple = {}
+    unpack_int32 = _INT32.unpack_from
+    for name in names:
+        kind = data[pos]
+        pos += 1
+        if kind == _TEXT:
+            (length,) = unpack_int32(data, pos)
+            pos += 4
+            if keep is None or name in keep:
+                values[name] = data[pos:pos + length].decode()
+            pos += length
+        elif kind == _NULL:
+            values[name] = None
+        elif kind == _UNCHANGED_TOAST:
+            values[name] = UNCHANGED
+        elif kind == _BINARY:
+            raise ValueError(f"column {name!r} sent in binary format (not requested)")
+        else:
+            raise ValueError(f"unknown tuple value kind {chr(kind)!r} for column {name!r}")
+    return values, pos
 
 
 def parse(data: bytes, relations: dict[int, Relation],
@@ -210,15 +221,41 @@ def parse(data: bytes, relations: dict[int, Relation],
         logical message).
     :raises ValueError: a malformed message, or a change of a relation not described.
     """
+    # The messages of every change (Begin, the change, Commit) are read straight from
+    # the bytes with precompiled structs; the rare ones through a _Reader.
+    code = data[0]
+    if code == _B:
+        final_lsn, micros, xid = _BEGIN.unpack_from(data, 1)
+        return Begin(final_lsn, _timestamp(micros), xid)
+    if code == _C:
+        _flags, commit_lsn, end_lsn, micros = _COMMIT.unpack_from(data, 1)
+        return Commit(commit_lsn, end_lsn, _timestamp(micros))
+    operation = _OPERATIONS.get(code)
+    if operation is not None:
+        (oid,) = _UINT32.unpack_from(data, 1)
+        described = relations.get(oid)
+        if described is None:
+            raise ValueError(f"change of relation {oid} before its Relation message")
+        names = described.names
+        kept = None if keep is None else keep.get(oid)
+        old: Tuple | None = None
+        new: Tuple | None = None
+        old_is_key = False
+        tag = data[5]
+        pos = 6
+        if code != _I and tag in (_K, _O):
+            old_is_key = tag == _K
+            old, pos = _tuple(data, pos, names, kept)
+            if code == _U:
+                tag = data[pos]
+                pos += 1
+        if code != _D:
+            if tag != _N:
+                raise ValueError(f"expected a new tuple, got {chr(tag)!r}")
+            new, pos = _tuple(data, pos, names, kept)
+        return Change(oid, operation, old, old_is_key, new)
     reader = _Reader(data)
     kind = reader.byte()
-    if kind == "B":
-        final_lsn, micros, xid = reader.unpack("!qqI")
-        return Begin(final_lsn, _timestamp(micros), xid)
-    if kind == "C":
-        reader.unpack("!b")
-        commit_lsn, end_lsn, micros = reader.unpack("!qqq")
-        return Commit(commit_lsn, end_lsn, _timestamp(micros))
     if kind == "R":
         (oid,) = reader.unpack("!I")
         schema, name = reader.string(), reader.string()
@@ -233,28 +270,6 @@ def parse(data: bytes, relations: dict[int, Relation],
         relation = Relation(oid, schema, name, identity, tuple(columns))
         relations[oid] = relation
         return relation
-    if kind in "IUD":
-        (oid,) = reader.unpack("!I")
-        described = relations.get(oid)
-        if described is None:
-            raise ValueError(f"change of relation {oid} before its Relation message")
-        names = described.names
-        kept = None if keep is None else keep.get(oid)
-        old: Tuple | None = None
-        new: Tuple | None = None
-        old_is_key = False
-        tag = reader.byte()
-        if kind != "I" and tag in "KO":
-            old_is_key = tag == "K"
-            old = reader.tuple(names, kept)
-            if kind == "U":
-                tag = reader.byte()
-        if kind != "D":
-            if tag != "N":
-                raise ValueError(f"expected a new tuple, got {tag!r}")
-            new = reader.tuple(names, kept)
-        operation = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}[kind]
-        return Change(oid, operation, old, old_is_key, new)
     if kind == "T":
         (count,) = reader.unpack("!i")
         reader.unpack("!b")

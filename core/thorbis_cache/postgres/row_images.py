@@ -20,14 +20,15 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SUPPORTED", "Unsupported", "converter", "json_value"]
+__all__ = ["SUPPORTED", "Unsupported", "as_text", "converter", "json_value"]
 
 
 class Unsupported(ValueError):
     """No Python conversion for this type or value: build the image in PostgreSQL."""
 
 
-def _text(text: str) -> Any:
+def as_text(text: str) -> Any:
+    """The converter of the text types: the value is the text itself."""
     return text
 
 
@@ -90,10 +91,10 @@ def _timestamptz(text: str) -> Any:
 #: Type oid -> converter from the type's text output to the value ``to_jsonb`` gives.
 SUPPORTED: dict[int, Callable[[str], Any]] = {
     16: _bool,
-    18: _text, 19: _text, 25: _text, 1042: _text, 1043: _text, 2950: _text,  # char,
-    # name, text, bpchar, varchar, uuid
+    # char, name, text, bpchar, varchar, uuid
+    18: as_text, 19: as_text, 25: as_text, 1042: as_text, 1043: as_text, 2950: as_text,
     20: _integer, 21: _integer, 23: _integer,  # int8, int2, int4
-    26: _text,  # oid: to_jsonb writes it as a string
+    26: as_text,  # oid: to_jsonb writes it as a string
     700: _number, 701: _number, 1700: _number,  # float4, float8, numeric
     114: _json, 3802: _json,
     1082: _date, 1114: _timestamp, 1184: _timestamptz,
