@@ -9,7 +9,7 @@ Tenants are deliberately not a label (unbounded cardinality).
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -190,7 +190,7 @@ class Histogram:
 
     def observe(self, seconds: float) -> None:
         """Count one observation of ``seconds``."""
-        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.counts[bisect_left(self.bounds, seconds)] += 1
         self.sum += seconds
 
     @property
