@@ -111,30 +111,6 @@ class RulePlanner:
         self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
         for rule in rules:
             self.rules[rule.table].append(rule)
-        # Per table and operation: the rules that may fire, whether each needs its
-        # significant columns compared, worked out once (rebuilt when the table's
-        # rules are not the very ones they were built from).
-        self._firing: dict[tuple[str, Operation], tuple[
-            tuple[InvalidationRule, ...], list[tuple[InvalidationRule, bool]]]] = {}
-        # Target schemas found in the registry (a name, once registered, always holds
-        # the same schema); failures are not kept, they are looked up again.
-        self._schemas: dict[str, Any] = {}
-        self._registry: object = None
-
-    def _rules_for(self, table: str, op: Operation) -> list[tuple[InvalidationRule, bool]]:
-        """The rules of ``table`` whose operations hold ``op``, each with whether
-        :meth:`InvalidationRule.fires` must still be asked (an UPDATE and significant
-        columns, or a rule class of its own)."""
-        current = tuple(self.rules.get(table, ()))
-        cached = self._firing.get((table, op))
-        if cached is not None and cached[0] == current:
-            return cached[1]
-        firing = [(rule, (op is Operation.UPDATE and bool(rule.significant_columns))
-                   or type(rule).fires is not InvalidationRule.fires)
-                  for rule in current
-                  if op in rule.operations or type(rule).fires is not InvalidationRule.fires]
-        self._firing[(table, op)] = (current, firing)
-        return firing
 
     def plan(self, row: OutboxRow) -> Plan:
         """The keys and tags a change makes stale.
@@ -144,11 +120,8 @@ class RulePlanner:
         """
         try:
             op = _OPERATIONS[row.operation]
-        except (KeyError, TypeError):
-            try:
-                op = Operation(row.operation)
-            except ValueError:
-                raise PoisonRow(f"unknown operation {row.operation!r}") from None
+        except (KeyError, TypeError):  # TypeError: not even hashable
+            raise PoisonRow(f"unknown operation {row.operation!r}") from None
         old, new = _image(row, "old"), _image(row, "new")
         try:
             tenant = validate_tenant(row.tenant_id)
@@ -156,8 +129,8 @@ class RulePlanner:
             raise PoisonRow(f"tenant: {exc}") from None
         keys: dict[str, CacheKey[Any]] = {}
         tags: set[str] = set()
-        for rule, check in self._rules_for(row.table_name, op):
-            if check and not rule.fires(op, old, new):
+        for rule in self.rules.get(row.table_name, ()):
+            if not rule.fires(op, old, new):
                 continue
             for target in rule.targets:
                 if target.tag is not None:
@@ -177,16 +150,10 @@ class RulePlanner:
              tenant: str, image: Mapping[str, Any] | None) -> CacheKey[Any] | None:
         if image is None:
             return None
-        registry = self.cache.registry
-        if registry is not self._registry:
-            self._schemas.clear()
-            self._registry = registry
-        schema = self._schemas.get(schema_name)
-        if schema is None:
-            try:
-                schema = self._schemas[schema_name] = registry.get(schema_name)
-            except ThorbisCacheError as exc:
-                raise PoisonRow(f"{_where(rule, schema_name)}: {exc}") from None
+        try:
+            schema = self.cache.registry.get(schema_name)
+        except ThorbisCacheError as exc:
+            raise PoisonRow(f"{_where(rule, schema_name)}: {exc}") from None
         values: dict[str, object] = {}
         for param in schema.params:
             column = columns.get(param.name)

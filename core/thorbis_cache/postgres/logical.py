@@ -127,22 +127,25 @@ class _Table:
     pk: tuple[str, ...]
     generated: dict[str, str]  # column -> generation expression
     full_identity: bool
-    # Worked out once per table, not per change (see the properties and _rows).
-    _wanted: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
-    _python_images: bool = attrs.field(init=False, eq=False, repr=False)
+    # Worked out once per table, not per change.
+    #: the columns an image holds: those the rules read, and the primary key
+    wanted: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    #: images can be built in Python: no wanted column is generated (``pgoutput`` does
+    #: not send those; PostgreSQL computes them from their expression)
+    python_images: bool = attrs.field(init=False, eq=False, repr=False)
     #: the captured operations' names (``INSERT``...)
     operation_names: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
     #: a Python-built image holds exactly the row's ``old``/``new`` (same columns,
     #: same order): the pk is among the columns the rules read
     image_is_row: bool = attrs.field(init=False, eq=False, repr=False)
 
-    @_wanted.default
+    @wanted.default
     def _wanted_default(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.plan.columns) | set(self.pk)))
 
-    @_python_images.default
+    @python_images.default
     def _python_images_default(self) -> bool:
-        return not set(self._wanted) & set(self.generated)
+        return not set(self.wanted) & set(self.generated)
 
     @operation_names.default
     def _operation_names_default(self) -> frozenset[str]:
@@ -150,25 +153,14 @@ class _Table:
 
     @image_is_row.default
     def _image_is_row_default(self) -> bool:
-        return self._wanted == tuple(self.plan.columns)
-
-    @property
-    def wanted(self) -> list[str]:
-        """The columns an image holds: those the rules read, and the primary key."""
-        return list(self._wanted)
-
-    @property
-    def python_images(self) -> bool:
-        """Images can be built in Python: no wanted column is generated (``pgoutput``
-        does not send those; PostgreSQL computes them from their expression)."""
-        return self._python_images
+        return self.wanted == tuple(self.plan.columns)
 
     def images(self, entries: Sequence[tuple[_Pending, str, dict[str, Any]]]
                ) -> list[dict[str, Any]] | None:
         """The JSON images of decoded rows, as ``jsonb_build_object`` makes them, or
         None when a column's type or value needs PostgreSQL to say
         (:mod:`~thorbis_cache.postgres.row_images`)."""
-        wanted = self._wanted
+        wanted = self.wanted
         # One converter list per relation description (the same dict for every change
         # of a table until its Relation message is sent again).
         # A text column's value is its text: no converter called (None stands for it).
@@ -270,10 +262,10 @@ class _Decoder:
         """Decode one message; True when it ended a transaction."""
         message = pgoutput.parse(data, self.relations, self.keep)
         if type(message) is pgoutput.Change:
+            # Described (parse refuses a change of a relation it has not seen), so
+            # watched holds its oid.
             oid = message.relation_oid
-            table = self.watched.get(oid)
-            if table is None and oid not in self.watched:
-                table = self.tables.get(self.relations[oid].table)
+            table = self.watched[oid]
             begin = self.begin
             if table is not None and begin is not None:
                 self.current.append(_Pending(table, message, lsn, begin.xid,

@@ -172,10 +172,6 @@ class _Reader:
         self.pos = end + 1
         return value
 
-    def tuple(self, names: tuple[str, ...], keep: frozenset[str] | None = None) -> Tuple:
-        values, self.pos = _tuple(self.data, self.pos, names, keep)
-        return values
-
 
 def _tuple(data: bytes, pos: int, names: tuple[str, ...], keep: frozenset[str] | None
            ) -> tuple[Tuple, int]:
