@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # imported when a command runs, not at CLI start
 
 __all__ = [
     "EXIT_ABSENT",
-    "EXIT_BAD_INPUT",
     "BadInput",
     "build_key",
     "explain_command",
@@ -51,7 +50,6 @@ __all__ = [
 ]
 
 EXIT_ABSENT = 1
-EXIT_BAD_INPUT = options.EXIT_USAGE
 
 TENANT = typer.Option("--tenant", "-t", help="The tenant id.")
 KEYRING_ENV = typer.Option(
@@ -208,12 +206,12 @@ def explain_command(
     schema, malformed or refused parameter, invalid tenant).
     """
     if not tenant:
-        fail(BadInput("explain needs --tenant"), EXIT_BAD_INPUT)
+        fail(BadInput("explain needs --tenant"), options.EXIT_USAGE)
     try:
         report = asyncio.run(_explain(schema, params or [], tenant, redis_url, prefix,
                                       plugin or None, keyring_env, show_value))
     except BadInput as exc:
-        fail(exc, EXIT_BAD_INPUT)
+        fail(exc, options.EXIT_USAGE)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:

@@ -22,7 +22,6 @@ import typer
 from thorbis_cache.cache.keys import validate_tenant
 from thorbis_cache.cli import options
 from thorbis_cache.cli.explain import (
-    EXIT_BAD_INPUT,
     KEYRING_ENV,
     TENANT,
     BadInput,
@@ -65,15 +64,15 @@ def invalidate_command(
     parameter, invalid tenant, a key and --tag together).
     """
     if not tenant:
-        fail(BadInput("invalidate needs --tenant"), EXIT_BAD_INPUT)
+        fail(BadInput("invalidate needs --tenant"), options.EXIT_USAGE)
     if bool(target) == bool(tag):
         fail(BadInput("invalidate takes a key (SCHEMA NAME=VALUE...) or --tag TAG, "
-                      "not both and not neither"), EXIT_BAD_INPUT)
+                      "not both and not neither"), options.EXIT_USAGE)
     try:
         report = asyncio.run(_invalidate(target or [], tag or [], tenant, cascade,
                                          redis_url, prefix, plugin or None, keyring_env))
     except BadInput as exc:
-        fail(exc, EXIT_BAD_INPUT)
+        fail(exc, options.EXIT_USAGE)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

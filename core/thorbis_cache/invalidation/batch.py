@@ -183,7 +183,7 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     if replay is not None:
         for tenant in sorted(set(by_tenant) | {t for t, ns in tags.items() if ns}):
             await replay.applied(conn, tenant, sorted(by_tenant[tenant]),
-                                      sorted(tags[tenant]))
+                                 sorted(tags[tenant]))
     audit_ids: list[int] = []
     if audited:
         for tenant in sorted(changes):

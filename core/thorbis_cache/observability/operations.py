@@ -11,7 +11,6 @@ against the hit with the observer off). Everything is exported at scrape time.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,9 +54,7 @@ class OperationObserver(Collector):
         histogram = self.histograms.get(pair)
         if histogram is None:
             histogram = self.histograms[pair] = Histogram(self.buckets)
-        # Histogram.observe, inlined: this runs on every read that reaches Redis.
-        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
-        histogram.sum += seconds
+        histogram.observe(seconds)
 
     def failed(self, key: CacheKey[Any], operation: str, error: BaseException,
                seconds: float) -> None:
