@@ -16,13 +16,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from core_testing import HsEnv, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from thorbis_home_services import loaders
 from thorbis_home_services.schemas import WORK_ORDER
 
-from thorbis_cache import Cache, SchemaRegistry
+from thorbis_cache import Cache, KeySchema, SchemaRegistry
+from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.invalidation.apply import CacheInvalidator
 from thorbis_cache.invalidation.queue import InvalidationJob, InvalidationQueue
 from thorbis_cache.invalidation.worker import OutboxWorker
@@ -34,7 +36,7 @@ from thorbis_cache.observability import (
     MeteredMvScheduler,
     MetricsApp,
 )
-from thorbis_cache.testing.servers import free_port
+from thorbis_cache.testing.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -325,20 +327,15 @@ async def test_the_worker_serves_its_metrics_with_metrics_port(hs_env: HsEnv) ->
         _get(url)  # closed with the worker
 
 
+@attrs.frozen
+class Note:
+    text: str
+
+
 async def test_operations_that_raise_are_counted_by_error_class_and_timed() -> None:
     """A loader's own error counts as ``other``; Redis gone counts as
     ``RedisUnavailableError``; both are observed in the latency histogram too, and a hit
     is observed without an error."""
-    import attrs
-
-    from thorbis_cache import KeySchema
-    from thorbis_cache.errors import RedisUnavailableError
-    from thorbis_cache.testing.servers import RedisServer
-
-    @attrs.frozen
-    class Note:
-        text: str
-
     schema = KeySchema("t.note", Note, params={"id": int}, ttl=60)
     registry = SchemaRegistry()
     registry.register(schema, owner="test")
