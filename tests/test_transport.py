@@ -177,6 +177,13 @@ async def test_the_driver_path_gives_the_same_answers(thorbis_redis_url: str) ->
         for key in keys:
             assert await fast.get(key) == await plain.get(key)
         assert await fast.get("tc:{t}:absent") is None
+        # DEL: keys of three slots (three calls on a Cluster), some absent, some twice.
+        doomed = [*keys[:10], "tc:{t0}:absent", keys[0]]
+        assert await fast.delete(doomed) == 10
+        assert await plain.delete(keys[10:20]) == 10
+        assert await fast.mget(keys) == await plain.mget(keys) == [None] * 20 + [
+            f"v{i}".encode() for i in range(20, 30)]
+        assert await fast.delete([]) == 0
     finally:
         await fast.aclose()
         await plain.aclose()
