@@ -416,8 +416,8 @@ class RedisStore:
     async def delete(self, keys: Iterable[str]) -> int:
         """DEL, one call per hash slot (one in all on a single server); returns how many
         keys existed. Over the multiplexed transport, as the hot commands: the worker
-        sends one per batch of invalidations, and redis-py's packing of it cost about
-        2 µs per key (``bench/worker_profile.py``)."""
+        sends one per batch of invalidations, hundreds of keys, which redis-py packs
+        at about 0.5 µs a key and ``hiredis.pack_command`` at 0.06."""
         if self._cluster:
             groups: dict[int, list[str]] = {}
             for k in keys:
