@@ -23,11 +23,11 @@ if TYPE_CHECKING:
         KeySchema,
         Param,
         SchemaKind,
-        SchemaRegistry,
         validate_tenant,
     )
     from thorbis_cache.cache.metrics import CacheMetrics
     from thorbis_cache.cache.near import NearCache
+    from thorbis_cache.cache.registry import SchemaRegistry
     from thorbis_cache.cache.settings import (
         CacheSettings,
         SchemaOverride,
@@ -108,7 +108,7 @@ _LAZY = {
     "RuleTarget": "thorbis_cache.plugins.declarations",
     "SchemaKind": "thorbis_cache.cache.keys",
     "SchemaOverride": "thorbis_cache.cache.settings",
-    "SchemaRegistry": "thorbis_cache.cache.keys",
+    "SchemaRegistry": "thorbis_cache.cache.registry",
     "SortedSet": "thorbis_cache.cache.structures",
     "SqlScript": "thorbis_cache.plugins.declarations",
     "Versioned": "thorbis_cache.cache.structures",

@@ -27,13 +27,13 @@ from thorbis_cache.cache.keys import (
     CacheKey,
     KeySchema,
     SchemaKind,
-    SchemaRegistry,
     validate_tenant,
 )
 from thorbis_cache.cache.metrics import CacheMetrics, CacheObserver, SchemaCounters
 from thorbis_cache.cache.near import MISS, NearCache
 from thorbis_cache.cache.protocol import CacheScripts, Loader, SchemaRuntime
 from thorbis_cache.cache.read_through import ABSENT, StructureFills
+from thorbis_cache.cache.registry import SchemaRegistry
 from thorbis_cache.cache.settings import CacheSettings
 from thorbis_cache.cache.structures import EntityHash, GeoIndex, SortedSet
 from thorbis_cache.cache.tags import InvalidationLimits, TagEngine

@@ -37,7 +37,8 @@ from thorbis_cache.errors import (
 if TYPE_CHECKING:  # imported when a command runs, not at CLI start
     from thorbis_cache.cache.core import Cache
     from thorbis_cache.cache.crypto import KeyRing
-    from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaRegistry
+    from thorbis_cache.cache.keys import CacheKey, KeySchema
+    from thorbis_cache.cache.registry import SchemaRegistry
     from thorbis_cache.observability.explain import Explanation
     from thorbis_cache.plugins.manager import PluginManager
 

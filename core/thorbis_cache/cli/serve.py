@@ -38,7 +38,7 @@ def serve_command(
 async def _serve(port: int, redis_url: str, dsn: str | None, host: str,
                  prefix: str = "tc") -> None:
     from thorbis_cache.cache.core import Cache
-    from thorbis_cache.cache.keys import SchemaRegistry
+    from thorbis_cache.cache.registry import SchemaRegistry
     from thorbis_cache.cache.settings import CacheSettings
     from thorbis_cache.observability.asgi import MetricsApp
     from thorbis_cache.observability.exporter import Exporter

@@ -31,7 +31,8 @@ from typing import Any
 
 import attrs
 
-from thorbis_cache.cache.keys import SchemaRegistry, validate_tenant
+from thorbis_cache.cache.keys import validate_tenant
+from thorbis_cache.cache.registry import SchemaRegistry
 from thorbis_cache.errors import InvalidKeyError, RedisUnavailableError
 from thorbis_cache.observability.probe import MasterState, read_masters
 from thorbis_cache.store.redis_store import RedisStore, Script, load_lua

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from croniter import croniter
 
-from thorbis_cache.cache.keys import KeySchema, SchemaRegistry
+from thorbis_cache.cache.keys import KeySchema
+from thorbis_cache.cache.registry import SchemaRegistry
 from thorbis_cache.errors import PluginProblem
 from thorbis_cache.plugins import hookspecs
 from thorbis_cache.plugins.declarations import (

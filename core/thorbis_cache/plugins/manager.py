@@ -38,7 +38,8 @@ from typing import Any
 import attrs
 import pluggy
 
-from thorbis_cache.cache.keys import KeySchema, SchemaRegistry
+from thorbis_cache.cache.keys import KeySchema
+from thorbis_cache.cache.registry import SchemaRegistry
 from thorbis_cache.errors import (
     ConfigurationError,
     PluginLoadError,

@@ -39,7 +39,8 @@ from hypothesis import strategies as st
 
 from thorbis_cache.cache.core import Cache
 from thorbis_cache.cache.crypto import KeyRing
-from thorbis_cache.cache.keys import SchemaRegistry, validate_tenant
+from thorbis_cache.cache.keys import validate_tenant
+from thorbis_cache.cache.registry import SchemaRegistry
 from thorbis_cache.errors import ConfigurationError, PluginLoadError
 from thorbis_cache.plugins.manager import LoadedPlugin, PluginManager
 from thorbis_cache.testing import contract_checks as checks

@@ -27,7 +27,8 @@ from redis.crc import key_slot
 from thorbis_cache.cache.codec import CodecSettings, SchemaCodec, check_value, make_converter
 from thorbis_cache.cache.core import Cache
 from thorbis_cache.cache.crypto import KeyRing
-from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaKind, SchemaRegistry
+from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaKind
+from thorbis_cache.cache.registry import SchemaRegistry
 from thorbis_cache.errors import InvalidKeyError, ThorbisCacheError
 from thorbis_cache.plugins.declarations import WarmContext, Warmer, is_qualified
 from thorbis_cache.plugins.hookspecs import HOOK_API_VERSION, SUPPORTED_HOOK_API_VERSIONS

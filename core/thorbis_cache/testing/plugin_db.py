@@ -17,7 +17,8 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from thorbis_cache.cache.keys import KeySchema, SchemaRegistry
+from thorbis_cache.cache.keys import KeySchema
+from thorbis_cache.cache.registry import SchemaRegistry
 from thorbis_cache.plugins.declarations import MaterializedView
 from thorbis_cache.postgres.catalog import quote_qualified
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from thorbis_cache.cache.keys import SchemaRegistry
+from thorbis_cache.cache.registry import SchemaRegistry
 from thorbis_cache.errors import InvalidKeyError, InvalidParameterError
 
 from thorbis_automotive.schemas import VEHICLE_HISTORY, vehicle_history_key
