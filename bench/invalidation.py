@@ -61,7 +61,7 @@ from thorbis_cache.plugins.manager import PluginManager
 from thorbis_cache.postgres import apply_plugin_sql
 from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.postgres.triggers import install_triggers
-from thorbis_cache.store.redis_store import Script
+from thorbis_cache.store.scripts import Script
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
 
 LIST: KeySchema[str] = KeySchema("b.list", str, params={"id": int}, ttl=3600,

@@ -76,7 +76,7 @@ def test_wheels_build_without_warnings_and_install_in_a_fresh_venv(tmp_path: Pat
     probe = _run([bin_ / "python", "-c",
                   "import thorbis_cache, thorbis_home_services;"
                   "from importlib import resources;"
-                  "from thorbis_cache.store.redis_store import load_lua;"
+                  "from thorbis_cache.store.scripts import load_lua;"
                   "print(thorbis_cache.__file__, thorbis_home_services.__file__);"
                   "assert load_lua('lease_fill');"
                   "assert list((resources.files('thorbis_cache.sql') / 'core').iterdir())"],

@@ -8,7 +8,8 @@ import pytest
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.errors import RedisUnavailableError
-from thorbis_cache.store.redis_store import RedisStore, Script
+from thorbis_cache.store.redis_store import RedisStore
+from thorbis_cache.store.scripts import Script
 from thorbis_cache.testing.servers import RedisCluster
 
 LABEL = KeySchema("st.label", str, params={"id": int}, ttl=60)

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
 
-from thorbis_cache.store.redis_store import RedisStore, Script
+from thorbis_cache.store.redis_store import RedisStore
+from thorbis_cache.store.scripts import Script
 from thorbis_cache.testing.servers import RedisServer
 from thorbis_cache.transport import MultiplexedConnection, pack_command
 

@@ -26,7 +26,8 @@ import functools
 
 from thorbis_cache.cache.meta_keys import MetaKeys
 from thorbis_cache.errors import CacheBackendError, EvictionPolicyError, RedisUnavailableError
-from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore
+from thorbis_cache.store.scripts import Script, load_lua
 
 __all__ = ["REFUSED_POLICIES", "SUPPORTED_POLICIES", "check_eviction_policy",
            "eviction_policies", "refusal"]

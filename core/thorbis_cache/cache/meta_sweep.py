@@ -40,7 +40,8 @@ import attrs
 from thorbis_cache.cache.eviction import check_eviction_policy
 from thorbis_cache.cache.meta_keys import SLOTS, MetaKeys, key_slot, slot_tag
 from thorbis_cache.errors import CacheBackendError, ConfigurationError, RedisUnavailableError
-from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore
+from thorbis_cache.store.scripts import Script, load_lua
 
 if TYPE_CHECKING:
     from thorbis_cache.cache.protocol import CacheCore

@@ -17,7 +17,8 @@ from thorbis_cache.cache.metrics import CacheMetrics, SchemaCounters
 from thorbis_cache.cache.near import NearCache
 from thorbis_cache.cache.settings import CacheSettings
 from thorbis_cache.errors import RedisUnavailableError
-from thorbis_cache.store.redis_store import RedisStore, Script, load_scripts
+from thorbis_cache.store.redis_store import RedisStore
+from thorbis_cache.store.scripts import Script, load_scripts
 
 __all__ = ["CacheCore", "CacheScripts", "Loader", "SchemaRuntime"]
 

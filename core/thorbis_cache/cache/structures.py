@@ -32,7 +32,7 @@ from thorbis_cache.errors import (
     VersionConflictError,
     WrongRedisTypeError,
 )
-from thorbis_cache.store.redis_store import Script
+from thorbis_cache.store.scripts import Script
 
 if TYPE_CHECKING:
     from thorbis_cache.cache.protocol import CacheCore, Loader

@@ -37,7 +37,8 @@ import attrs
 
 from thorbis_cache.cache.meta_keys import MetaKeys
 from thorbis_cache.errors import ConfigurationError, RedisUnavailableError
-from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore
+from thorbis_cache.store.scripts import Script, load_lua
 
 __all__ = ["CacheTagInvalidator", "InvalidatesTags", "InvalidationLimits", "TagEngine"]
 

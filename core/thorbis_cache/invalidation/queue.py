@@ -57,7 +57,8 @@ from thorbis_cache.errors import (
     ConfigurationError,
     InvalidJobError,
 )
-from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore
+from thorbis_cache.store.scripts import Script, load_lua
 
 __all__ = [
     "FORMAT_VERSION",

@@ -30,7 +30,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.postgres import replay_log
-from thorbis_cache.store.redis_store import load_lua
+from thorbis_cache.store.scripts import load_lua
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence

@@ -31,8 +31,9 @@ from thorbis_cache.mv.refresh import history_exists
 from thorbis_cache.mv.scheduler import ScheduledView, ViewReport, report
 from thorbis_cache.postgres import outbox
 from thorbis_cache.postgres.logical import LogicalCapture
-from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.store.redis_url import RedisAddress, Topology
+from thorbis_cache.store.scripts import Script, load_lua
 
 __all__ = ["CaptureSlot", "HealthReading", "MasterState", "Probe", "ProbeResult",
            "ReplicaState", "SentinelState", "TopologyReading", "info_fields",

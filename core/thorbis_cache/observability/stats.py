@@ -35,7 +35,8 @@ from thorbis_cache.cache.keys import validate_tenant
 from thorbis_cache.cache.registry import SchemaRegistry
 from thorbis_cache.errors import InvalidKeyError, RedisUnavailableError
 from thorbis_cache.observability.probe import MasterState, read_masters
-from thorbis_cache.store.redis_store import RedisStore, Script, load_lua
+from thorbis_cache.store.redis_store import RedisStore
+from thorbis_cache.store.scripts import Script, load_lua
 
 __all__ = ["FOREIGN", "OTHER_SCHEMA", "Estimate", "GroupEstimate", "KeyStats",
            "NodeSample", "SampledKey", "TtlProfile", "sample_stats"]

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from importlib import resources
-from typing import Any, TypeVar
+from typing import Any
 
-import attrs
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -34,50 +31,13 @@ from thorbis_cache.errors import (
 )
 from thorbis_cache.store.circuit import CircuitBreaker
 from thorbis_cache.store.redis_url import RedisAddress, Topology, parse_redis_url
+from thorbis_cache.store.scripts import Script
 from thorbis_cache.transport import NodeConnections, Router, pack_command
 from thorbis_cache.transport.bounds import CallDeadlines, InFlightGate
 
-__all__ = ["RedisStore", "Script", "load_lua", "load_scripts"]
+__all__ = ["RedisStore"]
 
 log = logging.getLogger(__name__)
-
-_INCLUDE = "-- @include "
-
-
-def load_lua(name: str) -> str:
-    """The source of ``thorbis_cache/lua/<name>.lua``, each ``-- @include <part>`` line
-    replaced by ``lua/_<part>.lua`` (EVAL scripts cannot share code at run time, so the
-    steps several scripts share are written once and inlined here)."""
-    folder = resources.files("thorbis_cache") / "lua"
-    lines = (folder / f"{name}.lua").read_text("utf-8").split("\n")
-    return "\n".join(
-        (folder / f"_{line[len(_INCLUDE):].strip()}.lua").read_text("utf-8").rstrip("\n")
-        if line.startswith(_INCLUDE) else line
-        for line in lines
-    )
-
-
-S = TypeVar("S")
-
-
-def load_scripts(cls: type[S]) -> S:
-    """An attrs class whose fields are :class:`Script` s, each loaded from the Lua file
-    named like the field (``lease_fill`` -> ``lua/lease_fill.lua``)."""
-    return cls(**{f.name: Script(f.name, load_lua(f.name))
-                  for f in attrs.fields(cls)})  # type: ignore[arg-type]
-
-
-class Script:
-    """A Lua script run by SHA; a NOSCRIPT reply (restarted or new node) falls back to
-    EVAL, which also loads it there."""
-
-    __slots__ = ("name", "sha", "source")
-
-    def __init__(self, name: str, source: str) -> None:
-        self.name = name
-        self.source = source
-        self.sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
-
 
 class RedisStore:
     """Byte-level access to Redis for the cache: get/mget/set/delete, scripts, commands.
