@@ -4,7 +4,7 @@ A logical replication slot that was dropped, or invalidated because it held back
 WAL than ``max_slot_wal_keep_size``, lost the changes between its last confirmed
 position and now: some cached entries built from the watched tables may be stale, and
 nothing says which. The worker then never goes on silently
-(:meth:`OutboxWorker._recover_lost_slot <thorbis_cache.invalidation.worker.OutboxWorker>`):
+(:class:`~thorbis_cache.invalidation.slot_reader.SlotReader`):
 
 1. it recreates the slot first, so every change from then on is captured;
 2. then invalidates, for every tenant with a tag index (the slot registries of

@@ -64,19 +64,17 @@ from thorbis_cache.invalidation.batch import (
     WorkerMetrics,
     apply_changes,
 )
-from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
 from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
 from thorbis_cache.invalidation.replay import FailoverReplay
+from thorbis_cache.invalidation.slot_reader import SlotReader, wal_flushed
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
 from thorbis_cache.postgres import outbox
-from thorbis_cache.postgres.logical import LogicalCapture, SlotLostError, parse_lsn
-from thorbis_cache.postgres.replication import ReplicationError
+from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.postgres.triggers import CHANNEL, capture_triggers
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.cache.core import Cache
-    from thorbis_cache.postgres.logical import LogicalStream
 
 __all__ = [
     "BatchResult",
@@ -137,7 +135,8 @@ class OutboxWorker:
         :class:`~thorbis_cache.postgres.logical.LogicalCapture`: the WAL, through its
         replication slot (:meth:`run_once` then reads whole transactions in commit
         order and advances the slot only after Redis acknowledged and the batch's
-        transaction committed; see :meth:`_run_logical_once`). Call its ``ensure`` once
+        transaction committed; see
+        :class:`~thorbis_cache.invalidation.slot_reader.SlotReader`). Call its ``ensure`` once
         beforehand: the worker never creates the slot, since a slot created after one
         was lost would hide the changes lost with it
         (:class:`~thorbis_cache.postgres.logical.SlotLostError`, logged at each batch).
@@ -191,11 +190,9 @@ class OutboxWorker:
         self.plugins = tuple(plugins)
         self.require_capture = require_capture
         self._capture_checked = False
-        # Failed attempts per change (its LSN) under logical capture: the WAL has no
-        # attempts column, so they are counted here, and start again after a restart.
-        self._attempts: dict[int, tuple[int, str]] = {}
         self._conn: Any = None
-        self._stream: LogicalStream | None = None
+        # Under logical capture: the slot's stream and its changes' failed attempts.
+        self._reader: SlotReader | None = None
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -283,10 +280,27 @@ class OutboxWorker:
         one from ``thorbis.outbox``, where nothing but replayed dead letters
         (``thorbis-cache outbox-deadletters replay``) arrive: the WAL does not have
         them any more. An empty outbox costs one indexed query."""
-        result = await self._run_logical_once(capture, caught_up=caught_up)
+        reader = await self._slot_reader(capture)
+        result = await reader.next_batch(await self._connection(), self.batch_size,
+                                         caught_up=caught_up)
         if result.claimed:
             return result
         return await self._run_outbox_once()
+
+    async def _slot_reader(self, capture: LogicalCapture) -> SlotReader:
+        reader = self._reader
+        if reader is None or reader.capture is not capture:
+            if reader is not None:
+                await reader.close()
+            reader = self._reader = SlotReader(
+                capture, self.dsn, cache=self.cache, rules=self._all_rules,
+                invalidate_tags=self.invalidate_tags, replay=self.replay,
+                metrics=self.metrics, apply=self._apply)
+        return reader
+
+    async def _close_stream(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
 
     async def _run_outbox_once(self) -> BatchResult:
         conn = await self._connection()
@@ -312,112 +326,8 @@ class OutboxWorker:
             self.metrics.count(result, rows, claimed)
         return result
 
-    async def _recover_lost_slot(self, capture: LogicalCapture, conn: Any,
-                                 lost: SlotLostError) -> None:
-        """The slot is gone: changes to its tables since its last confirmed position
-        are lost, and no cached entry built from them can be proven fresh. Flush every
-        tag their rules reach for every tenant, recreate the slot, and flush again (a
-        change committed between the first flush and the new slot is covered by the
-        second); logged as errors, counted in ``metrics.capture_losses``
-        (:mod:`thorbis_cache.invalidation.capture_loss`)."""
-        log.error("logical capture: %s", lost)
-        tables = lost.tables or tuple(sorted({r.table for r in self._all_rules()}))
-        rules = self._all_rules()
-        await flush_after_capture_loss(self.cache, rules, tables, self.invalidate_tags)
-        await capture.replace_lost_slot(conn)
-        await flush_after_capture_loss(self.cache, rules, tables, self.invalidate_tags)
-        self.metrics.capture_losses += 1
-        log.error("logical capture: slot %s recreated after the flush; capture goes on",
-                  capture.slot)
-
     def _all_rules(self) -> list[InvalidationRule]:
         return [rule for rules in self.rules.values() for rule in rules]
-
-    async def _run_logical_once(self, capture: LogicalCapture, *, caught_up: bool
-                                ) -> BatchResult:
-        """One batch from the replication stream: read whole transactions (with
-        ``caught_up``, up to the server's WAL insert position as of now, so that a
-        transaction committed before the call is read even when its commit is not
-        flushed yet; otherwise what has arrived), at most ``batch_size`` changes, apply
-        them as an outbox batch would (same plans, replay log, audit, change counts, in
-        one transaction), commit, then confirm the slot that far.
-
-        Not waiting is what :meth:`run` wants: under ``synchronous_commit=off`` a
-        commit reaches the WAL sender only after the WAL writer's next flush (up to
-        ``wal_writer_delay``, 200 ms by default); :meth:`run` instead wakes when the
-        stream's socket has data.
-
-        At least once: a worker killed, or a Redis or PostgreSQL failure, before the
-        confirmation leaves the slot where it was; the stream is closed on any failure,
-        and the next one is sent the same transactions again (deletes and tag
-        invalidations are idempotent; the audit may then hold a batch twice).
-        Transactions holding no watched change (an UPDATE no significant column of
-        which changed) are confirmed and skipped, so an empty result means the slot
-        is caught up.
-        """
-        conn = await self._connection()
-        rows: Sequence[outbox.OutboxRow] = ()
-        try:
-            if self.replay is not None:
-                await self.replay.check(conn)
-            if self._stream is None:
-                try:
-                    self._stream = await capture.stream(self.dsn, conn)
-                except SlotLostError as lost:
-                    await self._recover_lost_slot(capture, conn, lost)
-                    return BatchResult()
-            stream = self._stream
-            until = None if not caught_up else parse_lsn(
-                await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
-            while True:
-                try:
-                    batch = await stream.read(conn, self.batch_size, self._attempts,
-                                              until=until)
-                    claimed = time.perf_counter()
-                except ReplicationError:
-                    # A slot dropped or invalidated ends its reader's session: say so
-                    # now rather than at the next stream.
-                    if await capture.slot_lost(conn):
-                        await self._close_stream()
-                        await self._recover_lost_slot(capture, conn, capture.lost(
-                            "the slot was dropped or invalidated while streaming"))
-                        return BatchResult()
-                    raise
-                if batch.truncated:
-                    # No row images in a TRUNCATE: nothing to plan from. Loud, not silent.
-                    log.error("logical capture: TRUNCATE of %s; entries made from these "
-                              "tables are not invalidated by it",
-                              ", ".join(sorted(set(batch.truncated))))
-                if batch.rows or batch.end_lsn is None or batch.caught_up or not caught_up:
-                    break
-                stream.confirm(batch.end_lsn)  # whole transactions, none watched
-            rows = batch.rows
-            if not rows:
-                stream.confirm(batch.end_lsn)
-                return BatchResult()
-            async with conn.transaction():
-                result = await self._apply(conn, rows)
-                await outbox.count_changes(conn, rows)
-            stream.confirm(batch.end_lsn)
-        except Exception as exc:
-            self.metrics.failed_batches += 1
-            # What was read and not confirmed comes again on the next stream.
-            await self._close_stream()
-            if not isinstance(exc, BLAMELESS):
-                error = f"{type(exc).__name__}: {exc}"[:1000]
-                for row in rows:
-                    self._attempts[row.id] = (self._attempts.get(row.id, (0, ""))[0] + 1,
-                                              error)
-            raise
-        for row in rows:
-            self._attempts.pop(row.id, None)
-        self.metrics.count(result, rows, claimed)
-        return result
-
-    async def _close_stream(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            await stream.close()
 
     async def _apply(self, conn: Any, rows: Sequence[outbox.OutboxRow]) -> BatchResult:
         return await apply_changes(
@@ -480,9 +390,9 @@ class OutboxWorker:
         resolves it; no batch runs beside the loop's (when the loop stops first, this
         drains once it has returned); under logical capture it first waits for the WAL
         to be flushed past the call, since the loop's batches read what has arrived
-        (see :meth:`_wal_flushed`). Otherwise, :meth:`drain` (whose batches read up to
-        the WAL insert position themselves). For tests and deploys, instead of polling
-        ``thorbis.outbox``.
+        (:func:`~thorbis_cache.invalidation.slot_reader.wal_flushed`). Otherwise,
+        :meth:`drain` (whose batches read up to the WAL insert position themselves).
+        For tests and deploys, instead of polling ``thorbis.outbox``.
 
         It waits as long as that takes: while Redis is down the changes wait, and so
         does this (wrap it in :func:`asyncio.timeout` to bound it).
@@ -494,7 +404,7 @@ class OutboxWorker:
         if self._running:
             if self.capture is not None:
                 # The loop's batches read what has arrived; make sure it has.
-                await self._wal_flushed()
+                await wal_flushed(self.dsn, MIN_POLL)
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             self._wake.set()
@@ -503,24 +413,6 @@ class OutboxWorker:
         # run() is not running, or stopped before it got there (and has returned: its
         # connection is free).
         await self.drain()
-
-    async def _wal_flushed(self) -> None:
-        """Wait until the WAL is flushed past what was written before this call.
-
-        A logical batch reads up to the server's *flush* position; under
-        ``synchronous_commit=off`` a transaction that has committed may not be flushed
-        yet (the WAL writer flushes within ``wal_writer_delay``, 200 ms by default), so
-        reading up to the flush position as of now could miss it. On a connection of
-        its own: the worker's may be in a batch."""
-        conn = await outbox.connect(self.dsn)
-        try:
-            target = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
-            pause = MIN_POLL
-            while not await conn.fetchval("SELECT pg_current_wal_flush_lsn() >= $1", target):
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.02)
-        finally:
-            await conn.close()
 
     def _settle_waiters(self, started: int, caught_up: bool | None) -> None:
         """Resolve the ``started`` oldest :meth:`drained` calls (those made before the
@@ -646,7 +538,7 @@ class OutboxWorker:
                 idle = min(max(idle * 2, MIN_POLL), self.poll_interval)
                 # A replication stream says when the server sends something: wait on
                 # its socket too, so a commit is read as soon as it is decoded.
-                unwatch = None if self._stream is None else self._stream.watch(wake)
+                unwatch = None if self._reader is None else self._reader.watch(wake)
                 try:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), idle)

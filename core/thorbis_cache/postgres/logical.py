@@ -28,7 +28,8 @@ from the decoded text values (one query per table per batch), so a rule sees the
 values whichever path captured the change. Stored generated columns (which ``pgoutput``
 does not send) are computed there from their generation expression. The row's ``id`` is
 the change's LSN; ``attempts`` is what the caller counted. An UPDATE that changes none
-of a table's significant columns is dropped, as the trigger drops it.
+of a table's significant columns is dropped, as the trigger drops it
+(:mod:`thorbis_cache.postgres.logical_rows`).
 
 **At least once.** :meth:`LogicalStream.read` does not consume: the slot moves only on
 :meth:`LogicalStream.confirm`, which the worker calls after Redis acknowledged the
@@ -44,23 +45,23 @@ batch and retries; give each worker group its own name.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import asyncpg
 import attrs
 
 from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
-from thorbis_cache.postgres import pgoutput
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
+from thorbis_cache.postgres.logical_rows import (
+    TransactionDecoder,
+    WatchedTable,
+    rows_of,
+)
 from thorbis_cache.postgres.outbox import OutboxRow
 from thorbis_cache.postgres.replication import ReplicationError, ReplicationStream
-from thorbis_cache.postgres.row_images import Unsupported, as_text, converter
-from thorbis_cache.postgres.triggers import TablePlan, plan_tables
+from thorbis_cache.postgres.triggers import plan_tables
 
 __all__ = ["LogicalBatch", "LogicalCapture", "LogicalStream", "SlotLostError",
            "logical_unavailable", "lsn_text", "parse_lsn"]
@@ -120,84 +121,6 @@ def lsn_text(lsn: int) -> str:
 
 
 @attrs.frozen(slots=True)
-class _Table:
-    """What the capture reads from one table: the trigger's plan plus the catalog."""
-
-    plan: TablePlan
-    pk: tuple[str, ...]
-    generated: dict[str, str]  # column -> generation expression
-    full_identity: bool
-    # Worked out once per table, not per change.
-    #: the columns an image holds: those the rules read, and the primary key
-    wanted: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
-    #: images can be built in Python: no wanted column is generated (``pgoutput`` does
-    #: not send those; PostgreSQL computes them from their expression)
-    python_images: bool = attrs.field(init=False, eq=False, repr=False)
-    #: the captured operations' names (``INSERT``...)
-    operation_names: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
-    #: a Python-built image holds exactly the row's ``old``/``new`` (same columns,
-    #: same order): the pk is among the columns the rules read
-    image_is_row: bool = attrs.field(init=False, eq=False, repr=False)
-
-    @wanted.default
-    def _wanted_default(self) -> tuple[str, ...]:
-        return tuple(sorted(set(self.plan.columns) | set(self.pk)))
-
-    @python_images.default
-    def _python_images_default(self) -> bool:
-        return not set(self.wanted) & set(self.generated)
-
-    @operation_names.default
-    def _operation_names_default(self) -> frozenset[str]:
-        return frozenset(o.value for o in self.plan.operations)
-
-    @image_is_row.default
-    def _image_is_row_default(self) -> bool:
-        return self.wanted == tuple(self.plan.columns)
-
-    def images(self, entries: Sequence[tuple[_Pending, str, dict[str, Any]]]
-               ) -> list[dict[str, Any]] | None:
-        """The JSON images of decoded rows, as ``jsonb_build_object`` makes them, or
-        None when a column's type or value needs PostgreSQL to say
-        (:mod:`~thorbis_cache.postgres.row_images`)."""
-        wanted = self.wanted
-        # One converter list per relation description (the same dict for every change
-        # of a table until its Relation message is sent again).
-        # A text column's value is its text: no converter called (None stands for it).
-        converters: dict[int, list[tuple[str, Callable[[str], Any] | None]]] = {}
-        images: list[dict[str, Any]] = []
-        try:
-            for item, _, values in entries:
-                columns = converters.get(id(item.types))
-                if columns is None:
-                    columns = converters[id(item.types)] = [
-                        (c, None if (f := converter(item.types.get(c, 0))) is as_text else f)
-                        for c in wanted]
-                images.append({c: text if (text := values.get(c)) is None or convert is None
-                               else convert(text) for c, convert in columns})
-        except Unsupported:
-            return None
-        return images
-
-    def image_sql(self) -> str:
-        # The decoded text values go through the table's row type (each value's input
-        # function), then jsonb_build_object, as in the trigger: identical JSON.
-        schema, relation = self.plan.table.split(".", 1)
-        table = f"{quote_ident(schema)}.{quote_ident(relation)}"
-        wanted = self.wanted
-        pairs = ", ".join(
-            "'" + c.replace("'", "''") + "', "
-            + (f"({self.generated[c]})" if c in self.generated else quote_ident(c))
-            for c in wanted
-        )
-        return (f"SELECT jsonb_build_object({pairs})::text "  # noqa: S608 -- quoted above
-                f"FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY "
-                f"AS _thorbis_e(_thorbis_v, _thorbis_i), "
-                f"LATERAL jsonb_populate_record(NULL::{table}, _thorbis_e._thorbis_v) "
-                f"ORDER BY _thorbis_e._thorbis_i")
-
-
-@attrs.frozen(slots=True)
 class LogicalBatch:
     """What one :meth:`LogicalStream.read` read.
 
@@ -218,90 +141,6 @@ class LogicalBatch:
     caught_up: bool = True
 
 
-@attrs.define(slots=True)
-class _Pending:
-    table: _Table
-    change: pgoutput.Change
-    lsn: int
-    xid: int
-    committed_at: dt.datetime
-    types: dict[str, int]  # column -> type oid, from the Relation message
-    old: dict[str, Any] | None = None
-    new: dict[str, Any] | None = None
-
-
-class _Decoder:
-    """``pgoutput`` messages, in order, to the watched changes of whole transactions.
-
-    One per decoding session: a stream describes each relation once per session, so the
-    relations seen are kept for the session's life; a transaction whose commit has not
-    arrived yet is held until it does.
-    """
-
-    def __init__(self, tables: dict[str, _Table]) -> None:
-        self.tables = tables
-        self.relations: dict[int, pgoutput.Relation] = {}
-        self.types: dict[int, dict[str, int]] = {}
-        self.keep: dict[int, frozenset[str]] = {}
-        # The watched table of each relation described (None: not watched), so that a
-        # change is matched by its oid rather than by its relation's name.
-        self.watched: dict[int, _Table | None] = {}
-        self.begin: pgoutput.Begin | None = None
-        self.current: list[_Pending] = []
-        self.done: list[_Pending] = []
-        self.end_lsn: int | None = None
-        self.transactions = 0
-        self.truncated: list[str] = []
-
-    @property
-    def in_transaction(self) -> bool:
-        """A transaction began and its commit has not been fed yet."""
-        return self.begin is not None
-
-    def feed(self, lsn: int, data: bytes) -> bool:
-        """Decode one message; True when it ended a transaction."""
-        message = pgoutput.parse(data, self.relations, self.keep)
-        if type(message) is pgoutput.Change:
-            # Described (parse refuses a change of a relation it has not seen), so
-            # watched holds its oid.
-            oid = message.relation_oid
-            table = self.watched[oid]
-            begin = self.begin
-            if table is not None and begin is not None:
-                self.current.append(_Pending(table, message, lsn, begin.xid,
-                                             begin.committed_at, self.types[oid]))
-        elif type(message) is pgoutput.Begin:
-            self.begin, self.current = message, []
-        elif type(message) is pgoutput.Relation:
-            self.types[message.oid] = {c.name: c.type_oid for c in message.columns}
-            table = self.watched[message.oid] = self.tables.get(message.table)
-            # Only the columns an image holds are decoded; all of them where
-            # PostgreSQL computes a generated column from the others. (A change of an
-            # unwatched table is decoded in full, then dropped: rare, since the
-            # publication names the watched tables only.)
-            if table is not None and table.python_images:
-                self.keep[message.oid] = frozenset(table.wanted) | {table.plan.tenant_column}
-        elif type(message) is pgoutput.Truncate:
-            self.truncated.extend(self.relations[o].table for o in message.relation_oids
-                                  if o in self.relations)
-        elif type(message) is pgoutput.Commit:
-            for item in self.current:
-                item.committed_at = message.committed_at
-            self.done.extend(self.current)
-            self.current, self.begin = [], None
-            self.end_lsn = message.end_lsn
-            self.transactions += 1
-            return True
-        return False
-
-    def take(self) -> tuple[list[_Pending], int | None, int, tuple[str, ...]]:
-        """The changes of the whole transactions fed so far, where they end, how many
-        transactions, the tables truncated; then forget them (not the one open)."""
-        taken = (self.done, self.end_lsn, self.transactions, tuple(self.truncated))
-        self.done, self.end_lsn, self.transactions, self.truncated = [], None, 0, []
-        return taken
-
-
 class LogicalCapture:
     """The publication and slot of one worker group, and reading changes from them.
 
@@ -318,7 +157,7 @@ class LogicalCapture:
                                      "and underscores")
         self.name = f"thorbis_{name}".lower()
         self.plans = {p.table: p for p in plan_tables(rules, views)}
-        self._tables: dict[str, _Table] = {}
+        self._tables: dict[str, WatchedTable] = {}
 
     @property
     def slot(self) -> str:
@@ -428,7 +267,7 @@ class LogicalCapture:
         return f"{quote_ident(schema)}.{quote_ident(relation)}"
 
     async def _load(self, conn: asyncpg.Connection) -> None:
-        tables: dict[str, _Table] = {}
+        tables: dict[str, WatchedTable] = {}
         for plan in self.plans.values():
             if await conn.fetchval("SELECT to_regclass($1)", plan.table) is None:
                 raise ConfigurationError(f"logical capture: table {plan.table!r} does not exist")
@@ -446,7 +285,7 @@ class LogicalCapture:
             # The WAL's old row holds the key only, unless FULL: needed exactly when a
             # rule reads some other column of the old row.
             full = bool(set(plan.columns) - set(pk))
-            tables[plan.table] = _Table(plan, pk, generated, full)
+            tables[plan.table] = WatchedTable(plan, pk, generated, full)
         self._tables = tables
 
     # ----------------------------------------------------------------- reading
@@ -500,97 +339,6 @@ class LogicalCapture:
             "FROM pg_replication_slots WHERE slot_name = $1", self.slot)
         return None if value is None else int(value)
 
-    async def _rows(self, conn: asyncpg.Connection, pending: Sequence[_Pending],
-                    attempts: dict[int, tuple[int, str]]) -> list[OutboxRow]:
-        by_table: dict[str, list[tuple[_Pending, str, dict[str, Any]]]] = {}
-        for item in pending:
-            old, new = self._tuples(item)
-            entries = by_table.get(item.table.plan.table)
-            if entries is None:
-                entries = by_table[item.table.plan.table] = []
-            if old is not None:
-                entries.append((item, "old", old))
-            if new is not None:
-                entries.append((item, "new", new))
-        # Tables whose images this batch are exactly the rows' old/new (built in Python,
-        # holding the rules' columns in order): used as they are, not copied.
-        as_rows: set[str] = set()
-        for table_name, entries in by_table.items():
-            table = self._tables[table_name]
-            images = table.images(entries) if table.python_images else None
-            if images is None:
-                sql = table.image_sql()
-                records = await conn.fetch(sql, json.dumps([v for _, _, v in entries]))
-                images = [json.loads(r[0]) for r in records]
-            elif table.image_is_row:
-                as_rows.add(table_name)
-            for (item, which, _), image in zip(entries, images, strict=True):
-                if which == "old":
-                    item.old = image
-                else:
-                    item.new = image
-        rows: list[OutboxRow] = []
-        now = dt.datetime.now(dt.UTC)
-        no_attempt = (0, None)
-        for item in pending:
-            table = item.table
-            plan = table.plan
-            change = item.change
-            op = change.operation
-            old, new = item.old, item.new
-            if (op == "UPDATE" and plan.update_filter and old is not None
-                    and new is not None
-                    and all(old.get(c) == new.get(c) for c in plan.update_filter)):
-                continue  # as the trigger: no significant column changed
-            if op not in table.operation_names:
-                continue
-            source = new if new is not None else old
-            assert source is not None  # every change has one image
-            tenant = change.new if change.new is not None else change.old
-            tenant_value = None if tenant is None else tenant.get(plan.tenant_column)
-            count, error = attempts.get(item.lsn, no_attempt) if attempts else no_attempt
-            if plan.table not in as_rows:
-                columns = plan.columns
-                if old is not None:
-                    old = {c: old.get(c) for c in columns}
-                if new is not None:
-                    new = {c: new.get(c) for c in columns}
-            rows.append(OutboxRow(
-                id=item.lsn, txid=str(item.xid), created_at=item.committed_at,
-                table_name=plan.table, operation=op,
-                tenant_id=tenant_value if isinstance(tenant_value, str) else None,
-                pk={c: source.get(c) for c in table.pk},
-                old=old, new=new,
-                attempts=count, last_error=error,
-                age=(now - item.committed_at).total_seconds(),
-            ))
-        return rows
-
-    @staticmethod
-    def _tuples(item: _Pending) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """The old and new text values to build images from: an unchanged TOASTed value
-        is taken from the old row; an UPDATE that kept its key and sent no old row (no
-        FULL identity, so no rule reads an old non-key value) uses the new row."""
-        change = item.change
-        if ((change.old is not None or change.operation != "UPDATE")
-                and (change.old is None or pgoutput.UNCHANGED not in change.old.values())
-                and (change.new is None or pgoutput.UNCHANGED not in change.new.values())):
-            return change.old, change.new  # the common case: nothing to fill in
-        old = None if change.old is None else dict(change.old)
-        new = None if change.new is None else dict(change.new)
-        if change.operation == "UPDATE" and old is None:
-            old = dict(new or {})
-        if new is not None and old is not None:
-            for column, value in list(new.items()):
-                if value is pgoutput.UNCHANGED:
-                    new[column] = old.get(column)
-        for image in (old, new):
-            if image is not None:
-                for column in [c for c, v in image.items() if v is pgoutput.UNCHANGED]:
-                    del image[column]  # no value to give: the column reads as NULL
-        return old, new
-
-
 class LogicalStream:
     """The worker's reader of a :class:`LogicalCapture`'s slot: a
     :class:`~thorbis_cache.postgres.replication.ReplicationStream` decoded into whole
@@ -603,7 +351,7 @@ class LogicalStream:
     def __init__(self, capture: LogicalCapture, stream: ReplicationStream) -> None:
         self.capture = capture
         self.replication = stream
-        self._decoder = _Decoder(capture._tables)
+        self._decoder = TransactionDecoder(capture._tables)
         # The end of the last whole transaction fed: with the server's keepalive
         # position, how far this stream is known to have received everything.
         self._received = 0
@@ -653,7 +401,7 @@ class LogicalStream:
             stream.request_position()
             await stream.readable(remaining)
         pending, end_lsn, transactions, truncated = decoder.take()
-        rows = await self.capture._rows(conn, pending, attempts or {})
+        rows = await rows_of(conn, self.capture._tables, pending, attempts or {})
         return LogicalBatch(tuple(rows), end_lsn, transactions, truncated, caught_up)
 
     def confirm(self, lsn: int | None = None) -> None:

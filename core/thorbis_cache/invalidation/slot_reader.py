@@ -1,0 +1,194 @@
+"""The worker's changes under logical capture: whole transactions read from the
+replication slot, applied as one batch, and only then confirmed; and what the worker does
+when the slot is lost.
+
+:class:`~thorbis_cache.invalidation.worker.OutboxWorker` holds one :class:`SlotReader`
+while it follows a :class:`~thorbis_cache.postgres.logical.LogicalCapture`; the outbox
+source needs none of this (its rows stay claimed in a transaction instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from thorbis_cache.invalidation.batch import BLAMELESS, BatchResult, TagInvalidator, WorkerMetrics
+from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
+from thorbis_cache.invalidation.replay import FailoverReplay
+from thorbis_cache.plugins.declarations import InvalidationRule
+from thorbis_cache.postgres import outbox
+from thorbis_cache.postgres.logical import LogicalCapture, SlotLostError, parse_lsn
+from thorbis_cache.postgres.replication import ReplicationError
+
+if TYPE_CHECKING:
+    from thorbis_cache.cache.core import Cache
+    from thorbis_cache.postgres.logical import LogicalStream
+
+__all__ = ["SlotReader", "wal_flushed"]
+
+log = logging.getLogger(__name__)
+
+#: How a batch's rows are applied in the caller's transaction (the worker's
+#: :func:`~thorbis_cache.invalidation.batch.apply_changes` with its settings).
+Apply = Callable[[Any, Sequence[outbox.OutboxRow]], Awaitable[BatchResult]]
+
+
+class SlotReader:
+    """Batches of a logical capture's slot, for one worker.
+
+    :param capture: the capture whose slot is read (``ensure`` already called).
+    :param dsn: where the replication stream connects.
+    :param cache: where a lost slot's tags are flushed.
+    :param rules: the worker's rules (a lost slot flushes every tag they reach).
+    :param invalidate_tags: the worker's tag invalidator.
+    :param replay: the worker's failover replay, checked before each batch.
+    :param metrics: the worker's metrics (batches, failures, capture losses).
+    :param apply: applies a batch's rows on the worker's connection.
+    """
+
+    def __init__(self, capture: LogicalCapture, dsn: str, *, cache: Cache,
+                 rules: Callable[[], list[InvalidationRule]],
+                 invalidate_tags: TagInvalidator, replay: FailoverReplay | None,
+                 metrics: WorkerMetrics, apply: Apply) -> None:
+        self.capture = capture
+        self.dsn = dsn
+        self._cache = cache
+        self._rules = rules
+        self._invalidate_tags = invalidate_tags
+        self._replay = replay
+        self._metrics = metrics
+        self._apply = apply
+        self._stream: LogicalStream | None = None
+        # Failed attempts per change (its LSN): the WAL has no attempts column, so they
+        # are counted here, and start again after a restart.
+        self._attempts: dict[int, tuple[int, str]] = {}
+
+    def watch(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``callback`` when the server sends something on the open stream (what
+        :meth:`OutboxWorker.run` waits on); the returned function stops that. None
+        when no stream is open."""
+        return None if self._stream is None else self._stream.watch(callback)
+
+    async def close(self) -> None:
+        """Close the stream: what was read and not confirmed comes again on the next."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.close()
+
+    async def next_batch(self, conn: Any, limit: int, *, caught_up: bool) -> BatchResult:
+        """One batch from the replication stream: read whole transactions (with
+        ``caught_up``, up to the server's WAL insert position as of now, so that a
+        transaction committed before the call is read even when its commit is not
+        flushed yet; otherwise what has arrived), at most ``limit`` changes, apply
+        them as an outbox batch would (same plans, replay log, audit, change counts, in
+        one transaction), commit, then confirm the slot that far.
+
+        Not waiting is what :meth:`OutboxWorker.run` wants: under
+        ``synchronous_commit=off`` a commit reaches the WAL sender only after the WAL
+        writer's next flush (up to ``wal_writer_delay``, 200 ms by default); the worker
+        instead wakes when the stream's socket has data (:meth:`watch`).
+
+        At least once: a worker killed, or a Redis or PostgreSQL failure, before the
+        confirmation leaves the slot where it was; the stream is closed on any failure,
+        and the next one is sent the same transactions again (deletes and tag
+        invalidations are idempotent; the audit may then hold a batch twice).
+        Transactions holding no watched change (an UPDATE no significant column of
+        which changed) are confirmed and skipped, so an empty result means the slot
+        is caught up.
+        """
+        capture = self.capture
+        rows: Sequence[outbox.OutboxRow] = ()
+        try:
+            if self._replay is not None:
+                await self._replay.check(conn)
+            if self._stream is None:
+                try:
+                    self._stream = await capture.stream(self.dsn, conn)
+                except SlotLostError as lost:
+                    await self._recover_lost_slot(conn, lost)
+                    return BatchResult()
+            stream = self._stream
+            until = None if not caught_up else parse_lsn(
+                await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
+            while True:
+                try:
+                    batch = await stream.read(conn, limit, self._attempts, until=until)
+                    claimed = time.perf_counter()
+                except ReplicationError:
+                    # A slot dropped or invalidated ends its reader's session: say so
+                    # now rather than at the next stream.
+                    if await capture.slot_lost(conn):
+                        await self.close()
+                        await self._recover_lost_slot(conn, capture.lost(
+                            "the slot was dropped or invalidated while streaming"))
+                        return BatchResult()
+                    raise
+                if batch.truncated:
+                    # No row images in a TRUNCATE: nothing to plan from. Loud, not silent.
+                    log.error("logical capture: TRUNCATE of %s; entries made from these "
+                              "tables are not invalidated by it",
+                              ", ".join(sorted(set(batch.truncated))))
+                if batch.rows or batch.end_lsn is None or batch.caught_up or not caught_up:
+                    break
+                stream.confirm(batch.end_lsn)  # whole transactions, none watched
+            rows = batch.rows
+            if not rows:
+                stream.confirm(batch.end_lsn)
+                return BatchResult()
+            async with conn.transaction():
+                result = await self._apply(conn, rows)
+                await outbox.count_changes(conn, rows)
+            stream.confirm(batch.end_lsn)
+        except Exception as exc:
+            self._metrics.failed_batches += 1
+            # What was read and not confirmed comes again on the next stream.
+            await self.close()
+            if not isinstance(exc, BLAMELESS):
+                error = f"{type(exc).__name__}: {exc}"[:1000]
+                for row in rows:
+                    self._attempts[row.id] = (self._attempts.get(row.id, (0, ""))[0] + 1,
+                                              error)
+            raise
+        for row in rows:
+            self._attempts.pop(row.id, None)
+        self._metrics.count(result, rows, claimed)
+        return result
+
+    async def _recover_lost_slot(self, conn: Any, lost: SlotLostError) -> None:
+        """The slot is gone: changes to its tables since its last confirmed position
+        are lost, and no cached entry built from them can be proven fresh. Flush every
+        tag their rules reach for every tenant, recreate the slot, and flush again (a
+        change committed between the first flush and the new slot is covered by the
+        second); logged as errors, counted in ``metrics.capture_losses``
+        (:mod:`thorbis_cache.invalidation.capture_loss`)."""
+        log.error("logical capture: %s", lost)
+        rules = self._rules()
+        tables = lost.tables or tuple(sorted({r.table for r in rules}))
+        await flush_after_capture_loss(self._cache, rules, tables, self._invalidate_tags)
+        await self.capture.replace_lost_slot(conn)
+        await flush_after_capture_loss(self._cache, rules, tables, self._invalidate_tags)
+        self._metrics.capture_losses += 1
+        log.error("logical capture: slot %s recreated after the flush; capture goes on",
+                  self.capture.slot)
+
+
+async def wal_flushed(dsn: str, first_pause: float) -> None:
+    """Wait until the WAL is flushed past what was written before this call.
+
+    A logical batch reads up to the server's *flush* position; under
+    ``synchronous_commit=off`` a transaction that has committed may not be flushed yet
+    (the WAL writer flushes within ``wal_writer_delay``, 200 ms by default), so reading
+    up to the flush position as of now could miss it. On a connection of its own: the
+    worker's may be in a batch. Polls from ``first_pause`` seconds, doubling to 20 ms."""
+    conn = await outbox.connect(dsn)
+    try:
+        target = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
+        pause = first_pause
+        while not await conn.fetchval("SELECT pg_current_wal_flush_lsn() >= $1", target):
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)
+    finally:
+        await conn.close()

@@ -1,0 +1,281 @@
+"""Logical capture's decoding: ``pgoutput`` messages to the watched changes of whole
+transactions (:class:`TransactionDecoder`), and those changes to outbox rows of the shape
+the capture trigger writes (:func:`rows_of`), with the per-table facts both need
+(:class:`WatchedTable`). :mod:`thorbis_cache.postgres.logical` sets the capture up and
+streams it; this module does not talk to the replication protocol.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+import attrs
+
+from thorbis_cache.postgres import pgoutput
+from thorbis_cache.postgres.catalog import quote_ident
+from thorbis_cache.postgres.outbox import OutboxRow
+from thorbis_cache.postgres.row_images import Unsupported, as_text, converter
+from thorbis_cache.postgres.triggers import TablePlan
+
+__all__ = ["PendingChange", "TransactionDecoder", "WatchedTable", "rows_of"]
+
+
+@attrs.frozen(slots=True)
+class WatchedTable:
+    """What the capture reads from one table: the trigger's plan plus the catalog."""
+
+    plan: TablePlan
+    pk: tuple[str, ...]
+    generated: dict[str, str]  # column -> generation expression
+    full_identity: bool
+    # Worked out once per table, not per change.
+    #: the columns an image holds: those the rules read, and the primary key
+    wanted: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    #: images can be built in Python: no wanted column is generated (``pgoutput`` does
+    #: not send those; PostgreSQL computes them from their expression)
+    python_images: bool = attrs.field(init=False, eq=False, repr=False)
+    #: the captured operations' names (``INSERT``...)
+    operation_names: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+    #: a Python-built image holds exactly the row's ``old``/``new`` (same columns,
+    #: same order): the pk is among the columns the rules read
+    image_is_row: bool = attrs.field(init=False, eq=False, repr=False)
+
+    @wanted.default
+    def _wanted_default(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.plan.columns) | set(self.pk)))
+
+    @python_images.default
+    def _python_images_default(self) -> bool:
+        return not set(self.wanted) & set(self.generated)
+
+    @operation_names.default
+    def _operation_names_default(self) -> frozenset[str]:
+        return frozenset(o.value for o in self.plan.operations)
+
+    @image_is_row.default
+    def _image_is_row_default(self) -> bool:
+        return self.wanted == tuple(self.plan.columns)
+
+    def images(self, entries: Sequence[tuple[PendingChange, str, dict[str, Any]]]
+               ) -> list[dict[str, Any]] | None:
+        """The JSON images of decoded rows, as ``jsonb_build_object`` makes them, or
+        None when a column's type or value needs PostgreSQL to say
+        (:mod:`~thorbis_cache.postgres.row_images`)."""
+        wanted = self.wanted
+        # One converter list per relation description (the same dict for every change
+        # of a table until its Relation message is sent again).
+        # A text column's value is its text: no converter called (None stands for it).
+        converters: dict[int, list[tuple[str, Callable[[str], Any] | None]]] = {}
+        images: list[dict[str, Any]] = []
+        try:
+            for item, _, values in entries:
+                columns = converters.get(id(item.types))
+                if columns is None:
+                    columns = converters[id(item.types)] = [
+                        (c, None if (f := converter(item.types.get(c, 0))) is as_text else f)
+                        for c in wanted]
+                images.append({c: text if (text := values.get(c)) is None or convert is None
+                               else convert(text) for c, convert in columns})
+        except Unsupported:
+            return None
+        return images
+
+    def image_sql(self) -> str:
+        # The decoded text values go through the table's row type (each value's input
+        # function), then jsonb_build_object, as in the trigger: identical JSON.
+        schema, relation = self.plan.table.split(".", 1)
+        table = f"{quote_ident(schema)}.{quote_ident(relation)}"
+        wanted = self.wanted
+        pairs = ", ".join(
+            "'" + c.replace("'", "''") + "', "
+            + (f"({self.generated[c]})" if c in self.generated else quote_ident(c))
+            for c in wanted
+        )
+        return (f"SELECT jsonb_build_object({pairs})::text "  # noqa: S608 -- quoted above
+                f"FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY "
+                f"AS _thorbis_e(_thorbis_v, _thorbis_i), "
+                f"LATERAL jsonb_populate_record(NULL::{table}, _thorbis_e._thorbis_v) "
+                f"ORDER BY _thorbis_e._thorbis_i")
+
+
+@attrs.define(slots=True)
+class PendingChange:
+    table: WatchedTable
+    change: pgoutput.Change
+    lsn: int
+    xid: int
+    committed_at: dt.datetime
+    types: dict[str, int]  # column -> type oid, from the Relation message
+    old: dict[str, Any] | None = None
+    new: dict[str, Any] | None = None
+
+
+class TransactionDecoder:
+    """``pgoutput`` messages, in order, to the watched changes of whole transactions.
+
+    One per decoding session: a stream describes each relation once per session, so the
+    relations seen are kept for the session's life; a transaction whose commit has not
+    arrived yet is held until it does.
+    """
+
+    def __init__(self, tables: dict[str, WatchedTable]) -> None:
+        self.tables = tables
+        self.relations: dict[int, pgoutput.Relation] = {}
+        self.types: dict[int, dict[str, int]] = {}
+        self.keep: dict[int, frozenset[str]] = {}
+        # The watched table of each relation described (None: not watched), so that a
+        # change is matched by its oid rather than by its relation's name.
+        self.watched: dict[int, WatchedTable | None] = {}
+        self.begin: pgoutput.Begin | None = None
+        self.current: list[PendingChange] = []
+        self.done: list[PendingChange] = []
+        self.end_lsn: int | None = None
+        self.transactions = 0
+        self.truncated: list[str] = []
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction began and its commit has not been fed yet."""
+        return self.begin is not None
+
+    def feed(self, lsn: int, data: bytes) -> bool:
+        """Decode one message; True when it ended a transaction."""
+        message = pgoutput.parse(data, self.relations, self.keep)
+        if type(message) is pgoutput.Change:
+            # Described (parse refuses a change of a relation it has not seen), so
+            # watched holds its oid.
+            oid = message.relation_oid
+            table = self.watched[oid]
+            begin = self.begin
+            if table is not None and begin is not None:
+                self.current.append(PendingChange(table, message, lsn, begin.xid,
+                                             begin.committed_at, self.types[oid]))
+        elif type(message) is pgoutput.Begin:
+            self.begin, self.current = message, []
+        elif type(message) is pgoutput.Relation:
+            self.types[message.oid] = {c.name: c.type_oid for c in message.columns}
+            table = self.watched[message.oid] = self.tables.get(message.table)
+            # Only the columns an image holds are decoded; all of them where
+            # PostgreSQL computes a generated column from the others. (A change of an
+            # unwatched table is decoded in full, then dropped: rare, since the
+            # publication names the watched tables only.)
+            if table is not None and table.python_images:
+                self.keep[message.oid] = frozenset(table.wanted) | {table.plan.tenant_column}
+        elif type(message) is pgoutput.Truncate:
+            self.truncated.extend(self.relations[o].table for o in message.relation_oids
+                                  if o in self.relations)
+        elif type(message) is pgoutput.Commit:
+            for item in self.current:
+                item.committed_at = message.committed_at
+            self.done.extend(self.current)
+            self.current, self.begin = [], None
+            self.end_lsn = message.end_lsn
+            self.transactions += 1
+            return True
+        return False
+
+    def take(self) -> tuple[list[PendingChange], int | None, int, tuple[str, ...]]:
+        """The changes of the whole transactions fed so far, where they end, how many
+        transactions, the tables truncated; then forget them (not the one open)."""
+        taken = (self.done, self.end_lsn, self.transactions, tuple(self.truncated))
+        self.done, self.end_lsn, self.transactions, self.truncated = [], None, 0, []
+        return taken
+
+
+async def rows_of(conn: asyncpg.Connection, tables: dict[str, WatchedTable],
+                  pending: Sequence[PendingChange], attempts: dict[int, tuple[int, str]]
+                  ) -> list[OutboxRow]:
+    """The outbox rows of the watched changes ``pending`` (whole transactions, in commit
+    order): their images built in Python, or by PostgreSQL where a column needs it (one
+    query per table); an UPDATE of no significant column and an operation not captured
+    are dropped, as the trigger drops them. ``attempts``: failed attempts by LSN."""
+    by_table: dict[str, list[tuple[PendingChange, str, dict[str, Any]]]] = {}
+    for item in pending:
+        old, new = _text_images(item)
+        entries = by_table.get(item.table.plan.table)
+        if entries is None:
+            entries = by_table[item.table.plan.table] = []
+        if old is not None:
+            entries.append((item, "old", old))
+        if new is not None:
+            entries.append((item, "new", new))
+    # Tables whose images this batch are exactly the rows' old/new (built in Python,
+    # holding the rules' columns in order): used as they are, not copied.
+    as_rows: set[str] = set()
+    for table_name, entries in by_table.items():
+        table = tables[table_name]
+        images = table.images(entries) if table.python_images else None
+        if images is None:
+            sql = table.image_sql()
+            records = await conn.fetch(sql, json.dumps([v for _, _, v in entries]))
+            images = [json.loads(r[0]) for r in records]
+        elif table.image_is_row:
+            as_rows.add(table_name)
+        for (item, which, _), image in zip(entries, images, strict=True):
+            if which == "old":
+                item.old = image
+            else:
+                item.new = image
+    rows: list[OutboxRow] = []
+    now = dt.datetime.now(dt.UTC)
+    no_attempt = (0, None)
+    for item in pending:
+        table = item.table
+        plan = table.plan
+        change = item.change
+        op = change.operation
+        old, new = item.old, item.new
+        if (op == "UPDATE" and plan.update_filter and old is not None
+                and new is not None
+                and all(old.get(c) == new.get(c) for c in plan.update_filter)):
+            continue  # as the trigger: no significant column changed
+        if op not in table.operation_names:
+            continue
+        source = new if new is not None else old
+        assert source is not None  # every change has one image
+        tenant = change.new if change.new is not None else change.old
+        tenant_value = None if tenant is None else tenant.get(plan.tenant_column)
+        count, error = attempts.get(item.lsn, no_attempt) if attempts else no_attempt
+        if plan.table not in as_rows:
+            columns = plan.columns
+            if old is not None:
+                old = {c: old.get(c) for c in columns}
+            if new is not None:
+                new = {c: new.get(c) for c in columns}
+        rows.append(OutboxRow(
+            id=item.lsn, txid=str(item.xid), created_at=item.committed_at,
+            table_name=plan.table, operation=op,
+            tenant_id=tenant_value if isinstance(tenant_value, str) else None,
+            pk={c: source.get(c) for c in table.pk},
+            old=old, new=new,
+            attempts=count, last_error=error,
+            age=(now - item.committed_at).total_seconds(),
+        ))
+    return rows
+
+def _text_images(item: PendingChange) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The old and new text values to build images from: an unchanged TOASTed value
+    is taken from the old row; an UPDATE that kept its key and sent no old row (no
+    FULL identity, so no rule reads an old non-key value) uses the new row."""
+    change = item.change
+    if ((change.old is not None or change.operation != "UPDATE")
+            and (change.old is None or pgoutput.UNCHANGED not in change.old.values())
+            and (change.new is None or pgoutput.UNCHANGED not in change.new.values())):
+        return change.old, change.new  # the common case: nothing to fill in
+    old = None if change.old is None else dict(change.old)
+    new = None if change.new is None else dict(change.new)
+    if change.operation == "UPDATE" and old is None:
+        old = dict(new or {})
+    if new is not None and old is not None:
+        for column, value in list(new.items()):
+            if value is pgoutput.UNCHANGED:
+                new[column] = old.get(column)
+    for image in (old, new):
+        if image is not None:
+            for column in [c for c, v in image.items() if v is pgoutput.UNCHANGED]:
+                del image[column]  # no value to give: the column reads as NULL
+    return old, new
