@@ -31,6 +31,7 @@ from thorbis_cache.errors import (
 )
 from thorbis_cache.store.circuit import CircuitBreaker
 from thorbis_cache.store.redis_url import RedisAddress, Topology, parse_redis_url
+from thorbis_cache.store.replica_waits import ReplicaWaits
 from thorbis_cache.store.scripts import Script
 from thorbis_cache.transport import NodeConnections, Router, pack_command
 from thorbis_cache.transport.bounds import CallDeadlines, InFlightGate
@@ -91,9 +92,7 @@ class RedisStore:
         self.wait_replicas: int | None = None
         #: WAITs that ended before every replica waited for acknowledged
         self.replication_timeouts = 0
-        self._replicas: dict[str, tuple[int, float]] = {}
-        self._node_clients: dict[str, aioredis.Redis] = {}
-        self._remap_needed = False
+        self._waits = ReplicaWaits(client)
 
     @classmethod
     def from_url(
@@ -210,8 +209,7 @@ class RedisStore:
         await self._deadlines.aclose()
         if self._router is not None:
             await self._router.aclose()
-        for node_client in self._node_clients.values():
-            await node_client.aclose()
+        await self._waits.aclose()
         await self._client.aclose()
 
     # ----------------------------------------------------------------- error seam
@@ -473,39 +471,12 @@ class RedisStore:
             replicas waited for (0 when the master has none: no WAIT is sent).
         """
         async with self._call("WAIT"):
-            for attempt in (1, 2):
-                if self._remap_needed:
-                    await self._remap()
-                client, where = self._master_client(routing_key)
-                wanted = await self._replica_count(client, where)
-                if not wanted and only_with_replicas:
-                    return [], 0, 0
-                try:
-                    async with client.pipeline(transaction=False) as pipe:
-                        for command in commands:
-                            pipe.execute_command(*command)
-                        if wanted:
-                            pipe.execute_command("WAIT", wanted,
-                                                 int(self.wait_timeout * 1000))
-                        replies = await pipe.execute(raise_on_error=False)
-                except (rexc.ConnectionError, rexc.TimeoutError, OSError):
-                    # The node is gone (a failover?): learn the map again next time.
-                    self._remap_needed = True
-                    raise
-                moved = next((r for r in replies if isinstance(r, rexc.ResponseError)
-                              and str(r).startswith(("MOVED", "READONLY"))), None)
-                if moved is not None and attempt == 1:
-                    # The slot has a new master (a failover): learn the map again.
-                    await self._remap()
-                    continue
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        raise reply
-                acked = int(replies.pop()) if wanted else 0
-                if acked < wanted:
-                    self.replication_timeouts += 1
-                return replies, acked, wanted
-        raise AssertionError("unreachable")  # pragma: no cover
+            replies, acked, wanted = await self._waits.run(
+                routing_key, commands, only_with_replicas=only_with_replicas,
+                wait_seconds=self.wait_timeout, at_most=self.wait_replicas)
+        if acked < wanted:
+            self.replication_timeouts += 1
+        return replies, acked, wanted
 
     async def sync_replicas(self, routing_key: str) -> tuple[int, int]:
         """Wait until the writes its master executed so far reach the replicas of
@@ -514,61 +485,11 @@ class RedisStore:
 
         :returns: the replicas that acknowledged and the replicas waited for.
         """
-        if not self._cluster:  # the common case without replicas: no call at all
-            known = self._replicas.get("master")
-            if known is not None and not known[0] and known[1] > time.monotonic():
-                return 0, 0
+        if not self._cluster and self._waits.known_without_replicas():
+            return 0, 0  # the common case without replicas: no call at all
         _, acked, wanted = await self.replicated(
             routing_key, [("SET", routing_key, b"", "PX", 1000)], only_with_replicas=True)
         return acked, wanted
-
-    def _master_client(self, routing_key: str) -> tuple[aioredis.Redis, str]:
-        client = self._client
-        if not isinstance(client, RedisCluster):
-            return client, "master"
-        node = client.get_node_from_key(routing_key)
-        if node is None:  # a failover in progress: the slot has no master for now
-            raise rexc.ConnectionError(f"no master serves the slot of {routing_key!r}")
-        where = f"{node.host}:{node.port}"
-        return self._node_client(str(node.host), int(node.port)), where
-
-    def _node_client(self, host: str, port: int) -> aioredis.Redis:
-        """A single-node client to one Cluster node (kept per address), for what must
-        run on one connection of one known node (WAIT after writes, INFO)."""
-        where = f"{host}:{port}"
-        node_client = self._node_clients.get(where)
-        if node_client is None:
-            assert isinstance(self._client, RedisCluster)
-            kwargs: dict[str, Any] = {
-                k: v for k, v in self._client.connection_kwargs.items()
-                if k in ("username", "password", "socket_connect_timeout", "ssl",
-                         "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")}
-            node_client = aioredis.Redis(host=host, port=port, socket_keepalive=True,
-                                         decode_responses=False, max_connections=16,
-                                         retry=Retry(NoBackoff(), 0), **kwargs)
-            self._node_clients[where] = node_client
-        return node_client
-
-    async def _remap(self) -> None:
-        self._remap_needed = False
-        client = self._client
-        if isinstance(client, RedisCluster):
-            await client.nodes_manager.initialize()
-        self._replicas.clear()
-
-    async def _replica_count(self, client: aioredis.Redis, where: str) -> int:
-        """The replicas connected to ``client``'s server, from INFO (kept 1 s: a new or
-        lost replica changes how many a WAIT asks for within a second)."""
-        now = time.monotonic()
-        known = self._replicas.get(where)
-        if known is not None and known[1] > now:
-            return known[0]
-        info = await client.info("replication")
-        count = int(info.get("connected_slaves", 0))
-        if self.wait_replicas is not None:
-            count = min(count, self.wait_replicas)
-        self._replicas[where] = (count, now + 1.0)
-        return count
 
     async def cluster_slots(self) -> dict[tuple[int, int], dict[str, Any]]:
         """``CLUSTER SLOTS`` of a random master (Cluster only), as redis-py parses it:
@@ -597,7 +518,7 @@ class RedisStore:
         ids = []
         async with self._call("INFO server"):
             for host, port in masters:
-                client = self._node_client(str(host), int(port))
+                client = self._waits.node_client(str(host), int(port))
                 ids.append(str((await client.info("server")).get("run_id")))
         return frozenset(ids)
 
