@@ -1,8 +1,8 @@
 """Change capture, measured on a private PostgreSQL: what it costs the host's own writes,
 and how fast the worker turns the captured changes into invalidations.
 
-    .venv/bin/python bench/capture.py                 # about 2 minutes on 2 cores
-    .venv/bin/python bench/capture.py --quick         # about 40 s
+    .venv/bin/python bench/capture.py                 # about 6 minutes on 2 cores
+    .venv/bin/python bench/capture.py --quick         # about 2.5 minutes
     .venv/bin/python bench/capture.py --repeat 5 --seconds 5 --json capture.json
     .venv/bin/python bench/capture.py --modes none,trigger
 
@@ -27,18 +27,41 @@ every mode in turn (the order flips every repetition), after an untimed ``VACUUM
 Each figure is the median across repetitions; each ratio is the median of the
 per-repetition ratios mode / ``none`` (tx/s: higher is better; time: lower is better).
 
-**The worker, per capture mode that has one** (``WORKERS``), in this process with Redis:
+**The worker, per capture mode that has one.** The latency and idle figures run it as an
+operator does, in a process of its own: ``python -m thorbis_cache.cli worker -p
+home_services --no-queue --no-mv --metrics-port PORT`` plus the mode's ``WORKER_ARGS``
+(``--capture triggers``, or ``--capture logical --slot bench``), with the bench's DSN,
+Redis and key ring in ``THORBIS_POSTGRES_DSN``, ``THORBIS_REDIS_URL``,
+``THORBIS_KEYRING`` (no queue consumer, no view refreshes: the change-capture loop
+alone). Ready once a first probe is applied; stopped with SIGTERM (killed after 15 s)
+on every exit path; its output goes to ``$TMPDIR/thorbis-capture-worker-<mode>.log``.
+(Earlier versions ran it as a task in this process, where the probes polled ``EXISTS``
+every 0.2 ms on the worker's event loop: their latency figures are not comparable.)
 
 * commit -> invalidated while ``pgbench`` writes at full speed on 8 connections: a probe
-  caches an ``acme`` customer (``hash.replace``), commits an UPDATE of its phone, and
-  polls ``EXISTS`` until the key is gone; latency = gone - commit acknowledged;
+  caches an ``acme`` customer (``hash.replace``), subscribes to the key's keyspace
+  notifications (``notify-keyspace-events Kg`` on the private Redis; the subscription
+  confirmed before the UPDATE), commits an UPDATE of its phone and waits, asleep on the
+  socket, for the key's ``del``; latency = del received - commit acknowledged; a probe
+  still waiting after 10 s ends the run (``inf``). Printed with it: the writers'
+  rows/s (``pg_stat_user_tables``), the changes/s the worker applied (the
+  ``thorbis_cache_worker_changes_total`` counter of its /metrics) and the CPU (``/proc``,
+  % of one core) of the worker process, of its PostgreSQL sessions (the backends and
+  walsender whose client port is one of its sockets) and of the probes;
 * the same with the 8 writers held to 2,000 tx/s in all (``pgbench -R``): when the
   writers outrun the worker, the backlog (and so the latency) grows without bound;
-* idle cost: polls/s (PostgreSQL transactions committed) and CPU (this process plus the
-  PostgreSQL processes) over ``--idle`` seconds with the worker running and nothing to
-  do, against the same window without a worker;
-* apply rate from a backlog: every customer's phone changed in bulk (``--backlog``
-  changes pending), then ``OutboxWorker.drain()`` timed: changes/s.
+* not a target, labelled so: the full-speed run again with the worker process and
+  ``redis-server`` on one CPU and PostgreSQL (the postmaster, so the backends it forks
+  inherit it, and every process it has forked) and ``pgbench`` (``taskset``) on the
+  other, "the worker with a core of its own", as a deployment puts the worker on
+  another host than the database; the probes (this process) are not pinned; every
+  affinity is restored afterwards. Needs 2 CPUs;
+* idle cost: polls/s (PostgreSQL transactions committed) and CPU (the worker process
+  plus the PostgreSQL processes) over ``--idle`` seconds with the worker running and
+  nothing to do, against the same window without a worker;
+* apply rate from a backlog, in this process (``WORKERS``; CPU per change, comparable
+  with earlier runs): every customer's phone changed in bulk (``--backlog`` changes
+  pending), then ``OutboxWorker.drain()`` timed: changes/s.
 
 Targets (issue 14), printed as PASS/MISS: single-row tx/s >= 0.85x no capture at 1
 and 8 connections for triggers, >= 0.95x for logical; the 10,000-row UPDATE <= 1.5x
@@ -49,7 +72,8 @@ and 8 connections for triggers, >= 0.95x for logical; the 10,000-row UPDATE <= 1
 A report, not a test: no assertion, exit status 0 whatever the numbers (see
 ``bench/README.md``). To add a capture mode (logical decoding, say): a setup function in
 ``MODES`` (it must leave the database capturing that way and nothing else), and, if it
-has a worker of its own, a factory in ``WORKERS``.
+has a worker of its own, a factory in ``WORKERS`` and its ``thorbis-cache worker``
+options in ``WORKER_ARGS``.
 """
 
 from __future__ import annotations
@@ -61,12 +85,15 @@ import json
 import logging
 import os
 import re
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +195,12 @@ WORKERS: dict[str, WorkerFactory] = {
         app, dsn, capture=_logical(app.plugins)),
 }
 
+#: The same, as ``thorbis-cache worker`` options (the latency runs start that command).
+WORKER_ARGS: dict[str, list[str]] = {
+    "trigger": ["--capture", "triggers"],
+    "logical": ["--capture", "logical", "--slot", SLOT],
+}
+
 
 # --------------------------------------------------------------------------- host writes
 
@@ -187,16 +220,18 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))]
 
 
-def pgbench(server: PostgresServer, clients: int, seconds: float, rate: int | None = None
-            ) -> Pgbench:
-    """Run the single-row UPDATE script (at full speed, or ``rate`` tx/s in all); tx/s
-    from pgbench, latency from its log."""
+def pgbench(server: PostgresServer, clients: int, seconds: float, rate: int | None = None,
+            cpus: str | None = None) -> Pgbench:
+    """Run the single-row UPDATE script (at full speed, or ``rate`` tx/s in all; on the
+    CPUs ``cpus`` if given, ``taskset -c`` syntax); tx/s from pgbench, latency from its
+    log."""
     with tempfile.TemporaryDirectory(prefix="thorbis-pgbench-") as tmp:
         script = Path(tmp) / "update.sql"
         script.write_text(PGBENCH_SCRIPT)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         done = subprocess.run(
-            [str(server.binaries.initdb.parent / "pgbench"), "-n", "-h", "127.0.0.1",
+            [*(["taskset", "-c", cpus] if cpus else []),
+             str(server.binaries.initdb.parent / "pgbench"), "-n", "-h", "127.0.0.1",
              "-p", str(server.port), "-U", server.user, "-c", str(clients),
              "-j", str(min(clients, os.cpu_count() or 1)), "-T", str(max(1, round(seconds))),
              "-M", "prepared", "-f", str(script), "-l", f"--log-prefix={tmp}/log",
@@ -295,18 +330,169 @@ def _postgres_pids(postmaster: int) -> list[int]:
     return pids
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class WorkerProcess:
+    """``thorbis-cache worker`` in a process of its own, as an operator runs it (the
+    console script's module under this interpreter), serving /metrics on a free port."""
+
+    #: The worker's applied-changes counter on /metrics (WorkerMetrics.processed).
+    APPLIED = re.compile(rb"^thorbis_cache_worker_changes_total (\S+)$", re.MULTILINE)
+
+    def __init__(self, dsn: str, url: str, mode: str, keyring: str, log: Path) -> None:
+        self.port = _free_port()
+        self.log = log
+        # The bench's Redis and database, its key ring (the worker only deletes keys, but
+        # the ring is the one the probes' values are written with, as in production).
+        env = {**os.environ, "THORBIS_POSTGRES_DSN": dsn, "THORBIS_REDIS_URL": url,
+               "THORBIS_KEYRING": keyring}
+        # --no-queue --no-mv: the change-capture loop alone, as the in-process worker
+        # measured before (no invalidation-queue consumer, no view refreshes mid-run).
+        argv = [sys.executable, "-m", "thorbis_cache.cli", "worker", "-p", "home_services",
+                "--no-queue", "--no-mv", "--metrics-port", str(self.port),
+                *WORKER_ARGS[mode]]
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether the process still runs (else :meth:`failure` says why)."""
+        return self.proc.poll() is None
+
+    def failure(self) -> RuntimeError:
+        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+        return RuntimeError(f"the worker process exited with status {self.proc.poll()}:\n"
+                            f"{tail}")
+
+    def _scrape(self) -> float:
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            match = self.APPLIED.search(response.read())
+        if match is None:
+            raise RuntimeError(f"no thorbis_cache_worker_changes_total on {url}")
+        return float(match.group(1))
+
+    async def applied(self) -> float:
+        """Changes the worker has applied so far (its /metrics counter)."""
+        return await asyncio.to_thread(self._scrape)
+
+    async def stop(self, grace: float = 15.0) -> int | None:
+        """SIGTERM (it finishes the batch in hand and exits 0), SIGKILL after ``grace``
+        seconds; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait)
+        return self.proc.returncode
+
+
+@contextlib.asynccontextmanager
+async def worker_process(dsn: str, url: str, mode: str, keyring: str, log: Path
+                         ) -> AsyncIterator[WorkerProcess]:
+    """A running :class:`WorkerProcess`, stopped (killed if need be) on any exit."""
+    worker = WorkerProcess(dsn, url, mode, keyring, log)
+    try:
+        yield worker
+    finally:
+        status = await worker.stop()
+        if status not in (0, None):
+            print(f"    the worker process exited with status {status} (log: {log})")
+
+
+class WorkerGone(RuntimeError):
+    """The worker process exited during a probe."""
+
+
+class Probe:
+    """Commit -> invalidated of one cached ``acme`` customer: cache it
+    (``hash.replace``), subscribe to its key's keyspace notifications, commit an UPDATE
+    of its phone, and take the time when Redis announces the key's ``del``. The probe
+    sleeps in a socket read meanwhile (no polling: nothing taken from the worker)."""
+
+    def __init__(self, app: CacheApp, pool: asyncpg.Pool, raw: aioredis.Redis) -> None:
+        self.app, self.pool, self.raw = app, pool, raw
+        self.db = int(raw.connection_pool.connection_kwargs.get("db", 0))
+        self.pubsub = raw.pubsub()
+
+    async def start(self) -> Probe:
+        # K: keyspace channels (__keyspace@<db>__:<key>), g: generic commands (DEL).
+        await self.raw.config_set("notify-keyspace-events", "Kg")
+        return self
+
+    async def aclose(self) -> None:
+        await self.pubsub.aclose()
+
+    async def _subscribed(self, channel: bytes) -> None:
+        await self.pubsub.subscribe(channel)
+        # Wait for Redis's confirmation: from then on the del cannot be missed.
+        while True:
+            message = await self.pubsub.get_message(timeout=5.0)
+            if message is None:
+                raise RuntimeError(f"no confirmation of SUBSCRIBE {channel!r}")
+            if message["type"] == "subscribe" and message["channel"] == channel:
+                return
+
+    async def __call__(self, customer_id: int, phone: str, limit: float,
+                      alive: Callable[[], bool] | None = None) -> float | None:
+        """Seconds from the UPDATE's commit to the key's deletion, or None after
+        ``limit`` seconds. Raises if ``alive`` turns false meanwhile."""
+        key = CUSTOMER.key(BULK_TENANT, customer_id=customer_id)
+        await self.app.cache.hash(key).replace(
+            await loaders.customer(self.pool.fetch, BULK_TENANT, customer_id))
+        channel = f"__keyspace@{self.db}__:{self.app.cache.redis_key(key)}".encode()
+        await self._subscribed(channel)
+        try:
+            await self.pool.execute("UPDATE hs.customers SET phone = $3 WHERE tenant_id = $1 "
+                                    "AND id = $2", BULK_TENANT, customer_id, phone)
+            committed = time.perf_counter()
+            while (left := committed + limit - time.perf_counter()) > 0:
+                message = await self.pubsub.get_message(timeout=min(left, 1.0))
+                if (message is not None and message["type"] == "message"
+                        and message["channel"] == channel and message["data"] == b"del"):
+                    return time.perf_counter() - committed
+                if alive is not None and not alive():
+                    raise WorkerGone("the worker stopped during a probe")
+            return None
+        finally:
+            await self.pubsub.unsubscribe(channel)
+
+
+async def ready(probe: Probe, worker: WorkerProcess, limit: float = 60.0) -> float:
+    """Seconds until the freshly started worker applies a change (start-up included)."""
+    started = time.perf_counter()
+    try:
+        seconds = await probe(1000, "ready", limit, worker.alive)
+    except WorkerGone:
+        raise worker.failure() from None
+    if seconds is None:
+        raise RuntimeError(f"the worker applied no change within {limit:.0f} s "
+                           f"(log: {worker.log})")
+    return time.perf_counter() - started
+
+
 async def idle_cost(server: PostgresServer, conn: asyncpg.Connection, seconds: float,
-                    running: bool) -> dict[str, float]:
-    """Transactions/s and CPU (% of one core) over ``seconds`` of nothing to do."""
+                    worker: WorkerProcess | None) -> dict[str, float]:
+    """Transactions/s and CPU (% of one core: the worker process, if any, and
+    PostgreSQL's processes) over ``seconds`` of nothing to do."""
     postmaster = server.pid or 0
     commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"
-    await asyncio.sleep(0.5 if running else 0.1)  # let the pause reach its cap
-    pids = _postgres_pids(postmaster)
+    await asyncio.sleep(0.5 if worker else 0.1)  # let the pause reach its cap
+    pids = _postgres_pids(postmaster) + ([worker.pid] if worker else [])
     before_tx, before_cpu = await conn.fetchval(commits), _cpu_seconds(pids)
-    before_own, started = time.process_time(), time.monotonic()
+    started = time.monotonic()
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - started
-    cpu = _cpu_seconds(pids) - before_cpu + time.process_time() - before_own
+    cpu = _cpu_seconds(pids) - before_cpu
     await conn.execute("SELECT pg_stat_clear_snapshot()")
     # The statistics are sent at most every 0.5 s: wait for them, then count.
     await asyncio.sleep(1.1)
@@ -314,41 +500,78 @@ async def idle_cost(server: PostgresServer, conn: asyncpg.Connection, seconds: f
     return {"tx_per_s": tx / elapsed, "cpu_pct": cpu / elapsed * 100}
 
 
+def _local_ports(pid: int) -> set[int]:
+    """The local TCP ports of ``pid``'s sockets (its end of each connection)."""
+    inodes: set[int] = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(int(link[8:-1]))
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[9]) in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def sessions(pool: asyncpg.Pool, worker: WorkerProcess) -> list[int]:
+    """The pids of the worker's PostgreSQL sessions (backends, the logical capture's
+    walsender): those whose client port is one of the worker process's sockets."""
+    ports = _local_ports(worker.pid)
+    return [int(pid) for pid in await pool.fetchval(
+        "SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity "
+        "WHERE client_port = ANY($1::int[])", sorted(ports))]
+
+
 async def _updates(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval("SELECT n_tup_upd FROM pg_stat_user_tables "
                                    "WHERE relid = 'hs.customers'::regclass"))
 
 
-async def latency_under_load(server: PostgresServer, app: CacheApp, pool: asyncpg.Pool,
-                             raw: aioredis.Redis, options: Options, rate: int | None,
-                             worker: OutboxWorker) -> list[float]:
+@attrs.frozen
+class Latency:
+    """One latency run: commit -> invalidated samples (ms) and what ran meanwhile."""
+
+    samples: list[float]
+    rows_per_s: float  # the writers' (pgbench's) updates
+    applied_per_s: float  # the worker's changes applied (its /metrics counter)
+    worker_cpu_pct: float  # the worker process, % of one core
+    sessions_cpu_pct: float  # its PostgreSQL sessions (backends, walsender), % of one core
+    probe_cpu_pct: float  # this process (the probes), % of one core
+
+
+async def latency_under_load(server: PostgresServer, probe: Probe, pool: asyncpg.Pool,
+                             options: Options, rate: int | None, worker: WorkerProcess,
+                             cpus: str | None = None) -> Latency:
     """Commit -> key gone (ms) of ``options.probes`` probe UPDATEs while pgbench writes
-    on 8 connections (at full speed, or ``rate`` tx/s in all); prints the rows the
-    writers updated per second and the changes the worker applied per second."""
+    on 8 connections (at full speed, or ``rate`` tx/s in all; on ``cpus`` if given);
+    prints the rows the writers updated per second and the changes the worker applied
+    per second."""
     seconds = 3600.0
-    load = asyncio.create_task(asyncio.to_thread(pgbench, server, 8, seconds, rate))
+    updates, applied = await _updates(pool), await worker.applied()
+    backends = await sessions(pool, worker)
+    cpu, own, started = _cpu_seconds([worker.pid]), time.process_time(), time.perf_counter()
+    db_cpu = _cpu_seconds(backends)
+    load = asyncio.create_task(asyncio.to_thread(pgbench, server, 8, seconds, rate, cpus))
     samples: list[float] = []
-    started = time.perf_counter()
-    updates, applied = await _updates(pool), worker.metrics.processed
     try:
         await asyncio.sleep(1.0)  # the writers are up to speed
-        for probe in range(options.probes):
-            customer_id = probe % 1000 + 1
-            key = CUSTOMER.key(BULK_TENANT, customer_id=customer_id)
-            customer = await loaders.customer(pool.fetch, BULK_TENANT, customer_id)
-            await app.cache.hash(key).replace(customer)
-            name = app.cache.redis_key(key)
-            await pool.execute("UPDATE hs.customers SET phone = $3 WHERE tenant_id = $1 "
-                               "AND id = $2", BULK_TENANT, customer_id, f"q{probe}")
-            committed = time.perf_counter()
-            while await raw.exists(name):
-                if time.perf_counter() - committed > 10:
-                    # The worker does not keep up with the writers: say so, do not wait.
-                    print(f"    probe {probe}: key still there after 10 s; stopping")
-                    return [*samples, float("inf")]
-                await asyncio.sleep(0.0002)
-            samples.append((time.perf_counter() - committed) * 1000)
+        for n in range(options.probes):
+            taken = await probe(n % 1000 + 1, f"q{n}", 10.0, worker.alive)
+            if taken is None:
+                # The worker does not keep up with the writers: say so, do not wait.
+                print(f"    probe {n}: key still there after 10 s; stopping")
+                samples.append(float("inf"))
+                break
+            samples.append(taken * 1000)
             await asyncio.sleep(0.01)
+    except WorkerGone:
+        raise worker.failure() from None
     finally:
         # pgbench's -T is long: stop it by terminating its connections.
         await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -356,33 +579,67 @@ async def latency_under_load(server: PostgresServer, app: CacheApp, pool: asyncp
         # Terminated connections make pgbench exit with an error: expected.
         with contextlib.suppress(subprocess.CalledProcessError, RuntimeError):
             await load
-        await asyncio.sleep(1.0)  # backends publish their table counts within a second
-        elapsed = time.perf_counter() - started
-        print(f"    writers updated {(await _updates(pool) - updates) / elapsed:,.0f} rows/s; "
-              f"the worker applied {(worker.metrics.processed - applied) / elapsed:,.0f} "
-              "changes/s")
-    return samples
+    await asyncio.sleep(1.0)  # backends publish their table counts within a second
+    elapsed = time.perf_counter() - started
+    run = Latency(samples, (await _updates(pool) - updates) / elapsed,
+                  (await worker.applied() - applied) / elapsed,
+                  (_cpu_seconds([worker.pid]) - cpu) / elapsed * 100,
+                  (_cpu_seconds(backends) - db_cpu) / elapsed * 100,
+                  (time.process_time() - own) / elapsed * 100)
+    print(f"    writers updated {run.rows_per_s:,.0f} rows/s; the worker applied "
+          f"{run.applied_per_s:,.0f} changes/s; % of a core: the worker process "
+          f"{run.worker_cpu_pct:.0f}, its {len(backends)} PostgreSQL session(s) "
+          f"{run.sessions_cpu_pct:.0f}, the probes {run.probe_cpu_pct:.0f}")
+    return run
 
 
-async def settle(app: CacheApp, pool: asyncpg.Pool, raw: aioredis.Redis,
-                 limit: float = 180.0) -> float:
+async def settle(probe: Probe, worker: WorkerProcess, limit: float = 180.0) -> float:
     """Seconds until the running worker applies a change committed now, i.e. until it
     is through the backlog before it (at most ``limit``)."""
-    customer_id = 1000
-    key = CUSTOMER.key(BULK_TENANT, customer_id=customer_id)
-    await app.cache.hash(key).replace(await loaders.customer(pool.fetch, BULK_TENANT,
-                                                             customer_id))
-    await pool.execute("UPDATE hs.customers SET phone = 'settle' WHERE tenant_id = $1 "
-                       "AND id = $2", BULK_TENANT, customer_id)
     started = time.perf_counter()
-    while await raw.exists(app.cache.redis_key(key)):
-        if time.perf_counter() - started > limit:
-            print(f"    the backlog was not through after {limit:.0f} s")
-            break
-        await asyncio.sleep(0.01)
+    try:
+        seconds = await probe(1000, "settle", limit, worker.alive)
+    except WorkerGone:
+        raise worker.failure() from None
+    if seconds is None:
+        print(f"    the backlog was not through after {limit:.0f} s")
     seconds = time.perf_counter() - started
     print(f"    backlog left by the full-speed writers applied in {seconds:.2f} s")
     return seconds
+
+
+def _set_affinity(pids: Sequence[int], cpus: set[int]) -> None:
+    """Every thread of ``pids`` on ``cpus`` (processes gone in between are skipped)."""
+    for pid in pids:
+        try:
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in threads:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
+
+
+@contextlib.contextmanager
+def own_core(postmaster: int, others: Sequence[int], database: set[int], worker: set[int]
+             ) -> Iterator[None]:
+    """PostgreSQL on ``database`` (the postmaster first: the backends it forks from then
+    on inherit it; then every process it has forked), ``others`` (the worker process,
+    redis-server) on ``worker``; every affinity back to all CPUs on exit. pgbench is put
+    on ``database`` by its caller (``taskset``)."""
+    everything = os.sched_getaffinity(0)
+    _set_affinity([postmaster], database)
+    _set_affinity(_postgres_pids(postmaster), database)
+    _set_affinity(others, worker)
+    try:
+        yield
+        stray = [pid for pid in _postgres_pids(postmaster)
+                 if os.sched_getaffinity(pid) != database]
+        if stray:
+            print(f"    note: {len(stray)} PostgreSQL process(es) not on CPU {database}")
+    finally:
+        _set_affinity(_postgres_pids(postmaster), everything)
+        _set_affinity(others, everything)
 
 
 async def apply_rate(conn: asyncpg.Connection, worker: OutboxWorker, backlog: int
@@ -408,61 +665,92 @@ async def apply_rate(conn: asyncpg.Connection, worker: OutboxWorker, backlog: in
     return applied, seconds
 
 
-async def worker_figures(server: PostgresServer, dsn: str, url: str, conn: asyncpg.Connection,
-                         manager: PluginManager, mode: str, options: Options
-                         ) -> dict[str, Any]:
-    """Latency under load, idle cost and apply rate of ``mode``'s worker."""
+def _latency_figures(prefix: str, run: Latency) -> dict[str, float]:
+    samples = run.samples
+    return {f"{prefix}p50_ms": percentile(samples, 50), f"{prefix}p90_ms": percentile(samples, 90),
+            f"{prefix}p99_ms": percentile(samples, 99), f"{prefix}max_ms": max(samples),
+            f"{prefix}probes": len(samples), f"{prefix}rows_per_s": run.rows_per_s,
+            f"{prefix}applied_per_s": run.applied_per_s,
+            f"{prefix}worker_cpu_pct": run.worker_cpu_pct,
+            f"{prefix}sessions_cpu_pct": run.sessions_cpu_pct,
+            f"{prefix}probe_cpu_pct": run.probe_cpu_pct}
+
+
+async def worker_figures(server: PostgresServer, redis_server: RedisServer,
+                         conn: asyncpg.Connection, manager: PluginManager, mode: str,
+                         options: Options) -> dict[str, Any]:
+    """Latency under load (the worker in its own process), idle cost and apply rate (in
+    this process) of ``mode``'s worker."""
+    dsn, url = server.dsn(), redis_server.url
     await MODES[mode](conn, manager)
     await fresh(conn)
-    app = await CacheApp(url, keyring=KeyRing.generate()).start(["home_services"])
+    keyring = KeyRing.generate()
+    app = await CacheApp(url, keyring=keyring).start(["home_services"])
     # Probes commit with synchronous_commit on, as production runs (the test server's
     # default is off): logical decoding sees a commit once its WAL is flushed.
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4,
                                      server_settings={"synchronous_commit": "on"})
     raw = aioredis.Redis.from_url(url)
+    probe = await Probe(app, pool, raw).start()
+    cpus = sorted(os.sched_getaffinity(0))
+    own: Latency | None = None
     try:
-        baseline = await idle_cost(server, conn, options.idle, running=False)
-        worker = WORKERS[mode](app, dsn)
-        task = asyncio.create_task(worker.run(), name="capture-worker")
-        try:
-            idle = await idle_cost(server, conn, options.idle, running=True)
-            samples = await latency_under_load(server, app, pool, raw, options, None, worker)
+        baseline = await idle_cost(server, conn, options.idle, None)
+        log = Path(tempfile.gettempdir()) / f"thorbis-capture-worker-{mode}.log"
+        async with worker_process(dsn, url, mode, keyring.to_string(), log) as worker:
+            started = await ready(probe, worker)
+            print(f"    {mode}: worker process {worker.pid} up, first change applied "
+                  f"{started:.2f} s after start")
+            idle = await idle_cost(server, conn, options.idle, worker)
+            full = await latency_under_load(server, probe, pool, options, None, worker)
             # What the full-speed writers left behind (in the outbox, or in the slot)
             # must not count against the rated run: wait until the worker is through.
-            settled = await settle(app, pool, raw)
+            settled = await settle(probe, worker)
             await fresh(conn)
-            rated = await latency_under_load(server, app, pool, raw, options, RATED, worker)
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 10)
+            rated = await latency_under_load(server, probe, pool, options, RATED, worker)
+            if len(cpus) >= 2:
+                await fresh(conn)
+                database, apart = {cpus[0]}, {cpus[1]}
+                print(f"    {mode}: own core: PostgreSQL and pgbench on CPU {cpus[0]}, the "
+                      f"worker and redis-server on CPU {cpus[1]}")
+                with own_core(server.pid or 0, [worker.pid, redis_server.pid or 0],
+                              database, apart):
+                    own = await latency_under_load(server, probe, pool, options, None,
+                                                   worker, str(cpus[0]))
+                    await settle(probe, worker)
         await fresh(conn)
-        pending, seconds = await apply_rate(conn, worker, options.backlog)
-        await worker.aclose()
+        drainer = WORKERS[mode](app, dsn)
+        pending, seconds = await apply_rate(conn, drainer, options.backlog)
+        await drainer.aclose()
     finally:
+        await probe.aclose()
         await raw.aclose()
         await pool.close()
         await app.aclose()
-    figures = {
-        "p50_ms": percentile(samples, 50), "p90_ms": percentile(samples, 90),
-        "p99_ms": percentile(samples, 99), "max_ms": max(samples), "probes": len(samples),
+    figures: dict[str, Any] = {
+        **_latency_figures("", full),
         "idle_polls_per_s": idle["tx_per_s"] - baseline["tx_per_s"],
         "idle_cpu_pct": idle["cpu_pct"] - baseline["cpu_pct"],
-        "rated_p50_ms": percentile(rated, 50), "rated_p99_ms": percentile(rated, 99),
-        "rated_max_ms": max(rated), "settle_seconds": settled,
+        **_latency_figures("rated_", rated), "settle_seconds": settled,
+        **(_latency_figures("own_core_", own) if own else {}),
         "backlog": pending, "apply_seconds": seconds,
         "changes_per_s": pending / seconds,
     }
     print(f"    {mode}: commit -> invalidated under 8 writers p50 {figures['p50_ms']:.2f} ms,"
           f" p90 {figures['p90_ms']:.2f}, p99 {figures['p99_ms']:.2f}, max "
-          f"{figures['max_ms']:.2f} ({len(samples)} probes)")
+          f"{figures['max_ms']:.2f} ({len(full.samples)} probes)")
     print(f"    {mode}: the same with the 8 writers held to {RATED:,} tx/s in all: p50 "
           f"{figures['rated_p50_ms']:.2f} ms, p99 {figures['rated_p99_ms']:.2f}, max "
           f"{figures['rated_max_ms']:.2f}")
+    if own:
+        print(f"    {mode}: (not a target) full speed, the worker with a core of its own: p50 "
+              f"{figures['own_core_p50_ms']:.2f} ms, p99 {figures['own_core_p99_ms']:.2f}, "
+              f"max {figures['own_core_max_ms']:.2f} ({len(own.samples)} probes)")
     print(f"    {mode}: idle worker {figures['idle_polls_per_s']:.0f} polls/s, "
-          f"{figures['idle_cpu_pct']:.1f}% of a core (this process + PostgreSQL, over the "
-          "same window without a worker)")
+          f"{figures['idle_cpu_pct']:.1f}% of a core (the worker process + PostgreSQL, over "
+          "the same window without a worker)")
     print(f"    {mode}: {pending:,} pending changes applied in {seconds:.2f} s: "
-          f"{figures['changes_per_s']:,.0f} changes/s")
+          f"{figures['changes_per_s']:,.0f} changes/s (OutboxWorker.drain in this process)")
     return figures
 
 
@@ -519,8 +807,7 @@ def targets(table: dict[str, dict[str, float]], workers: dict[str, dict[str, Any
 async def run(options: Options) -> dict[str, Any]:
     """Every measurement; returns the figures and prints the tables."""
     with PostgresServer() as server, RedisServer() as redis_server:
-        dsn, url = server.dsn(), redis_server.url
-        conn, manager = await setup_db(dsn)
+        conn, manager = await setup_db(server.dsn())
         try:
             print(f"PostgreSQL {await conn.fetchval('SHOW server_version')} (wal_level "
                   f"{await conn.fetchval('SHOW wal_level')}, synchronous_commit "
@@ -531,9 +818,10 @@ async def run(options: Options) -> dict[str, Any]:
                   "UPDATE of 10,000 rows):")
             host = await host_writes(server, conn, manager, options)
             table = host_table(host["runs"])
-            print("\nThe worker (in this process, Redis private):")
-            workers = {mode: await worker_figures(server, dsn, url, conn, manager, mode,
-                                                  options)
+            print("\nThe worker (thorbis-cache worker in a process of its own, Redis "
+                  "private):")
+            workers = {mode: await worker_figures(server, redis_server, conn, manager,
+                                                  mode, options)
                        for mode in options.modes if mode in WORKERS}
         finally:
             await conn.close()
