@@ -621,7 +621,24 @@ def machine_info(redis_version: str, anchors: dict[str, str]) -> dict[str, Any]:
         "platform": platform.platform(),
         "loop": "asyncio (stock)",
         "load_avg_1m_at_start": os.getloadavg()[0],
+        "cpu_idle": cpu_idle(),
     }
+
+
+def cpu_idle() -> str:
+    """How this machine's idle CPUs wait: the cpuidle driver and, in a guest with the
+    ``haltpoll`` driver, how long an idle vCPU polls before it halts. Sequential latency
+    depends on it: a halted vCPU is woken by the host, tens of microseconds per round
+    trip on this VM (docs/architecture.md, "The transport of the hot commands")."""
+    def read(path: str) -> str | None:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+
+    driver = read("/sys/devices/system/cpu/cpuidle/current_driver") or "unknown"
+    poll_ns = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    return driver if poll_ns is None else f"{driver}, guest_halt_poll_ns={poll_ns}"
 
 
 def _limits(pair: Pair) -> tuple[float | None, float | None]:
@@ -857,7 +874,8 @@ async def run(plan: Plan, url: str, host: str, port: int, console: Console) -> d
             f"python {machine['python']} | redis-server {machine['redis_server']} | "
             f"redis-py {machine['redis_py']} (hiredis {'on' if machine['hiredis'] else 'OFF'}) "
             f"| {machine['cpu_count']} CPUs | load {machine['load_avg_1m_at_start']:.2f} | "
-            f"{machine['platform']} | stock asyncio loop | commit {machine['commit']}"
+            f"{machine['platform']} | stock asyncio loop | idle CPUs: {machine['cpu_idle']} | "
+            f"commit {machine['commit']}"
         )
         for name, state in anchors.items():
             console.print(f"anchor {name}: {escape(state)}")
