@@ -515,14 +515,19 @@ class Probe:
             await self.pubsub.unsubscribe(channel)
 
 
+async def _probe_while_running(probe: Probe, worker: WorkerGroup, phone: str,
+                               limit: float) -> float | None:
+    """One probe (customer 1000) while ``worker`` runs; its failure if it exits."""
+    try:
+        return await probe(1000, phone, limit, worker.alive)
+    except WorkerGone:
+        raise worker.failure() from None
+
+
 async def ready(probe: Probe, worker: WorkerGroup, limit: float = 60.0) -> float:
     """Seconds until the freshly started worker applies a change (start-up included)."""
     started = time.perf_counter()
-    try:
-        seconds = await probe(1000, "ready", limit, worker.alive)
-    except WorkerGone:
-        raise worker.failure() from None
-    if seconds is None:
+    if await _probe_while_running(probe, worker, "ready", limit) is None:
         raise RuntimeError(f"the worker applied no change within {limit:.0f} s "
                            f"(log: {worker.log})")
     return time.perf_counter() - started
@@ -645,11 +650,7 @@ async def settle(probe: Probe, worker: WorkerGroup, limit: float = 180.0) -> flo
     """Seconds until the running worker applies a change committed now, i.e. until it
     is through the backlog before it (at most ``limit``)."""
     started = time.perf_counter()
-    try:
-        seconds = await probe(1000, "settle", limit, worker.alive)
-    except WorkerGone:
-        raise worker.failure() from None
-    if seconds is None:
+    if await _probe_while_running(probe, worker, "settle", limit) is None:
         print(f"    the backlog was not through after {limit:.0f} s")
     seconds = time.perf_counter() - started
     print(f"    backlog left by the full-speed writers applied in {seconds:.2f} s")
