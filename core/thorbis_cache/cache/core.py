@@ -7,15 +7,12 @@ is cache-aside with single-flight, fill leases and optional XFetch (see :mod:`.f
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
-
-import attrs
 
 from thorbis_cache.cache.codec import SchemaCodec, make_converter
 from thorbis_cache.cache.crypto import KeyRing
@@ -29,7 +26,8 @@ from thorbis_cache.cache.keys import (
     SchemaKind,
     validate_tenant,
 )
-from thorbis_cache.cache.metrics import CacheMetrics, CacheObserver, SchemaCounters
+from thorbis_cache.cache.loading import LoaderCalls
+from thorbis_cache.cache.metrics import CacheMetrics, CacheObserver
 from thorbis_cache.cache.near import MISS, NearCache
 from thorbis_cache.cache.protocol import CacheScripts, Loader, SchemaRuntime
 from thorbis_cache.cache.read_through import ABSENT, StructureFills
@@ -41,8 +39,6 @@ from thorbis_cache.cache.value_fill import ValueFills
 from thorbis_cache.errors import (
     ConfigurationError,
     InvalidKeyError,
-    InvalidSchemaError,
-    MissingRow,
     RedisUnavailableError,
     UnknownSchemaError,
     WrongRedisTypeError,
@@ -100,7 +96,8 @@ class Cache:
         self._converter = make_converter()
         self._runtimes: dict[str, SchemaRuntime] = {}
         self._scripts = CacheScripts.load()
-        self._degraded = asyncio.Semaphore(self.settings.degraded_concurrency)
+        #: the loader calls of every fill (counted; degraded while Redis is down)
+        self.loaders = LoaderCalls(self.settings)
         self._owns_store = owns_store
         self.near = near
         self._coherence = Coherence(store, self.settings, self.metrics.coherence, near)
@@ -108,7 +105,7 @@ class Cache:
         self.fills = StructureFills(self)
         #: replica routing, made on first use by a ``read_from_replicas`` schema
         self.replicas: ReplicaReads | None = None
-        self._check_overrides()
+        self.settings.check_overrides(registry)
         for schema in registry:
             self._runtime(schema)
 
@@ -185,30 +182,6 @@ class Cache:
         """Parse a Redis key of this cache back into a :class:`CacheKey`."""
         return self.registry.parse(self._prefix, redis_key)
 
-    def _check_overrides(self) -> None:
-        """Refuse overrides of unknown schemas, or values their schema cannot take
-        (checked as a declaration is: ``attrs.evolve`` runs the schema's checks)."""
-        for name in self.settings.schema_overrides:
-            if name not in self.registry:
-                raise ConfigurationError(
-                    f"schema_overrides[{name!r}]: no registered key schema has this name "
-                    f"(registered: {', '.join(sorted(s.name for s in self.registry))})")
-            schema = self.registry.get(name)
-            ttl, near_ttl = self._tuning(schema)
-            try:
-                attrs.evolve(schema, ttl=ttl, near_ttl=near_ttl)
-            except InvalidSchemaError as exc:
-                raise ConfigurationError(f"schema_overrides[{name!r}]: {exc.problem}"
-                                         ) from None
-
-    def _tuning(self, schema: KeySchema[Any]) -> tuple[float, float | None]:
-        """``ttl`` and ``near_ttl`` of ``schema`` with the host's overrides applied."""
-        override = self.settings.schema_overrides.get(schema.name)
-        if override is None:
-            return schema.ttl, schema.near_ttl
-        return (schema.ttl if override.ttl is None else override.ttl,
-                schema.near_ttl if override.near_ttl is None else override.near_ttl)
-
     def _runtime(self, schema: KeySchema[Any]) -> SchemaRuntime:
         rt = self._runtimes.get(schema.name)
         if rt is not None and rt.schema is schema:
@@ -219,7 +192,7 @@ class Cache:
             raise ConfigurationError(
                 f"key schema {schema.name!r} is sensitive: the cache needs a KeyRing"
             )
-        ttl, near_ttl = self._tuning(schema)
+        ttl, near_ttl = self.settings.tuning(schema)
         rt = SchemaRuntime(
             schema,
             SchemaCodec(schema, self._converter, self.keyring, self.settings.codec),
@@ -568,34 +541,6 @@ class Cache:
         value = await self._values.read(rt, key, rk, loader, ttl)
         self._near_put(rt, near, key, rk, value, started)
         return value
-
-    async def _call_loader(self, counters: SchemaCounters, loader: Loader[T]) -> T:
-        counters.loads += 1
-        try:
-            return await loader()
-        except MissingRow:
-            counters.absent_loads += 1
-            raise
-        except BaseException:
-            counters.load_errors += 1
-            raise
-
-    async def _degraded_load(
-        self, counters: SchemaCounters, key: CacheKey[Any], loader: Loader[T],
-        exc: RedisUnavailableError,
-    ) -> T:
-        """Redis is unreachable: answer from the loader (bounded concurrency, counted,
-        logged), or raise ``exc`` when degraded reads are off. Every read-through kind
-        comes here."""
-        if not self.settings.serve_from_loader_when_unavailable:
-            raise exc
-        counters.degraded_loads += 1
-        log.warning(
-            "redis unavailable (%s); serving %s for tenant %s from the loader",
-            exc, key.schema.name, key.tenant,
-        )
-        async with self._degraded:
-            return await self._call_loader(counters, loader)
 
     def _timing(self, schema: KeySchema[Any], ttl_ms: int, delta_ms: int) -> tuple[int, int] | None:
         if schema.early_recompute is None:

@@ -13,17 +13,16 @@ import attrs
 from thorbis_cache.cache.codec import SchemaCodec
 from thorbis_cache.cache.envelope import CorruptEntry
 from thorbis_cache.cache.keys import CacheKey, KeySchema
+from thorbis_cache.cache.loading import Loader, LoaderCalls
 from thorbis_cache.cache.metrics import CacheMetrics, SchemaCounters
 from thorbis_cache.cache.near import NearCache
 from thorbis_cache.cache.settings import CacheSettings
-from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.store.scripts import Script, load_scripts
 
 __all__ = ["CacheCore", "CacheScripts", "Loader", "SchemaRuntime"]
 
 T = TypeVar("T")
-Loader = Callable[[], Awaitable[T]]
 
 
 @attrs.frozen(slots=True)
@@ -87,10 +86,8 @@ class CacheCore(Protocol):
     def revoke_flights(self, names: Iterable[str] = (), *, tenant: str | None = None
                        ) -> None: ...
 
-    async def _call_loader(self, counters: SchemaCounters, loader: Loader[T]) -> T: ...
-
-    async def _degraded_load(self, counters: SchemaCounters, key: CacheKey[Any],
-                             loader: Loader[T], exc: RedisUnavailableError) -> T: ...
+    @property
+    def loaders(self) -> LoaderCalls: ...
 
     def _timing(self, schema: KeySchema[Any], ttl_ms: int, delta_ms: int
                 ) -> tuple[int, int] | None: ...

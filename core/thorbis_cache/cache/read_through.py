@@ -149,7 +149,7 @@ class StructureFills:
             except WrongRedisTypeError:
                 reply = None
             except RedisUnavailableError as exc:
-                return spec.from_loaded(await cache._degraded_load(counters, key, loader, exc))
+                return spec.from_loaded(await cache.loaders.degraded(counters, key, loader, exc))
             if reply:
                 try:
                     answer = spec.from_reply(reply)
@@ -190,7 +190,7 @@ class StructureFills:
                     [token, lease_ms, spec.redis_type, *spec.command],
                 )
             except RedisUnavailableError as exc:
-                return spec.from_loaded(await cache._degraded_load(counters, key, loader, exc))
+                return spec.from_loaded(await cache.loaders.degraded(counters, key, loader, exc))
             state = int(reply[0])
             if state == leases.CACHED:
                 try:
@@ -223,7 +223,7 @@ class StructureFills:
             if self._flights.running(rk):
                 continue
             if not await wait.pause():
-                loaded = await cache._call_loader(counters, loader)
+                loaded = await cache.loaders.call(counters, loader)
                 write.check(loaded)
                 return spec.from_loaded(loaded)
 
@@ -286,7 +286,7 @@ class StructureFills:
         schema = key.schema
         started = time.perf_counter()
         try:
-            loaded = await cache._call_loader(counters, loader)
+            loaded = await cache.loaders.call(counters, loader)
             write.check(loaded)
         except MissingRow:
             if await leases.write_absent(cache, key, token) is False:

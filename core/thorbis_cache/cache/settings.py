@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from thorbis_cache.cache.codec import CodecSettings
 from thorbis_cache.cache.keys import validate_prefix
-from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.errors import ConfigurationError, InvalidSchemaError
+
+if TYPE_CHECKING:
+    from thorbis_cache.cache.keys import KeySchema
+    from thorbis_cache.cache.registry import SchemaRegistry
 
 __all__ = ["CacheSettings", "SchemaOverride"]
 
@@ -109,3 +113,31 @@ class CacheSettings:
     replica_max_lag: float = attrs.field(default=0.5, validator=_positive)
     schema_overrides: Mapping[str, SchemaOverride] = attrs.field(
         factory=dict, converter=_to_overrides, hash=False)
+
+    def tuning(self, schema: KeySchema[Any]) -> tuple[float, float | None]:
+        """``ttl`` and ``near_ttl`` of ``schema`` with the host's override applied."""
+        override = self.schema_overrides.get(schema.name)
+        if override is None:
+            return schema.ttl, schema.near_ttl
+        return (schema.ttl if override.ttl is None else override.ttl,
+                schema.near_ttl if override.near_ttl is None else override.near_ttl)
+
+    def check_overrides(self, registry: SchemaRegistry) -> None:
+        """Refuse overrides of schemas ``registry`` does not hold, or values their schema
+        cannot take (checked as a declaration is: ``attrs.evolve`` runs the schema's
+        checks).
+
+        :raises ConfigurationError: naming the override and what is wrong with it.
+        """
+        for name in self.schema_overrides:
+            if name not in registry:
+                raise ConfigurationError(
+                    f"schema_overrides[{name!r}]: no registered key schema has this name "
+                    f"(registered: {', '.join(sorted(s.name for s in registry))})")
+            schema = registry.get(name)
+            ttl, near_ttl = self.tuning(schema)
+            try:
+                attrs.evolve(schema, ttl=ttl, near_ttl=near_ttl)
+            except InvalidSchemaError as exc:
+                raise ConfigurationError(f"schema_overrides[{name!r}]: {exc.problem}"
+                                         ) from None

@@ -54,7 +54,7 @@ class ValueFills:
         except WrongRedisTypeError:  # foreign data under our key: a miss; the fill replaces it
             data = None
         except RedisUnavailableError as exc:
-            return await self._cache._degraded_load(rt.counters, key, loader, exc)
+            return await self._cache.loaders.degraded(rt.counters, key, loader, exc)
         if data is not None:
             beta = key.schema.early_recompute
             try:
@@ -99,7 +99,7 @@ class ValueFills:
                     self._cache._scripts.lease_acquire, keys, [token, lease_ms, "miss"]
                 )
             except RedisUnavailableError as exc:
-                return await self._cache._degraded_load(rt.counters, key, loader, exc)
+                return await self._cache.loaders.degraded(rt.counters, key, loader, exc)
             state = int(reply[0])
             if state == leases.CACHED:
                 data: bytes = reply[1]
@@ -115,7 +115,7 @@ class ValueFills:
                 return await self._load_and_fill(rt, key, rk, token, loader, ttl)
             # Another client is loading this key: wait for its value, bounded.
             if not await wait.pause():
-                return await self._cache._call_loader(rt.counters, loader)
+                return await self._cache.loaders.call(rt.counters, loader)
 
     async def _refresh(
         self,
@@ -152,7 +152,7 @@ class ValueFills:
     ) -> T:
         started = time.perf_counter()
         try:
-            value = await self._cache._call_loader(rt.counters, loader)
+            value = await self._cache.loaders.call(rt.counters, loader)
             rt.codec.check(value)
         except MissingRow:
             if await leases.write_absent(self._cache, key, token) is False:
