@@ -64,6 +64,19 @@ def fill_keys(cache: CacheCore, key: CacheKey[Any]) -> list[str]:
     return [cache.redis_key(key), cache.lease_key(key), *cache.tag_keys(key)]
 
 
+async def take_for_refresh(cache: CacheCore, key: CacheKey[Any], token: str) -> bool:
+    """Take ``key``'s fill lease for an early recomputation (``lease_acquire``'s refresh
+    mode: the lease alone, nothing read). False when another client holds it, or Redis
+    cannot be reached: the caller then keeps serving what it has."""
+    try:
+        reply = await cache.store.run(
+            cache._scripts.lease_acquire, fill_keys(cache, key),
+            [token, int(cache.settings.lease_ttl * 1000), "refresh"])
+    except RedisUnavailableError:
+        return False
+    return int(reply[0]) == GRANTED
+
+
 async def write(cache: CacheCore, key: CacheKey[Any], token: str, ttl_ms: int,
                 content: bytes | list[Any]) -> bool:
     """Write ``content`` at ``key`` if ``token`` still holds its lease: the encoded

@@ -260,16 +260,8 @@ class StructureFills:
         loader: Callable[[], Awaitable[L]],
         ttl: float | None,
     ) -> Any:
-        cache = self._cache
         token = leases.new_token(self._cache)
-        try:  # the lease alone: lease_acquire's refresh mode reads nothing
-            reply = await cache.store.run(
-                cache._scripts.lease_acquire, leases.fill_keys(cache, key),
-                [token, int(cache.settings.lease_ttl * 1000), "refresh"],
-            )
-        except RedisUnavailableError:
-            return _NOT_REFRESHED
-        if int(reply[0]) != leases.GRANTED:
+        if not await leases.take_for_refresh(self._cache, key, token):
             return _NOT_REFRESHED
         return await self._load_and_fill(key, counters, token, write, loader, ttl)
 

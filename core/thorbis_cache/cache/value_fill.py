@@ -129,15 +129,7 @@ class ValueFills:
         """Early recomputation: only the client that wins the lease recomputes; the
         others keep serving the current value."""
         token = leases.new_token(self._cache)
-        lease_ms = int(self._cache.settings.lease_ttl * 1000)
-        try:
-            reply = await self._cache.store.run(
-                self._cache._scripts.lease_acquire, leases.fill_keys(self._cache, key),
-                [token, lease_ms, "refresh"],
-            )
-        except RedisUnavailableError:
-            return current
-        if int(reply[0]) != leases.GRANTED:
+        if not await leases.take_for_refresh(self._cache, key, token):
             return current
         return await self._load_and_fill(rt, key, rk, token, loader, ttl)
 
