@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-
 class Cache:
     """A multi-tenant typed cache on Redis.
 

@@ -226,7 +226,8 @@ class OutboxWorker:
     async def aclose(self) -> None:
         """Close the worker's database connection and replication stream (not the
         cache)."""
-        await self._close_stream()
+        if self._reader is not None:
+            await self._reader.close()
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             await conn.close()
@@ -280,27 +281,16 @@ class OutboxWorker:
         one from ``thorbis.outbox``, where nothing but replayed dead letters
         (``thorbis-cache outbox-deadletters replay``) arrive: the WAL does not have
         them any more. An empty outbox costs one indexed query."""
-        reader = await self._slot_reader(capture)
-        result = await reader.next_batch(await self._connection(), self.batch_size,
-                                         caught_up=caught_up)
-        if result.claimed:
-            return result
-        return await self._run_outbox_once()
-
-    async def _slot_reader(self, capture: LogicalCapture) -> SlotReader:
-        reader = self._reader
-        if reader is None or reader.capture is not capture:
-            if reader is not None:
-                await reader.close()
-            reader = self._reader = SlotReader(
+        if self._reader is None:  # the capture is settled by the first batch
+            self._reader = SlotReader(
                 capture, self.dsn, cache=self.cache, rules=self._all_rules,
                 invalidate_tags=self.invalidate_tags, replay=self.replay,
                 metrics=self.metrics, apply=self._apply)
-        return reader
-
-    async def _close_stream(self) -> None:
-        if self._reader is not None:
-            await self._reader.close()
+        result = await self._reader.next_batch(await self._connection(), self.batch_size,
+                                               caught_up=caught_up)
+        if result.claimed:
+            return result
+        return await self._run_outbox_once()
 
     async def _run_outbox_once(self) -> BatchResult:
         conn = await self._connection()
