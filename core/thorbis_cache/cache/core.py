@@ -248,6 +248,8 @@ class Cache:
             if found is not MISS:
                 return found  # type: ignore[no-any-return]
             started = self._coherence.begin(near)
+        # Timed here, around the awaited call itself (as get_or_load does): a wrapping
+        # coroutine would cost every observed hit another await (bench/hit_path.py).
         observer = self.observer
         try:
             if observer is None:
