@@ -6,13 +6,14 @@ position and now: some cached entries built from the watched tables may be stale
 nothing says which. The worker then never goes on silently
 (:class:`~thorbis_cache.invalidation.slot_reader.SlotReader`):
 
-1. it recreates the slot first, so every change from then on is captured;
-2. then invalidates, for every tenant with a tag index (the slot registries of
-   :class:`~thorbis_cache.cache.meta_sweep.MetaSweep`: bounded pages, no SCAN), every
-   tag a rule on an affected table could reach -- the rules' own tags and the tags of
-   the schemas they target. Changes lost before step 1 are covered, and one committed
-   between the two steps is captured by the new slot anyway;
-3. and says so loudly: an error log naming the slot's tables, the tags flushed, the
+1. it invalidates (:func:`flush_after_capture_loss`), for every tenant with a tag
+   index (the slot registries of :class:`~thorbis_cache.cache.meta_sweep.MetaSweep`:
+   bounded pages, no SCAN), every tag a rule on an affected table could reach -- the
+   rules' own tags and the tags of the schemas they target -- so the stale entries go
+   at once, even if the slot cannot be recreated yet;
+2. recreates the slot, so every change from then on is captured;
+3. invalidates again: a change committed between step 1 and the new slot is covered;
+4. and says so loudly: an error log naming the slot's tables, the tags flushed, the
    tenants reached, and the schemas it could not reach (targeted by a rule but carrying
    no tag: their entries can only be found by key, so they stay until their TTL).
 """
