@@ -24,9 +24,12 @@ the same run:
 
 Rounds alternate the order of each pair (ABBA) and every figure is the median across
 rounds; ratios are medians of the per-round paired ratios, with redis-py as the base.
-The SPEC's, issue 16's and issue 17's targets print as PASS/MISS (SKIP when an anchor they need is
-missing) and ``--json`` keeps them under ``targets``. The numbers are a report, never an
-assertion: the script exits 0 whatever they are (see ``bench/README.md``).
+Everything runs on asyncio's own loop, or with ``--loop uvloop`` on uvloop (uvicorn's loop
+when installed; redis-py, the anchors and the cache all on it), so a host on either can
+read its own ratios. The SPEC's, issue 16's and issue 17's targets print as PASS/MISS
+(SKIP when an anchor they need is missing) and ``--json`` keeps them under ``targets``.
+The numbers are a report, never an assertion: the script exits 0 whatever they are
+(see ``bench/README.md``).
 """
 
 from __future__ import annotations
@@ -608,6 +611,15 @@ def hiredis_version() -> str:
         return "unknown"
 
 
+def loop_name() -> str:
+    """The running event loop: ``asyncio (stock)`` or ``uvloop <version>``."""
+    loop = asyncio.get_running_loop()
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop
+        return f"uvloop {uvloop.__version__}"
+    return "asyncio (stock)"
+
+
 def machine_info(redis_version: str, anchors: dict[str, str]) -> dict[str, Any]:
     return {
         "commit": _git_commit(),
@@ -619,7 +631,7 @@ def machine_info(redis_version: str, anchors: dict[str, str]) -> dict[str, Any]:
         "anchors": anchors,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
-        "loop": "asyncio (stock)",
+        "loop": loop_name(),
         "load_avg_1m_at_start": os.getloadavg()[0],
         "cpu_idle": cpu_idle(),
     }
@@ -874,7 +886,7 @@ async def run(plan: Plan, url: str, host: str, port: int, console: Console) -> d
             f"python {machine['python']} | redis-server {machine['redis_server']} | "
             f"redis-py {machine['redis_py']} (hiredis {'on' if machine['hiredis'] else 'OFF'}) "
             f"| {machine['cpu_count']} CPUs | load {machine['load_avg_1m_at_start']:.2f} | "
-            f"{machine['platform']} | stock asyncio loop | idle CPUs: {machine['cpu_idle']} | "
+            f"{machine['platform']} | loop {machine['loop']} | idle CPUs: {machine['cpu_idle']} | "
             f"commit {machine['commit']}"
         )
         for name, state in anchors.items():
@@ -909,13 +921,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run (under ~20 s)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop everything runs on (default: asyncio's own)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.rounds:
         plan = attrs.evolve(plan, rounds=args.rounds)
     console = Console(width=max(Console().width, 150))
     with RedisServer() as server:
-        report = asyncio.run(run(plan, server.url, server.host, server.port, console))
+        main_run = run(plan, server.url, server.host, server.port, console)
+        if args.loop == "uvloop":
+            import uvloop
+            report = uvloop.run(main_run)
+        else:
+            report = asyncio.run(main_run)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"numbers written to {args.json}")

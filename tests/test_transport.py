@@ -120,12 +120,37 @@ async def test_a_killed_connection_fails_its_callers_and_the_store_reconnects(
     store = RedisStore.from_url(thorbis_redis_server.url)
     try:
         await store.set("tc:{t}:k", b"before", 60_000)
+        assert store.handovers == {"redirect": 0, "connection": 0}
         thorbis_redis_server.restart()
-        # The dead connection is noticed (EOF) and replaced on the next call.
+        # The dead connection is noticed (EOF) and replaced on the next call; a call
+        # that met it was carried by redis-py instead, and counted.
         assert await store.get("tc:{t}:k") in (b"before", None)
         await store.set("tc:{t}:k", b"after", 60_000)
         assert await store.get("tc:{t}:k") == b"after"
+        assert store.handovers["redirect"] == 0
     finally:
+        await store.aclose()
+
+
+async def test_a_call_whose_connection_is_killed_is_handed_to_redis_py_and_counted(
+        thorbis_redis_server: RedisServer) -> None:
+    thorbis_redis_server.flushall()
+    admin = redis.Redis(port=thorbis_redis_server.port)
+    store = RedisStore.from_url(thorbis_redis_server.url)
+    try:
+        await store.set("tc:{t}:k", b"kept", 60_000)
+        assert store.handovers == {"redirect": 0, "connection": 0}
+        admin.execute_command("CLIENT", "PAUSE", 300)
+        call = asyncio.create_task(store.get("tc:{t}:k"))
+        await asyncio.sleep(0.05)  # written, its reply owed
+        admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert await call == b"kept"  # carried by redis-py once the pause ends
+        assert store.handovers == {"redirect": 0, "connection": 1}
+        assert await store.get("tc:{t}:k") == b"kept"  # a new multiplexed connection
+        assert store.handovers == {"redirect": 0, "connection": 1}
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
         await store.aclose()
 
 

@@ -19,6 +19,7 @@ from thorbis_cache.observability.health import HealthReport, HealthThresholds, a
 from thorbis_cache.observability.operations import OperationObserver
 from thorbis_cache.observability.probe import Probe
 from thorbis_cache.observability.tenants import TopTenants
+from thorbis_cache.observability.transport import TransportCollector
 from thorbis_cache.observability.views import MvRefreshMetrics
 from thorbis_cache.observability.workers import (
     CountingInvalidator,
@@ -54,6 +55,7 @@ class Exporter:
         self.cache = cache
         self.registry = CollectorRegistry()
         self.registry.register(cache.metrics)
+        self.registry.register(TransportCollector(cache.store))
         self.operations: OperationObserver | None = None
         if operations:
             self.operations = OperationObserver(TopTenants(top_tenants))

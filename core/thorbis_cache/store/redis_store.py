@@ -92,6 +92,10 @@ class RedisStore:
         self.wait_replicas: int | None = None
         #: WAITs that ended before every replica waited for acknowledged
         self.replication_timeouts = 0
+        #: hot commands the multiplexed transport handed to redis-py, by reason:
+        #: ``redirect`` (MOVED, ASK, a slot not yet mapped) and ``connection`` (a lost
+        #: or refused connection, a demoted master). Near zero in a steady state.
+        self.handovers: dict[str, int] = {"redirect": 0, "connection": 0}
         self._waits = ReplicaWaits(client)
 
     @classmethod
@@ -438,8 +442,10 @@ class RedisStore:
                 connection = await node.connection()
             return await connection.request(pack_command(*args))
         except (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError):
-            pass  # redis-py's map is behind: its own call follows and learns the redirect
+            # redis-py's map is behind: its own call follows and learns the redirect
+            self.handovers["redirect"] += 1
         except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError):
+            self.handovers["connection"] += 1
             if node is not None:
                 router.stale(node)
         return await self._client.execute_command(*args)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis.exceptions as rexc
@@ -150,8 +150,9 @@ class MultiplexedConnection(asyncio.Protocol):
     # ----------------------------------------------------------------- protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport, by create_connection's contract. Not checked with
+        # isinstance: uvloop's transports (uvicorn's loop) do not subclass asyncio's.
+        self._transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
         self._closed = self._loop.create_future()
 

@@ -1,0 +1,38 @@
+"""The hot commands' transport, as Prometheus sees it: how many calls the multiplexed
+connections handed to redis-py (:attr:`RedisStore.handovers`).
+
+A handover is how the transport stays correct through a resharding, a failover or a
+restart, so a few around such events are expected. A count that rises with the traffic
+means the multiplexed connections are not carrying the hot path (a server that keeps
+closing them, a proxy in between, a slot map that never settles) and every hit pays
+redis-py's cost instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from thorbis_cache.store.redis_store import RedisStore
+
+__all__ = ["TransportCollector"]
+
+
+class TransportCollector(Collector):
+    """``thorbis_cache_transport_handovers_total{reason}`` of one store."""
+
+    def __init__(self, store: RedisStore, namespace: str = "thorbis_cache") -> None:
+        self.store = store
+        self.namespace = namespace
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """The store's handovers by reason (read at scrape time)."""
+        family = CounterMetricFamily(
+            f"{self.namespace}_transport_handovers",
+            "Hot commands the multiplexed transport handed to redis-py, by reason "
+            "(redirect, connection)", labels=["reason"])
+        for reason, count in self.store.handovers.items():
+            family.add_metric([reason], count)
+        yield family
