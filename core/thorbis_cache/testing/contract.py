@@ -25,12 +25,10 @@ materialized views, rules).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import attrs
 import pytest
@@ -49,6 +47,7 @@ from thorbis_cache.testing import contract_fills as fills
 from thorbis_cache.testing import contract_isolation as isolation
 from thorbis_cache.testing import contract_rules as rules
 from thorbis_cache.testing import contract_views as views
+from thorbis_cache.testing.loop_thread import LoopThread, run_async
 
 __all__ = [
     "DEFAULT_TENANTS",
@@ -60,73 +59,8 @@ __all__ = [
     "run_async",
 ]
 
-_T = TypeVar("_T")
-
 #: The tenants the contract warms and writes for; ``seed_sql`` may insert rows for them.
 DEFAULT_TENANTS = ("acme", "globex")
-
-
-# --------------------------------------------------------------------------- running async
-
-
-def run_async(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
-    """Run a coroutine to completion on a new event loop in a thread of its own.
-
-    The thread keeps the kit away from any loop pytest-asyncio manages in the main
-    thread, so sync tests work in strict and auto mode alike.
-
-    :param factory: builds the coroutine to run (it runs on the worker thread's loop).
-    :returns: the coroutine's result.
-    :raises BaseException: whatever the coroutine raised.
-    """
-    with LoopThread() as loop:
-        return loop.run(factory())
-
-
-class LoopThread:
-    """An event loop running in a daemon thread, for sync code that awaits repeatedly
-    on long-lived async objects (a :class:`Cache` across hypothesis examples).
-
-    Use as a context manager; on exit, tasks still pending are cancelled, async
-    generators closed, the loop stopped and the thread joined.
-    """
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="thorbis-contract-loop", daemon=True
-        )
-
-    def __enter__(self) -> LoopThread:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.run(self._finish())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
-
-    def run(self, awaitable: Awaitable[_T]) -> _T:
-        """Run ``awaitable`` on the loop and wait for its result.
-
-        :raises BaseException: whatever the awaitable raised.
-        """
-        async def wrap() -> _T:
-            return await awaitable
-
-        return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result()
-
-    async def _finish(self) -> None:
-        me = asyncio.current_task()
-        pending = [t for t in asyncio.all_tasks() if t is not me]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        await self._loop.shutdown_asyncgens()
-        await self._loop.shutdown_default_executor()
 
 
 # --------------------------------------------------------------------------- the target

@@ -26,9 +26,8 @@ import asyncio
 import hashlib
 import importlib.util
 import itertools
-import threading
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import asyncpg
 import pytest
@@ -36,6 +35,7 @@ import pytest
 from thorbis_cache.errors import ServerBinaryNotFound
 from thorbis_cache.postgres.catalog import quote_ident
 from thorbis_cache.testing.binaries import find_postgres, find_redis
+from thorbis_cache.testing.loop_thread import run_async
 from thorbis_cache.testing.servers import (
     PostgresServer,
     RedisCluster,
@@ -60,36 +60,11 @@ __all__ = [
     "thorbis_standalone_redis_url",
 ]
 
-_T = TypeVar("_T")
-
 TEMPLATE_DB = "thorbis_template"
 CLUSTER_MASTERS = 3
 CLUSTER_REPLICAS = 1
 # Shorter than the 2 s default, so that a killed master is failed over in about 2-3 s.
 CLUSTER_NODE_TIMEOUT_MS = 1000
-
-
-def _run_async(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
-    """Run a coroutine to completion from sync code, on a thread of its own.
-
-    A thread keeps ``asyncio.run`` away from the event loop pytest-asyncio manages in the
-    main thread (``asyncio.run`` would reset that thread's current loop).
-    """
-    result: list[_T] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(factory()))
-        except BaseException as exc:
-            error.append(exc)
-
-    thread = threading.Thread(target=target, name="thorbis-pg-admin")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 class ThorbisServers:
@@ -240,7 +215,7 @@ class ThorbisServers:
             finally:
                 await admin.close()
 
-        _run_async(run)
+        run_async(run)
         self._templates.add(key)
         return name
 
@@ -278,7 +253,7 @@ class ThorbisServers:
             finally:
                 await admin.close()
 
-        _run_async(run)
+        run_async(run)
 
 
 async def _build_template(
