@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 
 import pytest
 import redis
@@ -16,7 +17,7 @@ from redis.asyncio.connection import Connection
 
 from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.store.scripts import Script
-from thorbis_cache.testing.servers import RedisServer
+from thorbis_cache.testing.servers import RedisCluster, RedisServer
 from thorbis_cache.transport import MultiplexedConnection, pack_command
 
 
@@ -213,3 +214,46 @@ async def test_the_driver_path_gives_the_same_answers(thorbis_redis_url: str) ->
     finally:
         await fast.aclose()
         await plain.aclose()
+
+
+def _calls(node: RedisServer, command: str) -> int:
+    stats = node.command("INFO", "commandstats").decode()
+    for line in stats.splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+@pytest.mark.parametrize("command", ["mget", "del"])
+async def test_a_call_over_many_slots_sends_every_slots_command_at_once(
+        thorbis_cluster_redis_url: str, thorbis_redis_cluster: RedisCluster,
+        command: str) -> None:
+    """With one master paused, the other masters still receive their slots' commands:
+    nothing waits for the first slot's reply before the next slot's command is sent."""
+    cluster = thorbis_redis_cluster
+    # One key per master, the paused master's first (so a sequential store would stop there).
+    by_master: dict[int, str] = {}
+    for i in itertools.count():
+        key = f"tc:{{t{i}}}:k"
+        by_master.setdefault(cluster.master_for_key(key), key)
+        if len(by_master) == 3:
+            break
+    paused, *others = by_master
+    keys = [by_master[paused], *(by_master[m] for m in others)]
+    store = RedisStore.from_url(thorbis_cluster_redis_url)
+    try:
+        for key in keys:
+            await store.set(key, key.encode(), 60_000)
+        before = {m: _calls(cluster.nodes[m], command) for m in others}
+        cluster.nodes[paused].command("CLIENT", "PAUSE", 500, "ALL")
+        call = asyncio.create_task(store.mget(keys) if command == "mget" else
+                                   store.delete(keys))
+        await asyncio.sleep(0.2)
+        assert not call.done()  # the paused master's reply is still owed
+        assert all(_calls(cluster.nodes[m], command) == before[m] + 1 for m in others)
+        expected = [key.encode() for key in keys] if command == "mget" else 3
+        assert await call == expected
+        assert store.handovers == {"redirect": 0, "connection": 0}
+    finally:
+        cluster.nodes[paused].command("CLIENT", "UNPAUSE")
+        await store.aclose()

@@ -136,9 +136,15 @@ async def _worker(cache: Cache, rng: random.Random, tally: Tally, budget: list[i
                     return Tagged(k.body, 0)
 
                 tally.check(k, await cache.get_or_load(k, load))
-        else:
+        elif op < 0.95:
             async def call(k: CacheKey[Tagged] = k) -> None:
                 await cache.set(k, Tagged(k.body, rng.randrange(1000)))
+        else:
+            # Keys of both tenants: one DEL per slot on a Cluster, all on the wire at once.
+            doomed = [key() for _ in range(rng.randint(1, 8))]
+
+            async def call(doomed: list[CacheKey[Tagged]] = doomed) -> None:
+                assert 0 <= await cache.delete(*doomed) <= 2 * len(doomed)
         tally.calls += 1
         try:
             if rng.random() < cancel_p:

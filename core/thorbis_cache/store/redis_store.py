@@ -360,15 +360,62 @@ class RedisStore:
         by_slot: dict[int, list[int]] = {}
         for i, k in enumerate(keys):
             by_slot.setdefault(key_slot(k.encode()), []).append(i)
+        groups = [[keys[i] for i in positions] for positions in by_slot.values()]
+        replies = await self._send_all([(group[0], ("MGET", *group)) for group in groups])
         out: list[bytes | None] = [None] * len(keys)
-        for positions in by_slot.values():
-            # Sequential per slot: concurrent gathers win nothing for the usual case
-            # (one tenant, one slot) and would open a connection per slot.
-            group = [keys[i] for i in positions]
-            values = await self._send(group[0], ("MGET", *group))
+        for positions, values in zip(by_slot.values(), replies, strict=True):
             for i, v in zip(positions, values, strict=True):
                 out[i] = v
         return out
+
+    async def _send_all(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Several hot commands (one per hash slot of a multi-slot call), their replies
+        in order. Every one is written before any reply is awaited, so the commands for
+        one node leave in one write and the nodes answer in parallel: a batch over many
+        tenants costs about one round trip, not one per slot. A command the transport
+        cannot carry (no usable connection yet, a redirect, a lost connection) takes
+        :meth:`_send`'s way through redis-py, in its turn.
+        """
+        router = self._router
+        if router is None or len(calls) == 1:
+            return [await self._send(key, args) for key, args in calls]
+        sent: list[tuple[NodeConnections, asyncio.Future[Any]] | None] = []
+        try:
+            for key, args in calls:
+                node = router.for_key(key)
+                connection = node.ready() if node is not None else None
+                if node is None or connection is None:
+                    sent.append(None)
+                else:
+                    sent.append((node, connection.request(pack_command(*args))))
+            replies: list[Any] = []
+            for (key, args), on_wire in zip(calls, sent, strict=True):
+                if on_wire is None:
+                    replies.append(await self._send(key, args))
+                    continue
+                node, future = on_wire
+                try:
+                    replies.append(await future)
+                    continue
+                except (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError):
+                    self.handovers["redirect"] += 1
+                except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError,
+                        OSError):
+                    self.handovers["connection"] += 1
+                    router.stale(node)
+                replies.append(await self._client.execute_command(*args))
+            return replies
+        finally:
+            # A caller cancelled (or failed) midway: the replies still owed are read and
+            # dropped in their turn by their connection, and an error already delivered
+            # to one nobody awaited is taken, so that the loop does not report it.
+            for on_wire in sent:
+                if on_wire is None:
+                    continue
+                if not on_wire[1].done():
+                    on_wire[1].cancel()
+                elif not on_wire[1].cancelled():
+                    on_wire[1].exception()
 
     async def set(self, key: str, data: bytes, ttl_ms: int) -> None:
         """SET ``key`` with a TTL in milliseconds."""
@@ -387,11 +434,9 @@ class RedisStore:
             batches = list(groups.values())
         else:
             batches = [names] if (names := list(keys)) else []
-        removed = 0
         async with self._call("DEL"):
-            for group in batches:
-                removed += await self._send(group[0], ("DEL", *group))
-        return removed
+            replies = await self._send_all([(group[0], ("DEL", *group)) for group in batches])
+        return sum(replies)
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a Lua script (all ``keys`` must share one slot)."""
