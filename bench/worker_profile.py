@@ -45,17 +45,19 @@ from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.testing.servers import PostgresServer, RedisServer
 
 #: Commits ``n`` single-row UPDATEs, ``per_tx`` to a transaction, cycling over the
-#: customers of both tenants (a procedure: transaction control inside, one round trip).
+#: tenants and their customers (a procedure: transaction control inside, one round trip).
 PROCEDURE = """
-CREATE OR REPLACE PROCEDURE public.bench_backlog(n int, per_tx int, n_customers int, tag text)
+CREATE OR REPLACE PROCEDURE public.bench_backlog(n int, per_tx int, n_customers int, tag text,
+                                                 tenants text[])
 LANGUAGE plpgsql AS $$
 DECLARE
     i int := 0;
+    nt int := array_length(tenants, 1);
 BEGIN
     WHILE i < n LOOP
         UPDATE hs.customers SET phone = tag || i
-         WHERE tenant_id = CASE WHEN i % 2 = 0 THEN 'acme' ELSE 'globex' END
-           AND id = (i / 2) % n_customers + 1;
+         WHERE tenant_id = tenants[i % nt + 1]
+           AND id = (i / nt) % n_customers + 1;
         i := i + 1;
         IF i % per_tx = 0 THEN
             COMMIT;
@@ -66,6 +68,8 @@ END $$
 """
 
 WORKER_MODE = {"logical": "logical", "triggers": "trigger"}
+#: Customers of each tenant with ``--tenants`` above 2.
+EXTRA_CUSTOMERS = 100
 
 
 async def run(options: argparse.Namespace) -> None:
@@ -75,6 +79,15 @@ async def run(options: argparse.Namespace) -> None:
         conn, manager = await capture.setup_db(dsn)
         try:
             await conn.execute(PROCEDURE)
+            tenants = ["acme", "globex"]
+            n_customers = capture.CUSTOMERS
+            if options.tenants > 2:
+                # More tenants, fewer customers each: every batch spans them all.
+                n_customers = EXTRA_CUSTOMERS
+                tenants += [f"t{i:04d}" for i in range(3, options.tenants + 1)]
+                for tenant in tenants[2:]:
+                    await conn.execute(capture.CUSTOMERS_SQL, tenant, n_customers)
+                await conn.execute("ANALYZE hs.customers")
             await capture.MODES[mode](conn, manager)
             await capture.fresh(conn)
             # Flushed at commit: logical decoding reads flushed WAL only.
@@ -93,9 +106,9 @@ async def run(options: argparse.Namespace) -> None:
                         cpu, wall = time.process_time(), started
                         if profiler is not None:
                             profiler.enable()
-                    await conn.execute("CALL public.bench_backlog($1, $2, $3, $4)",
-                                       options.changes, options.per_tx, capture.CUSTOMERS,
-                                       f"r{r}-")
+                    await conn.execute("CALL public.bench_backlog($1, $2, $3, $4, $5)",
+                                       options.changes, options.per_tx, n_customers,
+                                       f"r{r}-", tenants)
                     built = time.perf_counter() - started
                     if loop is None:
                         cpu, wall = time.process_time(), time.perf_counter()
@@ -130,7 +143,8 @@ async def run(options: argparse.Namespace) -> None:
                 print(f"{options.capture}{how}: median {statistics.median(rates):,.0f} "
                       "changes/s, "
                       f"{statistics.median(per_change):.1f} us of worker CPU per change "
-                      f"({options.runs} run(s), {options.per_tx} change(s) per transaction"
+                      f"({options.runs} run(s), {options.per_tx} change(s) per transaction, "
+                      f"{len(tenants)} tenants"
                       f"{', under cProfile' if options.profile else ''})")
             finally:
                 await worker.aclose()
@@ -148,6 +162,8 @@ def main() -> int:
     parser.add_argument("--per-tx", type=int, default=1,
                         help="changes per transaction (1)")
     parser.add_argument("--runs", type=int, default=1, help="backlogs built and drained (1)")
+    parser.add_argument("--tenants", type=int, default=2,
+                        help="tenants the changes cycle over (2; more: 100 customers each)")
     parser.add_argument("--run", action="store_true",
                         help="the worker's run() loop while the changes are written")
     parser.add_argument("--profile", action="store_true", help="drain under cProfile")

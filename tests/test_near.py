@@ -183,6 +183,23 @@ async def test_another_process_invalidation_evicts_l1(
     assert writer.metrics.coherence.events_published >= 1
 
 
+async def test_a_delete_over_many_tenants_reaches_every_l1_in_one_publish_round(
+    writer: Cache, reader: Cache, thorbis_redis_url: str
+) -> None:
+    keys = [JOB.key(f"t{i}", job_id=i) for i in range(12)]
+    for i, key in enumerate(keys):
+        await put(writer, reader, key, Job(i, "old"))
+        assert await reader.get(key) == Job(i, "old")
+    near = l1(reader)
+    assert all(reader.redis_key(key) in near for key in keys)
+    published = writer.metrics.coherence.events_published
+    await writer.delete(*keys)  # one event per tenant, published together
+    assert writer.metrics.coherence.events_published == published + len(keys)
+    await until(lambda: not any(reader.redis_key(key) in near for key in keys),
+                "B's L1 dropped every tenant's key")
+    assert [await reader.get(key) for key in keys] == [None] * len(keys)
+
+
 async def test_own_invalidation_evicts_l1_before_returning(reader: Cache) -> None:
     key = JOB.key("acme", job_id=8)
     await reader.set(key, Job(8, "old"))

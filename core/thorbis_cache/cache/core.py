@@ -383,8 +383,7 @@ class Cache:
         deleted = await self.store.delete(names)
         if replicate:
             await self._sync_replicas(by_tenant)
-        for tenant, rks in by_tenant.items():
-            await self._coherence.announce(tenant, rks)
+        await self._coherence.announce_deletes(by_tenant)
         return deleted
 
     # ----------------------------------------------------------------- invalidation

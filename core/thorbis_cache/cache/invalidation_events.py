@@ -27,7 +27,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -127,6 +127,21 @@ class EventPublisher:
                         len(event.keys), list(event.tags), event.tenant, exc)
             return False
         self.counters.events_published += 1
+        return True
+
+    async def publish_each(self, events: Sequence[InvalidationEvent]) -> bool:
+        """PUBLISH several events (each with keys: one tenant's deletes) in one round
+        trip; returns False (logged and counted) if they could not be sent."""
+        try:
+            await self._store.publish_each(
+                self.channel, [(event.keys[0], event.encode()) for event in events])
+        except CacheBackendError as exc:
+            self.counters.event_publish_errors += len(events)
+            log.warning("could not publish the invalidations of tenants %s: %s; near "
+                        "caches elsewhere expire them within near_ttl",
+                        sorted({event.tenant for event in events}), exc)
+            return False
+        self.counters.events_published += len(events)
         return True
 
 
@@ -279,6 +294,20 @@ class Coherence:
             self.near.apply(event)
         if self._settings.publish_events:
             await self.publisher.publish(event)
+
+    async def announce_deletes(self, by_tenant: Mapping[str, Sequence[str]]) -> None:
+        """:meth:`announce` of each tenant's deleted keys (none empty), the events
+        published together (a worker's batch deletes keys of every tenant that wrote)."""
+        events = [InvalidationEvent(tenant, tuple(keys), (), False, self.origin)
+                  for tenant, keys in by_tenant.items()]
+        if self.near is not None:
+            for event in events:
+                self.near.apply(event)
+        if self._settings.publish_events and events:
+            if len(events) == 1:
+                await self.publisher.publish(events[0])
+            else:
+                await self.publisher.publish_each(events)
 
     def begin(self, near: NearCache) -> tuple[int, float]:
         """:meth:`NearCache.begin`, starting the subscriber on first use."""

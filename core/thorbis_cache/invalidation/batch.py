@@ -181,19 +181,21 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     for key in keys.values():
         by_tenant[key.tenant].append(key.body)
     if replay is not None:
-        for tenant in sorted(set(by_tenant) | {t for t, ns in tags.items() if ns}):
-            await replay.applied(conn, tenant, sorted(by_tenant[tenant]),
-                                 sorted(tags[tenant]))
+        await replay.applied(conn, {
+            tenant: (sorted(by_tenant[tenant]), sorted(tags[tenant]))
+            for tenant in sorted(set(by_tenant) | {t for t, ns in tags.items() if ns})})
     audit_ids: list[int] = []
     if audited:
+        details: list[tuple[str | None, dict[str, Any]]] = []
         for tenant in sorted(changes):
             names = sorted(by_tenant[tenant]) + sorted(f"#{t}" for t in tags[tenant])
             digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
-            record = await audit.append(conn, "invalidation", tenant, {
+            details.append((tenant, {
                 "changes": changes[tenant], "keys": len(by_tenant[tenant]),
                 "tags": len(tags[tenant]), "digest": digest,
-            })
-            audit_ids.append(record.id)
+            }))
+        audit_ids = [record.id for record in
+                     await audit.append_many(conn, "invalidation", details)]
     return BatchResult(
         tuple(processed), tuple(dead), tuple(sorted(keys)),
         tuple(sorted((t, n) for t, ns in tags.items() for n in ns)), tuple(audit_ids),

@@ -33,7 +33,7 @@ from thorbis_cache.postgres import replay_log
 from thorbis_cache.store.scripts import load_lua
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from thorbis_cache.cache.core import Cache
 
@@ -72,23 +72,36 @@ class FailoverReplay:
         """The tenant's applied-invalidation marker (in the tenant's slot)."""
         return f"{self.cache.settings.prefix}:~applied:{{{tenant}}}"
 
-    async def applied(self, conn: Any, tenant: str, keys: Sequence[str],
-                      tags: Sequence[str]) -> int:
-        """Log a batch's invalidations of ``tenant`` (already done in Redis), raise its
-        marker and wait for the replicas; replay first if the marker shows lost writes.
+    async def applied(self, conn: Any,
+                      batch: Mapping[str, tuple[Sequence[str], Sequence[str]]]
+                      ) -> dict[str, int]:
+        """Log a batch's invalidations (already done in Redis) of each tenant, raise the
+        tenants' markers and wait for the replicas; replay a tenant first if its marker
+        shows lost writes.
+
+        The batch's tenants share the round trips: one statement reads their last rows,
+        one appends theirs, and the markers of one master are raised on one connection
+        with one ``WAIT`` (:meth:`RedisStore.replicated_each`). A batch spans every
+        tenant whose rows changed, so this is what keeps a worker serving many tenants
+        near its one-tenant rate.
 
         :param conn: the worker's connection, inside the batch's transaction.
-        :param keys: the deleted keys' bodies.
-        :returns: the log row's id.
+        :param batch: ``{tenant: (deleted keys' bodies, tags)}``.
+        :returns: each tenant's log row id.
         """
-        last = await conn.fetchval(
-            "SELECT max(id) FROM thorbis.invalidation_log WHERE tenant = $1", tenant)
-        row_id = await replay_log.append(conn, tenant, keys, tags)
-        old = await self._mark(tenant, row_id)
-        if last is not None and (old is None or old < last):
-            await self._replay(conn, tenant, old, last)
-            await self._mark(tenant, row_id)
-        return row_id
+        tenants = sorted(batch)
+        if not tenants:
+            return {}
+        lasts = await replay_log.last_ids(conn, tenants)
+        ids = await replay_log.append_many(
+            conn, [(tenant, *batch[tenant]) for tenant in tenants])
+        olds = await self._mark_each({tenant: ids[tenant] for tenant in tenants})
+        for tenant in tenants:
+            last, old = lasts.get(tenant), olds[tenant]
+            if last is not None and (old is None or old < last):
+                await self._replay(conn, tenant, old, last)
+                await self._mark(tenant, ids[tenant])
+        return ids
 
     async def check(self, conn: Any, *, force: bool = False) -> int:
         """When due (or ``force``): if a master's ``run_id`` changed since the last look
@@ -123,11 +136,16 @@ class FailoverReplay:
         return self.replayed_rows - before
 
     async def _mark(self, tenant: str, row_id: int) -> int | None:
-        key = self.marker_key(tenant)
-        replies, _, _ = await self.cache.store.replicated(
-            key, [("EVAL", _MARK, 1, key, row_id)])
-        old = replies[0]
-        return None if old is None else int(old)
+        return (await self._mark_each({tenant: row_id}))[tenant]
+
+    async def _mark_each(self, row_ids: Mapping[str, int]) -> dict[str, int | None]:
+        """Raise each tenant's marker to its row id; the values they had."""
+        keys = {tenant: self.marker_key(tenant) for tenant in row_ids}
+        replies = await self.cache.store.replicated_each(
+            [(keys[tenant], ("EVAL", _MARK, 1, keys[tenant], row_id))
+             for tenant, row_id in row_ids.items()])
+        return {tenant: None if old is None else int(old)
+                for tenant, old in zip(row_ids, replies, strict=True)}
 
     async def _replay(self, conn: Any, tenant: str, marker: int | None, last: int) -> None:
         entries = await replay_log.since(conn, tenant, marker or 0, self.window)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 import attrs
 
-__all__ = ["GENESIS", "AuditRecord", "VerifyResult", "append", "record_hash", "verify"]
+__all__ = ["GENESIS", "AuditRecord", "VerifyResult", "append", "append_many", "record_hash",
+           "verify"]
 
 #: ``prev_hash`` of the first record.
 GENESIS = bytes(32)
@@ -73,21 +74,43 @@ async def append(conn: asyncpg.Connection, kind: str, tenant: str | None,
     :param detail: JSON-serializable facts (counts, digests; never cached values).
     :returns: the record as stored.
     """
+    return (await append_many(conn, kind, [(tenant, detail)]))[0]
+
+
+async def append_many(conn: asyncpg.Connection, kind: str,
+                      records: Sequence[tuple[str | None, Mapping[str, Any]]]
+                      ) -> list[AuditRecord]:
+    """:func:`append` for several records of one kind, chained in the given order,
+    with one lock, one read of the chain's head and one INSERT (a worker's batch
+    writes one per tenant).
+
+    :param records: ``(tenant, detail)`` each.
+    """
+    if not records:
+        return []
     await conn.execute(_LOCK)
     last = await conn.fetchrow("SELECT id, hash FROM thorbis.audit_log ORDER BY id DESC LIMIT 1")
-    record_id = 1 if last is None else last["id"] + 1
+    record_id = 0 if last is None else last["id"]
     prev = GENESIS if last is None else bytes(last["hash"])
     # Microseconds are what timestamptz stores, so the text hashed now is what verify reads.
     at = dt.datetime.now(dt.UTC)
-    # Round-trip detail through JSON so what is hashed equals what jsonb gives back.
-    detail = json.loads(json.dumps(detail, sort_keys=True))
-    digest = record_hash(prev, record_id, at, kind, tenant, detail)
+    appended: list[AuditRecord] = []
+    for tenant, detail in records:
+        record_id += 1
+        # Round-trip detail through JSON so what is hashed equals what jsonb gives back.
+        stored = json.loads(json.dumps(detail, sort_keys=True))
+        digest = record_hash(prev, record_id, at, kind, tenant, stored)
+        appended.append(AuditRecord(record_id, at, kind, tenant, stored, prev, digest))
+        prev = digest
     await conn.execute(
         "INSERT INTO thorbis.audit_log (id, at, kind, tenant, detail, prev_hash, hash) "
-        "VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)",
-        record_id, at, kind, tenant, json.dumps(detail), prev, digest,
+        "SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], "
+        "                     $5::jsonb[], $6::bytea[], $7::bytea[])",
+        [r.id for r in appended], [r.at for r in appended], [r.kind for r in appended],
+        [r.tenant for r in appended], [json.dumps(r.detail) for r in appended],
+        [r.prev_hash for r in appended], [r.hash for r in appended],
     )
-    return AuditRecord(record_id, at, kind, tenant, detail, prev, digest)
+    return appended
 
 
 @attrs.frozen(slots=True)

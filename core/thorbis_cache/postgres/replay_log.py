@@ -5,12 +5,13 @@ See ``sql/core/005_replay_log.sql`` and :mod:`thorbis_cache.invalidation.replay`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import asyncpg
 import attrs
 
-__all__ = ["LoggedInvalidation", "append", "prune", "since"]
+__all__ = ["LoggedInvalidation", "append_many", "last_ids", "prune", "since"]
 
 
 @attrs.frozen(slots=True)
@@ -27,13 +28,31 @@ class LoggedInvalidation:
     tags: tuple[str, ...]
 
 
-async def append(conn: asyncpg.Connection, tenant: str, keys: Sequence[str],
-                 tags: Sequence[str]) -> int:
-    """Record a batch's invalidations of ``tenant``; returns the row id."""
-    row_id: int = await conn.fetchval(
-        "INSERT INTO thorbis.invalidation_log (tenant, keys, tags) VALUES ($1, $2, $3) "
-        "RETURNING id", tenant, list(keys), list(tags))
-    return row_id
+async def append_many(conn: asyncpg.Connection,
+                      batches: Sequence[tuple[str, Sequence[str], Sequence[str]]]
+                      ) -> dict[str, int]:
+    """Record a batch's invalidations, one row per tenant, in one statement:
+    ``(tenant, keys, tags)`` each; returns each tenant's row id."""
+    rows = await conn.fetch(
+        "INSERT INTO thorbis.invalidation_log (tenant, keys, tags) "
+        "SELECT u.tenant, ARRAY(SELECT jsonb_array_elements_text(u.keys)), "
+        "       ARRAY(SELECT jsonb_array_elements_text(u.tags)) "
+        "  FROM unnest($1::text[], $2::jsonb[], $3::jsonb[]) AS u(tenant, keys, tags) "
+        "RETURNING id, tenant",
+        [tenant for tenant, _, _ in batches],
+        [json.dumps(list(keys)) for _, keys, _ in batches],
+        [json.dumps(list(tags)) for _, _, tags in batches])
+    return {row["tenant"]: row["id"] for row in rows}
+
+
+async def last_ids(conn: asyncpg.Connection, tenants: Sequence[str]) -> dict[str, int]:
+    """Each tenant's last row id (tenants without a row are left out), one index probe
+    per tenant."""
+    rows = await conn.fetch(
+        "SELECT t.tenant, (SELECT max(l.id) FROM thorbis.invalidation_log l "
+        "                   WHERE l.tenant = t.tenant) AS last "
+        "  FROM unnest($1::text[]) AS t(tenant)", list(tenants))
+    return {row["tenant"]: row["last"] for row in rows if row["last"] is not None}
 
 
 async def since(conn: asyncpg.Connection, tenant: str, after: int,

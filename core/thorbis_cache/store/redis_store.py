@@ -30,10 +30,11 @@ from thorbis_cache.errors import (
     WrongRedisTypeError,
 )
 from thorbis_cache.store.circuit import CircuitBreaker
+from thorbis_cache.store.hot_commands import HotCommands
 from thorbis_cache.store.redis_url import RedisAddress, Topology, parse_redis_url
 from thorbis_cache.store.replica_waits import ReplicaWaits
 from thorbis_cache.store.scripts import Script
-from thorbis_cache.transport import NodeConnections, Router, pack_command
+from thorbis_cache.transport import Router
 from thorbis_cache.transport.bounds import CallDeadlines, InFlightGate
 
 __all__ = ["RedisStore"]
@@ -73,6 +74,10 @@ class RedisStore:
     ) -> None:
         self._client = client
         self._router = Router(client) if multiplexed else None
+        self._hot = HotCommands(client, self._router)
+        # Bound once: the hot path calls them without another attribute lookup.
+        self._send = self._hot.send
+        self._send_all = self._hot.send_all
         self._cluster = isinstance(client, RedisCluster)
         # A Cluster client learns its slot map on first use. Commands sent concurrently
         # before that are routed by a default policy and retried, and redis-py 8 was
@@ -92,10 +97,9 @@ class RedisStore:
         self.wait_replicas: int | None = None
         #: WAITs that ended before every replica waited for acknowledged
         self.replication_timeouts = 0
-        #: hot commands the multiplexed transport handed to redis-py, by reason:
-        #: ``redirect`` (MOVED, ASK, a slot not yet mapped) and ``connection`` (a lost
-        #: or refused connection, a demoted master). Near zero in a steady state.
-        self.handovers: dict[str, int] = {"redirect": 0, "connection": 0}
+        #: hot commands the multiplexed transport handed to redis-py, by reason (see
+        #: :attr:`HotCommands.handovers <thorbis_cache.store.hot_commands.HotCommands>`)
+        self.handovers = self._hot.handovers
         self._waits = ReplicaWaits(client)
 
     @classmethod
@@ -368,55 +372,6 @@ class RedisStore:
                 out[i] = v
         return out
 
-    async def _send_all(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
-        """Several hot commands (one per hash slot of a multi-slot call), their replies
-        in order. Every one is written before any reply is awaited, so the commands for
-        one node leave in one write and the nodes answer in parallel: a batch over many
-        tenants costs about one round trip, not one per slot. A command the transport
-        cannot carry (no usable connection yet, a redirect, a lost connection) takes
-        :meth:`_send`'s way through redis-py, in its turn.
-        """
-        router = self._router
-        if router is None or len(calls) == 1:
-            return [await self._send(key, args) for key, args in calls]
-        sent: list[tuple[NodeConnections, asyncio.Future[Any]] | None] = []
-        try:
-            for key, args in calls:
-                node = router.for_key(key)
-                connection = node.ready() if node is not None else None
-                if node is None or connection is None:
-                    sent.append(None)
-                else:
-                    sent.append((node, connection.request(pack_command(*args))))
-            replies: list[Any] = []
-            for (key, args), on_wire in zip(calls, sent, strict=True):
-                if on_wire is None:
-                    replies.append(await self._send(key, args))
-                    continue
-                node, future = on_wire
-                try:
-                    replies.append(await future)
-                    continue
-                except (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError):
-                    self.handovers["redirect"] += 1
-                except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError,
-                        OSError):
-                    self.handovers["connection"] += 1
-                    router.stale(node)
-                replies.append(await self._client.execute_command(*args))
-            return replies
-        finally:
-            # A caller cancelled (or failed) midway: the replies still owed are read and
-            # dropped in their turn by their connection, and an error already delivered
-            # to one nobody awaited is taken, so that the loop does not report it.
-            for on_wire in sent:
-                if on_wire is None:
-                    continue
-                if not on_wire[1].done():
-                    on_wire[1].cancel()
-                elif not on_wire[1].cancelled():
-                    on_wire[1].exception()
-
     async def set(self, key: str, data: bytes, ttl_ms: int) -> None:
         """SET ``key`` with a TTL in milliseconds."""
         async with self._call("SET"):
@@ -466,34 +421,13 @@ class RedisStore:
         finally:
             self._deadlines.disarm(task)
 
-    async def _send(self, key: str, args: tuple[Any, ...]) -> Any:
-        """One hot command, over the multiplexed transport when it can carry it.
-
-        A redirect (MOVED, ASK), a demoted master (READONLY) or a lost connection sends
-        that call through redis-py instead, which follows the redirect, refreshes the
-        slot map or rediscovers the master, and retries as it always has; the next call
-        routes by the refreshed map. Scripts without keys and a Sentinel master not yet
-        known go to redis-py too (the latter only until the first answer).
-        """
-        router = self._router
-        if router is None or not key:
-            return await self._client.execute_command(*args)
-        node: NodeConnections | None = router.for_key(key)
-        try:
-            if node is None:
-                node = await router.resolve(key)
-            connection = node.ready()
-            if connection is None:
-                connection = await node.connection()
-            return await connection.request(pack_command(*args))
-        except (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError):
-            # redis-py's map is behind: its own call follows and learns the redirect
-            self.handovers["redirect"] += 1
-        except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError):
-            self.handovers["connection"] += 1
-            if node is not None:
-                router.stale(node)
-        return await self._client.execute_command(*args)
+    async def publish_each(self, channel: str, messages: Sequence[tuple[str, bytes]]) -> None:
+        """PUBLISH every ``(routing_key, message)`` to ``channel`` in one round trip, over
+        the multiplexed connections (on a Cluster, through the node serving the key:
+        any node broadcasts a message to the whole cluster)."""
+        async with self._call("PUBLISH"):
+            await self._send_all([(route, ("PUBLISH", channel, message))
+                                  for route, message in messages])
 
     async def command(self, *args: Any) -> Any:
         """Run one command (routed by its key on a Cluster)."""
@@ -528,6 +462,39 @@ class RedisStore:
         if acked < wanted:
             self.replication_timeouts += 1
         return replies, acked, wanted
+
+    async def replicated_each(self, calls: Sequence[tuple[str, tuple[Any, ...]]]
+                              ) -> list[Any]:
+        """:meth:`replicated` for many keys at once: each ``(routing_key, command)`` runs
+        on the master serving its key, the commands for one master on one connection
+        followed by one ``WAIT`` (a master's replication stream is in order, so one
+        acknowledgement covers them all), the masters in parallel. A slot that moved
+        under a failover or a resharding fails the call (as :meth:`replicated` does
+        after one remap); the next call groups by the new map.
+
+        :returns: the commands' replies, in the order of ``calls``.
+        """
+        if not self._ready:
+            # The grouping reads the slot map: learn it first (under the deadline, the
+            # breaker and the error translation of any call; _enter maps it).
+            async with self._call("CLUSTER SLOTS"):
+                pass
+        groups: dict[str, list[int]] = {}
+        for i, (key, _) in enumerate(calls):
+            groups.setdefault(self._waits.master_of(key), []).append(i)
+        replies: list[Any] = [None] * len(calls)
+
+        async def on_master(positions: list[int]) -> None:
+            got, _, _ = await self.replicated(calls[positions[0]][0],
+                                              [calls[i][1] for i in positions])
+            for i, reply in zip(positions, got, strict=True):
+                replies[i] = reply
+
+        if len(groups) == 1:
+            await on_master(next(iter(groups.values())))
+        else:
+            await asyncio.gather(*(on_master(positions) for positions in groups.values()))
+        return replies
 
     async def sync_replicas(self, routing_key: str) -> tuple[int, int]:
         """Wait until the writes its master executed so far reach the replicas of

@@ -85,6 +85,19 @@ class ReplicaWaits:
             return replies, acked, wanted
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def master_of(self, routing_key: str) -> str:
+        """Which master serves ``routing_key`` by the client's map (``"master"`` off a
+        Cluster; ``""`` while a failover leaves its slot without one): writes of keys
+        with the same answer can share one connection and one ``WAIT``."""
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            return "master"
+        try:
+            node = client.get_node_from_key(routing_key)
+        except rexc.SlotNotCoveredError:  # not mapped yet: the call maps it
+            return ""
+        return "" if node is None else f"{node.host}:{node.port}"
+
     def known_without_replicas(self) -> bool:
         """The single master is known, within the last second, to have no replica to
         wait for (so a write need not be followed by anything)."""

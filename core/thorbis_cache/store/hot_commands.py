@@ -1,0 +1,117 @@
+"""How a hot command reaches its server: over the multiplexed transport
+(:mod:`thorbis_cache.transport`), or through redis-py when the transport cannot carry it
+(a redirect, a lost connection, a server not mapped yet), counted as a handover.
+
+:class:`~thorbis_cache.store.redis_store.RedisStore` wraps these sends in its deadline,
+in-flight gate, breaker and error translation; nothing here catches what redis-py
+raises in the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
+
+from thorbis_cache.transport import NodeConnections, Router, pack_command
+
+__all__ = ["HotCommands"]
+
+
+class HotCommands:
+    """The hot commands' way to the servers of one store.
+
+    :param client: the store's redis-py client (the fallback, and the topology).
+    :param router: the multiplexed connections, routed by ``client``'s topology; None
+        sends everything through redis-py.
+    """
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, router: Router | None) -> None:
+        self.client = client
+        self.router = router
+        #: commands handed to redis-py, by reason: ``redirect`` (MOVED, ASK, a slot not
+        #: yet mapped) and ``connection`` (a lost or refused connection, a demoted
+        #: master). Near zero in a steady state.
+        self.handovers: dict[str, int] = {"redirect": 0, "connection": 0}
+
+    async def send(self, key: str, args: tuple[Any, ...]) -> Any:
+        """One hot command, over the multiplexed transport when it can carry it.
+
+        A redirect (MOVED, ASK), a demoted master (READONLY) or a lost connection sends
+        that call through redis-py instead, which follows the redirect, refreshes the
+        slot map or rediscovers the master, and retries as it always has; the next call
+        routes by the refreshed map. Scripts without keys and a Sentinel master not yet
+        known go to redis-py too (the latter only until the first answer).
+        """
+        router = self.router
+        if router is None or not key:
+            return await self.client.execute_command(*args)
+        node: NodeConnections | None = router.for_key(key)
+        try:
+            if node is None:
+                node = await router.resolve(key)
+            connection = node.ready()
+            if connection is None:
+                connection = await node.connection()
+            return await connection.request(pack_command(*args))
+        except (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError):
+            # redis-py's map is behind: its own call follows and learns the redirect
+            self.handovers["redirect"] += 1
+        except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError):
+            self.handovers["connection"] += 1
+            if node is not None:
+                router.stale(node)
+        return await self.client.execute_command(*args)
+
+    async def send_all(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Several hot commands (one per hash slot of a multi-slot call), their replies
+        in order. Every one is written before any reply is awaited, so the commands for
+        one node leave in one write and the nodes answer in parallel: a batch over many
+        tenants costs about one round trip, not one per slot. A command the transport
+        cannot carry (no usable connection yet, a redirect, a lost connection) takes
+        :meth:`send`'s way through redis-py, in its turn.
+        """
+        router = self.router
+        if router is None or len(calls) == 1:
+            return [await self.send(key, args) for key, args in calls]
+        sent: list[tuple[NodeConnections, asyncio.Future[Any]] | None] = []
+        try:
+            for key, args in calls:
+                node = router.for_key(key)
+                connection = node.ready() if node is not None else None
+                if node is None or connection is None:
+                    sent.append(None)
+                else:
+                    sent.append((node, connection.request(pack_command(*args))))
+            replies: list[Any] = []
+            for (key, args), on_wire in zip(calls, sent, strict=True):
+                if on_wire is None:
+                    replies.append(await self.send(key, args))
+                    continue
+                node, future = on_wire
+                try:
+                    replies.append(await future)
+                    continue
+                except (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError):
+                    self.handovers["redirect"] += 1
+                except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError,
+                        OSError):
+                    self.handovers["connection"] += 1
+                    router.stale(node)
+                replies.append(await self.client.execute_command(*args))
+            return replies
+        finally:
+            # A caller cancelled (or failed) midway: the replies still owed are read and
+            # dropped in their turn by their connection, and an error already delivered
+            # to one nobody awaited is taken, so that the loop does not report it.
+            for on_wire in sent:
+                if on_wire is None:
+                    continue
+                if not on_wire[1].done():
+                    on_wire[1].cancel()
+                elif not on_wire[1].cancelled():
+                    on_wire[1].exception()

@@ -1,0 +1,122 @@
+"""A worker batch spans every tenant whose rows changed: its failover log rows, replay
+markers, WAITs and audit records are written for all of them at once, on every
+topology (one WAIT per master, not one per tenant), and a tenant whose marker shows
+lost writes is still replayed, alone."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from thorbis_cache import Cache, KeySchema, SchemaRegistry
+from thorbis_cache.invalidation.replay import FailoverReplay
+from thorbis_cache.postgres import audit
+from thorbis_cache.postgres.migrations import migrate
+from thorbis_cache.testing.servers import RedisServer
+
+NOTE: KeySchema[str] = KeySchema("rb.note", str, params={"id": int}, ttl=300)
+TENANTS = [f"t{i:02d}" for i in range(24)]
+
+
+def _registry() -> SchemaRegistry:
+    registry = SchemaRegistry()
+    registry.register(NOTE, owner="tests")
+    return registry
+
+
+@pytest.fixture
+async def conn(thorbis_pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    await migrate(thorbis_pg_dsn)
+    c = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def _waits(servers: list[RedisServer]) -> int:
+    """WAIT commands the servers have executed so far."""
+    total = 0
+    for server in servers:
+        for line in server.command("INFO", "commandstats").decode().splitlines():
+            if line.startswith("cmdstat_wait:"):
+                total += int(line.split("calls=")[1].split(",")[0])
+    return total
+
+
+def _data_servers(request: pytest.FixtureRequest, url: str) -> tuple[list[RedisServer], int]:
+    """The topology's data servers, and the masters a batch over every tenant waits on."""
+    if url.startswith("redis+cluster://"):
+        cluster = request.getfixturevalue("thorbis_redis_cluster")
+        masters = {cluster.master_for_key(f"{{{tenant}}}") for tenant in TENANTS}
+        return cluster.nodes, len(masters)
+    if url.startswith("redis+sentinel://"):
+        return request.getfixturevalue("thorbis_redis_sentinel").servers, 1
+    return [request.getfixturevalue("thorbis_redis_server")], 0  # no replica: no WAIT
+
+
+async def test_a_batch_over_many_tenants_marks_each_and_waits_once_per_master(
+    request: pytest.FixtureRequest, thorbis_redis_url: str, conn: asyncpg.Connection
+) -> None:
+    servers, masters = _data_servers(request, thorbis_redis_url)
+    async with Cache.from_url(thorbis_redis_url, _registry()) as cache:
+        replay = FailoverReplay(cache)
+        bodies = {tenant: [NOTE.key(tenant, id=1).body] for tenant in TENANTS}
+        before = _waits(servers)
+        async with conn.transaction():
+            ids = await replay.applied(conn, {t: (bodies[t], []) for t in TENANTS})
+        assert _waits(servers) - before == masters
+        assert sorted(ids) == TENANTS
+        assert len(set(ids.values())) == len(TENANTS)
+        for tenant in TENANTS:
+            marker = await cache.store.command("GET", replay.marker_key(tenant))
+            assert int(marker) == ids[tenant]
+        logged = await conn.fetch(
+            "SELECT id, tenant, keys, tags FROM thorbis.invalidation_log ORDER BY id")
+        assert [(r["id"], r["tenant"], r["keys"], r["tags"]) for r in logged] == [
+            (ids[t], t, bodies[t], []) for t in sorted(ids, key=ids.__getitem__)]
+
+        # One tenant's marker is lost (a failover that undid its writes) while its
+        # value came back: the next batch replays that tenant, and only that one.
+        lost = TENANTS[5]
+        stale = NOTE.key(lost, id=1)
+        await cache.set(stale, "resurrected")
+        await cache.store.command("DEL", replay.marker_key(lost))
+        async with conn.transaction():
+            again = await replay.applied(conn, {t: ([], ["rb.tag"]) for t in TENANTS})
+        assert replay.replays == 1
+        assert await cache.get(stale) is None
+        for tenant in TENANTS:
+            marker = await cache.store.command("GET", replay.marker_key(tenant))
+            assert int(marker) == again[tenant] > ids[tenant]
+
+
+async def test_an_empty_batch_logs_nothing(thorbis_redis_url: str,
+                                           conn: asyncpg.Connection) -> None:
+    async with Cache.from_url(thorbis_redis_url, _registry()) as cache, conn.transaction():
+        assert await FailoverReplay(cache).applied(conn, {}) == {}
+    assert await conn.fetchval("SELECT count(*) FROM thorbis.invalidation_log") == 0
+
+
+async def test_audit_records_appended_together_chain_like_single_ones(
+        conn: asyncpg.Connection) -> None:
+    async with conn.transaction():
+        await audit.append(conn, "invalidation", "acme", {"keys": 1})
+    async with conn.transaction():
+        many = await audit.append_many(
+            conn, "invalidation", [(tenant, {"keys": i}) for i, tenant in enumerate(TENANTS)])
+    async with conn.transaction():
+        await audit.append(conn, "mv_refresh", None, {"view": "v"})
+    assert [r.id for r in many] == list(range(2, 2 + len(TENANTS)))
+    for before, after in itertools.pairwise(many):
+        assert after.prev_hash == before.hash
+    assert await audit.verify(conn) == audit.VerifyResult(True, len(TENANTS) + 2)
+    # A record in the middle of a batch edited: the chain breaks exactly there.
+    await conn.execute("UPDATE thorbis.audit_log SET detail = '{\"keys\": 99}' WHERE id = 7")
+    result = await audit.verify(conn)
+    assert (result.ok, result.broken_id) == (False, 7)
+    async with conn.transaction():
+        assert await audit.append_many(conn, "invalidation", []) == []
