@@ -48,16 +48,23 @@ from thorbis_cache.testing.servers import PostgresServer, RedisServer
 #: tenants and their customers (a procedure: transaction control inside, one round trip).
 PROCEDURE = """
 CREATE OR REPLACE PROCEDURE public.bench_backlog(n int, per_tx int, n_customers int, tag text,
-                                                 tenants text[])
+                                                 tenants text[], significant bool)
 LANGUAGE plpgsql AS $$
 DECLARE
     i int := 0;
     nt int := array_length(tenants, 1);
 BEGIN
     WHILE i < n LOOP
+        IF significant THEN  -- a column the list rule watches: each change names a tag
+            UPDATE hs.customers
+               SET account_status = CASE WHEN i / nt % 2 = 0 THEN 'vip' ELSE 'active' END
+             WHERE tenant_id = tenants[i % nt + 1]
+               AND id = (i / nt) % n_customers + 1;
+        ELSE
         UPDATE hs.customers SET phone = tag || i
          WHERE tenant_id = tenants[i % nt + 1]
            AND id = (i / nt) % n_customers + 1;
+        END IF;
         i := i + 1;
         IF i % per_tx = 0 THEN
             COMMIT;
@@ -106,9 +113,9 @@ async def run(options: argparse.Namespace) -> None:
                         cpu, wall = time.process_time(), started
                         if profiler is not None:
                             profiler.enable()
-                    await conn.execute("CALL public.bench_backlog($1, $2, $3, $4, $5)",
+                    await conn.execute("CALL public.bench_backlog($1, $2, $3, $4, $5, $6)",
                                        options.changes, options.per_tx, n_customers,
-                                       f"r{r}-", tenants)
+                                       f"r{r}-", tenants, options.significant)
                     built = time.perf_counter() - started
                     if loop is None:
                         cpu, wall = time.process_time(), time.perf_counter()
@@ -145,6 +152,7 @@ async def run(options: argparse.Namespace) -> None:
                       f"{statistics.median(per_change):.1f} us of worker CPU per change "
                       f"({options.runs} run(s), {options.per_tx} change(s) per transaction, "
                       f"{len(tenants)} tenants"
+                      f"{', tagged changes' if options.significant else ''}"
                       f"{', under cProfile' if options.profile else ''})")
             finally:
                 await worker.aclose()
@@ -162,6 +170,9 @@ def main() -> int:
     parser.add_argument("--per-tx", type=int, default=1,
                         help="changes per transaction (1)")
     parser.add_argument("--runs", type=int, default=1, help="backlogs built and drained (1)")
+    parser.add_argument("--significant", action="store_true",
+                        help="update account_status (every change names a list tag), "
+                        "not phone")
     parser.add_argument("--tenants", type=int, default=2,
                         help="tenants the changes cycle over (2; more: 100 customers each)")
     parser.add_argument("--run", action="store_true",

@@ -9,16 +9,28 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import attrs
 import pytest
 from core_testing import run_cli
-from thorbis_home_services.models import AccountStatus, Customer, CustomerType, PaymentStatus
-from thorbis_home_services.schemas import CUSTOMER, SCHEDULE_GEO, TECHNICIAN_SCHEDULE
+from thorbis_home_services.models import (
+    AccountStatus,
+    Customer,
+    CustomerSegment,
+    CustomerType,
+    PaymentStatus,
+)
+from thorbis_home_services.schemas import (
+    CUSTOMER,
+    CUSTOMER_LIST,
+    SCHEDULE_GEO,
+    TECHNICIAN_SCHEDULE,
+)
 
 from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.invalidation.worker import OutboxWorker, UnconfiguredTagInvalidator
 from thorbis_cache.postgres import audit
 from thorbis_cache.postgres.triggers import CHANNEL
@@ -114,6 +126,41 @@ async def test_committed_update_drops_customer_and_lists_only_on_significant_cha
     assert worker.metrics.lag_seconds >= 0
     # One audit record per tenant per batch, and the chain holds.
     assert await audit.verify(hs.conn) == audit.VerifyResult(True, 4)
+
+
+async def test_a_batch_invalidates_the_tags_of_every_tenant_that_wrote(hs: Hs) -> None:
+    tenants = [f"t{i:02d}" for i in range(40)]  # more than the batch's tag lanes
+    lists = {t: hs.app.cache.zset(CUSTOMER_LIST.key(t, segment=CustomerSegment.ALL))
+             for t in tenants}
+    for tenant in tenants:
+        await lists[tenant].add({1: 10.0})
+        await hs.conn.execute(CUSTOMER_SQL, tenant, 1)  # an INSERT names the list tag
+    async with hs.worker() as worker:
+        result = await worker.run_once()
+    assert result.tags == tuple((t, "hs.customer_lists") for t in tenants)
+    assert [await lists[t].card() for t in tenants] == [0] * len(tenants)
+
+
+async def test_a_tenant_whose_tags_fail_fails_the_batch_with_that_error(hs: Hs) -> None:
+    tenants = [f"t{i:02d}" for i in range(40)]
+    for tenant in tenants:
+        await hs.conn.execute(CUSTOMER_SQL, tenant, 1)
+    seen: list[str] = []
+
+    async def invalidate_tags(tenant: str, tags: Sequence[str]) -> None:
+        seen.append(tenant)
+        await asyncio.sleep(0.001)
+        if tenant == "t07":
+            raise RedisUnavailableError("EVALSHA", "127.0.0.1:1", "connection refused")
+
+    async with hs.worker(invalidate_tags=invalidate_tags) as worker:
+        # The error itself, not a group: the worker tells an outage by its type.
+        with pytest.raises(RedisUnavailableError):
+            await worker.run_once()
+        assert len(seen) < len(tenants)  # the tenants still waiting were not started
+        # Rolled back: every change is still there, no attempt counted (an outage).
+        rows = await hs.conn.fetch("SELECT attempts FROM thorbis.outbox")
+        assert [r["attempts"] for r in rows] == [0] * len(tenants)
 
 
 async def test_reassigned_work_order_drops_old_and_new_schedules(hs: Hs) -> None:
