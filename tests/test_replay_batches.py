@@ -1,7 +1,9 @@
-"""A worker batch spans every tenant whose rows changed: its failover log rows, replay
-markers, WAITs and audit records are written for all of them at once, on every
-topology (one WAIT per master, not one per tenant), and a tenant whose marker shows
-lost writes is still replayed, alone."""
+"""Invalidations over many tenants: a worker batch spans every tenant whose rows
+changed, so its failover log rows, replay markers, WAITs and audit records are written
+for all of them at once, on every topology (one WAIT per master, not one per tenant),
+and a tenant whose marker shows lost writes is still replayed, alone; a host's delete
+over many tenants waits once per master too, and returns with the deletes on every
+replica."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import redis
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.invalidation.replay import FailoverReplay
@@ -58,6 +61,16 @@ def _data_servers(request: pytest.FixtureRequest, url: str) -> tuple[list[RedisS
     return [request.getfixturevalue("thorbis_redis_server")], 0  # no replica: no WAIT
 
 
+def _replicas_of(request: pytest.FixtureRequest, url: str, key: str) -> list[RedisServer]:
+    """The replicas of the master serving ``key``."""
+    if url.startswith("redis+cluster://"):
+        cluster = request.getfixturevalue("thorbis_redis_cluster")
+        return [cluster.nodes[i] for i in cluster.replicas_of(cluster.master_for_key(key))]
+    if url.startswith("redis+sentinel://"):
+        return list(request.getfixturevalue("thorbis_redis_sentinel").replicas())
+    return []
+
+
 async def test_a_batch_over_many_tenants_marks_each_and_waits_once_per_master(
     request: pytest.FixtureRequest, thorbis_redis_url: str, conn: asyncpg.Connection
 ) -> None:
@@ -92,6 +105,32 @@ async def test_a_batch_over_many_tenants_marks_each_and_waits_once_per_master(
         for tenant in TENANTS:
             marker = await cache.store.command("GET", replay.marker_key(tenant))
             assert int(marker) == again[tenant] > ids[tenant]
+
+
+async def test_a_delete_over_many_tenants_waits_once_per_master_for_every_replica(
+    request: pytest.FixtureRequest, thorbis_redis_url: str
+) -> None:
+    servers, masters = _data_servers(request, thorbis_redis_url)
+    async with Cache.from_url(thorbis_redis_url, _registry()) as cache:
+        keys = [NOTE.key(tenant, id=1) for tenant in TENANTS]
+        for key in keys:
+            await cache.set(key, "old")
+        await cache.store.sync_replicas_each([cache.sync_key(t) for t in TENANTS])
+        before, timeouts = _waits(servers), cache.store.replication_timeouts
+        assert await cache.delete(*keys) == len(keys)
+        assert _waits(servers) - before == masters
+        if cache.store.replication_timeouts != timeouts:
+            return  # a WAIT outlasted store.wait_timeout (a loaded machine): no promise
+        # Returned: every replica of each key's master has its delete already.
+        checked = 0
+        for key in keys:
+            for replica in _replicas_of(request, thorbis_redis_url, cache.redis_key(key)):
+                with redis.Redis(port=replica.port, single_connection_client=True) as raw:
+                    if thorbis_redis_url.startswith("redis+cluster://"):
+                        raw.execute_command("READONLY")  # a cluster replica answers reads
+                    assert raw.exists(cache.redis_key(key)) == 0
+                    checked += 1
+        assert checked == (0 if masters == 0 else len(keys) * (2 if masters == 1 else 1))
 
 
 async def test_an_empty_batch_logs_nothing(thorbis_redis_url: str,

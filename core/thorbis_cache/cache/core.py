@@ -174,8 +174,8 @@ class Cache:
         return f"{self._prefix}:~sync:{{{tenant}}}"
 
     async def _sync_replicas(self, tenants: Iterable[str]) -> None:
-        for tenant in sorted(set(tenants)):
-            await self.store.sync_replicas(self.sync_key(tenant))
+        await self.store.sync_replicas_each(
+            [self.sync_key(tenant) for tenant in sorted(set(tenants))])
 
     def parse_key(self, redis_key: str) -> CacheKey[Any]:
         """Parse a Redis key of this cache back into a :class:`CacheKey`."""

@@ -17,10 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from thorbis_cache.errors import (
@@ -30,8 +27,9 @@ from thorbis_cache.errors import (
     WrongRedisTypeError,
 )
 from thorbis_cache.store.circuit import CircuitBreaker
+from thorbis_cache.store.clients import client_for, dedicated_client_for
 from thorbis_cache.store.hot_commands import HotCommands
-from thorbis_cache.store.redis_url import RedisAddress, Topology, parse_redis_url
+from thorbis_cache.store.redis_url import RedisAddress, parse_redis_url
 from thorbis_cache.store.replica_waits import ReplicaWaits
 from thorbis_cache.store.scripts import Script
 from thorbis_cache.transport import Router
@@ -124,45 +122,8 @@ class RedisStore:
         :raises ConfigurationError: for a URL this project does not understand.
         """
         address = parse_redis_url(url)
-        common: dict[str, Any] = {
-            "socket_timeout": None,
-            "socket_connect_timeout": connect_timeout,
-            "socket_keepalive": True,
-            "max_connections": max_connections,
-            "decode_responses": False,
-        }
-        client: aioredis.Redis | RedisCluster
-        if address.topology is Topology.CLUSTER:
-            client = RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in address.nodes],
-                # Two immediate retries: each one refreshes the slot map (so a call
-                # after a failover reaches the promoted replica), and a dead master
-                # fails the call at once instead of after redis-py's jittered back-off
-                # (redis-py 8.2's default held every call to a dead master until the
-                # store's deadline, 2 s, before it degraded to its loader).
-                retry=Retry(NoBackoff(), 2),
-                **address.connection_options(), **common,
-            )
-        elif address.topology is Topology.SENTINEL:
-            sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
-                list(address.nodes),
-                sentinel_kwargs={
-                    "socket_timeout": connect_timeout,
-                    "socket_connect_timeout": connect_timeout,
-                    "username": address.sentinel_options.get("sentinel_username"),
-                    "password": address.sentinel_options.get("sentinel_password"),
-                },
-            )
-            client = sentinel.master_for(
-                address.service, db=address.db, **address.connection_options(), **common)
-        elif url.startswith("unix://"):
-            client = aioredis.Redis.from_url(url, **common)
-        else:
-            (host, port), = address.nodes
-            client = aioredis.Redis(host=host, port=port, db=address.db,
-                                    **address.connection_options(), **common)
-        if not isinstance(client, RedisCluster):
-            _fail_fast(client)
+        client = client_for(url, address, connect_timeout=connect_timeout,
+                            max_connections=max_connections)
         store = cls(client, address.describe(), timeout=timeout,
                     max_in_flight=max_connections, multiplexed=multiplexed)
         store.redis_address = address
@@ -173,33 +134,7 @@ class RedisStore:
         the first startup node of a Cluster, where PUBLISH reaches every node; the
         current master of a Sentinel group -- with the driver's silent retries off, so
         its owner notices a lost connection."""
-        client: Any = self._client
-        options: dict[str, Any] = {
-            "socket_keepalive": True, "retry": Retry(NoBackoff(), 0),
-            "decode_responses": False,
-        }
-        address = self.redis_address
-        if address is not None:
-            options.update(address.connection_options())
-        if isinstance(client, RedisCluster):
-            node = next(iter(client.nodes_manager.startup_nodes.values()))
-            kwargs: dict[str, Any] = dict(client.connection_kwargs)
-            host, port = str(node.host), int(node.port)
-        else:
-            pool = client.connection_pool
-            kwargs = dict(pool.connection_kwargs)
-            if isinstance(pool, SentinelConnectionPool):
-                return pool.sentinel_manager.master_for(  # type: ignore[no-any-return]
-                    pool.service_name, db=kwargs.get("db", 0),
-                    socket_connect_timeout=kwargs.get("socket_connect_timeout") or 2.0,
-                    **options)
-            host, port = str(kwargs.pop("host", "127.0.0.1")), int(kwargs.pop("port", 6379))
-        options.setdefault("username", kwargs.get("username"))
-        options.setdefault("password", kwargs.get("password"))
-        return aioredis.Redis(
-            host=host, port=port, db=kwargs.get("db", 0),
-            socket_connect_timeout=kwargs.get("socket_connect_timeout") or 2.0, **options,
-        )
+        return dedicated_client_for(self._client, self.redis_address)
 
     @property
     def is_cluster(self) -> bool:
@@ -463,8 +398,8 @@ class RedisStore:
             self.replication_timeouts += 1
         return replies, acked, wanted
 
-    async def replicated_each(self, calls: Sequence[tuple[str, tuple[Any, ...]]]
-                              ) -> list[Any]:
+    async def replicated_each(self, calls: Sequence[tuple[str, tuple[Any, ...]]], *,
+                              only_with_replicas: bool = False) -> list[Any]:
         """:meth:`replicated` for many keys at once: each ``(routing_key, command)`` runs
         on the master serving its key, the commands for one master on one connection
         followed by one ``WAIT`` (a master's replication stream is in order, so one
@@ -472,6 +407,8 @@ class RedisStore:
         under a failover or a resharding fails the call (as :meth:`replicated` does
         after one remap); the next call groups by the new map.
 
+        :param only_with_replicas: see :meth:`replicated` (a master without replicas
+            runs nothing, and its commands' replies are None).
         :returns: the commands' replies, in the order of ``calls``.
         """
         if not self._ready:
@@ -485,8 +422,11 @@ class RedisStore:
         replies: list[Any] = [None] * len(calls)
 
         async def on_master(positions: list[int]) -> None:
-            got, _, _ = await self.replicated(calls[positions[0]][0],
-                                              [calls[i][1] for i in positions])
+            got, _, wanted = await self.replicated(
+                calls[positions[0]][0], [calls[i][1] for i in positions],
+                only_with_replicas=only_with_replicas)
+            if not wanted and only_with_replicas:
+                return  # nothing was sent
             for i, reply in zip(positions, got, strict=True):
                 replies[i] = reply
 
@@ -508,6 +448,14 @@ class RedisStore:
         _, acked, wanted = await self.replicated(
             routing_key, [("SET", routing_key, b"", "PX", 1000)], only_with_replicas=True)
         return acked, wanted
+
+    async def sync_replicas_each(self, routing_keys: Sequence[str]) -> None:
+        """:meth:`sync_replicas` for several keys (an invalidation's tenants): a marker
+        under each, one ``WAIT`` per master, the masters in parallel."""
+        if not routing_keys or (not self._cluster and self._waits.known_without_replicas()):
+            return
+        await self.replicated_each([(key, ("SET", key, b"", "PX", 1000))
+                                    for key in routing_keys], only_with_replicas=True)
 
     async def cluster_slots(self) -> dict[tuple[int, int], dict[str, Any]]:
         """``CLUSTER SLOTS`` of a random master (Cluster only), as redis-py parses it:
@@ -574,21 +522,6 @@ class RedisStore:
         if answered:
             self.breaker.success()
         return answered
-
-
-def _fail_fast(client: aioredis.Redis) -> None:
-    """One immediate retry for the calls of a single-node client, instead of redis-py's
-    default (10 attempts, a jittered back-off growing to 1 s between them).
-
-    With the default, a call to a stopped server is retried until the store's deadline
-    cancels it (2 s): every reader waits that long before degrading to its loader, the
-    breaker needs 3 such calls to open, and a call in flight when the server comes back
-    answers only after its current back-off sleep (up to 1 s later). One retry still
-    replaces a pooled connection that died with a restarted server; a refused
-    connection fails the call at once. (A Cluster client keeps its own policy: its
-    retries also refresh the slot map after a failover.)
-    """
-    client.set_retry(Retry(NoBackoff(), 1))
 
 
 def _describe(exc: BaseException) -> str:
