@@ -16,6 +16,7 @@ from thorbis_home_services import datagen
 
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.errors import ServerBinaryNotFound
+from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.testing.binaries import PrometheusBinaries, ensure_prometheus
 
 pytest_plugins = ["pytester"]
@@ -49,6 +50,17 @@ async def hs_env_every_topology(thorbis_pg_dsn: str, thorbis_redis_url: str
     """:func:`hs_env` once per Redis topology (single server, Cluster, Sentinel)."""
     async for env in _hs_env(thorbis_pg_dsn, thorbis_redis_url):
         yield env
+
+
+@pytest.fixture
+async def core_conn(thorbis_pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a fresh database with the core schema (no plugin)."""
+    await migrate(thorbis_pg_dsn)
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="module")

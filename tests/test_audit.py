@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -17,45 +16,35 @@ from thorbis_cache.postgres import audit
 from thorbis_cache.postgres.migrations import migrate
 
 
-@pytest.fixture
-async def conn(thorbis_pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    await migrate(thorbis_pg_dsn)
-    c = await asyncpg.connect(thorbis_pg_dsn)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-async def _append(conn: asyncpg.Connection, n: int, tenant: str = "acme") -> None:
+async def _append(core_conn: asyncpg.Connection, n: int, tenant: str = "acme") -> None:
     for i in range(n):
-        async with conn.transaction():
-            await audit.append(conn, "invalidation", tenant, {"keys": i, "digest": "ab" * 8})
+        async with core_conn.transaction():
+            await audit.append(core_conn, "invalidation", tenant, {"keys": i, "digest": "ab" * 8})
 
 
-async def test_chain_links_and_verifies(conn: asyncpg.Connection) -> None:
-    assert await audit.verify(conn) == audit.VerifyResult(True, 0)
-    await _append(conn, 5)
-    rows = await conn.fetch("SELECT id, prev_hash, hash FROM thorbis.audit_log ORDER BY id")
+async def test_chain_links_and_verifies(core_conn: asyncpg.Connection) -> None:
+    assert await audit.verify(core_conn) == audit.VerifyResult(True, 0)
+    await _append(core_conn, 5)
+    rows = await core_conn.fetch("SELECT id, prev_hash, hash FROM thorbis.audit_log ORDER BY id")
     assert [r["id"] for r in rows] == [1, 2, 3, 4, 5]
     assert bytes(rows[0]["prev_hash"]) == audit.GENESIS
     for before, after in itertools.pairwise(rows):
         assert bytes(after["prev_hash"]) == bytes(before["hash"])
-    assert await audit.verify(conn, batch=2) == audit.VerifyResult(True, 5)
+    assert await audit.verify(core_conn, batch=2) == audit.VerifyResult(True, 5)
 
 
-async def test_rolled_back_append_leaves_no_trace(conn: asyncpg.Connection) -> None:
-    await _append(conn, 2)
-    tx = conn.transaction()
+async def test_rolled_back_append_leaves_no_trace(core_conn: asyncpg.Connection) -> None:
+    await _append(core_conn, 2)
+    tx = core_conn.transaction()
     await tx.start()
-    await audit.append(conn, "invalidation", "acme", {"keys": 9})
+    await audit.append(core_conn, "invalidation", "acme", {"keys": 9})
     await tx.rollback()  # the batch failed: its audit record goes with it
-    await _append(conn, 1)
-    assert await audit.verify(conn) == audit.VerifyResult(True, 3)
+    await _append(core_conn, 1)
+    assert await audit.verify(core_conn) == audit.VerifyResult(True, 3)
 
 
 async def test_concurrent_appenders_never_fork(thorbis_pg_dsn: str,
-                                               conn: asyncpg.Connection) -> None:
+                                               core_conn: asyncpg.Connection) -> None:
     async def appender(tenant: str) -> None:
         c = await asyncpg.connect(thorbis_pg_dsn)
         try:
@@ -64,7 +53,7 @@ async def test_concurrent_appenders_never_fork(thorbis_pg_dsn: str,
             await c.close()
 
     await asyncio.gather(*(appender(f"t{i}") for i in range(4)))
-    assert await audit.verify(conn) == audit.VerifyResult(True, 60)
+    assert await audit.verify(core_conn) == audit.VerifyResult(True, 60)
 
 
 @pytest.mark.parametrize(
@@ -84,11 +73,11 @@ async def test_concurrent_appenders_never_fork(thorbis_pg_dsn: str,
     ],
 )
 async def test_tampering_is_reported_at_the_first_broken_link(
-    conn: asyncpg.Connection, thorbis_pg_dsn: str, tamper: str, broken: int, reason: str
+    core_conn: asyncpg.Connection, thorbis_pg_dsn: str, tamper: str, broken: int, reason: str
 ) -> None:
-    await _append(conn, 6)
-    await conn.execute(tamper)
-    result = await audit.verify(conn)
+    await _append(core_conn, 6)
+    await core_conn.execute(tamper)
+    result = await audit.verify(core_conn)
     assert not result.ok
     assert result.broken_id == broken
     assert result.reason is not None
@@ -101,13 +90,13 @@ async def test_tampering_is_reported_at_the_first_broken_link(
     assert reason in cli.output
 
 
-async def test_renumbering_after_a_deletion_is_detected(conn: asyncpg.Connection) -> None:
+async def test_renumbering_after_a_deletion_is_detected(core_conn: asyncpg.Connection) -> None:
     # A forger who deletes record 3 and renumbers the rest to close the gap breaks the
     # prev link instead.
-    await _append(conn, 5)
-    await conn.execute("DELETE FROM thorbis.audit_log WHERE id = 3")
-    await conn.execute("UPDATE thorbis.audit_log SET id = id - 1 WHERE id > 3")
-    result = await audit.verify(conn)
+    await _append(core_conn, 5)
+    await core_conn.execute("DELETE FROM thorbis.audit_log WHERE id = 3")
+    await core_conn.execute("UPDATE thorbis.audit_log SET id = id - 1 WHERE id > 3")
+    result = await audit.verify(core_conn)
     assert (result.broken_id, result.reason is not None and result.reason[:13]) == (
         3, "prev mismatch")
 

@@ -8,7 +8,6 @@ replica."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -17,7 +16,6 @@ import redis
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.postgres import audit
-from thorbis_cache.postgres.migrations import migrate
 from thorbis_cache.testing.servers import RedisServer
 
 NOTE: KeySchema[str] = KeySchema("rb.note", str, params={"id": int}, ttl=300)
@@ -28,16 +26,6 @@ def _registry() -> SchemaRegistry:
     registry = SchemaRegistry()
     registry.register(NOTE, owner="tests")
     return registry
-
-
-@pytest.fixture
-async def conn(thorbis_pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    await migrate(thorbis_pg_dsn)
-    c = await asyncpg.connect(thorbis_pg_dsn)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 def _waits(servers: list[RedisServer]) -> int:
@@ -72,22 +60,22 @@ def _replicas_of(request: pytest.FixtureRequest, url: str, key: str) -> list[Red
 
 
 async def test_a_batch_over_many_tenants_marks_each_and_waits_once_per_master(
-    request: pytest.FixtureRequest, thorbis_redis_url: str, conn: asyncpg.Connection
+    request: pytest.FixtureRequest, thorbis_redis_url: str, core_conn: asyncpg.Connection
 ) -> None:
     servers, masters = _data_servers(request, thorbis_redis_url)
     async with Cache.from_url(thorbis_redis_url, _registry()) as cache:
         replay = FailoverReplay(cache)
         bodies = {tenant: [NOTE.key(tenant, id=1).body] for tenant in TENANTS}
         before = _waits(servers)
-        async with conn.transaction():
-            ids = await replay.applied(conn, {t: (bodies[t], []) for t in TENANTS})
+        async with core_conn.transaction():
+            ids = await replay.applied(core_conn, {t: (bodies[t], []) for t in TENANTS})
         assert _waits(servers) - before == masters
         assert sorted(ids) == TENANTS
         assert len(set(ids.values())) == len(TENANTS)
         for tenant in TENANTS:
             marker = await cache.store.command("GET", replay.marker_key(tenant))
             assert int(marker) == ids[tenant]
-        logged = await conn.fetch(
+        logged = await core_conn.fetch(
             "SELECT id, tenant, keys, tags FROM thorbis.invalidation_log ORDER BY id")
         assert [(r["id"], r["tenant"], r["keys"], r["tags"]) for r in logged] == [
             (ids[t], t, bodies[t], []) for t in sorted(ids, key=ids.__getitem__)]
@@ -98,8 +86,8 @@ async def test_a_batch_over_many_tenants_marks_each_and_waits_once_per_master(
         stale = NOTE.key(lost, id=1)
         await cache.set(stale, "resurrected")
         await cache.store.command("DEL", replay.marker_key(lost))
-        async with conn.transaction():
-            again = await replay.applied(conn, {t: ([], ["rb.tag"]) for t in TENANTS})
+        async with core_conn.transaction():
+            again = await replay.applied(core_conn, {t: ([], ["rb.tag"]) for t in TENANTS})
         assert replay.replays == 1
         assert await cache.get(stale) is None
         for tenant in TENANTS:
@@ -134,28 +122,28 @@ async def test_a_delete_over_many_tenants_waits_once_per_master_for_every_replic
 
 
 async def test_an_empty_batch_logs_nothing(thorbis_redis_url: str,
-                                           conn: asyncpg.Connection) -> None:
-    async with Cache.from_url(thorbis_redis_url, _registry()) as cache, conn.transaction():
-        assert await FailoverReplay(cache).applied(conn, {}) == {}
-    assert await conn.fetchval("SELECT count(*) FROM thorbis.invalidation_log") == 0
+                                           core_conn: asyncpg.Connection) -> None:
+    async with Cache.from_url(thorbis_redis_url, _registry()) as cache, core_conn.transaction():
+        assert await FailoverReplay(cache).applied(core_conn, {}) == {}
+    assert await core_conn.fetchval("SELECT count(*) FROM thorbis.invalidation_log") == 0
 
 
 async def test_audit_records_appended_together_chain_like_single_ones(
-        conn: asyncpg.Connection) -> None:
-    async with conn.transaction():
-        await audit.append(conn, "invalidation", "acme", {"keys": 1})
-    async with conn.transaction():
+        core_conn: asyncpg.Connection) -> None:
+    async with core_conn.transaction():
+        await audit.append(core_conn, "invalidation", "acme", {"keys": 1})
+    async with core_conn.transaction():
         many = await audit.append_many(
-            conn, "invalidation", [(tenant, {"keys": i}) for i, tenant in enumerate(TENANTS)])
-    async with conn.transaction():
-        await audit.append(conn, "mv_refresh", None, {"view": "v"})
+            core_conn, "invalidation", [(tenant, {"keys": i}) for i, tenant in enumerate(TENANTS)])
+    async with core_conn.transaction():
+        await audit.append(core_conn, "mv_refresh", None, {"view": "v"})
     assert [r.id for r in many] == list(range(2, 2 + len(TENANTS)))
     for before, after in itertools.pairwise(many):
         assert after.prev_hash == before.hash
-    assert await audit.verify(conn) == audit.VerifyResult(True, len(TENANTS) + 2)
+    assert await audit.verify(core_conn) == audit.VerifyResult(True, len(TENANTS) + 2)
     # A record in the middle of a batch edited: the chain breaks exactly there.
-    await conn.execute("UPDATE thorbis.audit_log SET detail = '{\"keys\": 99}' WHERE id = 7")
-    result = await audit.verify(conn)
+    await core_conn.execute("UPDATE thorbis.audit_log SET detail = '{\"keys\": 99}' WHERE id = 7")
+    result = await audit.verify(core_conn)
     assert (result.ok, result.broken_id) == (False, 7)
-    async with conn.transaction():
-        assert await audit.append_many(conn, "invalidation", []) == []
+    async with core_conn.transaction():
+        assert await audit.append_many(core_conn, "invalidation", []) == []
