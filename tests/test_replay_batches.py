@@ -12,10 +12,14 @@ import itertools
 import asyncpg
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.invalidation.replay import FailoverReplay
-from thorbis_cache.postgres import audit
+from thorbis_cache.postgres import audit, replay_log
+from thorbis_cache.postgres.migrations import migrate
+from thorbis_cache.testing.loop_thread import run_async
 from thorbis_cache.testing.servers import RedisServer
 
 NOTE: KeySchema[str] = KeySchema("rb.note", str, params={"id": int}, ttl=300)
@@ -147,3 +151,43 @@ async def test_audit_records_appended_together_chain_like_single_ones(
     assert (result.ok, result.broken_id) == (False, 7)
     async with core_conn.transaction():
         assert await audit.append_many(core_conn, "invalidation", []) == []
+
+
+def test_log_rows_keep_their_keys_and_tags_exactly(thorbis_pg_dsn: str) -> None:
+    """Whatever the key bodies and tags hold (quotes, braces, backslashes, any script),
+    one statement's rows give them back in order."""
+    run_async(lambda: migrate(thorbis_pg_dsn))
+    # Any text PostgreSQL stores: not NUL, not a lone surrogate (not UTF-8 at all).
+    text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                   max_size=12)
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True),
+                           st.tuples(st.lists(text, max_size=5), st.lists(text, max_size=3)),
+                           min_size=1, max_size=6))
+    def check(batch: dict[str, tuple[list[str], list[str]]]) -> None:
+        async def run() -> None:
+            conn = await asyncpg.connect(thorbis_pg_dsn)
+            try:
+                async with conn.transaction():
+                    ids = await replay_log.append_many(
+                        conn, [(t, keys, tags) for t, (keys, tags) in batch.items()])
+                    assert sorted(ids) == sorted(batch)
+                    assert await replay_log.last_ids(conn, [*batch, "absent"]) == ids
+                    for tenant, (keys, tags) in batch.items():
+                        logged = await replay_log.since(conn, tenant, ids[tenant] - 1, 60)
+                        assert [(e.keys, e.tags) for e in logged] == [
+                            (tuple(keys), tuple(tags))]
+                    raise _RollBack
+            except _RollBack:
+                pass
+            finally:
+                await conn.close()
+
+        run_async(run)
+
+    check()
+
+
+class _RollBack(Exception):
+    """Ends an example's transaction (each example starts from an empty log)."""

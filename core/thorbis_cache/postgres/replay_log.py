@@ -35,8 +35,11 @@ async def append_many(conn: asyncpg.Connection,
     ``(tenant, keys, tags)`` each; returns each tenant's row id."""
     rows = await conn.fetch(
         "INSERT INTO thorbis.invalidation_log (tenant, keys, tags) "
-        "SELECT u.tenant, ARRAY(SELECT jsonb_array_elements_text(u.keys)), "
-        "       ARRAY(SELECT jsonb_array_elements_text(u.tags)) "
+        "SELECT u.tenant, "
+        "       ARRAY(SELECT k FROM jsonb_array_elements_text(u.keys) WITH ORDINALITY "
+        "             AS e(k, n) ORDER BY n), "
+        "       ARRAY(SELECT t FROM jsonb_array_elements_text(u.tags) WITH ORDINALITY "
+        "             AS e(t, n) ORDER BY n) "
         "  FROM unnest($1::text[], $2::jsonb[], $3::jsonb[]) AS u(tenant, keys, tags) "
         "RETURNING id, tenant",
         [tenant for tenant, _, _ in batches],
