@@ -79,6 +79,12 @@ def documented() -> set[tuple[str, str]]:
                           OPERATIONS_DOC.read_text(), re.MULTILINE))
 
 
+def alert_names() -> set[str]:
+    """The names of the alert rules in deploy/prometheus/alerts.yml."""
+    return {line.split(":", 1)[1].strip() for line in ALERTS.read_text().splitlines()
+            if line.strip().startswith("- alert:")}
+
+
 def alert_metrics() -> set[str]:
     """The thorbis metric names the alert rules use."""
     return set(re.findall(r"\bthorbis_cache_[a-z_]+", ALERTS.read_text()))
