@@ -7,6 +7,7 @@ import decimal
 import enum
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -346,3 +347,32 @@ def test_a_batch_decodes_and_refuses_exactly_as_single_reads(
         else:
             assert i not in refused
             assert values[i] == expected
+
+
+@settings(max_examples=150)
+@given(config_st, records, st.integers(-1, 2000), st.booleans(),
+       st.sampled_from(["acme", "globex"]))
+def test_a_single_read_opens_and_refuses_exactly_as_the_reference(
+        config: str, value: Record, damage: int, timed: bool, tenant: str) -> None:
+    """``decode_value`` (the hit path, which opens the usual entry inline) against
+    :meth:`decode` (every entry through ``open_envelope``): the same value or the same
+    refusal, for clean, bit-flipped and truncated entries, timed or not, read by the
+    tenant that wrote them or by another."""
+    c = codec(CONFIGS[config])
+    data = c.encode(value, KEY, "acme", (1, 2) if timed else None)
+    if 0 <= damage < len(data) * 8:
+        if damage % 3 == 0:
+            data = data[: damage // 8]
+        else:
+            bad = bytearray(data)
+            bad[damage // 8] ^= 1 << (damage % 8)
+            data = bytes(bad)
+
+    def outcome(read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except CorruptEntry as exc:
+            return ("refused", exc.reason)
+
+    assert outcome(lambda: c.decode_value(data, KEY, tenant)) == outcome(
+        lambda: c.decode(data, KEY, tenant).value)

@@ -352,10 +352,39 @@ class SchemaCodec(Generic[T]):
         """:meth:`decode` without the timing: the hit path of ``get``.
 
         Written flat (no helper calls in the common case) because every microsecond
-        here is paid on every cache hit.
+        here is paid on every cache hit. An uncompressed entry sealed as the schema says
+        is opened inline, as :meth:`decode_values` opens it (the header prefix; CRC, or
+        AES-GCM under the tenant's key: 0.2-0.3 µs less than :func:`open_envelope` per
+        hit); anything else, or anything the inline check does not accept, takes
+        :func:`open_envelope`, which names the reason (property-tested against
+        :meth:`decode`).
 
         :raises CorruptEntry: for any entry that does not open or does not decode.
         """
+        fast = self._fast
+        head, at = self._heads[0]
+        if fast is not None and data.startswith(head):
+            body = b""
+            if not self._encrypt:
+                body = data[at + 4:]
+                if int.from_bytes(data[at:at + 4]) != zlib.crc32(
+                        body, zlib.crc32(data[:at], zlib.crc32(redis_key))):
+                    body = b""
+            elif self._keyring is not None:
+                try:
+                    end = at + 1 + data[at] + NONCE_SIZE
+                    cipher = self._keyring.cipher(
+                        data[at + 1:end - NONCE_SIZE].decode("ascii"), tenant)
+                    if cipher is not None:
+                        body = cipher.decrypt(data[end - NONCE_SIZE:end], data[end:],
+                                              redis_key + b"\x00" + data[:end])
+                except Exception:  # noqa: S110 -- any failure: open_envelope names it
+                    pass
+            if body:
+                try:
+                    return fast.decode(body)  # type: ignore[no-any-return]
+                except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                    pass  # the reference path below decides
         flags, body, _, _ = open_envelope(data, redis_key, tenant, self._keyring, self._version)
         if flags != self._plain_flags:  # compressed, or not sealed as the schema says
             body = self._unwrap(flags, body)
