@@ -385,6 +385,11 @@ class SchemaCodec(Generic[T]):
                     return fast.decode(body)  # type: ignore[no-any-return]
                 except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
                     pass  # the reference path below decides
+        return self._decode_opened(data, redis_key, tenant)
+
+    def _decode_opened(self, data: bytes, redis_key: bytes, tenant: str) -> T:
+        """:meth:`decode_value` for an entry the inline paths did not take: opened by
+        :func:`open_envelope` (which names what is wrong), unwrapped and decoded."""
         flags, body, _, _ = open_envelope(data, redis_key, tenant, self._keyring, self._version)
         if flags != self._plain_flags:  # compressed, or not sealed as the schema says
             body = self._unwrap(flags, body)
@@ -408,8 +413,8 @@ class SchemaCodec(Generic[T]):
         An uncompressed entry sealed as the schema says is checked and decoded inline
         (header prefix; CRC, or AES-GCM with the batch's ciphers; msgspec), which saves
         two calls and a cipher lookup per value; anything else, or anything the inline
-        check does not accept, takes :meth:`decode_value`, so both paths accept and
-        refuse exactly the same bytes (property-tested).
+        check does not accept, takes :func:`open_envelope` as in :meth:`decode_value`, so
+        both paths accept and refuse exactly the same bytes (property-tested).
         """
         values: list[T | None] = []
         append = values.append
@@ -453,7 +458,7 @@ class SchemaCodec(Generic[T]):
                 except Exception:  # noqa: S110 -- any failure: the reference path names it
                     pass
             try:
-                append(self.decode_value(data, rk.encode(), tenants[i]))
+                append(self._decode_opened(data, rk.encode(), tenants[i]))
             except CorruptEntry as exc:
                 append(None)
                 corrupt.append((i, exc))
