@@ -411,29 +411,22 @@ class RedisStore:
             runs nothing, and its commands' replies are None).
         :returns: the commands' replies, in the order of ``calls``.
         """
-        if not self._ready:
-            # The grouping reads the slot map: learn it first (under the deadline, the
-            # breaker and the error translation of any call; _enter maps it).
-            async with self._call("CLUSTER SLOTS"):
-                pass
         groups: dict[str, list[int]] = {}
-        for i, (key, _) in enumerate(calls):
-            groups.setdefault(self._waits.master_of(key), []).append(i)
+        async with self._call("WAIT"):  # on a Cluster, maps it first: the grouping reads it
+            for i, (key, _) in enumerate(calls):
+                groups.setdefault(self._waits.master_of(key), []).append(i)
+            outcomes = await asyncio.gather(*(
+                self._waits.run(calls[positions[0]][0], [calls[i][1] for i in positions],
+                                only_with_replicas=only_with_replicas,
+                                wait_seconds=self.wait_timeout, at_most=self.wait_replicas)
+                for positions in groups.values()))
         replies: list[Any] = [None] * len(calls)
-
-        async def on_master(positions: list[int]) -> None:
-            got, _, wanted = await self.replicated(
-                calls[positions[0]][0], [calls[i][1] for i in positions],
-                only_with_replicas=only_with_replicas)
-            if not wanted and only_with_replicas:
-                return  # nothing was sent
-            for i, reply in zip(positions, got, strict=True):
-                replies[i] = reply
-
-        if len(groups) == 1:
-            await on_master(next(iter(groups.values())))
-        else:
-            await asyncio.gather(*(on_master(positions) for positions in groups.values()))
+        for positions, (got, acked, wanted) in zip(groups.values(), outcomes, strict=True):
+            if acked < wanted:
+                self.replication_timeouts += 1
+            if got:  # empty when a master without replicas was sent nothing
+                for i, reply in zip(positions, got, strict=True):
+                    replies[i] = reply
         return replies
 
     async def sync_replicas(self, routing_key: str) -> tuple[int, int]:
