@@ -323,7 +323,7 @@ def test_near_ttl_is_validated(bad: object) -> None:
 
 async def test_publish_failure_is_counted_not_raised() -> None:
     class DeadStore:
-        async def command(self, *args: object) -> None:
+        async def publish_each(self, *args: object) -> None:
             raise RedisUnavailableError("PUBLISH", "127.0.0.1:1", "connection refused")
 
     counters = CoherenceCounters()

@@ -116,30 +116,22 @@ class EventPublisher:
         self.channel = channel
         self.counters = counters
 
-    async def publish(self, event: InvalidationEvent) -> bool:
-        """PUBLISH ``event``; returns False (logged and counted) if it could not be sent."""
+    async def publish(self, *events: InvalidationEvent) -> bool:
+        """PUBLISH ``events`` in one round trip, over the multiplexed connections (a
+        worker's batch announces every tenant that wrote); returns False (logged and
+        counted) if they could not be sent."""
         try:
-            await self._store.command("PUBLISH", self.channel, event.encode())
-        except CacheBackendError as exc:
-            self.counters.event_publish_errors += 1
-            log.warning("could not publish the invalidation of %d key(s) and tags %s of "
-                        "tenant %s: %s; near caches elsewhere expire it within near_ttl",
-                        len(event.keys), list(event.tags), event.tenant, exc)
-            return False
-        self.counters.events_published += 1
-        return True
-
-    async def publish_each(self, events: Sequence[InvalidationEvent]) -> bool:
-        """PUBLISH several events (each with keys: one tenant's deletes) in one round
-        trip; returns False (logged and counted) if they could not be sent."""
-        try:
-            await self._store.publish_each(
-                self.channel, [(event.keys[0], event.encode()) for event in events])
+            # Any node of a Cluster broadcasts a message: each goes through the node of
+            # its tenant's slot, so one tenant's events keep their order.
+            await self._store.publish_each(self.channel, [
+                (f"{self.channel}:{{{event.tenant}}}", event.encode()) for event in events])
         except CacheBackendError as exc:
             self.counters.event_publish_errors += len(events)
-            log.warning("could not publish the invalidations of tenants %s: %s; near "
-                        "caches elsewhere expire them within near_ttl",
-                        sorted({event.tenant for event in events}), exc)
+            log.warning("could not publish the invalidation of %d key(s) and tags %s of "
+                        "tenant(s) %s: %s; near caches elsewhere expire it within near_ttl",
+                        sum(len(event.keys) for event in events),
+                        sorted({tag for event in events for tag in event.tags}),
+                        ", ".join(sorted({event.tenant for event in events})), exc)
             return False
         self.counters.events_published += len(events)
         return True
@@ -289,25 +281,21 @@ class Coherence:
                        *, tenant_wide: bool = False) -> None:
         """After an invalidation Redis acknowledged: evict this process's L1, then tell
         the other processes (never raises)."""
-        event = InvalidationEvent(tenant, tuple(keys), tuple(tags), tenant_wide, self.origin)
-        if self.near is not None:
-            self.near.apply(event)
-        if self._settings.publish_events:
-            await self.publisher.publish(event)
+        await self._announce(
+            [InvalidationEvent(tenant, tuple(keys), tuple(tags), tenant_wide, self.origin)])
 
     async def announce_deletes(self, by_tenant: Mapping[str, Sequence[str]]) -> None:
-        """:meth:`announce` of each tenant's deleted keys (none empty), the events
-        published together (a worker's batch deletes keys of every tenant that wrote)."""
-        events = [InvalidationEvent(tenant, tuple(keys), (), False, self.origin)
-                  for tenant, keys in by_tenant.items()]
+        """:meth:`announce` of each tenant's deleted keys, the events published together
+        (a worker's batch deletes keys of every tenant that wrote)."""
+        await self._announce([InvalidationEvent(tenant, tuple(keys), (), False, self.origin)
+                              for tenant, keys in by_tenant.items()])
+
+    async def _announce(self, events: Sequence[InvalidationEvent]) -> None:
         if self.near is not None:
             for event in events:
                 self.near.apply(event)
         if self._settings.publish_events and events:
-            if len(events) == 1:
-                await self.publisher.publish(events[0])
-            else:
-                await self.publisher.publish_each(events)
+            await self.publisher.publish(*events)
 
     def begin(self, near: NearCache) -> tuple[int, float]:
         """:meth:`NearCache.begin`, starting the subscriber on first use."""
