@@ -62,7 +62,7 @@ def _carried(store: RedisStore, key: str) -> bool:
     command was handed to redis-py."""
     if store.handovers != {"redirect": 0, "connection": 0}:
         return False
-    router = store._router  # which path carried the calls
+    router = store._hot.router  # which path carried the calls
     assert router is not None
     node = router.for_key(key)
     return node is not None and node.ready() is not None

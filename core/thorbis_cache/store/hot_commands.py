@@ -21,6 +21,11 @@ from thorbis_cache.transport import NodeConnections, Router, pack_command
 
 __all__ = ["HotCommands"]
 
+#: Replies that say redis-py's slot map is behind: its own call follows the redirect.
+_REDIRECTS = (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError)
+#: A connection lost or refused, or a demoted master: redis-py reconnects or rediscovers.
+_LOST = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError)
+
 
 class HotCommands:
     """The hot commands' way to the servers of one store.
@@ -58,10 +63,9 @@ class HotCommands:
             if connection is None:
                 connection = await node.connection()
             return await connection.request(pack_command(*args))
-        except (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError):
-            # redis-py's map is behind: its own call follows and learns the redirect
+        except _REDIRECTS:
             self.handovers["redirect"] += 1
-        except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError):
+        except _LOST:
             self.handovers["connection"] += 1
             if node is not None:
                 router.stale(node)
@@ -96,10 +100,9 @@ class HotCommands:
                 try:
                     replies.append(await future)
                     continue
-                except (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError):
+                except _REDIRECTS:
                     self.handovers["redirect"] += 1
-                except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError,
-                        OSError):
+                except _LOST:
                     self.handovers["connection"] += 1
                     router.stale(node)
                 replies.append(await self.client.execute_command(*args))

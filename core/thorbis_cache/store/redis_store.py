@@ -71,8 +71,7 @@ class RedisStore:
         multiplexed: bool = True,
     ) -> None:
         self._client = client
-        self._router = Router(client) if multiplexed else None
-        self._hot = HotCommands(client, self._router)
+        self._hot = HotCommands(client, Router(client) if multiplexed else None)
         # Bound once: the hot path calls them without another attribute lookup.
         self._send = self._hot.send
         self._send_all = self._hot.send_all
@@ -150,8 +149,8 @@ class RedisStore:
     async def aclose(self) -> None:
         """Close every connection and stop the deadline watchdog."""
         await self._deadlines.aclose()
-        if self._router is not None:
-            await self._router.aclose()
+        if self._hot.router is not None:
+            await self._hot.router.aclose()
         await self._waits.aclose()
         await self._client.aclose()
 
