@@ -20,6 +20,7 @@ __all__ = [
     "ConfigurationError",
     "DeadLetterNotFound",
     "DuplicateSchemaError",
+    "EventLoopInUseError",
     "EvictionPolicyError",
     "InvalidJobError",
     "InvalidKeyError",
@@ -237,6 +238,26 @@ class CacheBackendError(ThorbisCacheError):
 
 class RedisUnavailableError(CacheBackendError, ConnectionError):
     """Redis could not be reached (refused, reset, timed out)."""
+
+
+class EventLoopInUseError(ThorbisCacheError, RuntimeError):
+    """A store (and the :class:`~thorbis_cache.Cache` on it) was called from one event
+    loop while another, still running in another thread, holds its connections.
+
+    A cache follows its host from one loop to the next (``asyncio.run`` per command,
+    ``async_to_sync`` per call) once the previous loop has stopped; two loops running at
+    once need a cache each.
+
+    :ivar address: the server address(es) the store talks to.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__(
+            f"redis store on {address} is in use by an event loop still running in another "
+            "thread; a Cache serves one event loop at a time: build one Cache per loop "
+            "(per thread), or call it from the loop that holds it "
+            "(asyncio.run_coroutine_threadsafe)")
 
 
 class PostgresUnavailableError(ThorbisCacheError, ConnectionError):

@@ -172,11 +172,20 @@ class EventSubscriber:
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
-        """Start listening (in the running loop); idempotent."""
-        if not self.running:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"thorbis-events:{self.channel}"
-            )
+        """Start listening (in the running loop); idempotent.
+
+        A subscriber left on a loop that has stopped (the host moved to another loop)
+        heard nothing since: L1 is flushed and marked unconfirmed, and a new subscriber
+        starts on the running loop.
+        """
+        loop = asyncio.get_running_loop()
+        task = self._task
+        if task is not None and not task.done() and task.get_loop() is loop:
+            return
+        if task is not None and task.get_loop() is not loop:
+            self._pubsub = None
+            self._on_ready(False)
+        self._task = loop.create_task(self._run(), name=f"thorbis-events:{self.channel}")
 
     async def aclose(self) -> None:
         """Stop listening and close the connection."""
@@ -298,13 +307,14 @@ class Coherence:
             await self.publisher.publish(*events)
 
     def begin(self, near: NearCache) -> tuple[int, float]:
-        """:meth:`NearCache.begin`, starting the subscriber on first use."""
+        """:meth:`NearCache.begin`, starting the subscriber on first use (and again on
+        the first use from another event loop than its own)."""
         if self.subscriber is None:
             self.subscriber = EventSubscriber(
                 self._store, self.publisher.channel, self._on_event, near.set_ready,
                 health_interval=self._settings.events_health_interval,
             )
-            self.subscriber.start()
+        self.subscriber.start()
         return near.begin()
 
     async def ready(self, wait: float) -> bool:

@@ -91,8 +91,8 @@ class NearCache:
     :raises ConfigurationError: ``max_entries`` is not a positive int.
     """
 
-    __slots__ = ("_by_tag", "_clock", "_entries", "_floor", "_marks", "_ready",
-                 "_ready_event", "counters", "generation", "max_entries", "owner")
+    __slots__ = ("_by_tag", "_clock", "_entries", "_event_loop", "_floor", "_marks",
+                 "_ready", "_ready_event", "counters", "generation", "max_entries", "owner")
 
     def __init__(self, max_entries: int = 10_000, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -105,6 +105,7 @@ class NearCache:
         self._by_tag: dict[tuple[str, str], set[str]] = {}
         self._ready = False
         self._ready_event: asyncio.Event | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         #: bumped by every eviction and flush; a fill whose read started before an
         #: eviction that concerns it is dropped
         self.generation = 0
@@ -255,10 +256,16 @@ class NearCache:
         flushed, since events may have been missed in between."""
         self.flush()
         self._ready = ready
-        if ready:
-            self._event().set()
-        elif self._ready_event is not None:
-            self._ready_event.clear()
+        event = self._ready_event
+        if event is None:
+            return  # nobody waited yet: :meth:`_event` makes one in the right state
+        if not ready:
+            event.clear()
+            return
+        # Waiters left on a loop that has stopped cannot be woken ("Event loop is
+        # closed"); those of the running loop are.
+        with contextlib.suppress(RuntimeError):
+            event.set()
 
     async def wait_ready(self, wait: float) -> bool:
         """Wait up to ``wait`` seconds for the subscription; returns :attr:`ready`."""
@@ -268,8 +275,14 @@ class NearCache:
         return self._ready
 
     def _event(self) -> asyncio.Event:
-        if self._ready_event is None:
+        # One per event loop: an asyncio.Event waited on from one loop cannot be waited
+        # on from the next (a host that moves from loop to loop, tests/test_successive_loops.py).
+        loop = asyncio.get_running_loop()
+        if self._ready_event is None or self._event_loop is not loop:
             self._ready_event = asyncio.Event()
+            self._event_loop = loop
+            if self._ready:
+                self._ready_event.set()
         return self._ready_event
 
     # ----------------------------------------------------------------- events

@@ -22,12 +22,14 @@ from redis.crc import key_slot
 
 from thorbis_cache.errors import (
     CacheBackendError,
+    EventLoopInUseError,
     RedisOutOfMemoryError,
     RedisUnavailableError,
     WrongRedisTypeError,
 )
 from thorbis_cache.store.circuit import CircuitBreaker
 from thorbis_cache.store.clients import client_for, dedicated_client_for
+from thorbis_cache.store.event_loops import LoopEnd, loop_still_running, release_connections
 from thorbis_cache.store.hot_commands import HotCommands
 from thorbis_cache.store.redis_url import RedisAddress, parse_redis_url
 from thorbis_cache.store.replica_waits import ReplicaWaits
@@ -82,7 +84,10 @@ class RedisStore:
         # by another client). So the first call maps the cluster alone; the rest wait.
         self._ready = not self._cluster
         self._ready_lock = asyncio.Lock()
-        self._deadlines = CallDeadlines(timeout)
+        # Left on a loop that has stopped, to be let go of before the next call.
+        self._left_behind = False
+        self._loop_end = LoopEnd(self._at_loop_end)
+        self._deadlines = CallDeadlines(timeout, on_new_loop=self._moved_from)
         self._gate = InFlightGate(max_in_flight)
         self.breaker = breaker or CircuitBreaker()
         self.address = address
@@ -147,7 +152,17 @@ class RedisStore:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close every connection and stop the deadline watchdog."""
+        """Close every connection and stop the deadline watchdog.
+
+        :raises EventLoopInUseError: called from another loop while the store's loop
+            still runs.
+        """
+        previous = self._deadlines.loop
+        if previous is not None and previous is not asyncio.get_running_loop():
+            self._moved_from(previous)
+        self._loop_end.disarm()
+        if self._left_behind:
+            await self._let_go()
         await self._deadlines.aclose()
         if self._hot.router is not None:
             await self._hot.router.aclose()
@@ -195,15 +210,49 @@ class RedisStore:
         self.breaker.abandoned()
         return False
 
-    async def _map_cluster(self) -> None:
+    def _moved_from(self, previous: asyncio.AbstractEventLoop | None) -> None:
+        """The first call from an event loop (see :mod:`.event_loops`). From another
+        one than before: refused while ``previous`` still runs; otherwise what was
+        opened there is let go of by :meth:`_prepare`, before this call goes on."""
+        if previous is not None:
+            if loop_still_running(previous):
+                raise EventLoopInUseError(self.address)
+            self._left_behind = True
+            self._ready = False
+            # Locks and waiters of the stopped loop cannot be awaited from this one.
+            self._ready_lock = asyncio.Lock()
+            self._gate = InFlightGate(self._gate.limit)
+        self._loop_end.arm()
+
+    async def _at_loop_end(self) -> None:
+        """The store's loop is shutting down: close its connections there, properly."""
+        self._left_behind = False
+        if self._hot.router is not None:
+            await self._hot.router.aclose()
+        await self._waits.aclose()
+        await release_connections(self._client)
+
+    async def _prepare(self) -> None:
+        """Before the first call on a loop, alone: let go of the connections of a
+        stopped loop, and on a Cluster learn the slot map."""
         async with self._ready_lock:
+            if self._left_behind:
+                await self._let_go()
             if not self._ready:
-                await self._client.initialize()
+                if self._cluster:
+                    await self._client.initialize()
                 self._ready = True
+
+    async def _let_go(self) -> None:
+        self._left_behind = False
+        if self._hot.router is not None:
+            self._hot.router.abandon()
+        await self._waits.release()
+        await release_connections(self._client)
 
     async def _enter(self) -> None:
         if not self._ready:
-            await self._map_cluster()
+            await self._prepare()
         gate = self._gate
         if gate.busy < gate.limit:
             gate.busy += 1
@@ -245,7 +294,7 @@ class RedisStore:
         gate = self._gate
         try:
             if not self._ready:
-                await self._map_cluster()
+                await self._prepare()
             if gate.busy < gate.limit:
                 gate.busy += 1
             else:

@@ -20,6 +20,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from thorbis_cache.store.event_loops import release_connections
+
 __all__ = ["ReplicaWaits"]
 
 #: The single-node client's options taken from the Cluster client's connections.
@@ -118,6 +120,13 @@ class ReplicaWaits:
                                          retry=Retry(NoBackoff(), 0), **kwargs)
             self._node_clients[where] = node_client
         return node_client
+
+    async def release(self) -> None:
+        """Let go of the per-node clients' connections: their event loop has stopped
+        (see :mod:`thorbis_cache.store.event_loops`)."""
+        clients, self._node_clients = self._node_clients, {}
+        for node_client in clients.values():
+            await release_connections(node_client)
 
     async def aclose(self) -> None:
         """Close the per-node clients."""

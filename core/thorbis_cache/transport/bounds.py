@@ -7,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["CallDeadlines", "InFlightGate"]
@@ -18,29 +19,49 @@ class CallDeadlines:
     redis-py enforces ``socket_timeout`` with an ``asyncio.wait_for`` per send and an
     ``asyncio.timeout`` per read: a task and a timer handle on every command, measured at
     a third of a raw GET's latency. Here each call only records its deadline in a dict;
-    one watchdog task per store wakes every ``timeout / 4`` and cancels the calls that
-    are past due, which the store turns into :class:`RedisUnavailableError`. redis-py
-    drops a connection whose command was cancelled, so no reply is ever misread.
+    one watchdog per store wakes every ``timeout / 4`` and cancels the calls that are
+    past due, which the store turns into :class:`RedisUnavailableError`. redis-py drops
+    a connection whose command was cancelled, so no reply is ever misread.
+
+    The watchdog is a timer that sets itself again, not a task: nothing that cancels
+    every task (a loop shutting down, a host's own clean-up) stops it, and one left on a
+    loop closed without ceremony is dropped silently with it.
     """
 
-    __slots__ = ("_expired", "_inflight", "_interval", "_loop", "_task", "timeout")
+    __slots__ = ("_expired", "_inflight", "_interval", "_loop", "_on_new_loop", "_timer",
+                 "timeout")
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, *,
+                 on_new_loop: Callable[[asyncio.AbstractEventLoop | None], None] | None = None
+                 ) -> None:
         self.timeout = timeout
         self._interval = max(0.005, timeout / 4)
         self._inflight: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_new_loop = on_new_loop
 
     def arm(self) -> asyncio.Task[Any]:
-        """Register the current task's call; pair with :meth:`disarm` in ``finally``."""
+        """Register the current task's call; pair with :meth:`disarm` in ``finally``.
+
+        The first call from a loop (the first call of all included) calls
+        ``on_new_loop`` with the previous loop (None at first), before anything else.
+
+        :raises EventLoopInUseError: from ``on_new_loop``, for a call from another loop
+            while the store's loop still runs (nothing is registered then).
+        """
         task = asyncio.current_task()
         assert task is not None  # store calls are always awaited inside a task
-        self._inflight[task] = time.monotonic() + self.timeout
-        if self._task is None or self._loop is not task.get_loop():
+        if self._timer is None or self._loop is not task.get_loop():
             self._start(task.get_loop())
+        self._inflight[task] = time.monotonic() + self.timeout
         return task
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop of the calls so far (None before the first)."""
+        return self._loop
 
     def disarm(self, task: asyncio.Task[Any]) -> None:
         """The call of ``task`` is over."""
@@ -55,27 +76,37 @@ class CallDeadlines:
         return True
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        previous = self._loop
+        if previous is not loop:
+            if self._on_new_loop is not None:
+                self._on_new_loop(previous)  # may refuse the move: nothing changed yet
+            # Calls of the previous loop can no longer be cancelled from here.
+            self._inflight = {t: d for t, d in self._inflight.items() if t.get_loop() is loop}
+            self._expired = {t for t in self._expired if t.get_loop() is loop}
         self._loop = loop
-        self._task = loop.create_task(self._watch(), name="thorbis-redis-deadlines")
+        if self._timer is not None:
+            with contextlib.suppress(RuntimeError):  # on a closed loop (uvloop's refuse)
+                self._timer.cancel()
+        self._timer = loop.call_later(self._interval, self._watch)
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            if not self._inflight:
-                continue
-            now = time.monotonic()
-            for task, deadline in list(self._inflight.items()):
-                if deadline <= now and task not in self._expired and not task.done():
-                    self._expired.add(task)
-                    task.cancel()
+    def _watch(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._timer = loop.call_later(self._interval, self._watch)
+        if not self._inflight:
+            return
+        now = time.monotonic()
+        for task, deadline in list(self._inflight.items()):
+            if deadline <= now and task not in self._expired and not task.done():
+                self._expired.add(task)
+                task.cancel()
 
     async def aclose(self) -> None:
         """Stop the watchdog."""
-        task, self._task = self._task, None
-        if task is not None and not task.done() and task.get_loop() is _running_loop():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            with contextlib.suppress(RuntimeError):
+                timer.cancel()
 
 
 class InFlightGate:
@@ -116,10 +147,3 @@ class InFlightGate:
                 waiter.set_result(None)
                 return
         self.busy -= 1
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

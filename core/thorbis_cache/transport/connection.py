@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import socket
 import ssl
 from typing import Any, cast
 
@@ -146,6 +148,26 @@ class MultiplexedConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection; pending callers fail with a ConnectionError."""
         self._fail(rexc.ConnectionError(f"connection to {self.where} closed"))
+
+    def abandon(self) -> None:
+        """Let go of a connection whose event loop has stopped (its store moved to
+        another loop). Nothing on that loop can run again, so no caller is failed (their
+        tasks are gone with it); the socket is shut down so the server lets go of it
+        now, and closed when this object is collected."""
+        if self._lost is None:
+            self._lost = rexc.ConnectionError(
+                f"connection to {self.where} left behind with its event loop")
+        self._outgoing = []
+        self._waiters = collections.deque()
+        transport, self._transport = self._transport, None
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+            transport.abort()
 
     # ----------------------------------------------------------------- protocol
 

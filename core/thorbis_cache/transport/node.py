@@ -110,3 +110,12 @@ class NodeConnections:
                 pending.exception()
         self._connecting = [None] * len(self._connecting)
         return closed
+
+    def abandon(self) -> None:
+        """Let go of every connection: their event loop has stopped (see
+        :meth:`MultiplexedConnection.abandon`); the next call connects on its own loop."""
+        for connection in self._slots:
+            if connection is not None:
+                connection.abandon()
+        self._slots = [None] * len(self._slots)
+        self._connecting = [None] * len(self._connecting)
