@@ -32,7 +32,10 @@ class LoaderCalls:
 
     def __init__(self, settings: CacheSettings) -> None:
         self._settings = settings
-        self._degraded = asyncio.Semaphore(settings.degraded_concurrency)
+        # One per event loop: a semaphore waited on from one loop cannot be waited on
+        # from the next (a host moving from loop to loop; docs/host-application.md).
+        self._degraded: tuple[asyncio.AbstractEventLoop | None, asyncio.Semaphore] = (
+            None, asyncio.Semaphore(settings.degraded_concurrency))
 
     async def call(self, counters: SchemaCounters, loader: Loader[T]) -> T:
         """``loader()``, counted in the schema's ``counters``; its exception propagates."""
@@ -57,5 +60,10 @@ class LoaderCalls:
             "redis unavailable (%s); serving %s for tenant %s from the loader",
             exc, key.schema.name, key.tenant,
         )
-        async with self._degraded:
+        loop = asyncio.get_running_loop()
+        owner, gate = self._degraded
+        if owner is not loop:
+            gate = asyncio.Semaphore(self._settings.degraded_concurrency)
+            self._degraded = (loop, gate)
+        async with gate:
             return await self.call(counters, loader)
