@@ -202,20 +202,29 @@ def test_a_loop_switch_releases_the_old_connections(thorbis_redis_server: RedisS
 
 
 def test_a_loop_still_running_elsewhere_keeps_the_cache(thorbis_redis_url: str) -> None:
-    cache = Cache.from_url(thorbis_redis_url, _registry(), keyring=KeyRing.generate())
+    cache = Cache.from_url(thorbis_redis_url, _registry(), keyring=KeyRing.generate(),
+                           near=NearCache(100))
+    near = cache.near
+    assert near is not None
     key = SHIFT.key("acme", id=1)
     with LoopThread() as owner:
+        assert owner.run(cache.near_ready(5.0))
         owner.run(cache.set(key, Shift(1, "ana")))
+        assert owner.run(cache.get(key)) == Shift(1, "ana")
+        assert cache.redis_key(key) in near  # an L1 entry of the owner's loop
 
-        async def intruder() -> Shift | None:
-            return await cache.get(key)
+        async def intruder() -> list[Shift | None]:
+            return await cache.get_many([key, SHIFT.key("acme", id=2)])
 
-        with pytest.raises(EventLoopInUseError) as caught:
-            asyncio.run(intruder())
-        message = str(caught.value)
-        assert cache.store.address in message
-        assert "one event loop" in message
-        # The owner's loop was not disturbed.
+        for attempt in (intruder, lambda: cache.get(SHIFT.key("acme", id=3))):
+            with pytest.raises(EventLoopInUseError) as caught:
+                asyncio.run(attempt())  # type: ignore[arg-type]
+            message = str(caught.value)
+            assert cache.store.address in message
+            assert "one event loop" in message
+        # The owner's loop was not disturbed: its L1 and its subscription are intact.
+        assert near.ready
+        assert cache.redis_key(key) in near
         assert owner.run(cache.get(key)) == Shift(1, "ana")
         assert owner.run(cache.get_many([key])) == [Shift(1, "ana")]
         assert _carried(cache.store)

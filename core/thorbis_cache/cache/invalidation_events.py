@@ -35,7 +35,8 @@ import redis.exceptions as rexc
 
 from thorbis_cache.cache.metrics import CoherenceCounters
 from thorbis_cache.cache.settings import CacheSettings
-from thorbis_cache.errors import CacheBackendError
+from thorbis_cache.errors import CacheBackendError, EventLoopInUseError
+from thorbis_cache.store.event_loops import loop_still_running
 from thorbis_cache.store.redis_store import RedisStore
 
 __all__ = [
@@ -177,12 +178,17 @@ class EventSubscriber:
         A subscriber left on a loop that has stopped (the host moved to another loop)
         heard nothing since: L1 is flushed and marked unconfirmed, and a new subscriber
         starts on the running loop.
+
+        :raises EventLoopInUseError: the subscriber runs on another loop, still running
+            (in another thread); nothing is changed.
         """
         loop = asyncio.get_running_loop()
         task = self._task
         if task is not None and not task.done() and task.get_loop() is loop:
             return
         if task is not None and task.get_loop() is not loop:
+            if not task.done() and loop_still_running(task.get_loop()):
+                raise EventLoopInUseError(self._store.address)  # and leave it alone
             self._pubsub = None
             self._on_ready(False)
         self._task = loop.create_task(self._run(), name=f"thorbis-events:{self.channel}")
