@@ -27,7 +27,16 @@ import attrs
 import pytest
 import uvloop
 
-from thorbis_cache import Cache, CacheSettings, KeyRing, KeySchema, NearCache, SchemaRegistry
+from thorbis_cache import (
+    Cache,
+    CacheSettings,
+    KeyRing,
+    KeySchema,
+    NearCache,
+    SchemaKind,
+    SchemaRegistry,
+)
+from thorbis_cache.cache.fill import SingleFlight
 from thorbis_cache.errors import EventLoopInUseError, RedisUnavailableError
 from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.testing.loop_thread import LoopThread
@@ -45,11 +54,14 @@ class Shift:
 
 SHIFT = KeySchema("loops.shift", Shift, params={"id": int}, ttl=300, sensitive=True, near_ttl=30,
                   tags=("loops.shifts",))
+SHIFT_HASH = KeySchema("loops.shift_hash", Shift, params={"id": int}, ttl=300,
+                       kind=SchemaKind.HASH)
 
 
 def _registry() -> SchemaRegistry:
     registry = SchemaRegistry()
     registry.register(SHIFT, owner="tests")
+    registry.register(SHIFT_HASH, owner="tests")
     return registry
 
 
@@ -222,6 +234,28 @@ def test_a_loop_still_running_elsewhere_keeps_the_cache(thorbis_redis_url: str) 
             message = str(caught.value)
             assert cache.store.address in message
             assert "one event loop" in message
+        # A fill in flight on the owner's loop is not joined from another loop.
+        gate = asyncio.Event()  # waited on and set on the owner's loop only
+        hash_key = SHIFT_HASH.key("acme", id=5)
+
+        async def slow() -> Shift:
+            await gate.wait()
+            return Shift(5, "owner's load")
+
+        async def open_gate() -> None:
+            gate.set()
+
+        async def start_fill() -> asyncio.Task[Shift]:
+            task = asyncio.get_running_loop().create_task(
+                cache.hash(hash_key).get_or_load(slow))
+            await asyncio.sleep(0.1)
+            return task
+
+        fill = owner.run(start_fill())
+        with pytest.raises(EventLoopInUseError, match="one event loop"):
+            asyncio.run(cache.hash(hash_key).get_or_load(slow))  # type: ignore[arg-type]
+        owner.run(open_gate())
+        assert owner.run(fill) == Shift(5, "owner's load")
         # The owner's loop was not disturbed: its L1 and its subscription are intact.
         assert near.ready
         assert cache.redis_key(key) in near
@@ -321,3 +355,103 @@ def test_degraded_loads_are_bounded_on_every_loop() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         assert [asyncio.run(main()) for _ in range(3)] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("kind", ["value", "hash"])
+def test_a_fill_left_on_a_loop_closed_without_ceremony_is_not_joined(
+        thorbis_standalone_redis_url: str, kind: str) -> None:
+    """A loop closed with a fill still in flight (no task cancelled, no generator shut
+    down) leaves that flight behind for good: the next loop's readers of the key must
+    load afresh, not wait on it (it was joined once, and failed "attached to a different
+    loop" for every later reader)."""
+    cache = Cache.from_url(thorbis_standalone_redis_url, _registry(),
+                           keyring=KeyRing.generate(),
+                           settings=CacheSettings(lease_ttl=0.3, lease_wait=0.5))
+    schema = SHIFT if kind == "value" else SHIFT_HASH
+    key = schema.key("acme", id=11)
+
+    def read(loader: Callable[[], Awaitable[Shift]]) -> Awaitable[Shift]:
+        if kind == "value":
+            return cache.get_or_load(key, loader)
+        return cache.hash(key).get_or_load(loader)
+
+    async def never() -> Shift:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def start_a_fill() -> list[asyncio.Task[Any]]:
+        reader = asyncio.get_running_loop().create_task(read(never))  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)  # the flight holds the lease and waits on its loader
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] + [reader]
+
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda _loop, _context: None)  # the tasks left pending
+    left = loop.run_until_complete(start_a_fill())
+    loop.close()
+
+    async def fresh() -> Shift:
+        return Shift(11, "fresh")
+
+    async def main() -> Shift:
+        return await asyncio.wait_for(read(fresh), 10)
+
+    assert asyncio.run(main()) == Shift(11, "fresh")
+    assert asyncio.run(main()) == Shift(11, "fresh")
+
+    async def close() -> None:
+        await cache.aclose()
+
+    asyncio.run(close())
+    # Closed here rather than whenever the collector finds them (their clean-up code
+    # cannot run without their loop: it fails at once, as it would then).
+    for task in left:
+        with contextlib.suppress(RuntimeError):
+            task.get_coro().close()  # type: ignore[union-attr]
+
+
+def test_single_flight_on_another_loop() -> None:
+    """The flights themselves: one on a loop still running elsewhere is refused (and
+    left alone); one on a loop that has stopped is forgotten, and a new one starts."""
+    flights: SingleFlight[str] = SingleFlight()
+
+    async def value(text: str) -> str:
+        return text
+
+    with LoopThread() as owner:
+        gate = asyncio.Event()
+
+        async def slow() -> str:
+            await gate.wait()
+            return "owner's"
+
+        async def start() -> asyncio.Future[tuple[str, bool]]:
+            flight = asyncio.ensure_future(flights.do("k", slow))
+            await asyncio.sleep(0.05)
+            return flight
+
+        async def open_gate() -> None:
+            gate.set()
+
+        flight = owner.run(start())
+        with pytest.raises(EventLoopInUseError, match="the in-process fill of k is in use"):
+            asyncio.run(flights.do("k", lambda: value("intruder's")))
+        owner.run(open_gate())
+        assert owner.run(flight) == ("owner's", False)
+
+    stopped = asyncio.new_event_loop()
+    stopped.set_exception_handler(lambda _loop, _context: None)
+
+    async def never() -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    async def leave() -> asyncio.Task[tuple[str, bool]]:
+        task = asyncio.ensure_future(flights.do("k", never))
+        await asyncio.sleep(0.01)
+        return task
+
+    left = stopped.run_until_complete(leave())
+    stopped.close()
+    assert asyncio.run(flights.do("k", lambda: value("fresh"))) == ("fresh", False)
+    with contextlib.suppress(RuntimeError):
+        left.get_coro().close()  # type: ignore[union-attr]

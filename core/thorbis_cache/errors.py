@@ -248,13 +248,14 @@ class EventLoopInUseError(ThorbisCacheError, RuntimeError):
     ``async_to_sync`` per call) once the previous loop has stopped; two loops running at
     once need a cache each.
 
-    :ivar address: the server address(es) the store talks to.
+    :ivar address: the server address(es) the store talks to, or the key whose fill
+        runs on the other loop.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, what: str = "redis store on") -> None:
         self.address = address
         super().__init__(
-            f"redis store on {address} is in use by an event loop still running in another "
+            f"{what} {address} is in use by an event loop still running in another "
             "thread; a Cache serves one event loop at a time: build one Cache per loop "
             "(per thread), or call it from the loop that holds it "
             "(asyncio.run_coroutine_threadsafe)")

@@ -21,6 +21,9 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
+from thorbis_cache.errors import EventLoopInUseError
+from thorbis_cache.store.event_loops import loop_still_running
+
 __all__ = ["SingleFlight", "backoff_delays", "should_recompute_early"]
 
 T = TypeVar("T")
@@ -44,15 +47,20 @@ class SingleFlight(Generic[T]):
         return len(self._tasks)
 
     def running(self, key: str) -> bool:
-        """True while a call for ``key`` is in flight."""
-        return key in self._tasks
+        """True while a call for ``key`` is in flight (on the running loop).
+
+        :raises EventLoopInUseError: it is in flight on another loop, still running.
+        """
+        return key in self._tasks and self._current(key) is not None
 
     async def do(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Run ``factory()`` once for all concurrent callers of ``key``.
 
         :returns: the result, and whether this caller joined an existing flight.
+        :raises EventLoopInUseError: a flight of ``key`` runs on another loop, still
+            running (in another thread); nothing is changed.
         """
-        task = self._tasks.get(key)
+        task = self._current(key)
         joined = task is not None
         if task is None:
             task = asyncio.ensure_future(factory())
@@ -60,6 +68,23 @@ class SingleFlight(Generic[T]):
             self._tasks[key] = task
             task.add_done_callback(lambda t: self._finished(key, t))
         return await asyncio.shield(task), joined
+
+    def _current(self, key: str) -> asyncio.Task[T] | None:
+        """The flight of ``key`` callers on the running loop may join. One left on a loop
+        that has stopped (the host moved to another loop) will never end: forgotten."""
+        task = self._tasks.get(key)
+        if task is None:
+            return None
+        loop = task.get_loop()
+        try:
+            if loop is asyncio.get_running_loop():
+                return task
+        except RuntimeError:  # asked outside any loop
+            return task
+        if not task.done() and loop_still_running(loop):
+            raise EventLoopInUseError(key, what=f"the in-process {self._name} of")
+        del self._tasks[key]
+        return None
 
     def revoke(self, keys: Iterable[str] = (), prefix: str | None = None) -> int:
         """Detach the flights of ``keys`` (and of every key starting with ``prefix``)
@@ -88,7 +113,11 @@ class SingleFlight(Generic[T]):
 
     async def cancel_all(self) -> None:
         """Cancel every flight and wait for them to end."""
-        tasks = [*self._tasks.values(), *self._detached]
+        loop = asyncio.get_running_loop()
+        # Flights of a loop that has stopped can neither run nor be cancelled: dropped.
+        tasks = [t for t in (*self._tasks.values(), *self._detached) if t.get_loop() is loop]
+        self._tasks.clear()
+        self._detached.clear()
         for task in tasks:
             task.cancel()
         if tasks:
