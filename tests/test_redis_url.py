@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 from collections.abc import Iterator
@@ -163,3 +164,65 @@ async def test_rediss_talks_tls_and_checks_the_certificate(tmp_path: Path) -> No
                 await store.get("tc:x")
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- call bounds
+
+
+@pytest.mark.parametrize("url", [
+    "redis://h:1/0?socket_timeout=0.25&socket_connect_timeout=1.5&max_connections=16",
+    "rediss://h:1/0?socket_timeout=0.25&socket_connect_timeout=1.5&max_connections=16"
+    "&ssl_cert_reqs=none",
+    "redis+cluster://a:1,b:2?socket_timeout=0.25&socket_connect_timeout=1.5"
+    "&max_connections=16",
+    "redis+sentinel://s1:26379/orders/0?socket_timeout=0.25&socket_connect_timeout=1.5"
+    "&max_connections=16",
+    "unix:///run/redis.sock?db=2&socket_timeout=0.25&socket_connect_timeout=1.5"
+    "&max_connections=16",
+])
+def test_the_call_bounds_are_in_the_url_on_every_topology(url: str) -> None:
+    """A host configures the cache, the worker and the CLI with one string: the per-call
+    deadline, the connect timeout and the calls in flight go in it too."""
+    address = parse_redis_url(url)
+    assert (address.call_timeout, address.connect_timeout, address.max_connections) == (
+        0.25, 1.5, 16)
+    # Never handed to redis-py as its own socket timeout: the store bounds every call.
+    assert "socket_timeout" not in address.url
+    assert "max_connections" not in address.url
+    assert parse_redis_url(url.split("?")[0]).call_timeout is None
+
+
+@pytest.mark.parametrize(("query", "says"), [
+    ("socket_timeout=0", "socket_timeout must be a positive number of seconds, got '0'"),
+    ("socket_timeout=-1", "socket_timeout must be a positive number of seconds, got '-1'"),
+    ("socket_timeout=inf", "socket_timeout must be a positive number of seconds"),
+    ("socket_timeout=fast", "socket_timeout must be a positive number of seconds, got 'fast'"),
+    ("socket_connect_timeout=nan", "socket_connect_timeout must be a positive number"),
+    ("max_connections=0", "max_connections must be a whole number >= 1, got '0'"),
+    ("max_connections=2.5", "max_connections must be a whole number >= 1, got '2.5'"),
+])
+def test_a_bad_call_bound_is_refused_by_name(query: str, says: str) -> None:
+    for base in ("redis://:hunter2@h:1/0", "redis+cluster://:hunter2@a:1",
+                 "unix://:hunter2@/run/redis.sock"):
+        with pytest.raises(ConfigurationError) as caught:
+            parse_redis_url(f"{base}?{query}")
+        assert says in str(caught.value)
+        assert "hunter2" not in str(caught.value)
+
+
+async def test_the_url_sets_the_deadline_of_every_call(
+        thorbis_redis_server: RedisServer) -> None:
+    url = f"{thorbis_redis_server.url}?socket_timeout=0.3&max_connections=4"
+    async with Cache.from_url(url, _registry()) as cache:
+        assert cache.store.timeout == 0.3
+        await cache.set(NOTE.key("acme", id=1), "kept")
+        thorbis_redis_server.command("CLIENT", "PAUSE", 1200, "ALL")
+        try:
+            with pytest.raises(RedisUnavailableError, match=r"no reply within 0\.3s"):
+                await cache.get(NOTE.key("acme", id=1))
+        finally:
+            await asyncio.sleep(1.2)  # the pause over
+        assert await cache.get(NOTE.key("acme", id=1)) == "kept"
+    # An explicit argument wins over the URL.
+    async with RedisStore.from_url(url, timeout=0.7) as store:
+        assert store.timeout == 0.7

@@ -109,9 +109,9 @@ class RedisStore:
         cls,
         url: str,
         *,
-        timeout: float = 2.0,
-        connect_timeout: float = 2.0,
-        max_connections: int = 128,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+        max_connections: int | None = None,
         multiplexed: bool = True,
     ) -> RedisStore:
         """Connect lazily to the Redis a URL names, on any topology (see
@@ -120,13 +120,20 @@ class RedisStore:
 
         :param timeout: seconds a call may wait for its reply, enforced by one watchdog
             rather than a timer per call (see
-            :class:`~thorbis_cache.transport.bounds.CallDeadlines`).
-        :param connect_timeout: seconds to establish a connection.
+            :class:`~thorbis_cache.transport.bounds.CallDeadlines`); else the URL's
+            ``socket_timeout``, else 2.
+        :param connect_timeout: seconds to establish a connection; else the URL's
+            ``socket_connect_timeout``, else 2.
+        :param max_connections: calls in flight at once (the rest wait their turn), and
+            the size of redis-py's pool; else the URL's ``max_connections``, else 128.
         :param multiplexed: see the class.
         :raises ConfigurationError: for a URL this project does not understand.
         """
         address = parse_redis_url(url)
-        client = client_for(url, address, connect_timeout=connect_timeout,
+        timeout = timeout or address.call_timeout or 2.0
+        connect_timeout = connect_timeout or address.connect_timeout or 2.0
+        max_connections = max_connections or address.max_connections or 128
+        client = client_for(address.url, address, connect_timeout=connect_timeout,
                             max_connections=max_connections)
         store = cls(client, address.describe(), timeout=timeout,
                     max_in_flight=max_connections, multiplexed=multiplexed)
@@ -139,6 +146,11 @@ class RedisStore:
         current master of a Sentinel group -- with the driver's silent retries off, so
         its owner notices a lost connection."""
         return dedicated_client_for(self._client, self.redis_address)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds any call may wait for its reply (queueing included)."""
+        return self._deadlines.timeout
 
     @property
     def is_cluster(self) -> bool:

@@ -17,15 +17,25 @@ Username and password are Redis ACL credentials (a password alone is ``:password
 percent-encode reserved characters. Query parameters: ``ssl_ca_certs``, ``ssl_certfile``,
 ``ssl_keyfile``, ``ssl_cert_reqs`` (``required``/``optional``/``none``) for TLS, and for
 Sentinel ``sentinel_username``/``sentinel_password`` when the sentinels have their own
-credentials (by default they are contacted without any).
+credentials (by default they are contacted without any). On every topology, the bounds
+of the store's calls (redis-py's names, this store's meaning):
+
+``socket_timeout``          seconds any call may wait for its reply, queueing included
+                            (the store's deadline; 2 by default)
+``socket_connect_timeout``  seconds to open a connection (2 by default)
+``max_connections``         calls in flight at once; more wait their turn (128 by default)
+
+They are the store's, never redis-py's own socket timeout (which would put a timer on
+every command), and an argument given to ``RedisStore.from_url`` wins over the URL.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import re
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode
 
 import attrs
 
@@ -53,6 +63,7 @@ _SCHEMES: dict[str, tuple[Topology, bool]] = {
 }
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 _SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
+_CALL_OPTIONS = ("socket_timeout", "socket_connect_timeout", "max_connections")
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?$")
 
 
@@ -70,8 +81,11 @@ class RedisAddress:
     :ivar tls: connect to the data nodes over TLS.
     :ivar tls_options: ``ssl_*`` keyword arguments for redis-py.
     :ivar sentinel_options: ``sentinel_username``/``sentinel_password``.
-    :ivar url: the URL as given (kept for the standalone ``redis://``/``unix://`` forms,
-        which redis-py parses itself).
+    :ivar url: the URL as given, without the call bounds (kept for the ``unix://``
+        form, which redis-py parses itself).
+    :ivar call_timeout: ``socket_timeout``: the store's deadline per call, or None.
+    :ivar connect_timeout: ``socket_connect_timeout``, or None.
+    :ivar max_connections: ``max_connections``: the calls in flight at once, or None.
     """
 
     topology: Topology
@@ -84,6 +98,9 @@ class RedisAddress:
     tls_options: dict[str, str] = attrs.field(factory=dict)
     sentinel_options: dict[str, str] = attrs.field(factory=dict, repr=False)
     url: str = attrs.field(default="", repr=False)
+    call_timeout: float | None = None
+    connect_timeout: float | None = None
+    max_connections: int | None = None
 
     def describe(self) -> str:
         """The address for messages: topology and nodes, never credentials."""
@@ -124,6 +141,40 @@ def _nodes(netloc: str, default_port: int, url: str) -> tuple[tuple[str, int], .
     return tuple(nodes)
 
 
+def _call_bounds(params: dict[str, str], url: str) -> dict[str, Any]:
+    """The call bounds among ``params`` (removed from it), checked."""
+    bounds: dict[str, Any] = {}
+    for name, field in (("socket_timeout", "call_timeout"),
+                        ("socket_connect_timeout", "connect_timeout")):
+        if name in params:
+            text = params.pop(name)
+            try:
+                seconds = float(text)
+            except ValueError:
+                seconds = math.nan
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ConfigurationError(
+                    f"redis url {_redact(url)!r}: {name} must be a positive number of "
+                    f"seconds, got {text!r}")
+            bounds[field] = seconds
+    if "max_connections" in params:
+        text = params.pop("max_connections")
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigurationError(
+                f"redis url {_redact(url)!r}: max_connections must be a whole number >= 1, "
+                f"got {text!r}")
+        bounds["max_connections"] = int(text)
+    return bounds
+
+
+def _without_bounds(url: str) -> str:
+    """``url`` without its call bounds (so that redis-py never sees them as its own)."""
+    base, _, query = url.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+            if k not in _CALL_OPTIONS]
+    return f"{base}?{urlencode(kept)}" if kept else base
+
+
 def _redact(url: str) -> str:
     """The URL with its password replaced (for error messages)."""
     return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
@@ -142,7 +193,11 @@ def parse_redis_url(url: str) -> RedisAddress:
         raise ConfigurationError(f"redis url {_redact(url)!r}: scheme must be one of {known}")
     topology, tls = _SCHEMES[scheme]
     if scheme == "unix":
-        return RedisAddress(topology, (("localhost", 0),), url=url)
+        # redis-py parses the rest of this form itself.
+        params = {k: v[-1] for k, v in
+                  parse_qs(url.partition("?")[2], keep_blank_values=True).items()}
+        return RedisAddress(topology, (("localhost", 0),), url=_without_bounds(url),
+                            **_call_bounds(params, url))
     # urlsplit refuses "h1:1,h2:2" as a port, so the netloc is split by hand.
     netloc, _, path_query = rest.partition("/")
     if "?" in netloc:
@@ -160,7 +215,8 @@ def parse_redis_url(url: str) -> RedisAddress:
     default_port = 26379 if topology is Topology.SENTINEL else 6379
     nodes = _nodes(hosts, default_port, url)
     params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-    allowed = set(_TLS_OPTIONS) | ({"db"} if topology is Topology.STANDALONE else set())
+    allowed = set(_TLS_OPTIONS) | set(_CALL_OPTIONS) | (
+        {"db"} if topology is Topology.STANDALONE else set())
     if topology is Topology.SENTINEL:
         allowed |= set(_SENTINEL_OPTIONS)
     unknown = sorted(set(params) - allowed)
@@ -183,6 +239,7 @@ def parse_redis_url(url: str) -> RedisAddress:
         raise ConfigurationError(
             f"redis url {_redact(url)!r}: several hosts need {scheme}+cluster:// or "
             f"{scheme}+sentinel://")
+    bounds = _call_bounds(params, url)
     db_text = segments[0] if segments else params.get("db", "0")
     if len(segments) > 1 or not db_text.isdigit():
         raise ConfigurationError(f"redis url {_redact(url)!r}: database must be a number")
@@ -191,5 +248,5 @@ def parse_redis_url(url: str) -> RedisAddress:
         password=password, tls=tls,
         tls_options={k: params[k] for k in _TLS_OPTIONS if k in params},
         sentinel_options={k: params[k] for k in _SENTINEL_OPTIONS if k in params},
-        url=url,
+        url=_without_bounds(url), **bounds,
     )
