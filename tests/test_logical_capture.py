@@ -17,11 +17,13 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import re
 import signal
 import sys
 import textwrap
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import attrs
@@ -88,6 +90,18 @@ class Env:
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
             self.capture.slot)
         return parse_lsn(text)
+
+    async def settled(self) -> int:
+        """The slot's confirmed position once it stops moving: the worker's last
+        confirmation reaches the slot a moment after the batch is counted as applied."""
+        last = await self.confirmed()
+        for _ in range(50):
+            await asyncio.sleep(0.3)
+            now = await self.confirmed()
+            if now == last:
+                return now
+            last = now
+        raise AssertionError("the slot's confirmed position kept moving")
 
     async def confirmed_past(self, lsn: int) -> None:
         """The worker's confirmation reaches the slot (a status update on the stream,
@@ -391,7 +405,7 @@ async def test_changes_wait_in_the_slot_while_redis_is_down(
             for cid in (1, 2):
                 await env.cache_customer("acme", cid)  # back from the AOF after restart
             own_redis.kill()
-            before = await env.confirmed()
+            before = await env.settled()
             await env.conn.execute("UPDATE hs.customers SET phone = 'x' WHERE id <= 2")
 
             async def waiting() -> bool:
@@ -437,7 +451,7 @@ async def test_a_whole_cluster_down_keeps_changes_in_the_slot_until_it_is_back(
             await wait_until("the inserts are applied", inserted)
             for cid in range(1, n + 1):
                 await env.cache_customer("acme", cid)
-            before = await env.confirmed()
+            before = await env.settled()
             for index in range(len(cluster.nodes)):
                 cluster.kill(index)
             await env.conn.execute("UPDATE hs.customers SET phone = 'x'")
@@ -572,3 +586,67 @@ async def test_db_init_and_the_cli_worker_switch_to_logical_capture(
         await capture.drop(conn)
         await conn.close()
         await app.aclose()
+
+
+def _as_role(dsn: str, role: str, password: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    netloc = f"{role}:{password}@{parts.hostname}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, parts.fragment))
+
+
+async def test_a_role_without_replication_gets_triggers_or_a_clear_refusal(
+    thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    """Found as a user would: ``db init`` run as the application's own role (which owns
+    its tables but is neither superuser nor REPLICATION, as on most servers) crashed
+    with asyncpg's InsufficientPrivilegeError, under the default ``--capture auto`` too,
+    after setting REPLICA IDENTITY FULL and creating the publication. Now ``auto`` picks
+    triggers and says why; ``logical`` is refused before anything changes, naming the
+    role and the grant it lacks; a worker on a slot made by an administrator refuses the
+    same way."""
+    name = f"r{uuid.uuid4().hex[:10]}"
+    admin = await connect(thorbis_pg_dsn)
+    await admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'pw'")
+    await admin.execute(f"CREATE DATABASE {name} OWNER {name}")
+    dsn = _as_role(thorbis_pg_dsn, name, "pw", name)
+    admin_dsn = thorbis_pg_dsn.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        refused = await asyncio.to_thread(
+            run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services",
+            "--capture", "logical", "--slot", name, code=1)
+        assert f"role {name!r} may not use replication slots" in refused, refused
+        assert f"ALTER ROLE {name} REPLICATION" in refused
+        assert "--capture triggers" in refused
+        assert "Traceback" not in refused
+        conn = await connect(dsn)
+        try:
+            # Refused before anything changed.
+            assert await conn.fetchval("SELECT count(*) FROM pg_publication") == 0
+            assert await conn.fetchval(
+                "SELECT count(*) FROM pg_class WHERE relreplident = 'f'") == 0
+            out = await asyncio.to_thread(
+                run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services",
+                "--capture", "auto", "--slot", name)
+            assert f"capture: triggers (role {name!r} may not use replication slots" in out
+            assert "capture trigger on hs.customers" in out
+            # An administrator sets the slot up; the worker, as the role, is refused.
+            await asyncio.to_thread(
+                run_cli, "db", "init", "--dsn", admin_dsn, "--plugin", "home_services",
+                "--capture", "logical", "--slot", name)
+            boxed = await asyncio.to_thread(
+                run_cli, "worker", "--dsn", dsn, "--redis-url", thorbis_standalone_redis_url,
+                "--plugin", "home_services", "--once", "--no-queue", "--no-mv",
+                "--slot", name, "--capture", "logical", code=64)
+            worker = " ".join(re.sub("[│╭╮╰╯─]", " ", boxed).split())  # rich's box, unwrapped
+            assert f"role {name!r} may not use replication slots" in worker, worker
+            assert f"ALTER ROLE {name} REPLICATION" in worker
+            assert "Traceback" not in worker
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = $1", f"thorbis_{name}")
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.execute(f"DROP ROLE {name}")
+        await admin.close()

@@ -26,7 +26,7 @@ import typer
 
 from thorbis_cache.cli import options
 from thorbis_cache.cli.dsn import check_postgres
-from thorbis_cache.errors import AuditChainBroken
+from thorbis_cache.errors import AuditChainBroken, ConfigurationError
 
 if TYPE_CHECKING:
     from thorbis_cache.invalidation.worker import OutboxWorker
@@ -291,6 +291,13 @@ async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str
     conn = await connect(dsn)
     try:
         exists = await logical.slot_exists(conn)
+        if exists:
+            # A slot is there, so the outbox gets nothing: a role that cannot read the
+            # slot is refused now, never left to retry (or to fall back) silently.
+            try:
+                await logical.check_role(conn)
+            except ConfigurationError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--dsn") from None
     finally:
         await conn.close()
     if capture is Capture.auto:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Iterable
 
 import asyncpg
@@ -76,6 +77,37 @@ LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attn
 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
 """
 
+_REPLICATION_ALLOWED = """
+SELECT current_user AS role, r.rolsuper OR r.rolreplication
+       OR coalesce((SELECT pg_has_role(current_user, g.oid, 'MEMBER')
+                      FROM pg_roles g WHERE g.rolname = 'rds_replication'), false) AS allowed
+  FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+
+async def replication_refused(conn: asyncpg.Connection) -> str | None:
+    """Why the connected role may not use replication slots, or None when it may.
+
+    PostgreSQL lets a superuser or a role with the REPLICATION attribute (its own, not
+    inherited) create, read and drop slots; Amazon RDS and Aurora grant it through
+    membership of ``rds_replication`` instead. An application's own role, which owns
+    its tables, usually has neither.
+    """
+    row = await conn.fetchrow(_REPLICATION_ALLOWED)
+    if row is None or row["allowed"]:
+        return None
+    return f"role {row['role']!r} may not use replication slots (neither superuser nor REPLICATION)"
+
+
+def replication_fix(conn_role: str | None = None) -> str:
+    """What an administrator runs so that a role may use replication slots."""
+    role = "ROLE" if not conn_role else conn_role if re.fullmatch(
+        r"[a-z_][a-z0-9_]*", conn_role) else quote_ident(conn_role)
+    return (f"an administrator runs ALTER ROLE {role} REPLICATION (Amazon RDS and Aurora: "
+            f"GRANT rds_replication TO {role}; others: docs/architecture.md, 'Managed "
+            "services'), or capture with triggers: db init --capture triggers")
+
+
 async def logical_unavailable(conn: asyncpg.Connection) -> str | None:
     """Why logical capture should not run on this server, or None when it can.
 
@@ -87,6 +119,9 @@ async def logical_unavailable(conn: asyncpg.Connection) -> str | None:
     level = await conn.fetchval("SHOW wal_level")
     if level != "logical":
         return f"wal_level is {level}, not logical"
+    refused = await replication_refused(conn)
+    if refused is not None:
+        return refused
     keep = await conn.fetchval("SHOW max_slot_wal_keep_size")
     if str(keep).strip() == "-1":
         return ("max_slot_wal_keep_size is -1: the slot of a stopped worker would keep WAL "
@@ -181,12 +216,14 @@ class LogicalCapture:
         :param conn: a connection not inside a transaction.
         :returns: the tables set to REPLICA IDENTITY FULL by this call.
         :raises ConfigurationError: a table is missing, has no primary key or lacks a
-            column the rules name; or the server's ``wal_level`` is not ``logical``.
+            column the rules name; the server's ``wal_level`` is not ``logical``; or the
+            role may not use replication slots (checked before anything is changed).
         """
         level = await conn.fetchval("SHOW wal_level")
         if level != "logical":
             raise ConfigurationError(f"logical capture needs wal_level=logical; the server "
                                      f"runs wal_level={level}")
+        await self.check_role(conn)  # before anything is changed
         changed: list[str] = []
         await self._load(conn)
         for table in self._tables.values():
@@ -219,6 +256,17 @@ class LogicalCapture:
                 f"(plugin {found['plugin']!r}), not for {found['here']!r} with pgoutput: give "
                 "this database's capture another name (db init --slot NAME)")
         return changed
+
+    async def check_role(self, conn: asyncpg.Connection) -> None:
+        """Refuse a role that may not use this capture's slot.
+
+        :raises ConfigurationError: naming the role, the slot and the grant it lacks.
+        """
+        refused = await replication_refused(conn)
+        if refused is not None:
+            role = await conn.fetchval("SELECT current_user")
+            raise ConfigurationError(f"logical capture {self.slot}: {refused}: "
+                                     f"{replication_fix(role)}")
 
     async def slot_exists(self, conn: asyncpg.Connection) -> bool:
         """Whether the slot exists (in any database)."""
@@ -298,9 +346,11 @@ class LogicalCapture:
             needs the REPLICATION attribute and ``pg_hba.conf`` must allow it).
         :param conn: a connection to the same database, to read the tables' catalog.
         :raises SlotLostError: the slot does not exist or was invalidated.
+        :raises ConfigurationError: the role may not use replication slots.
         :raises ReplicationError: any other refusal (the slot is read by another
             session, no permission, the server is down).
         """
+        await self.check_role(conn)
         try:
             stream = await ReplicationStream.start(
                 dsn, self.slot, {"proto_version": "1", "publication_names": self.publication})
