@@ -455,3 +455,18 @@ def test_single_flight_on_another_loop() -> None:
     assert asyncio.run(flights.do("k", lambda: value("fresh"))) == ("fresh", False)
     with contextlib.suppress(RuntimeError):
         left.get_coro().close()  # type: ignore[union-attr]
+
+
+def test_a_store_used_again_after_aclose_still_closes_as_its_loop_ends(
+        thorbis_redis_server: RedisServer) -> None:
+    store = RedisStore.from_url(thorbis_redis_server.url)
+
+    async def use_close_use() -> None:
+        await store.set("tc:{t}:again", b"x", 60_000)
+        await store.aclose()
+        assert await store.get("tc:{t}:again") == b"x"  # reconnects after aclose
+
+    with _unclosed() as unclosed:
+        for _ in range(3):
+            asyncio.run(use_close_use())
+    assert unclosed == []

@@ -102,7 +102,9 @@ class CallDeadlines:
                 task.cancel()
 
     async def aclose(self) -> None:
-        """Stop the watchdog."""
+        """Stop the watchdog. The next call starts afresh, as the first one did (the
+        store's connections are closed with it)."""
+        self._loop = None
         timer, self._timer = self._timer, None
         if timer is not None:
             with contextlib.suppress(RuntimeError):
