@@ -40,13 +40,14 @@ def loop_still_running(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 async def release_connections(client: aioredis.Redis | RedisCluster) -> None:
-    """Drop every connection ``client`` opened on an event loop that has stopped; its
-    next command connects again, on the running loop.
+    """Disconnect every connection of ``client`` (and of a Sentinel group's sentinel
+    clients); its next command connects again, on the loop running then.
 
-    redis-py's own ``disconnect`` is used: it forgets each connection's streams before
-    closing them, so a close that fails because the old loop is closed ("Event loop is
-    closed") still leaves the connection ready to reconnect, and the socket is closed
-    when its transport is collected.
+    Called as the connections' loop ends (they close properly) or from the next loop
+    once it has stopped. redis-py's own ``disconnect`` is used: it forgets each
+    connection's streams before closing them, so a close that fails because the old
+    loop is closed ("Event loop is closed") still leaves the connection ready to
+    reconnect, and the socket is closed when its transport is collected.
     """
     disconnects: list[Coroutine[Any, Any, None]]
     if isinstance(client, RedisCluster):
