@@ -224,7 +224,7 @@ def _calls(node: RedisServer, command: str) -> int:
     return 0
 
 
-@pytest.mark.parametrize("command", ["mget", "del"])
+@pytest.mark.parametrize("command", ["mget", "unlink"])
 async def test_a_call_over_many_slots_sends_every_slots_command_at_once(
         thorbis_cluster_redis_url: str, thorbis_redis_cluster: RedisCluster,
         command: str) -> None:
