@@ -4,7 +4,8 @@ A ``get_many`` or ``delete`` of tens of thousands of keys was one MGET or DEL: R
 to the end while every other client waited, and built the whole reply (tens of MB) in
 one buffer. Now each command carries at most ``RedisStore.keys_per_command`` keys (512 by
 default); the commands are written at once, so a long call still costs about one round
-trip, and the server serves other clients between them. Deletes are UNLINK: a big hash,
+trip, and the server serves other clients between them. Deletes are UNLINK, in the Lua
+scripts too (tag invalidation, cascades, fills that replace a structure): a big hash,
 sorted set or geo index is freed by a background thread instead of blocking the server.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from thorbis_cache import Cache, KeySchema, SchemaKind, SchemaRegistry
 from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.testing.loop_thread import LoopThread
 
@@ -77,3 +79,34 @@ def test_mget_answers_in_the_order_asked_across_command_boundaries(
                                for n in asked]
 
         loop.run(main())
+
+
+HISTORY = KeySchema("long.history", int, params={"customer_id": int}, kind=SchemaKind.ZSET,
+                    ttl=600, tags=("long.histories",))
+
+
+async def test_a_big_structure_is_unlinked_by_every_invalidation(
+        thorbis_standalone_redis_url: str) -> None:
+    """The scripts free a cached structure with UNLINK too: a sorted set of 20,000 members
+    invalidated by its tag or by a cascade is freed off the server's main thread."""
+    registry = SchemaRegistry()
+    registry.register(HISTORY, owner="tests")
+    async with Cache.from_url(thorbis_standalone_redis_url, registry) as cache:
+        key = HISTORY.key("acme", customer_id=1)
+
+        async def load() -> dict[int, float]:
+            return {i: float(i) for i in range(20_000)}
+
+        async def unlinks() -> int:
+            return await _calls(cache.store, "UNLINK")
+
+        for invalidate in (
+            lambda: cache.invalidate_tags("acme", ["long.histories"]),
+            lambda: cache.invalidate(key, cascade=True),
+        ):
+            top = await cache.zset(key).top(3, loader=load)
+            assert [member for member, _ in top] == [19_999, 19_998, 19_997]
+            before = await unlinks()
+            await invalidate()
+            assert await unlinks() > before
+            assert await cache.store.command("EXISTS", cache.redis_key(key)) == 0

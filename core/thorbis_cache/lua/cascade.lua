@@ -55,7 +55,7 @@ while popped < max_items and edges > 0 do
     key = item:sub(2)
     expand = true
   elseif redis.call("SADD", KEYS[2], key) == 1 then
-    deleted = deleted + redis.call("DEL", key)
+    deleted = deleted + redis.call("UNLINK", key)
     redis.call("DEL", lease .. key:sub(from))
     expand = true
   end

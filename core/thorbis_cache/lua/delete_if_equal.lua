@@ -6,6 +6,6 @@
 -- Returns 1 when deleted, 0 when the key changed meanwhile. Used to drop a corrupt
 -- entry without destroying a good value another client wrote in between. O(1).
 if redis.call("GET", KEYS[1]) == ARGV[1] then
-  return redis.call("DEL", KEYS[1])
+  return redis.call("UNLINK", KEYS[1])
 end
 return 0

@@ -19,7 +19,7 @@ local version = 1
 if redis.call("TYPE", KEYS[1]).ok == "hash" then
   version = tonumber(redis.call("HGET", KEYS[1], ARGV[1]) or "0") + 1
 end
-redis.call("DEL", KEYS[1], KEYS[2])
+redis.call("UNLINK", KEYS[1], KEYS[2])
 redis.call("HSET", KEYS[1], ARGV[1], version, unpack(ARGV, 3))
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
 local ttl = tonumber(ARGV[2])

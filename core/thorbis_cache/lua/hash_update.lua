@@ -24,7 +24,7 @@ redis.call("DEL", KEYS[2])
 local kind = redis.call("TYPE", KEYS[1]).ok
 if kind ~= "hash" then
   if kind == "string" then
-    redis.call("DEL", KEYS[1])
+    redis.call("UNLINK", KEYS[1])
   end
   return {-1}
 end

@@ -25,7 +25,7 @@ if redis.call("GET", KEYS[2]) ~= lease_owner(ARGV[1]) then
   return 0
 end
 local write = ARGV[3]
-redis.call("DEL", KEYS[1])
+redis.call("UNLINK", KEYS[1])
 if write == "MARKER" then
   redis.call("SET", KEYS[1], ARGV[4], "PX", ARGV[2])
 elseif write == "HSET" or write == "ZADD" or write == "GEOADD" then

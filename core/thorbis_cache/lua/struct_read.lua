@@ -43,6 +43,6 @@ elseif kind == "string" then
   return {4, redis.call("GET", KEYS[1]), redis.call("PTTL", KEYS[1])}
 elseif kind ~= "none" then
   -- Foreign data under our key (another Redis type): a miss; our fill replaces it.
-  redis.call("DEL", KEYS[1])
+  redis.call("UNLINK", KEYS[1])
 end
 return grant_lease(ARGV[1], ARGV[2])

@@ -61,7 +61,7 @@ else
   local lease = ARGV[2] .. ":~lease:"
   local from = #ARGV[2] + 2
   for _, member in ipairs(members) do
-    deleted = deleted + redis.call("DEL", member)
+    deleted = deleted + redis.call("UNLINK", member)
     redis.call("DEL", lease .. member:sub(from))
   end
 end

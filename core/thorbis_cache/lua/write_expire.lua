@@ -33,7 +33,7 @@ if ARGV[2] ~= "1" and kind == "none" then
   return -1
 end
 if ARGV[2] == "1" or kind == "string" then
-  redis.call("DEL", KEYS[1])
+  redis.call("UNLINK", KEYS[1])
 end
 local reply = 0
 if command == "MARKER" then
