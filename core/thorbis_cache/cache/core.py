@@ -298,8 +298,9 @@ class Cache:
         near.put(rk, value, key.tenant, key.schema.tags, rt.near_ttl or 0.0, started)
 
     async def get_many(self, keys: Sequence[CacheKey[T]]) -> list[T | None]:
-        """Values of ``keys`` in order (None for misses), with one MGET per hash slot --
-        one round trip in all when the keys belong to one tenant."""
+        """Values of ``keys`` in order (None for misses), with one MGET per hash slot
+        and per ``store.keys_per_command`` keys, all written at once: about one round
+        trip in all."""
         # A batch is usually of one schema: resolve each distinct schema once.
         runtimes: dict[int, SchemaRuntime] = {}
         for key in keys:
