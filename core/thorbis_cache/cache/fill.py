@@ -21,8 +21,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
-from thorbis_cache.errors import EventLoopInUseError
-from thorbis_cache.store.event_loops import loop_still_running
+from thorbis_cache.store.event_loops import refuse_if_still_running
 
 __all__ = ["SingleFlight", "backoff_delays", "should_recompute_early"]
 
@@ -81,8 +80,8 @@ class SingleFlight(Generic[T]):
                 return task
         except RuntimeError:  # asked outside any loop
             return task
-        if not task.done() and loop_still_running(loop):
-            raise EventLoopInUseError(key, what=f"the in-process {self._name} of")
+        if not task.done():
+            refuse_if_still_running(loop, key, what=f"the in-process {self._name} of")
         del self._tasks[key]
         return None
 

@@ -35,8 +35,8 @@ import redis.exceptions as rexc
 
 from thorbis_cache.cache.metrics import CoherenceCounters
 from thorbis_cache.cache.settings import CacheSettings
-from thorbis_cache.errors import CacheBackendError, EventLoopInUseError
-from thorbis_cache.store.event_loops import loop_still_running
+from thorbis_cache.errors import CacheBackendError
+from thorbis_cache.store.event_loops import refuse_if_still_running
 from thorbis_cache.store.redis_store import RedisStore
 
 __all__ = [
@@ -187,8 +187,8 @@ class EventSubscriber:
         if task is not None and not task.done() and task.get_loop() is loop:
             return
         if task is not None and task.get_loop() is not loop:
-            if not task.done() and loop_still_running(task.get_loop()):
-                raise EventLoopInUseError(self._store.address)  # and leave it alone
+            if not task.done():
+                refuse_if_still_running(task.get_loop(), self._store.address)
             self._pubsub = None
             self._on_ready(False)
         self._task = loop.create_task(self._run(), name=f"thorbis-events:{self.channel}")

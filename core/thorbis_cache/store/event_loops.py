@@ -28,15 +28,23 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-__all__ = ["LoopEnd", "loop_still_running", "release_connections"]
+from thorbis_cache.errors import EventLoopInUseError
+
+__all__ = ["LoopEnd", "refuse_if_still_running", "release_connections"]
 
 log = logging.getLogger(__name__)
 
 
-def loop_still_running(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether ``loop`` may still run callbacks of what was opened on it (running now,
-    in another thread)."""
-    return not loop.is_closed() and loop.is_running()
+def refuse_if_still_running(loop: asyncio.AbstractEventLoop, address: str, *,
+                            what: str = "redis store on") -> None:
+    """Refuse to take over what was opened on ``loop`` (another loop than the running
+    one) while ``loop`` still runs, in another thread: the store, the near cache's
+    subscriber and the in-process fills all decide here.
+
+    :raises EventLoopInUseError: naming ``what`` and ``address``.
+    """
+    if not loop.is_closed() and loop.is_running():
+        raise EventLoopInUseError(address, what=what)
 
 
 async def release_connections(client: aioredis.Redis | RedisCluster) -> None:

@@ -22,14 +22,13 @@ from redis.crc import key_slot
 
 from thorbis_cache.errors import (
     CacheBackendError,
-    EventLoopInUseError,
     RedisOutOfMemoryError,
     RedisUnavailableError,
     WrongRedisTypeError,
 )
 from thorbis_cache.store.circuit import CircuitBreaker
 from thorbis_cache.store.clients import client_for, dedicated_client_for
-from thorbis_cache.store.event_loops import LoopEnd, loop_still_running, release_connections
+from thorbis_cache.store.event_loops import LoopEnd, refuse_if_still_running, release_connections
 from thorbis_cache.store.hot_commands import HotCommands
 from thorbis_cache.store.redis_url import RedisAddress, parse_redis_url
 from thorbis_cache.store.replica_waits import ReplicaWaits
@@ -231,8 +230,7 @@ class RedisStore:
         one than before: refused while ``previous`` still runs; otherwise what was
         opened there is let go of by :meth:`_prepare`, before this call goes on."""
         if previous is not None:
-            if loop_still_running(previous):
-                raise EventLoopInUseError(self.address)
+            refuse_if_still_running(previous, self.address)
             self._left_behind = True
             self._ready = False
             # Locks and waiters of the stopped loop cannot be awaited from this one.
