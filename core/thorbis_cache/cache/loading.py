@@ -34,8 +34,7 @@ class LoaderCalls:
         self._settings = settings
         # One per event loop: a semaphore waited on from one loop cannot be waited on
         # from the next (a host moving from loop to loop; docs/host-application.md).
-        self._degraded: tuple[asyncio.AbstractEventLoop | None, asyncio.Semaphore] = (
-            None, asyncio.Semaphore(settings.degraded_concurrency))
+        self._degraded: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     async def call(self, counters: SchemaCounters, loader: Loader[T]) -> T:
         """``loader()``, counted in the schema's ``counters``; its exception propagates."""
@@ -61,9 +60,7 @@ class LoaderCalls:
             exc, key.schema.name, key.tenant,
         )
         loop = asyncio.get_running_loop()
-        owner, gate = self._degraded
-        if owner is not loop:
-            gate = asyncio.Semaphore(self._settings.degraded_concurrency)
-            self._degraded = (loop, gate)
-        async with gate:
+        if self._degraded is None or self._degraded[0] is not loop:
+            self._degraded = (loop, asyncio.Semaphore(self._settings.degraded_concurrency))
+        async with self._degraded[1]:
             return await self.call(counters, loader)

@@ -151,16 +151,15 @@ async def invalidate_tags_of(invalidate_tags: TagInvalidator,
         tells a Redis outage from a change that cannot be applied by its type); the
         tenants still in hand are cancelled first.
     """
-    if len(by_tenant) <= 1:
-        for tenant, tenant_tags in by_tenant:
-            await invalidate_tags(tenant, tenant_tags)
-        return
     queue = iter(by_tenant)  # shared: a lane takes the next tenant when it is free
 
     async def lane() -> None:
         for tenant, tenant_tags in queue:
             await invalidate_tags(tenant, tenant_tags)
 
+    if len(by_tenant) <= 1:
+        await lane()  # no task for the usual batch of one tenant
+        return
     lanes = [asyncio.ensure_future(lane()) for _ in range(min(TAG_LANES, len(by_tenant)))]
     try:
         await asyncio.gather(*lanes)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -38,6 +39,7 @@ from thorbis_cache.transport.bounds import CallDeadlines, InFlightGate
 
 __all__ = ["RedisStore"]
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 class RedisStore:
@@ -85,7 +87,7 @@ class RedisStore:
         self._ready_lock = asyncio.Lock()
         # Left on a loop that has stopped, to be let go of before the next call.
         self._left_behind = False
-        self._loop_end = LoopEnd(self._at_loop_end)
+        self._loop_end = LoopEnd(functools.partial(self._let_go, loop_ending=True))
         self._deadlines = CallDeadlines(timeout, on_new_loop=self._moved_from)
         self._gate = InFlightGate(max_in_flight)
         self.breaker = breaker or CircuitBreaker()
@@ -238,14 +240,6 @@ class RedisStore:
             self._gate = InFlightGate(self._gate.limit)
         self._loop_end.arm()
 
-    async def _at_loop_end(self) -> None:
-        """The store's loop is shutting down: close its connections there, properly."""
-        self._left_behind = False
-        if self._hot.router is not None:
-            await self._hot.router.aclose()
-        await self._waits.aclose()
-        await release_connections(self._client)
-
     async def _prepare(self) -> None:
         """Before the first call on a loop, alone: let go of the connections of a
         stopped loop, and on a Cluster learn the slot map."""
@@ -257,10 +251,16 @@ class RedisStore:
                     await self._client.initialize()
                 self._ready = True
 
-    async def _let_go(self) -> None:
+    async def _let_go(self, *, loop_ending: bool = False) -> None:
+        """Drop the connections of the store's loop: closed properly on that loop as it
+        ends (``loop_ending``), or let go of from the next one once it has stopped."""
         self._left_behind = False
-        if self._hot.router is not None:
-            self._hot.router.abandon()
+        router = self._hot.router
+        if router is not None:
+            if loop_ending:
+                await router.aclose()
+            else:
+                router.abandon()
         await self._waits.release()
         await release_connections(self._client)
 
@@ -361,14 +361,13 @@ class RedisStore:
             if len(keys) <= per:
                 got: list[bytes | None] = await self._send(keys[0], ("MGET", *keys))
                 return got
-            parts = [keys[i:i + per] for i in range(0, len(keys), per)]
-            replies = await self._send_all([(part[0], ("MGET", *part)) for part in parts])
+            replies = await self._send_all([(part[0], ("MGET", *part))
+                                            for part in _cut(keys, per)])
             return [value for reply in replies for value in reply]
         by_slot: dict[int, list[int]] = {}
         for i, k in enumerate(keys):
             by_slot.setdefault(key_slot(k.encode()), []).append(i)
-        chunks = [positions[i:i + per] for positions in by_slot.values()
-                  for i in range(0, len(positions), per)]
+        chunks = [part for positions in by_slot.values() for part in _cut(positions, per)]
         groups = [[keys[i] for i in positions] for positions in chunks]
         replies = await self._send_all([(group[0], ("MGET", *group)) for group in groups])
         out: list[bytes | None] = [None] * len(keys)
@@ -396,8 +395,7 @@ class RedisStore:
             batches = list(groups.values())
         else:
             batches = [names] if (names := list(keys)) else []
-        per = self.keys_per_command
-        parts = [group[i:i + per] for group in batches for i in range(0, len(group), per)]
+        parts = [part for group in batches for part in _cut(group, self.keys_per_command)]
         async with self._call("UNLINK"):
             replies = await self._send_all([(part[0], ("UNLINK", *part)) for part in parts])
         return sum(replies)
@@ -589,6 +587,11 @@ class RedisStore:
         if answered:
             self.breaker.success()
         return answered
+
+
+def _cut(items: Sequence[_T], per: int) -> list[Sequence[_T]]:
+    """``items`` in consecutive parts of at most ``per``."""
+    return [items[i:i + per] for i in range(0, len(items), per)]
 
 
 def _describe(exc: BaseException) -> str:
