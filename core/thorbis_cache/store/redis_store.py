@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 import time
@@ -87,7 +86,7 @@ class RedisStore:
         self._ready_lock = asyncio.Lock()
         # Left on a loop that has stopped, to be let go of before the next call.
         self._left_behind = False
-        self._loop_end = LoopEnd(functools.partial(self._let_go, loop_ending=True))
+        self._loop_end = LoopEnd(self._let_go)
         self._deadlines = CallDeadlines(timeout, on_new_loop=self._moved_from)
         self._gate = InFlightGate(max_in_flight)
         self.breaker = breaker or CircuitBreaker()
@@ -251,16 +250,12 @@ class RedisStore:
                     await self._client.initialize()
                 self._ready = True
 
-    async def _let_go(self, *, loop_ending: bool = False) -> None:
+    async def _let_go(self) -> None:
         """Drop the connections of the store's loop: closed properly on that loop as it
-        ends (``loop_ending``), or let go of from the next one once it has stopped."""
+        ends, or let go of from the next one once it has stopped."""
         self._left_behind = False
-        router = self._hot.router
-        if router is not None:
-            if loop_ending:
-                await router.aclose()
-            else:
-                router.abandon()
+        if self._hot.router is not None:
+            await self._hot.router.aclose()
         await self._waits.release()
         await release_connections(self._client)
 

@@ -149,26 +149,6 @@ class MultiplexedConnection(asyncio.Protocol):
         """Close the connection; pending callers fail with a ConnectionError."""
         self._fail(rexc.ConnectionError(f"connection to {self.where} closed"))
 
-    def abandon(self) -> None:
-        """Let go of a connection whose event loop has stopped (its store moved to
-        another loop). Nothing on that loop can run again, so no caller is failed (their
-        tasks are gone with it); the socket is shut down so the server lets go of it
-        now, and closed when this object is collected."""
-        if self._lost is None:
-            self._lost = rexc.ConnectionError(
-                f"connection to {self.where} left behind with its event loop")
-        self._outgoing = []
-        self._waiters = collections.deque()
-        transport, self._transport = self._transport, None
-        if transport is None:
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(RuntimeError):  # "Event loop is closed"
-            transport.abort()
-
     # ----------------------------------------------------------------- protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -225,9 +205,21 @@ class MultiplexedConnection(asyncio.Protocol):
             self._lost = error
         self._outgoing = []
         waiters, self._waiters = self._waiters, collections.deque()
-        for future in waiters:
-            if not future.done():
-                future.set_exception(error)
+        # Closed from the next loop once this one has stopped (the store moved on):
+        # nothing there runs again, so its callers (gone with it) are not failed, and
+        # the socket is shut down so the server lets go of it now, not when collected.
+        stopped = self._loop is not None and not self._loop.is_running()
+        if not stopped:
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(error)
         transport, self._transport = self._transport, None
-        if transport is not None:
+        if transport is None:
+            return
+        if stopped:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(RuntimeError):  # a closed loop: "Event loop is closed"
             transport.abort()

@@ -104,18 +104,10 @@ class NodeConnections:
             connection.close()
         self._slots = [None] * len(self._slots)
         for pending in self._connecting:
-            if pending is not None and not pending.done():
+            # (an attempt left on a loop that has stopped has no caller left to fail)
+            if pending is not None and not pending.done() and pending.get_loop().is_running():
                 pending.set_exception(rexc.ConnectionError(
                     f"connections to {self.host}:{self.port} closed"))
                 pending.exception()
         self._connecting = [None] * len(self._connecting)
         return closed
-
-    def abandon(self) -> None:
-        """Let go of every connection: their event loop has stopped (see
-        :meth:`MultiplexedConnection.abandon`); the next call connects on its own loop."""
-        for connection in self._slots:
-            if connection is not None:
-                connection.abandon()
-        self._slots = [None] * len(self._slots)
-        self._connecting = [None] * len(self._connecting)

@@ -121,14 +121,9 @@ class Router:
         if node is self._master:
             self._master = None
 
-    def abandon(self) -> None:
-        """Let go of every multiplexed connection: their event loop has stopped."""
-        for node in self._nodes.values():
-            node.abandon()
-        self._master = None
-
     async def aclose(self) -> None:
-        """Close every multiplexed connection and wait for the sockets to be closed."""
+        """Close every multiplexed connection and wait for the sockets to be closed
+        (connections of a loop that has stopped are shut down, without waiting)."""
         closed = [c for node in self._nodes.values() for c in node.close()]
         self._master = None
         for connection in closed:
