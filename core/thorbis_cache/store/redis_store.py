@@ -175,14 +175,10 @@ class RedisStore:
         """
         previous = self._deadlines.loop
         if previous is not None and previous is not asyncio.get_running_loop():
-            self._moved_from(previous)
+            self._moved_from(previous)  # refused while it runs; fresh locks otherwise
         self._loop_end.disarm()
-        if self._left_behind:
-            await self._let_go()
         await self._deadlines.aclose()
-        if self._hot.router is not None:
-            await self._hot.router.aclose()
-        await self._waits.aclose()
+        await self._let_go()  # works from the next loop too, once the store's has stopped
         await self._client.aclose()
 
     # ----------------------------------------------------------------- error seam
@@ -256,7 +252,7 @@ class RedisStore:
         self._left_behind = False
         if self._hot.router is not None:
             await self._hot.router.aclose()
-        await self._waits.release()
+        await self._waits.aclose()
         await release_connections(self._client)
 
     async def _enter(self) -> None:

@@ -121,18 +121,12 @@ class ReplicaWaits:
             self._node_clients[where] = node_client
         return node_client
 
-    async def release(self) -> None:
-        """Let go of the per-node clients' connections: their event loop has stopped
-        (see :mod:`thorbis_cache.store.event_loops`)."""
+    async def aclose(self) -> None:
+        """Close the per-node clients (from the next loop too, once theirs has stopped:
+        see :func:`~thorbis_cache.store.event_loops.release_connections`)."""
         clients, self._node_clients = self._node_clients, {}
         for node_client in clients.values():
             await release_connections(node_client)
-
-    async def aclose(self) -> None:
-        """Close the per-node clients."""
-        clients, self._node_clients = self._node_clients, {}
-        for node_client in clients.values():
-            await node_client.aclose()
 
     def _master_client(self, routing_key: str) -> tuple[aioredis.Redis, str]:
         client = self._client
