@@ -24,6 +24,7 @@ captures serves stale entries until their TTL. See ``docs/host-application.md``.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from thorbis_cache.postgres.setup import CaptureMode, DatabaseSetup
 
 __all__ = ["CacheApp"]
+
+log = logging.getLogger(__name__)
 
 
 class CacheApp:
@@ -166,6 +169,8 @@ class CacheApp:
         assert self.postgres_dsn is not None
         self.database = await setup_database(self.postgres_dsn, self.plugins,
                                              capture=capture, slot=slot)
+        if self.database.ddl_guard:
+            log.warning("%s", self.database.ddl_guard)
 
     async def _check_capture(self) -> None:
         from thorbis_cache.postgres.capture_check import check_capture

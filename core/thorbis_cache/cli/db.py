@@ -106,6 +106,8 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
     for plan in done.triggers:
         typer.echo(f"capture trigger on {plan.table}: {', '.join(plan.columns)}")
     typer.echo(f"{applied}, {len(done.triggers)} capture trigger(s) installed")
+    if done.ddl_guard:
+        typer.echo(f"warning: {done.ddl_guard}", err=True)
 
 
 def _echo_migrations(report: MigrationReport) -> None:

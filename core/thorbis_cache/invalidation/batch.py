@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BLAMELESS",
     "BatchResult",
+    "Incomplete",
     "TagInvalidator",
     "UnconfiguredTagInvalidator",
     "WorkerMetrics",
@@ -80,6 +81,9 @@ class WorkerMetrics:
     :ivar redis_wait_seconds: time spent probing for Redis, in total.
     :ivar redis_probes: probes sent while waiting.
     :ivar capture_losses: replication slots found lost, flushed and recreated.
+    :ivar incomplete_changes: changes whose images lacked a column the rules read (a
+        migration renamed or dropped it), applied through their schemas' tags
+        (:class:`~thorbis_cache.invalidation.planning.RulePlanner`).
     :ivar commit_latency: per applied change, seconds from its capture (the outbox
         row's insert; under logical capture, its commit) to its batch's commit, after
         which its keys are gone.
@@ -94,9 +98,12 @@ class WorkerMetrics:
     lag_seconds: float = 0.0
     redis_waits: int = 0
     capture_losses: int = 0
+    incomplete_changes: int = 0
     redis_wait_seconds: float = 0.0
     redis_probes: int = 0
     commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)
+    #: when each table's incomplete changes were last logged (monotonic seconds)
+    _reported: dict[str, float] = attrs.field(factory=dict, eq=False, repr=False)
 
     def count(self, result: BatchResult, rows: Sequence[outbox.OutboxRow],
               claimed: float) -> None:
@@ -110,6 +117,45 @@ class WorkerMetrics:
         self.keys_deleted += len(result.keys)
         self.tags_invalidated += len(result.tags)
         self.lag_seconds = max(r.age for r in rows)
+        if result.incomplete:
+            self.report_incomplete(result.incomplete)
+
+    def report_incomplete(self, incomplete: Sequence[Incomplete]) -> None:
+        """Count changes planned without some of their rules' columns, and say so as an
+        error, at most once a minute per table (a migration that renamed a column makes
+        every change of its table incomplete until the rules are updated)."""
+        now = time.monotonic()
+        for item in incomplete:
+            self.incomplete_changes += item.changes
+            last = self._reported.get(item.table)
+            if last is not None and now - last < INCOMPLETE_LOG_INTERVAL:
+                continue
+            self._reported[item.table] = now
+            log.error(
+                "%d change(s) to %s lack column(s) %s that its invalidation rules read (a "
+                "migration renamed or dropped them?): applied conservatively, a rule on a "
+                "missing significant column firing and a key that needs one replaced by "
+                "its schema's tags%s. Update the rules to the table, then run "
+                "`thorbis-cache db init`", item.changes, item.table, ", ".join(item.unseen),
+                f"; schemas without tags left to their TTL: {', '.join(item.unreached)}"
+                if item.unreached else "")
+
+
+#: Seconds between two error logs of one table's incomplete changes.
+INCOMPLETE_LOG_INTERVAL = 60.0
+
+
+@attrs.frozen(slots=True)
+class Incomplete:
+    """The changes of one table in a batch that lacked columns the rules read.
+
+    :ivar unseen: the columns missing; :ivar unreached: schemas left to their TTL.
+    """
+
+    table: str
+    changes: int
+    unseen: tuple[str, ...]
+    unreached: tuple[str, ...]
 
 
 @attrs.frozen(slots=True)
@@ -121,6 +167,8 @@ class BatchResult:
     :ivar keys: the Redis key bodies deleted (``{tenant}:schema:...``), sorted.
     :ivar tags: ``(tenant, tag)`` handed to the tag invalidator, sorted.
     :ivar audit_ids: ids of the audit records appended.
+    :ivar incomplete: per table, the changes planned without some of their rules'
+        columns (see :class:`~thorbis_cache.invalidation.planning.Plan`).
     """
 
     processed: tuple[int, ...] = ()
@@ -128,6 +176,7 @@ class BatchResult:
     keys: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
     audit_ids: tuple[int, ...] = ()
+    incomplete: tuple[Incomplete, ...] = ()
 
     @property
     def claimed(self) -> int:
@@ -190,6 +239,7 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     keys: dict[str, CacheKey[Any]] = {}
     tags: dict[str, set[str]] = defaultdict(set)
     changes: dict[str, int] = defaultdict(int)
+    incomplete: dict[str, tuple[int, set[str], set[str]]] = {}
     for row in rows:
         if row.attempts >= max_attempts:
             reason = f"gave up after {row.attempts} attempts: {row.last_error}"
@@ -203,6 +253,12 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
                 changes[planned.tenant] += 1
                 keys.update((k.body, k) for k in planned.keys)
                 tags[planned.tenant].update(planned.tags)
+                if planned.unseen:
+                    count, unseen, unreached = incomplete.get(row.table_name,
+                                                              (0, set(), set()))
+                    unseen.update(planned.unseen)
+                    unreached.update(planned.unreached)
+                    incomplete[row.table_name] = (count + 1, unseen, unreached)
                 continue
         log.error("outbox row %d dead-lettered: %s", row.id, reason)
         await outbox.dead_letter(conn, row, reason)
@@ -234,4 +290,6 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     return BatchResult(
         tuple(processed), tuple(dead), tuple(sorted(keys)),
         tuple(sorted((t, n) for t, ns in tags.items() for n in ns)), tuple(audit_ids),
+        tuple(Incomplete(table, count, tuple(sorted(unseen)), tuple(sorted(unreached)))
+              for table, (count, unseen, unreached) in sorted(incomplete.items())),
     )

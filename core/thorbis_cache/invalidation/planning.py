@@ -90,16 +90,36 @@ _OPERATIONS: dict[object, Operation] = {o.value: o for o in Operation}
 
 @attrs.frozen(slots=True)
 class Plan:
-    """What one change makes stale: keys of one tenant and tags of that tenant."""
+    """What one change makes stale: keys of one tenant and tags of that tenant.
+
+    :ivar unseen: columns the rules read that the change's images lack (the table no
+        longer has them, or the capture could not send them): a rule whose significant
+        column is unseen fires, and a key that cannot be built without one is replaced
+        by its schema's tags (see :class:`RulePlanner`). Empty in the usual case.
+    :ivar unreached: schemas a key of which could not be built and that carry no tag:
+        their entries stay until their TTL (reported, never silent).
+    """
 
     tenant: str
     keys: tuple[CacheKey[Any], ...]
     tags: tuple[str, ...]
+    unseen: tuple[str, ...] = ()
+    unreached: tuple[str, ...] = ()
 
+
+class _Unseen(Exception):
+    """A key parameter's column is not in the image: the key cannot be built (a
+    signal inside the planner, never raised out of it)."""
 
 
 class RulePlanner:
     """Plans captured changes with the invalidation rules of a cache's plugins.
+
+    A change whose images lack a column some rule reads (a migration renamed or dropped
+    it, and the rules were not updated yet) is still applied, conservatively: a rule
+    whose significant column is missing fires, and a key that needs a missing column
+    is replaced by its schema's tags for the change's tenant. :attr:`Plan.unseen` and
+    :attr:`Plan.unreached` say what was missing, for the worker to report.
 
     :param cache: the cache whose registry holds the rules' target schemas.
     :param rules: the rules (``app.plugins.all_rules()``).
@@ -109,8 +129,13 @@ class RulePlanner:
         self.cache = cache
         #: rules by table
         self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
+        #: the columns the rules of a table read (what a complete image holds)
+        self.columns: dict[str, frozenset[str]] = {}
         for rule in rules:
             self.rules[rule.table].append(rule)
+            self.columns[rule.table] = self.columns.get(rule.table, frozenset()) | {
+                *rule.significant_columns,
+                *(c for t in rule.targets for c in t.params.values())}
 
     def plan(self, row: OutboxRow) -> Plan:
         """The keys and tags a change makes stale.
@@ -129,6 +154,7 @@ class RulePlanner:
             raise PoisonRow(f"tenant: {exc}") from None
         keys: dict[str, CacheKey[Any]] = {}
         tags: set[str] = set()
+        unreached: set[str] = set()
         for rule in self.rules.get(row.table_name, ()):
             if not rule.fires(op, old, new):
                 continue
@@ -141,10 +167,28 @@ class RulePlanner:
                         old.get(c) == new.get(c) for c in target.params.values()):
                     images = (new,)  # the same key either way: built once
                 for image in images:
-                    key = self._key(rule, target.schema or "", target.params, tenant, image)
+                    try:
+                        key = self._key(rule, target.schema or "", target.params, tenant,
+                                        image)
+                    except _Unseen:
+                        # Not knowing which key: every entry of the schema that a tag
+                        # reaches goes instead.
+                        schema = self.cache.registry.get(target.schema or "")
+                        tags.update(schema.tags)
+                        if not schema.tags:
+                            unreached.add(schema.name)
+                        continue
                     if key is not None:
                         keys[key.body] = key
-        return Plan(tenant, tuple(keys.values()), tuple(sorted(tags)))
+        unseen: tuple[str, ...] = ()
+        needed = self.columns.get(row.table_name)
+        if needed and ((old is not None and not old.keys() >= needed)
+                       or (new is not None and not new.keys() >= needed)):
+            unseen = tuple(sorted(c for c in needed
+                                  if (old is not None and c not in old)
+                                  or (new is not None and c not in new)))
+        return Plan(tenant, tuple(keys.values()), tuple(sorted(tags)), unseen,
+                    tuple(sorted(unreached)))
 
     def _key(self, rule: InvalidationRule, schema_name: str, columns: Mapping[str, str],
              tenant: str, image: Mapping[str, Any] | None) -> CacheKey[Any] | None:
@@ -161,9 +205,7 @@ class RulePlanner:
                 raise PoisonRow(f"{_where(rule, schema_name)}: parameter {param.name!r} is "
                                 "mapped to no column")
             if column not in image:
-                raise PoisonRow(f"{_where(rule, schema_name)}: column {column!r} is not in the "
-                                "outbox row "
-                                "(capture trigger out of date? run `thorbis-cache db init`)")
+                raise _Unseen(column)
             raw = image[column]
             if raw is None:
                 return None  # a NULL parameter names no entry (an unassigned work order)

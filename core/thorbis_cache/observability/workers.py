@@ -35,6 +35,9 @@ _WORKER_COUNTERS: dict[str, tuple[str, str]] = {
     "redis_probes": ("worker_redis_probes", "PINGs sent while waiting for Redis"),
     "capture_losses": ("worker_capture_losses",
                        "Replication slots found lost, flushed and recreated"),
+    "incomplete_changes": ("worker_incomplete_changes",
+                           "Captured changes lacking a column their rules read (renamed "
+                           "or dropped by a migration), applied through schema tags"),
 }
 
 _QUEUE_OUTCOMES = ("processed", "failed", "retried", "claimed", "dead_lettered",

@@ -255,14 +255,20 @@ class InvalidationRule:
 
     def fires(self, operation: Operation, old: Mapping[str, Any] | None,
               new: Mapping[str, Any] | None) -> bool:
-        """Whether a change fires this rule (the seed's conditional invalidation)."""
+        """Whether a change fires this rule (the seed's conditional invalidation).
+
+        A significant column missing from an image (the table no longer has it, or the
+        capture could not send its value) counts as changed: a change that cannot be
+        shown harmless fires.
+        """
         if operation not in self.operations:
             return False
         if operation is not Operation.UPDATE or not self.significant_columns:
             return True
         old = old or {}
         new = new or {}
-        return any(old.get(c) != new.get(c) for c in self.significant_columns)
+        return any(c not in old or c not in new or old[c] != new[c]
+                   for c in self.significant_columns)
 
 
 #: ``async (sql, *args) -> rows``: how a plugin's loaders reach the database (the shape of

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from thorbis_cache.errors import CaptureNotInstalledError
 from thorbis_cache.plugins.declarations import InvalidationRule, Operation
+from thorbis_cache.postgres.capture_ddl import relids_of
 
 if TYPE_CHECKING:
     from thorbis_cache.postgres.logical import LogicalCapture
@@ -36,21 +37,20 @@ __all__ = ["capture_problems", "check_capture", "fix_command"]
 _EVENT_BITS = {Operation.INSERT: 4, Operation.DELETE: 8, Operation.UPDATE: 16}
 
 _TRIGGER_EVENTS = """
-SELECT c.tbl, to_regclass(c.tbl) IS NOT NULL AS present,
-       coalesce(bit_or(t.tgtype::int), 0) AS events
-FROM unnest($1::text[]) AS c(tbl)
+SELECT c.relid, coalesce(bit_or(t.tgtype::int), 0) AS events
+FROM unnest($1::oid[]) AS c(relid)
 LEFT JOIN pg_catalog.pg_trigger t
-       ON t.tgrelid = to_regclass(c.tbl) AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+       ON t.tgrelid = c.relid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
       AND t.tgfoid IN (SELECT p.oid FROM pg_catalog.pg_proc p
                        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
                        WHERE n.nspname = 'thorbis')
-GROUP BY c.tbl
+GROUP BY c.relid
 """
 
 # Tables of the publications (named pubname, or any thorbis_* one when $1 is NULL) whose
 # slot of the same name exists in this database and is not lost.
 _PUBLISHED = """
-SELECT DISTINCT pt.schemaname || '.' || pt.tablename
+SELECT DISTINCT to_regclass(format('%I.%I', pt.schemaname, pt.tablename))::oid
 FROM pg_catalog.pg_publication_tables pt
 JOIN pg_catalog.pg_replication_slots s
   ON s.slot_name = pt.pubname AND s.database = current_database()
@@ -85,26 +85,30 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
     if logical is not None and not await conn.fetchval(_SLOT, logical.slot):
         return [f"{table} (rules {_names(by_table[table])}): replication slot "
                 f"{logical.slot} does not exist in this database" for table in tables]
-    published: set[str] = set()
+    # By oid: a table a migration renamed is still the table its rules name.
+    relids = await relids_of(conn, tables)
+    published: set[int] = set()
     if capture != "triggers":
         published = {r[0] for r in await conn.fetch(
             _PUBLISHED, None if logical is None else logical.publication)}
-    events: dict[str, tuple[bool, int]] = {}
+    events: dict[int, int] = {}
     if logical is None:
-        events = {r[0]: (r[1], r[2]) for r in await conn.fetch(_TRIGGER_EVENTS, tables)}
+        events = {r[0]: r[1] for r in await conn.fetch(
+            _TRIGGER_EVENTS, [oid for oid in relids.values() if oid is not None])}
     problems = []
     for table in tables:
-        if table in published:
+        relid = relids[table]
+        if relid is not None and relid in published:
             continue
         if logical is not None:
             problems.append(f"{table} (rules {_names(by_table[table])}): not in "
                             f"publication {logical.publication}")
             continue
-        present, bits = events[table]
-        if not present:
+        if relid is None:
             problems.append(f"{table} (rules {_names(by_table[table])}): the table "
                             "does not exist")
             continue
+        bits = events[relid]
         needed = {op for r in by_table[table] for op in r.operations}
         missing = sorted(op.value for op in needed if not bits & _EVENT_BITS[op])
         if missing:

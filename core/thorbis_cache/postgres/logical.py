@@ -54,6 +54,7 @@ import attrs
 
 from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
+from thorbis_cache.postgres.capture_ddl import record_captured, relid_of
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.logical_rows import (
     TransactionDecoder,
@@ -74,7 +75,7 @@ SELECT a.attname::text, a.attgenerated = 's' AS generated,
        pg_get_expr(d.adbin, d.adrelid) AS expression
 FROM pg_catalog.pg_attribute a
 LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
 """
 
 _REPLICATION_ALLOWED = """
@@ -206,18 +207,25 @@ class LogicalCapture:
 
     # ----------------------------------------------------------------- setup
 
-    async def ensure(self, conn: asyncpg.Connection) -> list[str]:
-        """Create or update the publication, the replica identities and the slot.
+    async def ensure(self, conn: asyncpg.Connection, *, strict: bool = True) -> list[str]:
+        """Create or update the publication, the replica identities and the slot, and
+        record the watched tables (``thorbis.captured_tables``: a table renamed later
+        is still found by its oid).
 
         Idempotent. Creating the slot waits for transactions already running to end
         (PostgreSQL needs a consistent starting point); changes committed after it are
         captured.
 
         :param conn: a connection not inside a transaction.
+        :param strict: refuse tables that lack a column the rules name, or that are
+            found only under another name (``db init``); when False (a lost slot
+            recreated by the worker), say so and go on: such changes are applied
+            conservatively (:class:`~thorbis_cache.invalidation.planning.RulePlanner`).
         :returns: the tables set to REPLICA IDENTITY FULL by this call.
-        :raises ConfigurationError: a table is missing, has no primary key or lacks a
-            column the rules name; the server's ``wal_level`` is not ``logical``; or the
-            role may not use replication slots (checked before anything is changed).
+        :raises ConfigurationError: a table is missing, has no primary key or (strict)
+            lacks a column the rules name; the server's ``wal_level`` is not
+            ``logical``; or the role may not use replication slots (checked before
+            anything is changed).
         """
         level = await conn.fetchval("SHOW wal_level")
         if level != "logical":
@@ -225,16 +233,15 @@ class LogicalCapture:
                                      f"runs wal_level={level}")
         await self.check_role(conn)  # before anything is changed
         changed: list[str] = []
-        await self._load(conn)
+        await self._load(conn, strict=strict)
         for table in self._tables.values():
             identity = await conn.fetchval(
-                "SELECT relreplident::text FROM pg_class WHERE oid = to_regclass($1)",
-                table.plan.table)
+                "SELECT relreplident::text FROM pg_class WHERE oid = $1", table.relid)
             if table.full_identity and identity != "f":
-                await conn.execute(f"ALTER TABLE {self._ident(table.plan.table)} "
-                                   "REPLICA IDENTITY FULL")
+                await conn.execute(f"ALTER TABLE {table.current} REPLICA IDENTITY FULL")
                 changed.append(table.plan.table)
-        tables = ", ".join(self._ident(t) for t in sorted(self._tables))
+            await record_captured(conn, table.plan, table.pk, table.relid)
+        tables = ", ".join(self._tables[t].current for t in sorted(self._tables))
         exists = await conn.fetchval("SELECT true FROM pg_publication WHERE pubname = $1",
                                      self.publication)
         pub = quote_ident(self.publication)
@@ -293,7 +300,7 @@ class LogicalCapture:
         :meth:`ensure` a new one."""
         if await self.slot_lost(conn):
             await self._drop_slot(conn, 10.0)
-        await self.ensure(conn)
+        await self.ensure(conn, strict=False)
 
     async def _drop_slot(self, conn: asyncpg.Connection, max_wait: float) -> None:
         loop = asyncio.get_running_loop()
@@ -309,23 +316,30 @@ class LogicalCapture:
                     raise
                 await asyncio.sleep(0.01)  # the terminated session is still exiting
 
-    @staticmethod
-    def _ident(table: str) -> str:
-        schema, relation = table.split(".", 1)
-        return f"{quote_ident(schema)}.{quote_ident(relation)}"
-
-    async def _load(self, conn: asyncpg.Connection) -> None:
+    async def _load(self, conn: asyncpg.Connection, *, strict: bool) -> None:
         tables: dict[str, WatchedTable] = {}
         for plan in self.plans.values():
-            if await conn.fetchval("SELECT to_regclass($1)", plan.table) is None:
+            relid = await (conn.fetchval("SELECT to_regclass($1)::oid", plan.table)
+                           if strict else relid_of(conn, plan.table))
+            if relid is None:
                 raise ConfigurationError(f"logical capture: table {plan.table!r} does not exist")
-            columns = await conn.fetch(_COLUMNS, plan.table)
+            # Its name now, qualified and quoted (a migration may have renamed it).
+            current = await conn.fetchval(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1", relid)
+            columns = await conn.fetch(_COLUMNS, relid)
             have = {r[0] for r in columns}
             missing = [c for c in plan.columns if c not in have]
-            if missing:
+            if missing and strict:
                 raise ConfigurationError(f"logical capture on {plan.table!r}: the rules name "
                                          f"columns it does not have: {', '.join(missing)}")
-            pk = tuple(r[0] for r in await conn.fetch(PK_COLUMNS, plan.table))
+            if missing:
+                log.error("logical capture: %s (%s to the rules) no longer has column(s) %s "
+                          "that its invalidation rules read: its changes are applied "
+                          "conservatively until the rules match the table; update them, "
+                          "then run `thorbis-cache db init`", current, plan.table,
+                          ", ".join(missing))
+            pk = tuple(r[0] for r in await conn.fetch(PK_COLUMNS, current))
             if not pk:
                 raise ConfigurationError(f"logical capture on {plan.table!r}: it has no "
                                          "primary key")
@@ -333,7 +347,7 @@ class LogicalCapture:
             # The WAL's old row holds the key only, unless FULL: needed exactly when a
             # rule reads some other column of the old row.
             full = bool(set(plan.columns) - set(pk))
-            tables[plan.table] = WatchedTable(plan, pk, generated, full)
+            tables[plan.table] = WatchedTable(plan, pk, generated, full, relid, current)
         self._tables = tables
 
     # ----------------------------------------------------------------- reading
@@ -364,7 +378,7 @@ class LogicalCapture:
             raise
         if not self._tables:
             try:
-                await self._load(conn)
+                await self._load(conn, strict=False)
             except BaseException:
                 await stream.close()
                 raise

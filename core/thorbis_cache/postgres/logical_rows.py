@@ -26,12 +26,19 @@ __all__ = ["PendingChange", "TransactionDecoder", "WatchedTable", "rows_of"]
 
 @attrs.frozen(slots=True)
 class WatchedTable:
-    """What the capture reads from one table: the trigger's plan plus the catalog."""
+    """What the capture reads from one table: the trigger's plan plus the catalog.
+
+    :ivar relid: the table's oid (changes are matched to it by oid: a table renamed by a
+        migration is still watched under the name its rules give it).
+    :ivar current: the table's name now, qualified and quoted.
+    """
 
     plan: TablePlan
     pk: tuple[str, ...]
     generated: dict[str, str]  # column -> generation expression
     full_identity: bool
+    relid: int
+    current: str
     # Worked out once per table, not per change.
     #: the columns an image holds: those the rules read, and the primary key
     wanted: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
@@ -64,7 +71,9 @@ class WatchedTable:
                ) -> list[dict[str, Any]] | None:
         """The JSON images of decoded rows, as ``jsonb_build_object`` makes them, or
         None when a column's type or value needs PostgreSQL to say
-        (:mod:`~thorbis_cache.postgres.row_images`)."""
+        (:mod:`~thorbis_cache.postgres.row_images`). A wanted column the row does not
+        hold (the table no longer has it, or an unchanged TOASTed value) is left out of
+        its image, so that planning treats it as unknown rather than NULL."""
         wanted = self.wanted
         # One converter list per relation description (the same dict for every change
         # of a table until its Relation message is sent again).
@@ -76,30 +85,55 @@ class WatchedTable:
                 columns = converters.get(id(item.types))
                 if columns is None:
                     columns = converters[id(item.types)] = [
-                        (c, None if (f := converter(item.types.get(c, 0))) is as_text else f)
-                        for c in wanted]
-                images.append({c: text if (text := values.get(c)) is None or convert is None
-                               else convert(text) for c, convert in columns})
+                        (c, None if (f := converter(item.types[c])) is as_text else f)
+                        for c in wanted if c in item.types]
+                images.append({c: text if (text := values[c]) is None or convert is None
+                               else convert(text) for c, convert in columns if c in values})
         except Unsupported:
             return None
         return images
 
-    def image_sql(self) -> str:
-        # The decoded text values go through the table's row type (each value's input
-        # function), then jsonb_build_object, as in the trigger: identical JSON.
+    def image_sql(self, *, generated: bool = True) -> str:
+        """The query that turns decoded text rows (``$1``, a JSON array of objects)
+        into JSON objects through the table's row type (each value's input function,
+        then ``to_jsonb``: what ``jsonb_build_object`` writes in the trigger), the
+        wanted generated columns computed from their expressions (``generated``)."""
+        # The whole record: a column of the change that the table no longer has (a
+        # migration after the change, read later) is simply absent, never an error;
+        # the caller keeps the wanted columns the change held.
         schema, relation = self.plan.table.split(".", 1)
         table = f"{quote_ident(schema)}.{quote_ident(relation)}"
-        wanted = self.wanted
-        pairs = ", ".join(
-            "'" + c.replace("'", "''") + "', "
-            + (f"({self.generated[c]})" if c in self.generated else quote_ident(c))
-            for c in wanted
-        )
-        return (f"SELECT jsonb_build_object({pairs})::text "  # noqa: S608 -- quoted above
+        pairs = ", ".join("'" + c.replace("'", "''") + f"', ({self.generated[c]})"
+                          for c in self.wanted if c in self.generated)
+        image = "to_jsonb(_thorbis_r)"
+        if generated and pairs:
+            image += f" || jsonb_build_object({pairs})"
+        return (f"SELECT ({image})::text "  # noqa: S608 -- quoted above
                 f"FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY "
                 f"AS _thorbis_e(_thorbis_v, _thorbis_i), "
                 f"LATERAL jsonb_populate_record(NULL::{table}, _thorbis_e._thorbis_v) "
-                f"ORDER BY _thorbis_e._thorbis_i")
+                f"AS _thorbis_r ORDER BY _thorbis_e._thorbis_i")
+
+    async def images_by_sql(self, conn: asyncpg.Connection,
+                            entries: Sequence[tuple[PendingChange, str, dict[str, Any]]]
+                            ) -> list[dict[str, Any]]:
+        """The images of ``entries`` built by PostgreSQL (:meth:`image_sql`): the wanted
+        columns each row held, and the wanted generated columns (left out when their
+        expression names a column the table no longer has)."""
+        rows = json.dumps([v for _, _, v in entries])
+        try:
+            records = await conn.fetch(self.image_sql(), rows)
+            computed = frozenset(self.generated)
+        except asyncpg.UndefinedColumnError:
+            records = await conn.fetch(self.image_sql(generated=False), rows)
+            computed = frozenset()
+        wanted = self.wanted
+        images = []
+        for (_, _, values), record in zip(entries, records, strict=True):
+            full = json.loads(record[0])
+            images.append({c: full[c] for c in wanted
+                           if c in full and (c in values or c in computed)})
+        return images
 
 
 @attrs.define(slots=True)
@@ -130,6 +164,7 @@ class TransactionDecoder:
         # The watched table of each relation described (None: not watched), so that a
         # change is matched by its oid rather than by its relation's name.
         self.watched: dict[int, WatchedTable | None] = {}
+        self.by_oid = {t.relid: t for t in tables.values()}
         self.begin: pgoutput.Begin | None = None
         self.current: list[PendingChange] = []
         self.done: list[PendingChange] = []
@@ -158,7 +193,10 @@ class TransactionDecoder:
             self.begin, self.current = message, []
         elif type(message) is pgoutput.Relation:
             self.types[message.oid] = {c.name: c.type_oid for c in message.columns}
-            table = self.watched[message.oid] = self.tables.get(message.table)
+            # By oid first: a migration may have renamed the table since its rules were
+            # written (the publication follows it, and so does the capture).
+            table = self.watched[message.oid] = (self.by_oid.get(message.oid)
+                                                 or self.tables.get(message.table))
             # Only the columns an image holds are decoded; all of them where
             # PostgreSQL computes a generated column from the others. (A change of an
             # unwatched table is decoded in full, then dropped: rare, since the
@@ -210,9 +248,7 @@ async def rows_of(conn: asyncpg.Connection, tables: dict[str, WatchedTable],
         table = tables[table_name]
         images = table.images(entries) if table.python_images else None
         if images is None:
-            sql = table.image_sql()
-            records = await conn.fetch(sql, json.dumps([v for _, _, v in entries]))
-            images = [json.loads(r[0]) for r in records]
+            images = await table.images_by_sql(conn, entries)
         elif table.image_is_row:
             as_rows.add(table_name)
         for (item, which, _), image in zip(entries, images, strict=True):
@@ -231,8 +267,10 @@ async def rows_of(conn: asyncpg.Connection, tables: dict[str, WatchedTable],
         old, new = item.old, item.new
         if (op == "UPDATE" and plan.update_filter and old is not None
                 and new is not None
-                and all(old.get(c) == new.get(c) for c in plan.update_filter)):
-            continue  # as the trigger: no significant column changed
+                and all(c in old and c in new and old[c] == new[c]
+                        for c in plan.update_filter)):
+            continue  # as the trigger: no significant column changed (a missing one
+            # cannot be shown unchanged)
         if op not in table.operation_names:
             continue
         source = new if new is not None else old
@@ -243,9 +281,9 @@ async def rows_of(conn: asyncpg.Connection, tables: dict[str, WatchedTable],
         if plan.table not in as_rows:
             columns = plan.columns
             if old is not None:
-                old = {c: old.get(c) for c in columns}
+                old = {c: old[c] for c in columns if c in old}
             if new is not None:
-                new = {c: new.get(c) for c in columns}
+                new = {c: new[c] for c in columns if c in new}
         rows.append(OutboxRow(
             id=item.lsn, txid=str(item.xid), created_at=item.committed_at,
             table_name=plan.table, operation=op,
@@ -272,10 +310,10 @@ def _text_images(item: PendingChange) -> tuple[dict[str, Any] | None, dict[str, 
         old = dict(new or {})
     if new is not None and old is not None:
         for column, value in list(new.items()):
-            if value is pgoutput.UNCHANGED:
-                new[column] = old.get(column)
+            if value is pgoutput.UNCHANGED and column in old:
+                new[column] = old[column]  # may be UNCHANGED too: then dropped below
     for image in (old, new):
         if image is not None:
             for column in [c for c, v in image.items() if v is pgoutput.UNCHANGED]:
-                del image[column]  # no value to give: the column reads as NULL
+                del image[column]  # no value to give: unknown to planning, not NULL
     return old, new

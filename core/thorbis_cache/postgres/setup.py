@@ -51,6 +51,9 @@ class DatabaseSetup:
     :ivar replica_full: tables set to REPLICA IDENTITY FULL (logical).
     :ivar dropped: capture triggers dropped (``"<trigger> ON <table>"``; logical).
     :ivar fallback: why ``"auto"`` chose triggers, or None.
+    :ivar ddl_guard: why the event trigger that keeps a migration from breaking the
+        capture triggers could not be created (triggers), or None
+        (:mod:`~thorbis_cache.postgres.capture_ddl`).
     """
 
     migrations: MigrationReport
@@ -61,6 +64,7 @@ class DatabaseSetup:
     replica_full: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     fallback: str | None = None
+    ddl_guard: str | None = None
 
 
 async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMode = "auto",
@@ -103,9 +107,12 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             dropped = await remove_triggers(conn)
             return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                  replica_full=tuple(full), dropped=tuple(dropped))
+        from thorbis_cache.postgres.capture_ddl import ensure_ddl_guard
         from thorbis_cache.postgres.triggers import install_triggers
 
         plans = await install_triggers(conn, rules, views)
+        guard = await ensure_ddl_guard(conn)
     finally:
         await conn.close()
-    return DatabaseSetup(report, names, "triggers", triggers=tuple(plans), fallback=fallback)
+    return DatabaseSetup(report, names, "triggers", triggers=tuple(plans), fallback=fallback,
+                         ddl_guard=guard)

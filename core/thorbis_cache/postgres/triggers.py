@@ -29,7 +29,11 @@ no other column. Its outbox rows plan no invalidation; the worker only counts th
 
 Installing is idempotent (``CREATE OR REPLACE FUNCTION``, ``DROP TRIGGER IF EXISTS`` +
 ``CREATE TRIGGER`` in one transaction) and drops the row-level ``thorbis_capture``
-trigger of earlier releases.
+trigger of earlier releases. It records what each table's capture reads in
+``thorbis.captured_tables``, which the event trigger of
+:mod:`~thorbis_cache.postgres.capture_ddl` checks every ``ALTER TABLE`` against: a
+migration that takes away a column the rules read gets a capture that reads rows by
+name in place of these triggers, so that the host's writes never fail on it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import attrs
 
 from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView, Operation
+from thorbis_cache.postgres.capture_ddl import record_captured
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox_images import Shape, register_shape, value_sql
 
@@ -322,6 +327,8 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
             shape = await register_shape(conn, plan.table, pk, plan.columns, have)
             for statement in trigger_sql(plan, shape, have):
                 await conn.execute(statement)
+            # What a host's migration is checked against (capture_ddl).
+            await record_captured(conn, plan, pk)
     return plans
 
 

@@ -1,0 +1,255 @@
+"""A host's migration against change capture (``thorbis_cache.postgres.capture_ddl``),
+with real PostgreSQL and Redis and the home_services plugin, under both captures.
+
+Found as a user would: a migration renamed a column an invalidation rule reads
+(``ALTER TABLE hs.customers RENAME COLUMN account_status TO status``). With capture
+triggers, every later write of the table failed (``column o.account_status does not
+exist``): the cache took the host's writes down. With logical capture, the worker
+stopped on the same error and invalidated nothing more, for any table. Now the writes
+go on, the worker goes on, the changes are invalidated conservatively and it is said;
+``db init`` with matching rules puts the generated capture back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import attrs
+import pytest
+from core_testing import run_cli
+from thorbis_home_services.models import AccountStatus, Customer, CustomerType, PaymentStatus
+from thorbis_home_services.schemas import (
+    CUSTOMER,
+    TAG_CUSTOMER_LISTS,
+    TAG_SCHEDULES,
+    TECHNICIAN_SCHEDULE,
+)
+
+from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.invalidation.batch import Incomplete
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.postgres.capture_ddl import EVENT_TRIGGER, incomplete_captures
+from thorbis_cache.postgres.logical import LogicalCapture
+
+CUSTOMER_SQL = """
+INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
+                          account_status, payment_status, longitude, latitude)
+SELECT $1, i, 'Ada', 'Lovelace', 'ada@example.com', '555-0100', 'residential', 'active',
+       'current', -97.7, 30.2
+  FROM generate_series(1, $2::int) AS i
+"""
+TECH_SQL = """
+INSERT INTO hs.technicians (tenant_id, id, first_name, last_name, email, role)
+VALUES ($1, $2, 'Tom', 'Tech', 'tom@example.com', 'technician')
+"""
+WORK_ORDER_SQL = """
+INSERT INTO hs.work_orders (tenant_id, id, customer_id, assigned_technician_id, status,
+                            priority, service_type, scheduled_at, longitude, latitude)
+VALUES ($1, $2, $3, $4, 'scheduled', 'high', 'hvac', $5, -97.7, 30.2)
+"""
+NOW = dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
+
+
+@attrs.frozen
+class Env:
+    mode: str
+    dsn: str
+    conn: asyncpg.Connection
+    app: CacheApp
+    capture: LogicalCapture | None
+    notices: list[str]
+
+    def worker(self) -> OutboxWorker:
+        return OutboxWorker.from_app(self.app, self.dsn, capture=self.capture)
+
+    async def cache_customer(self, cid: int) -> None:
+        stale = Customer(cid, "Ada", "Lovelace", "ada@example.com", "stale",
+                         CustomerType.RESIDENTIAL, AccountStatus.ACTIVE,
+                         PaymentStatus.CURRENT, None, "", "", "", -97.7, 30.2, NOW, NOW)
+        await self.app.cache.hash(CUSTOMER.key("acme", customer_id=cid)).replace(stale)
+
+    async def cached(self, cid: int) -> bool:
+        return await self.app.cache.hash(CUSTOMER.key("acme", customer_id=cid)).get() is not None
+
+    def db_init(self, code: int = 0) -> str:
+        args = ["db", "init", "--dsn", self.dsn, "--plugin", "home_services",
+                "--capture", self.mode]
+        if self.capture is not None:
+            args += ["--slot", self.capture.slot.removeprefix("thorbis_")]
+        return run_cli(*args, code=code)
+
+
+@pytest.fixture(params=["triggers", "logical"])
+async def env(request: pytest.FixtureRequest, thorbis_pg_dsn: str,
+              thorbis_standalone_redis_url: str) -> AsyncIterator[Env]:
+    mode: str = request.param
+    app = await CacheApp(thorbis_standalone_redis_url,
+                         keyring=KeyRing.generate()).start(["home_services"])
+    capture = None
+    if mode == "logical":
+        capture = LogicalCapture(f"d{uuid.uuid4().hex[:10]}", app.plugins.all_rules(),
+                                 app.plugins.all_views())
+    conn = await asyncpg.connect(thorbis_pg_dsn,
+                                 server_settings={"synchronous_commit": "on"})
+    notices: list[str] = []
+    conn.add_log_listener(lambda _, message: notices.append(str(message)))
+    env = Env(mode, thorbis_pg_dsn, conn, app, capture, notices)
+    await asyncio.to_thread(env.db_init)
+    try:
+        yield env
+    finally:
+        if capture is not None:
+            await capture.drop(conn)
+        await conn.close()
+        await app.aclose()
+
+
+async def test_a_migration_renaming_watched_columns_never_breaks_writes(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = env.conn
+    await conn.execute(CUSTOMER_SQL, "acme", 2)
+    await conn.execute(TECH_SQL, "acme", 10)
+    await conn.execute(WORK_ORDER_SQL, "acme", 100, 1, 10, NOW)
+    async with env.worker() as worker:
+        await worker.drain()
+        await env.cache_customer(1)
+        await env.cache_customer(2)
+
+        # A significant column of the customer-list rule goes.
+        await conn.execute("ALTER TABLE hs.customers RENAME COLUMN account_status TO status")
+        if env.mode == "triggers":
+            assert any("hs.customers no longer has column(s) account_status" in n
+                       for n in env.notices), env.notices
+        await conn.execute("UPDATE hs.customers SET phone = 'x' WHERE id = 1")  # writes work
+        with caplog.at_level(logging.ERROR):
+            (result,) = [r for r in await worker.drain() if r.claimed]
+        # Its key is still built (id is there); the rule that reads the missing column
+        # cannot show the change harmless, so it fires.
+        assert result.keys == ("{acme}:hs.customer:1",)
+        assert ("acme", TAG_CUSTOMER_LISTS) in result.tags
+        # (The triggers' stand-in records an UPDATE as its old row and its new row.)
+        changes = 2 if env.mode == "triggers" else 1
+        assert result.incomplete == (
+            Incomplete("hs.customers", changes, ("account_status",), ()),)
+        assert "lack column(s) account_status" in caplog.text
+        assert not await env.cached(1)
+        assert await env.cached(2)
+
+        # A key parameter goes: the schedule's key cannot be built, its tag goes instead.
+        schedule = TECHNICIAN_SCHEDULE.key("acme", technician_id=10, day=NOW.date())
+        await env.app.cache.zset(schedule).add({100: 1.0}, replace=True)
+        await conn.execute(
+            "ALTER TABLE hs.work_orders RENAME COLUMN assigned_technician_id TO tech_id")
+        await conn.execute("UPDATE hs.work_orders SET tech_id = NULL WHERE id = 100")
+        results = [r for r in await worker.drain() if r.claimed]
+        assert ("acme", TAG_SCHEDULES) in {t for r in results for t in r.tags}
+        assert {i.unseen for r in results for i in r.incomplete} == {
+            ("assigned_technician_id",)}
+        assert await env.app.cache.zset(schedule).card() == 0
+        assert worker.metrics.incomplete_changes >= 2
+
+        # INSERT and DELETE keep working too.
+        await conn.execute("DELETE FROM hs.customers WHERE id = 2")
+        assert "{acme}:hs.customer:2" in {k for r in await worker.drain() for k in r.keys}
+    if env.mode == "triggers":
+        assert [t for t, _ in await incomplete_captures(conn)] == [
+            "hs.customers", "hs.work_orders"]
+
+    # db init with rules the tables no longer match is refused (naming the column), and
+    # changes nothing: writes still work.
+    refused = await asyncio.to_thread(env.db_init, 1)
+    assert "account_status" in refused
+    await conn.execute("UPDATE hs.customers SET phone = 'y' WHERE id = 1")
+
+    # The columns back, db init puts the generated capture back.
+    await conn.execute("ALTER TABLE hs.customers RENAME COLUMN status TO account_status")
+    await conn.execute(
+        "ALTER TABLE hs.work_orders RENAME COLUMN tech_id TO assigned_technician_id")
+    if env.mode == "triggers":
+        assert any("has every column its invalidation rules read again" in n
+                   for n in env.notices)
+    await asyncio.to_thread(env.db_init)
+    assert await incomplete_captures(conn) == []
+    async with env.worker() as worker:
+        await worker.drain()
+        await env.cache_customer(1)
+        await conn.execute("UPDATE hs.customers SET phone = 'z' WHERE id = 1")
+        (result,) = [r for r in await worker.drain() if r.claimed]
+        assert result.keys == ("{acme}:hs.customer:1",)
+        assert result.incomplete == ()
+        assert TAG_CUSTOMER_LISTS not in {t for _, t in result.tags}  # phone: insignificant
+    if env.mode == "triggers":
+        functions = await conn.fetch(
+            "SELECT DISTINCT p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+            "WHERE t.tgrelid = 'hs.customers'::regclass AND NOT t.tgisinternal")
+        assert "capture_incomplete" not in {r[0] for r in functions}
+
+
+async def test_a_renamed_table_is_still_captured(env: Env) -> None:
+    """A table renamed by a migration keeps its capture: the triggers follow it, and
+    the logical worker matches its changes by oid, also after a restart."""
+    conn = env.conn
+    await conn.execute(CUSTOMER_SQL, "acme", 2)
+    async with env.worker() as worker:
+        await worker.drain()
+        await env.cache_customer(1)
+        await conn.execute("ALTER TABLE hs.customers RENAME TO clients")
+        await conn.execute("UPDATE hs.clients SET phone = 'x' WHERE id = 1")
+        keys = {k for r in await worker.drain() for k in r.keys}
+        assert keys == {"{acme}:hs.customer:1"}
+        assert not await env.cached(1)
+    # A worker started after the rename (logical: it finds the table by the capture's
+    # record of its oid).
+    async with env.worker() as worker:
+        await env.cache_customer(2)
+        await conn.execute("UPDATE hs.clients SET phone = 'y' WHERE id = 2")
+        keys = {k for r in await worker.drain() for k in r.keys}
+        assert keys == {"{acme}:hs.customer:2"}
+        assert not await env.cached(2)
+
+
+async def test_without_the_event_trigger_db_init_says_what_it_risks(
+    thorbis_pg_dsn: str
+) -> None:
+    """Event triggers need a superuser: run as the application's own role (owner of its
+    database), db init installs the capture triggers and warns that a migration could
+    break them, and how to fix it; run once as a superuser, the event trigger is there."""
+    name = f"r{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(thorbis_pg_dsn)
+    await admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'pw'")
+    await admin.execute(f"CREATE DATABASE {name} OWNER {name}")
+    parts = urlsplit(thorbis_pg_dsn)
+    dsn = urlunsplit((parts.scheme, f"{name}:pw@{parts.hostname}:{parts.port}", f"/{name}",
+                      "", ""))
+    admin_dsn = urlunsplit(parts._replace(path=f"/{name}"))
+    init = ("db", "init", "--plugin", "home_services", "--capture", "triggers")
+    try:
+        out = await asyncio.to_thread(run_cli, *init, "--dsn", dsn)
+        assert "capture trigger on hs.customers" in out
+        assert f"the event trigger {EVENT_TRIGGER} was not created" in out, out
+        assert f"role {name!r}" in out
+        assert "as a superuser" in out
+        out = await asyncio.to_thread(run_cli, *init, "--dsn", admin_dsn)
+        assert "event trigger" not in out
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval(
+                "SELECT count(*) FROM pg_event_trigger WHERE evtname = $1", EVENT_TRIGGER) == 1
+            # The role's own migration is now checked: its writes go on.
+            await conn.execute(
+                "ALTER TABLE hs.customers RENAME COLUMN account_status TO status")
+            await conn.execute(CUSTOMER_SQL.replace("account_status", "status"), "acme", 1)
+            assert [t for t, _ in await incomplete_captures(conn)] == ["hs.customers"]
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.execute(f"DROP ROLE {name}")
+        await admin.close()
