@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -60,6 +61,7 @@ NOW = dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
 class Env:
     mode: str
     dsn: str
+    redis_url: str
     conn: asyncpg.Connection
     app: CacheApp
     capture: LogicalCapture | None
@@ -99,7 +101,8 @@ async def env(request: pytest.FixtureRequest, thorbis_pg_dsn: str,
                                  server_settings={"synchronous_commit": "on"})
     notices: list[str] = []
     conn.add_log_listener(lambda _, message: notices.append(str(message)))
-    env = Env(mode, thorbis_pg_dsn, conn, app, capture, notices)
+    env = Env(mode, thorbis_pg_dsn, thorbis_standalone_redis_url, conn, app, capture,
+              notices)
     await asyncio.to_thread(env.db_init)
     try:
         yield env
@@ -161,6 +164,14 @@ async def test_a_migration_renaming_watched_columns_never_breaks_writes(
     if env.mode == "triggers":
         assert [t for t, _ in await incomplete_captures(conn)] == [
             "hs.customers", "hs.work_orders"]
+        # The operator's health check says so, naming the tables and columns.
+        out = await asyncio.to_thread(run_cli, "health", "--redis-url", env.redis_url,
+                                      "--dsn", env.dsn, "--json", code=1)
+        check = json.loads(out)["checks"]["capture_columns"]
+        assert check["status"] == "warning"
+        assert check["incomplete"] == {"hs.customers": ["account_status"],
+                                       "hs.work_orders": ["assigned_technician_id"]}
+        assert "hs.customers no longer has column(s) account_status" in check["reason"]
 
     # db init with rules the tables no longer match is refused (naming the column), and
     # changes nothing: writes still work.

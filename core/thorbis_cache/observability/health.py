@@ -26,6 +26,10 @@ one reading of the servers (:meth:`~thorbis_cache.observability.probe.Probe.exam
 * ``capture_slot`` (when a logical capture slot exists): ``wal_status`` ``lost`` is
   unhealthy (changes were lost), ``unreserved`` or a backlog over ``slot_backlog`` a
   warning.
+* ``capture_columns`` (when a migration took a column a rule reads from a table with
+  capture triggers): a warning naming the table and the columns; its changes are
+  captured by name and invalidated conservatively until ``thorbis-cache db init`` runs
+  with rules that match (:mod:`thorbis_cache.postgres.capture_ddl`).
 
 The overall status is the worst check's (``unknown`` counts as healthy); HTTP 200
 unless unhealthy (503).
@@ -210,6 +214,14 @@ def assess(reading: ProbeResult | HealthReading, thresholds: HealthThresholds | 
         checks["views"] = _views(h)
     if h.slots:
         checks["capture_slot"] = _slots(h, t)
+    if h.incomplete:
+        checks["capture_columns"] = Check(
+            "warning", "; ".join(
+                f"{table} no longer has column(s) {', '.join(columns)} that its rules read"
+                for table, columns in h.incomplete)
+            + ": its changes are captured by name and invalidated conservatively; update "
+            "the rules, then run `thorbis-cache db init`",
+            {"incomplete": {table: list(columns) for table, columns in h.incomplete}})
     return HealthReport(checks)
 
 

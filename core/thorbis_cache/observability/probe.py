@@ -30,6 +30,7 @@ from thorbis_cache.invalidation.queue import QueueKeys
 from thorbis_cache.mv.refresh import history_exists
 from thorbis_cache.mv.scheduler import ScheduledView, ViewReport, report
 from thorbis_cache.postgres import outbox
+from thorbis_cache.postgres.capture_ddl import incomplete_captures
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.store.redis_url import RedisAddress, Topology
@@ -115,13 +116,14 @@ class Probe(Collector):
         if result.redis_up:
             topology = await read_topology(self.store, self.keys_prefix, self.timeout)
         views_read: tuple[ViewReport, ...] | None = None
-        views_error = slots = None
+        views_error = slots = incomplete = None
         if self.dsn is not None and result.postgres_up:
-            views_read, views_error, slots = await self._postgres_state(views)
-        return HealthReading(result, topology, views_read, views_error, slots)
+            views_read, views_error, slots, incomplete = await self._postgres_state(views)
+        return HealthReading(result, topology, views_read, views_error, slots, incomplete)
 
     async def _postgres_state(self, views: Sequence[ScheduledView]) -> tuple[
-            tuple[ViewReport, ...] | None, str | None, tuple[CaptureSlot, ...] | None]:
+            tuple[ViewReport, ...] | None, str | None, tuple[CaptureSlot, ...] | None,
+            tuple[tuple[str, tuple[str, ...]], ...] | None]:
         assert self.dsn is not None
         conn = None
         try:
@@ -132,14 +134,17 @@ class Probe(Collector):
                     r["slot_name"], r["wal_status"], bool(r["active"]),
                     await LogicalCapture(r["slot_name"].removeprefix("thorbis_"), ())
                     .backlog_bytes(conn)) for r in rows])
+                incomplete = None
+                if await conn.fetchval("SELECT to_regclass('thorbis.captured_tables')"):
+                    incomplete = tuple(await incomplete_captures(conn))
                 if not views:
-                    return None, None, slots
+                    return None, None, slots, incomplete
                 if not await history_exists(conn):
                     return None, ("thorbis.mv_state does not exist: run `thorbis-cache "
-                                  "db migrate`"), slots
-                return tuple(await report(conn, views)), None, slots
+                                  "db migrate`"), slots, incomplete
+                return tuple(await report(conn, views)), None, slots, incomplete
         except Exception as exc:  # any failure is the figure, named
-            return None, _describe(exc), None
+            return None, _describe(exc), None, None
         finally:
             if conn is not None:
                 conn.terminate()
@@ -337,6 +342,8 @@ class HealthReading:
     :ivar views: the views' freshness (``mv status``'s lines).
     :ivar views_error: why it could not be read.
     :ivar slots: the logical capture slots (empty: none exists).
+    :ivar incomplete: captured tables a migration took columns from, with those columns
+        (:func:`~thorbis_cache.postgres.capture_ddl.incomplete_captures`; empty: none).
     """
 
     probe: ProbeResult
@@ -344,6 +351,7 @@ class HealthReading:
     views: tuple[ViewReport, ...] | None = None
     views_error: str | None = None
     slots: tuple[CaptureSlot, ...] | None = None
+    incomplete: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
 
 @functools.cache

@@ -13,13 +13,9 @@ renamed table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Sequence
 
 import asyncpg
-
-if TYPE_CHECKING:
-    from thorbis_cache.postgres.triggers import TablePlan
 
 __all__ = ["EVENT_TRIGGER", "ensure_ddl_guard", "incomplete_captures", "record_captured",
            "relid_of", "relids_of"]
@@ -42,16 +38,18 @@ _CREATE = (f"CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end "
            "WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION thorbis.capture_ddl_check()")
 
 
-async def record_captured(conn: asyncpg.Connection, plan: TablePlan,
-                          key_columns: Sequence[str], relid: int | None = None) -> None:
-    """Record what the capture of ``plan``'s table reads (complete again: the capture
-    installed matches the table); ``relid``: the table's oid when its name no longer
-    finds it."""
+async def record_captured(conn: asyncpg.Connection, table: str, *, tenant_column: str,
+                          columns: Sequence[str], key_columns: Sequence[str],
+                          operations: Collection[str], relid: int | None = None) -> None:
+    """Record what the capture of ``table`` (``schema.table``, as the rules name it)
+    reads, complete again: the capture just installed matches the table.
+
+    :param operations: ``INSERT``, ``UPDATE``, ``DELETE``: those captured.
+    :param relid: the table's oid, when its name no longer finds it.
+    """
     order = ("INSERT", "UPDATE", "DELETE")
-    await conn.execute(_RECORD, plan.table, plan.tenant_column, list(plan.columns),
-                       list(key_columns),
-                       [op for op in order if op in {o.value for o in plan.operations}],
-                       relid)
+    await conn.execute(_RECORD, table, tenant_column, list(columns), list(key_columns),
+                       [op for op in order if op in operations], relid)
 
 
 async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:

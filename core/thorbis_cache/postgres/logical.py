@@ -240,7 +240,10 @@ class LogicalCapture:
             if table.full_identity and identity != "f":
                 await conn.execute(f"ALTER TABLE {table.current} REPLICA IDENTITY FULL")
                 changed.append(table.plan.table)
-            await record_captured(conn, table.plan, table.pk, table.relid)
+            await record_captured(conn, table.plan.table,
+                                  tenant_column=table.plan.tenant_column,
+                                  columns=table.plan.columns, key_columns=table.pk,
+                                  operations=table.operation_names, relid=table.relid)
         tables = ", ".join(self._tables[t].current for t in sorted(self._tables))
         exists = await conn.fetchval("SELECT true FROM pg_publication WHERE pubname = $1",
                                      self.publication)

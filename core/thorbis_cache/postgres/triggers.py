@@ -328,7 +328,9 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
             for statement in trigger_sql(plan, shape, have):
                 await conn.execute(statement)
             # What a host's migration is checked against (capture_ddl).
-            await record_captured(conn, plan, pk)
+            await record_captured(conn, plan.table, tenant_column=plan.tenant_column,
+                                  columns=plan.columns, key_columns=pk,
+                                  operations={o.value for o in plan.operations})
     return plans
 
 
