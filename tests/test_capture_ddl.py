@@ -203,6 +203,36 @@ async def test_a_migration_renaming_watched_columns_never_breaks_writes(
         assert "capture_incomplete" not in {r[0] for r in functions}
 
 
+async def test_without_its_tenant_column_a_change_reaches_every_tenant(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tenant column renamed: a change's tenant is unknown, so every tag its table's
+    rules reach goes for every tenant (as after a lost slot), never a dead letter."""
+    conn = env.conn
+    await conn.execute(CUSTOMER_SQL, "acme", 1)
+    await conn.execute(CUSTOMER_SQL, "globex", 1)
+    async with env.worker() as worker:
+        await worker.drain()
+        await env.cache_customer(1)
+        other = CUSTOMER.key("globex", customer_id=1)
+        await env.app.cache.hash(other).replace(
+            await env.app.cache.hash(CUSTOMER.key("acme", customer_id=1)).get())
+        await conn.execute("ALTER TABLE hs.customers RENAME COLUMN tenant_id TO account_id")
+        await conn.execute(
+            "UPDATE hs.customers SET phone = 'x' WHERE account_id = 'acme' AND id = 1")
+        with caplog.at_level(logging.ERROR):
+            results = [r for r in await worker.drain() if r.claimed]
+        assert not [d for r in results for d in r.dead_letters]
+        tags = {t for r in results for t in r.tags}
+        assert {("acme", "hs.customers"), ("globex", "hs.customers"),
+                ("acme", TAG_CUSTOMER_LISTS), ("globex", TAG_CUSTOMER_LISTS)} <= tags
+        assert {i.unseen for r in results for i in r.incomplete} == {("tenant_id",)}
+        assert "lack column(s) tenant_id" in caplog.text
+        # The other tenant's entry went too: nothing could prove it fresh.
+        assert not await env.cached(1)
+        assert await env.app.cache.hash(other).get() is None
+
+
 async def test_a_renamed_table_is_still_captured(env: Env) -> None:
     """A table renamed by a migration keeps its capture: the triggers follow it, and
     the logical worker matches its changes by oid, also after a restart."""

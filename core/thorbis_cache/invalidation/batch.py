@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.cache.meta_sweep import MetaSweep
 from thorbis_cache.cache.metrics import Histogram
 from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.invalidation.planning import Plan, PoisonRow
@@ -240,6 +241,7 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     tags: dict[str, set[str]] = defaultdict(set)
     changes: dict[str, int] = defaultdict(int)
     incomplete: dict[str, tuple[int, set[str], set[str]]] = {}
+    every_tenant: set[str] = set()  # tags for every tenant (tenant column gone)
     for row in rows:
         if row.attempts >= max_attempts:
             reason = f"gave up after {row.attempts} attempts: {row.last_error}"
@@ -250,9 +252,12 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
                 reason = str(exc)
             else:
                 processed.append(row.id)
-                changes[planned.tenant] += 1
-                keys.update((k.body, k) for k in planned.keys)
-                tags[planned.tenant].update(planned.tags)
+                if planned.every_tenant:
+                    every_tenant.update(planned.tags)
+                else:
+                    changes[planned.tenant] += 1
+                    keys.update((k.body, k) for k in planned.keys)
+                    tags[planned.tenant].update(planned.tags)
                 if planned.unseen:
                     count, unseen, unreached = incomplete.get(row.table_name,
                                                               (0, set(), set()))
@@ -263,6 +268,12 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
         log.error("outbox row %d dead-lettered: %s", row.id, reason)
         await outbox.dead_letter(conn, row, reason)
         dead.append((row.id, reason))
+    if every_tenant:
+        # Every tenant with a tag index (bounded pages, no SCAN), as after a lost slot;
+        # then logged for replay and audited like any tenant's tags.
+        async for tenant in MetaSweep.for_cache(cache).registered_tenants():
+            tags[tenant].update(every_tenant)
+            changes[tenant] += 0
     if keys:
         await cache.delete(*keys.values(), replicate=replay is None)
     await invalidate_tags_of(invalidate_tags, [

@@ -20,6 +20,7 @@ import attrs
 
 from thorbis_cache.cache.keys import CacheKey, validate_tenant
 from thorbis_cache.errors import ThorbisCacheError
+from thorbis_cache.invalidation.capture_loss import tags_reached
 from thorbis_cache.plugins.declarations import InvalidationRule, Operation
 from thorbis_cache.postgres.outbox import OutboxRow
 
@@ -98,6 +99,8 @@ class Plan:
         by its schema's tags (see :class:`RulePlanner`). Empty in the usual case.
     :ivar unreached: schemas a key of which could not be built and that carry no tag:
         their entries stay until their TTL (reported, never silent).
+    :ivar every_tenant: the change's tenant is unknown (its table no longer has the
+        tenant column): ``tags`` are for every tenant (``tenant`` is empty).
     """
 
     tenant: str
@@ -105,6 +108,7 @@ class Plan:
     tags: tuple[str, ...]
     unseen: tuple[str, ...] = ()
     unreached: tuple[str, ...] = ()
+    every_tenant: bool = False
 
 
 class _Unseen(Exception):
@@ -119,7 +123,10 @@ class RulePlanner:
     it, and the rules were not updated yet) is still applied, conservatively: a rule
     whose significant column is missing fires, and a key that needs a missing column
     is replaced by its schema's tags for the change's tenant. :attr:`Plan.unseen` and
-    :attr:`Plan.unreached` say what was missing, for the worker to report.
+    :attr:`Plan.unreached` say what was missing, for the worker to report. When the
+    tenant column itself is missing, the change's tenant is unknown: the plan is every
+    tag the table's rules reach, for every tenant (:attr:`Plan.every_tenant`), as after
+    a lost replication slot.
 
     :param cache: the cache whose registry holds the rules' target schemas.
     :param rules: the rules (``app.plugins.all_rules()``).
@@ -131,11 +138,16 @@ class RulePlanner:
         self.rules: dict[str, list[InvalidationRule]] = defaultdict(list)
         #: the columns the rules of a table read (what a complete image holds)
         self.columns: dict[str, frozenset[str]] = {}
+        #: the tenant column of each table (the same for all its rules: checked where
+        #: capture is installed)
+        self.tenant_columns: dict[str, str] = {}
         for rule in rules:
             self.rules[rule.table].append(rule)
             self.columns[rule.table] = self.columns.get(rule.table, frozenset()) | {
                 *rule.significant_columns,
                 *(c for t in rule.targets for c in t.params.values())}
+            self.tenant_columns[rule.table] = rule.tenant_column
+        self._every_tenant: dict[str, Plan] = {}
 
     def plan(self, row: OutboxRow) -> Plan:
         """The keys and tags a change makes stale.
@@ -148,6 +160,11 @@ class RulePlanner:
         except (KeyError, TypeError):  # TypeError: not even hashable
             raise PoisonRow(f"unknown operation {row.operation!r}") from None
         old, new = _image(row, "old"), _image(row, "new")
+        if row.tenant_id is None:
+            column = self.tenant_columns.get(row.table_name)
+            image = new if new is not None else old
+            if column is not None and image is not None and column not in image:
+                return self._for_every_tenant(row.table_name, column)
         try:
             tenant = validate_tenant(row.tenant_id)
         except ValueError as exc:
@@ -189,6 +206,16 @@ class RulePlanner:
                                   or (new is not None and c not in new)))
         return Plan(tenant, tuple(keys.values()), tuple(sorted(tags)), unseen,
                     tuple(sorted(unreached)))
+
+    def _for_every_tenant(self, table: str, tenant_column: str) -> Plan:
+        """Every tag a change to ``table`` can reach, for every tenant: its tenant
+        column is gone, so the tenant of the change is unknown."""
+        plan = self._every_tenant.get(table)
+        if plan is None:
+            tags, untagged = tags_reached(self.cache, self.rules[table], [table])
+            plan = self._every_tenant[table] = Plan(
+                "", (), tags, (tenant_column,), untagged, every_tenant=True)
+        return plan
 
     def _key(self, rule: InvalidationRule, schema_name: str, columns: Mapping[str, str],
              tenant: str, image: Mapping[str, Any] | None) -> CacheKey[Any] | None:
