@@ -35,7 +35,7 @@ from thorbis_home_services.schemas import (
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.invalidation.batch import Incomplete
 from thorbis_cache.invalidation.worker import OutboxWorker
-from thorbis_cache.postgres.capture_ddl import EVENT_TRIGGER, incomplete_captures
+from thorbis_cache.postgres.capture_ddl import EVENT_TRIGGER, Standin, standins
 from thorbis_cache.postgres.logical import LogicalCapture
 
 CUSTOMER_SQL = """
@@ -137,10 +137,7 @@ async def test_a_migration_renaming_watched_columns_never_breaks_writes(
         # cannot show the change harmless, so it fires.
         assert result.keys == ("{acme}:hs.customer:1",)
         assert ("acme", TAG_CUSTOMER_LISTS) in result.tags
-        # (The triggers' stand-in records an UPDATE as its old row and its new row.)
-        changes = 2 if env.mode == "triggers" else 1
-        assert result.incomplete == (
-            Incomplete("hs.customers", changes, ("account_status",), ()),)
+        assert result.incomplete == (Incomplete("hs.customers", 1, ("account_status",), ()),)
         assert "lack column(s) account_status" in caplog.text
         assert not await env.cached(1)
         assert await env.cached(2)
@@ -162,8 +159,9 @@ async def test_a_migration_renaming_watched_columns_never_breaks_writes(
         await conn.execute("DELETE FROM hs.customers WHERE id = 2")
         assert "{acme}:hs.customer:2" in {k for r in await worker.drain() for k in r.keys}
     if env.mode == "triggers":
-        assert [t for t, _ in await incomplete_captures(conn)] == [
-            "hs.customers", "hs.work_orders"]
+        assert await standins(conn) == [
+            Standin("hs.customers", ("account_status",), ()),
+            Standin("hs.work_orders", ("assigned_technician_id",), ())]
         # The operator's health check says so, naming the tables and columns.
         out = await asyncio.to_thread(run_cli, "health", "--redis-url", env.redis_url,
                                       "--dsn", env.dsn, "--json", code=1)
@@ -187,7 +185,7 @@ async def test_a_migration_renaming_watched_columns_never_breaks_writes(
         assert any("has every column its invalidation rules read again" in n
                    for n in env.notices)
     await asyncio.to_thread(env.db_init)
-    assert await incomplete_captures(conn) == []
+    assert await standins(conn) == []
     async with env.worker() as worker:
         await worker.drain()
         await env.cache_customer(1)
@@ -231,6 +229,54 @@ async def test_without_its_tenant_column_a_change_reaches_every_tenant(
         # The other tenant's entry went too: nothing could prove it fresh.
         assert not await env.cached(1)
         assert await env.app.cache.hash(other).get() is None
+
+
+# Capture triggers only: logical capture reads each change's column types from the WAL.
+@pytest.mark.parametrize("env", ["triggers"], indirect=True)
+async def test_a_column_that_changed_type_is_captured_exactly(env: Env) -> None:
+    """The capture triggers write each value as its type was at install time: a
+    migration that changes a watched column's type puts the by-name stand-in in place
+    (exact: every column is still there), and db init generates them again."""
+    conn = env.conn
+    await conn.execute(CUSTOMER_SQL, "acme", 1)
+    await conn.execute(TECH_SQL, "acme", 10)
+    await conn.execute(TECH_SQL, "acme", 11)
+    await conn.execute(WORK_ORDER_SQL, "acme", 100, 1, 10, NOW)
+    # (A view reading the column would refuse the change: the plugin's goes first, and
+    # db init below makes it again.)
+    await conn.execute("DROP MATERIALIZED VIEW hs.technician_performance")
+    await conn.execute(
+        "ALTER TABLE hs.work_orders ALTER COLUMN assigned_technician_id TYPE integer")
+    assert any("assigned_technician_id of hs.work_orders changed type" in n
+               for n in env.notices), env.notices
+    assert await standins(conn) == [
+        Standin("hs.work_orders", (), ("assigned_technician_id",))]
+    async with env.worker() as worker:
+        await worker.drain()
+        day = NOW.date()
+        old = TECHNICIAN_SCHEDULE.key("acme", technician_id=10, day=day)
+        new = TECHNICIAN_SCHEDULE.key("acme", technician_id=11, day=day)
+        for key in (old, new):
+            await env.app.cache.zset(key).add({100: 1.0}, replace=True)
+        await conn.execute("UPDATE hs.work_orders SET assigned_technician_id = 11")
+        (result,) = [r for r in await worker.drain() if r.claimed]
+        # Both schedules by key, nothing by a tag: old and new rows were paired.
+        assert {old.body, new.body} <= set(result.keys)
+        assert ("acme", TAG_SCHEDULES) not in result.tags
+        assert result.incomplete == ()
+        assert await env.app.cache.zset(old).card() == 0
+    out = await asyncio.to_thread(run_cli, "health", "--redis-url", env.redis_url,
+                                  "--dsn", env.dsn, "--json", code=1)
+    check = json.loads(out)["checks"]["capture_columns"]
+    assert check["retyped"] == {"hs.work_orders": ["assigned_technician_id"]}
+    # db init generates the triggers for the new type.
+    await asyncio.to_thread(env.db_init)
+    assert await standins(conn) == []
+    async with env.worker() as worker:
+        await env.app.cache.zset(old).add({100: 1.0}, replace=True)
+        await conn.execute("UPDATE hs.work_orders SET assigned_technician_id = 10")
+        (result,) = [r for r in await worker.drain() if r.claimed]
+        assert {old.body, new.body} <= set(result.keys)
 
 
 async def test_a_renamed_table_is_still_captured(env: Env) -> None:
@@ -287,7 +333,7 @@ async def test_without_the_event_trigger_db_init_says_what_it_risks(
             await conn.execute(
                 "ALTER TABLE hs.customers RENAME COLUMN account_status TO status")
             await conn.execute(CUSTOMER_SQL.replace("account_status", "status"), "acme", 1)
-            assert [t for t, _ in await incomplete_captures(conn)] == ["hs.customers"]
+            assert [s.table for s in await standins(conn)] == ["hs.customers"]
         finally:
             await conn.close()
     finally:

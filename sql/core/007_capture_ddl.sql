@@ -12,16 +12,18 @@
 -- * thorbis.capture_ddl_check(), run by the event trigger `thorbis_capture_ddl` after
 --   every ALTER TABLE (db init creates it where the role may: event triggers need a
 --   superuser, or rds_superuser on RDS), checks the captured tables the statement
---   touched. When one lost a column its capture reads, it puts
+--   touched. When one lost a column its capture reads, or such a column changed type
+--   (the generated triggers write each value by its type at install time), it puts
 --   thorbis.capture_incomplete() in place of the generated triggers, in the
 --   migration's own transaction, and says so with a WARNING.
 -- * thorbis.capture_incomplete() reads the row by name at run time (to_jsonb), so it
 --   cannot fail on a missing column: it writes the columns the rules read that are
---   still there (an UPDATE as two one-sided rows, old then new, which needs no key to
---   pair them). The worker applies such changes conservatively: a rule on a missing
---   significant column fires, and a key that needs a missing column is replaced by its
---   schema's tags. It costs more per row than the generated capture (a jsonb of the
---   whole row): `thorbis-cache db init` with rules that match the table puts the
+--   still there, as JSON (an UPDATE's rows paired by key while every key column is
+--   there, one-sided otherwise). The worker applies such changes conservatively: a
+--   rule on a missing significant column fires, and a key that needs a missing column
+--   is replaced by its schema's tags (a column that only changed type is still there:
+--   nothing is lost). It costs more per row than the generated capture (a jsonb of
+--   the whole row): `thorbis-cache db init` with rules that match the table puts the
 --   generated capture back.
 
 CREATE TABLE IF NOT EXISTS thorbis.captured_tables (
@@ -31,35 +33,54 @@ CREATE TABLE IF NOT EXISTS thorbis.captured_tables (
     columns       text[] NOT NULL,      -- the columns the rules read
     key_columns   text[] NOT NULL,      -- the primary key
     operations    text[] NOT NULL,      -- INSERT, UPDATE, DELETE: those captured
+    column_types  jsonb,                -- column -> regtype the triggers were made for
     incomplete    text[],               -- columns a DDL took away (NULL: none)
+    retyped       text[],               -- columns a DDL changed the type of (NULL: none)
     changed_at    timestamptz NOT NULL DEFAULT now()
 );
 
--- The members of `obj` named in `names` (an image of the columns still there).
+-- The members of `obj` named in `names` (an image of the columns still there);
+-- NULL for no object (the missing side of an unpaired UPDATE row).
 CREATE OR REPLACE FUNCTION thorbis.jsonb_pick(obj jsonb, names text[])
-RETURNS jsonb LANGUAGE sql IMMUTABLE AS $pick$
+RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT AS $pick$
     SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}'::jsonb)
       FROM jsonb_each(obj) AS e WHERE e.key = ANY (names)
 $pick$;
 
 -- TG_ARGV: the table as the rules name it, its tenant column, the columns the rules
--- read (a text[] literal), the primary key columns (a text[] literal).
+-- read (a text[] literal), the primary key columns (a text[] literal). An UPDATE pairs
+-- old and new rows by their key when the table still has every key column; a row
+-- without a partner (its key changed, or a key column is gone) is recorded one-sided.
 CREATE OR REPLACE FUNCTION thorbis.capture_incomplete() RETURNS trigger
 LANGUAGE plpgsql AS $capture$
 BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk, old, new)
+        SELECT TG_ARGV[0], TG_OP, coalesce(n.r, o.r) ->> TG_ARGV[1], coalesce(n.k, o.k),
+               thorbis.jsonb_pick(o.r, TG_ARGV[2]::text[]),
+               thorbis.jsonb_pick(n.r, TG_ARGV[2]::text[])
+          FROM (SELECT r, thorbis.jsonb_pick(r, TG_ARGV[3]::text[]) AS k,
+                       CASE WHEN r ?& TG_ARGV[3]::text[]
+                            THEN thorbis.jsonb_pick(r, TG_ARGV[3]::text[]) END AS pair
+                  FROM (SELECT to_jsonb(x) AS r FROM thorbis_old x) AS rows) AS o
+          FULL JOIN
+               (SELECT r, thorbis.jsonb_pick(r, TG_ARGV[3]::text[]) AS k,
+                       CASE WHEN r ?& TG_ARGV[3]::text[]
+                            THEN thorbis.jsonb_pick(r, TG_ARGV[3]::text[]) END AS pair
+                  FROM (SELECT to_jsonb(x) AS r FROM thorbis_new x) AS rows) AS n
+            ON o.pair = n.pair;
+    ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk, old)
         SELECT TG_ARGV[0], TG_OP, r ->> TG_ARGV[1],
                thorbis.jsonb_pick(r, TG_ARGV[3]::text[]),
                thorbis.jsonb_pick(r, TG_ARGV[2]::text[])
-          FROM (SELECT to_jsonb(o) AS r FROM thorbis_old o) AS changed;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+          FROM (SELECT to_jsonb(x) AS r FROM thorbis_old x) AS changed;
+    ELSE
         INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk, new)
         SELECT TG_ARGV[0], TG_OP, r ->> TG_ARGV[1],
                thorbis.jsonb_pick(r, TG_ARGV[3]::text[]),
                thorbis.jsonb_pick(r, TG_ARGV[2]::text[])
-          FROM (SELECT to_jsonb(n) AS r FROM thorbis_new n) AS changed;
+          FROM (SELECT to_jsonb(x) AS r FROM thorbis_new x) AS changed;
     END IF;
     RETURN NULL;
 END
@@ -69,7 +90,8 @@ CREATE OR REPLACE FUNCTION thorbis.capture_ddl_check() RETURNS event_trigger
 LANGUAGE plpgsql AS $check$
 DECLARE
     t record;
-    gone text[];
+    lost text[];
+    changed text[];
     op text;
 BEGIN
     FOR t IN
@@ -82,21 +104,27 @@ BEGIN
                               'thorbis_capture_insert', 'thorbis_capture_update',
                               'thorbis_capture_delete', 'thorbis_capture_key'))
     LOOP
-        SELECT array_agg(DISTINCT w ORDER BY w) INTO gone
+        SELECT array_agg(DISTINCT w ORDER BY w) INTO lost
           FROM unnest(t.columns || t.key_columns || t.tenant_column) AS w
          WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                             WHERE a.attrelid = t.relid AND a.attname = w
                               AND a.attnum > 0 AND NOT a.attisdropped);
-        IF gone IS NULL THEN
-            IF t.incomplete IS NOT NULL THEN
+        SELECT array_agg(ct.key ORDER BY ct.key) INTO changed
+          FROM jsonb_each_text(t.column_types) AS ct
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attname = ct.key
+                                        AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE a.atttypid::regtype::text <> ct.value;
+        IF lost IS NULL AND changed IS NULL THEN
+            IF t.incomplete IS NOT NULL OR t.retyped IS NOT NULL THEN
                 RAISE WARNING 'thorbis-cache: % has every column its invalidation rules '
-                    'read again; run `thorbis-cache db init` to put its generated change '
-                    'capture back', t.relid::regclass;
+                    'read again, as they were; run `thorbis-cache db init` to put its '
+                    'generated change capture back', t.relid::regclass;
             END IF;
             CONTINUE;
         END IF;
-        CONTINUE WHEN gone = t.incomplete;
-        IF t.incomplete IS NULL THEN
+        CONTINUE WHEN lost IS NOT DISTINCT FROM t.incomplete
+                  AND changed IS NOT DISTINCT FROM t.retyped;
+        IF t.incomplete IS NULL AND t.retyped IS NULL THEN
             EXECUTE format('DROP TRIGGER IF EXISTS thorbis_capture_key ON %s',
                            t.relid::regclass);
             FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
@@ -113,14 +141,22 @@ BEGIN
                     t.table_name, t.tenant_column, t.columns::text, t.key_columns::text);
             END LOOP;
         END IF;
-        UPDATE thorbis.captured_tables SET incomplete = gone, changed_at = now()
+        UPDATE thorbis.captured_tables
+           SET incomplete = lost, retyped = changed, changed_at = now()
          WHERE table_name = t.table_name;
-        RAISE WARNING 'thorbis-cache: % no longer has column(s) % that its invalidation '
-            'rules read: its change capture now reads each changed row by name, so that '
-            'writes keep working, and the worker invalidates its changes conservatively '
-            '(by tags where a key needs a missing column); update the rules to the table, '
-            'then run `thorbis-cache db init`',
-            t.relid::regclass, array_to_string(gone, ', ');
+        IF lost IS NOT NULL THEN
+            RAISE WARNING 'thorbis-cache: % no longer has column(s) % that its '
+                'invalidation rules read: its change capture now reads each changed row '
+                'by name, so that writes keep working, and the worker invalidates its '
+                'changes conservatively (by tags where a key needs a missing column); '
+                'update the rules to the table, then run `thorbis-cache db init`',
+                t.relid::regclass, array_to_string(lost, ', ');
+        ELSE
+            RAISE WARNING 'thorbis-cache: column(s) % of % changed type: its change '
+                'capture now reads each changed row by name (slower, but exact); run '
+                '`thorbis-cache db init` to generate it for the new types',
+                array_to_string(changed, ', '), t.relid::regclass;
+        END IF;
     END LOOP;
 END
 $check$;

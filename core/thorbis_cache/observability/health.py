@@ -27,9 +27,10 @@ one reading of the servers (:meth:`~thorbis_cache.observability.probe.Probe.exam
   unhealthy (changes were lost), ``unreserved`` or a backlog over ``slot_backlog`` a
   warning.
 * ``capture_columns`` (when a migration took a column a rule reads from a table with
-  capture triggers): a warning naming the table and the columns; its changes are
-  captured by name and invalidated conservatively until ``thorbis-cache db init`` runs
-  with rules that match (:mod:`thorbis_cache.postgres.capture_ddl`).
+  capture triggers, or changed its type): a warning naming the table and the columns;
+  its changes are captured by name (and, for a missing column, invalidated
+  conservatively) until ``thorbis-cache db init`` runs with rules that match
+  (:mod:`thorbis_cache.postgres.capture_ddl`).
 
 The overall status is the worst check's (``unknown`` counts as healthy); HTTP 200
 unless unhealthy (503).
@@ -215,14 +216,24 @@ def assess(reading: ProbeResult | HealthReading, thresholds: HealthThresholds | 
     if h.slots:
         checks["capture_slot"] = _slots(h, t)
     if h.incomplete:
-        checks["capture_columns"] = Check(
-            "warning", "; ".join(
-                f"{table} no longer has column(s) {', '.join(columns)} that its rules read"
-                for table, columns in h.incomplete)
-            + ": its changes are captured by name and invalidated conservatively; update "
-            "the rules, then run `thorbis-cache db init`",
-            {"incomplete": {table: list(columns) for table, columns in h.incomplete}})
+        checks["capture_columns"] = _capture_columns(h)
     return HealthReport(checks)
+
+
+def _capture_columns(h: HealthReading) -> Check:
+    reasons = []
+    for s in h.incomplete or ():
+        if s.gone:
+            reasons.append(f"{s.table} no longer has column(s) {', '.join(s.gone)} that its "
+                           "rules read: its changes are captured by name and invalidated "
+                           "conservatively; update the rules, then run `thorbis-cache db "
+                           "init`")
+        if s.retyped:
+            reasons.append(f"column(s) {', '.join(s.retyped)} of {s.table} changed type: "
+                           "captured by name (slower); run `thorbis-cache db init`")
+    return Check("warning", "; ".join(reasons), {
+        "incomplete": {s.table: list(s.gone) for s in h.incomplete or () if s.gone},
+        "retyped": {s.table: list(s.retyped) for s in h.incomplete or () if s.retyped}})
 
 
 def _redis(r: ProbeResult, t: HealthThresholds) -> Check:

@@ -30,7 +30,7 @@ from thorbis_cache.invalidation.queue import QueueKeys
 from thorbis_cache.mv.refresh import history_exists
 from thorbis_cache.mv.scheduler import ScheduledView, ViewReport, report
 from thorbis_cache.postgres import outbox
-from thorbis_cache.postgres.capture_ddl import incomplete_captures
+from thorbis_cache.postgres.capture_ddl import Standin, standins
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.store.redis_url import RedisAddress, Topology
@@ -123,7 +123,7 @@ class Probe(Collector):
 
     async def _postgres_state(self, views: Sequence[ScheduledView]) -> tuple[
             tuple[ViewReport, ...] | None, str | None, tuple[CaptureSlot, ...] | None,
-            tuple[tuple[str, tuple[str, ...]], ...] | None]:
+            tuple[Standin, ...] | None]:
         assert self.dsn is not None
         conn = None
         try:
@@ -134,9 +134,7 @@ class Probe(Collector):
                     r["slot_name"], r["wal_status"], bool(r["active"]),
                     await LogicalCapture(r["slot_name"].removeprefix("thorbis_"), ())
                     .backlog_bytes(conn)) for r in rows])
-                incomplete = None
-                if await conn.fetchval("SELECT to_regclass('thorbis.captured_tables')"):
-                    incomplete = tuple(await incomplete_captures(conn))
+                incomplete = tuple(await standins(conn))
                 if not views:
                     return None, None, slots, incomplete
                 if not await history_exists(conn):
@@ -342,8 +340,9 @@ class HealthReading:
     :ivar views: the views' freshness (``mv status``'s lines).
     :ivar views_error: why it could not be read.
     :ivar slots: the logical capture slots (empty: none exists).
-    :ivar incomplete: captured tables a migration took columns from, with those columns
-        (:func:`~thorbis_cache.postgres.capture_ddl.incomplete_captures`; empty: none).
+    :ivar incomplete: captured tables whose capture triggers a migration replaced by the
+        by-name stand-in (:func:`~thorbis_cache.postgres.capture_ddl.standins`; empty:
+        none).
     """
 
     probe: ProbeResult
@@ -351,7 +350,7 @@ class HealthReading:
     views: tuple[ViewReport, ...] | None = None
     views_error: str | None = None
     slots: tuple[CaptureSlot, ...] | None = None
-    incomplete: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    incomplete: tuple[Standin, ...] | None = None
 
 
 @functools.cache

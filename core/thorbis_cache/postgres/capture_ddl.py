@@ -13,25 +13,29 @@ renamed table.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import json
+from collections.abc import Collection, Mapping, Sequence
 
 import asyncpg
+import attrs
 
-__all__ = ["EVENT_TRIGGER", "ensure_ddl_guard", "incomplete_captures", "record_captured",
-           "relid_of", "relids_of"]
+__all__ = ["EVENT_TRIGGER", "Standin", "ensure_ddl_guard", "record_captured", "relid_of",
+           "relids_of", "standins"]
 
 #: The event trigger that checks every ALTER TABLE against the captured tables.
 EVENT_TRIGGER = "thorbis_capture_ddl"
 
 _RECORD = """
 INSERT INTO thorbis.captured_tables
-       (table_name, relid, tenant_column, columns, key_columns, operations, incomplete,
-        changed_at)
-VALUES ($1, coalesce($6::oid, to_regclass($1)::oid), $2, $3, $4, $5, NULL, now())
+       (table_name, relid, tenant_column, columns, key_columns, operations, column_types,
+        incomplete, retyped, changed_at)
+VALUES ($1, coalesce($6::oid, to_regclass($1)::oid), $2, $3, $4, $5, $7::jsonb, NULL, NULL,
+        now())
 ON CONFLICT (table_name) DO UPDATE SET
        relid = EXCLUDED.relid, tenant_column = EXCLUDED.tenant_column,
        columns = EXCLUDED.columns, key_columns = EXCLUDED.key_columns,
-       operations = EXCLUDED.operations, incomplete = NULL, changed_at = now()
+       operations = EXCLUDED.operations, column_types = EXCLUDED.column_types,
+       incomplete = NULL, retyped = NULL, changed_at = now()
 """
 
 _CREATE = (f"CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end "
@@ -40,16 +44,21 @@ _CREATE = (f"CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end "
 
 async def record_captured(conn: asyncpg.Connection, table: str, *, tenant_column: str,
                           columns: Sequence[str], key_columns: Sequence[str],
-                          operations: Collection[str], relid: int | None = None) -> None:
+                          operations: Collection[str], relid: int | None = None,
+                          types: Mapping[str, str] | None = None) -> None:
     """Record what the capture of ``table`` (``schema.table``, as the rules name it)
     reads, complete again: the capture just installed matches the table.
 
     :param operations: ``INSERT``, ``UPDATE``, ``DELETE``: those captured.
     :param relid: the table's oid, when its name no longer finds it.
+    :param types: column -> type name (``atttypid::regtype::text``) the capture
+        triggers were generated for (a migration that changes one is caught); None
+        for logical capture, which reads each change's types from the WAL.
     """
     order = ("INSERT", "UPDATE", "DELETE")
     await conn.execute(_RECORD, table, tenant_column, list(columns), list(key_columns),
-                       [op for op in order if op in operations], relid)
+                       [op for op in order if op in operations], relid,
+                       None if types is None else json.dumps(dict(types)))
 
 
 async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
@@ -72,13 +81,33 @@ async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
     return None
 
 
-async def incomplete_captures(conn: asyncpg.Connection) -> list[tuple[str, tuple[str, ...]]]:
-    """The captured tables a migration took columns from, with those columns: their
-    capture reads rows by name and their changes are applied conservatively until
-    ``thorbis-cache db init`` runs with matching rules."""
-    rows = await conn.fetch("SELECT table_name, incomplete FROM thorbis.captured_tables "
-                            "WHERE incomplete IS NOT NULL ORDER BY table_name")
-    return [(r["table_name"], tuple(r["incomplete"])) for r in rows]
+@attrs.frozen(slots=True)
+class Standin:
+    """A captured table whose capture triggers a migration replaced by the by-name
+    stand-in (``thorbis.capture_incomplete``).
+
+    :ivar table: as the rules name it.
+    :ivar gone: columns the rules read that the table no longer has (its changes are
+        applied conservatively until the rules match it).
+    :ivar retyped: such columns whose type changed (exact, only slower: ``db init``
+        generates the triggers for the new types).
+    """
+
+    table: str
+    gone: tuple[str, ...]
+    retyped: tuple[str, ...]
+
+
+async def standins(conn: asyncpg.Connection) -> list[Standin]:
+    """The captured tables running the stand-in capture, by name; empty when none (or
+    on a database set up by an earlier release)."""
+    if not await conn.fetchval("SELECT to_regclass('thorbis.captured_tables')"):
+        return []
+    rows = await conn.fetch(
+        "SELECT table_name, incomplete, retyped FROM thorbis.captured_tables "
+        "WHERE incomplete IS NOT NULL OR retyped IS NOT NULL ORDER BY table_name")
+    return [Standin(r["table_name"], tuple(r["incomplete"] or ()), tuple(r["retyped"] or ()))
+            for r in rows]
 
 
 async def relids_of(conn: asyncpg.Connection, tables: Sequence[str]

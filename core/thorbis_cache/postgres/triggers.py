@@ -330,7 +330,8 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
             # What a host's migration is checked against (capture_ddl).
             await record_captured(conn, plan.table, tenant_column=plan.tenant_column,
                                   columns=plan.columns, key_columns=pk,
-                                  operations={o.value for o in plan.operations})
+                                  operations={o.value for o in plan.operations},
+                                  types={c: have[c] for c in (*plan.columns, *pk)})
     return plans
 
 
