@@ -334,9 +334,25 @@ async def test_without_the_event_trigger_db_init_says_what_it_risks(
                 "ALTER TABLE hs.customers RENAME COLUMN account_status TO status")
             await conn.execute(CUSTOMER_SQL.replace("account_status", "status"), "acme", 1)
             assert [s.table for s in await standins(conn)] == ["hs.customers"]
+            # Another team's role, with no right on the thorbis schema, alters its own
+            # table: the check runs (as its owner) and never gets in the way.
+            await admin.execute(f"CREATE ROLE {name}_other LOGIN PASSWORD 'pw'")
+            there = await asyncpg.connect(admin_dsn)
+            try:
+                await there.execute(f"CREATE TABLE public.other (id int) ; "
+                                    f"ALTER TABLE public.other OWNER TO {name}_other")
+            finally:
+                await there.close()
+            other = await asyncpg.connect(dsn.replace(f"{name}:pw@", f"{name}_other:pw@"))
+            try:
+                await other.execute("ALTER TABLE public.other ADD COLUMN note text")
+                await other.execute("ALTER TABLE public.other RENAME COLUMN id TO key")
+            finally:
+                await other.close()
         finally:
             await conn.close()
     finally:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.execute(f"DROP ROLE IF EXISTS {name}_other")
         await admin.execute(f"DROP ROLE {name}")
         await admin.close()

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS thorbis.captured_tables (
     columns       text[] NOT NULL,      -- the columns the rules read
     key_columns   text[] NOT NULL,      -- the primary key
     operations    text[] NOT NULL,      -- INSERT, UPDATE, DELETE: those captured
-    column_types  jsonb,                -- column -> regtype the triggers were made for
+    column_types  jsonb,                -- column -> type oid the triggers were made for
     incomplete    text[],               -- columns a DDL took away (NULL: none)
     retyped       text[],               -- columns a DDL changed the type of (NULL: none)
     changed_at    timestamptz NOT NULL DEFAULT now()
@@ -86,8 +86,12 @@ BEGIN
 END
 $capture$;
 
+-- It runs after every ALTER TABLE of the database, whoever runs it: as its owner (the
+-- role that applied this file, which owns thorbis.captured_tables), with a search_path
+-- that no caller can change, and it never fails the statement: a check that cannot be
+-- made is a WARNING naming the table, never an error that would block a migration.
 CREATE OR REPLACE FUNCTION thorbis.capture_ddl_check() RETURNS event_trigger
-LANGUAGE plpgsql AS $check$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $check$
 DECLARE
     t record;
     lost text[];
@@ -104,6 +108,7 @@ BEGIN
                               'thorbis_capture_insert', 'thorbis_capture_update',
                               'thorbis_capture_delete', 'thorbis_capture_key'))
     LOOP
+      BEGIN
         SELECT array_agg(DISTINCT w ORDER BY w) INTO lost
           FROM unnest(t.columns || t.key_columns || t.tenant_column) AS w
          WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
@@ -113,7 +118,7 @@ BEGIN
           FROM jsonb_each_text(t.column_types) AS ct
           JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attname = ct.key
                                         AND a.attnum > 0 AND NOT a.attisdropped
-         WHERE a.atttypid::regtype::text <> ct.value;
+         WHERE a.atttypid <> ct.value::oid;
         IF lost IS NULL AND changed IS NULL THEN
             IF t.incomplete IS NOT NULL OR t.retyped IS NOT NULL THEN
                 RAISE WARNING 'thorbis-cache: % has every column its invalidation rules '
@@ -157,6 +162,11 @@ BEGIN
                 '`thorbis-cache db init` to generate it for the new types',
                 array_to_string(changed, ', '), t.relid::regclass;
         END IF;
+      EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'thorbis-cache: could not check % against its change capture (%): '
+            'if the statement renamed, dropped or retyped a column its invalidation rules '
+            'read, run `thorbis-cache db init`', t.relid::regclass, SQLERRM;
+      END;
     END LOOP;
 END
 $check$;

@@ -13,8 +13,7 @@ renamed table.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 
 import asyncpg
 import attrs
@@ -29,8 +28,14 @@ _RECORD = """
 INSERT INTO thorbis.captured_tables
        (table_name, relid, tenant_column, columns, key_columns, operations, column_types,
         incomplete, retyped, changed_at)
-VALUES ($1, coalesce($6::oid, to_regclass($1)::oid), $2, $3, $4, $5, $7::jsonb, NULL, NULL,
-        now())
+SELECT $1::text, r.relid, $2::text, $3::text[], $4::text[], $5::text[],
+       CASE WHEN $7::bool THEN (SELECT jsonb_object_agg(a.attname, a.atttypid)
+                                  FROM pg_catalog.pg_attribute a
+                                 WHERE a.attrelid = r.relid
+                                   AND a.attname = ANY ($3::text[] || $4::text[])
+                                   AND a.attnum > 0 AND NOT a.attisdropped) END,
+       NULL, NULL, now()
+  FROM (SELECT coalesce($6::oid, to_regclass($1)::oid) AS relid) AS r
 ON CONFLICT (table_name) DO UPDATE SET
        relid = EXCLUDED.relid, tenant_column = EXCLUDED.tenant_column,
        columns = EXCLUDED.columns, key_columns = EXCLUDED.key_columns,
@@ -45,20 +50,19 @@ _CREATE = (f"CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end "
 async def record_captured(conn: asyncpg.Connection, table: str, *, tenant_column: str,
                           columns: Sequence[str], key_columns: Sequence[str],
                           operations: Collection[str], relid: int | None = None,
-                          types: Mapping[str, str] | None = None) -> None:
+                          track_types: bool = False) -> None:
     """Record what the capture of ``table`` (``schema.table``, as the rules name it)
     reads, complete again: the capture just installed matches the table.
 
     :param operations: ``INSERT``, ``UPDATE``, ``DELETE``: those captured.
     :param relid: the table's oid, when its name no longer finds it.
-    :param types: column -> type name (``atttypid::regtype::text``) the capture
-        triggers were generated for (a migration that changes one is caught); None
-        for logical capture, which reads each change's types from the WAL.
+    :param track_types: record the columns' types now, which the capture triggers
+        were generated for (a migration that changes one is caught); not for logical
+        capture, which reads each change's types from the WAL.
     """
     order = ("INSERT", "UPDATE", "DELETE")
     await conn.execute(_RECORD, table, tenant_column, list(columns), list(key_columns),
-                       [op for op in order if op in operations], relid,
-                       None if types is None else json.dumps(dict(types)))
+                       [op for op in order if op in operations], relid, track_types)
 
 
 async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:

@@ -331,7 +331,7 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
             await record_captured(conn, plan.table, tenant_column=plan.tenant_column,
                                   columns=plan.columns, key_columns=pk,
                                   operations={o.value for o in plan.operations},
-                                  types={c: have[c] for c in (*plan.columns, *pk)})
+                                  track_types=True)
     return plans
 
 
