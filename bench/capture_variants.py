@@ -16,6 +16,8 @@ flips every repetition). A variant is ``none`` (no capture: the anchor, always r
 * the UPDATE function: ``noguc`` (without its ``SET enable_nestloop = off``), ``guard``
   (without it, multi-row statements running the INSERT through EXECUTE), ``row``
   (row-level triggers instead of statement-level ones);
+* ``standin``: the by-name capture a migration that renamed a watched column gets
+  (``sql/core/007_capture_ddl.sql``), until ``db init`` regenerates the triggers;
 * diagnostics, not correct capture: ``narrow`` (a 3-column INSERT from the new rows
   only), ``empty``/``emptystmt``/``emptyrow`` (functions that return NULL at once: the
   floor of a trigger approach).
@@ -58,6 +60,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import capture  # a sibling script module, found through the line above
 
+from thorbis_cache.postgres.capture_ddl import ensure_ddl_guard
 from thorbis_cache.postgres.outbox import claim_batch
 from thorbis_cache.postgres.triggers import KEY_TRIGGER, TRIGGERS, TablePlan, plan_tables
 from thorbis_cache.testing.servers import PostgresServer
@@ -188,10 +191,25 @@ async def emptyrow(conn: asyncpg.Connection, plan: TablePlan) -> None:
     await _row_update(conn, plan, await _function(conn, "nothing", "BEGIN RETURN NULL; END"))
 
 
+async def standin(conn: asyncpg.Connection, plan: TablePlan) -> None:
+    """The stand-in capture a migration gets (``thorbis.capture_standin__...``, put in
+    place by the event trigger ``thorbis_capture_ddl`` when a watched column is renamed):
+    a column renamed and renamed back, so the stand-in names all the rules' columns but
+    one and only the capture differs (jsonb_build_object of the watched columns into
+    the outbox's jsonb columns instead of text arrays and a shape)."""
+    assert await ensure_ddl_guard(conn) is None, "the bench runs as a superuser"
+    watched = sorted(set(plan.columns) - {"tenant_id", "id"})[0]
+    await conn.execute(f"ALTER TABLE {TABLE} RENAME COLUMN {watched} TO {watched}_renamed")
+    await conn.execute(f"ALTER TABLE {TABLE} RENAME COLUMN {watched}_renamed TO {watched}")
+    assert await conn.fetchval("SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON "
+                               "p.oid = t.tgfoid WHERE p.proname LIKE 'capture_standin%'")
+
+
 #: Modifiers a variant joins with ``+``, applied in this order after the triggers.
 MODIFIERS: dict[str, Modifier] = {
     "row": row, "noguc": noguc, "guard": guard, "narrow": narrow, "empty": empty,
     "emptystmt": emptystmt, "emptyrow": emptyrow, "unlogged": unlogged, "nopkey": nopkey,
+    "standin": standin,
 }
 DEFAULT_VARIANTS = ("none", "trigger", "unlogged", "nopkey", "unlogged+nopkey", "noguc",
                     "guard", "guard+unlogged", "guard+nopkey", "guard+unlogged+nopkey", "row",

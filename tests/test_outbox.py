@@ -189,11 +189,11 @@ async def test_the_outbox_takes_rows_without_a_check_constraint(env: Env) -> Non
         "AND contype = 'c'") == 0
     await env.conn.execute(
         "INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk) "
-        "VALUES ('tst.items', 'TRUNCATE', 'acme', '{\"tenant_id\": \"acme\", \"id\": 1}')")
+        "VALUES ('tst.items', 'MERGE', 'acme', '{\"tenant_id\": \"acme\", \"id\": 1}')")
     async with env.worker() as worker:
         results = await worker.drain()
     assert [reason for r in results for _, reason in r.dead_letters] == [
-        "unknown operation 'TRUNCATE'"]
+        "unknown operation 'MERGE'"]
     assert await env.count() == 0
     assert await env.count("thorbis.outbox_dead_letters") == 1
 
@@ -292,11 +292,12 @@ async def test_install_is_idempotent_and_refuses_bad_tables(env: Env) -> None:
     names = await env.conn.fetch(
         "SELECT tgrelid::regclass::text AS rel, tgname FROM pg_trigger "
         "WHERE tgname LIKE 'thorbis_capture%' ORDER BY 1, 2")
-    # Per table: one statement-level trigger per operation, one row-level for key changes.
+    # Per table: one statement-level trigger per operation and one for TRUNCATE, one
+    # row-level for key changes.
     assert [tuple(r) for r in names] == [
         (t, n) for t in ("tst.flags", "tst.items")
         for n in ("thorbis_capture_delete", "thorbis_capture_insert", "thorbis_capture_key",
-                  "thorbis_capture_update")]
+                  "thorbis_capture_truncate", "thorbis_capture_update")]
     missing = InvalidationRule("tst.m", "tst.items", [Operation.UPDATE],
                                (RuleTarget(tag="tst.x"),), significant_columns=("nope",))
     with pytest.raises(ConfigurationError, match=r"tst\.items.*nope"):

@@ -13,18 +13,18 @@
 --   every ALTER TABLE (db init creates it where the role may: event triggers need a
 --   superuser, or rds_superuser on RDS), checks the captured tables the statement
 --   touched. When one lost a column its capture reads, or such a column changed type
---   (the generated triggers write each value by its type at install time), it puts
---   thorbis.capture_incomplete() in place of the generated triggers, in the
---   migration's own transaction, and says so with a WARNING.
--- * thorbis.capture_incomplete() reads the row by name at run time (to_jsonb), so it
---   cannot fail on a missing column: it writes the columns the rules read that are
---   still there, as JSON (an UPDATE's rows paired by key while every key column is
---   there, one-sided otherwise). The worker applies such changes conservatively: a
---   rule on a missing significant column fires, and a key that needs a missing column
---   is replaced by its schema's tags (a column that only changed type is still there:
---   nothing is lost). It costs more per row than the generated capture (a jsonb of
---   the whole row): `thorbis-cache db init` with rules that match the table puts the
---   generated capture back.
+--   (the generated triggers write each value by its type at install time), it puts a
+--   stand-in capture in place of the generated triggers, in the migration's own
+--   transaction, and says so with a WARNING: thorbis.capture_standin__<schema>__<table>,
+--   made by thorbis.capture_standin_sql for the columns the table has now (made again
+--   at each later such change), writing what the triggers wrote before the compact form
+--   (jsonb_build_object of the columns the rules read, in thorbis.outbox's jsonb
+--   columns, which the worker still reads). A missing column is simply absent from the
+--   images; the worker applies such changes conservatively: a rule on a missing
+--   significant column fires, and a key that needs a missing column is replaced by its
+--   schema's tags (a column that only changed type is still there: nothing is lost).
+--   `thorbis-cache db init` with rules that match the table puts the generated capture
+--   back.
 
 CREATE TABLE IF NOT EXISTS thorbis.captured_tables (
     table_name    text PRIMARY KEY,     -- as the rules name it
@@ -39,53 +39,78 @@ CREATE TABLE IF NOT EXISTS thorbis.captured_tables (
     changed_at    timestamptz NOT NULL DEFAULT now()
 );
 
--- The members of `obj` named in `names` (an image of the columns still there);
--- NULL for no object (the missing side of an unpaired UPDATE row).
-CREATE OR REPLACE FUNCTION thorbis.jsonb_pick(obj jsonb, names text[])
-RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT AS $pick$
-    SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}'::jsonb)
-      FROM jsonb_each(obj) AS e WHERE e.key = ANY (names)
-$pick$;
+-- `jsonb_build_object('c1', a.c1, ...)` of the columns `names` of row alias `alias`.
+CREATE OR REPLACE FUNCTION thorbis.capture_object(alias text, names text[])
+RETURNS text LANGUAGE sql IMMUTABLE AS $object$
+    SELECT CASE WHEN cardinality(names) = 0 THEN '''{}''::jsonb'
+                ELSE 'jsonb_build_object(' || (SELECT string_agg(format('%L, %s.%I', c,
+                                                                       alias, c), ', ')
+                                                 FROM unnest(names) AS c) || ')' END
+$object$;
 
--- TG_ARGV: the table as the rules name it, its tenant column, the columns the rules
--- read (a text[] literal), the primary key columns (a text[] literal). An UPDATE pairs
--- old and new rows by their key when the table still has every key column; a row
--- without a partner (its key changed, or a key column is gone) is recorded one-sided.
-CREATE OR REPLACE FUNCTION thorbis.capture_incomplete() RETURNS trigger
-LANGUAGE plpgsql AS $capture$
+-- The statement that (re)creates the stand-in capture function of captured table `t`
+-- for the columns the table still has (`present`): what the generated triggers wrote
+-- before the compact form (jsonb_build_object of the columns, in the jsonb columns of
+-- thorbis.outbox, which the worker reads as ever), naming only columns that exist now.
+-- An UPDATE's rows are paired by key (a FULL JOIN: a row whose key changed comes out
+-- one-sided) while every key column is there; otherwise each row is written one-sided.
+CREATE OR REPLACE FUNCTION thorbis.capture_standin_sql(t thorbis.captured_tables,
+                                                       present text[], fn text)
+RETURNS text LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $sql$
+DECLARE
+    cols text[] := ARRAY(SELECT c FROM unnest(t.columns) AS c
+                          WHERE c = ANY (present) ORDER BY c);
+    keys text[] := ARRAY(SELECT c FROM unnest(t.key_columns) AS c WHERE c = ANY (present));
+    paired boolean := cardinality(keys) = cardinality(t.key_columns);
+    tenant_ok boolean := t.tenant_column = ANY (present);
+    name text := quote_literal(t.table_name);
+    head text := 'INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk, old, new) ';
+    body text;
 BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk, old, new)
-        SELECT TG_ARGV[0], TG_OP, coalesce(n.r, o.r) ->> TG_ARGV[1], coalesce(n.k, o.k),
-               thorbis.jsonb_pick(o.r, TG_ARGV[2]::text[]),
-               thorbis.jsonb_pick(n.r, TG_ARGV[2]::text[])
-          FROM (SELECT r, thorbis.jsonb_pick(r, TG_ARGV[3]::text[]) AS k,
-                       CASE WHEN r ?& TG_ARGV[3]::text[]
-                            THEN thorbis.jsonb_pick(r, TG_ARGV[3]::text[]) END AS pair
-                  FROM (SELECT to_jsonb(x) AS r FROM thorbis_old x) AS rows) AS o
-          FULL JOIN
-               (SELECT r, thorbis.jsonb_pick(r, TG_ARGV[3]::text[]) AS k,
-                       CASE WHEN r ?& TG_ARGV[3]::text[]
-                            THEN thorbis.jsonb_pick(r, TG_ARGV[3]::text[]) END AS pair
-                  FROM (SELECT to_jsonb(x) AS r FROM thorbis_new x) AS rows) AS n
-            ON o.pair = n.pair;
+    body := format($f$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        %1$s SELECT %2$s, 'INSERT', %3$s, %4$s, NULL, %5$s FROM thorbis_new n;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk, old)
-        SELECT TG_ARGV[0], TG_OP, r ->> TG_ARGV[1],
-               thorbis.jsonb_pick(r, TG_ARGV[3]::text[]),
-               thorbis.jsonb_pick(r, TG_ARGV[2]::text[])
-          FROM (SELECT to_jsonb(x) AS r FROM thorbis_old x) AS changed;
+        %1$s SELECT %2$s, 'DELETE', %6$s, %7$s, %8$s, NULL FROM thorbis_old o;
     ELSE
-        INSERT INTO thorbis.outbox (table_name, operation, tenant_id, pk, new)
-        SELECT TG_ARGV[0], TG_OP, r ->> TG_ARGV[1],
-               thorbis.jsonb_pick(r, TG_ARGV[3]::text[]),
-               thorbis.jsonb_pick(r, TG_ARGV[2]::text[])
-          FROM (SELECT to_jsonb(x) AS r FROM thorbis_new x) AS changed;
+        %9$s
     END IF;
     RETURN NULL;
+END $f$,
+        head, name,
+        CASE WHEN tenant_ok THEN format('n.%I::text', t.tenant_column) ELSE 'NULL' END,
+        thorbis.capture_object('n', keys), thorbis.capture_object('n', cols),
+        CASE WHEN tenant_ok THEN format('o.%I::text', t.tenant_column) ELSE 'NULL' END,
+        thorbis.capture_object('o', keys), thorbis.capture_object('o', cols),
+        CASE WHEN paired THEN format(
+            '%s SELECT %s, ''UPDATE'', coalesce(%s, %s), coalesce(%s, %s), %s, %s '
+            'FROM thorbis_old o FULL JOIN thorbis_new n ON %s;',
+            head, name,
+            CASE WHEN tenant_ok THEN format('n.%I::text', t.tenant_column) ELSE 'NULL' END,
+            CASE WHEN tenant_ok THEN format('o.%I::text', t.tenant_column) ELSE 'NULL' END,
+            format('CASE WHEN n.%I IS NOT NULL THEN %s END', keys[1],
+                   thorbis.capture_object('n', keys)),
+            format('CASE WHEN o.%I IS NOT NULL THEN %s END', keys[1],
+                   thorbis.capture_object('o', keys)),
+            format('CASE WHEN o.%I IS NOT NULL THEN %s END', keys[1],
+                   thorbis.capture_object('o', cols)),
+            format('CASE WHEN n.%I IS NOT NULL THEN %s END', keys[1],
+                   thorbis.capture_object('n', cols)),
+            (SELECT string_agg(format('o.%I = n.%I', k, k), ' AND ') FROM unnest(keys) AS k))
+        ELSE format(
+            '%1$s SELECT %2$s, ''UPDATE'', %3$s, %4$s, %5$s, NULL FROM thorbis_old o; '
+            '%1$s SELECT %2$s, ''UPDATE'', %6$s, %7$s, NULL, %8$s FROM thorbis_new n;',
+            head, name,
+            CASE WHEN tenant_ok THEN format('o.%I::text', t.tenant_column) ELSE 'NULL' END,
+            thorbis.capture_object('o', keys), thorbis.capture_object('o', cols),
+            CASE WHEN tenant_ok THEN format('n.%I::text', t.tenant_column) ELSE 'NULL' END,
+            thorbis.capture_object('n', keys), thorbis.capture_object('n', cols))
+        END);
+    RETURN format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql '
+                  'AS %L', fn, body);
 END
-$capture$;
-
+$sql$;
 -- It runs after every ALTER TABLE of the database, whoever runs it: as its owner (the
 -- role that applied this file, which owns thorbis.captured_tables), with a search_path
 -- that no caller can change, and it never fails the statement: a check that cannot be
@@ -93,9 +118,11 @@ $capture$;
 CREATE OR REPLACE FUNCTION thorbis.capture_ddl_check() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $check$
 DECLARE
-    t record;
+    t thorbis.captured_tables;
+    present text[];
     lost text[];
     changed text[];
+    fn text;
     op text;
 BEGIN
     FOR t IN
@@ -109,16 +136,19 @@ BEGIN
                               'thorbis_capture_delete', 'thorbis_capture_key'))
     LOOP
       BEGIN
-        SELECT array_agg(DISTINCT w ORDER BY w) INTO lost
-          FROM unnest(t.columns || t.key_columns || t.tenant_column) AS w
-         WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                            WHERE a.attrelid = t.relid AND a.attname = w
-                              AND a.attnum > 0 AND NOT a.attisdropped);
-        SELECT array_agg(ct.key ORDER BY ct.key) INTO changed
-          FROM jsonb_each_text(t.column_types) AS ct
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attname = ct.key
-                                        AND a.attnum > 0 AND NOT a.attisdropped
-         WHERE a.atttypid <> ct.value::oid;
+        present := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid = t.relid AND a.attnum > 0
+                            AND NOT a.attisdropped);
+        lost := ARRAY(SELECT DISTINCT w FROM unnest(t.columns || t.key_columns
+                                                    || t.tenant_column) AS w
+                       WHERE NOT w = ANY (present) ORDER BY w);
+        changed := ARRAY(SELECT ct.key FROM jsonb_each_text(t.column_types) AS ct
+                           JOIN pg_catalog.pg_attribute a
+                             ON a.attrelid = t.relid AND a.attname = ct.key
+                            AND a.attnum > 0 AND NOT a.attisdropped
+                          WHERE a.atttypid <> ct.value::oid ORDER BY ct.key);
+        IF lost = '{}' THEN lost := NULL; END IF;
+        IF changed = '{}' THEN changed := NULL; END IF;
         IF lost IS NULL AND changed IS NULL THEN
             IF t.incomplete IS NOT NULL OR t.retyped IS NOT NULL THEN
                 RAISE WARNING 'thorbis-cache: % has every column its invalidation rules '
@@ -129,37 +159,37 @@ BEGIN
         END IF;
         CONTINUE WHEN lost IS NOT DISTINCT FROM t.incomplete
                   AND changed IS NOT DISTINCT FROM t.retyped;
-        IF t.incomplete IS NULL AND t.retyped IS NULL THEN
-            EXECUTE format('DROP TRIGGER IF EXISTS thorbis_capture_key ON %s',
-                           t.relid::regclass);
-            FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
-                EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
-                               'thorbis_capture_' || lower(op), t.relid::regclass);
-                CONTINUE WHEN NOT op = ANY (t.operations);
-                EXECUTE format(
-                    'CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT '
-                    'EXECUTE FUNCTION thorbis.capture_incomplete(%L, %L, %L, %L)',
-                    'thorbis_capture_' || lower(op), op, t.relid::regclass,
-                    CASE op WHEN 'INSERT' THEN 'NEW TABLE AS thorbis_new'
-                            WHEN 'DELETE' THEN 'OLD TABLE AS thorbis_old'
-                            ELSE 'OLD TABLE AS thorbis_old NEW TABLE AS thorbis_new' END,
-                    t.table_name, t.tenant_column, t.columns::text, t.key_columns::text);
-            END LOOP;
-        END IF;
+        -- The stand-in, for the columns there now (made again at each such change).
+        fn := format('thorbis.%I', 'capture_standin__' || replace(t.table_name, '.', '__'));
+        EXECUTE thorbis.capture_standin_sql(t, present, fn);
+        EXECUTE format('DROP TRIGGER IF EXISTS thorbis_capture_key ON %s', t.relid::regclass);
+        FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
+                           'thorbis_capture_' || lower(op), t.relid::regclass);
+            CONTINUE WHEN NOT op = ANY (t.operations);
+            EXECUTE format(
+                'CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT '
+                'EXECUTE FUNCTION %s()',
+                'thorbis_capture_' || lower(op), op, t.relid::regclass,
+                CASE op WHEN 'INSERT' THEN 'NEW TABLE AS thorbis_new'
+                        WHEN 'DELETE' THEN 'OLD TABLE AS thorbis_old'
+                        ELSE 'OLD TABLE AS thorbis_old NEW TABLE AS thorbis_new' END,
+                fn);
+        END LOOP;
         UPDATE thorbis.captured_tables
            SET incomplete = lost, retyped = changed, changed_at = now()
          WHERE table_name = t.table_name;
         IF lost IS NOT NULL THEN
             RAISE WARNING 'thorbis-cache: % no longer has column(s) % that its '
-                'invalidation rules read: its change capture now reads each changed row '
-                'by name, so that writes keep working, and the worker invalidates its '
+                'invalidation rules read: its change capture now names only the columns '
+                'it has, so that writes keep working, and the worker invalidates its '
                 'changes conservatively (by tags where a key needs a missing column); '
                 'update the rules to the table, then run `thorbis-cache db init`',
                 t.relid::regclass, array_to_string(lost, ', ');
         ELSE
             RAISE WARNING 'thorbis-cache: column(s) % of % changed type: its change '
-                'capture now reads each changed row by name (slower, but exact); run '
-                '`thorbis-cache db init` to generate it for the new types',
+                'capture now writes them as JSON of their new type (slower, but exact); '
+                'run `thorbis-cache db init` to generate it for the new types',
                 array_to_string(changed, ', '), t.relid::regclass;
         END IF;
       EXCEPTION WHEN OTHERS THEN

@@ -271,9 +271,13 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     if every_tenant:
         # Every tenant with a tag index (bounded pages, no SCAN), as after a lost slot;
         # then logged for replay and audited like any tenant's tags.
+        reached = 0
         async for tenant in MetaSweep.for_cache(cache).registered_tenants():
             tags[tenant].update(every_tenant)
             changes[tenant] += 0
+            reached += 1
+        log.warning("a TRUNCATE, or changes whose tenant is unknown: tags %s invalidated "
+                    "for every tenant (%d)", ", ".join(sorted(every_tenant)), reached)
     if keys:
         await cache.delete(*keys.values(), replicate=replay is None)
     await invalidate_tags_of(invalidate_tags, [

@@ -99,8 +99,9 @@ class Plan:
         by its schema's tags (see :class:`RulePlanner`). Empty in the usual case.
     :ivar unreached: schemas a key of which could not be built and that carry no tag:
         their entries stay until their TTL (reported, never silent).
-    :ivar every_tenant: the change's tenant is unknown (its table no longer has the
-        tenant column): ``tags`` are for every tenant (``tenant`` is empty).
+    :ivar every_tenant: the change is a TRUNCATE, or its tenant is unknown (its table no
+        longer has the tenant column): ``tags`` are for every tenant (``tenant`` is
+        empty).
     """
 
     tenant: str
@@ -126,7 +127,7 @@ class RulePlanner:
     :attr:`Plan.unreached` say what was missing, for the worker to report. When the
     tenant column itself is missing, the change's tenant is unknown: the plan is every
     tag the table's rules reach, for every tenant (:attr:`Plan.every_tenant`), as after
-    a lost replication slot.
+    a lost replication slot; and so is a TRUNCATE's, which took every tenant's rows.
 
     :param cache: the cache whose registry holds the rules' target schemas.
     :param rules: the rules (``app.plugins.all_rules()``).
@@ -147,7 +148,7 @@ class RulePlanner:
                 *rule.significant_columns,
                 *(c for t in rule.targets for c in t.params.values())}
             self.tenant_columns[rule.table] = rule.tenant_column
-        self._every_tenant: dict[str, Plan] = {}
+        self._every_tenant: dict[tuple[str, tuple[str, ...]], Plan] = {}
 
     def plan(self, row: OutboxRow) -> Plan:
         """The keys and tags a change makes stale.
@@ -158,13 +159,15 @@ class RulePlanner:
         try:
             op = _OPERATIONS[row.operation]
         except (KeyError, TypeError):  # TypeError: not even hashable
+            if row.operation == "TRUNCATE":  # every row of every tenant
+                return self._for_every_tenant(row.table_name, ())
             raise PoisonRow(f"unknown operation {row.operation!r}") from None
         old, new = _image(row, "old"), _image(row, "new")
         if row.tenant_id is None:
             column = self.tenant_columns.get(row.table_name)
             image = new if new is not None else old
             if column is not None and image is not None and column not in image:
-                return self._for_every_tenant(row.table_name, column)
+                return self._for_every_tenant(row.table_name, (column,))
         try:
             tenant = validate_tenant(row.tenant_id)
         except ValueError as exc:
@@ -207,14 +210,14 @@ class RulePlanner:
         return Plan(tenant, tuple(keys.values()), tuple(sorted(tags)), unseen,
                     tuple(sorted(unreached)))
 
-    def _for_every_tenant(self, table: str, tenant_column: str) -> Plan:
-        """Every tag a change to ``table`` can reach, for every tenant: its tenant
-        column is gone, so the tenant of the change is unknown."""
-        plan = self._every_tenant.get(table)
+    def _for_every_tenant(self, table: str, unseen: tuple[str, ...]) -> Plan:
+        """Every tag a change to ``table`` can reach, for every tenant: a TRUNCATE, or
+        a change whose tenant column is gone (``unseen``)."""
+        plan = self._every_tenant.get((table, unseen))
         if plan is None:
             tags, untagged = tags_reached(self.cache, self.rules[table], [table])
-            plan = self._every_tenant[table] = Plan(
-                "", (), tags, (tenant_column,), untagged, every_tenant=True)
+            plan = self._every_tenant[table, unseen] = Plan(
+                "", (), tags, unseen, untagged, every_tenant=True)
         return plan
 
     def _key(self, rule: InvalidationRule, schema_name: str, columns: Mapping[str, str],

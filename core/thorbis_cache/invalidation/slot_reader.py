@@ -126,11 +126,6 @@ class SlotReader:
                             "the slot was dropped or invalidated while streaming"))
                         return BatchResult()
                     raise
-                if batch.truncated:
-                    # No row images in a TRUNCATE: nothing to plan from. Loud, not silent.
-                    log.error("logical capture: TRUNCATE of %s; entries made from these "
-                              "tables are not invalidated by it",
-                              ", ".join(sorted(set(batch.truncated))))
                 if batch.rows or batch.end_lsn is None or batch.caught_up or not caught_up:
                     break
                 stream.confirm(batch.end_lsn)  # whole transactions, none watched

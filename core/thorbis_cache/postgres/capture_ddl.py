@@ -4,11 +4,11 @@ table oid, and the event trigger that keeps a migration from breaking the host's
 The generated capture triggers name the columns their rules read, and PL/pgSQL binds
 those names when a statement runs: a migration that renamed or dropped one of them made
 every later write of the table fail. ``sql/core/007_capture_ddl.sql`` holds the
-mechanism (``thorbis.captured_tables``, ``thorbis.capture_ddl_check()``, the generic
-``thorbis.capture_incomplete()``); this module records the captured tables when capture
-is installed and creates the event trigger ``thorbis_capture_ddl`` that runs the check
-after every ``ALTER TABLE``. Logical capture reads the same records to follow a
-renamed table.
+mechanism: ``thorbis.captured_tables``, ``thorbis.capture_ddl_check()`` and the stand-in
+capture ``thorbis.capture_standin__<schema>__<table>()`` it makes. This module records
+the captured tables when capture is installed and creates the event trigger
+``thorbis_capture_ddl`` that runs the check after every ``ALTER TABLE``. Logical capture
+reads the same records to follow a renamed table.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
 
 @attrs.frozen(slots=True)
 class Standin:
-    """A captured table whose capture triggers a migration replaced by the by-name
-    stand-in (``thorbis.capture_incomplete``).
+    """A captured table whose capture triggers a migration replaced by the stand-in
+    (``thorbis.capture_standin__<schema>__<table>``, naming the columns it has).
 
     :ivar table: as the rules name it.
     :ivar gone: columns the rules read that the table no longer has (its changes are

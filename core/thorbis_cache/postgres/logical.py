@@ -164,8 +164,6 @@ class LogicalBatch:
     :ivar end_lsn: where to :meth:`~LogicalStream.confirm` the slot once ``rows`` are
         applied (past the last whole transaction read); None when nothing was read.
     :ivar transactions: transactions read (some may hold no watched change).
-    :ivar truncated: tables truncated in these transactions (no row images: the
-        capture cannot tell which entries they made stale).
     :ivar caught_up: everything committed before the position asked for was read
         (False when no position was asked for).
     """
@@ -173,7 +171,6 @@ class LogicalBatch:
     rows: tuple[OutboxRow, ...] = ()
     end_lsn: int | None = None
     transactions: int = 0
-    truncated: tuple[str, ...] = ()
     caught_up: bool = True
 
 
@@ -467,9 +464,9 @@ class LogicalStream:
             # and wait for that or for data.
             stream.request_position()
             await stream.readable(remaining)
-        pending, end_lsn, transactions, truncated = decoder.take()
+        pending, end_lsn, transactions = decoder.take()
         rows = await rows_of(conn, self.capture._tables, pending, attempts or {})
-        return LogicalBatch(tuple(rows), end_lsn, transactions, truncated, caught_up)
+        return LogicalBatch(tuple(rows), end_lsn, transactions, caught_up)
 
     def confirm(self, lsn: int | None = None) -> None:
         """Confirm the slot up to ``lsn`` (the ``end_lsn`` of an applied batch); with

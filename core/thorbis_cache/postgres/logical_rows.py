@@ -170,7 +170,6 @@ class TransactionDecoder:
         self.done: list[PendingChange] = []
         self.end_lsn: int | None = None
         self.transactions = 0
-        self.truncated: list[str] = []
 
     @property
     def in_transaction(self) -> bool:
@@ -204,8 +203,15 @@ class TransactionDecoder:
             if table is not None and table.python_images:
                 self.keep[message.oid] = frozenset(table.wanted) | {table.plan.tenant_column}
         elif type(message) is pgoutput.Truncate:
-            self.truncated.extend(self.relations[o].table for o in message.relation_oids
-                                  if o in self.relations)
+            # Every row of each table gone: a change of its own (no images), in its
+            # transaction's order; the LSN plus its position names each one.
+            begin = self.begin
+            for i, oid in enumerate(message.relation_oids):
+                table = self.watched.get(oid)
+                if table is not None and begin is not None:
+                    self.current.append(PendingChange(
+                        table, pgoutput.Change(oid, "TRUNCATE", None, False, None), lsn + i,
+                        begin.xid, begin.committed_at, self.types[oid]))
         elif type(message) is pgoutput.Commit:
             for item in self.current:
                 item.committed_at = message.committed_at
@@ -216,11 +222,11 @@ class TransactionDecoder:
             return True
         return False
 
-    def take(self) -> tuple[list[PendingChange], int | None, int, tuple[str, ...]]:
-        """The changes of the whole transactions fed so far, where they end, how many
-        transactions, the tables truncated; then forget them (not the one open)."""
-        taken = (self.done, self.end_lsn, self.transactions, tuple(self.truncated))
-        self.done, self.end_lsn, self.transactions, self.truncated = [], None, 0, []
+    def take(self) -> tuple[list[PendingChange], int | None, int]:
+        """The changes of the whole transactions fed so far, where they end, and how
+        many transactions; then forget them (not the one open)."""
+        taken = (self.done, self.end_lsn, self.transactions)
+        self.done, self.end_lsn, self.transactions = [], None, 0
         return taken
 
 
@@ -245,6 +251,8 @@ async def rows_of(conn: asyncpg.Connection, tables: dict[str, WatchedTable],
     # holding the rules' columns in order): used as they are, not copied.
     as_rows: set[str] = set()
     for table_name, entries in by_table.items():
+        if not entries:
+            continue  # a TRUNCATE's table: no image to build
         table = tables[table_name]
         images = table.images(entries) if table.python_images else None
         if images is None:
@@ -264,6 +272,15 @@ async def rows_of(conn: asyncpg.Connection, tables: dict[str, WatchedTable],
         plan = table.plan
         change = item.change
         op = change.operation
+        count, error = attempts.get(item.lsn, no_attempt) if attempts else no_attempt
+        if op == "TRUNCATE":
+            # Every tenant's rows: planned for every tenant (RulePlanner).
+            rows.append(OutboxRow(
+                id=item.lsn, txid=str(item.xid), created_at=item.committed_at,
+                table_name=plan.table, operation=op, tenant_id=None, pk={}, old=None,
+                new=None, attempts=count, last_error=error,
+                age=(now - item.committed_at).total_seconds()))
+            continue
         old, new = item.old, item.new
         if (op == "UPDATE" and plan.update_filter and old is not None
                 and new is not None
@@ -277,7 +294,6 @@ async def rows_of(conn: asyncpg.Connection, tables: dict[str, WatchedTable],
         assert source is not None  # every change has one image
         tenant = change.new if change.new is not None else change.old
         tenant_value = None if tenant is None else tenant.get(plan.tenant_column)
-        count, error = attempts.get(item.lsn, no_attempt) if attempts else no_attempt
         if plan.table not in as_rows:
             columns = plan.columns
             if old is not None:

@@ -51,8 +51,8 @@ from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox_images import Shape, register_shape, value_sql
 
 __all__ = [
-    "CHANNEL", "KEY_TRIGGER", "TRIGGERS", "TablePlan", "capture_triggers", "drop_sql",
-    "install_triggers", "plan_tables", "remove_triggers", "trigger_sql",
+    "CHANNEL", "KEY_TRIGGER", "TRIGGERS", "TRUNCATE_TRIGGER", "TablePlan", "capture_triggers",
+    "drop_sql", "install_triggers", "plan_tables", "remove_triggers", "trigger_sql",
 ]
 
 #: The LISTEN/NOTIFY channel workers listen on (the triggers send nothing on it).
@@ -160,6 +160,9 @@ TRIGGERS = {
     Operation.DELETE: "thorbis_capture_delete",
 }
 KEY_TRIGGER = "thorbis_capture_key"
+#: The statement-level ``AFTER TRUNCATE`` trigger: one outbox row naming the table
+#: (``thorbis.capture_truncate``, ``sql/core/008_capture_truncate.sql``).
+TRUNCATE_TRIGGER = "thorbis_capture_truncate"
 #: Triggers of earlier releases, dropped on install (0.x: one row-level trigger).
 _OLD_TRIGGERS = ("thorbis_capture",)
 
@@ -169,7 +172,7 @@ def drop_sql(table: str) -> list[str]:
     schema, relation = table.split(".", 1)
     target = f"{quote_ident(schema)}.{quote_ident(relation)}"
     return [f"DROP TRIGGER IF EXISTS {quote_ident(name)} ON {target}"
-            for name in (*TRIGGERS.values(), KEY_TRIGGER, *_OLD_TRIGGERS)]
+            for name in (*TRIGGERS.values(), KEY_TRIGGER, TRUNCATE_TRIGGER, *_OLD_TRIGGERS)]
 
 
 def trigger_sql(plan: TablePlan, shape: Shape, types: Mapping[str, str]) -> list[str]:
@@ -273,6 +276,11 @@ $capture$"""  # noqa: S608 -- identifiers quoted by quote_ident, literals by _li
                 f"CREATE TRIGGER {quote_ident(TRIGGERS[op])} AFTER {op.value} ON {table} "
                 f"REFERENCING {transition[op]} FOR EACH STATEMENT "
                 f"EXECUTE FUNCTION {target}()")
+    # A TRUNCATE removes every row, of every tenant, without a row trigger: one outbox
+    # row naming the table, which the worker plans for every tenant.
+    statements.append(
+        f"CREATE TRIGGER {quote_ident(TRUNCATE_TRIGGER)} AFTER TRUNCATE ON {table} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION thorbis.capture_truncate({name})")
     if Operation.UPDATE in plan.operations:
         key_changed = " OR ".join(
             f"OLD.{quote_ident(c)} IS DISTINCT FROM NEW.{quote_ident(c)}" for c in pk_columns)
