@@ -28,7 +28,7 @@ one reading of the servers (:meth:`~thorbis_cache.observability.probe.Probe.exam
   warning.
 * ``capture_columns`` (when a migration took a column a rule reads from a table with
   capture triggers, or changed its type): a warning naming the table and the columns;
-  its changes are captured by name (and, for a missing column, invalidated
+  its changes are captured by a stand-in (and, for a missing column, invalidated
   conservatively) until ``thorbis-cache db init`` runs with rules that match
   (:mod:`thorbis_cache.postgres.capture_ddl`).
 
@@ -225,12 +225,12 @@ def _capture_columns(h: HealthReading) -> Check:
     for s in h.incomplete or ():
         if s.gone:
             reasons.append(f"{s.table} no longer has column(s) {', '.join(s.gone)} that its "
-                           "rules read: its changes are captured by name and invalidated "
+                           "rules read: its changes are captured by a stand-in and invalidated "
                            "conservatively; update the rules, then run `thorbis-cache db "
                            "init`")
         if s.retyped:
             reasons.append(f"column(s) {', '.join(s.retyped)} of {s.table} changed type: "
-                           "captured by name (slower); run `thorbis-cache db init`")
+                           "captured by a stand-in (slower); run `thorbis-cache db init`")
     return Check("warning", "; ".join(reasons), {
         "incomplete": {s.table: list(s.gone) for s in h.incomplete or () if s.gone},
         "retyped": {s.table: list(s.retyped) for s in h.incomplete or () if s.retyped}})
