@@ -36,7 +36,7 @@ from thorbis_home_services.schemas import (
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.invalidation.batch import Incomplete
 from thorbis_cache.invalidation.worker import OutboxWorker
-from thorbis_cache.postgres.capture_ddl import EVENT_TRIGGER, Standin, standins
+from thorbis_cache.postgres.capture_ddl import EVENT_TRIGGER, CaptureDrift, drifted_captures
 from thorbis_cache.postgres.logical import LogicalCapture
 
 CUSTOMER_SQL = """
@@ -128,9 +128,8 @@ async def test_a_migration_renaming_watched_columns_never_breaks_writes(
 
         # A significant column of the customer-list rule goes.
         await conn.execute("ALTER TABLE hs.customers RENAME COLUMN account_status TO status")
-        if env.mode == "triggers":
-            assert any("hs.customers no longer has column(s) account_status" in n
-                       for n in env.notices), env.notices
+        assert any("hs.customers no longer has column(s) account_status" in n
+                   for n in env.notices), env.notices
         await conn.execute("UPDATE hs.customers SET phone = 'x' WHERE id = 1")  # writes work
         with caplog.at_level(logging.ERROR):
             (result,) = [r for r in await worker.drain() if r.claimed]
@@ -159,18 +158,20 @@ async def test_a_migration_renaming_watched_columns_never_breaks_writes(
         # INSERT and DELETE keep working too.
         await conn.execute("DELETE FROM hs.customers WHERE id = 2")
         assert "{acme}:hs.customer:2" in {k for r in await worker.drain() for k in r.keys}
-    if env.mode == "triggers":
-        assert await standins(conn) == [
-            Standin("hs.customers", ("account_status",), ()),
-            Standin("hs.work_orders", ("assigned_technician_id",), ())]
-        # The operator's health check says so, naming the tables and columns.
-        out = await asyncio.to_thread(run_cli, "health", "--redis-url", env.redis_url,
-                                      "--dsn", env.dsn, "--json", code=1)
-        check = json.loads(out)["checks"]["capture_columns"]
-        assert check["status"] == "warning"
-        assert check["incomplete"] == {"hs.customers": ["account_status"],
-                                       "hs.work_orders": ["assigned_technician_id"]}
-        assert "hs.customers no longer has column(s) account_status" in check["reason"]
+    # Recorded under either capture (the event trigger); the migration said so.
+    assert await drifted_captures(conn) == [
+        CaptureDrift("hs.customers", ("account_status",), ()),
+        CaptureDrift("hs.work_orders", ("assigned_technician_id",), ())]
+    assert any("hs.work_orders no longer has column(s) assigned_technician_id" in n
+               for n in env.notices), env.notices
+    # The operator's health check says so, naming the tables and columns.
+    out = await asyncio.to_thread(run_cli, "health", "--redis-url", env.redis_url,
+                                  "--dsn", env.dsn, "--json", code=1)
+    check = json.loads(out)["checks"]["capture_columns"]
+    assert check["status"] == "warning"
+    assert check["incomplete"] == {"hs.customers": ["account_status"],
+                                   "hs.work_orders": ["assigned_technician_id"]}
+    assert "hs.customers no longer has column(s) account_status" in check["reason"]
 
     # db init with rules the tables no longer match is refused (naming the column), and
     # changes nothing: writes still work.
@@ -186,7 +187,7 @@ async def test_a_migration_renaming_watched_columns_never_breaks_writes(
         assert any("has every column its invalidation rules read again" in n
                    for n in env.notices)
     await asyncio.to_thread(env.db_init)
-    assert await standins(conn) == []
+    assert await drifted_captures(conn) == []
     async with env.worker() as worker:
         await worker.drain()
         await env.cache_customer(1)
@@ -250,8 +251,8 @@ async def test_a_column_that_changed_type_is_captured_exactly(env: Env) -> None:
         "ALTER TABLE hs.work_orders ALTER COLUMN assigned_technician_id TYPE integer")
     assert any("assigned_technician_id of hs.work_orders changed type" in n
                for n in env.notices), env.notices
-    assert await standins(conn) == [
-        Standin("hs.work_orders", (), ("assigned_technician_id",))]
+    assert await drifted_captures(conn) == [
+        CaptureDrift("hs.work_orders", (), ("assigned_technician_id",))]
     async with env.worker() as worker:
         await worker.drain()
         day = NOW.date()
@@ -272,7 +273,7 @@ async def test_a_column_that_changed_type_is_captured_exactly(env: Env) -> None:
     assert check["retyped"] == {"hs.work_orders": ["assigned_technician_id"]}
     # db init generates the triggers for the new type.
     await asyncio.to_thread(env.db_init)
-    assert await standins(conn) == []
+    assert await drifted_captures(conn) == []
     async with env.worker() as worker:
         await env.app.cache.zset(old).add({100: 1.0}, replace=True)
         await conn.execute("UPDATE hs.work_orders SET assigned_technician_id = 10")
@@ -358,7 +359,7 @@ async def test_without_the_event_trigger_db_init_says_what_it_risks(
             await conn.execute(
                 "ALTER TABLE hs.customers RENAME COLUMN account_status TO status")
             await conn.execute(CUSTOMER_SQL.replace("account_status", "status"), "acme", 1)
-            assert [s.table for s in await standins(conn)] == ["hs.customers"]
+            assert [s.table for s in await drifted_captures(conn)] == ["hs.customers"]
             # Another team's role, with no right on the thorbis schema, alters its own
             # table: the check runs (as its owner) and never gets in the way.
             await admin.execute(f"CREATE ROLE {name}_other LOGIN PASSWORD 'pw'")

@@ -24,7 +24,8 @@
 --   significant column fires, and a key that needs a missing column is replaced by its
 --   schema's tags (a column that only changed type is still there: nothing is lost).
 --   `thorbis-cache db init` with rules that match the table puts the generated capture
---   back.
+--   back. A logically captured table has no trigger to break: its missing columns are
+--   only recorded (for `thorbis-cache health`) and said.
 
 CREATE TABLE IF NOT EXISTS thorbis.captured_tables (
     table_name    text PRIMARY KEY,     -- as the rules name it
@@ -124,18 +125,20 @@ DECLARE
     changed text[];
     fn text;
     op text;
+    triggered boolean;
 BEGIN
     FOR t IN
         SELECT c.* FROM thorbis.captured_tables c
          WHERE c.relid IN (SELECT d.objid FROM pg_event_trigger_ddl_commands() AS d
                             WHERE d.classid = 'pg_catalog.pg_class'::regclass)
-           -- Capture by triggers only (a logically captured table has none to break).
-           AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
-                        WHERE g.tgrelid = c.relid AND g.tgname IN (
-                              'thorbis_capture_insert', 'thorbis_capture_update',
-                              'thorbis_capture_delete', 'thorbis_capture_key'))
     LOOP
       BEGIN
+        -- Captured by triggers (to replace), or logically (nothing to break: recorded
+        -- for `health`, the worker copes).
+        triggered := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
+                              WHERE g.tgrelid = t.relid AND g.tgname IN (
+                                    'thorbis_capture_insert', 'thorbis_capture_update',
+                                    'thorbis_capture_delete', 'thorbis_capture_key'));
         present := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
                           WHERE a.attrelid = t.relid AND a.attnum > 0
                             AND NOT a.attisdropped);
@@ -149,6 +152,21 @@ BEGIN
                           WHERE a.atttypid <> ct.value::oid ORDER BY ct.key);
         IF lost = '{}' THEN lost := NULL; END IF;
         IF changed = '{}' THEN changed := NULL; END IF;
+        IF NOT triggered THEN
+            -- Logical capture reads each change as the WAL has it: only recorded (a
+            -- column back is complete again by itself).
+            CONTINUE WHEN lost IS NOT DISTINCT FROM t.incomplete;
+            UPDATE thorbis.captured_tables SET incomplete = lost, changed_at = now()
+             WHERE table_name = t.table_name;
+            IF lost IS NOT NULL THEN
+                RAISE WARNING 'thorbis-cache: % no longer has column(s) % that its '
+                    'invalidation rules read: the worker invalidates its changes '
+                    'conservatively (by tags where a key needs a missing column); update '
+                    'the rules to the table, then run `thorbis-cache db init`',
+                    t.relid::regclass, array_to_string(lost, ', ');
+            END IF;
+            CONTINUE;
+        END IF;
         IF lost IS NULL AND changed IS NULL THEN
             IF t.incomplete IS NOT NULL OR t.retyped IS NOT NULL THEN
                 RAISE WARNING 'thorbis-cache: % has every column its invalidation rules '

@@ -26,10 +26,11 @@ one reading of the servers (:meth:`~thorbis_cache.observability.probe.Probe.exam
 * ``capture_slot`` (when a logical capture slot exists): ``wal_status`` ``lost`` is
   unhealthy (changes were lost), ``unreserved`` or a backlog over ``slot_backlog`` a
   warning.
-* ``capture_columns`` (when a migration took a column a rule reads from a table with
-  capture triggers, or changed its type): a warning naming the table and the columns;
-  its changes are captured by a stand-in (and, for a missing column, invalidated
-  conservatively) until ``thorbis-cache db init`` runs with rules that match
+* ``capture_columns`` (when a migration took a column a rule reads from a captured
+  table, or changed its type under capture triggers): a warning naming the table and
+  the columns; its changes are captured by a stand-in (triggers) and, for a missing
+  column, invalidated conservatively until ``thorbis-cache db init`` runs with rules
+  that match
   (:mod:`thorbis_cache.postgres.capture_ddl`).
 
 The overall status is the worst check's (``unknown`` counts as healthy); HTTP 200
@@ -225,7 +226,7 @@ def _capture_columns(h: HealthReading) -> Check:
     for s in h.incomplete or ():
         if s.gone:
             reasons.append(f"{s.table} no longer has column(s) {', '.join(s.gone)} that its "
-                           "rules read: its changes are captured by a stand-in and invalidated "
+                           "rules read: its changes are invalidated "
                            "conservatively; update the rules, then run `thorbis-cache db "
                            "init`")
         if s.retyped:

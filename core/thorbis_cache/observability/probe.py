@@ -30,7 +30,7 @@ from thorbis_cache.invalidation.queue import QueueKeys
 from thorbis_cache.mv.refresh import history_exists
 from thorbis_cache.mv.scheduler import ScheduledView, ViewReport, report
 from thorbis_cache.postgres import outbox
-from thorbis_cache.postgres.capture_ddl import Standin, standins
+from thorbis_cache.postgres.capture_ddl import CaptureDrift, drifted_captures
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.store.redis_url import RedisAddress, Topology
@@ -123,7 +123,7 @@ class Probe(Collector):
 
     async def _postgres_state(self, views: Sequence[ScheduledView]) -> tuple[
             tuple[ViewReport, ...] | None, str | None, tuple[CaptureSlot, ...] | None,
-            tuple[Standin, ...] | None]:
+            tuple[CaptureDrift, ...] | None]:
         assert self.dsn is not None
         conn = None
         try:
@@ -134,7 +134,7 @@ class Probe(Collector):
                     r["slot_name"], r["wal_status"], bool(r["active"]),
                     await LogicalCapture(r["slot_name"].removeprefix("thorbis_"), ())
                     .backlog_bytes(conn)) for r in rows])
-                incomplete = tuple(await standins(conn))
+                incomplete = tuple(await drifted_captures(conn))
                 if not views:
                     return None, None, slots, incomplete
                 if not await history_exists(conn):
@@ -340,9 +340,8 @@ class HealthReading:
     :ivar views: the views' freshness (``mv status``'s lines).
     :ivar views_error: why it could not be read.
     :ivar slots: the logical capture slots (empty: none exists).
-    :ivar incomplete: captured tables whose capture triggers a migration replaced by the
-        by-name stand-in (:func:`~thorbis_cache.postgres.capture_ddl.standins`; empty:
-        none).
+    :ivar incomplete: captured tables a migration changed under their rules
+        (:func:`~thorbis_cache.postgres.capture_ddl.drifted_captures`; empty: none).
     """
 
     probe: ProbeResult
@@ -350,7 +349,7 @@ class HealthReading:
     views: tuple[ViewReport, ...] | None = None
     views_error: str | None = None
     slots: tuple[CaptureSlot, ...] | None = None
-    incomplete: tuple[Standin, ...] | None = None
+    incomplete: tuple[CaptureDrift, ...] | None = None
 
 
 @functools.cache

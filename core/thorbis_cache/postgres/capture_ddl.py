@@ -18,8 +18,8 @@ from collections.abc import Collection, Sequence
 import asyncpg
 import attrs
 
-__all__ = ["EVENT_TRIGGER", "Standin", "ensure_ddl_guard", "record_captured", "relid_of",
-           "relids_of", "standins"]
+__all__ = ["EVENT_TRIGGER", "CaptureDrift", "drifted_captures", "ensure_ddl_guard",
+           "record_captured", "relid_of", "relids_of"]
 
 #: The event trigger that checks every ALTER TABLE against the captured tables.
 EVENT_TRIGGER = "thorbis_capture_ddl"
@@ -86,15 +86,16 @@ async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
 
 
 @attrs.frozen(slots=True)
-class Standin:
-    """A captured table whose capture triggers a migration replaced by the stand-in
-    (``thorbis.capture_standin__<schema>__<table>``, naming the columns it has).
+class CaptureDrift:
+    """A captured table a migration changed under its rules: with capture triggers, its
+    triggers were replaced by the stand-in (``thorbis.capture_standin__<schema>__<table>``,
+    naming the columns it has); under logical capture, only recorded.
 
     :ivar table: as the rules name it.
     :ivar gone: columns the rules read that the table no longer has (its changes are
         applied conservatively until the rules match it).
-    :ivar retyped: such columns whose type changed (exact, only slower: ``db init``
-        generates the triggers for the new types).
+    :ivar retyped: such columns whose type changed (capture triggers: exact, only
+        slower, until ``db init`` generates the triggers for the new types).
     """
 
     table: str
@@ -102,16 +103,16 @@ class Standin:
     retyped: tuple[str, ...]
 
 
-async def standins(conn: asyncpg.Connection) -> list[Standin]:
-    """The captured tables running the stand-in capture, by name; empty when none (or
-    on a database set up by an earlier release)."""
+async def drifted_captures(conn: asyncpg.Connection) -> list[CaptureDrift]:
+    """The captured tables a migration changed under their rules, by name; empty when
+    none (or on a database set up by an earlier release)."""
     if not await conn.fetchval("SELECT to_regclass('thorbis.captured_tables')"):
         return []
     rows = await conn.fetch(
         "SELECT table_name, incomplete, retyped FROM thorbis.captured_tables "
         "WHERE incomplete IS NOT NULL OR retyped IS NOT NULL ORDER BY table_name")
-    return [Standin(r["table_name"], tuple(r["incomplete"] or ()), tuple(r["retyped"] or ()))
-            for r in rows]
+    return [CaptureDrift(r["table_name"], tuple(r["incomplete"] or ()),
+                         tuple(r["retyped"] or ())) for r in rows]
 
 
 async def relids_of(conn: asyncpg.Connection, tables: Sequence[str]
