@@ -86,6 +86,12 @@ async def _corrupt(scene: Scene) -> None:
     assert await store.command("SET", key, tampered, "KEEPTTL")
 
 
+async def _rename_a_watched_column(scene: Scene) -> None:
+    """A host's migration renames a column a customer rule reads."""
+    await scene.env.conn.execute(
+        "ALTER TABLE hs.customers RENAME COLUMN account_status TO account_state")
+
+
 STEPS = [
     # Stale value after a database write.
     Step("curl -s http://127.0.0.1:9464/health", 0, r'"outbox": \{[^}]*"backlog": 0'),
@@ -124,6 +130,14 @@ STEPS = [
     Step("curl -s http://127.0.0.1:9464/metrics | grep -E "
          "'^thorbis_cache_worker_capture_losses_total'", 0,
          r"(?m)^thorbis_cache_worker_capture_losses_total 0\.0$"),
+    # A migration renamed a column the rules read (under either capture).
+    Step("thorbis-cache health --redis-url \"$THORBIS_REDIS_URL\" --dsn "
+         "\"$THORBIS_POSTGRES_DSN\" --json", 1,
+         r'"capture_columns": \{\s*"status": "warning",\s*"reason": "hs\.customers no '
+         r'longer has column\(s\) account_status', _rename_a_watched_column),
+    Step("psql \"$THORBIS_POSTGRES_DSN\" -c \"SELECT table_name, incomplete, retyped, "
+         "changed_at FROM thorbis.captured_tables WHERE incomplete IS NOT NULL OR retyped "
+         "IS NOT NULL\"", 0, r"hs\.customers +\| \{account_status\}"),
     # Redis failover.
     Step("redis-cli -p 26379 sentinel get-master-addr-by-name thorbis", 0, "MASTER"),
     Step("redis-cli -p 26379 sentinel ckquorum thorbis", 0, r"OK 3 usable Sentinels"),

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.postgres.capture_ddl import ensure_ddl_guard
 from thorbis_cache.postgres.migrations import MigrationReport, migrate
 from thorbis_cache.postgres.outbox import connect
 from thorbis_cache.postgres.sql_apply import apply_and_check
@@ -105,9 +106,11 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             logical = LogicalCapture(slot, rules, views)
             full = await logical.ensure(conn)
             dropped = await remove_triggers(conn)
+            # Nothing on the write path to protect: the event trigger only records a
+            # migration's missing columns for `health`, where the role may create it.
+            await ensure_ddl_guard(conn)
             return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                  replica_full=tuple(full), dropped=tuple(dropped))
-        from thorbis_cache.postgres.capture_ddl import ensure_ddl_guard
         from thorbis_cache.postgres.triggers import install_triggers
 
         plans = await install_triggers(conn, rules, views)
