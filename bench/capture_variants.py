@@ -381,7 +381,7 @@ async def run(variants: Sequence[str], repeat: int, seconds: float) -> None:
         dsn = server.dsn()
         conn, manager = await capture.setup_db(dsn)
         try:
-            # As the worker's connections run (outbox.SESSION_SETTINGS): the claim is
+            # As the worker's connections run (connection.SESSION_SETTINGS): the claim is
             # planned for the outbox's size at each call.
             await conn.execute("SET plan_cache_mode = force_custom_plan")
             plan = next(p for p in plan_tables(manager.all_rules(), manager.all_views())

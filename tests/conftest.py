@@ -17,7 +17,12 @@ from thorbis_home_services import datagen
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.errors import ServerBinaryNotFound
 from thorbis_cache.postgres.migrations import migrate
-from thorbis_cache.testing.binaries import PrometheusBinaries, ensure_prometheus
+from thorbis_cache.testing.binaries import (
+    PgBouncerBinaries,
+    PrometheusBinaries,
+    ensure_pgbouncer,
+    ensure_prometheus,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -68,5 +73,14 @@ def prometheus_binaries() -> PrometheusBinaries:
     """prometheus and promtool; installed with apt when missing and allowed (root)."""
     try:
         return ensure_prometheus(install=True)
+    except ServerBinaryNotFound as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_binaries() -> PgBouncerBinaries:
+    """pgbouncer; installed with apt when missing and allowed (root)."""
+    try:
+        return ensure_pgbouncer(install=True)
     except ServerBinaryNotFound as exc:
         pytest.fail(str(exc))

@@ -174,7 +174,7 @@ class CacheApp:
 
     async def _check_capture(self) -> None:
         from thorbis_cache.postgres.capture_check import check_capture
-        from thorbis_cache.postgres.outbox import connect
+        from thorbis_cache.postgres.connection import connect
 
         assert self.postgres_dsn is not None
         conn = await connect(self.postgres_dsn)

@@ -262,7 +262,7 @@ def audit_command(
 
 async def _audit(dsn: str) -> None:
     from thorbis_cache.postgres.audit import verify
-    from thorbis_cache.postgres.outbox import connect
+    from thorbis_cache.postgres.connection import connect
 
     await check_postgres(dsn)
     conn = await connect(dsn)
@@ -283,8 +283,8 @@ async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str
     """The worker's change source: the slot ``db init --capture logical`` created, or
     None for the outbox. ``auto`` follows what exists (the worker never creates a slot:
     a slot created after one was lost would hide the changes lost with it)."""
+    from thorbis_cache.postgres.connection import connect
     from thorbis_cache.postgres.logical import LogicalCapture
-    from thorbis_cache.postgres.outbox import connect
 
     if capture is Capture.triggers:
         return None
@@ -298,6 +298,13 @@ async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str
             # slot is refused now, never left to retry (or to fall back) silently.
             try:
                 await logical.check_role(conn)
+            except ConfigurationError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--dsn") from None
+        if exists or capture is Capture.logical:
+            # The slot is read on a replication connection: one that cannot open (a
+            # pooler, pg_hba.conf) is refused now, never retried forever.
+            try:
+                await logical.check_connection(dsn)
             except ConfigurationError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--dsn") from None
     finally:

@@ -40,7 +40,7 @@ async def check_postgres(dsn: str) -> None:
     :raises PostgresUnavailableError: the server cannot be reached or refuses (naming
         the DSN, password masked, and the cause).
     """
-    from thorbis_cache.postgres.outbox import connect
+    from thorbis_cache.postgres.connection import connect
 
     shown = redact_dsn(dsn)
     try:

@@ -83,7 +83,7 @@ async def _refresh(dsn: str, redis_url: str, names: list[str], plugins: list[str
     from thorbis_cache.cache.crypto import KeyRing
     from thorbis_cache.mv.refresh import history_exists, refresh_and_invalidate
     from thorbis_cache.mv.scheduler import ScheduledView, refresh_order
-    from thorbis_cache.postgres.outbox import connect
+    from thorbis_cache.postgres.connection import connect
 
     await check_postgres(dsn)
     # Invalidation only deletes keys; without a configured ring a throwaway one satisfies
@@ -152,7 +152,7 @@ async def _status(dsn: str, plugins: list[str] | None) -> None:
     from thorbis_cache.mv.refresh import history_exists
     from thorbis_cache.mv.scheduler import ScheduledView, report
     from thorbis_cache.plugins.manager import PluginManager
-    from thorbis_cache.postgres.outbox import connect
+    from thorbis_cache.postgres.connection import connect
 
     await check_postgres(dsn)
     manager = PluginManager()

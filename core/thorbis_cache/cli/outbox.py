@@ -95,7 +95,7 @@ def outbox_deadletters_command(
 
 async def _run(action: OutboxDeadLetterAction, ids: list[int], dsn: str, replay_all: bool,
                table: str | None, tenant: str | None, count: int, as_json: bool) -> None:
-    from thorbis_cache.postgres.outbox import connect
+    from thorbis_cache.postgres.connection import connect
 
     await check_postgres(dsn)
     conn = await connect(dsn)

@@ -19,7 +19,7 @@ from thorbis_cache.invalidation.batch import BLAMELESS, BatchResult, TagInvalida
 from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.plugins.declarations import InvalidationRule
-from thorbis_cache.postgres import outbox
+from thorbis_cache.postgres import connection, outbox
 from thorbis_cache.postgres.logical import LogicalCapture, SlotLostError, parse_lsn
 from thorbis_cache.postgres.replication import ReplicationError
 
@@ -178,7 +178,7 @@ async def wal_flushed(dsn: str, first_pause: float) -> None:
     (the WAL writer flushes within ``wal_writer_delay``, 200 ms by default), so reading
     up to the flush position as of now could miss it. On a connection of its own: the
     worker's may be in a batch. Polls from ``first_pause`` seconds, doubling to 20 ms."""
-    conn = await outbox.connect(dsn)
+    conn = await connection.connect(dsn)
     try:
         target = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
         pause = first_pause

@@ -68,7 +68,7 @@ from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.invalidation.slot_reader import SlotReader, wal_flushed
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
-from thorbis_cache.postgres import outbox
+from thorbis_cache.postgres import connection, outbox
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.postgres.triggers import CHANNEL, capture_triggers
 
@@ -234,7 +234,7 @@ class OutboxWorker:
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await outbox.connect(self.dsn)
+            self._conn = await connection.connect(self.dsn)
         return self._conn
 
     async def _follow_slot(self) -> None:
@@ -454,6 +454,9 @@ class OutboxWorker:
             self._settle_waiters(0, None)
             raise
         listener: Any = None
+        # Through a transaction pooler a LISTEN stays on whichever server connection
+        # ran it: no listener there (the adaptive poll alone wakes the worker).
+        listens = not connection.target_of(self.dsn).pooled
         last_prune: float | None = None
         backoff = 0.0
         loop = asyncio.get_running_loop()
@@ -484,8 +487,8 @@ class OutboxWorker:
                         answered = await self._wait_for_redis(settle)
                         if self._stopped.is_set():
                             break
-                    if listener is None or listener.is_closed():
-                        listener = await outbox.connect(self.dsn)
+                    if listens and (listener is None or listener.is_closed()):
+                        listener = await connection.connect(self.dsn)
                         await listener.add_listener(CHANNEL, wake)
                     self._wake.clear()
                     while not self._stopping:

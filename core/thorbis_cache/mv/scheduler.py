@@ -55,7 +55,7 @@ from thorbis_cache.mv.refresh import (
     pending_changes,
     refresh_view,
 )
-from thorbis_cache.postgres import outbox
+from thorbis_cache.postgres import connection
 
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
@@ -391,7 +391,7 @@ class MvScheduler:
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await outbox.connect(self.dsn)
+            self._conn = await connection.connect(self.dsn)
             self._registered = False
         if not self._registered:
             # Registration starts each view's cron clock (no refresh for fires before

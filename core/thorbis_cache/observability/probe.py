@@ -29,7 +29,7 @@ from thorbis_cache.cache.meta_keys import MetaKeys
 from thorbis_cache.invalidation.queue import QueueKeys
 from thorbis_cache.mv.refresh import history_exists
 from thorbis_cache.mv.scheduler import ScheduledView, ViewReport, report
-from thorbis_cache.postgres import outbox
+from thorbis_cache.postgres import connection
 from thorbis_cache.postgres.capture_ddl import CaptureDrift, drifted_captures
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.store.redis_store import RedisStore
@@ -128,7 +128,7 @@ class Probe(Collector):
         conn = None
         try:
             async with asyncio.timeout(self.timeout):
-                conn = await outbox.connect(self.dsn)
+                conn = await connection.connect(self.dsn)
                 rows = await conn.fetch(_SLOTS)
                 slots = tuple([CaptureSlot(
                     r["slot_name"], r["wal_status"], bool(r["active"]),
@@ -182,7 +182,7 @@ class Probe(Collector):
         conn = None
         try:
             async with asyncio.timeout(self.timeout):
-                conn = await outbox.connect(self.dsn)
+                conn = await connection.connect(self.dsn)
                 row = await conn.fetchrow(_OUTBOX)
         except Exception as exc:  # any failure is the figure: PostgreSQL is not answering
             return {"postgres_up": False, "postgres_error": _describe(exc)}

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import asyncpg
 import attrs
 
+from thorbis_cache.postgres import connection
+
 __all__ = [
     "GeneratedRows", "TableSet", "copy_rows", "insert_statements", "midnight_utc", "sql_literal",
 ]
@@ -99,7 +101,7 @@ async def copy_rows(conn_or_dsn: Any, tables: TableSet, rows: Rows) -> None:
     :raises asyncpg.PostgresError: a row was refused (e.g. the tenant is already loaded).
     """
     if isinstance(conn_or_dsn, str):
-        conn = await asyncpg.connect(conn_or_dsn)
+        conn = await connection.connect(conn_or_dsn)
         try:
             await _copy(conn, tables, rows)
         finally:

@@ -56,6 +56,7 @@ from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
 from thorbis_cache.postgres.capture_ddl import record_captured, relid_of
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
+from thorbis_cache.postgres.connection import POOLER_PARAMETER, target_of
 from thorbis_cache.postgres.logical_rows import (
     TransactionDecoder,
     WatchedTable,
@@ -109,13 +110,15 @@ def replication_fix(conn_role: str | None = None) -> str:
             "services'), or capture with triggers: db init --capture triggers")
 
 
-async def logical_unavailable(conn: asyncpg.Connection) -> str | None:
+async def logical_unavailable(conn: asyncpg.Connection, dsn: str | None = None
+                              ) -> str | None:
     """Why logical capture should not run on this server, or None when it can.
 
     ``auto`` capture asks this: logical decoding needs ``wal_level=logical`` and the
     ``logical`` extra (psycopg); and a server with ``max_slot_wal_keep_size=-1`` (the
     default) would let the slot of a stopped worker keep WAL until the disk is full,
-    so it gets triggers until an operator sets a bound.
+    so it gets triggers until an operator sets a bound. With ``dsn``, a replication
+    connection must open there too (:meth:`LogicalCapture.connection_refused`).
     """
     level = await conn.fetchval("SHOW wal_level")
     if level != "logical":
@@ -131,6 +134,21 @@ async def logical_unavailable(conn: asyncpg.Connection) -> str | None:
         import psycopg  # noqa: F401 -- only whether the logical extra is installed
     except ImportError:
         return "psycopg is not installed: pip install 'thorbis-cache[logical]'"
+    if dsn is not None:
+        return await _replication_refused_at(dsn)
+    return None
+
+
+async def _replication_refused_at(dsn: str) -> str | None:
+    """Why no replication connection can be read at ``dsn``, or None."""
+    if target_of(dsn).pooled:
+        return (f"the DSN goes through a transaction pooler ({POOLER_PARAMETER}=true), "
+                "which cannot carry the replication connection a slot is read on")
+    refused = await ReplicationStream.refused(dsn)
+    if refused is not None:
+        return (f"a replication connection was refused ({refused}): a pooler in front of "
+                "PostgreSQL (PgBouncer before 1.23 and most others) cannot carry one, and "
+                "pg_hba.conf needs a `replication` line for the role")
     return None
 
 
@@ -264,6 +282,19 @@ class LogicalCapture:
                 "this database's capture another name (db init --slot NAME)")
         return changed
 
+    async def check_connection(self, dsn: str) -> None:
+        """Refuse a DSN where no replication connection can be read: one that goes
+        through a transaction pooler (``pgbouncer=true``), or where the replication
+        connection is refused (a pooler, ``pg_hba.conf``).
+
+        :raises ConfigurationError: naming the slot, the cause and what to give instead.
+        """
+        refused = await _replication_refused_at(dsn)
+        if refused is not None:
+            raise ConfigurationError(
+                f"logical capture {self.slot}: {refused}; give it the PostgreSQL server's "
+                "own address (or use --capture triggers)")
+
     async def check_role(self, conn: asyncpg.Connection) -> None:
         """Refuse a role that may not use this capture's slot.
 
@@ -364,6 +395,8 @@ class LogicalCapture:
         :raises ReplicationError: any other refusal (the slot is read by another
             session, no permission, the server is down).
         """
+        if target_of(dsn).pooled:
+            await self.check_connection(dsn)  # raises, naming why
         await self.check_role(conn)
         try:
             stream = await ReplicationStream.start(

@@ -25,6 +25,7 @@ import asyncpg
 import attrs
 
 from thorbis_cache.errors import MigrationError
+from thorbis_cache.postgres import connection
 from thorbis_cache.postgres.sql_apply import split_sql
 
 __all__ = ["Migration", "MigrationError", "MigrationReport", "core_migrations", "migrate"]
@@ -105,7 +106,7 @@ async def migrate(dsn_or_conn: str | asyncpg.Connection,
         file is kept, files applied before it are.
     """
     if isinstance(dsn_or_conn, str):
-        conn = await asyncpg.connect(dsn_or_conn)
+        conn = await connection.connect(dsn_or_conn)
         try:
             return await migrate(conn, migrations)
         finally:

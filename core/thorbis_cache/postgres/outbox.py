@@ -32,7 +32,6 @@ __all__ = [
     "DB_ERRORS",
     "OutboxRow",
     "claim_batch",
-    "connect",
     "count_changes",
     "dead_letter",
     "pending_count",
@@ -103,23 +102,6 @@ class OutboxRow:
     def from_record(cls, record: Mapping[str, Any]) -> OutboxRow:
         """Build from a row of the claim query."""
         return cls(**{f.name: record[f.name] for f in attrs.fields(cls)})
-
-
-#: Settings of every worker connection. ``plan_cache_mode``: asyncpg prepares each
-#: statement once per connection, and after five executions PostgreSQL may keep a
-#: generic plan built with the statistics of that moment. The outbox is empty most of
-#: the time, so the claim's generic plan was one for an empty table (a nested loop
-#: scanning the whole outbox per claimed id): after a quiet spell, a burst of 68,000
-#: rows made one claim take more than 20 s instead of 15 ms, and the worker fell
-#: further behind with every batch. A custom plan per execution costs well under a
-#: millisecond and follows the table's real size.
-SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
-
-
-async def connect(dsn: str) -> asyncpg.Connection:
-    """Open a connection for a worker (the one place the worker gets asyncpg from),
-    with :data:`SESSION_SETTINGS`."""
-    return await asyncpg.connect(dsn, timeout=10.0, server_settings=SESSION_SETTINGS)
 
 
 async def claim_batch(conn: asyncpg.Connection, limit: int) -> list[OutboxRow]:

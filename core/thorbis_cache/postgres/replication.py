@@ -133,6 +133,27 @@ class ReplicationStream:
             raise
         return stream
 
+    @staticmethod
+    async def refused(dsn: str, *, connect_timeout: float = 10.0) -> str | None:
+        """Why the server (or whatever stands at ``dsn``) refuses a replication
+        connection, or None when one opens and answers ``IDENTIFY_SYSTEM``: the check
+        to make before choosing logical capture (a pooler such as PgBouncer before 1.23
+        refuses the ``replication`` startup parameter; ``pg_hba.conf`` may have no
+        ``replication`` line for the role)."""
+        psycopg = _psycopg()
+        try:
+            conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, replication="database"), connect_timeout)
+        except (psycopg.Error, TimeoutError) as exc:
+            return " ".join(str(exc).split()) or type(exc).__name__
+        try:
+            await conn.execute("IDENTIFY_SYSTEM")
+        except psycopg.Error as exc:
+            return " ".join(str(exc).split()) or type(exc).__name__
+        finally:
+            await conn.close()
+        return None
+
     async def _start(self, options: dict[str, str]) -> None:
         psycopg = _psycopg()
         pq = psycopg.pq

@@ -25,8 +25,8 @@ import attrs
 
 from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.postgres.capture_ddl import ensure_ddl_guard
+from thorbis_cache.postgres.connection import connect
 from thorbis_cache.postgres.migrations import MigrationReport, migrate
-from thorbis_cache.postgres.outbox import connect
 from thorbis_cache.postgres.sql_apply import apply_and_check
 
 if TYPE_CHECKING:
@@ -97,13 +97,16 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
         if capture == "auto":
             from thorbis_cache.postgres.logical import logical_unavailable
 
-            fallback = await logical_unavailable(conn)
+            fallback = await logical_unavailable(conn, dsn)
             capture = "triggers" if fallback else "logical"
         if capture == "logical":
             from thorbis_cache.postgres.logical import LogicalCapture
             from thorbis_cache.postgres.triggers import remove_triggers
 
             logical = LogicalCapture(slot, rules, views)
+            # Before anything is changed: the role, then the replication connection.
+            await logical.check_role(conn)
+            await logical.check_connection(dsn)
             full = await logical.ensure(conn)
             dropped = await remove_triggers(conn)
             # Nothing on the write path to protect: the event trigger only records a

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from thorbis_cache.errors import PluginLoadError, PluginProblem
+from thorbis_cache.postgres import connection
 from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX, quote_qualified
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ async def apply_plugin_sql(dsn_or_conn: str | asyncpg.Connection,
         (first :data:`STATEMENT_SHOWN` characters) and PostgreSQL's message.
     """
     if isinstance(dsn_or_conn, str):
-        conn = await asyncpg.connect(dsn_or_conn)
+        conn = await connection.connect(dsn_or_conn)
         try:
             await apply_plugin_sql(conn, plugins)
         finally:
@@ -334,7 +335,7 @@ async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin]) -> None:
     :raises PluginLoadError: the SQL failed to apply, or the checks found problems;
         nothing was committed.
     """
-    conn = await asyncpg.connect(dsn)
+    conn = await connection.connect(dsn)
     try:
         async with conn.transaction():
             await apply_plugin_sql(conn, plugins)  # a savepoint per plugin

@@ -1,4 +1,4 @@
-"""Locate (and optionally install) the redis-server and PostgreSQL binaries the test kit runs.
+"""Locate (and optionally install) the server binaries the test kit runs.
 
 Lookup order:
 
@@ -9,6 +9,9 @@ Lookup order:
 * prometheus and promtool (>= 2.33, for the metrics tests): ``$THORBIS_PROMETHEUS``
   (the ``prometheus`` binary; ``promtool`` beside it), then ``PATH``, then ``/usr/bin``
   (Debian's ``prometheus`` package).
+* pgbouncer (>= 1.15, for the connection-pooler tests): ``$THORBIS_PGBOUNCER`` (the
+  ``pgbouncer`` binary), then ``PATH``, then ``/usr/sbin/pgbouncer`` (Debian's
+  ``pgbouncer`` package).
 
 ``python -m thorbis_cache.testing.binaries ensure`` prints what it found and, as root on a
 machine with apt, installs what is missing (``make servers`` runs it).
@@ -35,16 +38,20 @@ from thorbis_cache.errors import ServerBinaryNotFound
 B = TypeVar("B")
 
 __all__ = [
+    "MIN_PGBOUNCER_VERSION",
     "MIN_POSTGRES_VERSION",
     "MIN_PROMETHEUS_VERSION",
     "MIN_REDIS_VERSION",
+    "PgBouncerBinaries",
     "PostgresBinaries",
     "PrometheusBinaries",
     "RedisBinaries",
     "ensure_binaries",
+    "ensure_pgbouncer",
     "ensure_postgres",
     "ensure_prometheus",
     "ensure_redis",
+    "find_pgbouncer",
     "find_postgres",
     "find_prometheus",
     "find_redis",
@@ -55,16 +62,20 @@ MIN_REDIS_VERSION: tuple[int, ...] = (7,)
 MIN_POSTGRES_VERSION: tuple[int, ...] = (15,)
 
 MIN_PROMETHEUS_VERSION: tuple[int, ...] = (2, 33)
+MIN_PGBOUNCER_VERSION: tuple[int, ...] = (1, 15)
 
 REDIS_ENV = "THORBIS_REDIS_SERVER"
 PG_ENV = "THORBIS_PG_BINDIR"
 PROMETHEUS_ENV = "THORBIS_PROMETHEUS"
+PGBOUNCER_ENV = "THORBIS_PGBOUNCER"
 
 _REDIS_FALLBACK_DIRS = (Path("/usr/bin"), Path("/usr/local/bin"))
 _PG_GLOB = "/usr/lib/postgresql/*/bin"
+_PGBOUNCER_FALLBACK = Path("/usr/sbin/pgbouncer")
 _POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 # Debian's convention: a policy-rc.d exiting 101 forbids maintainer scripts to start
-# services, so installing redis-server does not leave a system redis on 6379.
+# services, so installing redis-server does not leave a system redis on 6379 (nor
+# pgbouncer a system pgbouncer on 6432).
 _POLICY_RC_D_DENY = (
     "#!/bin/sh\n# written by thorbis-cache while installing test servers\nexit 101\n"
 )
@@ -72,6 +83,8 @@ _POLICY_RC_D_DENY = (
 _REDIS_VERSION_RE = re.compile(r"\bv=(\d+(?:\.\d+)*)")
 _PG_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*)")
 _PROMETHEUS_VERSION_RE = re.compile(r"\bversion (\d+(?:\.\d+)*)")
+# First line of `pgbouncer --version`: "PgBouncer 1.18.0".
+_PGBOUNCER_VERSION_RE = re.compile(r"^PgBouncer (\d+(?:\.\d+)*)", re.MULTILINE)
 
 # apt-get update is slow and needed once per process at most.
 _apt_updated = False
@@ -151,6 +164,23 @@ class PrometheusBinaries:
     @property
     def version_string(self) -> str:
         """The version as dotted text, e.g. ``"2.42.0"``."""
+        return _fmt(self.version)
+
+
+@attrs.frozen
+class PgBouncerBinaries:
+    """A usable ``pgbouncer``.
+
+    :ivar pgbouncer: path of the ``pgbouncer`` executable.
+    :ivar version: its version, e.g. ``(1, 18, 0)``.
+    """
+
+    pgbouncer: Path
+    version: tuple[int, ...]
+
+    @property
+    def version_string(self) -> str:
+        """The version as dotted text, e.g. ``"1.18.0"``."""
         return _fmt(self.version)
 
 
@@ -381,6 +411,58 @@ def find_prometheus() -> PrometheusBinaries:
     raise _prometheus_missing(detail)
 
 
+def _pgbouncer_missing(detail: str) -> ServerBinaryNotFound:
+    return ServerBinaryNotFound(
+        f"pgbouncer >= {_fmt(MIN_PGBOUNCER_VERSION)} not found ({detail}). Install it with "
+        "`sudo apt-get install -y pgbouncer` (no service is needed: the tests start their "
+        f"own), or set {PGBOUNCER_ENV}=/path/to/pgbouncer"
+    )
+
+
+def _pgbouncer_at(path: Path) -> PgBouncerBinaries | str:
+    """The binary at ``path``, or why it is not usable."""
+    if not _is_executable(path):
+        return f"{path} is not an executable file"
+    version = _parse(_PGBOUNCER_VERSION_RE, _run_version(path))
+    if version is None:
+        return f"{path}: `--version` printed no PgBouncer X.Y.Z"
+    if version < MIN_PGBOUNCER_VERSION:
+        return f"{path} is version {_fmt(version)}"
+    return PgBouncerBinaries(pgbouncer=path, version=version)
+
+
+def find_pgbouncer() -> PgBouncerBinaries:
+    """Locate a ``pgbouncer`` of version 1.15 or later.
+
+    ``$THORBIS_PGBOUNCER`` wins when set (and must then be usable); otherwise ``PATH``
+    and ``/usr/sbin/pgbouncer``.
+
+    :returns: the binary and its version.
+    :raises ServerBinaryNotFound: nothing usable was found; the message says how to fix it.
+    """
+    explicit = os.environ.get(PGBOUNCER_ENV)
+    if explicit:
+        found = _pgbouncer_at(Path(explicit))
+        if isinstance(found, str):
+            raise _pgbouncer_missing(f"{PGBOUNCER_ENV}={explicit}: {found}")
+        return found
+    on_path = shutil.which("pgbouncer")
+    candidates = [Path(on_path)] if on_path else []
+    rejected: list[str] = []
+    for path in _unique(iter([*candidates, _PGBOUNCER_FALLBACK])):
+        if not path.exists():
+            continue
+        found = _pgbouncer_at(path)
+        if isinstance(found, str):
+            rejected.append(found)
+        else:
+            return found
+    detail = f"looked in PATH and {_PGBOUNCER_FALLBACK}" + (
+        f"; rejected {'; '.join(rejected)}" if rejected else ""
+    )
+    raise _pgbouncer_missing(detail)
+
+
 # --------------------------------------------------------------------------- installing
 
 
@@ -391,6 +473,10 @@ def _can_install() -> bool:
 @contextlib.contextmanager
 def _services_not_started() -> Iterator[None]:
     """Forbid package scripts to start services (a system redis would take port 6379).
+
+    Debian's maintainer scripts start services through ``invoke-rc.d`` (SysV) and
+    ``deb-systemd-invoke`` (systemd); both honour policy-rc.d, so this also keeps the
+    ``pgbouncer`` package from starting a system pgbouncer on 6432.
 
     An existing policy-rc.d is the administrator's and is left untouched.
     """
@@ -478,6 +564,17 @@ def ensure_prometheus(install: bool = False) -> PrometheusBinaries:
                    install)
 
 
+def ensure_pgbouncer(install: bool = False) -> PgBouncerBinaries:
+    """Locate pgbouncer, installing Debian's ``pgbouncer`` package with apt when allowed
+    and missing (its service is not started).
+
+    :param install: install with apt when missing (root + apt-get only).
+    :returns: the binary found.
+    :raises ServerBinaryNotFound: missing and not installable; the message says how to fix it.
+    """
+    return _ensure(find_pgbouncer, PGBOUNCER_ENV, ("pgbouncer",), _pgbouncer_missing, install)
+
+
 def ensure_binaries(install: bool = False) -> tuple[RedisBinaries, PostgresBinaries]:
     """Locate both servers, installing missing ones with apt when allowed.
 
@@ -523,6 +620,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServerBinaryNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         failed = True
+    # Only the pooler tests need pgbouncer (their fixture installs it): reported when
+    # present, never installed here and never a failure.
+    with contextlib.suppress(ServerBinaryNotFound):
+        bouncer = find_pgbouncer()
+        print(f"pgbouncer {bouncer.version_string}: {bouncer.pgbouncer}")
     return 1 if failed else 0
 
 

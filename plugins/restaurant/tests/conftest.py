@@ -16,8 +16,8 @@ from thorbis_cache import Cache, CacheApp, KeyRing
 from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.plugins.manager import PluginManager
 from thorbis_cache.postgres import apply_and_check
+from thorbis_cache.postgres.connection import connect
 from thorbis_cache.postgres.migrations import migrate
-from thorbis_cache.postgres.outbox import connect
 from thorbis_cache.postgres.triggers import install_triggers
 
 from thorbis_restaurant import datagen

@@ -1,5 +1,5 @@
-"""Ephemeral Redis (standalone, cluster, Sentinel group), PostgreSQL and Prometheus servers
-for tests.
+"""Ephemeral Redis (standalone, cluster, Sentinel group), PostgreSQL, PgBouncer and
+Prometheus servers for tests.
 
 Every server listens on 127.0.0.1 on a free port, keeps its files in a fresh temp
 directory (``thorbis-*``) and is a direct child of this process. Nothing here uses or
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from thorbis_cache.testing.servers._base import stop_all_servers
 from thorbis_cache.testing.servers._ports import HOST, free_cluster_port, free_port
+from thorbis_cache.testing.servers.pgbouncer import PgBouncer
 from thorbis_cache.testing.servers.postgres_server import PostgresServer
 from thorbis_cache.testing.servers.prometheus import PrometheusServer
 from thorbis_cache.testing.servers.redis_cluster import CLUSTER_SLOTS, RedisCluster
@@ -36,6 +37,7 @@ from thorbis_cache.testing.servers.redis_server import RedisServer
 __all__ = [
     "CLUSTER_SLOTS",
     "HOST",
+    "PgBouncer",
     "PostgresServer",
     "PrometheusServer",
     "RedisCluster",

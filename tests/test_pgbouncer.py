@@ -1,0 +1,138 @@
+"""thorbis-cache behind PgBouncer (a real one, in front of the session's PostgreSQL), as a
+production host runs it.
+
+Found as a user would: with the DSN pointing at PgBouncer, nothing could connect --
+``db init``, the worker, ``health``, ``CacheApp.start`` -- in any pool mode: the
+connections asked for ``plan_cache_mode`` as a startup parameter and PgBouncer refuses
+unknown ones. Now a session-pooled DSN works as it is, and a transaction-pooled one with
+``pgbouncer=true``: no statement cache, no session ``SET``, no LISTEN; logical capture,
+which needs a replication connection, is refused by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import urllib.parse
+from collections.abc import Iterator
+
+import pytest
+from core_testing import run_cli
+from thorbis_home_services.models import AccountStatus, Customer, CustomerType, PaymentStatus
+from thorbis_home_services.schemas import CUSTOMER
+
+from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.postgres.connection import connect, target_of
+from thorbis_cache.testing.binaries import PgBouncerBinaries
+from thorbis_cache.testing.servers import PgBouncer
+
+CUSTOMER_SQL = """
+INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
+                          account_status, payment_status, longitude, latitude)
+SELECT $1, i, 'Ada', 'Lovelace', 'ada@example.com', '555-0100', 'residential', 'active',
+       'current', -97.7, 30.2
+  FROM generate_series(1, $2::int) AS i
+"""
+NOW = dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
+
+
+def _bouncer(binaries: PgBouncerBinaries, dsn: str, mode: str) -> Iterator[str]:
+    backend = urllib.parse.urlsplit(dsn)
+    assert backend.port is not None
+    bouncer = PgBouncer(backend_port=backend.port, pool_mode=mode, binaries=binaries)
+    bouncer.start()
+    try:
+        pooled = bouncer.dsn(backend.path.lstrip("/"))
+        yield pooled + ("?pgbouncer=true" if mode == "transaction" else "")
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture(params=["session", "transaction"])
+def pooled_dsn(request: pytest.FixtureRequest, pgbouncer_binaries: PgBouncerBinaries,
+               thorbis_pg_dsn: str) -> Iterator[str]:
+    """The test database through PgBouncer in each pool mode (transaction: with
+    ``pgbouncer=true``)."""
+    yield from _bouncer(pgbouncer_binaries, thorbis_pg_dsn, request.param)
+
+
+async def test_everything_works_through_pgbouncer(
+    pooled_dsn: str, thorbis_standalone_redis_url: str
+) -> None:
+    dsn, url = pooled_dsn, thorbis_standalone_redis_url
+    pooled = target_of(dsn).pooled
+    out = await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin",
+                                  "home_services")
+    # auto: logical capture would need a replication connection, which PgBouncer does
+    # not carry (a transaction pooler is said so by its DSN; a session pooler refuses).
+    if pooled:
+        assert "capture: triggers (the DSN goes through a transaction pooler" in out, out
+    else:
+        assert "capture: triggers (a replication connection was refused" in out, out
+        assert "unsupported startup parameter: replication" in out
+    assert "capture trigger on hs.customers" in out
+    app = await CacheApp(url, keyring=KeyRing.generate(), postgres_dsn=dsn).start(
+        ["home_services"])
+    conn = await connect(dsn)
+    try:
+        await conn.execute(CUSTOMER_SQL, "acme", 20)
+        key = CUSTOMER.key("acme", customer_id=7)
+        async with OutboxWorker.from_app(app, dsn) as worker:
+            await worker.drain()
+            # Many batches, so that a transaction pooler hands them to several server
+            # connections: no statement may depend on the one before.
+            for round_ in range(12):
+                stale = Customer(7, "Ada", "Lovelace", "ada@example.com", "stale",
+                                 CustomerType.RESIDENTIAL, AccountStatus.ACTIVE,
+                                 PaymentStatus.CURRENT, None, "", "", "", -97.7, 30.2,
+                                 NOW, NOW)
+                await app.cache.hash(key).replace(stale)
+                await conn.execute("UPDATE hs.customers SET phone = $1 WHERE id = 7",
+                                   f"p{round_}")
+                results = await worker.drain()
+                assert "{acme}:hs.customer:7" in {k for r in results for k in r.keys}
+                assert await app.cache.hash(key).get() is None
+        # The CLI worker and health, as an operator runs them.
+        await conn.execute("UPDATE hs.customers SET phone = 'cli' WHERE id = 7")
+        done = await asyncio.to_thread(
+            run_cli, "worker", "--dsn", dsn, "--redis-url", url, "--plugin",
+            "home_services", "--once", "--no-queue", "--no-mv")
+        assert re.search(r"\d+ change\(s\) applied", done), done
+        report = await asyncio.to_thread(run_cli, "health", "--dsn", dsn, "--redis-url",
+                                         url, code=1)  # views never refreshed: warning
+        assert re.search(r"healthy +postgres", report), report
+        assert re.search(r"healthy +outbox", report), report
+    finally:
+        await conn.close()
+        await app.aclose()
+
+
+async def test_logical_capture_through_a_transaction_pooler_is_refused(
+    pgbouncer_binaries: PgBouncerBinaries, thorbis_pg_dsn: str,
+    thorbis_standalone_redis_url: str,
+) -> None:
+    for dsn in _bouncer(pgbouncer_binaries, thorbis_pg_dsn, "transaction"):
+        refused = await asyncio.to_thread(
+            run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services",
+            "--capture", "logical", code=1)
+        assert "goes through a transaction pooler (pgbouncer=true)" in refused
+        assert "server's own address" in refused
+        worker = await asyncio.to_thread(
+            run_cli, "worker", "--dsn", dsn, "--redis-url", thorbis_standalone_redis_url,
+            "--plugin", "home_services", "--once", "--capture", "logical", code=64)
+        assert "transaction pooler" in " ".join(re.sub("[│╭╮╰╯─]", " ", worker).split())
+
+
+def test_the_pooler_parameter_is_read_and_taken_out() -> None:
+    assert target_of("postgresql://u@h:6432/db?pgbouncer=true&sslmode=disable") == (
+        target_of("postgresql://u@h:6432/db?sslmode=disable&pgbouncer=1").__class__(
+            "postgresql://u@h:6432/db?sslmode=disable", True))
+    assert not target_of("postgresql://u@h/db?pgbouncer=false").pooled
+    assert target_of("postgresql://u@h/db?pgbouncer=false").dsn == "postgresql://u@h/db"
+    assert target_of("host=h dbname=db") == target_of("host=h dbname=db").__class__(
+        "host=h dbname=db", False)
+    with pytest.raises(ConfigurationError, match="pgbouncer='maybe'"):
+        target_of("postgresql://u@h/db?pgbouncer=maybe")
