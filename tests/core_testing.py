@@ -4,22 +4,55 @@ plugin test directory's helpers when the whole repository is collected)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import attrs
 import pytest
+from thorbis_home_services.models import AccountStatus, Customer, CustomerType, PaymentStatus
 from typer.testing import CliRunner
 
 from thorbis_cache import CacheApp
 from thorbis_cache.cli import app as cli_app
 
-__all__ = ["HS", "HS_TENANTS", "HsEnv", "run_cli", "wait_until"]
+__all__ = ["CUSTOMER_SQL", "HS", "HS_TENANTS", "NOW", "TECH_SQL", "WORK_ORDER_SQL", "HsEnv",
+           "run_cli", "stale_customer", "wait_until"]
 
 #: The home_services plugin's entry-point name, and the tenants its data is loaded for.
 HS = "home_services"
 HS_TENANTS = ("acme", "globex")
+
+#: ``$1`` tenant, ``$2`` how many: home_services customers 1..n (the capture tests').
+CUSTOMER_SQL = """
+INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
+                          account_status, payment_status, longitude, latitude)
+SELECT $1, i, 'Ada', 'Lovelace', 'ada@example.com', '555-0100', 'residential', 'active',
+       'current', -97.7, 30.2
+  FROM generate_series(1, $2::int) AS i
+"""
+#: ``$1`` tenant, ``$2`` id: a technician.
+TECH_SQL = """
+INSERT INTO hs.technicians (tenant_id, id, first_name, last_name, email, role)
+VALUES ($1, $2, 'Tom', 'Tech', 'tom@example.com', 'technician')
+"""
+#: ``$1`` tenant, ``$2`` id, ``$3`` customer, ``$4`` technician, ``$5`` scheduled at.
+WORK_ORDER_SQL = """
+INSERT INTO hs.work_orders (tenant_id, id, customer_id, assigned_technician_id, status,
+                            priority, service_type, scheduled_at, longitude, latitude)
+VALUES ($1, $2, $3, $4, 'scheduled', 'high', 'hvac', $5, -97.7, 30.2)
+"""
+#: When the capture tests' work orders are scheduled and their customers were made.
+NOW = dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
+
+
+def stale_customer(cid: int) -> Customer:
+    """A home_services customer as a cache would hold it before a change (phone
+    ``stale``): what the capture tests cache, then expect gone."""
+    return Customer(cid, "Ada", "Lovelace", "ada@example.com", "stale",
+                    CustomerType.RESIDENTIAL, AccountStatus.ACTIVE, PaymentStatus.CURRENT,
+                    None, "", "", "", -97.7, 30.2, NOW, NOW)
 
 
 def run_cli(*args: str, code: int = 0) -> str:

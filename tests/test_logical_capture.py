@@ -28,8 +28,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import attrs
 import pytest
-from core_testing import run_cli, wait_until
-from thorbis_home_services.models import AccountStatus, Customer, CustomerType, PaymentStatus
+from core_testing import (
+    CUSTOMER_SQL,
+    NOW,
+    TECH_SQL,
+    WORK_ORDER_SQL,
+    run_cli,
+    stale_customer,
+    wait_until,
+)
 from thorbis_home_services.schemas import CUSTOMER, TECHNICIAN_SCHEDULE
 
 from thorbis_cache import CacheApp, KeyRing
@@ -43,24 +50,6 @@ from thorbis_cache.postgres.logical import (
 )
 from thorbis_cache.postgres.triggers import remove_triggers
 from thorbis_cache.testing.servers import PostgresServer, RedisCluster, RedisServer
-
-CUSTOMER_SQL = """
-INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
-                          account_status, payment_status, longitude, latitude)
-SELECT $1, i, 'Ada', 'Lovelace', 'ada@example.com', '555-0100', 'residential', 'active',
-       'current', -97.7, 30.2
-  FROM generate_series(1, $2::int) AS i
-"""
-TECH_SQL = """
-INSERT INTO hs.technicians (tenant_id, id, first_name, last_name, email, role)
-VALUES ($1, $2, 'Tom', 'Tech', 'tom@example.com', 'technician')
-"""
-WORK_ORDER_SQL = """
-INSERT INTO hs.work_orders (tenant_id, id, customer_id, assigned_technician_id, status,
-                            priority, service_type, scheduled_at, longitude, latitude)
-VALUES ($1, $2, $3, $4, 'scheduled', 'high', 'hvac', $5, -97.7, 30.2)
-"""
-NOW = dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
 
 
 @attrs.frozen
@@ -76,9 +65,7 @@ class Env:
         return OutboxWorker.from_app(self.app, self.dsn, capture=self.capture, **options)
 
     async def cache_customer(self, tenant: str, cid: int) -> None:
-        stale = Customer(cid, "Ada", "Lovelace", "ada@example.com", "stale",
-                         CustomerType.RESIDENTIAL, AccountStatus.ACTIVE,
-                         PaymentStatus.CURRENT, None, "", "", "", -97.7, 30.2, NOW, NOW)
+        stale = stale_customer(cid)
         await self.app.cache.hash(CUSTOMER.key(tenant, customer_id=cid)).replace(stale)
 
     async def cached(self, tenant: str, cid: int) -> bool:
@@ -573,9 +560,7 @@ async def test_db_init_and_the_cli_worker_switch_to_logical_capture(
     capture = LogicalCapture(name, app.plugins.all_rules(), app.plugins.all_views())
     try:
         await conn.execute(CUSTOMER_SQL, "acme", 1)
-        stale = Customer(1, "Ada", "Lovelace", "ada@example.com", "stale",
-                         CustomerType.RESIDENTIAL, AccountStatus.ACTIVE,
-                         PaymentStatus.CURRENT, None, "", "", "", -97.7, 30.2, NOW, NOW)
+        stale = stale_customer(1)
         key = CUSTOMER.key("acme", customer_id=1)
         await app.cache.hash(key).replace(stale)
         await conn.execute("UPDATE hs.customers SET phone = 'new' WHERE id = 1")

@@ -12,14 +12,12 @@ which needs a replication connection, is refused by name.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import re
 import urllib.parse
 from collections.abc import Iterator
 
 import pytest
-from core_testing import run_cli
-from thorbis_home_services.models import AccountStatus, Customer, CustomerType, PaymentStatus
+from core_testing import CUSTOMER_SQL, run_cli, stale_customer
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import CacheApp, KeyRing
@@ -28,15 +26,6 @@ from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.postgres.connection import connect, target_of
 from thorbis_cache.testing.binaries import PgBouncerBinaries
 from thorbis_cache.testing.servers import PgBouncer
-
-CUSTOMER_SQL = """
-INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
-                          account_status, payment_status, longitude, latitude)
-SELECT $1, i, 'Ada', 'Lovelace', 'ada@example.com', '555-0100', 'residential', 'active',
-       'current', -97.7, 30.2
-  FROM generate_series(1, $2::int) AS i
-"""
-NOW = dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
 
 
 def _bouncer(binaries: PgBouncerBinaries, dsn: str, mode: str) -> Iterator[str]:
@@ -85,10 +74,7 @@ async def test_everything_works_through_pgbouncer(
             # Many batches, so that a transaction pooler hands them to several server
             # connections: no statement may depend on the one before.
             for round_ in range(12):
-                stale = Customer(7, "Ada", "Lovelace", "ada@example.com", "stale",
-                                 CustomerType.RESIDENTIAL, AccountStatus.ACTIVE,
-                                 PaymentStatus.CURRENT, None, "", "", "", -97.7, 30.2,
-                                 NOW, NOW)
+                stale = stale_customer(7)
                 await app.cache.hash(key).replace(stale)
                 await conn.execute("UPDATE hs.customers SET phone = $1 WHERE id = 7",
                                    f"p{round_}")
