@@ -67,6 +67,15 @@ class Env:
         return run_cli(*args, code=code)
 
 
+async def _cache_two_tenants(env: Env, worker: OutboxWorker) -> None:
+    """Customer 1 of acme and of globex, in the table and cached (stale)."""
+    await env.conn.execute(CUSTOMER_SQL, "acme", 1)
+    await env.conn.execute(CUSTOMER_SQL, "globex", 1)
+    await worker.drain()
+    await env.cache_customer(1)
+    await env.cache_customer(1, "globex")
+
+
 @pytest.fixture(params=["triggers", "logical"])
 async def env(request: pytest.FixtureRequest, thorbis_pg_dsn: str,
               thorbis_standalone_redis_url: str) -> AsyncIterator[Env]:
@@ -188,12 +197,8 @@ async def test_without_its_tenant_column_a_change_reaches_every_tenant(
     """The tenant column renamed: a change's tenant is unknown, so every tag its table's
     rules reach goes for every tenant (as after a lost slot), never a dead letter."""
     conn = env.conn
-    await conn.execute(CUSTOMER_SQL, "acme", 1)
-    await conn.execute(CUSTOMER_SQL, "globex", 1)
     async with env.worker() as worker:
-        await worker.drain()
-        await env.cache_customer(1)
-        await env.cache_customer(1, "globex")
+        await _cache_two_tenants(env, worker)
         await conn.execute("ALTER TABLE hs.customers RENAME COLUMN tenant_id TO account_id")
         await conn.execute(
             "UPDATE hs.customers SET phone = 'x' WHERE account_id = 'acme' AND id = 1")
@@ -263,12 +268,8 @@ async def test_a_truncate_invalidates_every_tenants_entries(env: Env) -> None:
     so a truncated table's entries stayed cached (logical capture only logged it). It
     takes every tenant's rows: every tag its rules reach goes, for every tenant."""
     conn = env.conn
-    await conn.execute(CUSTOMER_SQL, "acme", 1)
-    await conn.execute(CUSTOMER_SQL, "globex", 1)
     async with env.worker() as worker:
-        await worker.drain()
-        await env.cache_customer(1)
-        await env.cache_customer(1, "globex")
+        await _cache_two_tenants(env, worker)
         await conn.execute("TRUNCATE hs.customers CASCADE")
         results = [r for r in await worker.drain() if r.claimed]
         assert not [d for r in results for d in r.dead_letters]

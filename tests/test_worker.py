@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 import attrs
 import pytest
-from core_testing import run_cli
+from core_testing import NOW, TECH_SQL, WORK_ORDER_SQL, run_cli
 from thorbis_home_services.models import (
     AccountStatus,
     Customer,
@@ -41,16 +41,6 @@ INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, cu
 VALUES ($1, $2, 'Ada', 'Lovelace', 'ada@example.com', '555-0100', 'residential', 'active',
         'current', -97.7, 30.2)
 """
-TECH_SQL = """
-INSERT INTO hs.technicians (tenant_id, id, first_name, last_name, email, role)
-VALUES ($1, $2, 'Tom', 'Tech', 'tom@example.com', 'technician')
-"""
-WORK_ORDER_SQL = """
-INSERT INTO hs.work_orders (tenant_id, id, customer_id, assigned_technician_id, status,
-                            priority, service_type, scheduled_at, longitude, latitude)
-VALUES ($1, $2, $3, $4, 'scheduled', 'high', 'hvac', $5, -97.7, 30.2)
-"""
-NOW = dt.datetime(2024, 5, 1, 15, 0, tzinfo=dt.UTC)
 
 
 def customer(cid: int) -> Customer:
