@@ -200,13 +200,14 @@ class RulePlanner:
                         continue
                     if key is not None:
                         keys[key.body] = key
+        # What the images lack: both images of a change lack the same columns (the
+        # capture writes the columns a table has; an unsent TOASTed value is dropped
+        # from both), so one is looked at.
         unseen: tuple[str, ...] = ()
+        image = new if new is not None else old
         needed = self.columns.get(row.table_name)
-        if needed and ((old is not None and not old.keys() >= needed)
-                       or (new is not None and not new.keys() >= needed)):
-            unseen = tuple(sorted(c for c in needed
-                                  if (old is not None and c not in old)
-                                  or (new is not None and c not in new)))
+        if needed and image is not None and not image.keys() >= needed:
+            unseen = tuple(sorted(needed - image.keys()))
         return Plan(tenant, tuple(keys.values()), tuple(sorted(tags)), unseen,
                     tuple(sorted(unreached)))
 

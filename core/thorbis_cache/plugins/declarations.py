@@ -233,6 +233,10 @@ class RuleTarget:
     tag: str | None = None
 
 
+#: What :meth:`InvalidationRule.fires` reads for a column missing from an image.
+_NOT_IN_OLD, _NOT_IN_NEW = object(), object()
+
+
 @attrs.frozen(slots=True)
 class InvalidationRule:
     """Which cache entries a change to a table makes stale.
@@ -267,7 +271,8 @@ class InvalidationRule:
             return True
         old = old or {}
         new = new or {}
-        return any(c not in old or c not in new or old[c] != new[c]
+        # Two different stand-ins for a missing column: never equal to anything.
+        return any(old.get(c, _NOT_IN_OLD) != new.get(c, _NOT_IN_NEW)
                    for c in self.significant_columns)
 
 
