@@ -34,8 +34,15 @@ from thorbis_home_services.schemas import (
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.invalidation.batch import Incomplete
 from thorbis_cache.invalidation.worker import OutboxWorker
-from thorbis_cache.postgres.capture_ddl import EVENT_TRIGGER, CaptureDrift, drifted_captures
+from thorbis_cache.postgres.capture_ddl import (
+    EVENT_TRIGGER,
+    CaptureDrift,
+    drifted_captures,
+    ensure_ddl_guard,
+)
+from thorbis_cache.postgres.connection import connect
 from thorbis_cache.postgres.logical import LogicalCapture
+from thorbis_cache.postgres.migrations import migrate
 
 
 @attrs.frozen
@@ -358,3 +365,19 @@ async def test_without_the_event_trigger_db_init_says_what_it_risks(
         await admin.execute(f"DROP ROLE IF EXISTS {name}_other")
         await admin.execute(f"DROP ROLE {name}")
         await admin.close()
+
+
+async def test_host_processes_starting_together_create_the_event_trigger_once(
+    thorbis_pg_dsn: str
+) -> None:
+    """Several host processes run db init's steps at once when they start together: the
+    event trigger is created by one of them, and none fails on the others'."""
+    await migrate(thorbis_pg_dsn)  # the check function the event trigger runs
+    conns = [await connect(thorbis_pg_dsn) for _ in range(4)]
+    try:
+        assert await asyncio.gather(*(ensure_ddl_guard(c) for c in conns)) == [None] * 4
+        assert await conns[0].fetchval(
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname = $1", EVENT_TRIGGER) == 1
+    finally:
+        for conn in conns:
+            await conn.close()

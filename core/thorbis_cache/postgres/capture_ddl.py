@@ -43,6 +43,8 @@ ON CONFLICT (table_name) DO UPDATE SET
        incomplete = NULL, retyped = NULL, changed_at = now()
 """
 
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.capture_ddl'))"
+
 _CREATE = (f"CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end "
            "WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION thorbis.capture_ddl_check()")
 
@@ -69,12 +71,14 @@ async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
     """Create the event trigger that checks each ALTER TABLE against the captured
     tables, unless it exists; returns why it could not be created (the role is not a
     superuser, nor ``rds_superuser`` on RDS), or None."""
-    if await conn.fetchval("SELECT true FROM pg_event_trigger WHERE evtname = $1",
-                           EVENT_TRIGGER):
-        return None
     try:
         async with conn.transaction():
-            await conn.execute(_CREATE)
+            # Host processes run db init's steps at once when they start together: one
+            # of them creates it (the others would fail on a duplicate).
+            await conn.execute(_LOCK)
+            if not await conn.fetchval(
+                    "SELECT true FROM pg_event_trigger WHERE evtname = $1", EVENT_TRIGGER):
+                await conn.execute(_CREATE)
     except asyncpg.InsufficientPrivilegeError as exc:
         role = await conn.fetchval("SELECT current_user")
         return (f"the event trigger {EVENT_TRIGGER} was not created ({exc}; role "
