@@ -288,6 +288,42 @@ async def test_a_truncate_invalidates_every_tenants_entries(env: Env) -> None:
         assert not await env.cached(1, "globex")
 
 
+@pytest.mark.parametrize("rebuild", ["drop and create", "swap by rename"])
+async def test_a_rebuilt_table_is_captured_again(env: Env, rebuild: str) -> None:
+    """A migration that rebuilds a watched table (dropped and created again, or a copy
+    renamed in its place) left the new table without capture: writes to it invalidated
+    nothing, silently. The event trigger puts the capture back in the migration's
+    transaction, and says so; db init makes it as usual."""
+    conn = env.conn
+    await conn.execute(CUSTOMER_SQL, "acme", 2)
+    async with env.worker() as worker:
+        await worker.drain()
+        async with conn.transaction():
+            await conn.execute("CREATE TABLE hs.customers_copy AS TABLE hs.customers")
+            await conn.execute("DROP TABLE hs.customers CASCADE")
+            if rebuild == "drop and create":
+                await conn.execute("CREATE TABLE hs.customers "
+                                   "(LIKE hs.customers_copy INCLUDING ALL)")
+                await conn.execute("INSERT INTO hs.customers SELECT * FROM hs.customers_copy")
+                await conn.execute("DROP TABLE hs.customers_copy")
+            else:
+                await conn.execute("ALTER TABLE hs.customers_copy RENAME TO customers")
+            await conn.execute("ALTER TABLE hs.customers ADD PRIMARY KEY (tenant_id, id)")
+        assert any("hs.customers was created again" in n for n in env.notices), env.notices
+        assert await drifted_captures(conn) == [CaptureDrift("hs.customers", (), (), True)]
+        await env.cache_customer(1)
+        await conn.execute("UPDATE hs.customers SET phone = 'x' WHERE id = 1")
+        keys = {k for r in await worker.drain() for k in r.keys}
+        assert "{acme}:hs.customer:1" in keys
+        assert not await env.cached(1)
+    await asyncio.to_thread(env.db_init)
+    assert await drifted_captures(conn) == []
+    async with env.worker() as worker:
+        await env.cache_customer(2)
+        await conn.execute("UPDATE hs.customers SET phone = 'y' WHERE id = 2")
+        assert "{acme}:hs.customer:2" in {k for r in await worker.drain() for k in r.keys}
+
+
 async def test_a_renamed_table_is_still_captured(env: Env) -> None:
     """A table renamed by a migration keeps its capture: the triggers follow it, and
     the logical worker matches its changes by oid, also after a restart."""

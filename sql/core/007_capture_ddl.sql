@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS thorbis.captured_tables (
     column_types  jsonb,                -- column -> type oid the triggers were made for
     incomplete    text[],               -- columns a DDL took away (NULL: none)
     retyped       text[],               -- columns a DDL changed the type of (NULL: none)
+    recreated     boolean NOT NULL DEFAULT false,  -- dropped and created again since
     changed_at    timestamptz NOT NULL DEFAULT now()
 );
 
@@ -112,6 +113,40 @@ END $f$,
                   'AS %L', fn, body);
 END
 $sql$;
+-- Put the stand-in in place on table `t.relid` for the columns it has (`present`):
+-- (re)make its function, drop the generated triggers, create the stand-in's, and the
+-- TRUNCATE trigger when the table has none (a table created again).
+CREATE OR REPLACE FUNCTION thorbis.capture_standin_install(t thorbis.captured_tables,
+                                                          present text[])
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $install$
+DECLARE
+    fn text := format('thorbis.%I', 'capture_standin__' || replace(t.table_name, '.', '__'));
+    op text;
+BEGIN
+    EXECUTE thorbis.capture_standin_sql(t, present, fn);
+    EXECUTE format('DROP TRIGGER IF EXISTS thorbis_capture_key ON %s', t.relid::regclass);
+    FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
+                       'thorbis_capture_' || lower(op), t.relid::regclass);
+        CONTINUE WHEN NOT op = ANY (t.operations);
+        EXECUTE format(
+            'CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT '
+            'EXECUTE FUNCTION %s()',
+            'thorbis_capture_' || lower(op), op, t.relid::regclass,
+            CASE op WHEN 'INSERT' THEN 'NEW TABLE AS thorbis_new'
+                    WHEN 'DELETE' THEN 'OLD TABLE AS thorbis_old'
+                    ELSE 'OLD TABLE AS thorbis_old NEW TABLE AS thorbis_new' END,
+            fn);
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid = t.relid
+                      AND g.tgname = 'thorbis_capture_truncate') THEN
+        EXECUTE format('CREATE TRIGGER thorbis_capture_truncate AFTER TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION thorbis.capture_truncate(%L)',
+                       t.relid::regclass, t.table_name);
+    END IF;
+END
+$install$;
+
 -- It runs after every ALTER TABLE of the database, whoever runs it: as its owner (the
 -- role that applied this file, which owns thorbis.captured_tables), with a search_path
 -- that no caller can change, and it never fails the statement: a check that cannot be
@@ -123,10 +158,58 @@ DECLARE
     present text[];
     lost text[];
     changed text[];
-    fn text;
-    op text;
     triggered boolean;
+    created record;
+    pub text;
 BEGIN
+    -- A watched table dropped and created again under its name, or replaced by another
+    -- renamed to it (a migration that rebuilds it), has no capture: put it back at once,
+    -- as a stand-in (triggers) or in the publications (logical), and say so.
+    FOR created IN
+        SELECT c.table_name, d.objid FROM thorbis.captured_tables c
+          JOIN pg_event_trigger_ddl_commands() AS d
+            ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
+           -- created under the name, or renamed to it (a rebuild's swap)
+           AND d.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO',
+                                 'ALTER TABLE')
+           AND d.object_identity = c.table_name AND d.objid <> c.relid
+    LOOP
+      BEGIN
+        UPDATE thorbis.captured_tables SET relid = created.objid, recreated = true,
+               changed_at = now()
+         WHERE table_name = created.table_name RETURNING * INTO t;
+        present := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid = t.relid AND a.attnum > 0
+                            AND NOT a.attisdropped);
+        lost := ARRAY(SELECT DISTINCT w FROM unnest(t.columns || t.key_columns
+                                                    || t.tenant_column) AS w
+                       WHERE NOT w = ANY (present) ORDER BY w);
+        IF lost = '{}' THEN lost := NULL; END IF;
+        UPDATE thorbis.captured_tables SET incomplete = lost
+         WHERE table_name = t.table_name;
+        IF t.column_types IS NOT NULL THEN  -- captured by triggers
+            PERFORM thorbis.capture_standin_install(t, present);
+        ELSE  -- logical: the publications lost it with the old table
+            FOR pub IN SELECT p.pubname FROM pg_catalog.pg_publication p
+                        WHERE p.pubname LIKE 'thorbis\_%' LOOP
+                EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', pub,
+                               t.relid::regclass);
+            END LOOP;
+            IF EXISTS (SELECT 1 FROM unnest(t.columns) AS c
+                        WHERE NOT c = ANY (t.key_columns) AND c = ANY (present)) THEN
+                EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', t.relid::regclass);
+            END IF;
+        END IF;
+        RAISE WARNING 'thorbis-cache: % was created again: its change capture is put back '
+            '(%); run `thorbis-cache db init` to make it as db init does',
+            t.relid::regclass, CASE WHEN t.column_types IS NOT NULL
+                                    THEN 'a stand-in of the capture triggers'
+                                    ELSE 'added to the logical capture''s publication' END;
+      EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'thorbis-cache: could not put the change capture of % back (%): run '
+            '`thorbis-cache db init`', created.table_name, SQLERRM;
+      END;
+    END LOOP;
     FOR t IN
         SELECT c.* FROM thorbis.captured_tables c
          WHERE c.relid IN (SELECT d.objid FROM pg_event_trigger_ddl_commands() AS d
@@ -178,22 +261,7 @@ BEGIN
         CONTINUE WHEN lost IS NOT DISTINCT FROM t.incomplete
                   AND changed IS NOT DISTINCT FROM t.retyped;
         -- The stand-in, for the columns there now (made again at each such change).
-        fn := format('thorbis.%I', 'capture_standin__' || replace(t.table_name, '.', '__'));
-        EXECUTE thorbis.capture_standin_sql(t, present, fn);
-        EXECUTE format('DROP TRIGGER IF EXISTS thorbis_capture_key ON %s', t.relid::regclass);
-        FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
-                           'thorbis_capture_' || lower(op), t.relid::regclass);
-            CONTINUE WHEN NOT op = ANY (t.operations);
-            EXECUTE format(
-                'CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT '
-                'EXECUTE FUNCTION %s()',
-                'thorbis_capture_' || lower(op), op, t.relid::regclass,
-                CASE op WHEN 'INSERT' THEN 'NEW TABLE AS thorbis_new'
-                        WHEN 'DELETE' THEN 'OLD TABLE AS thorbis_old'
-                        ELSE 'OLD TABLE AS thorbis_old NEW TABLE AS thorbis_new' END,
-                fn);
-        END LOOP;
+        PERFORM thorbis.capture_standin_install(t, present);
         UPDATE thorbis.captured_tables
            SET incomplete = lost, retyped = changed, changed_at = now()
          WHERE table_name = t.table_name;

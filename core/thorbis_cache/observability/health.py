@@ -232,9 +232,13 @@ def _capture_columns(h: HealthReading) -> Check:
         if s.retyped:
             reasons.append(f"column(s) {', '.join(s.retyped)} of {s.table} changed type: "
                            "captured by a stand-in (slower); run `thorbis-cache db init`")
+        if s.recreated:
+            reasons.append(f"{s.table} was dropped and created again: its capture was put "
+                           "back until `thorbis-cache db init`")
     return Check("warning", "; ".join(reasons), {
         "incomplete": {s.table: list(s.gone) for s in h.incomplete or () if s.gone},
-        "retyped": {s.table: list(s.retyped) for s in h.incomplete or () if s.retyped}})
+        "retyped": {s.table: list(s.retyped) for s in h.incomplete or () if s.retyped},
+        "recreated": [s.table for s in h.incomplete or () if s.recreated]})
 
 
 def _redis(r: ProbeResult, t: HealthThresholds) -> Check:

@@ -40,13 +40,14 @@ ON CONFLICT (table_name) DO UPDATE SET
        relid = EXCLUDED.relid, tenant_column = EXCLUDED.tenant_column,
        columns = EXCLUDED.columns, key_columns = EXCLUDED.key_columns,
        operations = EXCLUDED.operations, column_types = EXCLUDED.column_types,
-       incomplete = NULL, retyped = NULL, changed_at = now()
+       incomplete = NULL, retyped = NULL, recreated = false, changed_at = now()
 """
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.capture_ddl'))"
 
 _CREATE = (f"CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end "
-           "WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION thorbis.capture_ddl_check()")
+           "WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') "
+           "EXECUTE FUNCTION thorbis.capture_ddl_check()")
 
 
 async def record_captured(conn: asyncpg.Connection, table: str, *, tenant_column: str,
@@ -100,11 +101,14 @@ class CaptureDrift:
         applied conservatively until the rules match it).
     :ivar retyped: such columns whose type changed (capture triggers: exact, only
         slower, until ``db init`` generates the triggers for the new types).
+    :ivar recreated: the table was dropped and created again: its capture was put back
+        (a stand-in of the triggers, or the publication) until ``db init``.
     """
 
     table: str
     gone: tuple[str, ...]
     retyped: tuple[str, ...]
+    recreated: bool = False
 
 
 async def drifted_captures(conn: asyncpg.Connection) -> list[CaptureDrift]:
@@ -113,10 +117,11 @@ async def drifted_captures(conn: asyncpg.Connection) -> list[CaptureDrift]:
     if not await conn.fetchval("SELECT to_regclass('thorbis.captured_tables')"):
         return []
     rows = await conn.fetch(
-        "SELECT table_name, incomplete, retyped FROM thorbis.captured_tables "
-        "WHERE incomplete IS NOT NULL OR retyped IS NOT NULL ORDER BY table_name")
+        "SELECT table_name, incomplete, retyped, recreated FROM thorbis.captured_tables "
+        "WHERE incomplete IS NOT NULL OR retyped IS NOT NULL OR recreated "
+        "ORDER BY table_name")
     return [CaptureDrift(r["table_name"], tuple(r["incomplete"] or ()),
-                         tuple(r["retyped"] or ())) for r in rows]
+                         tuple(r["retyped"] or ()), r["recreated"]) for r in rows]
 
 
 async def relids_of(conn: asyncpg.Connection, tables: Sequence[str]
