@@ -10,7 +10,7 @@
 --   (which a renamed table keeps): written by `thorbis-cache db init` (triggers, and
 --   logical capture, whose worker finds a renamed table through it).
 -- * thorbis.capture_ddl_check(), run by the event trigger `thorbis_capture_ddl` after
---   every ALTER TABLE (db init creates it where the role may: event triggers need a
+--   every ALTER TABLE and CREATE TABLE (db init creates it where the role may: event triggers need a
 --   superuser, or rds_superuser on RDS), checks the captured tables the statement
 --   touched. When one lost a column its capture reads, or such a column changed type
 --   (the generated triggers write each value by its type at install time), it puts a
@@ -26,6 +26,10 @@
 --   `thorbis-cache db init` with rules that match the table puts the generated capture
 --   back. A logically captured table has no trigger to break: its missing columns are
 --   only recorded (for `thorbis-cache health`) and said.
+-- * The same check runs after CREATE TABLE: a table that takes a captured name under a
+--   new oid (a migration rebuilt it: dropped and created again, or a copy renamed in
+--   its place) had no capture at all; it gets the stand-in (triggers) or the logical
+--   capture's publications back, with a WARNING, and `recreated` until `db init`.
 
 CREATE TABLE IF NOT EXISTS thorbis.captured_tables (
     table_name    text PRIMARY KEY,     -- as the rules name it
