@@ -288,18 +288,29 @@ async def test_a_truncate_invalidates_every_tenants_entries(env: Env) -> None:
         assert not await env.cached(1, "globex")
 
 
-@pytest.mark.parametrize("rebuild", ["drop and create", "swap by rename"])
+@pytest.mark.parametrize("rebuild", ["drop and create", "swap by rename", "partitioned"])
 async def test_a_rebuilt_table_is_captured_again(env: Env, rebuild: str) -> None:
     """A migration that rebuilds a watched table (dropped and created again, or a copy
     renamed in its place) left the new table without capture: writes to it invalidated
     nothing, silently. The event trigger puts the capture back in the migration's
-    transaction, and says so; db init makes it as usual."""
+    transaction, and says so; db init makes it as usual. Rebuilt partitioned (by
+    tenant), its changes were also lost under logical capture: each partition published
+    them under its own name (the publication now publishes through the root)."""
     conn = env.conn
     await conn.execute(CUSTOMER_SQL, "acme", 2)
     async with env.worker() as worker:
         await worker.drain()
         async with conn.transaction():
-            await conn.execute("CREATE TABLE hs.customers_copy AS TABLE hs.customers")
+            if rebuild == "partitioned":
+                await conn.execute("CREATE TABLE hs.customers_copy (LIKE hs.customers "
+                                   "INCLUDING DEFAULTS) PARTITION BY LIST (tenant_id)")
+                await conn.execute("CREATE TABLE hs.customers_acme PARTITION OF "
+                                   "hs.customers_copy FOR VALUES IN ('acme')")
+                await conn.execute("CREATE TABLE hs.customers_others PARTITION OF "
+                                   "hs.customers_copy DEFAULT")
+                await conn.execute("INSERT INTO hs.customers_copy SELECT * FROM hs.customers")
+            else:
+                await conn.execute("CREATE TABLE hs.customers_copy AS TABLE hs.customers")
             await conn.execute("DROP TABLE hs.customers CASCADE")
             if rebuild == "drop and create":
                 await conn.execute("CREATE TABLE hs.customers "

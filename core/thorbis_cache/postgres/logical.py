@@ -79,6 +79,11 @@ LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attn
 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
 """
 
+#: A partitioned table's changes are published as the table's own (by default each
+#: partition publishes under its own name, which no rule names: a host that partitioned
+#: a watched table, or rebuilt it partitioned, would have had its changes dropped).
+_PUBLICATION_OPTIONS = "publish_via_partition_root = true"
+
 _REPLICATION_ALLOWED = """
 SELECT current_user AS role, r.rolsuper OR r.rolreplication
        OR coalesce((SELECT pg_has_role(current_user, g.oid, 'MEMBER')
@@ -265,8 +270,10 @@ class LogicalCapture:
         pub = quote_ident(self.publication)
         if exists:
             await conn.execute(f"ALTER PUBLICATION {pub} SET TABLE {tables}")
+            await conn.execute(f"ALTER PUBLICATION {pub} SET ({_PUBLICATION_OPTIONS})")
         else:
-            await conn.execute(f"CREATE PUBLICATION {pub} FOR TABLE {tables}")
+            await conn.execute(f"CREATE PUBLICATION {pub} FOR TABLE {tables} "
+                               f"WITH ({_PUBLICATION_OPTIONS})")
         found = await conn.fetchrow(
             "SELECT database, plugin, current_database() AS here FROM pg_replication_slots "
             "WHERE slot_name = $1", self.slot)
