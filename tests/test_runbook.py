@@ -136,8 +136,8 @@ STEPS = [
          r'"capture_columns": \{\s*"status": "warning",\s*"reason": "hs\.customers no '
          r'longer has column\(s\) account_status', _rename_a_watched_column),
     Step("psql \"$THORBIS_POSTGRES_DSN\" -c \"SELECT table_name, incomplete, retyped, "
-         "changed_at FROM thorbis.captured_tables WHERE incomplete IS NOT NULL OR retyped "
-         "IS NOT NULL\"", 0, r"hs\.customers +\| \{account_status\}"),
+         "recreated, changed_at FROM thorbis.captured_tables WHERE incomplete IS NOT NULL "
+         "OR retyped IS NOT NULL OR recreated\"", 0, r"hs\.customers +\| \{account_status\}"),
     # Redis failover.
     Step("redis-cli -p 26379 sentinel get-master-addr-by-name thorbis", 0, "MASTER"),
     Step("redis-cli -p 26379 sentinel ckquorum thorbis", 0, r"OK 3 usable Sentinels"),

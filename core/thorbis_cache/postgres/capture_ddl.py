@@ -69,8 +69,8 @@ async def record_captured(conn: asyncpg.Connection, table: str, *, tenant_column
 
 
 async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
-    """Create the event trigger that checks each ALTER TABLE against the captured
-    tables, unless it exists; returns why it could not be created (the role is not a
+    """Create the event trigger that checks each ALTER TABLE and CREATE TABLE against the
+    captured tables, unless it exists; returns why it could not be created (the role is not a
     superuser, nor ``rds_superuser`` on RDS), or None."""
     try:
         async with conn.transaction():
