@@ -61,8 +61,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import capture  # a sibling script module, found through the line above
 
 from thorbis_cache.postgres.capture_ddl import ensure_ddl_guard
+from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox import claim_batch
-from thorbis_cache.postgres.triggers import KEY_TRIGGER, TRIGGERS, TablePlan, plan_tables
+from thorbis_cache.postgres.outbox_images import Shape, register_shape, value_sql
+from thorbis_cache.postgres.triggers import (
+    KEY_TRIGGER,
+    TRIGGERS,
+    TablePlan,
+    plan_tables,
+)
 from thorbis_cache.testing.servers import PostgresServer
 
 TABLE = "hs.customers"  # the table the pgbench script writes
@@ -102,7 +109,7 @@ async def _statement_update(conn: asyncpg.Connection, function: str, *,
 
 
 async def _row_update(conn: asyncpg.Connection, plan: TablePlan, function: str) -> None:
-    """Replace the UPDATE capture of ``TABLE`` (statement-level and key triggers) by one
+    """Replace the UPDATE capture of ``TABLE`` (its statement-level trigger) by one
     row-level AFTER UPDATE trigger running ``function`` (``WHEN`` the rules' significant
     columns changed, if the plan has an update filter)."""
     for name in (UPDATE_TRIGGER, KEY_TRIGGER):
@@ -153,11 +160,29 @@ async def guard(conn: asyncpg.Connection, plan: TablePlan) -> None:
     await _statement_update(conn, await _function(conn, "update_guard", body))
 
 
+async def _layout(conn: asyncpg.Connection, plan: TablePlan) -> tuple[Shape, dict[str, str]]:
+    """The registered image layout of ``TABLE`` and its columns' types."""
+    types = {r[0]: r[1] for r in await conn.fetch(
+        "SELECT attname::text, atttypid::regtype::text FROM pg_attribute "
+        "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped", TABLE)}
+    pk = [r[0] for r in await conn.fetch(PK_COLUMNS, TABLE)]
+    return await register_shape(conn, TABLE, pk, plan.columns, types), types
+
+
 async def row(conn: asyncpg.Connection, plan: TablePlan) -> None:
-    """Row-level AFTER UPDATE trigger (the shipped key function's body: INSERT ... VALUES
-    from OLD/NEW) instead of the statement-level one: no transition tables, no join;
-    one PL/pgSQL call and one INSERT per row changed."""
-    body = await _prosrc(conn, plan.key_function_name)
+    """Row-level AFTER UPDATE trigger (INSERT ... VALUES of the shipped images from
+    OLD/NEW) instead of the statement-level one: no transition tables, no join; one
+    PL/pgSQL call and one INSERT per row changed."""
+    shape, types = await _layout(conn, plan)
+
+    def array(record: str) -> str:
+        return "ARRAY[" + ", ".join(value_sql(record, quote_ident(c), types[c])
+                                    for c in shape.columns) + "]::text[]"
+
+    body = ("BEGIN INSERT INTO thorbis.outbox (table_name, operation, tenant_id, shape, "  # noqa: S608
+            f"old_values, new_values) VALUES ('{TABLE}', 'UPDATE', "
+            f"NEW.{quote_ident(plan.tenant_column)}::text, {shape.id}, {array('OLD')}, "
+            f"{array('NEW')}); RETURN NULL; END")
     await _row_update(conn, plan, await _function(conn, "update_row", body))
 
 
