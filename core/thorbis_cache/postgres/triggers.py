@@ -193,9 +193,9 @@ def trigger_sql(plan: TablePlan, shape: Shape, types: Mapping[str, str]) -> list
     a migration may change the type of, or drop, any of them (the event trigger of
     :mod:`~thorbis_cache.postgres.capture_ddl` then replaces these triggers). Measured
     against the join plus the row-level key trigger of earlier releases: the same cost
-    (``bench/capture_variants.py --variants none,trigger,fulljoin``, 5 repetitions:
-    0.69x against 0.68x the tx/s of no capture at 8 connections, 0.78x against 0.80x at
-    1, a 10,000-row UPDATE 1.19x against 1.17x).
+    (a temporary ``fulljoin`` modifier of ``bench/capture_variants.py``, same runs, 5
+    repetitions: 0.69x against 0.68x the tx/s of no capture at 8 connections, 0.78x
+    against 0.80x at 1, a 10,000-row UPDATE 1.19x against 1.17x).
 
     The images are written as text arrays laid out by ``shape`` (the rules' columns and
     the key; :mod:`~thorbis_cache.postgres.outbox_images`: a text cast per value instead
