@@ -45,6 +45,22 @@ CREATE TABLE IF NOT EXISTS thorbis.captured_tables (
     changed_at    timestamptz NOT NULL DEFAULT now()
 );
 
+-- The columns table `relid` has now.
+CREATE OR REPLACE FUNCTION thorbis.capture_present(relid oid) RETURNS text[]
+LANGUAGE sql STABLE AS $present$
+    SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid = relid AND a.attnum > 0 AND NOT a.attisdropped)
+$present$;
+
+-- The columns captured table `t`'s capture reads that are not in `present`, sorted;
+-- NULL when none is missing.
+CREATE OR REPLACE FUNCTION thorbis.capture_lost(t thorbis.captured_tables, present text[])
+RETURNS text[] LANGUAGE sql IMMUTABLE AS $lost$
+    SELECT nullif(ARRAY(SELECT DISTINCT w FROM unnest(t.columns || t.key_columns
+                                                      || t.tenant_column) AS w
+                         WHERE NOT w = ANY (present) ORDER BY w), '{}')
+$lost$;
+
 -- `jsonb_build_object('c1', a.c1, ...)` of the columns `names` of row alias `alias`.
 CREATE OR REPLACE FUNCTION thorbis.capture_object(alias text, names text[])
 RETURNS text LANGUAGE sql IMMUTABLE AS $object$
@@ -182,13 +198,8 @@ BEGIN
         UPDATE thorbis.captured_tables SET relid = created.objid, recreated = true,
                changed_at = now()
          WHERE table_name = created.table_name RETURNING * INTO t;
-        present := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
-                          WHERE a.attrelid = t.relid AND a.attnum > 0
-                            AND NOT a.attisdropped);
-        lost := ARRAY(SELECT DISTINCT w FROM unnest(t.columns || t.key_columns
-                                                    || t.tenant_column) AS w
-                       WHERE NOT w = ANY (present) ORDER BY w);
-        IF lost = '{}' THEN lost := NULL; END IF;
+        present := thorbis.capture_present(t.relid);
+        lost := thorbis.capture_lost(t, present);
         UPDATE thorbis.captured_tables SET incomplete = lost
          WHERE table_name = t.table_name;
         IF t.column_types IS NOT NULL THEN  -- captured by triggers
@@ -226,18 +237,13 @@ BEGIN
                               WHERE g.tgrelid = t.relid AND g.tgname IN (
                                     'thorbis_capture_insert', 'thorbis_capture_update',
                                     'thorbis_capture_delete', 'thorbis_capture_key'));
-        present := ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
-                          WHERE a.attrelid = t.relid AND a.attnum > 0
-                            AND NOT a.attisdropped);
-        lost := ARRAY(SELECT DISTINCT w FROM unnest(t.columns || t.key_columns
-                                                    || t.tenant_column) AS w
-                       WHERE NOT w = ANY (present) ORDER BY w);
+        present := thorbis.capture_present(t.relid);
+        lost := thorbis.capture_lost(t, present);
         changed := ARRAY(SELECT ct.key FROM jsonb_each_text(t.column_types) AS ct
                            JOIN pg_catalog.pg_attribute a
                              ON a.attrelid = t.relid AND a.attname = ct.key
                             AND a.attnum > 0 AND NOT a.attisdropped
                           WHERE a.atttypid <> ct.value::oid ORDER BY ct.key);
-        IF lost = '{}' THEN lost := NULL; END IF;
         IF changed = '{}' THEN changed := NULL; END IF;
         IF NOT triggered THEN
             -- Logical capture reads each change as the WAL has it: only recorded (a

@@ -68,6 +68,12 @@ async def record_captured(conn: asyncpg.Connection, table: str, *, tenant_column
                        [op for op in order if op in operations], relid, track_types)
 
 
+async def _recorded(conn: asyncpg.Connection) -> bool:
+    """Whether the database keeps the capture's record (a database set up by an
+    earlier release has none)."""
+    return bool(await conn.fetchval("SELECT to_regclass('thorbis.captured_tables')"))
+
+
 async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
     """Create the event trigger that checks each ALTER TABLE and CREATE TABLE against the
     captured tables, unless it exists; returns why it could not be created (the role is not a
@@ -114,7 +120,7 @@ class CaptureDrift:
 async def drifted_captures(conn: asyncpg.Connection) -> list[CaptureDrift]:
     """The captured tables a migration changed under their rules, by name; empty when
     none (or on a database set up by an earlier release)."""
-    if not await conn.fetchval("SELECT to_regclass('thorbis.captured_tables')"):
+    if not await _recorded(conn):
         return []
     rows = await conn.fetch(
         "SELECT table_name, incomplete, retyped, recreated FROM thorbis.captured_tables "
@@ -133,8 +139,7 @@ async def relids_of(conn: asyncpg.Connection, tables: Sequence[str]
         r[0]: r[1] for r in await conn.fetch(
             "SELECT t, to_regclass(t)::oid FROM unnest($1::text[]) AS t", list(tables))}
     missing = [t for t, oid in found.items() if oid is None]
-    # A database set up by an earlier release has no record yet.
-    if missing and await conn.fetchval("SELECT to_regclass('thorbis.captured_tables')"):
+    if missing and await _recorded(conn):
         found.update((r[0], r[1]) for r in await conn.fetch(
             "SELECT c.table_name, c.relid FROM thorbis.captured_tables c "
             "JOIN pg_catalog.pg_class r ON r.oid = c.relid WHERE c.table_name = ANY ($1)",
