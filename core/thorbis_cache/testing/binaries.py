@@ -380,6 +380,32 @@ def _prometheus_at(path: Path) -> PrometheusBinaries | str:
     return PrometheusBinaries(prometheus=path, promtool=promtool, version=version)
 
 
+def _find_binary(name: str, env: str, fallback: Path,
+                 at: Callable[[Path], B | str],
+                 missing: Callable[[str], ServerBinaryNotFound]) -> B:
+    """The first usable ``name``: ``$env`` when set (it must then be usable), else on
+    ``PATH``, else at ``fallback``; ``at`` says why a candidate is not usable."""
+    explicit = os.environ.get(env)
+    if explicit:
+        found = at(Path(explicit))
+        if isinstance(found, str):
+            raise missing(f"{env}={explicit}: {found}")
+        return found
+    on_path = shutil.which(name)
+    candidates = [Path(on_path)] if on_path else []
+    rejected: list[str] = []
+    for path in _unique(iter([*candidates, fallback])):
+        if not path.exists():
+            continue
+        found = at(path)
+        if isinstance(found, str):
+            rejected.append(found)
+        else:
+            return found
+    raise missing(f"looked in PATH and {fallback.parent}"
+                  + (f"; rejected {'; '.join(rejected)}" if rejected else ""))
+
+
 def find_prometheus() -> PrometheusBinaries:
     """Locate ``prometheus`` (>= 2.33) and the ``promtool`` beside it.
 
@@ -389,26 +415,8 @@ def find_prometheus() -> PrometheusBinaries:
     :returns: the binaries and the server's version.
     :raises ServerBinaryNotFound: nothing usable was found; the message says how to fix it.
     """
-    explicit = os.environ.get(PROMETHEUS_ENV)
-    if explicit:
-        found = _prometheus_at(Path(explicit))
-        if isinstance(found, str):
-            raise _prometheus_missing(f"{PROMETHEUS_ENV}={explicit}: {found}")
-        return found
-    on_path = shutil.which("prometheus")
-    candidates = [Path(on_path)] if on_path else []
-    rejected: list[str] = []
-    for path in _unique(iter([*candidates, Path("/usr/bin/prometheus")])):
-        if not path.exists():
-            continue
-        found = _prometheus_at(path)
-        if isinstance(found, str):
-            rejected.append(found)
-        else:
-            return found
-    detail = "looked in PATH and /usr/bin" + (f"; rejected {'; '.join(rejected)}"
-                                              if rejected else "")
-    raise _prometheus_missing(detail)
+    return _find_binary("prometheus", PROMETHEUS_ENV, Path("/usr/bin/prometheus"),
+                        _prometheus_at, _prometheus_missing)
 
 
 def _pgbouncer_missing(detail: str) -> ServerBinaryNotFound:
@@ -440,27 +448,8 @@ def find_pgbouncer() -> PgBouncerBinaries:
     :returns: the binary and its version.
     :raises ServerBinaryNotFound: nothing usable was found; the message says how to fix it.
     """
-    explicit = os.environ.get(PGBOUNCER_ENV)
-    if explicit:
-        found = _pgbouncer_at(Path(explicit))
-        if isinstance(found, str):
-            raise _pgbouncer_missing(f"{PGBOUNCER_ENV}={explicit}: {found}")
-        return found
-    on_path = shutil.which("pgbouncer")
-    candidates = [Path(on_path)] if on_path else []
-    rejected: list[str] = []
-    for path in _unique(iter([*candidates, _PGBOUNCER_FALLBACK])):
-        if not path.exists():
-            continue
-        found = _pgbouncer_at(path)
-        if isinstance(found, str):
-            rejected.append(found)
-        else:
-            return found
-    detail = f"looked in PATH and {_PGBOUNCER_FALLBACK}" + (
-        f"; rejected {'; '.join(rejected)}" if rejected else ""
-    )
-    raise _pgbouncer_missing(detail)
+    return _find_binary("pgbouncer", PGBOUNCER_ENV, _PGBOUNCER_FALLBACK, _pgbouncer_at,
+                        _pgbouncer_missing)
 
 
 # --------------------------------------------------------------------------- installing
