@@ -241,7 +241,7 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     tags: dict[str, set[str]] = defaultdict(set)
     changes: dict[str, int] = defaultdict(int)
     incomplete: dict[str, tuple[int, set[str], set[str]]] = {}
-    every_tenant: set[str] = set()  # tags for every tenant (tenant column gone)
+    every_tenant: set[str] = set()  # tags for every tenant (a TRUNCATE; tenant column gone)
     for row in rows:
         if row.attempts >= max_attempts:
             reason = f"gave up after {row.attempts} attempts: {row.last_error}"
