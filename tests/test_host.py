@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import pytest
@@ -222,6 +222,61 @@ async def test_drained_waits_for_the_running_loop_and_runs_no_batch_itself(
     assert await _fetchval(thorbis_pg_dsn, "SELECT count(*) FROM thorbis.outbox") == 0
     assert worker.metrics.processed == 160
     await worker.aclose()
+
+
+@pytest.mark.parametrize("capture", ["triggers", "logical"])
+async def test_drained_right_after_the_loop_was_started(
+    make_app: AppFactory, thorbis_standalone_redis_url: str, thorbis_pg_dsn: str,
+    capture: Literal["triggers", "logical"]
+) -> None:
+    """Found as a user would: ``create_task(worker.run())`` then at once ``await
+    worker.drained()`` (the loop's task had not started yet, so drained() drained by
+    itself) failed with asyncpg's "another operation is in progress": its batches and
+    the loop's first checks ran on the worker's one connection at the same time (and
+    each opened one, the first left open)."""
+    app = await make_app(thorbis_standalone_redis_url, thorbis_pg_dsn).start(
+        ["tst"], apply_sql=True, capture=capture, slot="rightafter")
+    logical = None
+    if capture == "logical":
+        logical = LogicalCapture("rightafter", app.plugins.all_rules(),
+                                 app.plugins.all_views())
+    for round_ in range(5):  # a new worker each time: its first use of the database
+        await _insert_items(thorbis_pg_dsn, range(round_ * 100, round_ * 100 + 100))
+        async with OutboxWorker.from_app(app, thorbis_pg_dsn, capture=logical,
+                                         batch_size=5) as worker:
+            task = asyncio.create_task(worker.run())
+            try:
+                async with asyncio.timeout(20):  # not wait_for: its task would start later
+                    await worker.drained()
+                assert worker.metrics.processed == 100
+            finally:
+                worker.stop()
+                await task
+    assert await _fetchval(thorbis_pg_dsn, "SELECT count(*) FROM thorbis.outbox") == 0
+    if logical is not None:
+        conn = await asyncpg.connect(thorbis_pg_dsn)
+        try:
+            await logical.drop(conn)
+        finally:
+            await conn.close()
+
+
+async def test_a_worker_from_the_app_follows_the_slot_the_app_made_ready(
+    make_app: AppFactory, thorbis_standalone_redis_url: str, thorbis_pg_dsn: str
+) -> None:
+    """``from_app``'s ``capture="auto"`` looked for the slot ``main`` whatever slot
+    ``start(apply_sql=True, slot=...)`` had made ready, and refused to run ("no capture
+    trigger")."""
+    app = await make_app(thorbis_standalone_redis_url, thorbis_pg_dsn).start(
+        ["tst"], apply_sql=True, capture="logical", slot="appslot")
+    key = good.ITEM.key("acme", item_id=1)
+    await app.cache.set(key, good.Item(1, "x", "open"))
+    async with OutboxWorker.from_app(app, thorbis_pg_dsn) as worker:
+        await _insert_items(thorbis_pg_dsn, range(1, 2))
+        await worker.drained()
+        assert worker.capture is not None and worker.capture.slot == "thorbis_appslot"
+        assert await app.cache.get(key) is None
+        await worker.capture.drop(await worker._connection())
 
 
 async def test_drained_after_stop_drains_by_itself(

@@ -191,6 +191,9 @@ class OutboxWorker:
         self.require_capture = require_capture
         self._capture_checked = False
         self._conn: Any = None
+        # One user of the connection at a time: run()'s loop and a drain() (a drained()
+        # called before the loop's task has started) must not interleave on it.
+        self._conn_lock = asyncio.Lock()
         # Under logical capture: the slot's stream and its changes' failed attempts.
         self._reader: SlotReader | None = None
         self._wake = asyncio.Event()
@@ -209,11 +212,16 @@ class OutboxWorker:
         :param app: a started :class:`~thorbis_cache.app.CacheApp`.
         :param dsn: the PostgreSQL database the plugins' tables live in.
         :param options: any keyword argument of :class:`OutboxWorker`; ``capture``
-            defaults to ``"auto"`` (follow the slot ``db init`` created, if any).
+            defaults to ``"auto"`` (follow the slot ``db init`` created, if any), and
+            ``slot`` to the one ``app.start(apply_sql=True, slot=...)`` made ready.
         """
         options.setdefault("invalidate_tags", CacheTagInvalidator(app.cache))
         options.setdefault("plugins", tuple(app.plugins.plugins))
         options.setdefault("capture", "auto")
+        setup = app.database
+        if setup is not None and setup.slot is not None:
+            # The app prepared the database with a slot of its own name: follow it.
+            options.setdefault("slot", setup.slot.removeprefix("thorbis_"))
         options.setdefault("views", app.plugins.all_views())
         return cls(dsn, app.cache, app.plugins.all_rules(), **options)
 
@@ -269,6 +277,10 @@ class OutboxWorker:
         """:meth:`run`'s batch: from a stream, what has arrived (the loop wakes when
         the server sends more), or with ``caught_up`` (a :meth:`drained` call waits)
         up to the server's flush position; from the outbox, a claim."""
+        async with self._conn_lock:
+            return await self._next_batch_locked(caught_up)
+
+    async def _next_batch_locked(self, caught_up: bool) -> BatchResult:
         if self._follow is not None:
             await self._follow_slot()
         if self.capture is not None:
@@ -334,6 +346,10 @@ class OutboxWorker:
         :raises CaptureNotInstalledError: naming each table, its rules, and the
             ``thorbis-cache db init`` command that installs the capture.
         """
+        async with self._conn_lock:
+            await self._check_capture_locked()
+
+    async def _check_capture_locked(self) -> None:
         from thorbis_cache.postgres.capture_check import check_capture
 
         if self._follow is not None:
@@ -390,7 +406,8 @@ class OutboxWorker:
         :raises CaptureNotInstalledError: see :meth:`check_capture`.
         """
         if self._follow is not None:
-            await self._follow_slot()
+            async with self._conn_lock:
+                await self._follow_slot()
         if self._running:
             if self.capture is not None:
                 # The loop's batches read what has arrived; make sure it has.
@@ -507,8 +524,9 @@ class OutboxWorker:
                             break
                     # After the backlog: pruning dead letters can wait, stale entries not.
                     if last_prune is None or loop.time() - last_prune > 3600:
-                        await outbox.prune_dead_letters(await self._connection(),
-                                                        self.dead_letter_days)
+                        async with self._conn_lock:
+                            await outbox.prune_dead_letters(await self._connection(),
+                                                            self.dead_letter_days)
                         last_prune = loop.time()
                 except RedisUnavailableError as exc:
                     # Not the rows' fault and no reason to back off: run_once rolled
@@ -525,7 +543,8 @@ class OutboxWorker:
                 except Exception:
                     backoff = min(max(backoff * 2, 0.1), self.max_backoff)
                     log.exception("outbox worker: batch failed; retrying in %.1fs", backoff)
-                    await self._drop_broken(listener)
+                    async with self._conn_lock:
+                        await self._drop_broken(listener)
                     await self._pause(backoff)
                     continue
                 idle = min(max(idle * 2, MIN_POLL), self.poll_interval)
