@@ -274,7 +274,8 @@ async def test_a_worker_from_the_app_follows_the_slot_the_app_made_ready(
     async with OutboxWorker.from_app(app, thorbis_pg_dsn) as worker:
         await _insert_items(thorbis_pg_dsn, range(1, 2))
         await worker.drained()
-        assert worker.capture is not None and worker.capture.slot == "thorbis_appslot"
+        assert worker.capture is not None
+        assert worker.capture.slot == "thorbis_appslot"
         assert await app.cache.get(key) is None
         await worker.capture.drop(await worker._connection())
 

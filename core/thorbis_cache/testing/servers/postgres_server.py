@@ -94,6 +94,9 @@ class PostgresServer(_ServerBase):
     :param settings: more ``-c name=value`` server settings.
     :param binaries: the PostgreSQL to run; located with :func:`find_postgres` by default.
     :param startup_timeout: seconds to wait for the server to accept connections.
+    :param standby_of: make this server a streaming standby of that (running) one: its
+        data directory is a ``pg_basebackup`` of it, and it replays its WAL until
+        :meth:`promote` (how a host's PostgreSQL fails over).
     """
 
     _kind = "postgres"
@@ -106,11 +109,13 @@ class PostgresServer(_ServerBase):
         settings: Mapping[str, str] | None = None,
         binaries: PostgresBinaries | None = None,
         startup_timeout: float = 30.0,
+        standby_of: PostgresServer | None = None,
     ) -> None:
         super().__init__(port=port, startup_timeout=startup_timeout)
         self.max_connections = max_connections
         self.settings = dict(settings or {})
         self._binaries = binaries
+        self.standby_of = standby_of
 
     # ---- public state
 
@@ -172,7 +177,10 @@ class PostgresServer(_ServerBase):
             if creds is not None:
                 _check_reachable(root, creds)
         if not (self.data_dir / "PG_VERSION").exists():
-            self._initdb(binaries, creds)
+            if self.standby_of is None:
+                self._initdb(binaries, creds)
+            else:
+                self._base_backup(binaries, creds, self.standby_of)
         self._start_with_port_retry(lambda port: self._launch(binaries, creds, port), free_port)
         return self
 
@@ -183,8 +191,7 @@ class PostgresServer(_ServerBase):
         return env
 
     def _initdb(self, binaries: PostgresBinaries, creds: _Credentials | None) -> None:
-        log = self.dir / "initdb.log"
-        argv = [
+        self._run_tool([
             str(binaries.initdb),
             "-D", str(self.data_dir),
             "-U", "postgres",
@@ -193,19 +200,37 @@ class PostgresServer(_ServerBase):
             "--no-locale",
             "--no-sync",
             "--no-instructions",
-        ]  # fmt: skip
+        ], "initdb", creds)  # fmt: skip
+
+    def _base_backup(self, binaries: PostgresBinaries, creds: _Credentials | None,
+                     primary: PostgresServer) -> None:
+        if not primary.is_running:
+            raise ServerStartError(f"standby of {primary!r}: its primary is not running")
+        # -R writes primary_conninfo and standby.signal: the server starts as a standby
+        # streaming from the primary; -X stream copies the WAL the backup needs.
+        self._run_tool([
+            str(binaries.bindir / "pg_basebackup"),
+            "-D", str(self.data_dir),
+            "-h", HOST, "-p", str(primary.port), "-U", "postgres",
+            "-X", "stream", "-R", "--checkpoint=fast", "--no-sync",
+        ], "pg_basebackup", creds)  # fmt: skip
+
+    def _run_tool(self, argv: list[str], name: str, creds: _Credentials | None) -> None:
+        log = self.dir / f"{name}.log"
+        running = self._child.proc  # the server itself, while promoting
         proc = _spawn(argv, log=log, cwd=self.dir, creds=creds, env=self._env())
-        self._child.proc = proc
+        if running is None:
+            self._child.proc = proc  # killed with us if we are stopped meanwhile
         try:
             code = proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             code = None
         finally:
             _kill_group(proc)
-            self._child.proc = None
+            self._child.proc = running
         if code != 0:
             raise ServerStartError(
-                f"initdb {binaries.initdb} into {self.data_dir} "
+                f"{name} {argv[0]} into {self.data_dir} "
                 f"{'timed out' if code is None else f'exited with status {code}'}"
                 f"{f' (as user {creds.name})' if creds else ''}; log tail:\n{_tail(log)}"
             )
@@ -330,3 +355,17 @@ class PostgresServer(_ServerBase):
         """
         self._shutdown_process()
         return self.start()
+
+    def promote(self) -> Self:
+        """Promote this standby to a primary (``pg_ctl promote``, waiting until it
+        accepts writes): what a failover does. It then runs on a new timeline.
+
+        :raises ServerStartError: it is not a running standby, or did not finish.
+        """
+        if not self.is_running or self.standby_of is None:
+            raise ServerStartError(f"{self!r} is not a running standby: nothing to promote")
+        self._run_tool([str(self.binaries.pg_ctl), "promote", "-w", "-t",
+                        str(int(self._startup_timeout)), "-D", str(self.data_dir)],
+                       "promote", _postgres_credentials())
+        self.standby_of = None
+        return self
