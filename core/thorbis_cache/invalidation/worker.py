@@ -64,6 +64,7 @@ from thorbis_cache.invalidation.batch import (
     WorkerMetrics,
     apply_changes,
 )
+from thorbis_cache.invalidation.database_origin import OriginCheck
 from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.invalidation.slot_reader import SlotReader, wal_flushed
@@ -191,6 +192,7 @@ class OutboxWorker:
         self.require_capture = require_capture
         self._capture_checked = False
         self._conn: Any = None
+        self._origin = OriginCheck(cache, self._all_rules, self.invalidate_tags)
         # One user of the connection at a time: run()'s loop and a drain() (a drained()
         # called before the loop's task has started) must not interleave on it.
         self._conn_lock = asyncio.Lock()
@@ -241,8 +243,18 @@ class OutboxWorker:
             await conn.close()
 
     async def _connection(self) -> Any:
+        """The worker's connection; a new one first checks that the database was not
+        rewound (failed over, restored) since the cache last heard from it
+        (:mod:`~thorbis_cache.invalidation.database_origin`)."""
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connection.connect(self.dsn)
+            conn = await connection.connect(self.dsn)
+            try:
+                if await self._origin.check(conn) is not None:
+                    self.metrics.capture_losses += 1
+            except BaseException:
+                conn.terminate()
+                raise
+            self._conn = conn
         return self._conn
 
     async def _follow_slot(self) -> None:

@@ -1,0 +1,178 @@
+"""The host's PostgreSQL fails over (a streaming standby promoted), under both captures.
+
+Found as a user would, with a primary and a real streaming standby: the usual HA setup
+(Patroni, a managed service's failover) replicates asynchronously, so commits the old
+primary made in its last moments may never reach the standby. A reader that filled the
+cache from such a commit left an entry for a row state that no longer exists after the
+promotion, and nothing ever invalidated it: under capture triggers the worker went on
+with the new primary's outbox as if nothing had happened. The worker now notices that
+the database it reads is on another timeline (or another system) than the one it last
+saw, and flushes what it can no longer prove fresh, as it does for a lost slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import attrs
+import pytest
+from core_testing import CUSTOMER_SQL, run_cli, stale_customer, wait_until
+from thorbis_home_services.schemas import CUSTOMER
+
+from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.invalidation.database_origin import origin_of
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.postgres.logical import LogicalCapture
+from thorbis_cache.testing.servers._ports import HOST
+from thorbis_cache.testing.servers.postgres_server import PostgresServer
+
+
+@attrs.frozen
+class Pair:
+    primary: PostgresServer
+    standby: PostgresServer
+
+    @property
+    def dsn(self) -> str:
+        """libpq's multi-host DSN: whichever of the two accepts writes."""
+        return (f"postgresql://postgres@{HOST}:{self.primary.port},{HOST}:"
+                f"{self.standby.port}/postgres?target_session_attrs=read-write")
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    primary = PostgresServer().start()
+    standby = None
+    try:
+        standby = PostgresServer(standby_of=primary).start()
+        yield Pair(primary, standby)
+    finally:
+        for server in (standby, primary):
+            if server is not None:
+                server.stop()
+
+
+async def _replayed(pair: Pair, conn: asyncpg.Connection) -> None:
+    """Wait until the standby has replayed everything the primary has written."""
+    lsn = await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text")
+    standby = await asyncpg.connect(pair.standby.dsn())
+    try:
+        await wait_until("the standby replayed the primary's WAL", lambda: standby.fetchval(
+            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", lsn))
+    finally:
+        await standby.close()
+
+
+@pytest.fixture(params=["triggers", "logical"])
+async def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def app(thorbis_standalone_redis_url: str) -> AsyncIterator[CacheApp]:
+    app = await CacheApp(thorbis_standalone_redis_url,
+                         keyring=KeyRing.generate()).start(["home_services"])
+    try:
+        yield app
+    finally:
+        await app.aclose()
+
+
+async def test_a_failover_that_lost_commits_leaves_nothing_stale(
+    pair: Pair, mode: str, app: CacheApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture = None
+    args = ["db", "init", "--dsn", pair.primary.dsn(), "--plugin", "home_services",
+            "--capture", mode]
+    if mode == "logical":
+        slot = f"f{uuid.uuid4().hex[:10]}"
+        capture = LogicalCapture(slot, app.plugins.all_rules(), app.plugins.all_views())
+        args += ["--slot", slot]
+    await asyncio.to_thread(run_cli, *args)
+    conn = await asyncpg.connect(pair.primary.dsn())
+    await conn.execute(CUSTOMER_SQL, "acme", 2)
+    await _replayed(pair, conn)
+    cache = app.cache
+    lost_key = CUSTOMER.key("acme", customer_id=1)
+    other_key = CUSTOMER.key("acme", customer_id=2)
+    worker = OutboxWorker.from_app(app, pair.dsn, capture=capture, max_backoff=0.2)
+    running = asyncio.create_task(worker.run())
+    try:
+        await worker.drained()
+        await _replayed(pair, conn)  # the standby has all of it, the outbox drained too
+        # The standby stops receiving: what the primary commits now is never replicated.
+        pair.standby.kill()
+        await conn.execute("UPDATE hs.customers SET phone = 'lost' WHERE tenant_id = 'acme' "
+                           "AND id = 1")
+        await worker.drained()
+        # A reader fills the entry from that commit, as the primary served it.
+        await cache.hash(lost_key).replace(attrs.evolve(stale_customer(1), phone="lost"))
+        await conn.close()
+        pair.primary.kill()
+        pair.standby.start()
+        pair.standby.promote()
+
+        # The worker follows the DSN to the new primary and invalidates its changes...
+        new = await asyncpg.connect(pair.standby.dsn())
+        await cache.hash(other_key).replace(stale_customer(2))
+        await new.execute("UPDATE hs.customers SET phone = 'after' WHERE tenant_id = 'acme' "
+                          "AND id = 2")
+
+        async with asyncio.timeout(60):
+            await worker.drained()
+        assert await cache.hash(other_key).get() is None
+        phone = await new.fetchval("SELECT phone FROM hs.customers WHERE tenant_id = 'acme' "
+                                   "AND id = 1")
+        await new.close()
+        assert phone == "555-0100"  # the 'lost' commit is gone with the old primary
+        # ... and the entry filled from the lost commit is not served any more.
+        assert await cache.hash(lost_key).get() is None
+        assert worker.metrics.capture_losses >= 1
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        if mode == "triggers":  # (logical capture: the slot is gone, and says so)
+            assert any("is on timeline 2, the cache reflects timeline 1" in m for m in said)
+    finally:
+        worker.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running, 10)
+        if capture is not None:
+            with contextlib.suppress(Exception):
+                new = await asyncpg.connect(pair.standby.dsn())
+                await capture.drop(new)
+                await new.close()
+
+
+async def test_the_timeline_is_recorded_once_and_a_restart_flushes_nothing(
+    thorbis_pg_dsn: str, app: CacheApp
+) -> None:
+    """A worker that starts (again) on the timeline the cache reflects flushes nothing;
+    one that finds another timeline, or anything but a timeline under the key (a value
+    written by hand), flushes."""
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", thorbis_pg_dsn, "--plugin",
+                            "home_services", "--capture", "triggers")
+    cache = app.cache
+    key = CUSTOMER.key("acme", customer_id=1)
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    try:
+        origin = await origin_of(conn)
+    finally:
+        await conn.close()
+    assert origin is not None
+    assert origin.timeline == 1
+    record = origin.key(cache.settings.prefix)
+    await cache.store.command("UNLINK", record)
+    for recorded, flushed in [(None, False), (b"1", False), (b"1", False), (b"7", True),
+                              (b"garbage", True)]:
+        if recorded is not None:
+            await cache.store.command("SET", record, recorded)
+        await cache.hash(key).replace(stale_customer(1))
+        async with OutboxWorker.from_app(app, thorbis_pg_dsn, capture=None) as worker:
+            await worker.drained()
+        assert (await cache.hash(key).get() is None) is flushed, recorded
+        assert worker.metrics.capture_losses == int(flushed)
+        assert await cache.store.command("GET", record) == b"1"
