@@ -130,6 +130,10 @@ STEPS = [
     Step("curl -s http://127.0.0.1:9464/metrics | grep -E "
          "'^thorbis_cache_worker_capture_losses_total'", 0,
          r"(?m)^thorbis_cache_worker_capture_losses_total 0\.0$"),
+    # PostgreSQL failed over, or was restored.
+    Step("psql \"$THORBIS_POSTGRES_DSN\" -c \"SELECT timeline_id, pg_is_in_recovery() AS "
+         "standby FROM pg_control_checkpoint()\"", 0,
+         r"timeline_id \| standby *\n-+\+-+\n +1 \| f"),
     # A migration renamed a column the rules read (under either capture).
     Step("thorbis-cache health --redis-url \"$THORBIS_REDIS_URL\" --dsn "
          "\"$THORBIS_POSTGRES_DSN\" --json", 1,

@@ -81,7 +81,10 @@ class WorkerMetrics:
         finding Redis unavailable to the next batch that went through).
     :ivar redis_wait_seconds: time spent probing for Redis, in total.
     :ivar redis_probes: probes sent while waiting.
-    :ivar capture_losses: replication slots found lost, flushed and recreated.
+    :ivar capture_losses: times capture lost track, and every tag the rules reach was
+        flushed: a replication slot found lost (then recreated), or the database found
+        on a new timeline (a failover or a restore:
+        :mod:`~thorbis_cache.invalidation.database_origin`).
     :ivar incomplete_changes: changes whose images lacked a column the rules read (a
         migration renamed or dropped it), applied through their schemas' tags
         (:class:`~thorbis_cache.invalidation.planning.RulePlanner`).

@@ -34,7 +34,9 @@ _WORKER_COUNTERS: dict[str, tuple[str, str]] = {
     "redis_waits": ("worker_redis_waits", "Redis outages the worker waited out"),
     "redis_probes": ("worker_redis_probes", "PINGs sent while waiting for Redis"),
     "capture_losses": ("worker_capture_losses",
-                       "Replication slots found lost, flushed and recreated"),
+                       "Times change capture lost track (a replication slot lost, or the "
+                       "database on a new timeline after a failover or restore): every "
+                       "tag the rules reach flushed"),
     "incomplete_changes": ("worker_incomplete_changes",
                            "Captured changes lacking a column their rules read (renamed "
                            "or dropped by a migration), applied through schema tags"),
