@@ -25,6 +25,7 @@ from core_testing import CUSTOMER_SQL, run_cli, stale_customer, wait_until
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.invalidation.database_origin import origin_of
 from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.postgres.logical import LogicalCapture
@@ -176,3 +177,46 @@ async def test_the_timeline_is_recorded_once_and_a_restart_flushes_nothing(
         assert (await cache.hash(key).get() is None) is flushed, recorded
         assert worker.metrics.capture_losses == int(flushed)
         assert await cache.store.command("GET", record) == b"1"
+
+
+async def test_a_standby_is_refused_naming_it(pair: Pair, thorbis_standalone_redis_url: str
+                                              ) -> None:
+    """Found as a user would, with a DSN that leads to a standby: ``db init`` failed with
+    asyncpg's ``cannot execute CREATE SCHEMA in a read-only transaction`` traceback, and
+    the worker said that change capture was not installed (a standby has no slot). Each
+    now names the server and what to give instead; health says it; a multi-host DSN
+    finds the primary."""
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", pair.primary.dsn(), "--plugin",
+                            "home_services")
+    conn = await asyncpg.connect(pair.primary.dsn())
+    try:
+        await _replayed(pair, conn)
+    finally:
+        await conn.close()
+    standby = pair.standby.dsn()
+    where = f"PostgreSQL at {HOST}:{pair.standby.port} is a standby (in recovery, read-only)"
+    redis = ["--redis-url", thorbis_standalone_redis_url]
+    for args, needs in [
+        (["db", "init", "--dsn", standby, "--plugin", "home_services"],
+         "applying the core migrations needs the primary"),
+        (["worker", "--once", "--dsn", standby, "--plugin", "home_services", *redis],
+         "the invalidation worker needs the primary"),
+        (["worker", "--once", "--dsn", standby, "--plugin", "home_services",
+          "--capture", "triggers", *redis], "the invalidation worker needs the primary"),
+        (["refresh", "--all", "--dsn", standby, "--plugin", "home_services", *redis],
+         "refreshing materialized views needs the primary"),
+    ]:
+        out = await asyncio.to_thread(run_cli, *args, code=1)
+        assert where in out, args
+        assert needs in out, args
+        assert "target_session_attrs=read-write" in out
+        assert "Traceback" not in out
+    out = await asyncio.to_thread(run_cli, "health", "--dsn", standby, *redis, code=2)
+    assert "a standby (in recovery, read-only)" in out
+    app = CacheApp(thorbis_standalone_redis_url, postgres_dsn=standby,
+                   keyring=KeyRing.generate())
+    with pytest.raises(ConfigurationError, match="is a standby"):
+        await app.start(["home_services"], apply_sql=True)
+    # Both servers listed: the driver finds the primary.
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", pair.dsn, "--plugin",
+                            "home_services")

@@ -290,7 +290,7 @@ async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str
         return None
     plugins: Any = app.plugins  # type: ignore[attr-defined]
     logical = LogicalCapture(slot, plugins.all_rules(), plugins.all_views())
-    conn = await connect(dsn)
+    conn = await connect(dsn, writes="the invalidation worker")
     try:
         exists = await logical.slot_exists(conn)
         if exists:

@@ -97,7 +97,7 @@ async def _refresh(dsn: str, redis_url: str, names: list[str], plugins: list[str
         # Views that others depend on first (a dependent reads its dependencies' rows).
         ordered = refresh_order([ScheduledView(p, v) for p, v in _select(owned, names)])
         todo = [(sv.plugin, sv.view) for sv in ordered]
-        conn = await connect(dsn)
+        conn = await connect(dsn, writes="refreshing materialized views")
         try:
             if not await history_exists(conn):
                 raise ConfigurationError(_NOT_MIGRATED)

@@ -247,7 +247,7 @@ class OutboxWorker:
         rewound (failed over, restored) since the cache last heard from it
         (:mod:`~thorbis_cache.invalidation.database_origin`)."""
         if self._conn is None or self._conn.is_closed():
-            conn = await connection.connect(self.dsn)
+            conn = await connection.connect(self.dsn, writes="the invalidation worker")
             try:
                 if await self._origin.check(conn) is not None:
                     self.metrics.capture_losses += 1

@@ -391,7 +391,8 @@ class MvScheduler:
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connection.connect(self.dsn)
+            self._conn = await connection.connect(
+                self.dsn, writes="refreshing materialized views")
             self._registered = False
         if not self._registered:
             # Registration starts each view's cron clock (no refresh for fires before

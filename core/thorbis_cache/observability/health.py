@@ -199,8 +199,11 @@ def assess(reading: ProbeResult | HealthReading, thresholds: HealthThresholds | 
         checks["queue"] = _queue(r, t)
     if r.postgres_up is not None:
         checks["postgres"] = (
-            Check("healthy", "answered") if r.postgres_up
-            else Check("unhealthy", f"not answering: {r.postgres_error}"))
+            Check("unhealthy", f"not answering: {r.postgres_error}") if not r.postgres_up
+            else Check("unhealthy", "a standby (in recovery, read-only): the worker, db init "
+                       "and the refreshes need the primary (give its address, or several "
+                       "with target_session_attrs=read-write)") if r.postgres_standby
+            else Check("healthy", "answered"))
     if r.outbox_backlog is not None:
         checks["outbox"] = _outbox(r, t)
     dead = {"outbox": r.outbox_dead_letters, "queue": r.queue_dead_letters}

@@ -44,7 +44,8 @@ _OUTBOX = """
 SELECT (SELECT count(*) FROM thorbis.outbox) AS backlog,
        (SELECT extract(epoch FROM clock_timestamp() - min(created_at))::float8
           FROM thorbis.outbox) AS oldest,
-       (SELECT count(*) FROM thorbis.outbox_dead_letters) AS dead
+       (SELECT count(*) FROM thorbis.outbox_dead_letters) AS dead,
+       pg_is_in_recovery() AS standby
 """
 
 
@@ -62,6 +63,8 @@ class ProbeResult:
     :ivar queue_dead_letters: entries in the queue's dead-letter stream.
     :ivar postgres_up: PostgreSQL answered (None without a DSN).
     :ivar postgres_error: why it did not.
+    :ivar postgres_standby: the server is a standby (read-only): the worker, ``db init``
+        and the refreshes need the primary.
     :ivar outbox_backlog: committed changes waiting in ``thorbis.outbox``.
     :ivar outbox_oldest_seconds: age of the oldest (0 when empty).
     :ivar outbox_dead_letters: rows in ``thorbis.outbox_dead_letters``.
@@ -76,6 +79,7 @@ class ProbeResult:
     queue_dead_letters: int | None = None
     postgres_up: bool | None = None
     postgres_error: str | None = None
+    postgres_standby: bool = False
     outbox_backlog: int | None = None
     outbox_oldest_seconds: float | None = None
     outbox_dead_letters: int | None = None
@@ -189,7 +193,8 @@ class Probe(Collector):
         finally:
             if conn is not None:
                 conn.terminate()
-        return {"postgres_up": True, "outbox_backlog": int(row["backlog"]),
+        return {"postgres_up": True, "postgres_standby": bool(row["standby"]),
+                "outbox_backlog": int(row["backlog"]),
                 "outbox_oldest_seconds": float(row["oldest"] or 0.0),
                 "outbox_dead_letters": int(row["dead"])}
 

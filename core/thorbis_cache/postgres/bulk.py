@@ -101,7 +101,7 @@ async def copy_rows(conn_or_dsn: Any, tables: TableSet, rows: Rows) -> None:
     :raises asyncpg.PostgresError: a row was refused (e.g. the tenant is already loaded).
     """
     if isinstance(conn_or_dsn, str):
-        conn = await connection.connect(conn_or_dsn)
+        conn = await connection.connect(conn_or_dsn, writes="a bulk load")
         try:
             await _copy(conn, tables, rows)
         finally:

@@ -31,7 +31,7 @@ import attrs
 from thorbis_cache.errors import ConfigurationError
 
 __all__ = ["CONNECT_TIMEOUT", "POOLER_PARAMETER", "SESSION_SETTINGS", "Target", "connect",
-           "target_of"]
+           "refuse_standby", "target_of"]
 
 #: The DSN query parameter that says the connection goes through a transaction pooler.
 POOLER_PARAMETER = "pgbouncer"
@@ -88,22 +88,52 @@ def target_of(dsn: str) -> Target:
 CONNECT_TIMEOUT = 10.0
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
+async def connect(dsn: str, *, writes: str | None = None) -> asyncpg.Connection:
     """Open a connection to ``dsn`` as every part of thorbis-cache does: with
     :data:`SESSION_SETTINGS`, or through a transaction pooler (``pgbouncer=true``)
     without a statement cache and without session settings.
 
-    :raises ConfigurationError: see :func:`target_of`.
+    :param writes: what the connection is for, when that writes (the worker, a
+        migration, a refresh): a standby is then refused, naming it (see
+        :func:`refuse_standby`).
+    :raises ConfigurationError: see :func:`target_of` and :func:`refuse_standby`.
     """
     target = target_of(dsn)
     if target.pooled:
-        return await asyncpg.connect(target.dsn, timeout=CONNECT_TIMEOUT,
+        conn = await asyncpg.connect(target.dsn, timeout=CONNECT_TIMEOUT,
                                      statement_cache_size=0)
-    conn = await asyncpg.connect(target.dsn, timeout=CONNECT_TIMEOUT)
+    else:
+        conn = await asyncpg.connect(target.dsn, timeout=CONNECT_TIMEOUT)
     try:
-        await conn.execute("".join(f"SET {name} = {value};"
-                                   for name, value in SESSION_SETTINGS.items()))
+        if not target.pooled:
+            await conn.execute("".join(f"SET {name} = {value};"
+                                       for name, value in SESSION_SETTINGS.items()))
+        if writes is not None:
+            await refuse_standby(conn, writes)
     except BaseException:
         conn.terminate()
         raise
     return conn
+
+
+async def refuse_standby(conn: asyncpg.Connection, writes: str) -> None:
+    """Refuse a connection to a standby (a server in recovery: read-only).
+
+    Found as a user would: ``db init`` against a standby failed with asyncpg's
+    ``cannot execute CREATE SCHEMA in a read-only transaction`` traceback, and a worker
+    there said that change capture was not installed (a standby has no replication
+    slot). Both now name the server and what to give instead.
+
+    :param writes: what needs the primary (``"db init"``, ``"the worker"``...).
+    :raises ConfigurationError: the server is a standby.
+    """
+    row = await conn.fetchrow("SELECT pg_is_in_recovery() AS standby, "
+                              "inet_server_addr()::text AS host, inet_server_port() AS port")
+    if row is None or not row["standby"]:
+        return
+    where = "through its unix socket" if row["host"] is None else \
+        f"at {row['host'].split('/')[0]}:{row['port']}"
+    raise ConfigurationError(
+        f"PostgreSQL {where} is a standby (in recovery, read-only): {writes} needs the "
+        "primary. Give the primary's address, or list the servers and let the driver "
+        "find it: postgresql://host1,host2/db?target_session_attrs=read-write")

@@ -106,7 +106,7 @@ async def migrate(dsn_or_conn: str | asyncpg.Connection,
         file is kept, files applied before it are.
     """
     if isinstance(dsn_or_conn, str):
-        conn = await connection.connect(dsn_or_conn)
+        conn = await connection.connect(dsn_or_conn, writes="applying the core migrations")
         try:
             return await migrate(conn, migrations)
         finally:

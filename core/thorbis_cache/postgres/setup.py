@@ -91,7 +91,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
     await apply_and_check(dsn, loaded)
     names = tuple(p.name for p in loaded)
     rules, views = plugins.all_rules(), plugins.all_views()
-    conn = await connect(dsn)
+    conn = await connect(dsn, writes="installing change capture")
     try:
         fallback = None
         if capture == "auto":

@@ -144,7 +144,7 @@ async def apply_plugin_sql(dsn_or_conn: str | asyncpg.Connection,
         (first :data:`STATEMENT_SHOWN` characters) and PostgreSQL's message.
     """
     if isinstance(dsn_or_conn, str):
-        conn = await connection.connect(dsn_or_conn)
+        conn = await connection.connect(dsn_or_conn, writes="applying the plugins' SQL")
         try:
             await apply_plugin_sql(conn, plugins)
         finally:
@@ -335,7 +335,7 @@ async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin]) -> None:
     :raises PluginLoadError: the SQL failed to apply, or the checks found problems;
         nothing was committed.
     """
-    conn = await connection.connect(dsn)
+    conn = await connection.connect(dsn, writes="applying the plugins' SQL")
     try:
         async with conn.transaction():
             await apply_plugin_sql(conn, plugins)  # a savepoint per plugin
