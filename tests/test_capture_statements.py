@@ -1,0 +1,139 @@
+"""The statements a host's code writes with, against change capture, under both
+captures: upserts (``INSERT ... ON CONFLICT``), ``MERGE``, a data-modifying CTE, a
+cascading foreign key, ``COPY``, and changes rolled back to a savepoint. Each change
+must invalidate exactly what a plain INSERT, UPDATE or DELETE of the same rows would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import attrs
+import pytest
+from core_testing import CUSTOMER_SQL, run_cli, stale_customer
+from thorbis_home_services.schemas import CUSTOMER
+
+from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.postgres.logical import LogicalCapture
+
+
+@attrs.frozen
+class Env:
+    conn: asyncpg.Connection
+    app: CacheApp
+    worker: OutboxWorker
+
+    async def cache(self, *ids: int) -> None:
+        for cid in ids:
+            await self.app.cache.hash(CUSTOMER.key("acme", customer_id=cid)).replace(
+                stale_customer(cid))
+
+    async def cached(self, *ids: int) -> set[int]:
+        return {cid for cid in ids
+                if await self.app.cache.hash(CUSTOMER.key("acme", customer_id=cid)).get()
+                is not None}
+
+    async def applied(self) -> None:
+        await self.worker.drain()
+
+
+@pytest.fixture(params=["triggers", "logical"])
+async def env(request: pytest.FixtureRequest, thorbis_pg_dsn: str,
+              thorbis_standalone_redis_url: str) -> AsyncIterator[Env]:
+    mode: str = request.param
+    app = await CacheApp(thorbis_standalone_redis_url,
+                         keyring=KeyRing.generate()).start(["home_services"])
+    capture = None
+    args = ["db", "init", "--dsn", thorbis_pg_dsn, "--plugin", "home_services",
+            "--capture", mode]
+    if mode == "logical":
+        slot = f"s{uuid.uuid4().hex[:10]}"
+        capture = LogicalCapture(slot, app.plugins.all_rules(), app.plugins.all_views())
+        args += ["--slot", slot]
+    await asyncio.to_thread(run_cli, *args)
+    conn = await asyncpg.connect(thorbis_pg_dsn, server_settings={"synchronous_commit": "on"})
+    worker = OutboxWorker.from_app(app, thorbis_pg_dsn, capture=capture)
+    try:
+        await conn.execute(CUSTOMER_SQL, "acme", 6)
+        await worker.drain()
+        yield Env(conn, app, worker)
+    finally:
+        await worker.aclose()
+        if capture is not None:
+            await capture.drop(conn)
+        await conn.close()
+        await app.aclose()
+
+
+_UPSERT = """
+INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
+                          account_status, payment_status, longitude, latitude)
+VALUES ('acme', $1, 'Ada', 'Lovelace', 'ada@example.com', $2, 'residential', 'active',
+        'current', -97.7, 30.2)
+ON CONFLICT (tenant_id, id) DO {}
+"""
+
+
+async def test_an_upsert_invalidates_the_row_it_updated(env: Env) -> None:
+    await env.cache(1, 2, 7)
+    await env.conn.execute(_UPSERT.format("UPDATE SET phone = EXCLUDED.phone"), 1, "upserted")
+    await env.conn.execute(_UPSERT.format("UPDATE SET phone = EXCLUDED.phone"), 7, "new")
+    await env.conn.execute(_UPSERT.format("NOTHING"), 2, "ignored")
+    await env.applied()
+    assert await env.cached(1, 2, 7) == {2}
+
+
+async def test_merge_invalidates_what_each_action_changed(env: Env) -> None:
+    await env.cache(1, 2, 3, 8)
+    await env.conn.execute("""
+        MERGE INTO hs.customers c
+        USING (VALUES (1, 'merged', false), (2, '', true), (8, 'inserted', false))
+              AS v(id, phone, gone)
+           ON c.tenant_id = 'acme' AND c.id = v.id
+        WHEN MATCHED AND v.gone THEN DELETE
+        WHEN MATCHED THEN UPDATE SET phone = v.phone
+        WHEN NOT MATCHED THEN
+          INSERT (tenant_id, id, first_name, last_name, email, phone, customer_type,
+                  account_status, payment_status, longitude, latitude)
+          VALUES ('acme', v.id, 'Ada', 'Lovelace', 'a@example.com', v.phone, 'residential',
+                  'active', 'current', -97.7, 30.2)
+    """)
+    await env.applied()
+    assert await env.cached(1, 2, 3, 8) == {3}
+
+
+async def test_a_data_modifying_cte_and_a_savepoint(env: Env) -> None:
+    await env.cache(1, 2, 3, 4)
+    async with env.conn.transaction():
+        await env.conn.execute("""
+            WITH moved AS (UPDATE hs.customers SET phone = 'cte' WHERE tenant_id = 'acme'
+                           AND id = 1 RETURNING id)
+            DELETE FROM hs.customers WHERE tenant_id = 'acme'
+               AND id = (SELECT id + 1 FROM moved)
+        """)
+        try:
+            async with env.conn.transaction():  # a savepoint, rolled back
+                await env.conn.execute(
+                    "UPDATE hs.customers SET phone = 'rolled back' WHERE id = 3")
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    await env.applied()
+    assert await env.cached(1, 2, 3, 4) == {3, 4}
+
+
+async def test_copy_into_a_watched_table(env: Env) -> None:
+    await env.cache(9, 10, 1)
+    await env.conn.copy_records_to_table(
+        "customers", schema_name="hs",
+        columns=["tenant_id", "id", "first_name", "last_name", "email", "phone",
+                 "customer_type", "account_status", "payment_status", "longitude",
+                 "latitude"],
+        records=[("acme", i, "A", "B", "c@example.com", "1", "residential", "active",
+                  "current", 1.0, 2.0) for i in (9, 10)])
+    await env.applied()
+    assert await env.cached(9, 10, 1) == {1}
