@@ -34,6 +34,7 @@ import asyncpg
 import attrs
 
 from thorbis_cache.invalidation.capture_loss import CaptureLossReport, flush_after_capture_loss
+from thorbis_cache.store.scripts import Script, load_lua
 
 if TYPE_CHECKING:
     from thorbis_cache.cache.core import Cache
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 _TIMELINE_NOW = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))" \
                 "::bit(32)::int"
 _TIMELINE_AT_CHECKPOINT = "SELECT timeline_id FROM pg_control_checkpoint()"
+
+_RECORD = Script("pg_timeline", load_lua("pg_timeline"))
 
 
 @attrs.frozen(slots=True)
@@ -136,7 +139,7 @@ class OriginCheck:
             report = await flush_after_capture_loss(self.cache, rules, tables,
                                                     self.invalidate_tags)
         if recorded is None or report is not None:
-            await store.command("SET", key, str(origin.timeline))
+            await store.run(_RECORD, [key], [origin.timeline])
         return report
 
 

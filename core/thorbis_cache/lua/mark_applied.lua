@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- mark_applied: raise a tenant's applied-invalidation marker (never lower it: several
 -- workers commit out of order) and return the value it had.
 --
@@ -7,6 +8,10 @@
 -- Run after the batch's deletes on the tenant's master, then WAITed for: a replica that
 -- has the marker has every earlier write of that master. A returned value below what
 -- the worker last committed proves that a failover or restart lost writes.
+-- allow-oom: a Redis out of memory under noeviction still takes invalidations (deleting
+-- is how memory comes back); without the flag this SET refused every worker batch, which
+-- rolled back and came again until its changes were dead-lettered. The marker is one
+-- small string per tenant.
 -- Bounds: O(1).
 local old = redis.call("GET", KEYS[1])
 if not old or tonumber(old) < tonumber(ARGV[1]) then
