@@ -271,13 +271,17 @@ async def test_a_worker_from_the_app_follows_the_slot_the_app_made_ready(
         ["tst"], apply_sql=True, capture="logical", slot="appslot")
     key = good.ITEM.key("acme", item_id=1)
     await app.cache.set(key, good.Item(1, "x", "open"))
-    async with OutboxWorker.from_app(app, thorbis_pg_dsn) as worker:
+    # The DSN defaults to the app's own.
+    async with OutboxWorker.from_app(app) as worker:
         await _insert_items(thorbis_pg_dsn, range(1, 2))
         await worker.drained()
         assert worker.capture is not None
         assert worker.capture.slot == "thorbis_appslot"
         assert await app.cache.get(key) is None
         await worker.capture.drop(await worker._connection())
+    without = CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate())
+    with pytest.raises(ConfigurationError, match="postgres_dsn="):
+        OutboxWorker.from_app(without)
 
 
 async def test_drained_after_stop_drains_by_itself(

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from thorbis_cache.cache.meta_sweep import MetaSweep
 from thorbis_cache.cache.tags import CacheTagInvalidator
-from thorbis_cache.errors import RedisUnavailableError
+from thorbis_cache.errors import ConfigurationError, RedisUnavailableError
 from thorbis_cache.invalidation.batch import (
     BLAMELESS,
     BatchResult,
@@ -207,16 +207,24 @@ class OutboxWorker:
         self._waiters: list[asyncio.Future[bool]] = []
 
     @classmethod
-    def from_app(cls, app: CacheApp, dsn: str, **options: Any) -> OutboxWorker:
+    def from_app(cls, app: CacheApp, dsn: str | None = None, **options: Any) -> OutboxWorker:
         """A worker on a started app's cache and its plugins' rules; tags go to the
         cache's tag engine unless ``invalidate_tags`` is passed.
 
         :param app: a started :class:`~thorbis_cache.app.CacheApp`.
-        :param dsn: the PostgreSQL database the plugins' tables live in.
+        :param dsn: the PostgreSQL database the plugins' tables live in; by default the
+            app's ``postgres_dsn``.
+        :raises ConfigurationError: no DSN given, and the app has none.
         :param options: any keyword argument of :class:`OutboxWorker`; ``capture``
             defaults to ``"auto"`` (follow the slot ``db init`` created, if any), and
             ``slot`` to the one ``app.start(apply_sql=True, slot=...)`` made ready.
         """
+        if dsn is None:
+            dsn = app.postgres_dsn
+            if dsn is None:
+                raise ConfigurationError(
+                    "OutboxWorker.from_app: give the PostgreSQL DSN of the plugins' tables "
+                    "(from_app(app, dsn)), or build the CacheApp with postgres_dsn=")
         options.setdefault("invalidate_tags", CacheTagInvalidator(app.cache))
         options.setdefault("plugins", tuple(app.plugins.plugins))
         options.setdefault("capture", "auto")
