@@ -161,7 +161,8 @@ async def test_a_migration_renaming_watched_columns_never_breaks_writes(
                for n in env.notices), env.notices
     # The operator's health check says so, naming the tables and columns.
     out = await asyncio.to_thread(run_cli, "health", "--redis-url", env.redis_url,
-                                  "--dsn", env.dsn, "--json", code=1)
+                                  "--dsn", env.dsn, "--plugin", "home_services", "--json",
+                                  code=1)
     check = json.loads(out)["checks"]["capture_columns"]
     assert check["status"] == "warning"
     assert check["incomplete"] == {"hs.customers": ["account_status"],
@@ -257,7 +258,8 @@ async def test_a_column_that_changed_type_is_captured_exactly(env: Env) -> None:
         assert result.incomplete == ()
         assert await env.app.cache.zset(old).card() == 0
     out = await asyncio.to_thread(run_cli, "health", "--redis-url", env.redis_url,
-                                  "--dsn", env.dsn, "--json", code=1)
+                                  "--dsn", env.dsn, "--plugin", "home_services", "--json",
+                                  code=1)
     check = json.loads(out)["checks"]["capture_columns"]
     assert check["retyped"] == {"hs.work_orders": ["assigned_technician_id"]}
     # db init generates the triggers for the new type.

@@ -7,8 +7,10 @@ must invalidate exactly what a plain INSERT, UPDATE or DELETE of the same rows w
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import attrs
@@ -26,6 +28,10 @@ class Env:
     conn: asyncpg.Connection
     app: CacheApp
     worker: OutboxWorker
+    mode: str
+    dsn: str
+    redis_url: str
+    capture: LogicalCapture | None
 
     async def cache(self, *ids: int) -> None:
         for cid in ids:
@@ -60,7 +66,8 @@ async def env(request: pytest.FixtureRequest, thorbis_pg_dsn: str,
     try:
         await conn.execute(CUSTOMER_SQL, "acme", 6)
         await worker.drain()
-        yield Env(conn, app, worker)
+        yield Env(conn, app, worker, mode, thorbis_pg_dsn, thorbis_standalone_redis_url,
+                  capture)
     finally:
         await worker.aclose()
         if capture is not None:
@@ -137,3 +144,46 @@ async def test_copy_into_a_watched_table(env: Env) -> None:
                   "current", 1.0, 2.0) for i in (9, 10)])
     await env.applied()
     assert await env.cached(9, 10, 1) == {1}
+
+
+async def test_a_session_in_replica_mode_is_still_captured(env: Env) -> None:
+    """Found as a user would: a bulk fix run with ``SET session_replication_role =
+    replica`` (the usual way to skip foreign-key checks and the host's own triggers;
+    ``pg_restore --disable-triggers`` and many ETL tools do it) was not captured under
+    capture triggers: ordinary triggers do not fire in a replica session, so the cache
+    kept the old rows. The capture triggers are ``ENABLE ALWAYS`` now."""
+    await env.cache(1, 2, 3)
+    async with env.conn.transaction():
+        await env.conn.execute("SET LOCAL session_replication_role = replica")
+        await env.conn.execute("UPDATE hs.customers SET phone = 'bulk fix' WHERE id IN (1, 2)")
+    await env.applied()
+    assert await env.cached(1, 2, 3) == {3}
+    # A migration in such a session is still checked by the DDL guard (ALWAYS too).
+    async with env.conn.transaction():
+        await env.conn.execute("SET LOCAL session_replication_role = replica")
+        await env.conn.execute("ALTER TABLE hs.customers RENAME COLUMN account_status TO st")
+        await env.conn.execute("UPDATE hs.customers SET phone = 'after' WHERE id = 3")
+    await env.applied()
+    assert await env.cached(3) == set()
+
+
+async def test_health_says_when_a_table_is_no_longer_captured(env: Env) -> None:
+    """A capture trigger disabled (``ALTER TABLE ... DISABLE TRIGGER ALL``, which bulk
+    loaders run), or a table taken out of the publication, leaves its entries stale
+    with nothing said; a worker already running goes on applying nothing for it.
+    ``thorbis-cache health`` now checks that every rule's table is captured."""
+    def health(code: int) -> dict[str, Any]:
+        out = run_cli("health", "--redis-url", env.redis_url, "--dsn", env.dsn,
+                      "--plugin", "home_services", "--json", code=code)
+        return dict(json.loads(out)["checks"]["capture"])
+
+    assert (await asyncio.to_thread(health, 1))["status"] == "healthy"
+    if env.capture is None:
+        await env.conn.execute("ALTER TABLE hs.customers DISABLE TRIGGER ALL")
+    else:
+        await env.conn.execute(f"ALTER PUBLICATION {env.capture.publication} "
+                               "DROP TABLE hs.customers")
+    check = await asyncio.to_thread(health, 2)
+    assert check["status"] == "unhealthy"
+    assert check["reason"].startswith("hs.customers (rules hs.customer_entity")
+    assert check["uncaptured"] == 1

@@ -175,13 +175,15 @@ async def test_the_asgi_health_reports_the_same_checks(hs_env: HsEnv, reads: int
     try:
         for i in range(reads):  # nothing cached: every read is a miss
             assert await cache.get(WORK_ORDER.key("acme", work_order_id=10_000 + i)) is None
-        async with HttpServer(MetricsApp(exporter, views=views)) as server:
+        async with HttpServer(MetricsApp(exporter, views=views,
+                                         rules=hs_env.app.plugins.all_rules())) as server:
             status, served = await asyncio.to_thread(_get, server.url + "/health")
     finally:
         exporter.detach()
     _, cli = await asyncio.to_thread(
         health_json, "--redis-url", hs_env.redis_url, "--dsn", hs_env.dsn, "--plugin", HS)
     assert set(served["checks"]) == set(cli["checks"])
+    assert served["checks"]["capture"]["status"] == "healthy"
     for name, c in cli["checks"].items():
         if name != "hit_ratio":
             assert served["checks"][name]["status"] == c["status"], name

@@ -37,6 +37,7 @@ from thorbis_home_services.models import CustomerSegment, WorkOrder
 from thorbis_home_services.schemas import CUSTOMER, CUSTOMER_LIST, CUSTOMER_SUMMARY, WORK_ORDER
 
 from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.invalidation.database_origin import origin_of
 from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.mv.refresh import refresh_and_invalidate
 from thorbis_cache.postgres import apply_and_check
@@ -197,6 +198,16 @@ async def test_worker_sigkilled_mid_batch_loses_nothing(hs_standalone: Hs) -> No
         assert worker.stdout is not None
         line = await asyncio.wait_for(worker.stdout.readline(), 30)
         assert b"worker running" in line
+        # Its first batch records the database's timeline in Redis (database_origin):
+        # from then on only the batches below write.
+        origin = await origin_of(hs.conn)
+        assert origin is not None
+        record = origin.key(hs.app.cache.settings.prefix)
+
+        async def recorded() -> bool:
+            return bool(await admin.exists(record))
+
+        await wait_until("the worker's first batch", recorded)
         # Redis holds every command for a while: the worker's first batch claims its rows
         # (in its open transaction) and then blocks in the invalidation.
         await admin.client_pause(20_000, all=False)  # WRITE: scripts and DEL wait

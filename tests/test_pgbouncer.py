@@ -88,8 +88,10 @@ async def test_everything_works_through_pgbouncer(
             "home_services", "--once", "--no-queue", "--no-mv")
         assert re.search(r"\d+ change\(s\) applied", done), done
         report = await asyncio.to_thread(run_cli, "health", "--dsn", dsn, "--redis-url",
-                                         url, code=1)  # views never refreshed: warning
+                                         url, "--plugin", "home_services",
+                                         code=1)  # views never refreshed: warning
         assert re.search(r"healthy +postgres", report), report
+        assert re.search(r"healthy +capture", report), report
         assert re.search(r"healthy +outbox", report), report
     finally:
         await conn.close()

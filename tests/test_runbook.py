@@ -136,7 +136,7 @@ STEPS = [
          r"timeline_id \| standby *\n-+\+-+\n +1 \| f"),
     # A migration renamed a column the rules read (under either capture).
     Step("thorbis-cache health --redis-url \"$THORBIS_REDIS_URL\" --dsn "
-         "\"$THORBIS_POSTGRES_DSN\" --json", 1,
+         "\"$THORBIS_POSTGRES_DSN\" --plugin home_services --json", 1,
          r'"capture_columns": \{\s*"status": "warning",\s*"reason": "hs\.customers no '
          r'longer has column\(s\) account_status', _rename_a_watched_column),
     Step("psql \"$THORBIS_POSTGRES_DSN\" -c \"SELECT table_name, incomplete, retyped, "

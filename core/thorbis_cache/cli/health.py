@@ -24,6 +24,7 @@ from thorbis_cache.errors import ConfigurationError, ThorbisCacheError
 
 if TYPE_CHECKING:  # imported when the command runs, not at CLI start
     from thorbis_cache.observability.health import HealthReport
+    from thorbis_cache.plugins.declarations import InvalidationRule
 
 __all__ = ["EXIT_CANNOT_CHECK", "EXIT_CODES", "fetch_metrics", "health_command"]
 
@@ -122,13 +123,15 @@ async def _check(redis_url: str, dsn: str | None, prefix: str, plugins: list[str
             raise ConfigurationError(f"{metrics_url} is not a Prometheus text: {exc}"
                                      ) from None
     views: list[ScheduledView] = []
+    rules: list[InvalidationRule] = []
     if dsn is not None:
         from thorbis_cache.plugins.manager import PluginManager
 
         manager = PluginManager()
         await manager.load(plugins)
         views = [ScheduledView(p.name, v) for p in manager.plugins.values() for v in p.views]
+        rules = manager.all_rules()
     async with RedisStore.from_url(redis_url, timeout=within, connect_timeout=within) as store:
         probe = Probe(store, prefix, dsn, timeout=within)
-        return await check(probe, views=views, hits=hits,
+        return await check(probe, views=views, rules=rules, hits=hits,
                            hits_unknown=None if hits is not None else _UNKNOWN_HITS)

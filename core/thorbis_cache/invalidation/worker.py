@@ -193,6 +193,7 @@ class OutboxWorker:
         self._capture_checked = False
         self._conn: Any = None
         self._origin = OriginCheck(cache, self._all_rules, self.invalidate_tags)
+        self._origin_checked = False
         # One user of the connection at a time: run()'s loop and a drain() (a drained()
         # called before the loop's task has started) must not interleave on it.
         self._conn_lock = asyncio.Lock()
@@ -251,19 +252,30 @@ class OutboxWorker:
             await conn.close()
 
     async def _connection(self) -> Any:
-        """The worker's connection; a new one first checks that the database was not
-        rewound (failed over, restored) since the cache last heard from it
-        (:mod:`~thorbis_cache.invalidation.database_origin`)."""
+        """The worker's connection (to the primary: a standby is refused); the first
+        batch on a new one checks that the database was not rewound (see
+        :meth:`_check_origin`)."""
         if self._conn is None or self._conn.is_closed():
-            conn = await connection.connect(self.dsn, writes="the invalidation worker")
-            try:
-                if await self._origin.check(conn) is not None:
-                    self.metrics.capture_losses += 1
-            except BaseException:
-                conn.terminate()
-                raise
-            self._conn = conn
+            self._conn = await connection.connect(self.dsn, writes="the invalidation worker")
+            self._origin_checked = False
         return self._conn
+
+    async def _check_origin(self) -> None:
+        """Once per connection, before its first batch: if the database failed over or
+        was restored since the cache last heard from it, flush what its lost commits may
+        have left stale (:mod:`~thorbis_cache.invalidation.database_origin`). In the
+        batch, not at connect: it needs Redis, and a worker starts (and waits) while
+        Redis is down."""
+        conn = await self._connection()
+        if not self._origin_checked:
+            try:
+                report = await self._origin.check(conn)
+            except Exception:
+                self.metrics.failed_batches += 1  # the batch it precedes
+                raise
+            if report is not None:
+                self.metrics.capture_losses += 1
+            self._origin_checked = True
 
     async def _follow_slot(self) -> None:
         """``capture="auto"``: read from the slot if it exists, else from the outbox;
@@ -301,6 +313,7 @@ class OutboxWorker:
             return await self._next_batch_locked(caught_up)
 
     async def _next_batch_locked(self, caught_up: bool) -> BatchResult:
+        await self._check_origin()
         if self._follow is not None:
             await self._follow_slot()
         if self.capture is not None:

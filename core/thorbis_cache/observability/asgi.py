@@ -19,6 +19,7 @@ from typing import Any
 from thorbis_cache.mv.scheduler import ScheduledView
 from thorbis_cache.observability.exporter import CONTENT_TYPE, Exporter
 from thorbis_cache.observability.health import HitCounts, check
+from thorbis_cache.plugins.declarations import InvalidationRule
 
 __all__ = ["MetricsApp"]
 
@@ -34,11 +35,15 @@ class MetricsApp:
     :param views: the materialized views whose freshness ``/health`` reports
         (``[ScheduledView(p.name, v) for p in app.plugins.plugins.values() for v in
         p.views]``); none leaves the check out.
+    :param rules: the invalidation rules whose tables ``/health`` checks are captured
+        (``app.plugins.all_rules()``); none leaves the check out.
     """
 
-    def __init__(self, exporter: Exporter, *, views: Sequence[ScheduledView] = ()) -> None:
+    def __init__(self, exporter: Exporter, *, views: Sequence[ScheduledView] = (),
+                 rules: Sequence[InvalidationRule] = ()) -> None:
         self.exporter = exporter
         self.views = tuple(views)
+        self.rules = tuple(rules)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one ASGI connection (``http``; ``lifespan`` is acknowledged)."""
@@ -69,7 +74,7 @@ class MetricsApp:
             status, content_type = 200, CONTENT_TYPE
         else:
             exporter = self.exporter
-            report = await check(exporter.probe, views=self.views,
+            report = await check(exporter.probe, views=self.views, rules=self.rules,
                                  hits=HitCounts.from_families(exporter.cache.metrics.collect()),
                                  thresholds=exporter.thresholds)
             body = json.dumps(report.as_dict(), indent=1).encode() + b"\n"

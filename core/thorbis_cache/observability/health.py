@@ -54,6 +54,7 @@ from thorbis_cache.observability.probe import (
     ProbeResult,
     TopologyReading,
 )
+from thorbis_cache.plugins.declarations import InvalidationRule
 
 __all__ = ["Check", "HealthReport", "HealthThresholds", "HitCounts", "assess", "check"]
 
@@ -161,6 +162,7 @@ class HitCounts:
 
 
 async def check(probe: Probe, *, views: Sequence[ScheduledView] = (),
+                rules: Sequence[InvalidationRule] = (),
                 hits: HitCounts | None = None, hits_unknown: str | None = None,
                 thresholds: HealthThresholds | None = None) -> HealthReport:
     """Read the servers now and assess every check (the one implementation behind
@@ -168,11 +170,12 @@ async def check(probe: Probe, *, views: Sequence[ScheduledView] = (),
 
     :param probe: reads the servers (the store, prefix and DSN).
     :param views: the materialized views whose freshness is checked.
+    :param rules: the invalidation rules whose tables must be captured (``capture``).
     :param hits: the reads counted, for ``hit_ratio``.
     :param hits_unknown: why they are not known (``hit_ratio`` is then ``unknown``).
     :param thresholds: where checks turn warning or unhealthy.
     """
-    reading = await probe.examine(views)
+    reading = await probe.examine(views, rules)
     return assess(reading, thresholds, hits=hits, hits_unknown=hits_unknown)
 
 
@@ -219,6 +222,11 @@ def assess(reading: ProbeResult | HealthReading, thresholds: HealthThresholds | 
         checks["views"] = _views(h)
     if h.slots:
         checks["capture_slot"] = _slots(h, t)
+    if h.uncaptured is not None:
+        checks["capture"] = Check(
+            "unhealthy", "; ".join(h.uncaptured) + " (entries of these tables stay stale "
+            "until their TTL)", {"uncaptured": len(h.uncaptured)}
+        ) if h.uncaptured else Check("healthy", "every rule's table is captured")
     if h.incomplete:
         checks["capture_columns"] = _capture_columns(h)
     return HealthReport(checks)

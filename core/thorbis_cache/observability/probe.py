@@ -29,7 +29,9 @@ from thorbis_cache.cache.meta_keys import MetaKeys
 from thorbis_cache.invalidation.queue import QueueKeys
 from thorbis_cache.mv.refresh import history_exists
 from thorbis_cache.mv.scheduler import ScheduledView, ViewReport, report
+from thorbis_cache.plugins.declarations import InvalidationRule
 from thorbis_cache.postgres import connection
+from thorbis_cache.postgres.capture_check import capture_problems
 from thorbis_cache.postgres.capture_ddl import CaptureDrift, drifted_captures
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.store.redis_store import RedisStore
@@ -107,12 +109,15 @@ class Probe(Collector):
         self.namespace = namespace
         self.last: ProbeResult | None = None
 
-    async def examine(self, views: Sequence[ScheduledView] = ()) -> HealthReading:
+    async def examine(self, views: Sequence[ScheduledView] = (),
+                      rules: Sequence[InvalidationRule] = ()) -> HealthReading:
         """Everything a health check reads: :meth:`refresh`, then (when the servers
-        answered) Redis' topology, memory and policies, the views' freshness and the
-        logical capture slots.
+        answered) Redis' topology, memory and policies, the views' freshness, the
+        logical capture slots and whether every rule's table is captured.
 
         :param views: the materialized views whose freshness is reported (none: the
+            check is left out).
+        :param rules: the invalidation rules whose tables must be captured (none: the
             check is left out).
         """
         result = await self.refresh()
@@ -120,14 +125,17 @@ class Probe(Collector):
         if result.redis_up:
             topology = await read_topology(self.store, self.keys_prefix, self.timeout)
         views_read: tuple[ViewReport, ...] | None = None
-        views_error = slots = incomplete = None
+        views_error = slots = incomplete = uncaptured = None
         if self.dsn is not None and result.postgres_up:
-            views_read, views_error, slots, incomplete = await self._postgres_state(views)
-        return HealthReading(result, topology, views_read, views_error, slots, incomplete)
+            views_read, views_error, slots, incomplete, uncaptured = \
+                await self._postgres_state(views, rules)
+        return HealthReading(result, topology, views_read, views_error, slots, incomplete,
+                             uncaptured)
 
-    async def _postgres_state(self, views: Sequence[ScheduledView]) -> tuple[
+    async def _postgres_state(self, views: Sequence[ScheduledView],
+                              rules: Sequence[InvalidationRule]) -> tuple[
             tuple[ViewReport, ...] | None, str | None, tuple[CaptureSlot, ...] | None,
-            tuple[CaptureDrift, ...] | None]:
+            tuple[CaptureDrift, ...] | None, tuple[str, ...] | None]:
         assert self.dsn is not None
         conn = None
         try:
@@ -139,14 +147,16 @@ class Probe(Collector):
                     await LogicalCapture(r["slot_name"].removeprefix("thorbis_"), ())
                     .backlog_bytes(conn)) for r in rows])
                 incomplete = tuple(await drifted_captures(conn))
+                uncaptured = tuple(await capture_problems(conn, rules, "any")) if rules \
+                    else None
                 if not views:
-                    return None, None, slots, incomplete
+                    return None, None, slots, incomplete, uncaptured
                 if not await history_exists(conn):
                     return None, ("thorbis.mv_state does not exist: run `thorbis-cache "
-                                  "db migrate`"), slots, incomplete
-                return tuple(await report(conn, views)), None, slots, incomplete
+                                  "db migrate`"), slots, incomplete, uncaptured
+                return tuple(await report(conn, views)), None, slots, incomplete, uncaptured
         except Exception as exc:  # any failure is the figure, named
-            return None, _describe(exc), None, None
+            return None, _describe(exc), None, None, None
         finally:
             if conn is not None:
                 conn.terminate()
@@ -347,6 +357,9 @@ class HealthReading:
     :ivar slots: the logical capture slots (empty: none exists).
     :ivar incomplete: captured tables a migration changed under their rules
         (:func:`~thorbis_cache.postgres.capture_ddl.drifted_captures`; empty: none).
+    :ivar uncaptured: one line per ruled table whose changes nothing captures (no
+        enabled capture trigger, no live slot publishing it:
+        :func:`~thorbis_cache.postgres.capture_check.capture_problems`; empty: none).
     """
 
     probe: ProbeResult
@@ -355,6 +368,7 @@ class HealthReading:
     views_error: str | None = None
     slots: tuple[CaptureSlot, ...] | None = None
     incomplete: tuple[CaptureDrift, ...] | None = None
+    uncaptured: tuple[str, ...] | None = None
 
 
 @functools.cache

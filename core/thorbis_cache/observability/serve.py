@@ -41,5 +41,7 @@ async def worker_endpoint(cache: Cache, dsn: str, worker: OutboxWorker,
     exporter.add_worker(worker)
     counting = exporter.add_queue(queue, handler)
     exporter.add_views(views)
-    server = await HttpServer(MetricsApp(exporter, views=scheduled), host, port).start()
+    rules = [rule for rules in worker.rules.values() for rule in rules]
+    server = await HttpServer(MetricsApp(exporter, views=scheduled, rules=rules), host,
+                              port).start()
     return server, counting

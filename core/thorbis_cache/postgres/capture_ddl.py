@@ -83,9 +83,14 @@ async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
             # Host processes run db init's steps at once when they start together: one
             # of them creates it (the others would fail on a duplicate).
             await conn.execute(_LOCK)
-            if not await conn.fetchval(
-                    "SELECT true FROM pg_event_trigger WHERE evtname = $1", EVENT_TRIGGER):
+            enabled = await conn.fetchval(
+                "SELECT evtenabled FROM pg_event_trigger WHERE evtname = $1", EVENT_TRIGGER)
+            if enabled is None:
                 await conn.execute(_CREATE)
+            if enabled != "A":
+                # A migration run in a replica session (session_replication_role) is
+                # checked too, as the capture triggers fire there (core 009).
+                await conn.execute(f"ALTER EVENT TRIGGER {EVENT_TRIGGER} ENABLE ALWAYS")
     except asyncpg.InsufficientPrivilegeError as exc:
         role = await conn.fetchval("SELECT current_user")
         return (f"the event trigger {EVENT_TRIGGER} was not created ({exc}; role "

@@ -286,14 +286,23 @@ $capture$"""
                 f"CREATE TRIGGER {quote_ident(TRIGGERS[op])} AFTER {op.value} ON {table} "
                 f"REFERENCING {transition[op]} FOR EACH STATEMENT "
                 f"EXECUTE FUNCTION {target}()")
+            statements.append(_always(table, TRIGGERS[op]))
     # A TRUNCATE removes every row, of every tenant, without a row trigger: one outbox
     # row naming the table, which the worker plans for every tenant.
     statements.append(
         f"CREATE TRIGGER {quote_ident(TRUNCATE_TRIGGER)} AFTER TRUNCATE ON {table} "
         f"FOR EACH STATEMENT EXECUTE FUNCTION thorbis.capture_truncate({name})")
+    statements.append(_always(table, TRUNCATE_TRIGGER))
     # The key function of earlier releases goes with its trigger (dropped above).
     statements.append(f"DROP FUNCTION IF EXISTS {plan.key_function_name}()")
     return statements
+
+
+def _always(table: str, trigger: str) -> str:
+    """Fire in a replica session too: a trigger enabled the ordinary way (ORIGIN) does
+    not run under ``session_replication_role = replica``, which bulk fixes, ETL tools
+    and ``pg_restore --disable-triggers`` set, and their writes went uncaptured."""
+    return f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {quote_ident(trigger)}"
 
 
 async def install_triggers(conn: asyncpg.Connection, rules: Iterable[InvalidationRule],
