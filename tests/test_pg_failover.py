@@ -22,11 +22,16 @@ import asyncpg
 import attrs
 import pytest
 from core_testing import CUSTOMER_SQL, run_cli, stale_customer, wait_until
+from thorbis_home_services import loaders
+from thorbis_home_services.models import Customer
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.cache.tags import CacheTagInvalidator
 from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.invalidation.batch import BatchResult
 from thorbis_cache.invalidation.database_origin import origin_of
+from thorbis_cache.invalidation.replica_echo import ReplicaEcho
 from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.testing.servers._ports import HOST
@@ -220,3 +225,114 @@ async def test_a_standby_is_refused_naming_it(pair: Pair, thorbis_standalone_red
     # Both servers listed: the driver finds the primary.
     await asyncio.to_thread(run_cli, "db", "init", "--dsn", pair.dsn, "--plugin",
                             "home_services")
+
+
+@pytest.fixture
+def lagging() -> Iterator[Pair]:
+    """A primary and a standby that applies each commit 400 ms late
+    (``recovery_min_apply_delay``): a read replica under load, deterministically."""
+    primary = PostgresServer().start()
+    standby = None
+    try:
+        standby = PostgresServer(standby_of=primary,
+                                 settings={"recovery_min_apply_delay": "400ms"}).start()
+        yield Pair(primary, standby)
+    finally:
+        for server in (standby, primary):
+            if server is not None:
+                server.stop()
+
+
+async def test_a_reader_on_a_lagging_replica_never_keeps_the_old_row(
+    lagging: Pair, mode: str, app: CacheApp
+) -> None:
+    """Found as a user would, with the host's reads on a streaming replica (the usual
+    way to spread a database's read load): the worker invalidated a change within
+    milliseconds of its commit on the primary, a reader then missed and loaded the row
+    from the replica, which had not replayed the commit yet, and the cache kept the old
+    row until its TTL. The worker now invalidates each change again once every standby
+    has replayed it."""
+    pair = lagging
+    capture = None
+    args = ["db", "init", "--dsn", pair.primary.dsn(), "--plugin", "home_services",
+            "--capture", mode]
+    if mode == "logical":
+        slot = f"r{uuid.uuid4().hex[:10]}"
+        capture = LogicalCapture(slot, app.plugins.all_rules(), app.plugins.all_views())
+        args += ["--slot", slot]
+    await asyncio.to_thread(run_cli, *args)
+    conn = await asyncpg.connect(pair.primary.dsn())
+    replica = await asyncpg.connect(pair.standby.dsn())
+    worker = OutboxWorker.from_app(app, pair.primary.dsn(), capture=capture)
+    running = asyncio.create_task(worker.run())
+    try:
+        await conn.execute(CUSTOMER_SQL, "acme", 1)
+        await _replayed(pair, conn)
+        key = CUSTOMER.key("acme", customer_id=1)
+
+        async def load() -> Customer:
+            return await loaders.customer(replica.fetch, "acme", 1)
+
+        assert (await app.cache.hash(key).get_or_load(load)).phone == "555-0100"
+        for round_ in range(3):
+            phone = f"new {round_}"
+            await conn.execute("UPDATE hs.customers SET phone = $1 WHERE id = 1", phone)
+            await worker.drained()
+            # The replica has not replayed the commit: the reader caches the old row.
+            assert (await app.cache.hash(key).get_or_load(load)).phone != phone
+
+            async def fresh(phone: str = phone) -> bool:
+                return (await app.cache.hash(key).get_or_load(load)).phone == phone
+
+            await wait_until("the cache serves the row the replica now has", fresh, 10)
+    finally:
+        worker.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running, 10)
+        await worker.aclose()
+        if capture is not None:
+            await capture.drop(conn)
+        await replica.close()
+        await conn.close()
+
+
+async def test_without_the_standbys_positions_the_second_pass_waits_a_fixed_delay(
+    lagging: Pair, app: CacheApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A role without ``pg_read_all_stats`` sees the standbys but not how far they have
+    replayed: the second pass then comes after ``blind_delay``, and the worker says
+    which grant would make it exact."""
+    conn = await asyncpg.connect(lagging.primary.dsn())
+    try:
+        await conn.execute("CREATE ROLE app LOGIN")
+        plain = await asyncpg.connect(lagging.primary.dsn().replace("postgres@", "app@"))
+        key = CUSTOMER.key("acme", customer_id=5)
+        echo = ReplicaEcho(app.cache, CacheTagInvalidator(app.cache), blind_delay=0.3)
+        try:
+            await echo.after_batch(plain, BatchResult(keys=(key.body,)))
+            assert echo.pending == 1
+            await app.cache.hash(key).replace(stale_customer(5))  # a reader refilled it
+            assert await echo.settle(plain) == 0
+            await asyncio.sleep(0.3)
+            assert await echo.settle(plain) == 1
+        finally:
+            await plain.close()
+        assert await app.cache.hash(key).get() is None
+        assert "GRANT pg_read_all_stats TO app" in caplog.text
+        # With the grant, the standby's position is read: no delay.
+        await conn.execute("GRANT pg_read_all_stats TO app")
+        plain = await asyncpg.connect(lagging.primary.dsn().replace("postgres@", "app@"))
+        try:
+            echo = ReplicaEcho(app.cache, CacheTagInvalidator(app.cache), blind_delay=3600)
+            await echo.after_batch(plain, BatchResult(keys=(key.body,)))
+            await app.cache.hash(key).replace(stale_customer(5))
+
+            async def settled() -> bool:
+                return await echo.settle(plain) == 1
+
+            await wait_until("the standby replayed the batch", settled, 10)
+        finally:
+            await plain.close()
+        assert await app.cache.hash(key).get() is None
+    finally:
+        await conn.close()

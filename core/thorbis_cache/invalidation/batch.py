@@ -88,6 +88,9 @@ class WorkerMetrics:
     :ivar incomplete_changes: changes whose images lacked a column the rules read (a
         migration renamed or dropped it), applied through their schemas' tags
         (:class:`~thorbis_cache.invalidation.planning.RulePlanner`).
+    :ivar replica_echoes: batches whose invalidations were applied again once every
+        standby had replayed them (readers on replicas:
+        :mod:`~thorbis_cache.invalidation.replica_echo`).
     :ivar commit_latency: per applied change, seconds from its capture (the outbox
         row's insert; under logical capture, its commit) to its batch's commit, after
         which its keys are gone.
@@ -103,6 +106,7 @@ class WorkerMetrics:
     redis_waits: int = 0
     capture_losses: int = 0
     incomplete_changes: int = 0
+    replica_echoes: int = 0
     redis_wait_seconds: float = 0.0
     redis_probes: int = 0
     commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)

@@ -67,6 +67,7 @@ from thorbis_cache.invalidation.batch import (
 from thorbis_cache.invalidation.database_origin import OriginCheck
 from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
 from thorbis_cache.invalidation.replay import FailoverReplay
+from thorbis_cache.invalidation.replica_echo import ReplicaEcho
 from thorbis_cache.invalidation.slot_reader import SlotReader, wal_flushed
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
 from thorbis_cache.postgres import connection, outbox
@@ -155,6 +156,10 @@ class OutboxWorker:
     :param require_capture: :meth:`run`, :meth:`drain` and :meth:`drained` first check
         that every rule's table is captured (:meth:`check_capture`) and refuse
         otherwise; False skips that (a test feeding the outbox by hand).
+    :param replica_echo: apply each batch's invalidations again once every standby
+        streaming from the primary has replayed it, so that a reader on a replica
+        cannot cache the old row (:mod:`~thorbis_cache.invalidation.replica_echo`;
+        nothing is kept while the primary has no standby).
     """
 
     def __init__(self, dsn: str, cache: Cache, rules: Iterable[InvalidationRule], *,
@@ -165,7 +170,8 @@ class OutboxWorker:
                  max_backoff: float = 2.0, sweep_interval: float = 60.0,
                  capture: LogicalCapture | Literal["auto"] | None = None,
                  slot: str = "main", views: Iterable[MaterializedView] = (),
-                 plugins: Sequence[str] = (), require_capture: bool = True) -> None:
+                 plugins: Sequence[str] = (), require_capture: bool = True,
+                 replica_echo: bool = True) -> None:
         self.dsn = dsn
         self.cache = cache
         self._planner = RulePlanner(cache, rules)
@@ -194,6 +200,9 @@ class OutboxWorker:
         self._conn: Any = None
         self._origin = OriginCheck(cache, self._all_rules, self.invalidate_tags)
         self._origin_checked = False
+        #: the second pass of each batch once the standbys replayed it (readers on
+        #: replicas); None when switched off
+        self.echo = ReplicaEcho(cache, self.invalidate_tags) if replica_echo else None
         # One user of the connection at a time: run()'s loop and a drain() (a drained()
         # called before the loop's task has started) must not interleave on it.
         self._conn_lock = asyncio.Lock()
@@ -314,6 +323,18 @@ class OutboxWorker:
 
     async def _next_batch_locked(self, caught_up: bool) -> BatchResult:
         await self._check_origin()
+        result = await self._next_batch_from_capture(caught_up)
+        if self.echo is not None and result.claimed:
+            await self.echo.after_batch(await self._connection(), result)
+        return result
+
+    async def _settle_echoes(self) -> None:
+        """Apply the second passes the standbys have caught up with."""
+        if self.echo is not None and self.echo.pending:
+            async with self._conn_lock:
+                self.metrics.replica_echoes += await self.echo.settle(await self._connection())
+
+    async def _next_batch_from_capture(self, caught_up: bool) -> BatchResult:
         if self._follow is not None:
             await self._follow_slot()
         if self.capture is not None:
@@ -418,6 +439,7 @@ class OutboxWorker:
         results = []
         while (result := await self.run_once()).claimed:
             results.append(result)
+        await self._settle_echoes()
         return results
 
     async def drained(self) -> None:
@@ -555,6 +577,7 @@ class OutboxWorker:
                             redis_down_since = None
                         if not result.claimed:
                             break
+                    await self._settle_echoes()
                     # After the backlog: pruning dead letters can wait, stale entries not.
                     if last_prune is None or loop.time() - last_prune > 3600:
                         async with self._conn_lock:

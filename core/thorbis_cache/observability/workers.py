@@ -37,6 +37,9 @@ _WORKER_COUNTERS: dict[str, tuple[str, str]] = {
                        "Times change capture lost track (a replication slot lost, or the "
                        "database on a new timeline after a failover or restore): every "
                        "tag the rules reach flushed"),
+    "replica_echoes": ("worker_replica_echoes",
+                       "Batches invalidated again once every standby had replayed them, "
+                       "so that a reader on a replica cannot cache the old row"),
     "incomplete_changes": ("worker_incomplete_changes",
                            "Captured changes lacking a column their rules read (renamed "
                            "or dropped by a migration), applied through schema tags"),
