@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -14,11 +15,11 @@ import pytest
 from thorbis_home_services.models import AccountStatus, Customer, CustomerType, PaymentStatus
 from typer.testing import CliRunner
 
-from thorbis_cache import CacheApp
+from thorbis_cache import CacheApp, LogicalCapture
 from thorbis_cache.cli import app as cli_app
 
 __all__ = ["CUSTOMER_SQL", "HS", "HS_TENANTS", "NOW", "TECH_SQL", "WORK_ORDER_SQL", "HsEnv",
-           "run_cli", "stale_customer", "wait_until"]
+           "db_init", "run_cli", "stale_customer", "wait_until"]
 
 #: The home_services plugin's entry-point name, and the tenants its data is loaded for.
 HS = "home_services"
@@ -81,3 +82,16 @@ async def wait_until(what: str, check: Callable[[], Awaitable[bool]], within: fl
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {within} s waiting until {what}")
         await asyncio.sleep(0.01)
+
+
+async def db_init(app: CacheApp, dsn: str, mode: str) -> LogicalCapture | None:
+    """``thorbis-cache db init --plugin home_services --capture MODE`` on ``dsn``; under
+    logical capture with a slot of its own, returned (the caller drops it)."""
+    args = ["db", "init", "--dsn", dsn, "--plugin", HS, "--capture", mode]
+    capture = None
+    if mode == "logical":
+        slot = f"t{uuid.uuid4().hex[:10]}"
+        capture = LogicalCapture(slot, app.plugins.all_rules(), app.plugins.all_views())
+        args += ["--slot", slot]
+    await asyncio.to_thread(run_cli, *args)
+    return capture

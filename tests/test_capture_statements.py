@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import attrs
 import pytest
-from core_testing import CUSTOMER_SQL, run_cli, stale_customer
+from core_testing import CUSTOMER_SQL, db_init, run_cli, stale_customer
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import CacheApp, KeyRing
@@ -53,14 +52,7 @@ async def env(request: pytest.FixtureRequest, thorbis_pg_dsn: str,
     mode: str = request.param
     app = await CacheApp(thorbis_standalone_redis_url,
                          keyring=KeyRing.generate()).start(["home_services"])
-    capture = None
-    args = ["db", "init", "--dsn", thorbis_pg_dsn, "--plugin", "home_services",
-            "--capture", mode]
-    if mode == "logical":
-        slot = f"s{uuid.uuid4().hex[:10]}"
-        capture = LogicalCapture(slot, app.plugins.all_rules(), app.plugins.all_views())
-        args += ["--slot", slot]
-    await asyncio.to_thread(run_cli, *args)
+    capture = await db_init(app, thorbis_pg_dsn, mode)
     conn = await asyncpg.connect(thorbis_pg_dsn, server_settings={"synchronous_commit": "on"})
     worker = OutboxWorker.from_app(app, thorbis_pg_dsn, capture=capture)
     try:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import attrs
 import pytest
-from core_testing import CUSTOMER_SQL, run_cli, stale_customer, wait_until
+from core_testing import CUSTOMER_SQL, db_init, run_cli, stale_customer, wait_until
 from thorbis_home_services import loaders
 from thorbis_home_services.models import Customer
 from thorbis_home_services.schemas import CUSTOMER
@@ -33,7 +32,6 @@ from thorbis_cache.invalidation.batch import BatchResult
 from thorbis_cache.invalidation.database_origin import origin_of
 from thorbis_cache.invalidation.replica_echo import ReplicaEcho
 from thorbis_cache.invalidation.worker import OutboxWorker
-from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.testing.servers._ports import HOST
 from thorbis_cache.testing.servers.postgres_server import PostgresServer
 
@@ -92,14 +90,7 @@ async def app(thorbis_standalone_redis_url: str) -> AsyncIterator[CacheApp]:
 async def test_a_failover_that_lost_commits_leaves_nothing_stale(
     pair: Pair, mode: str, app: CacheApp, caplog: pytest.LogCaptureFixture
 ) -> None:
-    capture = None
-    args = ["db", "init", "--dsn", pair.primary.dsn(), "--plugin", "home_services",
-            "--capture", mode]
-    if mode == "logical":
-        slot = f"f{uuid.uuid4().hex[:10]}"
-        capture = LogicalCapture(slot, app.plugins.all_rules(), app.plugins.all_views())
-        args += ["--slot", slot]
-    await asyncio.to_thread(run_cli, *args)
+    capture = await db_init(app, pair.primary.dsn(), mode)
     conn = await asyncpg.connect(pair.primary.dsn())
     await conn.execute(CUSTOMER_SQL, "acme", 2)
     await _replayed(pair, conn)
@@ -253,14 +244,7 @@ async def test_a_reader_on_a_lagging_replica_never_keeps_the_old_row(
     row until its TTL. The worker now invalidates each change again once every standby
     has replayed it."""
     pair = lagging
-    capture = None
-    args = ["db", "init", "--dsn", pair.primary.dsn(), "--plugin", "home_services",
-            "--capture", mode]
-    if mode == "logical":
-        slot = f"r{uuid.uuid4().hex[:10]}"
-        capture = LogicalCapture(slot, app.plugins.all_rules(), app.plugins.all_views())
-        args += ["--slot", slot]
-    await asyncio.to_thread(run_cli, *args)
+    capture = await db_init(app, pair.primary.dsn(), mode)
     conn = await asyncpg.connect(pair.primary.dsn())
     replica = await asyncpg.connect(pair.standby.dsn())
     worker = OutboxWorker.from_app(app, pair.primary.dsn(), capture=capture)
