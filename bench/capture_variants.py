@@ -141,6 +141,13 @@ async def noguc(conn: asyncpg.Connection, plan: TablePlan) -> None:
     await _statement_update(conn, await _function(conn, "update_noguc", body))
 
 
+async def invoker(conn: asyncpg.Connection, plan: TablePlan) -> None:
+    """The shipped functions run as the writer, as before core 009 (no ``SECURITY
+    DEFINER``, no ``search_path`` of their own: no GUC save and restore per call)."""
+    for name in (plan.function_name, plan.update_function_name):
+        await conn.execute(f"ALTER FUNCTION {name}() SECURITY INVOKER RESET search_path")
+
+
 def _insert_of(body: str) -> str:
     """The one ``INSERT INTO thorbis.outbox ...`` statement of a generated function body
     (without its semicolon)."""
@@ -234,7 +241,7 @@ async def standin(conn: asyncpg.Connection, plan: TablePlan) -> None:
 MODIFIERS: dict[str, Modifier] = {
     "row": row, "noguc": noguc, "guard": guard, "narrow": narrow, "empty": empty,
     "emptystmt": emptystmt, "emptyrow": emptyrow, "unlogged": unlogged, "nopkey": nopkey,
-    "standin": standin,
+    "standin": standin, "invoker": invoker,
 }
 DEFAULT_VARIANTS = ("none", "trigger", "unlogged", "nopkey", "unlogged+nopkey", "noguc",
                     "guard", "guard+unlogged", "guard+nopkey", "guard+unlogged+nopkey", "row",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -179,3 +180,35 @@ async def test_health_says_when_a_table_is_no_longer_captured(env: Env) -> None:
     assert check["status"] == "unhealthy"
     assert check["reason"].startswith("hs.customers (rules hs.customer_entity")
     assert check["uncaptured"] == 1
+
+
+async def test_an_application_role_without_rights_on_thorbis_still_writes(env: Env) -> None:
+    """Found as a user would: the host's application connects as a least-privilege role
+    that may write its own tables but has no rights on the ``thorbis`` schema (``db init``
+    ran as the owner, as migrations do). Under capture triggers every write of a watched
+    table failed with ``permission denied for schema thorbis``: the triggers' functions
+    ran as the writer. They run as their owner now (``SECURITY DEFINER``, a fixed
+    ``search_path``), the stand-in and the TRUNCATE capture too."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    await env.conn.execute(f"CREATE ROLE {role} LOGIN")
+    await env.conn.execute(f"GRANT USAGE ON SCHEMA hs TO {role}")
+    await env.conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES "
+                           f"IN SCHEMA hs TO {role}")
+    app_conn = await asyncpg.connect(env.dsn.replace("postgres@", f"{role}@"))
+    try:
+        await env.cache(1, 2, 3)
+        await app_conn.execute("UPDATE hs.customers SET phone = 'app' WHERE id = 1")
+        await app_conn.execute("DELETE FROM hs.customers WHERE id = 2")
+        await env.applied()
+        assert await env.cached(1, 2, 3) == {3}
+        # A migration renamed a watched column: the stand-in captures, as the owner too.
+        await env.conn.execute("ALTER TABLE hs.customers RENAME COLUMN account_status TO st")
+        await app_conn.execute("UPDATE hs.customers SET phone = 'app 2' WHERE id = 3")
+        await env.applied()
+        assert await env.cached(3) == set()
+        await env.cache(4)
+        await app_conn.execute("TRUNCATE hs.customers CASCADE")
+        await env.applied()
+        assert await env.cached(4) == set()
+    finally:
+        await app_conn.close()

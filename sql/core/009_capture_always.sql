@@ -9,6 +9,12 @@
 -- (thorbis.capture_standin_install, as in 007, plus ENABLE ALWAYS) and for the triggers
 -- already installed. A trigger someone disabled on purpose (DISABLE TRIGGER) stays so:
 -- `thorbis-cache health` reports it.
+--
+-- And they run as their owner: a host's application role may have no rights on the
+-- thorbis schema, and under capture triggers every write of a watched table failed with
+-- `permission denied for schema thorbis`. `db init` generates SECURITY DEFINER
+-- functions with a fixed search_path; so does the stand-in below, and the TRUNCATE
+-- capture of 008 (its body names thorbis.outbox).
 
 CREATE OR REPLACE FUNCTION thorbis.capture_standin_install(t thorbis.captured_tables,
                                                           present text[])
@@ -18,6 +24,9 @@ DECLARE
     op text;
 BEGIN
     EXECUTE thorbis.capture_standin_sql(t, present, fn);
+    -- As its owner: the writer may have no rights on thorbis (the body is qualified).
+    EXECUTE format('ALTER FUNCTION %s() SECURITY DEFINER SET search_path = pg_catalog, '
+                   'pg_temp', fn);
     EXECUTE format('DROP TRIGGER IF EXISTS thorbis_capture_key ON %s', t.relid::regclass);
     FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
@@ -65,3 +74,6 @@ BEGIN
     END LOOP;
 END
 $always$;
+
+ALTER FUNCTION thorbis.capture_truncate() SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp;

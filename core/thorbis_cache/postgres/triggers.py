@@ -180,7 +180,8 @@ def drop_sql(table: str) -> list[str]:
             for name in (*TRIGGERS.values(), KEY_TRIGGER, TRUNCATE_TRIGGER, *_OLD_TRIGGERS)]
 
 
-def trigger_sql(plan: TablePlan, shape: Shape, types: Mapping[str, str]) -> list[str]:
+def trigger_sql(plan: TablePlan, shape: Shape, types: Mapping[str, str],
+                search_path: str = "pg_catalog, pg_temp") -> list[str]:
     """The statements that (re)create the capture functions and triggers of ``plan``.
 
     Statement-level triggers with transition tables: one ``INSERT ... SELECT`` into the
@@ -249,8 +250,15 @@ def trigger_sql(plan: TablePlan, shape: Shape, types: Mapping[str, str]) -> list
               "the rules read, no others.\n-- No NOTIFY: a transaction that queued one takes a "
               "database-wide lock at commit,\n-- which serialises every notifying writer; the "
               "worker polls the outbox instead.")
+    # Run as the owner (db init's role, which may write thorbis.outbox), not as the
+    # writer: a host's application role may have no rights on the thorbis schema, and
+    # every write of a watched table failed with "permission denied for schema thorbis".
+    # A fixed search_path (db init's own, pg_temp last) so that no writer can put its
+    # own objects in the way; the columns' operators (an extension's, as citext's in
+    # public) resolve as they did when the function was generated.
+    definer = f"SECURITY DEFINER SET search_path = {search_path}"
     function = f"""CREATE OR REPLACE FUNCTION {plan.function_name}() RETURNS trigger
-LANGUAGE plpgsql AS $capture$
+LANGUAGE plpgsql {definer} AS $capture$
 {header}
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -267,7 +275,7 @@ $capture$"""
     # With nested loops off the join is hashed (merge-joined at worst) whatever the size
     # the plan was made for; the setting is restored when the function returns.
     update_function = f"""CREATE OR REPLACE FUNCTION {plan.update_function_name}()
-RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off AS $capture$
+RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off {definer} AS $capture$
 {header}
 -- Statement-level UPDATE: old and new rows paired by primary key.
 BEGIN
@@ -322,6 +330,8 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
         a table disagree on the tenant column.
     """
     plans = plan_tables(rules, views)
+    path = str(await conn.fetchval("SHOW search_path")).strip()
+    search_path = f"{path}, pg_temp" if path and path != '""' else "pg_catalog, pg_temp"
     async with conn.transaction():
         await conn.execute(_LOCK)
         for plan in plans:
@@ -344,7 +354,7 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
                     "(the outbox identifies changed rows by it)"
                 )
             shape = await register_shape(conn, plan.table, pk, plan.columns, have)
-            for statement in trigger_sql(plan, shape, have):
+            for statement in trigger_sql(plan, shape, have, search_path):
                 await conn.execute(statement)
             # What a host's migration is checked against (capture_ddl).
             await record_captured(conn, plan.table, tenant_column=plan.tenant_column,
