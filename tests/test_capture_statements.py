@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import attrs
 import pytest
-from core_testing import CUSTOMER_SQL, db_init, run_cli, stale_customer
+from core_testing import CUSTOMER_SQL, db_init, run_cli, stale_customer, wait_until
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import CacheApp, KeyRing
@@ -160,26 +160,44 @@ async def test_a_session_in_replica_mode_is_still_captured(env: Env) -> None:
     assert await env.cached(3) == set()
 
 
-async def test_health_says_when_a_table_is_no_longer_captured(env: Env) -> None:
+async def test_a_table_no_longer_captured_is_said(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
     """A capture trigger disabled (``ALTER TABLE ... DISABLE TRIGGER ALL``, which bulk
-    loaders run), or a table taken out of the publication, leaves its entries stale
-    with nothing said; a worker already running goes on applying nothing for it.
-    ``thorbis-cache health`` now checks that every rule's table is captured."""
+    loaders run), or a table taken out of the publication, left its entries stale with
+    nothing said: a worker already running (checked once, at start) went on applying
+    nothing for it. ``thorbis-cache health`` now checks that every rule's table is
+    captured, and a running worker checks it again every ``capture_check_interval``."""
     def health(code: int) -> dict[str, Any]:
         out = run_cli("health", "--redis-url", env.redis_url, "--dsn", env.dsn,
                       "--plugin", "home_services", "--json", code=code)
         return dict(json.loads(out)["checks"]["capture"])
 
     assert (await asyncio.to_thread(health, 1))["status"] == "healthy"
-    if env.capture is None:
-        await env.conn.execute("ALTER TABLE hs.customers DISABLE TRIGGER ALL")
-    else:
-        await env.conn.execute(f"ALTER PUBLICATION {env.capture.publication} "
-                               "DROP TABLE hs.customers")
-    check = await asyncio.to_thread(health, 2)
-    assert check["status"] == "unhealthy"
-    assert check["reason"].startswith("hs.customers (rules hs.customer_entity")
-    assert check["uncaptured"] == 1
+    worker = env.worker  # (under logical capture, the slot's one reader)
+    worker.capture_check_interval = 0.05
+    running = asyncio.create_task(worker.run())
+    try:
+        await worker.drained()
+        assert worker.metrics.uncaptured_tables == 0
+        if env.capture is None:
+            await env.conn.execute("ALTER TABLE hs.customers DISABLE TRIGGER ALL")
+        else:
+            await env.conn.execute(f"ALTER PUBLICATION {env.capture.publication} "
+                                   "DROP TABLE hs.customers")
+        check = await asyncio.to_thread(health, 2)
+        assert check["status"] == "unhealthy"
+        assert check["reason"].startswith("hs.customers (rules hs.customer_entity")
+        assert check["uncaptured"] == 1
+
+        async def noticed() -> bool:
+            return worker.metrics.uncaptured_tables == 1
+
+        await wait_until("the running worker noticed", noticed)
+        assert "change capture stopped for 1 table(s)" in caplog.text
+    finally:
+        worker.stop()
+        await running
 
 
 async def test_an_application_role_without_rights_on_thorbis_still_writes(env: Env) -> None:

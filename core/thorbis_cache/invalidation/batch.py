@@ -91,6 +91,8 @@ class WorkerMetrics:
     :ivar replica_echoes: batches whose invalidations were applied again once every
         standby had replayed them (readers on replicas:
         :mod:`~thorbis_cache.invalidation.replica_echo`).
+    :ivar uncaptured_tables: rule tables found captured by nothing at the running
+        worker's last check (a gauge; see ``capture_check_interval``).
     :ivar commit_latency: per applied change, seconds from its capture (the outbox
         row's insert; under logical capture, its commit) to its batch's commit, after
         which its keys are gone.
@@ -107,6 +109,7 @@ class WorkerMetrics:
     capture_losses: int = 0
     incomplete_changes: int = 0
     replica_echoes: int = 0
+    uncaptured_tables: int = 0
     redis_wait_seconds: float = 0.0
     redis_probes: int = 0
     commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)

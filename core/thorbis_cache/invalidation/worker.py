@@ -156,6 +156,10 @@ class OutboxWorker:
     :param require_capture: :meth:`run`, :meth:`drain` and :meth:`drained` first check
         that every rule's table is captured (:meth:`check_capture`) and refuse
         otherwise; False skips that (a test feeding the outbox by hand).
+    :param capture_check_interval: seconds between two checks, while :meth:`run`
+        runs, that every rule's table is still captured (a trigger disabled, a table
+        taken out of the publication): a table found uncaptured is logged as an error
+        and counted in ``metrics.uncaptured_tables``.
     :param replica_echo: apply each batch's invalidations again once every standby
         streaming from the primary has replayed it, so that a reader on a replica
         cannot cache the old row (:mod:`~thorbis_cache.invalidation.replica_echo`;
@@ -168,6 +172,7 @@ class OutboxWorker:
                  dead_letter_days: float = 14.0, audit: bool = True,
                  replay_window: float | None = 300.0, redis_probe_interval: float = 0.02,
                  max_backoff: float = 2.0, sweep_interval: float = 60.0,
+                 capture_check_interval: float = 60.0,
                  capture: LogicalCapture | Literal["auto"] | None = None,
                  slot: str = "main", views: Iterable[MaterializedView] = (),
                  plugins: Sequence[str] = (), require_capture: bool = True,
@@ -188,6 +193,8 @@ class OutboxWorker:
         self.redis_probe_interval = redis_probe_interval
         self.max_backoff = max_backoff
         self.sweep_interval = sweep_interval
+        self.capture_check_interval = capture_check_interval
+        self._uncaptured: tuple[str, ...] = ()
         #: where changes come from: a logical capture, or None for the outbox
         self.capture: LogicalCapture | None = None if capture == "auto" else capture
         # "auto": the capture to follow if its slot exists (resolved on first use).
@@ -421,6 +428,28 @@ class OutboxWorker:
                             "slot %s: every change there is applied twice; `thorbis-cache db "
                             "init --capture logical` drops them", tables, self.capture.slot)
 
+    async def _recheck_capture(self) -> None:
+        """While running: is every rule's table still captured? Found as a user would:
+        ``ALTER TABLE ... DISABLE TRIGGER ALL`` (bulk loaders run it) or a table taken
+        out of the publication left its entries stale while the worker, checked once at
+        start, applied nothing for it and said nothing. Logged as an error when the set
+        of uncaptured tables changes (and said when it is empty again)."""
+        from thorbis_cache.postgres.capture_check import capture_problems
+
+        async with self._conn_lock:
+            problems = tuple(await capture_problems(
+                await self._connection(), self._all_rules(), self.capture or "triggers"))
+        if problems != self._uncaptured:
+            if problems:
+                log.error("change capture stopped for %d table(s): their changes are not "
+                          "invalidated and their entries stay stale until their TTL: %s; "
+                          "run `thorbis-cache db init`", len(problems), "; ".join(problems))
+            else:
+                log.warning("change capture is complete again: every rule's table is "
+                            "captured")
+            self._uncaptured = problems
+        self.metrics.uncaptured_tables = len(problems)
+
     async def _check_once(self) -> None:
         if self.require_capture and not self._capture_checked:
             await self.check_capture()
@@ -530,6 +559,7 @@ class OutboxWorker:
         # ran it: no listener there (the adaptive poll alone wakes the worker).
         listens = not connection.target_of(self.dsn).pooled
         last_prune: float | None = None
+        last_capture_check = asyncio.get_running_loop().time()
         backoff = 0.0
         loop = asyncio.get_running_loop()
         redis_down_since: float | None = None
@@ -578,6 +608,9 @@ class OutboxWorker:
                         if not result.claimed:
                             break
                     await self._settle_echoes()
+                    if loop.time() - last_capture_check > self.capture_check_interval:
+                        await self._recheck_capture()
+                        last_capture_check = loop.time()
                     # After the backlog: pruning dead letters can wait, stale entries not.
                     if last_prune is None or loop.time() - last_prune > 3600:
                         async with self._conn_lock:

@@ -72,6 +72,10 @@ class WorkerCollector(Collector):
         yield GaugeMetricFamily(f"{ns}_worker_lag_seconds",
                                 "Age of the oldest change of the last non-empty batch "
                                 "when it was claimed", value=m.lag_seconds)
+        yield GaugeMetricFamily(f"{ns}_worker_uncaptured_tables",
+                                "Tables of invalidation rules that nothing captured at the "
+                                "running worker's last check (their entries stay stale)",
+                                value=m.uncaptured_tables)
         latency = m.commit_latency
         histogram = HistogramMetricFamily(
             f"{ns}_worker_commit_to_invalidated_seconds",
