@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -38,13 +38,14 @@ __all__ = [
     "TagInvalidator",
     "UnconfiguredTagInvalidator",
     "WorkerMetrics",
+    "apply_again",
     "apply_changes",
 ]
 
 log = logging.getLogger(__name__)
 
 #: ``async (tenant, tags) -> None``: invalidates every key carrying one of ``tags``.
-TagInvalidator = Callable[[str, Sequence[str]], Awaitable[None]]
+TagInvalidator = Callable[[str, Sequence[str]], Awaitable[Any]]
 
 #: Failures that are not the changes' fault (Redis, PostgreSQL or the replication
 #: stream unavailable): no attempt is counted, the changes wait for recovery. Anything
@@ -227,6 +228,23 @@ async def invalidate_tags_of(invalidate_tags: TagInvalidator,
         for running in lanes:
             running.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
+
+
+async def apply_again(cache: Cache, invalidate_tags: TagInvalidator, keys: Iterable[str],
+                      tags: Mapping[str, Iterable[str]], *, replicate: bool = True) -> None:
+    """Invalidate again what a batch invalidated: its deleted keys (bodies,
+    ``{tenant}:schema:...``) and each tenant's tags (the failover replay, and the second
+    pass for readers on replicas).
+
+    :param replicate: wait for the replicas after the deletes (see :meth:`Cache.delete`).
+    """
+    prefix = cache.settings.prefix
+    bodies = sorted(set(keys))
+    if bodies:
+        await cache.delete(*(cache.parse_key(f"{prefix}:{body}") for body in bodies),
+                           replicate=replicate)
+    await invalidate_tags_of(invalidate_tags, [
+        (tenant, sorted(set(names))) for tenant, names in sorted(tags.items()) if names])
 
 
 async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,

@@ -29,6 +29,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from thorbis_cache.invalidation.batch import apply_again
 from thorbis_cache.postgres import replay_log
 from thorbis_cache.store.scripts import load_lua
 
@@ -149,8 +150,6 @@ class FailoverReplay:
 
     async def _replay(self, conn: Any, tenant: str, marker: int | None, last: int) -> None:
         entries = await replay_log.since(conn, tenant, marker or 0, self.window)
-        cache = self.cache
-        prefix = cache.settings.prefix
         keys = {body for entry in entries for body in entry.keys}
         tags = sorted({tag for entry in entries for tag in entry.tags})
         log.warning(
@@ -158,10 +157,8 @@ class FailoverReplay:
             "last logged invalidation %d; a failover or a restart): applying %d logged "
             "invalidation(s) again (%d key(s), %d tag(s))",
             tenant, marker, last, len(entries), len(keys), len(tags))
-        if keys:
-            await cache.delete(*(cache.parse_key(f"{prefix}:{body}") for body in sorted(keys)),
-                               replicate=False)
-        if tags:
-            await self.invalidate_tags(tenant, tags)
+        # Replicated by the marker's WAIT that follows.
+        await apply_again(self.cache, self.invalidate_tags, keys, {tenant: tags},
+                          replicate=False)
         self.replays += 1
         self.replayed_rows += len(entries)

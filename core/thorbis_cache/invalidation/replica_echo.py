@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from thorbis_cache.invalidation.batch import BatchResult, TagInvalidator, invalidate_tags_of
+from thorbis_cache.invalidation.batch import BatchResult, TagInvalidator, apply_again
 from thorbis_cache.postgres.logical import parse_lsn
 
 if TYPE_CHECKING:
@@ -83,8 +83,6 @@ class ReplicaEcho:
         self.look_every = look_every
         self.blind_delay = blind_delay
         self.max_pending = max_pending
-        #: passes applied, and the keys they deleted
-        self.echoes = 0
         self._pending: list[_Pass] = []
         self._standbys = False
         self._next_look = 0.0
@@ -155,15 +153,6 @@ class ReplicaEcho:
             replayed = min(parse_lsn(r) for r in replays)
             due = [p for p in self._pending if p.lsn <= replayed]
         for p in due:
-            await self._apply(p)
-            self._pending.remove(p)
-            self.echoes += 1
+            await apply_again(self.cache, self.invalidate_tags, p.keys, p.tags)
+            self._pending.remove(p)  # one by one: a failure keeps those not applied
         return len(due)
-
-    async def _apply(self, p: _Pass) -> None:
-        cache = self.cache
-        prefix = cache.settings.prefix
-        if p.keys:
-            await cache.delete(*(cache.parse_key(f"{prefix}:{body}") for body in sorted(p.keys)))
-        await invalidate_tags_of(self.invalidate_tags, [
-            (tenant, sorted(tags)) for tenant, tags in sorted(p.tags.items()) if tags])

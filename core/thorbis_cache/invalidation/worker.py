@@ -206,7 +206,7 @@ class OutboxWorker:
         self._capture_checked = False
         self._conn: Any = None
         self._origin = OriginCheck(cache, self._all_rules, self.invalidate_tags)
-        self._origin_checked = False
+        self._origin_checked_on: Any = None  # the connection the check last ran on
         #: the second pass of each batch once the standbys replayed it (readers on
         #: replicas); None when switched off
         self.echo = ReplicaEcho(cache, self.invalidate_tags) if replica_echo else None
@@ -273,7 +273,6 @@ class OutboxWorker:
         :meth:`_check_origin`)."""
         if self._conn is None or self._conn.is_closed():
             self._conn = await connection.connect(self.dsn, writes="the invalidation worker")
-            self._origin_checked = False
         return self._conn
 
     async def _check_origin(self) -> None:
@@ -283,7 +282,7 @@ class OutboxWorker:
         batch, not at connect: it needs Redis, and a worker starts (and waits) while
         Redis is down."""
         conn = await self._connection()
-        if not self._origin_checked:
+        if self._origin_checked_on is not conn:
             try:
                 report = await self._origin.check(conn)
             except Exception:
@@ -291,7 +290,7 @@ class OutboxWorker:
                 raise
             if report is not None:
                 self.metrics.capture_losses += 1
-            self._origin_checked = True
+            self._origin_checked_on = conn
 
     async def _follow_slot(self) -> None:
         """``capture="auto"``: read from the slot if it exists, else from the outbox;
