@@ -94,15 +94,11 @@ def _fmt(version: Sequence[int]) -> str:
     return ".".join(str(part) for part in version)
 
 
-@attrs.frozen
-class RedisBinaries:
-    """A usable ``redis-server`` binary.
+class _Versioned:
+    """What every located binary says of its version (``version`` is the subclass's
+    field)."""
 
-    :ivar server: path of the ``redis-server`` executable.
-    :ivar version: its version, e.g. ``(7, 0, 15)``.
-    """
-
-    server: Path
+    __slots__ = ()
     version: tuple[int, ...]
 
     @property
@@ -112,7 +108,19 @@ class RedisBinaries:
 
 
 @attrs.frozen
-class PostgresBinaries:
+class RedisBinaries(_Versioned):
+    """A usable ``redis-server`` binary.
+
+    :ivar server: path of the ``redis-server`` executable.
+    :ivar version: its version, e.g. ``(7, 0, 15)``.
+    """
+
+    server: Path
+    version: tuple[int, ...]
+
+
+@attrs.frozen
+class PostgresBinaries(_Versioned):
     """A usable PostgreSQL installation (server and initdb in one directory).
 
     :ivar bindir: directory holding ``postgres``, ``initdb`` and friends.
@@ -121,11 +129,6 @@ class PostgresBinaries:
 
     bindir: Path
     version: tuple[int, ...]
-
-    @property
-    def version_string(self) -> str:
-        """The version as dotted text, e.g. ``"15.18"``."""
-        return _fmt(self.version)
 
     @property
     def postgres(self) -> Path:
@@ -149,7 +152,7 @@ class PostgresBinaries:
 
 
 @attrs.frozen
-class PrometheusBinaries:
+class PrometheusBinaries(_Versioned):
     """A usable ``prometheus`` and the ``promtool`` beside it.
 
     :ivar prometheus: path of the ``prometheus`` server.
@@ -161,14 +164,9 @@ class PrometheusBinaries:
     promtool: Path
     version: tuple[int, ...]
 
-    @property
-    def version_string(self) -> str:
-        """The version as dotted text, e.g. ``"2.42.0"``."""
-        return _fmt(self.version)
-
 
 @attrs.frozen
-class PgBouncerBinaries:
+class PgBouncerBinaries(_Versioned):
     """A usable ``pgbouncer``.
 
     :ivar pgbouncer: path of the ``pgbouncer`` executable.
@@ -177,11 +175,6 @@ class PgBouncerBinaries:
 
     pgbouncer: Path
     version: tuple[int, ...]
-
-    @property
-    def version_string(self) -> str:
-        """The version as dotted text, e.g. ``"1.18.0"``."""
-        return _fmt(self.version)
 
 
 # --------------------------------------------------------------------------- probing

@@ -18,7 +18,7 @@ from typing import Self
 
 from thorbis_cache.errors import ServerStartError
 from thorbis_cache.testing.binaries import PgBouncerBinaries, find_pgbouncer
-from thorbis_cache.testing.servers._base import _LIVE, _POLL_INTERVAL, _PortInUse, _ServerBase
+from thorbis_cache.testing.servers._base import _LIVE, _POLL_INTERVAL, _PortInUse
 from thorbis_cache.testing.servers._ports import HOST, free_port
 from thorbis_cache.testing.servers._process import (
     _STOP_TIMEOUT,
@@ -29,7 +29,11 @@ from thorbis_cache.testing.servers._process import (
     _tail,
     _terminate,
 )
-from thorbis_cache.testing.servers.postgres_server import _check_reachable, _postgres_credentials
+from thorbis_cache.testing.servers.postgres_server import (
+    _check_reachable,
+    _postgres_credentials,
+    _PostgresWire,
+)
 
 __all__ = ["POOL_MODES", "PgBouncer"]
 
@@ -41,7 +45,7 @@ POOL_MODES = ("session", "transaction", "statement")
 _SIGQUIT_FROM = (1, 23)
 
 
-class PgBouncer(_ServerBase):
+class PgBouncer(_PostgresWire):
     """A ``pgbouncer`` on 127.0.0.1 pooling connections to ``127.0.0.1:backend_port``.
 
     ``dir`` holds ``pgbouncer.ini``, ``users.txt`` (the auth file: user ``postgres``),
@@ -99,19 +103,6 @@ class PgBouncer(_ServerBase):
     def log_path(self) -> Path:
         """PgBouncer's log file (``logfile``)."""
         return self.dir / "pgbouncer.log"
-
-    @property
-    def user(self) -> str:
-        """The only user the auth file knows (always ``postgres``)."""
-        return "postgres"
-
-    def dsn(self, dbname: str = "postgres") -> str:
-        """A libpq/asyncpg DSN for database ``dbname`` (on the backend) through the pooler.
-
-        :param dbname: database name; any name is passed through to the backend.
-        :returns: ``postgresql://postgres@127.0.0.1:PORT/dbname``.
-        """
-        return f"postgresql://postgres@{HOST}:{self.port}/{dbname}"
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"

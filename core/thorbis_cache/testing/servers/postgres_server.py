@@ -81,7 +81,25 @@ def _remove_stale_shm(pidfile: Path) -> None:
         libc.shmctl(ctypes.c_int(shmid), ctypes.c_int(_IPC_RMID), None)
 
 
-class PostgresServer(_ServerBase):
+class _PostgresWire(_ServerBase):
+    """A process that speaks PostgreSQL's protocol on 127.0.0.1 (the server, a pooler)."""
+
+    @property
+    def user(self) -> str:
+        """The database superuser (always ``postgres``)."""
+        return "postgres"
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """A libpq/asyncpg DSN for database ``dbname`` as the superuser (through a
+        pooler: on its backend).
+
+        :param dbname: database name.
+        :returns: ``postgresql://postgres@127.0.0.1:PORT/dbname``.
+        """
+        return f"postgresql://postgres@{HOST}:{self.port}/{dbname}"
+
+
+class PostgresServer(_PostgresWire):
     """A throw-away PostgreSQL cluster on 127.0.0.1 (trust auth, durability off).
 
     ``dir`` holds ``data/`` (PGDATA), ``postgres.log`` and the unix socket.
@@ -135,19 +153,6 @@ class PostgresServer(_ServerBase):
     def log_path(self) -> Path:
         """The server's log file (its stderr)."""
         return self.dir / "postgres.log"
-
-    @property
-    def user(self) -> str:
-        """The database superuser (always ``postgres``)."""
-        return "postgres"
-
-    def dsn(self, dbname: str = "postgres") -> str:
-        """A libpq/asyncpg DSN for database ``dbname`` as the superuser.
-
-        :param dbname: database name.
-        :returns: ``postgresql://postgres@127.0.0.1:PORT/dbname``.
-        """
-        return f"postgresql://postgres@{HOST}:{self.port}/{dbname}"
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
