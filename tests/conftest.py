@@ -7,7 +7,8 @@ entry point; ``pytester`` runs inner pytest sessions for the clean-up tests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -68,19 +69,24 @@ async def core_conn(thorbis_pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
+T = TypeVar("T")
+
+
+def _installed(ensure: Callable[..., T]) -> T:
+    """``ensure(install=True)``'s binaries, or the test fails naming what is missing."""
+    try:
+        return ensure(install=True)
+    except ServerBinaryNotFound as exc:
+        pytest.fail(str(exc))
+
+
 @pytest.fixture(scope="module")
 def prometheus_binaries() -> PrometheusBinaries:
     """prometheus and promtool; installed with apt when missing and allowed (root)."""
-    try:
-        return ensure_prometheus(install=True)
-    except ServerBinaryNotFound as exc:
-        pytest.fail(str(exc))
+    return _installed(ensure_prometheus)
 
 
 @pytest.fixture(scope="session")
 def pgbouncer_binaries() -> PgBouncerBinaries:
     """pgbouncer; installed with apt when missing and allowed (root)."""
-    try:
-        return ensure_pgbouncer(install=True)
-    except ServerBinaryNotFound as exc:
-        pytest.fail(str(exc))
+    return _installed(ensure_pgbouncer)

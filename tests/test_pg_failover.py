@@ -48,17 +48,23 @@ class Pair:
                 f"{self.standby.port}/postgres?target_session_attrs=read-write")
 
 
-@pytest.fixture
-def pair() -> Iterator[Pair]:
+@contextlib.contextmanager
+def _primary_and_standby(**standby_settings: str) -> Iterator[Pair]:
     primary = PostgresServer().start()
     standby = None
     try:
-        standby = PostgresServer(standby_of=primary).start()
+        standby = PostgresServer(standby_of=primary, settings=standby_settings).start()
         yield Pair(primary, standby)
     finally:
         for server in (standby, primary):
             if server is not None:
                 server.stop()
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    with _primary_and_standby() as servers:
+        yield servers
 
 
 async def _replayed(pair: Pair, conn: asyncpg.Connection) -> None:
@@ -222,16 +228,8 @@ async def test_a_standby_is_refused_naming_it(pair: Pair, thorbis_standalone_red
 def lagging() -> Iterator[Pair]:
     """A primary and a standby that applies each commit 400 ms late
     (``recovery_min_apply_delay``): a read replica under load, deterministically."""
-    primary = PostgresServer().start()
-    standby = None
-    try:
-        standby = PostgresServer(standby_of=primary,
-                                 settings={"recovery_min_apply_delay": "400ms"}).start()
-        yield Pair(primary, standby)
-    finally:
-        for server in (standby, primary):
-            if server is not None:
-                server.stop()
+    with _primary_and_standby(recovery_min_apply_delay="400ms") as servers:
+        yield servers
 
 
 async def test_a_reader_on_a_lagging_replica_never_keeps_the_old_row(
