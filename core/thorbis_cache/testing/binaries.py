@@ -214,6 +214,20 @@ def _postgres_version(bindir: Path) -> tuple[int, ...] | None:
     return _parse(_PG_VERSION_RE, _run_version(bindir / "postgres"))
 
 
+def _usable_version(path: Path, pattern: re.Pattern[str], minimum: tuple[int, ...],
+                    expected: str) -> tuple[int, ...] | str:
+    """The version of the executable at ``path`` if it is at least ``minimum``, or why
+    it is not usable (``expected``: what ``--version`` should have printed)."""
+    if not _is_executable(path):
+        return f"{path} is not an executable file"
+    version = _parse(pattern, _run_version(path))
+    if version is None:
+        return f"{path}: `--version` printed no {expected}"
+    if version < minimum:
+        return f"{path} is version {_fmt(version)}"
+    return version
+
+
 def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
@@ -361,15 +375,12 @@ def _prometheus_missing(detail: str) -> ServerBinaryNotFound:
 def _prometheus_at(path: Path) -> PrometheusBinaries | str:
     """The binaries at ``path`` (promtool beside it), or why they are not usable."""
     promtool = path.parent / "promtool"
-    if not _is_executable(path):
-        return f"{path} is not an executable file"
-    if not _is_executable(promtool):
+    if _is_executable(path) and not _is_executable(promtool):
         return f"no executable promtool beside {path}"
-    version = _parse(_PROMETHEUS_VERSION_RE, _run_version(path))
-    if version is None:
-        return f"{path}: `--version` printed no version"
-    if version < MIN_PROMETHEUS_VERSION:
-        return f"{path} is version {_fmt(version)}"
+    version = _usable_version(path, _PROMETHEUS_VERSION_RE, MIN_PROMETHEUS_VERSION,
+                              "a version")
+    if isinstance(version, str):
+        return version
     return PrometheusBinaries(prometheus=path, promtool=promtool, version=version)
 
 
@@ -422,13 +433,10 @@ def _pgbouncer_missing(detail: str) -> ServerBinaryNotFound:
 
 def _pgbouncer_at(path: Path) -> PgBouncerBinaries | str:
     """The binary at ``path``, or why it is not usable."""
-    if not _is_executable(path):
-        return f"{path} is not an executable file"
-    version = _parse(_PGBOUNCER_VERSION_RE, _run_version(path))
-    if version is None:
-        return f"{path}: `--version` printed no PgBouncer X.Y.Z"
-    if version < MIN_PGBOUNCER_VERSION:
-        return f"{path} is version {_fmt(version)}"
+    version = _usable_version(path, _PGBOUNCER_VERSION_RE, MIN_PGBOUNCER_VERSION,
+                              "PgBouncer X.Y.Z")
+    if isinstance(version, str):
+        return version
     return PgBouncerBinaries(pgbouncer=path, version=version)
 
 
