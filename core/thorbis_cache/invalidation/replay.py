@@ -29,7 +29,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from thorbis_cache.invalidation.batch import apply_again
+from thorbis_cache.invalidation.tag_lanes import apply_again
 from thorbis_cache.postgres import replay_log
 from thorbis_cache.store.scripts import load_lua
 

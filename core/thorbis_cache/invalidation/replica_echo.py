@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from thorbis_cache.invalidation.batch import BatchResult, TagInvalidator, apply_again
+from thorbis_cache.invalidation.batch import BatchResult
+from thorbis_cache.invalidation.tag_lanes import TagInvalidator, apply_again
 from thorbis_cache.postgres.logical import parse_lsn
 
 if TYPE_CHECKING:
