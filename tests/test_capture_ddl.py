@@ -21,17 +21,15 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import attrs
 import pytest
-from core_testing import CUSTOMER_SQL, NOW, TECH_SQL, WORK_ORDER_SQL, run_cli, stale_customer
+from capture_env import Env, capture_env
+from core_testing import CUSTOMER_SQL, NOW, TECH_SQL, WORK_ORDER_SQL, run_cli
 from thorbis_home_services.schemas import (
-    CUSTOMER,
     TAG_CUSTOMER_LISTS,
     TAG_SCHEDULES,
     TECHNICIAN_SCHEDULE,
 )
 
-from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.invalidation.batch import Incomplete
 from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.postgres.capture_ddl import (
@@ -41,37 +39,7 @@ from thorbis_cache.postgres.capture_ddl import (
     ensure_ddl_guard,
 )
 from thorbis_cache.postgres.connection import connect
-from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.postgres.migrations import migrate
-
-
-@attrs.frozen
-class Env:
-    mode: str
-    dsn: str
-    redis_url: str
-    conn: asyncpg.Connection
-    app: CacheApp
-    capture: LogicalCapture | None
-    notices: list[str]
-
-    def worker(self) -> OutboxWorker:
-        return OutboxWorker.from_app(self.app, self.dsn, capture=self.capture)
-
-    async def cache_customer(self, cid: int, tenant: str = "acme") -> None:
-        stale = stale_customer(cid)
-        await self.app.cache.hash(CUSTOMER.key(tenant, customer_id=cid)).replace(stale)
-
-    async def cached(self, cid: int, tenant: str = "acme") -> bool:
-        key = CUSTOMER.key(tenant, customer_id=cid)
-        return await self.app.cache.hash(key).get() is not None
-
-    def db_init(self, code: int = 0) -> str:
-        args = ["db", "init", "--dsn", self.dsn, "--plugin", "home_services",
-                "--capture", self.mode]
-        if self.capture is not None:
-            args += ["--slot", self.capture.slot.removeprefix("thorbis_")]
-        return run_cli(*args, code=code)
 
 
 async def _cache_two_tenants(env: Env, worker: OutboxWorker) -> None:
@@ -86,27 +54,9 @@ async def _cache_two_tenants(env: Env, worker: OutboxWorker) -> None:
 @pytest.fixture(params=["triggers", "logical"])
 async def env(request: pytest.FixtureRequest, thorbis_pg_dsn: str,
               thorbis_standalone_redis_url: str) -> AsyncIterator[Env]:
-    mode: str = request.param
-    app = await CacheApp(thorbis_standalone_redis_url,
-                         keyring=KeyRing.generate()).start(["home_services"])
-    capture = None
-    if mode == "logical":
-        capture = LogicalCapture(f"d{uuid.uuid4().hex[:10]}", app.plugins.all_rules(),
-                                 app.plugins.all_views())
-    conn = await asyncpg.connect(thorbis_pg_dsn,
-                                 server_settings={"synchronous_commit": "on"})
-    notices: list[str] = []
-    conn.add_log_listener(lambda _, message: notices.append(str(message)))
-    env = Env(mode, thorbis_pg_dsn, thorbis_standalone_redis_url, conn, app, capture,
-              notices)
-    await asyncio.to_thread(env.db_init)
-    try:
+    async with capture_env(request.param, thorbis_pg_dsn,
+                           thorbis_standalone_redis_url) as env:
         yield env
-    finally:
-        if capture is not None:
-            await capture.drop(conn)
-        await conn.close()
-        await app.aclose()
 
 
 async def test_a_migration_renaming_watched_columns_never_breaks_writes(

@@ -502,6 +502,13 @@ def test_pgoutput_messages_parse() -> None:
     assert change.new == {"id": "2", "v": pgoutput.UNCHANGED}
     with pytest.raises(ValueError, match="before its Relation"):
         pgoutput.parse(b"D" + struct.pack("!I", 9) + b"K" + tup(b"1"), relations)
+    body = b'{"table": "hs.t", "operation": "TRUNCATE"}'
+    message = b"M\x01" + struct.pack("!Q", 104) + b"thorbis_cache\0" + struct.pack(
+        "!i", len(body)) + body
+    assert pgoutput.parse(message, relations) == pgoutput.LogicalMessage(
+        True, "thorbis_cache", body)
+    with pytest.raises(ValueError, match="logical message of 42 bytes, 41 sent"):
+        pgoutput.parse(message[:-1], relations)
     commit = pgoutput.parse(b"C\0" + struct.pack("!qqq", 100, 108, 0), relations)
     assert commit == pgoutput.Commit(100, 108, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
     assert parse_lsn(lsn_text(0x16_B374D848)) == 0x16_B374D848

@@ -9,9 +9,9 @@ the worker (:meth:`~thorbis_cache.invalidation.worker.OutboxWorker.check_capture
 
 What counts as installed, per table some rule names:
 
-* trigger capture: enabled triggers on the table that run a function of the ``thorbis``
-  schema (whatever their names: ``triggers.py`` owns those) and together fire on every
-  operation the table's rules handle;
+* trigger capture: enabled triggers on the table, and on each of its partitions, that run
+  a function of the ``thorbis`` schema (whatever their names: ``triggers.py`` owns those)
+  and together fire on every operation the table's rules handle;
 * logical capture: the slot exists in this database and its publication includes the
   table;
 * either (``capture="any"``, the app's check, which does not know how its workers read):
@@ -36,15 +36,21 @@ __all__ = ["capture_problems", "check_capture", "fix_command"]
 # pg_trigger.tgtype bits (catalog/pg_trigger.h): which events a trigger fires on.
 _EVENT_BITS = {Operation.INSERT: 4, Operation.DELETE: 8, Operation.UPDATE: 16}
 
+# Each table and each of its partitions (a statement naming a partition fires the
+# partition's triggers only), with the events their capture triggers fire on.
 _TRIGGER_EVENTS = """
-SELECT c.relid, coalesce(bit_or(t.tgtype::int), 0) AS events
+SELECT c.relid AS root, r.relid AS relid, r.relid::regclass::text AS name,
+       coalesce(bit_or(t.tgtype::int), 0) AS events
 FROM unnest($1::oid[]) AS c(relid)
+CROSS JOIN LATERAL (SELECT c.relid UNION
+                    SELECT p.relid FROM pg_catalog.pg_partition_tree(c.relid) AS p) AS r(relid)
 LEFT JOIN pg_catalog.pg_trigger t
-       ON t.tgrelid = c.relid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+       ON t.tgrelid = r.relid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
       AND t.tgfoid IN (SELECT p.oid FROM pg_catalog.pg_proc p
                        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
                        WHERE n.nspname = 'thorbis')
-GROUP BY c.relid
+GROUP BY c.relid, r.relid
+ORDER BY name
 """
 
 # Tables of the publications (named pubname, or any thorbis_* one when $1 is NULL) whose
@@ -92,9 +98,14 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
         published = {r[0] for r in await conn.fetch(
             _PUBLISHED, None if logical is None else logical.publication)}
     events: dict[int, int] = {}
+    partitions: dict[int, list[tuple[str, int]]] = defaultdict(list)
     if logical is None:
-        events = {r[0]: r[1] for r in await conn.fetch(
-            _TRIGGER_EVENTS, [oid for oid in relids.values() if oid is not None])}
+        for root, relid, name, bits in await conn.fetch(
+                _TRIGGER_EVENTS, [oid for oid in relids.values() if oid is not None]):
+            if root == relid:
+                events[root] = bits
+            else:
+                partitions[root].append((name, bits))
     problems = []
     for table in tables:
         relid = relids[table]
@@ -108,13 +119,15 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
             problems.append(f"{table} (rules {_names(by_table[table])}): the table "
                             "does not exist")
             continue
-        bits = events[relid]
         needed = {op for r in by_table[table] for op in r.operations}
-        missing = sorted(op.value for op in needed if not bits & _EVENT_BITS[op])
-        if missing:
-            what = "no capture trigger" if not bits else "no capture trigger for"
-            detail = "" if not bits else f" {', '.join(missing)}"
-            problems.append(f"{table} (rules {_names(by_table[table])}): {what}{detail}")
+        for name, bits in [("", events[relid]), *partitions[relid]]:
+            missing = sorted(op.value for op in needed if not bits & _EVENT_BITS[op])
+            if missing:
+                what = "no capture trigger" if not bits else "no capture trigger for"
+                detail = "" if not bits else f" {', '.join(missing)}"
+                where = f"partition {name} has " if name else ""
+                problems.append(f"{table} (rules {_names(by_table[table])}): "
+                                f"{where}{what}{detail}")
     return problems
 
 

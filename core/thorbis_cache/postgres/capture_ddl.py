@@ -9,6 +9,14 @@ capture ``thorbis.capture_standin__<schema>__<table>()`` it makes. This module r
 the captured tables when capture is installed and creates the event trigger
 ``thorbis_capture_ddl`` that runs the check after every ``ALTER TABLE``. Logical capture
 reads the same records to follow a renamed table.
+
+A partitioned table's partitions need capture of their own
+(``sql/core/010_capture_partitions.sql``): a statement that names a partition fires
+that partition's statement triggers, not the table's, and a partition's TRUNCATE is not
+published as the table's. :func:`capture_partitions` gives each partition what it needs;
+the event trigger ``thorbis_capture_partitions`` does it for partitions created or
+attached later, and records rows that joined or left the table with a partition as a
+change to every row.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ from collections.abc import Collection, Sequence
 import asyncpg
 import attrs
 
-__all__ = ["EVENT_TRIGGER", "CaptureDrift", "drifted_captures", "ensure_ddl_guard",
-           "record_captured", "relid_of", "relids_of"]
+__all__ = ["EVENT_TRIGGER", "PARTITIONS_TRIGGER", "CaptureDrift", "capture_partitions",
+           "drifted_captures", "ensure_ddl_guard", "record_captured", "relid_of",
+           "relids_of"]
 
 #: The event trigger that checks every ALTER TABLE against the captured tables.
 EVENT_TRIGGER = "thorbis_capture_ddl"
@@ -27,27 +36,37 @@ EVENT_TRIGGER = "thorbis_capture_ddl"
 _RECORD = """
 INSERT INTO thorbis.captured_tables
        (table_name, relid, tenant_column, columns, key_columns, operations, column_types,
-        incomplete, retyped, changed_at)
+        incomplete, retyped, changed_at, partitions)
 SELECT $1::text, r.relid, $2::text, $3::text[], $4::text[], $5::text[],
        CASE WHEN $7::bool THEN (SELECT jsonb_object_agg(a.attname, a.atttypid)
                                   FROM pg_catalog.pg_attribute a
                                  WHERE a.attrelid = r.relid
                                    AND a.attname = ANY ($3::text[] || $4::text[])
                                    AND a.attnum > 0 AND NOT a.attisdropped) END,
-       NULL, NULL, now()
+       NULL, NULL, now(), thorbis.capture_partitions_of(r.relid)
   FROM (SELECT coalesce($6::oid, to_regclass($1)::oid) AS relid) AS r
 ON CONFLICT (table_name) DO UPDATE SET
        relid = EXCLUDED.relid, tenant_column = EXCLUDED.tenant_column,
        columns = EXCLUDED.columns, key_columns = EXCLUDED.key_columns,
        operations = EXCLUDED.operations, column_types = EXCLUDED.column_types,
-       incomplete = NULL, retyped = NULL, recreated = false, changed_at = now()
+       incomplete = NULL, retyped = NULL, recreated = false, changed_at = now(),
+       partitions = EXCLUDED.partitions
 """
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.capture_ddl'))"
 
-_CREATE = (f"CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end "
-           "WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') "
-           "EXECUTE FUNCTION thorbis.capture_ddl_check()")
+#: The event trigger that keeps the partitions of each captured table captured (core
+#: 010): it fires after :data:`EVENT_TRIGGER` (event triggers fire in name order).
+PARTITIONS_TRIGGER = "thorbis_capture_partitions"
+
+_CREATE = {
+    EVENT_TRIGGER: (f"CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end "
+                    "WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TABLE AS', "
+                    "'SELECT INTO') EXECUTE FUNCTION thorbis.capture_ddl_check()"),
+    PARTITIONS_TRIGGER: (f"CREATE EVENT TRIGGER {PARTITIONS_TRIGGER} ON ddl_command_end "
+                         "WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'DROP TABLE') "
+                         "EXECUTE FUNCTION thorbis.capture_partitions_ddl()"),
+}
 
 
 async def record_captured(conn: asyncpg.Connection, table: str, *, tenant_column: str,
@@ -68,6 +87,16 @@ async def record_captured(conn: asyncpg.Connection, table: str, *, tenant_column
                        [op for op in order if op in operations], relid, track_types)
 
 
+async def capture_partitions(conn: asyncpg.Connection, tables: Sequence[str]) -> int:
+    """Give every partition of the captured ``tables`` (recorded by
+    :func:`record_captured`) the capture it needs: the table's own capture triggers, or
+    under logical capture a TRUNCATE trigger; returns how many triggers were made."""
+    return int(await conn.fetchval(
+        "SELECT coalesce(sum(thorbis.capture_partition_triggers(c)), 0) "
+        "FROM thorbis.captured_tables c WHERE c.table_name = ANY ($1::text[])",
+        list(tables)))
+
+
 async def _recorded(conn: asyncpg.Connection) -> bool:
     """Whether the database keeps the capture's record (a database set up by an
     earlier release has none)."""
@@ -83,21 +112,23 @@ async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
             # Host processes run db init's steps at once when they start together: one
             # of them creates it (the others would fail on a duplicate).
             await conn.execute(_LOCK)
-            enabled = await conn.fetchval(
-                "SELECT evtenabled FROM pg_event_trigger WHERE evtname = $1", EVENT_TRIGGER)
-            if enabled is None:
-                await conn.execute(_CREATE)
-            if enabled != "A":
-                # A migration run in a replica session (session_replication_role) is
-                # checked too, as the capture triggers fire there (core 009).
-                await conn.execute(f"ALTER EVENT TRIGGER {EVENT_TRIGGER} ENABLE ALWAYS")
+            for name, create in _CREATE.items():
+                enabled = await conn.fetchval(
+                    "SELECT evtenabled FROM pg_event_trigger WHERE evtname = $1", name)
+                if enabled is None:
+                    await conn.execute(create)
+                if enabled != "A":
+                    # A migration run in a replica session (session_replication_role)
+                    # is checked too, as the capture triggers fire there (core 009).
+                    await conn.execute(f"ALTER EVENT TRIGGER {name} ENABLE ALWAYS")
     except asyncpg.InsufficientPrivilegeError as exc:
         role = await conn.fetchval("SELECT current_user")
         return (f"the event trigger {EVENT_TRIGGER} was not created ({exc}; role "
                 f"{role!r}): a migration that renames or drops a column an invalidation "
                 "rule reads will make every write of that table fail until `thorbis-cache "
-                "db init` runs with matching rules; run `thorbis-cache db init` once as a "
-                "superuser (rds_superuser on RDS) to install it")
+                "db init` runs with matching rules, and a partition created, attached, "
+                "detached or dropped later goes uncaptured; run `thorbis-cache db init` "
+                "once as a superuser (rds_superuser on RDS) to install it")
     return None
 
 

@@ -406,8 +406,12 @@ class LogicalCapture:
             await self.check_connection(dsn)  # raises, naming why
         await self.check_role(conn)
         try:
-            stream = await ReplicationStream.start(
-                dsn, self.slot, {"proto_version": "1", "publication_names": self.publication})
+            options = {"proto_version": "1", "publication_names": self.publication}
+            if conn.get_server_version().major >= 14:
+                # The capture's own messages (rows that joined or left a table with a
+                # partition, core 010); PostgreSQL 13 has no such option.
+                options["messages"] = "true"
+            stream = await ReplicationStream.start(dsn, self.slot, options)
         except ReplicationError as exc:
             # No such slot (42704), or invalidated past max_slot_wal_keep_size (55000):
             # the changes since its last confirmed position are gone, and nothing here

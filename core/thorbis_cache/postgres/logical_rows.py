@@ -21,7 +21,13 @@ from thorbis_cache.postgres.outbox import OutboxRow
 from thorbis_cache.postgres.row_images import Unsupported, as_text, converter
 from thorbis_cache.postgres.triggers import TablePlan
 
-__all__ = ["PendingChange", "TransactionDecoder", "WatchedTable", "rows_of"]
+__all__ = ["MESSAGE_PREFIX", "PendingChange", "TransactionDecoder", "WatchedTable", "rows_of"]
+
+#: The prefix of the logical-decoding messages the capture writes itself
+#: (``sql/core/010_capture_partitions.sql``): ``{"table": ..., "operation": "TRUNCATE"}``
+#: for rows that joined or left a table without a row change (a partition detached,
+#: dropped or attached with rows; a partition truncated).
+MESSAGE_PREFIX = "thorbis_cache"
 
 
 @attrs.frozen(slots=True)
@@ -212,6 +218,15 @@ class TransactionDecoder:
                     self.current.append(PendingChange(
                         table, pgoutput.Change(oid, "TRUNCATE", None, False, None), lsn + i,
                         begin.xid, begin.committed_at, self.types[oid]))
+        elif type(message) is pgoutput.LogicalMessage:
+            begin = self.begin
+            if message.transactional and message.prefix == MESSAGE_PREFIX and begin:
+                table = self._message_table(message.content)
+                if table is not None:  # planned as a TRUNCATE of the table
+                    self.current.append(PendingChange(
+                        table, pgoutput.Change(table.relid, "TRUNCATE", None, False, None),
+                        lsn, begin.xid, begin.committed_at,
+                        self.types.get(table.relid, {})))
         elif type(message) is pgoutput.Commit:
             for item in self.current:
                 item.committed_at = message.committed_at
@@ -221,6 +236,17 @@ class TransactionDecoder:
             self.transactions += 1
             return True
         return False
+
+    def _message_table(self, content: bytes) -> WatchedTable | None:
+        """The watched table a capture message names (None: not one of ours)."""
+        try:
+            body = json.loads(content)
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or body.get("operation") != "TRUNCATE":
+            return None
+        name = body.get("table")
+        return self.tables.get(name) if isinstance(name, str) else None
 
     def take(self) -> tuple[list[PendingChange], int | None, int]:
         """The changes of the whole transactions fed so far, where they end, and how
@@ -314,7 +340,10 @@ async def rows_of(conn: asyncpg.Connection, tables: dict[str, WatchedTable],
 def _text_images(item: PendingChange) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The old and new text values to build images from: an unchanged TOASTed value
     is taken from the old row; an UPDATE that kept its key and sent no old row (no
-    FULL identity, so no rule reads an old non-key value) uses the new row."""
+    FULL identity, so no rule reads an old non-key value) uses the new row. Where the
+    capture set FULL but the row came without its old values (a partition left with
+    its own identity, a table altered since), the old image holds the key only: the
+    other old values are unknown, and planning treats them conservatively."""
     change = item.change
     if ((change.old is not None or change.operation != "UPDATE")
             and (change.old is None or pgoutput.UNCHANGED not in change.old.values())
@@ -324,6 +353,9 @@ def _text_images(item: PendingChange) -> tuple[dict[str, Any] | None, dict[str, 
     new = None if change.new is None else dict(change.new)
     if change.operation == "UPDATE" and old is None:
         old = dict(new or {})
+        if item.table.full_identity:
+            kept = (*item.table.pk, item.table.plan.tenant_column)
+            old = {c: v for c, v in old.items() if c in kept}
     if new is not None and old is not None:
         for column, value in list(new.items()):
             if value is pgoutput.UNCHANGED and column in old:

@@ -4,7 +4,9 @@ The messages are those PostgreSQL's built-in output plugin writes for a publicat
 (https://www.postgresql.org/docs/15/protocol-logicalrep-message-formats.html). Only
 what the logical capture needs is kept: transaction boundaries, the relation
 descriptions, and the row changes with their column values as text (``pgoutput`` sends
-text unless asked for binary). Type, origin and logical-message messages are skipped.
+text unless asked for binary), and the transactional logical-decoding messages
+(``pg_logical_emit_message``, sent with the ``messages`` option). Type and origin
+messages are skipped.
 
 Pure bytes in, values out: no database access, so the parser is tested on its own and
 costs nothing to import.
@@ -23,6 +25,7 @@ __all__ = [
     "Change",
     "Column",
     "Commit",
+    "LogicalMessage",
     "Message",
     "Relation",
     "Truncate",
@@ -124,7 +127,18 @@ class Truncate:
     relation_oids: tuple[int, ...]
 
 
-Message = Begin | Commit | Relation | Change | Truncate | None
+@attrs.frozen(slots=True)
+class LogicalMessage:
+    """A message written by ``pg_logical_emit_message`` (sent with the ``messages``
+    option). :ivar transactional: part of its transaction (sent in its place, at commit);
+    otherwise sent at once, whatever becomes of the transaction."""
+
+    transactional: bool
+    prefix: str
+    content: bytes
+
+
+Message = Begin | Commit | Relation | Change | Truncate | LogicalMessage | None
 
 
 def _timestamp(micros: int) -> dt.datetime:
@@ -213,8 +227,7 @@ def parse(data: bytes, relations: dict[int, Relation],
     :param keep: for a relation oid, the columns whose values to decode; the others
         (present with text values) are left out of the change's tuples. A relation not
         named here keeps every column.
-    :returns: the message, or None for one the capture does not use (type, origin,
-        logical message).
+    :returns: the message, or None for one the capture does not use (type, origin).
     :raises ValueError: a malformed message, or a change of a relation not described.
     """
     # The messages of every change (Begin, the change, Commit) are read straight from
@@ -271,4 +284,13 @@ def parse(data: bytes, relations: dict[int, Relation],
         reader.unpack("!b")
         oids = reader.unpack(f"!{count}I")
         return Truncate(tuple(oids))
+    if kind == "M":
+        # Outside a streamed transaction (not requested) it carries no xid.
+        flags, _lsn = reader.unpack("!bQ")
+        prefix = reader.string()
+        (size,) = reader.unpack("!i")
+        content = data[reader.pos:reader.pos + size]
+        if len(content) != size:
+            raise ValueError(f"logical message of {size} bytes, {len(content)} sent")
+        return LogicalMessage(bool(flags & 1), prefix, content)
     return None

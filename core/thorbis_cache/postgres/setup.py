@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from thorbis_cache.errors import ConfigurationError
-from thorbis_cache.postgres.capture_ddl import ensure_ddl_guard
+from thorbis_cache.postgres.capture_ddl import capture_partitions, ensure_ddl_guard
 from thorbis_cache.postgres.connection import connect
 from thorbis_cache.postgres.migrations import MigrationReport, migrate
 from thorbis_cache.postgres.sql_apply import apply_and_check
@@ -109,6 +109,8 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             await logical.check_connection(dsn)
             full = await logical.ensure(conn)
             dropped = await remove_triggers(conn)
+            # A partition's TRUNCATE is not published as its table's: a trigger says it.
+            await capture_partitions(conn, sorted({rule.table for rule in rules}))
             # Nothing on the write path to protect: the event trigger only records a
             # migration's missing columns for `health`, where the role may create it.
             await ensure_ddl_guard(conn)

@@ -46,7 +46,7 @@ import attrs
 
 from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView, Operation
-from thorbis_cache.postgres.capture_ddl import record_captured
+from thorbis_cache.postgres.capture_ddl import capture_partitions, record_captured
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.outbox_images import Shape, register_shape, value_sql
 
@@ -361,6 +361,8 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
                                   columns=plan.columns, key_columns=pk,
                                   operations={o.value for o in plan.operations},
                                   track_types=True)
+        # A statement naming a partition fires the partition's triggers only.
+        await capture_partitions(conn, [plan.table for plan in plans])
     return plans
 
 
@@ -370,13 +372,15 @@ FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = 'thorbis' AND NOT t.tgisinternal
+  AND p.proname <> 'capture_truncate_message'
 ORDER BY 2, 1
 """
 
 
 async def capture_triggers(conn: asyncpg.Connection) -> list[tuple[str, str]]:
     """Every capture trigger installed (every trigger running a function of the
-    ``thorbis`` schema): ``(quoted trigger name, table)`` pairs, by table."""
+    ``thorbis`` schema, but the partitions' TRUNCATE triggers of logical capture, which
+    write no outbox row): ``(quoted trigger name, table)`` pairs, by table."""
     return [(name, table) for name, table in await conn.fetch(_CAPTURE_TRIGGERS)]
 
 
