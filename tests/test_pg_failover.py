@@ -49,8 +49,9 @@ class Pair:
 
 
 @contextlib.contextmanager
-def _primary_and_standby(**standby_settings: str) -> Iterator[Pair]:
-    primary = PostgresServer().start()
+def _primary_and_standby(primary_settings: dict[str, str] | None = None,
+                         **standby_settings: str) -> Iterator[Pair]:
+    primary = PostgresServer(settings=primary_settings).start()
     standby = None
     try:
         standby = PostgresServer(standby_of=primary, settings=standby_settings).start()
@@ -228,7 +229,12 @@ async def test_a_standby_is_refused_naming_it(pair: Pair, thorbis_standalone_red
 def lagging() -> Iterator[Pair]:
     """A primary and a standby that applies each commit 400 ms late
     (``recovery_min_apply_delay``): a read replica under load, deterministically."""
-    with _primary_and_standby(recovery_min_apply_delay="400ms") as servers:
+    # The worker must invalidate well within the replica's delay: under the test
+    # servers' synchronous_commit=off a commit reaches the WAL (and the logical stream)
+    # within wal_writer_delay, 200 ms by default, which made the margin one WAL writer
+    # cycle and the test fail whenever a drain waited for a second one.
+    with _primary_and_standby({"wal_writer_delay": "10ms"},
+                              recovery_min_apply_delay="400ms") as servers:
         yield servers
 
 
