@@ -85,6 +85,9 @@ class WorkerMetrics:
     :ivar incomplete_changes: changes whose images lacked a column the rules read (a
         migration renamed or dropped it), applied through their schemas' tags
         (:class:`~thorbis_cache.invalidation.planning.RulePlanner`).
+    :ivar bulk_transactions: transactions of more watched changes than logical capture
+        holds for a commit, applied by tenant instead of by row
+        (:data:`~thorbis_cache.postgres.logical_rows.MAX_HELD`).
     :ivar replica_echoes: batches whose invalidations were applied again once every
         standby had replayed them (readers on replicas:
         :mod:`~thorbis_cache.invalidation.replica_echo`).
@@ -106,6 +109,7 @@ class WorkerMetrics:
     capture_losses: int = 0
     incomplete_changes: int = 0
     replica_echoes: int = 0
+    bulk_transactions: int = 0
     uncaptured_tables: int = 0
     redis_wait_seconds: float = 0.0
     redis_probes: int = 0

@@ -101,7 +101,8 @@ class Plan:
         their entries stay until their TTL (reported, never silent).
     :ivar every_tenant: the change is a TRUNCATE, or its tenant is unknown (its table no
         longer has the tenant column): ``tags`` are for every tenant (``tenant`` is
-        empty).
+        empty). A TRUNCATE that names a tenant (a bulk transaction's, applied by tenant)
+        has the same tags for that tenant only.
     """
 
     tenant: str
@@ -159,8 +160,10 @@ class RulePlanner:
         try:
             op = _OPERATIONS[row.operation]
         except (KeyError, TypeError):  # TypeError: not even hashable
-            if row.operation == "TRUNCATE":  # every row of every tenant
-                return self._for_every_tenant(row.table_name, ())
+            if row.operation == "TRUNCATE":
+                if row.tenant_id is None:  # every row of every tenant
+                    return self._for_every_tenant(row.table_name, ())
+                return self._for_tenant(row.table_name, row.tenant_id)
             raise PoisonRow(f"unknown operation {row.operation!r}") from None
         old, new = _image(row, "old"), _image(row, "new")
         if row.tenant_id is None:
@@ -220,6 +223,16 @@ class RulePlanner:
             plan = self._every_tenant[table, unseen] = Plan(
                 "", (), tags, unseen, untagged, every_tenant=True)
         return plan
+
+    def _for_tenant(self, table: str, tenant_id: str) -> Plan:
+        """Every tag a change to ``table`` can reach, for one tenant: every row of that
+        tenant may have changed (a bulk transaction, applied by tenant)."""
+        try:
+            tenant = validate_tenant(tenant_id)
+        except ValueError as exc:
+            raise PoisonRow(f"tenant: {exc}") from None
+        every = self._for_every_tenant(table, ())
+        return Plan(tenant, (), every.tags, (), every.unreached)
 
     def _key(self, rule: InvalidationRule, schema_name: str, columns: Mapping[str, str],
              tenant: str, image: Mapping[str, Any] | None) -> CacheKey[Any] | None:

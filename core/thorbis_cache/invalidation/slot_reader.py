@@ -31,6 +31,11 @@ __all__ = ["SlotReader", "wal_flushed"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds one read of the stream waits for the server to reach the position asked for;
+#: a read that ends with the server still sending (or still decoding) is followed by
+#: another, as long as the stream moves.
+READ_WAIT = 5.0
+
 #: How a batch's rows are applied in the caller's transaction (the worker's
 #: :func:`~thorbis_cache.invalidation.batch.apply_changes` with its settings).
 Apply = Callable[[Any, Sequence[outbox.OutboxRow]], Awaitable[BatchResult]]
@@ -114,8 +119,10 @@ class SlotReader:
             until = None if not caught_up else parse_lsn(
                 await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
             while True:
+                moved = (stream.position, stream.messages)
                 try:
-                    batch = await stream.read(conn, limit, self._attempts, until=until)
+                    batch = await stream.read(conn, limit, self._attempts, until=until,
+                                              max_wait=READ_WAIT)
                     claimed = time.perf_counter()
                 except ReplicationError:
                     # A slot dropped or invalidated ends its reader's session: say so
@@ -126,9 +133,16 @@ class SlotReader:
                             "the slot was dropped or invalidated while streaming"))
                         return BatchResult()
                     raise
-                if batch.rows or batch.end_lsn is None or batch.caught_up or not caught_up:
+                if batch.rows or batch.caught_up or not caught_up:
                     break
-                stream.confirm(batch.end_lsn)  # whole transactions, none watched
+                if batch.end_lsn is not None:
+                    stream.confirm(batch.end_lsn)  # whole transactions, none watched
+                elif (stream.position, stream.messages) == moved:
+                    break  # nothing came for a whole read: where it stands is all there is
+                # Otherwise a transaction is still arriving, or the server is still
+                # decoding the WAL before it (a big one takes longer than a read's
+                # wait): an empty batch now would say caught up, and drain() and
+                # drained() would return before it was applied.
             rows = batch.rows
             if not rows:
                 stream.confirm(batch.end_lsn)
@@ -150,6 +164,7 @@ class SlotReader:
         for row in rows:
             self._attempts.pop(row.id, None)
         self._metrics.count(result, rows, claimed)
+        self._metrics.bulk_transactions += batch.bulk_transactions
         return result
 
     async def _recover_lost_slot(self, conn: Any, lost: SlotLostError) -> None:

@@ -40,6 +40,9 @@ _WORKER_COUNTERS: dict[str, tuple[str, str]] = {
     "replica_echoes": ("worker_replica_echoes",
                        "Batches invalidated again once every standby had replayed them, "
                        "so that a reader on a replica cannot cache the old row"),
+    "bulk_transactions": ("worker_bulk_transactions",
+                          "Transactions of more watched changes than logical capture holds "
+                          "for a commit, invalidated by tenant instead of by row"),
     "incomplete_changes": ("worker_incomplete_changes",
                            "Captured changes lacking a column their rules read (renamed "
                            "or dropped by a migration), applied through schema tags"),

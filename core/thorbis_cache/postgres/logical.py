@@ -58,6 +58,7 @@ from thorbis_cache.postgres.capture_ddl import record_captured, relid_of
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.connection import POOLER_PARAMETER, target_of
 from thorbis_cache.postgres.logical_rows import (
+    MAX_HELD,
     TransactionDecoder,
     WatchedTable,
     rows_of,
@@ -189,12 +190,15 @@ class LogicalBatch:
     :ivar transactions: transactions read (some may hold no watched change).
     :ivar caught_up: everything committed before the position asked for was read
         (False when no position was asked for).
+    :ivar bulk_transactions: transactions among them held by tenant, past the capture's
+        ``max_transaction_changes``.
     """
 
     rows: tuple[OutboxRow, ...] = ()
     end_lsn: int | None = None
     transactions: int = 0
     caught_up: bool = True
+    bulk_transactions: int = 0
 
 
 class LogicalCapture:
@@ -204,13 +208,23 @@ class LogicalCapture:
         digits and underscores).
     :param rules: the invalidation rules (``app.plugins.all_rules()``).
     :param views: the materialized views whose sources' changes are counted.
+    :param max_transaction_changes: the watched changes of one transaction held for its
+        commit, at most; a bigger transaction is applied by tenant (every tag its
+        tables' rules reach, for each tenant it changed) instead of by row, so that
+        the worker's memory stays bounded
+        (:data:`~thorbis_cache.postgres.logical_rows.MAX_HELD`).
     """
 
     def __init__(self, name: str, rules: Iterable[InvalidationRule],
-                 views: Iterable[MaterializedView] = ()) -> None:
+                 views: Iterable[MaterializedView] = (), *,
+                 max_transaction_changes: int = MAX_HELD) -> None:
         if not name.replace("_", "").isalnum() or not name.isascii():
             raise ConfigurationError(f"logical capture name {name!r}: use letters, digits "
                                      "and underscores")
+        if max_transaction_changes < 1:
+            raise ConfigurationError("logical capture: max_transaction_changes must be at "
+                                     f"least 1, got {max_transaction_changes}")
+        self.max_transaction_changes = max_transaction_changes
         self.name = f"thorbis_{name}".lower()
         self.plans = {p.table: p for p in plan_tables(rules, views)}
         self._tables: dict[str, WatchedTable] = {}
@@ -459,10 +473,12 @@ class LogicalStream:
     def __init__(self, capture: LogicalCapture, stream: ReplicationStream) -> None:
         self.capture = capture
         self.replication = stream
-        self._decoder = TransactionDecoder(capture._tables)
+        self._decoder = TransactionDecoder(capture._tables, capture.max_transaction_changes)
         # The end of the last whole transaction fed: with the server's keepalive
         # position, how far this stream is known to have received everything.
         self._received = 0
+        #: messages received so far (with :attr:`position`, whether the stream moves)
+        self.messages = 0
 
     @property
     def position(self) -> int:
@@ -491,6 +507,7 @@ class LogicalStream:
         while True:
             message = stream.read()
             if message is not None:
+                self.messages += 1
                 if decoder.feed(*message):
                     self._received = max(self._received, decoder.end_lsn or 0)
                     if len(decoder.done) >= limit:
@@ -508,9 +525,9 @@ class LogicalStream:
             # and wait for that or for data.
             stream.request_position()
             await stream.readable(remaining)
-        pending, end_lsn, transactions = decoder.take()
+        pending, end_lsn, transactions, bulk = decoder.take()
         rows = await rows_of(conn, self.capture._tables, pending, attempts or {})
-        return LogicalBatch(tuple(rows), end_lsn, transactions, caught_up)
+        return LogicalBatch(tuple(rows), end_lsn, transactions, caught_up, bulk)
 
     def confirm(self, lsn: int | None = None) -> None:
         """Confirm the slot up to ``lsn`` (the ``end_lsn`` of an applied batch); with
