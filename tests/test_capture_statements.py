@@ -16,7 +16,7 @@ import asyncpg
 import attrs
 import pytest
 from core_testing import CUSTOMER_SQL, db_init, run_cli, stale_customer, wait_until
-from thorbis_home_services.schemas import CUSTOMER
+from thorbis_home_services.schemas import CUSTOMER, TAG_CUSTOMER_LISTS
 
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.invalidation.worker import OutboxWorker
@@ -230,3 +230,27 @@ async def test_an_application_role_without_rights_on_thorbis_still_writes(env: E
         assert await env.cached(4) == set()
     finally:
         await app_conn.close()
+
+
+async def test_a_row_moved_to_another_tenant_invalidates_both_tenants(env: Env) -> None:
+    """A watched table whose primary key does not hold the tenant (``PRIMARY KEY
+    (id)``): an UPDATE that moves a row to another tenant (a customer handed to another
+    franchise) must make both tenants' entries stale, the old tenant's most of all."""
+    await env.conn.execute("ALTER TABLE hs.customers DROP CONSTRAINT customers_pkey CASCADE")
+    await env.conn.execute("ALTER TABLE hs.customers ADD PRIMARY KEY (id)")
+    args = ["db", "init", "--dsn", env.dsn, "--plugin", "home_services", "--capture", env.mode]
+    if env.capture is not None:
+        args += ["--slot", env.capture.slot.removeprefix("thorbis_")]
+    await asyncio.to_thread(run_cli, *args)
+    await env.worker.drain()
+    await env.cache(1, 2)
+    globex = CUSTOMER.key("globex", customer_id=1)
+    await env.app.cache.hash(globex).replace(stale_customer(1))  # stands for an absence
+    await env.conn.execute("UPDATE hs.customers SET tenant_id = 'globex' WHERE id = 1")
+    results = await env.worker.drain()
+    assert {k for r in results for k in r.keys} >= {"{acme}:hs.customer:1",
+                                                  "{globex}:hs.customer:1"}
+    tags = {t for r in results for t in r.tags}
+    assert {("acme", TAG_CUSTOMER_LISTS), ("globex", TAG_CUSTOMER_LISTS)} <= tags
+    assert await env.cached(1, 2) == {2}
+    assert await env.app.cache.hash(globex).get() is None

@@ -127,3 +127,40 @@ def test_a_change_missing_columns_invalidates_at_least_what_it_would_have(
         assert partial.unseen == tuple(sorted(missing & needed))
     if not missing:
         assert partial == complete
+
+
+def _as(row: OutboxRow, operation: str, tenant: str, old: Any, new: Any) -> OutboxRow:
+    return OutboxRow(id=row.id, txid=row.txid, created_at=row.created_at,
+                     table_name=row.table_name, operation=operation, tenant_id=tenant,
+                     pk=row.pk, old=old, new=new, attempts=0, last_error=None, age=0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(changes().filter(lambda c: c[0].operation == "UPDATE"))
+def test_a_row_moved_to_another_tenant_is_planned_for_both(
+    change: tuple[OutboxRow, frozenset[str]],
+) -> None:
+    """An UPDATE that moves its row to another tenant (a table whose key does not hold
+    the tenant) makes stale, for the tenant it left, what deleting the row would, and
+    for the tenant it joined, what inserting it would; each as an UPDATE of that one
+    image would too. Before, the old tenant's entries were left as they were."""
+    row, _ = change
+    assert row.old is not None
+    assert row.new is not None
+    moved = _as(row, "UPDATE", "globex", row.old, {**row.new, "tenant_id": "globex"})
+    plan = PLANNER.plan(moved)
+    left = plan.moved_from
+    assert left is not None
+    assert (left.tenant, plan.tenant) == ("acme", "globex")
+    assert left.moved_from is None
+    for part, expected in (
+        (left, [_as(row, "DELETE", "acme", row.old, None),
+                _as(row, "UPDATE", "acme", row.old, None)]),
+        (plan, [_as(moved, "INSERT", "globex", None, moved.new),
+                _as(moved, "UPDATE", "globex", None, moved.new)])):
+        for alone in expected:
+            single = PLANNER.plan(alone)
+            assert {k.body for k in single.keys} <= {k.body for k in part.keys}
+            assert set(single.tags) <= set(part.tags)
+    # Not moved: planned as before, for one tenant.
+    assert PLANNER.plan(row).moved_from is None

@@ -232,9 +232,12 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
                 if planned.every_tenant:
                     every_tenant.update(planned.tags)
                 else:
-                    changes[planned.tenant] += 1
-                    keys.update((k.body, k) for k in planned.keys)
-                    tags[planned.tenant].update(planned.tags)
+                    # A row moved to another tenant: the one it left, then the other.
+                    for part in (planned.moved_from, planned):
+                        if part is not None:
+                            changes[part.tenant] += 1
+                            keys.update((k.body, k) for k in part.keys)
+                            tags[part.tenant].update(part.tags)
                 if planned.unseen:
                     count, unseen, unreached = incomplete.get(row.table_name,
                                                               (0, set(), set()))

@@ -80,6 +80,14 @@ def _image(row: OutboxRow, which: str) -> dict[str, Any] | None:
     return value
 
 
+def _tenant(value: object) -> str:
+    """A change's tenant, checked (a :class:`PoisonRow` when it is not one)."""
+    try:
+        return validate_tenant(value)
+    except ValueError as exc:
+        raise PoisonRow(f"tenant: {exc}") from None
+
+
 def _where(rule: InvalidationRule, schema_name: str) -> str:
     """How a :class:`PoisonRow` names the target it could not build a key of."""
     return f"rule {rule.name!r} target {schema_name!r}"
@@ -103,6 +111,8 @@ class Plan:
         longer has the tenant column): ``tags`` are for every tenant (``tenant`` is
         empty). A TRUNCATE that names a tenant (a bulk transaction's, applied by tenant)
         has the same tags for that tenant only.
+    :ivar moved_from: an UPDATE that moved its row to another tenant: what it made stale
+        for the tenant the row left (this plan is for the tenant it joined).
     """
 
     tenant: str
@@ -111,6 +121,7 @@ class Plan:
     unseen: tuple[str, ...] = ()
     unreached: tuple[str, ...] = ()
     every_tenant: bool = False
+    moved_from: Plan | None = None
 
 
 class _Unseen(Exception):
@@ -166,19 +177,34 @@ class RulePlanner:
                 return self._for_tenant(row.table_name, row.tenant_id)
             raise PoisonRow(f"unknown operation {row.operation!r}") from None
         old, new = _image(row, "old"), _image(row, "new")
+        column = self.tenant_columns.get(row.table_name)
         if row.tenant_id is None:
-            column = self.tenant_columns.get(row.table_name)
             image = new if new is not None else old
             if column is not None and image is not None and column not in image:
                 return self._for_every_tenant(row.table_name, (column,))
-        try:
-            tenant = validate_tenant(row.tenant_id)
-        except ValueError as exc:
-            raise PoisonRow(f"tenant: {exc}") from None
+        if (op is Operation.UPDATE and old is not None and new is not None
+                and column is not None and column in old and column in new
+                and old[column] != new[column]):
+            # The row left one tenant for another (a table whose key does not hold
+            # the tenant): gone from the first, new to the second, each as any rule
+            # of either kind would see it.
+            left = self._plan(row.table_name, _tenant(old[column]),
+                              ((Operation.DELETE, old, None), (Operation.UPDATE, old, None)))
+            joined = self._plan(row.table_name, _tenant(new[column]),
+                                ((Operation.INSERT, None, new), (Operation.UPDATE, None, new)))
+            return attrs.evolve(joined, moved_from=left)
+        return self._plan(row.table_name, _tenant(row.tenant_id), ((op, old, new),))
+
+    def _plan(self, table: str, tenant: str,
+              changes: tuple[tuple[Operation, dict[str, Any] | None,
+                                   dict[str, Any] | None], ...]) -> Plan:
+        """The keys and tags of ``tenant`` that ``changes`` (operation, old and new
+        images, as one change of ``table`` may be seen) make stale."""
         keys: dict[str, CacheKey[Any]] = {}
         tags: set[str] = set()
         unreached: set[str] = set()
-        for rule in self.rules.get(row.table_name, ()):
+        for (op, old, new), rule in ((c, r) for c in changes
+                                     for r in self.rules.get(table, ())):
             if not rule.fires(op, old, new):
                 continue
             for target in rule.targets:
@@ -207,8 +233,9 @@ class RulePlanner:
         # capture writes the columns a table has; an unsent TOASTed value is dropped
         # from both), so one is looked at.
         unseen: tuple[str, ...] = ()
+        _, old, new = changes[0]
         image = new if new is not None else old
-        needed = self.columns.get(row.table_name)
+        needed = self.columns.get(table)
         if needed and image is not None and not image.keys() >= needed:
             unseen = tuple(sorted(needed - image.keys()))
         return Plan(tenant, tuple(keys.values()), tuple(sorted(tags)), unseen,
@@ -227,12 +254,8 @@ class RulePlanner:
     def _for_tenant(self, table: str, tenant_id: str) -> Plan:
         """Every tag a change to ``table`` can reach, for one tenant: every row of that
         tenant may have changed (a bulk transaction, applied by tenant)."""
-        try:
-            tenant = validate_tenant(tenant_id)
-        except ValueError as exc:
-            raise PoisonRow(f"tenant: {exc}") from None
         every = self._for_every_tenant(table, ())
-        return Plan(tenant, (), every.tags, (), every.unreached)
+        return Plan(_tenant(tenant_id), (), every.tags, (), every.unreached)
 
     def _key(self, rule: InvalidationRule, schema_name: str, columns: Mapping[str, str],
              tenant: str, image: Mapping[str, Any] | None) -> CacheKey[Any] | None:

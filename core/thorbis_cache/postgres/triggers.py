@@ -80,8 +80,9 @@ class TablePlan:
     :ivar tenant_column: the column holding the tenant (the same for every rule).
     :ivar columns: the columns written to ``old``/``new``, sorted.
     :ivar operations: the operations captured.
-    :ivar update_filter: the columns whose change makes an UPDATE worth recording; empty
-        means every UPDATE is recorded (some rule has no significant columns).
+    :ivar update_filter: the columns whose change makes an UPDATE worth recording (the
+        rules' significant columns and the tenant); empty means every UPDATE is recorded
+        (some rule has no significant columns).
     """
 
     table: str
@@ -145,7 +146,11 @@ def plan_tables(
         operations = frozenset(op for r in table_rules for op in r.operations)
         update_rules = [r for r in table_rules if Operation.UPDATE in r.operations]
         if all(r.significant_columns for r in update_rules):
-            update_filter = tuple(sorted({c for r in update_rules for c in r.significant_columns}))
+            # And the tenant: a row moved to another tenant left the first one's entries
+            # stale whatever else it changed (a key without the tenant keeps the rows
+            # paired).
+            update_filter = tuple(sorted({c for r in update_rules for c in r.significant_columns}
+                                         | tenants))
         else:
             update_filter = ()
         plans.append(TablePlan(table, tenants.pop(), tuple(sorted(columns)), operations,
