@@ -180,6 +180,10 @@ def lsn_text(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
+#: Messages decoded between two turns of the event loop.
+YIELD_EVERY = 512
+
+
 @attrs.frozen(slots=True)
 class LogicalBatch:
     """What one :meth:`LogicalStream.read` read.
@@ -508,6 +512,11 @@ class LogicalStream:
             message = stream.read()
             if message is not None:
                 self.messages += 1
+                if not self.messages % YIELD_EVERY:
+                    # A server streams a big transaction faster than it is decoded:
+                    # without a turn of the loop now and then, it held the worker's
+                    # loop for seconds (its /metrics and /health unanswered).
+                    await asyncio.sleep(0)
                 if decoder.feed(*message):
                     self._received = max(self._received, decoder.end_lsn or 0)
                     if len(decoder.done) >= limit:

@@ -7,6 +7,7 @@ streams it; this module does not talk to the replication protocol.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -22,7 +23,7 @@ from thorbis_cache.postgres.outbox import OutboxRow
 from thorbis_cache.postgres.row_images import Unsupported, as_text, converter
 from thorbis_cache.postgres.triggers import TablePlan
 
-__all__ = ["MAX_HELD", "MAX_SPREAD_TENANTS", "MESSAGE_PREFIX", "PendingChange",
+__all__ = ["CHUNK", "MAX_HELD", "MAX_SPREAD_TENANTS", "MESSAGE_PREFIX", "PendingChange",
            "TransactionDecoder", "WatchedTable", "rows_of"]
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 #: commit: held row by row, a 200,000-row UPDATE took 455 MB of the worker (2.3 KB a
 #: change), and a backfill of millions of rows killed it on every restart.
 MAX_HELD = 50_000
+#: Changes turned into rows between two turns of the event loop: a batch of tens of
+#: thousands of changes is CPU work that otherwise held the loop for most of a second
+#: (the worker's /metrics and /health went unanswered meanwhile).
+CHUNK = 2048
 #: Tenants of one table named by a transaction past :data:`MAX_HELD`, at most: past this,
 #: that table's tags are invalidated for every tenant.
 MAX_SPREAD_TENANTS = 1_000
@@ -354,8 +359,21 @@ async def rows_of(conn: asyncpg.Connection, tables: dict[str, WatchedTable],
                   ) -> list[OutboxRow]:
     """The outbox rows of the watched changes ``pending`` (whole transactions, in commit
     order): their images built in Python, or by PostgreSQL where a column needs it (one
-    query per table); an UPDATE of no significant column and an operation not captured
-    are dropped, as the trigger drops them. ``attempts``: failed attempts by LSN."""
+    query per table and :data:`CHUNK` changes); an UPDATE of no significant column and an
+    operation not captured are dropped, as the trigger drops them. ``attempts``: failed
+    attempts by LSN. The event loop runs between chunks."""
+    rows: list[OutboxRow] = []
+    for start in range(0, len(pending), CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        rows += await _rows_of(conn, tables, pending[start:start + CHUNK], attempts)
+    return rows
+
+
+async def _rows_of(conn: asyncpg.Connection, tables: dict[str, WatchedTable],
+                   pending: Sequence[PendingChange], attempts: dict[int, tuple[int, str]]
+                   ) -> list[OutboxRow]:
+    """:func:`rows_of` for one chunk."""
     by_table: dict[str, list[tuple[PendingChange, str, dict[str, Any]]]] = {}
     for item in pending:
         old, new = _text_images(item)
