@@ -725,7 +725,7 @@ async def test_auto_capture_needs_a_bound_on_slot_wal_and_a_slot_of_its_own(
 
 
 async def test_db_init_and_the_cli_worker_switch_to_logical_capture(
-    thorbis_pg_dsn: str, thorbis_standalone_redis_url: str
+    thorbis_pg_dsn: str, thorbis_standalone_redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One switch: ``db init --capture logical`` sets up the slot and drops the capture
     triggers; ``worker --capture auto`` follows the slot it finds; ``--capture logical``
@@ -754,6 +754,15 @@ async def test_db_init_and_the_cli_worker_switch_to_logical_capture(
         await asyncio.to_thread(run_cli, *worker_args)  # --capture auto: the slot exists
         assert await app.cache.hash(key).get() is None
         assert await conn.fetchval("SELECT count(*) FROM thorbis.outbox") == 0
+        # The bound on a transaction's held changes, from the command line: a
+        # three-row INSERT past it invalidates acme's tags (customer 1's entry too).
+        await app.cache.hash(key).replace(stale)
+        await conn.execute(CUSTOMER_SQL.replace("SELECT $1, i", "SELECT $1, i + 1"),
+                           "acme", 3)
+        with caplog.at_level(logging.WARNING):
+            await asyncio.to_thread(run_cli, *worker_args, "--max-transaction-changes", "2")
+        assert "3 rows of watched tables, more than the 2" in caplog.text
+        assert await app.cache.hash(key).get() is None
     finally:
         await capture.drop(conn)
         await conn.close()

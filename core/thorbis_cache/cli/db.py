@@ -135,6 +135,10 @@ def worker_command(
         min=0.1, help="Seconds between two looks at the view schedule.")] = 15.0,
     capture: Annotated[Capture, _CAPTURE] = Capture.auto,
     slot: Annotated[str, _SLOT] = "main",
+    max_transaction_changes: Annotated[int, typer.Option(
+        min=1, help="Logical capture: the changes of one transaction held for its commit, "
+                    "at most (about 2.3 KB each); a bigger transaction is invalidated by "
+                    "tenant instead of by row.")] = 50_000,
     metrics_port: Annotated[int | None, options.METRICS_PORT] = None,
     metrics_host: Annotated[str, options.METRICS_HOST] = "127.0.0.1",
 ) -> None:
@@ -146,14 +150,16 @@ def worker_command(
     table has no change capture (run ``db init``). With ``--metrics-port`` it serves
     /metrics and /health (``docs/operations.md``)."""
     asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval,
-                        queue, mv, mv_tick, capture, slot, metrics_port, metrics_host))
+                        queue, mv, mv_tick, capture, slot, metrics_port, metrics_host,
+                        max_transaction_changes))
 
 
 async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: bool,
                   batch_size: int, poll_interval: float, queue: bool = True,
                   mv: bool = True, mv_tick: float = 15.0,
                   capture: Capture = Capture.auto, slot: str = "main",
-                  metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
+                  metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+                  max_transaction_changes: int = 50_000) -> None:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.cache.crypto import KeyRing
     from thorbis_cache.invalidation.apply import CacheInvalidator
@@ -167,7 +173,7 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
     # throwaway one satisfies the sensitive schemas' requirement.
     keyring = KeyRing.from_env() if os.environ.get("THORBIS_KEYRING") else KeyRing.generate()
     app = await CacheApp(redis_url, keyring=keyring).start(plugins)
-    logical = await _logical_capture(dsn, app, capture, slot)
+    logical = await _logical_capture(dsn, app, capture, slot, max_transaction_changes)
     worker = OutboxWorker.from_app(app, dsn, batch_size=batch_size,
                                    poll_interval=poll_interval, capture=logical)
     jobs = InvalidationQueue(app.cache.store, app.cache.settings.prefix)
@@ -278,8 +284,8 @@ async def _audit(dsn: str) -> None:
     typer.echo(f"audit chain OK: {result.count} record(s)")
 
 
-async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str
-                           ) -> LogicalCapture | None:
+async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str,
+                           max_transaction_changes: int = 50_000) -> LogicalCapture | None:
     """The worker's change source: the slot ``db init --capture logical`` created, or
     None for the outbox. ``auto`` follows what exists (the worker never creates a slot:
     a slot created after one was lost would hide the changes lost with it)."""
@@ -289,7 +295,8 @@ async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str
     if capture is Capture.triggers:
         return None
     plugins: Any = app.plugins  # type: ignore[attr-defined]
-    logical = LogicalCapture(slot, plugins.all_rules(), plugins.all_views())
+    logical = LogicalCapture(slot, plugins.all_rules(), plugins.all_views(),
+                             max_transaction_changes=max_transaction_changes)
     conn = await connect(dsn, writes="the invalidation worker")
     try:
         exists = await logical.slot_exists(conn)
