@@ -10,6 +10,7 @@ raises in the end.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +22,11 @@ from thorbis_cache.transport import NodeConnections, Router, pack_command
 
 __all__ = ["HotCommands"]
 
-#: Replies that say redis-py's slot map is behind: its own call follows the redirect.
-_REDIRECTS = (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError)
+#: Replies that say redis-py's slot map is behind: its own call follows the redirect;
+#: and TRYAGAIN, a command naming keys of a slot being moved (resharding) that are split
+#: between its two nodes for now: redis-py follows the migration and tries again.
+_REDIRECTS = (rexc.MovedError, rexc.AskError, rexc.SlotNotCoveredError,
+              rexc.TryAgainError)
 #: A connection lost or refused, or a demoted master: redis-py reconnects or rediscovers.
 _LOST = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError)
 
@@ -42,6 +46,9 @@ class HotCommands:
         #: yet mapped) and ``connection`` (a lost or refused connection, a demoted
         #: master). Near zero in a steady state.
         self.handovers: dict[str, int] = {"redirect": 0, "connection": 0}
+        #: calls waiting for a slot being moved to settle (TRYAGAIN): when one's deadline
+        #: expires, the server was there all along (the store's breaker is not told)
+        self.migrating: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
     async def send(self, key: str, args: tuple[Any, ...]) -> Any:
         """One hot command, over the multiplexed transport when it can carry it.
@@ -54,7 +61,7 @@ class HotCommands:
         """
         router = self.router
         if router is None or not key:
-            return await self.client.execute_command(*args)
+            return await self.through_redis_py(args)
         node: NodeConnections | None = router.for_key(key)
         try:
             if node is None:
@@ -69,7 +76,29 @@ class HotCommands:
             self.handovers["connection"] += 1
             if node is not None:
                 router.stale(node)
-        return await self.client.execute_command(*args)
+        return await self.through_redis_py(args)
+
+    async def through_redis_py(self, args: tuple[Any, ...]) -> Any:
+        """One command through redis-py, tried again until the call's deadline while its
+        keys' slot is being moved. redis-py tries a TRYAGAIN for about 0.4 s, then gives
+        up ("TTL exhausted"); a big tenant's slot takes longer to move, and its scripts
+        failed meanwhile. Pauses from 10 ms, doubling to 100 ms."""
+        pause = 0.0
+        while True:
+            try:
+                reply = await self.client.execute_command(*args)
+            except (rexc.TryAgainError, rexc.ClusterError) as exc:
+                if not isinstance(exc, rexc.TryAgainError) and "TTL exhausted" not in str(exc):
+                    raise
+                task = asyncio.current_task()
+                if task is not None:
+                    self.migrating.add(task)  # left there if the deadline cancels it
+                pause = min(max(pause * 2, 0.01), 0.1)
+                await asyncio.sleep(pause)
+                continue
+            if pause:
+                self.migrating.discard(asyncio.current_task())  # type: ignore[arg-type]
+            return reply
 
     async def send_all(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         """Several hot commands (one per hash slot of a multi-slot call), their replies
@@ -105,7 +134,7 @@ class HotCommands:
                 except _LOST:
                     self.handovers["connection"] += 1
                     router.stale(node)
-                replies.append(await self.client.execute_command(*args))
+                replies.append(await self.through_redis_py(args))
             return replies
         finally:
             # A caller cancelled (or failed) midway: the replies still owed are read and

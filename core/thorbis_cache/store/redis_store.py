@@ -188,9 +188,12 @@ class RedisStore:
         # serve now (a Cluster converging after a failover or a repair), not that the
         # command is wrong: unavailability, which the worker waits out without blaming
         # the changes in hand.
+        if isinstance(exc, rexc.TryAgainError):
+            # One slot being moved (resharding): the server answers, and serves every
+            # other slot; opening the breaker would refuse every tenant's calls.
+            return RedisUnavailableError(operation, self.address, _describe(exc))
         if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError
-                      | rexc.RedisClusterException | rexc.ClusterDownError
-                      | rexc.TryAgainError):
+                      | rexc.RedisClusterException | rexc.ClusterDownError):
             self.breaker.failure(time.monotonic())
             return RedisUnavailableError(operation, self.address, _describe(exc))
         if self.breaker.failures:  # an error reply: the server is there
@@ -202,6 +205,13 @@ class RedisStore:
         return CacheBackendError(operation, self.address, _describe(exc))
 
     def _timed_out(self, operation: str) -> RedisUnavailableError:
+        task = asyncio.current_task()
+        if task is not None and task in self._hot.migrating:
+            # Waiting for a slot being moved (TRYAGAIN), not for a server that is gone.
+            self._hot.migrating.discard(task)
+            return RedisUnavailableError(
+                operation, self.address, f"its keys' slot was still being moved (TRYAGAIN) "
+                f"after {self._deadlines.timeout}s")
         self.breaker.failure(time.monotonic())
         return RedisUnavailableError(
             operation, self.address, f"no reply within {self._deadlines.timeout}s"
