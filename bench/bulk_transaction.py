@@ -5,8 +5,9 @@ its changes held row by row until the commit (as before) and by tenant past
 A primary, Redis, home_services under logical capture, ``--rows`` acme customers; each
 round is one ``UPDATE hs.customers SET account_status`` of every row (one transaction),
 then drained by a fresh worker process with the variant's bound (so that each peak RSS
-is its own). Variants interleaved, ``--repeat`` times, in one run; medians printed with
-the ratio shipped / row by row.
+is its own), with the longest its event loop went without a turn (what its /metrics and
+/health wait for). Variants interleaved, ``--repeat`` times, in one run; medians printed
+with the ratio shipped / row by row.
 
     .venv/bin/python bench/bulk_transaction.py [--rows 200000] [--repeat 3] [--json FILE]
 """
@@ -71,15 +72,27 @@ async def drain(dsn: str, redis_url: str, bound: int) -> dict[str, float]:
 
             sampler = threading.Thread(target=sample)
             sampler.start()
+            gaps = [0.0]
+
+            async def beat() -> None:  # the longest the event loop went without a turn
+                last = time.perf_counter()
+                while True:
+                    await asyncio.sleep(0.005)
+                    now = time.perf_counter()
+                    gaps[0] = max(gaps[0], now - last)
+                    last = now
+
+            beating = asyncio.create_task(beat())
             started = time.perf_counter()
             results = await worker.drain()
             seconds = time.perf_counter() - started
+            beating.cancel()
             stop.set()
             sampler.join()
             assert sum(len(r.processed) for r in results) > 0
     finally:
         await app.aclose()
-    return {"seconds": seconds, "rss_before_mb": before,
+    return {"seconds": seconds, "rss_before_mb": before, "loop_gap_ms": gaps[0] * 1000,
             "peak_rss_mb": max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -126,7 +139,8 @@ async def main(rows: int, repeat: int) -> dict[str, object]:
           f"medians of {repeat}:")
     for name, m in medians.items():
         print(f"  {name:20} drain {m['seconds']:6.1f} s   peak RSS {m['peak_rss_mb']:7.0f} MB "
-              f"(before the drain {m['rss_before_mb']:.0f} MB)")
+              f"(before the drain {m['rss_before_mb']:.0f} MB)   longest event-loop gap "
+              f"{m['loop_gap_ms']:.0f} ms")
     print(f"  shipped / before: drain {shipped['seconds'] / before['seconds']:.2f}x, "
           f"peak RSS {shipped['peak_rss_mb'] / before['peak_rss_mb']:.2f}x")
     return {"rows": rows, "repeat": repeat, "max_held": MAX_HELD, "medians": medians,

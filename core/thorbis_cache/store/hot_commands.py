@@ -80,9 +80,10 @@ class HotCommands:
 
     async def through_redis_py(self, args: tuple[Any, ...]) -> Any:
         """One command through redis-py, tried again until the call's deadline while its
-        keys' slot is being moved. redis-py tries a TRYAGAIN for about 0.4 s, then gives
-        up ("TTL exhausted"); a big tenant's slot takes longer to move, and its scripts
-        failed meanwhile. Pauses from 10 ms, doubling to 100 ms."""
+        keys' slot is being moved. redis-py tries a TRYAGAIN, or a redirect it keeps
+        getting, for about 0.4 s, then gives up ("TTL exhausted"); a big tenant's slot
+        takes longer to move, and its scripts (and, on a loaded machine, single-key
+        reads) failed meanwhile. Pauses from 10 ms, doubling to 100 ms."""
         pause = 0.0
         while True:
             try:

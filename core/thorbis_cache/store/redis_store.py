@@ -438,9 +438,10 @@ class RedisStore:
                                   for route, message in messages])
 
     async def command(self, *args: Any) -> Any:
-        """Run one command (routed by its key on a Cluster)."""
+        """Run one command (routed by its key on a Cluster; tried again until the
+        deadline while its slot is being moved, as the hot commands are)."""
         async with self._call(str(args[0])):
-            return await self._client.execute_command(*args)
+            return await self._hot.through_redis_py(args)
 
     # ----------------------------------------------------------------- replication
 

@@ -51,8 +51,10 @@ def migrate_slot(cluster: RedisCluster, slot: int, to: int, *, batch: int = 100,
         moved += len(keys)
         if pause:
             time.sleep(pause)
-    # Every master learns the new owner at once (the source first, as redis-cli does).
-    for node in (source, target, *(n for i, n in enumerate(cluster.nodes)
+    # Every master learns the new owner: the target first, then the source, then the
+    # others (Redis's documented order: a source updated before the target would send
+    # clients to a target still importing, which sends them back).
+    for node in (target, source, *(n for i, n in enumerate(cluster.nodes)
                                     if i < cluster.masters and n not in (source, target))):
         node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
     return moved
