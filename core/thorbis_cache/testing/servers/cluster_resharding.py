@@ -1,6 +1,6 @@
 """Resharding a test Redis Cluster: one hash slot moved to another master, the way
 ``redis-cli --cluster reshard`` moves it (``CLUSTER SETSLOT ... IMPORTING/MIGRATING``,
-the keys in batches with ``MIGRATE``, then ``CLUSTER SETSLOT ... NODE`` on every master).
+the keys in batches, each with ``MIGRATE``, then ``CLUSTER SETSLOT ... NODE`` on every master).
 
 While a slot moves, its keys sit on two nodes: a command for a key already moved gets
 ``ASK``, and one naming several keys split between the nodes gets ``TRYAGAIN`` until the
@@ -26,7 +26,7 @@ def migrate_slot(cluster: RedisCluster, slot: int, to: int, *, batch: int = 100,
                  pause: float = 0.0) -> int:
     """Move ``slot`` to master ``to`` (an index in :attr:`RedisCluster.nodes`).
 
-    :param batch: keys per ``MIGRATE``.
+    :param batch: keys moved between two pauses.
     :param pause: seconds between two batches.
     :returns: the keys moved.
     :raises ValueError: ``to`` is not a master, or already serves the slot.
@@ -47,7 +47,8 @@ def migrate_slot(cluster: RedisCluster, slot: int, to: int, *, batch: int = 100,
         keys = [_text(k) for k in source.command("CLUSTER", "GETKEYSINSLOT", slot, batch)]
         if not keys:
             break
-        source.command("MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys)
+        for key in keys:  # one key per MIGRATE: its single-key form
+            source.command("MIGRATE", HOST, target.port, key, 0, 5000)
         moved += len(keys)
         if pause:
             time.sleep(pause)
