@@ -42,14 +42,14 @@ BEGIN
 END
 $wide$;
 
--- The TRUNCATE trigger of a partition under logical capture. TG_ARGV[0]: the table as
--- the rules name it.
+-- The TRUNCATE trigger of a partition under logical capture: the table-wide change
+-- above. TG_ARGV[0]: the table as the rules name it.
 CREATE OR REPLACE FUNCTION thorbis.capture_truncate_message() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $capture$
 BEGIN
-    PERFORM pg_logical_emit_message(true, 'thorbis_cache', json_build_object(
-        'table', TG_ARGV[0], 'operation', 'TRUNCATE',
-        'why', format('TRUNCATE of partition %I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME))::text);
+    PERFORM thorbis.capture_table_wide(c, format('TRUNCATE of partition %I.%I',
+                                                 TG_TABLE_SCHEMA, TG_TABLE_NAME))
+       FROM thorbis.captured_tables c WHERE c.table_name = TG_ARGV[0];
     RETURN NULL;
 END
 $capture$;

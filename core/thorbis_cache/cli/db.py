@@ -138,7 +138,7 @@ def worker_command(
     max_transaction_changes: Annotated[int, typer.Option(
         min=1, help="Logical capture: the changes of one transaction held for its commit, "
                     "at most (about 2.3 KB each); a bigger transaction is invalidated by "
-                    "tenant instead of by row.")] = 50_000,
+                    "tenant instead of by row.")] = 50_000,  # logical_rows.MAX_HELD
     metrics_port: Annotated[int | None, options.METRICS_PORT] = None,
     metrics_host: Annotated[str, options.METRICS_HOST] = "127.0.0.1",
 ) -> None:
@@ -151,15 +151,15 @@ def worker_command(
     /metrics and /health (``docs/operations.md``)."""
     asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval,
                         queue, mv, mv_tick, capture, slot, metrics_port, metrics_host,
-                        max_transaction_changes))
+                        max_transaction_changes=max_transaction_changes))
 
 
 async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: bool,
                   batch_size: int, poll_interval: float, queue: bool = True,
                   mv: bool = True, mv_tick: float = 15.0,
                   capture: Capture = Capture.auto, slot: str = "main",
-                  metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
-                  max_transaction_changes: int = 50_000) -> None:
+                  metrics_port: int | None = None, metrics_host: str = "127.0.0.1", *,
+                  max_transaction_changes: int) -> None:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.cache.crypto import KeyRing
     from thorbis_cache.invalidation.apply import CacheInvalidator
@@ -285,7 +285,7 @@ async def _audit(dsn: str) -> None:
 
 
 async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str,
-                           max_transaction_changes: int = 50_000) -> LogicalCapture | None:
+                           max_transaction_changes: int) -> LogicalCapture | None:
     """The worker's change source: the slot ``db init --capture logical`` created, or
     None for the outbox. ``auto`` follows what exists (the worker never creates a slot:
     a slot created after one was lost would hide the changes lost with it)."""

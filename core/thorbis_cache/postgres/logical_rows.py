@@ -273,7 +273,7 @@ class TransactionDecoder:
         """Hold a watched change of the open transaction until its commit (by tenant
         once the transaction is past ``max_held``)."""
         if self.spread is not None:
-            self._spread(table, None if change.operation == "TRUNCATE" else change, lsn)
+            self._spread(table, change, lsn)
             return
         self.current.append(PendingChange(table, change, lsn, begin.xid, begin.committed_at,
                                           self.types.get(change.relation_oid, {})))
@@ -286,20 +286,18 @@ class TransactionDecoder:
         held, self.current, self.spread = self.current, [], {}
         self.spread_changes = 0
         for item in held:
-            change = item.change
-            self._spread(item.table, None if change.operation == "TRUNCATE" else change,
-                         item.lsn)
+            self._spread(item.table, item.change, item.lsn)
 
-    def _spread(self, table: WatchedTable, change: pgoutput.Change | None, lsn: int) -> None:
-        """Count ``change`` (None: every row of the table) by its table and tenant."""
+    def _spread(self, table: WatchedTable, change: pgoutput.Change, lsn: int) -> None:
+        """Count ``change`` by its table and tenant (a TRUNCATE, which has no image,
+        names no tenant: every tenant's)."""
         assert self.spread is not None
         self.spread_changes += 1
         name = table.plan.table
         first, tenants = self.spread.setdefault(name, (lsn, {}))
         if tenants is None:
             return
-        image = None if change is None else (change.new if change.new is not None
-                                             else change.old)
+        image = change.new if change.new is not None else change.old
         tenant = None if image is None else image.get(table.plan.tenant_column)
         if not isinstance(tenant, str) or (tenant not in tenants
                                            and len(tenants) >= MAX_SPREAD_TENANTS):

@@ -84,22 +84,28 @@ class HotCommands:
         getting, for about 0.4 s, then gives up ("TTL exhausted"); a big tenant's slot
         takes longer to move, and its scripts (and, on a loaded machine, single-key
         reads) failed meanwhile. Pauses from 10 ms, doubling to 100 ms."""
+        task = asyncio.current_task()
+        waiting = False  # in `migrating`
         pause = 0.0
-        while True:
-            try:
-                reply = await self.client.execute_command(*args)
-            except (rexc.TryAgainError, rexc.ClusterError) as exc:
-                if not isinstance(exc, rexc.TryAgainError) and "TTL exhausted" not in str(exc):
-                    raise
-                task = asyncio.current_task()
-                if task is not None:
-                    self.migrating.add(task)  # left there if the deadline cancels it
+        try:
+            while True:
+                try:
+                    return await self.client.execute_command(*args)
+                except (rexc.TryAgainError, rexc.ClusterError) as exc:
+                    if (not isinstance(exc, rexc.TryAgainError)
+                            and "TTL exhausted" not in str(exc)):
+                        raise
+                if not waiting and task is not None:
+                    self.migrating.add(task)
+                    waiting = True
                 pause = min(max(pause * 2, 0.01), 0.1)
                 await asyncio.sleep(pause)
-                continue
-            if pause:
-                self.migrating.discard(asyncio.current_task())  # type: ignore[arg-type]
-            return reply
+        except asyncio.CancelledError:
+            waiting = False  # left in `migrating`: the store's handler takes it out
+            raise
+        finally:
+            if waiting and task is not None:
+                self.migrating.discard(task)
 
     async def send_all(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         """Several hot commands (one per hash slot of a multi-slot call), their replies

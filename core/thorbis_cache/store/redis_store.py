@@ -230,6 +230,7 @@ class RedisStore:
         if self._deadlines.expired(task):
             return True
         self.breaker.abandoned()
+        self._hot.migrating.discard(task)  # a later call's timeout is its own
         return False
 
     def _moved_from(self, previous: asyncio.AbstractEventLoop | None) -> None:
