@@ -15,6 +15,7 @@ import pytest
 from core_testing import HS, HsEnv
 from thorbis_home_services.schemas import WORK_ORDER
 
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.mv.scheduler import ScheduledView
 from thorbis_cache.observability import Exporter, HttpServer, MetricsApp
 from thorbis_cache.postgres import outbox
@@ -218,10 +219,26 @@ async def test_a_capture_slot_is_reported_with_its_lag(hs_env: HsEnv) -> None:
         _, report = await asyncio.to_thread(
             health_json, "--redis-url", hs_env.redis_url, "--dsn", hs_env.dsn, "--plugin", HS)
         check = report["checks"]["capture_slot"]
-        assert check["status"] == "healthy", check
         slot = check["slots"]["thorbis_healthcheck"]
         assert slot["wal_status"] in ("reserved", "extended")
         assert slot["backlog_bytes"] > 0  # the UPDATE's WAL, not read by any worker
+        # No worker reads it: nothing is invalidated, which the operator is told.
+        assert check["status"] == "warning", check
+        assert check["reason"].startswith("no worker reads slot thorbis_healthcheck"), check
+        assert slot["active"] is False
+        async with OutboxWorker.from_app(hs_env.app, hs_env.dsn, capture=capture) as worker:
+            running = asyncio.create_task(worker.run())
+            try:
+                await asyncio.wait_for(worker.drained(), 30)
+                _, report = await asyncio.to_thread(
+                    health_json, "--redis-url", hs_env.redis_url, "--dsn", hs_env.dsn,
+                    "--plugin", HS)
+            finally:
+                worker.stop()
+                await running
+        check = report["checks"]["capture_slot"]
+        assert check["status"] == "healthy", check
+        assert check["slots"]["thorbis_healthcheck"]["active"] is True
         assert "thorbis_healthcheck" in check["reason"]
     finally:
         await capture.drop(hs_env.conn)

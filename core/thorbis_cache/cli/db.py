@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import os
 import signal
 from collections.abc import Iterator
@@ -145,13 +146,28 @@ def worker_command(
     """Run the outbox worker: committed changes become cache invalidations; it also
     consumes queued invalidation jobs (``InvalidationQueue``) unless ``--no-queue``, and
     refreshes the plugins' materialized views when due (cron, smart) unless ``--no-mv``.
-    Run as many workers as you like: each view is refreshed by one at a time. SIGTERM or
+    Run as many workers as you like: each view is refreshed by one at a time, the outbox
+    is shared, and a replication slot is read by one while the others stand by to take
+    it over (``--once`` beside a running worker says who reads it, exit 1). SIGTERM or
     Ctrl-C stops it after the batch in hand (exit 0); it refuses to start when a rule's
     table has no change capture (run ``db init``). With ``--metrics-port`` it serves
     /metrics and /health (``docs/operations.md``)."""
+    _log_to_stderr()
     asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval,
                         queue, mv, mv_tick, capture, slot, metrics_port, metrics_host,
                         max_transaction_changes=max_transaction_changes))
+
+
+def _log_to_stderr() -> None:
+    """The worker's log lines on stderr, with time and level, its own from INFO up (a
+    slot taken over from another worker, Redis back after an outage, a view
+    refreshed): without this Python shows WARNING and above only, bare. Left alone
+    when logging is configured already (a host that runs the command in process,
+    pytest)."""
+    if logging.getLogger().handlers:
+        return
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("thorbis_cache").setLevel(logging.INFO)
 
 
 async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: bool,

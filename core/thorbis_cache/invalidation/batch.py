@@ -94,6 +94,9 @@ class WorkerMetrics:
         :mod:`~thorbis_cache.invalidation.replica_echo`).
     :ivar uncaptured_tables: rule tables found captured by nothing at the running
         worker's last check (a gauge; see ``capture_check_interval``).
+    :ivar standby: 1 while another session (another worker) reads the logical
+        capture's slot and this worker stands by, else 0 (a gauge;
+        :class:`~thorbis_cache.invalidation.slot_reader.SlotReader`).
     :ivar commit_latency: per applied change, seconds from its capture (the outbox
         row's insert; under logical capture, its commit) to its batch's commit, after
         which its keys are gone.
@@ -112,6 +115,7 @@ class WorkerMetrics:
     replica_echoes: int = 0
     bulk_transactions: int = 0
     uncaptured_tables: int = 0
+    standby: int = 0
     redis_wait_seconds: float = 0.0
     redis_probes: int = 0
     commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)

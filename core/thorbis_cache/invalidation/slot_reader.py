@@ -20,7 +20,12 @@ from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.plugins.declarations import InvalidationRule
 from thorbis_cache.postgres import connection, outbox
-from thorbis_cache.postgres.logical import LogicalCapture, SlotLostError, parse_lsn
+from thorbis_cache.postgres.logical import (
+    LogicalCapture,
+    SlotInUseError,
+    SlotLostError,
+    parse_lsn,
+)
 from thorbis_cache.postgres.replication import ReplicationError
 
 if TYPE_CHECKING:
@@ -43,6 +48,14 @@ Apply = Callable[[Any, Sequence[outbox.OutboxRow]], Awaitable[BatchResult]]
 
 class SlotReader:
     """Batches of a logical capture's slot, for one worker.
+
+    PostgreSQL lets one session read a slot. A worker that finds it read by another
+    (two workers for availability, or a rolling deploy) stands by: it says so once,
+    sets ``metrics.standby``, looks at ``pg_replication_slots`` at each of its polls
+    (no replication connection is tried while the slot is taken) and reads the slot
+    as soon as it is free: when the other worker stops, or the server ends its session
+    (a killed process on the same host at once; across a network partition,
+    ``wal_sender_timeout`` later).
 
     :param capture: the capture whose slot is read (``ensure`` already called).
     :param dsn: where the replication stream connects.
@@ -67,6 +80,8 @@ class SlotReader:
         self._metrics = metrics
         self._apply = apply
         self._stream: LogicalStream | None = None
+        #: While another session reads the slot: who (see :meth:`next_batch`).
+        self.standing_by: SlotInUseError | None = None
         # Failed attempts per change (its LSN): the WAL has no attempts column, so they
         # are counted here, and start again after a restart.
         self._attempts: dict[int, tuple[int, str]] = {}
@@ -83,7 +98,8 @@ class SlotReader:
         if stream is not None:
             await stream.close()
 
-    async def next_batch(self, conn: Any, limit: int, *, caught_up: bool) -> BatchResult:
+    async def next_batch(self, conn: Any, limit: int, *, caught_up: bool,
+                         standby: bool = False) -> BatchResult:
         """One batch from the replication stream: read whole transactions (with
         ``caught_up``, up to the server's WAL insert position as of now, so that a
         transaction committed before the call is read even when its commit is not
@@ -102,7 +118,11 @@ class SlotReader:
         invalidations are idempotent; the audit may then hold a batch twice).
         Transactions holding no watched change (an UPDATE no significant column of
         which changed) are confirmed and skipped, so an empty result means the slot
-        is caught up.
+        is caught up, unless :attr:`standing_by`.
+
+        :param standby: when another session reads the slot, return an empty batch and
+            stand by (:meth:`OutboxWorker.run`'s loop); otherwise raise.
+        :raises SlotInUseError: another session reads the slot, and not ``standby``.
         """
         capture = self.capture
         rows: Sequence[outbox.OutboxRow] = ()
@@ -111,10 +131,12 @@ class SlotReader:
                 await self._replay.check(conn)
             if self._stream is None:
                 try:
-                    self._stream = await capture.stream(self.dsn, conn)
+                    self._stream = await self._open(conn, standby)
                 except SlotLostError as lost:
                     await self._recover_lost_slot(conn, lost)
                     return BatchResult()
+                if self._stream is None:
+                    return BatchResult()  # standing by
             stream = self._stream
             until = None if not caught_up else parse_lsn(
                 await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
@@ -151,6 +173,8 @@ class SlotReader:
                 result = await self._apply(conn, rows)
                 await outbox.count_changes(conn, rows)
             stream.confirm(batch.end_lsn)
+        except SlotInUseError:
+            raise  # no batch was tried: nothing to count, nothing to close
         except Exception as exc:
             self._metrics.failed_batches += 1
             # What was read and not confirmed comes again on the next stream.
@@ -166,6 +190,39 @@ class SlotReader:
         self._metrics.count(result, rows, claimed)
         self._metrics.bulk_transactions += batch.bulk_transactions
         return result
+
+    async def _open(self, conn: Any, standby: bool) -> LogicalStream | None:
+        """The slot's stream, or None while another session reads it and ``standby``
+        (:attr:`standing_by` says who)."""
+        capture = self.capture
+        if self.standing_by is not None:
+            # No replication connection while the slot is taken: the server would log
+            # each refusal, at every poll.
+            reader = await capture.reader(conn)
+            if reader is not None:
+                self._stand_by(capture.in_use(reader), standby)
+                return None
+        try:
+            stream = await capture.stream(self.dsn, conn)
+        except SlotInUseError as busy:
+            self._stand_by(busy, standby)
+            return None
+        if self.standing_by is not None:
+            log.info("logical capture: slot %s is free; this worker took over from %s",
+                     capture.slot, self.standing_by.reader)
+            self.standing_by = None
+            self._metrics.standby = 0
+        return stream
+
+    def _stand_by(self, busy: SlotInUseError, standby: bool) -> None:
+        if not standby:
+            raise busy
+        if self.standing_by is None or self.standing_by.reader != busy.reader:
+            log.info("logical capture: slot %s is read by another worker (%s); this "
+                     "one stands by, and takes the slot over when it is free",
+                     self.capture.slot, busy.reader)
+        self.standing_by = busy
+        self._metrics.standby = 1
 
     async def _recover_lost_slot(self, conn: Any, lost: SlotLostError) -> None:
         """The slot is gone: changes to its tables since its last confirmed position

@@ -223,6 +223,15 @@ class OutboxWorker:
         # after them and found nothing left (see _settle_waiters).
         self._waiters: list[asyncio.Future[bool]] = []
 
+    @property
+    def standing_by(self) -> str | None:
+        """Under logical capture, while another session reads the slot (another worker
+        of it), that session (:meth:`LogicalCapture.reader
+        <thorbis_cache.postgres.logical.LogicalCapture.reader>`): :meth:`run` stands by
+        and reads the slot once it is free. None otherwise."""
+        busy = None if self._reader is None else self._reader.standing_by
+        return None if busy is None else busy.reader
+
     @classmethod
     def from_app(cls, app: CacheApp, dsn: str | None = None, **options: Any) -> OutboxWorker:
         """A worker on a started app's cache and its plugins' rules; tags go to the
@@ -320,16 +329,19 @@ class OutboxWorker:
         """
         return await self._next_batch(caught_up=True)
 
-    async def _next_batch(self, caught_up: bool = False) -> BatchResult:
+    async def _next_batch(self, caught_up: bool = False, standby: bool = False
+                          ) -> BatchResult:
         """:meth:`run`'s batch: from a stream, what has arrived (the loop wakes when
         the server sends more), or with ``caught_up`` (a :meth:`drained` call waits)
-        up to the server's flush position; from the outbox, a claim."""
+        up to the server's flush position; from the outbox, a claim. With ``standby``
+        a slot another worker reads is waited for (:attr:`standing_by`), else refused
+        with :class:`~thorbis_cache.postgres.logical.SlotInUseError`."""
         async with self._conn_lock:
-            return await self._next_batch_locked(caught_up)
+            return await self._next_batch_locked(caught_up, standby)
 
-    async def _next_batch_locked(self, caught_up: bool) -> BatchResult:
+    async def _next_batch_locked(self, caught_up: bool, standby: bool) -> BatchResult:
         await self._check_origin()
-        result = await self._next_batch_from_capture(caught_up)
+        result = await self._next_batch_from_capture(caught_up, standby)
         if self.echo is not None and result.claimed:
             await self.echo.after_batch(await self._connection(), result)
         return result
@@ -340,15 +352,16 @@ class OutboxWorker:
             async with self._conn_lock:
                 self.metrics.replica_echoes += await self.echo.settle(await self._connection())
 
-    async def _next_batch_from_capture(self, caught_up: bool) -> BatchResult:
+    async def _next_batch_from_capture(self, caught_up: bool, standby: bool) -> BatchResult:
         if self._follow is not None:
             await self._follow_slot()
         if self.capture is not None:
-            return await self._logical_then_outbox(self.capture, caught_up=caught_up)
+            return await self._logical_then_outbox(self.capture, caught_up=caught_up,
+                                                   standby=standby)
         return await self._run_outbox_once()
 
-    async def _logical_then_outbox(self, capture: LogicalCapture, *, caught_up: bool
-                                   ) -> BatchResult:
+    async def _logical_then_outbox(self, capture: LogicalCapture, *, caught_up: bool,
+                                   standby: bool) -> BatchResult:
         """Under logical capture, a batch from the stream; once the stream has nothing,
         one from ``thorbis.outbox``, where nothing but replayed dead letters
         (``thorbis-cache outbox-deadletters replay``) arrive: the WAL does not have
@@ -359,7 +372,7 @@ class OutboxWorker:
                 invalidate_tags=self.invalidate_tags, replay=self.replay,
                 metrics=self.metrics, apply=self._apply)
         result = await self._reader.next_batch(await self._connection(), self.batch_size,
-                                               caught_up=caught_up)
+                                               caught_up=caught_up, standby=standby)
         if result.claimed:
             return result
         return await self._run_outbox_once()
@@ -461,6 +474,7 @@ class OutboxWorker:
         another task (use :meth:`drained`).
 
         :raises CaptureNotInstalledError: see :meth:`check_capture`.
+        :raises SlotInUseError: another worker reads the slot (it applies the changes).
         """
         await self.cache.verify_server()
         await self._check_once()
@@ -484,7 +498,8 @@ class OutboxWorker:
         For tests and deploys, instead of polling ``thorbis.outbox``.
 
         It waits as long as that takes: while Redis is down the changes wait, and so
-        does this (wrap it in :func:`asyncio.timeout` to bound it).
+        does this (wrap it in :func:`asyncio.timeout` to bound it); on a worker that
+        stands by (:attr:`standing_by`), until it reads the slot.
 
         :raises CaptureNotInstalledError: see :meth:`check_capture`.
         """
@@ -594,8 +609,11 @@ class OutboxWorker:
                     self._wake.clear()
                     while not self._stopping:
                         asked = len(self._waiters)
-                        result = await self._next_batch(caught_up=asked > 0)
-                        self._settle_waiters(asked, not result.claimed)
+                        result = await self._next_batch(caught_up=asked > 0, standby=True)
+                        # A standby has applied nothing of the slot: its drained()
+                        # calls wait until it reads the slot (or run() ends).
+                        self._settle_waiters(asked, not result.claimed
+                                             and not self.standing_by)
                         if result.claimed:
                             idle = 0.0
                         backoff, settle, answered = 0.0, self.redis_probe_interval, False
@@ -653,6 +671,10 @@ class OutboxWorker:
                 await sweeper
             if listener is not None and not listener.is_closed():
                 await listener.close()
+            if self._reader is not None:
+                # A stopped worker frees the slot for one standing by (else it would
+                # hold it, unread, until aclose() or the server's wal_sender_timeout).
+                await self._reader.close()
 
     async def _wait_for_redis(self, first: float) -> bool:
         """Probe Redis until it answers, for at most :data:`REDIS_RETRY` seconds.

@@ -24,8 +24,8 @@ one reading of the servers (:meth:`~thorbis_cache.observability.probe.Probe.exam
 * ``views`` (with views to watch): a view ``stale``, ``failing`` or never refreshed is
   a warning (``thorbis-cache mv status`` has the details).
 * ``capture_slot`` (when a logical capture slot exists): ``wal_status`` ``lost`` is
-  unhealthy (changes were lost), ``unreserved`` or a backlog over ``slot_backlog`` a
-  warning.
+  unhealthy (changes were lost); ``unreserved``, a backlog over ``slot_backlog``, or
+  no session reading it (no worker runs: nothing is invalidated) a warning.
 * ``capture_columns`` (when a migration took a column a rule reads from a captured
   table, or changed its type under capture triggers): a warning naming the table and
   the columns; its changes are captured by a stand-in (triggers) and, for a missing
@@ -447,6 +447,10 @@ def _slots(h: HealthReading, t: HealthThresholds) -> Check:
         elif s.wal_status == "unreserved":
             problems.append(("warning", f"slot {s.name} is unreserved: its WAL will be "
                              "removed at the next checkpoint unless a worker catches up"))
+        if s.wal_status != "lost" and not s.active:
+            problems.append(("warning", f"no worker reads slot {s.name}: changes to the "
+                             "tables it publishes wait there, and their cached entries "
+                             "stay stale, until one does (thorbis-cache worker)"))
         if s.backlog_bytes is not None and s.backlog_bytes > t.slot_backlog:
             problems.append(("warning", f"slot {s.name} holds {_mib(s.backlog_bytes)} of "
                              f"WAL (over {_mib(t.slot_backlog)})"))

@@ -79,6 +79,10 @@ class WorkerCollector(Collector):
                                 "Tables of invalidation rules that nothing captured at the "
                                 "running worker's last check (their entries stay stale)",
                                 value=m.uncaptured_tables)
+        yield GaugeMetricFamily(f"{ns}_worker_standby",
+                                "1 while another worker reads the logical capture's slot "
+                                "and this one stands by to take it over, else 0",
+                                value=m.standby)
         latency = m.commit_latency
         histogram = HistogramMetricFamily(
             f"{ns}_worker_commit_to_invalidated_seconds",

@@ -38,8 +38,10 @@ before that is sent the same transactions again by the next stream; the effects
 (deletes, tag invalidations) are idempotent.
 
 **One reader per slot.** PostgreSQL refuses a second session on an active slot
-("replication slot ... is active for PID"): a second worker on the same name fails its
-batch and retries; give each worker group its own name.
+("replication slot ... is active for PID"): :meth:`LogicalCapture.stream` raises
+:class:`SlotInUseError` naming the session that reads it (each worker's replication
+session is named ``thorbis-cache <host>:<pid>``), and a second worker stands by until
+the slot is free (:class:`~thorbis_cache.invalidation.slot_reader.SlotReader`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from collections.abc import Callable, Iterable
 import asyncpg
 import attrs
 
-from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.errors import ConfigurationError, ThorbisCacheError
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
 from thorbis_cache.postgres.capture_ddl import record_captured, relid_of
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
@@ -67,7 +69,7 @@ from thorbis_cache.postgres.outbox import OutboxRow
 from thorbis_cache.postgres.replication import ReplicationError, ReplicationStream
 from thorbis_cache.postgres.triggers import plan_tables
 
-__all__ = ["LogicalBatch", "LogicalCapture", "LogicalStream", "SlotLostError",
+__all__ = ["LogicalBatch", "LogicalCapture", "LogicalStream", "SlotInUseError", "SlotLostError",
            "logical_unavailable", "lsn_text", "parse_lsn"]
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,28 @@ class SlotLostError(ConfigurationError):
     def __init__(self, message: str, tables: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.tables = tables
+
+
+class SlotInUseError(ReplicationError, ThorbisCacheError):
+    """Another session reads the replication slot (PostgreSQL lets one at a time):
+    usually another worker of the same slot, which applies its changes.
+
+    :ivar reader: that session as ``pg_stat_replication`` shows it (its PID, name,
+        address and start), or ``"another session"`` when it is gone already.
+    """
+
+    def __init__(self, message: str, reader: str) -> None:
+        super().__init__(message, "55006")
+        self.reader = reader
+
+
+#: The session reading a slot, as far as this role may see it.
+_READER = """
+SELECT s.active_pid, r.application_name, host(r.client_addr),
+       to_char(r.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"')
+  FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+ WHERE s.slot_name = $1 AND s.active_pid IS NOT NULL
+"""
 
 
 def parse_lsn(text: str) -> int:
@@ -336,6 +360,29 @@ class LogicalCapture:
         return bool(await conn.fetchval(
             "SELECT true FROM pg_replication_slots WHERE slot_name = $1", self.slot))
 
+    async def reader(self, conn: asyncpg.Connection) -> str | None:
+        """The session that reads the slot now (``PID 123, 'thorbis-cache host:456'
+        from 10.0.0.5 since 2026-12-05 06:40:01 UTC``: what this role may see of it),
+        None when none does or the slot does not exist."""
+        row = await conn.fetchrow(_READER, self.slot)
+        if row is None:
+            return None
+        pid, name, address, since = row
+        said = [f"PID {pid}"]
+        if name:
+            said.append(repr(name))
+        if address:
+            said.append(f"from {address}")
+        if since:
+            said.append(f"since {since}")
+        return " ".join(said)
+
+    def in_use(self, reader: str) -> SlotInUseError:
+        """The error that says ``reader`` (:meth:`reader`) reads this slot."""
+        return SlotInUseError(
+            f"logical capture slot {self.slot!r} is read by another worker ({reader}), "
+            "which applies its changes: PostgreSQL lets one session read a slot", reader)
+
     async def slot_lost(self, conn: asyncpg.Connection) -> bool:
         """Whether the slot is gone or invalidated (its WAL removed past
         ``max_slot_wal_keep_size``): either way changes were lost."""
@@ -417,8 +464,8 @@ class LogicalCapture:
         :param conn: a connection to the same database, to read the tables' catalog.
         :raises SlotLostError: the slot does not exist or was invalidated.
         :raises ConfigurationError: the role may not use replication slots.
-        :raises ReplicationError: any other refusal (the slot is read by another
-            session, no permission, the server is down).
+        :raises SlotInUseError: another session reads the slot.
+        :raises ReplicationError: any other refusal (no permission, the server is down).
         """
         if target_of(dsn).pooled:
             await self.check_connection(dsn)  # raises, naming why
@@ -437,6 +484,8 @@ class LogicalCapture:
             # that would hide the gap.
             if exc.sqlstate in {"42704", "55000"} and "slot" in str(exc):
                 raise self.lost(str(exc)) from exc
+            if exc.sqlstate == "55006":
+                raise self.in_use(await self.reader(conn) or "another session") from exc
             raise
         if not self._tables:
             try:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from thorbis_cache.errors import ConfigurationError
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["ReplicationError", "ReplicationStream", "XLogData"]
+__all__ = ["ReplicationError", "ReplicationStream", "XLogData", "reader_name"]
 
 _XLOGDATA = struct.Struct("!QQq")  # dataStart, walEnd, sendTime
 _KEEPALIVE = struct.Struct("!Qq?")  # walEnd, sendTime, reply requested
@@ -68,6 +70,22 @@ def _psycopg() -> Any:
             "logical capture streams the WAL through psycopg (libpq), which is not "
             "installed: pip install 'thorbis-cache[logical]'") from exc
     return psycopg
+
+
+def reader_name() -> str:
+    """The ``application_name`` of this process's replication sessions, unless its DSN
+    sets one: ``thorbis-cache <host>:<pid>``, so that ``pg_stat_replication`` (and a
+    worker standing by) says which process reads a slot. PostgreSQL keeps 63 bytes."""
+    return f"thorbis-cache {socket.gethostname()}:{os.getpid()}"[-63:]
+
+
+def _named(dsn: str) -> dict[str, str]:
+    psycopg = _psycopg()
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return {}  # connect() itself says what is wrong with the DSN
+    return {} if given.get("application_name") else {"application_name": reader_name()}
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -120,8 +138,8 @@ class ReplicationStream:
             conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
                 dsn, autocommit=True, replication="database",
                 # ISO dates and UTC timestamps in the decoded text (see logical.py).
-                options="-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=1"),
-                connect_timeout)
+                options="-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=1",
+                **_named(dsn)), connect_timeout)
         except psycopg.Error as exc:
             raise ReplicationError(f"replication connection to slot {slot!r}: {exc}",
                                    getattr(exc, "sqlstate", None)) from exc
