@@ -822,6 +822,29 @@ async def test_a_role_without_replication_gets_triggers_or_a_clear_refusal(
             assert f"role {name!r} may not use replication slots" in worker, worker
             assert f"ALTER ROLE {name} REPLICATION" in worker
             assert "Traceback" not in worker
+            # The role's own `db init` (auto, as its app's start runs it) keeps the
+            # administrator's slot: no capture triggers on top of it. A rule's table
+            # the publication lacks is refused by name, never covered by triggers.
+            kept = await asyncio.to_thread(
+                run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services",
+                "--slot", name)
+            assert f"logical capture thorbis_{name} kept as it was set up (role " \
+                   f"{name!r} may not use replication slots" in kept, kept
+            assert "capture trigger" not in kept
+            assert await conn.fetchval("SELECT count(*) FROM pg_trigger t JOIN pg_proc p "
+                                       "ON p.oid = t.tgfoid WHERE p.proname LIKE "
+                                       "'capture\\_%'") == 0
+            admin_conn = await connect(admin_dsn)
+            try:
+                await admin_conn.execute(
+                    f"ALTER PUBLICATION thorbis_{name} DROP TABLE hs.customers")
+            finally:
+                await admin_conn.close()
+            lacking = await asyncio.to_thread(
+                run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services",
+                "--slot", name, code=1)
+            assert "hs.customers (rules hs.customer_entity" in lacking, lacking
+            assert f"not in publication thorbis_{name}" in lacking
         finally:
             await conn.close()
     finally:

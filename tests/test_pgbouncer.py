@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -124,3 +125,61 @@ def test_the_pooler_parameter_is_read_and_taken_out() -> None:
         "host=h dbname=db", False)
     with pytest.raises(ConfigurationError, match="pgbouncer='maybe'"):
         target_of("postgresql://u@h/db?pgbouncer=maybe")
+
+
+async def test_a_host_behind_a_pooler_keeps_the_logical_capture_a_release_job_set_up(
+    pgbouncer_binaries: PgBouncerBinaries, thorbis_pg_dsn: str,
+    thorbis_standalone_redis_url: str,
+) -> None:
+    """Found as a user would, deploying as the docs say ("give the worker and `db init
+    --capture logical` the server's own address and pool everything else"): the release
+    job set up logical capture, then the application, whose DSN goes through the
+    transaction pooler, started with ``apply_sql=True`` (auto capture), found no
+    replication connection there and installed the capture triggers on top of the slot.
+    Every write of the host then paid for both captures, and the worker applied each
+    change twice. ``auto`` now keeps the capture a slot says the database has."""
+    name = f"p{uuid.uuid4().hex[:10]}"
+    url = thorbis_standalone_redis_url
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", thorbis_pg_dsn, "--plugin",
+                            "home_services", "--capture", "logical", "--slot", name)
+    direct = await connect(thorbis_pg_dsn)
+    app = None
+    try:
+        for dsn in _bouncer(pgbouncer_binaries, thorbis_pg_dsn, "transaction"):
+            app = await CacheApp(url, keyring=KeyRing.generate(), postgres_dsn=dsn).start(
+                ["home_services"], apply_sql=True, slot=name)
+            assert app.database is not None
+            assert (app.database.capture, app.database.slot) == ("logical", f"thorbis_{name}")
+            out = await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin",
+                                          "home_services", "--slot", name)
+            assert f"logical capture thorbis_{name} ready" in out, out
+            assert "capture trigger" not in out
+            assert await direct.fetchval(_CAPTURE_TRIGGERS) == 0
+            # The worker reads the slot on the server's own address; a write through the
+            # pooler is invalidated once, from the WAL, and the outbox stays empty.
+            pooled = await connect(dsn)
+            try:
+                await pooled.execute(CUSTOMER_SQL, "acme", 2)
+                async with OutboxWorker.from_app(app, thorbis_pg_dsn) as worker:
+                    await worker.drain()
+                    key = CUSTOMER.key("acme", customer_id=2)
+                    await app.cache.hash(key).replace(stale_customer(2))
+                    await pooled.execute("UPDATE hs.customers SET phone = 'x' WHERE id = 2")
+                    results = await worker.drain()
+                    assert [k for r in results for k in r.keys] == ["{acme}:hs.customer:2"]
+                    assert await app.cache.hash(key).get() is None
+                assert await direct.fetchval("SELECT count(*) FROM thorbis.outbox") == 0
+            finally:
+                await pooled.close()
+    finally:
+        if app is not None:
+            await app.aclose()
+        await direct.execute("SELECT pg_drop_replication_slot($1)", f"thorbis_{name}")
+        await direct.close()
+
+
+_CAPTURE_TRIGGERS = """
+SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+ JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'thorbis' AND NOT t.tgisinternal AND t.tgrelid::regclass::text LIKE 'hs.%'
+"""

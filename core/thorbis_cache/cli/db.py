@@ -98,6 +98,10 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
     if done.fallback:
         typer.echo(f"capture: triggers ({done.fallback})")
     applied = f"plugins {', '.join(done.plugins) or '(none)'}: SQL applied"
+    if done.kept:
+        typer.echo(f"{applied}, logical capture {done.slot} kept as it was set up "
+                   f"({done.kept}); every rule's table is published")
+        return
     if done.capture == "logical":
         for line in done.dropped:
             typer.echo(f"capture trigger dropped: {line}")

@@ -383,6 +383,13 @@ class LogicalCapture:
             f"logical capture slot {self.slot!r} is read by another worker ({reader}), "
             "which applies its changes: PostgreSQL lets one session read a slot", reader)
 
+    async def slot_here(self, conn: asyncpg.Connection) -> bool:
+        """Whether the slot exists for this database (lost or not): logical capture
+        was set up here."""
+        return bool(await conn.fetchval(
+            "SELECT true FROM pg_replication_slots WHERE slot_name = $1 "
+            "AND database = current_database()", self.slot))
+
     async def slot_lost(self, conn: asyncpg.Connection) -> bool:
         """Whether the slot is gone or invalidated (its WAL removed past
         ``max_slot_wal_keep_size``): either way changes were lost."""

@@ -13,6 +13,15 @@ in :attr:`DatabaseSetup.fallback`), the capture triggers generated from the rule
 capture triggers are dropped). Every step is
 idempotent, so a second host process, or a deploy, may run it again.
 
+Where the slot exists already, ``"auto"`` keeps logical capture, whoever runs it: a
+release job sets it up on the server's own address, and the application then runs
+this through a transaction pooler (which carries no replication connection) or as a
+role without REPLICATION; falling back to triggers there would add them on top of
+the slot, so that every write paid for both captures. With a role that may not
+manage the slot, it is only checked (every rule's table published:
+:class:`~thorbis_cache.errors.CaptureNotInstalledError` otherwise), and
+:attr:`DatabaseSetup.kept` says why.
+
 ``thorbis-cache db init`` and :meth:`CacheApp.start(apply_sql=True)
 <thorbis_cache.app.CacheApp.start>` both call :func:`setup_database`.
 """
@@ -52,6 +61,8 @@ class DatabaseSetup:
     :ivar replica_full: tables set to REPLICA IDENTITY FULL (logical).
     :ivar dropped: capture triggers dropped (``"<trigger> ON <table>"``; logical).
     :ivar fallback: why ``"auto"`` chose triggers, or None.
+    :ivar kept: why ``"auto"`` found the slot there and left it as it was (this role
+        may not manage it; every rule's table is published), or None.
     :ivar ddl_guard: why the event trigger that keeps a migration from breaking the
         capture triggers could not be created (triggers), or None
         (:mod:`~thorbis_cache.postgres.capture_ddl`).
@@ -65,6 +76,7 @@ class DatabaseSetup:
     replica_full: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     fallback: str | None = None
+    kept: str | None = None
     ddl_guard: str | None = None
 
 
@@ -94,19 +106,32 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
     conn = await connect(dsn, writes="installing change capture")
     try:
         fallback = None
-        if capture == "auto":
-            from thorbis_cache.postgres.logical import logical_unavailable
+        from thorbis_cache.postgres.logical import (
+            LogicalCapture,
+            logical_unavailable,
+            replication_refused,
+        )
 
+        logical = LogicalCapture(slot, rules, views)
+        # The database's capture is logical already (see the module): kept.
+        existing = capture == "auto" and await logical.slot_here(conn)
+        if capture == "auto" and not existing:
             fallback = await logical_unavailable(conn, dsn)
             capture = "triggers" if fallback else "logical"
-        if capture == "logical":
-            from thorbis_cache.postgres.logical import LogicalCapture
+        if capture == "logical" or existing:
+            from thorbis_cache.postgres.capture_check import check_capture
             from thorbis_cache.postgres.triggers import remove_triggers
 
-            logical = LogicalCapture(slot, rules, views)
-            # Before anything is changed: the role, then the replication connection.
+            refused = await replication_refused(conn) if existing else None
+            if refused is not None:
+                await check_capture(conn, rules, logical, plugins=names)
+                return DatabaseSetup(report, names, "logical", slot=logical.slot,
+                                     kept=refused)
+            # Before anything is changed: the role, then the replication connection
+            # (the worker's: where a slot exists, it reads it elsewhere already).
             await logical.check_role(conn)
-            await logical.check_connection(dsn)
+            if not existing:
+                await logical.check_connection(dsn)
             full = await logical.ensure(conn)
             dropped = await remove_triggers(conn)
             # A partition's TRUNCATE is not published as its table's: a trigger says it.
