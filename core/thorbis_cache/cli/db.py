@@ -111,6 +111,9 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
     for plan in done.triggers:
         typer.echo(f"capture trigger on {plan.table}: {', '.join(plan.columns)}")
     typer.echo(f"{applied}, {len(done.triggers)} capture trigger(s) installed")
+    if done.retired_slot:
+        typer.echo(f"logical capture {done.retired_slot} dropped (slot and publication): "
+                   "running workers read the outbox from now on")
     if done.ddl_guard:
         typer.echo(f"warning: {done.ddl_guard}", err=True)
 
@@ -194,8 +197,12 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
     keyring = KeyRing.from_env() if os.environ.get("THORBIS_KEYRING") else KeyRing.generate()
     app = await CacheApp(redis_url, keyring=keyring).start(plugins)
     logical = await _logical_capture(dsn, app, capture, slot, max_transaction_changes)
+    # auto: the worker follows the database's capture, a `db init` switching it included.
+    follow: dict[str, Any] = (
+        {"capture": "auto", "slot": slot, "max_transaction_changes": max_transaction_changes}
+        if capture is Capture.auto else {"capture": logical})
     worker = OutboxWorker.from_app(app, dsn, batch_size=batch_size,
-                                   poll_interval=poll_interval, capture=logical)
+                                   poll_interval=poll_interval, **follow)
     jobs = InvalidationQueue(app.cache.store, app.cache.settings.prefix)
     handler: Any = CacheInvalidator(app.cache)
     scheduler = MeteredMvScheduler.from_app(app, dsn, tick_s=mv_tick)

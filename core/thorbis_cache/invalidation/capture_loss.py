@@ -79,9 +79,11 @@ def tags_reached(cache: Cache, rules: Iterable[InvalidationRule], tables: Iterab
 async def flush_after_capture_loss(
     cache: Cache, rules: Iterable[InvalidationRule], tables: Sequence[str],
     invalidate_tags: Callable[[str, Sequence[str]], Awaitable[Any]],
+    level: int = logging.ERROR,
 ) -> CaptureLossReport:
     """Invalidate, for every registered tenant, every tag a change to ``tables`` could
-    reach (see the module doc); returns what was done, after logging it as an error.
+    reach (see the module doc); returns what was done, after logging it at ``level``
+    (an error: a warning for a capture switched on purpose).
 
     :raises RedisUnavailableError: Redis cannot be reached (call again: idempotent).
     """
@@ -92,8 +94,8 @@ async def flush_after_capture_loss(
             await invalidate_tags(tenant, tags)
             tenants += 1
     report = CaptureLossReport(tuple(sorted(tables)), tags, tenants, untagged)
-    log.error(
-        "change capture lost track of %s: invalidated tags %s for %d tenant(s)%s",
+    log.log(
+        level, "change capture lost track of %s: invalidated tags %s for %d tenant(s)%s",
         ", ".join(report.tables) or "(no table)", ", ".join(tags) or "(none)", tenants,
         f"; schemas without tags left to their TTL: {', '.join(untagged)}" if untagged
         else "")

@@ -20,6 +20,7 @@ from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.plugins.declarations import InvalidationRule
 from thorbis_cache.postgres import connection, outbox
+from thorbis_cache.postgres.capture_check import capture_problems
 from thorbis_cache.postgres.logical import (
     LogicalCapture,
     SlotInUseError,
@@ -40,6 +41,12 @@ log = logging.getLogger(__name__)
 #: a read that ends with the server still sending (or still decoding) is followed by
 #: another, as long as the stream moves.
 READ_WAIT = 5.0
+
+#: The error code of a session ended by ``pg_terminate_backend`` (admin_shutdown).
+ADMIN_SHUTDOWN = "57P01"
+
+#: Seconds a reader whose session was ended waits for the slot's drop that may follow.
+DROP_WAIT = 1.0
 
 #: How a batch's rows are applied in the caller's transaction (the worker's
 #: :func:`~thorbis_cache.invalidation.batch.apply_changes` with its settings).
@@ -65,12 +72,15 @@ class SlotReader:
     :param replay: the worker's failover replay, checked before each batch.
     :param metrics: the worker's metrics (batches, failures, capture losses).
     :param apply: applies a batch's rows on the worker's connection.
+    :param follows: the worker follows the database's capture (``capture="auto"``): a
+        slot found gone while the capture triggers cover every rule's table was dropped
+        by ``db init --capture triggers``, and is not recreated (:attr:`retired`).
     """
 
     def __init__(self, capture: LogicalCapture, dsn: str, *, cache: Cache,
                  rules: Callable[[], list[InvalidationRule]],
                  invalidate_tags: TagInvalidator, replay: FailoverReplay | None,
-                 metrics: WorkerMetrics, apply: Apply) -> None:
+                 metrics: WorkerMetrics, apply: Apply, follows: bool = False) -> None:
         self.capture = capture
         self.dsn = dsn
         self._cache = cache
@@ -79,6 +89,10 @@ class SlotReader:
         self._replay = replay
         self._metrics = metrics
         self._apply = apply
+        self._follows = follows
+        #: The slot was dropped and the database captures with triggers now: the
+        #: worker reads the outbox instead (only when ``follows``).
+        self.retired = False
         self._stream: LogicalStream | None = None
         #: While another session reads the slot: who (see :meth:`next_batch`).
         self.standing_by: SlotInUseError | None = None
@@ -146,13 +160,21 @@ class SlotReader:
                     batch = await stream.read(conn, limit, self._attempts, until=until,
                                               max_wait=READ_WAIT)
                     claimed = time.perf_counter()
-                except ReplicationError:
+                except ReplicationError as exc:
+                    await self.close()
+                    ended = exc.sqlstate == ADMIN_SHUTDOWN
+                    if ended:
+                        await self._drop_settled(conn)
                     # A slot dropped or invalidated ends its reader's session: say so
                     # now rather than at the next stream.
                     if await capture.slot_lost(conn):
-                        await self.close()
                         await self._recover_lost_slot(conn, capture.lost(
                             "the slot was dropped or invalidated while streaming"))
+                        return BatchResult()
+                    if ended:  # not a failure of the batch: read again
+                        log.warning("logical capture: the server ended the session "
+                                    "reading slot %s (%s); reading it again",
+                                    capture.slot, exc)
                         return BatchResult()
                     raise
                 if batch.rows or batch.caught_up or not caught_up:
@@ -190,6 +212,17 @@ class SlotReader:
         self._metrics.count(result, rows, claimed)
         self._metrics.bulk_transactions += batch.bulk_transactions
         return result
+
+    async def _drop_settled(self, conn: Any) -> None:
+        """After the server ended the stream's session (``pg_terminate_backend``):
+        most often a slot being dropped (``db init --capture triggers``, or
+        :meth:`LogicalCapture.drop <thorbis_cache.postgres.logical.LogicalCapture.drop>`),
+        whose drop follows the termination at once. Wait for it, :data:`DROP_WAIT`
+        seconds at most, rather than read the slot again in its way."""
+        for _ in range(round(DROP_WAIT / 0.01)):
+            if await self.capture.slot_lost(conn):
+                return
+            await asyncio.sleep(0.01)
 
     async def _open(self, conn: Any, standby: bool) -> LogicalStream | None:
         """The slot's stream, or None while another session reads it and ``standby``
@@ -231,9 +264,22 @@ class SlotReader:
         change committed between the first flush and the new slot is covered by the
         second); logged as errors, counted in ``metrics.capture_losses``
         (:mod:`thorbis_cache.invalidation.capture_loss`)."""
-        log.error("logical capture: %s", lost)
         rules = self._rules()
         tables = lost.tables or tuple(sorted({r.table for r in rules}))
+        if self._follows and not await capture_problems(conn, rules, "triggers"):
+            # Not lost by accident: the capture switched (triggers installed first,
+            # then the slot dropped). What it held unread is gone all the same.
+            log.warning("logical capture: slot %s is gone and the capture triggers cover "
+                        "every rule's table (db init --capture triggers): this worker "
+                        "reads the outbox from now on, after flushing every tag the "
+                        "rules of %s reach, for what the slot held unread",
+                        self.capture.slot, ", ".join(tables))
+            await flush_after_capture_loss(self._cache, rules, tables,
+                                           self._invalidate_tags, logging.WARNING)
+            self._metrics.capture_losses += 1
+            self.retired = True
+            return
+        log.error("logical capture: %s", lost)
         await flush_after_capture_loss(self._cache, rules, tables, self._invalidate_tags)
         await self.capture.replace_lost_slot(conn)
         await flush_after_capture_loss(self._cache, rules, tables, self._invalidate_tags)

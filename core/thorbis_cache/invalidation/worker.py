@@ -72,6 +72,7 @@ from thorbis_cache.invalidation.slot_reader import SlotReader, wal_flushed
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
 from thorbis_cache.postgres import connection, outbox
 from thorbis_cache.postgres.logical import LogicalCapture
+from thorbis_cache.postgres.logical_rows import MAX_HELD
 from thorbis_cache.postgres.triggers import CHANNEL, capture_triggers
 
 if TYPE_CHECKING:
@@ -96,6 +97,11 @@ REDIS_RETRY = 1.0
 #: Seconds :meth:`OutboxWorker.run` pauses after the first empty poll; the pause doubles
 #: up to ``poll_interval`` while the outbox stays empty.
 MIN_POLL = 0.001
+
+#: Seconds between two looks, by a worker following the database's capture
+#: (``capture="auto"``) while it reads the outbox, for the slot ``db init`` creates when
+#: it switches the database to logical capture (the changes since wait in the slot).
+FOLLOW_INTERVAL = 1.0
 
 
 class OutboxWorker:
@@ -142,14 +148,20 @@ class OutboxWorker:
         beforehand: the worker never creates the slot, since a slot created after one
         was lost would hide the changes lost with it
         (:class:`~thorbis_cache.postgres.logical.SlotLostError`, logged at each batch).
-        ``"auto"`` (the default of :meth:`from_app`): the slot ``thorbis_<slot>`` if it
-        exists when the worker first touches the database, else the outbox -- whichever
-        ``db init`` (or ``CacheApp.start(apply_sql=True)``) set up, as ``thorbis-cache
-        worker --capture auto`` does.
+        ``"auto"`` (the default of :meth:`from_app`): follow whichever capture ``db init``
+        (or ``CacheApp.start(apply_sql=True)``) set up, as ``thorbis-cache worker
+        --capture auto`` does: the slot ``thorbis_<slot>`` while it exists in the
+        database, else the outbox; and follow a ``db init`` that switches it while the
+        worker runs (the slot looked for every :data:`FOLLOW_INTERVAL` while the outbox
+        is read; a slot dropped with the capture triggers covering every rule's table
+        read no more, after a flush of what it held unread).
     :param slot: with ``capture="auto"``: the logical capture's name (``db init
         --slot``).
     :param views: with ``capture="auto"``: the materialized views whose sources'
         changes a logical capture counts (``app.plugins.all_views()``).
+    :param max_transaction_changes: with ``capture="auto"``: the logical capture's
+        bound on the changes of one transaction held row by row (see
+        :class:`~thorbis_cache.postgres.logical.LogicalCapture`).
     :param plugins: the names of the plugins whose rules these are, named in the
         command of a :class:`~thorbis_cache.errors.CaptureNotInstalledError`
         (:meth:`from_app` passes them).
@@ -176,7 +188,7 @@ class OutboxWorker:
                  capture: LogicalCapture | Literal["auto"] | None = None,
                  slot: str = "main", views: Iterable[MaterializedView] = (),
                  plugins: Sequence[str] = (), require_capture: bool = True,
-                 replica_echo: bool = True) -> None:
+                 replica_echo: bool = True, max_transaction_changes: int = MAX_HELD) -> None:
         self.dsn = dsn
         self.cache = cache
         self._planner = RulePlanner(cache, rules)
@@ -197,10 +209,12 @@ class OutboxWorker:
         self._uncaptured: tuple[str, ...] = ()
         #: where changes come from: a logical capture, or None for the outbox
         self.capture: LogicalCapture | None = None if capture == "auto" else capture
-        # "auto": the capture to follow if its slot exists (resolved on first use).
-        self._follow: LogicalCapture | None = None
+        # "auto": the capture followed while its slot exists (see _follow_slot).
+        self._auto: LogicalCapture | None = None
+        self._followed_at: float | None = None
         if capture == "auto":
-            self._follow = LogicalCapture(slot, self._all_rules(), views)
+            self._auto = LogicalCapture(slot, self._all_rules(), views,
+                                        max_transaction_changes=max_transaction_changes)
         self.plugins = tuple(plugins)
         self.require_capture = require_capture
         self._capture_checked = False
@@ -302,12 +316,22 @@ class OutboxWorker:
             self._origin_checked_on = conn
 
     async def _follow_slot(self) -> None:
-        """``capture="auto"``: read from the slot if it exists, else from the outbox;
-        decided once, on the worker's first use of the database."""
-        follow, self._follow = self._follow, None
-        if follow is not None and await follow.slot_exists(await self._connection()):
-            self.capture = follow
-            log.info("worker follows the replication slot %s", follow.slot)
+        """``capture="auto"``, while the worker reads the outbox: read the slot instead
+        once it exists in the database. Looked at on the worker's first use of the
+        database, then at most every :data:`FOLLOW_INTERVAL` (a ``db init`` that
+        switched the database to logical capture). The other way is found by the slot's
+        reader (:attr:`SlotReader.retired
+        <thorbis_cache.invalidation.slot_reader.SlotReader.retired>`)."""
+        auto = self._auto
+        if auto is None or self.capture is not None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._followed_at is not None and now - self._followed_at < FOLLOW_INTERVAL:
+            return
+        self._followed_at = now
+        if await auto.slot_here(await self._connection()):
+            self.capture = auto
+            log.info("worker follows the replication slot %s", auto.slot)
 
     # ----------------------------------------------------------------- one row
 
@@ -353,7 +377,7 @@ class OutboxWorker:
                 self.metrics.replica_echoes += await self.echo.settle(await self._connection())
 
     async def _next_batch_from_capture(self, caught_up: bool, standby: bool) -> BatchResult:
-        if self._follow is not None:
+        if self._auto is not None:
             await self._follow_slot()
         if self.capture is not None:
             return await self._logical_then_outbox(self.capture, caught_up=caught_up,
@@ -370,9 +394,12 @@ class OutboxWorker:
             self._reader = SlotReader(
                 capture, self.dsn, cache=self.cache, rules=self._all_rules,
                 invalidate_tags=self.invalidate_tags, replay=self.replay,
-                metrics=self.metrics, apply=self._apply)
+                metrics=self.metrics, apply=self._apply, follows=self._auto is capture)
         result = await self._reader.next_batch(await self._connection(), self.batch_size,
                                                caught_up=caught_up, standby=standby)
+        if self._reader.retired:  # the database captures with triggers now
+            self._reader = self.capture = None
+            self._followed_at = asyncio.get_running_loop().time()
         if result.claimed:
             return result
         return await self._run_outbox_once()
@@ -425,7 +452,7 @@ class OutboxWorker:
     async def _check_capture_locked(self) -> None:
         from thorbis_cache.postgres.capture_check import check_capture
 
-        if self._follow is not None:
+        if self._auto is not None:
             await self._follow_slot()
         conn = await self._connection()
         await check_capture(conn, self._all_rules(), self.capture or "triggers",
@@ -503,7 +530,7 @@ class OutboxWorker:
 
         :raises CaptureNotInstalledError: see :meth:`check_capture`.
         """
-        if self._follow is not None:
+        if self._auto is not None:
             async with self._conn_lock:
                 await self._follow_slot()
         if self._running:

@@ -9,8 +9,9 @@ plugin's SQL and materialized views (checked against the database), then change 
 ``"auto"`` (the default: logical when the server allows it -- ``wal_level=logical``, a
 bounded ``max_slot_wal_keep_size``, psycopg installed -- else triggers, with the reason
 in :attr:`DatabaseSetup.fallback`), the capture triggers generated from the rules
-(``"triggers"``), or a publication and a logical replication slot (``"logical"``; the
-capture triggers are dropped). Every step is
+(``"triggers"``; a slot of logical capture set up before is dropped once they are in
+place), or a publication and a logical replication slot (``"logical"``; the capture
+triggers are dropped once it exists). Every step is
 idempotent, so a second host process, or a deploy, may run it again.
 
 Where the slot exists already, ``"auto"`` keeps logical capture, whoever runs it: a
@@ -61,6 +62,8 @@ class DatabaseSetup:
     :ivar replica_full: tables set to REPLICA IDENTITY FULL (logical).
     :ivar dropped: capture triggers dropped (``"<trigger> ON <table>"``; logical).
     :ivar fallback: why ``"auto"`` chose triggers, or None.
+    :ivar retired_slot: the replication slot (and publication) dropped because
+        triggers were asked for where logical capture was set up, or None.
     :ivar kept: why ``"auto"`` found the slot there and left it as it was (this role
         may not manage it; every rule's table is published), or None.
     :ivar ddl_guard: why the event trigger that keeps a migration from breaking the
@@ -77,6 +80,7 @@ class DatabaseSetup:
     dropped: tuple[str, ...] = ()
     fallback: str | None = None
     kept: str | None = None
+    retired_slot: str | None = None
     ddl_guard: str | None = None
 
 
@@ -143,9 +147,25 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
                                  replica_full=tuple(full), dropped=tuple(dropped))
         from thorbis_cache.postgres.triggers import install_triggers
 
+        retiring = fallback is None and await logical.slot_here(conn)
+        if retiring and (refused := await replication_refused(conn)) is not None:
+            # Before anything changes: triggers beside a slot nobody may drop would
+            # make every write pay for both captures.
+            raise ConfigurationError(
+                f"capture triggers were asked for, but logical capture {logical.slot} is "
+                f"set up in this database and {refused}: a role that may drops it "
+                f"(thorbis-cache db init --capture triggers --slot "
+                f"{logical.slot.removeprefix('thorbis_')}), or keep logical capture")
         plans = await install_triggers(conn, rules, views)
         guard = await ensure_ddl_guard(conn)
+        retired = None
+        if retiring:
+            # Asked for triggers where logical capture was set up: once the triggers
+            # are in place, the slot goes (it would keep WAL, and every write would pay
+            # for both captures); a worker following it then reads the outbox.
+            await logical.drop(conn)
+            retired = logical.slot
     finally:
         await conn.close()
     return DatabaseSetup(report, names, "triggers", triggers=tuple(plans), fallback=fallback,
-                         ddl_guard=guard)
+                         ddl_guard=guard, retired_slot=retired)
