@@ -139,7 +139,8 @@ async def test_a_failover_that_lost_commits_leaves_nothing_stale(
         assert worker.metrics.capture_losses >= 1
         said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         if mode == "triggers":  # (logical capture: the slot is gone, and says so)
-            assert any("is on timeline 2, the cache reflects timeline 1" in m for m in said)
+            assert any("it is on timeline 2, the cache reflects timeline 1" in m
+                       for m in said)
     finally:
         worker.stop()
         with contextlib.suppress(Exception):
@@ -168,18 +169,111 @@ async def test_the_timeline_is_recorded_once_and_a_restart_flushes_nothing(
         await conn.close()
     assert origin is not None
     assert origin.timeline == 1
-    record = origin.key(cache.settings.prefix)
+    prefix = cache.settings.prefix
+    record, legacy = origin.key(prefix), origin.legacy_key(prefix)
+    here = origin.record().encode()
     await cache.store.command("UNLINK", record)
-    for recorded, flushed in [(None, False), (b"1", False), (b"1", False), (b"7", True),
-                              (b"garbage", True)]:
+    system, oid = origin.system, origin.oid
+    for where, recorded, flushed in [
+            (record, None, False), (record, here, False), (record, here, False),
+            (record, f"{system}/{oid}/7".encode(), True),
+            (record, f"{system}/{oid + 1}/1".encode(), True),
+            (record, f"1{system}/{oid}/1".encode(), True), (record, b"garbage", True),
+            # What earlier builds kept: the timeline alone, under another key.
+            (legacy, b"1", False), (legacy, b"7", True)]:
         if recorded is not None:
-            await cache.store.command("SET", record, recorded)
+            if where == legacy:
+                await cache.store.command("UNLINK", record)
+            await cache.store.command("SET", where, recorded)
         await cache.hash(key).replace(stale_customer(1))
         async with OutboxWorker.from_app(app, thorbis_pg_dsn, capture=None) as worker:
             await worker.drained()
         assert (await cache.hash(key).get() is None) is flushed, recorded
         assert worker.metrics.capture_losses == int(flushed)
-        assert await cache.store.command("GET", record) == b"1"
+        assert await cache.store.command("GET", record) == here
+        assert await cache.store.command("EXISTS", legacy) == 0
+
+
+async def _worker_drains(app: CacheApp, dsn: str) -> OutboxWorker:
+    async with OutboxWorker.from_app(app, dsn, capture=None) as worker:
+        await worker.drained()
+    return worker
+
+
+async def test_a_database_restored_from_a_backup_leaves_nothing_stale(
+    thorbis_pg_dsn: str, app: CacheApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found as a user would, restoring last night's logical backup the usual way (drop
+    the database, create it again, restore into it): the rows went back in time on the
+    same cluster, under the same name and timeline, so the worker noticed nothing, and
+    an entry filled from a row the restore took back was served until its TTL. The
+    database's oid is recorded with the timeline now: a database created again under
+    its name flushes like a failover."""
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", thorbis_pg_dsn, "--plugin",
+                            "home_services", "--capture", "triggers")
+    name = thorbis_pg_dsn.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(thorbis_pg_dsn.rsplit("/", 1)[0] + "/postgres")
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    key = CUSTOMER.key("acme", customer_id=1)
+    try:
+        await conn.execute(CUSTOMER_SQL, "acme", 2)
+        await _worker_drains(app, thorbis_pg_dsn)
+        await conn.close()
+        # Last night's backup, as a template the restore copies.
+        await admin.execute(f'CREATE DATABASE "{name}_backup" TEMPLATE "{name}"')
+        conn = await asyncpg.connect(thorbis_pg_dsn)
+        await conn.execute("UPDATE hs.customers SET phone = 'today' WHERE id = 1")
+        assert (await _worker_drains(app, thorbis_pg_dsn)).metrics.capture_losses == 0
+        await app.cache.hash(key).replace(attrs.evolve(stale_customer(1), phone="today"))
+        await conn.close()
+        # The restore: the database dropped, created again, filled from the backup.
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{name}_backup"')
+        conn = await asyncpg.connect(thorbis_pg_dsn)
+        assert await conn.fetchval("SELECT phone FROM hs.customers WHERE id = 1") != "today"
+        worker = await _worker_drains(app, thorbis_pg_dsn)
+        assert await app.cache.hash(key).get() is None
+        assert worker.metrics.capture_losses == 1
+        assert any("created again" in r.getMessage() for r in caplog.records
+                   if r.levelno == logging.ERROR)
+        # Recorded: the next worker flushes nothing.
+        await app.cache.hash(key).replace(stale_customer(1))
+        assert (await _worker_drains(app, thorbis_pg_dsn)).metrics.capture_losses == 0
+        assert await app.cache.hash(key).get() is not None
+    finally:
+        await conn.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}_backup"')
+        await admin.close()
+
+
+async def test_a_database_moved_to_another_cluster_leaves_nothing_stale(
+    app: CacheApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same, restored into a new cluster (a move to another server or a managed
+    service by dump and restore, or a major upgrade): another system identifier under
+    the same database name flushes once."""
+    key = CUSTOMER.key("acme", customer_id=5)  # no change to it on either server
+    for n, phone in enumerate(("on the old server", "restored")):
+        server = PostgresServer().start()
+        try:
+            dsn = server.dsn()
+            await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin",
+                                    "home_services", "--capture", "triggers")
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute(CUSTOMER_SQL, "acme", 1)
+            finally:
+                await conn.close()
+            if n == 1:
+                await app.cache.hash(key).replace(attrs.evolve(stale_customer(5),
+                                                               phone="on the old server"))
+            worker = await _worker_drains(app, dsn)
+            assert worker.metrics.capture_losses == n, phone
+        finally:
+            server.stop()
+    assert await app.cache.hash(key).get() is None
+    assert any("another cluster" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.ERROR)
 
 
 async def test_a_standby_is_refused_naming_it(pair: Pair, thorbis_standalone_redis_url: str

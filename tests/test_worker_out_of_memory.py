@@ -75,7 +75,7 @@ async def test_the_worker_invalidates_on_a_redis_out_of_memory(
                     await worker.drain()
             assert await app.cache.hash(keys[cid - 1]).get() is None
         assert await app.cache.hash(keys[2]).get() is not None
-        assert await app.cache.store.command("GET", record) == b"1"
+        assert await app.cache.store.command("GET", record) == origin.record().encode()
     finally:
         await conn.close()
         await app.aclose()

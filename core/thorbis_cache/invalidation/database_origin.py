@@ -12,11 +12,16 @@ already flushes; a slot copied to the standby, as Patroni's permanent slots do, 
 not, and this check covers that too.)
 
 Every promotion and every point-in-time recovery starts a new *timeline*. So the cache
-keeps, beside its entries, the timeline of the database its worker last read
-(:meth:`DatabaseOrigin.key`, one Redis string per database system and name, no TTL):
-the record lives and dies with the entries it vouches for (a Redis that lost its data
-lost both). Each new worker connection compares; a different timeline means the
-database may have lost commits the cache saw, and nothing can say which: the worker
+keeps, beside its entries, the origin of the database its worker last read
+(:meth:`DatabaseOrigin.key`, one Redis string per database name, no TTL): the cluster's
+system identifier, the database's oid and the timeline. The record lives and dies with
+the entries it vouches for (a Redis that lost its data lost both). Each new worker
+connection compares. A different timeline means the database may have lost commits
+the cache saw; so does a different oid (found as a user would: last night's logical
+backup restored the usual way, the database dropped and created again under its name,
+rewound the rows on the same cluster and timeline) and a different system identifier
+(a restore, or a dump and restore, into another cluster; a major upgrade with
+``pg_upgrade`` too, which costs one flush). Nothing can say which commits: the worker
 flushes what a lost slot flushes (:func:`~thorbis_cache.invalidation.capture_loss.
 flush_after_capture_loss`: every tag the rules reach, for every tenant), counts it as a
 capture loss, and only then records the new timeline (a worker killed in between
@@ -60,17 +65,47 @@ class DatabaseOrigin:
     :ivar system: the cluster's system identifier (from ``initdb``; a standby shares
         its primary's).
     :ivar database: the database's name.
+    :ivar oid: the database's oid (a database dropped and created again gets another).
     :ivar timeline: the timeline being written (1 after ``initdb``, one more at each
         promotion or point-in-time recovery).
     """
 
     system: str
     database: str
+    oid: int
     timeline: int
 
     def key(self, prefix: str) -> str:
-        """The Redis key that records the timeline this cache reflects."""
+        """The Redis key that records the origin this cache reflects."""
+        return f"{prefix}:~pg_origin:{self.database}"
+
+    def legacy_key(self, prefix: str) -> str:
+        """Where earlier builds kept the timeline alone (read once, then
+        replaced by :meth:`key`)."""
         return f"{prefix}:~pg_timeline:{self.system}:{self.database}"
+
+    def record(self) -> str:
+        """The value kept under :meth:`key`: ``system/oid/timeline``."""
+        return f"{self.system}/{self.oid}/{self.timeline}"
+
+    def change_from(self, recorded: bytes | str) -> str | None:
+        """What differs from a recorded origin (:meth:`record`), said for the log, or
+        None when nothing does."""
+        text = recorded.decode(errors="replace") if isinstance(recorded, bytes) else recorded
+        parts = text.split("/")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            return f"the cache holds {text[:60]!r} where its origin should be"
+        system, oid, timeline = parts[0], int(parts[1]), int(parts[2])
+        if system != self.system:
+            return (f"it is in another cluster (system {self.system}, the cache reflects "
+                    f"system {system}): restored, or upgraded, into a new one")
+        if oid != self.oid:
+            return (f"it was created again under its name (oid {self.oid}, the cache "
+                    f"reflects oid {oid}): restored from a backup")
+        if timeline != self.timeline:
+            return (f"it is on timeline {self.timeline}, the cache reflects timeline "
+                    f"{timeline}: it failed over or was restored to a point in time")
+        return None
 
 
 async def origin_of(conn: asyncpg.Connection) -> DatabaseOrigin | None:
@@ -78,7 +113,8 @@ async def origin_of(conn: asyncpg.Connection) -> DatabaseOrigin | None:
     does not say (a service that hides its control data and WAL file names)."""
     try:
         system = await conn.fetchval("SELECT system_identifier::text FROM pg_control_system()")
-        database = await conn.fetchval("SELECT current_database()")
+        database, oid = await conn.fetchrow(
+            "SELECT datname, oid::bigint FROM pg_database WHERE datname = current_database()")
     except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedFunctionError,
             asyncpg.FeatureNotSupportedError):
         return None
@@ -89,7 +125,7 @@ async def origin_of(conn: asyncpg.Connection) -> DatabaseOrigin | None:
                 asyncpg.FeatureNotSupportedError, asyncpg.ObjectNotInPrerequisiteStateError):
             continue
         if timeline is not None:
-            return DatabaseOrigin(str(system), str(database), int(timeline))
+            return DatabaseOrigin(str(system), str(database), int(oid), int(timeline))
     return None
 
 
@@ -125,28 +161,29 @@ class OriginCheck:
                             "filled from those commits stay until their TTL")
             return None
         store = self.cache.store
-        key = origin.key(self.cache.settings.prefix)
+        prefix = self.cache.settings.prefix
+        key = origin.key(prefix)
         recorded = await store.command("GET", key)
+        legacy = None
+        change = None
+        if recorded is not None:
+            change = origin.change_from(recorded)
+        else:
+            # An origin kept by an older version: its timeline alone.
+            legacy = await store.command("GET", origin.legacy_key(prefix))
+            if legacy is not None and legacy != str(origin.timeline).encode():
+                change = origin.change_from(f"{origin.system}/{origin.oid}/"
+                                            f"{legacy.decode(errors='replace')}")
         report = None
-        if recorded is not None and _timeline(recorded) != origin.timeline:
-            log.error("database %s (system %s) is on timeline %d, the cache reflects "
-                      "timeline %r (%s): it failed over or was restored, and commits the "
-                      "cache saw may be lost; flushing what no change can now prove fresh",
-                      origin.database, origin.system, origin.timeline,
-                      _timeline(recorded) or recorded, key)
+        if change is not None:
+            log.error("database %s: %s (%s); commits the cache saw may be lost: flushing "
+                      "what no change can now prove fresh", origin.database, change, key)
             rules = self.rules()
             tables = tuple(sorted({rule.table for rule in rules}))
             report = await flush_after_capture_loss(self.cache, rules, tables,
                                                     self.invalidate_tags)
         if recorded is None or report is not None:
-            await store.run(_RECORD, [key], [origin.timeline])
+            await store.run(_RECORD, [key], [origin.record()])
+            if legacy is not None:
+                await store.command("UNLINK", origin.legacy_key(prefix))
         return report
-
-
-def _timeline(recorded: bytes | str) -> int | None:
-    """A recorded timeline, or None for a value that is not one (anything else found
-    under the key counts as a different timeline)."""
-    try:
-        return int(recorded)
-    except ValueError:
-        return None
