@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import attrs
-from core_testing import run_cli, stale_customer
+from core_testing import run_cli, stale_customer, wait_until
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import CacheApp, KeyRing
@@ -39,6 +39,18 @@ class Env:
     async def cached(self, cid: int, tenant: str = "acme") -> bool:
         key = CUSTOMER.key(tenant, customer_id=cid)
         return await self.app.cache.hash(key).get() is not None
+
+    async def invalidated(self, cid: int) -> None:
+        """Cache customer ``cid`` of acme, update its row, and wait until a running
+        worker has invalidated the entry."""
+        await self.cache_customer(cid)
+        await self.conn.execute("UPDATE hs.customers SET phone = phone || '0' "
+                                "WHERE tenant_id = 'acme' AND id = $1", cid)
+
+        async def gone() -> bool:
+            return not await self.cached(cid)
+
+        await wait_until(f"customer {cid}'s entry is invalidated", gone)
 
     def db_init(self, code: int = 0) -> str:
         args = ["db", "init", "--dsn", self.dsn, "--plugin", "home_services",

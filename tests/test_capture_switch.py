@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from capture_env import Env, capture_env
-from core_testing import CUSTOMER_SQL, run_cli, wait_until
+from core_testing import CUSTOMER_SQL, run_cli
 
 from thorbis_cache.invalidation.worker import OutboxWorker
 
@@ -39,16 +39,6 @@ def _slot(env: Env) -> str:
             else f"s{env.dsn.rsplit('/', 1)[1]}{uuid.uuid4().hex[:6]}")
 
 
-async def _invalidated(env: Env, cid: int) -> None:
-    await env.cache_customer(cid)
-    await env.conn.execute("UPDATE hs.customers SET phone = $2 WHERE tenant_id = 'acme' "
-                           "AND id = $1", cid, f"555-02{cid:02}")
-
-    async def gone() -> bool:
-        return not await env.cached(cid)
-
-    await wait_until(f"customer {cid}'s entry is invalidated", gone)
-
 
 async def _slot_exists(env: Env, name: str) -> bool:
     return bool(await env.conn.fetchval(
@@ -64,12 +54,12 @@ async def test_a_running_worker_follows_the_database_to_the_other_capture(
     worker = OutboxWorker.from_app(env.app, env.dsn, slot=name)
     running = asyncio.create_task(worker.run())
     try:
-        await _invalidated(env, 1)  # by the capture db init set up
+        await env.invalidated(1)  # by the capture db init set up
         out = await asyncio.to_thread(
             run_cli, "db", "init", "--dsn", env.dsn, "--plugin", "home_services",
             "--capture", other, "--slot", name)
-        await _invalidated(env, 2)  # by the other one, read by the same worker
-        await _invalidated(env, 3)
+        await env.invalidated(2)  # by the other one, read by the same worker
+        await env.invalidated(3)
         await asyncio.wait_for(worker.drained(), 30)
         if other == "triggers":
             # The slot and its publication are gone (nothing keeps WAL for them), and

@@ -58,16 +58,6 @@ async def _cli_worker(env: Env) -> asyncio.subprocess.Process:
     return proc
 
 
-async def _invalidated(env: Env, cid: int) -> None:
-    await env.cache_customer(cid)
-    await env.conn.execute("UPDATE hs.customers SET phone = $2 WHERE tenant_id = 'acme' "
-                           "AND id = $1", cid, f"555-01{cid:02}")
-
-    async def gone() -> bool:
-        return not await env.cached(cid)
-
-    await wait_until(f"customer {cid}'s entry is invalidated", gone)
-
 
 async def test_a_second_worker_stands_by_quietly_and_takes_over_a_killed_one(
     env: Env, caplog: pytest.LogCaptureFixture
@@ -81,13 +71,13 @@ async def test_a_second_worker_stands_by_quietly_and_takes_over_a_killed_one(
             return second.metrics.standby == 1
 
         await wait_until("the second worker stands by", standing_by)
-        await _invalidated(env, 1)  # applied by the first
+        await env.invalidated(1)  # applied by the first
         assert second.metrics.processed == 0
         # The first is killed: the second takes over at once (no batch failed, no
         # traceback, one line each way naming who reads the slot).
         os.kill(first.pid, signal.SIGKILL)
         await first.wait()
-        await _invalidated(env, 2)
+        await env.invalidated(2)
         assert second.metrics.standby == 0
 
         async def counted() -> bool:  # the keys go before the batch commits and counts
@@ -134,7 +124,7 @@ async def test_the_cli_worker_says_it_stands_by_and_takes_over_a_stopped_one(
             first.stop()
             await running
             await wait_until("the CLI worker says it took over", lambda: said("took over"))
-            await _invalidated(env, 1)
+            await env.invalidated(1)
             second.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(second.wait(), 30) == 0
         finally:
@@ -174,7 +164,7 @@ async def test_drain_beside_a_running_worker_names_who_reads_the_slot(env: Env) 
         assert f":{first.pid}" in out
         assert "Traceback" not in out
         # The running worker was not disturbed.
-        await _invalidated(env, 3)
+        await env.invalidated(3)
     finally:
         first.kill()
         await first.wait()
