@@ -98,6 +98,8 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
     if done.fallback:
         typer.echo(f"capture: triggers ({done.fallback})")
     applied = f"plugins {', '.join(done.plugins) or '(none)'}: SQL applied"
+    if done.sync_standby:
+        typer.echo(f"warning: {done.sync_standby}", err=True)
     if done.kept:
         typer.echo(f"{applied}, logical capture {done.slot} kept as it was set up "
                    f"({done.kept}); every rule's table is published")

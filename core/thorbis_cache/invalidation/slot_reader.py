@@ -22,6 +22,7 @@ from thorbis_cache.plugins.declarations import InvalidationRule
 from thorbis_cache.postgres import connection, outbox
 from thorbis_cache.postgres.capture_check import capture_problems
 from thorbis_cache.postgres.logical import (
+    SYNC_CANDIDATE,
     LogicalCapture,
     SlotInUseError,
     SlotLostError,
@@ -47,6 +48,12 @@ ADMIN_SHUTDOWN = "57P01"
 
 #: Seconds a reader whose session was ended waits for the slot's drop that may follow.
 DROP_WAIT = 1.0
+
+#: The reading session's synchronous replication state.
+_SYNC_STATE = """
+SELECT r.sync_state FROM pg_replication_slots s
+  JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1
+"""
 
 #: How a batch's rows are applied in the caller's transaction (the worker's
 #: :func:`~thorbis_cache.invalidation.batch.apply_changes` with its settings).
@@ -96,6 +103,9 @@ class SlotReader:
         self._stream: LogicalStream | None = None
         #: While another session reads the slot: who (see :meth:`next_batch`).
         self.standing_by: SlotInUseError | None = None
+        # The reading session's sync_state as last seen (see check_sync).
+        self._sync_state: str | None = None
+        self._sync_checked = False
         # Failed attempts per change (its LSN): the WAL has no attempts column, so they
         # are counted here, and start again after a restart.
         self._attempts: dict[int, tuple[int, str]] = {}
@@ -190,6 +200,9 @@ class SlotReader:
             rows = batch.rows
             if not rows:
                 stream.confirm(batch.end_lsn)
+                if not self._sync_checked:
+                    self._sync_checked = True
+                    await self.check_sync(conn)
                 return BatchResult()
             async with conn.transaction():
                 result = await self._apply(conn, rows)
@@ -245,7 +258,24 @@ class SlotReader:
                      capture.slot, self.standing_by.reader)
             self.standing_by = None
             self._metrics.standby = 0
+        self._sync_checked = False
         return stream
+
+    async def check_sync(self, conn: Any) -> None:
+        """Say (a warning, when it starts) that this worker's session reading the slot
+        is a synchronous standby: ``synchronous_standby_names`` matches it (``*``).
+        Checked after a stream's first empty batch (the server sets the session's
+        priority once it streams) and at the worker's capture checks."""
+        if self._stream is None:
+            return
+        state = await conn.fetchval(_SYNC_STATE, self.capture.slot)
+        if state in SYNC_CANDIDATE and self._sync_state not in SYNC_CANDIDATE:
+            log.warning("logical capture: this worker's session reading slot %s is a "
+                        "synchronous standby (%s: synchronous_standby_names matches it): "
+                        "when no other standby answers, every commit of the host waits "
+                        "for the cache's invalidations, and hangs while this worker is "
+                        "paused; name the standbys there instead", self.capture.slot, state)
+        self._sync_state = state
 
     def _stand_by(self, busy: SlotInUseError, standby: bool) -> None:
         if not standby:

@@ -476,8 +476,11 @@ class OutboxWorker:
         from thorbis_cache.postgres.capture_check import capture_problems
 
         async with self._conn_lock:
-            problems = tuple(await capture_problems(
-                await self._connection(), self._all_rules(), self.capture or "triggers"))
+            conn = await self._connection()
+            problems = tuple(await capture_problems(conn, self._all_rules(),
+                                                    self.capture or "triggers"))
+            if self._reader is not None:
+                await self._reader.check_sync(conn)
         if problems != self._uncaptured:
             if problems:
                 log.error("change capture stopped for %d table(s): their changes are not "

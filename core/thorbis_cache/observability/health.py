@@ -24,8 +24,9 @@ one reading of the servers (:meth:`~thorbis_cache.observability.probe.Probe.exam
 * ``views`` (with views to watch): a view ``stale``, ``failing`` or never refreshed is
   a warning (``thorbis-cache mv status`` has the details).
 * ``capture_slot`` (when a logical capture slot exists): ``wal_status`` ``lost`` is
-  unhealthy (changes were lost); ``unreserved``, a backlog over ``slot_backlog``, or
-  no session reading it (no worker runs: nothing is invalidated) a warning.
+  unhealthy (changes were lost); ``unreserved``, a backlog over ``slot_backlog``, no
+  session reading it (no worker runs: nothing is invalidated), or a reader that
+  ``synchronous_standby_names`` makes a synchronous standby a warning.
 * ``capture_columns`` (when a migration took a column a rule reads from a captured
   table, or changed its type under capture triggers): a warning naming the table and
   the columns; its changes are captured by a stand-in (triggers) and, for a missing
@@ -55,6 +56,7 @@ from thorbis_cache.observability.probe import (
     TopologyReading,
 )
 from thorbis_cache.plugins.declarations import InvalidationRule
+from thorbis_cache.postgres.logical import SYNC_CANDIDATE
 
 __all__ = ["Check", "HealthReport", "HealthThresholds", "HitCounts", "assess", "check"]
 
@@ -437,7 +439,8 @@ def _views(h: HealthReading) -> Check:
 def _slots(h: HealthReading, t: HealthThresholds) -> Check:
     slots = h.slots or ()
     figures = {"slots": {s.name: {"wal_status": s.wal_status, "active": s.active,
-                                  "backlog_bytes": s.backlog_bytes} for s in slots}}
+                                  "backlog_bytes": s.backlog_bytes,
+                                  "sync_state": s.sync_state} for s in slots}}
     problems: list[tuple[Status, str]] = []
     for s in slots:
         if s.wal_status == "lost":
@@ -447,6 +450,12 @@ def _slots(h: HealthReading, t: HealthThresholds) -> Check:
         elif s.wal_status == "unreserved":
             problems.append(("warning", f"slot {s.name} is unreserved: its WAL will be "
                              "removed at the next checkpoint unless a worker catches up"))
+        if s.sync_state in SYNC_CANDIDATE:
+            problems.append(("warning", f"the worker reading slot {s.name} is a synchronous "
+                             f"standby ({s.sync_state}: synchronous_standby_names matches "
+                             "it): when no other standby answers, the host's commits wait "
+                             "for the cache's invalidations; name the standbys there "
+                             "instead of *"))
         if s.wal_status != "lost" and not s.active:
             problems.append(("warning", f"no worker reads slot {s.name}: changes to the "
                              "tables it publishes wait there, and their cached entries "

@@ -145,7 +145,7 @@ class Probe(Collector):
                 slots = tuple([CaptureSlot(
                     r["slot_name"], r["wal_status"], bool(r["active"]),
                     await LogicalCapture(r["slot_name"].removeprefix("thorbis_"), ())
-                    .backlog_bytes(conn)) for r in rows])
+                    .backlog_bytes(conn), r["sync_state"]) for r in rows])
                 incomplete = tuple(await drifted_captures(conn))
                 uncaptured = tuple(await capture_problems(conn, rules, "any")) if rules \
                     else None
@@ -244,9 +244,10 @@ class Probe(Collector):
 # --------------------------------------------------------------------------- health reads
 
 _SLOTS = """
-SELECT slot_name, wal_status, active FROM pg_replication_slots
- WHERE slot_type = 'logical' AND database = current_database()
-   AND slot_name LIKE 'thorbis\\_%' ORDER BY slot_name
+SELECT s.slot_name, s.wal_status, s.active, r.sync_state
+  FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+ WHERE s.slot_type = 'logical' AND s.database = current_database()
+   AND s.slot_name LIKE 'thorbis\\_%' ORDER BY s.slot_name
 """
 
 
@@ -338,12 +339,17 @@ class CaptureSlot:
     :ivar active: a worker is streaming from it.
     :ivar backlog_bytes: WAL between its confirmed position and now
         (:meth:`LogicalCapture.backlog_bytes`).
+    :ivar sync_state: the reading session's ``pg_stat_replication.sync_state``
+        (``async``; ``sync``, ``potential`` or ``quorum`` when
+        ``synchronous_standby_names`` matches it), None when none reads it or this role
+        may not see it.
     """
 
     name: str
     wal_status: str | None
     active: bool
     backlog_bytes: int | None
+    sync_state: str | None = None
 
 
 @attrs.frozen(slots=True)

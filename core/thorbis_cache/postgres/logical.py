@@ -69,8 +69,19 @@ from thorbis_cache.postgres.outbox import OutboxRow
 from thorbis_cache.postgres.replication import ReplicationError, ReplicationStream
 from thorbis_cache.postgres.triggers import plan_tables
 
-__all__ = ["LogicalBatch", "LogicalCapture", "LogicalStream", "SlotInUseError", "SlotLostError",
-           "logical_unavailable", "lsn_text", "parse_lsn"]
+__all__ = [
+    "SYNC_CANDIDATE",
+    "LogicalBatch",
+    "LogicalCapture",
+    "LogicalStream",
+    "SlotInUseError",
+    "SlotLostError",
+    "logical_unavailable",
+    "lsn_text",
+    "parse_lsn",
+    "sync_standby_risk",
+    "sync_standby_wildcard",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +129,35 @@ def replication_fix(conn_role: str | None = None) -> str:
             "services'), or capture with triggers: db init --capture triggers")
 
 
+#: ``pg_stat_replication.sync_state`` of a session that synchronous replication may
+#: wait for.
+SYNC_CANDIDATE = frozenset({"sync", "potential", "quorum"})
+
+_SYNC_MEMBER = re.compile(r'"((?:[^"]|"")*)"|([^\s,()"]+)')
+
+
+def sync_standby_wildcard(setting: str) -> bool:
+    """Whether ``synchronous_standby_names`` lists ``*`` (bare or quoted) among its
+    standbys: then every replication session, a worker's included, is a synchronous
+    standby candidate (``FIRST n (...)``, ``ANY n (...)``, ``n (...)`` or a plain
+    list)."""
+    members = [bare if quoted is None else quoted.replace('""', '"')
+               for quoted, bare in (m.groups() for m in _SYNC_MEMBER.finditer(setting))]
+    return "*" in members
+
+
+def sync_standby_risk(setting: str) -> str | None:
+    """Why a logical capture worker would hold the host's commits under this
+    ``synchronous_standby_names``, or None."""
+    if not sync_standby_wildcard(setting):
+        return None
+    return (f"synchronous_standby_names lists * ({setting}): the worker's replication "
+            "session would be a synchronous standby candidate, and when no standby "
+            "answers, every commit of the host would wait for the cache's invalidations "
+            "(and hang while the worker is paused); name the standbys there instead, e.g. "
+            "FIRST 1 (standby1, standby2)")
+
+
 async def logical_unavailable(conn: asyncpg.Connection, dsn: str | None = None
                               ) -> str | None:
     """Why logical capture should not run on this server, or None when it can.
@@ -138,6 +178,9 @@ async def logical_unavailable(conn: asyncpg.Connection, dsn: str | None = None
     if str(keep).strip() == "-1":
         return ("max_slot_wal_keep_size is -1: the slot of a stopped worker would keep WAL "
                 "without bound; set it (docs/architecture.md, 'Faults of a slot')")
+    risk = sync_standby_risk(await conn.fetchval("SHOW synchronous_standby_names"))
+    if risk is not None:
+        return risk
     try:
         import psycopg  # noqa: F401 -- only whether the logical extra is installed
     except ImportError:

@@ -62,6 +62,9 @@ class DatabaseSetup:
     :ivar replica_full: tables set to REPLICA IDENTITY FULL (logical).
     :ivar dropped: capture triggers dropped (``"<trigger> ON <table>"``; logical).
     :ivar fallback: why ``"auto"`` chose triggers, or None.
+    :ivar sync_standby: why the logical capture set up may hold the host's commits
+        (``synchronous_standby_names`` lists ``*``: ``"auto"`` chooses triggers
+        there), or None.
     :ivar retired_slot: the replication slot (and publication) dropped because
         triggers were asked for where logical capture was set up, or None.
     :ivar kept: why ``"auto"`` found the slot there and left it as it was (this role
@@ -81,6 +84,7 @@ class DatabaseSetup:
     fallback: str | None = None
     kept: str | None = None
     retired_slot: str | None = None
+    sync_standby: str | None = None
     ddl_guard: str | None = None
 
 
@@ -114,6 +118,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             LogicalCapture,
             logical_unavailable,
             replication_refused,
+            sync_standby_risk,
         )
 
         logical = LogicalCapture(slot, rules, views)
@@ -126,11 +131,12 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             from thorbis_cache.postgres.capture_check import check_capture
             from thorbis_cache.postgres.triggers import remove_triggers
 
+            risk = sync_standby_risk(await conn.fetchval("SHOW synchronous_standby_names"))
             refused = await replication_refused(conn) if existing else None
             if refused is not None:
                 await check_capture(conn, rules, logical, plugins=names)
                 return DatabaseSetup(report, names, "logical", slot=logical.slot,
-                                     kept=refused)
+                                     kept=refused, sync_standby=risk)
             # Before anything is changed: the role, then the replication connection
             # (the worker's: where a slot exists, it reads it elsewhere already).
             await logical.check_role(conn)
@@ -144,7 +150,8 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             # migration's missing columns for `health`, where the role may create it.
             await ensure_ddl_guard(conn)
             return DatabaseSetup(report, names, "logical", slot=logical.slot,
-                                 replica_full=tuple(full), dropped=tuple(dropped))
+                                 replica_full=tuple(full), dropped=tuple(dropped),
+                                 sync_standby=risk)
         from thorbis_cache.postgres.triggers import install_triggers
 
         retiring = fallback is None and await logical.slot_here(conn)
