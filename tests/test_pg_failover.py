@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -28,10 +30,12 @@ from thorbis_home_services.schemas import CUSTOMER
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.cache.tags import CacheTagInvalidator
 from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.invalidation import worker as worker_module
 from thorbis_cache.invalidation.batch import BatchResult
 from thorbis_cache.invalidation.database_origin import origin_of
 from thorbis_cache.invalidation.replica_echo import ReplicaEcho
 from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.postgres import connection, replication
 from thorbis_cache.testing.servers._ports import HOST
 from thorbis_cache.testing.servers.postgres_server import PostgresServer
 
@@ -192,6 +196,105 @@ async def test_the_timeline_is_recorded_once_and_a_restart_flushes_nothing(
         assert worker.metrics.capture_losses == int(flushed)
         assert await cache.store.command("GET", record) == here
         assert await cache.store.command("EXISTS", legacy) == 0
+
+
+async def test_a_primary_that_stops_answering_is_left_for_the_promoted_standby(
+    mode: str, app: CacheApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found as a user would: a primary that hangs (a stalled disk, a frozen VM, a
+    network partition without a reset) keeps its connections open and silent. After
+    its standby was promoted, the worker still waited on its query to the old primary,
+    without a word: nothing was invalidated for as long as it was tried (150 s), under
+    both captures. Now the worker's queries have a deadline, a replication stream that
+    hears nothing is dropped, and each host of a multi-host DSN gets its own connect
+    timeout (asyncpg's is for all of them, spent on the first). The timeouts are
+    shortened here to keep the test quick."""
+    monkeypatch.setattr(connection, "CONNECT_TIMEOUT", 2.0)
+    monkeypatch.setattr(worker_module, "QUERY_TIMEOUT", 2.0)
+    monkeypatch.setattr(replication, "STATUS_INTERVAL", 0.5)
+    with _primary_and_standby({"wal_writer_delay": "10ms"}) as pair:
+        capture = await db_init(app, pair.primary.dsn(), mode)
+        conn = await asyncpg.connect(pair.primary.dsn())
+        await conn.execute(CUSTOMER_SQL, "acme", 2)
+        await _replayed(pair, conn)
+        await conn.close()
+        worker = OutboxWorker.from_app(app, pair.dsn, capture=capture, max_backoff=0.2)
+        running = asyncio.create_task(worker.run())
+        try:
+            await worker.drained()
+            pair.primary.freeze()
+            pair.standby.promote()
+            new = await asyncpg.connect(pair.standby.dsn())
+            try:
+                key = CUSTOMER.key("acme", customer_id=2)
+                await app.cache.hash(key).replace(stale_customer(2))
+                await new.execute("UPDATE hs.customers SET phone = 'after' "
+                                  "WHERE tenant_id = 'acme' AND id = 2")
+
+                async def invalidated() -> bool:
+                    return await app.cache.hash(key).get() is None
+
+                await wait_until("the change on the new primary is invalidated",
+                                 invalidated, within=60)
+                if capture is not None:
+                    await capture.drop(new)
+            finally:
+                await new.close()
+        finally:
+            pair.primary.thaw()
+            worker.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(running, 20)
+            await worker.aclose()
+
+
+async def test_a_replication_stream_that_hears_nothing_is_dropped(
+    thorbis_pg_dsn: str, app: CacheApp, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream's half of it: the server side of the worker's replication session
+    stops answering (frozen here; a network partition does the same) while its
+    ordinary connection still works. The worker used to wait on it without a word; it
+    now takes the stream for lost once it heard nothing for SILENCE_INTERVALS status
+    intervals (each asks for a keepalive), and reads the slot again as soon as the
+    server lets it."""
+    monkeypatch.setattr(replication, "STATUS_INTERVAL", 0.3)
+    capture = await db_init(app, thorbis_pg_dsn, "logical")
+    assert capture is not None
+    conn = await asyncpg.connect(thorbis_pg_dsn)
+    worker = OutboxWorker.from_app(app, thorbis_pg_dsn, capture=capture, max_backoff=0.2)
+    running = asyncio.create_task(worker.run())
+    sender = None
+    try:
+        await worker.drained()
+        sender = await conn.fetchval("SELECT active_pid FROM pg_replication_slots "
+                                     "WHERE slot_name = $1", capture.slot)
+        assert sender is not None
+        os.kill(sender, signal.SIGSTOP)
+
+        async def dropped() -> bool:
+            return "the server sent nothing for" in caplog.text
+
+        await wait_until("the worker drops the silent stream", dropped)
+        os.kill(sender, signal.SIGCONT)  # it finds its client gone, and frees the slot
+        await conn.execute(CUSTOMER_SQL, "acme", 1)
+        key = CUSTOMER.key("acme", customer_id=1)
+        await app.cache.hash(key).replace(stale_customer(1))
+        await conn.execute("UPDATE hs.customers SET phone = 'x' WHERE id = 1")
+
+        async def invalidated() -> bool:
+            return await app.cache.hash(key).get() is None
+
+        await wait_until("the worker reads the slot again", invalidated)
+    finally:
+        if sender is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sender, signal.SIGCONT)
+        worker.stop()
+        await running
+        await worker.aclose()
+        await capture.drop(conn)
+        await conn.close()
 
 
 async def _worker_drains(app: CacheApp, dsn: str) -> OutboxWorker:
@@ -418,3 +521,17 @@ async def test_without_the_standbys_positions_the_second_pass_waits_a_fixed_dela
         assert await app.cache.hash(key).get() is None
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize(("dsn", "hosts"), [
+    ("postgresql://u@a:5432,b:5433/db?target_session_attrs=read-write",
+     [("a", 5432), ("b", 5433)]),
+    ("postgresql://u:p%40ss@a,[::1]:6000,%2Fvar%2Frun%2Fpg/db", [("a", None), ("::1", 6000),
+                                                                ("/var/run/pg", None)]),
+    ("postgresql://h/db", [("h", None)]),
+    ("postgresql:///db", []),
+    ("host=a,b dbname=db", []),
+])
+def test_the_hosts_of_a_dsn_are_read_in_order(dsn: str, hosts: list[tuple[str, int | None]]
+                                              ) -> None:
+    assert connection.hosts_of(dsn) == hosts

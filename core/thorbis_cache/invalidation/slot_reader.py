@@ -318,7 +318,8 @@ class SlotReader:
                   self.capture.slot)
 
 
-async def wal_flushed(dsn: str, first_pause: float) -> None:
+async def wal_flushed(dsn: str, first_pause: float, query_timeout: float | None = None
+                      ) -> None:
     """Wait until the WAL is flushed past what was written before this call.
 
     A logical batch reads up to the server's *flush* position; under
@@ -326,7 +327,7 @@ async def wal_flushed(dsn: str, first_pause: float) -> None:
     (the WAL writer flushes within ``wal_writer_delay``, 200 ms by default), so reading
     up to the flush position as of now could miss it. On a connection of its own: the
     worker's may be in a batch. Polls from ``first_pause`` seconds, doubling to 20 ms."""
-    conn = await connection.connect(dsn)
+    conn = await connection.connect(dsn, command_timeout=query_timeout)
     try:
         target = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
         pause = first_pause

@@ -23,7 +23,8 @@ Session pooling needs nothing: a pooled session is a session.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import attrs
@@ -31,7 +32,7 @@ import attrs
 from thorbis_cache.errors import ConfigurationError
 
 __all__ = ["CONNECT_TIMEOUT", "POOLER_PARAMETER", "SESSION_SETTINGS", "Target", "connect",
-           "refuse_standby", "target_of"]
+           "hosts_of", "refuse_standby", "target_of"]
 
 #: The DSN query parameter that says the connection goes through a transaction pooler.
 POOLER_PARAMETER = "pgbouncer"
@@ -84,26 +85,69 @@ def target_of(dsn: str) -> Target:
     return Target(urlunsplit(parts._replace(query=rest)), value in _TRUE)
 
 
-#: Seconds to establish a connection (asyncpg's connect timeout).
+#: Seconds to establish a connection to one host (asyncpg's connect timeout).
 CONNECT_TIMEOUT = 10.0
 
 
-async def connect(dsn: str, *, writes: str | None = None) -> asyncpg.Connection:
+def hosts_of(dsn: str) -> list[tuple[str, int | None]]:
+    """The hosts a ``postgresql://`` DSN lists, in order, with their ports (None: the
+    default); one entry for a single host, none for a DSN without one."""
+    if "://" not in dsn:
+        return []
+    spec = urlsplit(dsn).netloc.rpartition("@")[2]
+    hosts: list[tuple[str, int | None]] = []
+    for item in spec.split(",") if spec else ():
+        if item.startswith("["):  # [IPv6]:port
+            address, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            address, _, port = item.partition(":")
+        hosts.append((unquote(address), int(port) if port.isdigit() else None))
+    return hosts
+
+
+async def _connect_each(target: Target, options: dict[str, Any]) -> asyncpg.Connection:
+    """asyncpg's connection, giving each host of a multi-host DSN its own
+    :data:`CONNECT_TIMEOUT`. asyncpg's timeout covers the whole list, so a first host
+    that accepts the TCP connection and then says nothing (a hung server: a failed-over
+    primary that was not fenced) used it all, and the host after it, the new primary,
+    was never tried."""
+    hosts = hosts_of(target.dsn)
+    attrs_wanted = dict(parse_qsl(urlsplit(target.dsn).query)).get("target_session_attrs")
+    if len(hosts) < 2 or attrs_wanted == "prefer-standby":  # (a random pick: asyncpg's)
+        return await asyncpg.connect(target.dsn, timeout=CONNECT_TIMEOUT, **options)
+    failures: list[BaseException] = []
+    for host, port in hosts:
+        where = {"host": host} if port is None else {"host": host, "port": port}
+        try:
+            return await asyncpg.connect(target.dsn, timeout=CONNECT_TIMEOUT, **where,
+                                         **options)
+        except (OSError, TimeoutError, asyncpg.TargetServerAttributeNotMatched,
+                asyncpg.CannotConnectNowError) as exc:
+            failures.append(exc)
+    raise failures[-1]
+
+
+async def connect(dsn: str, *, writes: str | None = None,
+                  command_timeout: float | None = None) -> asyncpg.Connection:
     """Open a connection to ``dsn`` as every part of thorbis-cache does: with
     :data:`SESSION_SETTINGS`, or through a transaction pooler (``pgbouncer=true``)
-    without a statement cache and without session settings.
+    without a statement cache and without session settings; each host of a multi-host
+    DSN tried in turn, each within :data:`CONNECT_TIMEOUT`.
 
     :param writes: what the connection is for, when that writes (the worker, a
         migration, a refresh): a standby is then refused, naming it (see
         :func:`refuse_standby`).
+    :param command_timeout: seconds any statement may take (asyncpg raises
+        :class:`TimeoutError` after that); None for no bound (a migration, a view's
+        refresh).
     :raises ConfigurationError: see :func:`target_of` and :func:`refuse_standby`.
     """
     target = target_of(dsn)
+    options: dict[str, Any] = {"command_timeout": command_timeout}
     if target.pooled:
-        conn = await asyncpg.connect(target.dsn, timeout=CONNECT_TIMEOUT,
-                                     statement_cache_size=0)
-    else:
-        conn = await asyncpg.connect(target.dsn, timeout=CONNECT_TIMEOUT)
+        options["statement_cache_size"] = 0
+    conn = await _connect_each(target, options)
     try:
         if not target.pooled:
             await conn.execute("".join(f"SET {name} = {value};"

@@ -129,6 +129,9 @@ def replication_fix(conn_role: str | None = None) -> str:
             "services'), or capture with triggers: db init --capture triggers")
 
 
+#: Seconds creating a slot may wait for the transactions running then to end.
+SLOT_CREATE_TIMEOUT = 3600.0
+
 #: ``pg_stat_replication.sync_state`` of a session that synchronous replication may
 #: wait for.
 SYNC_CANDIDATE = frozenset({"sync", "potential", "quorum"})
@@ -363,8 +366,10 @@ class LogicalCapture:
             "SELECT database, plugin, current_database() AS here FROM pg_replication_slots "
             "WHERE slot_name = $1", self.slot)
         if found is None:
+            # It waits for every transaction running now to end (a consistent start):
+            # however long that takes, past the worker's statement deadline too.
             await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                               self.slot)
+                               self.slot, timeout=SLOT_CREATE_TIMEOUT)
             log.info("logical capture: created slot %s", self.slot)
         elif (found["database"], found["plugin"]) != (found["here"], "pgoutput"):
             # Slots are per server: another database's capture (or another tool) owns it.

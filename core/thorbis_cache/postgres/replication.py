@@ -40,7 +40,15 @@ _STATUS = struct.Struct("!cQQQq?")  # 'r', written, flushed, applied, clock, rep
 _PG_EPOCH_OFFSET_US = 946_684_800 * 1_000_000
 #: A status update at least this often (seconds), so the server never times the
 #: stream out (``wal_sender_timeout``, 60 s by default) and sees the slot's progress.
+#: Each asks the server for a keepalive in return: a stream that then hears nothing for
+#: :data:`SILENCE_INTERVALS` of them is taken for lost.
 STATUS_INTERVAL = 10.0
+
+#: Status intervals without a message from the server after which the stream is taken
+#: for lost (:class:`ReplicationError`): a server that hung, or a network partition
+#: without a reset, keeps the connection open and silent, and the worker would read
+#: nothing from it, saying nothing, until TCP gave up (about 15 minutes, or never).
+SILENCE_INTERVALS = 3
 
 
 class ReplicationError(Exception):
@@ -79,12 +87,18 @@ def reader_name() -> str:
     return f"thorbis-cache {socket.gethostname()}:{os.getpid()}"[-63:]
 
 
-def _named(dsn: str) -> dict[str, str]:
+def _libpq_params(dsn: str) -> tuple[dict[str, Any], int]:
+    """The DSN's parameters as libpq reads them, and how many hosts it lists (empty
+    and 1 for a DSN libpq refuses: connecting says why)."""
     psycopg = _psycopg()
     try:
         given = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
-        return {}  # connect() itself says what is wrong with the DSN
+        return {}, 1
+    return given, max(1, len(str(given.get("host") or "").split(",")))
+
+
+def _named(given: dict[str, Any]) -> dict[str, str]:
     return {} if given.get("application_name") else {"application_name": reader_name()}
 
 
@@ -119,6 +133,7 @@ class ReplicationStream:
         self.server_lsn = 0
         self._confirmed = 0
         self._last_status = 0.0
+        self._last_heard = time.monotonic()
         self._reply_requested = False
         self._loop = asyncio.get_running_loop()
 
@@ -134,18 +149,23 @@ class ReplicationStream:
             in use, ``wal_level`` not logical, no replication permission).
         """
         psycopg = _psycopg()
+        # libpq's connect_timeout is per host: a first host that hangs (a failed-over
+        # primary that was not fenced) leaves time for the next, the new primary.
+        given, hosts = _libpq_params(dsn)
+        per_host = {} if given.get("connect_timeout") else {
+            "connect_timeout": str(max(2, round(connect_timeout)))}
         try:
             conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
                 dsn, autocommit=True, replication="database",
                 # ISO dates and UTC timestamps in the decoded text (see logical.py).
                 options="-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=1",
-                **_named(dsn)), connect_timeout)
+                **per_host, **_named(given)), connect_timeout * hosts + 1)
         except psycopg.Error as exc:
             raise ReplicationError(f"replication connection to slot {slot!r}: {exc}",
                                    getattr(exc, "sqlstate", None)) from exc
         stream = cls(conn, slot)
         try:
-            await stream._start(options)
+            await asyncio.wait_for(stream._start(options), connect_timeout)
         except BaseException:
             await stream.close()
             raise
@@ -219,8 +239,15 @@ class ReplicationStream:
         pg = self._pgconn
         consumed = False
         while True:
-            if time.monotonic() - self._last_status >= STATUS_INTERVAL:
-                self._send_status()
+            now = time.monotonic()
+            if now - self._last_heard > SILENCE_INTERVALS * STATUS_INTERVAL:
+                raise ReplicationError(
+                    f"slot {self.slot!r}: the server sent nothing for "
+                    f"{now - self._last_heard:.0f} s, though a keepalive was asked every "
+                    f"{STATUS_INTERVAL:g} s: taken for lost (a server that hung, or a "
+                    "network partition)")
+            if now - self._last_status >= STATUS_INTERVAL:
+                self._send_status(reply=True)
             try:
                 size, data = pg.get_copy_data(1)
             except Exception as exc:  # psycopg raises on a broken connection
@@ -238,6 +265,7 @@ class ReplicationStream:
                 continue
             if size < 0:
                 raise self._error(pg.get_result())
+            self._last_heard = time.monotonic()
             kind = data[0]
             if kind == 0x77:  # 'w' XLogData
                 start, _end, _clock = _XLOGDATA.unpack_from(data, 1)

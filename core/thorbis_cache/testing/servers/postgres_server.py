@@ -23,6 +23,7 @@ from thorbis_cache.testing.servers._process import (
     _Credentials,
     _kill_group,
     _read_from,
+    _signal_group,
     _size,
     _spawn,
     _tail,
@@ -67,6 +68,15 @@ def _check_reachable(directory: Path, creds: _Credentials) -> None:
 
 
 _IPC_RMID = 0
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux's ``/proc``; none elsewhere)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in listed.split()]
 
 
 def _remove_stale_shm(pidfile: Path) -> None:
@@ -327,6 +337,7 @@ class PostgresServer(_PostgresWire):
         proc = self._child.proc
         if proc is None:
             return
+        self.thaw()  # a frozen server would not hear the shutdown
         graceful = proc.poll() is None
         # SIGINT is PostgreSQL's "fast" shutdown: abort sessions, checkpoint, exit.
         _terminate(proc, signal.SIGINT, _STOP_TIMEOUT)
@@ -351,6 +362,27 @@ class PostgresServer(_PostgresWire):
             _kill_group(proc)
             self._child.proc = None
             self._after_death()
+
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster and every process it started (each backend is a
+        session of its own: the process group holds the postmaster alone): alive, its
+        connections open, silent, as a server that hangs (a stalled disk, a frozen VM)
+        or drops off the network without a reset. New connections wait for an answer
+        that does not come. :meth:`thaw` (or :meth:`stop`) ends it."""
+        self._signal_all(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT what :meth:`freeze` stopped (harmless otherwise)."""
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        proc = self._child.proc
+        if proc is None:
+            return
+        _signal_group(proc, sig)  # the postmaster first: it starts no one meanwhile
+        for pid in _children(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def restart(self) -> Self:
         """Shut down if running (keeping the data), then start on the same port and dir.
