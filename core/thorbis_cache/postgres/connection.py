@@ -23,16 +23,17 @@ Session pooling needs nothing: a pooled session is a session.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import attrs
 
-from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.errors import ConfigurationError, PostgresUnavailableError
 
 __all__ = ["CONNECT_TIMEOUT", "POOLER_PARAMETER", "SESSION_SETTINGS", "Target", "connect",
-           "hosts_of", "refuse_standby", "target_of"]
+           "hosts_of", "redact_dsn", "refuse_standby", "target_of"]
 
 #: The DSN query parameter that says the connection goes through a transaction pooler.
 POOLER_PARAMETER = "pgbouncer"
@@ -89,6 +90,26 @@ def target_of(dsn: str) -> Target:
 CONNECT_TIMEOUT = 10.0
 
 
+# URL userinfo (postgresql://user:SECRET@host), a URL query or key/value "password=SECRET".
+_URL_SECRET = re.compile(r"(//[^:/@?#]*:)[^/?#]*@")
+_PARAM_SECRET = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***`` (URL or ``key=value`` form)."""
+    return _PARAM_SECRET.sub(r"\1***", _URL_SECRET.sub(r"\1***@", dsn))
+
+
+def _one_line(exc: BaseException, dsn: str) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        text = f"no answer within {CONNECT_TIMEOUT:g} s"
+    else:
+        text = " ".join(str(exc).split()) or "no detail"
+    # Drivers may quote the DSN back: never let its password through.
+    text = text.replace(dsn, redact_dsn(dsn))
+    return f"{type(exc).__name__}: {text}"
+
+
 def hosts_of(dsn: str) -> list[tuple[str, int | None]]:
     """The hosts a ``postgresql://`` DSN lists, in order, with their ports (None: the
     default); one entry for a single host, none for a DSN without one."""
@@ -116,7 +137,7 @@ async def _connect_each(target: Target, options: dict[str, Any]) -> asyncpg.Conn
     attrs_wanted = dict(parse_qsl(urlsplit(target.dsn).query)).get("target_session_attrs")
     if len(hosts) < 2 or attrs_wanted == "prefer-standby":  # (a random pick: asyncpg's)
         return await asyncpg.connect(target.dsn, timeout=CONNECT_TIMEOUT, **options)
-    failures: list[BaseException] = []
+    failures: list[str] = []
     for host, port in hosts:
         where = {"host": host} if port is None else {"host": host, "port": port}
         try:
@@ -124,8 +145,9 @@ async def _connect_each(target: Target, options: dict[str, Any]) -> asyncpg.Conn
                                          **options)
         except (OSError, TimeoutError, asyncpg.TargetServerAttributeNotMatched,
                 asyncpg.CannotConnectNowError) as exc:
-            failures.append(exc)
-    raise failures[-1]
+            failures.append(f"{host}{'' if port is None else f':{port}'}: "
+                            f"{_one_line(exc, target.dsn)}")
+    raise PostgresUnavailableError(redact_dsn(target.dsn), "; ".join(failures))
 
 
 async def connect(dsn: str, *, writes: str | None = None,
@@ -141,13 +163,28 @@ async def connect(dsn: str, *, writes: str | None = None,
     :param command_timeout: seconds any statement may take (asyncpg raises
         :class:`TimeoutError` after that); None for no bound (a migration, a view's
         refresh).
-    :raises ConfigurationError: see :func:`target_of` and :func:`refuse_standby`.
+    :raises ConfigurationError: see :func:`target_of` and :func:`refuse_standby`; or the
+        driver cannot read the DSN.
+    :raises PostgresUnavailableError: no server answered, or each refused (each host
+        named with its cause, the password masked): refused, unknown host, timed out,
+        authentication, no such database.
     """
-    target = target_of(dsn)
-    options: dict[str, Any] = {"command_timeout": command_timeout}
-    if target.pooled:
-        options["statement_cache_size"] = 0
-    conn = await _connect_each(target, options)
+    try:
+        target = target_of(dsn)
+        options: dict[str, Any] = {"command_timeout": command_timeout}
+        if target.pooled:
+            options["statement_cache_size"] = 0
+        conn = await _connect_each(target, options)
+    except (PostgresUnavailableError, ConfigurationError):
+        raise
+    except ValueError as exc:  # the driver's DSN parsing (asyncpg: ClientConfigurationError)
+        raise ConfigurationError(f"postgresql dsn {redact_dsn(dsn)}: malformed "
+                                 f"({_one_line(exc, dsn)})") from exc
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+            asyncpg.TargetServerAttributeNotMatched) as exc:
+        # Refused, unknown host, timed out; or the server's refusal: authentication,
+        # no such database, too many connections.
+        raise PostgresUnavailableError(redact_dsn(dsn), _one_line(exc, dsn)) from exc
     try:
         if not target.pooled:
             await conn.execute("".join(f"SET {name} = {value};"
