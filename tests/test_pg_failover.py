@@ -30,11 +30,11 @@ from thorbis_home_services.schemas import CUSTOMER
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.cache.tags import CacheTagInvalidator
 from thorbis_cache.errors import ConfigurationError
-from thorbis_cache.invalidation import worker as worker_module
 from thorbis_cache.invalidation.batch import BatchResult
 from thorbis_cache.invalidation.database_origin import origin_of
 from thorbis_cache.invalidation.replica_echo import ReplicaEcho
 from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.mv.scheduler import MvScheduler
 from thorbis_cache.postgres import connection, replication
 from thorbis_cache.testing.servers._ports import HOST
 from thorbis_cache.testing.servers.postgres_server import PostgresServer
@@ -210,7 +210,7 @@ async def test_a_primary_that_stops_answering_is_left_for_the_promoted_standby(
     timeout (asyncpg's is for all of them, spent on the first). The timeouts are
     shortened here to keep the test quick."""
     monkeypatch.setattr(connection, "CONNECT_TIMEOUT", 2.0)
-    monkeypatch.setattr(worker_module, "QUERY_TIMEOUT", 2.0)
+    monkeypatch.setattr(connection, "QUERY_TIMEOUT", 2.0)
     monkeypatch.setattr(replication, "STATUS_INTERVAL", 0.5)
     with _primary_and_standby({"wal_writer_delay": "10ms"}) as pair:
         capture = await db_init(app, pair.primary.dsn(), mode)
@@ -246,6 +246,52 @@ async def test_a_primary_that_stops_answering_is_left_for_the_promoted_standby(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(running, 20)
             await worker.aclose()
+
+
+async def test_the_view_scheduler_moves_on_from_a_primary_that_stops_answering(
+    app: CacheApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's view scheduler had the same wait: its next statement to a primary
+    that hung never returned, and no view was refreshed again until the worker
+    restarted. Its statements have the same deadline (a refresh its own: the view's
+    statement_timeout and a margin)."""
+    monkeypatch.setattr(connection, "CONNECT_TIMEOUT", 2.0)
+    monkeypatch.setattr(connection, "QUERY_TIMEOUT", 2.0)
+    overdue = "UPDATE thorbis.mv_state SET cron_fired_at = now() - interval '2 years'"
+    refreshed = ("SELECT count(*) FROM thorbis.mv_refresh_history WHERE outcome = 'ok' "
+                 "AND started_at > $1")
+    with _primary_and_standby() as pair:
+        await db_init(app, pair.primary.dsn(), "triggers")
+        scheduler = MvScheduler.from_app(app, pair.dsn, tick_s=0.2)
+        await scheduler.tick()  # registers the views: their cron clocks start now
+        old = await asyncpg.connect(pair.primary.dsn())
+        try:
+            await old.execute(overdue)
+            await _replayed(pair, old)
+        finally:
+            await old.close()
+        running = asyncio.create_task(scheduler.run())
+        try:
+            pair.primary.freeze()
+            pair.standby.promote()
+            new = await asyncpg.connect(pair.standby.dsn())
+            try:
+                since = await new.fetchval("SELECT now()")
+                await new.execute(overdue)
+
+                async def refreshed_on_the_new_primary() -> bool:
+                    return bool(await new.fetchval(refreshed, since))
+
+                await wait_until("a view is refreshed on the new primary",
+                                 refreshed_on_the_new_primary, within=60)
+            finally:
+                await new.close()
+        finally:
+            pair.primary.thaw()
+            scheduler.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(running, 20)
+            await scheduler.aclose()
 
 
 async def test_a_replication_stream_that_hears_nothing_is_dropped(

@@ -98,12 +98,6 @@ REDIS_RETRY = 1.0
 #: up to ``poll_interval`` while the outbox stays empty.
 MIN_POLL = 0.001
 
-#: Seconds any statement of the worker may take before its connection is taken for
-#: lost (a server that hung, or a network partition without a reset, keeps the
-#: connection open and silent): the batch fails, and the next one reconnects -- to the
-#: promoted standby, when the DSN lists it. Its statements take milliseconds.
-QUERY_TIMEOUT = 30.0
-
 #: Seconds between two looks, by a worker following the database's capture
 #: (``capture="auto"``) while it reads the outbox, for the slot ``db init`` creates when
 #: it switches the database to logical capture (the changes since wait in the slot).
@@ -302,7 +296,7 @@ class OutboxWorker:
         :meth:`_check_origin`)."""
         if self._conn is None or self._conn.is_closed():
             self._conn = await connection.connect(self.dsn, writes="the invalidation worker",
-                                                  command_timeout=QUERY_TIMEOUT)
+                                                  command_timeout=connection.QUERY_TIMEOUT)
         return self._conn
 
     async def _check_origin(self) -> None:
@@ -546,7 +540,7 @@ class OutboxWorker:
         if self._running:
             if self.capture is not None:
                 # The loop's batches read what has arrived; make sure it has.
-                await wal_flushed(self.dsn, MIN_POLL, QUERY_TIMEOUT)
+                await wal_flushed(self.dsn, MIN_POLL, connection.QUERY_TIMEOUT)
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             self._wake.set()

@@ -255,6 +255,21 @@ async def history_exists(conn: asyncpg.Connection) -> bool:
         HISTORY_TABLE))
 
 
+#: Seconds the client waits past a refresh's ``statement_timeout`` before taking the
+#: server for lost (a hung server enforces no timeout of its own).
+REFRESH_MARGIN = 60.0
+
+#: The client's bound on a refresh without a ``statement_timeout``: a week. Explicit,
+#: since None would mean the connection's ``command_timeout`` (the scheduler's is
+#: meant for its quick statements).
+UNBOUNDED_REFRESH = 7 * 86400.0
+
+
+def _client_bound(statement_timeout_s: float | None) -> float:
+    return UNBOUNDED_REFRESH if statement_timeout_s is None else \
+        statement_timeout_s + REFRESH_MARGIN
+
+
 async def refresh_view(
     conn: asyncpg.Connection,
     plugin_name: str,
@@ -309,10 +324,12 @@ async def refresh_view(
                 )
                 mode = "CONCURRENTLY " if concurrently else ""
                 quoted = quote_qualified(view.name)
-                await conn.execute(f"REFRESH MATERIALIZED VIEW {mode}{quoted}")
+                # The client's own bound too: a server that hung enforces nothing.
+                bound = _client_bound(statement_timeout_s)
+                await conn.execute(f"REFRESH MATERIALIZED VIEW {mode}{quoted}", timeout=bound)
                 rows = int(await conn.fetchval(
-                    f"SELECT count(*) FROM {quoted}"  # noqa: S608 -- quoted by _quoted
-                ))
+                    f"SELECT count(*) FROM {quoted}",  # noqa: S608 -- quoted by _quoted
+                    timeout=bound))
                 await conn.execute(
                     _STATE_OK, view.name, plugin_name, (time.perf_counter() - clock) * 1000.0,
                     json.dumps(marks), cron_fire, bool(view.tags),

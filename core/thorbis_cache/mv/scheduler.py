@@ -392,7 +392,8 @@ class MvScheduler:
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
             self._conn = await connection.connect(
-                self.dsn, writes="refreshing materialized views")
+                self.dsn, writes="refreshing materialized views",
+                command_timeout=connection.QUERY_TIMEOUT)
             self._registered = False
         if not self._registered:
             # Registration starts each view's cron clock (no refresh for fires before

@@ -32,8 +32,8 @@ import attrs
 
 from thorbis_cache.errors import ConfigurationError, PostgresUnavailableError
 
-__all__ = ["CONNECT_TIMEOUT", "POOLER_PARAMETER", "SESSION_SETTINGS", "Target", "connect",
-           "hosts_of", "redact_dsn", "refuse_standby", "target_of"]
+__all__ = ["CONNECT_TIMEOUT", "POOLER_PARAMETER", "QUERY_TIMEOUT", "SESSION_SETTINGS", "Target",
+           "connect", "hosts_of", "redact_dsn", "refuse_standby", "target_of"]
 
 #: The DSN query parameter that says the connection goes through a transaction pooler.
 POOLER_PARAMETER = "pgbouncer"
@@ -88,6 +88,13 @@ def target_of(dsn: str) -> Target:
 
 #: Seconds to establish a connection to one host (asyncpg's connect timeout).
 CONNECT_TIMEOUT = 10.0
+
+#: Seconds a statement of a background process (the worker, the view scheduler) may
+#: take before its connection is taken for lost: a server that hung, or a network
+#: partition without a reset, keeps a connection open and silent, and a statement on it
+#: would wait forever. The process then reconnects -- to the promoted standby, when the
+#: DSN lists it. Their statements take milliseconds; a view's refresh has its own bound.
+QUERY_TIMEOUT = 30.0
 
 
 # URL userinfo (postgresql://user:SECRET@host), a URL query or key/value "password=SECRET".
