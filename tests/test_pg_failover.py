@@ -219,13 +219,9 @@ async def test_a_primary_that_stops_answering_is_left_for_the_promoted_standby(
         await _replayed(pair, conn)
         await conn.close()
         worker = OutboxWorker.from_app(app, pair.dsn, capture=capture, max_backoff=0.2)
-        running = asyncio.create_task(worker.run())
-        try:
+        async with _running(worker):
             await worker.drained()
-            pair.primary.freeze()
-            pair.standby.promote()
-            new = await asyncpg.connect(pair.standby.dsn())
-            try:
+            async with _primary_hangs(pair) as new:
                 key = CUSTOMER.key("acme", customer_id=2)
                 await app.cache.hash(key).replace(stale_customer(2))
                 await new.execute("UPDATE hs.customers SET phone = 'after' "
@@ -238,14 +234,35 @@ async def test_a_primary_that_stops_answering_is_left_for_the_promoted_standby(
                                  invalidated, within=60)
                 if capture is not None:
                     await capture.drop(new)
-            finally:
-                await new.close()
+        await worker.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _primary_hangs(pair: Pair) -> AsyncIterator[asyncpg.Connection]:
+    """Freeze the primary, promote the standby, and yield a connection to it; the old
+    primary is thawed on the way out."""
+    pair.primary.freeze()
+    try:
+        pair.standby.promote()
+        new = await asyncpg.connect(pair.standby.dsn())
+        try:
+            yield new
         finally:
-            pair.primary.thaw()
-            worker.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(running, 20)
-            await worker.aclose()
+            await new.close()
+    finally:
+        pair.primary.thaw()
+
+
+@contextlib.asynccontextmanager
+async def _running(process: OutboxWorker | MvScheduler) -> AsyncIterator[None]:
+    """``process.run()`` in a task, stopped (and awaited) on the way out."""
+    running = asyncio.create_task(process.run())
+    try:
+        yield
+    finally:
+        process.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running, 20)
 
 
 async def test_the_view_scheduler_moves_on_from_a_primary_that_stops_answering(
@@ -270,28 +287,16 @@ async def test_the_view_scheduler_moves_on_from_a_primary_that_stops_answering(
             await _replayed(pair, old)
         finally:
             await old.close()
-        running = asyncio.create_task(scheduler.run())
-        try:
-            pair.primary.freeze()
-            pair.standby.promote()
-            new = await asyncpg.connect(pair.standby.dsn())
-            try:
-                since = await new.fetchval("SELECT now()")
-                await new.execute(overdue)
+        async with _running(scheduler), _primary_hangs(pair) as new:
+            since = await new.fetchval("SELECT now()")
+            await new.execute(overdue)
 
-                async def refreshed_on_the_new_primary() -> bool:
-                    return bool(await new.fetchval(refreshed, since))
+            async def refreshed_on_the_new_primary() -> bool:
+                return bool(await new.fetchval(refreshed, since))
 
-                await wait_until("a view is refreshed on the new primary",
-                                 refreshed_on_the_new_primary, within=60)
-            finally:
-                await new.close()
-        finally:
-            pair.primary.thaw()
-            scheduler.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(running, 20)
-            await scheduler.aclose()
+            await wait_until("a view is refreshed on the new primary",
+                             refreshed_on_the_new_primary, within=60)
+        await scheduler.aclose()
 
 
 async def test_a_replication_stream_that_hears_nothing_is_dropped(
