@@ -8,6 +8,7 @@ involved -- never a cached value or a secret.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -44,6 +45,7 @@ __all__ = [
     "VersionConflictError",
     "WrongRedisTypeError",
     "WrongSchemaKindError",
+    "redact_dsn",
     "short_repr",
 ]
 
@@ -259,6 +261,16 @@ class EventLoopInUseError(ThorbisCacheError, RuntimeError):
             "thread; a Cache serves one event loop at a time: build one Cache per loop "
             "(per thread), or call it from the loop that holds it "
             "(asyncio.run_coroutine_threadsafe)")
+
+
+# URL userinfo (postgresql://user:SECRET@host), a URL query or key/value "password=SECRET".
+_URL_SECRET = re.compile(r"(//[^:/@?#]*:)[^/?#]*@")
+_PARAM_SECRET = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***`` (URL or ``key=value`` form)."""
+    return _PARAM_SECRET.sub(r"\1***", _URL_SECRET.sub(r"\1***@", dsn))
 
 
 class PostgresUnavailableError(ThorbisCacheError, ConnectionError):

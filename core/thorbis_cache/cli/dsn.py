@@ -10,7 +10,7 @@ does for a bad Redis URL.
 
 from __future__ import annotations
 
-from thorbis_cache.postgres.connection import redact_dsn
+from thorbis_cache.errors import redact_dsn
 
 __all__ = ["check_postgres", "redact_dsn"]
 

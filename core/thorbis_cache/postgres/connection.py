@@ -23,17 +23,16 @@ Session pooling needs nothing: a pooled session is a session.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import attrs
 
-from thorbis_cache.errors import ConfigurationError, PostgresUnavailableError
+from thorbis_cache.errors import ConfigurationError, PostgresUnavailableError, redact_dsn
 
 __all__ = ["CONNECT_TIMEOUT", "POOLER_PARAMETER", "QUERY_TIMEOUT", "SESSION_SETTINGS", "Target",
-           "connect", "hosts_of", "redact_dsn", "refuse_standby", "target_of"]
+           "connect", "hosts_of", "refuse_standby", "target_of"]
 
 #: The DSN query parameter that says the connection goes through a transaction pooler.
 POOLER_PARAMETER = "pgbouncer"
@@ -95,16 +94,6 @@ CONNECT_TIMEOUT = 10.0
 #: would wait forever. The process then reconnects -- to the promoted standby, when the
 #: DSN lists it. Their statements take milliseconds; a view's refresh has its own bound.
 QUERY_TIMEOUT = 30.0
-
-
-# URL userinfo (postgresql://user:SECRET@host), a URL query or key/value "password=SECRET".
-_URL_SECRET = re.compile(r"(//[^:/@?#]*:)[^/?#]*@")
-_PARAM_SECRET = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
-
-
-def redact_dsn(dsn: str) -> str:
-    """``dsn`` with any password replaced by ``***`` (URL or ``key=value`` form)."""
-    return _PARAM_SECRET.sub(r"\1***", _URL_SECRET.sub(r"\1***@", dsn))
 
 
 def _one_line(exc: BaseException, dsn: str) -> str:
