@@ -49,12 +49,6 @@ ADMIN_SHUTDOWN = "57P01"
 #: Seconds a reader whose session was ended waits for the slot's drop that may follow.
 DROP_WAIT = 1.0
 
-#: The reading session's synchronous replication state.
-_SYNC_STATE = """
-SELECT r.sync_state FROM pg_replication_slots s
-  JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1
-"""
-
 #: How a batch's rows are applied in the caller's transaction (the worker's
 #: :func:`~thorbis_cache.invalidation.batch.apply_changes` with its settings).
 Apply = Callable[[Any, Sequence[outbox.OutboxRow]], Awaitable[BatchResult]]
@@ -268,7 +262,7 @@ class SlotReader:
         priority once it streams) and at the worker's capture checks."""
         if self._stream is None:
             return
-        state = await conn.fetchval(_SYNC_STATE, self.capture.slot)
+        state = await self.capture.reader_sync_state(conn)
         if state in SYNC_CANDIDATE and self._sync_state not in SYNC_CANDIDATE:
             log.warning("logical capture: this worker's session reading slot %s is a "
                         "synchronous standby (%s: synchronous_standby_names matches it): "

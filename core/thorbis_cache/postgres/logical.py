@@ -149,9 +149,10 @@ def sync_standby_wildcard(setting: str) -> bool:
     return "*" in members
 
 
-def sync_standby_risk(setting: str) -> str | None:
-    """Why a logical capture worker would hold the host's commits under this
+async def sync_standby_risk(conn: asyncpg.Connection) -> str | None:
+    """Why a logical capture worker would hold the host's commits under the server's
     ``synchronous_standby_names``, or None."""
+    setting = await conn.fetchval("SHOW synchronous_standby_names")
     if not sync_standby_wildcard(setting):
         return None
     return (f"synchronous_standby_names lists * ({setting}): the worker's replication "
@@ -181,7 +182,7 @@ async def logical_unavailable(conn: asyncpg.Connection, dsn: str | None = None
     if str(keep).strip() == "-1":
         return ("max_slot_wal_keep_size is -1: the slot of a stopped worker would keep WAL "
                 "without bound; set it (docs/architecture.md, 'Faults of a slot')")
-    risk = sync_standby_risk(await conn.fetchval("SHOW synchronous_standby_names"))
+    risk = await sync_standby_risk(conn)
     if risk is not None:
         return risk
     try:
@@ -233,7 +234,8 @@ class SlotInUseError(ReplicationError, ThorbisCacheError):
 #: The session reading a slot, as far as this role may see it.
 _READER = """
 SELECT s.active_pid, r.application_name, host(r.client_addr),
-       to_char(r.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"')
+       to_char(r.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"'),
+       r.sync_state
   FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
  WHERE s.slot_name = $1 AND s.active_pid IS NOT NULL
 """
@@ -415,7 +417,7 @@ class LogicalCapture:
         row = await conn.fetchrow(_READER, self.slot)
         if row is None:
             return None
-        pid, name, address, since = row
+        pid, name, address, since, _ = row
         said = [f"PID {pid}"]
         if name:
             said.append(repr(name))
@@ -424,6 +426,13 @@ class LogicalCapture:
         if since:
             said.append(f"since {since}")
         return " ".join(said)
+
+    async def reader_sync_state(self, conn: asyncpg.Connection) -> str | None:
+        """The ``pg_stat_replication.sync_state`` of the session reading the slot
+        (:data:`SYNC_CANDIDATE`: synchronous replication may wait for it), None when
+        none does or this role may not see it."""
+        row = await conn.fetchrow(_READER, self.slot)
+        return None if row is None else row[4]
 
     def in_use(self, reader: str) -> SlotInUseError:
         """The error that says ``reader`` (:meth:`reader`) reads this slot."""

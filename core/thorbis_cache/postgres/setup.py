@@ -131,7 +131,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             from thorbis_cache.postgres.capture_check import check_capture
             from thorbis_cache.postgres.triggers import remove_triggers
 
-            risk = sync_standby_risk(await conn.fetchval("SHOW synchronous_standby_names"))
+            risk = await sync_standby_risk(conn)
             refused = await replication_refused(conn) if existing else None
             if refused is not None:
                 await check_capture(conn, rules, logical, plugins=names)
