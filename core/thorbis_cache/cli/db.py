@@ -328,7 +328,7 @@ async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str,
                              max_transaction_changes=max_transaction_changes)
     conn = await connect(dsn, writes="the invalidation worker")
     try:
-        exists = await logical.slot_exists(conn)
+        exists = await logical.slot_here(conn)
         if exists:
             # A slot is there, so the outbox gets nothing: a role that cannot read the
             # slot is refused now, never left to retry (or to fall back) silently.
