@@ -84,8 +84,7 @@ class HotCommands:
         getting, for about 0.4 s, then gives up ("TTL exhausted"); a big tenant's slot
         takes longer to move, and its scripts (and, on a loaded machine, single-key
         reads) failed meanwhile. Pauses from 10 ms, doubling to 100 ms."""
-        task = asyncio.current_task()
-        waiting = False  # in `migrating`
+        task = None  # in `migrating` once set: looked up on the first retry only
         pause = 0.0
         try:
             while True:
@@ -95,16 +94,15 @@ class HotCommands:
                     if (not isinstance(exc, rexc.TryAgainError)
                             and "TTL exhausted" not in str(exc)):
                         raise
-                if not waiting and task is not None:
+                if task is None and (task := asyncio.current_task()) is not None:
                     self.migrating.add(task)
-                    waiting = True
                 pause = min(max(pause * 2, 0.01), 0.1)
                 await asyncio.sleep(pause)
         except asyncio.CancelledError:
-            waiting = False  # left in `migrating`: the store's handler takes it out
+            task = None  # left in `migrating`: the store's handler takes it out
             raise
         finally:
-            if waiting and task is not None:
+            if task is not None:
                 self.migrating.discard(task)
 
     async def send_all(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
