@@ -212,8 +212,9 @@ async def test_worker_sigkilled_mid_batch_loses_nothing(hs_standalone: Hs) -> No
         # (in its open transaction) and then blocks in the invalidation.
         await admin.client_pause(20_000, all=False)  # WRITE: scripts and DEL wait
         await hs.conn.execute("UPDATE hs.customers SET phone = phone || '9'")
+        # The claim deleted rows: its transaction has an xid.
         claimers = ("SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' "
-                    "AND query LIKE '%DELETE FROM thorbis.outbox%'")
+                    "AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()")
         mid_batch: list[int] = []
 
         async def claimed() -> bool:

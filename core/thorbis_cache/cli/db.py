@@ -100,6 +100,10 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
     applied = f"plugins {', '.join(done.plugins) or '(none)'}: SQL applied"
     if done.sync_standby:
         typer.echo(f"warning: {done.sync_standby}", err=True)
+    if done.rules_recorded:
+        # A running worker of an earlier release applies these conservatively (by
+        # tag) until it is restarted with this one.
+        typer.echo(f"rules recorded (new or changed): {', '.join(done.rules_recorded)}")
     if done.kept:
         typer.echo(f"{applied}, logical capture {done.slot} kept as it was set up "
                    f"({done.kept}); every rule's table is published")

@@ -97,6 +97,9 @@ class WorkerMetrics:
     :ivar standby: 1 while another session (another worker) reads the logical
         capture's slot and this worker stands by, else 0 (a gauge;
         :class:`~thorbis_cache.invalidation.slot_reader.SlotReader`).
+    :ivar lacking_rules: rules the database's capture was set up for (``db init`` of a
+        newer release) that this worker does not have, applied through stand-ins (a
+        gauge; :mod:`~thorbis_cache.invalidation.lacking_rules`).
     :ivar commit_latency: per applied change, seconds from its capture (the outbox
         row's insert; under logical capture, its commit) to its batch's commit, after
         which its keys are gone.
@@ -116,6 +119,7 @@ class WorkerMetrics:
     bulk_transactions: int = 0
     uncaptured_tables: int = 0
     standby: int = 0
+    lacking_rules: int = 0
     redis_wait_seconds: float = 0.0
     redis_probes: int = 0
     commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)

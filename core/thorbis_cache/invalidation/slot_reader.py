@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.invalidation.batch import BLAMELESS, BatchResult, TagInvalidator, WorkerMetrics
 from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
+from thorbis_cache.invalidation.lacking_rules import RulesChanged
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.plugins.declarations import InvalidationRule
 from thorbis_cache.postgres import connection, outbox
@@ -76,12 +77,18 @@ class SlotReader:
     :param follows: the worker follows the database's capture (``capture="auto"``): a
         slot found gone while the capture triggers cover every rule's table was dropped
         by ``db init --capture triggers``, and is not recreated (:attr:`retired`).
+    :param rules_changed: read the database's rules record before what was read is
+        confirmed; True when the worker's rules changed (and the capture with them):
+        the batch is rolled back and read again, since the stream dropped the changes
+        of tables the rules did not watch
+        (:mod:`~thorbis_cache.invalidation.lacking_rules`).
     """
 
     def __init__(self, capture: LogicalCapture, dsn: str, *, cache: Cache,
                  rules: Callable[[], list[InvalidationRule]],
                  invalidate_tags: TagInvalidator, replay: FailoverReplay | None,
-                 metrics: WorkerMetrics, apply: Apply, follows: bool = False) -> None:
+                 metrics: WorkerMetrics, apply: Apply, follows: bool = False,
+                 rules_changed: Callable[[Any], Awaitable[bool]] | None = None) -> None:
         self.capture = capture
         self.dsn = dsn
         self._cache = cache
@@ -91,6 +98,7 @@ class SlotReader:
         self._metrics = metrics
         self._apply = apply
         self._follows = follows
+        self._rules_changed = rules_changed
         #: The slot was dropped and the database captures with triggers now: the
         #: worker reads the outbox instead (only when ``follows``).
         self.retired = False
@@ -142,6 +150,16 @@ class SlotReader:
             stand by (:meth:`OutboxWorker.run`'s loop); otherwise raise.
         :raises SlotInUseError: another session reads the slot, and not ``standby``.
         """
+        while True:
+            result = await self._read_batch(conn, limit, caught_up=caught_up,
+                                            standby=standby)
+            if result is not None:
+                return result
+
+    async def _read_batch(self, conn: Any, limit: int, *, caught_up: bool,
+                          standby: bool) -> BatchResult | None:
+        """:meth:`next_batch`, or None when what was read is to be read again under
+        rules that changed (:meth:`_rereads`)."""
         capture = self.capture
         rows: Sequence[outbox.OutboxRow] = ()
         try:
@@ -184,6 +202,8 @@ class SlotReader:
                 if batch.rows or batch.caught_up or not caught_up:
                     break
                 if batch.end_lsn is not None:
+                    if await self._rereads(conn):
+                        return None
                     stream.confirm(batch.end_lsn)  # whole transactions, none watched
                 elif (stream.position, stream.messages) == moved:
                     break  # nothing came for a whole read: where it stands is all there is
@@ -193,6 +213,8 @@ class SlotReader:
                 # drained() would return before it was applied.
             rows = batch.rows
             if not rows:
+                if batch.end_lsn is not None and await self._rereads(conn):
+                    return None
                 stream.confirm(batch.end_lsn)
                 if not self._sync_checked:
                     self._sync_checked = True
@@ -200,10 +222,17 @@ class SlotReader:
                 return BatchResult()
             async with conn.transaction():
                 result = await self._apply(conn, rows)
+                # After the invalidations (off the commit-to-invalidated path), before
+                # anything is confirmed.
+                if self._rules_changed is not None and await self._rules_changed(conn):
+                    raise RulesChanged
                 await outbox.count_changes(conn, rows)
             stream.confirm(batch.end_lsn)
         except SlotInUseError:
             raise  # no batch was tried: nothing to count, nothing to close
+        except RulesChanged:
+            await self.close()  # rolled back, nothing confirmed: read again
+            return None
         except Exception as exc:
             self._metrics.failed_batches += 1
             # What was read and not confirmed comes again on the next stream.
@@ -219,6 +248,15 @@ class SlotReader:
         self._metrics.count(result, rows, claimed)
         self._metrics.bulk_transactions += batch.bulk_transactions
         return result
+
+    async def _rereads(self, conn: Any) -> bool:
+        """Before what was read is confirmed: if the rules record changed what the
+        worker watches, close the stream (nothing of it confirmed) so that it is read
+        again under the new rules."""
+        if self._rules_changed is None or not await self._rules_changed(conn):
+            return False
+        await self.close()
+        return True
 
     async def _drop_settled(self, conn: Any) -> None:
         """After the server ended the stream's session (``pg_terminate_backend``):

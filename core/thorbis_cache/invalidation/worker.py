@@ -65,6 +65,7 @@ from thorbis_cache.invalidation.batch import (
     apply_changes,
 )
 from thorbis_cache.invalidation.database_origin import OriginCheck
+from thorbis_cache.invalidation.lacking_rules import LackingRules, RulesChanged
 from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.invalidation.replica_echo import ReplicaEcho
@@ -191,8 +192,12 @@ class OutboxWorker:
                  replica_echo: bool = True, max_transaction_changes: int = MAX_HELD) -> None:
         self.dsn = dsn
         self.cache = cache
-        self._planner = RulePlanner(cache, rules)
+        self._own_rules = list(rules)
+        self._planner = RulePlanner(cache, self._own_rules)
         self.rules = self._planner.rules
+        #: the database's recorded rules this worker lacks (an earlier release's worker
+        #: in a rolling deploy), applied through stand-ins
+        self.lacking = LackingRules(self._own_rules, cache.registry)
         self.invalidate_tags = invalidate_tags or UnconfiguredTagInvalidator()
         self.batch_size = batch_size
         self.poll_interval = poll_interval
@@ -395,7 +400,8 @@ class OutboxWorker:
             self._reader = SlotReader(
                 capture, self.dsn, cache=self.cache, rules=self._all_rules,
                 invalidate_tags=self.invalidate_tags, replay=self.replay,
-                metrics=self.metrics, apply=self._apply, follows=self._auto is capture)
+                metrics=self.metrics, apply=self._apply, follows=self._auto is capture,
+                rules_changed=self._rules_changed)
         result = await self._reader.next_batch(await self._connection(), self.batch_size,
                                                caught_up=caught_up, standby=standby)
         if self._reader.retired:  # the database captures with triggers now
@@ -416,7 +422,13 @@ class OutboxWorker:
                 claimed = time.perf_counter()
                 ids = [r.id for r in rows]
                 result = await self._apply(conn, rows) if rows else BatchResult()
+                # After the invalidations (off the commit-to-invalidated path), before
+                # the rows are deleted for good.
+                if rows and await self._rules_changed(conn):
+                    raise RulesChanged
                 await outbox.count_changes(conn, rows)
+        except RulesChanged:
+            return await self._run_outbox_once()  # rolled back: claimed again
         except Exception as exc:
             self.metrics.failed_batches += 1
             if ids and not isinstance(exc, BLAMELESS) and not conn.is_closed():
@@ -430,7 +442,22 @@ class OutboxWorker:
         return result
 
     def _all_rules(self) -> list[InvalidationRule]:
-        return [rule for rules in self.rules.values() for rule in rules]
+        return [*self._own_rules, *self.lacking.stand_ins]
+
+    async def _rules_changed(self, conn: Any) -> bool:
+        """Read the database's rules record (with every batch, after its changes were
+        read, so that a change made under rules recorded since finds them); True when
+        what this worker lacks changed: its planner, and the capture it reads, now
+        follow the stand-ins (:mod:`~thorbis_cache.invalidation.lacking_rules`)."""
+        if not await self.lacking.changed(conn):
+            return False
+        self._planner = RulePlanner(self.cache, self._all_rules())
+        self.rules = self._planner.rules
+        self.metrics.lacking_rules = len(self.lacking.rules)
+        for capture in {id(c): c for c in (self.capture, self._auto) if c is not None
+                        }.values():
+            capture.watch(self._all_rules())
+        return True
 
     async def _apply(self, conn: Any, rows: Sequence[outbox.OutboxRow]) -> BatchResult:
         return await apply_changes(

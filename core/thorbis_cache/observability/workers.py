@@ -83,6 +83,10 @@ class WorkerCollector(Collector):
                                 "1 while another worker reads the logical capture's slot "
                                 "and this one stands by to take it over, else 0",
                                 value=m.standby)
+        yield GaugeMetricFamily(f"{ns}_worker_lacking_rules",
+                                "Rules the database's capture was set up for that this "
+                                "worker does not have (a newer release's db init): applied "
+                                "by tag until it runs that release", value=m.lacking_rules)
         latency = m.commit_latency
         histogram = HistogramMetricFamily(
             f"{ns}_worker_commit_to_invalidated_seconds",

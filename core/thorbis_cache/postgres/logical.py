@@ -302,8 +302,15 @@ class LogicalCapture:
                                      f"least 1, got {max_transaction_changes}")
         self.max_transaction_changes = max_transaction_changes
         self.name = f"thorbis_{name}".lower()
-        self.plans = {p.table: p for p in plan_tables(rules, views)}
+        self._views = tuple(views)
+        self.plans = {p.table: p for p in plan_tables(rules, self._views)}
         self._tables: dict[str, WatchedTable] = {}
+
+    def watch(self, rules: Iterable[InvalidationRule]) -> None:
+        """Read the changes ``rules`` need from the next stream on (a worker that found
+        rules recorded that it lacks: :mod:`~thorbis_cache.postgres.rules_record`)."""
+        self.plans = {p.table: p for p in plan_tables(rules, self._views)}
+        self._tables = {}
 
     @property
     def slot(self) -> str:

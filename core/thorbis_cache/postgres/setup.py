@@ -37,6 +37,7 @@ from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.postgres.capture_ddl import capture_partitions, ensure_ddl_guard
 from thorbis_cache.postgres.connection import connect
 from thorbis_cache.postgres.migrations import MigrationReport, migrate
+from thorbis_cache.postgres.rules_record import record_rules
 from thorbis_cache.postgres.sql_apply import apply_and_check
 
 if TYPE_CHECKING:
@@ -72,6 +73,10 @@ class DatabaseSetup:
     :ivar ddl_guard: why the event trigger that keeps a migration from breaking the
         capture triggers could not be created (triggers), or None
         (:mod:`~thorbis_cache.postgres.capture_ddl`).
+    :ivar rules_recorded: the rules this setup recorded that the database's record did
+        not hold as they are (added or changed): workers without them apply them
+        conservatively until they run this release
+        (:mod:`~thorbis_cache.postgres.rules_record`).
     """
 
     migrations: MigrationReport
@@ -86,6 +91,7 @@ class DatabaseSetup:
     retired_slot: str | None = None
     sync_standby: str | None = None
     ddl_guard: str | None = None
+    rules_recorded: tuple[str, ...] = ()
 
 
 async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMode = "auto",
@@ -113,6 +119,9 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
     rules, views = plugins.all_rules(), plugins.all_views()
     conn = await connect(dsn, writes="installing change capture")
     try:
+        # First: a worker without some of these rules finds them recorded before any
+        # change is captured for them (rules_record).
+        recorded = await record_rules(conn, rules, plugins.registry)
         fallback = None
         from thorbis_cache.postgres.logical import (
             LogicalCapture,
@@ -136,7 +145,8 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             if refused is not None:
                 await check_capture(conn, rules, logical, plugins=names)
                 return DatabaseSetup(report, names, "logical", slot=logical.slot,
-                                     kept=refused, sync_standby=risk)
+                                     kept=refused, sync_standby=risk,
+                                     rules_recorded=recorded)
             # Before anything is changed: the role, then the replication connection
             # (the worker's: where a slot exists, it reads it elsewhere already).
             await logical.check_role(conn)
@@ -151,7 +161,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             await ensure_ddl_guard(conn)
             return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                  replica_full=tuple(full), dropped=tuple(dropped),
-                                 sync_standby=risk)
+                                 sync_standby=risk, rules_recorded=recorded)
         from thorbis_cache.postgres.triggers import install_triggers
 
         retiring = fallback is None and await logical.slot_here(conn)
@@ -175,4 +185,4 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
     finally:
         await conn.close()
     return DatabaseSetup(report, names, "triggers", triggers=tuple(plans), fallback=fallback,
-                         ddl_guard=guard, retired_slot=retired)
+                         ddl_guard=guard, retired_slot=retired, rules_recorded=recorded)
