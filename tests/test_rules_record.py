@@ -51,7 +51,7 @@ async def env(request: pytest.FixtureRequest, thorbis_pg_dsn: str,
 async def _set_up_as_the_earlier_release(env: Env, rules: list[InvalidationRule]) -> None:
     """The database as the earlier release's db init left it: its rules recorded, and
     the new table not captured."""
-    await record_rules(env.conn, rules, env.app.cache.registry)
+    await record_rules(env.conn, rules, env.app.cache.registry, exact=True)
     if env.capture is not None:
         await env.conn.execute(f"ALTER PUBLICATION {env.capture.publication} "
                                f"DROP TABLE {NEW_TABLE}")
@@ -135,10 +135,12 @@ async def test_db_init_records_exactly_its_rules_and_says_which_changed(env: Env
     recorded = await recorded_rules(env.conn)
     assert {(r.name, r.digest) for r in recorded} == {
         (r.name, rule_digest(r, registry)) for r in every}
-    # Again with the same rules: nothing new. With fewer: what goes is gone, and
-    # putting it back says so.
+    # Again with the same rules: nothing new. With fewer, nothing goes (another
+    # process's rules stay), unless exact (db init --prune); putting it back says so.
     assert await record_rules(env.conn, every, registry) == ()
     assert await record_rules(env.conn, _earlier(every), registry) == ()
+    assert NEW_RULE in {r.name for r in await recorded_rules(env.conn)}
+    assert await record_rules(env.conn, _earlier(every), registry, exact=True) == ()
     assert NEW_RULE not in {r.name for r in await recorded_rules(env.conn)}
     back = await record_rules(env.conn, every, registry)
     assert NEW_RULE in back
@@ -163,3 +165,19 @@ def test_a_rules_digest_is_the_same_in_every_process() -> None:
                               capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed}
                               ).stdout for seed in ("1", "2", "3")}
     assert len(outputs) == 1, outputs
+
+
+async def test_a_worker_says_what_it_lacks_when_it_starts(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At its start (and at each capture check), not only at the first change: an idle
+    worker of the earlier release shows it on its gauge, which the alert reads."""
+    caplog.set_level(logging.WARNING, logger="thorbis_cache")
+    earlier = _earlier(env.app.plugins.all_rules())
+    worker = _worker(env, earlier)
+    try:
+        await worker.check_capture()
+        assert worker.metrics.lacking_rules == len(env.app.plugins.all_rules()) - len(earlier)
+        assert NEW_RULE in caplog.text
+    finally:
+        await worker.aclose()

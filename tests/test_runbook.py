@@ -142,6 +142,10 @@ STEPS = [
     Step("psql \"$THORBIS_POSTGRES_DSN\" -c \"SELECT table_name, incomplete, retyped, "
          "recreated, changed_at FROM thorbis.captured_tables WHERE incomplete IS NOT NULL "
          "OR retyped IS NOT NULL OR recreated\"", 0, r"hs\.customers +\| \{account_status\}"),
+    # A worker lacks rules the database was set up for.
+    Step("psql \"$THORBIS_POSTGRES_DSN\" -c \"SELECT name, table_name, tags, untagged, "
+         "recorded_at FROM thorbis.capture_rules ORDER BY recorded_at DESC, name\"", 0,
+         r"hs\.customer_entity +\| hs\.customers +\| \{hs\.customers\} +\| \{\}"),
     # Redis failover.
     Step("redis-cli -p 26379 sentinel get-master-addr-by-name thorbis", 0, "MASTER"),
     Step("redis-cli -p 26379 sentinel ckquorum thorbis", 0, r"OK 3 usable Sentinels"),

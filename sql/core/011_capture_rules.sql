@@ -22,3 +22,9 @@ CREATE TABLE IF NOT EXISTS thorbis.capture_rules (
     untagged            text[] NOT NULL,
     recorded_at         timestamptz NOT NULL DEFAULT now()
 );
+
+-- Whether `db init` set the table's REPLICA IDENTITY FULL (logical capture: a rule reads
+-- an old non-key value), so that `db init --prune` may set it back to DEFAULT once no
+-- rule needs it; a table the host set FULL itself is left as it is.
+ALTER TABLE thorbis.captured_tables
+    ADD COLUMN IF NOT EXISTS replica_identity_set boolean NOT NULL DEFAULT false;

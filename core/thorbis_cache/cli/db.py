@@ -60,6 +60,10 @@ _CAPTURE = typer.Option(
     "installed) and says why not otherwise; the worker follows whatever db init set up.")
 _SLOT = typer.Option("--slot", help="Name of the logical capture (slot and publication "
                      "thorbis_<name>); one per worker group.")
+_PRUNE = typer.Option("--prune", help="Make the capture exactly the loaded plugins': take "
+                      "it off tables no rule or view of theirs reads any more (after a "
+                      "plugin or a rule was removed), and forget removed rules. Give every "
+                      "plugin the application loads.")
 
 
 class AuditAction(enum.Enum):
@@ -75,14 +79,16 @@ def db_command(
     plugin: Annotated[list[str] | None, options.PLUGINS] = None,
     capture: Annotated[Capture, _CAPTURE] = Capture.auto,
     slot: Annotated[str, _SLOT] = "main",
+    prune: Annotated[bool, _PRUNE] = False,
 ) -> None:
     """Apply the core schema (versioned); with init, plugin SQL and change capture too
     (capture triggers, or a publication and a replication slot with --capture logical)."""
-    asyncio.run(_db(action, dsn, plugin or None, capture, slot))
+    asyncio.run(_db(action, dsn, plugin or None, capture, slot, prune))
 
 
 async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
-              capture: Capture = Capture.auto, slot: str = "main") -> None:
+              capture: Capture = Capture.auto, slot: str = "main",
+              prune: bool = False) -> None:
     from thorbis_cache.plugins.manager import PluginManager
     from thorbis_cache.postgres.migrations import migrate
     from thorbis_cache.postgres.setup import setup_database
@@ -93,8 +99,10 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
         return
     manager = PluginManager()
     await manager.load(plugins)
-    done = await setup_database(dsn, manager, capture=capture.value, slot=slot)
+    done = await setup_database(dsn, manager, capture=capture.value, slot=slot, prune=prune)
     _echo_migrations(done.migrations)
+    for table in done.uncaptured:
+        typer.echo(f"capture taken off {table}: no rule or view of these plugins reads it")
     if done.fallback:
         typer.echo(f"capture: triggers ({done.fallback})")
     applied = f"plugins {', '.join(done.plugins) or '(none)'}: SQL applied"

@@ -18,6 +18,7 @@ from thorbis_cache.plugins.declarations import InvalidationRule
 from thorbis_cache.postgres.rules_record import (
     RecordedRule,
     lacking,
+    record_exists,
     record_version,
     recorded_rules,
 )
@@ -47,6 +48,7 @@ class LackingRules:
         self._own = own
         self._registry = registry
         self._version: str | None = None
+        self._kept_by: Any = None  # the connection that found the record's table
         #: the recorded rules the worker lacks, as last read
         self.rules: tuple[RecordedRule, ...] = ()
         #: what the worker applies in their place
@@ -54,13 +56,18 @@ class LackingRules:
 
     async def changed(self, conn: Any) -> bool:
         """Read the record (one short query when it is unchanged); True when what the
-        worker lacks changed, and :attr:`stand_ins` with it."""
+        worker lacks changed, and :attr:`stand_ins` with it. A database without the
+        record (not migrated yet) has nothing for it to lack."""
+        if self._kept_by is not conn:
+            # Once per connection: a database migrated since has the table from then on.
+            if not await record_exists(conn):
+                return False
+            self._kept_by = conn
         version = await record_version(conn)
         if version == self._version:
             return False
         self._version = version
-        found = () if version is None else tuple(
-            lacking(await recorded_rules(conn), self._own, self._registry))
+        found = tuple(lacking(await recorded_rules(conn), self._own, self._registry))
         if found == self.rules:
             return False
         self.rules = found
@@ -78,7 +85,8 @@ class LackingRules:
                     "worker does not have (or has in another version): %s. Their "
                     "changes invalidate, for the changed row's tenant, every tag their "
                     "targets reach (%s) until this worker runs the release that has "
-                    "them", len(found), ", ".join(r.name for r in found),
+                    "them (rules a release removed stay recorded until `thorbis-cache "
+                    "db init --prune`)", len(found), ", ".join(r.name for r in found),
                     ", ".join(tags) or "none")
         untagged = sorted({schema for r in found for schema in r.untagged})
         if untagged:

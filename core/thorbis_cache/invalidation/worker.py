@@ -457,6 +457,10 @@ class OutboxWorker:
         for capture in {id(c): c for c in (self.capture, self._auto) if c is not None
                         }.values():
             capture.watch(self._all_rules())
+        if self._reader is not None:
+            # Its stream decodes for the tables watched when it opened: what it read
+            # and did not confirm is read again under the new rules.
+            await self._reader.close()
         return True
 
     async def _apply(self, conn: Any, rows: Sequence[outbox.OutboxRow]) -> BatchResult:
@@ -483,6 +487,7 @@ class OutboxWorker:
         if self._auto is not None:
             await self._follow_slot()
         conn = await self._connection()
+        await self._rules_changed(conn)  # said at start, not at the first change
         await check_capture(conn, self._all_rules(), self.capture or "triggers",
                             plugins=self.plugins)
         self._capture_checked = True
@@ -505,6 +510,7 @@ class OutboxWorker:
 
         async with self._conn_lock:
             conn = await self._connection()
+            await self._rules_changed(conn)
             problems = tuple(await capture_problems(conn, self._all_rules(),
                                                     self.capture or "triggers"))
             if self._reader is not None:

@@ -28,7 +28,7 @@ import attrs
 
 __all__ = ["EVENT_TRIGGER", "PARTITIONS_TRIGGER", "CaptureDrift", "capture_partitions",
            "drifted_captures", "ensure_ddl_guard", "record_captured", "relid_of",
-           "relids_of"]
+           "relids_of", "uncapture_others"]
 
 #: The event trigger that checks every ALTER TABLE against the captured tables.
 EVENT_TRIGGER = "thorbis_capture_ddl"
@@ -95,6 +95,45 @@ async def capture_partitions(conn: asyncpg.Connection, tables: Sequence[str]) ->
         "SELECT coalesce(sum(thorbis.capture_partition_triggers(c)), 0) "
         "FROM thorbis.captured_tables c WHERE c.table_name = ANY ($1::text[])",
         list(tables)))
+
+
+# The capture triggers (functions of the thorbis schema) of each captured table not in
+# $1, and of its partitions.
+_OTHERS_TRIGGERS = """
+SELECT quote_ident(t.tgname), t.tgrelid::regclass::text
+FROM thorbis.captured_tables c
+CROSS JOIN LATERAL (SELECT c.relid UNION
+                    SELECT p.relid FROM pg_catalog.pg_partition_tree(c.relid) AS p) AS r(relid)
+JOIN pg_catalog.pg_trigger t ON t.tgrelid = r.relid AND NOT t.tgisinternal
+JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid
+JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace AND n.nspname = 'thorbis'
+WHERE NOT c.table_name = ANY ($1::text[])
+ORDER BY 2, 1
+"""
+
+
+async def uncapture_others(conn: asyncpg.Connection, keep: Sequence[str]) -> list[str]:
+    """Take the capture off every captured table not in ``keep`` (``db init --prune``:
+    no loaded plugin's rule or view reads it any more), in one transaction: its
+    capture triggers and its partitions' go, a REPLICA IDENTITY FULL that logical
+    capture set goes back to DEFAULT, and it leaves ``thorbis.captured_tables``.
+    Without this a removed rule's table kept its triggers: every write of the host
+    paid for an outbox row that no rule reads. Returns the tables, by name."""
+    async with conn.transaction():
+        await conn.execute(_LOCK)
+        for name, table in await conn.fetch(_OTHERS_TRIGGERS, list(keep)):
+            await conn.execute(f"DROP TRIGGER {name} ON {table}")
+        gone = await conn.fetch(
+            "DELETE FROM thorbis.captured_tables WHERE NOT table_name = ANY ($1::text[]) "
+            "RETURNING table_name, relid, replica_identity_set", list(keep))
+        for row in gone:
+            current = await conn.fetchval("SELECT $1::oid::regclass::text", row["relid"]) \
+                if row["replica_identity_set"] else None
+            if current is not None and await conn.fetchval(
+                    "SELECT relreplident = 'f' FROM pg_catalog.pg_class WHERE oid = $1",
+                    row["relid"]):
+                await conn.execute(f"ALTER TABLE {current} REPLICA IDENTITY DEFAULT")
+    return sorted(row["table_name"] for row in gone)
 
 
 async def _recorded(conn: asyncpg.Connection) -> bool:

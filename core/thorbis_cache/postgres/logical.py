@@ -98,6 +98,11 @@ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
 #: a watched table, or rebuilt it partitioned, would have had its changes dropped).
 _PUBLICATION_OPTIONS = "publish_via_partition_root = true"
 
+#: Whether this capture set the table's REPLICA IDENTITY FULL (core 011).
+_IDENTITY_SET = """
+SELECT replica_identity_set FROM thorbis.captured_tables WHERE table_name = $1
+"""
+
 _REPLICATION_ALLOWED = """
 SELECT current_user AS role, r.rolsuper OR r.rolreplication
        OR coalesce((SELECT pg_has_role(current_user, g.oid, 'MEMBER')
@@ -324,10 +329,19 @@ class LogicalCapture:
 
     # ----------------------------------------------------------------- setup
 
-    async def ensure(self, conn: asyncpg.Connection, *, strict: bool = True) -> list[str]:
+    async def ensure(self, conn: asyncpg.Connection, *, strict: bool = True,
+                     prune: bool = False) -> list[str]:
         """Create or update the publication, the replica identities and the slot, and
         record the watched tables (``thorbis.captured_tables``: a table renamed later
         is still found by its oid).
+
+        Without ``prune`` the publication only gains tables: another process of the
+        same database (an earlier or later release in a rolling deploy, each starting
+        with ``apply_sql=True``; a worker recreating a lost slot with its own rules)
+        never takes a table away that the others' rules watch. With ``prune``
+        (``db init --prune``) it is exactly these rules' tables, and a table this
+        capture set to REPLICA IDENTITY FULL that no rule needs so any more is set back
+        to DEFAULT.
 
         Idempotent. Creating the slot waits for transactions already running to end
         (PostgreSQL needs a consistent starting point); changes committed after it are
@@ -354,19 +368,34 @@ class LogicalCapture:
         for table in self._tables.values():
             identity = await conn.fetchval(
                 "SELECT relreplident::text FROM pg_class WHERE oid = $1", table.relid)
-            if table.full_identity and identity != "f":
-                await conn.execute(f"ALTER TABLE {table.current} REPLICA IDENTITY FULL")
-                changed.append(table.plan.table)
             await record_captured(conn, table.plan.table,
                                   tenant_column=table.plan.tenant_column,
                                   columns=table.plan.columns, key_columns=table.pk,
                                   operations=table.operation_names, relid=table.relid)
+            if table.full_identity and identity != "f":
+                await conn.execute(f"ALTER TABLE {table.current} REPLICA IDENTITY FULL")
+                await conn.execute("UPDATE thorbis.captured_tables SET replica_identity_set "
+                                   "= true WHERE table_name = $1", table.plan.table)
+                changed.append(table.plan.table)
+            elif prune and not table.full_identity and identity == "f" and \
+                    await conn.fetchval(_IDENTITY_SET, table.plan.table):
+                await conn.execute(f"ALTER TABLE {table.current} REPLICA IDENTITY DEFAULT")
+                await conn.execute("UPDATE thorbis.captured_tables SET replica_identity_set "
+                                   "= false WHERE table_name = $1", table.plan.table)
         tables = ", ".join(self._tables[t].current for t in sorted(self._tables))
         exists = await conn.fetchval("SELECT true FROM pg_publication WHERE pubname = $1",
                                      self.publication)
         pub = quote_ident(self.publication)
-        if exists:
+        if exists and prune:
             await conn.execute(f"ALTER PUBLICATION {pub} SET TABLE {tables}")
+            await conn.execute(f"ALTER PUBLICATION {pub} SET ({_PUBLICATION_OPTIONS})")
+        elif exists:
+            missing = [t.current for t in self._tables.values() if not await conn.fetchval(
+                "SELECT true FROM pg_publication_rel WHERE prpubid = (SELECT oid FROM "
+                "pg_publication WHERE pubname = $1) AND prrelid = $2",
+                self.publication, t.relid)]
+            if missing:
+                await conn.execute(f"ALTER PUBLICATION {pub} ADD TABLE {', '.join(missing)}")
             await conn.execute(f"ALTER PUBLICATION {pub} SET ({_PUBLICATION_OPTIONS})")
         else:
             await conn.execute(f"CREATE PUBLICATION {pub} FOR TABLE {tables} "

@@ -11,7 +11,9 @@ stayed stale until their TTL, with no word anywhere.
 :func:`record_rules` (``db init``, ``CacheApp.start(apply_sql=True)``), before the
 capture is changed, records each rule it sets the capture up for: its name, a digest of
 its definition (:func:`rule_digest`: its targets' key templates and tags included), and
-what a worker without it needs to apply it conservatively. The worker reads the record
+what a worker without it needs to apply it conservatively. Each rule replaces the one of
+its name; only ``db init --prune`` removes the rules no loaded plugin has any more (a
+process of another release, or with fewer plugins, takes nothing away). The worker reads the record
 with every batch, after the batch's changes were read: a change made under new rules
 was committed after them, so it finds them recorded. A recorded rule the worker lacks
 (by name and digest) becomes a stand-in (:meth:`RecordedRule.stand_in`): a rule that
@@ -135,18 +137,20 @@ class RecordedRule:
 
 
 async def record_rules(conn: asyncpg.Connection, rules: Iterable[InvalidationRule],
-                       registry: SchemaRegistry) -> tuple[str, ...]:
-    """Make the record ``rules`` exactly (in one transaction; call it before the capture
-    is changed, so that a change made under the new capture finds its rules recorded);
-    returns the names of the rules it did not hold before (added or changed)."""
+                       registry: SchemaRegistry, *, exact: bool = False) -> tuple[str, ...]:
+    """Record ``rules`` (in one transaction; call it before the capture is changed, so
+    that a change made under the new capture finds its rules recorded): each replaces
+    the rule of its name; with ``exact`` (``db init --prune``) the others go. Returns
+    the names of the rules the record did not hold as they are (added or changed)."""
     records = [RecordedRule.of(rule, registry) for rule in rules]
     async with conn.transaction():
         # One writer at a time: two processes setting up at once would interleave.
         await conn.execute("LOCK TABLE thorbis.capture_rules IN EXCLUSIVE MODE")
         before = {r["name"]: r["digest"] for r in await conn.fetch(
             "SELECT name, digest FROM thorbis.capture_rules")}
-        await conn.execute("DELETE FROM thorbis.capture_rules WHERE NOT name = ANY ($1)",
-                           [r.name for r in records])
+        if exact:
+            await conn.execute("DELETE FROM thorbis.capture_rules WHERE NOT name = ANY ($1)",
+                               [r.name for r in records])
         await conn.executemany(
             "INSERT INTO thorbis.capture_rules (name, digest, table_name, tenant_column, "
             "operations, significant_columns, tags, untagged) "
@@ -169,11 +173,15 @@ FROM thorbis.capture_rules
 """
 
 
-async def record_version(conn: asyncpg.Connection) -> str | None:
-    """What the record holds, in 32 characters; None in a database without it (set up
-    by an earlier release, before ``db migrate``)."""
-    if not await conn.fetchval("SELECT to_regclass('thorbis.capture_rules') IS NOT NULL"):
-        return None
+async def record_exists(conn: asyncpg.Connection) -> bool:
+    """Whether the database keeps the record (one set up by an earlier release has
+    none until ``db migrate``)."""
+    return bool(await conn.fetchval(
+        "SELECT to_regclass('thorbis.capture_rules') IS NOT NULL"))
+
+
+async def record_version(conn: asyncpg.Connection) -> str:
+    """What the record holds, in 32 characters (:func:`record_exists` first)."""
     return str(await conn.fetchval(_VERSION))
 
 

@@ -34,7 +34,11 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from thorbis_cache.errors import ConfigurationError
-from thorbis_cache.postgres.capture_ddl import capture_partitions, ensure_ddl_guard
+from thorbis_cache.postgres.capture_ddl import (
+    capture_partitions,
+    ensure_ddl_guard,
+    uncapture_others,
+)
 from thorbis_cache.postgres.connection import connect
 from thorbis_cache.postgres.migrations import MigrationReport, migrate
 from thorbis_cache.postgres.rules_record import record_rules
@@ -77,6 +81,8 @@ class DatabaseSetup:
         not hold as they are (added or changed): workers without them apply them
         conservatively until they run this release
         (:mod:`~thorbis_cache.postgres.rules_record`).
+    :ivar uncaptured: tables whose capture was taken off (``prune``: no rule or view of
+        the plugins reads them any more).
     """
 
     migrations: MigrationReport
@@ -92,10 +98,11 @@ class DatabaseSetup:
     sync_standby: str | None = None
     ddl_guard: str | None = None
     rules_recorded: tuple[str, ...] = ()
+    uncaptured: tuple[str, ...] = ()
 
 
 async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMode = "auto",
-                         slot: str = "main") -> DatabaseSetup:
+                         slot: str = "main", prune: bool = False) -> DatabaseSetup:
     """Apply the core schema, the plugins' SQL and views, and install change capture.
 
     :param dsn: the PostgreSQL database.
@@ -103,6 +110,11 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
         views and rules are what is applied.
     :param capture: ``"triggers"``, ``"logical"`` or ``"auto"`` (see the module).
     :param slot: the logical capture's name: slot and publication ``thorbis_<slot>``.
+    :param prune: make the capture and the rules record exactly these plugins' (``db
+        init --prune``): the capture of a table no rule or view of theirs reads any more
+        is taken off (:func:`~thorbis_cache.postgres.capture_ddl.uncapture_others`).
+        Without it, nothing is taken away: the processes of two releases (a rolling
+        deploy) or of different plugin sets may each run this at start.
     :returns: what was done.
     :raises ConfigurationError: an unknown ``capture``; a rule naming a table or column
         the database lacks; logical capture on a server without ``wal_level=logical``.
@@ -121,7 +133,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
     try:
         # First: a worker without some of these rules finds them recorded before any
         # change is captured for them (rules_record).
-        recorded = await record_rules(conn, rules, plugins.registry)
+        recorded = await record_rules(conn, rules, plugins.registry, exact=prune)
         fallback = None
         from thorbis_cache.postgres.logical import (
             LogicalCapture,
@@ -152,8 +164,9 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             await logical.check_role(conn)
             if not existing:
                 await logical.check_connection(dsn)
-            full = await logical.ensure(conn)
+            full = await logical.ensure(conn, prune=prune)
             dropped = await remove_triggers(conn)
+            uncaptured = await uncapture_others(conn, list(logical.plans)) if prune else []
             # A partition's TRUNCATE is not published as its table's: a trigger says it.
             await capture_partitions(conn, sorted({rule.table for rule in rules}))
             # Nothing on the write path to protect: the event trigger only records a
@@ -161,7 +174,8 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             await ensure_ddl_guard(conn)
             return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                  replica_full=tuple(full), dropped=tuple(dropped),
-                                 sync_standby=risk, rules_recorded=recorded)
+                                 sync_standby=risk, rules_recorded=recorded,
+                                 uncaptured=tuple(uncaptured))
         from thorbis_cache.postgres.triggers import install_triggers
 
         retiring = fallback is None and await logical.slot_here(conn)
@@ -174,6 +188,8 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
                 f"(thorbis-cache db init --capture triggers --slot "
                 f"{logical.slot.removeprefix('thorbis_')}), or keep logical capture")
         plans = await install_triggers(conn, rules, views)
+        uncaptured = (await uncapture_others(conn, [p.table for p in plans]) if prune
+                      else [])
         guard = await ensure_ddl_guard(conn)
         retired = None
         if retiring:
@@ -185,4 +201,5 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
     finally:
         await conn.close()
     return DatabaseSetup(report, names, "triggers", triggers=tuple(plans), fallback=fallback,
-                         ddl_guard=guard, retired_slot=retired, rules_recorded=recorded)
+                         ddl_guard=guard, retired_slot=retired, rules_recorded=recorded,
+                         uncaptured=tuple(uncaptured))
