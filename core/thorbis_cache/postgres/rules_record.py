@@ -58,20 +58,23 @@ def _schema_shape(registry: SchemaRegistry, name: str) -> dict[str, Any] | None:
     except UnknownSchemaError:
         return None
     return {"params": [p.name for p in schema.params], "kind": schema.kind.value,
-            "tags": list(schema.tags)}
+            "tags": sorted(schema.tags)}
 
 
 def rule_digest(rule: InvalidationRule, registry: SchemaRegistry) -> str:
     """A digest of everything that decides what ``rule`` invalidates: the same in
     every process of one release, different when a release changes the rule or the
-    key template or tags of a schema it targets."""
+    key template or tags of a schema it targets. Orders that mean nothing (of the
+    significant columns, the targets, a schema's tags) do not count: a plugin that
+    builds them from a set gets them in another order in each process."""
+    targets = [{"schema": t.schema, "params": sorted(t.params.items()), "tag": t.tag,
+                "keys": None if t.schema is None else _schema_shape(registry, t.schema)}
+               for t in rule.targets]
     definition = {
         "name": rule.name, "table": rule.table, "tenant_column": rule.tenant_column,
         "operations": [o for o in _ORDER if Operation(o) in rule.operations],
-        "significant_columns": list(rule.significant_columns),
-        "targets": [{"schema": t.schema, "params": sorted(t.params.items()), "tag": t.tag,
-                     "keys": None if t.schema is None
-                     else _schema_shape(registry, t.schema)} for t in rule.targets],
+        "significant_columns": sorted(rule.significant_columns),
+        "targets": sorted(targets, key=lambda t: json.dumps(t, sort_keys=True)),
     }
     text = json.dumps(definition, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -123,7 +126,7 @@ class RecordedRule:
         tags, untagged = _reach(rule, registry)
         return cls(rule.name, rule_digest(rule, registry), rule.table, rule.tenant_column,
                    tuple(o for o in _ORDER if Operation(o) in rule.operations),
-                   tuple(rule.significant_columns), tags, untagged)
+                   tuple(sorted(rule.significant_columns)), tags, untagged)
 
     def stand_in(self) -> InvalidationRule:
         """A rule that fires as the recorded one does and invalidates the tags its
