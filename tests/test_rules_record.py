@@ -16,7 +16,9 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from capture_env import Env, capture_env
@@ -24,10 +26,17 @@ from core_testing import CUSTOMER_SQL, NOW, TECH_SQL, WORK_ORDER_SQL, wait_until
 from thorbis_home_services.schemas import TAG_CUSTOMERS, TECHNICIAN_SCHEDULE
 
 from thorbis_cache.cache.tags import CacheTagInvalidator
+from thorbis_cache.invalidation.lacking_rules import LackingRules
 from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.plugins.declarations import InvalidationRule
+from thorbis_cache.postgres.connection import connect
 from thorbis_cache.postgres.logical import LogicalCapture
-from thorbis_cache.postgres.rules_record import record_rules, recorded_rules, rule_digest
+from thorbis_cache.postgres.rules_record import (
+    record_readable,
+    record_rules,
+    recorded_rules,
+    rule_digest,
+)
 
 #: What the earlier release lacks: one rule of a table it watches, and a whole table.
 NEW_RULE, NEW_TABLE = "hs.customer_entity", "hs.work_orders"
@@ -188,3 +197,33 @@ async def test_a_worker_says_what_it_lacks_when_it_starts(
         assert NEW_RULE in caplog.text
     finally:
         await worker.aclose()
+
+
+async def test_a_role_that_may_not_read_the_record_is_told_not_failed(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker role granted table by table (least privilege) before the record existed
+    may not read it: the worker goes on without it and says which grant is missing,
+    once, instead of failing every batch."""
+    role = f"w{uuid.uuid4().hex[:10]}"
+    await env.conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    parts = urlsplit(env.dsn)
+    dsn = urlunsplit((parts.scheme, f"{role}:pw@{parts.hostname}:{parts.port}",
+                      parts.path, parts.query, parts.fragment))
+    conn = await connect(dsn)
+    try:
+        await env.conn.execute(f"GRANT USAGE ON SCHEMA thorbis TO {role}")
+        assert await record_readable(conn) is False
+        lacking = LackingRules(_earlier(env.app.plugins.all_rules()), env.app.cache.registry)
+        assert not await lacking.changed(conn)
+        assert not await lacking.changed(conn)
+        assert caplog.text.count(f"GRANT SELECT ON thorbis.capture_rules TO {role}") == 1
+        await env.conn.execute(f"GRANT SELECT ON thorbis.capture_rules TO {role}")
+        assert await record_readable(conn) is True
+        assert await lacking.changed(conn)  # now it reads what it lacks
+        assert NEW_RULE in {r.name for r in lacking.rules}
+    finally:
+        await conn.close()
+        await env.conn.execute(f"REVOKE ALL ON SCHEMA thorbis FROM {role}; "
+                               f"REVOKE ALL ON thorbis.capture_rules FROM {role}; "
+                               f"DROP ROLE {role}")

@@ -18,7 +18,7 @@ from thorbis_cache.plugins.declarations import InvalidationRule
 from thorbis_cache.postgres.rules_record import (
     RecordedRule,
     lacking,
-    record_exists,
+    record_readable,
     record_version,
     recorded_rules,
 )
@@ -49,6 +49,7 @@ class LackingRules:
         self._registry = registry
         self._version: str | None = None
         self._kept_by: Any = None  # the connection that found the record's table
+        self._refused_said = False
         #: the recorded rules the worker lacks, as last read
         self.rules: tuple[RecordedRule, ...] = ()
         #: what the worker applies in their place
@@ -60,7 +61,16 @@ class LackingRules:
         record (not migrated yet) has nothing for it to lack."""
         if self._kept_by is not conn:
             # Once per connection: a database migrated since has the table from then on.
-            if not await record_exists(conn):
+            readable = await record_readable(conn)
+            if not readable:
+                if readable is False and not self._refused_said:
+                    # Not a failure of every batch: the worker goes on without it.
+                    self._refused_said = True
+                    log.error("invalidation worker: its role may not read "
+                              "thorbis.capture_rules: rules a newer release's db init "
+                              "recorded are not applied by this worker (GRANT SELECT ON "
+                              "thorbis.capture_rules TO %s)",
+                              await conn.fetchval("SELECT current_user"))
                 return False
             self._kept_by = conn
         version = await record_version(conn)

@@ -176,15 +176,16 @@ FROM thorbis.capture_rules
 """
 
 
-async def record_exists(conn: asyncpg.Connection) -> bool:
-    """Whether the database keeps the record (one set up by an earlier release has
-    none until ``db migrate``)."""
-    return bool(await conn.fetchval(
-        "SELECT to_regclass('thorbis.capture_rules') IS NOT NULL"))
+async def record_readable(conn: asyncpg.Connection) -> bool | None:
+    """Whether this role may read the record: None when the database keeps none (one
+    set up by an earlier release has none until ``db migrate``)."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        "SELECT has_table_privilege(t, 'SELECT') "
+        "FROM to_regclass('thorbis.capture_rules') AS t WHERE t IS NOT NULL")
 
 
 async def record_version(conn: asyncpg.Connection) -> str:
-    """What the record holds, in 32 characters (:func:`record_exists` first)."""
+    """What the record holds, in 32 characters (:func:`record_readable` first)."""
     return str(await conn.fetchval(_VERSION))
 
 
