@@ -93,6 +93,7 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
     from thorbis_cache.postgres.migrations import migrate
     from thorbis_cache.postgres.setup import setup_database
 
+    _log_to_stderr()  # its warnings (a table it waits for, a standby at risk) and steps
     await check_postgres(dsn)
     if action is DbAction.migrate:
         _echo_migrations(await migrate(dsn))

@@ -26,6 +26,8 @@ from collections.abc import Collection, Sequence
 import asyncpg
 import attrs
 
+from thorbis_cache.postgres.ddl_locks import bound_locks
+
 __all__ = ["EVENT_TRIGGER", "PARTITIONS_TRIGGER", "CaptureDrift", "capture_partitions",
            "drifted_captures", "ensure_ddl_guard", "record_captured", "relid_of",
            "relids_of", "uncapture_others"]
@@ -91,10 +93,12 @@ async def capture_partitions(conn: asyncpg.Connection, tables: Sequence[str]) ->
     """Give every partition of the captured ``tables`` (recorded by
     :func:`record_captured`) the capture it needs: the table's own capture triggers, or
     under logical capture a TRUNCATE trigger; returns how many triggers were made."""
-    return int(await conn.fetchval(
-        "SELECT coalesce(sum(thorbis.capture_partition_triggers(c)), 0) "
-        "FROM thorbis.captured_tables c WHERE c.table_name = ANY ($1::text[])",
-        list(tables)))
+    async with conn.transaction():
+        await bound_locks(conn)
+        return int(await conn.fetchval(
+            "SELECT coalesce(sum(thorbis.capture_partition_triggers(c)), 0) "
+            "FROM thorbis.captured_tables c WHERE c.table_name = ANY ($1::text[])",
+            list(tables)))
 
 
 # The capture triggers (functions of the thorbis schema) of each captured table not in
@@ -121,6 +125,7 @@ async def uncapture_others(conn: asyncpg.Connection, keep: Sequence[str]) -> lis
     paid for an outbox row that no rule reads. Returns the tables, by name."""
     async with conn.transaction():
         await conn.execute(_LOCK)
+        await bound_locks(conn)
         for name, table in await conn.fetch(_OTHERS_TRIGGERS, list(keep)):
             await conn.execute(f"DROP TRIGGER {name} ON {table}")
         gone = await conn.fetch(

@@ -59,6 +59,7 @@ from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedVie
 from thorbis_cache.postgres.capture_ddl import record_captured, relid_of
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.connection import POOLER_PARAMETER, target_of
+from thorbis_cache.postgres.ddl_locks import bound_locks
 from thorbis_cache.postgres.logical_rows import (
     MAX_HELD,
     TransactionDecoder,
@@ -97,6 +98,29 @@ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
 #: partition publishes under its own name, which no rule names: a host that partitioned
 #: a watched table, or rebuilt it partitioned, would have had its changes dropped).
 _PUBLICATION_OPTIONS = "publish_via_partition_root = true"
+
+#: Whether the publication has the table (by oid).
+_PUBLISHED_HERE = """
+SELECT true FROM pg_catalog.pg_publication_rel
+WHERE prpubid = (SELECT oid FROM pg_catalog.pg_publication WHERE pubname = $1)
+  AND prrelid = $2
+"""
+
+#: The other sessions whose transaction holds an xid, and the prepared transactions:
+#: what a new slot waits for.
+_XID_HOLDERS = """
+SELECT 'PID ' || pid AS who, coalesce(nullif(application_name, ''), 'no application_name')
+       || ', ' || state AS what, left(query, 120) AS query,
+       to_char(xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS since
+FROM pg_catalog.pg_stat_activity
+WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+UNION ALL
+SELECT 'prepared transaction ' || quote_literal(gid), 'COMMIT PREPARED or ROLLBACK PREPARED '
+       || quote_literal(gid) || ' ends it', '',
+       to_char(prepared AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+FROM pg_catalog.pg_prepared_xacts WHERE database = current_database()
+ORDER BY since
+"""
 
 #: Whether this capture set the table's REPLICA IDENTITY FULL (core 011).
 _IDENTITY_SET = """
@@ -373,42 +397,38 @@ class LogicalCapture:
                                   columns=table.plan.columns, key_columns=table.pk,
                                   operations=table.operation_names, relid=table.relid)
             if table.full_identity and identity != "f":
-                await conn.execute(f"ALTER TABLE {table.current} REPLICA IDENTITY FULL")
-                await conn.execute("UPDATE thorbis.captured_tables SET replica_identity_set "
-                                   "= true WHERE table_name = $1", table.plan.table)
+                await self._set_identity(conn, table, "FULL")
                 changed.append(table.plan.table)
             elif prune and not table.full_identity and identity == "f" and \
                     await conn.fetchval(_IDENTITY_SET, table.plan.table):
-                await conn.execute(f"ALTER TABLE {table.current} REPLICA IDENTITY DEFAULT")
-                await conn.execute("UPDATE thorbis.captured_tables SET replica_identity_set "
-                                   "= false WHERE table_name = $1", table.plan.table)
+                await self._set_identity(conn, table, "DEFAULT")
         tables = ", ".join(self._tables[t].current for t in sorted(self._tables))
         exists = await conn.fetchval("SELECT true FROM pg_publication WHERE pubname = $1",
                                      self.publication)
         pub = quote_ident(self.publication)
-        if exists and prune:
-            await conn.execute(f"ALTER PUBLICATION {pub} SET TABLE {tables}")
-            await conn.execute(f"ALTER PUBLICATION {pub} SET ({_PUBLICATION_OPTIONS})")
-        elif exists:
-            missing = [t.current for t in self._tables.values() if not await conn.fetchval(
-                "SELECT true FROM pg_publication_rel WHERE prpubid = (SELECT oid FROM "
-                "pg_publication WHERE pubname = $1) AND prrelid = $2",
-                self.publication, t.relid)]
-            if missing:
-                await conn.execute(f"ALTER PUBLICATION {pub} ADD TABLE {', '.join(missing)}")
-            await conn.execute(f"ALTER PUBLICATION {pub} SET ({_PUBLICATION_OPTIONS})")
-        else:
-            await conn.execute(f"CREATE PUBLICATION {pub} FOR TABLE {tables} "
-                               f"WITH ({_PUBLICATION_OPTIONS})")
+        async with conn.transaction():
+            # A publication's tables take a lock that writers pass, but that waits
+            # behind a host's migration (and queues its own kind behind it).
+            await bound_locks(conn)
+            if exists and prune:
+                await conn.execute(f"ALTER PUBLICATION {pub} SET TABLE {tables}")
+                await conn.execute(f"ALTER PUBLICATION {pub} SET ({_PUBLICATION_OPTIONS})")
+            elif exists:
+                missing = [t.current for t in self._tables.values()
+                           if not await conn.fetchval(_PUBLISHED_HERE, self.publication,
+                                                      t.relid)]
+                if missing:
+                    await conn.execute(
+                        f"ALTER PUBLICATION {pub} ADD TABLE {', '.join(missing)}")
+                await conn.execute(f"ALTER PUBLICATION {pub} SET ({_PUBLICATION_OPTIONS})")
+            else:
+                await conn.execute(f"CREATE PUBLICATION {pub} FOR TABLE {tables} "
+                                   f"WITH ({_PUBLICATION_OPTIONS})")
         found = await conn.fetchrow(
             "SELECT database, plugin, current_database() AS here FROM pg_replication_slots "
             "WHERE slot_name = $1", self.slot)
         if found is None:
-            # It waits for every transaction running now to end (a consistent start):
-            # however long that takes, past the worker's statement deadline too.
-            await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                               self.slot, timeout=SLOT_CREATE_TIMEOUT)
-            log.info("logical capture: created slot %s", self.slot)
+            await self._create_slot(conn)
         elif (found["database"], found["plugin"]) != (found["here"], "pgoutput"):
             # Slots are per server: another database's capture (or another tool) owns it.
             raise ConfigurationError(
@@ -416,6 +436,40 @@ class LogicalCapture:
                 f"(plugin {found['plugin']!r}), not for {found['here']!r} with pgoutput: give "
                 "this database's capture another name (db init --slot NAME)")
         return changed
+
+    async def _set_identity(self, conn: asyncpg.Connection, table: WatchedTable,
+                            identity: str) -> None:
+        """``REPLICA IDENTITY FULL`` (recorded as this capture's doing) or back to
+        ``DEFAULT``: a lock that queues even the table's readers, so bounded."""
+        async with conn.transaction():
+            await bound_locks(conn)
+            await conn.execute(f"ALTER TABLE {table.current} REPLICA IDENTITY {identity}")
+            await conn.execute("UPDATE thorbis.captured_tables SET replica_identity_set = $2 "
+                               "WHERE table_name = $1", table.plan.table, identity == "FULL")
+
+    async def _create_slot(self, conn: asyncpg.Connection) -> None:
+        """Create the slot. It waits for every transaction that holds an xid now to end
+        (a consistent start), however long that takes: past the worker's statement
+        deadline, and past a ``statement_timeout`` that a DBA set on the database or
+        the role (found as a user would: ``db init`` died with "canceling statement due
+        to statement timeout" beside a transaction left open), up to
+        :data:`SLOT_CREATE_TIMEOUT`, which names the transactions it waits for."""
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('statement_timeout', '0', true)")
+                await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                                   self.slot, timeout=SLOT_CREATE_TIMEOUT)
+        except TimeoutError:
+            waits = await conn.fetch(_XID_HOLDERS)
+            raise ConfigurationError(
+                f"logical capture {self.slot}: the slot was not created within "
+                f"{SLOT_CREATE_TIMEOUT:g} s: it waits for the transactions that were "
+                "running when it started to end: "
+                + ("; ".join(f"{r['who']} ({r['what']}, since {r['since']} UTC"
+                             + (f": {r['query']!r})" if r["query"] else ")")
+                             for r in waits) or "they have ended since")
+                + ". End them, or run it again") from None
+        log.info("logical capture: created slot %s", self.slot)
 
     async def check_connection(self, dsn: str) -> None:
         """Refuse a DSN where no replication connection can be read: one that goes

@@ -40,11 +40,14 @@ from thorbis_cache.postgres.capture_ddl import (
     uncapture_others,
 )
 from thorbis_cache.postgres.connection import connect
+from thorbis_cache.postgres.ddl_locks import with_lock_retries
 from thorbis_cache.postgres.migrations import MigrationReport, migrate
 from thorbis_cache.postgres.rules_record import record_rules
 from thorbis_cache.postgres.sql_apply import apply_and_check
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from thorbis_cache.plugins.manager import PluginManager
     from thorbis_cache.postgres.triggers import TablePlan
 
@@ -164,11 +167,18 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             await logical.check_role(conn)
             if not existing:
                 await logical.check_connection(dsn)
-            full = await logical.ensure(conn, prune=prune)
-            dropped = await remove_triggers(conn)
-            uncaptured = await uncapture_others(conn, list(logical.plans)) if prune else []
+            watched = list(logical.plans)
+            full = await with_lock_retries(
+                conn, lambda: logical.ensure(conn, prune=prune), tables=watched,
+                what=f"setting up logical capture {logical.slot}")
+            dropped = await with_lock_retries(
+                conn, lambda: remove_triggers(conn), tables=watched,
+                what="dropping the capture triggers")
+            uncaptured = await _uncapture(conn, watched) if prune else []
             # A partition's TRUNCATE is not published as its table's: a trigger says it.
-            await capture_partitions(conn, sorted({rule.table for rule in rules}))
+            await with_lock_retries(
+                conn, lambda: capture_partitions(conn, sorted({r.table for r in rules})),
+                tables=watched, what="capturing the partitions' TRUNCATE")
             # Nothing on the write path to protect: the event trigger only records a
             # migration's missing columns for `health`, where the role may create it.
             await ensure_ddl_guard(conn)
@@ -176,7 +186,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
                                  replica_full=tuple(full), dropped=tuple(dropped),
                                  sync_standby=risk, rules_recorded=recorded,
                                  uncaptured=tuple(uncaptured))
-        from thorbis_cache.postgres.triggers import install_triggers
+        from thorbis_cache.postgres.triggers import install_triggers, plan_tables
 
         retiring = fallback is None and await logical.slot_here(conn)
         if retiring and (refused := await replication_refused(conn)) is not None:
@@ -187,9 +197,11 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
                 f"set up in this database and {refused}: a role that may drops it "
                 f"(thorbis-cache db init --capture triggers --slot "
                 f"{logical.slot.removeprefix('thorbis_')}), or keep logical capture")
-        plans = await install_triggers(conn, rules, views)
-        uncaptured = (await uncapture_others(conn, [p.table for p in plans]) if prune
-                      else [])
+        plans = await with_lock_retries(
+            conn, lambda: install_triggers(conn, rules, views),
+            tables=[p.table for p in plan_tables(rules, views)],
+            what="installing the capture triggers")
+        uncaptured = await _uncapture(conn, [p.table for p in plans]) if prune else []
         guard = await ensure_ddl_guard(conn)
         retired = None
         if retiring:
@@ -203,3 +215,14 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
     return DatabaseSetup(report, names, "triggers", triggers=tuple(plans), fallback=fallback,
                          ddl_guard=guard, retired_slot=retired, rules_recorded=recorded,
                          uncaptured=tuple(uncaptured))
+
+
+async def _uncapture(conn: asyncpg.Connection, keep: list[str]) -> list[str]:
+    """:func:`uncapture_others`, its table locks bounded and retried."""
+    others = [r[0] for r in await conn.fetch(
+        "SELECT table_name FROM thorbis.captured_tables WHERE NOT table_name = ANY ($1)",
+        keep)]
+    if not others:
+        return []
+    return await with_lock_retries(conn, lambda: uncapture_others(conn, keep), tables=others,
+                                   what="taking the capture off what no rule reads")

@@ -19,6 +19,7 @@ import asyncpg
 from thorbis_cache.errors import PluginLoadError, PluginProblem
 from thorbis_cache.postgres import connection
 from thorbis_cache.postgres.catalog import USABLE_UNIQUE_INDEX, quote_qualified
+from thorbis_cache.postgres.ddl_locks import bound_locks, with_lock_retries
 
 if TYPE_CHECKING:
     from thorbis_cache.plugins.declarations import LoadedPlugin, MaterializedView
@@ -177,6 +178,8 @@ async def _apply_one(conn: Any, plugin: LoadedPlugin) -> PluginProblem | None:
                 what = f"materialized view {view.name!r}"
                 for statement in await _view_steps(conn, view):
                     await conn.execute(statement)
+    except asyncpg.LockNotAvailableError:
+        raise  # not the plugin's fault: apply_and_check tries again
     except asyncpg.PostgresError as exc:
         shown = " ".join(statement.split())
         if len(shown) > STATEMENT_SHOWN:
@@ -332,15 +335,32 @@ async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin]) -> None:
     transaction: a refused set of plugins (SQL that fails, a rule naming a column the
     tables lack) leaves no trace in the database, for any plugin of the call.
 
+    A plugin's SQL runs again at every ``db init`` and app start, and idempotent DDL
+    still locks its table (``CREATE INDEX IF NOT EXISTS`` takes a lock that conflicts
+    with every writer before it finds the index there): its table locks are bounded and
+    tried again (:mod:`~thorbis_cache.postgres.ddl_locks`), so that a host's transaction
+    open on one of them never queues the host's other writes behind it.
+
     :raises PluginLoadError: the SQL failed to apply, or the checks found problems;
         nothing was committed.
+    :raises TableLockedError: a table stayed locked by other sessions through every
+        attempt (they are named); nothing was committed.
     """
+    tables = sorted({r.table for p in plugins for r in p.rules}
+                    | {s for p in plugins for v in p.views for s in v.sources})
     conn = await connection.connect(dsn, writes="applying the plugins' SQL")
     try:
-        async with conn.transaction():
-            await apply_plugin_sql(conn, plugins)  # a savepoint per plugin
-            problems = await check_rules_against_db(conn, plugins)
-            if problems:
-                raise PluginLoadError(problems)  # rolls the whole transaction back
+        await with_lock_retries(conn, lambda: _apply_and_check(conn, plugins), tables=tables,
+                                what="applying the plugins' SQL")
     finally:
         await conn.close()
+
+
+async def _apply_and_check(conn: asyncpg.Connection, plugins: Sequence[LoadedPlugin]) -> None:
+    async with conn.transaction():
+        await conn.execute(_APPLY_LOCK)  # another process's: waited for, unbounded
+        await bound_locks(conn)
+        await apply_plugin_sql(conn, plugins)  # a savepoint per plugin
+        problems = await check_rules_against_db(conn, plugins)
+        if problems:
+            raise PluginLoadError(problems)  # rolls the whole transaction back

@@ -48,6 +48,7 @@ from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView, Operation
 from thorbis_cache.postgres.capture_ddl import capture_partitions, record_captured
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
+from thorbis_cache.postgres.ddl_locks import bound_locks
 from thorbis_cache.postgres.outbox_images import Shape, register_shape, value_sql
 
 __all__ = [
@@ -333,12 +334,16 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
     :returns: the installed plans.
     :raises ConfigurationError: a table is missing or has no primary key, or the rules of
         a table disagree on the tenant column.
+    :raises asyncpg.LockNotAvailableError: a table lock was not granted within
+        :data:`~thorbis_cache.postgres.ddl_locks.LOCK_TIMEOUT` (nothing changed; see
+        :func:`~thorbis_cache.postgres.ddl_locks.with_lock_retries`).
     """
     plans = plan_tables(rules, views)
     path = str(await conn.fetchval("SHOW search_path")).strip()
     search_path = f"{path}, pg_temp" if path and path != '""' else "pg_catalog, pg_temp"
     async with conn.transaction():
-        await conn.execute(_LOCK)
+        await conn.execute(_LOCK)  # another db init: waited for, it holds no host statement
+        await bound_locks(conn)
         for plan in plans:
             if await conn.fetchval("SELECT to_regclass($1)", plan.table) is None:
                 raise ConfigurationError(f"cannot install capture trigger: table "
@@ -399,6 +404,7 @@ async def remove_triggers(conn: asyncpg.Connection) -> list[str]:
     dropped = []
     async with conn.transaction():
         await conn.execute(_LOCK)
+        await bound_locks(conn)
         for name, table in await capture_triggers(conn):
             await conn.execute(f"DROP TRIGGER {name} ON {table}")
             dropped.append(f"{name} ON {table}")
