@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RecordedRule",
     "lacking",
+    "record_readable",
     "record_rules",
     "record_version",
     "recorded_rules",
