@@ -63,16 +63,10 @@ def tags_reached(cache: Cache, rules: Iterable[InvalidationRule], tables: Iterab
     tags: set[str] = set()
     untagged: set[str] = set()
     for rule in rules:
-        if rule.table not in wanted:
-            continue
-        for target in rule.targets:
-            if target.tag is not None:
-                tags.add(target.tag)
-            elif target.schema is not None:
-                schema = cache.registry.get(target.schema)
-                tags.update(schema.tags)
-                if not schema.tags:
-                    untagged.add(schema.name)
+        if rule.table in wanted:
+            reached, unreached = rule.tags_reached(cache.registry.get)
+            tags.update(reached)
+            untagged.update(unreached)
     return tuple(sorted(tags)), tuple(sorted(untagged))
 
 

@@ -275,6 +275,26 @@ class InvalidationRule:
         return any(old.get(c, _NOT_IN_OLD) != new.get(c, _NOT_IN_NEW)
                    for c in self.significant_columns)
 
+    def tags_reached(self, schema_of: Callable[[str], KeySchema[Any]]
+                     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The tags this rule can invalidate (its tag targets' and its target schemas'
+        tags, sorted), and its target schemas that carry no tag: what is left when the
+        keys it would build cannot be (a lost slot, a rule a worker lacks).
+
+        :param schema_of: the registered schema of a name (``registry.get``).
+        """
+        tags: set[str] = set()
+        untagged: set[str] = set()
+        for target in self.targets:
+            if target.tag is not None:
+                tags.add(target.tag)
+            elif target.schema is not None:
+                schema = schema_of(target.schema)
+                tags.update(schema.tags)
+                if not schema.tags:
+                    untagged.add(schema.name)
+        return tuple(sorted(tags)), tuple(sorted(untagged))
+
 
 #: ``async (sql, *args) -> rows``: how a plugin's loaders reach the database (the shape of
 #: ``asyncpg``'s ``pool.fetch`` and of :attr:`WarmContext.fetch`).

@@ -81,23 +81,6 @@ def rule_digest(rule: InvalidationRule, registry: SchemaRegistry) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _reach(rule: InvalidationRule, registry: SchemaRegistry
-           ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The tags ``rule``'s targets reach, and its target schemas that carry none."""
-    tags: set[str] = set()
-    untagged: set[str] = set()
-    for target in rule.targets:
-        if target.tag is not None:
-            tags.add(target.tag)
-        elif target.schema is not None:
-            shape = _schema_shape(registry, target.schema)
-            if shape is None or not shape["tags"]:
-                untagged.add(target.schema)
-            else:
-                tags.update(shape["tags"])
-    return tuple(sorted(tags)), tuple(sorted(untagged))
-
-
 @attrs.frozen(slots=True)
 class RecordedRule:
     """One rule of the record.
@@ -124,7 +107,7 @@ class RecordedRule:
     @classmethod
     def of(cls, rule: InvalidationRule, registry: SchemaRegistry) -> RecordedRule:
         """The record of ``rule``, whose target schemas ``registry`` holds."""
-        tags, untagged = _reach(rule, registry)
+        tags, untagged = rule.tags_reached(registry.get)
         return cls(rule.name, rule_digest(rule, registry), rule.table, rule.tenant_column,
                    tuple(o for o in _ORDER if Operation(o) in rule.operations),
                    tuple(sorted(rule.significant_columns)), tags, untagged)
