@@ -454,8 +454,7 @@ class OutboxWorker:
         self._planner = RulePlanner(self.cache, self._all_rules())
         self.rules = self._planner.rules
         self.metrics.lacking_rules = len(self.lacking.rules)
-        for capture in {id(c): c for c in (self.capture, self._auto) if c is not None
-                        }.values():
+        for capture in {c for c in (self.capture, self._auto) if c is not None}:
             capture.watch(self._all_rules())
         if self._reader is not None:
             # Its stream decodes for the tables watched when it opened: what it read
