@@ -99,11 +99,11 @@ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
 #: a watched table, or rebuilt it partitioned, would have had its changes dropped).
 _PUBLICATION_OPTIONS = "publish_via_partition_root = true"
 
-#: Whether the publication has the table (by oid).
+#: The tables the publication has (by oid).
 _PUBLISHED_HERE = """
-SELECT true FROM pg_catalog.pg_publication_rel
-WHERE prpubid = (SELECT oid FROM pg_catalog.pg_publication WHERE pubname = $1)
-  AND prrelid = $2
+SELECT r.prrelid FROM pg_catalog.pg_publication_rel r
+JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
+WHERE p.pubname = $1
 """
 
 #: The other sessions whose transaction holds an xid, and the prepared transactions:
@@ -414,9 +414,10 @@ class LogicalCapture:
                 await conn.execute(f"ALTER PUBLICATION {pub} SET TABLE {tables}")
                 await conn.execute(f"ALTER PUBLICATION {pub} SET ({_PUBLICATION_OPTIONS})")
             elif exists:
+                published = {r[0] for r in await conn.fetch(_PUBLISHED_HERE,
+                                                             self.publication)}
                 missing = [t.current for t in self._tables.values()
-                           if not await conn.fetchval(_PUBLISHED_HERE, self.publication,
-                                                      t.relid)]
+                           if t.relid not in published]
                 if missing:
                     await conn.execute(
                         f"ALTER PUBLICATION {pub} ADD TABLE {', '.join(missing)}")
