@@ -52,9 +52,9 @@ class Env:
 
         await wait_until(f"customer {cid}'s entry is invalidated", gone)
 
-    def db_init(self, code: int = 0) -> str:
+    def db_init(self, code: int = 0, *extra: str) -> str:
         args = ["db", "init", "--dsn", self.dsn, "--plugin", "home_services",
-                "--capture", self.mode]
+                "--capture", self.mode, *extra]
         if self.capture is not None:
             args += ["--slot", self.capture.slot.removeprefix("thorbis_")]
         return run_cli(*args, code=code)

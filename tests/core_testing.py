@@ -59,6 +59,9 @@ def stale_customer(cid: int) -> Customer:
 def run_cli(*args: str, code: int = 0) -> str:
     """Run ``thorbis-cache ARGS`` in process; assert its exit code; return its output."""
     result = CliRunner().invoke(cli_app, list(args))
+    if result.exit_code != code and result.exc_info is not None \
+            and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"exit {result.exit_code}: {result.output}") from result.exception
     assert result.exit_code == code, result.output
     return result.output
 

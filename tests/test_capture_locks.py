@@ -92,6 +92,9 @@ async def test_db_init_never_queues_the_hosts_writes_behind_it(
         await env.conn.execute("ALTER TABLE hs.customers REPLICA IDENTITY DEFAULT")
         mode = ("--capture", "logical")
     else:
+        # What a release's setup changes under a table lock: a capture trigger (a
+        # setup with nothing to change takes no such lock: test_capture_rerun).
+        await env.conn.execute("DROP TRIGGER thorbis_capture_update ON hs.customers")
         mode = ("--capture", "triggers")
     writer = await asyncpg.connect(env.dsn)
     try:
@@ -134,11 +137,14 @@ async def test_db_init_names_who_holds_the_table_when_it_gives_up(
     monkeypatch.setattr(ddl_locks, "LOCK_TIMEOUT", 0.1)
     monkeypatch.setattr(ddl_locks, "RETRY_PAUSE", 0.05)
     monkeypatch.setattr(ddl_locks, "LOCK_ATTEMPTS", 3)
+    await env.conn.execute("DROP TRIGGER thorbis_capture_update ON hs.customers")
     async with _batch_job(env) as job:
+        await job.execute("LOCK TABLE hs.invoices IN ROW EXCLUSIVE MODE")
         pid = await job.fetchval("SELECT pg_backend_pid()")
         out = await asyncio.to_thread(_db_init, env, "--capture", "triggers", code=1)
     text = " ".join(out.split())
-    assert "hs.customers" in text, text
+    # Each lock the session holds on the tables, not one of them.
+    assert "RowExclusiveLock on hs.customers, RowExclusiveLock on hs.invoices" in text, text
     assert f"PID {pid}" in text, text
     assert "3 attempt" in text, text
     assert "Traceback" not in out

@@ -64,6 +64,10 @@ _PRUNE = typer.Option("--prune", help="Make the capture exactly the loaded plugi
                       "it off tables no rule or view of theirs reads any more (after a "
                       "plugin or a rule was removed), and forget removed rules. Give every "
                       "plugin the application loads.")
+_REAPPLY = typer.Option("--reapply-sql", help="Apply every plugin's SQL again, even where "
+                        "the database holds it as recorded (an object its scripts make was "
+                        "dropped by hand). Without it, unchanged SQL is left alone, so that "
+                        "no lock is asked for on the host's tables.")
 
 
 class AuditAction(enum.Enum):
@@ -80,15 +84,16 @@ def db_command(
     capture: Annotated[Capture, _CAPTURE] = Capture.auto,
     slot: Annotated[str, _SLOT] = "main",
     prune: Annotated[bool, _PRUNE] = False,
+    reapply_sql: Annotated[bool, _REAPPLY] = False,
 ) -> None:
     """Apply the core schema (versioned); with init, plugin SQL and change capture too
     (capture triggers, or a publication and a replication slot with --capture logical)."""
-    asyncio.run(_db(action, dsn, plugin or None, capture, slot, prune))
+    asyncio.run(_db(action, dsn, plugin or None, capture, slot, prune, reapply_sql))
 
 
 async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
               capture: Capture = Capture.auto, slot: str = "main",
-              prune: bool = False) -> None:
+              prune: bool = False, reapply_sql: bool = False) -> None:
     from thorbis_cache.plugins.manager import PluginManager
     from thorbis_cache.postgres.migrations import migrate
     from thorbis_cache.postgres.setup import setup_database
@@ -100,13 +105,19 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
         return
     manager = PluginManager()
     await manager.load(plugins)
-    done = await setup_database(dsn, manager, capture=capture.value, slot=slot, prune=prune)
+    done = await setup_database(dsn, manager, capture=capture.value, slot=slot, prune=prune,
+                                reapply_sql=reapply_sql)
     _echo_migrations(done.migrations)
     for table in done.uncaptured:
         typer.echo(f"capture taken off {table}: no rule or view of these plugins reads it")
     if done.fallback:
         typer.echo(f"capture: triggers ({done.fallback})")
-    applied = f"plugins {', '.join(done.plugins) or '(none)'}: SQL applied"
+    fresh = [p for p in done.plugins if p not in done.sql_unchanged]
+    said = ([f"SQL applied ({', '.join(fresh)})"] if fresh else []) + (
+        [f"SQL unchanged, left alone ({', '.join(done.sql_unchanged)})"]
+        if done.sql_unchanged else [])
+    applied = f"plugins {', '.join(done.plugins)}: {'; '.join(said)}" if done.plugins \
+        else "plugins (none)"
     if done.sync_standby:
         typer.echo(f"warning: {done.sync_standby}", err=True)
     if done.rules_recorded:

@@ -104,7 +104,8 @@ class SqlScript:
     """SQL a plugin needs (schema, tables, indexes, functions).
 
     Scripts must be idempotent (``CREATE ... IF NOT EXISTS``, ``CREATE OR REPLACE``):
-    they are applied at every ``db init``/``migrate`` and twice by the contract kit.
+    ``db init`` applies them again over what an earlier release made whenever the
+    plugin's SQL changed (``thorbis.plugin_sql``), and the contract kit applies them twice.
 
     :ivar name: ``<namespace>.<script>``; scripts apply in declaration order.
     :ivar sql: one or more statements.

@@ -59,24 +59,28 @@ async def bound_locks(conn: asyncpg.Connection) -> None:
 
 
 _HOLDERS = """
-SELECT DISTINCT ON (a.pid) a.pid, a.application_name, a.state,
+SELECT a.pid, a.application_name, a.state,
        to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS since,
-       l.relation::regclass::text AS tbl, l.mode, left(a.query, 120) AS query
+       string_agg(l.mode || ' on ' || l.relation::regclass::text, ', '
+                  ORDER BY l.relation::regclass::text, l.mode) AS locks,
+       left(a.query, 120) AS query
 FROM pg_catalog.pg_locks l
 JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
   AND l.relation IN (SELECT to_regclass(t) FROM unnest($1::text[]) AS t)
-ORDER BY a.pid, a.xact_start
+GROUP BY a.pid, a.application_name, a.state, a.xact_start, a.query
+ORDER BY a.xact_start, a.pid
 """
 
 
 async def lock_holders(conn: asyncpg.Connection, tables: Sequence[str]) -> list[str]:
     """The other sessions holding a lock on ``tables`` now, one line each: PID,
-    application, state, since when, the lock and the start of its statement."""
+    application, state, since when, each lock it holds on them and the start of its
+    statement."""
     rows = await conn.fetch(_HOLDERS, list(tables))
     return [f"PID {r['pid']} ({r['application_name'] or 'no application_name'}, "
-            f"{r['state']} in a transaction since {r['since']} UTC, {r['mode']} on "
-            f"{r['tbl']}: {' '.join((r['query'] or '').split())!r})" for r in rows]
+            f"{r['state']} in a transaction since {r['since']} UTC, {r['locks']}: "
+            f"{' '.join((r['query'] or '').split())!r})" for r in rows]
 
 
 async def with_lock_retries(conn: asyncpg.Connection, step: Callable[[], Awaitable[T]], *,

@@ -63,7 +63,10 @@ class DatabaseSetup:
     """What :func:`setup_database` did.
 
     :ivar migrations: the core migrations applied and already there.
-    :ivar plugins: the plugins whose SQL was applied, in load order.
+    :ivar plugins: the plugins set up, in load order.
+    :ivar sql_unchanged: those whose SQL and views the database held as they are
+        (recorded in ``thorbis.plugin_sql``): not applied again, so that nothing locked
+        the host's tables (:func:`~thorbis_cache.postgres.sql_apply.apply_and_check`).
     :ivar capture: the capture installed, ``"triggers"`` or ``"logical"``.
     :ivar triggers: the capture trigger plans installed (triggers).
     :ivar slot: the replication slot (and publication) made ready (logical).
@@ -102,10 +105,12 @@ class DatabaseSetup:
     ddl_guard: str | None = None
     rules_recorded: tuple[str, ...] = ()
     uncaptured: tuple[str, ...] = ()
+    sql_unchanged: tuple[str, ...] = ()
 
 
 async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMode = "auto",
-                         slot: str = "main", prune: bool = False) -> DatabaseSetup:
+                         slot: str = "main", prune: bool = False,
+                         reapply_sql: bool = False) -> DatabaseSetup:
     """Apply the core schema, the plugins' SQL and views, and install change capture.
 
     :param dsn: the PostgreSQL database.
@@ -118,6 +123,9 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
         is taken off (:func:`~thorbis_cache.postgres.capture_ddl.uncapture_others`).
         Without it, nothing is taken away: the processes of two releases (a rolling
         deploy) or of different plugin sets may each run this at start.
+    :param reapply_sql: apply every plugin's SQL, even where the database holds it as it
+        is (``db init --reapply-sql``: an object its scripts make, other than a table or
+        index, was dropped by hand).
     :returns: what was done.
     :raises ConfigurationError: an unknown ``capture``; a rule naming a table or column
         the database lacks; logical capture on a server without ``wal_level=logical``.
@@ -129,7 +137,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
                                  f"got {capture!r}")
     report = await migrate(dsn)
     loaded = list(plugins.plugins.values())
-    await apply_and_check(dsn, loaded)
+    unchanged = await apply_and_check(dsn, loaded, reapply=reapply_sql)
     names = tuple(p.name for p in loaded)
     rules, views = plugins.all_rules(), plugins.all_views()
     conn = await connect(dsn, writes="installing change capture")
@@ -161,7 +169,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
                 await check_capture(conn, rules, logical, plugins=names)
                 return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                      kept=refused, sync_standby=risk,
-                                     rules_recorded=recorded)
+                                     rules_recorded=recorded, sql_unchanged=unchanged)
             # Before anything is changed: the role, then the replication connection
             # (the worker's: where a slot exists, it reads it elsewhere already).
             await logical.check_role(conn)
@@ -185,7 +193,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                  replica_full=tuple(full), dropped=tuple(dropped),
                                  sync_standby=risk, rules_recorded=recorded,
-                                 uncaptured=tuple(uncaptured))
+                                 uncaptured=tuple(uncaptured), sql_unchanged=unchanged)
         from thorbis_cache.postgres.triggers import install_triggers, plan_tables
 
         retiring = fallback is None and await logical.slot_here(conn)
@@ -214,7 +222,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
         await conn.close()
     return DatabaseSetup(report, names, "triggers", triggers=tuple(plans), fallback=fallback,
                          ddl_guard=guard, retired_slot=retired, rules_recorded=recorded,
-                         uncaptured=tuple(uncaptured))
+                         uncaptured=tuple(uncaptured), sql_unchanged=unchanged)
 
 
 async def _uncapture(conn: asyncpg.Connection, keep: list[str]) -> list[str]:

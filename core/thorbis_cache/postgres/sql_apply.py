@@ -6,10 +6,19 @@ statement and PostgreSQL's message, and rolls back everything of that plugin. A 
 whose declared definition changed (its fingerprint comment differs) is recreated. This is
 the one seam where ``asyncpg`` errors of plugin SQL become
 :class:`~thorbis_cache.errors.PluginLoadError`.
+
+A setup (:func:`apply_and_check`) applies a plugin's SQL only when it differs from what
+the database holds: the digest of its scripts and views (:func:`sql_digest`) is recorded
+in ``thorbis.plugin_sql`` (``sql/core/012_plugin_sql.sql``) when they are applied, and a
+plugin recorded with the same digest, whose views are all there as declared, is left
+alone. Idempotent DDL still takes table locks, so applying unchanged SQL at every app
+start made every start wait for the host's open transactions on those tables.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,7 +33,10 @@ from thorbis_cache.postgres.ddl_locks import bound_locks, with_lock_retries
 if TYPE_CHECKING:
     from thorbis_cache.plugins.declarations import LoadedPlugin, MaterializedView
 
-__all__ = ["apply_and_check", "apply_plugin_sql", "check_rules_against_db", "split_sql"]
+__all__ = ["apply_and_check", "apply_plugin_sql", "check_rules_against_db", "split_sql",
+           "sql_digest"]
+
+log = logging.getLogger(__name__)
 
 #: Shown of a failing statement in an error message.
 STATEMENT_SHOWN = 200
@@ -328,19 +340,104 @@ async def check_rules_against_db(conn: asyncpg.Connection,
     return problems
 
 
-async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin]) -> None:
-    """:func:`apply_plugin_sql`, then :func:`check_rules_against_db`, in one transaction.
+def sql_digest(plugin: LoadedPlugin) -> str:
+    """A fingerprint of what applying ``plugin``'s SQL does: its scripts (names and text,
+    in order) and its views' definitions (:attr:`MaterializedView.definition_id`)."""
+    digest = hashlib.sha256()
+    for script in plugin.sql:
+        digest.update(f"script {script.name}\n{script.sql}\n\0".encode())
+    for view in plugin.views:
+        digest.update(f"view {view.name} {view.definition_id}\n\0".encode())
+    return digest.hexdigest()
+
+
+_RECORDED_SQL = """
+SELECT s.plugin, s.digest,
+       ARRAY(SELECT r FROM unnest(s.relations) AS r WHERE to_regclass(r) IS NULL) AS missing
+FROM thorbis.plugin_sql s WHERE s.plugin = ANY ($1::text[])
+"""
+
+# The relations of the plugin's schemas, recorded when its SQL was applied: one of them
+# gone (a schema dropped and set up again, an index dropped by hand) means the SQL must
+# run again, although it did not change.
+_SCHEMA_RELATIONS = """
+SELECT coalesce(array_agg(quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+                          ORDER BY n.nspname, c.relname), '{}')
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY ($1::text[]) AND c.relkind IN ('r', 'p', 'i', 'I', 'm', 'v', 'S', 'f')
+  AND NOT c.relispartition
+"""
+
+_RECORD_SQL = """
+INSERT INTO thorbis.plugin_sql (plugin, digest, distribution, version, relations)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (plugin) DO UPDATE SET digest = excluded.digest, relations = excluded.relations,
+    distribution = excluded.distribution, version = excluded.version, applied_at = now()
+"""
+
+
+def _schemas(plugin: LoadedPlugin) -> list[str]:
+    """The schemas of the tables and views ``plugin`` reads: where its SQL makes them."""
+    names = ({r.table for r in plugin.rules} | {v.name for v in plugin.views}
+             | {s for v in plugin.views for s in v.sources})
+    return sorted({name.split(".", 1)[0] for name in names if "." in name})
+
+
+async def _unchanged(conn: Any, plugins: Sequence[LoadedPlugin]) -> set[str]:
+    """The names of ``plugins`` whose SQL the database holds as it is: recorded with the
+    same digest, every relation of their schemas recorded then still there, every view
+    with its definition's fingerprint. Nothing is recorded before core migration 012."""
+    if not await conn.fetchval("SELECT to_regclass('thorbis.plugin_sql') IS NOT NULL"):
+        return set()
+    recorded = {r["plugin"]: r for r in await conn.fetch(_RECORDED_SQL,
+                                                         [p.name for p in plugins])}
+    unchanged = set()
+    for plugin in plugins:
+        found = recorded.get(plugin.name)
+        if found is None or found["digest"] != sql_digest(plugin):
+            continue
+        if found["missing"]:
+            log.info("plugin %s: applying its SQL again, although it did not change: "
+                     "%s no longer exist(s)", plugin.name, ", ".join(found["missing"]))
+            continue
+        for view in plugin.views:
+            row = await conn.fetchrow(_VIEW_COMMENT, view.name)
+            if row is None or row["kind"] != "m" or row["comment"] != view.definition_id:
+                break
+        else:
+            unchanged.add(plugin.name)
+    return unchanged
+
+
+async def _record(conn: Any, plugins: Sequence[LoadedPlugin]) -> None:
+    """Record what ``plugins``' SQL, just applied, left in the database."""
+    if not plugins or not await conn.fetchval(
+            "SELECT to_regclass('thorbis.plugin_sql') IS NOT NULL"):
+        return
+    for plugin in plugins:
+        relations = await conn.fetchval(_SCHEMA_RELATIONS, _schemas(plugin))
+        await conn.execute(_RECORD_SQL, plugin.name, sql_digest(plugin), plugin.distribution,
+                           plugin.version, relations)
+
+
+async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin], *,
+                          reapply: bool = False) -> tuple[str, ...]:
+    """:func:`apply_plugin_sql` for the plugins whose SQL changed, then
+    :func:`check_rules_against_db` for all of them, in one transaction.
 
     The checks need the tables the SQL creates, so they run after it, in the same
     transaction: a refused set of plugins (SQL that fails, a rule naming a column the
     tables lack) leaves no trace in the database, for any plugin of the call.
 
-    A plugin's SQL runs again at every ``db init`` and app start, and idempotent DDL
-    still locks its table (``CREATE INDEX IF NOT EXISTS`` takes a lock that conflicts
-    with every writer before it finds the index there): its table locks are bounded and
-    tried again (:mod:`~thorbis_cache.postgres.ddl_locks`), so that a host's transaction
-    open on one of them never queues the host's other writes behind it.
+    A plugin's SQL recorded in ``thorbis.plugin_sql`` with the digest it has now is not
+    applied again (see the module): a setup with nothing to change takes no lock on the
+    host's tables. The SQL that is applied has its table locks bounded and tried again
+    (:mod:`~thorbis_cache.postgres.ddl_locks`), so that a host's transaction open on
+    one of them never queues the host's other writes behind it.
 
+    :param reapply: apply every plugin's SQL, recorded or not (``db init
+        --reapply-sql``: an object of a script was dropped by hand).
+    :returns: the names of the plugins whose SQL was left as it was, in load order.
     :raises PluginLoadError: the SQL failed to apply, or the checks found problems;
         nothing was committed.
     :raises TableLockedError: a table stayed locked by other sessions through every
@@ -350,17 +447,23 @@ async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin]) -> None:
                     | {s for p in plugins for v in p.views for s in v.sources})
     conn = await connection.connect(dsn, writes="applying the plugins' SQL")
     try:
-        await with_lock_retries(conn, lambda: _apply_and_check(conn, plugins), tables=tables,
-                                what="applying the plugins' SQL")
+        return await with_lock_retries(
+            conn, lambda: _apply_and_check(conn, plugins, reapply=reapply), tables=tables,
+            what="applying the plugins' SQL")
     finally:
         await conn.close()
 
 
-async def _apply_and_check(conn: asyncpg.Connection, plugins: Sequence[LoadedPlugin]) -> None:
+async def _apply_and_check(conn: asyncpg.Connection, plugins: Sequence[LoadedPlugin], *,
+                           reapply: bool) -> tuple[str, ...]:
     async with conn.transaction():
         await conn.execute(_APPLY_LOCK)  # another process's: waited for, unbounded
         await bound_locks(conn)
-        await apply_plugin_sql(conn, plugins)  # a savepoint per plugin
+        unchanged = set() if reapply else await _unchanged(conn, plugins)
+        changed = [p for p in plugins if p.name not in unchanged]
+        await apply_plugin_sql(conn, changed)  # a savepoint per plugin
         problems = await check_rules_against_db(conn, plugins)
         if problems:
             raise PluginLoadError(problems)  # rolls the whole transaction back
+        await _record(conn, [p for p in changed if p.sql or p.views])
+    return tuple(p.name for p in plugins if p.name in unchanged)

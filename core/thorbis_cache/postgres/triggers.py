@@ -29,7 +29,9 @@ no other column. Its outbox rows plan no invalidation; the worker only counts th
 
 Installing is idempotent (``CREATE OR REPLACE FUNCTION``, ``DROP TRIGGER IF EXISTS`` +
 ``CREATE TRIGGER`` in one transaction) and drops the row-level ``thorbis_capture``
-trigger of earlier releases. It records what each table's capture reads in
+trigger of earlier releases. A table whose capture triggers are in place, as the rules
+need them, keeps them: only their functions are replaced, which takes no lock on the
+table, so a setup with nothing to change never waits for the host's writers. It records what each table's capture reads in
 ``thorbis.captured_tables``, which the event trigger of
 :mod:`~thorbis_cache.postgres.capture_ddl` checks every ``ALTER TABLE`` against: a
 migration that takes away a column the rules read gets a capture that reads rows by
@@ -53,7 +55,8 @@ from thorbis_cache.postgres.outbox_images import Shape, register_shape, value_sq
 
 __all__ = [
     "CHANNEL", "KEY_TRIGGER", "TRIGGERS", "TRUNCATE_TRIGGER", "TablePlan", "capture_triggers",
-    "drop_sql", "install_triggers", "plan_tables", "remove_triggers", "trigger_sql",
+    "drop_sql", "function_sql", "install_triggers", "plan_tables", "remove_triggers",
+    "table_trigger_sql", "trigger_sql",
 ]
 
 #: The LISTEN/NOTIFY channel workers listen on (the triggers send nothing on it).
@@ -186,9 +189,9 @@ def drop_sql(table: str) -> list[str]:
             for name in (*TRIGGERS.values(), KEY_TRIGGER, TRUNCATE_TRIGGER, *_OLD_TRIGGERS)]
 
 
-def trigger_sql(plan: TablePlan, shape: Shape, types: Mapping[str, str],
-                search_path: str = "pg_catalog, pg_temp") -> list[str]:
-    """The statements that (re)create the capture functions and triggers of ``plan``.
+def function_sql(plan: TablePlan, shape: Shape, types: Mapping[str, str],
+                 search_path: str = "pg_catalog, pg_temp") -> list[str]:
+    """The statements that (re)create the capture functions of ``plan``'s triggers.
 
     Statement-level triggers with transition tables: one ``INSERT ... SELECT`` into the
     outbox per statement, whatever the number of rows (a PL/pgSQL call and an INSERT per
@@ -214,10 +217,9 @@ def trigger_sql(plan: TablePlan, shape: Shape, types: Mapping[str, str],
         (:func:`~thorbis_cache.postgres.outbox_images.register_shape`).
     :param types: column -> type name (``atttypid::regtype::text``) of at least the key
         and image columns.
-    :returns: the statements, in order: functions, drops, creates.
+    :returns: ``CREATE OR REPLACE FUNCTION`` statements: they take no lock on the
+        table.
     """
-    schema, relation = plan.table.split(".", 1)
-    table = f"{quote_ident(schema)}.{quote_ident(relation)}"
     tenant = quote_ident(plan.tenant_column)
     name = _literal(plan.table)
     pk_columns = shape.key_columns
@@ -289,27 +291,110 @@ BEGIN
     RETURN NULL;
 END
 $capture$"""
-    statements = [function, update_function, *drop_sql(plan.table)]
-    transition = {Operation.INSERT: "NEW TABLE AS thorbis_new",
-                  Operation.UPDATE: "OLD TABLE AS thorbis_old NEW TABLE AS thorbis_new",
-                  Operation.DELETE: "OLD TABLE AS thorbis_old"}
-    for op in Operation:
-        if op in plan.operations:
-            target = plan.update_function_name if op is Operation.UPDATE else plan.function_name
-            statements.append(
-                f"CREATE TRIGGER {quote_ident(TRIGGERS[op])} AFTER {op.value} ON {table} "
-                f"REFERENCING {transition[op]} FOR EACH STATEMENT "
-                f"EXECUTE FUNCTION {target}()")
-            statements.append(_always(table, TRIGGERS[op]))
-    # A TRUNCATE removes every row, of every tenant, without a row trigger: one outbox
-    # row naming the table, which the worker plans for every tenant.
-    statements.append(
-        f"CREATE TRIGGER {quote_ident(TRUNCATE_TRIGGER)} AFTER TRUNCATE ON {table} "
-        f"FOR EACH STATEMENT EXECUTE FUNCTION thorbis.capture_truncate({name})")
-    statements.append(_always(table, TRUNCATE_TRIGGER))
-    # The key function of earlier releases goes with its trigger (dropped above).
-    statements.append(f"DROP FUNCTION IF EXISTS {plan.key_function_name}()")
+    return [function, update_function]
+
+
+@attrs.frozen(slots=True)
+class _Trigger:
+    """One capture trigger of a table, as ``pg_trigger`` holds it: an ``AFTER ... FOR
+    EACH STATEMENT`` trigger, enabled ALWAYS (:func:`_always`)."""
+
+    name: str
+    event: str
+    #: ``pg_trigger.tgtype`` (PostgreSQL's TRIGGER_TYPE_* bits: a statement-level AFTER
+    #: trigger sets its event's bit only).
+    bits: int
+    old: str | None
+    new: str | None
+    function: str
+    args: tuple[str, ...] = ()
+
+    def create_sql(self, table: str) -> str:
+        referencing = " ".join(f"{kind} TABLE AS {alias}" for kind, alias
+                               in (("OLD", self.old), ("NEW", self.new)) if alias)
+        return (f"CREATE TRIGGER {quote_ident(self.name)} AFTER {self.event} ON {table} "
+                + (f"REFERENCING {referencing} " if referencing else "")
+                + f"FOR EACH STATEMENT EXECUTE FUNCTION {self.function}("
+                + ", ".join(_literal(a) for a in self.args) + ")")
+
+
+_EVENT_BITS = {Operation.INSERT: 4, Operation.DELETE: 8, Operation.UPDATE: 16}
+_TRUNCATE_BITS = 32
+_TRANSITION = {Operation.INSERT: (None, "thorbis_new"),
+               Operation.UPDATE: ("thorbis_old", "thorbis_new"),
+               Operation.DELETE: ("thorbis_old", None)}
+
+
+def _triggers(plan: TablePlan) -> list[_Trigger]:
+    """The capture triggers ``plan`` needs: one per operation some rule handles, and a
+    TRUNCATE trigger (one outbox row naming the table, which the worker plans for
+    every tenant: a TRUNCATE removes every row without a row trigger)."""
+    triggers = [
+        _Trigger(TRIGGERS[op], op.value, _EVENT_BITS[op], *_TRANSITION[op],
+                 plan.update_function_name if op is Operation.UPDATE else plan.function_name)
+        for op in Operation if op in plan.operations]
+    triggers.append(_Trigger(TRUNCATE_TRIGGER, "TRUNCATE", _TRUNCATE_BITS, None, None,
+                             "thorbis.capture_truncate", (plan.table,)))
+    return triggers
+
+
+def table_trigger_sql(plan: TablePlan) -> list[str]:
+    """The statements that (re)create the capture triggers of ``plan`` on its table,
+    after dropping every capture trigger there (those of earlier releases too): table
+    locks that conflict with every writer of the table."""
+    schema, relation = plan.table.split(".", 1)
+    table = f"{quote_ident(schema)}.{quote_ident(relation)}"
+    statements = drop_sql(plan.table)
+    for trigger in _triggers(plan):
+        statements.append(trigger.create_sql(table))
+        statements.append(_always(table, trigger.name))
     return statements
+
+
+def trigger_sql(plan: TablePlan, shape: Shape, types: Mapping[str, str],
+                search_path: str = "pg_catalog, pg_temp") -> list[str]:
+    """The statements that (re)create the capture functions and triggers of ``plan``:
+    :func:`function_sql`, :func:`table_trigger_sql`, then the drop of an earlier
+    release's key function."""
+    return [*function_sql(plan, shape, types, search_path), *table_trigger_sql(plan),
+            f"DROP FUNCTION IF EXISTS {plan.key_function_name}()"]
+
+
+# The capture triggers on a table: those of this release's names and those of
+# earlier releases, and any other trigger running a function of the thorbis schema.
+_INSTALLED = """
+SELECT t.tgname::text AS name, t.tgtype::int AS bits, t.tgenabled::text AS enabled,
+       t.tgoldtable::text AS old, t.tgnewtable::text AS new, t.tgfoid AS function,
+       t.tgargs AS args, t.tgqual IS NULL AND t.tgattr::text = '' AS plain
+FROM pg_catalog.pg_trigger t
+WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal
+  AND (t.tgname = ANY ($2::text[])
+       OR t.tgfoid IN (SELECT p.oid FROM pg_catalog.pg_proc p
+                       JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                       WHERE n.nspname = 'thorbis'))
+"""
+
+
+async def _triggers_in_place(conn: asyncpg.Connection, plan: TablePlan) -> bool:
+    """Whether ``plan``'s table has exactly the capture triggers it needs, as
+    :func:`table_trigger_sql` makes them (no other, none disabled): then a setup
+    leaves them alone, and takes no lock on the table (the functions they run are
+    replaced without one)."""
+    wanted = {t.name: t for t in _triggers(plan)}
+    names = [*wanted, KEY_TRIGGER, *_OLD_TRIGGERS]
+    installed = await conn.fetch(_INSTALLED, plan.table, names)
+    if {r["name"] for r in installed} != set(wanted):
+        return False
+    for row in installed:
+        want = wanted[row["name"]]
+        function = await conn.fetchval("SELECT to_regprocedure($1)::oid",
+                                       f"{want.function}()")
+        args = tuple(a.decode() for a in bytes(row["args"]).split(b"\0")[:-1])
+        if (row["bits"], row["enabled"], row["old"], row["new"], row["function"], args,
+                row["plain"]) != (want.bits, "A", want.old, want.new, function, want.args,
+                                  True):
+            return False
+    return True
 
 
 def _always(table: str, trigger: str) -> str:
@@ -364,7 +449,11 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
                     "(the outbox identifies changed rows by it)"
                 )
             shape = await register_shape(conn, plan.table, pk, plan.columns, have)
-            for statement in trigger_sql(plan, shape, have, search_path):
+            statements = function_sql(plan, shape, have, search_path)
+            if not await _triggers_in_place(conn, plan):
+                statements += table_trigger_sql(plan)
+            statements.append(f"DROP FUNCTION IF EXISTS {plan.key_function_name}()")
+            for statement in statements:
                 await conn.execute(statement)
             # What a host's migration is checked against (capture_ddl).
             await record_captured(conn, plan.table, tenant_column=plan.tenant_column,
