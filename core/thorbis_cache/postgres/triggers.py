@@ -31,8 +31,8 @@ Installing is idempotent (``CREATE OR REPLACE FUNCTION``, ``DROP TRIGGER IF EXIS
 ``CREATE TRIGGER`` in one transaction) and drops the row-level ``thorbis_capture``
 trigger of earlier releases. A table whose capture triggers are in place, as the rules
 need them, keeps them: only their functions are replaced, which takes no lock on the
-table, so a setup with nothing to change never waits for the host's writers. It records what each table's capture reads in
-``thorbis.captured_tables``, which the event trigger of
+table, so a setup with nothing to change never waits for the host's writers. It
+records what each table's capture reads in ``thorbis.captured_tables``, which the event trigger of
 :mod:`~thorbis_cache.postgres.capture_ddl` checks every ``ALTER TABLE`` against: a
 migration that takes away a column the rules read gets a capture that reads rows by
 name in place of these triggers, so that the host's writes never fail on it.
