@@ -76,8 +76,9 @@ class WorkerCollector(Collector):
                                 "Age of the oldest change of the last non-empty batch "
                                 "when it was claimed", value=m.lag_seconds)
         yield GaugeMetricFamily(f"{ns}_worker_uncaptured_tables",
-                                "Tables of invalidation rules that nothing captured at the "
-                                "running worker's last check (their entries stay stale)",
+                                "Tables of invalidation rules that nothing captured, or whose "
+                                "capture triggers were made for other rules, at the running "
+                                "worker's last check (their entries stay stale)",
                                 value=m.uncaptured_tables)
         yield GaugeMetricFamily(f"{ns}_worker_standby",
                                 "1 while another worker reads the logical capture's slot "

@@ -11,7 +11,12 @@ What counts as installed, per table some rule names:
 
 * trigger capture: enabled triggers on the table, and on each of its partitions, that run
   a function of the ``thorbis`` schema (whatever their names: ``triggers.py`` owns those)
-  and together fire on every operation the table's rules handle;
+  and together fire on every operation the table's rules handle; and made for rules
+  that need no more than they record (``thorbis.captured_tables``: the columns written,
+  and the UPDATEs recorded, every one or only those that change one of the
+  significant columns). A release started before its ``db init`` ran found the
+  earlier release's triggers there, and the UPDATEs only its new rules watch went
+  uncaptured;
 * logical capture: the slot exists in this database and its publication includes the
   table;
 * either (``capture="any"``, the app's check, which does not know how its workers read):
@@ -62,6 +67,22 @@ JOIN pg_catalog.pg_replication_slots s
   ON s.slot_name = pt.pubname AND s.database = current_database()
  AND coalesce(s.wal_status, '') <> 'lost'
 WHERE CASE WHEN $1::text IS NULL THEN pt.pubname LIKE 'thorbis\\_%' ELSE pt.pubname = $1 END
+"""
+
+# What each table's capture triggers were made for (core 013); a stand-in capture in
+# place after a migration (incomplete, retyped, recreated) is not checked against it.
+_RECORDED = """
+SELECT table_name, columns, update_filter
+FROM thorbis.captured_tables
+WHERE table_name = ANY ($1::text[]) AND update_filter IS NOT NULL
+  AND incomplete IS NULL AND retyped IS NULL AND NOT recreated
+"""
+
+# Before core 013 nothing says which UPDATEs the triggers record.
+_FILTER_RECORDED = """
+SELECT true FROM pg_catalog.pg_attribute
+WHERE attrelid = to_regclass('thorbis.captured_tables') AND attname = 'update_filter'
+  AND NOT attisdropped
 """
 
 _SLOT = """
@@ -128,7 +149,44 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
                 where = f"partition {name} has " if name else ""
                 problems.append(f"{table} (rules {_names(by_table[table])}): "
                                 f"{where}{what}{detail}")
+    if logical is None and await conn.fetchval(_FILTER_RECORDED):
+        covered = [t for t in tables if relids[t] is not None and relids[t] not in published]
+        for row in await conn.fetch(_RECORDED, covered):
+            table = row["table_name"]
+            lacking = _not_covered(by_table[table], row["columns"], row["update_filter"])
+            if lacking:
+                problems.append(f"{table} (rules {_names(by_table[table])}): the capture "
+                                f"triggers were made for other rules: {'; '.join(lacking)}")
     return problems
+
+
+def _not_covered(rules: Sequence[InvalidationRule], columns: Sequence[str],
+                 update_filter: Sequence[str]) -> list[str]:
+    """What ``rules`` need that capture triggers writing ``columns``, and recording the
+    UPDATEs that change one of ``update_filter`` (every UPDATE: empty), do not give."""
+    lacking = []
+    if update_filter:
+        recorded = ", ".join(sorted(update_filter))
+        for rule in sorted(rules, key=lambda r: r.name):
+            if Operation.UPDATE not in rule.operations:
+                continue
+            if not rule.significant_columns:
+                lacking.append(f"they record an UPDATE only when one of {recorded} "
+                               f"changes, and rule {rule.name} needs every UPDATE")
+                continue
+            missing = sorted(set(rule.significant_columns) - set(update_filter))
+            if missing:
+                lacking.append(f"they record an UPDATE only when one of {recorded} "
+                               f"changes, and rule {rule.name} needs UPDATEs of "
+                               f"{', '.join(missing)}")
+    for rule in sorted(rules, key=lambda r: r.name):
+        read = {rule.tenant_column, *rule.significant_columns,
+                *(c for t in rule.targets for c in t.params.values())}
+        missing = sorted(read - set(columns))
+        if missing:
+            lacking.append(f"they do not write {', '.join(missing)}, which rule "
+                           f"{rule.name} reads")
+    return lacking
 
 
 def fix_command(plugins: Sequence[str] = (), logical: LogicalCapture | None = None) -> str:

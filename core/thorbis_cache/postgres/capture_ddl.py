@@ -38,21 +38,21 @@ EVENT_TRIGGER = "thorbis_capture_ddl"
 _RECORD = """
 INSERT INTO thorbis.captured_tables
        (table_name, relid, tenant_column, columns, key_columns, operations, column_types,
-        incomplete, retyped, changed_at, partitions)
+        incomplete, retyped, changed_at, partitions, update_filter)
 SELECT $1::text, r.relid, $2::text, $3::text[], $4::text[], $5::text[],
        CASE WHEN $7::bool THEN (SELECT jsonb_object_agg(a.attname, a.atttypid)
                                   FROM pg_catalog.pg_attribute a
                                  WHERE a.attrelid = r.relid
                                    AND a.attname = ANY ($3::text[] || $4::text[])
                                    AND a.attnum > 0 AND NOT a.attisdropped) END,
-       NULL, NULL, now(), thorbis.capture_partitions_of(r.relid)
+       NULL, NULL, now(), thorbis.capture_partitions_of(r.relid), $8::text[]
   FROM (SELECT coalesce($6::oid, to_regclass($1)::oid) AS relid) AS r
 ON CONFLICT (table_name) DO UPDATE SET
        relid = EXCLUDED.relid, tenant_column = EXCLUDED.tenant_column,
        columns = EXCLUDED.columns, key_columns = EXCLUDED.key_columns,
        operations = EXCLUDED.operations, column_types = EXCLUDED.column_types,
        incomplete = NULL, retyped = NULL, recreated = false, changed_at = now(),
-       partitions = EXCLUDED.partitions
+       partitions = EXCLUDED.partitions, update_filter = EXCLUDED.update_filter
 """
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.capture_ddl'))"
@@ -74,7 +74,8 @@ _CREATE = {
 async def record_captured(conn: asyncpg.Connection, table: str, *, tenant_column: str,
                           columns: Sequence[str], key_columns: Sequence[str],
                           operations: Collection[str], relid: int | None = None,
-                          track_types: bool = False) -> None:
+                          track_types: bool = False,
+                          update_filter: Sequence[str] | None = None) -> None:
     """Record what the capture of ``table`` (``schema.table``, as the rules name it)
     reads, complete again: the capture just installed matches the table.
 
@@ -83,10 +84,15 @@ async def record_captured(conn: asyncpg.Connection, table: str, *, tenant_column
     :param track_types: record the columns' types now, which the capture triggers
         were generated for (a migration that changes one is caught); not for logical
         capture, which reads each change's types from the WAL.
+    :param update_filter: the capture triggers': the columns whose change makes an
+        UPDATE recorded, empty for every UPDATE (None: logical capture, which reads
+        every UPDATE); :mod:`~thorbis_cache.postgres.capture_check` checks a process's
+        rules against it.
     """
     order = ("INSERT", "UPDATE", "DELETE")
     await conn.execute(_RECORD, table, tenant_column, list(columns), list(key_columns),
-                       [op for op in order if op in operations], relid, track_types)
+                       [op for op in order if op in operations], relid, track_types,
+                       None if update_filter is None else list(update_filter))
 
 
 async def capture_partitions(conn: asyncpg.Connection, tables: Sequence[str]) -> int:

@@ -459,7 +459,7 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
             await record_captured(conn, plan.table, tenant_column=plan.tenant_column,
                                   columns=plan.columns, key_columns=pk,
                                   operations={o.value for o in plan.operations},
-                                  track_types=True)
+                                  track_types=True, update_filter=plan.update_filter)
         # A statement naming a partition fires the partition's triggers only.
         await capture_partitions(conn, [plan.table for plan in plans])
     return plans

@@ -1,0 +1,89 @@
+"""A worker (or a host app) whose rules the installed capture does not cover refuses
+to start, naming what is missing.
+
+Found as a user would: a release that added a rule on a captured table (or a column to
+a rule's significant columns) was started before its ``db init`` ran (an app instance
+coming up before the release job, or the release job forgotten). The start checked only
+that each rule's table had capture triggers: they were there, made for the earlier
+release's rules. They record an UPDATE only when one of the earlier rules' significant
+columns changes, so a phone edit wrote nothing, and the new release's cached customer
+stayed stale until its TTL, with nothing said anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import attrs
+import pytest
+from capture_env import Env, capture_env
+from core_testing import CUSTOMER_SQL
+
+from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.errors import CaptureNotInstalledError
+from thorbis_cache.plugins.declarations import InvalidationRule
+from thorbis_cache.postgres.capture_check import capture_problems
+from thorbis_cache.postgres.triggers import install_triggers
+
+NEW_RULE, WIDER_RULE = "hs.customer_entity", "hs.customer_lists_on_change"
+
+
+@pytest.fixture
+async def env(thorbis_pg_dsn: str, thorbis_standalone_redis_url: str) -> AsyncIterator[Env]:
+    async with capture_env("triggers", thorbis_pg_dsn, thorbis_standalone_redis_url) as env:
+        await env.conn.execute(CUSTOMER_SQL, "acme", 2)
+        yield env
+
+
+def _earlier(rules: list[InvalidationRule]) -> list[InvalidationRule]:
+    """The earlier release: without the new rule, and one significant column fewer."""
+    return [attrs.evolve(r, significant_columns=r.significant_columns[1:])
+            if r.name == WIDER_RULE else r for r in rules if r.name != NEW_RULE]
+
+
+async def _outbox(env: Env) -> int:
+    return int(await env.conn.fetchval("SELECT count(*) FROM thorbis.outbox"))
+
+
+async def test_a_release_started_before_its_db_init_refuses_to_start(env: Env) -> None:
+    every = env.app.plugins.all_rules()
+    wider = next(r for r in every if r.name == WIDER_RULE)
+    dropped = wider.significant_columns[0]
+    # The capture as the earlier release's db init left it.
+    await install_triggers(env.conn, _earlier(every), env.app.plugins.all_views())
+    # Why it matters: a phone edit, which the new rule watches, writes nothing.
+    before = await _outbox(env)
+    await env.conn.execute("UPDATE hs.customers SET phone = 'new' WHERE tenant_id = 'acme' "
+                           "AND id = 1")
+    assert await _outbox(env) == before
+
+    with pytest.raises(CaptureNotInstalledError) as caught:
+        async with env.worker() as worker:
+            await worker.drain()
+    text = " ".join(str(caught.value).split())
+    assert f"rule {NEW_RULE} needs every UPDATE" in text, text
+    assert f"rule {WIDER_RULE} needs UPDATEs of {dropped}" in text, text
+    assert "thorbis-cache db init --plugin home_services" in text, text
+
+    # The host app checks the same before it serves anything.
+    app = CacheApp(env.redis_url, keyring=KeyRing.generate(), postgres_dsn=env.dsn)
+    with pytest.raises(CaptureNotInstalledError, match=NEW_RULE):
+        await app.start(["home_services"])
+
+    # The release's db init: the worker starts, and the edit is invalidated.
+    await asyncio.to_thread(env.db_init)
+    async with env.worker() as worker:
+        await env.cache_customer(1)
+        await env.conn.execute("UPDATE hs.customers SET phone = 'newer' "
+                               "WHERE tenant_id = 'acme' AND id = 1")
+        await worker.drain()
+        assert not await env.cached(1)
+
+
+async def test_a_capture_set_up_for_more_rules_is_enough(env: Env) -> None:
+    """The other way round (a worker of the earlier release after the new release's
+    db init) is covered: nothing is refused."""
+    assert await capture_problems(env.conn, _earlier(env.app.plugins.all_rules())) == []
+    async with env.worker() as worker:  # and its own rules, of course
+        await worker.drain()
