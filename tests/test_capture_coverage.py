@@ -19,11 +19,15 @@ import attrs
 import pytest
 from capture_env import Env, capture_env
 from core_testing import CUSTOMER_SQL
+from thorbis_home_services import plugin as hs_plugin
 
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.errors import CaptureNotInstalledError
 from thorbis_cache.plugins.declarations import InvalidationRule
+from thorbis_cache.plugins.manager import PluginManager
 from thorbis_cache.postgres.capture_check import capture_problems
+from thorbis_cache.postgres.rules_record import RecordedRule
+from thorbis_cache.postgres.setup import setup_database
 from thorbis_cache.postgres.triggers import install_triggers
 
 NEW_RULE, WIDER_RULE = "hs.customer_entity", "hs.customer_lists_on_change"
@@ -87,3 +91,54 @@ async def test_a_capture_set_up_for_more_rules_is_enough(env: Env) -> None:
     assert await capture_problems(env.conn, _earlier(env.app.plugins.all_rules())) == []
     async with env.worker() as worker:  # and its own rules, of course
         await worker.drain()
+
+
+async def test_a_release_that_removed_a_rule_keeps_its_capture_until_prune(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A setup only adds: the earlier release's processes still run during a rolling
+    deploy, and the triggers keep recording what its rules need until ``--prune``."""
+    every = env.app.plugins.all_rules()
+    monkeypatch.setattr(hs_plugin, "ALL_RULES",
+                        [r for r in hs_plugin.ALL_RULES if r.name != NEW_RULE])
+    release = PluginManager()
+    await release.load(["home_services"])
+    await setup_database(env.dsn, release, capture="triggers")
+    # The earlier release's worker starts, and a phone edit is still captured.
+    assert await capture_problems(env.conn, every) == []
+    async with env.worker() as worker:
+        await env.cache_customer(1)
+        await env.conn.execute("UPDATE hs.customers SET phone = 'new' "
+                               "WHERE tenant_id = 'acme' AND id = 1")
+        await worker.drain()
+        assert not await env.cached(1)
+
+    # Once no process of it runs: --prune, and a phone edit costs the host nothing.
+    await setup_database(env.dsn, release, capture="triggers", prune=True)
+    problems = " ".join(await capture_problems(env.conn, every))
+    assert f"rule {NEW_RULE} needs every UPDATE" in problems, problems
+    before = await _outbox(env)
+    await env.conn.execute("UPDATE hs.customers SET phone = 'newer' WHERE tenant_id = 'acme' "
+                           "AND id = 1")
+    assert await _outbox(env) == before
+
+
+async def test_a_recorded_rules_column_that_a_migration_dropped_is_left_out(env: Env) -> None:
+    await env.conn.execute("ALTER TABLE hs.customers ADD COLUMN loyalty text")
+    gone = RecordedRule("hs.loyalty_lists", "d", "hs.customers", "tenant_id", ("UPDATE",),
+                        ("loyalty",), ("hs.loyalty",), (), ("loyalty", "tenant_id"))
+    rules, views = env.app.plugins.all_rules(), env.app.plugins.all_views()
+    [plan] = [p for p in await install_triggers(env.conn, rules, views, [gone])
+              if p.table == "hs.customers"]
+    assert "loyalty" in plan.columns
+    await env.conn.execute("ALTER TABLE hs.customers DROP COLUMN loyalty")
+    # The release that removed the rule dropped its column: its setup still installs.
+    [plan] = [p for p in await install_triggers(env.conn, rules, views, [gone])
+              if p.table == "hs.customers"]
+    assert "loyalty" not in plan.columns
+    async with env.worker() as worker:
+        await env.cache_customer(2)
+        await env.conn.execute("UPDATE hs.customers SET phone = 'x' WHERE tenant_id = 'acme' "
+                               "AND id = 2")
+        await worker.drain()
+        assert not await env.cached(2)

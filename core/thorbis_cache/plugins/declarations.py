@@ -276,6 +276,12 @@ class InvalidationRule:
         return any(old.get(c, _NOT_IN_OLD) != new.get(c, _NOT_IN_NEW)
                    for c in self.significant_columns)
 
+    def columns_read(self) -> frozenset[str]:
+        """The columns of its table this rule reads: the tenant column, the significant
+        columns and its targets' parameter columns (what the capture must record)."""
+        return frozenset({self.tenant_column, *self.significant_columns,
+                          *(c for t in self.targets for c in t.params.values())})
+
     def tags_reached(self, schema_of: Callable[[str], KeySchema[Any]]
                      ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The tags this rule can invalidate (its tag targets' and its target schemas'

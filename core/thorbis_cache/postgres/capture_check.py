@@ -72,7 +72,7 @@ WHERE CASE WHEN $1::text IS NULL THEN pt.pubname LIKE 'thorbis\\_%' ELSE pt.pubn
 # What each table's capture triggers were made for (core 013); a stand-in capture in
 # place after a migration (incomplete, retyped, recreated) is not checked against it.
 _RECORDED = """
-SELECT table_name, columns, update_filter
+SELECT table_name, columns || key_columns AS columns, update_filter
 FROM thorbis.captured_tables
 WHERE table_name = ANY ($1::text[]) AND update_filter IS NOT NULL
   AND incomplete IS NULL AND retyped IS NULL AND NOT recreated
@@ -162,8 +162,9 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
 
 def _not_covered(rules: Sequence[InvalidationRule], columns: Sequence[str],
                  update_filter: Sequence[str]) -> list[str]:
-    """What ``rules`` need that capture triggers writing ``columns``, and recording the
-    UPDATEs that change one of ``update_filter`` (every UPDATE: empty), do not give."""
+    """What ``rules`` need that capture triggers writing ``columns`` (the key among
+    them), and recording the UPDATEs that change one of ``update_filter`` (every
+    UPDATE: empty), do not give."""
     lacking = []
     if update_filter:
         recorded = ", ".join(sorted(update_filter))
@@ -180,9 +181,7 @@ def _not_covered(rules: Sequence[InvalidationRule], columns: Sequence[str],
                                f"changes, and rule {rule.name} needs UPDATEs of "
                                f"{', '.join(missing)}")
     for rule in sorted(rules, key=lambda r: r.name):
-        read = {rule.tenant_column, *rule.significant_columns,
-                *(c for t in rule.targets for c in t.params.values())}
-        missing = sorted(read - set(columns))
+        missing = sorted(rule.columns_read() - set(columns))
         if missing:
             lacking.append(f"they do not write {', '.join(missing)}, which rule "
                            f"{rule.name} reads")

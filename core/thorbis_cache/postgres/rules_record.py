@@ -93,6 +93,9 @@ class RecordedRule:
     :ivar significant_columns: for UPDATE, the columns whose change fires it.
     :ivar tags: the tags its targets reach.
     :ivar untagged: its target schemas without a tag.
+    :ivar columns: the columns it reads (tenant, significant columns, its targets'
+        parameters), which the capture triggers of its table keep writing while it is
+        recorded; None when recorded by an earlier release.
     """
 
     name: str
@@ -103,6 +106,7 @@ class RecordedRule:
     significant_columns: tuple[str, ...]
     tags: tuple[str, ...]
     untagged: tuple[str, ...]
+    columns: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, rule: InvalidationRule, registry: SchemaRegistry) -> RecordedRule:
@@ -110,7 +114,15 @@ class RecordedRule:
         tags, untagged = rule.tags_reached(registry.get)
         return cls(rule.name, rule_digest(rule, registry), rule.table, rule.tenant_column,
                    tuple(o for o in _ORDER if Operation(o) in rule.operations),
-                   tuple(sorted(rule.significant_columns)), tags, untagged)
+                   tuple(sorted(rule.significant_columns)), tags, untagged,
+                   tuple(sorted(rule.columns_read())))
+
+    def columns_read(self) -> tuple[str, ...]:
+        """The columns the recorded rule reads (those known, when recorded by an
+        earlier release: its tenant and significant columns)."""
+        if self.columns is not None:
+            return self.columns
+        return tuple(sorted({self.tenant_column, *self.significant_columns}))
 
     def stand_in(self) -> InvalidationRule:
         """A rule that fires as the recorded one does and invalidates the tags its
@@ -140,15 +152,17 @@ async def record_rules(conn: asyncpg.Connection, rules: Iterable[InvalidationRul
                                [r.name for r in records])
         await conn.executemany(
             "INSERT INTO thorbis.capture_rules (name, digest, table_name, tenant_column, "
-            "operations, significant_columns, tags, untagged) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO UPDATE SET "
+            "operations, significant_columns, tags, untagged, columns) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO UPDATE SET "
             "digest = excluded.digest, table_name = excluded.table_name, "
             "tenant_column = excluded.tenant_column, operations = excluded.operations, "
             "significant_columns = excluded.significant_columns, tags = excluded.tags, "
-            "untagged = excluded.untagged, recorded_at = now() "
-            "WHERE thorbis.capture_rules.digest IS DISTINCT FROM excluded.digest",
+            "untagged = excluded.untagged, columns = excluded.columns, recorded_at = now() "
+            "WHERE thorbis.capture_rules.digest IS DISTINCT FROM excluded.digest "
+            "OR thorbis.capture_rules.columns IS NULL",
             [(r.name, r.digest, r.table, r.tenant_column, list(r.operations),
-              list(r.significant_columns), list(r.tags), list(r.untagged))
+              list(r.significant_columns), list(r.tags), list(r.untagged),
+              None if r.columns is None else list(r.columns))
              for r in records])
     return tuple(sorted(r.name for r in records if before.get(r.name) != r.digest))
 
@@ -177,10 +191,13 @@ async def recorded_rules(conn: asyncpg.Connection) -> list[RecordedRule]:
     """Every rule of the record, by name."""
     rows = await conn.fetch(
         "SELECT name, digest, table_name, tenant_column, operations, significant_columns, "
-        "tags, untagged FROM thorbis.capture_rules ORDER BY name")
+        "tags, untagged, to_jsonb(c) -> 'columns' AS columns "
+        "FROM thorbis.capture_rules c ORDER BY name")
     return [RecordedRule(r["name"], r["digest"], r["table_name"], r["tenant_column"],
                          tuple(r["operations"]), tuple(r["significant_columns"]),
-                         tuple(r["tags"]), tuple(r["untagged"])) for r in rows]
+                         tuple(r["tags"]), tuple(r["untagged"]),
+                         None if r["columns"] in (None, "null") else
+                         tuple(json.loads(r["columns"]))) for r in rows]
 
 
 def lacking(recorded: Sequence[RecordedRule], rules: Iterable[InvalidationRule],

@@ -42,7 +42,7 @@ from thorbis_cache.postgres.capture_ddl import (
 from thorbis_cache.postgres.connection import connect
 from thorbis_cache.postgres.ddl_locks import with_lock_retries
 from thorbis_cache.postgres.migrations import MigrationReport, migrate
-from thorbis_cache.postgres.rules_record import record_rules
+from thorbis_cache.postgres.rules_record import record_rules, recorded_rules
 from thorbis_cache.postgres.sql_apply import apply_and_check
 
 if TYPE_CHECKING:
@@ -205,8 +205,12 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
                 f"set up in this database and {refused}: a role that may drops it "
                 f"(thorbis-cache db init --capture triggers --slot "
                 f"{logical.slot.removeprefix('thorbis_')}), or keep logical capture")
+        # The record's rules these plugins lack: processes of another release, or
+        # with other plugins, may run them (all gone with prune: the record is exact).
+        mine = {rule.name for rule in rules}
+        others = [r for r in await recorded_rules(conn) if r.name not in mine]
         plans = await with_lock_retries(
-            conn, lambda: install_triggers(conn, rules, views),
+            conn, lambda: install_triggers(conn, rules, views, others),
             tables=[p.table for p in plan_tables(rules, views)],
             what="installing the capture triggers")
         uncaptured = await _uncapture(conn, [p.table for p in plans]) if prune else []

@@ -52,6 +52,7 @@ from thorbis_cache.postgres.capture_ddl import capture_partitions, record_captur
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.ddl_locks import bound_locks
 from thorbis_cache.postgres.outbox_images import Shape, register_shape, value_sql
+from thorbis_cache.postgres.rules_record import RecordedRule
 
 __all__ = [
     "CHANNEL", "KEY_TRIGGER", "TRIGGERS", "TRUNCATE_TRIGGER", "TablePlan", "capture_triggers",
@@ -120,13 +121,22 @@ SOURCE_TENANT_COLUMN = "tenant_id"
 
 
 def plan_tables(
-    rules: Iterable[InvalidationRule], views: Iterable[MaterializedView] = ()
+    rules: Iterable[InvalidationRule], views: Iterable[MaterializedView] = (),
+    recorded: Iterable[RecordedRule] = (),
 ) -> list[TablePlan]:
     """Group rules by table and work out what each trigger records; add a count-only
     plan for each source of ``views`` that no rule names.
 
+    :param recorded: rules of the record (``thorbis.capture_rules``) that ``rules``
+        do not have: the processes of another release may still run them, so the
+        trigger of a table ``rules`` name records what they need too (a setup only
+        adds; ``db init --prune`` forgets them). One whose tenant column differs from
+        the table's rules' is left out.
     :raises ConfigurationError: rules of one table disagree on the tenant column.
     """
+    others: dict[str, list[RecordedRule]] = defaultdict(list)
+    for other in recorded:
+        others[other.table].append(other)
     by_table: dict[str, list[InvalidationRule]] = defaultdict(list)
     for rule in rules:
         by_table[rule.table].append(rule)
@@ -143,18 +153,19 @@ def plan_tables(
             raise ConfigurationError(
                 f"rules of table {table!r} name different tenant columns: {names}"
             )
-        columns = set(tenants)
-        for rule in table_rules:
-            columns.update(rule.significant_columns)
-            columns.update(c for t in rule.targets for c in t.params.values())
-        operations = frozenset(op for r in table_rules for op in r.operations)
+        extra = [o for o in others[table] if o.tenant_column in tenants]
+        columns = set(tenants).union(*(r.columns_read() for r in table_rules),
+                                     *(o.columns_read() for o in extra))
+        operations = frozenset({op for r in table_rules for op in r.operations}
+                               | {Operation(op) for o in extra for op in o.operations})
         update_rules = [r for r in table_rules if Operation.UPDATE in r.operations]
-        if all(r.significant_columns for r in update_rules):
+        significant = [r.significant_columns for r in update_rules] + [
+            o.significant_columns for o in extra if Operation.UPDATE.value in o.operations]
+        if all(significant):
             # And the tenant: a row moved to another tenant left the first one's entries
             # stale whatever else it changed (a key without the tenant keeps the rows
             # paired).
-            update_filter = tuple(sorted({c for r in update_rules for c in r.significant_columns}
-                                         | tenants))
+            update_filter = tuple(sorted({c for s in significant for c in s} | tenants))
         else:
             update_filter = ()
         plans.append(TablePlan(table, tenants.pop(), tuple(sorted(columns)), operations,
@@ -405,7 +416,8 @@ def _always(table: str, trigger: str) -> str:
 
 
 async def install_triggers(conn: asyncpg.Connection, rules: Iterable[InvalidationRule],
-                           views: Iterable[MaterializedView] = ()) -> list[TablePlan]:
+                           views: Iterable[MaterializedView] = (),
+                           recorded: Iterable[RecordedRule] = ()) -> list[TablePlan]:
     """Install (or refresh) the capture trigger of every table the rules name, and a
     count-only trigger on every source of ``views`` no rule names.
 
@@ -416,6 +428,9 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
     :param rules: the invalidation rules (``PluginManager.all_rules()``).
     :param views: the materialized views whose smart refresh counts their sources'
         changes (``PluginManager.all_views()``).
+    :param recorded: rules of the record that ``rules`` lack, whose needs the triggers
+        keep recording (:func:`plan_tables`); a column of theirs the table no longer has
+        is left out.
     :returns: the installed plans.
     :raises ConfigurationError: a table is missing or has no primary key, or the rules of
         a table disagree on the tenant column.
@@ -423,7 +438,11 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
         :data:`~thorbis_cache.postgres.ddl_locks.LOCK_TIMEOUT` (nothing changed; see
         :func:`~thorbis_cache.postgres.ddl_locks.with_lock_retries`).
     """
-    plans = plan_tables(rules, views)
+    rules = list(rules)
+    views = list(views)
+    plans = plan_tables(rules, views, recorded)
+    own = {plan.table: plan for plan in plan_tables(rules, views)}
+    installed = []
     path = str(await conn.fetchval("SHOW search_path")).strip()
     search_path = f"{path}, pg_temp" if path and path != '""' else "pg_catalog, pg_temp"
     async with conn.transaction():
@@ -434,7 +453,7 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
                 raise ConfigurationError(f"cannot install capture trigger: table "
                                          f"{plan.table!r} does not exist")
             have = {r[0]: r[1] for r in await conn.fetch(_COLUMNS, plan.table)}
-            missing = [c for c in plan.columns if c not in have]
+            missing = [c for c in own[plan.table].columns if c not in have]
             if missing:
                 # PL/pgSQL binds columns at run time: a trigger naming a missing column
                 # would break every write of the host application, so refuse here.
@@ -442,6 +461,11 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
                     f"cannot install capture trigger on {plan.table!r}: the rules name "
                     f"columns it does not have: {', '.join(missing)}"
                 )
+            # A removed rule's column that a migration dropped since: not recorded.
+            plan = attrs.evolve(
+                plan, columns=tuple(c for c in plan.columns if c in have),
+                update_filter=tuple(c for c in plan.update_filter if c in have))
+            installed.append(plan)
             pk = [r[0] for r in await conn.fetch(PK_COLUMNS, plan.table)]
             if not pk:
                 raise ConfigurationError(
@@ -462,7 +486,7 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
                                   track_types=True, update_filter=plan.update_filter)
         # A statement naming a partition fires the partition's triggers only.
         await capture_partitions(conn, [plan.table for plan in plans])
-    return plans
+    return installed
 
 
 _CAPTURE_TRIGGERS = """
