@@ -28,7 +28,8 @@ import attrs
 
 from thorbis_cache.postgres.ddl_locks import bound_locks
 
-__all__ = ["EVENT_TRIGGER", "PARTITIONS_TRIGGER", "CaptureDrift", "capture_partitions",
+__all__ = ["EVENT_TRIGGER", "PARTITIONS_TRIGGER", "TRIGGERS_LOCK", "CaptureDrift",
+           "capture_partitions",
            "drifted_captures", "ensure_ddl_guard", "record_captured", "relid_of",
            "relids_of", "uncapture_others"]
 
@@ -56,6 +57,11 @@ ON CONFLICT (table_name) DO UPDATE SET
 """
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.capture_ddl'))"
+
+#: Held by every transaction that makes or drops capture triggers (``triggers.py``,
+#: the partitions' here): processes setting up one database at once take turns, so
+#: none fails on a trigger another one made.
+TRIGGERS_LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.triggers'))"
 
 #: The event trigger that keeps the partitions of each captured table captured (core
 #: 010): it fires after :data:`EVENT_TRIGGER` (event triggers fire in name order).
@@ -100,6 +106,7 @@ async def capture_partitions(conn: asyncpg.Connection, tables: Sequence[str]) ->
     :func:`record_captured`) the capture it needs: the table's own capture triggers, or
     under logical capture a TRUNCATE trigger; returns how many triggers were made."""
     async with conn.transaction():
+        await conn.execute(TRIGGERS_LOCK)
         await bound_locks(conn)
         return int(await conn.fetchval(
             "SELECT coalesce(sum(thorbis.capture_partition_triggers(c)), 0) "
@@ -130,7 +137,7 @@ async def uncapture_others(conn: asyncpg.Connection, keep: Sequence[str]) -> lis
     Without this a removed rule's table kept its triggers: every write of the host
     paid for an outbox row that no rule reads. Returns the tables, by name."""
     async with conn.transaction():
-        await conn.execute(_LOCK)
+        await conn.execute(TRIGGERS_LOCK)
         await bound_locks(conn)
         for name, table in await conn.fetch(_OTHERS_TRIGGERS, list(keep)):
             await conn.execute(f"DROP TRIGGER {name} ON {table}")

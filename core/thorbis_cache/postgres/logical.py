@@ -47,6 +47,7 @@ the slot is free (:class:`~thorbis_cache.invalidation.slot_reader.SlotReader`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -121,6 +122,10 @@ SELECT 'prepared transaction ' || quote_literal(gid), 'COMMIT PREPARED or ROLLBA
 FROM pg_catalog.pg_prepared_xacts WHERE database = current_database()
 ORDER BY since
 """
+
+# Held by the session that sets up a logical capture (LogicalCapture.ensure).
+_ENSURE_LOCK = "SELECT pg_advisory_lock(hashtext('thorbis_cache.logical'))"
+_ENSURE_UNLOCK = "SELECT pg_advisory_unlock(hashtext('thorbis_cache.logical'))"
 
 #: Whether this capture set the table's REPLICA IDENTITY FULL (core 011).
 _IDENTITY_SET = """
@@ -387,6 +392,23 @@ class LogicalCapture:
             raise ConfigurationError(f"logical capture needs wal_level=logical; the server "
                                      f"runs wal_level={level}")
         await self.check_role(conn)  # before anything is changed
+        # One process at a time: host processes starting together on a fresh database
+        # each found no publication and created one, and all but one failed ("already
+        # exists", "tuple concurrently updated"). A session lock, not a transaction's:
+        # creating the slot must not happen in a transaction that wrote, and it waits
+        # for every transaction holding an xid, which the waiters here do not hold.
+        await conn.execute(_ENSURE_LOCK)
+        try:
+            return await self._ensure(conn, strict=strict, prune=prune)
+        finally:
+            if not conn.is_closed():
+                # A connection broken meanwhile has let the lock go with it.
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError,
+                                         OSError):
+                    await conn.execute(_ENSURE_UNLOCK)
+
+    async def _ensure(self, conn: asyncpg.Connection, *, strict: bool,
+                      prune: bool) -> list[str]:
         changed: list[str] = []
         await self._load(conn, strict=strict)
         for table in self._tables.values():

@@ -48,7 +48,11 @@ import attrs
 
 from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView, Operation
-from thorbis_cache.postgres.capture_ddl import capture_partitions, record_captured
+from thorbis_cache.postgres.capture_ddl import (
+    TRIGGERS_LOCK,
+    capture_partitions,
+    record_captured,
+)
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.ddl_locks import bound_locks
 from thorbis_cache.postgres.outbox_images import Shape, register_shape, value_sql
@@ -68,7 +72,7 @@ SELECT attname::text, atttypid::regtype::text FROM pg_catalog.pg_attribute
 WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
 """
 
-_LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.triggers'))"
+_LOCK = TRIGGERS_LOCK
 
 
 
