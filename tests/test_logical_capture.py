@@ -854,3 +854,34 @@ async def test_a_role_without_replication_gets_triggers_or_a_clear_refusal(
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         await admin.execute(f"DROP ROLE {name}")
         await admin.close()
+
+
+async def test_a_server_without_a_free_replication_slot_is_said_before_anything_changes(
+) -> None:
+    """Found as a user would: on a server whose slots its standbys and other tools had
+    taken, ``db init --capture auto`` ended in PostgreSQL's traceback ("all replication
+    slots are in use"), after it had set the replica identities and made the
+    publication. ``auto`` now chooses triggers there and says why; ``logical`` refuses
+    in one line naming the slots, before anything is changed."""
+    with PostgresServer(settings={"max_replication_slots": "2"}) as server:
+        conn = await connect(server.dsn())
+        try:
+            for name in ("standby_a", "backup_tool"):
+                await conn.execute("SELECT pg_create_physical_replication_slot($1)", name)
+            out = await asyncio.to_thread(run_cli, "db", "init", "--dsn", server.dsn(),
+                                          "--plugin", "home_services", "--capture", "auto")
+            assert "capture: triggers (all 2 replication slots are in use" in out, out
+            assert "capture trigger on hs.customers" in out
+            refused = await asyncio.to_thread(
+                run_cli, "db", "init", "--dsn", server.dsn(), "--plugin", "home_services",
+                "--capture", "logical", code=1)
+            text = " ".join(refused.split())
+            assert "all 2 replication slots are in use" in text, text
+            assert "backup_tool (physical, not read)" in text, text
+            assert "Traceback" not in refused
+            assert not await conn.fetchval("SELECT count(*) FROM pg_publication")
+            assert await conn.fetchval(
+                "SELECT relreplident::text FROM pg_class WHERE oid = 'hs.work_orders'::regclass"
+            ) == "d"
+        finally:
+            await conn.close()

@@ -80,6 +80,7 @@ __all__ = [
     "SlotLostError",
     "logical_unavailable",
     "lsn_text",
+    "no_free_slot",
     "parse_lsn",
     "sync_standby_risk",
     "sync_standby_wildcard",
@@ -219,6 +220,9 @@ async def logical_unavailable(conn: asyncpg.Connection, dsn: str | None = None
     risk = await sync_standby_risk(conn)
     if risk is not None:
         return risk
+    full = await no_free_slot(conn)
+    if full is not None:
+        return full
     try:
         import psycopg  # noqa: F401 -- only whether the logical extra is installed
     except ImportError:
@@ -226,6 +230,33 @@ async def logical_unavailable(conn: asyncpg.Connection, dsn: str | None = None
     if dsn is not None:
         return await _replication_refused_at(dsn)
     return None
+
+
+_SLOTS_USED = """
+SELECT current_setting('max_replication_slots')::int AS most, count(s.*)::int AS used,
+       string_agg(s.slot_name || ' (' || s.slot_type
+                  || CASE WHEN s.active THEN ', read' ELSE ', not read' END
+                  || coalesce(', database ' || s.database, '') || ')', ', '
+                  ORDER BY s.slot_name) AS slots
+FROM pg_catalog.pg_replication_slots s
+"""
+
+
+async def no_free_slot(conn: asyncpg.Connection) -> str | None:
+    """Why no replication slot can be created on this server (every one of
+    ``max_replication_slots`` is taken, naming them), or None. Found as a user would:
+    ``db init`` on a server whose slots its standbys and other tools had taken ended in
+    PostgreSQL's traceback, after it had changed the replica identities and made the
+    publication."""
+    row = await conn.fetchrow(_SLOTS_USED)
+    if row["used"] < row["most"]:
+        return None
+    if row["most"] == 0:
+        return ("max_replication_slots is 0: set it above the number of slots the server's "
+                "standbys and tools use (a restart)")
+    return (f"all {row['most']} replication slots are in use (max_replication_slots = "
+            f"{row['most']}): {row['slots']}; drop one that nothing needs (SELECT "
+            "pg_drop_replication_slot('<name>')) or raise max_replication_slots (a restart)")
 
 
 async def _replication_refused_at(dsn: str) -> str | None:
@@ -392,6 +423,11 @@ class LogicalCapture:
             raise ConfigurationError(f"logical capture needs wal_level=logical; the server "
                                      f"runs wal_level={level}")
         await self.check_role(conn)  # before anything is changed
+        if not await self.slot_here(conn):
+            full = await no_free_slot(conn)
+            if full is not None:
+                raise ConfigurationError(f"logical capture {self.slot} needs a replication "
+                                         f"slot: {full}")
         # One process at a time: host processes starting together on a fresh database
         # each found no publication and created one, and all but one failed ("already
         # exists", "tuple concurrently updated"). A session lock, not a transaction's:

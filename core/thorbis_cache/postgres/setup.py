@@ -7,7 +7,8 @@
 In order: the core migrations (``sql/core``, versioned and checksummed), every loaded
 plugin's SQL and materialized views (checked against the database), then change capture:
 ``"auto"`` (the default: logical when the server allows it -- ``wal_level=logical``, a
-bounded ``max_slot_wal_keep_size``, psycopg installed -- else triggers, with the reason
+bounded ``max_slot_wal_keep_size``, a free replication slot, psycopg installed -- else
+triggers, with the reason
 in :attr:`DatabaseSetup.fallback`), the capture triggers generated from the rules
 (``"triggers"``; a slot of logical capture set up before is dropped once they are in
 place), or a publication and a logical replication slot (``"logical"``; the capture
