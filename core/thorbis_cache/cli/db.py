@@ -57,7 +57,8 @@ _CAPTURE = typer.Option(
     "--capture", help="triggers: capture triggers write thorbis.outbox; logical: a "
     "replication slot reads the WAL (wal_level=logical); auto (the default): db init picks "
     "logical when the server allows it (wal_level=logical, max_slot_wal_keep_size set, a "
-    "replication slot free, psycopg installed) and says why not otherwise; the worker follows whatever db init set up.")
+    "replication slot free, psycopg installed) and says why not otherwise; the worker follows "
+    "whatever db init set up.")
 _SLOT = typer.Option("--slot", help="Name of the logical capture (slot and publication "
                      "thorbis_<name>); one per worker group.")
 _PRUNE = typer.Option("--prune", help="Make the capture exactly the loaded plugins': take "
