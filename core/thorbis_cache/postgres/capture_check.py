@@ -31,15 +31,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from thorbis_cache.errors import CaptureNotInstalledError
 from thorbis_cache.plugins.declarations import InvalidationRule, Operation
-from thorbis_cache.postgres.capture_ddl import relids_of
+from thorbis_cache.postgres.capture_ddl import EVENT_BITS, relids_of
 
 if TYPE_CHECKING:
     from thorbis_cache.postgres.logical import LogicalCapture
 
 __all__ = ["capture_problems", "check_capture", "fix_command"]
 
-# pg_trigger.tgtype bits (catalog/pg_trigger.h): which events a trigger fires on.
-_EVENT_BITS = {Operation.INSERT: 4, Operation.DELETE: 8, Operation.UPDATE: 16}
 
 # Each table and each of its partitions (a statement naming a partition fires the
 # partition's triggers only), with the events their capture triggers fire on.
@@ -142,7 +140,7 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
             continue
         needed = {op for r in by_table[table] for op in r.operations}
         for name, bits in [("", events[relid]), *partitions[relid]]:
-            missing = sorted(op.value for op in needed if not bits & _EVENT_BITS[op])
+            missing = sorted(op.value for op in needed if not bits & EVENT_BITS[op])
             if missing:
                 what = "no capture trigger" if not bits else "no capture trigger for"
                 detail = "" if not bits else f" {', '.join(missing)}"

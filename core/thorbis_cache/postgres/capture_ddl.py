@@ -26,9 +26,11 @@ from collections.abc import Collection, Sequence
 import asyncpg
 import attrs
 
+from thorbis_cache.plugins.declarations import Operation
 from thorbis_cache.postgres.ddl_locks import bound_locks
 
-__all__ = ["EVENT_TRIGGER", "PARTITIONS_TRIGGER", "TRIGGERS_LOCK", "CaptureDrift",
+__all__ = ["EVENT_BITS", "EVENT_TRIGGER", "PARTITIONS_TRIGGER", "TRIGGERS_LOCK",
+           "TRUNCATE_BITS", "CaptureDrift",
            "capture_partitions",
            "drifted_captures", "ensure_ddl_guard", "record_captured", "relid_of",
            "relids_of", "uncapture_others"]
@@ -57,6 +59,11 @@ ON CONFLICT (table_name) DO UPDATE SET
 """
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.capture_ddl'))"
+
+#: ``pg_trigger.tgtype`` bits (PostgreSQL's ``catalog/pg_trigger.h``) of the events a
+#: trigger fires on; a statement-level AFTER trigger sets no other bit.
+EVENT_BITS = {Operation.INSERT: 4, Operation.DELETE: 8, Operation.UPDATE: 16}
+TRUNCATE_BITS = 32
 
 #: Held by every transaction that makes or drops capture triggers (``triggers.py``,
 #: the partitions' here): processes setting up one database at once take turns, so

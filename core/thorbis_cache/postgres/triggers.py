@@ -49,7 +49,9 @@ import attrs
 from thorbis_cache.errors import ConfigurationError
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView, Operation
 from thorbis_cache.postgres.capture_ddl import (
+    EVENT_BITS,
     TRIGGERS_LOCK,
+    TRUNCATE_BITS,
     capture_partitions,
     record_captured,
 )
@@ -333,8 +335,6 @@ class _Trigger:
                 + ", ".join(_literal(a) for a in self.args) + ")")
 
 
-_EVENT_BITS = {Operation.INSERT: 4, Operation.DELETE: 8, Operation.UPDATE: 16}
-_TRUNCATE_BITS = 32
 _TRANSITION = {Operation.INSERT: (None, "thorbis_new"),
                Operation.UPDATE: ("thorbis_old", "thorbis_new"),
                Operation.DELETE: ("thorbis_old", None)}
@@ -345,10 +345,10 @@ def _triggers(plan: TablePlan) -> list[_Trigger]:
     TRUNCATE trigger (one outbox row naming the table, which the worker plans for
     every tenant: a TRUNCATE removes every row without a row trigger)."""
     triggers = [
-        _Trigger(TRIGGERS[op], op.value, _EVENT_BITS[op], *_TRANSITION[op],
+        _Trigger(TRIGGERS[op], op.value, EVENT_BITS[op], *_TRANSITION[op],
                  plan.update_function_name if op is Operation.UPDATE else plan.function_name)
         for op in Operation if op in plan.operations]
-    triggers.append(_Trigger(TRUNCATE_TRIGGER, "TRUNCATE", _TRUNCATE_BITS, None, None,
+    triggers.append(_Trigger(TRUNCATE_TRIGGER, "TRUNCATE", TRUNCATE_BITS, None, None,
                              "thorbis.capture_truncate", (plan.table,)))
     return triggers
 
