@@ -135,3 +135,32 @@ async def test_the_sql_digest_follows_the_scripts_and_the_views() -> None:
     other = attrs.evolve(view, query=view.query.replace("SELECT", "SELECT DISTINCT", 1))
     assert sql_digest(attrs.evolve(plugin, views=(other, *plugin.views[1:]))) \
         != sql_digest(plugin)
+
+
+async def test_a_later_releases_sql_is_not_put_back_by_an_earlier_one(
+    triggers_env: Env,
+) -> None:
+    """A rolling deploy: the new release's db init applied its SQL (a view defined
+    otherwise), and a process of the earlier release starts again meanwhile (a crash,
+    a scale-up). It put its own view definition back, dropping the new release's view
+    under the new release's readers; now it leaves a later release's SQL alone."""
+    env = triggers_env
+    plugin = env.app.plugins.plugins["home_services"]
+    later = "99.0" if plugin.version is None else f"{plugin.version}.post1"
+    await env.conn.execute("UPDATE thorbis.plugin_sql SET digest = 'the new release', "
+                           "version = $1 WHERE plugin = 'home_services'", later)
+    await env.conn.execute("COMMENT ON MATERIALIZED VIEW hs.customer_summary IS "
+                           "'thorbis:definition=the-new-release'")
+    out = await asyncio.to_thread(env.db_init)
+    assert "SQL of a later release there, left alone (home_services)" in out, out
+    assert await env.conn.fetchval(
+        "SELECT obj_description('hs.customer_summary'::regclass, 'pg_class')"
+    ) == "thorbis:definition=the-new-release"
+    # Its own version (or an earlier one) recorded: applied as before.
+    await env.conn.execute("UPDATE thorbis.plugin_sql SET version = '0.0.1' "
+                           "WHERE plugin = 'home_services'")
+    out = await asyncio.to_thread(env.db_init)
+    assert "SQL applied (home_services)" in out, out
+    assert await env.conn.fetchval(
+        "SELECT obj_description('hs.customer_summary'::regclass, 'pg_class')"
+    ) != "thorbis:definition=the-new-release"

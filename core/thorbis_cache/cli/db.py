@@ -113,10 +113,12 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
         typer.echo(f"capture taken off {table}: no rule or view of these plugins reads it")
     if done.fallback:
         typer.echo(f"capture: triggers ({done.fallback})")
-    fresh = [p for p in done.plugins if p not in done.sql_unchanged]
+    fresh = [p for p in done.plugins if p not in done.sql_unchanged + done.sql_newer]
     said = ([f"SQL applied ({', '.join(fresh)})"] if fresh else []) + (
         [f"SQL unchanged, left alone ({', '.join(done.sql_unchanged)})"]
-        if done.sql_unchanged else [])
+        if done.sql_unchanged else []) + (
+        [f"SQL of a later release there, left alone ({', '.join(done.sql_newer)})"]
+        if done.sql_newer else [])
     applied = f"plugins {', '.join(done.plugins)}: {'; '.join(said)}" if done.plugins \
         else "plugins (none)"
     if done.sync_standby:

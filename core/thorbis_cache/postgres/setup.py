@@ -68,6 +68,8 @@ class DatabaseSetup:
     :ivar sql_unchanged: those whose SQL and views the database held as they are
         (recorded in ``thorbis.plugin_sql``): not applied again, so that nothing locked
         the host's tables (:func:`~thorbis_cache.postgres.sql_apply.apply_and_check`).
+    :ivar sql_newer: those whose SQL the database holds from a later release of their
+        distribution: left alone (a rolling deploy's earlier release starting again).
     :ivar capture: the capture installed, ``"triggers"`` or ``"logical"``.
     :ivar triggers: the capture trigger plans installed (triggers).
     :ivar slot: the replication slot (and publication) made ready (logical).
@@ -107,6 +109,7 @@ class DatabaseSetup:
     rules_recorded: tuple[str, ...] = ()
     uncaptured: tuple[str, ...] = ()
     sql_unchanged: tuple[str, ...] = ()
+    sql_newer: tuple[str, ...] = ()
 
 
 async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMode = "auto",
@@ -138,7 +141,8 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
                                  f"got {capture!r}")
     report = await migrate(dsn)
     loaded = list(plugins.plugins.values())
-    unchanged = await apply_and_check(dsn, loaded, reapply=reapply_sql)
+    held = await apply_and_check(dsn, loaded, reapply=reapply_sql)
+    unchanged, newer = held.unchanged, held.newer
     names = tuple(p.name for p in loaded)
     rules, views = plugins.all_rules(), plugins.all_views()
     conn = await connect(dsn, writes="installing change capture")
@@ -170,7 +174,8 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
                 await check_capture(conn, rules, logical, plugins=names)
                 return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                      kept=refused, sync_standby=risk,
-                                     rules_recorded=recorded, sql_unchanged=unchanged)
+                                     rules_recorded=recorded, sql_unchanged=unchanged,
+                                     sql_newer=newer)
             # Before anything is changed: the role, then the replication connection
             # (the worker's: where a slot exists, it reads it elsewhere already).
             await logical.check_role(conn)
@@ -194,7 +199,8 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                  replica_full=tuple(full), dropped=tuple(dropped),
                                  sync_standby=risk, rules_recorded=recorded,
-                                 uncaptured=tuple(uncaptured), sql_unchanged=unchanged)
+                                 uncaptured=tuple(uncaptured), sql_unchanged=unchanged,
+                                 sql_newer=newer)
         from thorbis_cache.postgres.triggers import install_triggers, plan_tables
 
         retiring = fallback is None and await logical.slot_here(conn)
@@ -227,7 +233,8 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
         await conn.close()
     return DatabaseSetup(report, names, "triggers", triggers=tuple(plans), fallback=fallback,
                          ddl_guard=guard, retired_slot=retired, rules_recorded=recorded,
-                         uncaptured=tuple(uncaptured), sql_unchanged=unchanged)
+                         uncaptured=tuple(uncaptured), sql_unchanged=unchanged,
+                         sql_newer=newer)
 
 
 async def _uncapture(conn: asyncpg.Connection, keep: list[str]) -> list[str]:

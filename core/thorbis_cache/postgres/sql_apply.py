@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import attrs
+from packaging.version import InvalidVersion, Version
 
 from thorbis_cache.errors import PluginLoadError, PluginProblem
 from thorbis_cache.postgres import connection
@@ -33,8 +35,8 @@ from thorbis_cache.postgres.ddl_locks import bound_locks, with_lock_retries
 if TYPE_CHECKING:
     from thorbis_cache.plugins.declarations import LoadedPlugin, MaterializedView
 
-__all__ = ["apply_and_check", "apply_plugin_sql", "check_rules_against_db", "split_sql",
-           "sql_digest"]
+__all__ = ["SqlApplied", "apply_and_check", "apply_plugin_sql", "check_rules_against_db",
+           "split_sql", "sql_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +354,7 @@ def sql_digest(plugin: LoadedPlugin) -> str:
 
 
 _RECORDED_SQL = """
-SELECT s.plugin, s.digest,
+SELECT s.plugin, s.digest, s.distribution, s.version,
        ARRAY(SELECT r FROM unnest(s.relations) AS r WHERE to_regclass(r) IS NULL) AS missing
 FROM thorbis.plugin_sql s WHERE s.plugin = ANY ($1::text[])
 """
@@ -383,30 +385,72 @@ def _schemas(plugin: LoadedPlugin) -> list[str]:
     return sorted({name.split(".", 1)[0] for name in names if "." in name})
 
 
-async def _unchanged(conn: Any, plugins: Sequence[LoadedPlugin]) -> set[str]:
-    """The names of ``plugins`` whose SQL the database holds as it is: recorded with the
-    same digest, every relation of their schemas recorded then still there, every view
-    with its definition's fingerprint. Nothing is recorded before core migration 012."""
+@attrs.frozen(slots=True)
+class SqlApplied:
+    """What :func:`apply_and_check` did with each plugin's SQL (names, in load order).
+
+    :ivar applied: applied (new, changed, or an object of it gone).
+    :ivar unchanged: held by the database as it is: left alone.
+    :ivar newer: the database holds another release's SQL of the plugin, of a later
+        version (a process of the earlier release starting during a rolling deploy):
+        left alone, so that it does not put its views back over the new release's.
+    """
+
+    applied: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    newer: tuple[str, ...] = ()
+
+
+def _later(recorded: str | None, mine: str | None) -> bool:
+    """Whether version ``recorded`` is later than ``mine`` (both PEP 440)."""
+    try:
+        return recorded is not None and mine is not None and Version(recorded) > Version(mine)
+    except InvalidVersion:
+        return False
+
+
+async def _held(conn: Any, plugins: Sequence[LoadedPlugin]) -> SqlApplied:
+    """Which of ``plugins``' SQL the database holds already (:class:`SqlApplied`, whose
+    ``applied`` is what is left to apply): recorded with the same digest, every
+    relation of their schemas recorded then still there, every view with its
+    definition's fingerprint; or recorded by a later version of the plugin's
+    distribution. Nothing is recorded before core migration 012."""
     if not await conn.fetchval("SELECT to_regclass('thorbis.plugin_sql') IS NOT NULL"):
-        return set()
+        return SqlApplied(applied=tuple(p.name for p in plugins))
     recorded = {r["plugin"]: r for r in await conn.fetch(_RECORDED_SQL,
                                                          [p.name for p in plugins])}
-    unchanged = set()
+    applied, unchanged, newer = [], [], []
     for plugin in plugins:
         found = recorded.get(plugin.name)
-        if found is None or found["digest"] != sql_digest(plugin):
-            continue
-        if found["missing"]:
+        if found is None:
+            applied.append(plugin.name)
+        elif found["digest"] != sql_digest(plugin):
+            if found["distribution"] == plugin.distribution and \
+                    _later(found["version"], plugin.version):
+                log.warning("plugin %s: the database holds the SQL of %s %s, a later "
+                            "release than this %s: left as it is (a process of the earlier "
+                            "release during a rolling deploy)", plugin.name,
+                            plugin.distribution, found["version"], plugin.version)
+                newer.append(plugin.name)
+            else:
+                applied.append(plugin.name)
+        elif found["missing"]:
             log.info("plugin %s: applying its SQL again, although it did not change: "
                      "%s no longer exist(s)", plugin.name, ", ".join(found["missing"]))
-            continue
-        for view in plugin.views:
-            row = await conn.fetchrow(_VIEW_COMMENT, view.name)
-            if row is None or row["kind"] != "m" or row["comment"] != view.definition_id:
-                break
+            applied.append(plugin.name)
+        elif await _views_as_declared(conn, plugin):
+            unchanged.append(plugin.name)
         else:
-            unchanged.add(plugin.name)
-    return unchanged
+            applied.append(plugin.name)
+    return SqlApplied(tuple(applied), tuple(unchanged), tuple(newer))
+
+
+async def _views_as_declared(conn: Any, plugin: LoadedPlugin) -> bool:
+    for view in plugin.views:
+        row = await conn.fetchrow(_VIEW_COMMENT, view.name)
+        if row is None or row["kind"] != "m" or row["comment"] != view.definition_id:
+            return False
+    return True
 
 
 async def _record(conn: Any, plugins: Sequence[LoadedPlugin]) -> None:
@@ -421,7 +465,7 @@ async def _record(conn: Any, plugins: Sequence[LoadedPlugin]) -> None:
 
 
 async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin], *,
-                          reapply: bool = False) -> tuple[str, ...]:
+                          reapply: bool = False) -> SqlApplied:
     """:func:`apply_plugin_sql` for the plugins whose SQL changed, then
     :func:`check_rules_against_db` for all of them, in one transaction.
 
@@ -435,9 +479,13 @@ async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin], *,
     (:mod:`~thorbis_cache.postgres.ddl_locks`), so that a host's transaction open on
     one of them never queues the host's other writes behind it.
 
+    A plugin recorded with another digest by a later version of its distribution is
+    left alone too: a process of the earlier release, starting during a rolling
+    deploy, would otherwise put its own views back over the new release's.
+
     :param reapply: apply every plugin's SQL, recorded or not (``db init
         --reapply-sql``: an object of a script was dropped by hand).
-    :returns: the names of the plugins whose SQL was left as it was, in load order.
+    :returns: which plugins' SQL was applied, and which left as it was.
     :raises PluginLoadError: the SQL failed to apply, or the checks found problems;
         nothing was committed.
     :raises TableLockedError: a table stayed locked by other sessions through every
@@ -455,15 +503,16 @@ async def apply_and_check(dsn: str, plugins: Sequence[LoadedPlugin], *,
 
 
 async def _apply_and_check(conn: asyncpg.Connection, plugins: Sequence[LoadedPlugin], *,
-                           reapply: bool) -> tuple[str, ...]:
+                           reapply: bool) -> SqlApplied:
     async with conn.transaction():
         await conn.execute(_APPLY_LOCK)  # another process's: waited for, unbounded
         await bound_locks(conn)
-        unchanged = set() if reapply else await _unchanged(conn, plugins)
-        changed = [p for p in plugins if p.name not in unchanged]
+        held = (SqlApplied(applied=tuple(p.name for p in plugins)) if reapply
+                else await _held(conn, plugins))
+        changed = [p for p in plugins if p.name in held.applied]
         await apply_plugin_sql(conn, changed)  # a savepoint per plugin
         problems = await check_rules_against_db(conn, plugins)
         if problems:
             raise PluginLoadError(problems)  # rolls the whole transaction back
         await _record(conn, [p for p in changed if p.sql or p.views])
-    return tuple(p.name for p in plugins if p.name in unchanged)
+    return held
