@@ -831,6 +831,12 @@ async def test_a_role_without_replication_gets_triggers_or_a_clear_refusal(
             assert f"logical capture thorbis_{name} kept as it was set up (role " \
                    f"{name!r} may not use replication slots" in kept, kept
             assert "capture trigger" not in kept
+            # Pruning changes the capture: refused by name, not skipped in silence.
+            pruned = await asyncio.to_thread(
+                run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services",
+                "--slot", name, "--prune", code=1)
+            assert f"--prune changes logical capture thorbis_{name}" in " ".join(
+                pruned.split()), pruned
             assert await conn.fetchval("SELECT count(*) FROM pg_trigger t JOIN pg_proc p "
                                        "ON p.oid = t.tgfoid WHERE p.proname LIKE "
                                        "'capture\\_%'") == 0

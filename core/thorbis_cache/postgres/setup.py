@@ -171,6 +171,11 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             risk = await sync_standby_risk(conn)
             refused = await replication_refused(conn) if existing else None
             if refused is not None:
+                if prune:
+                    # Found reading this path: it returned before pruning, in silence.
+                    raise ConfigurationError(
+                        f"--prune changes logical capture {logical.slot}, and {refused}: "
+                        "run it as a role that may (the one that set the capture up)")
                 await check_capture(conn, rules, logical, plugins=names)
                 return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                      kept=refused, sync_standby=risk,
