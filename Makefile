@@ -1,6 +1,7 @@
 # Developer and CI entry points. GNU make, bash.
 #
-#   make test      ruff + mypy + pytest (PYTEST_ARGS="-k foo -x" to narrow)
+#   make test      ruff + mypy + pytest on PYTEST_WORKERS processes (2; 0 runs it in this
+#                  one), PYTEST_ARGS="-k foo -x" to narrow
 #   make servers   locate (and, as root with apt, install) redis-server and PostgreSQL
 #   make demo      run the demo command
 #   make bench     run the hit-path benchmark
@@ -21,6 +22,8 @@ STAMP := $(VENV)/.installed
 # against the local core rather than a published one. Override to install a subset.
 PLUGINS ?= $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml examples/*/pyproject.toml))
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist), each with its own servers; whole files go to one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv servers test lint typecheck demo bench dist clean
 
@@ -44,7 +47,7 @@ typecheck: venv
 test: venv servers
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: venv servers
 	$(BIN)/thorbis-cache demo
