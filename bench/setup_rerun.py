@@ -45,18 +45,13 @@ from thorbis_cache.postgres.setup import setup_database
 from thorbis_cache.testing.servers import PostgresServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ha import machine  # a sibling script module, found through the line above
+# Sibling script modules, found through the line above: the capture benchmark's rows.
+from capture import CUSTOMERS_SQL
+from ha import machine
 
 CUSTOMERS = 2_000
 TENANT = "acme"
 WRITERS = 2
-CUSTOMERS_SQL = """
-INSERT INTO hs.customers (tenant_id, id, first_name, last_name, email, phone, customer_type,
-                          account_status, payment_status, longitude, latitude)
-SELECT $1, i, 'Ada', 'Lovelace', 'ada@example.com', 'p0', 'residential', 'active',
-       'current', -97.7, 30.2
-  FROM generate_series(1, $2::int) AS i
-"""
 UPDATE_SQL = "UPDATE hs.customers SET phone = $3 WHERE tenant_id = $1 AND id = $2"
 
 

@@ -40,6 +40,15 @@ class Env:
         key = CUSTOMER.key(tenant, customer_id=cid)
         return await self.app.cache.hash(key).get() is not None
 
+    async def drained(self, worker: OutboxWorker, cid: int, tenant: str = "acme") -> None:
+        """Cache customer ``cid``, update its phone, drain ``worker``: the entry must be
+        gone."""
+        await self.cache_customer(cid, tenant)
+        await self.conn.execute("UPDATE hs.customers SET phone = phone || '0' "
+                                "WHERE tenant_id = $1 AND id = $2", tenant, cid)
+        await worker.drain()
+        assert not await self.cached(cid, tenant), f"customer {cid} is still cached"
+
     async def invalidated(self, cid: int) -> None:
         """Cache customer ``cid`` of acme, update its row, and wait until a running
         worker has invalidated the entry."""

@@ -78,11 +78,7 @@ async def test_a_release_started_before_its_db_init_refuses_to_start(env: Env) -
     # The release's db init: the worker starts, and the edit is invalidated.
     await asyncio.to_thread(env.db_init)
     async with env.worker() as worker:
-        await env.cache_customer(1)
-        await env.conn.execute("UPDATE hs.customers SET phone = 'newer' "
-                               "WHERE tenant_id = 'acme' AND id = 1")
-        await worker.drain()
-        assert not await env.cached(1)
+        await env.drained(worker, 1)
 
 
 async def test_a_capture_set_up_for_more_rules_is_enough(env: Env) -> None:
@@ -107,11 +103,7 @@ async def test_a_release_that_removed_a_rule_keeps_its_capture_until_prune(
     # The earlier release's worker starts, and a phone edit is still captured.
     assert await capture_problems(env.conn, every) == []
     async with env.worker() as worker:
-        await env.cache_customer(1)
-        await env.conn.execute("UPDATE hs.customers SET phone = 'new' "
-                               "WHERE tenant_id = 'acme' AND id = 1")
-        await worker.drain()
-        assert not await env.cached(1)
+        await env.drained(worker, 1)
 
     # Once no process of it runs: --prune, and a phone edit costs the host nothing.
     await setup_database(env.dsn, release, capture="triggers", prune=True)
@@ -137,8 +129,4 @@ async def test_a_recorded_rules_column_that_a_migration_dropped_is_left_out(env:
               if p.table == "hs.customers"]
     assert "loyalty" not in plan.columns
     async with env.worker() as worker:
-        await env.cache_customer(2)
-        await env.conn.execute("UPDATE hs.customers SET phone = 'x' WHERE tenant_id = 'acme' "
-                               "AND id = 2")
-        await worker.drain()
-        assert not await env.cached(2)
+        await env.drained(worker, 2)
