@@ -47,7 +47,6 @@ the slot is free (:class:`~thorbis_cache.invalidation.slot_reader.SlotReader`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -124,9 +123,8 @@ FROM pg_catalog.pg_prepared_xacts WHERE database = current_database()
 ORDER BY since
 """
 
-# Held by the session that sets up a logical capture (LogicalCapture.ensure).
-_ENSURE_LOCK = "SELECT pg_advisory_lock(hashtext('thorbis_cache.logical'))"
-_ENSURE_UNLOCK = "SELECT pg_advisory_unlock(hashtext('thorbis_cache.logical'))"
+# Held by the transaction that makes or changes a logical capture's publication.
+_PUBLICATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('thorbis_cache.publication'))"
 
 #: Whether this capture set the table's REPLICA IDENTITY FULL (core 011).
 _IDENTITY_SET = """
@@ -428,23 +426,6 @@ class LogicalCapture:
             if full is not None:
                 raise ConfigurationError(f"logical capture {self.slot} needs a replication "
                                          f"slot: {full}")
-        # One process at a time: host processes starting together on a fresh database
-        # each found no publication and created one, and all but one failed ("already
-        # exists", "tuple concurrently updated"). A session lock, not a transaction's:
-        # creating the slot must not happen in a transaction that wrote, and it waits
-        # for every transaction holding an xid, which the waiters here do not hold.
-        await conn.execute(_ENSURE_LOCK)
-        try:
-            return await self._ensure(conn, strict=strict, prune=prune)
-        finally:
-            if not conn.is_closed():
-                # A connection broken meanwhile has let the lock go with it.
-                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError,
-                                         OSError):
-                    await conn.execute(_ENSURE_UNLOCK)
-
-    async def _ensure(self, conn: asyncpg.Connection, *, strict: bool,
-                      prune: bool) -> list[str]:
         changed: list[str] = []
         await self._load(conn, strict=strict)
         for table in self._tables.values():
@@ -461,10 +442,15 @@ class LogicalCapture:
                     await conn.fetchval(_IDENTITY_SET, table.plan.table):
                 await self._set_identity(conn, table, "DEFAULT")
         tables = ", ".join(self._tables[t].current for t in sorted(self._tables))
-        exists = await conn.fetchval("SELECT true FROM pg_publication WHERE pubname = $1",
-                                     self.publication)
         pub = quote_ident(self.publication)
         async with conn.transaction():
+            # Host processes starting together on a fresh database each found no
+            # publication and made one: all but one failed ("already exists", "tuple
+            # concurrently updated"). Looked for under a lock of this transaction (a
+            # session's would not survive a transaction pooler).
+            await conn.execute(_PUBLICATION_LOCK)
+            exists = await conn.fetchval(
+                "SELECT true FROM pg_publication WHERE pubname = $1", self.publication)
             # A publication's tables take a lock that writers pass, but that waits
             # behind a host's migration (and queues its own kind behind it).
             await bound_locks(conn)
@@ -483,12 +469,14 @@ class LogicalCapture:
             else:
                 await conn.execute(f"CREATE PUBLICATION {pub} FOR TABLE {tables} "
                                    f"WITH ({_PUBLICATION_OPTIONS})")
-        found = await conn.fetchrow(
-            "SELECT database, plugin, current_database() AS here FROM pg_replication_slots "
-            "WHERE slot_name = $1", self.slot)
+        slot = ("SELECT database, plugin, current_database() AS here FROM pg_replication_slots "
+                "WHERE slot_name = $1")
+        found = await conn.fetchrow(slot, self.slot)
         if found is None:
             await self._create_slot(conn)
-        elif (found["database"], found["plugin"]) != (found["here"], "pgoutput"):
+            found = await conn.fetchrow(slot, self.slot)  # or another process's, meanwhile
+        if found is not None and \
+                (found["database"], found["plugin"]) != (found["here"], "pgoutput"):
             # Slots are per server: another database's capture (or another tool) owns it.
             raise ConfigurationError(
                 f"replication slot {self.slot!r} exists for database {found['database']!r} "
@@ -518,6 +506,11 @@ class LogicalCapture:
                 await conn.execute("SELECT set_config('statement_timeout', '0', true)")
                 await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
                                    self.slot, timeout=SLOT_CREATE_TIMEOUT)
+        except asyncpg.DuplicateObjectError:
+            # Another process starting at the same time made it first: the caller
+            # checks it is this database's.
+            log.info("logical capture %s: the slot was made by another process meanwhile",
+                     self.slot)
         except TimeoutError:
             waits = await conn.fetch(_XID_HOLDERS)
             raise ConfigurationError(
