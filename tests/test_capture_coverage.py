@@ -13,7 +13,9 @@ stayed stale until its TTL, with nothing said anywhere.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import pytest
@@ -130,3 +132,29 @@ async def test_a_recorded_rules_column_that_a_migration_dropped_is_left_out(env:
     assert "loyalty" not in plan.columns
     async with env.worker() as worker:
         await env.drained(worker, 2)
+
+
+async def test_a_host_role_with_rights_on_its_own_tables_only_starts(env: Env) -> None:
+    """Found as a user would: a host application whose PostgreSQL role may only read
+    and write its own tables (least privilege: ``db init`` runs as another role) failed
+    to start with "permission denied for schema thorbis" once the check read the
+    triggers' filters. It checks what the catalogs show; the worker checks the rest."""
+    role = f"app_{uuid.uuid4().hex[:10]}"
+    await env.conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    try:
+        await env.conn.execute(f"GRANT USAGE ON SCHEMA hs TO {role}")
+        await env.conn.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA hs TO {role}")
+        parts = urlsplit(env.dsn)
+        dsn = urlunsplit(parts._replace(netloc=f"{role}:pw@{parts.hostname}:{parts.port}"))
+        app = CacheApp(env.redis_url, keyring=KeyRing.generate(), postgres_dsn=dsn)
+        await app.start(["home_services"])
+        await app.aclose()
+        # A table nothing captures is still refused: the catalogs show it.
+        await env.conn.execute("ALTER TABLE hs.customers DISABLE TRIGGER thorbis_capture_update")
+        app = CacheApp(env.redis_url, keyring=KeyRing.generate(), postgres_dsn=dsn)
+        with pytest.raises(CaptureNotInstalledError, match=r"hs\.customers"):
+            await app.start(["home_services"])
+    finally:
+        await env.conn.execute(f"DROP OWNED BY {role}")
+        await env.conn.execute(f"DROP ROLE {role}")

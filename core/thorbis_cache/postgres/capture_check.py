@@ -25,18 +25,21 @@ What counts as installed, per table some rule names:
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from thorbis_cache.errors import CaptureNotInstalledError
 from thorbis_cache.plugins.declarations import InvalidationRule, Operation
-from thorbis_cache.postgres.capture_ddl import EVENT_BITS, relids_of
+from thorbis_cache.postgres.capture_ddl import EVENT_BITS, captured_readable, relids_of
 
 if TYPE_CHECKING:
     from thorbis_cache.postgres.logical import LogicalCapture
 
 __all__ = ["capture_problems", "check_capture", "fix_command"]
+
+log = logging.getLogger(__name__)
 
 
 # Each table and each of its partitions (a statement naming a partition fires the
@@ -79,9 +82,24 @@ WHERE table_name = ANY ($1::text[]) AND update_filter IS NOT NULL
 # Before core 013 nothing says which UPDATEs the triggers record.
 _FILTER_RECORDED = """
 SELECT true FROM pg_catalog.pg_attribute
-WHERE attrelid = to_regclass('thorbis.captured_tables') AND attname = 'update_filter'
-  AND NOT attisdropped
+WHERE attrelid = $1 AND attname = 'update_filter' AND NOT attisdropped
 """
+
+
+async def _filters_readable(conn: Any) -> bool:
+    """Whether the triggers' filters are recorded and this role may read them. Found as
+    a user would: a host application whose role has rights on its own tables only (as
+    least privilege asks) failed to start with "permission denied for schema thorbis";
+    it checks what the catalogs show, and the worker, which reads the outbox, checks
+    the rest."""
+    if not await captured_readable(conn):
+        log.info("the capture check cannot read thorbis.captured_tables as this role "
+                 "(GRANT USAGE ON SCHEMA thorbis and SELECT ON thorbis.captured_tables to "
+                 "it for the full check): whether the capture triggers were made for "
+                 "these rules is checked by the worker")
+        return False
+    relid = await conn.fetchval("SELECT 'thorbis.captured_tables'::regclass::oid")
+    return bool(await conn.fetchval(_FILTER_RECORDED, relid))
 
 _SLOT = """
 SELECT true FROM pg_catalog.pg_replication_slots
@@ -147,7 +165,7 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
                 where = f"partition {name} has " if name else ""
                 problems.append(f"{table} (rules {_names(by_table[table])}): "
                                 f"{where}{what}{detail}")
-    if logical is None and await conn.fetchval(_FILTER_RECORDED):
+    if logical is None and await _filters_readable(conn):
         covered = [t for t in tables if relids[t] is not None and relids[t] not in published]
         for row in await conn.fetch(_RECORDED, covered):
             table = row["table_name"]

@@ -30,8 +30,7 @@ from thorbis_cache.plugins.declarations import Operation
 from thorbis_cache.postgres.ddl_locks import bound_locks
 
 __all__ = ["EVENT_BITS", "EVENT_TRIGGER", "PARTITIONS_TRIGGER", "TRIGGERS_LOCK",
-           "TRUNCATE_BITS", "CaptureDrift",
-           "capture_partitions",
+           "TRUNCATE_BITS", "CaptureDrift", "capture_partitions", "captured_readable",
            "drifted_captures", "ensure_ddl_guard", "record_captured", "relid_of",
            "relids_of", "uncapture_others"]
 
@@ -161,10 +160,24 @@ async def uncapture_others(conn: asyncpg.Connection, keep: Sequence[str]) -> lis
     return sorted(row["table_name"] for row in gone)
 
 
-async def _recorded(conn: asyncpg.Connection) -> bool:
+# The capture's record, where this role may read it (a host application's role with
+# rights on its own tables only may not: its checks do without).
+_READABLE = """
+SELECT c.oid FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'thorbis' AND c.relname = 'captured_tables'
+  AND has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')
+"""
+
+
+async def captured_readable(conn: asyncpg.Connection) -> bool:
     """Whether the database keeps the capture's record (a database set up by an
-    earlier release has none)."""
-    return bool(await conn.fetchval("SELECT to_regclass('thorbis.captured_tables')"))
+    earlier release has none) and this role may read it."""
+    return bool(await conn.fetchval(_READABLE))
+
+
+async def _recorded(conn: asyncpg.Connection) -> bool:
+    return await captured_readable(conn)
 
 
 async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
