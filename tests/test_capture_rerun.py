@@ -80,10 +80,21 @@ ORDER BY 1
 """
 
 
+_FUNCTIONS = """
+SELECT p.proname::text, p.xmin::text FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = 'thorbis' AND p.proname LIKE 'capture\\_%\\_\\_%' ORDER BY 1
+"""
+
+
 async def test_unchanged_sql_is_left_alone_and_a_changed_one_applied(triggers_env: Env) -> None:
     env = triggers_env
+    functions = await env.conn.fetch(_FUNCTIONS)
+    assert len(functions) >= 10
     out = await asyncio.to_thread(env.db_init)
     assert "SQL unchanged, left alone (home_services)" in out, out
+    # Nor are the capture functions written again (each session would compile them).
+    assert await env.conn.fetch(_FUNCTIONS) == functions
     # A new release of the plugin: its SQL's digest differs from the one recorded.
     await env.conn.execute("UPDATE thorbis.plugin_sql SET digest = 'an earlier release' "
                            "WHERE plugin = 'home_services'")

@@ -30,8 +30,9 @@ no other column. Its outbox rows plan no invalidation; the worker only counts th
 Installing is idempotent (``CREATE OR REPLACE FUNCTION``, ``DROP TRIGGER IF EXISTS`` +
 ``CREATE TRIGGER`` in one transaction) and drops the row-level ``thorbis_capture``
 trigger of earlier releases. A table whose capture triggers are in place, as the rules
-need them, keeps them: only their functions are replaced, which takes no lock on the
-table, so a setup with nothing to change never waits for the host's writers. It
+need them, keeps them, and a function whose body is the same is not replaced (which
+would take no lock on the table, but every session would compile it again): a setup
+with nothing to change never waits for the host's writers, and writes nothing. It
 records what each table's capture reads in ``thorbis.captured_tables``, which the event trigger of
 :mod:`~thorbis_cache.postgres.capture_ddl` checks every ``ALTER TABLE`` against: a
 migration that takes away a column the rules read gets a capture that reads rows by
@@ -40,6 +41,7 @@ name in place of these triggers, so that the host's writes never fail on it.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
@@ -282,9 +284,7 @@ def function_sql(plan: TablePlan, shape: Shape, types: Mapping[str, str],
     # own objects in the way; the columns' operators (an extension's, as citext's in
     # public) resolve as they did when the function was generated.
     definer = f"SECURITY DEFINER SET search_path = {search_path}"
-    function = f"""CREATE OR REPLACE FUNCTION {plan.function_name}() RETURNS trigger
-LANGUAGE plpgsql {definer} AS $capture$
-{header}
+    function = _generated(plan.function_name, definer, f"""{header}
 BEGIN
     IF TG_OP = 'INSERT' THEN
         {select('INSERT', 'n', None, 'n')} FROM thorbis_new n;
@@ -293,21 +293,20 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$capture$"""
+""")
     # PL/pgSQL plans the INSERT once per session and keeps the plan: planned for a
     # single-row UPDATE, the join is a nested loop, and a later 10,000-row UPDATE in the
     # same session ran it over 10,000 x 10,000 pairs (6.7 s instead of 0.14 s, measured).
     # With nested loops off the join is hashed (merge-joined at worst) whatever the size
     # the plan was made for; the setting is restored when the function returns.
-    update_function = f"""CREATE OR REPLACE FUNCTION {plan.update_function_name}()
-RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off {definer} AS $capture$
-{header}
+    update_function = _generated(plan.update_function_name,
+                                 f"SET enable_nestloop = off {definer}", f"""{header}
 -- Statement-level UPDATE: old and new rows paired by primary key.
 BEGIN
     {update};
     RETURN NULL;
 END
-$capture$"""
+""")
     return [function, update_function]
 
 
@@ -388,6 +387,32 @@ WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal
                        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
                        WHERE n.nspname = 'thorbis'))
 """
+
+
+def _generated(name: str, clauses: str, body: str) -> str:
+    """A capture function's ``CREATE OR REPLACE`` statement. Its body starts with its
+    clauses (settings, security), so that the body alone tells whether the function
+    in the database is this one (:func:`_function_in_place`)."""
+    return (f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger\n"
+            f"LANGUAGE plpgsql {clauses} AS $capture$\n-- {clauses}\n{body}$capture$")
+
+
+# The name and the body of a function made by _generated.
+_GENERATED = re.compile(r"CREATE OR REPLACE FUNCTION (?P<name>\S+)\(\).*?"
+                        r"\$capture\$(?P<body>.*)\$capture\$", re.DOTALL)
+
+
+async def _function_in_place(conn: asyncpg.Connection, statement: str) -> bool:
+    """Whether the function ``statement`` (of :func:`function_sql`) makes is there with
+    the same body, which starts with its clauses: then it is not replaced (every
+    session that runs a replaced function compiles it again, and the catalog row is
+    written for nothing)."""
+    found = _GENERATED.match(statement)
+    if found is None:
+        return False
+    return bool(await conn.fetchval(
+        "SELECT prosrc = $2 FROM pg_catalog.pg_proc WHERE oid = to_regprocedure($1)",
+        f"{found['name']}()", found["body"]))
 
 
 async def _triggers_in_place(conn: asyncpg.Connection, plan: TablePlan) -> bool:
@@ -477,7 +502,8 @@ async def install_triggers(conn: asyncpg.Connection, rules: Iterable[Invalidatio
                     "(the outbox identifies changed rows by it)"
                 )
             shape = await register_shape(conn, plan.table, pk, plan.columns, have)
-            statements = function_sql(plan, shape, have, search_path)
+            statements = [s for s in function_sql(plan, shape, have, search_path)
+                           if not await _function_in_place(conn, s)]
             if not await _triggers_in_place(conn, plan):
                 statements += table_trigger_sql(plan)
             statements.append(f"DROP FUNCTION IF EXISTS {plan.key_function_name}()")
