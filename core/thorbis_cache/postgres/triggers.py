@@ -32,7 +32,7 @@ Installing is idempotent (``CREATE OR REPLACE FUNCTION``, ``DROP TRIGGER IF EXIS
 trigger of earlier releases. A table whose capture triggers are in place, as the rules
 need them, keeps them, and a function whose body is the same is not replaced (which
 would take no lock on the table, but every session would compile it again): a setup
-with nothing to change never waits for the host's writers, and writes nothing. It
+with nothing to change never waits for the host's writers, and rewrites no function. It
 records what each table's capture reads in ``thorbis.captured_tables``, which the event trigger of
 :mod:`~thorbis_cache.postgres.capture_ddl` checks every ``ALTER TABLE`` against: a
 migration that takes away a column the rules read gets a capture that reads rows by
