@@ -429,7 +429,8 @@ async def _held(conn: Any, plugins: Sequence[LoadedPlugin]) -> SqlApplied:
                     _later(found["version"], plugin.version):
                 log.warning("plugin %s: the database holds the SQL of %s %s, a later "
                             "release than this %s: left as it is (a process of the earlier "
-                            "release during a rolling deploy)", plugin.name,
+                            "release during a rolling deploy; `db init --reapply-sql` "
+                            "applies this one regardless)", plugin.name,
                             plugin.distribution, found["version"], plugin.version)
                 newer.append(plugin.name)
             else:
