@@ -41,7 +41,7 @@ async def test_processes_starting_together_on_a_fresh_database_all_set_it_up(
     mode = "triggers" if capture == "triggers" else "logical"
     assert {s.capture for s in setups} == {mode}
     # One of them applied the plugins' SQL; the others found it applied.
-    assert sum(not s.sql_unchanged for s in setups) >= 1
+    assert sum(not s.sql.unchanged for s in setups) >= 1
     conn = await asyncpg.connect(thorbis_pg_dsn)
     try:
         slots = await conn.fetchval("SELECT count(*) FROM pg_replication_slots "

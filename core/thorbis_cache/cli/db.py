@@ -113,14 +113,14 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
         typer.echo(f"capture taken off {table}: no rule or view of these plugins reads it")
     if done.fallback:
         typer.echo(f"capture: triggers ({done.fallback})")
-    fresh = [p for p in done.plugins if p not in done.sql_unchanged + done.sql_newer]
+    fresh = [p for p in done.plugins if p in done.sql.applied]
     said = ([f"SQL applied ({', '.join(fresh)})"] if fresh else []) + (
-        [f"SQL unchanged, left alone ({', '.join(done.sql_unchanged)})"]
-        if done.sql_unchanged else []) + (
-        [f"SQL of a later release there, left alone ({', '.join(done.sql_newer)})"]
-        if done.sql_newer else [])
-    applied = f"plugins {', '.join(done.plugins)}: {'; '.join(said)}" if done.plugins \
-        else "plugins (none)"
+        [f"SQL unchanged, left alone ({', '.join(done.sql.unchanged)})"]
+        if done.sql.unchanged else []) + (
+        [f"SQL of a later release there, left alone ({', '.join(done.sql.newer)})"]
+        if done.sql.newer else [])
+    applied = f"plugins {', '.join(done.plugins)}: {'; '.join(said) or 'no SQL'}" \
+        if done.plugins else "plugins (none)"
     if done.sync_standby:
         typer.echo(f"warning: {done.sync_standby}", err=True)
     if done.rules_recorded:

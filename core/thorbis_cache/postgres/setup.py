@@ -44,7 +44,7 @@ from thorbis_cache.postgres.connection import connect
 from thorbis_cache.postgres.ddl_locks import with_lock_retries
 from thorbis_cache.postgres.migrations import MigrationReport, migrate
 from thorbis_cache.postgres.rules_record import record_rules, recorded_rules
-from thorbis_cache.postgres.sql_apply import apply_and_check
+from thorbis_cache.postgres.sql_apply import SqlApplied, apply_and_check
 
 if TYPE_CHECKING:
     import asyncpg
@@ -65,11 +65,11 @@ class DatabaseSetup:
 
     :ivar migrations: the core migrations applied and already there.
     :ivar plugins: the plugins set up, in load order.
-    :ivar sql_unchanged: those whose SQL and views the database held as they are
-        (recorded in ``thorbis.plugin_sql``): not applied again, so that nothing locked
-        the host's tables (:func:`~thorbis_cache.postgres.sql_apply.apply_and_check`).
-    :ivar sql_newer: those whose SQL the database holds from a later release of their
-        distribution: left alone (a rolling deploy's earlier release starting again).
+    :ivar sql: which plugins' SQL and views were applied, which the database held as
+        they are (recorded in ``thorbis.plugin_sql``: not applied again, so that nothing
+        locked the host's tables), and which it holds from a later release of their
+        distribution (left alone: a rolling deploy's earlier release starting again);
+        :func:`~thorbis_cache.postgres.sql_apply.apply_and_check`.
     :ivar capture: the capture installed, ``"triggers"`` or ``"logical"``.
     :ivar triggers: the capture trigger plans installed (triggers).
     :ivar slot: the replication slot (and publication) made ready (logical).
@@ -108,8 +108,7 @@ class DatabaseSetup:
     ddl_guard: str | None = None
     rules_recorded: tuple[str, ...] = ()
     uncaptured: tuple[str, ...] = ()
-    sql_unchanged: tuple[str, ...] = ()
-    sql_newer: tuple[str, ...] = ()
+    sql: SqlApplied = attrs.field(factory=SqlApplied)
 
 
 async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMode = "auto",
@@ -142,7 +141,6 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
     report = await migrate(dsn)
     loaded = list(plugins.plugins.values())
     held = await apply_and_check(dsn, loaded, reapply=reapply_sql)
-    unchanged, newer = held.unchanged, held.newer
     names = tuple(p.name for p in loaded)
     rules, views = plugins.all_rules(), plugins.all_views()
     conn = await connect(dsn, writes="installing change capture")
@@ -179,8 +177,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
                 await check_capture(conn, rules, logical, plugins=names)
                 return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                      kept=refused, sync_standby=risk,
-                                     rules_recorded=recorded, sql_unchanged=unchanged,
-                                     sql_newer=newer)
+                                     rules_recorded=recorded, sql=held)
             # Before anything is changed: the role, then the replication connection
             # (the worker's: where a slot exists, it reads it elsewhere already).
             await logical.check_role(conn)
@@ -204,8 +201,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                  replica_full=tuple(full), dropped=tuple(dropped),
                                  sync_standby=risk, rules_recorded=recorded,
-                                 uncaptured=tuple(uncaptured), sql_unchanged=unchanged,
-                                 sql_newer=newer)
+                                 uncaptured=tuple(uncaptured), sql=held)
         from thorbis_cache.postgres.triggers import install_triggers, plan_tables
 
         retiring = fallback is None and await logical.slot_here(conn)
@@ -238,8 +234,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
         await conn.close()
     return DatabaseSetup(report, names, "triggers", triggers=tuple(plans), fallback=fallback,
                          ddl_guard=guard, retired_slot=retired, rules_recorded=recorded,
-                         uncaptured=tuple(uncaptured), sql_unchanged=unchanged,
-                         sql_newer=newer)
+                         uncaptured=tuple(uncaptured), sql=held)
 
 
 async def _uncapture(conn: asyncpg.Connection, keep: list[str]) -> list[str]:

@@ -389,7 +389,8 @@ def _schemas(plugin: LoadedPlugin) -> list[str]:
 class SqlApplied:
     """What :func:`apply_and_check` did with each plugin's SQL (names, in load order).
 
-    :ivar applied: applied (new, changed, or an object of it gone).
+    :ivar applied: applied (new, changed, or an object of it gone); a plugin without
+        SQL or views is in no list.
     :ivar unchanged: held by the database as it is: left alone.
     :ivar newer: the database holds another release's SQL of the plugin, of a later
         version (a process of the earlier release starting during a rolling deploy):
@@ -415,6 +416,7 @@ async def _held(conn: Any, plugins: Sequence[LoadedPlugin]) -> SqlApplied:
     relation of their schemas recorded then still there, every view with its
     definition's fingerprint; or recorded by a later version of the plugin's
     distribution. Nothing is recorded before core migration 012."""
+    plugins = [p for p in plugins if p.sql or p.views]
     if not await conn.fetchval("SELECT to_regclass('thorbis.plugin_sql') IS NOT NULL"):
         return SqlApplied(applied=tuple(p.name for p in plugins))
     recorded = {r["plugin"]: r for r in await conn.fetch(_RECORDED_SQL,
@@ -508,12 +510,12 @@ async def _apply_and_check(conn: asyncpg.Connection, plugins: Sequence[LoadedPlu
     async with conn.transaction():
         await conn.execute(_APPLY_LOCK)  # another process's: waited for, unbounded
         await bound_locks(conn)
-        held = (SqlApplied(applied=tuple(p.name for p in plugins)) if reapply
-                else await _held(conn, plugins))
+        held = (SqlApplied(applied=tuple(p.name for p in plugins if p.sql or p.views))
+                if reapply else await _held(conn, plugins))
         changed = [p for p in plugins if p.name in held.applied]
         await apply_plugin_sql(conn, changed)  # a savepoint per plugin
         problems = await check_rules_against_db(conn, plugins)
         if problems:
             raise PluginLoadError(problems)  # rolls the whole transaction back
-        await _record(conn, [p for p in changed if p.sql or p.views])
+        await _record(conn, changed)
     return held
