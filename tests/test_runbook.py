@@ -27,6 +27,7 @@ from thorbis_home_services import loaders
 from thorbis_home_services.schemas import WORK_ORDER
 
 from thorbis_cache.observability import Exporter, HttpServer, MetricsApp
+from thorbis_cache.postgres.triggers import install_triggers
 from thorbis_cache.testing.binaries import find_postgres, find_redis
 from thorbis_cache.testing.servers import RedisSentinelGroup, free_port
 
@@ -92,6 +93,15 @@ async def _rename_a_watched_column(scene: Scene) -> None:
         "ALTER TABLE hs.customers RENAME COLUMN account_status TO account_state")
 
 
+async def _set_up_for_the_earlier_release(scene: Scene) -> None:
+    """The service areas' triggers as an earlier release's db init made them: its
+    rule watched the centre's latitude only."""
+    rule = next(r for r in scene.env.app.plugins.all_rules()
+                if r.name == "hs.service_area_centres")
+    await install_triggers(scene.env.conn,
+                           [attrs.evolve(rule, significant_columns=("center_latitude",))])
+
+
 STEPS = [
     # Stale value after a database write.
     Step("curl -s http://127.0.0.1:9464/health", 0, r'"outbox": \{[^}]*"backlog": 0'),
@@ -151,6 +161,11 @@ STEPS = [
     Step("psql \"$THORBIS_POSTGRES_DSN\" -c \"SELECT name, table_name, tags, untagged, "
          "recorded_at FROM thorbis.capture_rules ORDER BY recorded_at DESC, name\"", 0,
          r"hs\.customer_entity +\| hs\.customers +\| \{hs\.customers\} +\| \{\}"),
+    # A release refuses to start: triggers made for other rules.
+    Step("thorbis-cache health --redis-url \"$THORBIS_REDIS_URL\" --dsn "
+         "\"$THORBIS_POSTGRES_DSN\" --plugin home_services --json", 2,
+         r"rule hs\.service_area_centres needs UPDATEs of center_longitude",
+         _set_up_for_the_earlier_release),
     # Redis failover.
     Step("redis-cli -p 26379 sentinel get-master-addr-by-name thorbis", 0, "MASTER"),
     Step("redis-cli -p 26379 sentinel ckquorum thorbis", 0, r"OK 3 usable Sentinels"),
