@@ -113,8 +113,7 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
         typer.echo(f"capture taken off {table}: no rule or view of these plugins reads it")
     if done.fallback:
         typer.echo(f"capture: triggers ({done.fallback})")
-    fresh = [p for p in done.plugins if p in done.sql.applied]
-    said = ([f"SQL applied ({', '.join(fresh)})"] if fresh else []) + (
+    said = ([f"SQL applied ({', '.join(done.sql.applied)})"] if done.sql.applied else []) + (
         [f"SQL unchanged, left alone ({', '.join(done.sql.unchanged)})"]
         if done.sql.unchanged else []) + (
         [f"SQL of a later release there, left alone ({', '.join(done.sql.newer)})"]

@@ -81,8 +81,11 @@ WHERE table_name = ANY ($1::text[]) AND update_filter IS NOT NULL
 
 # Before core 013 nothing says which UPDATEs the triggers record.
 _FILTER_RECORDED = """
-SELECT true FROM pg_catalog.pg_attribute
-WHERE attrelid = $1 AND attname = 'update_filter' AND NOT attisdropped
+SELECT true FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'thorbis' AND c.relname = 'captured_tables'
+  AND a.attname = 'update_filter' AND NOT a.attisdropped
 """
 
 
@@ -98,8 +101,7 @@ async def _filters_readable(conn: Any) -> bool:
                  "it for the full check): whether the capture triggers were made for "
                  "these rules is checked by the worker")
         return False
-    relid = await conn.fetchval("SELECT 'thorbis.captured_tables'::regclass::oid")
-    return bool(await conn.fetchval(_FILTER_RECORDED, relid))
+    return bool(await conn.fetchval(_FILTER_RECORDED))
 
 _SLOT = """
 SELECT true FROM pg_catalog.pg_replication_slots

@@ -27,6 +27,7 @@ import asyncpg
 import attrs
 
 from thorbis_cache.plugins.declarations import Operation
+from thorbis_cache.postgres.catalog import table_readable
 from thorbis_cache.postgres.ddl_locks import bound_locks
 
 __all__ = ["EVENT_BITS", "EVENT_TRIGGER", "PARTITIONS_TRIGGER", "TRIGGERS_LOCK",
@@ -160,24 +161,11 @@ async def uncapture_others(conn: asyncpg.Connection, keep: Sequence[str]) -> lis
     return sorted(row["table_name"] for row in gone)
 
 
-# The capture's record, where this role may read it (a host application's role with
-# rights on its own tables only may not: its checks do without).
-_READABLE = """
-SELECT c.oid FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = 'thorbis' AND c.relname = 'captured_tables'
-  AND has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')
-"""
-
-
 async def captured_readable(conn: asyncpg.Connection) -> bool:
     """Whether the database keeps the capture's record (a database set up by an
-    earlier release has none) and this role may read it."""
-    return bool(await conn.fetchval(_READABLE))
-
-
-async def _recorded(conn: asyncpg.Connection) -> bool:
-    return await captured_readable(conn)
+    earlier release has none) and this role may read it (a host application's role
+    with rights on its own tables only may not: its checks do without)."""
+    return bool(await table_readable(conn, "thorbis", "captured_tables"))
 
 
 async def ensure_ddl_guard(conn: asyncpg.Connection) -> str | None:
@@ -233,7 +221,7 @@ class CaptureDrift:
 async def drifted_captures(conn: asyncpg.Connection) -> list[CaptureDrift]:
     """The captured tables a migration changed under their rules, by name; empty when
     none (or on a database set up by an earlier release)."""
-    if not await _recorded(conn):
+    if not await captured_readable(conn):
         return []
     rows = await conn.fetch(
         "SELECT table_name, incomplete, retyped, recreated FROM thorbis.captured_tables "
@@ -252,7 +240,7 @@ async def relids_of(conn: asyncpg.Connection, tables: Sequence[str]
         r[0]: r[1] for r in await conn.fetch(
             "SELECT t, to_regclass(t)::oid FROM unnest($1::text[]) AS t", list(tables))}
     missing = [t for t, oid in found.items() if oid is None]
-    if missing and await _recorded(conn):
+    if missing and await captured_readable(conn):
         found.update((r[0], r[1]) for r in await conn.fetch(
             "SELECT c.table_name, c.relid FROM thorbis.captured_tables c "
             "JOIN pg_catalog.pg_class r ON r.oid = c.relid WHERE c.table_name = ANY ($1)",

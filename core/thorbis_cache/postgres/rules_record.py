@@ -33,6 +33,7 @@ import attrs
 
 from thorbis_cache.errors import UnknownSchemaError
 from thorbis_cache.plugins.declarations import InvalidationRule, Operation, RuleTarget
+from thorbis_cache.postgres.catalog import table_readable
 
 if TYPE_CHECKING:
     import asyncpg
@@ -162,7 +163,7 @@ async def record_rules(conn: asyncpg.Connection, rules: Iterable[InvalidationRul
             "OR thorbis.capture_rules.columns IS NULL",
             [(r.name, r.digest, r.table, r.tenant_column, list(r.operations),
               list(r.significant_columns), list(r.tags), list(r.untagged),
-              None if r.columns is None else list(r.columns))
+              list(r.columns_read()))
              for r in records])
     return tuple(sorted(r.name for r in records if before.get(r.name) != r.digest))
 
@@ -177,9 +178,7 @@ FROM thorbis.capture_rules
 async def record_readable(conn: asyncpg.Connection) -> bool | None:
     """Whether this role may read the record: None when the database keeps none (one
     set up by an earlier release has none until ``db migrate``)."""
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        "SELECT has_table_privilege(t, 'SELECT') "
-        "FROM to_regclass('thorbis.capture_rules') AS t WHERE t IS NOT NULL")
+    return await table_readable(conn, "thorbis", "capture_rules")
 
 
 async def record_version(conn: asyncpg.Connection) -> str:

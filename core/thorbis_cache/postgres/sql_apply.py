@@ -225,7 +225,7 @@ async def _view_steps(conn: Any, view: MaterializedView) -> list[str]:
     """
     found = await conn.fetchrow(_VIEW_COMMENT, view.name)
     quoted = quote_qualified(view.name)
-    if found is not None and found["kind"] == "m" and found["comment"] == view.definition_id:
+    if _as_declared(found, view):
         return view.create_sql()  # all IF NOT EXISTS: nothing changes
     steps = []
     if found is not None and found["kind"] == "m":
@@ -238,6 +238,13 @@ async def _view_steps(conn: Any, view: MaterializedView) -> list[str]:
             "UPDATE thorbis.mv_state SET tags_pending = true "  # noqa: S608 -- quoted below
             f"WHERE view = '{view.name.replace(chr(39), chr(39) * 2)}'")
     return steps
+
+
+def _as_declared(found: Any, view: MaterializedView) -> bool:
+    """Whether ``found`` (a :data:`_VIEW_COMMENT` row, or None) is ``view`` as declared:
+    a materialized view carrying its definition's fingerprint."""
+    return found is not None and found["kind"] == "m" and \
+        found["comment"] == view.definition_id
 
 
 def _pg_message(exc: Any) -> str:
@@ -415,10 +422,7 @@ async def _held(conn: Any, plugins: Sequence[LoadedPlugin]) -> SqlApplied:
     ``applied`` is what is left to apply): recorded with the same digest, every
     relation of their schemas recorded then still there, every view with its
     definition's fingerprint; or recorded by a later version of the plugin's
-    distribution. Nothing is recorded before core migration 012."""
-    plugins = [p for p in plugins if p.sql or p.views]
-    if not await conn.fetchval("SELECT to_regclass('thorbis.plugin_sql') IS NOT NULL"):
-        return SqlApplied(applied=tuple(p.name for p in plugins))
+    distribution."""
     recorded = {r["plugin"]: r for r in await conn.fetch(_RECORDED_SQL,
                                                          [p.name for p in plugins])}
     applied, unchanged, newer = [], [], []
@@ -450,17 +454,13 @@ async def _held(conn: Any, plugins: Sequence[LoadedPlugin]) -> SqlApplied:
 
 async def _views_as_declared(conn: Any, plugin: LoadedPlugin) -> bool:
     for view in plugin.views:
-        row = await conn.fetchrow(_VIEW_COMMENT, view.name)
-        if row is None or row["kind"] != "m" or row["comment"] != view.definition_id:
+        if not _as_declared(await conn.fetchrow(_VIEW_COMMENT, view.name), view):
             return False
     return True
 
 
 async def _record(conn: Any, plugins: Sequence[LoadedPlugin]) -> None:
     """Record what ``plugins``' SQL, just applied, left in the database."""
-    if not plugins or not await conn.fetchval(
-            "SELECT to_regclass('thorbis.plugin_sql') IS NOT NULL"):
-        return
     for plugin in plugins:
         relations = await conn.fetchval(_SCHEMA_RELATIONS, _schemas(plugin))
         await conn.execute(_RECORD_SQL, plugin.name, sql_digest(plugin), plugin.distribution,
@@ -510,12 +510,17 @@ async def _apply_and_check(conn: asyncpg.Connection, plugins: Sequence[LoadedPlu
     async with conn.transaction():
         await conn.execute(_APPLY_LOCK)  # another process's: waited for, unbounded
         await bound_locks(conn)
-        held = (SqlApplied(applied=tuple(p.name for p in plugins if p.sql or p.views))
-                if reapply else await _held(conn, plugins))
-        changed = [p for p in plugins if p.name in held.applied]
+        having = [p for p in plugins if p.sql or p.views]
+        # Nothing is recorded before core migration 012 (or by a bare apply_and_check).
+        kept = bool(await conn.fetchval(
+            "SELECT to_regclass('thorbis.plugin_sql') IS NOT NULL"))
+        held = (await _held(conn, having) if kept and not reapply
+                else SqlApplied(applied=tuple(p.name for p in having)))
+        changed = [p for p in having if p.name in held.applied]
         await apply_plugin_sql(conn, changed)  # a savepoint per plugin
         problems = await check_rules_against_db(conn, plugins)
         if problems:
             raise PluginLoadError(problems)  # rolls the whole transaction back
-        await _record(conn, changed)
+        if kept:
+            await _record(conn, changed)
     return held
