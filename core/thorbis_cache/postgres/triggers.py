@@ -425,14 +425,15 @@ async def _triggers_in_place(conn: asyncpg.Connection, plan: TablePlan) -> bool:
     installed = await conn.fetch(_INSTALLED, plan.table, names)
     if {r["name"] for r in installed} != set(wanted):
         return False
+    functions = dict(await conn.fetch(
+        "SELECT f, to_regprocedure(f || '()')::oid FROM unnest($1::text[]) AS f",
+        sorted({t.function for t in wanted.values()})))
     for row in installed:
         want = wanted[row["name"]]
-        function = await conn.fetchval("SELECT to_regprocedure($1)::oid",
-                                       f"{want.function}()")
         args = tuple(a.decode() for a in bytes(row["args"]).split(b"\0")[:-1])
         if (row["bits"], row["enabled"], row["old"], row["new"], row["function"], args,
-                row["plain"]) != (want.bits, "A", want.old, want.new, function, want.args,
-                                  True):
+                row["plain"]) != (want.bits, "A", want.old, want.new,
+                                  functions[want.function], want.args, True):
             return False
     return True
 
