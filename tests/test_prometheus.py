@@ -41,7 +41,7 @@ def test_promtool_checks_and_unit_tests_the_alert_rules(
     checked = _promtool(prometheus_binaries, "check", "rules", ALERTS.name)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     names = alert_names()
-    assert len(names) == 11
+    assert len(names) == 12
     assert f"SUCCESS: {len(names)} rules found" in checked.stdout
     tested = _promtool(prometheus_binaries, "test", "rules", ALERTS_TEST.name)
     assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -73,7 +73,8 @@ class RedisStore:
         multiplexed: bool = True,
     ) -> None:
         self._client = client
-        self._hot = HotCommands(client, Router(client) if multiplexed else None)
+        router = Router(client) if multiplexed else None
+        self._hot = HotCommands(client, router)
         # Bound once: the hot path calls them without another attribute lookup.
         self._send = self._hot.send
         self._send_all = self._hot.send_all
@@ -87,7 +88,8 @@ class RedisStore:
         # Left on a loop that has stopped, to be let go of before the next call.
         self._left_behind = False
         self._loop_end = LoopEnd(self._let_go)
-        self._deadlines = CallDeadlines(timeout, on_new_loop=self._moved_from)
+        self._deadlines = CallDeadlines(timeout, on_new_loop=self._moved_from,
+                                        on_tick=router.sweep if router else None)
         self._gate = InFlightGate(max_in_flight)
         self.breaker = breaker or CircuitBreaker()
         self.address = address
@@ -150,6 +152,14 @@ class RedisStore:
         current master of a Sentinel group -- with the driver's silent retries off, so
         its owner notices a lost connection."""
         return dedicated_client_for(self._client, self.redis_address)
+
+    @property
+    def silent_servers(self) -> int:
+        """Times a server owed replies on the multiplexed connections for a call's
+        timeout and one watchdog tick without sending a byte, and was given up (see
+        :meth:`Router.sweep <thorbis_cache.transport.router.Router.sweep>`)."""
+        router = self._hot.router
+        return 0 if router is None else router.silent_found
 
     @property
     def timeout(self) -> float:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["CallDeadlines", "InFlightGate"]
+
+log = logging.getLogger(__name__)
 
 
 class CallDeadlines:
@@ -26,14 +29,18 @@ class CallDeadlines:
     The watchdog is a timer that sets itself again, not a task: nothing that cancels
     every task (a loop shutting down, a host's own clean-up) stops it, and one left on a
     loop closed without ceremony is dropped silently with it.
+
+    ``on_tick(now, silence)`` runs at every tick, calls in flight or not: the store's
+    router gives up there the servers that owed replies for ``silence`` seconds (a
+    call's timeout and one tick) without answering.
     """
 
-    __slots__ = ("_expired", "_inflight", "_interval", "_loop", "_on_new_loop", "_timer",
-                 "timeout")
+    __slots__ = ("_expired", "_inflight", "_interval", "_loop", "_on_new_loop", "_on_tick",
+                 "_timer", "timeout")
 
     def __init__(self, timeout: float, *,
-                 on_new_loop: Callable[[asyncio.AbstractEventLoop | None], None] | None = None
-                 ) -> None:
+                 on_new_loop: Callable[[asyncio.AbstractEventLoop | None], None] | None = None,
+                 on_tick: Callable[[float, float], None] | None = None) -> None:
         self.timeout = timeout
         self._interval = max(0.005, timeout / 4)
         self._inflight: dict[asyncio.Task[Any], float] = {}
@@ -41,6 +48,7 @@ class CallDeadlines:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_new_loop = on_new_loop
+        self._on_tick = on_tick
 
     def arm(self) -> asyncio.Task[Any]:
         """Register the current task's call; pair with :meth:`disarm` in ``finally``.
@@ -93,9 +101,14 @@ class CallDeadlines:
         loop = self._loop
         assert loop is not None
         self._timer = loop.call_later(self._interval, self._watch)
+        now = time.monotonic()
+        if self._on_tick is not None:
+            try:
+                self._on_tick(now, self.timeout + self._interval)
+            except Exception:  # the watchdog must keep running
+                log.exception("the store's watchdog tick failed")
         if not self._inflight:
             return
-        now = time.monotonic()
         for task, deadline in list(self._inflight.items()):
             if deadline <= now and task not in self._expired and not task.done():
                 self._expired.add(task)

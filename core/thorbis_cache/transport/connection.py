@@ -70,6 +70,10 @@ class MultiplexedConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._lost: BaseException | None = None
         self._closed: asyncio.Future[None] | None = None
+        #: reads from the socket so far: progress, as :meth:`owed_without_progress` sees it
+        self.received = 0
+        self._seen = 0
+        self._progress_at = 0.0
 
     @classmethod
     async def open(cls, host: str, port: int, *, unix_path: str | None = None,
@@ -145,6 +149,24 @@ class MultiplexedConnection(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         return future
 
+    def owed_without_progress(self, now: float, *, restart: bool = False) -> float:
+        """Seconds this connection has owed replies without reading a byte, as seen by
+        successive calls (one per watchdog tick): 0 when nothing is owed, or when
+        something arrived since the previous call, which starts the count again.
+
+        A server that stops answering but keeps its connections open (a hung or
+        stopped process, a host gone behind a partition, a middlebox dropping the
+        flow) is not reported lost by the kernel for many minutes; this is how the
+        router notices it (see :meth:`Router.sweep
+        <thorbis_cache.transport.router.Router.sweep>`). ``restart`` starts the count
+        again whatever happened (the calls were not made at every tick).
+        """
+        if restart or not self._waiters or self.received != self._seen:
+            self._seen = self.received
+            self._progress_at = now
+            return 0.0
+        return now - self._progress_at
+
     def close(self) -> None:
         """Close the connection; pending callers fail with a ConnectionError."""
         self._fail(rexc.ConnectionError(f"connection to {self.where} closed"))
@@ -161,6 +183,7 @@ class MultiplexedConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         waiters = self._waiters
+        self.received += 1
         reader.feed(data)
         while True:
             try:

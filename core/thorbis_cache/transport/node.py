@@ -55,6 +55,21 @@ class NodeConnections:
                 return connection
         return None
 
+    def silent(self, now: float, after: float | None) -> bool:
+        """True when one of the connections has owed replies for ``after`` seconds
+        without reading a byte (see
+        :meth:`~MultiplexedConnection.owed_without_progress`); called once per
+        watchdog tick, which is what the count is made of. ``after=None`` starts every
+        count again."""
+        found = False
+        for connection in self._slots:
+            if connection is None or not connection.usable:
+                continue
+            owed = connection.owed_without_progress(now, restart=after is None)
+            if after is not None and owed >= after:
+                found = True
+        return found
+
     async def connection(self) -> MultiplexedConnection:
         """A usable connection, opening one if none is."""
         found = self.ready()

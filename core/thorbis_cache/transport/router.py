@@ -12,7 +12,12 @@ master; the next call routes by the refreshed map.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
+import logging
 import ssl
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,6 +29,11 @@ from redis.crc import key_slot
 from thorbis_cache.transport.node import ConnectOptions, NodeConnections
 
 __all__ = ["Router", "connect_options"]
+
+log = logging.getLogger(__name__)
+
+#: seconds between two warnings about one silent server (each detection is counted)
+_WARN_EVERY = 30.0
 
 _SSL_FIELDS = ("keyfile", "certfile", "cert_reqs", "include_verify_flags",
                "exclude_verify_flags", "ca_certs", "ca_data", "ca_path", "check_hostname",
@@ -86,6 +96,12 @@ class Router:
             self._single = self._node(str(pool.connection_kwargs.get("host", "localhost")),
                                       int(pool.connection_kwargs.get("port", 6379)))
         self._master: NodeConnections | None = None
+        #: servers found silent (replies owed, nothing read for a call's timeout): each
+        #: time, their connections were closed and the topology asked for again
+        self.silent_found = 0
+        self._warned: dict[tuple[str, int], float] = {}
+        self._swept_at: float | None = None
+        self._remap: asyncio.Task[None] | None = None
 
     def _node(self, host: str, port: int) -> NodeConnections:
         node = self._nodes.get((host, port))
@@ -121,9 +137,70 @@ class Router:
         if node is self._master:
             self._master = None
 
+    def sweep(self, now: float, silence: float) -> None:
+        """Give up the servers that have owed replies for ``silence`` seconds without
+        sending a byte; called at every tick of the store's deadline watchdog.
+
+        The kernel reports a connection lost when its peer closes it, not when the
+        peer stops answering: a hung or stopped process, a host gone behind a
+        partition, a middlebox that dropped the flow leave it open for many minutes,
+        and every call routed there would time out until then, long after Sentinel or
+        the Cluster promoted a replica. Such a server's connections are closed (the
+        calls still waiting fail over to redis-py, as for a lost connection), the
+        sentinels are asked for the master again at the next call, and a Cluster's
+        slot map is refreshed from the other nodes. Ticks that stopped for a while
+        (the loop blocked, or no tick yet) only start the counts again.
+        """
+        previous, self._swept_at = self._swept_at, now
+        if previous is None or now - previous > silence / 2:
+            for node in self._nodes.values():
+                node.silent(now, None)
+            return
+        for node in list(self._nodes.values()):
+            if node.silent(now, silence):
+                self._given_up(node, silence)
+
+    def _given_up(self, node: NodeConnections, silence: float) -> None:
+        self.silent_found += 1
+        where = (node.host, node.port)
+        now = time.monotonic()
+        if now - self._warned.get(where, -_WARN_EVERY) >= _WARN_EVERY:
+            self._warned[where] = now
+            log.warning(
+                "redis %s:%s owed replies for over %gs without sending a byte: its "
+                "connections are closed and %s", node.host, node.port, silence,
+                "the cluster's slot map is asked for again" if self._cluster is not None
+                else "the sentinels are asked for the master again"
+                if self._sentinel is not None else "opened again at the next call")
+        self.stale(node)
+        if self._cluster is not None and (self._remap is None or self._remap.done()):
+            self._remap = asyncio.get_running_loop().create_task(
+                self._refresh_slot_map(self._cluster, f"{node.host}:{node.port}"))
+
+    async def _refresh_slot_map(self, cluster: RedisCluster, failed: str) -> None:
+        """Ask the other nodes for the slot map, ``failed`` last (a silent node would
+        hold the refresh until its bound), within the connect timeout twice over."""
+        manager = cluster.nodes_manager
+        options: dict[str, Any] = {}
+        if "last_failed_node_name" in inspect.signature(manager.initialize).parameters:
+            options["last_failed_node_name"] = failed
+        try:
+            async with asyncio.timeout(2 * self._options.connect_timeout):
+                await manager.initialize(**options)
+        except Exception as exc:  # the next silent tick asks again
+            log.info("the cluster's slot map could not be refreshed after %s fell "
+                     "silent: %r", failed, exc)
+
     async def aclose(self) -> None:
         """Close every multiplexed connection and wait for the sockets to be closed
         (connections of a loop that has stopped are shut down, without waiting)."""
+        remap, self._remap = self._remap, None
+        if remap is not None and not remap.done() and remap.get_loop().is_running():
+            remap.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                if remap.get_loop() is asyncio.get_running_loop():
+                    await remap
+        self._swept_at = None
         closed = [c for node in self._nodes.values() for c in node.close()]
         self._master = None
         for connection in closed:
