@@ -19,6 +19,8 @@ import attrs
 import pytest
 import redis
 import redis.asyncio as aioredis
+from test_invalidation_proof import fill_customers, open_hs
+from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.errors import RedisUnavailableError
@@ -102,6 +104,39 @@ async def test_a_silent_master_is_given_up_once_a_replica_is_promoted(
             await asyncio.sleep(0.05)
         assert await cache.get(key) == "after"
         assert cache.store.silent_servers >= 1
+
+
+@pytest.mark.slow
+async def test_the_worker_applies_a_change_once_a_silent_master_is_replaced(
+        silent: Silent, thorbis_pg_dsn: str) -> None:
+    """The worker's batch meets the frozen master (its UNLINK, its WAIT), is rolled
+    back, and is applied on the promoted replica, which still holds the entry."""
+    hs = await open_hs(thorbis_pg_dsn, silent.url, 1)
+    try:
+        cache = hs.app.cache
+        worker = hs.worker()
+        await worker.drain()
+        await fill_customers(hs, range(1, 2))
+        key = cache.redis_key(CUSTOMER.key("acme", customer_id=1))
+        await cache.store.sync_replicas(cache.sync_key("acme"))
+        frozen = silent.freeze_master(key)
+        await hs.conn.execute("UPDATE hs.customers SET account_status = 'vip' WHERE id = 1")
+        silent.wait_failover(frozen)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                applied = await worker.drain()
+                if sum(len(r.processed) for r in applied):
+                    break
+            except RedisUnavailableError:
+                pass
+            assert time.monotonic() < deadline, "the change was not applied within 20 s"
+            await asyncio.sleep(0.05)
+        assert await cache.store.command("EXISTS", key) == 0
+        assert await hs.pending() == 0
+    finally:
+        await hs.conn.close()
+        await hs.app.aclose()
 
 
 @contextlib.contextmanager
