@@ -145,7 +145,8 @@ class StructureFills:
             # with no member) goes through struct_read, which tells them apart and takes
             # the lease. (XFetch needs the remaining TTL: those schemas use the script.)
             try:
-                reply = await cache.store.command(spec.command[0], rk, *spec.command[1:])
+                reply = await cache.store.command(spec.command[0], rk, *spec.command[1:],
+                                                  route=rk)
             except WrongRedisTypeError:
                 reply = None
             except RedisUnavailableError as exc:

@@ -514,7 +514,7 @@ async def _read(cache: CacheCore, *args: Any) -> Any:
     """One read command on a structure; None when a string stands at the key (a
     read-through's marker of an empty set or an absent row, or foreign data)."""
     try:
-        return await cache.store.command(*args)
+        return await cache.store.command(*args, route=args[1])
     except WrongRedisTypeError:
         return None
 

@@ -13,11 +13,19 @@ its failure opens it again for another cooldown.
 
 The state is a few plain attributes checked with one comparison on the hot path; it is
 local to one store (one process), like the connections it protects.
+
+On a Cluster, one master out of reach is one shard out of reach: Redis keeps serving the
+others, and so must the store. :class:`Breakers` gives each master its own breaker for
+the calls of one hash slot (every call of one tenant), so that a shard's failures refuse
+only that shard's calls; the store's own breaker is for the calls that span several
+slots or name no key.
 """
 
 from __future__ import annotations
 
-__all__ = ["CircuitBreaker"]
+from collections.abc import Callable
+
+__all__ = ["Breakers", "CircuitBreaker"]
 
 
 class CircuitBreaker:
@@ -89,3 +97,73 @@ class CircuitBreaker:
         wait = max(0.0, self.open_until - now)
         return (f"circuit open after {self.failures} consecutive failure(s); next probe in "
                 f"{wait:.2f}s")
+
+
+class Breakers:
+    """The breakers a store's calls answer to (see the module docstring).
+
+    :param main: the store's breaker: every call's on a single server or a Sentinel
+        group; on a Cluster, the calls that span several slots or name no key.
+    :param node_of: on a Cluster, the name of the master serving a key (it may raise
+        while no master serves the key's slot: the call then answers to ``main``).
+    """
+
+    __slots__ = ("_by_node", "_node_of", "alarmed", "main")
+
+    def __init__(self, main: CircuitBreaker,
+                 node_of: Callable[[str], str] | None = None) -> None:
+        self.main = main
+        self._node_of = node_of
+        self._by_node: dict[str, CircuitBreaker] = {}
+        #: the breakers that are not closed (failures counted, open, or probing), by
+        #: name ("" for ``main``): empty in the steady state, which is all the hot path
+        #: looks at
+        self.alarmed: dict[str, CircuitBreaker] = {}
+
+    def _of(self, route: str | None) -> tuple[str, CircuitBreaker]:
+        if route is None or self._node_of is None:
+            return "", self.main
+        try:
+            name = self._node_of(route)
+        except Exception:  # no master serves the slot now: a failover in progress
+            return "", self.main
+        breaker = self._by_node.get(name)
+        if breaker is None:
+            main = self.main
+            breaker = self._by_node[name] = CircuitBreaker(main.failure_threshold,
+                                                           main.cooldown)
+        return name, breaker
+
+    def refusal(self, route: str | None, now: float) -> str | None:
+        """Why a call routed by ``route`` (None: several slots, or no key) is refused at
+        ``now``, or None when it may go (perhaps as its breaker's probe)."""
+        name, breaker = self._of(route)
+        if breaker.allow(now):
+            return None
+        return breaker.describe(now) + (f" on master {name}" if name else "")
+
+    def success(self, route: str | None) -> None:
+        """A call routed by ``route`` got its reply."""
+        name, breaker = self._of(route)
+        breaker.success()
+        self.alarmed.pop(name, None)
+
+    def failure(self, route: str | None, now: float) -> None:
+        """A call routed by ``route`` found its server unavailable."""
+        name, breaker = self._of(route)
+        breaker.failure(now)
+        self.alarmed[name] = breaker
+
+    def abandoned(self, route: str | None) -> None:
+        """A call routed by ``route`` was cancelled by its caller."""
+        self._of(route)[1].abandoned()
+
+    def close_all(self) -> None:
+        """Every server answered (a PING of each master): close every breaker."""
+        for breaker in self.every().values():
+            breaker.success()
+        self.alarmed.clear()
+
+    def every(self) -> dict[str, CircuitBreaker]:
+        """Every breaker by name: ``""`` for ``main``, then the masters' by node name."""
+        return {"": self.main, **self._by_node}

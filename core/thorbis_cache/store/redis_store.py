@@ -26,7 +26,7 @@ from thorbis_cache.errors import (
     RedisUnavailableError,
     WrongRedisTypeError,
 )
-from thorbis_cache.store.circuit import CircuitBreaker
+from thorbis_cache.store.circuit import Breakers, CircuitBreaker
 from thorbis_cache.store.clients import client_for, dedicated_client_for
 from thorbis_cache.store.event_loops import LoopEnd, refuse_if_still_running, release_connections
 from thorbis_cache.store.hot_commands import HotCommands
@@ -54,7 +54,9 @@ class RedisStore:
     :param max_in_flight: calls sent at once; more wait their turn instead of failing.
         Must not exceed the client's pool size (per node on a Cluster).
     :param breaker: fails calls fast while Redis is down (see :mod:`.circuit`); a
-        breaker opening after 3 consecutive failures for 0.2 s by default.
+        breaker opening after 3 consecutive failures for 0.2 s by default. On a
+        Cluster it answers for the calls that span several slots; each master gets a
+        breaker of the same settings for the calls of one slot (:attr:`breakers`).
     :param multiplexed: send GET, MGET, SET and scripts over a few shared, pipelined
         connections per server (:mod:`thorbis_cache.transport`) rather than one
         redis-py connection per call in flight. Topology, pub/sub and every other
@@ -92,6 +94,10 @@ class RedisStore:
                                         on_tick=router.sweep if router else None)
         self._gate = InFlightGate(max_in_flight)
         self.breaker = breaker or CircuitBreaker()
+        #: every breaker of the store (see :class:`~.circuit.Breakers`)
+        self.breakers = Breakers(self.breaker, self._master_name if self._cluster else None)
+        # Empty while every breaker is closed: all the hot path looks at.
+        self._alarmed = self.breakers.alarmed
         self.address = address
         #: the parsed URL when built by :meth:`from_url`
         self.redis_address: RedisAddress | None = None
@@ -193,7 +199,22 @@ class RedisStore:
 
     # ----------------------------------------------------------------- error seam
 
-    def _fail(self, operation: str, exc: BaseException) -> CacheBackendError:
+    def _master_name(self, key: str) -> str:
+        """The Cluster master serving ``key``, as the slot map says now."""
+        assert isinstance(self._client, RedisCluster)
+        return str(self._client.nodes_manager.get_node_from_slot(key_slot(key.encode())).name)
+
+    def _route_of(self, keys: Sequence[str]) -> str | None:
+        """The key a call of ``keys`` answers to its breaker by: the first one, unless
+        they span several hash slots of a Cluster (None: the store's own breaker)."""
+        first = keys[0]
+        if not self._cluster or len(keys) == 1:
+            return first
+        slot = key_slot(first.encode())
+        return first if all(key_slot(k.encode()) == slot for k in keys) else None
+
+    def _fail(self, operation: str, exc: BaseException,
+              route: str | None = None) -> CacheBackendError:
         # CLUSTERDOWN / MASTERDOWN / TRYAGAIN are replies, but they say the server cannot
         # serve now (a Cluster converging after a failover or a repair), not that the
         # command is wrong: unavailability, which the worker waits out without blaming
@@ -204,17 +225,17 @@ class RedisStore:
             return RedisUnavailableError(operation, self.address, _describe(exc))
         if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError
                       | rexc.RedisClusterException | rexc.ClusterDownError):
-            self.breaker.failure(time.monotonic())
+            self.breakers.failure(route, time.monotonic())
             return RedisUnavailableError(operation, self.address, _describe(exc))
-        if self.breaker.failures:  # an error reply: the server is there
-            self.breaker.success()
+        if self._alarmed:  # an error reply: the server is there
+            self.breakers.success(route)
         if isinstance(exc, rexc.OutOfMemoryError):
             return RedisOutOfMemoryError(operation, self.address, _describe(exc))
         if isinstance(exc, rexc.ResponseError) and str(exc).startswith("WRONGTYPE"):
             return WrongRedisTypeError(operation, self.address, _describe(exc))
         return CacheBackendError(operation, self.address, _describe(exc))
 
-    def _timed_out(self, operation: str) -> RedisUnavailableError:
+    def _timed_out(self, operation: str, route: str | None = None) -> RedisUnavailableError:
         task = asyncio.current_task()
         if task is not None and task in self._hot.migrating:
             # Waiting for a slot being moved (TRYAGAIN), not for a server that is gone.
@@ -222,24 +243,24 @@ class RedisStore:
             return RedisUnavailableError(
                 operation, self.address, f"its keys' slot was still being moved (TRYAGAIN) "
                 f"after {self._deadlines.timeout}s")
-        self.breaker.failure(time.monotonic())
+        self.breakers.failure(route, time.monotonic())
         return RedisUnavailableError(
             operation, self.address, f"no reply within {self._deadlines.timeout}s"
         )
 
-    def _refuse(self, operation: str) -> None:
-        """Raise at once while the breaker is open (called before a call is armed: our
-        own error must not be taken for the driver's)."""
-        now = time.monotonic()
-        if not self.breaker.allow(now):
-            raise RedisUnavailableError(operation, self.address, self.breaker.describe(now))
+    def _refuse(self, operation: str, route: str | None = None) -> None:
+        """Raise at once while the call's breaker is open (called before a call is
+        armed: our own error must not be taken for the driver's)."""
+        refusal = self.breakers.refusal(route, time.monotonic())
+        if refusal is not None:
+            raise RedisUnavailableError(operation, self.address, refusal)
 
-    def _abandoned(self, task: asyncio.Task[Any]) -> bool:
+    def _abandoned(self, task: asyncio.Task[Any], route: str | None = None) -> bool:
         """After a CancelledError: True when the deadline cancelled the call; else the
         caller did, and a probe it carried is given back."""
         if self._deadlines.expired(task):
             return True
-        self.breaker.abandoned()
+        self.breakers.abandoned(route)
         self._hot.migrating.discard(task)  # a later call's timeout is its own
         return False
 
@@ -286,10 +307,11 @@ class RedisStore:
             await gate.wait()
 
     @contextlib.asynccontextmanager
-    async def _call(self, operation: str) -> AsyncIterator[None]:
-        """Deadline, breaker and error translation for the calls off the hot path."""
-        if self.breaker.open_until:
-            self._refuse(operation)
+    async def _call(self, operation: str, route: str | None = None) -> AsyncIterator[None]:
+        """Deadline, breaker and error translation for the calls off the hot path;
+        ``route``: the key of a call of one slot (its master's breaker on a Cluster)."""
+        if self._alarmed:
+            self._refuse(operation, route)
         task = self._deadlines.arm()
         try:
             await self._enter()
@@ -297,14 +319,14 @@ class RedisStore:
                 yield
             finally:
                 self._gate.release()
-            if self.breaker.failures:
-                self.breaker.success()
+            if self._alarmed:
+                self.breakers.success(route)
         except asyncio.CancelledError:
-            if not self._abandoned(task):
+            if not self._abandoned(task, route):
                 raise
-            raise self._timed_out(operation) from None
+            raise self._timed_out(operation, route) from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
-            raise self._fail(operation, exc) from exc
+            raise self._fail(operation, exc, route) from exc
         finally:
             self._deadlines.disarm(task)
 
@@ -314,8 +336,8 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         """GET ``key``."""
-        if self.breaker.open_until:
-            self._refuse("GET")
+        if self._alarmed:
+            self._refuse("GET", key)
         task = self._deadlines.arm()
         gate = self._gate
         try:
@@ -329,15 +351,15 @@ class RedisStore:
                 data: bytes | None = await self._send(key, ("GET", key))
             finally:
                 gate.release()
-            if self.breaker.failures:
-                self.breaker.success()
+            if self._alarmed:
+                self.breakers.success(key)
             return data
         except asyncio.CancelledError:
-            if not self._abandoned(task):
+            if not self._abandoned(task, key):
                 raise
-            raise self._timed_out("GET") from None
+            raise self._timed_out("GET", key) from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
-            raise self._fail("GET", exc) from exc
+            raise self._fail("GET", exc, key) from exc
         finally:
             self._deadlines.disarm(task)
 
@@ -346,8 +368,8 @@ class RedisStore:
         :attr:`keys_per_command` keys; the values in the order of ``keys``."""
         if not keys:
             return []
-        if self.breaker.open_until:
-            self._refuse("MGET")
+        if self._alarmed:
+            self._refuse("MGET", self._route_of(keys))
         task = self._deadlines.arm()
         try:
             await self._enter()
@@ -355,15 +377,15 @@ class RedisStore:
                 found = await self._mget(keys)
             finally:
                 self._gate.release()
-            if self.breaker.failures:
-                self.breaker.success()
+            if self._alarmed:
+                self.breakers.success(self._route_of(keys))
             return found
         except asyncio.CancelledError:
-            if not self._abandoned(task):
+            if not self._abandoned(task, self._route_of(keys)):
                 raise
-            raise self._timed_out("MGET") from None
+            raise self._timed_out("MGET", self._route_of(keys)) from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
-            raise self._fail("MGET", exc) from exc
+            raise self._fail("MGET", exc, self._route_of(keys)) from exc
         finally:
             self._deadlines.disarm(task)
 
@@ -390,7 +412,7 @@ class RedisStore:
 
     async def set(self, key: str, data: bytes, ttl_ms: int) -> None:
         """SET ``key`` with a TTL in milliseconds."""
-        async with self._call("SET"):
+        async with self._call("SET", key):
             await self._send(key, ("SET", key, data, "PX", ttl_ms))
 
     async def delete(self, keys: Iterable[str]) -> int:
@@ -414,29 +436,29 @@ class RedisStore:
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a Lua script (all ``keys`` must share one slot)."""
-        if self.breaker.open_until:
-            self._refuse(f"script {script.name}")
+        route = keys[0] if keys else None
+        if self._alarmed:
+            self._refuse(f"script {script.name}", route)
         task = self._deadlines.arm()
         try:
             await self._enter()
-            route = keys[0] if keys else ""
             try:
-                reply = await self._send(route, ("EVALSHA", script.sha, len(keys), *keys,
-                                                 *args))
+                reply = await self._send(route or "", ("EVALSHA", script.sha, len(keys),
+                                                       *keys, *args))
             except rexc.NoScriptError:
-                reply = await self._send(route, ("EVAL", script.source, len(keys), *keys,
-                                                 *args))
+                reply = await self._send(route or "", ("EVAL", script.source, len(keys),
+                                                       *keys, *args))
             finally:
                 self._gate.release()
-            if self.breaker.failures:
-                self.breaker.success()
+            if self._alarmed:
+                self.breakers.success(route)
             return reply
         except asyncio.CancelledError:
-            if not self._abandoned(task):
+            if not self._abandoned(task, route):
                 raise
-            raise self._timed_out(f"script {script.name}") from None
+            raise self._timed_out(f"script {script.name}", route) from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
-            raise self._fail(f"script {script.name}", exc) from exc
+            raise self._fail(f"script {script.name}", exc, route) from exc
         finally:
             self._deadlines.disarm(task)
 
@@ -448,10 +470,12 @@ class RedisStore:
             await self._send_all([(route, ("PUBLISH", channel, message))
                                   for route, message in messages])
 
-    async def command(self, *args: Any) -> Any:
+    async def command(self, *args: Any, route: str | None = None) -> Any:
         """Run one command (routed by its key on a Cluster; tried again until the
-        deadline while its slot is being moved, as the hot commands are)."""
-        async with self._call(str(args[0])):
+        deadline while its slot is being moved, as the hot commands are). ``route``:
+        its key, when it names keys of one slot only (on a Cluster, it then answers to
+        that master's breaker rather than the store's)."""
+        async with self._call(str(args[0]), route):
             return await self._hot.through_redis_py(args)
 
     # ----------------------------------------------------------------- replication
@@ -598,7 +622,7 @@ class RedisStore:
         finally:
             await client.aclose()
         if answered:
-            self.breaker.success()
+            self.breakers.close_all()
         return answered
 
 
