@@ -14,9 +14,11 @@ import contextlib
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.errors import RedisUnavailableError
+from thorbis_cache.observability.transport import TransportCollector
 from thorbis_cache.testing.servers import RedisCluster
 
 pytestmark = pytest.mark.slow
@@ -79,6 +81,16 @@ async def test_a_silent_shard_leaves_the_other_shards_tenants_served(
             breakers = cache.store.breakers.every()
             assert breakers[""].opens == 0
             assert sum(b.opens for name, b in breakers.items() if name) >= 1
+            # ... and the operator sees which one.
+            registry = CollectorRegistry()
+            registry.register(TransportCollector(cache.store))
+            scraped = generate_latest(registry).decode()
+            node = cluster.nodes[frozen]
+            assert 'thorbis_cache_redis_circuit_opens_total{breaker="store"} 0.0' in scraped
+            opened = [line for line in scraped.splitlines() if line.startswith(
+                f'thorbis_cache_redis_circuit_opens_total{{breaker="{node.host}:{node.port}"}}')]
+            assert opened, scraped
+            assert float(opened[0].split()[-1]) >= 1
             assert refused == [], (
                 f"{len(refused)} reads of a live shard refused ({served} served); "
                 f"first: {refused[0]}")
