@@ -12,12 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
 
 import pytest
+from capture_env import Env, capture_env
+from core_testing import wait_until
 from prometheus_client import CollectorRegistry, generate_latest
+from test_invalidation_proof import CUSTOMERS_SQL
+from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.errors import RedisUnavailableError
+from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.observability.transport import TransportCollector
 from thorbis_cache.testing.servers import RedisCluster
 
@@ -97,3 +103,78 @@ async def test_a_silent_shard_leaves_the_other_shards_tenants_served(
         finally:
             cluster.thaw(frozen)
             cluster.wait_ok()
+
+
+@pytest.fixture(scope="module")
+def slow_failing_cluster() -> Iterator[RedisCluster]:
+    """A Cluster that takes as long as a default one to declare a master failed
+    (``cluster-node-timeout`` 15 s): the window in which one shard is silent and the
+    others serve."""
+    with RedisCluster(3, replicas=1, node_timeout_ms=15_000) as cluster:
+        yield cluster
+
+
+@pytest.mark.parametrize("mode", ["triggers", "logical"])
+async def test_invalidations_of_live_shards_go_on_while_one_shard_is_silent(
+        slow_failing_cluster: RedisCluster, thorbis_pg_dsn: str, mode: str) -> None:
+    """A change of a tenant on the silent shard, then one of acme's, on another: acme's
+    is applied while the other shard is silent (the other's is parked in the outbox),
+    and the other's once its shard answers again."""
+    cluster = slow_failing_cluster
+    cluster.flushall()
+    async with capture_env(mode, thorbis_pg_dsn, cluster.url) as env:
+        cache = env.app.cache
+        acme_key = cache.redis_key(CUSTOMER.key("acme", customer_id=1))
+        other = next(t for t in (f"t{i}" for i in range(500))
+                     if cluster.master_for_key(cache.redis_key(CUSTOMER.key(t, customer_id=1)))
+                     != cluster.master_for_key(acme_key))
+        for tenant in ("acme", other):
+            await env.conn.execute(CUSTOMERS_SQL.replace("'acme'", "$2::text"), 1, tenant)
+        worker = env.worker()
+        await worker.drain()
+        running = asyncio.ensure_future(worker.run())
+        frozen: int | None = None
+        try:
+            for tenant in ("acme", other):
+                await env.cache_customer(1, tenant)
+            frozen = cluster.master_for_key(cache.redis_key(CUSTOMER.key(other, customer_id=1)))
+            cluster.freeze(frozen)
+            update = "UPDATE hs.customers SET phone = '555-0199' WHERE tenant_id = $1"
+            await env.conn.execute(update, other)
+            await asyncio.sleep(0.5)  # the worker has met the silent shard
+            await env.conn.execute(update, "acme")
+            started = time.monotonic()
+            while await env.cached(1, "acme"):
+                assert time.monotonic() - started < 8, (
+                    "acme's change, on a live shard, was not applied within 8 s of "
+                    "another shard falling silent")
+                await asyncio.sleep(0.02)
+            await wait_until("the other tenant's change parked",
+                             lambda: _parked(worker))
+            cluster.thaw(frozen)
+            frozen = None
+
+            async def other_applied() -> bool:
+                try:
+                    return not await env.cached(1, other)
+                except RedisUnavailableError:  # its breaker still open, for a moment
+                    return False
+
+            await wait_until(f"{other}'s change applied once its shard answers",
+                             other_applied)
+            await wait_until("the outbox empty", lambda: _outbox_empty(env))
+        finally:
+            if frozen is not None:
+                cluster.thaw(frozen)
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            await worker.aclose()
+
+
+async def _parked(worker: OutboxWorker) -> bool:
+    return worker.metrics.parked >= 1
+
+
+async def _outbox_empty(env: Env) -> bool:
+    return bool(await env.conn.fetchval("SELECT count(*) FROM thorbis.outbox") == 0)

@@ -24,7 +24,8 @@ from thorbis_cache.cache.meta_sweep import MetaSweep
 from thorbis_cache.cache.metrics import Histogram
 from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.invalidation.planning import Plan, PoisonRow
-from thorbis_cache.invalidation.tag_lanes import TagInvalidator, invalidate_tags_of
+from thorbis_cache.invalidation.shard_outage import apply_reachable
+from thorbis_cache.invalidation.tag_lanes import TagInvalidator
 from thorbis_cache.postgres import audit, outbox
 from thorbis_cache.postgres.replication import ReplicationError
 
@@ -39,6 +40,7 @@ __all__ = [
     "TagInvalidator",
     "UnconfiguredTagInvalidator",
     "WorkerMetrics",
+    "applied_rows",
     "apply_changes",
 ]
 
@@ -100,6 +102,9 @@ class WorkerMetrics:
     :ivar lacking_rules: rules the database's capture was set up for (``db init`` of a
         newer release) that this worker does not have, applied through stand-ins (a
         gauge; :mod:`~thorbis_cache.invalidation.lacking_rules`).
+    :ivar parked: changes put back in the outbox because their Cluster shard did not
+        answer while others did (:mod:`~thorbis_cache.invalidation.shard_outage`);
+        each is counted again if parked again.
     :ivar commit_latency: per applied change, seconds from its capture (the outbox
         row's insert; under logical capture, its commit) to its batch's commit, after
         which its keys are gone.
@@ -122,6 +127,7 @@ class WorkerMetrics:
     lacking_rules: int = 0
     redis_wait_seconds: float = 0.0
     redis_probes: int = 0
+    parked: int = 0
     commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)
     #: when each table's incomplete changes were last logged (monotonic seconds)
     _reported: dict[str, float] = attrs.field(factory=dict, eq=False, repr=False)
@@ -130,13 +136,15 @@ class WorkerMetrics:
               claimed: float) -> None:
         """Count a committed batch; ``claimed`` is when its rows' ``age`` was taken."""
         since_claim = time.perf_counter() - claimed
-        for row in rows:
+        applied = applied_rows(rows, result)
+        for row in applied:
             self.commit_latency.observe(row.age + since_claim)
         self.batches += 1
         self.processed += len(result.processed)
         self.dead_lettered += len(result.dead_letters)
         self.keys_deleted += len(result.keys)
         self.tags_invalidated += len(result.tags)
+        self.parked += len(result.parked)
         self.lag_seconds = max(r.age for r in rows)
         if result.incomplete:
             self.report_incomplete(result.incomplete)
@@ -160,6 +168,15 @@ class WorkerMetrics:
                 "`thorbis-cache db init`", item.changes, item.table, ", ".join(item.unseen),
                 f"; schemas without tags left to their TTL: {', '.join(item.unreached)}"
                 if item.unreached else "")
+
+
+def applied_rows(rows: Sequence[outbox.OutboxRow],
+                 result: BatchResult) -> Sequence[outbox.OutboxRow]:
+    """``rows`` without those ``result`` parked (they are counted when applied)."""
+    if not result.parked:
+        return rows
+    parked = set(result.parked)
+    return [row for row in rows if row.id not in parked]
 
 
 #: Seconds between two error logs of one table's incomplete changes.
@@ -193,6 +210,8 @@ class BatchResult:
     :ivar audit_ids: ids of the audit records appended.
     :ivar incomplete: per table, the changes planned without some of their rules'
         columns (see :class:`~thorbis_cache.invalidation.planning.Plan`).
+    :ivar parked: ids of the rows put back in the outbox, their Cluster shard out of
+        reach while others answered (:mod:`~thorbis_cache.invalidation.shard_outage`).
     """
 
     processed: tuple[int, ...] = ()
@@ -201,11 +220,12 @@ class BatchResult:
     tags: tuple[tuple[str, str], ...] = ()
     audit_ids: tuple[int, ...] = ()
     incomplete: tuple[Incomplete, ...] = ()
+    parked: tuple[int, ...] = ()
 
     @property
     def claimed(self) -> int:
-        """Rows this batch took off the outbox."""
-        return len(self.processed) + len(self.dead_letters)
+        """Rows this batch took off the outbox (or the stream), parked ones included."""
+        return len(self.processed) + len(self.dead_letters) + len(self.parked)
 
 
 async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
@@ -231,6 +251,9 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     changes: dict[str, int] = defaultdict(int)
     incomplete: dict[str, tuple[int, set[str], set[str]]] = {}
     every_tenant: set[str] = set()  # tags for every tenant (a TRUNCATE; tenant column gone)
+    # Each applied row with the tenants it reaches (None: every tenant), should one be
+    # parked (by position: rows of one bulk transaction may share an id).
+    reaches: list[tuple[outbox.OutboxRow, frozenset[str] | None]] = []
     for i, row in enumerate(rows):
         if i and not i % PLAN_CHUNK:
             await asyncio.sleep(0)  # a big batch's planning is CPU work: let others run
@@ -245,7 +268,10 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
                 processed.append(row.id)
                 if planned.every_tenant:
                     every_tenant.update(planned.tags)
+                    reaches.append((row, None))
                 else:
+                    reaches.append((row, frozenset(
+                        p.tenant for p in (planned.moved_from, planned) if p is not None)))
                     # A row moved to another tenant: the one it left, then the other.
                     for part in (planned.moved_from, planned):
                         if part is not None:
@@ -272,11 +298,25 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
             reached += 1
         log.warning("a TRUNCATE, or changes whose tenant is unknown: tags %s invalidated "
                     "for every tenant (%d)", ", ".join(sorted(every_tenant)), reached)
-    if keys:
-        await cache.delete(*keys.values(), replicate=replay is None)
-    await invalidate_tags_of(invalidate_tags, [
-        (tenant, sorted(tenant_tags)) for tenant, tenant_tags in sorted(tags.items())
-        if tenant_tags])
+    out_of_reach = await apply_reachable(
+        cache, list(keys.values()), tags, invalidate_tags, replicate=replay is None)
+    parked: list[int] = []
+    if out_of_reach:
+        # Their shard did not answer: back to the outbox, with what else they reach
+        # (applied again then); nothing of them is logged or audited now.
+        held = [row for row, reach in reaches
+                if reach is None or not reach.isdisjoint(out_of_reach)]
+        await outbox.park(conn, held)
+        parked = [row.id for row in held]
+        processed = [row.id for row, reach in reaches
+                     if reach is not None and reach.isdisjoint(out_of_reach)]
+        keys = {body: key for body, key in keys.items() if key.tenant not in out_of_reach}
+        tags = defaultdict(set, {t: n for t, n in tags.items() if t not in out_of_reach})
+        changes = defaultdict(int, {t: c for t, c in changes.items() if t not in out_of_reach})
+        log.warning("%d change(s) parked in the outbox: the Redis shard of tenant(s) %s "
+                    "did not answer (%s); %d applied", len(parked),
+                    ", ".join(sorted(out_of_reach)), next(iter(out_of_reach.values())),
+                    len(processed))
     by_tenant: dict[str, list[str]] = defaultdict(list)
     for key in keys.values():
         by_tenant[key.tenant].append(key.body)
@@ -301,4 +341,5 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
         tuple(sorted((t, n) for t, ns in tags.items() for n in ns)), tuple(audit_ids),
         tuple(Incomplete(table, count, tuple(sorted(unseen)), tuple(sorted(unreached)))
               for table, (count, unseen, unreached) in sorted(incomplete.items())),
+        tuple(parked),
     )

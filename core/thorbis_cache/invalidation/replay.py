@@ -29,6 +29,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.invalidation.tag_lanes import apply_again
 from thorbis_cache.postgres import replay_log
 from thorbis_cache.store.scripts import load_lua
@@ -118,7 +119,17 @@ class FailoverReplay:
         if now >= self._next_prune:
             self._next_prune = now + 60.0
             await replay_log.prune(conn, self.window)
-        run_ids = await self.cache.store.master_run_ids()
+        try:
+            run_ids = await self.cache.store.master_run_ids()
+        except RedisUnavailableError as exc:
+            if not self.cache.store.is_cluster:
+                raise
+            # One shard out of reach must not hold back the others' batches (their
+            # changes are applied, its own are parked): the check waits for every
+            # master to answer, as a failed-over one does, with its new run_id.
+            log.info("failover replay check put off: a Cluster master did not answer "
+                     "(%s)", exc)
+            return 0
         if run_ids == self._run_ids:
             return 0
         before = self.replayed_rows

@@ -15,7 +15,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from thorbis_cache.invalidation.batch import BLAMELESS, BatchResult, TagInvalidator, WorkerMetrics
+from thorbis_cache.invalidation.batch import (
+    BLAMELESS,
+    BatchResult,
+    TagInvalidator,
+    WorkerMetrics,
+    applied_rows,
+)
 from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
 from thorbis_cache.invalidation.lacking_rules import RulesChanged
 from thorbis_cache.invalidation.replay import FailoverReplay
@@ -226,7 +232,7 @@ class SlotReader:
                 # anything is confirmed.
                 if self._rules_changed is not None and await self._rules_changed(conn):
                     raise RulesChanged
-                await outbox.count_changes(conn, rows)
+                await outbox.count_changes(conn, applied_rows(rows, result))
             stream.confirm(batch.end_lsn)
         except SlotInUseError:
             raise  # no batch was tried: nothing to count, nothing to close

@@ -62,6 +62,7 @@ from thorbis_cache.invalidation.batch import (
     TagInvalidator,
     UnconfiguredTagInvalidator,
     WorkerMetrics,
+    applied_rows,
     apply_changes,
 )
 from thorbis_cache.invalidation.database_origin import OriginCheck
@@ -103,6 +104,10 @@ MIN_POLL = 0.001
 #: (``capture="auto"``) while it reads the outbox, for the slot ``db init`` creates when
 #: it switches the database to logical capture (the changes since wait in the slot).
 FOLLOW_INTERVAL = 1.0
+
+#: Seconds, under logical capture, between two looks at ``thorbis.outbox`` while the
+#: stream keeps bringing changes (parked changes and replayed dead letters wait there).
+OUTBOX_EVERY = 1.0
 
 
 class OutboxWorker:
@@ -217,6 +222,7 @@ class OutboxWorker:
         # "auto": the capture followed while its slot exists (see _follow_slot).
         self._auto: LogicalCapture | None = None
         self._followed_at: float | None = None
+        self._outbox_read_at = float("-inf")
         if capture == "auto":
             self._auto = LogicalCapture(slot, self._all_rules(), views,
                                         max_transaction_changes=max_transaction_changes)
@@ -393,9 +399,17 @@ class OutboxWorker:
     async def _logical_then_outbox(self, capture: LogicalCapture, *, caught_up: bool,
                                    standby: bool) -> BatchResult:
         """Under logical capture, a batch from the stream; once the stream has nothing,
-        one from ``thorbis.outbox``, where nothing but replayed dead letters
-        (``thorbis-cache outbox-deadletters replay``) arrive: the WAL does not have
-        them any more. An empty outbox costs one indexed query."""
+        or a second after the outbox was last looked at, one from ``thorbis.outbox``,
+        where nothing but replayed dead letters (``thorbis-cache outbox-deadletters
+        replay``) and changes parked while their Cluster shard did not answer
+        (:mod:`~thorbis_cache.invalidation.shard_outage`) arrive: the WAL does not have
+        them any more, and a busy stream must not hold them back. An empty outbox costs
+        one indexed query."""
+        now = asyncio.get_running_loop().time()
+        if now - self._outbox_read_at >= OUTBOX_EVERY:
+            result = await self._run_outbox_once()
+            if result.claimed:
+                return result
         if self._reader is None:  # the capture is settled by the first batch
             self._reader = SlotReader(
                 capture, self.dsn, cache=self.cache, rules=self._all_rules,
@@ -412,6 +426,7 @@ class OutboxWorker:
         return await self._run_outbox_once()
 
     async def _run_outbox_once(self) -> BatchResult:
+        self._outbox_read_at = asyncio.get_running_loop().time()
         conn = await self._connection()
         ids: list[int] = []
         try:
@@ -426,7 +441,7 @@ class OutboxWorker:
                 # the rows are deleted for good.
                 if rows and await self._rules_changed(conn):
                     raise RulesChanged
-                await outbox.count_changes(conn, rows)
+                await outbox.count_changes(conn, applied_rows(rows, result))
         except RulesChanged:
             return await self._run_outbox_once()  # rolled back: claimed again
         except Exception as exc:

@@ -33,6 +33,8 @@ _WORKER_COUNTERS: dict[str, tuple[str, str]] = {
                       "Captured changes dead-lettered (thorbis.outbox_dead_letters)"),
     "redis_waits": ("worker_redis_waits", "Redis outages the worker waited out"),
     "redis_probes": ("worker_redis_probes", "PINGs sent while waiting for Redis"),
+    "parked": ("worker_parked_changes", "Changes put back in the outbox: their Cluster "
+               "shard did not answer while others did"),
     "capture_losses": ("worker_capture_losses",
                        "Times change capture lost track (a replication slot lost, or the "
                        "database on a new timeline after a failover or restore): every "

@@ -92,6 +92,16 @@ class CircuitBreaker:
         """A call was cancelled by its caller: if it was the probe, let another probe."""
         self.probing = False
 
+    def trip(self, now: float) -> None:
+        """Open now, whatever the count: the server was found silent for longer than a
+        call's timeout (its connections closed), so the next calls would only wait out
+        their deadlines too."""
+        self.failures = max(self.failures + 1, self.failure_threshold)
+        if not self.open_until:
+            self.opens += 1
+        self.open_until = now + self.cooldown
+        self.probing = False
+
     def describe(self, now: float) -> str:
         """Why a call was refused, for the error message."""
         wait = max(0.0, self.open_until - now)
@@ -157,6 +167,26 @@ class Breakers:
     def abandoned(self, route: str | None) -> None:
         """A call routed by ``route`` was cancelled by its caller."""
         self._of(route)[1].abandoned()
+
+    def trip(self, master: str | None, now: float) -> None:
+        """Open the breaker of ``master`` (a Cluster node's name, ``host:port``), or
+        the store's (None): that server was found silent."""
+        if master is None or self._node_of is None:
+            name, breaker = "", self.main
+        else:
+            name = master
+            breaker = self._by_node.get(name) or self._by_node.setdefault(
+                name, CircuitBreaker(self.main.failure_threshold, self.main.cooldown))
+        breaker.trip(now)
+        self.alarmed[name] = breaker
+
+    def suspect(self, master: str) -> bool:
+        """Whether the breaker of ``master`` (a Cluster node's name) opened and has not
+        closed since (open, cooling down, or waiting for its probe): calls that may go
+        to any master, or must ask every one, keep away from it until one of its own
+        calls finds it answering. Asks nothing of it, unlike a call."""
+        breaker = self._by_node.get(master)
+        return breaker is not None and bool(breaker.open_until)
 
     def close_all(self) -> None:
         """Every server answered (a PING of each master): close every breaker."""

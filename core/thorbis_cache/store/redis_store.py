@@ -98,6 +98,8 @@ class RedisStore:
         self.breakers = Breakers(self.breaker, self._master_name if self._cluster else None)
         # Empty while every breaker is closed: all the hot path looks at.
         self._alarmed = self.breakers.alarmed
+        if router is not None:
+            router.on_silent = self._silent
         self.address = address
         #: the parsed URL when built by :meth:`from_url`
         self.redis_address: RedisAddress | None = None
@@ -198,6 +200,12 @@ class RedisStore:
         await self._client.aclose()
 
     # ----------------------------------------------------------------- error seam
+
+    def _silent(self, host: str, port: int) -> None:
+        """The router gave up a silent server: open its breaker (its master's on a
+        Cluster), so that the calls after it fail at once instead of each waiting out
+        its deadline, until a probe finds it (or its successor) answering."""
+        self.breakers.trip(f"{host}:{port}" if self._cluster else None, time.monotonic())
 
     def _master_name(self, key: str) -> str:
         """The Cluster master serving ``key``, as the slot map says now."""
@@ -430,7 +438,9 @@ class RedisStore:
         else:
             batches = [names] if (names := list(keys)) else []
         parts = [part for group in batches for part in _cut(group, self.keys_per_command)]
-        async with self._call("UNLINK"):
+        # One slot (a tenant's keys): its master's breaker on a Cluster.
+        route = batches[0][0] if len(batches) == 1 else None
+        async with self._call("UNLINK", route):
             replies = await self._send_all([(part[0], ("UNLINK", *part)) for part in parts])
         return sum(replies)
 
@@ -466,7 +476,8 @@ class RedisStore:
         """PUBLISH every ``(routing_key, message)`` to ``channel`` in one round trip, over
         the multiplexed connections (on a Cluster, through the node serving the key:
         any node broadcasts a message to the whole cluster)."""
-        async with self._call("PUBLISH"):
+        route = self._route_of([r for r, _ in messages]) if messages else None
+        async with self._call("PUBLISH", route):
             await self._send_all([(route, ("PUBLISH", channel, message))
                                   for route, message in messages])
 
@@ -499,7 +510,7 @@ class RedisStore:
         :returns: the commands' replies, the replicas that acknowledged, and the
             replicas waited for (0 when the master has none: no WAIT is sent).
         """
-        async with self._call("WAIT"):
+        async with self._call("WAIT", routing_key):
             replies, acked, wanted = await self._waits.run(
                 routing_key, commands, only_with_replicas=only_with_replicas,
                 wait_seconds=self.wait_timeout, at_most=self.wait_replicas)
@@ -521,7 +532,8 @@ class RedisStore:
         :returns: the commands' replies, in the order of ``calls``.
         """
         groups: dict[str, list[int]] = {}
-        async with self._call("WAIT"):  # on a Cluster, maps it first: the grouping reads it
+        route = self._route_of([key for key, _ in calls]) if calls else None
+        async with self._call("WAIT", route):  # on a Cluster, maps first: the grouping reads it
             for i, (key, _) in enumerate(calls):
                 groups.setdefault(self._waits.master_of(key), []).append(i)
             outcomes = await asyncio.gather(*(
@@ -568,7 +580,10 @@ class RedisStore:
         async with self._call("CLUSTER SLOTS"):
             client = self._client
             assert isinstance(client, RedisCluster)
-            node = random.choice(client.get_primaries())
+            primaries = client.get_primaries()
+            # Not a master whose breaker opened: it would hold the call to its deadline.
+            node = random.choice([p for p in primaries if not self.breakers.suspect(
+                str(p.name))] or primaries)
             reply: dict[tuple[int, int], dict[str, Any]] = await client.execute_command(
                 "CLUSTER SLOTS", target_nodes=node)
             return reply
@@ -583,6 +598,10 @@ class RedisStore:
                 return frozenset([str((await self._client.info("server")).get("run_id"))])
         slots = await self.cluster_slots()
         masters = sorted({tuple(nodes["primary"]) for nodes in slots.values()})
+        for host, port in masters:
+            if self.breakers.suspect(f"{host}:{port}"):
+                raise RedisUnavailableError("INFO server", self.address,
+                                            f"circuit open on master {host}:{port}")
         ids = []
         async with self._call("INFO server"):
             for host, port in masters:
@@ -622,7 +641,9 @@ class RedisStore:
         finally:
             await client.aclose()
         if answered:
-            self.breakers.close_all()
+            # The store's breaker: on a Cluster this reached one node, and each
+            # master's breaker waits for its own calls (or its probe) to answer.
+            self.breakers.success(None)
         return answered
 
 

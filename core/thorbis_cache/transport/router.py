@@ -18,6 +18,7 @@ import inspect
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -102,6 +103,8 @@ class Router:
         self._warned: dict[tuple[str, int], float] = {}
         self._swept_at: float | None = None
         self._remap: asyncio.Task[None] | None = None
+        #: told ``(host, port)`` of each server given up (the store opens its breaker)
+        self.on_silent: Callable[[str, int], None] | None = None
 
     def _node(self, host: str, port: int) -> NodeConnections:
         node = self._nodes.get((host, port))
@@ -173,6 +176,8 @@ class Router:
                 else "the sentinels are asked for the master again"
                 if self._sentinel is not None else "opened again at the next call")
         self.stale(node)
+        if self.on_silent is not None:
+            self.on_silent(node.host, node.port)
         if self._cluster is not None and (self._remap is None or self._remap.done()):
             self._remap = asyncio.get_running_loop().create_task(
                 self._refresh_slot_map(self._cluster, f"{node.host}:{node.port}"))
