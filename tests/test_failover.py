@@ -41,6 +41,9 @@ class Topology:
     #: SIGSTOP the replicas of the master serving ``key``; returns them
     freeze_replicas: Callable[[str], list[Any]]
     thaw: Callable[[Any], None]
+    #: SIGSTOP the master serving ``key`` (its connections stay open, silent); a handle
+    #: for wait_failover and thaw
+    freeze_master: Callable[[str], Any]
 
 
 def _sentinel(group: RedisSentinelGroup) -> Topology:
@@ -50,6 +53,7 @@ def _sentinel(group: RedisSentinelGroup) -> Topology:
         wait_failover=group.wait_failover,
         freeze_replicas=lambda _key: [_freeze(group, r) for r in group.replicas()],
         thaw=group.thaw,
+        freeze_master=lambda _key: _freeze(group, group.master()),
     )
 
 
@@ -60,9 +64,14 @@ def _cluster(cluster: RedisCluster) -> Topology:
             cluster.freeze(replica)
         return replicas
 
+    def freeze_master(key: str) -> int:
+        master = cluster.master_for_key(key)
+        cluster.freeze(master)
+        return master
+
     return Topology(url=cluster.url, kill_master=cluster.kill_master_for_key,
                     wait_failover=cluster.wait_failover, freeze_replicas=freeze,
-                    thaw=cluster.thaw)
+                    thaw=cluster.thaw, freeze_master=freeze_master)
 
 
 def _freeze(group: RedisSentinelGroup, server: Any) -> Any:

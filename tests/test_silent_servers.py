@@ -12,82 +12,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import attrs
 import pytest
 import redis
 import redis.asyncio as aioredis
+from test_failover import Topology
 from test_invalidation_proof import fill_customers, open_hs
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.store.redis_store import RedisStore
-from thorbis_cache.testing.servers import RedisCluster, RedisSentinelGroup, RedisServer
+from thorbis_cache.testing.servers import RedisServer
 from thorbis_cache.transport import Router, pack_command
 
 NOTE: KeySchema[str] = KeySchema("silent.note", str, params={"id": int}, ttl=600)
 
 
-@attrs.frozen
-class Silent:
-    url: str
-    #: SIGSTOP the master serving a Redis key (its connections stay open); a handle
-    freeze_master: Callable[[str], Any]
-    wait_failover: Callable[[Any], Any]
-    thaw: Callable[[Any], None]
-
-
-@pytest.fixture(params=["sentinel", "cluster"])
-def silent(request: pytest.FixtureRequest) -> Iterator[Silent]:
-    frozen: list[Any] = []
-    if request.param == "sentinel":
-        group: RedisSentinelGroup = request.getfixturevalue("thorbis_redis_sentinel")
-        group.flushall()
-
-        def freeze_sentinel_master(_key: str) -> Any:
-            master = group.master()
-            group.freeze(master)
-            frozen.append(master)
-            return master
-
-        topology = Silent(group.url, freeze_sentinel_master, group.wait_failover,
-                          group.thaw)
-    else:
-        cluster: RedisCluster = request.getfixturevalue("thorbis_redis_cluster")
-        cluster.flushall()
-
-        def freeze_cluster_master(key: str) -> Any:
-            index = cluster.master_for_key(key)
-            cluster.freeze(index)
-            frozen.append(index)
-            return index
-
-        topology = Silent(cluster.url, freeze_cluster_master, cluster.wait_failover,
-                          cluster.thaw)
-    try:
-        yield topology
-    finally:
-        for handle in frozen:
-            topology.thaw(handle)
-
-
 @pytest.mark.slow
 async def test_a_silent_master_is_given_up_once_a_replica_is_promoted(
-        silent: Silent) -> None:
+        replicated: Topology) -> None:
     registry = SchemaRegistry()
     registry.register(NOTE, owner="tests")
     key = NOTE.key("acme", id=1)
-    async with Cache.from_url(silent.url, registry) as cache:
+    async with Cache.from_url(replicated.url, registry) as cache:
         await cache.set(key, "before")
         assert await cache.get(key) == "before"
-        frozen = silent.freeze_master(cache.redis_key(key))
+        frozen = replicated.freeze_master(cache.redis_key(key))
         # Calls while the master is silent: bounded by the store's deadline, as ever.
         with pytest.raises(RedisUnavailableError):
             await cache.set(key, "while silent")
-        silent.wait_failover(frozen)
+        replicated.wait_failover(frozen)
         # The old master is still frozen, its connections open: the cache must reach
         # the promoted replica by itself, in seconds, not when the kernel gives up.
         deadline = time.monotonic() + 20
@@ -108,10 +64,10 @@ async def test_a_silent_master_is_given_up_once_a_replica_is_promoted(
 
 @pytest.mark.slow
 async def test_the_worker_applies_a_change_once_a_silent_master_is_replaced(
-        silent: Silent, thorbis_pg_dsn: str) -> None:
+        replicated: Topology, thorbis_pg_dsn: str) -> None:
     """The worker's batch meets the frozen master (its UNLINK, its WAIT), is rolled
     back, and is applied on the promoted replica, which still holds the entry."""
-    hs = await open_hs(thorbis_pg_dsn, silent.url, 1)
+    hs = await open_hs(thorbis_pg_dsn, replicated.url, 1)
     try:
         cache = hs.app.cache
         worker = hs.worker()
@@ -119,9 +75,9 @@ async def test_the_worker_applies_a_change_once_a_silent_master_is_replaced(
         await fill_customers(hs, range(1, 2))
         key = cache.redis_key(CUSTOMER.key("acme", customer_id=1))
         await cache.store.sync_replicas(cache.sync_key("acme"))
-        frozen = silent.freeze_master(key)
+        frozen = replicated.freeze_master(key)
         await hs.conn.execute("UPDATE hs.customers SET account_status = 'vip' WHERE id = 1")
-        silent.wait_failover(frozen)
+        replicated.wait_failover(frozen)
         deadline = time.monotonic() + 20
         while True:
             try:
