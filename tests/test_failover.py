@@ -81,6 +81,11 @@ def _freeze(group: RedisSentinelGroup, server: Any) -> Any:
 
 @pytest.fixture(params=["sentinel", "cluster"])
 def replicated(request: pytest.FixtureRequest) -> Topology:
+    return replicated_topology(request)
+
+
+def replicated_topology(request: pytest.FixtureRequest) -> Topology:
+    """The session's Sentinel group or Cluster (``request.param``), flushed."""
     if request.param == "sentinel":
         group: RedisSentinelGroup = request.getfixturevalue("thorbis_redis_sentinel")
         group.flushall()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 import redis.asyncio as aioredis
-from test_failover import Topology
+from test_failover import Topology, replicated_topology
 from test_invalidation_proof import fill_customers, open_hs
 from thorbis_home_services.schemas import CUSTOMER
 
@@ -28,6 +28,11 @@ from thorbis_cache.testing.servers import RedisServer
 from thorbis_cache.transport import Router, pack_command
 
 NOTE: KeySchema[str] = KeySchema("silent.note", str, params={"id": int}, ttl=600)
+
+
+@pytest.fixture(params=["sentinel", "cluster"])
+def replicated(request: pytest.FixtureRequest) -> Topology:
+    return replicated_topology(request)
 
 
 @pytest.mark.slow
