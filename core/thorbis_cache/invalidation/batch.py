@@ -251,9 +251,9 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     changes: dict[str, int] = defaultdict(int)
     incomplete: dict[str, tuple[int, set[str], set[str]]] = {}
     every_tenant: set[str] = set()  # tags for every tenant (a TRUNCATE; tenant column gone)
-    # Each applied row with the tenants it reaches (None: every tenant), should one be
-    # parked (by position: rows of one bulk transaction may share an id).
-    reaches: list[tuple[outbox.OutboxRow, frozenset[str] | None]] = []
+    # Each applied row with its plan, should some be parked (by position: rows of one
+    # bulk transaction may share an id).
+    applied: list[tuple[outbox.OutboxRow, Plan]] = []
     for i, row in enumerate(rows):
         if i and not i % PLAN_CHUNK:
             await asyncio.sleep(0)  # a big batch's planning is CPU work: let others run
@@ -266,12 +266,10 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
                 reason = str(exc)
             else:
                 processed.append(row.id)
+                applied.append((row, planned))
                 if planned.every_tenant:
                     every_tenant.update(planned.tags)
-                    reaches.append((row, None))
                 else:
-                    reaches.append((row, frozenset(
-                        p.tenant for p in (planned.moved_from, planned) if p is not None)))
                     # A row moved to another tenant: the one it left, then the other.
                     for part in (planned.moved_from, planned):
                         if part is not None:
@@ -304,12 +302,15 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     if out_of_reach:
         # Their shard did not answer: back to the outbox, with what else they reach
         # (applied again then); nothing of them is logged or audited now.
-        held = [row for row, reach in reaches
-                if reach is None or not reach.isdisjoint(out_of_reach)]
+        def within_reach(planned: Plan) -> bool:
+            return not planned.every_tenant and all(
+                part.tenant not in out_of_reach
+                for part in (planned.moved_from, planned) if part is not None)
+
+        held = [row for row, planned in applied if not within_reach(planned)]
         await outbox.park(conn, held)
         parked = [row.id for row in held]
-        processed = [row.id for row, reach in reaches
-                     if reach is not None and reach.isdisjoint(out_of_reach)]
+        processed = [row.id for row, planned in applied if within_reach(planned)]
         keys = {body: key for body, key in keys.items() if key.tenant not in out_of_reach}
         tags = defaultdict(set, {t: n for t, n in tags.items() if t not in out_of_reach})
         changes = defaultdict(int, {t: c for t, c in changes.items() if t not in out_of_reach})
