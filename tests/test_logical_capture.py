@@ -637,8 +637,9 @@ async def test_drain_returns_once_a_big_transaction_is_applied(
     not applied. One read of the stream waits 5 s for the server to reach the position
     asked for, and the server was still decoding the transaction's WAL: the empty batch
     read as caught up. The reader now reads on while the stream moves (here a read
-    waits 10 ms, so that 20,000 rows take several)."""
-    monkeypatch.setattr(slot_reader, "READ_WAIT", 0.01)
+    waits 100 ms, so that 20,000 rows take several; at 10 ms a loaded CI box once went
+    a whole read without a message while the server decoded)."""
+    monkeypatch.setattr(slot_reader, "READ_WAIT", 0.1)
     async with env.worker() as worker:
         await worker.drain()
         await env.conn.execute(CUSTOMER_SQL, "acme", 20_000)

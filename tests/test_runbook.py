@@ -156,7 +156,9 @@ STEPS = [
     Step("psql \"$THORBIS_POSTGRES_DSN\" -c \"SELECT pid, application_name, state, "
          "xact_start, left(query, 60) AS query FROM pg_stat_activity WHERE backend_xid IS "
          "NOT NULL OR state = 'idle in transaction' ORDER BY xact_start\"", 0,
-         r"pid \| application_name \| state \| xact_start \| query"),
+         # (columns padded to what they hold: the running worker's claim, caught
+         # between its statements, is one)
+         r"pid +\| +application_name +\| +state +\| +xact_start +\| +query"),
     # A worker lacks rules the database was set up for.
     Step("psql \"$THORBIS_POSTGRES_DSN\" -c \"SELECT name, table_name, tags, untagged, "
          "recorded_at FROM thorbis.capture_rules ORDER BY recorded_at DESC, name\"", 0,
