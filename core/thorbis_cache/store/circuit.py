@@ -188,12 +188,6 @@ class Breakers:
         breaker = self._by_node.get(master)
         return breaker is not None and bool(breaker.open_until)
 
-    def close_all(self) -> None:
-        """Every server answered (a PING of each master): close every breaker."""
-        for breaker in self.every().values():
-            breaker.success()
-        self.alarmed.clear()
-
     def every(self) -> dict[str, CircuitBreaker]:
         """Every breaker by name: ``""`` for ``main``, then the masters' by node name."""
         return {"": self.main, **self._by_node}
