@@ -376,39 +376,45 @@ class RedisStore:
         :attr:`keys_per_command` keys; the values in the order of ``keys``."""
         if not keys:
             return []
+        # A Cluster's keys by hash slot, found once: the call's route (its master's
+        # breaker when there is one slot) and the grouping of the MGETs both read it.
+        by_slot: dict[int, list[int]] | None = None
+        if self._cluster:
+            by_slot = {}
+            for i, k in enumerate(keys):
+                by_slot.setdefault(key_slot(k.encode()), []).append(i)
+        route = keys[0] if by_slot is None or len(by_slot) == 1 else None
         if self._alarmed:
-            self._refuse("MGET", self._route_of(keys))
+            self._refuse("MGET", route)
         task = self._deadlines.arm()
         try:
             await self._enter()
             try:
-                found = await self._mget(keys)
+                found = await self._mget(keys, by_slot)
             finally:
                 self._gate.release()
             if self._alarmed:
-                self.breakers.success(self._route_of(keys))
+                self.breakers.success(route)
             return found
         except asyncio.CancelledError:
-            if not self._abandoned(task, self._route_of(keys)):
+            if not self._abandoned(task, route):
                 raise
-            raise self._timed_out("MGET", self._route_of(keys)) from None
+            raise self._timed_out("MGET", route) from None
         except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
-            raise self._fail("MGET", exc, self._route_of(keys)) from exc
+            raise self._fail("MGET", exc, route) from exc
         finally:
             self._deadlines.disarm(task)
 
-    async def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def _mget(self, keys: Sequence[str], by_slot: dict[int, list[int]] | None
+                    ) -> list[bytes | None]:
         per = self.keys_per_command
-        if not self._cluster:
+        if by_slot is None:
             if len(keys) <= per:
                 got: list[bytes | None] = await self._send(keys[0], ("MGET", *keys))
                 return got
             replies = await self._send_all([(part[0], ("MGET", *part))
                                             for part in _cut(keys, per)])
             return [value for reply in replies for value in reply]
-        by_slot: dict[int, list[int]] = {}
-        for i, k in enumerate(keys):
-            by_slot.setdefault(key_slot(k.encode()), []).append(i)
         chunks = [part for positions in by_slot.values() for part in _cut(positions, per)]
         groups = [[keys[i] for i in positions] for positions in chunks]
         replies = await self._send_all([(group[0], ("MGET", *group)) for group in groups])
