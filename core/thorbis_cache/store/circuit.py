@@ -137,12 +137,16 @@ class Breakers:
             name = self._node_of(route)
         except Exception:  # no master serves the slot now: a failover in progress
             return "", self.main
+        return name, self._master(name)
+
+    def _master(self, name: str) -> CircuitBreaker:
+        """The breaker of master ``name``, made with ``main``'s settings on first use."""
         breaker = self._by_node.get(name)
         if breaker is None:
             main = self.main
             breaker = self._by_node[name] = CircuitBreaker(main.failure_threshold,
                                                            main.cooldown)
-        return name, breaker
+        return breaker
 
     def refusal(self, route: str | None, now: float) -> str | None:
         """Why a call routed by ``route`` (None: several slots, or no key) is refused at
@@ -174,9 +178,7 @@ class Breakers:
         if master is None or self._node_of is None:
             name, breaker = "", self.main
         else:
-            name = master
-            breaker = self._by_node.get(name) or self._by_node.setdefault(
-                name, CircuitBreaker(self.main.failure_threshold, self.main.cooldown))
+            name, breaker = master, self._master(master)
         breaker.trip(now)
         self.alarmed[name] = breaker
 
