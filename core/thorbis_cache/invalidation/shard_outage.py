@@ -18,13 +18,12 @@ batch fails as before and the worker waits for Redis.
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.errors import RedisUnavailableError
-from thorbis_cache.invalidation.tag_lanes import TAG_LANES, TagInvalidator, invalidate_tags_of
+from thorbis_cache.invalidation.tag_lanes import TagInvalidator, in_lanes, invalidate_tags_of
 
 if TYPE_CHECKING:
     from thorbis_cache.cache.core import Cache
@@ -56,33 +55,30 @@ async def apply_reachable(cache: Cache, keys: Sequence[CacheKey[Any]],
             await invalidate_tags_of(invalidate_tags, [
                 (tenant, sorted(names)) for tenant, names in sorted(tags.items()) if names])
             return {}
-        except RedisUnavailableError:
-            if not store.is_cluster or len({k.tenant for k in keys} | set(tags)) <= 1:
-                raise  # one shard, or one tenant: tried again, the same call would fail
+        except RedisUnavailableError as exc:
+            if not store.is_cluster:
+                raise
+            first_error: RedisUnavailableError | None = exc
+    else:
+        first_error = None
     by_tenant: dict[str, list[CacheKey[Any]]] = defaultdict(list)
     for key in keys:
         by_tenant[key.tenant].append(key)
     tenants = sorted(set(by_tenant) | {t for t, names in tags.items() if names})
+    if first_error is not None and len(tenants) <= 1:
+        raise first_error  # one tenant: tried again, the same call would fail again
     unreached: dict[str, RedisUnavailableError] = {}
-    queue = iter(tenants)  # shared: a lane takes the next tenant when it is free
 
-    async def lane() -> None:
-        for tenant in queue:
-            try:
-                if by_tenant.get(tenant):
-                    await cache.delete(*by_tenant[tenant], replicate=replicate)
-                if tags.get(tenant):
-                    await invalidate_tags(tenant, sorted(tags[tenant]))
-            except RedisUnavailableError as exc:
-                unreached[tenant] = exc
+    async def apply(tenant: str) -> None:
+        try:
+            if by_tenant.get(tenant):
+                await cache.delete(*by_tenant[tenant], replicate=replicate)
+            if tags.get(tenant):
+                await invalidate_tags(tenant, sorted(tags[tenant]))
+        except RedisUnavailableError as exc:
+            unreached[tenant] = exc
 
-    lanes = [asyncio.ensure_future(lane()) for _ in range(min(TAG_LANES, len(tenants)))]
-    try:
-        await asyncio.gather(*lanes)
-    finally:  # anything else than an outage: the lanes still running are cancelled
-        for running in lanes:
-            running.cancel()
-        await asyncio.gather(*lanes, return_exceptions=True)
+    await in_lanes(tenants, apply)  # anything else than an outage is raised
     if tenants and len(unreached) == len(tenants):
         raise unreached[tenants[0]]
     return unreached

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from thorbis_cache.cache.core import Cache
 
-__all__ = ["TAG_LANES", "TagInvalidator", "apply_again", "invalidate_tags_of"]
+__all__ = ["TAG_LANES", "TagInvalidator", "apply_again", "in_lanes", "invalidate_tags_of"]
+
+_T = TypeVar("_T")
 
 #: ``async (tenant, tags)``: invalidates every key carrying one of ``tags``.
 TagInvalidator = Callable[[str, Sequence[str]], Awaitable[Any]]
@@ -35,16 +37,26 @@ async def invalidate_tags_of(invalidate_tags: TagInvalidator,
         tells a Redis outage from a change that cannot be applied by its type); the
         tenants still in hand are cancelled first.
     """
-    queue = iter(by_tenant)  # shared: a lane takes the next tenant when it is free
+    await in_lanes(by_tenant, lambda item: invalidate_tags(*item))
+
+
+async def in_lanes(items: Sequence[_T], work: Callable[[_T], Awaitable[Any]]) -> None:
+    """``work`` on each of ``items``, :data:`TAG_LANES` at a time (each lane takes the
+    next item when it is free); no task at all for a single item.
+
+    :raises Exception: the first failure, as it was raised; the items still in hand are
+        cancelled first.
+    """
+    queue = iter(items)  # shared: a lane takes the next item when it is free
 
     async def lane() -> None:
-        for tenant, tenant_tags in queue:
-            await invalidate_tags(tenant, tenant_tags)
+        for item in queue:
+            await work(item)
 
-    if len(by_tenant) <= 1:
+    if len(items) <= 1:
         await lane()  # no task for the usual batch of one tenant
         return
-    lanes = [asyncio.ensure_future(lane()) for _ in range(min(TAG_LANES, len(by_tenant)))]
+    lanes = [asyncio.ensure_future(lane()) for _ in range(min(TAG_LANES, len(items)))]
     try:
         await asyncio.gather(*lanes)
     finally:
