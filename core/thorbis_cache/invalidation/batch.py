@@ -244,15 +244,13 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
     :raises Exception: what deleting, invalidating or writing raised; the caller rolls
         the transaction back.
     """
-    processed: list[int] = []
     dead: list[tuple[int, str]] = []
     keys: dict[str, CacheKey[Any]] = {}
     tags: dict[str, set[str]] = defaultdict(set)
     changes: dict[str, int] = defaultdict(int)
     incomplete: dict[str, tuple[int, set[str], set[str]]] = {}
     every_tenant: set[str] = set()  # tags for every tenant (a TRUNCATE; tenant column gone)
-    # Each applied row with its plan, should some be parked (by position: rows of one
-    # bulk transaction may share an id).
+    # Each row applied, with its plan (some may be parked by it), in claim order.
     applied: list[tuple[outbox.OutboxRow, Plan]] = []
     for i, row in enumerate(rows):
         if i and not i % PLAN_CHUNK:
@@ -265,7 +263,6 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
             except PoisonRow as exc:
                 reason = str(exc)
             else:
-                processed.append(row.id)
                 applied.append((row, planned))
                 if planned.every_tenant:
                     every_tenant.update(planned.tags)
@@ -310,14 +307,14 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
         held = [row for row, planned in applied if not within_reach(planned)]
         await outbox.park(conn, held)
         parked = [row.id for row in held]
-        processed = [row.id for row, planned in applied if within_reach(planned)]
+        applied = [(row, planned) for row, planned in applied if within_reach(planned)]
         keys = {body: key for body, key in keys.items() if key.tenant not in out_of_reach}
         tags = defaultdict(set, {t: n for t, n in tags.items() if t not in out_of_reach})
         changes = defaultdict(int, {t: c for t, c in changes.items() if t not in out_of_reach})
         log.warning("%d change(s) parked in the outbox: the Redis shard of tenant(s) %s "
                     "did not answer (%s); %d applied", len(parked),
                     ", ".join(sorted(out_of_reach)), next(iter(out_of_reach.values())),
-                    len(processed))
+                    len(applied))
     by_tenant: dict[str, list[str]] = defaultdict(list)
     for key in keys.values():
         by_tenant[key.tenant].append(key.body)
@@ -338,7 +335,7 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
         audit_ids = [record.id for record in
                      await audit.append_many(conn, "invalidation", details)]
     return BatchResult(
-        tuple(processed), tuple(dead), tuple(sorted(keys)),
+        tuple(row.id for row, _ in applied), tuple(dead), tuple(sorted(keys)),
         tuple(sorted((t, n) for t, ns in tags.items() for n in ns)), tuple(audit_ids),
         tuple(Incomplete(table, count, tuple(sorted(unseen)), tuple(sorted(unreached)))
               for table, (count, unseen, unreached) in sorted(incomplete.items())),
