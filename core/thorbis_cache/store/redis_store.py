@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
+from redis.cluster import get_node_name
 from redis.crc import key_slot
 
 from thorbis_cache.errors import (
@@ -205,7 +206,8 @@ class RedisStore:
         """The router gave up a silent server: open its breaker (its master's on a
         Cluster), so that the calls after it fail at once instead of each waiting out
         its deadline, until a probe finds it (or its successor) answering."""
-        self.breakers.trip(f"{host}:{port}" if self._cluster else None, time.monotonic())
+        self.breakers.trip(get_node_name(host, port) if self._cluster else None,
+                           time.monotonic())
 
     def _master_name(self, key: str) -> str:
         """The Cluster master serving ``key``, as the slot map says now."""
@@ -605,7 +607,7 @@ class RedisStore:
         slots = await self.cluster_slots()
         masters = sorted({tuple(nodes["primary"]) for nodes in slots.values()})
         for host, port in masters:
-            if self.breakers.suspect(f"{host}:{port}"):
+            if self.breakers.suspect(get_node_name(host, port)):
                 raise RedisUnavailableError("INFO server", self.address,
                                             f"circuit open on master {host}:{port}")
         ids = []

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import RedisSSLContext, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.cluster import get_node_name
 from redis.crc import key_slot
 
 from thorbis_cache.transport.node import ConnectOptions, NodeConnections
@@ -180,7 +181,7 @@ class Router:
             self.on_silent(node.host, node.port)
         if self._cluster is not None and (self._remap is None or self._remap.done()):
             self._remap = asyncio.get_running_loop().create_task(
-                self._refresh_slot_map(self._cluster, f"{node.host}:{node.port}"))
+                self._refresh_slot_map(self._cluster, get_node_name(node.host, node.port)))
 
     async def _refresh_slot_map(self, cluster: RedisCluster, failed: str) -> None:
         """Ask the other nodes for the slot map, ``failed`` last (a silent node would
