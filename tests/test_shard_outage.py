@@ -23,7 +23,9 @@ from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.errors import RedisUnavailableError
-from thorbis_cache.invalidation.worker import OutboxWorker
+from thorbis_cache.invalidation.worker import OUTBOX_EVERY, OutboxWorker
+from thorbis_cache.observability.health import assess
+from thorbis_cache.observability.probe import Probe
 from thorbis_cache.observability.transport import TransportCollector
 from thorbis_cache.testing.servers import RedisCluster
 
@@ -118,7 +120,7 @@ def slow_failing_cluster() -> Iterator[RedisCluster]:
 async def test_invalidations_of_live_shards_go_on_while_one_shard_is_silent(
         slow_failing_cluster: RedisCluster, thorbis_pg_dsn: str, mode: str) -> None:
     """A change of a tenant on the silent shard, then one of acme's, on another: acme's
-    is applied while the other shard is silent (the other's is parked in the outbox),
+    is applied while the other shard is silent (the other's is parked),
     and the other's once its shard answers again."""
     cluster = slow_failing_cluster
     cluster.flushall()
@@ -151,6 +153,23 @@ async def test_invalidations_of_live_shards_go_on_while_one_shard_is_silent(
                 await asyncio.sleep(0.02)
             await wait_until("the other tenant's change parked",
                              lambda: _parked(worker))
+            # A parked change waits for its shard: it does not go round the outbox with
+            # the live shards' changes, claimed, refused and written back by every batch.
+            parked = worker.metrics.parked
+            await env.conn.execute(update.replace("0199", "0200"), "acme")
+            await worker.drained()
+            await asyncio.sleep(OUTBOX_EVERY + 0.5)  # a look at the outbox, under logical
+            assert worker.metrics.parked == parked, (
+                f"the parked change was claimed and parked again "
+                f"{worker.metrics.parked - parked} time(s) while its shard was silent")
+            assert await env.conn.fetchval("SELECT count(*) FROM thorbis.parked_changes "
+                                           "WHERE tenant_id = $1", other) == 1
+            # Pending, and said to be parked (the other shards' changes were applied).
+            probe = Probe(cache.store, cache.settings.prefix, env.dsn)
+            outbox_check = assess(await probe.refresh()).checks["outbox"]
+            assert outbox_check.status == "warning"
+            assert outbox_check.figures["parked"] == 1
+            assert "1 of them parked" in outbox_check.reason
             cluster.thaw(frozen)
             frozen = None
 
@@ -162,7 +181,8 @@ async def test_invalidations_of_live_shards_go_on_while_one_shard_is_silent(
 
             await wait_until(f"{other}'s change applied once its shard answers",
                              other_applied)
-            await wait_until("the outbox empty", lambda: _outbox_empty(env))
+            await wait_until("nothing left parked", lambda: _outbox_empty(env))
+            assert worker.metrics.parked_applied == 1
         finally:
             if frozen is not None:
                 cluster.thaw(frozen)
@@ -177,4 +197,6 @@ async def _parked(worker: OutboxWorker) -> bool:
 
 
 async def _outbox_empty(env: Env) -> bool:
-    return bool(await env.conn.fetchval("SELECT count(*) FROM thorbis.outbox") == 0)
+    return bool(await env.conn.fetchval(
+        "SELECT (SELECT count(*) FROM thorbis.outbox) + (SELECT count(*) FROM "
+        "thorbis.parked_changes) + (SELECT count(*) FROM thorbis.parked_tenants)") == 0)

@@ -146,11 +146,15 @@ async def test_a_tenant_whose_tags_fail_fails_the_batch_or_is_parked_on_a_cluste
     async with hs.worker(invalidate_tags=invalidate_tags) as worker:
         if hs.app.cache.store.is_cluster:
             # One shard's tenant out of reach: the other tenants' changes are applied,
-            # its own is parked in the outbox for a later batch, no attempt counted.
+            # its own is parked until its shard answers, no attempt counted.
             result = await worker.run_once()
             assert (len(result.processed), len(result.parked)) == (len(tenants) - 1, 1)
-            rows = await hs.conn.fetch("SELECT tenant_id, attempts FROM thorbis.outbox")
+            assert await hs.conn.fetchval("SELECT count(*) FROM thorbis.outbox") == 0
+            rows = await hs.conn.fetch("SELECT tenant_id, attempts FROM thorbis.parked_changes")
             assert [(r["tenant_id"], r["attempts"]) for r in rows] == [("t07", 0)]
+            tenant, error = await hs.conn.fetchrow(
+                "SELECT tenant, last_error FROM thorbis.parked_tenants")
+            assert (tenant, "connection refused" in error) == ("t07", True)
             return
         # The error itself, not a group: the worker tells an outage by its type.
         with pytest.raises(RedisUnavailableError):

@@ -26,7 +26,7 @@ from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.invalidation.planning import Plan, PoisonRow
 from thorbis_cache.invalidation.shard_outage import apply_reachable
 from thorbis_cache.invalidation.tag_lanes import TagInvalidator
-from thorbis_cache.postgres import audit, outbox
+from thorbis_cache.postgres import audit, outbox, parked
 from thorbis_cache.postgres.replication import ReplicationError
 
 if TYPE_CHECKING:
@@ -102,9 +102,14 @@ class WorkerMetrics:
     :ivar lacking_rules: rules the database's capture was set up for (``db init`` of a
         newer release) that this worker does not have, applied through stand-ins (a
         gauge; :mod:`~thorbis_cache.invalidation.lacking_rules`).
-    :ivar parked: changes put back in the outbox because their Cluster shard did not
-        answer while others did (:mod:`~thorbis_cache.invalidation.shard_outage`);
-        each is counted again if parked again.
+    :ivar parked: changes parked (``thorbis.parked_changes``) because their Cluster
+        shard did not answer while others did
+        (:mod:`~thorbis_cache.invalidation.shard_outage`); each is counted again if a
+        try that reached its tenant's shard parks it again (a change that also names
+        another tenant, whose shard is away).
+    :ivar parked_applied: parked changes applied, once their shard answered.
+    :ivar parked_tries: tries of a tenant's parked changes that found its shard still
+        away (each puts the next try off: :mod:`~thorbis_cache.postgres.parked`).
     :ivar commit_latency: per applied change, seconds from its capture (the outbox
         row's insert; under logical capture, its commit) to its batch's commit, after
         which its keys are gone.
@@ -128,6 +133,8 @@ class WorkerMetrics:
     redis_wait_seconds: float = 0.0
     redis_probes: int = 0
     parked: int = 0
+    parked_applied: int = 0
+    parked_tries: int = 0
     commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)
     #: when each table's incomplete changes were last logged (monotonic seconds)
     _reported: dict[str, float] = attrs.field(factory=dict, eq=False, repr=False)
@@ -175,8 +182,8 @@ def applied_rows(rows: Sequence[outbox.OutboxRow],
     """``rows`` without those ``result`` parked (they are counted when applied)."""
     if not result.parked:
         return rows
-    parked = set(result.parked)
-    return [row for row in rows if row.id not in parked]
+    held = set(result.parked)
+    return [row for row in rows if row.id not in held]
 
 
 #: Seconds between two error logs of one table's incomplete changes.
@@ -210,8 +217,9 @@ class BatchResult:
     :ivar audit_ids: ids of the audit records appended.
     :ivar incomplete: per table, the changes planned without some of their rules'
         columns (see :class:`~thorbis_cache.invalidation.planning.Plan`).
-    :ivar parked: ids of the rows put back in the outbox, their Cluster shard out of
-        reach while others answered (:mod:`~thorbis_cache.invalidation.shard_outage`).
+    :ivar parked: ids of the rows parked (``thorbis.parked_changes``), their Cluster
+        shard out of reach while others answered
+        (:mod:`~thorbis_cache.invalidation.shard_outage`).
     """
 
     processed: tuple[int, ...] = ()
@@ -295,24 +303,24 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
                     "for every tenant (%d)", ", ".join(sorted(every_tenant)), reached)
     out_of_reach = await apply_reachable(
         cache, list(keys.values()), tags, invalidate_tags, replicate=replay is None)
-    parked: list[int] = []
+    parked_ids: list[int] = []
     if out_of_reach:
-        # Their shard did not answer: back to the outbox, with what else they reach
-        # (applied again then); nothing of them is logged or audited now.
+        # Their shard did not answer: parked, with what else they reach (applied again
+        # then); nothing of them is logged or audited now.
         def within_reach(planned: Plan) -> bool:
             return not planned.every_tenant and all(
                 part.tenant not in out_of_reach
                 for part in (planned.moved_from, planned) if part is not None)
 
         held = [row for row, planned in applied if not within_reach(planned)]
-        await outbox.park(conn, held)
-        parked = [row.id for row in held]
+        await parked.park(conn, held, str(next(iter(out_of_reach.values()))))
+        parked_ids = [row.id for row in held]
         applied = [(row, planned) for row, planned in applied if within_reach(planned)]
         keys = {body: key for body, key in keys.items() if key.tenant not in out_of_reach}
         tags = defaultdict(set, {t: n for t, n in tags.items() if t not in out_of_reach})
         changes = defaultdict(int, {t: c for t, c in changes.items() if t not in out_of_reach})
-        log.warning("%d change(s) parked in the outbox: the Redis shard of tenant(s) %s "
-                    "did not answer (%s); %d applied", len(parked),
+        log.warning("%d change(s) parked: the Redis shard of tenant(s) %s did not "
+                    "answer (%s); %d applied", len(parked_ids),
                     ", ".join(sorted(out_of_reach)), next(iter(out_of_reach.values())),
                     len(applied))
     by_tenant: dict[str, list[str]] = defaultdict(list)
@@ -339,5 +347,5 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
         tuple(sorted((t, n) for t, ns in tags.items() for n in ns)), tuple(audit_ids),
         tuple(Incomplete(table, count, tuple(sorted(unseen)), tuple(sorted(unreached)))
               for table, (count, unseen, unreached) in sorted(incomplete.items())),
-        tuple(parked),
+        tuple(parked_ids),
     )

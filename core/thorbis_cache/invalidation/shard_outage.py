@@ -9,10 +9,11 @@ failed as a whole there, and the worker held every later batch behind it: every
 tenant's cached entries stayed stale, not only the silent shard's. So when a batch
 meets an unavailable shard, its invalidations are applied tenant by tenant (each call
 answers to its master's breaker, so a silent shard's fail at once after the first
-timeouts), and the changes whose tenants could not be reached are parked: put back in
-``thorbis.outbox`` in the batch's transaction (:func:`~thorbis_cache.postgres.outbox.park`),
-to be applied by a later batch once their shard answers. The rest commits and the
-worker goes on. When no tenant of the batch can be reached, nothing is parked: the
+timeouts), and the changes whose tenants could not be reached are parked in
+``thorbis.parked_changes`` in the batch's transaction
+(:func:`~thorbis_cache.postgres.parked.park`), to be applied once their shard answers
+(:mod:`~thorbis_cache.invalidation.parked_retry`). The rest commits and the worker
+goes on. When no tenant of the batch can be reached, nothing is parked: the
 batch fails as before and the worker waits for Redis.
 """
 

@@ -53,6 +53,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import asyncpg
+
 from thorbis_cache.cache.meta_sweep import MetaSweep
 from thorbis_cache.cache.tags import CacheTagInvalidator
 from thorbis_cache.errors import ConfigurationError, RedisUnavailableError
@@ -67,6 +69,7 @@ from thorbis_cache.invalidation.batch import (
 )
 from thorbis_cache.invalidation.database_origin import OriginCheck
 from thorbis_cache.invalidation.lacking_rules import LackingRules, RulesChanged
+from thorbis_cache.invalidation.parked_retry import LOOK_EVERY, retry_parked
 from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.invalidation.replica_echo import ReplicaEcho
@@ -106,8 +109,12 @@ MIN_POLL = 0.001
 FOLLOW_INTERVAL = 1.0
 
 #: Seconds, under logical capture, between two looks at ``thorbis.outbox`` while the
-#: stream keeps bringing changes (parked changes and replayed dead letters wait there).
+#: stream keeps bringing changes (replayed dead letters wait there).
 OUTBOX_EVERY = 1.0
+
+#: Seconds before a worker that found the database's thorbis schema older than itself
+#: (no ``thorbis.parked_tenants``) looks for parked changes again.
+SCHEMA_RECHECK = 60.0
 
 
 class OutboxWorker:
@@ -223,6 +230,7 @@ class OutboxWorker:
         self._auto: LogicalCapture | None = None
         self._followed_at: float | None = None
         self._outbox_read_at = float("-inf")
+        self._parked_looked_at = float("-inf")
         if capture == "auto":
             self._auto = LogicalCapture(slot, self._all_rules(), views,
                                         max_transaction_changes=max_transaction_changes)
@@ -391,6 +399,9 @@ class OutboxWorker:
     async def _next_batch_from_capture(self, caught_up: bool, standby: bool) -> BatchResult:
         if self._auto is not None:
             await self._follow_slot()
+        result = await self._retry_parked()
+        if result.claimed:
+            return result
         if self.capture is not None:
             return await self._logical_then_outbox(self.capture, caught_up=caught_up,
                                                    standby=standby)
@@ -401,10 +412,8 @@ class OutboxWorker:
         """Under logical capture, a batch from the stream; once the stream has nothing,
         or a second after the outbox was last looked at, one from ``thorbis.outbox``,
         where nothing but replayed dead letters (``thorbis-cache outbox-deadletters
-        replay``) and changes parked while their Cluster shard did not answer
-        (:mod:`~thorbis_cache.invalidation.shard_outage`) arrive: the WAL does not have
-        them any more, and a busy stream must not hold them back. An empty outbox costs
-        one indexed query."""
+        replay``) arrive: the WAL does not have them any more, and a busy stream must
+        not hold them back. An empty outbox costs one indexed query."""
         now = asyncio.get_running_loop().time()
         if now - self._outbox_read_at >= OUTBOX_EVERY:
             result = await self._run_outbox_once()
@@ -424,6 +433,34 @@ class OutboxWorker:
         if result.claimed:
             return result
         return await self._run_outbox_once()
+
+    async def _retry_parked(self) -> BatchResult:
+        """At most every :data:`~thorbis_cache.invalidation.parked_retry.LOOK_EVERY`
+        seconds, the parked changes of a due tenant whose Cluster shard answers again
+        (:mod:`~thorbis_cache.invalidation.parked_retry`); they wait in their own table,
+        so the outbox's batches and the stream never carry them round."""
+        now = asyncio.get_running_loop().time()
+        if now - self._parked_looked_at < LOOK_EVERY:
+            return BatchResult()
+        self._parked_looked_at = now
+        conn = await self._connection()
+        try:
+            if self.replay is not None:
+                await self.replay.check(conn)
+            return await retry_parked(conn, cache=self.cache, batch_size=self.batch_size,
+                                      apply=self._apply, rules_changed=self._rules_changed,
+                                      metrics=self.metrics)
+        except asyncpg.UndefinedTableError as exc:
+            # A worker of this release started before `db migrate` ran (a rolling
+            # deploy): its batches go on; nothing can be parked there yet either.
+            self._parked_looked_at = now + SCHEMA_RECHECK
+            log.error("outbox worker: %s: the database's thorbis schema is older than this "
+                      "worker; run `thorbis-cache db migrate` (parked changes are looked "
+                      "for again in %.0f s)", exc, SCHEMA_RECHECK)
+            return BatchResult()
+        except Exception:
+            self.metrics.failed_batches += 1
+            raise
 
     async def _run_outbox_once(self) -> BatchResult:
         self._outbox_read_at = asyncio.get_running_loop().time()
@@ -547,9 +584,11 @@ class OutboxWorker:
     async def drain(self) -> list[BatchResult]:
         """Run batches until the outbox is empty (for tests and the CLI's ``--once``):
         the last batch claimed nothing, so every change committed before it started
-        has been applied (or dead-lettered). Under logical capture, until the slot
-        has caught up with the server's flush position. Not while :meth:`run` runs in
-        another task (use :meth:`drained`).
+        has been applied (or dead-lettered), or parked: changes whose Cluster shard is
+        out of reach wait for it (:mod:`~thorbis_cache.invalidation.parked_retry`), not
+        for this. Under logical capture, until the slot has caught up with the server's
+        flush position. Not while :meth:`run` runs in another task (use
+        :meth:`drained`).
 
         :raises CaptureNotInstalledError: see :meth:`check_capture`.
         :raises SlotInUseError: another worker reads the slot (it applies the changes).
@@ -563,7 +602,8 @@ class OutboxWorker:
         return results
 
     async def drained(self) -> None:
-        """Return once every change committed before the call has been applied.
+        """Return once every change committed before the call has been applied (or
+        parked: see :meth:`drain`).
 
         When :meth:`run` is running (in another task), wait for its loop to get there:
         the first batch that starts after this call and finds the outbox empty (under

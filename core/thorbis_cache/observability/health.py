@@ -18,7 +18,9 @@ one reading of the servers (:meth:`~thorbis_cache.observability.probe.Probe.exam
   ``queue_lag_unhealthy`` seconds, or more than ``backlog_warning`` jobs.
 * ``postgres`` (with a DSN): unhealthy when it does not answer.
 * ``outbox``: warning past ``backlog_warning`` rows or ``lag_warning`` seconds of age,
-  unhealthy past ``lag_unhealthy`` seconds (the cache serves stale entries that long).
+  unhealthy past ``lag_unhealthy`` seconds (the cache serves stale entries that long);
+  parked changes (their Cluster shard out of reach) count, and any is a warning that
+  says so.
 * ``dead_letters``: warning when the outbox or the queue holds any (changes that were
   never applied: ``thorbis-cache deadletters``).
 * ``views`` (with views to watch): a view ``stale``, ``failing`` or never refreshed is
@@ -405,6 +407,14 @@ def _queue(r: ProbeResult, t: HealthThresholds) -> Check:
 def _outbox(r: ProbeResult, t: HealthThresholds) -> Check:
     backlog, oldest = r.outbox_backlog or 0, r.outbox_oldest_seconds or 0.0
     figures = {"backlog": backlog, "oldest_seconds": round(oldest, 3)}
+    if r.outbox_parked:
+        # Not the worker's absence: a Cluster shard it cannot reach (the others' changes
+        # are applied), which the redis checks name.
+        figures["parked"] = r.outbox_parked
+        return Check("unhealthy" if oldest > t.lag_unhealthy else "warning",
+                     f"{backlog} change(s) waiting, oldest {oldest:.0f} s; {r.outbox_parked} "
+                     "of them parked: their Redis Cluster shard does not answer "
+                     "(thorbis.parked_tenants says which tenants, and why)", figures)
     if oldest > t.lag_unhealthy:
         return Check("unhealthy", f"oldest change waiting {oldest:.0f} s (over "
                      f"{t.lag_unhealthy:.0f} s): is a worker running?", figures)

@@ -42,10 +42,15 @@ __all__ = ["CaptureSlot", "HealthReading", "MasterState", "Probe", "ProbeResult"
            "ReplicaState", "SentinelState", "TopologyReading", "info_fields",
            "read_masters"]
 
+# Parked changes (their Cluster shard out of reach) are pending too: in the backlog and
+# its age, and counted apart.
 _OUTBOX = """
-SELECT (SELECT count(*) FROM thorbis.outbox) AS backlog,
-       (SELECT extract(epoch FROM clock_timestamp() - min(created_at))::float8
-          FROM thorbis.outbox) AS oldest,
+SELECT (SELECT count(*) FROM thorbis.outbox) + (SELECT count(*) FROM thorbis.parked_changes)
+           AS backlog,
+       (SELECT extract(epoch FROM clock_timestamp() - min(oldest))::float8
+          FROM (SELECT min(created_at) AS oldest FROM thorbis.outbox
+                UNION ALL SELECT min(created_at) FROM thorbis.parked_changes) AS o) AS oldest,
+       (SELECT count(*) FROM thorbis.parked_changes) AS parked,
        (SELECT count(*) FROM thorbis.outbox_dead_letters) AS dead,
        pg_is_in_recovery() AS standby
 """
@@ -67,8 +72,11 @@ class ProbeResult:
     :ivar postgres_error: why it did not.
     :ivar postgres_standby: the server is a standby (read-only): the worker, ``db init``
         and the refreshes need the primary.
-    :ivar outbox_backlog: committed changes waiting in ``thorbis.outbox``.
+    :ivar outbox_backlog: committed changes waiting in ``thorbis.outbox``, parked ones
+        included.
     :ivar outbox_oldest_seconds: age of the oldest (0 when empty).
+    :ivar outbox_parked: of them, those parked in ``thorbis.parked_changes``: their
+        Redis Cluster shard did not answer (:mod:`~thorbis_cache.postgres.parked`).
     :ivar outbox_dead_letters: rows in ``thorbis.outbox_dead_letters``.
     :ivar at: when it was read (epoch seconds).
     """
@@ -84,6 +92,7 @@ class ProbeResult:
     postgres_standby: bool = False
     outbox_backlog: int | None = None
     outbox_oldest_seconds: float | None = None
+    outbox_parked: int | None = None
     outbox_dead_letters: int | None = None
     at: float = attrs.field(factory=time.time)
 
@@ -206,6 +215,7 @@ class Probe(Collector):
         return {"postgres_up": True, "postgres_standby": bool(row["standby"]),
                 "outbox_backlog": int(row["backlog"]),
                 "outbox_oldest_seconds": float(row["oldest"] or 0.0),
+                "outbox_parked": int(row["parked"]),
                 "outbox_dead_letters": int(row["dead"])}
 
     def describe(self) -> Iterator[Metric]:
@@ -229,10 +239,12 @@ class Probe(Collector):
             ("queue_dead_letters", "Jobs in the invalidation queue's dead letters",
              r.queue_dead_letters),
             ("postgres_up", "1 when PostgreSQL answered at the last scrape", r.postgres_up),
-            ("outbox_backlog", "Committed changes waiting in thorbis.outbox",
-             r.outbox_backlog),
-            ("outbox_oldest_seconds", "Age of the oldest change waiting in thorbis.outbox",
-             r.outbox_oldest_seconds),
+            ("outbox_backlog", "Committed changes waiting in thorbis.outbox, parked ones "
+             "included", r.outbox_backlog),
+            ("outbox_oldest_seconds", "Age of the oldest change waiting in thorbis.outbox "
+             "or parked", r.outbox_oldest_seconds),
+            ("outbox_parked", "Changes parked in thorbis.parked_changes: their Redis "
+             "Cluster shard did not answer", r.outbox_parked),
             ("outbox_dead_letters", "Rows in thorbis.outbox_dead_letters",
              r.outbox_dead_letters),
         ]

@@ -33,8 +33,12 @@ _WORKER_COUNTERS: dict[str, tuple[str, str]] = {
                       "Captured changes dead-lettered (thorbis.outbox_dead_letters)"),
     "redis_waits": ("worker_redis_waits", "Redis outages the worker waited out"),
     "redis_probes": ("worker_redis_probes", "PINGs sent while waiting for Redis"),
-    "parked": ("worker_parked_changes", "Changes put back in the outbox: their Cluster "
-               "shard did not answer while others did"),
+    "parked": ("worker_parked_changes", "Changes parked (thorbis.parked_changes): their "
+               "Cluster shard did not answer while others did"),
+    "parked_applied": ("worker_parked_applied", "Parked changes applied once their "
+                       "Cluster shard answered again"),
+    "parked_tries": ("worker_parked_tries", "Tries of a tenant's parked changes that found "
+                     "its Cluster shard still away (the next try backs off)"),
     "capture_losses": ("worker_capture_losses",
                        "Times change capture lost track (a replication slot lost, or the "
                        "database on a new timeline after a failover or restore): every "

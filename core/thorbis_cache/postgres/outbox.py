@@ -31,10 +31,10 @@ from thorbis_cache.postgres.outbox_images import Shape
 __all__ = [
     "DB_ERRORS",
     "OutboxRow",
+    "as_json",
     "claim_batch",
     "count_changes",
     "dead_letter",
-    "park",
     "pending_count",
     "prune_dead_letters",
     "record_failure",
@@ -149,33 +149,15 @@ async def dead_letter(conn: asyncpg.Connection, row: OutboxRow, reason: str) -> 
 
     await conn.execute(
         _DEAD_LETTER, row.id, reason, row.attempts, row.txid, row.created_at, row.table_name,
-        row.operation, row.tenant_id, _as_json(row.pk), _as_json(row.old),
-        _as_json(row.new),
+        row.operation, row.tenant_id, as_json(row.pk), as_json(row.old),
+        as_json(row.new),
     )
 
 
-_PARK = """
-INSERT INTO thorbis.outbox (txid, created_at, table_name, operation, tenant_id, pk, old,
-                            new, attempts, last_error)
-VALUES ($1::text::xid8, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb, $9, $10)
-"""
-
-
-async def park(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
-    """Put ``rows`` back in the outbox for a later batch (in the batch transaction,
-    which claimed them or read them from the WAL): their Redis shard could not be
-    reached while the others could (see :mod:`thorbis_cache.invalidation.shard_outage`).
-    They keep their creation time, transaction and attempts, and go behind what is
-    waiting (a new id); the JSON form, as for a dead letter."""
-    await conn.executemany(_PARK, [
-        (row.txid, row.created_at, row.table_name, row.operation, row.tenant_id,
-         _as_json(row.pk), _as_json(row.old), _as_json(row.new), row.attempts,
-         row.last_error) for row in rows])
-
-
-def _as_json(text: str | Mapping[str, Any] | None) -> str | None:
-    """A jsonb parameter: an object as JSON, JSON text as it is, anything else (text
-    that does not parse) as a JSON string holding it."""
+def as_json(text: str | Mapping[str, Any] | None) -> str | None:
+    """A jsonb parameter (a dead letter's, a parked change's): an object as JSON, JSON
+    text as it is, anything else (text that does not parse) as a JSON string holding
+    it."""
     if text is None:
         return None
     if not isinstance(text, str):
