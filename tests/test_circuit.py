@@ -12,7 +12,7 @@ import pytest
 
 from thorbis_cache import Cache, KeySchema, SchemaRegistry
 from thorbis_cache.errors import RedisUnavailableError
-from thorbis_cache.store.circuit import CircuitBreaker
+from thorbis_cache.store.circuit import Breakers, CircuitBreaker
 from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.testing.servers import RedisServer
 
@@ -46,6 +46,27 @@ LABEL = KeySchema("cb.label", str, params={"id": int}, ttl=60)
 
 async def _label() -> str:
     return "from the loader"
+
+
+def test_a_masters_breaker_is_suspect_from_its_opening_to_its_next_success() -> None:
+    """What the worker asks before it sends a tenant's invalidations (a call let
+    through as the probe of a silent master would hold its whole batch)."""
+    breakers = Breakers(CircuitBreaker(2, cooldown=0.5),
+                        node_of=lambda key: "10.0.0.1:7000" if "{a" in key else "10.0.0.2:7000")
+    assert not breakers.route_suspect("tc:~meta:{a1}")
+    breakers.failure("tc:~meta:{a1}", 100.0)
+    assert not breakers.route_suspect("tc:~meta:{a1}")  # one failure: not open yet
+    breakers.failure("tc:~meta:{a2}", 100.0)  # the same master
+    assert breakers.route_suspect("tc:~meta:{a1}")
+    assert not breakers.route_suspect("tc:~meta:{b1}")  # another master
+    assert breakers.refusal("tc:~meta:{a1}", 101.0) is None  # the cooldown is over: a probe
+    assert breakers.route_suspect("tc:~meta:{a1}")  # until it answers
+    breakers.success("tc:~meta:{a1}")
+    assert not breakers.route_suspect("tc:~meta:{a2}")
+    # Off a Cluster, no master is suspect: the store's one breaker is for every call.
+    single = Breakers(CircuitBreaker(1))
+    single.failure("tc:~meta:{a1}", 100.0)
+    assert not single.route_suspect("tc:~meta:{a1}")
 
 
 async def test_a_stopped_server_opens_the_circuit_and_a_probe_closes_it(

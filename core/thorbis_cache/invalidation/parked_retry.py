@@ -5,15 +5,17 @@ Changes whose Cluster shard did not answer while the others did wait in
 its retry time. At most every :data:`LOOK_EVERY` seconds the worker looks for due
 tenants. For each, in a transaction that locks its schedule:
 
-* its shard is asked first (``EXISTS`` of the tenant's index key, under its master's
-  breaker: refused at once while that is open). Still away: the next try is put off
-  (the wait doubles up to :data:`~thorbis_cache.postgres.parked.MAX_RETRY`) and
-  nothing of the tenant's changes is read or written;
-* it answers: up to a batch of its changes, oldest first, is taken and applied as any
+* while its master's circuit breaker is open, the next try is put off (the wait
+  doubles up to :data:`~thorbis_cache.postgres.parked.MAX_RETRY`), nothing of the
+  tenant's changes is read or written, and its shard is asked, beside the batches
+  (:class:`ShardProbes`: ``EXISTS`` of the tenant's index key, the breaker's probe,
+  whose answer closes it). Through a batch, a probe call to a silent master would
+  hold every tenant's changes for a call's timeout;
+* otherwise up to a batch of its changes, oldest first, is taken and applied as any
   batch (:func:`~thorbis_cache.invalidation.batch.apply_changes`, under a savepoint).
   Once none is left the tenant is forgotten; otherwise the rest is due at once. If
-  the shard is lost again meanwhile, the savepoint is rolled back: the changes stay
-  parked, and the tenant is put off.
+  the shard does not answer, the savepoint is rolled back: the changes stay parked,
+  and the tenant is put off.
 
 A failure that is not the shard's (a tag invalidator error) counts an attempt on the
 changes taken, as a failed outbox batch does, so that a change that can never be
@@ -22,21 +24,24 @@ applied is dead-lettered after ``max_attempts``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.cache.meta_keys import MetaKeys
-from thorbis_cache.errors import RedisUnavailableError
+from thorbis_cache.errors import CacheBackendError, RedisUnavailableError
 from thorbis_cache.invalidation.batch import BLAMELESS, BatchResult, WorkerMetrics, applied_rows
 from thorbis_cache.invalidation.lacking_rules import RulesChanged
 from thorbis_cache.postgres import outbox, parked
 
 if TYPE_CHECKING:
     from thorbis_cache.cache.core import Cache
+    from thorbis_cache.store.redis_store import RedisStore
 
-__all__ = ["LOOK_EVERY", "TENANTS_PER_LOOK", "retry_parked"]
+__all__ = ["LOOK_EVERY", "TENANTS_PER_LOOK", "ShardProbes", "retry_parked"]
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +55,66 @@ TENANTS_PER_LOOK = 100
 Apply = Callable[[Any, Sequence[outbox.OutboxRow]], Awaitable[BatchResult]]
 
 
+class ShardProbes:
+    """Calls that find out, beside the worker's batches, whether a master whose breaker
+    opened answers again: one per tenant key at a time, each let through as its
+    breaker's probe (or refused at once while the breaker cools down); an answer
+    closes the breaker, and the tenant's next try applies its changes.
+
+    :param store: the worker's cache's store.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._calls: dict[str, asyncio.Task[None]] = {}
+        self._answered: set[str] = set()
+
+    def start(self, tenant: str, route: str) -> None:
+        """Ask the master serving ``route`` (a key of ``tenant``), unless a call for
+        the tenant is in flight."""
+        call = self._calls.get(tenant)
+        if call is not None and not call.done():
+            return
+        self._calls = {k: t for k, t in self._calls.items() if not t.done()}
+        self._calls[tenant] = asyncio.get_running_loop().create_task(
+            self._ask(tenant, route), name=f"thorbis-shard-probe:{route}")
+
+    def answered(self) -> list[str]:
+        """The tenants whose shard answered since the last call (their tries are due
+        at once: their schedules were put off while the calls were in flight)."""
+        tenants, self._answered = sorted(self._answered), set()
+        return tenants
+
+    async def _ask(self, tenant: str, route: str) -> None:
+        with contextlib.suppress(CacheBackendError):  # its breaker counts the outcome
+            await self._store.command("EXISTS", route, route=route)
+            self._answered.add(tenant)
+
+    async def aclose(self) -> None:
+        """Cancel the calls in flight."""
+        calls, self._calls = list(self._calls.values()), {}
+        for call in calls:
+            call.cancel()
+        for call in calls:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await call
+
+
 async def retry_parked(conn: Any, *, cache: Cache, batch_size: int, apply: Apply,
                        rules_changed: Callable[[Any], Awaitable[bool]],
-                       metrics: WorkerMetrics) -> BatchResult:
+                       metrics: WorkerMetrics, probes: ShardProbes) -> BatchResult:
     """Look at the due tenants until one's shard answers: apply up to ``batch_size`` of
     its changes (the batch's result), or put off those still away (an empty result).
 
     :raises Exception: applying failed otherwise than by the shard being away (an
         attempt is counted on the changes taken, which stay parked).
     """
+    answered = probes.answered()
+    if answered:
+        await parked.due_now(conn, answered)
     for _ in range(TENANTS_PER_LOOK):
-        result = await _try_one(conn, cache, batch_size, apply, rules_changed, metrics)
+        result = await _try_one(conn, cache, batch_size, apply, rules_changed, metrics,
+                                probes)
         if result is None or result.claimed:
             return result or BatchResult()
     return BatchResult()
@@ -68,7 +122,7 @@ async def retry_parked(conn: Any, *, cache: Cache, batch_size: int, apply: Apply
 
 async def _try_one(conn: Any, cache: Cache, batch_size: int, apply: Apply,
                    rules_changed: Callable[[Any], Awaitable[bool]],
-                   metrics: WorkerMetrics) -> BatchResult | None:
+                   metrics: WorkerMetrics, probes: ShardProbes) -> BatchResult | None:
     """One due tenant: its batch's result (empty when put off); None when none is due."""
     rows: list[outbox.OutboxRow] = []
     ids: list[int] = []
@@ -79,9 +133,12 @@ async def _try_one(conn: Any, cache: Cache, batch_size: int, apply: Apply,
             if due is None:
                 return None
             try:
-                if due.tenant:  # '': changes of every tenant (a TRUNCATE), no one shard
-                    index = MetaKeys(cache.settings.prefix).index(due.tenant)
-                    await cache.store.command("EXISTS", index, route=index)
+                # '': changes of every tenant (a TRUNCATE), of no one shard
+                route = MetaKeys(cache.settings.prefix).index(due.tenant)
+                if due.tenant and cache.store.breakers.route_suspect(route):
+                    probes.start(due.tenant, route)
+                    raise RedisUnavailableError("EXISTS", cache.store.address,
+                                                "its master's circuit is open")
                 async with conn.transaction():  # a savepoint: rolled back if the shard goes
                     rows = await parked.claim_parked(conn, due.tenant, batch_size)
                     ids = [row.id for row in rows]

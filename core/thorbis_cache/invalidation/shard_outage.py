@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from thorbis_cache.cache.meta_keys import MetaKeys
 from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.invalidation.tag_lanes import TagInvalidator, in_lanes, invalidate_tags_of
 
@@ -45,8 +46,10 @@ async def apply_reachable(cache: Cache, keys: Sequence[CacheKey[Any]],
     tenant. Deletes and tag invalidations are idempotent, so what the first try applied
     is simply applied again.
 
-    :raises RedisUnavailableError: no tenant could be reached, or Redis is not a
-        Cluster (a single server or a Sentinel group is one shard).
+    :raises RedisUnavailableError: no tenant could be reached (unless each is on a
+        master whose breaker is open while some master's is not: they are returned, to
+        be parked), or Redis is not a Cluster (a single server or a Sentinel group is
+        one shard).
     """
     store = cache.store
     if not store.is_cluster or not any(store.breakers.alarmed):
@@ -69,8 +72,19 @@ async def apply_reachable(cache: Cache, keys: Sequence[CacheKey[Any]],
     if first_error is not None and len(tenants) <= 1:
         raise first_error  # one tenant: tried again, the same call would fail again
     unreached: dict[str, RedisUnavailableError] = {}
+    known_away: set[str] = set()  # refused without a call: their master's breaker is open
+    index = MetaKeys(cache.settings.prefix).index
 
     async def apply(tenant: str) -> None:
+        if store.breakers.route_suspect(index(tenant)):
+            # Its master's breaker is open: known out of reach. A call let through as
+            # the breaker's probe would hold the whole batch for a call's timeout; the
+            # parked changes' tries probe it instead, beside the batches
+            # (invalidation/parked_retry.py).
+            unreached[tenant] = RedisUnavailableError(
+                "UNLINK", store.address, "its master's circuit is open")
+            known_away.add(tenant)
+            return
         try:
             if by_tenant.get(tenant):
                 await cache.delete(*by_tenant[tenant], replicate=replicate)
@@ -80,6 +94,11 @@ async def apply_reachable(cache: Cache, keys: Sequence[CacheKey[Any]],
             unreached[tenant] = exc
 
     await in_lanes(tenants, apply)  # anything else than an outage is raised
-    if tenants and len(unreached) == len(tenants):
+    if tenants and len(unreached) == len(tenants) and (
+            len(known_away) < len(tenants) or store.every_master_suspect()):
+        # Nothing applied: Redis may be down as a whole, which the worker waits out.
+        # Not when each tenant is on a shard known away while another shard is not: a
+        # batch of only those (the others' tenants idle) would otherwise fail again and
+        # again, and the worker wait for a Redis that answers.
         raise unreached[tenants[0]]
     return unreached

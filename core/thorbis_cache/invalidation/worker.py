@@ -69,7 +69,7 @@ from thorbis_cache.invalidation.batch import (
 )
 from thorbis_cache.invalidation.database_origin import OriginCheck
 from thorbis_cache.invalidation.lacking_rules import LackingRules, RulesChanged
-from thorbis_cache.invalidation.parked_retry import LOOK_EVERY, retry_parked
+from thorbis_cache.invalidation.parked_retry import LOOK_EVERY, ShardProbes, retry_parked
 from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
 from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.invalidation.replica_echo import ReplicaEcho
@@ -231,6 +231,7 @@ class OutboxWorker:
         self._followed_at: float | None = None
         self._outbox_read_at = float("-inf")
         self._parked_looked_at = float("-inf")
+        self._shard_probes = ShardProbes(cache.store)
         if capture == "auto":
             self._auto = LogicalCapture(slot, self._all_rules(), views,
                                         max_transaction_changes=max_transaction_changes)
@@ -302,7 +303,8 @@ class OutboxWorker:
 
     async def aclose(self) -> None:
         """Close the worker's database connection and replication stream (not the
-        cache)."""
+        cache), and stop its calls to shards out of reach."""
+        await self._shard_probes.aclose()
         if self._reader is not None:
             await self._reader.close()
         conn, self._conn = self._conn, None
@@ -449,7 +451,7 @@ class OutboxWorker:
                 await self.replay.check(conn)
             return await retry_parked(conn, cache=self.cache, batch_size=self.batch_size,
                                       apply=self._apply, rules_changed=self._rules_changed,
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, probes=self._shard_probes)
         except asyncpg.UndefinedTableError as exc:
             # A worker of this release started before `db migrate` ran (a rolling
             # deploy): its batches go on; nothing can be parked there yet either.

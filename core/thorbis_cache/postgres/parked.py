@@ -26,7 +26,7 @@ import attrs
 from thorbis_cache.postgres.outbox import OutboxRow, as_json
 
 __all__ = ["FIRST_RETRY", "MAX_RETRY", "DueTenant", "ParkedFigures", "claim_parked",
-           "due_tenant", "figures", "forget_if_empty", "park", "record_failure",
+           "due_now", "due_tenant", "figures", "forget_if_empty", "park", "record_failure",
            "retry_later", "tenant_of"]
 
 #: Seconds after which a tenant's parked changes are first tried again.
@@ -139,6 +139,12 @@ async def retry_later(conn: asyncpg.Connection, due: DueTenant, error: str) -> f
         "retry_at = clock_timestamp() + make_interval(secs => $3) WHERE tenant = $1",
         due.tenant, error[:1000], wait)
     return wait
+
+
+async def due_now(conn: asyncpg.Connection, tenants: Sequence[str]) -> None:
+    """Make ``tenants``' tries due at once (their shard answered again)."""
+    await conn.execute("UPDATE thorbis.parked_tenants SET retry_at = clock_timestamp() "
+                       "WHERE tenant = ANY($1::text[])", list(tenants))
 
 
 async def forget_if_empty(conn: asyncpg.Connection, tenant: str) -> bool:

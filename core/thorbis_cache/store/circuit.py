@@ -190,6 +190,12 @@ class Breakers:
         breaker = self._by_node.get(master)
         return breaker is not None and bool(breaker.open_until)
 
+    def route_suspect(self, route: str) -> bool:
+        """:meth:`suspect` of the master serving ``route`` (a key), asking nothing of it:
+        False off a Cluster, or while no master serves the key's slot."""
+        name, breaker = self._of(route)
+        return bool(name) and bool(breaker.open_until)
+
     def every(self) -> dict[str, CircuitBreaker]:
         """Every breaker by name: ``""`` for ``main``, then the masters' by node name."""
         return {"": self.main, **self._by_node}

@@ -214,6 +214,15 @@ class RedisStore:
         assert isinstance(self._client, RedisCluster)
         return str(self._client.nodes_manager.get_node_from_slot(key_slot(key.encode())).name)
 
+    def every_master_suspect(self) -> bool:
+        """On a Cluster, whether the breaker of every master in the slot map has opened
+        and not closed since: no shard is known to answer (False off a Cluster). Asks
+        nothing of the servers."""
+        if not isinstance(self._client, RedisCluster):
+            return False
+        return all(self.breakers.suspect(str(node.name))
+                   for node in self._client.get_primaries())
+
     def _route_of(self, keys: Sequence[str]) -> str | None:
         """The key a call of ``keys`` answers to its breaker by: the first one, unless
         they span several hash slots of a Cluster (None: the store's own breaker)."""
