@@ -7,10 +7,11 @@ tenants. For each, in a transaction that locks its schedule:
 
 * while its master's circuit breaker is open, the next try is put off (the wait
   doubles up to :data:`~thorbis_cache.postgres.parked.MAX_RETRY`), nothing of the
-  tenant's changes is read or written, and its shard is asked, beside the batches
-  (:class:`ShardProbes`: ``EXISTS`` of the tenant's index key, the breaker's probe,
-  whose answer closes it). Through a batch, a probe call to a silent master would
-  hold every tenant's changes for a call's timeout;
+  tenant's changes is read or written, and its shard is watched beside the batches
+  (:class:`ShardProbes`: asked every :data:`PROBE_EVERY` seconds through its breaker;
+  the answer closes it and makes the tenant due at once). Through a batch, the
+  breaker's probe call to a silent master would hold every tenant's changes for a
+  call's timeout;
 * otherwise up to a batch of its changes, oldest first, is taken and applied as any
   batch (:func:`~thorbis_cache.invalidation.batch.apply_changes`, under a savepoint).
   Once none is left the tenant is forgotten; otherwise the rest is due at once. If
@@ -41,13 +42,17 @@ if TYPE_CHECKING:
     from thorbis_cache.cache.core import Cache
     from thorbis_cache.store.redis_store import RedisStore
 
-__all__ = ["LOOK_EVERY", "TENANTS_PER_LOOK", "ShardProbes", "retry_parked"]
+__all__ = ["LOOK_EVERY", "PROBE_EVERY", "TENANTS_PER_LOOK", "ShardProbes", "retry_parked"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two looks for due tenants (one indexed query of an empty table
 #: when nothing is parked).
 LOOK_EVERY = 0.25
+#: Seconds between two calls to a master whose breaker is open, while tenants of its
+#: wait with parked changes (each a probe through the breaker, or refused at once
+#: while it cools down): how soon a shard that answers again is found.
+PROBE_EVERY = 0.5
 #: Due tenants whose shard is still away looked at in one look, at most (a shard of
 #: many tenants is asked about each in turn, refused at once by its open breaker).
 TENANTS_PER_LOOK = 100
@@ -56,48 +61,58 @@ Apply = Callable[[Any, Sequence[outbox.OutboxRow]], Awaitable[BatchResult]]
 
 
 class ShardProbes:
-    """Calls that find out, beside the worker's batches, whether a master whose breaker
-    opened answers again: one per tenant key at a time, each let through as its
-    breaker's probe (or refused at once while the breaker cools down); an answer
-    closes the breaker, and the tenant's next try applies its changes.
+    """Watches, beside the worker's batches, the masters whose breaker opened while
+    tenants of theirs have parked changes: one task per master asks it (``EXISTS`` of a
+    tenant's key, let through as its breaker's probe, or refused at once while the
+    breaker cools down) every :data:`PROBE_EVERY` seconds until it answers; the answer
+    closes the breaker, and every tenant waiting on that master is due at once.
 
     :param store: the worker's cache's store.
     """
 
     def __init__(self, store: RedisStore) -> None:
         self._store = store
-        self._calls: dict[str, asyncio.Task[None]] = {}
+        self._watches: dict[str, asyncio.Task[None]] = {}
+        self._waiting: dict[str, set[str]] = {}
         self._answered: set[str] = set()
 
     def start(self, tenant: str, route: str) -> None:
-        """Ask the master serving ``route`` (a key of ``tenant``), unless a call for
-        the tenant is in flight."""
-        call = self._calls.get(tenant)
-        if call is not None and not call.done():
+        """Wait for the master serving ``route`` (a key of ``tenant``) to answer,
+        watching it unless it is watched already."""
+        master = self._store.master_name(route)
+        if master is None:  # no master serves the slot now: the next try finds one
             return
-        self._calls = {k: t for k, t in self._calls.items() if not t.done()}
-        self._calls[tenant] = asyncio.get_running_loop().create_task(
-            self._ask(tenant, route), name=f"thorbis-shard-probe:{route}")
+        self._waiting.setdefault(master, set()).add(tenant)
+        watch = self._watches.get(master)
+        if watch is None or watch.done():
+            self._watches[master] = asyncio.get_running_loop().create_task(
+                self._watch(master, route), name=f"thorbis-shard-probe:{master}")
 
     def answered(self) -> list[str]:
         """The tenants whose shard answered since the last call (their tries are due
-        at once: their schedules were put off while the calls were in flight)."""
+        at once: their schedules were put off while their shard was watched)."""
         tenants, self._answered = sorted(self._answered), set()
         return tenants
 
-    async def _ask(self, tenant: str, route: str) -> None:
-        with contextlib.suppress(CacheBackendError):  # its breaker counts the outcome
-            await self._store.command("EXISTS", route, route=route)
-            self._answered.add(tenant)
+    async def _watch(self, master: str, route: str) -> None:
+        while True:
+            try:
+                await self._store.command("EXISTS", route, route=route)
+            except CacheBackendError:  # its breaker counted it
+                await asyncio.sleep(PROBE_EVERY)
+                continue
+            self._answered.update(self._waiting.pop(master, ()))
+            return
 
     async def aclose(self) -> None:
-        """Cancel the calls in flight."""
-        calls, self._calls = list(self._calls.values()), {}
-        for call in calls:
-            call.cancel()
-        for call in calls:
+        """Stop watching."""
+        watches, self._watches = list(self._watches.values()), {}
+        self._waiting.clear()
+        for watch in watches:
+            watch.cancel()
+        for watch in watches:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await call
+                await watch
 
 
 async def retry_parked(conn: Any, *, cache: Cache, batch_size: int, apply: Apply,
