@@ -175,6 +175,11 @@ def worker_command(
         min=1, help="Logical capture: the changes of one transaction held for its commit, "
                     "at most (about 2.3 KB each); a bigger transaction is invalidated by "
                     "tenant instead of by row.")] = 50_000,  # logical_rows.MAX_HELD
+    hold_timeout: Annotated[float, typer.Option(
+        min=1.0, help="Seconds a batch's transaction may sit idle before PostgreSQL ends "
+                      "this worker's session: a worker that hangs mid-batch holds the "
+                      "changes it claimed until then, and the other workers take them "
+                      "after it.")] = 60.0,
     metrics_port: Annotated[int | None, options.METRICS_PORT] = None,
     metrics_host: Annotated[str, options.METRICS_HOST] = "127.0.0.1",
 ) -> None:
@@ -190,7 +195,8 @@ def worker_command(
     _log_to_stderr()
     asyncio.run(_worker(dsn, redis_url, plugin or None, once, batch_size, poll_interval,
                         queue, mv, mv_tick, capture, slot, metrics_port, metrics_host,
-                        max_transaction_changes=max_transaction_changes))
+                        max_transaction_changes=max_transaction_changes,
+                        hold_timeout=hold_timeout))
 
 
 def _log_to_stderr() -> None:
@@ -210,7 +216,7 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
                   mv: bool = True, mv_tick: float = 15.0,
                   capture: Capture = Capture.auto, slot: str = "main",
                   metrics_port: int | None = None, metrics_host: str = "127.0.0.1", *,
-                  max_transaction_changes: int) -> None:
+                  max_transaction_changes: int, hold_timeout: float = 60.0) -> None:
     from thorbis_cache.app import CacheApp
     from thorbis_cache.cache.crypto import KeyRing
     from thorbis_cache.invalidation.apply import CacheInvalidator
@@ -230,7 +236,8 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
         {"capture": "auto", "slot": slot, "max_transaction_changes": max_transaction_changes}
         if capture is Capture.auto else {"capture": logical})
     worker = OutboxWorker.from_app(app, dsn, batch_size=batch_size,
-                                   poll_interval=poll_interval, **follow)
+                                   poll_interval=poll_interval, hold_timeout=hold_timeout,
+                                   **follow)
     jobs = InvalidationQueue(app.cache.store, app.cache.settings.prefix)
     handler: Any = CacheInvalidator(app.cache)
     scheduler = MeteredMvScheduler.from_app(app, dsn, tick_s=mv_tick)

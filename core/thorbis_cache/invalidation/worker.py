@@ -144,6 +144,14 @@ class OutboxWorker:
         :mod:`thorbis_cache.invalidation.replay`); ``None`` turns that off.
     :param redis_probe_interval: seconds between two probes of an unavailable Redis in
         :meth:`run`; the backlog is applied at most this long after Redis answers again.
+    :param hold_timeout: seconds a batch's transaction may sit idle before PostgreSQL
+        ends the worker's session (``idle_in_transaction_session_timeout``): a worker
+        that hangs mid-batch (a stopped process, a host cut off) holds the changes it
+        claimed, locked, until then, and other workers take them after it. A batch
+        waits on Redis inside its transaction, each call for at most the store's
+        timeout; keep this well above. Not through a transaction pooler (set the
+        pooler's ``idle_transaction_timeout``); logical capture's slot is bounded by
+        the server's ``wal_sender_timeout`` (60 s by default) the same way.
     :param max_backoff: the longest pause of :meth:`run` after a failure other than Redis
         being unavailable (PostgreSQL down, a tag invalidator error); the pause starts
         at 0.1 s and doubles.
@@ -201,8 +209,13 @@ class OutboxWorker:
                  capture: LogicalCapture | Literal["auto"] | None = None,
                  slot: str = "main", views: Iterable[MaterializedView] = (),
                  plugins: Sequence[str] = (), require_capture: bool = True,
-                 replica_echo: bool = True, max_transaction_changes: int = MAX_HELD) -> None:
+                 replica_echo: bool = True, max_transaction_changes: int = MAX_HELD,
+                 hold_timeout: float = 60.0) -> None:
+        if hold_timeout < 1:
+            raise ConfigurationError(f"outbox worker: hold_timeout must be at least 1 s, "
+                                     f"got {hold_timeout!r}")
         self.dsn = dsn
+        self.hold_timeout = hold_timeout
         self.cache = cache
         self._own_rules = list(rules)
         self._planner = RulePlanner(cache, self._own_rules)
@@ -316,8 +329,11 @@ class OutboxWorker:
         batch on a new one checks that the database was not rewound (see
         :meth:`_check_origin`)."""
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connection.connect(self.dsn, writes="the invalidation worker",
-                                                  command_timeout=connection.QUERY_TIMEOUT)
+            self._conn = await connection.connect(
+                self.dsn, writes="the invalidation worker",
+                command_timeout=connection.QUERY_TIMEOUT,
+                settings={"idle_in_transaction_session_timeout":
+                          str(round(self.hold_timeout * 1000))})
         return self._conn
 
     async def _check_origin(self) -> None:

@@ -23,6 +23,7 @@ Session pooling needs nothing: a pooled session is a session.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -147,7 +148,8 @@ async def _connect_each(target: Target, options: dict[str, Any]) -> asyncpg.Conn
 
 
 async def connect(dsn: str, *, writes: str | None = None,
-                  command_timeout: float | None = None) -> asyncpg.Connection:
+                  command_timeout: float | None = None,
+                  settings: Mapping[str, str] | None = None) -> asyncpg.Connection:
     """Open a connection to ``dsn`` as every part of thorbis-cache does: with
     :data:`SESSION_SETTINGS`, or through a transaction pooler (``pgbouncer=true``)
     without a statement cache and without session settings; each host of a multi-host
@@ -159,6 +161,8 @@ async def connect(dsn: str, *, writes: str | None = None,
     :param command_timeout: seconds any statement may take (asyncpg raises
         :class:`TimeoutError` after that); None for no bound (a migration, a view's
         refresh).
+    :param settings: more session settings of this connection (not through a
+        transaction pooler either: the pooler's own settings apply there).
     :raises ConfigurationError: see :func:`target_of` and :func:`refuse_standby`; or the
         driver cannot read the DSN.
     :raises PostgresUnavailableError: no server answered, or each refused (each host
@@ -183,8 +187,8 @@ async def connect(dsn: str, *, writes: str | None = None,
         raise PostgresUnavailableError(redact_dsn(dsn), _one_line(exc, dsn)) from exc
     try:
         if not target.pooled:
-            await conn.execute("".join(f"SET {name} = {value};"
-                                       for name, value in SESSION_SETTINGS.items()))
+            await conn.execute("".join(f"SET {name} = {value};" for name, value
+                                       in {**SESSION_SETTINGS, **(settings or {})}.items()))
         if writes is not None:
             await refuse_standby(conn, writes)
     except BaseException:
