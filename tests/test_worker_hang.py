@@ -97,3 +97,52 @@ async def _held(conn: asyncpg.Connection) -> bool:
     free = await conn.fetchval(
         "SELECT count(*) FROM (SELECT id FROM thorbis.outbox FOR UPDATE SKIP LOCKED) AS f")
     return bool(waiting >= 1 and free == 0)
+
+
+async def test_a_worker_hung_on_the_slot_leaves_it_to_a_standby(
+        thorbis_pg_dsn: str, thorbis_standalone_redis_url: str) -> None:
+    """Under logical capture the hung worker holds the slot instead: a standing-by
+    worker takes it over once the server ends the hung one's stream (its
+    ``wal_sender_timeout``, the worker's ``hold_timeout``; the server's 60 s before)."""
+    async with capture_env("logical", thorbis_pg_dsn, thorbis_standalone_redis_url) as env:
+        assert env.capture is not None
+        await env.conn.execute(CUSTOMERS_SQL, 2)
+        hung = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "thorbis_cache.cli", "worker", "--dsn", env.dsn,
+            "--redis-url", env.redis_url, "--plugin", "home_services",
+            "--capture", "logical", "--slot", env.capture.slot.removeprefix("thorbis_"),
+            "--no-mv", "--no-queue", "--hold-timeout", str(HOLD),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        stopped = False
+        try:
+            await env.invalidated(1)  # the CLI worker reads the slot
+            os.kill(hung.pid, signal.SIGSTOP)
+            stopped = True
+            standby = env.worker()
+            running = asyncio.ensure_future(standby.run())
+            try:
+                # Committed while the hung worker holds the slot: applied by the standby
+                # once the server has ended the hung one's stream.
+                await env.cache_customer(2)
+                await env.conn.execute("UPDATE hs.customers SET phone = '555-0102' "
+                                       "WHERE tenant_id = 'acme' AND id = 2")
+
+                async def gone() -> bool:
+                    return not await env.cached(2)
+
+                await wait_until("the standby took the slot over and applied the change",
+                                 gone, within=HOLD + 15)
+            finally:
+                standby.stop()
+                await running
+                await standby.aclose()
+        finally:
+            if stopped:
+                os.kill(hung.pid, signal.SIGCONT)
+            hung.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(hung.wait(), 30)
+            finally:
+                if hung.returncode is None:
+                    hung.kill()
+                    await hung.wait()

@@ -69,8 +69,8 @@ class SlotReader:
     sets ``metrics.standby``, looks at ``pg_replication_slots`` at each of its polls
     (no replication connection is tried while the slot is taken) and reads the slot
     as soon as it is free: when the other worker stops, or the server ends its session
-    (a killed process on the same host at once; across a network partition,
-    ``wal_sender_timeout`` later).
+    (a killed process on the same host at once; a hung one, or one across a network
+    partition, ``wal_sender_timeout`` later: ``hold_timeout``).
 
     :param capture: the capture whose slot is read (``ensure`` already called).
     :param dsn: where the replication stream connects.
@@ -88,14 +88,18 @@ class SlotReader:
         the batch is rolled back and read again, since the stream dropped the changes
         of tables the rules did not watch
         (:mod:`~thorbis_cache.invalidation.lacking_rules`).
+    :param hold_timeout: the stream's ``wal_sender_timeout`` (seconds; None: the
+        server's): a worker that hangs loses the slot after it, to a standby.
     """
 
     def __init__(self, capture: LogicalCapture, dsn: str, *, cache: Cache,
                  rules: Callable[[], list[InvalidationRule]],
                  invalidate_tags: TagInvalidator, replay: FailoverReplay | None,
                  metrics: WorkerMetrics, apply: Apply, follows: bool = False,
-                 rules_changed: Callable[[Any], Awaitable[bool]] | None = None) -> None:
+                 rules_changed: Callable[[Any], Awaitable[bool]] | None = None,
+                 hold_timeout: float | None = None) -> None:
         self.capture = capture
+        self.hold_timeout = hold_timeout
         self.dsn = dsn
         self._cache = cache
         self._rules = rules
@@ -287,7 +291,7 @@ class SlotReader:
                 self._stand_by(capture.in_use(reader), standby)
                 return None
         try:
-            stream = await capture.stream(self.dsn, conn)
+            stream = await capture.stream(self.dsn, conn, sender_timeout=self.hold_timeout)
         except SlotInUseError as busy:
             self._stand_by(busy, standby)
             return None

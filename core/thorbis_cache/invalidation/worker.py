@@ -150,8 +150,9 @@ class OutboxWorker:
         claimed, locked, until then, and other workers take them after it. A batch
         waits on Redis inside its transaction, each call for at most the store's
         timeout; keep this well above. Not through a transaction pooler (set the
-        pooler's ``idle_transaction_timeout``); logical capture's slot is bounded by
-        the server's ``wal_sender_timeout`` (60 s by default) the same way.
+        pooler's ``idle_transaction_timeout``). Under logical capture it is also the
+        replication stream's ``wal_sender_timeout``: a worker that hangs loses the
+        slot to a standing-by worker after it.
     :param max_backoff: the longest pause of :meth:`run` after a failure other than Redis
         being unavailable (PostgreSQL down, a tag invalidator error); the pause starts
         at 0.1 s and doubles.
@@ -442,7 +443,7 @@ class OutboxWorker:
                 capture, self.dsn, cache=self.cache, rules=self._all_rules,
                 invalidate_tags=self.invalidate_tags, replay=self.replay,
                 metrics=self.metrics, apply=self._apply, follows=self._auto is capture,
-                rules_changed=self._rules_changed)
+                rules_changed=self._rules_changed, hold_timeout=self.hold_timeout)
         result = await self._reader.next_batch(await self._connection(), self.batch_size,
                                                caught_up=caught_up, standby=standby)
         if self._reader.retired:  # the database captures with triggers now

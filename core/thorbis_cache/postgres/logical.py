@@ -661,13 +661,16 @@ class LogicalCapture:
 
     # ----------------------------------------------------------------- reading
 
-    async def stream(self, dsn: str, conn: asyncpg.Connection) -> LogicalStream:
+    async def stream(self, dsn: str, conn: asyncpg.Connection, *,
+                     sender_timeout: float | None = None) -> LogicalStream:
         """Start streaming the slot from its confirmed position.
 
         :param dsn: the database, as a libpq connection string or URI; the stream's
             connection is a replication connection (``replication=database``: the role
             needs the REPLICATION attribute and ``pg_hba.conf`` must allow it).
         :param conn: a connection to the same database, to read the tables' catalog.
+        :param sender_timeout: the stream's ``wal_sender_timeout`` (seconds; None: the
+            server's): a reader that hangs loses the slot after it, to another.
         :raises SlotLostError: the slot does not exist or was invalidated.
         :raises ConfigurationError: the role may not use replication slots.
         :raises SlotInUseError: another session reads the slot.
@@ -682,7 +685,8 @@ class LogicalCapture:
                 # The capture's own messages (rows that joined or left a table with a
                 # partition, core 010); PostgreSQL 13 has no such option.
                 options["messages"] = "true"
-            stream = await ReplicationStream.start(dsn, self.slot, options)
+            stream = await ReplicationStream.start(dsn, self.slot, options,
+                                                   sender_timeout=sender_timeout)
         except ReplicationError as exc:
             # No such slot (42704), or invalidated past max_slot_wal_keep_size (55000):
             # the changes since its last confirmed position are gone, and nothing here

@@ -126,10 +126,12 @@ class ReplicationStream:
         commits before it has been sent); 0 before the first.
     """
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], slot: str) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], slot: str,
+                 status_interval: float = STATUS_INTERVAL) -> None:
         self._conn = conn
         self._pgconn = conn.pgconn
         self.slot = slot
+        self._status_interval = status_interval
         self.server_lsn = 0
         self._confirmed = 0
         self._last_status = 0.0
@@ -139,12 +141,17 @@ class ReplicationStream:
 
     @classmethod
     async def start(cls, dsn: str, slot: str, options: dict[str, str],
-                    *, connect_timeout: float = 10.0) -> ReplicationStream:
+                    *, connect_timeout: float = 10.0,
+                    sender_timeout: float | None = None) -> ReplicationStream:
         """Connect and start streaming the slot from its confirmed position.
 
         :param dsn: a libpq connection string or URI.
         :param options: the output plugin's options (``pgoutput``: ``proto_version``,
             ``publication_names``).
+        :param sender_timeout: the session's ``wal_sender_timeout`` in seconds (None:
+            the server's): a reader that stops answering (a hung process, a host cut
+            off) loses the slot after it, to another reader. Status updates go at
+            least four times as often.
         :raises ReplicationError: the server refused (no such slot, slot invalidated or
             in use, ``wal_level`` not logical, no replication permission).
         """
@@ -155,15 +162,18 @@ class ReplicationStream:
         per_host = {} if given.get("connect_timeout") else {
             "connect_timeout": str(max(2, round(connect_timeout)))}
         try:
+            settings = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=1"
+            if sender_timeout is not None:
+                settings += f" -c wal_sender_timeout={round(sender_timeout * 1000)}"
             conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
                 dsn, autocommit=True, replication="database",
                 # ISO dates and UTC timestamps in the decoded text (see logical.py).
-                options="-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=1",
-                **per_host, **_named(given)), connect_timeout * hosts + 1)
+                options=settings, **per_host, **_named(given)), connect_timeout * hosts + 1)
         except psycopg.Error as exc:
             raise ReplicationError(f"replication connection to slot {slot!r}: {exc}",
                                    getattr(exc, "sqlstate", None)) from exc
-        stream = cls(conn, slot)
+        stream = cls(conn, slot, STATUS_INTERVAL if sender_timeout is None
+                     else min(STATUS_INTERVAL, sender_timeout / 4))
         try:
             await asyncio.wait_for(stream._start(options), connect_timeout)
         except BaseException:
@@ -240,13 +250,13 @@ class ReplicationStream:
         consumed = False
         while True:
             now = time.monotonic()
-            if now - self._last_heard > SILENCE_INTERVALS * STATUS_INTERVAL:
+            if now - self._last_heard > SILENCE_INTERVALS * self._status_interval:
                 raise ReplicationError(
                     f"slot {self.slot!r}: the server sent nothing for "
                     f"{now - self._last_heard:.0f} s, though a keepalive was asked every "
-                    f"{STATUS_INTERVAL:g} s: taken for lost (a server that hung, or a "
-                    "network partition)")
-            if now - self._last_status >= STATUS_INTERVAL:
+                    f"{self._status_interval:g} s: taken for lost (a server that hung, or "
+                    "a network partition)")
+            if now - self._last_status >= self._status_interval:
                 self._send_status(reply=True)
             try:
                 size, data = pg.get_copy_data(1)
