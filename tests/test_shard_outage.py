@@ -178,6 +178,8 @@ async def test_invalidations_of_live_shards_go_on_while_one_shard_is_silent(
             assert outbox_check.status == "warning"
             assert outbox_check.figures["parked"] == 2
             assert "2 of them parked" in outbox_check.reason
+            figures = await worker.parked()  # what `worker --once` says it left
+            assert (figures.changes, figures.tenants) == (2, 1)
             cluster.thaw(frozen)
             frozen = None
 

@@ -259,10 +259,17 @@ async def _worker(dsn: str, redis_url: str, plugins: list[str] | None, once: boo
             results = await worker.drain()
             refreshed = await scheduler.tick() if mv else []
             m = worker.metrics
+            parked = await worker.parked()
             typer.echo(f"{len(results)} batch(es): {m.processed} change(s) applied, "
                        f"{m.keys_deleted} key(s) deleted, {m.tags_invalidated} tag(s), "
                        f"{m.dead_lettered} dead-lettered; {queued} queued job(s); "
                        f"{sum(r.ok for r in refreshed)} view(s) refreshed")
+            if parked.changes:
+                # drain() leaves them: they wait for their shard, not for a worker.
+                typer.echo(f"{parked.changes} change(s) of {parked.tenants} tenant(s) parked, "
+                           f"the oldest {parked.oldest_seconds:.0f} s old: their Redis "
+                           "Cluster shard does not answer (thorbis.parked_tenants); a running "
+                           "worker applies them once it does")
             for r in refreshed:
                 if r.outcome == "failed":
                     typer.echo(f"  {r.error}")

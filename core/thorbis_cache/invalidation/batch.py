@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -42,6 +42,7 @@ __all__ = [
     "WorkerMetrics",
     "applied_rows",
     "apply_changes",
+    "count_attempt",
 ]
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,20 @@ class BatchResult:
     def claimed(self) -> int:
         """Rows this batch took off the outbox (or the stream), parked ones included."""
         return len(self.processed) + len(self.dead_letters) + len(self.parked)
+
+
+async def count_attempt(conn: Any, ids: Sequence[int], exc: BaseException,
+                        record: Callable[[Any, Sequence[int], str], Awaitable[None]]
+                        ) -> None:
+    """After a batch rolled back by ``exc``: count a failed attempt on its changes
+    (``record``: :func:`outbox.record_failure
+    <thorbis_cache.postgres.outbox.record_failure>`, or the parked changes'), unless the
+    failure is not theirs (:data:`BLAMELESS`) or the connection is gone."""
+    if ids and not isinstance(exc, BLAMELESS) and not conn.is_closed():
+        try:
+            await record(conn, ids, f"{type(exc).__name__}: {exc}")
+        except outbox.DB_ERRORS:
+            log.exception("outbox worker: could not count the failed attempt")
 
 
 async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,

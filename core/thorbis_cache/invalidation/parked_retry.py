@@ -34,7 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.cache.meta_keys import MetaKeys
 from thorbis_cache.errors import CacheBackendError, RedisUnavailableError
-from thorbis_cache.invalidation.batch import BLAMELESS, BatchResult, WorkerMetrics, applied_rows
+from thorbis_cache.invalidation.batch import (
+    BatchResult,
+    WorkerMetrics,
+    applied_rows,
+    count_attempt,
+)
 from thorbis_cache.invalidation.lacking_rules import RulesChanged
 from thorbis_cache.postgres import outbox, parked
 
@@ -175,11 +180,7 @@ async def _try_one(conn: Any, cache: Cache, batch_size: int, apply: Apply,
             elif await parked.forget_if_empty(conn, due.tenant):
                 log.info("every parked change of tenant %r applied", due.tenant)
     except Exception as exc:
-        if ids and not isinstance(exc, BLAMELESS) and not conn.is_closed():
-            try:
-                await parked.record_failure(conn, ids, f"{type(exc).__name__}: {exc}")
-            except outbox.DB_ERRORS:
-                log.exception("outbox worker: could not count the failed attempt")
+        await count_attempt(conn, ids, exc, parked.record_failure)
         raise
     if rows:
         metrics.count(result, rows, claimed)

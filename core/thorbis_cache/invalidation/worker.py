@@ -59,13 +59,13 @@ from thorbis_cache.cache.meta_sweep import MetaSweep
 from thorbis_cache.cache.tags import CacheTagInvalidator
 from thorbis_cache.errors import ConfigurationError, RedisUnavailableError
 from thorbis_cache.invalidation.batch import (
-    BLAMELESS,
     BatchResult,
     TagInvalidator,
     UnconfiguredTagInvalidator,
     WorkerMetrics,
     applied_rows,
     apply_changes,
+    count_attempt,
 )
 from thorbis_cache.invalidation.database_origin import OriginCheck
 from thorbis_cache.invalidation.lacking_rules import LackingRules, RulesChanged
@@ -75,7 +75,7 @@ from thorbis_cache.invalidation.replay import FailoverReplay
 from thorbis_cache.invalidation.replica_echo import ReplicaEcho
 from thorbis_cache.invalidation.slot_reader import SlotReader, wal_flushed
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
-from thorbis_cache.postgres import connection, outbox
+from thorbis_cache.postgres import connection, outbox, parked
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.postgres.logical_rows import MAX_HELD
 from thorbis_cache.postgres.triggers import CHANNEL, capture_triggers
@@ -453,6 +453,12 @@ class OutboxWorker:
             return result
         return await self._run_outbox_once()
 
+    async def parked(self) -> parked.ParkedFigures:
+        """What waits parked, its Cluster shard out of reach (:meth:`drain` leaves it:
+        see :mod:`~thorbis_cache.invalidation.parked_retry`)."""
+        async with self._conn_lock:
+            return await parked.figures(await self._connection())
+
     async def _retry_parked(self) -> BatchResult:
         """At most every :data:`~thorbis_cache.invalidation.parked_retry.LOOK_EVERY`
         seconds, the parked changes of a due tenant whose Cluster shard answers again
@@ -502,11 +508,7 @@ class OutboxWorker:
             return await self._run_outbox_once()  # rolled back: claimed again
         except Exception as exc:
             self.metrics.failed_batches += 1
-            if ids and not isinstance(exc, BLAMELESS) and not conn.is_closed():
-                try:
-                    await outbox.record_failure(conn, ids, f"{type(exc).__name__}: {exc}")
-                except outbox.DB_ERRORS:
-                    log.exception("outbox worker: could not count the failed attempt")
+            await count_attempt(conn, ids, exc, outbox.record_failure)
             raise
         if rows:
             self.metrics.count(result, rows, claimed)
