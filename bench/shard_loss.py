@@ -42,6 +42,7 @@ import capture  # a sibling script module, found through the line above
 from thorbis_home_services.schemas import CUSTOMER
 
 from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache.errors import RedisUnavailableError
 from thorbis_cache.testing.servers import PostgresServer, RedisCluster
 
 CUSTOMERS = 1_000
@@ -84,14 +85,23 @@ async def _probe(app: CacheApp, conn: asyncpg.Connection, tenant: str, i: int,
     deleted its entry (``limit`` when it was not within that)."""
     store = app.cache.store
     key = app.cache.redis_key(CUSTOMER.key(tenant, customer_id=i % CUSTOMERS + 1))
-    await store.set(key, b"stale", 600_000)
+    while True:  # a Cluster failing a master over answers CLUSTERDOWN for a while
+        try:
+            await store.set(key, b"stale", 600_000)
+            break
+        except RedisUnavailableError:
+            await asyncio.sleep(0.01)
     await conn.execute(UPDATE, tenant, i % CUSTOMERS + 1, f"p{i}")
     committed = time.perf_counter()
-    while await store.get(key) is not None:
+    while True:
+        try:
+            if await store.get(key) is None:
+                return time.perf_counter() - committed
+        except RedisUnavailableError:
+            pass
         if time.perf_counter() - committed > limit:
             return limit
         await asyncio.sleep(0.001)
-    return time.perf_counter() - committed
 
 
 async def _pending(conn: asyncpg.Connection) -> int:
@@ -106,7 +116,7 @@ async def _pending(conn: asyncpg.Connection) -> int:
 async def run(options: argparse.Namespace) -> dict[str, Any]:
     mode = {"triggers": "trigger", "logical": "logical"}[options.capture]
     with PostgresServer() as server, RedisCluster(
-            3, replicas=1, node_timeout_ms=3_600_000) as cluster:
+            3, replicas=1, node_timeout_ms=round(options.node_timeout * 1000)) as cluster:
         dsn = server.dsn()
         conn, manager = await capture.setup_db(dsn)
         await conn.execute("SET synchronous_commit = on")
@@ -139,6 +149,7 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
             written = await writes
             parked_tries = getattr(worker.metrics, "parked_tries", None)
             parked = worker.metrics.parked
+            pending_at_thaw = await _pending(conn)
             cluster.thaw(frozen)
             frozen = -1
             thawed = time.perf_counter()
@@ -165,7 +176,8 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
         **_figures("baseline", baseline), **_figures("live", samples),
         # Parked more often than the lost tenant wrote: the rotation the live batches paid.
         "parked": parked,
-        "parked_tries": parked_tries, "catch_up_s": catch_up,
+        "parked_tries": parked_tries, "pending_at_thaw": pending_at_thaw,
+        "catch_up_s": catch_up,
     }
 
 
@@ -184,10 +196,15 @@ def main() -> None:
                         help="tx/s of the lost shard's tenant (200)")
     parser.add_argument("--probe-every", type=float, default=0.05,
                         help="seconds between two probes of the live tenant (0.05)")
+    parser.add_argument("--node-timeout", type=float, default=3600.0,
+                        help="the Cluster's node timeout, s (3600: no failover; a few "
+                             "seconds: the lost master's replica takes over meanwhile)")
+    parser.add_argument("--log", action="store_true", help="the worker's log lines too")
     parser.add_argument("--samples", action="store_true", help="print every probe (ms)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     options = parser.parse_args()
-    logging.basicConfig(level=logging.ERROR)
+    logging.basicConfig(level=logging.INFO if options.log else logging.ERROR,
+                        format="%(relativeCreated)7.0f %(levelname)s %(name)s: %(message)s")
     figures = asyncio.run(run(options))
     if options.json:
         print(json.dumps(figures, indent=2))
@@ -200,7 +217,8 @@ def main() -> None:
               f"max {figures[f'{name}_max_ms']:.1f} ms")
     print(f"  changes parked (counted each time): {figures['parked']:,}; tries of a tenant "
           f"still away: {figures['parked_tries']}")
-    print(f"  every parked change applied {figures['catch_up_s']:.2f} s after the thaw")
+    print(f"  changes waiting when the master was thawed: {figures['pending_at_thaw']:,}; "
+          f"every parked change applied {figures['catch_up_s']:.2f} s after the thaw")
 
 
 if __name__ == "__main__":

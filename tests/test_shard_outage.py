@@ -210,3 +210,65 @@ async def _outbox_empty(env: Env) -> bool:
     return bool(await env.conn.fetchval(
         "SELECT (SELECT count(*) FROM thorbis.outbox) + (SELECT count(*) FROM "
         "thorbis.parked_changes) + (SELECT count(*) FROM thorbis.parked_tenants)") == 0)
+
+
+@pytest.fixture
+def failing_over_cluster() -> Iterator[RedisCluster]:
+    """A Cluster that fails a silent master over within a few seconds (replicas, a
+    2 s node timeout)."""
+    with RedisCluster(3, replicas=1, node_timeout_ms=2_000) as cluster:
+        yield cluster
+
+
+async def test_the_worker_follows_a_shard_failed_over_while_its_breaker_was_open(
+        failing_over_cluster: RedisCluster, thorbis_pg_dsn: str) -> None:
+    """A master falls silent under writes, its breaker opens, its tenants' changes are
+    parked, and the Cluster promotes its replica while the old master is still frozen.
+    Every change must be applied then, without waiting for the old master: found with
+    bench/shard_loss.py, the worker called the replaced master for as long as it was
+    frozen (no call tells a driver of a failover when its calls are refused by an open
+    breaker or cancelled at their deadline), and applied nothing more until it was
+    thawed."""
+    cluster = failing_over_cluster
+    async with capture_env("triggers", thorbis_pg_dsn, cluster.url) as env:
+        cache = env.app.cache
+        acme_key = cache.redis_key(CUSTOMER.key("acme", customer_id=1))
+        other = next(t for t in (f"t{i}" for i in range(500))
+                     if cluster.master_for_key(cache.redis_key(CUSTOMER.key(t, customer_id=1)))
+                     != cluster.master_for_key(acme_key))
+        for tenant in ("acme", other):
+            await env.conn.execute(CUSTOMERS_SQL.replace("'acme'", "$2::text"), 1, tenant)
+        worker = env.worker()
+        await worker.drain()
+        running = asyncio.ensure_future(worker.run())
+        frozen: int | None = None
+        try:
+            frozen = cluster.master_for_key(cache.redis_key(CUSTOMER.key(other, customer_id=1)))
+            cluster.freeze(frozen)
+            update = "UPDATE hs.customers SET phone = $2 WHERE tenant_id = $1"
+            for i in range(40):  # changes of both shards while one is silent
+                await env.conn.execute(update, other, f"555-1{i:03d}")
+                await env.conn.execute(update, "acme", f"555-2{i:03d}")
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(cluster.wait_failover, frozen, 30)
+            await wait_until("every change applied, the old master still frozen",
+                             lambda: _outbox_empty(env), within=20)
+            for tenant in ("acme", other):
+                await env.cache_customer(1, tenant)
+                await env.conn.execute(update, tenant, "555-3000")
+            await wait_until("changes after the failover applied, the old master frozen",
+                             lambda: _both_gone(env, other), within=20)
+        finally:
+            if frozen is not None:
+                cluster.thaw(frozen)
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            await worker.aclose()
+
+
+async def _both_gone(env: Env, other: str) -> bool:
+    try:
+        return not await env.cached(1, "acme") and not await env.cached(1, other)
+    except RedisUnavailableError:
+        return False

@@ -237,6 +237,37 @@ class BatchResult:
         return len(self.processed) + len(self.dead_letters) + len(self.parked)
 
 
+class _ParkingLog:
+    """The warning that changes were parked, once per set of tenants out of reach and
+    then at most every :data:`PARKING_LOG_INTERVAL` seconds with what was parked
+    meanwhile: a shard lost under writes parks changes in every batch, hundreds a
+    second (``thorbis_cache_worker_parked_changes_total`` counts each)."""
+
+    def __init__(self) -> None:
+        self._said: dict[tuple[str, ...], tuple[float, int, int]] = {}
+
+    def say(self, tenants: list[str], parked: int, applied: int, error: object) -> None:
+        key = tuple(tenants)
+        now = time.monotonic()
+        at, held, batches = self._said.get(key, (float("-inf"), 0, 0))
+        held, batches = held + parked, batches + 1
+        if now - at < PARKING_LOG_INTERVAL:
+            self._said[key] = (at, held, batches)
+            return
+        if len(self._said) > 1000:  # tenants sets come and go: forget the old ones
+            self._said.clear()
+        self._said[key] = (now, 0, 0)
+        log.warning("%d change(s) parked in %d batch(es)%s: the Redis shard of tenant(s) "
+                    "%s did not answer (%s); the last batch applied %d", held, batches,
+                    f" over {now - at:.0f} s" if batches > 1 else "", ", ".join(tenants),
+                    error, applied)
+
+
+#: Seconds between two warnings that one set of tenants' changes were parked.
+PARKING_LOG_INTERVAL = 30.0
+_PARKING_LOG = _ParkingLog()
+
+
 async def count_attempt(conn: Any, ids: Sequence[int], exc: BaseException,
                         record: Callable[[Any, Sequence[int], str], Awaitable[None]]
                         ) -> None:
@@ -334,10 +365,8 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
         keys = {body: key for body, key in keys.items() if key.tenant not in out_of_reach}
         tags = defaultdict(set, {t: n for t, n in tags.items() if t not in out_of_reach})
         changes = defaultdict(int, {t: c for t, c in changes.items() if t not in out_of_reach})
-        log.warning("%d change(s) parked: the Redis shard of tenant(s) %s did not "
-                    "answer (%s); %d applied", len(parked_ids),
-                    ", ".join(sorted(out_of_reach)), next(iter(out_of_reach.values())),
-                    len(applied))
+        _PARKING_LOG.say(sorted(out_of_reach), len(parked_ids), len(applied),
+                         next(iter(out_of_reach.values())))
     by_tenant: dict[str, list[str]] = defaultdict(list)
     for key in keys.values():
         by_tenant[key.tenant].append(key.body)

@@ -138,7 +138,8 @@ class FailoverReplay:
             "WHERE applied_at > clock_timestamp() - make_interval(secs => $1) "
             "GROUP BY tenant", self.window)
         for row in rows:
-            raw = await self.cache.store.command("GET", self.marker_key(row["tenant"]))
+            marker_key = self.marker_key(row["tenant"])
+            raw = await self.cache.store.command("GET", marker_key, route=marker_key)
             marker = None if raw is None else int(raw)
             if marker is None or marker < row["last"]:
                 await self._replay(conn, row["tenant"], marker, row["last"])

@@ -74,13 +74,17 @@ async def apply_reachable(cache: Cache, keys: Sequence[CacheKey[Any]],
     unreached: dict[str, RedisUnavailableError] = {}
     known_away: set[str] = set()  # refused without a call: their master's breaker is open
     index = MetaKeys(cache.settings.prefix).index
+    # While some master's breaker is closed, one whose breaker is open is known out of
+    # reach: a call let through as its breaker's probe would hold the whole batch for a
+    # call's timeout, so its tenants are parked without one, and the parked changes'
+    # tries watch it beside the batches (invalidation/parked_retry.py). When every
+    # master's is open (Redis down as a whole, or a Cluster refusing every call while
+    # it fails a master over), the calls go: their breakers' probes are what finds
+    # Redis back (nothing is parked, so nothing else would ask).
+    avoid = not store.every_master_suspect()
 
     async def apply(tenant: str) -> None:
-        if store.breakers.route_suspect(index(tenant)):
-            # Its master's breaker is open: known out of reach. A call let through as
-            # the breaker's probe would hold the whole batch for a call's timeout; the
-            # parked changes' tries probe it instead, beside the batches
-            # (invalidation/parked_retry.py).
+        if avoid and store.breakers.route_suspect(index(tenant)):
             unreached[tenant] = RedisUnavailableError(
                 "UNLINK", store.address, "its master's circuit is open")
             known_away.add(tenant)
@@ -94,8 +98,7 @@ async def apply_reachable(cache: Cache, keys: Sequence[CacheKey[Any]],
             unreached[tenant] = exc
 
     await in_lanes(tenants, apply)  # anything else than an outage is raised
-    if tenants and len(unreached) == len(tenants) and (
-            len(known_away) < len(tenants) or store.every_master_suspect()):
+    if tenants and len(unreached) == len(tenants) and len(known_away) < len(tenants):
         # Nothing applied: Redis may be down as a whole, which the worker waits out.
         # Not when each tenant is on a shard known away while another shard is not: a
         # batch of only those (the others' tenants idle) would otherwise fail again and

@@ -94,7 +94,7 @@ class RedisStore(ReplicatedWrites):
         self._left_behind = False
         self._loop_end = LoopEnd(self._let_go)
         self._deadlines = CallDeadlines(timeout, on_new_loop=self._moved_from,
-                                        on_tick=router.sweep if router else None)
+                                        on_tick=self._tick if router else None)
         self._gate = InFlightGate(max_in_flight)
         self.breaker = breaker or CircuitBreaker()
         #: every breaker of the store (see :class:`~.circuit.Breakers`)
@@ -211,6 +211,20 @@ class RedisStore(ReplicatedWrites):
         self.breakers.trip(get_node_name(host, port) if self._cluster else None,
                            time.monotonic())
 
+    def _tick(self, now: float, silence: float) -> None:
+        """Every tick of the deadline watchdog: the router gives up silent servers; and
+        on a Cluster, while a master's breaker is open, the slot map is asked for again
+        (at most once a second): the Cluster may have promoted its replica, which no
+        call routed by the old map would find (they are refused, or time out)."""
+        router = self._hot.router
+        assert router is not None
+        router.sweep(now, silence)
+        if self._cluster and self._alarmed:
+            for name, breaker in self._alarmed.items():
+                if name and breaker.open_until:
+                    router.remap(name, now)
+                    return
+
     def _master_name(self, key: str) -> str:
         """The Cluster master serving ``key``, as the slot map says now."""
         assert isinstance(self._client, RedisCluster)
@@ -274,7 +288,15 @@ class RedisStore(ReplicatedWrites):
             return RedisUnavailableError(
                 operation, self.address, f"its keys' slot was still being moved (TRYAGAIN) "
                 f"after {self._deadlines.timeout}s")
-        self.breakers.failure(route, time.monotonic())
+        now = time.monotonic()
+        self.breakers.failure(route, now)
+        router = self._hot.router
+        if route is not None and router is not None and self._cluster:
+            # The master may have been replaced (a failover) while redis-py, whose
+            # call was cancelled before any error, still routes there.
+            master = self.master_name(route)
+            if master is not None:
+                router.remap(master, now)
         return RedisUnavailableError(
             operation, self.address, f"no reply within {self._deadlines.timeout}s"
         )

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: seconds between two warnings about one silent server (each detection is counted)
 _WARN_EVERY = 30.0
+#: Seconds between two refreshes of a Cluster's slot map asked by timeouts, at least.
+REMAP_EVERY = 1.0
 
 _SSL_FIELDS = ("keyfile", "certfile", "cert_reqs", "include_verify_flags",
                "exclude_verify_flags", "ca_certs", "ca_data", "ca_path", "check_hostname",
@@ -104,6 +106,7 @@ class Router:
         self._warned: dict[tuple[str, int], float] = {}
         self._swept_at: float | None = None
         self._remap: asyncio.Task[None] | None = None
+        self._remapped_at = float("-inf")
         #: told ``(host, port)`` of each server given up (the store opens its breaker)
         self.on_silent: Callable[[str, int], None] | None = None
 
@@ -179,13 +182,26 @@ class Router:
         self.stale(node)
         if self.on_silent is not None:
             self.on_silent(node.host, node.port)
-        if self._cluster is not None and (self._remap is None or self._remap.done()):
-            self._remap = asyncio.get_running_loop().create_task(
-                self._refresh_slot_map(self._cluster, get_node_name(node.host, node.port)))
+        self.remap(get_node_name(node.host, node.port), now)
+
+    def remap(self, failed: str, now: float) -> None:
+        """On a Cluster, refresh the slot map from the other nodes, ``failed`` (a node's
+        name) asked last: that node was found silent, or a call routed to it timed out.
+        A timeout through redis-py tells the driver nothing (the call is cancelled
+        before any error), and a call to a master the Cluster has replaced meanwhile
+        would go there again and again. One refresh at a time, at most one a second."""
+        if self._cluster is None or (self._remap is not None and not self._remap.done()):
+            return
+        if now - self._remapped_at < REMAP_EVERY:
+            return
+        self._remapped_at = now
+        self._remap = asyncio.get_running_loop().create_task(
+            self._refresh_slot_map(self._cluster, failed))
 
     async def _refresh_slot_map(self, cluster: RedisCluster, failed: str) -> None:
         """Ask the other nodes for the slot map, ``failed`` last (a silent node would
-        hold the refresh until its bound), within the connect timeout twice over."""
+        hold the refresh until its bound), within the connect timeout twice over (the
+        next tick, or the next timeout, asks again)."""
         manager = cluster.nodes_manager
         options: dict[str, Any] = {}
         if "last_failed_node_name" in inspect.signature(manager.initialize).parameters:
@@ -194,8 +210,8 @@ class Router:
             async with asyncio.timeout(2 * self._options.connect_timeout):
                 await manager.initialize(**options)
         except Exception as exc:  # the next silent tick asks again
-            log.info("the cluster's slot map could not be refreshed after %s fell "
-                     "silent: %r", failed, exc)
+            log.info("the cluster's slot map could not be refreshed after %s stopped "
+                     "answering: %r", failed, exc)
 
     async def aclose(self) -> None:
         """Close every multiplexed connection and wait for the sockets to be closed
