@@ -126,12 +126,7 @@ async def test_invalidations_of_live_shards_go_on_while_one_shard_is_silent(
     cluster.flushall()
     async with capture_env(mode, thorbis_pg_dsn, cluster.url) as env:
         cache = env.app.cache
-        acme_key = cache.redis_key(CUSTOMER.key("acme", customer_id=1))
-        other = next(t for t in (f"t{i}" for i in range(500))
-                     if cluster.master_for_key(cache.redis_key(CUSTOMER.key(t, customer_id=1)))
-                     != cluster.master_for_key(acme_key))
-        for tenant in ("acme", other):
-            await env.conn.execute(CUSTOMERS_SQL.replace("'acme'", "$2::text"), 1, tenant)
+        other = await _customers_on_two_shards(env, cluster)
         worker = env.worker()
         await worker.drain()
         running = asyncio.ensure_future(worker.run())
@@ -202,6 +197,18 @@ async def test_invalidations_of_live_shards_go_on_while_one_shard_is_silent(
             await worker.aclose()
 
 
+async def _customers_on_two_shards(env: Env, cluster: RedisCluster) -> str:
+    """A tenant on another shard than acme's; customer 1 of each inserted."""
+    def master(tenant: str) -> int:
+        return cluster.master_for_key(
+            env.app.cache.redis_key(CUSTOMER.key(tenant, customer_id=1)))
+
+    other = next(t for t in (f"t{i}" for i in range(500)) if master(t) != master("acme"))
+    for tenant in ("acme", other):
+        await env.conn.execute(CUSTOMERS_SQL.replace("'acme'", "$2::text"), 1, tenant)
+    return other
+
+
 async def _parked(worker: OutboxWorker, at_least: int = 1) -> bool:
     return worker.metrics.parked >= at_least
 
@@ -232,12 +239,7 @@ async def test_the_worker_follows_a_shard_failed_over_while_its_breaker_was_open
     cluster = failing_over_cluster
     async with capture_env("triggers", thorbis_pg_dsn, cluster.url) as env:
         cache = env.app.cache
-        acme_key = cache.redis_key(CUSTOMER.key("acme", customer_id=1))
-        other = next(t for t in (f"t{i}" for i in range(500))
-                     if cluster.master_for_key(cache.redis_key(CUSTOMER.key(t, customer_id=1)))
-                     != cluster.master_for_key(acme_key))
-        for tenant in ("acme", other):
-            await env.conn.execute(CUSTOMERS_SQL.replace("'acme'", "$2::text"), 1, tenant)
+        other = await _customers_on_two_shards(env, cluster)
         worker = env.worker()
         await worker.drain()
         running = asyncio.ensure_future(worker.run())
