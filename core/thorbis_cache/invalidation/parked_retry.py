@@ -1,4 +1,4 @@
-"""The worker's tries of parked changes: one due tenant at a time, its shard asked first.
+"""The worker's tries of parked changes: one due tenant at a time, once its shard answers.
 
 Changes whose Cluster shard did not answer while the others did wait in
 ``thorbis.parked_changes`` (:mod:`~thorbis_cache.postgres.parked`), each tenant with
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 #: Seconds between two looks for due tenants (one indexed query of an empty table
 #: when nothing is parked).
 LOOK_EVERY = 0.25
-#: Seconds between two calls to a master whose breaker is open, while tenants of its
+#: Seconds between two calls to a master whose breaker is open, while tenants of it
 #: wait with parked changes (each a probe through the breaker, or refused at once
 #: while it cools down): how soon a shard that answers again is found.
 PROBE_EVERY = 0.5

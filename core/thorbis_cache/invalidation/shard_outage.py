@@ -8,13 +8,14 @@ a shard is lost and the Cluster does not require full coverage. A batch applied 
 failed as a whole there, and the worker held every later batch behind it: every
 tenant's cached entries stayed stale, not only the silent shard's. So when a batch
 meets an unavailable shard, its invalidations are applied tenant by tenant (each call
-answers to its master's breaker, so a silent shard's fail at once after the first
-timeouts), and the changes whose tenants could not be reached are parked in
-``thorbis.parked_changes`` in the batch's transaction
+answers to its master's breaker; a tenant whose master's breaker is open is not
+called at all while another master's is closed), and the changes whose tenants could
+not be reached are parked in ``thorbis.parked_changes`` in the batch's transaction
 (:func:`~thorbis_cache.postgres.parked.park`), to be applied once their shard answers
 (:mod:`~thorbis_cache.invalidation.parked_retry`). The rest commits and the worker
-goes on. When no tenant of the batch can be reached, nothing is parked: the
-batch fails as before and the worker waits for Redis.
+goes on. When no tenant of the batch can be reached, and not because each is on a
+master known out of reach while another is not, nothing is parked: the batch fails
+as before and the worker waits for Redis (down as a whole, as far as it can tell).
 """
 
 from __future__ import annotations
