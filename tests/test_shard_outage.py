@@ -274,3 +274,55 @@ async def _both_gone(env: Env, other: str) -> bool:
         return not await env.cached(1, "acme") and not await env.cached(1, other)
     except RedisUnavailableError:
         return False
+
+
+async def test_a_truncate_while_one_shard_is_silent_holds_back_no_tenant(
+        slow_failing_cluster: RedisCluster, thorbis_pg_dsn: str) -> None:
+    """A TRUNCATE invalidates its table's tags for every tenant, listed from every
+    shard's slot registries. With one shard silent, listing them failed, the batch with
+    it, and every batch after it: no tenant's change was applied until the shard
+    answered. Now the reachable shards' tenants are invalidated, the TRUNCATE is parked
+    until every shard answers, and the batches go on."""
+    cluster = slow_failing_cluster
+    cluster.flushall()
+    async with capture_env("triggers", thorbis_pg_dsn, cluster.url) as env:
+        cache = env.app.cache
+        other = await _customers_on_two_shards(env, cluster)
+        worker = env.worker()
+        await worker.drain()
+        running = asyncio.ensure_future(worker.run())
+        frozen: int | None = None
+        try:
+            for tenant in ("acme", other):  # each registered on its shard
+                await env.cache_customer(1, tenant)
+            frozen = cluster.master_for_key(cache.redis_key(CUSTOMER.key(other, customer_id=1)))
+            cluster.freeze(frozen)
+            await env.conn.execute("TRUNCATE hs.work_orders CASCADE")
+            started = time.monotonic()
+            while not await env.conn.fetchval(
+                    "SELECT count(*) FROM thorbis.parked_changes WHERE operation = 'TRUNCATE'"):
+                assert time.monotonic() - started < 12, (
+                    "the TRUNCATE was neither applied nor parked while a shard was silent")
+                await asyncio.sleep(0.02)
+            # The batches after it go on (acme's entry may have gone with the TRUNCATE's
+            # tags: cached again, then changed).
+            await env.cache_customer(1, "acme")
+            await env.conn.execute("UPDATE hs.customers SET phone = '555-0199' "
+                                   "WHERE tenant_id = 'acme'")
+            started = time.monotonic()
+            while await env.cached(1, "acme"):
+                assert time.monotonic() - started < 12, (
+                    "acme's change was held back by a TRUNCATE while another shard was "
+                    "silent")
+                await asyncio.sleep(0.02)
+            cluster.thaw(frozen)
+            frozen = None
+            await wait_until("the TRUNCATE applied once every shard answers",
+                             lambda: _outbox_empty(env), within=30)
+        finally:
+            if frozen is not None:
+                cluster.thaw(frozen)
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            await worker.aclose()

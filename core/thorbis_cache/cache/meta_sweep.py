@@ -221,16 +221,28 @@ class MetaSweep:
         # Pages of slots served by one master: one probe call reads a whole page.
         return sorted(await self._store.cluster_slots())
 
-    async def registered_tenants(self) -> AsyncIterator[str]:
+    async def registered_tenants(self, missed: list[RedisUnavailableError] | None = None
+                                 ) -> AsyncIterator[str]:
         """Every tenant listed in a slot registry (every tenant with a tag or dependency
         set), page by page: bounded calls, no SCAN. For what must reach every tenant,
-        such as flushing a schema's tags after change capture lost track."""
+        such as flushing a schema's tags after change capture lost track.
+
+        :param missed: when given, a Cluster master's slots that cannot be read (its
+            shard out of reach) are skipped and the error appended here, so that the
+            other shards' tenants are still listed; otherwise the error is raised.
+        :raises RedisUnavailableError: see ``missed``; or the slot map cannot be read.
+        """
         for first, last in await self._slot_ranges():
-            for start in range(first, last + 1, self.probe):
-                for registry in (await self._occupied(start, last))[0]:
-                    async for page in self._pages(registry):
-                        for tenant in page:
-                            yield tenant
+            try:
+                for start in range(first, last + 1, self.probe):
+                    for registry in (await self._occupied(start, last))[0]:
+                        async for page in self._pages(registry):
+                            for tenant in page:
+                                yield tenant
+            except RedisUnavailableError as exc:
+                if missed is None:
+                    raise
+                missed.append(exc)
 
     async def _occupied(self, start: int, last: int) -> tuple[list[str], int]:
         """The existing registries of the page of slots from ``start`` (one master's,

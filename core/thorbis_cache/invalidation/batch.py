@@ -263,6 +263,10 @@ class _ParkingLog:
                     error, applied)
 
 
+#: Stands, among the tenants out of reach, for those of a shard that could not even be
+#: listed (the changes of every tenant then wait for it).
+EVERY_TENANT = "(every tenant)"
+
 #: Seconds between two warnings that one set of tenants' changes were parked.
 PARKING_LOG_INTERVAL = 30.0
 _PARKING_LOG = _ParkingLog()
@@ -337,18 +341,27 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
         log.error("outbox row %d dead-lettered: %s", row.id, reason)
         await outbox.dead_letter(conn, row, reason)
         dead.append((row.id, reason))
+    # The masters whose tenants could not be listed for the changes of every tenant.
+    unlisted: list[RedisUnavailableError] = []
     if every_tenant:
         # Every tenant with a tag index (bounded pages, no SCAN), as after a lost slot;
-        # then logged for replay and audited like any tenant's tags.
+        # then logged for replay and audited like any tenant's tags. On a Cluster, a
+        # shard out of reach is skipped: the others' tenants are invalidated now, and
+        # the changes parked below until every shard answers (they are idempotent).
         reached = 0
-        async for tenant in MetaSweep.for_cache(cache).registered_tenants():
+        async for tenant in MetaSweep.for_cache(cache).registered_tenants(
+                unlisted if cache.store.is_cluster else None):
             tags[tenant].update(every_tenant)
             changes[tenant] += 0
             reached += 1
         log.warning("a TRUNCATE, or changes whose tenant is unknown: tags %s invalidated "
-                    "for every tenant (%d)", ", ".join(sorted(every_tenant)), reached)
+                    "for every tenant (%d)%s", ", ".join(sorted(every_tenant)), reached,
+                    f"; the tenants of {len(unlisted)} shard(s) out of reach could not be "
+                    f"listed ({unlisted[0]}): the changes are parked" if unlisted else "")
     out_of_reach = await apply_reachable(
         cache, list(keys.values()), tags, invalidate_tags, replicate=replay is None)
+    if unlisted:
+        out_of_reach = {**out_of_reach, EVERY_TENANT: unlisted[0]}
     parked_ids: list[int] = []
     if out_of_reach:
         # Their shard did not answer: parked, with what else they reach (applied again
