@@ -114,14 +114,14 @@ class Breakers:
 
     :param main: the store's breaker: every call's on a single server or a Sentinel
         group; on a Cluster, the calls that span several slots or name no key.
-    :param node_of: on a Cluster, the name of the master serving a key (it may raise
-        while no master serves the key's slot: the call then answers to ``main``).
+    :param node_of: on a Cluster, the name of the master serving a key (None while no
+        master serves the key's slot: the call then answers to ``main``).
     """
 
     __slots__ = ("_by_node", "_node_of", "alarmed", "main")
 
     def __init__(self, main: CircuitBreaker,
-                 node_of: Callable[[str], str] | None = None) -> None:
+                 node_of: Callable[[str], str | None] | None = None) -> None:
         self.main = main
         self._node_of = node_of
         self._by_node: dict[str, CircuitBreaker] = {}
@@ -131,13 +131,13 @@ class Breakers:
         self.alarmed: dict[str, CircuitBreaker] = {}
 
     def _of(self, route: str | None) -> tuple[str, CircuitBreaker]:
-        if route is None or self._node_of is None:
-            return "", self.main
-        try:
-            name = self._node_of(route)
-        except Exception:  # no master serves the slot now: a failover in progress
-            return "", self.main
-        return name, self._master(name)
+        name = self._name_of(route)
+        return ("", self.main) if name is None else (name, self._master(name))
+
+    def _name_of(self, route: str | None) -> str | None:
+        """The master whose breaker a call routed by ``route`` answers to (None: the
+        store's)."""
+        return None if route is None or self._node_of is None else self._node_of(route)
 
     def _master(self, name: str) -> CircuitBreaker:
         """The breaker of master ``name``, made with ``main``'s settings on first use."""
@@ -193,8 +193,8 @@ class Breakers:
     def route_suspect(self, route: str) -> bool:
         """:meth:`suspect` of the master serving ``route`` (a key), asking nothing of it:
         False off a Cluster, or while no master serves the key's slot."""
-        name, breaker = self._of(route)
-        return bool(name) and bool(breaker.open_until)
+        name = self._name_of(route)
+        return name is not None and self.suspect(name)
 
     def every(self) -> dict[str, CircuitBreaker]:
         """Every breaker by name: ``""`` for ``main``, then the masters' by node name."""

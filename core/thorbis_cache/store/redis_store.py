@@ -98,7 +98,7 @@ class RedisStore(ReplicatedWrites):
         self._gate = InFlightGate(max_in_flight)
         self.breaker = breaker or CircuitBreaker()
         #: every breaker of the store (see :class:`~.circuit.Breakers`)
-        self.breakers = Breakers(self.breaker, self._master_name if self._cluster else None)
+        self.breakers = Breakers(self.breaker, self.master_name if self._cluster else None)
         # Empty while every breaker is closed: all the hot path looks at.
         self._alarmed = self.breakers.alarmed
         if router is not None:
@@ -225,20 +225,16 @@ class RedisStore(ReplicatedWrites):
                     router.remap(name, now)
                     return
 
-    def _master_name(self, key: str) -> str:
-        """The Cluster master serving ``key``, as the slot map says now."""
-        assert isinstance(self._client, RedisCluster)
-        return str(self._client.nodes_manager.get_node_from_slot(key_slot(key.encode())).name)
-
     def master_name(self, key: str) -> str | None:
         """The Cluster master serving ``key`` as the slot map says now (its breaker's
         name); None off a Cluster, or while no master serves the key's slot."""
-        if not self._cluster:
+        if not isinstance(self._client, RedisCluster):
             return None
         try:
-            return self._master_name(key)
+            node = self._client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
         except Exception:  # no master serves the slot now: a failover in progress
             return None
+        return str(node.name)
 
     def every_master_suspect(self) -> bool:
         """On a Cluster, whether the breaker of every master in the slot map has opened
