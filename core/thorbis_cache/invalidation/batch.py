@@ -23,6 +23,7 @@ from thorbis_cache.cache.keys import CacheKey
 from thorbis_cache.cache.meta_sweep import MetaSweep
 from thorbis_cache.cache.metrics import Histogram
 from thorbis_cache.errors import RedisUnavailableError
+from thorbis_cache.invalidation.lacking_rules import RulesChanged
 from thorbis_cache.invalidation.planning import Plan, PoisonRow
 from thorbis_cache.invalidation.shard_outage import apply_reachable
 from thorbis_cache.invalidation.tag_lanes import TagInvalidator
@@ -35,12 +36,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLAMELESS",
+    "Apply",
     "BatchResult",
     "Incomplete",
     "TagInvalidator",
     "UnconfiguredTagInvalidator",
     "WorkerMetrics",
     "applied_rows",
+    "apply_and_count",
     "apply_changes",
     "count_attempt",
 ]
@@ -270,6 +273,28 @@ EVERY_TENANT = "(every tenant)"
 #: Seconds between two warnings that one set of tenants' changes were parked.
 PARKING_LOG_INTERVAL = 30.0
 _PARKING_LOG = _ParkingLog()
+
+
+#: How a batch's rows are applied in the caller's transaction (the worker's
+#: :func:`apply_changes` with its settings).
+Apply = Callable[[Any, Sequence[outbox.OutboxRow]], Awaitable[BatchResult]]
+
+
+async def apply_and_count(conn: Any, rows: Sequence[outbox.OutboxRow], apply: Apply,
+                          rules_changed: Callable[[Any], Awaitable[bool]] | None
+                          ) -> BatchResult:
+    """A batch's step inside its transaction, whatever its source (the outbox, the
+    stream, the parked changes): ``apply`` the rows; then, off the commit-to-invalidated
+    path and before anything is confirmed, read the rules record
+    (:exc:`~thorbis_cache.invalidation.lacking_rules.RulesChanged`: the caller rolls
+    back and reads the rows again under the new rules); then count the applied rows per
+    table (:func:`outbox.count_changes <thorbis_cache.postgres.outbox.count_changes>`:
+    a row is counted exactly when it is applied)."""
+    result = await apply(conn, rows)
+    if rules_changed is not None and await rules_changed(conn):
+        raise RulesChanged
+    await outbox.count_changes(conn, applied_rows(rows, result))
+    return result
 
 
 async def count_attempt(conn: Any, ids: Sequence[int], exc: BaseException,

@@ -29,15 +29,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.cache.meta_keys import MetaKeys
 from thorbis_cache.errors import CacheBackendError, RedisUnavailableError
 from thorbis_cache.invalidation.batch import (
+    Apply,
     BatchResult,
     WorkerMetrics,
-    applied_rows,
+    apply_and_count,
     count_attempt,
 )
 from thorbis_cache.invalidation.lacking_rules import RulesChanged
@@ -61,9 +62,6 @@ PROBE_EVERY = 0.5
 #: Due tenants whose shard is still away looked at in one look, at most (a shard of
 #: many tenants is asked about each in turn, refused at once by its open breaker).
 TENANTS_PER_LOOK = 100
-
-Apply = Callable[[Any, Sequence[outbox.OutboxRow]], Awaitable[BatchResult]]
-
 
 class ShardProbes:
     """Watches, beside the worker's batches, the masters whose breaker opened while
@@ -163,10 +161,7 @@ async def _try_one(conn: Any, cache: Cache, batch_size: int, apply: Apply,
                     rows = await parked.claim_parked(conn, due.tenant, batch_size)
                     ids = [row.id for row in rows]
                     claimed = time.perf_counter()
-                    result = await apply(conn, rows)
-                    if await rules_changed(conn):
-                        raise RulesChanged
-                    await outbox.count_changes(conn, applied_rows(rows, result))
+                    result = await apply_and_count(conn, rows, apply, rules_changed)
             except RedisUnavailableError as exc:
                 wait = await parked.retry_later(conn, due, str(exc))
                 metrics.parked_tries += 1

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.invalidation.batch import (
     BLAMELESS,
+    Apply,
     BatchResult,
     TagInvalidator,
     WorkerMetrics,
-    applied_rows,
+    apply_and_count,
 )
 from thorbis_cache.invalidation.capture_loss import flush_after_capture_loss
 from thorbis_cache.invalidation.lacking_rules import RulesChanged
@@ -56,9 +57,6 @@ ADMIN_SHUTDOWN = "57P01"
 #: Seconds a reader whose session was ended waits for the slot's drop that may follow.
 DROP_WAIT = 1.0
 
-#: How a batch's rows are applied in the caller's transaction (the worker's
-#: :func:`~thorbis_cache.invalidation.batch.apply_changes` with its settings).
-Apply = Callable[[Any, Sequence[outbox.OutboxRow]], Awaitable[BatchResult]]
 
 
 class SlotReader:
@@ -231,12 +229,7 @@ class SlotReader:
                     await self.check_sync(conn)
                 return BatchResult()
             async with conn.transaction():
-                result = await self._apply(conn, rows)
-                # After the invalidations (off the commit-to-invalidated path), before
-                # anything is confirmed.
-                if self._rules_changed is not None and await self._rules_changed(conn):
-                    raise RulesChanged
-                await outbox.count_changes(conn, applied_rows(rows, result))
+                result = await apply_and_count(conn, rows, self._apply, self._rules_changed)
             stream.confirm(batch.end_lsn)
         except SlotInUseError:
             raise  # no batch was tried: nothing to count, nothing to close

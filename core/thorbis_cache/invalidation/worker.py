@@ -63,7 +63,7 @@ from thorbis_cache.invalidation.batch import (
     TagInvalidator,
     UnconfiguredTagInvalidator,
     WorkerMetrics,
-    applied_rows,
+    apply_and_count,
     apply_changes,
     count_attempt,
 )
@@ -498,12 +498,8 @@ class OutboxWorker:
                 rows = await outbox.claim_batch(conn, self.batch_size)
                 claimed = time.perf_counter()
                 ids = [r.id for r in rows]
-                result = await self._apply(conn, rows) if rows else BatchResult()
-                # After the invalidations (off the commit-to-invalidated path), before
-                # the rows are deleted for good.
-                if rows and await self._rules_changed(conn):
-                    raise RulesChanged
-                await outbox.count_changes(conn, applied_rows(rows, result))
+                result = (await apply_and_count(conn, rows, self._apply, self._rules_changed)
+                          if rows else BatchResult())
         except RulesChanged:
             return await self._run_outbox_once()  # rolled back: claimed again
         except Exception as exc:
