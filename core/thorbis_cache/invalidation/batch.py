@@ -142,6 +142,10 @@ class WorkerMetrics:
     commit_latency: Histogram = attrs.field(factory=Histogram, eq=False, repr=False)
     #: when each table's incomplete changes were last logged (monotonic seconds)
     _reported: dict[str, float] = attrs.field(factory=dict, eq=False, repr=False)
+    #: per set of tenants out of reach: when its parking was last logged, and the
+    #: changes and batches parked since
+    _parkings: dict[tuple[str, ...], tuple[float, int, int]] = attrs.field(
+        factory=dict, eq=False, repr=False)
 
     def count(self, result: BatchResult, rows: Sequence[outbox.OutboxRow],
               claimed: float) -> None:
@@ -159,6 +163,28 @@ class WorkerMetrics:
         self.lag_seconds = max(r.age for r in rows)
         if result.incomplete:
             self.report_incomplete(result.incomplete)
+        if result.parked:
+            self.report_parked(result)
+
+    def report_parked(self, result: BatchResult) -> None:
+        """Say that a batch parked changes, as a warning: once per set of tenants out of
+        reach, then at most every :data:`PARKING_LOG_INTERVAL` seconds with what was
+        parked meanwhile (a shard lost under writes parks changes in every batch,
+        hundreds a second; :attr:`parked` counts each)."""
+        tenants = tuple(tenant for tenant, _ in result.unreached)
+        now = time.monotonic()
+        at, held, batches = self._parkings.get(tenants, (float("-inf"), 0, 0))
+        held, batches = held + len(result.parked), batches + 1
+        if now - at < PARKING_LOG_INTERVAL:
+            self._parkings[tenants] = (at, held, batches)
+            return
+        if len(self._parkings) > 1000:  # sets of tenants come and go: forget old ones
+            self._parkings.clear()
+        self._parkings[tenants] = (now, 0, 0)
+        log.warning("%d change(s) parked in %d batch(es)%s: the Redis shard of tenant(s) "
+                    "%s did not answer (%s); the last batch applied %d", held, batches,
+                    f" over {now - at:.0f} s" if batches > 1 else "", ", ".join(tenants),
+                    result.unreached[0][1], len(result.processed))
 
     def report_incomplete(self, incomplete: Sequence[Incomplete]) -> None:
         """Count changes planned without some of their rules' columns, and say so as an
@@ -192,6 +218,8 @@ def applied_rows(rows: Sequence[outbox.OutboxRow],
 
 #: Seconds between two error logs of one table's incomplete changes.
 INCOMPLETE_LOG_INTERVAL = 60.0
+#: Seconds between two warnings that one set of tenants' changes were parked.
+PARKING_LOG_INTERVAL = 30.0
 #: Rows planned between two turns of the event loop (a 50,000-change batch is a few
 #: hundred milliseconds of planning).
 PLAN_CHUNK = 1024
@@ -224,6 +252,8 @@ class BatchResult:
     :ivar parked: ids of the rows parked (``thorbis.parked_changes``), their Cluster
         shard out of reach while others answered
         (:mod:`~thorbis_cache.invalidation.shard_outage`).
+    :ivar unreached: ``(tenant, error)`` of the tenants whose shard did not answer, by
+        tenant (:data:`EVERY_TENANT` for a shard whose tenants could not be listed).
     """
 
     processed: tuple[int, ...] = ()
@@ -233,6 +263,7 @@ class BatchResult:
     audit_ids: tuple[int, ...] = ()
     incomplete: tuple[Incomplete, ...] = ()
     parked: tuple[int, ...] = ()
+    unreached: tuple[tuple[str, str], ...] = ()
 
     @property
     def claimed(self) -> int:
@@ -240,39 +271,10 @@ class BatchResult:
         return len(self.processed) + len(self.dead_letters) + len(self.parked)
 
 
-class _ParkingLog:
-    """The warning that changes were parked, once per set of tenants out of reach and
-    then at most every :data:`PARKING_LOG_INTERVAL` seconds with what was parked
-    meanwhile: a shard lost under writes parks changes in every batch, hundreds a
-    second (``thorbis_cache_worker_parked_changes_total`` counts each)."""
-
-    def __init__(self) -> None:
-        self._said: dict[tuple[str, ...], tuple[float, int, int]] = {}
-
-    def say(self, tenants: list[str], parked: int, applied: int, error: object) -> None:
-        key = tuple(tenants)
-        now = time.monotonic()
-        at, held, batches = self._said.get(key, (float("-inf"), 0, 0))
-        held, batches = held + parked, batches + 1
-        if now - at < PARKING_LOG_INTERVAL:
-            self._said[key] = (at, held, batches)
-            return
-        if len(self._said) > 1000:  # tenants sets come and go: forget the old ones
-            self._said.clear()
-        self._said[key] = (now, 0, 0)
-        log.warning("%d change(s) parked in %d batch(es)%s: the Redis shard of tenant(s) "
-                    "%s did not answer (%s); the last batch applied %d", held, batches,
-                    f" over {now - at:.0f} s" if batches > 1 else "", ", ".join(tenants),
-                    error, applied)
-
-
 #: Stands, among the tenants out of reach, for those of a shard that could not even be
 #: listed (the changes of every tenant then wait for it).
 EVERY_TENANT = "(every tenant)"
 
-#: Seconds between two warnings that one set of tenants' changes were parked.
-PARKING_LOG_INTERVAL = 30.0
-_PARKING_LOG = _ParkingLog()
 
 
 #: How a batch's rows are applied in the caller's transaction (the worker's
@@ -403,8 +405,6 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
         keys = {body: key for body, key in keys.items() if key.tenant not in out_of_reach}
         tags = defaultdict(set, {t: n for t, n in tags.items() if t not in out_of_reach})
         changes = defaultdict(int, {t: c for t, c in changes.items() if t not in out_of_reach})
-        _PARKING_LOG.say(sorted(out_of_reach), len(parked_ids), len(applied),
-                         next(iter(out_of_reach.values())))
     by_tenant: dict[str, list[str]] = defaultdict(list)
     for key in keys.values():
         by_tenant[key.tenant].append(key.body)
@@ -430,4 +430,5 @@ async def apply_changes(conn: Any, rows: Sequence[outbox.OutboxRow], *,
         tuple(Incomplete(table, count, tuple(sorted(unseen)), tuple(sorted(unreached)))
               for table, (count, unseen, unreached) in sorted(incomplete.items())),
         tuple(parked_ids),
+        tuple((tenant, str(error)) for tenant, error in sorted(out_of_reach.items())),
     )
