@@ -10,8 +10,9 @@ import asyncpg
 import pytest
 from core_testing import HsEnv
 
+from thorbis_cache.invalidation.batch import count_attempt
 from thorbis_cache.invalidation.worker import OutboxWorker
-from thorbis_cache.postgres import parked
+from thorbis_cache.postgres import outbox, parked
 from thorbis_cache.postgres.outbox import OutboxRow
 
 
@@ -153,3 +154,21 @@ async def test_a_worker_on_a_schema_without_parking_says_so_and_goes_on(
     assert worker.metrics.processed > 0
     assert any("run `thorbis-cache db migrate`" in r.getMessage()
                and "parked_tenants" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_failed_try_counts_an_attempt_on_the_parked_changes(
+        core_conn: asyncpg.Connection) -> None:
+    """A try that fails otherwise than by the shard being away (a tag invalidator
+    error) counts an attempt, so that a change that can never be applied is
+    dead-lettered after ``max_attempts``, as from the outbox."""
+    conn = core_conn
+    async with conn.transaction():
+        await parked.park(conn, [_row("acme", 1)], "away")
+    ids = [r["id"] for r in await conn.fetch("SELECT id FROM thorbis.parked_changes")]
+    await count_attempt(conn, ids, ValueError("tag invalidator: boom"),
+                        "thorbis.parked_changes")
+    attempts, error = await conn.fetchrow(
+        "SELECT attempts, last_error FROM thorbis.parked_changes")
+    assert (attempts, error) == (3, "ValueError: tag invalidator: boom")
+    with pytest.raises(ValueError, match="counts no attempts"):
+        await outbox.record_failure(conn, ids, "x", table="thorbis.audit_log")

@@ -300,15 +300,15 @@ async def apply_and_count(conn: Any, rows: Sequence[outbox.OutboxRow], apply: Ap
 
 
 async def count_attempt(conn: Any, ids: Sequence[int], exc: BaseException,
-                        record: Callable[[Any, Sequence[int], str], Awaitable[None]]
-                        ) -> None:
-    """After a batch rolled back by ``exc``: count a failed attempt on its changes
-    (``record``: :func:`outbox.record_failure
-    <thorbis_cache.postgres.outbox.record_failure>`, or the parked changes'), unless the
-    failure is not theirs (:data:`BLAMELESS`) or the connection is gone."""
+                        table: str = outbox.ATTEMPTED[0]) -> None:
+    """After a batch rolled back by ``exc``: count a failed attempt on its changes in
+    ``table`` (the outbox, or the parked changes: :data:`outbox.ATTEMPTED
+    <thorbis_cache.postgres.outbox.ATTEMPTED>`), unless the failure is not theirs
+    (:data:`BLAMELESS`) or the connection is gone."""
     if ids and not isinstance(exc, BLAMELESS) and not conn.is_closed():
         try:
-            await record(conn, ids, f"{type(exc).__name__}: {exc}")
+            await outbox.record_failure(conn, ids, f"{type(exc).__name__}: {exc}",
+                                        table=table)
         except outbox.DB_ERRORS:
             log.exception("outbox worker: could not count the failed attempt")
 

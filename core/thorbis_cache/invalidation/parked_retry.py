@@ -175,7 +175,7 @@ async def _try_one(conn: Any, cache: Cache, batch_size: int, apply: Apply,
             elif await parked.forget_if_empty(conn, due.tenant):
                 log.info("every parked change of tenant %r applied", due.tenant)
     except Exception as exc:
-        await count_attempt(conn, ids, exc, parked.record_failure)
+        await count_attempt(conn, ids, exc, "thorbis.parked_changes")
         raise
     if rows:
         metrics.count(result, rows, claimed)

@@ -504,7 +504,7 @@ class OutboxWorker:
             return await self._run_outbox_once()  # rolled back: claimed again
         except Exception as exc:
             self.metrics.failed_batches += 1
-            await count_attempt(conn, ids, exc, outbox.record_failure)
+            await count_attempt(conn, ids, exc)
             raise
         if rows:
             self.metrics.count(result, rows, claimed)

@@ -29,6 +29,7 @@ import attrs
 from thorbis_cache.postgres.outbox_images import Shape
 
 __all__ = [
+    "ATTEMPTED",
     "DB_ERRORS",
     "OutboxRow",
     "as_json",
@@ -191,11 +192,22 @@ async def count_changes(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> 
     )
 
 
-async def record_failure(conn: asyncpg.Connection, ids: Sequence[int], error: str) -> None:
+#: The tables whose rows count their failed attempts: the outbox, and the changes
+#: parked while their Cluster shard was out of reach (:mod:`.parked`).
+ATTEMPTED = ("thorbis.outbox", "thorbis.parked_changes")
+
+
+async def record_failure(conn: asyncpg.Connection, ids: Sequence[int], error: str, *,
+                         table: str = ATTEMPTED[0]) -> None:
     """Count a failed attempt on rows whose batch was rolled back (its own transaction,
-    after the rollback: the batch transaction's writes are gone)."""
+    after the rollback: the batch transaction's writes are gone).
+
+    :param table: one of :data:`ATTEMPTED`.
+    """
+    if table not in ATTEMPTED:
+        raise ValueError(f"{table!r} counts no attempts; expected one of {ATTEMPTED}")
     await conn.execute(
-        "UPDATE thorbis.outbox SET attempts = attempts + 1, last_error = $2 "
+        f"UPDATE {table} SET attempts = attempts + 1, last_error = $2 "  # noqa: S608
         "WHERE id = ANY($1::bigint[])", list(ids), error[:1000],
     )
 

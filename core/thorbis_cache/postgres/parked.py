@@ -26,8 +26,7 @@ import attrs
 from thorbis_cache.postgres.outbox import OutboxRow, as_json
 
 __all__ = ["FIRST_RETRY", "MAX_RETRY", "DueTenant", "ParkedFigures", "claim_parked",
-           "due_now", "due_tenant", "figures", "forget_if_empty", "park", "record_failure",
-           "retry_later", "tenant_of"]
+           "due_now", "due_tenant", "figures", "forget_if_empty", "park", "retry_later"]
 
 #: Seconds after which a tenant's parked changes are first tried again.
 FIRST_RETRY = 0.5
@@ -98,11 +97,6 @@ class ParkedFigures:
     tenants: int
 
 
-def tenant_of(row: OutboxRow) -> str:
-    """The tenant a parked row is scheduled under ('' when it names none)."""
-    return row.tenant_id or ""
-
-
 async def park(conn: asyncpg.Connection, rows: Sequence[OutboxRow], error: str) -> None:
     """Park ``rows`` (in the batch transaction, which claimed them or read them from the
     WAL): their creation time, transaction and attempts kept, their tenants scheduled
@@ -113,7 +107,7 @@ async def park(conn: asyncpg.Connection, rows: Sequence[OutboxRow], error: str) 
         (row.txid, row.created_at, row.table_name, row.operation, row.tenant_id,
          as_json(row.pk), as_json(row.old), as_json(row.new), row.attempts,
          row.last_error) for row in rows])
-    await conn.execute(_SCHEDULE, sorted({tenant_of(row) for row in rows}), FIRST_RETRY,
+    await conn.execute(_SCHEDULE, sorted({row.tenant_id or "" for row in rows}), FIRST_RETRY,
                        error[:1000])
 
 
@@ -159,15 +153,6 @@ async def forget_if_empty(conn: asyncpg.Connection, tenant: str) -> bool:
         return False
     await conn.execute("DELETE FROM thorbis.parked_tenants WHERE tenant = $1", tenant)
     return True
-
-
-async def record_failure(conn: asyncpg.Connection, ids: Sequence[int], error: str) -> None:
-    """Count a failed attempt on parked changes whose try was rolled back (its own
-    transaction, after the rollback), as :func:`~thorbis_cache.postgres.outbox.record_failure`
-    does for the outbox's."""
-    await conn.execute(
-        "UPDATE thorbis.parked_changes SET attempts = attempts + 1, last_error = $2 "
-        "WHERE id = ANY($1::bigint[])", list(ids), error[:1000])
 
 
 async def figures(conn: asyncpg.Connection) -> ParkedFigures:
