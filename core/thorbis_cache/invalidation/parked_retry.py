@@ -143,7 +143,6 @@ async def _try_one(conn: Any, cache: Cache, batch_size: int, apply: Apply,
                    metrics: WorkerMetrics, probes: ShardProbes) -> BatchResult | None:
     """One due tenant: its batch's result (empty when put off); None when none is due."""
     rows: list[outbox.OutboxRow] = []
-    ids: list[int] = []
     claimed = 0.0
     try:
         async with conn.transaction():
@@ -159,7 +158,6 @@ async def _try_one(conn: Any, cache: Cache, batch_size: int, apply: Apply,
                                                 "its master's circuit is open")
                 async with conn.transaction():  # a savepoint: rolled back if the shard goes
                     rows = await parked.claim_parked(conn, due.tenant, batch_size)
-                    ids = [row.id for row in rows]
                     claimed = time.perf_counter()
                     result = await apply_and_count(conn, rows, apply, rules_changed)
             except RedisUnavailableError as exc:
@@ -175,7 +173,7 @@ async def _try_one(conn: Any, cache: Cache, batch_size: int, apply: Apply,
             elif await parked.forget_if_empty(conn, due.tenant):
                 log.info("every parked change of tenant %r applied", due.tenant)
     except Exception as exc:
-        await count_attempt(conn, ids, exc, "thorbis.parked_changes")
+        await count_attempt(conn, [row.id for row in rows], exc, "thorbis.parked_changes")
         raise
     if rows:
         metrics.count(result, rows, claimed)
