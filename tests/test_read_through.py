@@ -532,3 +532,31 @@ async def test_foreign_data_under_our_keys_is_a_miss_then_replaced(cache: Cache)
     assert await cache.zset(history).card() == 1
     assert await cache.geo(sites).get_or_load(Source({1: (1.0, 1.0)})) != {}
     assert await cache.geo(sites).position(1) is not None
+
+
+async def test_members_that_do_not_decode_are_a_miss_then_replaced(cache: Cache) -> None:
+    """A sorted set or geo index holding members that are not of the schema's member
+    type (another release's member type, or another client's ZADD) is unreadable, as
+    a value of another type is: every read is a counted miss that drops it, never a
+    ValueError, and a read-through loads it whole again."""
+    history, sites = HISTORY.key("acme", id=31), SITES.key("acme", day=31)
+    zset, geo = cache.zset(history), cache.geo(sites)
+    for foreign in (["ZADD", cache.redis_key(history), 1, "not-an-int"],
+                    ["ZADD", cache.redis_key(history), 1, "007"],  # not canonical
+                    ["ZADD", cache.redis_key(history), 1, b"\xff\xfe"]):
+        await cache.store.command(*foreign)
+        assert await zset.range_by_score() == []  # without a loader: as not cached
+        assert await cache.store.command("EXISTS", cache.redis_key(history)) == 0
+        await cache.store.command(*foreign)
+        assert await zset.top(5, loader=Source({5: 5.0})) == [(5, 5.0)]
+        assert await zset.get_or_load(Source({6: 6.0})) == [(5, 5.0)]  # cached now
+        await cache.delete(history)
+    await cache.store.command("GEOADD", cache.redis_key(sites), 2.35, 48.85, "x")
+    assert await geo.within(2.35, 48.85, 1000) == []
+    await cache.store.command("GEOADD", cache.redis_key(sites), 2.35, 48.85, "x")
+    assert [m for m, _ in await geo.within(2.35, 48.85, 1000,
+                                           loader=Source({7: (2.35, 48.85)}))] == [7]
+    await cache.store.command("GEOADD", cache.redis_key(sites), 2.35, 48.85, "y")
+    assert set(await geo.get_or_load(Source({8: (2.35, 48.85)}))) == {8}
+    assert cache.metrics.for_schema(HISTORY.name).corrupt == {"member": 6}
+    assert cache.metrics.for_schema(SITES.name).corrupt == {"member": 3}

@@ -31,6 +31,7 @@ from thorbis_cache.errors import (
     ValueTypeError,
     VersionConflictError,
     WrongRedisTypeError,
+    short_repr,
 )
 from thorbis_cache.store.scripts import Script
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["EntityHash", "GeoIndex", "SortedSet", "Versioned"]
 
 T = TypeVar("T")
-R = TypeVar("R")
+R = TypeVar("R")  # what a read answers
 
 #: The hash field holding the entity version; '~' is never an attrs field name.
 VERSION_FIELD = "~v"
@@ -299,7 +300,28 @@ class _MemberStructure(abc.ABC, Generic[T]):
         return self._member.encode(self._key.schema.name, member)
 
     def _dec(self, raw: bytes) -> T:
-        return self._member.decode(raw.decode())  # type: ignore[return-value]
+        """A member as Redis holds it, decoded.
+
+        :raises CorruptEntry: it is not the encoding of a member of the schema's type
+            (written by a release whose member type was another, or by another client):
+            the structure is unreadable, as a value of another type is.
+        """
+        try:
+            return self._member.decode(raw.decode())  # type: ignore[return-value]
+        except ValueError as exc:  # UnicodeDecodeError and InvalidParameterError too
+            raise CorruptEntry("member", f"{short_repr(raw)} is not a "
+                                         f"{self._member.type.__name__}: {exc}") from None
+
+    async def _read_cached(self, from_reply: Callable[[Any], R], *command: Any) -> R:
+        """A read without a loader: the structure's answer, or the answer of nothing
+        cached when nothing is, or when what is cached does not decode (then dropped,
+        counted and logged, as a read-through drops it)."""
+        raw = await _read(self._cache, command[0], self._rk, *command[1:])
+        try:
+            return from_reply(raw or [])
+        except CorruptEntry as exc:
+            await self._fills.drop(self._key, self._rk, exc)
+            return from_reply([])
 
     async def _write_expire(
         self, command: str, args: list[Any], replace: bool, ttl: float | None
@@ -399,7 +421,7 @@ class SortedSet(_MemberStructure[T]):
             return [(self._dec(m), float(s)) for m, s in _pairs(raw)]
 
         if loader is None:
-            return from_reply(await _read(self._cache, "ZRANGE", self._rk, *args) or [])
+            return await self._read_cached(from_reply, "ZRANGE", *args)
 
         def from_loaded(loaded: Mapping[T, float]) -> list[tuple[T, float]]:
             return _score_range(loaded, self._enc, low, high, desc, offset, count)
@@ -481,7 +503,7 @@ class GeoIndex(_MemberStructure[T]):
             return [(self._dec(m), float(d)) for m, d in raw]
 
         if loader is None:
-            return from_reply(await _read(self._cache, "GEOSEARCH", self._rk, *args) or [])
+            return await self._read_cached(from_reply, "GEOSEARCH", *args)
 
         def from_loaded(loaded: Mapping[T, tuple[float, float]]) -> list[tuple[T, float]]:
             found = sorted(
