@@ -36,6 +36,7 @@ __all__ = [
     "PostgresUnavailableError",
     "RedisOutOfMemoryError",
     "RedisUnavailableError",
+    "RedisWritesRefusedError",
     "ServerBinaryNotFound",
     "ServerStartError",
     "ThorbisCacheError",
@@ -287,7 +288,19 @@ class PostgresUnavailableError(ThorbisCacheError, ConnectionError):
         super().__init__(f"postgresql connect to {dsn}: {problem}")
 
 
-class RedisOutOfMemoryError(RedisUnavailableError):
+class RedisWritesRefusedError(RedisUnavailableError):
+    """Redis answered but refused a write: unavailable for writes, so handled like an
+    outage -- a read-through serves the loaded value without caching it, the worker
+    keeps its changes (no attempt counted) until writes are accepted again.
+
+    ``MISCONF`` (its snapshots fail while ``stop-writes-on-bgsave-error`` is on: a full
+    or read-only disk), ``READONLY`` (the address serves a replica now), or the
+    subclass :class:`RedisOutOfMemoryError`. Reads go on: the server's breaker stays
+    closed.
+    """
+
+
+class RedisOutOfMemoryError(RedisWritesRefusedError):
     """Redis refused a write for lack of memory (``maxmemory`` reached under
     ``noeviction``): unavailable for writes, so handled like an outage -- a read-through
     serves the loaded value without caching it, the worker keeps its rows."""

@@ -26,6 +26,7 @@ from thorbis_cache.errors import (
     CacheBackendError,
     RedisOutOfMemoryError,
     RedisUnavailableError,
+    RedisWritesRefusedError,
     WrongRedisTypeError,
 )
 from thorbis_cache.store.circuit import Breakers, CircuitBreaker
@@ -272,6 +273,11 @@ class RedisStore(ReplicatedWrites):
             self.breakers.success(route)
         if isinstance(exc, rexc.OutOfMemoryError):
             return RedisOutOfMemoryError(operation, self.address, _describe(exc))
+        if isinstance(exc, rexc.ReadOnlyError) or (
+                isinstance(exc, rexc.ResponseError) and str(exc).startswith("MISCONF")):
+            # Writes refused by a server that answers (its snapshots fail, or it serves
+            # a replica now): unavailable for writes, as out of memory is.
+            return RedisWritesRefusedError(operation, self.address, _describe(exc))
         if isinstance(exc, rexc.ResponseError) and str(exc).startswith("WRONGTYPE"):
             return WrongRedisTypeError(operation, self.address, _describe(exc))
         return CacheBackendError(operation, self.address, _describe(exc))
