@@ -15,11 +15,13 @@ import redis
 
 import thorbis_cache.cache.fill
 from thorbis_cache import Cache, CacheSettings, Compression, KeyRing, KeySchema, SchemaRegistry
+from thorbis_cache.cache.codec import CodecSettings
 from thorbis_cache.cache.keys import SchemaKind
 from thorbis_cache.errors import (
     ConfigurationError,
     RedisUnavailableError,
     UnknownSchemaError,
+    ValueTooLargeError,
     ValueTypeError,
     WrongSchemaKindError,
 )
@@ -343,6 +345,42 @@ async def test_wrong_type_from_the_loader_is_refused_and_not_cached(cache: Cache
         await cache.get_or_load(key, counting("oops")[0])
     assert await cache.store.get(cache.lease_key(key)) is None
     assert await cache.get(key) is None
+
+
+async def test_a_value_too_large_to_read_back_is_never_written(thorbis_redis_url: str) -> None:
+    """A value whose body is larger than ``max_value_size`` would be refused by every
+    read (the bound against decompression bombs), so it is not written: ``set`` raises
+    naming the schema and the sizes, and drops what the key held (the host meant to
+    replace it); a read-through returns the loaded value uncached, its lease released,
+    and counts it. Before, a compressible one was written, then dropped as corrupt by
+    every read, and every ``get_or_load`` called the loader and wrote it again."""
+    settings = CacheSettings(codec=CodecSettings(max_value_size=64 * 1024))
+    big, person = "x" * 100_000, attrs.evolve(ann(21), notes=["y" * 100_000])
+    async with Cache.from_url(thorbis_redis_url, registry(), keyring=RING,
+                              settings=settings) as cache:
+        report = BIG.key("acme", id=21)
+        await cache.set(report, "small")
+        with pytest.raises(ValueTooLargeError, match=r"hs\.report.*100005 bytes.*65536"):
+            await cache.set(report, big)
+        assert await cache.get(report) is None  # not the value it was meant to replace
+        loader, calls = counting(big)
+        for _ in range(2):
+            assert await cache.get_or_load(BIG.key("acme", id=22), loader) == big
+            assert await cache.store.get(cache.lease_key(BIG.key("acme", id=22))) is None
+        assert calls == [2]
+        assert await cache.get(BIG.key("acme", id=22)) is None
+        assert cache.metrics.value("oversized_loads", schema="hs.report") == 2
+        entity = ENTITY.key("acme", customer_id=21)
+        hash_loader, hash_calls = counting(person)
+        for _ in range(2):
+            assert await cache.hash(entity).get_or_load(hash_loader) == person
+            assert await cache.store.get(cache.lease_key(entity)) is None
+        assert hash_calls == [2]
+        assert cache.metrics.value("oversized_loads", schema=ENTITY.name) == 2
+        with pytest.raises(ValueTooLargeError, match=r"hs\.customer_hash"):
+            await cache.hash(entity).replace(person)
+        assert await cache.get(BIG.key("acme", id=23)) is None
+        assert cache.metrics.for_schema("hs.report").corrupt == {}
 
 
 async def test_a_dead_lease_holder_costs_one_bounded_wait(thorbis_redis_url: str) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "ThorbisCacheError",
     "UnknownPatternError",
     "UnknownSchemaError",
+    "ValueTooLargeError",
     "ValueTypeError",
     "VersionConflictError",
     "WrongRedisTypeError",
@@ -201,6 +202,20 @@ class ValueTypeError(ThorbisCacheError, TypeError):
         extra = f" ({detail})" if detail else ""
         super().__init__(
             f"key schema {schema!r} holds {expected} values; got {got}{extra}"
+        )
+
+
+class ValueTooLargeError(ThorbisCacheError, ValueError):
+    """A value serializes to more than the codec's ``max_value_size``: every read would
+    refuse it (the bound against decompression bombs), so it is not written."""
+
+    def __init__(self, schema: str, size: int, limit: int) -> None:
+        self.schema = schema
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"key schema {schema!r}: the value serializes to {size} bytes, more than "
+            f"max_value_size ({limit} bytes); it is not cached"
         )
 
 

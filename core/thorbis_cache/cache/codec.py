@@ -34,7 +34,7 @@ from thorbis_cache.cache.envelope import (
 )
 from thorbis_cache.cache.keys import Compression, KeySchema
 from thorbis_cache.cache.value_types import SUPPORTED_TYPES, unsupported_type
-from thorbis_cache.errors import ValueTypeError
+from thorbis_cache.errors import ValueTooLargeError, ValueTypeError
 
 __all__ = [
     "SUPPORTED_TYPES",
@@ -59,8 +59,10 @@ class CodecSettings:
     :ivar compress_threshold: serialized size (bytes) from which AUTO schemas compress.
         zstd gains little on records of about 1 KiB, so the default is 2 KiB.
     :ivar compression_level: zstd level (3 is zstd's default speed/ratio point).
-    :ivar max_value_size: largest decompressed value accepted (a bound against
-        decompression bombs in a tampered entry).
+    :ivar max_value_size: largest serialized value accepted: a read refuses a compressed
+        entry that would decompress to more (a bound against decompression bombs in a
+        tampered entry), so a write refuses a value that serializes to more
+        (:class:`~thorbis_cache.errors.ValueTooLargeError`).
     """
 
     compress_threshold: int = 2048
@@ -302,7 +304,14 @@ class SchemaCodec(Generic[T]):
     def seal_body(
         self, body: bytes, redis_key: bytes, tenant: str, timing: tuple[int, int] | None = None
     ) -> bytes:
-        """Compress per policy and seal an already serialized body."""
+        """Compress per policy and seal an already serialized body.
+
+        :raises ValueTooLargeError: the body is larger than ``max_value_size``, which
+            every read of it would refuse.
+        """
+        if len(body) > self._settings.max_value_size:
+            raise ValueTooLargeError(self.schema.name, len(body),
+                                     self._settings.max_value_size)
         compressed = False
         if self._compress is Compression.ALWAYS or (
             self._compress is Compression.AUTO and len(body) >= self._threshold

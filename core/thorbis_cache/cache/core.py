@@ -41,6 +41,7 @@ from thorbis_cache.errors import (
     InvalidKeyError,
     RedisUnavailableError,
     UnknownSchemaError,
+    ValueTooLargeError,
     WrongRedisTypeError,
     WrongSchemaKindError,
 )
@@ -347,13 +348,20 @@ class Cache:
         """Write ``value`` (write-through) and revoke any in-flight fill of ``key``.
 
         :raises ValueTypeError: ``value`` is not of the schema's value type.
+        :raises ValueTooLargeError: ``value`` serializes to more than ``max_value_size``;
+            the entry it was to replace is deleted.
         """
         rt = self._value_runtime(key, "set")
         rt.codec.check(value)
         rk = f"{self._prefix}:{key.body}"
         self.revoke_flights([rk])
         ttl_ms = self.ttl_ms(key.schema, ttl)
-        data = rt.codec.encode(value, rk.encode(), key.tenant, self._timing(key.schema, ttl_ms, 0))
+        try:
+            data = rt.codec.encode(value, rk.encode(), key.tenant,
+                                   self._timing(key.schema, ttl_ms, 0))
+        except ValueTooLargeError:
+            await self.delete(key)  # the host meant to replace it: not left as it was
+            raise
         await self.store.run(
             self._scripts.store, [rk, self.lease_key(key), *self.tag_keys(key)], [data, ttl_ms]
         )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from thorbis_cache.cache.fill import backoff_delays
 from thorbis_cache.cache.keys import CacheKey, SchemaKind
-from thorbis_cache.errors import RedisUnavailableError
+from thorbis_cache.errors import RedisUnavailableError, ValueTooLargeError
 
 if TYPE_CHECKING:
     from thorbis_cache.cache.metrics import SchemaCounters
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ABSENT", "CACHED", "EMPTY", "GRANTED", "HELD", "MARKER", "LeaseWait", "fill_keys",
-    "new_token", "release", "write", "write_absent",
+    "give_up_oversized", "new_token", "release", "write", "write_absent",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,17 @@ async def release(cache: CacheCore, key: CacheKey[Any], token: str) -> None:
     """Delete the lease of ``key`` if ``token`` still holds it (Redis down: it expires)."""
     with contextlib.suppress(RedisUnavailableError):
         await cache.store.run(cache._scripts.lease_release, [cache.lease_key(key)], [token])
+
+
+async def give_up_oversized(cache: CacheCore, key: CacheKey[Any], token: str,
+                            counters: SchemaCounters, exc: ValueTooLargeError) -> None:
+    """A loaded value too large to cache (see :class:`ValueTooLargeError`): release the
+    lease, so that waiters load for themselves instead of waiting it out, and count and
+    say that it was served uncached."""
+    await release(cache, key, token)
+    counters.oversized_loads += 1
+    log.warning("%s (key %s): served from the loader without caching", exc,
+                cache.redis_key(key))
 
 
 class LeaseWait:

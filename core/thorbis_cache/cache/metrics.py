@@ -53,6 +53,7 @@ COUNTERS: dict[str, str] = {
     "(stale set prevented)",
     "early_recomputes": "Probabilistic early recomputations (XFetch)",
     "degraded_loads": "Loads served straight from the loader because Redis was unavailable",
+    "oversized_loads": "Loaded values larger than max_value_size, served without caching",
     "near_hits": "Reads answered from the in-process near cache (L1)",
     "near_misses": "Reads of a near-cached schema that L1 could not answer",
 }
@@ -92,6 +93,7 @@ class SchemaCounters:
     fills_rejected: int
     early_recomputes: int
     degraded_loads: int
+    oversized_loads: int
     near_hits: int
     near_misses: int
 

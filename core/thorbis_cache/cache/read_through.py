@@ -43,7 +43,12 @@ from thorbis_cache.cache.envelope import CorruptEntry
 from thorbis_cache.cache.fill import SingleFlight, should_recompute_early
 from thorbis_cache.cache.keys import CacheKey
 from thorbis_cache.cache.leases import ABSENT, EMPTY
-from thorbis_cache.errors import MissingRow, RedisUnavailableError, WrongRedisTypeError
+from thorbis_cache.errors import (
+    MissingRow,
+    RedisUnavailableError,
+    ValueTooLargeError,
+    WrongRedisTypeError,
+)
 
 if TYPE_CHECKING:
     from thorbis_cache.cache.metrics import SchemaCounters
@@ -295,8 +300,12 @@ class StructureFills:
             previous + _DELTA_WEIGHT * (took_ms - previous))
         rk = cache.redis_key(key)
         try:
-            written = await leases.write(cache, key, token, cache.ttl_ms(schema, ttl),
-                                         write.content(loaded))
+            content = write.content(loaded)
+        except ValueTooLargeError as exc:
+            await leases.give_up_oversized(cache, key, token, counters, exc)
+            return loaded
+        try:
+            written = await leases.write(cache, key, token, cache.ttl_ms(schema, ttl), content)
         except RedisUnavailableError as exc:
             log.warning("could not write the fill of %s: %s", rk, exc)
             return loaded

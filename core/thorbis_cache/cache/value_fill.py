@@ -16,7 +16,12 @@ from thorbis_cache.cache.envelope import CorruptEntry
 from thorbis_cache.cache.fill import SingleFlight, should_recompute_early
 from thorbis_cache.cache.keys import CacheKey
 from thorbis_cache.cache.leases import ABSENT
-from thorbis_cache.errors import MissingRow, RedisUnavailableError, WrongRedisTypeError
+from thorbis_cache.errors import (
+    MissingRow,
+    RedisUnavailableError,
+    ValueTooLargeError,
+    WrongRedisTypeError,
+)
 
 if TYPE_CHECKING:
     from thorbis_cache.cache.protocol import CacheCore, Loader, SchemaRuntime
@@ -156,9 +161,13 @@ class ValueFills:
             raise
         delta_ms = int((time.perf_counter() - started) * 1000)
         ttl_ms = self._cache.ttl_ms(key.schema, ttl)
-        data = rt.codec.encode(
-            value, rk.encode(), key.tenant, self._cache._timing(key.schema, ttl_ms, delta_ms)
-        )
+        try:
+            data = rt.codec.encode(
+                value, rk.encode(), key.tenant, self._cache._timing(key.schema, ttl_ms, delta_ms)
+            )
+        except ValueTooLargeError as exc:
+            await leases.give_up_oversized(self._cache, key, token, rt.counters, exc)
+            return value
         try:
             written = await leases.write(self._cache, key, token, ttl_ms, data)
         except RedisUnavailableError as exc:
