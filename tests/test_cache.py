@@ -377,8 +377,12 @@ async def test_a_value_too_large_to_read_back_is_never_written(thorbis_redis_url
             assert await cache.store.get(cache.lease_key(entity)) is None
         assert hash_calls == [2]
         assert cache.metrics.value("oversized_loads", schema=ENTITY.name) == 2
-        with pytest.raises(ValueTooLargeError, match=r"hs\.customer_hash"):
-            await cache.hash(entity).replace(person)
+        for write in (lambda: cache.hash(entity).replace(person),
+                      lambda: cache.hash(entity).update({"notes": person.notes})):
+            await cache.hash(entity).replace(ann(21))
+            with pytest.raises(ValueTooLargeError, match=r"hs\.customer_hash"):
+                await write()
+            assert await cache.hash(entity).get() is None
         assert await cache.get(BIG.key("acme", id=23)) is None
         assert cache.metrics.for_schema("hs.report").corrupt == {}
 

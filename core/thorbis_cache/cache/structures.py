@@ -16,7 +16,8 @@ a loader, reads answer from what is cached (empty or None when nothing is).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
@@ -28,6 +29,7 @@ from thorbis_cache.cache.keys import CacheKey, Param
 from thorbis_cache.cache.read_through import EMPTY, StructureFills, StructureRead, StructureWrite
 from thorbis_cache.errors import (
     InvalidParameterError,
+    ValueTooLargeError,
     ValueTypeError,
     VersionConflictError,
     WrongRedisTypeError,
@@ -184,8 +186,9 @@ class EntityHash(Generic[T]):
         A read-through fill in flight is refused afterwards."""
         self._codec.check(value)
         args: list[Any] = [VERSION_FIELD, self._cache.ttl_ms(self._key.schema, ttl)]
-        for name in self._fields:
-            args += [name, self._encode_field(name, getattr(value, name))]
+        async with self._replacing():
+            for name in self._fields:
+                args += [name, self._encode_field(name, getattr(value, name))]
         keys = [self._rk, self._cache.lease_key(self._key), *self._cache.tag_keys(self._key)]
         self._cache.revoke_flights([self._rk])
         return int(await self._cache.store.run(self._replace, keys, args))
@@ -205,6 +208,8 @@ class EntityHash(Generic[T]):
         :raises VersionConflictError: the version differs (or the entity is gone while
             a version was expected).
         :raises ValueTypeError: a value does not match its field type.
+        :raises ValueTooLargeError: a value serializes to more than ``max_value_size``
+            (the entity is deleted).
         """
         args: list[Any] = [
             VERSION_FIELD,
@@ -218,7 +223,8 @@ class EntityHash(Generic[T]):
                 raise ValueTypeError(
                     self._key.schema.name, f"field {name}", type(value).__name__, problem
                 )
-            args += [name, self._encode_field(name, value)]
+            async with self._replacing():
+                args += [name, self._encode_field(name, value)]
         keys = [self._rk, self._cache.lease_key(self._key), *self._cache.tag_keys(self._key)]
         self._cache.revoke_flights([self._rk])
         reply = await self._cache.store.run(self._update, keys, args)
@@ -232,6 +238,16 @@ class EntityHash(Generic[T]):
         if expected_version is not None:
             raise VersionConflictError(self._key.schema.name, self._rk, expected_version, None)
         return None
+
+    @contextlib.asynccontextmanager
+    async def _replacing(self) -> AsyncIterator[None]:
+        """Around the encoding of a write: a value too large to cache leaves no entity
+        behind (the caller meant to change it), then raises."""
+        try:
+            yield
+        except ValueTooLargeError:
+            await self._cache.delete(self._key)
+            raise
 
     def _check_name(self, name: str) -> None:
         if name not in self._fields:
