@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from thorbis_cache.cache.codec import CodecSettings
 from thorbis_cache.cache.keys import SchemaKind
 from thorbis_cache.errors import (
     ConfigurationError,
+    InvalidParameterError,
     RedisUnavailableError,
     UnknownSchemaError,
     ValueTooLargeError,
@@ -385,6 +387,28 @@ async def test_a_value_too_large_to_read_back_is_never_written(thorbis_redis_url
             assert await cache.hash(entity).get() is None
         assert await cache.get(BIG.key("acme", id=23)) is None
         assert cache.metrics.for_schema("hs.report").corrupt == {}
+
+
+@pytest.mark.parametrize("ttl", [0, -60, math.nan, math.inf, 366 * 86400, "10", True])
+async def test_a_ttl_given_per_call_is_checked_as_a_schema_ttl(cache: Cache, ttl: Any) -> None:
+    """A per-call ``ttl=`` outside (0, 1 year], or not a number, is refused naming the
+    schema and the parameter, before anything is loaded or written (it used to become
+    a TTL of 1 ms, a raw ValueError or OverflowError, or a script error from Redis)."""
+    label = LABEL.key("acme", name="ttl")
+    await cache.set(label, "kept")
+    loader, calls = counting("loaded")
+    with pytest.raises(InvalidParameterError, match=r"hs\.label.*ttl") as refused:
+        await cache.set(label, "written", ttl=ttl)
+    assert "1 year" in str(refused.value)
+    with pytest.raises(InvalidParameterError, match=r"hs\.label.*ttl"):
+        await cache.get_or_load(LABEL.key("acme", name="other"), loader, ttl=ttl)
+    with pytest.raises(InvalidParameterError, match=r"hs\.customer_hash.*ttl"):
+        await cache.hash(ENTITY.key("acme", customer_id=1)).get_or_load(loader, ttl=ttl)
+    with pytest.raises(InvalidParameterError, match=r"hs\.customer_hash.*ttl"):
+        await cache.hash(ENTITY.key("acme", customer_id=1)).replace(ann(), ttl=ttl)
+    assert calls == [0]
+    assert await cache.get(label) == "kept"
+    assert await cache.store.get(cache.lease_key(LABEL.key("acme", name="other"))) is None
 
 
 async def test_a_dead_lease_holder_costs_one_bounded_wait(thorbis_redis_url: str) -> None:

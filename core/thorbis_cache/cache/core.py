@@ -24,6 +24,7 @@ from thorbis_cache.cache.keys import (
     CacheKey,
     KeySchema,
     SchemaKind,
+    checked_ttl,
     validate_tenant,
 )
 from thorbis_cache.cache.loading import LoaderCalls
@@ -228,7 +229,7 @@ class Cache:
     def ttl_ms(self, schema: KeySchema[Any], ttl: float | None = None) -> int:
         """The TTL to write, in ms: ``ttl`` or the schema's (as overridden by
         ``CacheSettings.schema_overrides``), with the schema's jitter."""
-        seconds = self._runtime(schema).ttl if ttl is None else ttl
+        seconds = self._runtime(schema).ttl if ttl is None else checked_ttl(schema.name, ttl)
         if schema.ttl_jitter:
             seconds *= 1.0 + random.uniform(-schema.ttl_jitter, schema.ttl_jitter)
         return max(1, int(seconds * 1000))
@@ -510,7 +511,8 @@ class Cache:
                 f"cannot depend on {self.redis_key(on)!r}: tenants {dependent.tenant!r} and "
                 f"{on.tenant!r} differ; dependencies stay within one tenant",
             )
-        seconds = dependent_ttl if ttl is None else max(ttl, dependent_ttl)
+        seconds = dependent_ttl if ttl is None else max(
+            checked_ttl(dependent.schema.name, ttl), dependent_ttl)
         ttl_ms = int(seconds * (1.0 + dependent.schema.ttl_jitter) * 1000) + 1
         return await self.tags.depend(on.body, self.redis_key(dependent), ttl_ms)
 

@@ -34,6 +34,8 @@ __all__ = [
     "Param",
     "SchemaKind",
     "Validator",
+    "checked_ttl",
+    "ttl_problem",
     "validate_prefix",
     "validate_tenant",
 ]
@@ -44,6 +46,29 @@ T = TypeVar("T")
 #: with it (or it raises ``ValueError``/``TypeError`` saying so). It sees values of the
 #: parameter's declared type only, and runs for every key built or parsed.
 Validator: TypeAlias = Callable[[Any], "str | None"]
+
+#: The longest TTL, in seconds, that a schema or a call may give an entry.
+MAX_TTL = 365 * 86400
+
+
+def ttl_problem(ttl: object) -> str | None:
+    """Why ``ttl`` is not a TTL (seconds in (0, 1 year]; Redis keeps whole
+    milliseconds, at least one), or None when it is."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL:
+        return f"ttl must be seconds in (0, 1 year], got {ttl!r}"
+    return None
+
+
+def checked_ttl(schema: str, ttl: float) -> float:
+    """A TTL given for one call (``ttl=``), checked as a schema's is.
+
+    :raises InvalidParameterError: naming ``schema`` and ``ttl``.
+    """
+    problem = ttl_problem(ttl)
+    if problem is not None:
+        raise InvalidParameterError(schema, "ttl", problem)
+    return ttl
+
 
 TENANT_RULE = (
     "1 to 64 characters from a-z, 0-9, '_' and '-', starting with a letter or a digit"
@@ -384,8 +409,9 @@ class KeySchema(Generic[T]):
                 _check_param_type(p.type)
             except TypeError as exc:
                 raise InvalidSchemaError(name, f"parameter {p.name!r}: {exc}") from None
-        if not isinstance(self.ttl, int | float) or not 0 < self.ttl <= 365 * 86400:
-            raise InvalidSchemaError(name, f"ttl must be seconds in (0, 1 year], got {self.ttl!r}")
+        problem = ttl_problem(self.ttl)
+        if problem is not None:
+            raise InvalidSchemaError(name, problem)
         if not 0 <= self.ttl_jitter <= 0.5:
             raise InvalidSchemaError(name, f"ttl_jitter must be in [0, 0.5], got {self.ttl_jitter}")
         if not isinstance(self.version, int) or not 0 <= self.version <= 0xFFFF:

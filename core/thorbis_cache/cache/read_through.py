@@ -41,7 +41,7 @@ import attrs
 from thorbis_cache.cache import leases
 from thorbis_cache.cache.envelope import CorruptEntry
 from thorbis_cache.cache.fill import SingleFlight, should_recompute_early
-from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.cache.keys import CacheKey, checked_ttl
 from thorbis_cache.cache.leases import ABSENT, EMPTY
 from thorbis_cache.errors import (
     MissingRow,
@@ -140,7 +140,10 @@ class StructureFills:
 
         :raises MissingRow: the row does not exist (loaded now, or a cached absence).
         :raises RedisUnavailableError: Redis is down and degraded reads are off.
+        :raises InvalidParameterError: ``ttl`` is not a TTL.
         """
+        if ttl is not None:  # refused before anything is loaded or written
+            checked_ttl(key.schema.name, ttl)
         cache = self._cache
         counters = cache.metrics.for_schema(key.schema.name)
         rk = cache.redis_key(key)

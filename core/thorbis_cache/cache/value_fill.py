@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from thorbis_cache.cache import leases
 from thorbis_cache.cache.envelope import CorruptEntry
 from thorbis_cache.cache.fill import SingleFlight, should_recompute_early
-from thorbis_cache.cache.keys import CacheKey
+from thorbis_cache.cache.keys import CacheKey, checked_ttl
 from thorbis_cache.cache.leases import ABSENT
 from thorbis_cache.errors import (
     MissingRow,
@@ -54,6 +54,8 @@ class ValueFills:
     async def read(
         self, rt: SchemaRuntime, key: CacheKey[T], rk: str, loader: Loader[T], ttl: float | None
     ) -> T:
+        if ttl is not None:  # refused before anything is loaded or written
+            checked_ttl(key.schema.name, ttl)
         try:
             data = await rt.read(rk)
         except WrongRedisTypeError:  # foreign data under our key: a miss; the fill replaces it
