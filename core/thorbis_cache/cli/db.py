@@ -133,6 +133,17 @@ async def _db(action: DbAction, dsn: str, plugins: list[str] | None,
     if done.capture == "logical":
         for line in done.dropped:
             typer.echo(f"capture trigger dropped: {line}")
+        if done.slot_lost:
+            typer.echo(f"warning: the replication slot of logical capture {done.slot} is "
+                       "gone while its publication is here (dropped while no worker ran, or "
+                       "not carried over by a failover): the changes committed since it was "
+                       "last read are lost. Not made again here: start `thorbis-cache "
+                       "worker`, which first invalidates every tag the rules of its tables "
+                       "reach, for every tenant, then makes the slot again", err=True)
+            typer.echo(f"{applied}, logical capture {done.slot} set up but for its slot "
+                       f"(REPLICA IDENTITY FULL set on: "
+                       f"{', '.join(done.replica_full) or 'none needed'})")
+            return
         typer.echo(f"{applied}, logical capture {done.slot} ready (REPLICA IDENTITY FULL "
                    f"set on: {', '.join(done.replica_full) or 'none needed'})")
         return
@@ -368,7 +379,9 @@ async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str,
                              max_transaction_changes=max_transaction_changes)
     conn = await connect(dsn, writes="the invalidation worker")
     try:
-        exists = await logical.slot_here(conn)
+        # Set up here, its slot lost or not: a lost one is the worker's to flush for,
+        # then to make again (SlotReader), never a reason to read nothing.
+        exists = await logical.set_up_here(conn)
         if exists:
             # A slot is there, so the outbox gets nothing: a role that cannot read the
             # slot is refused now, never left to retry (or to fall back) silently.

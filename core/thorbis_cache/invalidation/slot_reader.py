@@ -201,6 +201,10 @@ class SlotReader:
                         await self._recover_lost_slot(conn, capture.lost(
                             "the slot was dropped or invalidated while streaming"))
                         return BatchResult()
+                    unreadable = capture.unreadable(exc)
+                    if unreadable is not None:
+                        await self._recover_lost_slot(conn, unreadable)
+                        return BatchResult()
                     if ended:  # not a failure of the batch: read again
                         log.warning("logical capture: the server ended the session "
                                     "reading slot %s (%s); reading it again",
@@ -346,7 +350,7 @@ class SlotReader:
             return
         log.error("logical capture: %s", lost)
         await flush_after_capture_loss(self._cache, rules, tables, self._invalidate_tags)
-        await self.capture.replace_lost_slot(conn)
+        await self.capture.replace_lost_slot(conn, lost)
         await flush_after_capture_loss(self._cache, rules, tables, self._invalidate_tags)
         self._metrics.capture_losses += 1
         log.error("logical capture: slot %s recreated after the flush; capture goes on",

@@ -356,9 +356,11 @@ class OutboxWorker:
 
     async def _follow_slot(self) -> None:
         """``capture="auto"``, while the worker reads the outbox: read the slot instead
-        once it exists in the database. Looked at on the worker's first use of the
-        database, then at most every :data:`FOLLOW_INTERVAL` (a ``db init`` that
-        switched the database to logical capture). The other way is found by the slot's
+        once logical capture is set up in the database (its slot, or the publication
+        of a slot lost: the slot's reader flushes for it and makes it again). Looked at
+        on the worker's first use of the database, then at most every
+        :data:`FOLLOW_INTERVAL` (a ``db init`` that switched the database to logical
+        capture). The other way is found by the slot's
         reader (:attr:`SlotReader.retired
         <thorbis_cache.invalidation.slot_reader.SlotReader.retired>`)."""
         auto = self._auto
@@ -368,7 +370,7 @@ class OutboxWorker:
         if self._followed_at is not None and now - self._followed_at < FOLLOW_INTERVAL:
             return
         self._followed_at = now
-        if await auto.slot_here(await self._connection()):
+        if await auto.set_up_here(await self._connection()):
             self.capture = auto
             log.info("worker follows the replication slot %s", auto.slot)
 

@@ -25,9 +25,11 @@ one reading of the servers (:meth:`~thorbis_cache.observability.probe.Probe.exam
   never applied: ``thorbis-cache deadletters``).
 * ``views`` (with views to watch): a view ``stale``, ``failing`` or never refreshed is
   a warning (``thorbis-cache mv status`` has the details).
-* ``capture_slot`` (when a logical capture slot exists): ``wal_status`` ``lost`` is
-  unhealthy (changes were lost); ``unreserved``, a backlog over ``slot_backlog``, no
-  session reading it (no worker runs: nothing is invalidated), or a reader that
+* ``capture_slot`` (when a logical capture slot, or its publication, exists):
+  ``wal_status`` ``lost``, or a publication without its slot, is unhealthy (changes
+  were lost; a worker flushes for them and makes the slot again); ``unreserved``, a
+  backlog over ``slot_backlog``, no session reading it (no worker runs: nothing is
+  invalidated), or a reader that
   ``synchronous_standby_names`` makes a synchronous standby a warning.
 * ``capture_columns`` (when a migration took a column a rule reads from a captured
   table, or changed its type under capture triggers): a warning naming the table and
@@ -454,9 +456,10 @@ def _slots(h: HealthReading, t: HealthThresholds) -> Check:
     problems: list[tuple[Status, str]] = []
     for s in slots:
         if s.wal_status == "lost":
-            problems.append(("unhealthy", f"slot {s.name} is lost: changes since its last "
-                             "confirmed position are gone (the worker recreates it and "
-                             "flushes what they touched)"))
+            problems.append(("unhealthy", f"slot {s.name} is lost (invalidated, or gone "
+                             "while its publication is here): changes since its last "
+                             "confirmed position are gone (a worker flushes what they "
+                             "touched and makes it again: thorbis-cache worker)"))
         elif s.wal_status == "unreserved":
             problems.append(("warning", f"slot {s.name} is unreserved: its WAL will be "
                              "removed at the next checkpoint unless a worker catches up"))

@@ -255,11 +255,19 @@ class Probe(Collector):
 
 # --------------------------------------------------------------------------- health reads
 
+# The logical captures' slots; a capture's publication without its slot is a slot lost
+# (dropped while no worker ran, or not carried over by a failover): said as lost.
 _SLOTS = """
 SELECT s.slot_name, s.wal_status, s.active, r.sync_state
   FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
  WHERE s.slot_type = 'logical' AND s.database = current_database()
-   AND s.slot_name LIKE 'thorbis\\_%' ORDER BY s.slot_name
+   AND s.slot_name LIKE 'thorbis\\_%'
+UNION ALL
+SELECT p.pubname, 'lost', false, NULL FROM pg_publication p
+ WHERE p.pubname LIKE 'thorbis\\_%' AND NOT EXISTS (
+       SELECT FROM pg_replication_slots s
+        WHERE s.slot_name = p.pubname AND s.database = current_database())
+ ORDER BY 1
 """
 
 

@@ -17,10 +17,14 @@ What counts as installed, per table some rule names:
   significant columns). A release started before its ``db init`` ran found the
   earlier release's triggers there, and the UPDATEs only its new rules watch went
   uncaptured;
-* logical capture: the slot exists in this database and its publication includes the
-  table;
+* logical capture: the slot or its publication exists in this database, and the
+  publication includes the table. A slot lost (invalidated, dropped, or not carried
+  over by a failover) with its publication here, or a publication dropped with its
+  slot here, is not refused: the slot's reader flushes what the lost changes may have
+  made stale and makes both again, and health's ``capture_slot`` says it is lost;
 * either (``capture="any"``, the app's check, which does not know how its workers read):
-  one of the two, the publication being any ``thorbis_*`` one with a live slot.
+  one of the two, the publication being any ``thorbis_*`` one. A table that neither
+  captures is named as missing from the publications where logical capture is set up.
 """
 
 from __future__ import annotations
@@ -59,15 +63,18 @@ GROUP BY c.relid, r.relid
 ORDER BY name
 """
 
-# Tables of the publications (named pubname, or any thorbis_* one when $1 is NULL) whose
-# slot of the same name exists in this database and is not lost.
+# Tables of the publications (named pubname, or any thorbis_* one when $1 is NULL). A
+# publication whose slot is lost still counts: the worker flushes for what the slot lost
+# and makes it again (invalidation/slot_reader.py); health's capture_slot says it is lost.
 _PUBLISHED = """
 SELECT DISTINCT to_regclass(format('%I.%I', pt.schemaname, pt.tablename))::oid
 FROM pg_catalog.pg_publication_tables pt
-JOIN pg_catalog.pg_replication_slots s
-  ON s.slot_name = pt.pubname AND s.database = current_database()
- AND coalesce(s.wal_status, '') <> 'lost'
 WHERE CASE WHEN $1::text IS NULL THEN pt.pubname LIKE 'thorbis\\_%' ELSE pt.pubname = $1 END
+"""
+
+# The logical captures' publications in this database.
+_PUBLICATIONS = """
+SELECT pubname FROM pg_catalog.pg_publication WHERE pubname LIKE 'thorbis\\_%' ORDER BY 1
 """
 
 # What each table's capture triggers were made for (core 013); a stand-in capture in
@@ -103,9 +110,11 @@ async def _filters_readable(conn: Any) -> bool:
         return False
     return bool(await conn.fetchval(_FILTER_RECORDED))
 
-_SLOT = """
-SELECT true FROM pg_catalog.pg_replication_slots
-WHERE slot_name = $1 AND database = current_database() AND coalesce(wal_status, '') <> 'lost'
+# The slot, or its publication: the capture was set up here (its slot lost or not).
+_SET_UP = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_replication_slots
+               WHERE slot_name = $1 AND database = current_database())
+    OR EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $2)
 """
 
 
@@ -127,15 +136,23 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
         return []
     tables = sorted(by_table)
     logical = None if isinstance(capture, str) else capture
-    if logical is not None and not await conn.fetchval(_SLOT, logical.slot):
-        return [f"{table} (rules {_names(by_table[table])}): replication slot "
-                f"{logical.slot} does not exist in this database" for table in tables]
+    if logical is not None:
+        if not await conn.fetchval(_SET_UP, logical.slot, logical.publication):
+            return [f"{table} (rules {_names(by_table[table])}): replication slot "
+                    f"{logical.slot} does not exist in this database" for table in tables]
+        if not await logical.publication_here(conn):
+            # Dropped while its slot is here: the changes since cannot be decoded, and
+            # the slot's reader flushes for them and makes both again.
+            return []
     # By oid: a table a migration renamed is still the table its rules name.
     relids = await relids_of(conn, tables)
     published: set[int] = set()
+    publications: list[str] = []
     if capture != "triggers":
         published = {r[0] for r in await conn.fetch(
             _PUBLISHED, None if logical is None else logical.publication)}
+        if logical is None:
+            publications = [r[0] for r in await conn.fetch(_PUBLICATIONS)]
     events: dict[int, int] = {}
     partitions: dict[int, list[tuple[str, int]]] = defaultdict(list)
     if logical is None:
@@ -165,8 +182,11 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
                 what = "no capture trigger" if not bits else "no capture trigger for"
                 detail = "" if not bits else f" {', '.join(missing)}"
                 where = f"partition {name} has " if name else ""
+                # Where logical capture is set up, its publication is what is missing.
+                unpublished = (f"not in publication {', '.join(publications)}, and "
+                               if publications and not name and not bits else "")
                 problems.append(f"{table} (rules {_names(by_table[table])}): "
-                                f"{where}{what}{detail}")
+                                f"{unpublished}{where}{what}{detail}")
     if logical is None and await _filters_readable(conn):
         covered = [t for t in tables if relids[t] is not None and relids[t] not in published]
         for row in await conn.fetch(_RECORDED, covered):

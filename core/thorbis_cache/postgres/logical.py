@@ -271,14 +271,20 @@ async def _replication_refused_at(dsn: str) -> str | None:
 
 
 class SlotLostError(ConfigurationError):
-    """The replication slot is missing or was invalidated: changes may have been lost.
+    """The replication slot is missing, was invalidated, or can no longer be read past
+    a change: changes may have been lost.
 
     :ivar tables: the tables the slot watched (whose changes may be lost).
+    :ivar unreadable: the slot still exists but cannot be read on (its publication was
+        dropped: :meth:`LogicalCapture.unreadable`): it is dropped before a new one is
+        made.
     """
 
-    def __init__(self, message: str, tables: tuple[str, ...] = ()) -> None:
+    def __init__(self, message: str, tables: tuple[str, ...] = (),
+                 unreadable: bool = False) -> None:
         super().__init__(message)
         self.tables = tables
+        self.unreadable = unreadable
 
 
 class SlotInUseError(ReplicationError, ThorbisCacheError):
@@ -388,7 +394,7 @@ class LogicalCapture:
     # ----------------------------------------------------------------- setup
 
     async def ensure(self, conn: asyncpg.Connection, *, strict: bool = True,
-                     prune: bool = False) -> list[str]:
+                     prune: bool = False, create_slot: bool = True) -> list[str]:
         """Create or update the publication, the replica identities and the slot, and
         record the watched tables (``thorbis.captured_tables``: a table renamed later
         is still found by its oid).
@@ -410,6 +416,9 @@ class LogicalCapture:
             found only under another name (``db init``); when False (a lost slot
             recreated by the worker), say so and go on: such changes are applied
             conservatively (:class:`~thorbis_cache.invalidation.planning.RulePlanner`).
+        :param create_slot: when False, a missing slot is left missing (``db init``
+            finding one :meth:`lost_here`: the worker makes it again, after flushing
+            what the changes lost with it may have made stale).
         :returns: the tables set to REPLICA IDENTITY FULL by this call.
         :raises ConfigurationError: a table is missing, has no primary key or (strict)
             lacks a column the rules name; the server's ``wal_level`` is not
@@ -421,7 +430,7 @@ class LogicalCapture:
             raise ConfigurationError(f"logical capture needs wal_level=logical; the server "
                                      f"runs wal_level={level}")
         await self.check_role(conn)  # before anything is changed
-        if not await self.slot_here(conn):
+        if create_slot and not await self.slot_here(conn):
             full = await no_free_slot(conn)
             if full is not None:
                 raise ConfigurationError(f"logical capture {self.slot} needs a replication "
@@ -472,7 +481,7 @@ class LogicalCapture:
         slot = ("SELECT database, plugin, current_database() AS here FROM pg_replication_slots "
                 "WHERE slot_name = $1")
         found = await conn.fetchrow(slot, self.slot)
-        if found is None:
+        if found is None and create_slot:
             await self._create_slot(conn)
             found = await conn.fetchrow(slot, self.slot)  # or another process's, meanwhile
         if found is not None and \
@@ -589,6 +598,38 @@ class LogicalCapture:
             "SELECT true FROM pg_replication_slots WHERE slot_name = $1 "
             "AND database = current_database()", self.slot))
 
+    async def publication_here(self, conn: asyncpg.Connection) -> bool:
+        """Whether the capture's publication exists in this database."""
+        return bool(await conn.fetchval(
+            "SELECT true FROM pg_publication WHERE pubname = $1", self.publication))
+
+    async def lost_here(self, conn: asyncpg.Connection) -> bool:
+        """Whether the slot is gone from this database while its publication is still
+        here: logical capture was set up, and the slot lost (dropped by hand while no
+        worker ran, or not carried over by a failover: PostgreSQL 15 does not copy
+        slots to standbys). The changes since it was last read are lost: a worker
+        flushes what they may have made stale before it makes the slot again."""
+        return not await self.slot_here(conn) and await self.publication_here(conn)
+
+    async def set_up_here(self, conn: asyncpg.Connection) -> bool:
+        """Whether logical capture was set up in this database: its slot is here, lost
+        or not, or :meth:`lost_here`."""
+        return await self.slot_here(conn) or await self.publication_here(conn)
+
+    def unreadable(self, exc: ReplicationError) -> SlotLostError | None:
+        """The loss that a stream's error says, if it says one: the publication was
+        dropped (by hand, or by a tool) while changes were being captured. PostgreSQL
+        decodes each change under the catalog of its own time, so the changes committed
+        while the publication did not exist can never be read from this slot, even
+        after the publication is made again: every stream fails on the first of them.
+        None for any other error."""
+        text = str(exc)
+        if exc.sqlstate == "42704" and "publication" in text:
+            return self.lost(f"its publication {self.publication!r} was dropped while it "
+                             f"captured changes, which can no longer be decoded: {text}",
+                             unreadable=True)
+        return None
+
     async def slot_lost(self, conn: asyncpg.Connection) -> bool:
         """Whether the slot is gone or invalidated (its WAL removed past
         ``max_slot_wal_keep_size``): either way changes were lost."""
@@ -603,11 +644,13 @@ class LogicalCapture:
         await self._drop_slot(conn, max_wait)
         await conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(self.publication)}")
 
-    async def replace_lost_slot(self, conn: asyncpg.Connection) -> None:
-        """After a :class:`SlotLostError` was handled: drop what is left of the slot
-        (an invalidated slot still exists, and can never be read again) and
-        :meth:`ensure` a new one."""
-        if await self.slot_lost(conn):
+    async def replace_lost_slot(self, conn: asyncpg.Connection, lost: SlotLostError
+                                ) -> None:
+        """After ``lost`` was handled: drop what is left of the slot (an invalidated
+        slot still exists, and can never be read again; so does one
+        :attr:`~SlotLostError.unreadable` past a dropped publication) and
+        :meth:`ensure` a new one, with its publication."""
+        if lost.unreadable or await self.slot_lost(conn):
             await self._drop_slot(conn, 10.0)
         await self.ensure(conn, strict=False)
 
@@ -692,7 +735,10 @@ class LogicalCapture:
             # the changes since its last confirmed position are gone, and nothing here
             # can prove which cached entries they made stale. Not recreated silently:
             # that would hide the gap.
-            if exc.sqlstate in {"42704", "55000"} and "slot" in str(exc):
+            unreadable = self.unreadable(exc)
+            if unreadable is not None:
+                raise unreadable from exc
+            if exc.sqlstate in {"42704", "55000"}:
                 raise self.lost(str(exc)) from exc
             if exc.sqlstate == "55006":
                 raise self.in_use(await self.reader(conn) or "another session") from exc
@@ -705,15 +751,15 @@ class LogicalCapture:
                 raise
         return LogicalStream(self, stream)
 
-    def lost(self, cause: str) -> SlotLostError:
+    def lost(self, cause: str, *, unreadable: bool = False) -> SlotLostError:
         """The error that says this slot lost changes, and which tables' (``cause``:
-        what was found)."""
+        what was found; ``unreadable``: see :class:`SlotLostError`)."""
         return SlotLostError(
             f"logical capture slot {self.slot!r} cannot be read ({cause}): changes to "
             f"{', '.join(sorted(self.plans))} since its last confirmed position are "
             "lost; entries built from these tables may be stale until they expire or "
             "are flushed. Recreate the slot with LogicalCapture.ensure",
-            tuple(sorted(self.plans)),
+            tuple(sorted(self.plans)), unreadable,
         )
 
     async def backlog_bytes(self, conn: asyncpg.Connection) -> int | None:

@@ -92,6 +92,10 @@ class DatabaseSetup:
         (:mod:`~thorbis_cache.postgres.rules_record`).
     :ivar uncaptured: tables whose capture was taken off (``prune``: no rule or view of
         the plugins reads them any more).
+    :ivar slot_lost: the slot was found lost, its publication left behind
+        (:meth:`~thorbis_cache.postgres.logical.LogicalCapture.lost_here`), and not made
+        again: the worker makes it, after flushing what the changes lost with it may
+        have made stale (logical).
     """
 
     migrations: MigrationReport
@@ -109,6 +113,7 @@ class DatabaseSetup:
     rules_recorded: tuple[str, ...] = ()
     uncaptured: tuple[str, ...] = ()
     sql: SqlApplied = attrs.field(factory=SqlApplied)
+    slot_lost: bool = False
 
 
 async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMode = "auto",
@@ -158,7 +163,7 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
 
         logical = LogicalCapture(slot, rules, views)
         # The database's capture is logical already (see the module): kept.
-        existing = capture == "auto" and await logical.slot_here(conn)
+        existing = capture == "auto" and await logical.set_up_here(conn)
         if capture == "auto" and not existing:
             fallback = await logical_unavailable(conn, dsn)
             capture = "triggers" if fallback else "logical"
@@ -184,9 +189,12 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             if not existing:
                 await logical.check_connection(dsn)
             watched = list(logical.plans)
+            # A slot lost with its publication left behind: made again here, it would
+            # hide the changes lost with it; the worker flushes for them, then makes it.
+            lost = await logical.lost_here(conn)
             full = await with_lock_retries(
-                conn, lambda: logical.ensure(conn, prune=prune), tables=watched,
-                what=f"setting up logical capture {logical.slot}")
+                conn, lambda: logical.ensure(conn, prune=prune, create_slot=not lost),
+                tables=watched, what=f"setting up logical capture {logical.slot}")
             dropped = await with_lock_retries(
                 conn, lambda: remove_triggers(conn), tables=watched,
                 what="dropping the capture triggers")
@@ -201,10 +209,10 @@ async def setup_database(dsn: str, plugins: PluginManager, *, capture: CaptureMo
             return DatabaseSetup(report, names, "logical", slot=logical.slot,
                                  replica_full=tuple(full), dropped=tuple(dropped),
                                  sync_standby=risk, rules_recorded=recorded,
-                                 uncaptured=tuple(uncaptured), sql=held)
+                                 uncaptured=tuple(uncaptured), sql=held, slot_lost=lost)
         from thorbis_cache.postgres.triggers import install_triggers, plan_tables
 
-        retiring = fallback is None and await logical.slot_here(conn)
+        retiring = fallback is None and await logical.set_up_here(conn)
         if retiring and (refused := await replication_refused(conn)) is not None:
             # Before anything changes: triggers beside a slot nobody may drop would
             # make every write pay for both captures.
