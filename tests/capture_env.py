@@ -86,6 +86,8 @@ async def capture_env(mode: str, dsn: str, redis_url: str) -> AsyncIterator[Env]
         await asyncio.to_thread(env.db_init)
         yield env
     finally:
+        if conn.is_closed():  # the test restarted the server
+            conn = await asyncpg.connect(dsn)
         if capture is not None:
             await capture.drop(conn)
         await conn.close()

@@ -68,6 +68,7 @@ from thorbis_cache.invalidation.batch import (
     count_attempt,
 )
 from thorbis_cache.invalidation.database_origin import OriginCheck
+from thorbis_cache.invalidation.failures import FailureBackoff
 from thorbis_cache.invalidation.lacking_rules import LackingRules, RulesChanged
 from thorbis_cache.invalidation.parked_retry import LOOK_EVERY, ShardProbes, retry_parked
 from thorbis_cache.invalidation.planning import Plan, PoisonRow, RulePlanner
@@ -692,7 +693,10 @@ class OutboxWorker:
         drains before anything else: a restarted Redis serves entries whose rows changed
         while it was down until the backlog is applied. Any other failure (PostgreSQL
         down, a tag invalidator error) is retried after a backoff from 0.1 s doubling to
-        ``max_backoff``.
+        ``max_backoff``, logged once with its traceback and then at most every 30 s
+        while it stays the same (:class:`~thorbis_cache.invalidation.failures.FailureBackoff`);
+        the slot's stream is closed meanwhile, so that a PostgreSQL shutting down does not
+        wait for its confirmations.
         """
         # Reset before the first await, so that a stop() during the checks is kept.
         self._stopping = False
@@ -711,7 +715,7 @@ class OutboxWorker:
         listens = not connection.target_of(self.dsn).pooled
         last_prune: float | None = None
         last_capture_check = asyncio.get_running_loop().time()
-        backoff = 0.0
+        failures = FailureBackoff(log, self.max_backoff)
         loop = asyncio.get_running_loop()
         redis_down_since: float | None = None
         # The pause before the first probe of a wait. It doubles (up to 1 s) each time a
@@ -753,7 +757,8 @@ class OutboxWorker:
                                              and not self.standing_by)
                         if result.claimed:
                             idle = 0.0
-                        backoff, settle, answered = 0.0, self.redis_probe_interval, False
+                        failures.succeeded(bool(result.claimed), loop.time())
+                        settle, answered = self.redis_probe_interval, False
                         if redis_down_since is not None:
                             log.info("outbox worker: Redis is back; %d change(s) applied "
                                      "%.2fs after it became unavailable",
@@ -783,12 +788,16 @@ class OutboxWorker:
                                     "probing Redis every %.0f ms", exc,
                                     self.redis_probe_interval * 1000)
                     continue
-                except Exception:
-                    backoff = min(max(backoff * 2, 0.1), self.max_backoff)
-                    log.exception("outbox worker: batch failed; retrying in %.1fs", backoff)
+                except Exception as exc:
+                    pause = failures.failed(exc, loop.time())
+                    if self._reader is not None:
+                        # Not read while we pause: its WAL sender would wait for our
+                        # confirmations, and hold a PostgreSQL shutting down for as long
+                        # as its wal_sender_timeout. What it sent unconfirmed comes again.
+                        await self._reader.close()
                     async with self._conn_lock:
                         await self._drop_broken(listener)
-                    await self._pause(backoff)
+                    await self._pause(pause)
                     continue
                 idle = min(max(idle * 2, MIN_POLL), self.poll_interval)
                 # A replication stream says when the server sends something: wait on
