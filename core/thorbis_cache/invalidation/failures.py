@@ -31,8 +31,8 @@ class FailureBackoff:
 
     The first failure of a kind (its type and message) is logged as an error with its
     traceback; the same failure again as one warning line at most every
-    :data:`REPEAT_LOG_INTERVAL` seconds, with how often it came meanwhile; the end of
-    a failure as one line saying how long it lasted.
+    :data:`REPEAT_LOG_INTERVAL` seconds, with how often it came meanwhile (each one
+    at debug level); the end of a failure as one line saying how long it lasted.
 
     :param log: where to say it.
     :param max_pause: the longest pause (the worker's ``max_backoff``).
@@ -75,6 +75,8 @@ class FailureBackoff:
             self._held, self._said_at = 0, now
         else:
             self._held += 1
+            self._log.debug("outbox worker: batch failed again (%s); retrying in %.1fs",
+                            kind[0], self.pause)
         return self.pause
 
     def succeeded(self, applied: bool, now: float) -> None:
