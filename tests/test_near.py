@@ -124,6 +124,35 @@ async def _never() -> Job:
     raise AssertionError("the loader must not be called on an L1 hit")
 
 
+class _Observed:
+    """A CacheObserver that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def observe(self, key: CacheKey[Any], operation: str, seconds: float) -> None:
+        self.calls.append((key.schema.name, operation))
+
+    def failed(self, key: CacheKey[Any], operation: str, error: BaseException,
+               seconds: float) -> None:
+        self.calls.append((key.schema.name, f"{operation} failed"))
+
+
+async def test_reads_past_l1_are_observed_as_other_schemas_are(reader: Cache) -> None:
+    """A near-cached schema's get_or_load that reaches Redis is timed and counted for
+    its tenant like any other (it was not: only get was), and an L1 hit is not."""
+    observed = reader.observer = _Observed()
+    key = SUMMARY.key("acme", job_id=4)
+
+    async def load() -> str:
+        return "4 visits"
+
+    for _ in range(3):
+        assert await reader.get_or_load(key, load) == "4 visits"
+    assert await reader.get(JOB.key("acme", job_id=4)) is None
+    assert observed.calls == [("hs.job_summary", "get_or_load"), ("hs.job", "get")]
+
+
 async def test_get_or_load_fills_l1(reader: Cache) -> None:
     key = SUMMARY.key("acme", job_id=3)
 

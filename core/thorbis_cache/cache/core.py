@@ -533,24 +533,25 @@ class Cache:
         rt = self._value_runtime(key, "get_or_load")
         rk = f"{self._prefix}:{key.body}"
         near = rt.near
-        if near is None:
-            observer = self.observer
-            if observer is None:
-                return await self._values.read(rt, key, rk, loader, ttl)
+        if near is not None:
+            found = self._near_lookup(rt, near, rk)
+            if found is not MISS:
+                return found  # type: ignore[no-any-return]
+            started = self._coherence.begin(near)
+        # Past L1, a read that reaches Redis is observed whatever the schema (as get's).
+        observer = self.observer
+        if observer is None:
+            value = await self._values.read(rt, key, rk, loader, ttl)
+        else:
             began = time.perf_counter()
             try:
-                loaded = await self._values.read(rt, key, rk, loader, ttl)
+                value = await self._values.read(rt, key, rk, loader, ttl)
             except BaseException as exc:
                 observer.failed(key, "get_or_load", exc, time.perf_counter() - began)
                 raise
             observer.observe(key, "get_or_load", time.perf_counter() - began)
-            return loaded
-        found = self._near_lookup(rt, near, rk)
-        if found is not MISS:
-            return found  # type: ignore[no-any-return]
-        started = self._coherence.begin(near)
-        value = await self._values.read(rt, key, rk, loader, ttl)
-        self._near_put(rt, near, key, rk, value, started)
+        if near is not None:
+            self._near_put(rt, near, key, rk, value, started)
         return value
 
     def _timing(self, schema: KeySchema[Any], ttl_ms: int, delta_ms: int) -> tuple[int, int] | None:
