@@ -15,8 +15,17 @@ from typing import Any
 import asyncpg
 import attrs
 import pytest
-from core_testing import CUSTOMER_SQL, db_init, run_cli, stale_customer, wait_until
-from thorbis_home_services.schemas import CUSTOMER, TAG_CUSTOMER_LISTS
+from core_testing import (
+    CUSTOMER_SQL,
+    NOW,
+    TECH_SQL,
+    WORK_ORDER_SQL,
+    db_init,
+    run_cli,
+    stale_customer,
+    wait_until,
+)
+from thorbis_home_services.schemas import CUSTOMER, CUSTOMER_HISTORY, TAG_CUSTOMER_LISTS
 
 from thorbis_cache import CacheApp, KeyRing
 from thorbis_cache.invalidation.worker import OutboxWorker
@@ -254,3 +263,26 @@ async def test_a_row_moved_to_another_tenant_invalidates_both_tenants(env: Env) 
     assert {("acme", TAG_CUSTOMER_LISTS), ("globex", TAG_CUSTOMER_LISTS)} <= tags
     assert await env.cached(1, 2) == {2}
     assert await env.app.cache.hash(globex).get() is None
+
+
+async def test_a_row_moved_to_another_key_invalidates_both_keys(env: Env) -> None:
+    """A work order handed to another customer changes no significant column of the
+    history rule (status, completed_at), only the column its key is built from: both
+    customers' histories are stale, the old one's holding an order it no longer has.
+    Found as a plugin author would (and true of home_services' own rule): the UPDATE
+    was not captured, or not planned, and both histories stayed as they were."""
+    await env.conn.execute(TECH_SQL, "acme", 1)
+    await env.conn.execute(WORK_ORDER_SQL, "acme", 1, 1, 1, NOW)
+    await env.worker.drain()
+    histories = [CUSTOMER_HISTORY.key("acme", customer_id=cid) for cid in (1, 2, 3)]
+    for key in histories:
+        await env.app.cache.zset(key).add({7: 1.0}, replace=True)
+    # An unwatched column alone is still skipped: nothing of the key or the rule moved.
+    await env.conn.execute("UPDATE hs.work_orders SET priority = 'low' WHERE id = 1")
+    await env.worker.drain()
+    assert [await env.app.cache.zset(k).card() for k in histories] == [1, 1, 1]
+    await env.conn.execute("UPDATE hs.work_orders SET customer_id = 2 WHERE id = 1")
+    results = await env.worker.drain()
+    keys = {k for r in results for k in r.keys}
+    assert {"{acme}:hs.customer_history:1", "{acme}:hs.customer_history:2"} <= keys
+    assert [await env.app.cache.zset(k).card() for k in histories] == [0, 0, 1]

@@ -246,8 +246,9 @@ class InvalidationRule:
     :ivar table: the qualified table (``hs.customers``).
     :ivar operations: the operations that trigger it.
     :ivar targets: what to invalidate.
-    :ivar significant_columns: for UPDATE, fire only when one of these changed (empty:
-        any update fires). INSERT and DELETE always fire.
+    :ivar significant_columns: for UPDATE, fire only when one of these changed, or a
+        column its targets' keys are built from (empty: any update fires). INSERT and
+        DELETE always fire.
     :ivar tenant_column: the row column that holds the tenant id.
     """
 
@@ -257,10 +258,30 @@ class InvalidationRule:
     targets: tuple[RuleTarget, ...] = attrs.field(converter=_tuple)
     significant_columns: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     tenant_column: str = "tenant_id"
+    #: :meth:`update_columns`, worked out once (read for every change)
+    _update_columns: tuple[str, ...] = attrs.field(
+        init=False, repr=False, eq=False, hash=False,
+        default=attrs.Factory(lambda self: self._columns_updated(), takes_self=True))
+
+    def _columns_updated(self) -> tuple[str, ...]:
+        if not self.significant_columns:
+            return ()
+        keyed = [c for t in self.targets for c in t.params.values()]
+        return tuple(dict.fromkeys([*self.significant_columns, *keyed]))
+
+    def update_columns(self) -> tuple[str, ...]:
+        """The columns an UPDATE must change to fire this rule: its significant
+        columns, and the columns its targets' keys are built from (empty: every UPDATE
+        fires). A row whose key column changed leaves the entry of its old key stale
+        and belongs to the entry of its new one (a patient moved to another clinic: both
+        clinics' lists), whatever its significant columns say; found as a plugin author
+        would, leaving the key column out of them."""
+        return self._update_columns
 
     def fires(self, operation: Operation, old: Mapping[str, Any] | None,
               new: Mapping[str, Any] | None) -> bool:
-        """Whether a change fires this rule (the seed's conditional invalidation).
+        """Whether a change fires this rule (the seed's conditional invalidation): for
+        an UPDATE, whether one of :meth:`update_columns` changed.
 
         A significant column missing from an image (the table no longer has it, or the
         capture could not send its value) counts as changed: a change that cannot be
@@ -268,13 +289,13 @@ class InvalidationRule:
         """
         if operation not in self.operations:
             return False
-        if operation is not Operation.UPDATE or not self.significant_columns:
+        if operation is not Operation.UPDATE or not self._update_columns:
             return True
         old = old or {}
         new = new or {}
         # Two different stand-ins for a missing column: never equal to anything.
         return any(old.get(c, _NOT_IN_OLD) != new.get(c, _NOT_IN_NEW)
-                   for c in self.significant_columns)
+                   for c in self._update_columns)
 
     def columns_read(self) -> frozenset[str]:
         """The columns of its table this rule reads: the tenant column, the significant

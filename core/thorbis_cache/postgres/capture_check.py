@@ -213,7 +213,7 @@ def _not_covered(rules: Sequence[InvalidationRule], columns: Sequence[str],
                 lacking.append(f"they record an UPDATE only when one of {recorded} "
                                f"changes, and rule {rule.name} needs every UPDATE")
                 continue
-            missing = sorted(set(rule.significant_columns) - set(update_filter))
+            missing = sorted(set(rule.update_columns()) - set(update_filter))
             if missing:
                 lacking.append(f"they record an UPDATE only when one of {recorded} "
                                f"changes, and rule {rule.name} needs UPDATEs of "

@@ -91,7 +91,9 @@ class RecordedRule:
     :ivar table: the table it watches.
     :ivar tenant_column: the table's tenant column.
     :ivar operations: the operations it fires on.
-    :ivar significant_columns: for UPDATE, the columns whose change fires it.
+    :ivar significant_columns: for UPDATE, the columns whose change fires it
+        (:meth:`InvalidationRule.update_columns
+        <thorbis_cache.plugins.declarations.InvalidationRule.update_columns>`).
     :ivar tags: the tags its targets reach.
     :ivar untagged: its target schemas without a tag.
     :ivar columns: the columns it reads (tenant, significant columns, its targets'
@@ -115,7 +117,7 @@ class RecordedRule:
         tags, untagged = rule.tags_reached(registry.get)
         return cls(rule.name, rule_digest(rule, registry), rule.table, rule.tenant_column,
                    tuple(o for o in _ORDER if Operation(o) in rule.operations),
-                   tuple(sorted(rule.significant_columns)), tags, untagged,
+                   tuple(sorted(rule.update_columns())), tags, untagged,
                    tuple(sorted(rule.columns_read())))
 
     def columns_read(self) -> tuple[str, ...]:

@@ -167,7 +167,7 @@ def plan_tables(
         operations = frozenset({op for r in table_rules for op in r.operations}
                                | {Operation(op) for o in extra for op in o.operations})
         update_rules = [r for r in table_rules if Operation.UPDATE in r.operations]
-        significant = [r.significant_columns for r in update_rules] + [
+        significant = [r.update_columns() for r in update_rules] + [
             o.significant_columns for o in extra if Operation.UPDATE.value in o.operations]
         if all(significant):
             # And the tenant: a row moved to another tenant left the first one's entries
