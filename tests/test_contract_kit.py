@@ -41,6 +41,7 @@ from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.plugins.declarations import (
     InvalidationRule,
     MaterializedView,
+    Operation,
     Permission,
     PluginInfo,
     RuleTarget,
@@ -723,10 +724,35 @@ def test_scaffold_derives_every_name() -> None:
     ("a" * 40, None, "pass a shorter --namespace"),
     ("order", None, "PostgreSQL reserves that name"),
     ("pets", "pg_pets", "PostgreSQL reserves that name"),
+    ("pets", "thorbis", "schema 'thorbis' is thorbis-cache's own"),
+    ("pets", "information_schema", "is the server's"),
+    ("public", None, "is the server's"),
 ])
 def test_scaffold_refuses_bad_names(name: str, namespace: str | None, problem: str) -> None:
     with pytest.raises(ConfigurationError, match=problem):
         PluginNames.from_name(name, namespace)
+
+
+@pytest.mark.parametrize(("namespace", "problem"), [
+    ("thorbis", "schema 'thorbis' is thorbis-cache's own"),
+    ("public", "schema 'public' is the server's"),
+    ("information_schema", "is the server's"),
+    ("order", "PostgreSQL reserves that name"),
+    ("pg_catalog", "PostgreSQL reserves that name"),
+])
+def test_a_plugin_may_not_take_a_schema_it_cannot_own(namespace: str, problem: str) -> None:
+    """Found as a plugin author would: these loaded, and a plugin on namespace
+    ``thorbis`` made its tables among the core's (one named like a core table would
+    have been skipped by IF NOT EXISTS, in silence)."""
+    assert [p for p in PluginInfo(namespace, 1).problems() if problem in p], problem
+
+
+def test_an_operation_is_named_in_any_case_and_a_typo_lists_the_right_ones() -> None:
+    rule = InvalidationRule("vet.pet", "vet.pets", ["insert", "Update"],
+                            [RuleTarget(tag="vet.pets")])
+    assert rule.operations == {Operation.INSERT, Operation.UPDATE}
+    with pytest.raises(ValueError, match="'DELET' is not one of INSERT, UPDATE, DELETE"):
+        InvalidationRule("vet.pet", "vet.pets", ["DELET"], [RuleTarget(tag="vet.pets")])
 
 
 def test_scaffold_renders_every_placeholder_and_refuses_to_overwrite(tmp_path: Path) -> None:
@@ -813,6 +839,9 @@ class Appointment:
     (dt.time, "value_type time: the value is datetime.time, a type the codec cannot"),
     (dict[str, Opaque], "field '[]' is test_contract_kit.Opaque, a type the codec cannot"),
     (Slot | None, "field 'start' is datetime.time"),
+    # Passed the check, then failed the first use with a bare cattrs error.
+    (object, "the value is object, which the codec cannot restore: declare typing.Any"),
+    (dict[str, object], "field '[]' is object"),
 ])
 def test_unsupported_field_types_are_refused_when_the_schema_is_declared(
     value_type: Any, message: str

@@ -47,8 +47,11 @@ def unsupported_type(tp: Any, path: str = "", _seen: frozenset[int] = frozenset(
     def refuse(what: str) -> str:
         return f"field {path!r} is {what}" if path else f"the value is {what}"
 
-    if tp is Any or tp is object or tp is None or tp in _SCALARS:
+    if tp is Any or tp is None or tp in _SCALARS:
         return None
+    if tp is object:
+        return refuse("object, which the codec cannot restore: declare typing.Any for a "
+                      "value of any type msgpack holds")
     if isinstance(tp, typing.NewType):
         return unsupported_type(tp.__supertype__, path, _seen)
     if isinstance(tp, typing.TypeVar | str | typing.ForwardRef):

@@ -40,6 +40,37 @@ __all__ = [
 _NAMESPACE_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
+#: PostgreSQL's reserved key words (its manual's appendix): no schema may be named so
+#: without quoting, and a plugin's namespace is its PostgreSQL schema.
+PG_RESERVED = frozenset("""
+    all analyse analyze and any array as asc asymmetric both case cast check collate
+    column constraint create current_catalog current_date current_role current_time
+    current_timestamp current_user default deferrable desc distinct do else end except
+    false fetch for foreign from grant group having in initially intersect into lateral
+    leading limit localtime localtimestamp not null offset on only or order placing
+    primary references returning select session_user some symmetric system_user table
+    then to trailing true union unique user using variadic when where window with
+""".split())  # noqa: SIM905 -- the manual's word list, kept readable
+
+#: Schemas a plugin's namespace may not be: the core's own, and the server's.
+TAKEN_SCHEMAS = frozenset({"thorbis", "public", "information_schema"})
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """Why ``namespace`` cannot be a plugin's (it is also the plugin's PostgreSQL
+    schema), or None."""
+    if not _NAMESPACE_RE.fullmatch(namespace):
+        return f"namespace {namespace!r} must be 1-32 of a-z, 0-9, '_', starting with a letter"
+    if namespace in TAKEN_SCHEMAS:
+        return (f"namespace {namespace!r} is also the plugin's PostgreSQL schema, and "
+                f"schema {namespace!r} is "
+                + ("thorbis-cache's own" if namespace == "thorbis" else "the server's"))
+    if namespace in PG_RESERVED or namespace.startswith("pg_"):
+        return (f"namespace {namespace!r} is also the plugin's PostgreSQL schema, and "
+                "PostgreSQL reserves that name")
+    return None
+
+
 def _tuple(value: Any) -> tuple[Any, ...]:
     if isinstance(value, str):
         return (value,)
@@ -51,7 +82,14 @@ def _index_lists(value: Any) -> tuple[tuple[str, ...], ...]:
 
 
 def _operations(value: Any) -> frozenset[Operation]:
-    return frozenset(Operation(o) if isinstance(o, str) else o for o in _tuple(value))
+    out = set()
+    for item in _tuple(value):
+        try:
+            out.add(Operation(item.upper()) if isinstance(item, str) else Operation(item))
+        except ValueError:
+            raise ValueError(f"operation {item!r} is not one of "
+                             f"{', '.join(o.value for o in Operation)}") from None
+    return frozenset(out)
 
 
 @attrs.frozen(slots=True)
@@ -75,8 +113,10 @@ class PluginInfo:
         """What is wrong with this declaration (empty when valid)."""
         out = []
         namespace: object = self.namespace
-        if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
+        if not isinstance(namespace, str):
             out.append(f"namespace {namespace!r} must be 1-32 of a-z, 0-9, '_'")
+        elif (problem := namespace_problem(namespace)) is not None:
+            out.append(problem)
         version: object = self.hook_api_version
         if not isinstance(version, int) or isinstance(version, bool):
             out.append(f"hook_api_version must be an int, got {version!r}")

@@ -30,6 +30,7 @@ from pathlib import Path
 import attrs
 
 from thorbis_cache.errors import ConfigurationError
+from thorbis_cache.plugins.declarations import namespace_problem
 
 __all__ = ["PluginNames", "render", "scaffold_files", "write_plugin"]
 
@@ -39,15 +40,6 @@ _PLACEHOLDER_RE = re.compile(r"@@[A-Z]+@@")
 
 # PostgreSQL's reserved key words (appendix C of its manual): the namespace is used
 # unquoted as a schema name, so it cannot be one of these.
-_PG_RESERVED = frozenset("""
-    all analyse analyze and any array as asc asymmetric both case cast check collate
-    column constraint create current_catalog current_date current_role current_time
-    current_timestamp current_user default deferrable desc distinct do else end except
-    false fetch for foreign from grant group having in initially intersect into lateral
-    leading limit localtime localtimestamp not null offset on only or order placing
-    primary references returning select session_user some symmetric system_user table
-    then to trailing true union unique user using variadic when where window with
-""".split())  # noqa: SIM905 -- the manual's word list, kept readable
 
 
 @attrs.frozen
@@ -85,16 +77,11 @@ class PluginNames:
             )
         snake = name.replace("-", "_")
         ns = snake if namespace is None else namespace
-        if not _NAMESPACE_RE.fullmatch(ns):
-            hint = "" if namespace is not None else "; pass a shorter --namespace"
-            raise ConfigurationError(
-                f"namespace {ns!r} must be 1-32 of a-z, 0-9, '_', starting with a letter{hint}"
-            )
-        if ns in _PG_RESERVED or ns == "public" or ns.startswith("pg_"):
-            raise ConfigurationError(
-                f"namespace {ns!r} is also the plugin's PostgreSQL schema, and PostgreSQL "
-                "reserves that name; pass another --namespace"
-            )
+        problem = namespace_problem(ns)
+        if problem is not None:
+            hint = ("pass a shorter --namespace" if namespace is None
+                    and not _NAMESPACE_RE.fullmatch(ns) else "pass another --namespace")
+            raise ConfigurationError(f"{problem}; {hint}")
         words = snake.split("_")
         return cls(
             name=snake,
