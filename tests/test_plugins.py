@@ -18,7 +18,15 @@ from plugins_fixtures.broken_sql import BadDbReferences, FailingStartup, Hanging
 from typer.testing import CliRunner
 
 import thorbis_cache.plugins.manager
-from thorbis_cache import CacheApp, KeySchema, MaterializedView, PluginInfo, hookimpl
+from thorbis_cache import (
+    CacheApp,
+    InvalidationRule,
+    KeySchema,
+    MaterializedView,
+    PluginInfo,
+    RuleTarget,
+    hookimpl,
+)
 from thorbis_cache.cli import app as cli_app
 from thorbis_cache.errors import (
     ConfigurationError,
@@ -354,6 +362,43 @@ class ViewBorrower:
     @hookimpl
     def register_key_schemas() -> list[KeySchema[Any]]:
         return [KeySchema("vb.counts", int, tags=["vb.reports"], mirrors="vo.counts")]
+
+
+class AbsentForever:
+    """Caches absences of patients, and no rule drops them on INSERT."""
+
+    @hookimpl
+    def register_plugin_info() -> PluginInfo:
+        return PluginInfo(namespace="dent", hook_api_version=1)
+
+    @hookimpl
+    def register_key_schemas() -> list[KeySchema[Any]]:
+        return [KeySchema("dent.patient", str, params={"patient_id": int}, ttl=300,
+                          negative_ttl=60, tags=["dent.patients"]),
+                KeySchema("dent.chart", str, params={"patient_id": int}, ttl=300,
+                          negative_ttl=60, tags=["dent.charts"])]
+
+    @hookimpl
+    def register_invalidation_rules() -> list[InvalidationRule]:
+        return [InvalidationRule("dent.patient", "dent.patients", ["UPDATE", "DELETE"],
+                                 [RuleTarget("dent.patient", {"patient_id": "id"})]),
+                # By a tag the chart carries, on INSERT too: fine.
+                InvalidationRule("dent.chart", "dent.charts", ["INSERT", "UPDATE"],
+                                 [RuleTarget(tag="dent.charts")])]
+
+
+async def test_a_schema_caching_absences_needs_a_rule_that_fires_on_insert() -> None:
+    """Found as a plugin author would: the contract kit passed it, and in a host a
+    patient inserted after its absence was cached stayed unseen for negative_ttl."""
+    manager = PluginManager()
+    manager.add(AbsentForever, "dental", distribution="dist-d", version="1")
+    with pytest.raises(PluginLoadError) as info:
+        await manager.load(["dental"])
+    [problem] = info.value.problems
+    assert (problem.plugin, problem.hook) == ("dental", "register_key_schemas")
+    assert problem.message.startswith(
+        "key schema 'dent.patient' caches absences (negative_ttl=60), and no rule of this "
+        "plugin reaches it on INSERT")
 
 
 async def test_a_schema_mirrors_only_a_view_of_its_own_plugin_sharing_a_tag() -> None:

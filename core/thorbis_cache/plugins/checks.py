@@ -22,6 +22,7 @@ from thorbis_cache.plugins import hookspecs
 from thorbis_cache.plugins.declarations import (
     InvalidationRule,
     MaterializedView,
+    Operation,
     PluginInfo,
     RefreshPolicy,
     RuleTarget,
@@ -161,6 +162,34 @@ def check_declarations(d: Draft) -> None:
                 _check_rule(d, item, label, schemas if schemas_known else None, tags)
     if "register_materialized_views" in d.declarations:
         _check_mirrors(d, schemas)
+    if schemas_known and "register_invalidation_rules" in d.declarations:
+        _check_absences(d, schemas, d.declarations["register_invalidation_rules"])
+
+
+def _check_absences(d: Draft, schemas: dict[str, KeySchema[Any]],
+                    rules: Iterable[object]) -> None:
+    """A schema that caches absences (``negative_ttl``) needs a rule that fires on
+    INSERT and reaches it, by key or by one of its tags: otherwise a row inserted after
+    its absence was cached stays unseen for up to ``negative_ttl`` (found as a plugin
+    author would: the kit passed such a plugin). A schema mirroring a view is dropped
+    by the view's refresh instead."""
+    inserted: set[str] = set()
+    for rule in rules:
+        if not isinstance(rule, InvalidationRule) or Operation.INSERT not in rule.operations:
+            continue
+        for target in rule.targets:
+            if isinstance(target, RuleTarget):
+                inserted.add(str(target.schema if target.tag is None else target.tag))
+    for schema in schemas.values():
+        if schema.negative_ttl is None or schema.mirrors is not None:
+            continue
+        if schema.name not in inserted and not inserted & set(schema.tags):
+            d.problem("register_key_schemas", (
+                f"key schema {schema.name!r} caches absences (negative_ttl="
+                f"{schema.negative_ttl:g}), and no rule of this plugin reaches it on "
+                f"INSERT (by its key, or by a tag it carries: {_names(sorted(schema.tags))}): "
+                "a row inserted after its absence was cached would stay unseen for up to "
+                "negative_ttl; add INSERT to the operations of a rule that targets it"))
 
 
 def _check_mirrors(d: Draft, schemas: dict[str, KeySchema[Any]]) -> None:
