@@ -18,6 +18,8 @@ from thorbis_home_services.schemas import WORK_ORDER
 from thorbis_cache.invalidation.worker import OutboxWorker
 from thorbis_cache.mv.scheduler import ScheduledView
 from thorbis_cache.observability import Exporter, HttpServer, MetricsApp
+from thorbis_cache.observability.health import assess
+from thorbis_cache.observability.probe import ProbeResult
 from thorbis_cache.postgres import outbox
 from thorbis_cache.testing.servers import RedisServer
 
@@ -134,7 +136,8 @@ async def test_a_dead_lettered_outbox_row_is_a_warning(hs_env: HsEnv) -> None:
     assert dead["status"] == "warning"
     assert dead["outbox_dead_letters"] == 1
     assert dead["queue_dead_letters"] == 0
-    assert dead["reason"] == "1 dead letter(s) in the outbox (thorbis-cache deadletters)"
+    assert dead["reason"] == ("1 dead letter(s) in the outbox "
+                              "(thorbis-cache outbox-deadletters list)")
     assert code == 1
     assert all(c["status"] != "unhealthy" for c in report["checks"].values())
 
@@ -242,3 +245,19 @@ async def test_a_capture_slot_is_reported_with_its_lag(hs_env: HsEnv) -> None:
         assert "thorbis_healthcheck" in check["reason"]
     finally:
         await capture.drop(hs_env.conn)
+
+
+@pytest.mark.parametrize(("reading", "reason"), [
+    (ProbeResult(redis_up=True, queue_dead_letters=0, postgres_up=False,
+                 postgres_error="refused"),
+     "the outbox's could not be read (PostgreSQL did not answer)"),
+    (ProbeResult(redis_up=False, redis_error="refused", postgres_up=True,
+                 outbox_backlog=0, outbox_oldest_seconds=0, outbox_dead_letters=0),
+     "the queue's could not be read (Redis did not answer)"),
+])
+def test_dead_letters_that_could_not_be_read_are_not_none(reading: ProbeResult,
+                                                          reason: str) -> None:
+    """Found as an operator would: with PostgreSQL (or Redis) down, the check said
+    "none", having read the other half only."""
+    dead = assess(reading).checks["dead_letters"]
+    assert (dead.status, dead.reason) == ("unknown", reason)

@@ -192,7 +192,7 @@ async def test_health_says_what_is_wrong_and_answers_503_when_unhealthy(
     assert checks["outbox"]["backlog"] > 0
     assert checks["dead_letters"] == {
         "status": "warning", "outbox_dead_letters": 1, "queue_dead_letters": 0,
-        "reason": "1 dead letter(s) in the outbox (thorbis-cache deadletters)"}
+        "reason": "1 dead letter(s) in the outbox (thorbis-cache outbox-deadletters list)"}
 
     # Neither server answers: unhealthy, 503, each check naming why.
     nowhere = free_port()

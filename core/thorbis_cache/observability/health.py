@@ -22,7 +22,9 @@ one reading of the servers (:meth:`~thorbis_cache.observability.probe.Probe.exam
   parked changes (their Cluster shard out of reach) count, and any is a warning that
   says so.
 * ``dead_letters``: warning when the outbox or the queue holds any (changes that were
-  never applied: ``thorbis-cache deadletters``).
+  never applied: ``thorbis-cache outbox-deadletters list`` for the outbox's,
+  ``thorbis-cache deadletters list`` for the queue's); ``unknown`` when one of them
+  could not be read (its server did not answer), never "none".
 * ``views`` (with views to watch): a view ``stale``, ``failing`` or never refreshed is
   a warning (``thorbis-cache mv status`` has the details).
 * ``capture_slot`` (when a logical capture slot, or its publication, exists):
@@ -226,12 +228,19 @@ def assess(reading: ProbeResult | HealthReading, thresholds: HealthThresholds | 
         checks["outbox"] = _outbox(r, t)
     dead = {"outbox": r.outbox_dead_letters, "queue": r.queue_dead_letters}
     known_dead = {k: v for k, v in dead.items() if v is not None}
-    if known_dead:
+    # The outbox's are read from PostgreSQL (when given), the queue's from Redis: one
+    # that could not be read is said, never taken for none.
+    unread = [k for k, v in dead.items() if v is None
+              and (k == "queue" or r.postgres_up is not None)]
+    if known_dead or unread:
         held = {k: v for k, v in known_dead.items() if v}
+        said = [f"{n} dead letter(s) in the {k} ({_DEAD_LETTER_COMMANDS[k]})"
+                for k, n in held.items()]
+        said += [f"the {k}'s could not be read ({_DEAD_LETTER_SOURCES[k]} did not answer)"
+                 for k in unread]
         checks["dead_letters"] = Check(
-            "warning" if held else "healthy",
-            "; ".join(f"{n} dead letter(s) in the {k}" for k, n in held.items())
-            + " (thorbis-cache deadletters)" if held else "none",
+            "warning" if held else "unknown" if unread else "healthy",
+            "; ".join(said) or "none",
             {f"{k}_dead_letters": v for k, v in known_dead.items()})
     if h.views is not None or h.views_error is not None:
         checks["views"] = _views(h)
@@ -245,6 +254,12 @@ def assess(reading: ProbeResult | HealthReading, thresholds: HealthThresholds | 
     if h.incomplete:
         checks["capture_columns"] = _capture_columns(h)
     return HealthReport(checks)
+
+
+#: Where each kind of dead letter is looked at, and read from.
+_DEAD_LETTER_COMMANDS = {"outbox": "thorbis-cache outbox-deadletters list",
+                         "queue": "thorbis-cache deadletters list"}
+_DEAD_LETTER_SOURCES = {"outbox": "PostgreSQL", "queue": "Redis"}
 
 
 def _capture_columns(h: HealthReading) -> Check:
