@@ -119,6 +119,11 @@ async def test_the_exporter_serves_the_workload_and_every_metric_the_alerts_use(
     scheduler = MeteredMvScheduler.from_app(hs_env.app, hs_env.dsn)
     exporter.add_worker(worker)
     exporter.add_views(scheduler.refresh_metrics)
+    # Every view's failures are exported from 0 before any refresh: a counter born at 1
+    # makes no increase, and its first failure would raise no alert.
+    failed = {s.labels["view"]: s.value for m in scheduler.refresh_metrics.collect()
+              for s in m.samples if s.labels.get("outcome") == "failed"}
+    assert failed == {view.name: 0 for view in scheduler.views}
     try:
         await worker.drain()
         await scheduler.tick()
@@ -376,3 +381,4 @@ async def test_operations_that_raise_are_counted_by_error_class_and_timed() -> N
     # at this first scrape, and counts from there).
     assert sum(v for k, v in samples.items()
                if k.startswith("thorbis_cache_tenant_operations_total{")) == 3
+

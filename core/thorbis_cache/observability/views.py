@@ -17,7 +17,10 @@ from thorbis_cache.mv.scheduler import MvScheduler
 if TYPE_CHECKING:
     from thorbis_cache.app import CacheApp
 
-__all__ = ["REFRESH_BUCKETS", "MeteredMvScheduler", "MvRefreshMetrics"]
+__all__ = ["ATTEMPT_OUTCOMES", "REFRESH_BUCKETS", "MeteredMvScheduler", "MvRefreshMetrics"]
+
+#: The outcomes of a refresh attempt, each a counter of every view.
+ATTEMPT_OUTCOMES: tuple[str, ...] = ("ok", "failed", "skipped_locked")
 
 #: Upper bounds (seconds) of the refresh duration histogram: 10 ms to 30 min.
 REFRESH_BUCKETS: tuple[float, ...] = (
@@ -35,6 +38,15 @@ class MvRefreshMetrics(Collector):
         self.namespace = namespace
         self.attempts: dict[tuple[str, str], int] = {}
         self.durations: dict[str, Histogram] = {}
+
+    def expect(self, views: Iterable[str]) -> None:
+        """Export every attempt counter of ``views`` from 0, before any refresh: an
+        alert on ``increase(...{outcome="failed"}[30m])`` sees nothing of a series born
+        at 1, so a view's first failure after a worker started went unannounced (found
+        as an operator would, with promtool)."""
+        for view in views:
+            for outcome in ATTEMPT_OUTCOMES:
+                self.attempts.setdefault((view, outcome), 0)
 
     def observe(self, outcomes: Iterable[RefreshOutcome]) -> None:
         """Count refresh outcomes (``not_due`` ones are not attempts and are skipped)."""
@@ -79,6 +91,7 @@ class MeteredMvScheduler(MvScheduler):
                  **options: Any) -> None:
         super().__init__(*args, **options)
         self.refresh_metrics = refresh_metrics or MvRefreshMetrics()
+        self.refresh_metrics.expect(view.name for view in self.views)
 
     @classmethod
     def from_app(cls, app: CacheApp, dsn: str, **options: Any) -> MeteredMvScheduler:
