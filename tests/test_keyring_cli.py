@@ -95,7 +95,7 @@ def test_to_string_round_trips_a_ring_whose_active_key_is_not_last() -> None:
 def test_errors_are_one_line_and_never_show_key_material(
         args: list[str], env: dict[str, str] | None, message: str) -> None:
     result = CliRunner().invoke(app, ["keyring", *args], env=env)
-    assert result.exit_code == 1
+    assert result.exit_code == 64  # bad input, as every command's (it was 1)
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "AAAAAAAA" not in result.output

@@ -167,9 +167,13 @@ def test_cli_refresh_and_status(env: HsEnv) -> None:
     for view in ALL_VIEWS:
         assert view.name in status
     assert "ok" in status
+    # Bad input: one line, exit 64 as every command's (it was 1).
     bad = run_cli("refresh", "hs.nope", "--dsn", env.dsn, "--redis-url", env.redis_url,
-               "--plugin", HS, code=1)
+                  "--plugin", HS, code=64)
     assert "unknown materialized view(s) hs.nope" in bad
+    both = run_cli("refresh", "hs.customer_summary", "--all", "--dsn", env.dsn,
+                   "--redis-url", env.redis_url, "--plugin", HS, code=64)
+    assert "name the views to refresh, or pass --all (not both)" in both
 
 
 async def test_cli_refresh_exits_1_when_a_view_fails(env: HsEnv) -> None:

@@ -34,7 +34,7 @@ from thorbis_cache.cli import queue as cli_queue
 from thorbis_cache.cli import scaffold as cli_scaffold
 from thorbis_cache.cli import serve as cli_serve
 from thorbis_cache.cli import stats as cli_stats
-from thorbis_cache.cli.options import EXIT_USAGE
+from thorbis_cache.cli.options import EXIT_USAGE, BadInput
 from thorbis_cache.errors import ThorbisCacheError
 
 __all__ = ["app", "main", "plain_help", "plain_value_name"]
@@ -163,7 +163,8 @@ def _report_errors(func: Callable[P, R]) -> Callable[P, R]:
             # One line: the message names what failed; a multi-line one (a server's log
             # tail) is kept, but starts on the red line.
             _stderr.print(f"[bold red]error:[/] [red]{escape(str(exc))}[/]")
-            raise typer.Exit(EXIT_ERROR) from None
+            raise typer.Exit(EXIT_USAGE if isinstance(exc, BadInput)
+                             else EXIT_ERROR) from None
         except KeyboardInterrupt:
             _stderr.print("[yellow]interrupted[/]")
             raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -7,7 +7,7 @@ the rules that reach it, XFetch state, fill lease, near cache. ``--json`` prints
 one object.
 
 The helpers here (loading the plugins' schemas, parsing ``k=v`` with the schema's own
-key validation, one line and exit 2 for bad input) are shared with ``invalidate``.
+key validation, one line and exit 64 for bad input) are shared with ``invalidate``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from thorbis_cache.cli import options
+from thorbis_cache.cli.options import BadInput
 from thorbis_cache.errors import (
-    ConfigurationError,
     InvalidParameterError,
     InvalidTenantId,
     ThorbisCacheError,
@@ -58,11 +58,6 @@ KEYRING_ENV = typer.Option(
                           "ring itself as an argument).")
 
 _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class BadInput(ConfigurationError):
-    """The command line names no valid key: unknown schema, malformed or refused
-    parameter, invalid tenant (exit status 2)."""
 
 
 def fail(exc: BaseException, code: int) -> NoReturn:
@@ -203,7 +198,7 @@ def explain_command(
     --keyring-env); without it they are reported but not opened.
 
     Exit status: 0 the key is cached (even when it does not open), 1 the key is absent
-    (or an error, printed as one line: Redis unreachable...), 2 bad input (unknown
+    (or an error, printed as one line: Redis unreachable...), 64 bad input (unknown
     schema, malformed or refused parameter, invalid tenant).
     """
     if not tenant:

@@ -60,7 +60,7 @@ def invalidate_command(
     before the call writes afterwards.
 
     Exit status: 0 done (also when nothing was cached), 1 an error (printed as one line:
-    Redis unreachable...), 2 bad input (unknown schema or tag, malformed or refused
+    Redis unreachable...), 64 bad input (unknown schema or tag, malformed or refused
     parameter, invalid tenant, a key and --tag together).
     """
     if not tenant:

@@ -21,6 +21,7 @@ from typing import Annotated
 import typer
 
 from thorbis_cache.cache.crypto import MASTER_KEY_SIZE, KeyRing
+from thorbis_cache.cli.options import BadInput
 from thorbis_cache.errors import ConfigurationError, KeyRingError
 
 __all__ = ["KeyringAction", "keyring_command", "next_key_id"]
@@ -55,6 +56,27 @@ def keyring_command(
         "--json", help="Print {keyring, active, key_ids} as JSON.")] = False,
 ) -> None:
     """Print a new master key ring, or a ring with a new primary key (rotation)."""
+    try:
+        ring = _ring(action, keyring, key_id)
+    except (ConfigurationError, KeyRingError) as exc:  # what was given: bad input
+        raise BadInput(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps({"keyring": ring.to_string(), "active": ring.active_key_id,
+                               "key_ids": sorted(ring.key_ids)}))
+    else:
+        typer.echo(ring.to_string())
+    older = ", ".join(sorted(ring.key_ids - {ring.active_key_id}))
+    typer.echo(f"active key {ring.active_key_id}"
+               + (f"; older key(s) {older} keep decrypting until retired" if older else "")
+               + f". Store the ring as a secret ({ENV}), never in the repository.", err=True)
+
+
+def _ring(action: KeyringAction, keyring: str | None, key_id: str | None) -> KeyRing:
+    """The ring ``keyring_command`` prints.
+
+    :raises ConfigurationError: the arguments do not go together.
+    :raises KeyRingError: the ring or the key id is malformed, or the id taken.
+    """
     if action is KeyringAction.new:
         if keyring is not None:
             raise ConfigurationError("keyring new takes no KEYRING (did you mean add?)")
@@ -69,12 +91,4 @@ def keyring_command(
         if new_id in old.key_ids:
             raise KeyRingError(f"key id {new_id!r} is already in the ring; choose another --id")
         ring = old.with_active(new_id, os.urandom(MASTER_KEY_SIZE))
-    if as_json:
-        typer.echo(json.dumps({"keyring": ring.to_string(), "active": ring.active_key_id,
-                               "key_ids": sorted(ring.key_ids)}))
-    else:
-        typer.echo(ring.to_string())
-    older = ", ".join(sorted(ring.key_ids - {ring.active_key_id}))
-    typer.echo(f"active key {ring.active_key_id}"
-               + (f"; older key(s) {older} keep decrypting until retired" if older else "")
-               + f". Store the ring as a secret ({ENV}), never in the repository.", err=True)
+    return ring

@@ -57,7 +57,7 @@ def refresh_command(
     if not dsn or not redis_url:
         raise ConfigurationError("refresh needs --dsn and --redis-url")
     if bool(views) == all_views:
-        raise ConfigurationError("name the views to refresh, or pass --all (not both)")
+        raise options.BadInput("name the views to refresh, or pass --all (not both)")
     failed = asyncio.run(_refresh(dsn, redis_url, views or [], plugin or None,
                                   statement_timeout))
     if failed:
@@ -72,8 +72,8 @@ def _select(owned: list[tuple[str, MaterializedView]],
     unknown = [n for n in names if n not in by_name]
     if unknown:
         known = ", ".join(sorted(by_name)) or "(none)"
-        raise ConfigurationError(f"unknown materialized view(s) {', '.join(unknown)}; "
-                                 f"the loaded plugins declare: {known}")
+        raise options.BadInput(f"unknown materialized view(s) {', '.join(unknown)}; "
+                               f"the loaded plugins declare: {known}")
     return [by_name[n] for n in dict.fromkeys(names)]
 
 

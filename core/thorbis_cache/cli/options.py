@@ -7,13 +7,29 @@ import typer
 
 from thorbis_cache.errors import ConfigurationError, ThorbisCacheError
 
-__all__ = ["DSN", "EXIT_USAGE", "JSON", "METRICS_HOST", "METRICS_PORT", "PLUGINS", "PREFIX",
-           "REDIS_URL", "checked_prefix"]
+__all__ = [
+    "DSN",
+    "EXIT_USAGE",
+    "JSON",
+    "METRICS_HOST",
+    "METRICS_PORT",
+    "PLUGINS",
+    "PREFIX",
+    "REDIS_URL",
+    "BadInput",
+    "checked_prefix",
+]
 
 #: The exit status of bad input (an unknown option, a malformed key, an invalid tenant):
 #: sysexits' EX_USAGE, not click's 2, which ``health`` gives "unhealthy" (its 0/1/2/3
 #: are the monitoring plugins' OK/WARNING/CRITICAL/UNKNOWN).
 EXIT_USAGE = 64
+
+
+class BadInput(ConfigurationError):
+    """What the command line gives is wrong (an unknown schema or view, a malformed
+    parameter or key ring, options that do not go together): said in one red line,
+    exit status :data:`EXIT_USAGE`."""
 
 REDIS_URL = typer.Option("--redis-url", envvar="THORBIS_REDIS_URL",
                          help="Redis URL (env THORBIS_REDIS_URL).")
