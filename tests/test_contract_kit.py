@@ -445,6 +445,21 @@ def test_warmer_check_fails_keys_outside_the_namespace_tenant_or_type(
            in message
 
 
+def test_relations_outside_the_plugin_s_schema_fail_it_alone(broken: LoadedPlugin) -> None:
+    """Found as a plugin author would: checked only beside another installed plugin, and
+    then said of every plugin loaded, not of the one at fault."""
+    plugin = attrs.evolve(broken, rules=(
+        InvalidationRule("brk.pet", "public.pets", ["INSERT"], [RuleTarget(tag="brk.items")]),
+    ))
+    message = _fails(checks.check_relations_namespaced, [plugin])
+    assert "plugin 'broken': relations (1 problem(s))" in message
+    assert "rule 'brk.pet' table 'public.pets' is outside its schema 'brk'" in message
+    fine = attrs.evolve(broken, rules=(), views=(), name="fine")
+    message = _fails(checks.check_relations_namespaced, [fine, plugin])
+    assert "plugin 'broken': relations" in message  # the one at fault only
+    checks.check_relations_namespaced([fine])
+
+
 def test_permission_check_fails_duplicates_and_foreign_names(broken: LoadedPlugin) -> None:
     plugin = attrs.evolve(broken, permissions=(
         Permission("brk.items.read"), Permission("brk.items.read"),

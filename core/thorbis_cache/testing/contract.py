@@ -467,6 +467,9 @@ class PluginContract:
         if error is not None:
             pytest.fail(f"plugin {thorbis_contract_target.label!r} does not load together "
                         f"with the installed plugins:\n{error}", pytrace=False)
+        # Its own relations in its own schema whether or not another plugin is there
+        # (found as a plugin author would: alone, as the docs run it, it was skipped).
+        checks.check_relations_namespaced([thorbis_contract_plugin])
         if not others:
             pytest.skip("no other plugin is installed")
         checks.check_relations_namespaced([thorbis_contract_plugin, *others])

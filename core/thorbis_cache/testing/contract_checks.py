@@ -261,6 +261,7 @@ def check_relations_namespaced(plugins: Sequence[LoadedPlugin]) -> None:
     """
     __tracebackhide__ = True
     problems = []
+    offenders = set()
     for plugin in plugins:
         own = plugin.info.namespace
         names = [(f"materialized view {v.name!r}", v.name) for v in plugin.views]
@@ -268,8 +269,9 @@ def check_relations_namespaced(plugins: Sequence[LoadedPlugin]) -> None:
         for what, relation in names:
             if relation.split(".", 1)[0] != own:
                 problems.append(f"plugin {plugin.name!r}: {what} is outside its schema {own!r}")
-    if problems:
-        report(", ".join(sorted({p.name for p in plugins})), "relations", problems)
+                offenders.add(plugin.name)
+    if problems:  # named: the plugins at fault, not every one loaded with them
+        report(", ".join(sorted(offenders)), "relations", problems)
 
 
 def check_key_isolation(
