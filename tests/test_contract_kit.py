@@ -363,6 +363,24 @@ def test_view_check_passes_the_same_view_with_a_real_key(
     run_async(run)
 
 
+def test_view_check_fails_sources_that_leave_out_a_table_it_reads(
+    broken: LoadedPlugin, thorbis_pg_dsn: str
+) -> None:
+    """Found as a plugin author would: ``sources=()`` (or one left out) passed, turning
+    off the view's smart refresh and the unique-index check with it."""
+    keyed = attrs.evolve(GROUPS_VIEW, unique_index=("tenant_id", "grp"))
+
+    async def check(*views_: MaterializedView) -> None:
+        plugin = attrs.evolve(broken, views=views_)
+        async with db.applied(thorbis_pg_dsn, plugin) as conn:
+            await views.check_sources_are_what_views_read(conn, plugin)
+
+    message = _fails(lambda: check(attrs.evolve(keyed, sources=())))
+    assert ("materialized view 'brk.groups' reads brk.items, which its sources (none) "
+            "leave out") in message
+    run_async(lambda: check(keyed))
+
+
 def test_rule_check_fails_missing_tables_and_columns(
     broken: LoadedPlugin, thorbis_pg_dsn: str
 ) -> None:

@@ -340,8 +340,9 @@ class PluginContract:
         thorbis_contract_target: ContractTarget,
         thorbis_pg_dsn: str,
     ) -> None:
-        """Every view exists and refreshes; one that asks for concurrent refresh has a
-        usable unique index and ``REFRESH ... CONCURRENTLY`` succeeds (on seeded data);
+        """Every view exists and refreshes, and its ``sources`` hold every table it
+        reads; one that asks for concurrent refresh has a usable unique index and
+        ``REFRESH ... CONCURRENTLY`` succeeds (on seeded data);
         a declared unique index identifies a row for any data, not only the seed's
         (copies of seed rows differing in one column; see :mod:`.contract_views`)."""
         plugin, seed = thorbis_contract_plugin, thorbis_contract_target.seed_sql
@@ -351,6 +352,7 @@ class PluginContract:
         async def run() -> None:
             async with db.applied(thorbis_pg_dsn, plugin, seed) as conn:
                 await db.check_materialized_views(conn, plugin)
+                await views.check_sources_are_what_views_read(conn, plugin)
                 await views.check_unique_indexes_identify_rows(conn, plugin)
 
         run_async(run)

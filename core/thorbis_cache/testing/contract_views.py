@@ -130,6 +130,44 @@ async def _check_view(conn: Any, view: MaterializedView, tenant_columns: set[str
     return None
 
 
+# The tables a view's query reads, as PostgreSQL recorded them (its rewrite rule's
+# dependencies): ordinary and partitioned tables, not other views.
+_READS = """
+SELECT DISTINCT format('%I.%I', n.nspname, c.relname)
+FROM pg_catalog.pg_rewrite r
+JOIN pg_catalog.pg_depend d
+  ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+ AND d.refclassid = 'pg_catalog.pg_class'::regclass
+JOIN pg_catalog.pg_class c ON c.oid = d.refobjid AND c.oid <> r.ev_class
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE r.ev_class = to_regclass($1) AND c.relkind IN ('r', 'p')
+ORDER BY 1
+"""
+
+
+async def check_sources_are_what_views_read(conn: Any, plugin: LoadedPlugin) -> None:
+    """Every table a view reads is among its declared ``sources``: the changes that
+    count toward its smart refresh (``RefreshPolicy.min_changes``), and the tables the
+    unique-index check copies rows of. Found as a plugin author would: a view whose
+    ``sources`` left a table out (or were empty) passed, its smart refresh never came,
+    and the unique-index check had nothing to try.
+
+    :raises AssertionError: naming the view, the tables it reads and those left out.
+    """
+    __tracebackhide__ = True
+    problems = []
+    for view in plugin.views:
+        reads = [r[0] for r in await conn.fetch(_READS, view.name)]
+        declared = {s.replace('"', "") for s in view.sources}
+        missing = [t for t in reads if t.replace('"', "") not in declared]
+        if missing:
+            problems.append(
+                f"materialized view {view.name!r} reads {', '.join(missing)}, which its "
+                f"sources ({', '.join(view.sources) or 'none'}) leave out: changes there "
+                "do not count toward its smart refresh; declare every table it reads")
+    report(plugin.name, "materialized view sources", problems)
+
+
 async def check_unique_indexes_identify_rows(conn: Any, plugin: LoadedPlugin) -> None:
     """Every view that declares a ``unique_index`` keeps it unique when a source row is
     copied with a new key, or with one other column changed (see the module). Run on
