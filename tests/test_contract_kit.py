@@ -65,6 +65,7 @@ from thorbis_cache.testing.contract import (
     load_plugin,
     run_async,
 )
+from thorbis_cache.testing.contract_data import read_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -1126,3 +1127,18 @@ def test_unique_index_check_passes_indexes_that_identify_rows(
                             unique_index=("tenant_id", "id"), sources=("brk.items",))
     groups = attrs.evolve(GROUPS_VIEW, unique_index=("tenant_id", "grp"))
     run_async(_view_check(thorbis_pg_dsn, attrs.evolve(broken, views=(groups, rows))))
+
+
+async def test_a_geo_entry_reads_as_members_at_positions(
+    thorbis_standalone_redis_url: str
+) -> None:
+    """What the kit's messages show of a geo index: its members and positions, not the
+    raw geohash scores (found as a plugin author would, in a warmer's tenant leak)."""
+    registry = SchemaRegistry()
+    registry.register(good.NEAR, owner="tests")
+    async with Cache.from_url(thorbis_standalone_redis_url, registry) as cache:
+        key = good.NEAR.key("acme")
+        await cache.geo(key).add({7: (2.35, 48.85)}, replace=True)
+        [(member, (lon, lat))] = await read_entry(cache, key)
+        assert member == 7
+        assert (lon, lat) == (pytest.approx(2.35, abs=1e-5), pytest.approx(48.85, abs=1e-5))

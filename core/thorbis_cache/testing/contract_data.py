@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.strategies import SearchStrategy
 
 from thorbis_cache.cache.core import Cache
+from thorbis_cache.cache.geo import geohash_position
 from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaKind
 from thorbis_cache.postgres.catalog import quote_ident, quote_qualified
 from thorbis_cache.testing.strategies import param_value, params_for, values_of
@@ -144,8 +145,9 @@ ABSENT: Any = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()
 
 async def read_entry(cache: Cache, key: CacheKey[Any]) -> Any:
     """What ``key`` holds, read through the cache by its kind: the value or entity, or
-    the members (sorted set: ``(member, score)``; geo: members with their scores, the
-    geohashes); :data:`ABSENT` when nothing is cached (a value of None reads as absent).
+    the members (sorted set: ``(member, score)``; geo: ``(member, (longitude,
+    latitude))`` at geohash precision, rounded to 6 decimals); :data:`ABSENT` when
+    nothing is cached (a value of None reads as absent).
     """
     schema = key.schema
     held: Any
@@ -157,7 +159,12 @@ async def read_entry(cache: Cache, key: CacheKey[Any]) -> Any:
         held = list(await cache.zset(key).range_by_score()) or None
     else:
         raw = await cache.store.command("ZRANGE", cache.redis_key(key), 0, -1, "WITHSCORES")
-        held = list(raw or []) or None
+        flat = [x for pair in raw for x in pair] if raw and isinstance(
+            raw[0], list | tuple) else list(raw or [])
+        member = schema.member_param
+        held = [(member.decode(m.decode()),
+                 tuple(round(c, 6) for c in geohash_position(int(float(s)))))
+                for m, s in zip(flat[::2], flat[1::2], strict=True)] or None
     return ABSENT if held is None else held
 
 
