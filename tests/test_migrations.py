@@ -22,7 +22,7 @@ CORE = ["001_outbox.sql", "002_audit.sql", "003_mv_refresh.sql", "004_mv_schedul
         "005_replay_log.sql", "006_outbox_lean.sql", "007_capture_ddl.sql",
         "008_capture_truncate.sql", "009_capture_always.sql", "010_capture_partitions.sql",
         "011_capture_rules.sql", "012_plugin_sql.sql",
-        "013_capture_filter.sql", "014_parked_changes.sql"]
+        "013_capture_filter.sql", "014_parked_changes.sql", "015_capture_ddl_reentry.sql"]
 
 
 async def test_core_migrations_are_numbered_files_in_order() -> None:
