@@ -7,9 +7,11 @@ import asyncio
 
 import asyncpg
 import pytest
+from core_testing import CUSTOMER_SQL, run_cli
 from typer.testing import CliRunner
 
 from thorbis_cache.cli import app as cli_app
+from thorbis_cache.postgres import ddl_locks
 from thorbis_cache.postgres.migrations import (
     Migration,
     MigrationError,
@@ -96,3 +98,39 @@ def test_cli_db_migrate(thorbis_pg_dsn: str) -> None:
     result = runner.invoke(cli_app, ["db", "migrate", "--dsn", thorbis_pg_dsn])
     assert result.exit_code == 0, result.output
     assert f"0 applied, {len(CORE)} already" in result.output
+
+
+async def test_a_migration_never_queues_the_host_s_writes_behind_it(
+    thorbis_pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later release's migration that alters a captured table (as 009 and 015 alter
+    their triggers) found a host transaction open on it: it waited, and every write of
+    the host to that table queued behind it until the transaction ended (found as an
+    operator would: a writer held 7 s). Its locks are bounded and tried again now, as
+    db init's are."""
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", thorbis_pg_dsn, "--plugin",
+                            "home_services", "--capture", "triggers")
+    monkeypatch.setattr(ddl_locks, "LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(ddl_locks, "RETRY_PAUSE", 0.2)
+    later = Migration(len(CORE) + 1, f"{len(CORE) + 1:03d}_later.sql",
+                      "ALTER TABLE hs.customers ENABLE ALWAYS TRIGGER thorbis_capture_update")
+    batch = await asyncpg.connect(thorbis_pg_dsn)
+    writer = await asyncpg.connect(thorbis_pg_dsn)
+    await batch.execute(CUSTOMER_SQL, "acme", 2)
+    try:
+        open_batch = batch.transaction()
+        await open_batch.start()
+        await batch.execute("UPDATE hs.customers SET phone = 'batch' WHERE id = 1")
+        upgrade = asyncio.ensure_future(migrate(thorbis_pg_dsn, [*core_migrations(), later]))
+        await asyncio.sleep(0.5)  # the migration is trying, the batch job still open
+        # The host's write goes through while the batch job holds the table (before,
+        # it waited for the migration, which waited for the batch job).
+        await writer.execute("UPDATE hs.customers SET phone = 'host' WHERE id = 2",
+                             timeout=10)
+        assert not upgrade.done()
+        await open_batch.commit()
+        report = await asyncio.wait_for(upgrade, 30)
+        assert report.applied == (later.name,)
+    finally:
+        await batch.close()
+        await writer.close()

@@ -15,6 +15,7 @@ Concurrent migrators (several hosts starting at once) are serialized by an advis
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ import attrs
 
 from thorbis_cache.errors import MigrationError
 from thorbis_cache.postgres import connection
+from thorbis_cache.postgres.ddl_locks import bound_locks, with_lock_retries
 from thorbis_cache.postgres.sql_apply import split_sql
 
 __all__ = ["Migration", "MigrationError", "MigrationReport", "core_migrations", "migrate"]
@@ -132,29 +134,53 @@ async def migrate(dsn_or_conn: str | asyncpg.Connection,
                         f"{m.checksum}; add a new numbered file instead of editing it"
                     )
                 already.append(m.name)
-    for m in todo:
-        if m.version in recorded:
-            continue
-        async with conn.transaction():
-            await conn.execute(_LOCK)
-            # Another migrator may have applied it while we waited for the lock.
-            if await conn.fetchval(
-                "SELECT 1 FROM thorbis.schema_migrations WHERE version = $1", m.version
-            ):
-                already.append(m.name)
-                continue
-            for statement in split_sql(m.sql):
-                try:
-                    await conn.execute(statement)
-                except asyncpg.PostgresError as exc:
-                    shown = " ".join(statement.split())[:200]
-                    raise MigrationError(
-                        f"core migration {m.name!r}: statement failed: {shown!r}: "
-                        f"PostgreSQL {exc.sqlstate}: {exc}"
-                    ) from exc
-            await conn.execute(
-                "INSERT INTO thorbis.schema_migrations (version, name, checksum) "
-                "VALUES ($1, $2, $3)", m.version, m.name, m.checksum,
-            )
-            applied.append(m.name)
+    pending = [m for m in todo if m.version not in recorded]
+    # A migration may alter the host's captured tables (their capture triggers): its
+    # locks are bounded and tried again, as db init's are, so that a host transaction
+    # left open never queues the host's writes behind the upgrade (found as an operator
+    # would: a writer waited 7 s behind a migration waiting for a batch job).
+    hosts = await conn.fetch(_CAPTURED) if pending and await conn.fetchval(
+        "SELECT to_regclass('thorbis.captured_tables') IS NOT NULL") else []
+    for m in pending:
+        was_applied = await with_lock_retries(
+            conn, functools.partial(_apply, conn, m),
+            what=f"applying core migration {m.name}", tables=[r[0] for r in hosts])
+        (applied if was_applied else already).append(m.name)
     return MigrationReport(tuple(applied), tuple(already))
+
+
+_CAPTURED = "SELECT table_name FROM thorbis.captured_tables ORDER BY 1"
+
+
+async def _apply(conn: asyncpg.Connection, m: Migration) -> bool:
+    """Apply ``m`` in a transaction of its own, its table locks waited for
+    :data:`~thorbis_cache.postgres.ddl_locks.LOCK_TIMEOUT` at most; False when another
+    migrator applied it meanwhile.
+
+    :raises asyncpg.LockNotAvailableError: a lock was not granted in time (nothing kept).
+    :raises MigrationError: a statement failed (named).
+    """
+    async with conn.transaction():
+        await conn.execute(_LOCK)
+        # Another migrator may have applied it while we waited for the lock.
+        if await conn.fetchval(
+            "SELECT 1 FROM thorbis.schema_migrations WHERE version = $1", m.version
+        ):
+            return False
+        await bound_locks(conn)  # after the migrators' own lock, which may wait
+        for statement in split_sql(m.sql):
+            try:
+                await conn.execute(statement)
+            except asyncpg.LockNotAvailableError:
+                raise  # tried again, the whole file
+            except asyncpg.PostgresError as exc:
+                shown = " ".join(statement.split())[:200]
+                raise MigrationError(
+                    f"core migration {m.name!r}: statement failed: {shown!r}: "
+                    f"PostgreSQL {exc.sqlstate}: {exc}"
+                ) from exc
+        await conn.execute(
+            "INSERT INTO thorbis.schema_migrations (version, name, checksum) "
+            "VALUES ($1, $2, $3)", m.version, m.name, m.checksum,
+        )
+    return True
