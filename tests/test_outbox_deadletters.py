@@ -130,6 +130,10 @@ async def test_purge(hs_env: HsEnv) -> None:
     one = await cli("outbox-deadletters", "purge", str(good), *dsn)
     assert one.returncode == 0, one.stderr
     assert "1 dead letter(s) deleted" in one.stdout
+    # An id that is not a dead letter (any more) is said, as show and replay say it.
+    again = await cli("outbox-deadletters", "purge", str(good), *dsn)
+    assert again.returncode == 1
+    assert f"no dead letter {good} in {TABLE}" in again.stderr
 
     declined = await cli("outbox-deadletters", "purge", *dsn, stdin="n\n")
     assert declined.returncode == 1
@@ -150,13 +154,17 @@ def test_bad_input_and_unreachable_servers_are_one_line(thorbis_pg_dsn: str) -> 
         (("list",), "no PostgreSQL DSN"),
         (("list", "--dsn", thorbis_pg_dsn),
          f"{TABLE} does not exist: run `thorbis-cache db migrate`"),
+        # Bad input: exit 64 (it was 1; an id past a bigint printed a traceback).
         (("show", "abc", "--dsn", thorbis_pg_dsn), "id 'abc' is not an integer"),
+        (("show", "99999999999999999999", "--dsn", thorbis_pg_dsn), "is out of range"),
+        (("purge", "0", "--dsn", thorbis_pg_dsn), "is out of range"),
         (("show", "--dsn", thorbis_pg_dsn), "show takes exactly one dead-letter id"),
         (("replay", "--dsn", thorbis_pg_dsn), "replay takes dead-letter ids or --all"),
     ]
     for args, expected in cases:
         got = run("outbox-deadletters", *args)
-        assert got.returncode == 1, (args, got.stdout, got.stderr)
+        bad_input = args[0] in ("show", "replay", "purge")
+        assert got.returncode == (64 if bad_input else 1), (args, got.stdout, got.stderr)
         assert expected in got.stderr, (args, got.stderr)
         assert "secret" not in got.stderr
         assert len(got.stderr.strip().splitlines()) == 1, (args, got.stderr)

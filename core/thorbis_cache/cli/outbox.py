@@ -25,6 +25,7 @@ from rich.table import Table
 
 from thorbis_cache.cli import options
 from thorbis_cache.cli.dsn import check_postgres, redact_dsn
+from thorbis_cache.cli.options import BadInput
 from thorbis_cache.errors import ConfigurationError, DeadLetterNotFound
 
 if TYPE_CHECKING:
@@ -49,14 +50,22 @@ def _age(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
+#: The largest id a dead letter can have (a bigint).
+_MAX_ID = 2**63 - 1
+
+
 def _ids(values: list[str]) -> list[int]:
     out = []
     for value in values:
         try:
-            out.append(int(value))
+            number = int(value)
         except ValueError:
-            raise ConfigurationError(
+            raise BadInput(
                 f"outbox dead-letter id {value!r} is not an integer (see `list`)") from None
+        if not 1 <= number <= _MAX_ID:  # asyncpg would raise a DataError with a traceback
+            raise BadInput(f"outbox dead-letter id {value!r} is out of range: ids are "
+                           f"1 to {_MAX_ID} (see `list`)")
+        out.append(number)
     return out
 
 
@@ -85,9 +94,9 @@ def outbox_deadletters_command(
         raise ConfigurationError("no PostgreSQL DSN: pass --dsn or set THORBIS_POSTGRES_DSN")
     numbers = _ids(ids or [])
     if action is OutboxDeadLetterAction.show and len(numbers) != 1:
-        raise ConfigurationError("show takes exactly one dead-letter id")
+        raise BadInput("show takes exactly one dead-letter id")
     if action is OutboxDeadLetterAction.replay and bool(numbers) == replay_all:
-        raise ConfigurationError("replay takes dead-letter ids or --all (not both)")
+        raise BadInput("replay takes dead-letter ids or --all (not both)")
     if action is OutboxDeadLetterAction.purge and not numbers and not yes:
         typer.confirm(f"delete every outbox dead letter of {redact_dsn(dsn)}?", abort=True)
     asyncio.run(_run(action, numbers, dsn, replay_all, table, tenant, count, as_json))
@@ -145,8 +154,12 @@ async def _act(conn: asyncpg.Connection, action: OutboxDeadLetterAction, ids: li
         if report.missing and not replay_all:
             raise DeadLetterNotFound([str(i) for i in report.missing], dl.TABLE)
     else:
+        missing = [] if not ids else [i for i in dict.fromkeys(ids)
+                                      if await dl.get(conn, i) is None]
         n = await dl.purge(conn, ids or None)
         if as_json:
             typer.echo(json.dumps({"deleted": n}))
         else:
             out.print(f"{n} dead letter(s) deleted")
+        if missing:  # as show and replay say of an id that is not a dead letter
+            raise DeadLetterNotFound([str(i) for i in missing], dl.TABLE)
