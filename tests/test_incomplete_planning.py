@@ -118,14 +118,17 @@ def test_a_change_missing_columns_invalidates_at_least_what_it_would_have(
     partial = PLANNER.plan(_without(row, missing))
     _covered(complete, partial)
     needed = PLANNER.columns[row.table_name]
+    # The key columns an image lacks are read from the row's pk (a dead letter replayed
+    # under a rule that reads more than the one that wrote it): not missing.
+    lost = missing - set(row.pk)
     if "tenant_id" in missing:
         assert partial.every_tenant
         assert partial.unseen == ("tenant_id",)
     else:
         assert not partial.every_tenant
         assert partial.tenant == complete.tenant
-        assert partial.unseen == tuple(sorted(missing & needed))
-    if not missing:
+        assert partial.unseen == tuple(sorted(lost & needed))
+    if not lost:
         assert partial == complete
 
 

@@ -80,6 +80,23 @@ def _image(row: OutboxRow, which: str) -> dict[str, Any] | None:
     return value
 
 
+def _with_key(row: OutboxRow, image: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``image`` with the row's primary key columns it lacks, from ``pk`` (the same
+    row's: a row whose key changed is one-sided). Found as an operator would: a dead
+    letter replayed after its rule was fixed to read a key column carried images of
+    what the old rule read, and was planned as if a migration had dropped the column
+    (by tags, with an error blaming one)."""
+    if image is None:
+        return None
+    try:
+        pk = _image(row, "pk")
+    except PoisonRow:
+        return image  # the images decide alone, as before
+    if not pk or image.keys() >= pk.keys():
+        return image
+    return {**pk, **image}
+
+
 def _tenant(value: object) -> str:
     """A change's tenant, checked (a :class:`PoisonRow` when it is not one)."""
     try:
@@ -177,6 +194,10 @@ class RulePlanner:
                 return self._for_tenant(row.table_name, row.tenant_id)
             raise PoisonRow(f"unknown operation {row.operation!r}") from None
         old, new = _image(row, "old"), _image(row, "new")
+        needed = self.columns.get(row.table_name)
+        if needed and ((old is not None and not old.keys() >= needed)
+                       or (new is not None and not new.keys() >= needed)):
+            old, new = _with_key(row, old), _with_key(row, new)
         column = self.tenant_columns.get(row.table_name)
         if row.tenant_id is None:
             image = new if new is not None else old
