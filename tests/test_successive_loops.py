@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import threading
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -470,3 +471,27 @@ def test_a_store_used_again_after_aclose_still_closes_as_its_loop_ends(
         for _ in range(3):
             asyncio.run(use_close_use())
     assert unclosed == []
+
+
+def test_a_loop_that_ends_while_the_near_cache_subscribes_still_ends(
+    thorbis_redis_url: str
+) -> None:
+    """``asyncio.run`` per request, with L1 (found as a host would): the first L1 miss
+    starts the subscriber, and the loop ends while its SUBSCRIBE is being sent. redis-py
+    sends it under a ``wait_for`` that, on Python 3.11, swallows the loop's cancel, and
+    the subscriber went on pinging for ever: ``asyncio.run`` never returned (5 of 5)."""
+    cache = Cache.from_url(thorbis_redis_url, _registry(), keyring=KeyRing.generate(),
+                           near=NearCache(100))
+    key = SHIFT.key("acme", id=8)
+    done: list[bool] = []
+
+    def requests() -> None:
+        for _ in range(5):
+            asyncio.run(cache.get(key))
+        asyncio.run(cache.aclose())
+        done.append(True)
+
+    thread = threading.Thread(target=requests, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert done, "asyncio.run did not return: the subscriber outlived its loop's cancel"

@@ -211,6 +211,7 @@ class EventSubscriber:
     async def _run(self) -> None:
         delay = 0.05
         while True:
+            _raise_if_cancelled()
             client = self._store.dedicated_client()
             pubsub = client.pubsub()
             self._pubsub = pubsub
@@ -235,6 +236,7 @@ class EventSubscriber:
         heard = time.monotonic()
         pinged = subscribed = False
         while True:
+            _raise_if_cancelled()
             msg = await pubsub.get_message(timeout=interval)
             now = time.monotonic()
             if msg is None:
@@ -267,6 +269,17 @@ class EventSubscriber:
 
 class _Silent(Exception):
     """The subscription connection stopped answering."""
+
+
+def _raise_if_cancelled() -> None:
+    """End the subscriber's task if it was asked to end and a driver call swallowed the
+    request. redis-py sends under ``asyncio.wait_for``, which on Python 3.11 can return
+    normally though its caller was cancelled meanwhile (found as a host would: a loop
+    per request, ended while the SUBSCRIBE was sent; the subscriber went on pinging and
+    ``asyncio.run`` never returned). The task still says it is being cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Coherence:
