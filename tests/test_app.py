@@ -3,6 +3,7 @@ per plugin in one transaction; the SQL statement splitter."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import EntryPoint
 from typing import Any
@@ -15,7 +16,7 @@ from plugins_fixtures import broken, good
 from plugins_fixtures.broken_sql import BadDbReferences, BrokenSql, FailingStartup
 
 import thorbis_cache.plugins.manager
-from thorbis_cache import CacheApp, KeyRing
+from thorbis_cache import CacheApp, KeyRing, NearCache
 from thorbis_cache.errors import ConfigurationError, PluginLoadError, UnknownPatternError
 from thorbis_cache.plugins.manager import ENTRY_POINT_GROUP, PluginManager
 from thorbis_cache.postgres import apply_plugin_sql, check_rules_against_db, split_sql
@@ -176,6 +177,44 @@ async def test_a_failing_on_startup_undoes_the_start(
     assert app.plugins.plugins == {}
     with pytest.raises(ConfigurationError):
         _ = app.cache
+
+
+async def test_a_start_that_failed_is_tried_again_with_its_near_cache(
+    thorbis_standalone_redis_url: str
+) -> None:
+    """Found as a host would: the retry was refused ("a NearCache belongs to one
+    Cache"), the failed start's cache keeping the L1 it had been given."""
+    app = CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate(), near=NearCache())
+    app.register(good, "tst")
+    app.register(FailingStartup, "fst")
+    with pytest.raises(PluginLoadError):
+        await app.start(["tst", "fst"])
+    await app.start(["tst"])
+    try:
+        assert app.cache.near is app.near
+        assert await app.cache.near_ready(10)
+    finally:
+        await app.aclose()
+
+
+async def test_a_closed_app_says_so_and_its_cache_starts_nothing_again(
+    thorbis_standalone_redis_url: str
+) -> None:
+    """A handler still holding the cache past the app's close (found as a host would):
+    a read restarted the event subscriber, a task nothing would close; and the app
+    said it was not started yet."""
+    app = CacheApp(thorbis_standalone_redis_url, keyring=KeyRing.generate(), near=NearCache())
+    app.register(good, "tst")
+    await app.start(["tst"])
+    cache = app.cache
+    assert await cache.near_ready(10)
+    await app.aclose()
+    with pytest.raises(ConfigurationError, match="was closed"):
+        _ = app.cache
+    assert await cache.get(good.ITEM.key("acme", item_id=1)) is None  # Redis, not L1
+    assert not await cache.near_ready(0.5)
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("thorbis-events")] == []
+    await cache.aclose()
 
 
 async def test_start_refuses_misuse(make_app: AppFactory, thorbis_standalone_redis_url: str

@@ -5,7 +5,7 @@
     app = CacheApp("redis://localhost:6379/0", keyring=KeyRing.from_env(),
                    postgres_dsn="postgresql://app@localhost/app")
     async with await app.start(["home_services"], apply_sql=True):
-        summary = await app.pattern("hs.customer_summary")("acme", customer_id=42)
+        best = await app.pattern("hs.top_customers")("acme", n=10)
 
 :meth:`CacheApp.start` is all or nothing: when any step fails (a plugin problem, SQL that
 does not apply, a rule naming a missing column, an ``on_startup`` hook that raises),
@@ -92,9 +92,12 @@ class CacheApp:
     def cache(self) -> Cache:
         """The cache (after :meth:`start`).
 
-        :raises ConfigurationError: the app is not started.
+        :raises ConfigurationError: the app is not started, or was closed.
         """
         if self._cache is None:
+            if self._closed:
+                raise ConfigurationError("this CacheApp was closed (aclose); a CacheApp is "
+                                         "started once: create another one")
             raise ConfigurationError("CacheApp.cache is available after `await app.start()`")
         return self._cache
 
@@ -186,7 +189,7 @@ class CacheApp:
 
     def pattern(self, name: str) -> Callable[..., Awaitable[Any]]:
         """The cache pattern ``name``, bound to this app's cache:
-        ``await app.pattern("hs.high_priority")(tenant, **kwargs)`` runs
+        ``await app.pattern("hs.high_priority_work_orders")(tenant, **kwargs)`` runs
         ``pattern.run(app.cache, tenant, **kwargs)``.
 
         :raises UnknownPatternError: no loaded plugin declares it.

@@ -304,6 +304,7 @@ class Coherence:
             near.attach(self.origin, counters)
         self.publisher = EventPublisher(store, events_channel(settings.prefix), counters)
         self.subscriber: EventSubscriber | None = None
+        self._closed = False
 
     async def announce(self, tenant: str, keys: Sequence[str], tags: Sequence[str] = (),
                        *, tenant_wide: bool = False) -> None:
@@ -327,7 +328,10 @@ class Coherence:
 
     def begin(self, near: NearCache) -> tuple[int, float]:
         """:meth:`NearCache.begin`, starting the subscriber on first use (and again on
-        the first use from another event loop than its own)."""
+        the first use from another event loop than its own); after :meth:`aclose`, L1
+        stays unconfirmed and reads go to Redis."""
+        if self._closed:
+            return near.begin()
         if self.subscriber is None:
             self.subscriber = EventSubscriber(
                 self._store, self.publisher.channel, self._on_event, near.set_ready,
@@ -337,8 +341,9 @@ class Coherence:
         return near.begin()
 
     async def ready(self, wait: float) -> bool:
-        """Start the subscriber if needed; wait until subscribed (False on timeout)."""
-        if self.near is None:
+        """Start the subscriber if needed; wait until subscribed (False on timeout, or
+        at once after :meth:`aclose`)."""
+        if self.near is None or self._closed:
             return False
         self.begin(self.near)
         return await self.near.wait_ready(wait)
@@ -350,6 +355,12 @@ class Coherence:
         self.near.apply(event)
 
     async def aclose(self) -> None:
-        """Stop the subscriber (L1 is flushed)."""
+        """Stop the subscriber and let go of L1 (flushed): it is not started again by
+        a read of this cache after it (found as a host would: a handler still holding
+        the cache past the app's close restarted it, a task nothing would close), and
+        another cache may take L1 (a start that failed, tried again)."""
+        self._closed = True
         if self.subscriber is not None:
             await self.subscriber.aclose()
+        if self.near is not None:
+            self.near.detach(self.origin)

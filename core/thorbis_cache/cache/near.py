@@ -139,6 +139,14 @@ class NearCache:
         self.owner = owner
         self.counters = counters
 
+    def detach(self, owner: str) -> None:
+        """Let go of the cache ``owner`` (closed): flushed and unconfirmed, so that
+        another cache may take it (a host whose start failed tries again with the same
+        L1)."""
+        if self.owner == owner:
+            self.set_ready(False)
+            self.owner = None
+
     # ----------------------------------------------------------------- reads and fills
 
     def lookup(self, redis_key: str) -> Any:
