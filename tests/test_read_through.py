@@ -20,8 +20,10 @@ from thorbis_cache import Cache, CacheSettings, KeyRing, KeySchema, SchemaRegist
 from thorbis_cache.cache.geo import geo_distance, geohash_position
 from thorbis_cache.cache.keys import SchemaKind
 from thorbis_cache.cache.read_through import ABSENT, EMPTY
-from thorbis_cache.cache.structures import _pairs, _score_range
+from thorbis_cache.cache.structure_args import score_range
+from thorbis_cache.cache.structures import _pairs
 from thorbis_cache.errors import (
+    InvalidParameterError,
     InvalidSchemaError,
     MissingRow,
     RedisUnavailableError,
@@ -506,7 +508,7 @@ def test_loaded_score_ranges_match_zrange(
         args += ["LIMIT", offset, count]
     raw = sync_redis.execute_command("ZRANGE", "rt:z", *args, "WITHSCORES")
     expected = [(int(m), float(s)) for m, s in _pairs(raw)]
-    got = _score_range(members, str, low, high, desc, offset if count is not None else 0, count)
+    got = score_range(members, str, low, high, desc, offset if count is not None else 0, count)
     assert got == expected
 
 
@@ -560,3 +562,28 @@ async def test_members_that_do_not_decode_are_a_miss_then_replaced(cache: Cache)
     assert set(await geo.get_or_load(Source({8: (2.35, 48.85)}))) == {8}
     assert cache.metrics.for_schema(HISTORY.name).corrupt == {"member": 6}
     assert cache.metrics.for_schema(SITES.name).corrupt == {"member": 3}
+
+
+@pytest.mark.parametrize(("read", "parameter"), [
+    (lambda c: c.zset(HISTORY.key("acme", id=40)).top("20"), "n"),
+    (lambda c: c.zset(HISTORY.key("acme", id=40)).top(-1), "n"),
+    (lambda c: c.zset(HISTORY.key("acme", id=40)).range_by_score("low"), "low"),
+    (lambda c: c.zset(HISTORY.key("acme", id=40)).range_by_score(0, math.nan), "high"),
+    (lambda c: c.zset(HISTORY.key("acme", id=40)).range_by_score(count=2.5), "count"),
+    (lambda c: c.zset(HISTORY.key("acme", id=40)).range_by_score(offset=-1, count=2),
+     "offset"),
+    (lambda c: c.geo(SITES.key("acme", day=40)).within(None, 48.8, 1000), "longitude"),
+    (lambda c: c.geo(SITES.key("acme", day=40)).within(2.3, 91, 1000), "latitude"),
+    (lambda c: c.geo(SITES.key("acme", day=40)).within(2.3, 48.8, math.nan), "radius_m"),
+    (lambda c: c.geo(SITES.key("acme", day=40)).within(2.3, 48.8, 1000, count=0), "count"),
+])
+async def test_a_read_s_bad_arguments_name_the_schema_and_the_parameter(
+    cache: Cache, read: Any, parameter: str
+) -> None:
+    """Found as a host would, through the plugins' patterns: these reached Redis and
+    came back as backend errors (which a host takes for Redis failing, and falls back),
+    or as a bare TypeError naming nothing."""
+    with pytest.raises(InvalidParameterError) as refused:
+        await read(cache)
+    assert refused.value.parameter == parameter
+    assert refused.value.schema in (HISTORY.name, SITES.name)

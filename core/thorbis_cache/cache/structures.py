@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -27,6 +28,12 @@ from thorbis_cache.cache.envelope import CorruptEntry
 from thorbis_cache.cache.geo import GEO_LAT_LIMIT, geo_distance, geohash_position
 from thorbis_cache.cache.keys import CacheKey, Param
 from thorbis_cache.cache.read_through import EMPTY, StructureFills, StructureRead, StructureWrite
+from thorbis_cache.cache.structure_args import (
+    check_bound,
+    check_coordinate,
+    check_count,
+    score_range,
+)
 from thorbis_cache.errors import (
     InvalidParameterError,
     ValueTooLargeError,
@@ -428,6 +435,12 @@ class SortedSet(_MemberStructure[T]):
         :param loader: read through: when the set is not cached, load the whole set
             (member -> score), cache it under a fill lease, and answer from it.
         """
+        name = self._key.schema.name
+        for which, bound in (("low", low), ("high", high)):
+            check_bound(name, which, bound)
+        check_count(name, "offset", offset, least=0)
+        if count is not None:
+            check_count(name, "count", count, least=None)
         args: list[Any] = [high, low, "BYSCORE", "REV"] if desc else [low, high, "BYSCORE"]
         if count is not None:
             args += ["LIMIT", offset, count]
@@ -440,7 +453,7 @@ class SortedSet(_MemberStructure[T]):
             return await self._read_cached(from_reply, "ZRANGE", *args)
 
         def from_loaded(loaded: Mapping[T, float]) -> list[tuple[T, float]]:
-            return _score_range(loaded, self._enc, low, high, desc, offset, count)
+            return score_range(loaded, self._enc, low, high, desc, offset, count)
 
         return await self._read_through(("ZRANGE", *args), from_reply, from_loaded, loader, ttl)
 
@@ -449,7 +462,11 @@ class SortedSet(_MemberStructure[T]):
         ttl: float | None = None,
     ) -> list[tuple[T, float]]:
         """The ``n`` members of highest score, highest first (``loader``: read through,
-        see :meth:`range_by_score`)."""
+        see :meth:`range_by_score`).
+
+        :raises InvalidParameterError: ``n`` is not an int of at least 0.
+        """
+        check_count(self._key.schema.name, "n", n, least=0)
         return await self.range_by_score(desc=True, count=n, loader=loader, ttl=ttl)
 
 
@@ -510,6 +527,15 @@ class GeoIndex(_MemberStructure[T]):
             from the loaded positions (Redis's own answers use its 52-bit geohash
             positions, less than a metre away).
         """
+        name = self._key.schema.name
+        check_coordinate(name, "longitude", lon, 180.0)
+        check_coordinate(name, "latitude", lat, GEO_LAT_LIMIT)
+        if isinstance(radius_m, bool) or not isinstance(radius_m, int | float) \
+                or not 0 <= radius_m < math.inf:
+            raise InvalidParameterError(name, "radius_m",
+                                        f"{radius_m!r} is not a distance in metres")
+        if count is not None:
+            check_count(name, "count", count, least=1)
         args: list[Any] = ["FROMLONLAT", lon, lat, "BYRADIUS", radius_m, "m", "ASC"]
         if count is not None:
             args += ["COUNT", count]
@@ -557,43 +583,18 @@ async def _read(cache: CacheCore, *args: Any) -> Any:
         return None
 
 
+
+
+
+
+
+
 def _same(value: T) -> T:
     return value
 
 
-def _score_bound(bound: float | str) -> tuple[float, bool]:
-    """A ZRANGE BYSCORE bound as ``(value, exclusive)``."""
-    if isinstance(bound, str):
-        text = bound.strip()
-        if text.startswith("("):
-            return float(text[1:]), True
-        return float(text), False
-    return float(bound), False
 
 
-def _score_range(
-    members: Mapping[T, float],
-    encode: Callable[[T], str],
-    low: float | str,
-    high: float | str,
-    desc: bool,
-    offset: int,
-    count: int | None,
-) -> list[tuple[T, float]]:
-    """What ``ZRANGE BYSCORE [REV] [LIMIT]`` answers on a set holding ``members``: ties
-    ordered by the encoded member's bytes, as Redis orders them."""
-    lo, lo_open = _score_bound(low)
-    hi, hi_open = _score_bound(high)
-    kept = [
-        (m, float(s)) for m, s in members.items()
-        if (s > lo if lo_open else s >= lo) and (s < hi if hi_open else s <= hi)
-    ]
-    kept.sort(key=lambda ms: (ms[1], encode(ms[0]).encode()), reverse=desc)
-    if count is None:
-        return kept[offset:] if offset else kept
-    if count < 0:
-        return kept[offset:]
-    return kept[offset:offset + count]
 
 
 def _pairs(raw: Any) -> Iterable[tuple[Any, Any]]:
