@@ -136,3 +136,44 @@ async def test_a_table_left_out_of_the_publication_is_named_as_such(env: Env) ->
         problems = await capture_problems(env.conn, rules, capture)
         assert [p.split(" (")[0] for p in problems] == ["hs.customers"], problems
         assert f"not in publication {env.capture.publication}" in problems[0], problems
+
+
+async def test_a_publication_left_by_a_setup_that_stopped_is_not_a_lost_slot(
+    thorbis_pg_dsn: str, thorbis_standalone_redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``db init --capture logical`` makes the publication, then the slot; one that
+    stopped between the two (its slot creation timed out behind a long transaction)
+    leaves a publication that never had a slot. Only a publication marked as having
+    had one is a lost slot: here a worker of ``auto`` stays on the capture triggers'
+    outbox (it followed the publication, flushed every tenant and retired, again every
+    second), and ``db init`` makes the slot as a first setup does."""
+    dsn, url = thorbis_pg_dsn, thorbis_standalone_redis_url
+    name = f"s{uuid.uuid4().hex[:10]}"
+    await asyncio.to_thread(run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services",
+                            "--capture", "triggers")
+    conn = await connect(dsn)
+    app = await CacheApp(url, keyring=KeyRing.generate()).start(["home_services"])
+    capture = LogicalCapture(name, app.plugins.all_rules(), app.plugins.all_views())
+    key = CUSTOMER.key("acme", customer_id=1)
+    try:
+        await conn.execute(f"CREATE PUBLICATION {quote_ident(capture.publication)} "
+                           "FOR TABLE hs.customers")
+        assert not await capture.lost_here(conn)
+        await conn.execute(CUSTOMER_SQL, "acme", 1)
+        await app.cache.hash(key).replace(stale_customer(1))
+        await conn.execute("UPDATE hs.customers SET phone = 'new' WHERE id = 1")
+        with caplog.at_level(logging.WARNING):
+            await asyncio.to_thread(
+                run_cli, "worker", "--dsn", dsn, "--redis-url", url, "--plugin",
+                "home_services", "--once", "--no-queue", "--no-mv", "--slot", name)
+        assert await app.cache.hash(key).get() is None  # from the outbox
+        assert "lost track" not in caplog.text
+        said = await asyncio.to_thread(
+            run_cli, "db", "init", "--dsn", dsn, "--plugin", "home_services", "--capture",
+            "logical", "--slot", name)
+        assert f"logical capture {capture.slot} ready" in said, said
+        assert await capture.slot_here(conn)
+    finally:
+        await capture.drop(conn)
+        await conn.close()
+        await app.aclose()

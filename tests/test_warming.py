@@ -9,7 +9,17 @@ from typing import Any
 import attrs
 import pytest
 
-from thorbis_cache import Cache, KeyRing, KeySchema, SchemaRegistry, WarmBatch, WarmOutcome, warm
+from thorbis_cache import (
+    Cache,
+    CacheSettings,
+    KeyRing,
+    KeySchema,
+    SchemaRegistry,
+    WarmBatch,
+    WarmOutcome,
+    warm,
+)
+from thorbis_cache.cache.codec import CodecSettings
 from thorbis_cache.cache.keys import CacheKey, SchemaKind
 from thorbis_cache.errors import InvalidParameterError, MissingRow, ValueTypeError
 from thorbis_cache.warming import batch_of
@@ -193,3 +203,25 @@ async def test_batch_of_refuses_what_it_cannot_key(cache: Cache) -> None:
         batch_of(two, "acme", [1], records)
     for key in (ROW.key("acme", id=1), ROW.key("acme", id=2)):  # leases released
         assert await cache.store.command("EXISTS", cache.lease_key(key)) == 0
+
+
+async def test_an_entry_too_large_to_cache_is_left_out_alone(thorbis_redis_url: str) -> None:
+    """Found in review: one entry over ``max_value_size`` failed the whole batch,
+    nothing of it warmed. It is left out, counted and its lease released, as a
+    read-through does; the others are written."""
+    registry = SchemaRegistry()
+    registry.register(ROW, owner="tests")
+    settings = CacheSettings(codec=CodecSettings(max_value_size=4096))
+    async with Cache.from_url(thorbis_redis_url, registry, keyring=KeyRing.generate(),
+                              settings=settings) as cache:
+        keys = [ROW.key("acme", id=i) for i in (1, 2)]
+
+        async def load(leased: Sequence[CacheKey[Any]]) -> Mapping[CacheKey[Any], Any]:
+            return {k: Row(k.values[0], "x" * (10_000 if k.values[0] == 2 else 10))
+                    for k in leased}
+
+        assert await warm(cache, WarmBatch(keys, load)) == WarmOutcome(filled=1, oversized=1)
+        assert await cache.get(keys[0]) == Row(1, "x" * 10)
+        assert await cache.get(keys[1]) is None
+        assert await cache.store.get(cache.lease_key(keys[1])) is None
+        assert cache.metrics.value("oversized_loads", schema=ROW.name) == 1

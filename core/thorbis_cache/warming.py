@@ -30,7 +30,7 @@ import attrs
 
 from thorbis_cache.cache import leases
 from thorbis_cache.cache.keys import CacheKey, KeySchema, SchemaKind
-from thorbis_cache.errors import InvalidParameterError
+from thorbis_cache.errors import InvalidParameterError, ValueTooLargeError
 
 if TYPE_CHECKING:
     from thorbis_cache.cache.core import Cache
@@ -127,6 +127,8 @@ class WarmOutcome:
     :ivar busy: keys another client was filling (left to it).
     :ivar rejected: entries refused because the key was invalidated while loading.
     :ivar absent: leased keys the loader returned no entry for (absent rows).
+    :ivar oversized: entries larger than ``max_value_size`` (not written, counted in
+        ``oversized_loads`` and logged, as a read-through does with them).
     """
 
     filled: int = 0
@@ -134,6 +136,7 @@ class WarmOutcome:
     busy: int = 0
     rejected: int = 0
     absent: int = 0
+    oversized: int = 0
 
     def __add__(self, other: WarmOutcome) -> WarmOutcome:
         return WarmOutcome(*(a + b for a, b in zip(attrs.astuple(self), attrs.astuple(other))))
@@ -169,10 +172,20 @@ async def warm(cache: Cache, batch: WarmBatch) -> WarmOutcome:
                     f"warm batch {batch.description or '?'} loaded {cache.redis_key(key)!r}, "
                     "which it was not asked for",
                 )
-        loaded = [(k, t, _content(cache, k, entries[k])) for k, t in leased if k in entries]
+        loaded = []
+        oversized = []
+        for k, t in leased:
+            if k in entries:
+                try:
+                    loaded.append((k, t, _content(cache, k, entries[k])))
+                except ValueTooLargeError as exc:  # that entry only, as a fill would
+                    oversized.append((k, t, exc))
     except BaseException:
         await asyncio.gather(*(leases.release(cache, k, t) for k, t in leased))
         raise
+    for k, t, refused in oversized:
+        await leases.give_up_oversized(cache, k, t, cache.metrics.for_schema(k.schema.name),
+                                       refused)
     written = await asyncio.gather(*(
         leases.write(cache, k, t, ttl_ms, content) for k, t, (ttl_ms, content) in loaded
     ))
@@ -180,7 +193,8 @@ async def warm(cache: Cache, batch: WarmBatch) -> WarmOutcome:
     absent = [(k, t) for k, t in leased if k not in entries]
     await asyncio.gather(*(leases.write_absent(cache, k, t) for k, t in absent))
     return WarmOutcome(filled=filled, cached=cached, busy=busy,
-                       rejected=len(loaded) - filled, absent=len(absent))
+                       rejected=len(loaded) - filled, absent=len(absent),
+                       oversized=len(oversized))
 
 
 async def _lease(cache: Cache, key: CacheKey[Any], token: str) -> int:

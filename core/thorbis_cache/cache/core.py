@@ -101,14 +101,21 @@ class Cache:
         self.loaders = LoaderCalls(self.settings)
         self._owns_store = owns_store
         self.near = near
+        # Checked before L1 is bound to this cache: a cache refused here must leave it
+        # free for the next (a host trying again with its settings mended).
+        self.settings.check_overrides(registry)
         self._coherence = Coherence(store, self.settings, self.metrics.coherence, near)
         self._values = ValueFills(self)
         self.fills = StructureFills(self)
         #: replica routing, made on first use by a ``read_from_replicas`` schema
         self.replicas: ReplicaReads | None = None
-        self.settings.check_overrides(registry)
-        for schema in registry:
-            self._runtime(schema)
+        try:
+            for schema in registry:
+                self._runtime(schema)
+        except BaseException:
+            if near is not None:
+                near.detach(self._coherence.origin)
+            raise
 
     @classmethod
     def from_url(
@@ -355,8 +362,8 @@ class Cache:
         rt = self._value_runtime(key, "set")
         rt.codec.check(value)
         rk = f"{self._prefix}:{key.body}"
+        ttl_ms = self.ttl_ms(key.schema, ttl)  # a bad ttl= is refused before anything
         self.revoke_flights([rk])
-        ttl_ms = self.ttl_ms(key.schema, ttl)
         try:
             data = rt.codec.encode(value, rk.encode(), key.tenant,
                                    self._timing(key.schema, ttl_ms, 0))

@@ -41,7 +41,7 @@ def check_bound(schema: str, name: str, bound: object) -> None:
         value, _ = _score_bound(bound)
         if math.isnan(value):
             raise ValueError
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidParameterError(schema, name, f"{bound!r} is not a score bound (a "
                                     "number, '-inf', '+inf' or '(' and a number for an "
                                     "exclusive one)") from None

@@ -436,9 +436,12 @@ class SortedSet(_MemberStructure[T]):
             (member -> score), cache it under a fill lease, and answer from it.
         """
         name = self._key.schema.name
-        for which, bound in (("low", low), ("high", high)):
-            check_bound(name, which, bound)
-        check_count(name, "offset", offset, least=0)
+        if low != "-inf":  # the defaults need no check: a read's cost stays as it was
+            check_bound(name, "low", low)
+        if high != "+inf":
+            check_bound(name, "high", high)
+        if offset:
+            check_count(name, "offset", offset, least=0)
         if count is not None:
             check_count(name, "count", count, least=None)
         args: list[Any] = [high, low, "BYSCORE", "REV"] if desc else [low, high, "BYSCORE"]

@@ -264,7 +264,9 @@ SELECT s.slot_name, s.wal_status, s.active, r.sync_state
    AND s.slot_name LIKE 'thorbis\\_%'
 UNION ALL
 SELECT p.pubname, 'lost', false, NULL FROM pg_publication p
- WHERE p.pubname LIKE 'thorbis\\_%' AND NOT EXISTS (
+ WHERE p.pubname LIKE 'thorbis\\_%'
+   AND obj_description(p.oid, 'pg_publication') = 'thorbis-cache: its replication slot was made'
+   AND NOT EXISTS (
        SELECT FROM pg_replication_slots s
         WHERE s.slot_name = p.pubname AND s.database = current_database())
  ORDER BY 1

@@ -306,7 +306,8 @@ class InvalidationRule:
     def _columns_updated(self) -> tuple[str, ...]:
         if not self.significant_columns:
             return ()
-        keyed = [c for t in self.targets for c in t.params.values()]
+        # A malformed target (not a RuleTarget) is the plugin checks' to name.
+        keyed = [c for t in self.targets for c in getattr(t, "params", {}).values()]
         return tuple(dict.fromkeys([*self.significant_columns, *keyed]))
 
     def update_columns(self) -> tuple[str, ...]:

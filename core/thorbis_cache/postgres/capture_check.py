@@ -36,7 +36,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from thorbis_cache.errors import CaptureNotInstalledError
 from thorbis_cache.plugins.declarations import InvalidationRule, Operation
-from thorbis_cache.postgres.capture_ddl import EVENT_BITS, captured_readable, relids_of
+from thorbis_cache.postgres.capture_ddl import (
+    EVENT_BITS,
+    SLOT_MADE,
+    captured_readable,
+    relids_of,
+)
 
 if TYPE_CHECKING:
     from thorbis_cache.postgres.logical import LogicalCapture
@@ -69,7 +74,11 @@ ORDER BY name
 _PUBLISHED = """
 SELECT DISTINCT to_regclass(format('%I.%I', pt.schemaname, pt.tablename))::oid
 FROM pg_catalog.pg_publication_tables pt
+JOIN pg_catalog.pg_publication p ON p.pubname = pt.pubname
 WHERE CASE WHEN $1::text IS NULL THEN pt.pubname LIKE 'thorbis\\_%' ELSE pt.pubname = $1 END
+  AND (EXISTS (SELECT FROM pg_catalog.pg_replication_slots s
+                WHERE s.slot_name = pt.pubname AND s.database = current_database())
+       OR obj_description(p.oid, 'pg_publication') = $2)
 """
 
 # The logical captures' publications in this database.
@@ -110,11 +119,13 @@ async def _filters_readable(conn: Any) -> bool:
         return False
     return bool(await conn.fetchval(_FILTER_RECORDED))
 
-# The slot, or its publication: the capture was set up here (its slot lost or not).
+# The slot, or its publication marked as having had it: the capture was set up here
+# (its slot lost or not).
 _SET_UP = """
 SELECT EXISTS (SELECT FROM pg_catalog.pg_replication_slots
                WHERE slot_name = $1 AND database = current_database())
-    OR EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $2)
+    OR EXISTS (SELECT FROM pg_catalog.pg_publication
+                WHERE pubname = $2 AND obj_description(oid, 'pg_publication') = $3)
 """
 
 
@@ -137,7 +148,7 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
     tables = sorted(by_table)
     logical = None if isinstance(capture, str) else capture
     if logical is not None:
-        if not await conn.fetchval(_SET_UP, logical.slot, logical.publication):
+        if not await conn.fetchval(_SET_UP, logical.slot, logical.publication, SLOT_MADE):
             return [f"{table} (rules {_names(by_table[table])}): replication slot "
                     f"{logical.slot} does not exist in this database" for table in tables]
         if not await logical.publication_here(conn):
@@ -150,7 +161,7 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
     publications: list[str] = []
     if capture != "triggers":
         published = {r[0] for r in await conn.fetch(
-            _PUBLISHED, None if logical is None else logical.publication)}
+            _PUBLISHED, None if logical is None else logical.publication, SLOT_MADE)}
         if logical is None:
             publications = [r[0] for r in await conn.fetch(_PUBLICATIONS)]
     events: dict[int, int] = {}

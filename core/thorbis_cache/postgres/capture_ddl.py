@@ -30,10 +30,28 @@ from thorbis_cache.plugins.declarations import Operation
 from thorbis_cache.postgres.catalog import table_readable
 from thorbis_cache.postgres.ddl_locks import bound_locks
 
-__all__ = ["EVENT_BITS", "EVENT_TRIGGER", "PARTITIONS_TRIGGER", "TRIGGERS_LOCK",
-           "TRUNCATE_BITS", "CaptureDrift", "capture_partitions", "captured_readable",
-           "drifted_captures", "ensure_ddl_guard", "record_captured", "relid_of",
-           "relids_of", "uncapture_others"]
+__all__ = [
+    "EVENT_BITS",
+    "EVENT_TRIGGER",
+    "PARTITIONS_TRIGGER",
+    "SLOT_MADE",
+    "TRIGGERS_LOCK",
+    "TRUNCATE_BITS",
+    "CaptureDrift",
+    "capture_partitions",
+    "captured_readable",
+    "drifted_captures",
+    "ensure_ddl_guard",
+    "record_captured",
+    "relid_of",
+    "relids_of",
+    "uncapture_others",
+]
+
+#: The comment a logical capture's publication carries once its slot was made: a
+#: publication without its slot is a slot *lost* only then, not a setup that stopped
+#: between the two (``LogicalCapture.lost_here``).
+SLOT_MADE = "thorbis-cache: its replication slot was made"
 
 #: The event trigger that checks every ALTER TABLE against the captured tables.
 EVENT_TRIGGER = "thorbis_capture_ddl"

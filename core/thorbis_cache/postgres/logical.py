@@ -56,7 +56,7 @@ import attrs
 
 from thorbis_cache.errors import ConfigurationError, ThorbisCacheError
 from thorbis_cache.plugins.declarations import InvalidationRule, MaterializedView
-from thorbis_cache.postgres.capture_ddl import record_captured, relid_of
+from thorbis_cache.postgres.capture_ddl import SLOT_MADE, record_captured, relid_of
 from thorbis_cache.postgres.catalog import PK_COLUMNS, quote_ident
 from thorbis_cache.postgres.connection import POOLER_PARAMETER, target_of
 from thorbis_cache.postgres.ddl_locks import bound_locks
@@ -268,6 +268,12 @@ async def _replication_refused_at(dsn: str) -> str | None:
                 "PostgreSQL (PgBouncer before 1.23 and most others) cannot carry one, and "
                 "pg_hba.conf needs a `replication` line for the role")
     return None
+
+
+_MARKED = """
+SELECT obj_description(oid, 'pg_publication') = $2 FROM pg_catalog.pg_publication
+WHERE pubname = $1
+"""
 
 
 class SlotLostError(ConfigurationError):
@@ -491,6 +497,9 @@ class LogicalCapture:
                 f"replication slot {self.slot!r} exists for database {found['database']!r} "
                 f"(plugin {found['plugin']!r}), not for {found['here']!r} with pgoutput: give "
                 "this database's capture another name (db init --slot NAME)")
+        if found is not None and not await conn.fetchval(_MARKED, self.publication,
+                                                         SLOT_MADE):
+            await conn.execute(f"COMMENT ON PUBLICATION {pub} IS '{SLOT_MADE}'")
         return changed
 
     async def _set_identity(self, conn: asyncpg.Connection, table: WatchedTable,
@@ -605,16 +614,19 @@ class LogicalCapture:
 
     async def lost_here(self, conn: asyncpg.Connection) -> bool:
         """Whether the slot is gone from this database while its publication is still
-        here: logical capture was set up, and the slot lost (dropped by hand while no
-        worker ran, or not carried over by a failover: PostgreSQL 15 does not copy
-        slots to standbys). The changes since it was last read are lost: a worker
-        flushes what they may have made stale before it makes the slot again."""
-        return not await self.slot_here(conn) and await self.publication_here(conn)
+        here, marked as having had it (:data:`SLOT_MADE`): logical capture was set up,
+        and the slot lost (dropped by hand while no worker ran, or not carried over by
+        a failover: PostgreSQL 15 does not copy slots to standbys). The changes since it
+        was last read are lost: a worker flushes what they may have made stale before
+        it makes the slot again. A publication left by a setup that stopped before its
+        slot was made is not a loss."""
+        return not await self.slot_here(conn) and bool(
+            await conn.fetchval(_MARKED, self.publication, SLOT_MADE))
 
     async def set_up_here(self, conn: asyncpg.Connection) -> bool:
         """Whether logical capture was set up in this database: its slot is here, lost
         or not, or :meth:`lost_here`."""
-        return await self.slot_here(conn) or await self.publication_here(conn)
+        return await self.slot_here(conn) or await self.lost_here(conn)
 
     def unreadable(self, exc: ReplicationError) -> SlotLostError | None:
         """The loss that a stream's error says, if it says one: the publication was
@@ -641,6 +653,10 @@ class LogicalCapture:
     async def drop(self, conn: asyncpg.Connection, *, max_wait: float = 10.0) -> None:
         """Drop the slot and the publication (the replica identities stay), ending the
         session that reads the slot first (a worker's stream then finds it lost)."""
+        if await self.publication_here(conn):
+            # Unmarked first: stopped midway, what is left is not taken for a lost slot.
+            await conn.execute(
+                f"COMMENT ON PUBLICATION {quote_ident(self.publication)} IS NULL")
         await self._drop_slot(conn, max_wait)
         await conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(self.publication)}")
 
@@ -738,7 +754,9 @@ class LogicalCapture:
             unreadable = self.unreadable(exc)
             if unreadable is not None:
                 raise unreadable from exc
-            if exc.sqlstate in {"42704", "55000"}:
+            # The server's own words name the slot (our prefix says "slot '...'" of
+            # every error): another error of these codes is not a lost slot.
+            if exc.sqlstate in {"42704", "55000"} and "replication slot" in str(exc):
                 raise self.lost(str(exc)) from exc
             if exc.sqlstate == "55006":
                 raise self.in_use(await self.reader(conn) or "another session") from exc

@@ -106,6 +106,9 @@ async def migrate(dsn_or_conn: str | asyncpg.Connection,
     :raises MigrationError: an applied file changed (named, with both checksums), or a
         statement failed (file, statement, PostgreSQL's message); nothing of the failing
         file is kept, files applied before it are.
+    :raises TableLockedError: a file's table locks were not granted through every
+        attempt (:func:`~thorbis_cache.postgres.ddl_locks.with_lock_retries`; the
+        sessions holding them named).
     """
     if isinstance(dsn_or_conn, str):
         conn = await connection.connect(dsn_or_conn, writes="applying the core migrations")

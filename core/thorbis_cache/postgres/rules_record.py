@@ -162,7 +162,11 @@ async def record_rules(conn: asyncpg.Connection, rules: Iterable[InvalidationRul
             "significant_columns = excluded.significant_columns, tags = excluded.tags, "
             "untagged = excluded.untagged, columns = excluded.columns, recorded_at = now() "
             "WHERE thorbis.capture_rules.digest IS DISTINCT FROM excluded.digest "
-            "OR thorbis.capture_rules.columns IS NULL",
+            "OR thorbis.capture_rules.columns IS NULL "
+            # An earlier release recorded the significant columns alone: the key
+            # columns an UPDATE must change to fire the rule are recorded too now.
+            "OR thorbis.capture_rules.significant_columns "
+            "IS DISTINCT FROM excluded.significant_columns",
             [(r.name, r.digest, r.table, r.tenant_column, list(r.operations),
               list(r.significant_columns), list(r.tags), list(r.untagged),
               list(r.columns_read()))
