@@ -499,7 +499,14 @@ class LogicalCapture:
                 "this database's capture another name (db init --slot NAME)")
         if found is not None and not await conn.fetchval(_MARKED, self.publication,
                                                          SLOT_MADE):
-            await conn.execute(f"COMMENT ON PUBLICATION {pub} IS '{SLOT_MADE}'")
+            try:
+                await conn.execute(f"COMMENT ON PUBLICATION {pub} IS '{SLOT_MADE}'")
+            except asyncpg.InsufficientPrivilegeError as exc:
+                # Not this role's publication: capture works; only a slot lost later
+                # would not be told from a setup that stopped before making it.
+                log.warning("logical capture %s: could not mark its publication as "
+                            "having its slot (%s): run `thorbis-cache db init` as the "
+                            "publication's owner", self.slot, exc)
         return changed
 
     async def _set_identity(self, conn: asyncpg.Connection, table: WatchedTable,
