@@ -372,6 +372,7 @@ async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str,
     every table: its reader flushes what the lost changes may have made stale before it
     makes the slot again (a slot made after one was lost, without that flush, would
     hide them)."""
+    from thorbis_cache.postgres.capture_check import auto_follows
     from thorbis_cache.postgres.connection import connect
     from thorbis_cache.postgres.logical import LogicalCapture
 
@@ -382,15 +383,10 @@ async def _logical_capture(dsn: str, app: object, capture: Capture, slot: str,
                              max_transaction_changes=max_transaction_changes)
     conn = await connect(dsn, writes="the invalidation worker")
     try:
-        # Set up here, its slot lost or not: a lost one is the worker's to flush for,
-        # then to make again (SlotReader), never a reason to read nothing; unless the
-        # capture triggers capture every table (then the outbox is the capture).
-        exists = await logical.slot_here(conn)
-        if not exists and await logical.lost_here(conn):
-            from thorbis_cache.postgres.capture_check import capture_problems
-
-            exists = capture is Capture.logical or bool(
-                await capture_problems(conn, plugins.all_rules(), "triggers"))
+        # Its slot lost or not: a lost one is the worker's to flush for, then to make
+        # again (SlotReader), never a reason to read nothing.
+        exists = await (logical.set_up_here(conn) if capture is Capture.logical
+                        else auto_follows(conn, logical, plugins.all_rules()))
         if exists:
             # A slot is there, so the outbox gets nothing: a role that cannot read the
             # slot is refused now, never left to retry (or to fall back) silently.

@@ -371,20 +371,11 @@ class OutboxWorker:
         if self._followed_at is not None and now - self._followed_at < FOLLOW_INTERVAL:
             return
         self._followed_at = now
-        conn = await self._connection()
-        if await auto.slot_here(conn) or (
-                await auto.lost_here(conn) and not await self._triggers_cover(conn)):
-            # A lost slot is followed only where nothing else captures: with the
-            # capture triggers in place the outbox is the capture, and the slot's
-            # reader would flush every tenant, retire, and be followed again.
+        from thorbis_cache.postgres.capture_check import auto_follows
+
+        if await auto_follows(await self._connection(), auto, self._all_rules()):
             self.capture = auto
             log.info("worker follows the replication slot %s", auto.slot)
-
-    async def _triggers_cover(self, conn: Any) -> bool:
-        """Whether the capture triggers capture every rule's table."""
-        from thorbis_cache.postgres.capture_check import capture_problems
-
-        return not await capture_problems(conn, self._all_rules(), "triggers")
 
     # ----------------------------------------------------------------- one row
 

@@ -32,7 +32,7 @@ from thorbis_cache.mv.scheduler import ScheduledView, ViewReport, report
 from thorbis_cache.plugins.declarations import InvalidationRule
 from thorbis_cache.postgres import connection
 from thorbis_cache.postgres.capture_check import capture_problems
-from thorbis_cache.postgres.capture_ddl import CaptureDrift, drifted_captures
+from thorbis_cache.postgres.capture_ddl import SLOT_MADE, CaptureDrift, drifted_captures
 from thorbis_cache.postgres.logical import LogicalCapture
 from thorbis_cache.store.redis_store import RedisStore
 from thorbis_cache.store.redis_url import RedisAddress, Topology
@@ -150,7 +150,7 @@ class Probe(Collector):
         try:
             async with asyncio.timeout(self.timeout):
                 conn = await connection.connect(self.dsn)
-                rows = await conn.fetch(_SLOTS)
+                rows = await conn.fetch(_SLOTS, SLOT_MADE)
                 slots = tuple([CaptureSlot(
                     r["slot_name"], r["wal_status"], bool(r["active"]),
                     await LogicalCapture(r["slot_name"].removeprefix("thorbis_"), ())
@@ -255,8 +255,9 @@ class Probe(Collector):
 
 # --------------------------------------------------------------------------- health reads
 
-# The logical captures' slots; a capture's publication without its slot is a slot lost
-# (dropped while no worker ran, or not carried over by a failover): said as lost.
+# The logical captures' slots; a capture's publication marked as having had its slot
+# ($1) but without it is a slot lost (dropped while no worker ran, or not carried over by
+# a failover): said as lost.
 _SLOTS = """
 SELECT s.slot_name, s.wal_status, s.active, r.sync_state
   FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
@@ -265,7 +266,7 @@ SELECT s.slot_name, s.wal_status, s.active, r.sync_state
 UNION ALL
 SELECT p.pubname, 'lost', false, NULL FROM pg_publication p
  WHERE p.pubname LIKE 'thorbis\\_%'
-   AND obj_description(p.oid, 'pg_publication') = 'thorbis-cache: its replication slot was made'
+   AND obj_description(p.oid, 'pg_publication') = $1
    AND NOT EXISTS (
        SELECT FROM pg_replication_slots s
         WHERE s.slot_name = p.pubname AND s.database = current_database())

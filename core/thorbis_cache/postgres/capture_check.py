@@ -46,7 +46,7 @@ from thorbis_cache.postgres.capture_ddl import (
 if TYPE_CHECKING:
     from thorbis_cache.postgres.logical import LogicalCapture
 
-__all__ = ["capture_problems", "check_capture", "fix_command"]
+__all__ = ["auto_follows", "capture_problems", "check_capture", "fix_command"]
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,7 @@ async def _filters_readable(conn: Any) -> bool:
         return False
     return bool(await conn.fetchval(_FILTER_RECORDED))
 
-# The slot, or its publication marked as having had it: the capture was set up here
-# (its slot lost or not).
-_SET_UP = """
-SELECT EXISTS (SELECT FROM pg_catalog.pg_replication_slots
-               WHERE slot_name = $1 AND database = current_database())
-    OR EXISTS (SELECT FROM pg_catalog.pg_publication
-                WHERE pubname = $2 AND obj_description(oid, 'pg_publication') = $3)
-"""
+
 
 
 async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
@@ -148,7 +141,7 @@ async def capture_problems(conn: Any, rules: Iterable[InvalidationRule],
     tables = sorted(by_table)
     logical = None if isinstance(capture, str) else capture
     if logical is not None:
-        if not await conn.fetchval(_SET_UP, logical.slot, logical.publication, SLOT_MADE):
+        if not await logical.set_up_here(conn):
             return [f"{table} (rules {_names(by_table[table])}): replication slot "
                     f"{logical.slot} does not exist in this database" for table in tables]
         if not await logical.publication_here(conn):
@@ -235,6 +228,19 @@ def _not_covered(rules: Sequence[InvalidationRule], columns: Sequence[str],
             lacking.append(f"they do not write {', '.join(missing)}, which rule "
                            f"{rule.name} reads")
     return lacking
+
+
+async def auto_follows(conn: Any, logical: LogicalCapture,
+                       rules: Iterable[InvalidationRule]) -> bool:
+    """Whether a worker of ``capture="auto"`` reads ``logical``: its slot is here, or
+    it was lost (:meth:`~thorbis_cache.postgres.logical.LogicalCapture.lost_here`) while
+    the capture triggers do not capture every one of ``rules``' tables (where they do,
+    the outbox is the capture: a lost slot's reader would flush every tenant, retire,
+    and be followed again)."""
+    if await logical.slot_here(conn):
+        return True
+    return await logical.lost_here(conn) and bool(
+        await capture_problems(conn, rules, "triggers"))
 
 
 def fix_command(plugins: Sequence[str] = (), logical: LogicalCapture | None = None) -> str:
