@@ -8,7 +8,7 @@
 -- the migration's ACCESS EXCLUSIVE lock (the host's writes of the table waited). The
 -- partitions' event trigger (010) looped the same way through their triggers' DDL.
 --
--- Both functions now return at once when they run inside themselves (a
+-- Both functions now return at once when either runs inside them (one
 -- transaction-local setting says so), and the check records the table's new state
 -- before it installs the stand-in. Their bodies are otherwise 007's and 010's.
 
@@ -153,12 +153,14 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $ddl$
 DECLARE
     t thorbis.captured_tables;
 BEGIN
-    -- As thorbis.capture_ddl_check: the DDL of our own stand-ins and partition
-    -- triggers fires this trigger again inside it, with nothing of the host's to do.
-    IF current_setting('thorbis.capture_partitions_active', true) = 'on' THEN
+    -- The same setting as thorbis.capture_ddl_check's: the DDL either of them runs
+    -- (stand-ins, partition triggers) fires both again inside it, with nothing of the
+    -- host's to do. For the host's statement this one fires after the check has ended
+    -- (name order), the setting off again.
+    IF current_setting('thorbis.capture_ddl_active', true) = 'on' THEN
         RETURN;
     END IF;
-    PERFORM pg_catalog.set_config('thorbis.capture_partitions_active', 'on', true);
+    PERFORM pg_catalog.set_config('thorbis.capture_ddl_active', 'on', true);
     FOR t IN
         SELECT c.* FROM thorbis.captured_tables c
          WHERE EXISTS (SELECT FROM pg_catalog.pg_class r WHERE r.oid = c.relid)
@@ -176,6 +178,6 @@ BEGIN
             '`thorbis-cache db init`', t.table_name, SQLERRM;
       END;
     END LOOP;
-    PERFORM pg_catalog.set_config('thorbis.capture_partitions_active', 'off', true);
+    PERFORM pg_catalog.set_config('thorbis.capture_ddl_active', 'off', true);
 END
 $ddl$;
