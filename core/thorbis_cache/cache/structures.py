@@ -482,10 +482,9 @@ class GeoIndex(_MemberStructure[T]):
 
     def _member_args(self, member: T, element: Any) -> list[Any]:
         lon, lat = element
-        if not (-180 <= lon <= 180 and -GEO_LAT_LIMIT <= lat <= GEO_LAT_LIMIT):
-            raise InvalidParameterError(
-                self._key.schema.name, "position", f"({lon}, {lat}) is out of range"
-            )
+        # A member's place is checked as a query's point is (structure_args).
+        check_coordinate(self._key.schema.name, "longitude", lon, 180.0)
+        check_coordinate(self._key.schema.name, "latitude", lat, GEO_LAT_LIMIT)
         return [lon, lat, self._enc(member)]
 
     async def add(self, points: Mapping[T, tuple[float, float]], *, replace: bool = False,
